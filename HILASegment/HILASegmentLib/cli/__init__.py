@@ -1,0 +1,92 @@
+"""`hila`: the command line of the HILASegment engine.
+
+Each sub-command lives in a small module of this package with ``register(subparsers)``; a
+command handler returns a JSON-able dict (printed as JSON with ``--json``) and a one-line
+human summary. Heavy imports happen inside handlers so ``hila --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import HilaError
+
+# Modules (in this package) that register sub-commands, in help order.
+COMMAND_MODULES = ["convert", "infer", "workspace", "train"]
+
+
+def common_parent() -> argparse.ArgumentParser:
+    """Options every sub-command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output: JSON progress lines and a JSON result on stdout")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hila",
+        description="HILASegment: human-in-the-loop segmentation of prostate MRI and pelvic CT "
+        "(ONNX inference, a durable correction ledger, a bundled trainer).",
+    )
+    parser.add_argument("--version", action="version", version=f"hila {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parent = common_parent()
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        mod.register(sub, parent)
+    return parser
+
+
+def emit(args: argparse.Namespace, result: dict, summary: str) -> None:
+    """Print a command's result: JSON (one line, ``"event": "result"``) or its one-line summary."""
+    if getattr(args, "json", False):
+        out = {"event": "result", "ok": True}
+        out.update(result)
+        print(json.dumps(out, default=str), flush=True)
+    elif summary:
+        print(summary, flush=True)
+
+
+def make_progress(args: argparse.Namespace, desc: str = ""):
+    """A progress callable for this invocation: JSON lines with --json, else a tqdm bar on a terminal."""
+    from ..progress import BarProgress, JsonLinesProgress
+
+    if getattr(args, "json", False):
+        return JsonLinesProgress(sys.stdout)
+    return BarProgress(desc)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except HilaError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if getattr(args, "json", False):
+            print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
+        print(f"hila: error: {msg}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hila: error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("hila: error: out of memory", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

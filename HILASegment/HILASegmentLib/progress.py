@@ -1,0 +1,70 @@
+"""Progress reporting shared by the engine, the CLI and the Slicer glue.
+
+Engine functions take an optional ``progress`` callable ``progress(fraction, message)`` with
+``fraction`` in [0, 1] (or None when unknown). They never print. The CLI turns that callable
+into a tqdm bar or JSON lines; the Slicer module into a progress bar fed from a child process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+ProgressFn = Callable[[Optional[float], str], None]
+
+
+def null_progress(fraction: Optional[float], message: str = "") -> None:
+    """The default: report nothing."""
+
+
+def scaled(progress: Optional[ProgressFn], start: float, stop: float) -> ProgressFn:
+    """A progress callable for a sub-step that maps its own [0, 1] onto [start, stop] of the parent."""
+    if progress is None:
+        return null_progress
+
+    def inner(fraction: Optional[float], message: str = "") -> None:
+        progress(None if fraction is None else start + (stop - start) * max(0.0, min(1.0, fraction)), message)
+
+    return inner
+
+
+class JsonLinesProgress:
+    """Writes ``{"event": "progress", "fraction": f, "message": m, ...}`` lines (for machines and the Slicer runner)."""
+
+    def __init__(self, stream: TextIO = sys.stdout, min_interval: float = 0.2):
+        self.stream = stream
+        self.min_interval = min_interval
+        self._last = 0.0
+
+    def __call__(self, fraction: Optional[float], message: str = "", **extra) -> None:
+        now = time.monotonic()
+        final = fraction is not None and fraction >= 1.0
+        if not final and now - self._last < self.min_interval:
+            return
+        self._last = now
+        rec = {"event": "progress", "fraction": None if fraction is None else round(float(fraction), 4), "message": message}
+        rec.update(extra)
+        self.stream.write(json.dumps(rec) + "\n")
+        self.stream.flush()
+
+
+class BarProgress:
+    """A tqdm bar on stderr for people; silent when stderr is not a terminal unless forced."""
+
+    def __init__(self, desc: str = "", stream: TextIO = sys.stderr, force: bool = False):
+        from tqdm import tqdm
+
+        disable = not (force or getattr(stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=1000, desc=desc, file=stream, disable=disable, leave=False,
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: Optional[float], message: str = "", **extra) -> None:
+        if fraction is not None:
+            self.bar.n = int(1000 * max(0.0, min(1.0, fraction)))
+        if message:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is set up by them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of PyTorch (the training tier). Override, e.g. TORCH=torch, on machines with a GPU.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# TAPS (MIT) asks for onnxruntime-gpu; we use the CPU onnxruntime, so its other needs come from [dev].
+	$(BIN)/python -m pip install -q --no-deps "lavlab-taps>=1.1"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q Testing
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_inference.py
+	$(BIN)/python scripts/bench_train.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
