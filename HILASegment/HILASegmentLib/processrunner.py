@@ -1,0 +1,386 @@
+"""Run a long engine job (training, inference) as a child process the GUI can watch and cancel.
+
+The Slicer widget must never block: it starts the job here, a reader thread per stream moves
+the child's output lines into a queue, and a QTimer calls :meth:`ProcessRunner.poll` to pick
+them up. JSON lines (``{"event": "progress" | "result" | "error", ...}``, as written by the
+CLI's ``--json``) are parsed, so the widget only reads ``fraction``/``message``/``result``.
+Cancel kills the whole process tree: the child starts in its own session (POSIX) or process
+group (Windows), so grandchildren (data-loader workers, ...) die with it.
+
+The process itself comes from an injectable factory, so tests (and other hosts) can fake it.
+No Qt, no Slicer: this module is plain Python.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, IO, Iterable, List, Optional, Protocol, Sequence
+
+__all__ = [
+    "ChildProcess", "PopenChild", "popen_factory", "OutputLine", "RunOutcome", "ProcessRunner",
+    "python_executable", "engine_command",
+]
+
+
+class ChildProcess(Protocol):
+    """What the runner needs from a started process (``subprocess.Popen`` wrapped by :class:`PopenChild`)."""
+
+    pid: int
+    stdout: Optional[Iterable[str]]
+    stderr: Optional[Iterable[str]]
+
+    def poll(self) -> Optional[int]: ...
+
+    def wait(self, timeout: Optional[float] = None) -> int: ...
+
+    def terminate_tree(self) -> None: ...
+
+    def kill_tree(self) -> None: ...
+
+
+ProcessFactory = Callable[[Sequence[str], Optional[str], Optional[Dict[str, str]]], ChildProcess]
+
+
+class PopenChild:
+    """A real child process in its own session/process group, so the whole tree can be signalled."""
+
+    def __init__(self, args: Sequence[str], cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None):
+        kwargs: dict = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8", errors="replace", bufsize=1, cwd=cwd, env=env)
+        if os.name == "nt":  # pragma: no cover - exercised on Windows only
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # pid == pgid: killpg reaches grandchildren too
+        self.popen = subprocess.Popen(list(args), **kwargs)
+        self.pid = self.popen.pid
+        self.stdout = self.popen.stdout
+        self.stderr = self.popen.stderr
+
+    def poll(self) -> Optional[int]:
+        return self.popen.poll()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        return self.popen.wait(timeout)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)  # the group outlives its leader while grandchildren run
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminate_tree(self) -> None:
+        if os.name == "nt":  # pragma: no cover
+            subprocess.run(["taskkill", "/T", "/PID", str(self.pid)], capture_output=True)
+        else:
+            self._signal_group(signal.SIGTERM)
+
+    def kill_tree(self) -> None:
+        if os.name == "nt":  # pragma: no cover
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.pid)], capture_output=True)
+        else:
+            self._signal_group(signal.SIGKILL)
+
+
+def popen_factory(args: Sequence[str], cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> ChildProcess:
+    """The default factory: a real :class:`PopenChild`."""
+    return PopenChild(args, cwd, env)
+
+
+@dataclass
+class OutputLine:
+    """One line of the child's output; ``record`` is the parsed JSON object when the line is one."""
+
+    stream: str  # "stdout" | "stderr"
+    text: str
+    record: Optional[dict] = None
+
+
+@dataclass
+class RunOutcome:
+    """How a finished run ended, in the terms the GUI shows."""
+
+    returncode: Optional[int]
+    cancelled: bool
+    ok: bool
+    error: Optional[str]
+    result: Optional[dict] = None
+    seconds: float = 0.0
+
+
+_EOF = object()
+
+
+@dataclass
+class _State:
+    fraction: Optional[float] = None
+    message: str = ""
+    result: Optional[dict] = None
+    json_error: Optional[str] = None
+    stderr_tail: Deque[str] = field(default_factory=lambda: collections.deque(maxlen=50))
+
+
+class ProcessRunner:
+    """Start a child, stream its lines, poll from a GUI timer, cancel its whole tree.
+
+    Typical use (what the Slicer widget does)::
+
+        runner = ProcessRunner(engine_command("HILASegmentLib.training", [ws, "--json"]))
+        runner.start()
+        # every 200 ms from a QTimer:
+        for line in runner.poll(): log(line.text)
+        bar.value = runner.fraction;  if runner.finished: show(runner.outcome())
+    """
+
+    def __init__(self, args: Sequence[str], cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                 factory: ProcessFactory = popen_factory, grace_seconds: float = 5.0):
+        self.args = [str(a) for a in args]
+        self.cwd = cwd
+        self.env = env
+        self.factory = factory
+        self.grace_seconds = grace_seconds
+        self.process: Optional[ChildProcess] = None
+        self.cancelled = False
+        self._queue: "queue.Queue[object]" = queue.Queue()
+        self._readers: List[threading.Thread] = []
+        self._open_streams = 0
+        self._state = _State()
+        self._returncode: Optional[int] = None
+        self._started_at = 0.0
+        self._ended_at: Optional[float] = None
+        self._killer: Optional[threading.Thread] = None
+
+    # -- starting -------------------------------------------------------------------------
+    def start(self) -> "ProcessRunner":
+        """Start the child and its reader threads; raises OSError when the program cannot start."""
+        if self.process is not None:
+            raise RuntimeError("this runner was already started")
+        self._started_at = time.monotonic()
+        self.process = self.factory(self.args, self.cwd, self.env)
+        for name in ("stdout", "stderr"):
+            stream = getattr(self.process, name, None)
+            if stream is None:
+                continue
+            self._open_streams += 1
+            t = threading.Thread(target=self._read, args=(name, stream), name=f"hila-{name}-reader", daemon=True)
+            t.start()
+            self._readers.append(t)
+        return self
+
+    def _read(self, name: str, stream: Iterable[str]) -> None:
+        try:
+            for raw in stream:
+                self._queue.put((name, raw.rstrip("\r\n")))
+        except (ValueError, OSError):  # stream closed under us
+            pass
+        finally:
+            self._queue.put(_EOF)
+
+    # -- watching -------------------------------------------------------------------------
+    def poll(self) -> List[OutputLine]:
+        """New output lines since the last call (never blocks); updates progress, result and error."""
+        lines: List[OutputLine] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _EOF:
+                self._open_streams -= 1
+                continue
+            name, text = item  # type: ignore[misc]
+            line = OutputLine(name, text, _parse_json(text))
+            self._absorb(line)
+            lines.append(line)
+        if self.process is not None and self._returncode is None:
+            rc = self.process.poll()
+            if rc is not None and self._open_streams <= 0:
+                self._returncode = rc
+                self._ended_at = time.monotonic()
+        return lines
+
+    def _absorb(self, line: OutputLine) -> None:
+        st = self._state
+        rec = line.record
+        if rec is not None:
+            event = rec.get("event")
+            if event == "progress":
+                if rec.get("fraction") is not None:
+                    try:
+                        st.fraction = max(0.0, min(1.0, float(rec["fraction"])))
+                    except (TypeError, ValueError):
+                        pass
+                st.message = str(rec.get("message") or st.message)
+            elif event == "result":
+                st.result = rec
+            elif event == "error":
+                st.json_error = str(rec.get("error") or rec.get("message") or "error")
+        elif line.stream == "stderr" and line.text.strip():
+            st.stderr_tail.append(line.text.strip())
+
+    @property
+    def started(self) -> bool:
+        return self.process is not None
+
+    @property
+    def finished(self) -> bool:
+        """True once the child exited and all its output was read (call :meth:`poll` to advance)."""
+        return self._returncode is not None
+
+    @property
+    def running(self) -> bool:
+        return self.started and not self.finished
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._returncode
+
+    @property
+    def fraction(self) -> Optional[float]:
+        return self._state.fraction
+
+    @property
+    def message(self) -> str:
+        return self._state.message
+
+    @property
+    def result(self) -> Optional[dict]:
+        return self._state.result
+
+    @property
+    def stderr_tail(self) -> List[str]:
+        return list(self._state.stderr_tail)
+
+    def last_error(self) -> Optional[str]:
+        """The most telling error line: the JSON error event, else the last stderr line that looks like one."""
+        if self._state.json_error:
+            return self._state.json_error
+        tail = self.stderr_tail
+        for text in reversed(tail):
+            if text.startswith("hila: error:"):
+                return text[len("hila: error:"):].strip()
+        for text in reversed(tail):  # a Python traceback ends with "SomeError: message"
+            head = text.split(":", 1)[0]
+            if head.endswith(("Error", "Exception", "Interrupt", "Exit")) and " " not in head:
+                return text
+        return tail[-1] if tail else None
+
+    def outcome(self) -> RunOutcome:
+        """The run's end state; only meaningful once :attr:`finished`."""
+        rc = self._returncode
+        ok = rc == 0 and not self.cancelled
+        error: Optional[str] = None
+        if self.cancelled:
+            error = "cancelled"
+        elif rc is None:
+            error = None
+        elif rc != 0:
+            error = self.last_error()
+            if rc < 0:
+                sig = _signal_name(-rc)
+                error = f"killed by {sig}" + (f" ({error})" if error else "")
+            elif not error:
+                error = f"exited with code {rc}"
+        seconds = ((self._ended_at or time.monotonic()) - self._started_at) if self._started_at else 0.0
+        return RunOutcome(rc, self.cancelled, ok, error, self._state.result, seconds)
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05,
+             on_line: Optional[Callable[[OutputLine], None]] = None) -> RunOutcome:
+        """Block until the run finishes (for scripts and tests; the GUI polls instead)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for line in self.poll():
+                if on_line:
+                    on_line(line)
+            if self.finished:
+                return self.outcome()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.args[0]} still running after {timeout} s")
+            time.sleep(interval)
+
+    # -- cancelling -----------------------------------------------------------------------
+    def cancel(self, grace_seconds: Optional[float] = None, block: bool = False) -> None:
+        """Ask the whole tree to stop (SIGTERM), then kill it (SIGKILL) after the grace period.
+
+        Returns at once unless ``block``; the escalation runs on a small thread so the GUI stays live.
+        """
+        if self.process is None or self.finished:
+            return
+        self.cancelled = True
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        proc = self.process
+        proc.terminate_tree()
+
+        def escalate() -> None:
+            try:
+                proc.wait(timeout=grace)
+            except Exception:  # subprocess.TimeoutExpired or a fake's equivalent
+                pass
+            proc.kill_tree()  # also reaches grandchildren that ignored SIGTERM after the leader left
+
+        if block:
+            escalate()
+        else:
+            self._killer = threading.Thread(target=escalate, name="hila-cancel", daemon=True)
+            self._killer.start()
+
+
+def _parse_json(text: str) -> Optional[dict]:
+    s = text.strip()
+    if not (s.startswith("{") and s.endswith("}")):
+        return None
+    try:
+        obj = json.loads(s)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def python_executable() -> str:
+    """The Python to run engine jobs with: Slicer's ``PythonSlicer`` when there is one, else this interpreter.
+
+    Inside Slicer ``sys.executable`` is the application itself, not a plain Python, so look for
+    PythonSlicer beside it first.
+    """
+    exe = Path(sys.executable)
+    for cand in (exe.with_name("PythonSlicer"), exe.with_name("PythonSlicer.exe"),
+                 exe.parent.parent / "bin" / "PythonSlicer", exe.parent.parent / "bin" / "PythonSlicer.exe"):
+        if cand.is_file():
+            return str(cand)
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    return sys.executable
+
+
+def engine_command(module: str, args: Sequence[str], python: Optional[str] = None,
+                   env: Optional[Dict[str, str]] = None) -> tuple:
+    """``(argv, env)`` that run ``python -m <module> <args>`` with this engine importable and unbuffered.
+
+    The module folder (the parent of ``HILASegmentLib``) goes first on PYTHONPATH, so the child runs
+    exactly the engine the GUI loaded, installed as a Slicer module or checked out from source.
+    """
+    lib_parent = str(Path(__file__).resolve().parents[1])
+    child_env = dict(os.environ if env is None else env)
+    old = child_env.get("PYTHONPATH", "")
+    child_env["PYTHONPATH"] = lib_parent + (os.pathsep + old if old else "")
+    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env.setdefault("PYTHONIOENCODING", "utf-8")
+    argv = [python or python_executable(), "-u", "-m", module] + [str(a) for a in args]
+    return argv, child_env

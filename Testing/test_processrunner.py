@@ -1,0 +1,237 @@
+"""The background process runner the Slicer widget polls: real child processes, and a fake one."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from HILASegmentLib.processrunner import OutputLine, ProcessRunner, engine_command, python_executable
+
+POSIX = os.name == "posix"
+
+
+def script(tmp_path: Path, name: str, body: str) -> list:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return [sys.executable, "-u", str(p)]
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a container's init may not reap orphans)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_until(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_lines_stream_while_the_child_runs(tmp_path):
+    args = script(tmp_path, "talk.py", """
+        import sys, time
+        for i in range(3):
+            print(f"line {i}", flush=True)
+            time.sleep(0.3)
+        print("to stderr", file=sys.stderr, flush=True)
+        time.sleep(0.3)
+    """)
+    r = ProcessRunner(args).start()
+    seen = []
+    assert wait_until(lambda: seen.extend(r.poll()) or any(l.text == "line 0" for l in seen))
+    assert not r.finished, "the first line must arrive before the child exits (streaming, not buffered)"
+    out = r.wait(timeout=30, on_line=seen.append)
+    assert out.ok and out.returncode == 0 and out.error is None
+    texts = [(l.stream, l.text) for l in seen]
+    assert [t for s, t in texts if s == "stdout"] == ["line 0", "line 1", "line 2"]
+    assert ("stderr", "to stderr") in texts
+
+
+def test_json_progress_lines_feed_fraction_message_and_result(tmp_path):
+    args = script(tmp_path, "progress.py", """
+        import json, time
+        for i in range(1, 5):
+            print(json.dumps({"event": "progress", "fraction": i / 4, "message": f"epoch {i}"}), flush=True)
+            time.sleep(0.05)
+        print("a plain log line", flush=True)
+        print(json.dumps({"event": "result", "ok": True, "version": 3, "metrics": {"dice": 0.8}}), flush=True)
+    """)
+    r = ProcessRunner(args).start()
+    fractions = []
+    out = r.wait(timeout=30, on_line=lambda l: fractions.append(r.fraction) if l.record else None)
+    assert out.ok
+    assert r.fraction == 1.0 and r.message == "epoch 4"
+    assert out.result["version"] == 3 and out.result["metrics"]["dice"] == 0.8
+    assert fractions == sorted(f for f in fractions if f is not None)  # monotone
+
+
+def test_a_crashing_child_reports_its_error_line(tmp_path):
+    args = script(tmp_path, "crash.py", """
+        print('{"event": "progress", "fraction": 0.1, "message": "loading"}', flush=True)
+        raise ValueError("case 7: label grid differs from image grid")
+    """)
+    out = ProcessRunner(args).start().wait(timeout=30)
+    assert not out.ok and out.returncode == 1 and not out.cancelled
+    assert out.error == "ValueError: case 7: label grid differs from image grid"
+
+
+def test_hila_error_line_and_json_error_event_win(tmp_path):
+    args = script(tmp_path, "hilaerr.py", """
+        import sys
+        print("hila: error: /tmp/x.nrrd: not a readable image", file=sys.stderr)
+        print("some later noise", file=sys.stderr)
+        sys.exit(2)
+    """)
+    out = ProcessRunner(args).start().wait(timeout=30)
+    assert out.returncode == 2 and out.error == "/tmp/x.nrrd: not a readable image"
+    args = script(tmp_path, "jsonerr.py", """
+        import sys
+        print('{"event": "error", "ok": false, "error": "workspace is locked"}', flush=True)
+        sys.exit(2)
+    """)
+    out = ProcessRunner(args).start().wait(timeout=30)
+    assert out.error == "workspace is locked"
+
+
+def test_silent_nonzero_exit_says_the_code(tmp_path):
+    out = ProcessRunner(script(tmp_path, "quiet.py", "import sys; sys.exit(5)")).start().wait(timeout=30)
+    assert out.returncode == 5 and out.error == "exited with code 5"
+
+
+def test_missing_program_raises_at_start(tmp_path):
+    with pytest.raises(OSError):
+        ProcessRunner([str(tmp_path / "no-such-program")]).start()
+
+
+@pytest.mark.skipif(not POSIX, reason="process groups are POSIX here")
+def test_cancel_kills_grandchildren_too(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    args = script(tmp_path, "parent.py", f"""
+        import subprocess, sys, time
+        g = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(0.1)"])
+        open({str(pidfile)!r}, "w").write(str(g.pid))
+        print("started", flush=True)
+        while True:
+            time.sleep(0.1)
+    """)
+    r = ProcessRunner(args, grace_seconds=2.0).start()
+    assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 20)
+    gpid = int(pidfile.read_text())
+    assert alive(gpid) and alive(r.process.pid)
+    t0 = time.monotonic()
+    r.cancel()
+    assert time.monotonic() - t0 < 1.0, "cancel() must not block the GUI"
+    out = r.wait(timeout=20)
+    assert out.cancelled and not out.ok and out.error == "cancelled"
+    assert wait_until(lambda: not alive(gpid), 10), "grandchild survived cancel"
+
+
+@pytest.mark.skipif(not POSIX, reason="signals")
+def test_cancel_escalates_to_kill_when_sigterm_is_ignored(tmp_path):
+    args = script(tmp_path, "stubborn.py", """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.1)
+    """)
+    r = ProcessRunner(args, grace_seconds=0.5).start()
+    assert wait_until(lambda: any(l.text == "ready" for l in r.poll()), 20)
+    r.cancel()
+    out = r.wait(timeout=20)
+    assert out.cancelled and out.returncode == -9
+
+
+# -- the injectable process interface -------------------------------------------------------
+class FakeChild:
+    def __init__(self, out_lines, err_lines, rc=0):
+        self.pid = 4242
+        self.stdout = iter([l + "\n" for l in out_lines])
+        self.stderr = iter([l + "\n" for l in err_lines])
+        self.rc = rc
+        self.calls = []
+        self.dead = False
+
+    def poll(self):
+        return self.rc if self.dead or self.rc is not None else None
+
+    def wait(self, timeout=None):
+        self.calls.append(("wait", timeout))
+        return self.rc
+
+    def terminate_tree(self):
+        self.calls.append("terminate")
+
+    def kill_tree(self):
+        self.calls.append("kill")
+
+
+def test_fake_process_factory_gets_args_and_env():
+    made = {}
+
+    def factory(args, cwd, env):
+        made.update(args=args, cwd=cwd, env=env)
+        return FakeChild([json.dumps({"event": "progress", "fraction": 0.5, "message": "half"}),
+                          json.dumps({"event": "result", "ok": True, "n": 1}), "{not json"],
+                         ["warning: x"], rc=0)
+
+    r = ProcessRunner(["trainer", "ws", "--json"], cwd="/w", env={"A": "1"}, factory=factory).start()
+    out = r.wait(timeout=5)
+    assert made == {"args": ["trainer", "ws", "--json"], "cwd": "/w", "env": {"A": "1"}}
+    assert out.ok and out.result["n"] == 1 and r.fraction == 0.5 and r.message == "half"
+    assert r.stderr_tail == ["warning: x"]
+
+
+def test_fake_cancel_terminates_then_kills_after_grace():
+    child = FakeChild([], [], rc=None)
+    child.stdout = iter([])
+    child.stderr = iter([])
+    r = ProcessRunner(["x"], factory=lambda a, c, e: child, grace_seconds=0.25).start()
+    r.poll()
+    assert r.running
+    r.cancel(block=True)
+    assert child.calls == ["terminate", ("wait", 0.25), "kill"]
+    child.dead, child.rc = True, -15
+    out = r.wait(timeout=5)
+    assert out.cancelled and out.error == "cancelled"
+    r.cancel()  # a second cancel after the end is harmless
+    assert child.calls.count("kill") == 1
+
+
+def test_json_parsing_only_takes_objects():
+    r = ProcessRunner(["x"], factory=lambda a, c, e: FakeChild(["[1, 2]", "{\"event\": \"progress\", \"fraction\": \"bad\"}", "3"], []))
+    out = r.start().wait(timeout=5)
+    assert out.ok and r.fraction is None and r.result is None
+
+
+def test_engine_command_runs_this_engine_unbuffered():
+    argv, env = engine_command("HILASegmentLib", ["--version"], python=sys.executable)
+    assert argv[:4] == [sys.executable, "-u", "-m", "HILASegmentLib"]
+    assert env["PYTHONUNBUFFERED"] == "1"
+    lib_parent = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (lib_parent / "HILASegmentLib" / "processrunner.py").exists()
+    out = ProcessRunner(argv, env=env).start()
+    lines = []
+    res = out.wait(timeout=60, on_line=lines.append)
+    assert res.ok and any("hila" in l.text for l in lines)
+    assert python_executable()  # plain Python here, PythonSlicer inside Slicer
