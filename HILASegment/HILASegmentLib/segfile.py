@@ -35,6 +35,7 @@ LabelSpec = Tuple[int, str, Optional[Color]]
 
 MASTER_REPRESENTATION = "Binary labelmap"
 EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
+MAX_SEGMENTS = 1000
 
 # Header fields that describe the axes; they are recomputed from the voxels, never copied through.
 _AXIS_FIELDS = {
@@ -150,6 +151,9 @@ class Segmentation:
         specs = _normalise_label_specs(labels)
         arr = sitk.GetArrayViewFromImage(label)
         present = [int(v) for v in np.unique(arr) if v != 0]
+        if len(present) > MAX_SEGMENTS:
+            raise HilaError(f"label map: {len(present)} distinct values, more than the {MAX_SEGMENTS} segments a label "
+                            "map plausibly holds (an intensity image?)")
         listed = {v for v, _, _ in specs}
         for v in present:
             if v not in listed:

@@ -1,0 +1,117 @@
+"""`hila convert IN OUT`: any supported image or segmentation in, any supported format out.
+
+What is read and written is decided by the file names and contents: a ``.seg.nrrd`` (recognised by
+its segment keys, not only its name) is a Slicer segmentation, a DICOM folder is a series, other
+volume files are images or label maps. Output ``*.seg.nrrd`` makes a Slicer segmentation (from a
+label map, with ``--names``), other volume suffixes a plain image or label map. Nothing is written
+on error: outputs appear atomically, by rename, only once complete.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser(
+        "convert", parents=[parent],
+        help="convert images and segmentations (.seg.nrrd, .nrrd, .nii[.gz], .mha/.mhd, DICOM folder)",
+        description="Convert between volume formats (.nrrd .nii .nii.gz .mha .mhd, DICOM series folder in), "
+                    "and between label maps and Slicer segmentations (.seg.nrrd), keeping the exact geometry.",
+        epilog="examples: hila convert dicom/ProstateX-0000_t2 t2.nrrd | "
+               "hila convert labels.nii.gz labels.seg.nrrd --names 1=prostate,2=bladder | "
+               "hila convert case.seg.nrrd case_labels.nii.gz",
+    )
+    p.add_argument("input", metavar="IN", help="volume file, DICOM series folder, label map or .seg.nrrd")
+    p.add_argument("output", metavar="OUT", help="output file: .seg.nrrd, .nrrd, .nii, .nii.gz, .mha or .mhd")
+    p.add_argument("--names", metavar="SPEC",
+                   help="segment names for label values: '1=prostate,2=bladder', or a Slicer colour table / "
+                        "JSON file (label map -> .seg.nrrd)")
+    p.add_argument("--reference", metavar="IMAGE",
+                   help="the image the labels belong to: the label map must lie on its grid, and the output "
+                        "gets exactly the image's geometry")
+    p.set_defaults(func=run)
+
+
+def _kind_of_output(path: str) -> str:
+    from ..errors import HilaError
+    from ..imageio import VOLUME_SUFFIXES, volume_suffix
+
+    name = Path(path).name.lower()
+    if name.endswith(".seg.nrrd"):
+        return "segmentation"
+    if volume_suffix(path) is None:
+        raise HilaError(f"{path}: unsupported output type; use .seg.nrrd or one of {', '.join(VOLUME_SUFFIXES)}")
+    return "image"
+
+
+def convert(src: str, dst: str, names=None, reference: str | None = None) -> dict:
+    """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
+    from ..errors import HilaError
+    from .. import imageio, segfile
+
+    out_kind = _kind_of_output(dst)
+    src_p = Path(src)
+    if not src_p.exists():
+        raise HilaError(f"{src}: no such file or folder")
+    if Path(dst).resolve() == src_p.resolve() and src_p.is_file():
+        raise HilaError(f"{dst}: output is the input file")
+    ref = imageio.read_image(reference) if reference else None
+    in_kind = "segmentation" if segfile.is_seg_nrrd(src_p) else ("dicom" if src_p.is_dir() else "image")
+    table = segfile.parse_names(names) if names else {}
+
+    if out_kind == "segmentation":
+        if in_kind == "segmentation":
+            seg = segfile.read_segmentation(src_p, table or None)
+            if ref is not None:
+                diff = imageio.grid_difference(seg.grid, ref)
+                if diff:
+                    raise HilaError(f"{src}: segmentation is not on the grid of {reference} ({diff})")
+        else:
+            label = imageio.read_label(src_p, ref)
+            if ref is not None:
+                label.CopyInformation(ref)  # within tolerance: take the image's exact geometry
+            seg = segfile.Segmentation.from_label_image(label, [(v, n, None) for v, n in sorted(table.items())])
+            seg.source = str(src_p)
+        segfile.write_segmentation(seg, dst)
+        grid = seg.grid
+        result = {"segments": [{"id": s.id, "name": s.name, "label_value": s.label_value, "layer": s.layer}
+                               for s in seg.segments], "layers": len(seg.layers)}
+        summary = f"wrote {dst}: Slicer segmentation, {len(seg.segments)} segment(s) in {len(seg.layers)} layer(s)"
+    else:
+        if in_kind == "segmentation":
+            seg = segfile.read_segmentation(src_p)
+            img = seg.to_label_image(reference=ref)
+            if ref is not None:
+                diff = imageio.grid_difference(img, ref)
+                if diff:
+                    raise HilaError(f"{src}: segmentation is not on the grid of {reference} ({diff})")
+                img.CopyInformation(ref)
+            values = seg.label_values()
+            result = {"segments": [{"id": s.id, "name": s.name, "label_value": values[s.id]} for s in seg.segments]}
+            summary = f"wrote {dst}: label map of {len(seg.segments)} segment(s)"
+        else:
+            if table:
+                raise HilaError("--names applies when a label map is converted to a .seg.nrrd")
+            img = imageio.read_label(src_p, ref) if ref is not None else imageio.read_image(src_p)
+            if ref is not None:
+                img.CopyInformation(ref)
+            result = {}
+            summary = f"wrote {dst}: {img.GetPixelIDTypeAsString()} image"
+        imageio.write_image(img, dst)
+        grid = img
+    result.update({
+        "input": str(src), "input_kind": in_kind, "output": str(dst), "output_kind": out_kind,
+        "size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()), "origin": list(grid.GetOrigin()),
+        "direction": list(grid.GetDirection()),
+    })
+    size = "x".join(str(s) for s in grid.GetSize())
+    return {"result": result, "summary": f"{summary}, {size} voxels"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import emit
+
+    done = convert(args.input, args.output, names=args.names, reference=args.reference)
+    emit(args, done["result"], done["summary"])
+    return 0
