@@ -1,0 +1,212 @@
+"""Workspace commands: ``hila init | import | submit | status | check | export | models | rank``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import emit, make_progress
+from ..errors import HilaError
+
+
+def register(sub, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("init", parents=[parent], help="create a workspace (a folder with a ledger and immutable files)",
+                       description="Create a workspace in a new or empty folder.")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("--modality", required=True, help="MR or CT")
+    p.add_argument("--labels", default=None, help="label names, comma-separated (values 1..n in this order)")
+    p.add_argument("--model", default=None, help="starter model: a name (e.g. taps) or an .onnx path; becomes version 1")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import", parents=[parent], help="import volumes or DICOM series folders as cases",
+                       description="Import volumes (.nrrd .nii .nii.gz .mha) or DICOM series folders. "
+                       "A volume already in the workspace (same voxels and geometry) is reported, not duplicated.")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--name", default=None, help="case name (one PATH only; default: from the file or folder name)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("submit", parents=[parent], help="record a corrected label for a case (a new version)",
+                       description="Record LABELFILE (label map or Slicer .seg.nrrd) as the next correction version of CASE.")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("case", help="case id (or unique case name)")
+    p.add_argument("labelfile", type=Path)
+    p.add_argument("--quality", default="reviewed", choices=["reviewed", "rough", "weak"])
+    p.add_argument("--annotator", default=None)
+    p.add_argument("--seconds", type=float, default=None, help="time spent correcting")
+    p.add_argument("--based-on", type=int, default=None, help="prediction id this corrects (default: the case's latest)")
+    p.add_argument("--strict", action="store_true", help="refuse label values the workspace does not know "
+                   "(default: drop them and say so)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[parent], help="cases by state, corrections per quality, models, effort")
+    p.add_argument("workspace", type=Path)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check", parents=[parent], help="verify every ledger row against its file; find orphans",
+                       description="Exit 0 when the workspace is consistent (leftovers of interrupted writes are "
+                       "reported, not errors); non-zero with a one-line summary when a file is missing or changed.")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("--repair", action="store_true", help="move orphans and stale temporaries to lost+found/ (never deletes)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("export", parents=[parent], help="images + latest corrections as NIfTI and .seg.nrrd with a manifest")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--all", action="store_true", help="also export images of cases without a correction")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", parents=[parent], help="model versions: list, promote VERSION, rollback")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("action", nargs="?", default="list", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", default=None)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first")
+    p.add_argument("workspace", type=Path)
+    p.set_defaults(func=cmd_rank)
+
+
+def _open(path: Path):
+    from ..workspace import Workspace
+    return Workspace.open(path)
+
+
+def cmd_init(args) -> int:
+    from ..workspace import Workspace
+    ws = Workspace.create(args.workspace, args.modality, args.labels, model=args.model)
+    with ws:
+        s = ws.settings
+        m = ws.current_model()
+        res = {"workspace": str(ws.root), "modality": s.modality,
+               "labels": [{"value": l.value, "name": l.name, "color": list(l.color)} for l in s.labels],
+               "model": None if m is None else {"version": m.version, "name": m.card.get("name")}}
+    labels = ", ".join(f"{l['value']} {l['name']}" for l in res["labels"])
+    model = f"; model v1 {res['model']['name']}" if res["model"] else ""
+    emit(args, res, f"workspace {res['workspace']}: {res['modality']}, labels {labels}{model}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from ..progress import scaled
+    if args.name and len(args.paths) > 1:
+        raise HilaError("--name: only with one PATH")
+    with _open(args.workspace) as ws:
+        prog = make_progress(args, "import")
+        cases = []
+        try:
+            n = len(args.paths)
+            for i, p in enumerate(args.paths):
+                c = ws.import_volume(p, name=args.name, progress=scaled(prog, i / n, (i + 1) / n))
+                cases.append({"case_id": c.case_id, "name": c.name, "existing": c.existing, "source": str(p)})
+        finally:
+            if hasattr(prog, "close"):
+                prog.close()
+    res = {"case_id": cases[0]["case_id"], "existing": cases[0]["existing"], "cases": cases}
+    lines = [f"{c['case_id']} {c['name']}: {'already in the workspace' if c['existing'] else 'imported'} ({c['source']})"
+             for c in cases]
+    emit(args, res, "\n".join(lines))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    with _open(args.workspace) as ws:
+        c = ws.submit(args.case, args.labelfile, quality=args.quality, annotator=args.annotator, seconds=args.seconds,
+                      based_on=args.based_on, strict=args.strict)
+        res = {"case_id": c.case_id, "correction": c.to_dict(), "version": c.version, "quality": c.quality}
+    e = c.effort
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in e.get("dice", {}).items() if v is not None)
+    against = e.get("against", "nothing")
+    change = f"{e.get('voxels_changed', 0)} voxels changed vs {against}" + (f" (Dice {dice})" if dice else "")
+    ign = e.get("ignored_values")
+    note = f"; ignored label value(s) {', '.join(ign)} not in the workspace" if ign else ""
+    emit(args, res, f"case {c.case_id}: correction v{c.version} ({c.quality}) recorded; {change}{note}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    with _open(args.workspace) as ws:
+        st = ws.status()
+    by_state = ", ".join(f"{k} {v}" for k, v in st["cases"]["by_state"].items() if v)
+    by_q = ", ".join(f"{k} {v}" for k, v in st["corrections"]["by_quality"].items())
+    models = ", ".join(f"v{m['version']} {m['status']}" for m in st["models"]) or "none"
+    eff = st["effort"].get("all", {})
+    lines = [f"workspace {st['workspace']} ({st['modality']}; labels {', '.join(l['name'] for l in st['labels'])})",
+             f"cases: {st['cases']['total']} ({by_state or 'none'})",
+             f"corrections: {st['corrections']['total']} ({by_q}); predictions: {st['predictions']}",
+             f"models: {models}",
+             f"effort: {eff.get('corrections', 0)} corrections, {eff.get('seconds_total', 0)} s, "
+             f"mean {eff.get('voxels_changed_mean')} voxels changed"]
+    for k, v in st["effort"].items():
+        if k.startswith("v"):
+            d = ", ".join(f"{n} {x}" for n, x in v["dice_vs_prediction_mean"].items() if x is not None)
+            lines.append(f"  corrections of model {k}: {v['corrections']}, mean {v['voxels_changed_mean']} voxels changed"
+                         + (f", Dice vs prediction {d}" if d else ""))
+    emit(args, st, "\n".join(lines))
+    return 0
+
+
+def cmd_check(args) -> int:
+    with _open(args.workspace) as ws:
+        rep = ws.check(repair=args.repair)
+    res = rep.to_dict()
+    if args.json:
+        emit(args, res, "")
+    else:
+        if not rep.ok:
+            for p in rep.problems[:20]:
+                print(f"  {p}")
+        print(rep.summary(), flush=True)
+    return 0 if rep.ok else 1
+
+
+def cmd_export(args) -> int:
+    with _open(args.workspace) as ws:
+        prog = make_progress(args, "export")
+        try:
+            res = ws.export(args.directory, include_unlabelled=args.all, progress=prog)
+        finally:
+            if hasattr(prog, "close"):
+                prog.close()
+    emit(args, res, f"exported {res['cases']} case(s), {res['labels']} label map(s), {res['segmentations']} "
+                    f".seg.nrrd to {res['directory']} (manifest.json)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    with _open(args.workspace) as ws:
+        if args.action == "promote":
+            if args.version is None:
+                raise HilaError("models promote: give a VERSION")
+            m = ws.promote(args.version)
+            res = {"action": "promote", "current": m.version, "models": [x.to_dict() for x in ws.models()]}
+            summary = f"model v{m.version} is now current"
+        elif args.action == "rollback":
+            m = ws.rollback()
+            res = {"action": "rollback", "current": m.version, "models": [x.to_dict() for x in ws.models()]}
+            summary = f"rolled back: model v{m.version} is current again"
+        else:
+            if args.version is not None:
+                raise HilaError(f"models list: unexpected argument {args.version!r}")
+            ms = ws.models()
+            res = {"action": "list", "current": next((m.version for m in ms if m.status == "current"), None),
+                   "models": [m.to_dict() for m in ms]}
+            lines = []
+            for m in ms:
+                met = m.card.get("metrics") or {}
+                metric = next((f"{k} {v}" for k, v in met.items() if isinstance(v, (int, float))), "")
+                lines.append(f"v{m.version} {m.status:9s} {m.card.get('name', '')} parent={m.parent} {metric}".rstrip())
+            summary = "\n".join(lines) or "no models"
+    emit(args, res, summary)
+    return 0
+
+
+def cmd_rank(args) -> int:
+    with _open(args.workspace) as ws:
+        ranked = ws.rank()
+    lines = []
+    for r in ranked:
+        need = "unpredicted" if not r["predicted"] else (
+            f"need {r['review_need']:.3f}" if r["review_need"] is not None else "no uncertainty summary")
+        lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need})")
+    emit(args, {"cases": ranked}, "\n".join(lines) or "every case has a reviewed correction")
+    return 0

@@ -1,0 +1,131 @@
+"""``hila check``: every ledger row against its file, and every file against the ledger.
+
+Damage (exit non-zero) is what must never happen: a row whose file is gone or whose bytes differ,
+a broken ledger, a gap in a case's correction versions. What a killed writer can leave behind is
+reported but is not damage: a staging folder under ``tmp/`` or a placed file whose row was never
+committed (its submission never returned success). ``--repair`` moves those, and any foreign file
+in a managed folder, into ``lost+found/``; it never deletes anything and never touches a row.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Set
+
+from .files import PLACED_NAME, sha256_file
+from .records import CheckReport, dumps
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Workspace
+
+_FILE_COLUMNS = (("cases", "case_id", "file", "sha256"), ("predictions", "prediction_id", "file", "sha256"),
+                 ("corrections", "correction_id", "file", "sha256"), ("models", "version", "file", "sha256"),
+                 ("models", "version", "checkpoint_file", "checkpoint_sha256"))
+
+
+def _known_files(con: sqlite3.Connection) -> Set[str]:
+    known: Set[str] = set()
+    for table, _key, col, _sha in _FILE_COLUMNS:
+        known.update(r[0] for r in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"))
+    return known
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
+    rep = CheckReport(ok=True)
+    root = ws.root
+    # 1. the ledger itself
+    with ws.ledger.read() as con:
+        integrity = [r[0] for r in con.execute("PRAGMA quick_check")]
+        if integrity != ["ok"]:
+            rep.problems.append(f"ledger integrity: {integrity[0]}")
+        for r in con.execute("PRAGMA foreign_key_check"):
+            rep.problems.append(f"ledger: row {r[1]} of table {r[0]} points to a missing {r[2]}")
+        rows = []
+        for table, key, col, sha in _FILE_COLUMNS:
+            rows += [(table, r[0], r[1], r[2]) for r in con.execute(
+                f"SELECT {key}, {col}, {sha} FROM {table} WHERE {col} IS NOT NULL")]
+        gaps = con.execute("SELECT case_id, COUNT(*), MAX(version) FROM corrections GROUP BY case_id "
+                           "HAVING COUNT(*) != MAX(version)").fetchall()
+        for g in gaps:
+            rep.problems.append(f"case {g[0]}: correction versions have gaps ({g[1]} rows, highest v{g[2]})")
+        running = con.execute("SELECT run_id, host, pid FROM training_runs WHERE status = 'running'").fetchall()
+    # 2. every row against its file (files are immutable, so this needs no lock)
+    rep.rows_checked = len(rows)
+    for table, key, rel, sha in rows:
+        path = root / rel
+        if not path.is_file():
+            rep.problems.append(f"{table} {key}: file {rel} is missing")
+            continue
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            rep.problems.append(f"{table} {key}: file {rel} cannot be read ({exc.strerror})")
+            continue
+        rep.files_checked += 1
+        if actual != sha:
+            rep.problems.append(f"{table} {key}: file {rel} has changed (sha256 {actual[:12]}... != {sha[:12]}...)")
+    # 3. every file against the ledger, holding the write lock so no writer is between placing a file and
+    #    committing its row (writers place files only inside their write transaction)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    try:
+        ctx = ws.ledger.write()
+        con = ctx.__enter__()
+    except Exception:  # a read-only workspace: check what can be checked
+        ctx, con, repair_possible = None, None, False
+    else:
+        repair_possible = True
+    try:
+        if con is None:
+            with ws.ledger.read() as rcon:
+                known = _known_files(rcon)
+        else:
+            known = _known_files(con)
+        for rel in ws.files.managed_files():
+            if rel in known:
+                continue
+            (rep.orphans if PLACED_NAME.match(Path(rel).name) else rep.foreign).append(rel)
+        for path, stale in ws.files.temporaries():
+            rel = path.relative_to(root).as_posix()
+            (rep.stale_temporaries if stale else rep.busy_temporaries).append(rel)
+        for run_id, host, pid in running:
+            if host == socket.gethostname() and pid and not _pid_alive(int(pid)):
+                rep.warnings.append(f"training run {run_id} is marked running but its process {pid} is gone")
+                if repair and con is not None:
+                    con.execute("UPDATE training_runs SET status = 'failed', finished_at = ?, "
+                                "log = log || ? WHERE run_id = ?",
+                                (_dt.datetime.now(_dt.timezone.utc).isoformat(), "\n[check --repair] process gone", run_id))
+                    rep.repaired.append(f"training run {run_id} marked failed")
+        if repair and repair_possible:
+            for rel in rep.orphans + rep.foreign + rep.stale_temporaries:
+                target = ws.files.move_to_lost_found(root / rel, stamp)
+                rep.repaired.append(f"{rel} -> {target.relative_to(root).as_posix()}")
+            if rep.repaired:
+                con.execute("INSERT INTO events (time, kind, entity, actor, details) VALUES (?,?,?,?,?)",
+                            (_dt.datetime.now(_dt.timezone.utc).isoformat(), "repair", None, None,
+                             dumps({"moved": rep.repaired})))
+            rep.foreign = []
+    except BaseException as exc:
+        if ctx is not None:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    if rep.foreign:
+        rep.problems.append(f"{len(rep.foreign)} file(s) in workspace folders that the ledger does not know and that "
+                            f"HILASegment did not write, e.g. {rep.foreign[0]} (--repair moves them to lost+found/)")
+    rep.ok = not rep.problems
+    return rep

@@ -1,0 +1,284 @@
+"""The workspace ledger: one SQLite file, its schema, its migrations and its transactions.
+
+SQLite in WAL mode gives readers consistent snapshots while one writer commits, and a crash at
+any moment leaves the last committed state. Writers take ``BEGIN IMMEDIATE`` (the write lock up
+front, so two writers never deadlock on a lock upgrade) and retry while another process holds it.
+``PRAGMA user_version`` is the schema version; a ledger written by a newer HILASegment is refused
+before anything is touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator
+
+from ..errors import HilaError
+
+LEDGER_NAME = "hila.sqlite"
+
+#: The schema version this code writes; ``MIGRATIONS[n]`` brings a ledger from version n-1 to n.
+SCHEMA_VERSION = 1
+
+#: How long a writer waits for another writer before giving up (seconds, total, over all retries).
+WRITE_TIMEOUT_S = float(os.environ.get("HILA_LEDGER_TIMEOUT", "300"))
+
+_SCHEMA_V1 = """
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL                        -- JSON
+);
+CREATE TABLE labels (
+    value INTEGER PRIMARY KEY CHECK (value BETWEEN 1 AND 255),
+    name  TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    color TEXT NOT NULL                        -- JSON [r, g, b] in 0..1
+);
+CREATE TABLE cases (
+    case_id      TEXT PRIMARY KEY,
+    seq          INTEGER NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,         -- sha256 of voxels + pixel type + geometry
+    file         TEXT NOT NULL UNIQUE,         -- relative to the workspace folder
+    sha256       TEXT NOT NULL,                -- of the stored file
+    source_path  TEXT,
+    grid         TEXT NOT NULL,                -- JSON: size, spacing, origin, direction, pixel type
+    imported_at  TEXT NOT NULL
+);
+CREATE TABLE models (
+    version           INTEGER PRIMARY KEY CHECK (version >= 1),
+    file              TEXT NOT NULL UNIQUE,
+    sha256            TEXT NOT NULL,
+    card              TEXT NOT NULL,           -- JSON
+    parent            INTEGER REFERENCES models(version),
+    status            TEXT NOT NULL CHECK (status IN ('candidate', 'current', 'retired')),
+    checkpoint_file   TEXT UNIQUE,
+    checkpoint_sha256 TEXT,
+    training_run      INTEGER REFERENCES training_runs(run_id),
+    created_at        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX models_one_current ON models(status) WHERE status = 'current';
+CREATE TABLE model_promotions (              -- history of 'current', for one-step rollback
+    promotion_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version      INTEGER NOT NULL REFERENCES models(version),
+    action       TEXT NOT NULL CHECK (action IN ('init', 'promote', 'rollback')),
+    time         TEXT NOT NULL
+);
+CREATE TABLE predictions (
+    prediction_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id       TEXT NOT NULL REFERENCES cases(case_id),
+    model_version INTEGER,                     -- a workspace model version (or an outside model's)
+    file          TEXT NOT NULL UNIQUE,
+    sha256        TEXT NOT NULL,
+    uncertainty   TEXT,                        -- JSON summary from inference
+    created_at    TEXT NOT NULL
+);
+CREATE INDEX predictions_case ON predictions(case_id, prediction_id);
+CREATE TABLE corrections (
+    correction_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id       TEXT NOT NULL REFERENCES cases(case_id),
+    version       INTEGER NOT NULL CHECK (version >= 1),
+    file          TEXT NOT NULL UNIQUE,
+    sha256        TEXT NOT NULL,
+    quality       TEXT NOT NULL CHECK (quality IN ('reviewed', 'rough', 'weak')),
+    annotator     TEXT,
+    seconds       REAL CHECK (seconds IS NULL OR seconds >= 0),
+    based_on      INTEGER REFERENCES predictions(prediction_id),
+    effort        TEXT NOT NULL,               -- JSON: Dice per label, voxels changed, against what
+    created_at    TEXT NOT NULL,
+    UNIQUE (case_id, version)
+);
+CREATE TABLE training_runs (
+    run_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    status        TEXT NOT NULL CHECK (status IN ('running', 'done', 'cancelled', 'failed')),
+    parent_model  INTEGER REFERENCES models(version),
+    model_version INTEGER REFERENCES models(version),
+    metrics       TEXT,                        -- JSON
+    log           TEXT NOT NULL DEFAULT '',
+    host          TEXT,
+    pid           INTEGER,
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT
+);
+CREATE TABLE training_snapshot (              -- the exact correction versions a run trains on
+    run_id        INTEGER NOT NULL REFERENCES training_runs(run_id),
+    correction_id INTEGER NOT NULL REFERENCES corrections(correction_id),
+    PRIMARY KEY (run_id, correction_id)
+);
+CREATE TABLE events (
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time     TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    entity   TEXT,
+    actor    TEXT,
+    details  TEXT                              -- JSON
+);
+-- What a radiologist submitted is never rewritten or removed; nor is an imported case or a model file.
+CREATE TRIGGER corrections_no_update BEFORE UPDATE ON corrections
+BEGIN SELECT RAISE(ABORT, 'corrections are immutable'); END;
+CREATE TRIGGER corrections_no_delete BEFORE DELETE ON corrections
+BEGIN SELECT RAISE(ABORT, 'corrections are never deleted'); END;
+CREATE TRIGGER cases_no_update BEFORE UPDATE ON cases
+BEGIN SELECT RAISE(ABORT, 'cases are immutable'); END;
+CREATE TRIGGER predictions_no_update BEFORE UPDATE ON predictions
+BEGIN SELECT RAISE(ABORT, 'predictions are immutable'); END;
+CREATE TRIGGER models_files_fixed BEFORE UPDATE OF version, file, sha256, checkpoint_file, checkpoint_sha256 ON models
+BEGIN SELECT RAISE(ABORT, 'model files are immutable'); END;
+CREATE TRIGGER training_snapshot_no_update BEFORE UPDATE ON training_snapshot
+BEGIN SELECT RAISE(ABORT, 'training snapshots are immutable'); END;
+"""
+
+
+def _migrate_to_1(con: sqlite3.Connection) -> None:
+    for stmt in _split_sql(_SCHEMA_V1):
+        con.execute(stmt)
+
+
+#: version -> function that upgrades a ledger at version-1 to version (run inside one transaction).
+MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+
+
+def _split_sql(script: str) -> list:
+    """Split a schema script into statements (``executescript`` would commit mid-migration)."""
+    stmts, buf = [], ""
+    for line in script.splitlines():
+        line = line.split("--", 1)[0].rstrip()
+        if not line:
+            continue
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            stmts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        stmts.append(buf.strip())
+    return stmts
+
+
+def read_header_version(path: Path) -> int:
+    """The schema version in a ledger file's header, read without opening it with SQLite.
+
+    Lets a newer ledger be refused before SQLite creates WAL/shared-memory files beside it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+    except OSError as exc:
+        raise HilaError(f"{path}: cannot read the ledger ({exc.strerror})") from None
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        raise HilaError(f"{path}: not a HILASegment ledger (not an SQLite database); the workspace is damaged")
+    return struct.unpack(">I", head[60:64])[0]
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class Ledger:
+    """One connection to a workspace's ledger, shared by the threads of one process."""
+
+    def __init__(self, path: Path, create: bool = False):
+        self.path = Path(path)
+        if not create:
+            version = read_header_version(self.path)
+            if version > SCHEMA_VERSION:
+                raise HilaError(f"{self.path}: ledger schema version {version} is newer than this HILASegment "
+                                f"understands ({SCHEMA_VERSION}); update HILASegment")
+        self._lock = threading.RLock()
+        try:
+            self.con = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
+            self.con.row_factory = sqlite3.Row
+            self.con.execute("PRAGMA busy_timeout = 10000")
+            self.con.execute("PRAGMA foreign_keys = ON")
+            journal = os.environ.get("HILA_JOURNAL_MODE", "WAL").upper()  # DELETE for disks without shared memory
+            self._retry(lambda: self.con.execute(f"PRAGMA journal_mode = {journal}").fetchone())
+            self.con.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            raise HilaError(f"{self.path}: cannot open the ledger ({exc})") from None
+        self._migrate()
+
+    # -- schema --------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        return int(self.con.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        if self.schema_version() >= SCHEMA_VERSION:
+            if self.schema_version() > SCHEMA_VERSION:
+                raise HilaError(f"{self.path}: ledger schema version {self.schema_version()} is newer than this "
+                                f"HILASegment understands ({SCHEMA_VERSION}); update HILASegment")
+            return
+        with self.write() as con:
+            current = int(con.execute("PRAGMA user_version").fetchone()[0])
+            for target in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[target](con)
+                con.execute(f"PRAGMA user_version = {target}")
+
+    # -- transactions --------------------------------------------------------------------------
+    def _retry(self, fn: Callable, timeout: float = WRITE_TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    if _busy(exc):
+                        raise HilaError(f"{self.path}: the workspace is busy (another process held the ledger "
+                                        f"for over {timeout:.0f} s)") from None
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``, retried while another writer holds the lock)."""
+        with self._lock:
+            self._retry(lambda: self.con.execute("BEGIN IMMEDIATE"))
+            try:
+                yield self.con
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    self._retry(lambda: self.con.execute("COMMIT"))
+                except BaseException:
+                    if self.con.in_transaction:
+                        self.con.execute("ROLLBACK")
+                    raise
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one consistent snapshot of the ledger."""
+        with self._lock:
+            if self.con.in_transaction:  # nested inside a write: same snapshot
+                yield self.con
+                return
+            self._retry(lambda: self.con.execute("BEGIN DEFERRED"))
+            try:
+                # the snapshot starts at the first read; take it now
+                self._retry(lambda: self.con.execute("SELECT count(*) FROM sqlite_master").fetchone())
+                yield self.con
+            finally:
+                if self.con.in_transaction:
+                    self.con.execute("COMMIT")
+
+    def dump(self) -> Dict[str, list]:
+        """Every table's rows (for tests and ``check``): ``{table: [tuple, ...]}`` in a stable order."""
+        out = {}
+        with self.read() as con:
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            for t in tables:
+                out[t] = [tuple(r) for r in con.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.con.close()
+            except sqlite3.Error:  # pragma: no cover
+                pass

@@ -1,0 +1,210 @@
+"""The plain records a workspace hands out (dataclasses, no behaviour), and the label palette."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+QUALITIES = ("reviewed", "rough", "weak")
+MODALITIES = ("MR", "CT")
+MODEL_STATUSES = ("candidate", "current", "retired")
+RUN_STATUSES = ("running", "done", "cancelled", "failed")
+
+#: Colours (0..1 RGB) for common pelvic structures, after Slicer's GenericAnatomyColors; others cycle a palette.
+KNOWN_COLOURS: Dict[str, Tuple[float, float, float]] = {
+    "prostate": (0.847, 0.792, 0.733),
+    "bladder": (0.847, 0.780, 0.400),
+    "urinary_bladder": (0.847, 0.780, 0.400),
+    "rectum": (0.725, 0.400, 0.333),
+    "femoral_head_left": (0.945, 0.839, 0.569),
+    "femoral_head_right": (0.945, 0.839, 0.569),
+    "seminal_vesicles": (0.560, 0.745, 0.545),
+    "peripheral_zone": (0.502, 0.682, 0.502),
+    "transition_zone": (0.945, 0.702, 0.502),
+    "central_gland": (0.945, 0.702, 0.502),
+    "lesion": (0.878, 0.157, 0.157),
+}
+PALETTE: Tuple[Tuple[float, float, float], ...] = (
+    (0.502, 0.682, 0.502), (0.945, 0.839, 0.569), (0.694, 0.478, 0.396), (0.435, 0.722, 0.824),
+    (0.847, 0.396, 0.310), (0.867, 0.510, 0.396), (0.565, 0.933, 0.565), (0.753, 0.408, 0.878),
+)
+
+
+def default_colour(name: str, index: int) -> Tuple[float, float, float]:
+    return KNOWN_COLOURS.get(name.strip().lower().replace(" ", "_"), PALETTE[index % len(PALETTE)])
+
+
+@dataclass(frozen=True)
+class WorkspaceLabel:
+    value: int
+    name: str
+    color: Tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Settings:
+    modality: str
+    labels: List[WorkspaceLabel]
+    created_at: str = ""
+
+    def label_pairs(self) -> List[Tuple[int, str]]:
+        return [(l.value, l.name) for l in self.labels]
+
+    def names(self) -> List[str]:
+        return [l.name for l in self.labels]
+
+
+@dataclass
+class Case:
+    case_id: str
+    name: str
+    content_hash: str
+    path: Path
+    sha256: str
+    source_path: Optional[str]
+    grid: dict
+    imported_at: str
+    existing: bool = False  # set by import_volume when the volume was already there
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class Prediction:
+    prediction_id: int
+    case_id: str
+    model_version: Optional[int]
+    path: Path
+    sha256: str
+    uncertainty: Optional[dict]
+    created_at: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class Correction:
+    correction_id: int
+    case_id: str
+    version: int
+    path: Path
+    sha256: str
+    quality: str
+    annotator: Optional[str]
+    seconds: Optional[float]
+    based_on: Optional[int]
+    effort: dict
+    created_at: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class ModelRecord:
+    version: int
+    path: Path
+    sha256: str
+    card: dict
+    parent: Optional[int]
+    status: str
+    checkpoint_path: Optional[Path]
+    training_run: Optional[int]
+    created_at: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["checkpoint_path"] = None if self.checkpoint_path is None else str(self.checkpoint_path)
+        return d
+
+
+@dataclass(frozen=True)
+class SnapshotItem:
+    """One training example: a case's image and one exact, immutable correction version of it."""
+
+    case_id: str
+    correction_version: int
+    image_path: Path
+    label_path: Path
+    quality: str
+    correction_id: int = 0
+    case_name: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_path"], d["label_path"] = str(self.image_path), str(self.label_path)
+        return d
+
+
+@dataclass
+class TrainingRun:
+    run_id: int
+    status: str
+    snapshot: List[SnapshotItem]
+    parent_model: Optional[int]
+    model_version: Optional[int]
+    metrics: Optional[dict]
+    log: str
+    started_at: str
+    finished_at: Optional[str]
+    host: Optional[str] = None
+    pid: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["snapshot"] = [s.to_dict() for s in self.snapshot]
+        return d
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found. ``ok`` is False only for real damage (a row whose file is gone or differs)."""
+
+    ok: bool
+    rows_checked: int = 0
+    files_checked: int = 0
+    problems: List[str] = field(default_factory=list)
+    orphans: List[str] = field(default_factory=list)      # placed files no row names (interrupted writes)
+    foreign: List[str] = field(default_factory=list)      # files that are not ours in managed folders
+    stale_temporaries: List[str] = field(default_factory=list)
+    busy_temporaries: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    repaired: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.ok:
+            first = self.problems[0] if self.problems else "damaged"
+            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            return f"check FAILED: {len(self.problems)} problem(s): {first}{more}"
+        bits = [f"check ok: {self.rows_checked} ledger rows, {self.files_checked} files verified"]
+        if self.orphans:
+            bits.append(f"{len(self.orphans)} uncommitted file(s) from interrupted writes"
+                        + ("" if self.repaired else " (hila check --repair moves them to lost+found/)"))
+        if self.stale_temporaries:
+            bits.append(f"{len(self.stale_temporaries)} stale temporaries")
+        if self.busy_temporaries:
+            bits.append(f"{len(self.busy_temporaries)} writes in progress")
+        if self.warnings:
+            bits.append(f"{len(self.warnings)} warning(s): {self.warnings[0]}")
+        if self.repaired:
+            bits.append(f"repaired: {len(self.repaired)} item(s) moved to lost+found/")
+        return "; ".join(bits)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["summary"] = self.summary()
+        return d
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
