@@ -1,0 +1,484 @@
+"""Model cards: what an ONNX segmentation model needs to be run correctly, and where it came from.
+
+A card is JSON stored inside the ONNX file's metadata (key ``hila_model_card``) or, for third-party
+files that have none, in a sidecar ``<model>.card.json`` / ``card.json`` beside the file. It says how
+to prepare the input (modality, spacing, axis orientation, patch size, intensity normalisation), how
+to read the output (labels, activation, post-processing) and what the model is (version, parent,
+training set, metrics, licence, checksum). The inference engine refuses a model whose card is
+missing, invalid or does not fit the image or the network, with one line that says why.
+
+The ONNX file is read and written at the protobuf wire level (only the top-level ``metadata_props``
+records are touched), so neither reading nor writing a card needs the ``onnx`` package.
+
+Checksum: ``"sha256:<hex>"`` of the ONNX file's bytes with every top-level ``metadata_props`` record
+left out. It therefore stays valid when the card (or any other metadata) is embedded or changed and
+covers everything else: graph, weights, opsets. For a file without metadata (e.g. TAPS's
+``model_v1.onnx``) it is simply the sha256 of the file. It is verified on load whenever a card has one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .errors import HilaError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "hila_model_card"
+MODALITIES = ("MR", "CT")
+ACTIVATIONS = ("softmax", "sigmoid")
+ORIENTATIONS = ("RAS", "LPS")
+NORMALIZATIONS = ("zscore", "ct_window")
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+#: Where starter models live in a source checkout (``Resources/Models/<name>.onnx``); override with HILA_MODELS_DIR.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the card
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class LabelInfo:
+    """One output label: its value in the label map, its segment name and its colour (RGB in 0..1)."""
+
+    value: int
+    name: str
+    color: Tuple[float, float, float] = (0.9, 0.6, 0.3)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"value": int(self.value), "name": self.name, "color": [round(float(c), 4) for c in self.color]}
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to run an ONNX segmentation model and to know what it is.
+
+    Output channels: ``softmax`` models have ``len(labels) + 1`` channels, channel 0 background and
+    channel i the label ``labels[i-1]``; ``sigmoid`` models have one channel per label, in order.
+    Network arrays are (batch, channel, x, y, z) on a grid with the card's ``spacing`` whose axes
+    point as ``orientation`` says (``RAS``, MONAI's default, for models trained with MONAI).
+    """
+
+    name: str
+    labels: List[LabelInfo]
+    spacing: Tuple[float, float, float]
+    patch_size: Tuple[int, int, int]
+    normalization: Dict[str, Any]
+    modality: str = "MR"
+    activation: str = "softmax"
+    in_channels: int = 1
+    orientation: str = "RAS"
+    version: Union[int, str] = 1
+    parent_version: Optional[Union[int, str]] = None
+    #: e.g. {"smooth_sigma_vox": 2.5, "threshold": 0.55, "largest_component": true}
+    postprocess: Dict[str, Any] = field(default_factory=dict)
+    #: window placement: {"overlap": 0.25, "mode": "gaussian", "size_divisor": 16, "max_window_voxels": N}
+    inference: Dict[str, Any] = field(default_factory=dict)
+    #: region of interest: {"kind": "body"} (default) or {"kind": "center", "size": [x, y, z], "fallback": "body"}
+    roi: Dict[str, Any] = field(default_factory=dict)
+    architecture: Dict[str, Any] = field(default_factory=dict)
+    training_set: List[Any] = field(default_factory=list)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    licence: str = ""
+    checksum: Optional[str] = None
+    description: str = ""
+    source: Dict[str, Any] = field(default_factory=dict)
+    #: for presets: {"package": "taps", "resource": "resources/model_v1.onnx", "install": "pip install ..."}
+    model_file: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "labels":
+                v = [lab.to_dict() for lab in v]
+            elif isinstance(v, tuple):
+                v = list(v)
+            if f.name == "extra":
+                continue
+            d[f.name] = v
+        d.update(self.extra)
+        return d
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], where: str = "model card") -> "ModelCard":
+        if not isinstance(d, dict):
+            raise HilaError(f"{where}: a model card must be a JSON object, got {type(d).__name__}")
+        sv = d.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(sv, int) or sv < 1:
+            raise HilaError(f"{where}: schema_version must be a positive integer, got {sv!r}")
+        if sv > SCHEMA_VERSION:
+            raise HilaError(f"{where}: card schema version {sv} is newer than this HILASegment understands "
+                            f"({SCHEMA_VERSION}); update HILASegment")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = [k for k in ("name", "labels", "spacing", "patch_size", "normalization") if k not in d]
+        if missing:
+            raise HilaError(f"{where}: model card lacks {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["extra"] = {k: v for k, v in d.items() if k not in names}
+        labels = d["labels"]
+        if not isinstance(labels, list) or not labels:
+            raise HilaError(f"{where}: labels must be a non-empty list of {{value, name, color}}")
+        out = []
+        for i, lab in enumerate(labels):
+            if not isinstance(lab, dict) or "value" not in lab or "name" not in lab:
+                raise HilaError(f"{where}: label #{i + 1} must be an object with value and name, got {lab!r}")
+            color = lab.get("color", (0.9, 0.6, 0.3))
+            try:
+                out.append(LabelInfo(int(lab["value"]), str(lab["name"]), tuple(float(c) for c in color)))
+            except (TypeError, ValueError):
+                raise HilaError(f"{where}: label #{i + 1} has a bad value or colour: {lab!r}") from None
+        kw["labels"] = out
+        for key in ("spacing", "patch_size"):
+            try:
+                kw[key] = tuple(kw[key])
+            except TypeError:
+                raise HilaError(f"{where}: {key} must be a list of three numbers, got {kw[key]!r}") from None
+        card = cls(**kw)
+        card.validate(where)
+        return card
+
+    @classmethod
+    def from_json(cls, s: Union[str, bytes], where: str = "model card") -> "ModelCard":
+        try:
+            d = json.loads(s)
+        except (ValueError, TypeError) as exc:
+            raise HilaError(f"{where}: model card is not valid JSON ({exc})") from None
+        return cls.from_dict(d, where)
+
+    # ---- validation --------------------------------------------------------------------------
+    def validate(self, where: str = "model card") -> "ModelCard":
+        """Check every field; a problem raises one HilaError line naming the field."""
+        def bad(msg: str) -> HilaError:
+            return HilaError(f"{where}: {msg}")
+
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise bad("name must be a non-empty string")
+        if self.modality not in MODALITIES:
+            raise bad(f"modality must be one of {'/'.join(MODALITIES)}, got {self.modality!r}")
+        if self.activation not in ACTIVATIONS:
+            raise bad(f"activation must be softmax or sigmoid, got {self.activation!r}")
+        if self.orientation not in ORIENTATIONS:
+            raise bad(f"orientation must be RAS or LPS, got {self.orientation!r}")
+        if not isinstance(self.in_channels, int) or self.in_channels < 1:
+            raise bad(f"in_channels must be a positive integer, got {self.in_channels!r}")
+        if len(self.spacing) != 3 or not all(_is_num(s) and 0 < float(s) < 100 for s in self.spacing):
+            raise bad(f"spacing must be three positive numbers in mm, got {list(self.spacing)!r}")
+        if len(self.patch_size) != 3 or not all(isinstance(p, int) and 1 <= p <= 4096 for p in self.patch_size):
+            raise bad(f"patch_size must be three positive integers, got {list(self.patch_size)!r}")
+        values = [lab.value for lab in self.labels]
+        if any(v < 1 or v > 255 for v in values):
+            raise bad(f"label values must be 1..255 (0 is background), got {values}")
+        if len(set(values)) != len(values):
+            raise bad(f"label values must be unique, got {values}")
+        names = [lab.name for lab in self.labels]
+        if any(not n.strip() or "|" in n or ":" in n for n in names) or len(set(names)) != len(names):
+            raise bad(f"label names must be unique, non-empty and free of '|' and ':', got {names}")
+        for lab in self.labels:
+            if len(lab.color) != 3 or not all(0.0 <= c <= 1.0 for c in lab.color):
+                raise bad(f"label {lab.name!r}: color must be three numbers in 0..1, got {list(lab.color)}")
+        self._validate_normalization(bad)
+        pp = self.postprocess or {}
+        if not isinstance(pp, dict):
+            raise bad("postprocess must be an object")
+        unknown = set(pp) - {"smooth_sigma_vox", "threshold", "largest_component"}
+        if unknown:
+            raise bad(f"postprocess has unknown keys {sorted(unknown)} (known: smooth_sigma_vox, threshold, largest_component)")
+        if "threshold" in pp and not (_is_num(pp["threshold"]) and 0 < pp["threshold"] < 1):
+            raise bad(f"postprocess.threshold must be in (0, 1), got {pp['threshold']!r}")
+        if "threshold" in pp and self.activation != "sigmoid":
+            raise bad("postprocess.threshold applies to sigmoid models only (softmax uses argmax)")
+        if "smooth_sigma_vox" in pp and not (_is_num(pp["smooth_sigma_vox"]) and 0 <= pp["smooth_sigma_vox"] <= 20):
+            raise bad(f"postprocess.smooth_sigma_vox must be in [0, 20], got {pp['smooth_sigma_vox']!r}")
+        inf = self.inference or {}
+        if "overlap" in inf and not (_is_num(inf["overlap"]) and 0 <= inf["overlap"] < 1):
+            raise bad(f"inference.overlap must be in [0, 1), got {inf['overlap']!r}")
+        if inf.get("mode", "gaussian") not in ("gaussian", "constant"):
+            raise bad(f"inference.mode must be gaussian or constant, got {inf.get('mode')!r}")
+        roi = self.roi or {}
+        kind = roi.get("kind", "body")
+        if kind not in ("body", "center"):
+            raise bad(f"roi.kind must be body or center, got {kind!r}")
+        if kind == "center":
+            size = roi.get("size")
+            if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
+                raise bad(f"roi.size must be three positive integers (voxels on the model grid), got {size!r}")
+        if not isinstance(self.licence, str):
+            raise bad("licence must be a string")
+        if self.checksum is not None and not (isinstance(self.checksum, str) and self.checksum.startswith("sha256:")
+                                              and len(self.checksum) == 71):
+            raise bad(f"checksum must be 'sha256:<64 hex digits>', got {self.checksum!r}")
+        return self
+
+    def _validate_normalization(self, bad) -> None:
+        n = self.normalization
+        if not isinstance(n, dict) or n.get("kind") not in NORMALIZATIONS:
+            raise bad(f"normalization.kind must be one of {'/'.join(NORMALIZATIONS)}, got {n!r}")
+        if n["kind"] == "zscore":
+            clip = n.get("clip_percentiles")
+            if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(_is_num(c) for c in clip)
+                                         and 0 <= clip[0] < clip[1] <= 100):
+                raise bad(f"normalization.clip_percentiles must be [low, high] within 0..100, got {clip!r}")
+            if self.modality == "CT" and not n.get("allow_ct", False):
+                raise bad("normalization zscore is for MR; a CT card uses ct_window (level/width)")
+        else:
+            for k in ("level", "width"):
+                if not _is_num(n.get(k)):
+                    raise bad(f"normalization ct_window needs a number {k}, got {n.get(k)!r}")
+            if n["width"] <= 0:
+                raise bad(f"normalization.width must be positive, got {n['width']!r}")
+            rng = n.get("out_range", [0.0, 1.0])
+            if not (isinstance(rng, list) and len(rng) == 2 and all(_is_num(r) for r in rng) and rng[0] < rng[1]):
+                raise bad(f"normalization.out_range must be [low, high], got {rng!r}")
+            if self.modality != "CT":
+                raise bad("normalization ct_window (Hounsfield units) needs modality CT")
+
+    # ---- output layout -----------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        return len(self.labels) + (1 if self.activation == "softmax" else 0)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# the ONNX file at the protobuf wire level (top-level records of ModelProto only)
+# ----------------------------------------------------------------------------------------------
+
+_METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto {key = 1; value = 2})
+
+
+def _varint(buf: memoryview, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _records(buf: memoryview) -> Iterator[Tuple[int, int, int, int, int]]:
+    """Top-level protobuf records as (field, wire type, record start, payload start, end)."""
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        start = pos
+        tag, pos = _varint(buf, pos)
+        fnum, wt = tag >> 3, tag & 7
+        if fnum == 0:
+            raise ValueError("field number 0")
+        if wt == 0:
+            _, pos = _varint(buf, pos)
+            yield fnum, wt, start, start, pos
+            continue
+        if wt == 1:
+            payload, pos = pos, pos + 8
+        elif wt == 2:
+            length, payload = _varint(buf, pos)
+            pos = payload + length
+        elif wt == 5:
+            payload, pos = pos, pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        if pos > n:
+            raise ValueError("truncated record")
+        yield fnum, wt, start, payload, pos
+
+
+def _metadata_entry(buf: memoryview) -> Tuple[str, str]:
+    key = value = ""
+    for fnum, wt, _s, p, e in _records(buf):
+        if wt == 2 and fnum == 1:
+            key = bytes(buf[p:e]).decode("utf-8", "replace")
+        elif wt == 2 and fnum == 2:
+            value = bytes(buf[p:e]).decode("utf-8", "replace")
+    return key, value
+
+
+@dataclass
+class OnnxInfo:
+    """What the engine needs from an ONNX file without building a session: metadata and checksum."""
+
+    path: Path
+    data: bytes
+    metadata: Dict[str, str]
+    checksum: str
+
+
+def inspect_onnx(path: PathLike) -> OnnxInfo:
+    """Read an ONNX file once: its top-level metadata and its checksum (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise HilaError(f"{p}: no such ONNX model file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise HilaError(f"{p}: cannot read the model file ({exc.strerror})") from None
+    buf = memoryview(data)
+    h = hashlib.sha256()
+    meta: Dict[str, str] = {}
+    seen_graph = False
+    try:
+        for fnum, wt, start, payload, end in _records(buf):
+            if fnum == _METADATA_FIELD and wt == 2:
+                k, v = _metadata_entry(buf[payload:end])
+                meta[k] = v
+            else:
+                h.update(buf[start:end])
+                seen_graph |= fnum == 7 and wt == 2
+    except ValueError as exc:
+        raise HilaError(f"{p}: not an ONNX model (the file is corrupt or truncated: {exc})") from None
+    if not seen_graph:
+        raise HilaError(f"{p}: not an ONNX model (no graph in the file)")
+    return OnnxInfo(p, data, meta, "sha256:" + h.hexdigest())
+
+
+def onnx_checksum(path: PathLike) -> str:
+    """The card checksum of an ONNX file: sha256 of its bytes without the top-level metadata records."""
+    return inspect_onnx(path).checksum
+
+
+def sidecar_paths(onnx_path: PathLike) -> List[Path]:
+    p = Path(onnx_path)
+    return [p.with_name(p.name[:-5] + ".card.json") if p.name.lower().endswith(".onnx") else p.with_name(p.name + ".card.json"),
+            p.with_name("card.json")]
+
+
+def read_card(onnx_path: PathLike, info: Optional[OnnxInfo] = None) -> ModelCard:
+    """The card of an ONNX model: from its metadata (key ``hila_model_card``), else from a sidecar JSON."""
+    p = Path(onnx_path)
+    info = info or inspect_onnx(p)
+    if METADATA_KEY in info.metadata:
+        return ModelCard.from_json(info.metadata[METADATA_KEY], f"{p} (embedded model card)")
+    for side in sidecar_paths(p):
+        if side.is_file():
+            return ModelCard.from_json(side.read_text(encoding="utf-8"), str(side))
+    raise HilaError(f"{p}: no model card (no '{METADATA_KEY}' in the ONNX metadata and no "
+                    f"{sidecar_paths(p)[0].name} or card.json beside it); write one with modelcard.write_card")
+
+
+def write_card(onnx_in: PathLike, card: ModelCard, onnx_out: Optional[PathLike] = None) -> ModelCard:
+    """Embed ``card`` into the ONNX file (``onnx_out``, default in place, written atomically).
+
+    The card's checksum is set to the file's checksum; other metadata entries are kept.
+    Returns the card as written.
+    """
+    src = Path(onnx_in)
+    dst = Path(onnx_out) if onnx_out is not None else src
+    info = inspect_onnx(src)
+    card = dataclasses.replace(card, checksum=info.checksum)
+    card.validate(f"{dst} (model card)")
+    buf = memoryview(info.data)
+    out = bytearray()
+    for fnum, wt, start, payload, end in _records(buf):
+        if fnum == _METADATA_FIELD and wt == 2 and _metadata_entry(buf[payload:end])[0] == METADATA_KEY:
+            continue
+        out += buf[start:end]
+    key, value = METADATA_KEY.encode(), card.to_json().encode("utf-8")
+    entry = b"\x0a" + _encode_varint(len(key)) + key + b"\x12" + _encode_varint(len(value)) + value
+    out += _encode_varint((_METADATA_FIELD << 3) | 2) + _encode_varint(len(entry)) + entry
+    _atomic_write_bytes(dst, bytes(out))
+    return card
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HilaError(f"{path}: cannot write the model file ({exc.strerror})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# finding models by name
+# ----------------------------------------------------------------------------------------------
+
+def preset_names() -> List[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def _package_resource(spec: Dict[str, Any], where: str) -> Path:
+    pkg = spec.get("package")
+    res = spec.get("resource", "")
+    install = spec.get("install", f"pip install {pkg}")
+    try:
+        found = importlib.util.find_spec(pkg) if pkg else None  # does not import (run) the package
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise HilaError(f"model '{where}' needs the Python package '{pkg}', which is not installed; "
+                        f"install it with: {install}")
+    path = Path(list(found.submodule_search_locations)[0]) / res
+    if not path.is_file():
+        raise HilaError(f"model '{where}': package '{pkg}' is installed but has no {res}; reinstall it with: {install}")
+    return path
+
+
+def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
+    """A model by preset name (``taps``), starter name (``Resources/Models/<name>.onnx``) or ONNX path."""
+    s = str(name_or_path)
+    preset = PRESETS_DIR / f"{s}.json"
+    if os.sep not in s and "/" not in s and preset.is_file():
+        card = ModelCard.from_json(preset.read_text(encoding="utf-8"), f"preset {preset.name}")
+        if not card.model_file:
+            raise HilaError(f"preset {preset.name}: no model_file entry")
+        return _package_resource(card.model_file, s), card
+    p = Path(s).expanduser()
+    if not p.exists() and not s.lower().endswith(".onnx"):
+        models_dir = Path(os.environ.get("HILA_MODELS_DIR", MODELS_DIR))
+        cand = models_dir / f"{s}.onnx"
+        if cand.is_file():
+            p = cand
+        else:
+            known = preset_names() + sorted(q.stem for q in models_dir.glob("*.onnx"))
+            raise HilaError(f"model '{s}': no such model file, preset or starter model (known: {', '.join(known) or 'none'})")
+    if p.is_dir():
+        raise HilaError(f"{p}: is a folder; give the .onnx model file")
+    return p, read_card(p)
+
+
+def verify_checksum(card: ModelCard, info: OnnxInfo) -> None:
+    """Refuse a model whose bytes are not the ones its card describes."""
+    if card.checksum and card.checksum != info.checksum:
+        raise HilaError(f"{info.path}: checksum mismatch: the model card says {card.checksum[:19]}... but the "
+                        f"file is {info.checksum[:19]}...; the file was changed or the card belongs to another model")

@@ -1,0 +1,98 @@
+"""Intensity normalisation and body detection, exactly as a model card describes them.
+
+MR: z-score, optionally over non-zero voxels only (MONAI ``NormalizeIntensity(nonzero=True)``, what
+TAPS does) and optionally after clipping to percentiles (robust to the bright outliers of MR).
+CT: a Hounsfield window (level/width) scaled to ``out_range``. The same functions must be used for
+training (the trainer imports them) so a model sees the same numbers in both.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .errors import HilaError
+
+
+def normalize(arr: np.ndarray, spec: Dict[str, Any], where: str = "image") -> np.ndarray:
+    """A float32 copy of ``arr`` normalised per ``spec`` (the card's ``normalization``)."""
+    a = np.asarray(arr, dtype=np.float32)
+    kind = spec.get("kind")
+    if kind == "zscore":
+        nonzero = bool(spec.get("nonzero", False))
+        mask = a != 0 if nonzero else None
+        values = a[mask] if mask is not None else a.ravel()
+        if values.size == 0:
+            raise HilaError(f"{where}: no body in the image (every voxel is 0)")
+        clip = spec.get("clip_percentiles")
+        out = a.copy()
+        if clip:
+            lo, hi = np.percentile(values, [float(clip[0]), float(clip[1])])
+            values = np.clip(values, lo, hi)
+            if mask is not None:
+                out[mask] = np.clip(out[mask], lo, hi)
+            else:
+                np.clip(out, lo, hi, out=out)
+        mean = float(values.mean(dtype=np.float64))
+        std = float(values.std(dtype=np.float64))
+        if not np.isfinite(std) or std <= 0:
+            raise HilaError(f"{where}: no body in the image (all {'non-zero ' if nonzero else ''}voxels have one value)")
+        if mask is not None:
+            out[mask] = (out[mask] - mean) / std
+        else:
+            out -= mean
+            out /= std
+        return out
+    if kind == "ct_window":
+        level, width = float(spec["level"]), float(spec["width"])
+        lo, hi = level - width / 2.0, level + width / 2.0
+        r0, r1 = (float(v) for v in spec.get("out_range", [0.0, 1.0]))
+        out = np.clip(a, lo, hi)
+        out -= lo
+        out *= (r1 - r0) / (hi - lo)
+        out += r0
+        return out
+    raise HilaError(f"{where}: unknown normalization kind {kind!r}")
+
+
+def foreground_mask(raw: np.ndarray, normalized: np.ndarray, modality: str, rule: Optional[Any] = None) -> np.ndarray:
+    """The body: where a model should look. Rules: ``above_mean`` (normalised z-score > 0, MONAI's
+    CropForeground on a z-scored image, what TAPS crops to), ``nonzero``, or ``{"above": value}`` in
+    raw intensity (CT default: > -500 HU, i.e. not air)."""
+    if rule is None:
+        rule = {"above": -500.0} if modality == "CT" else "above_mean"
+    if rule == "above_mean":
+        return normalized > 0
+    if rule == "nonzero":
+        return raw != 0
+    if isinstance(rule, dict) and "above" in rule:
+        return raw > float(rule["above"])
+    raise HilaError(f"model card: unknown inference.foreground rule {rule!r}")
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[Tuple[Tuple[int, int], ...]]:
+    """[lo, hi) per axis of the True voxels, widened by ``margin`` (may leave the array: it is padded)."""
+    if not mask.any():
+        return None
+    box = []
+    for ax in range(mask.ndim):
+        other = tuple(i for i in range(mask.ndim) if i != ax)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append((int(idx[0]) - margin, int(idx[-1]) + 1 + margin))
+    return tuple(box)
+
+
+def guess_modality(arr: np.ndarray, metadata_modality: Optional[str] = None) -> Optional[str]:
+    """'CT', 'MR' or None (cannot tell). A DICOM Modality tag wins; else CT shows air below -200 HU."""
+    if metadata_modality:
+        m = metadata_modality.strip().upper()
+        if m in ("CT", "MR"):
+            return m
+    sample = arr.ravel()[:: max(1, arr.size // 200_000)]
+    if sample.size == 0:
+        return None
+    if float(np.mean(sample < -200)) > 0.02:
+        return "CT"
+    if float(sample.min()) >= -1.0:
+        return "MR"
+    return None
