@@ -130,10 +130,10 @@ class Workspace:
             if resolved is None:
                 raise HilaError("labels: give --labels NAME[,NAME...] (or --model with a model card)")
             names = [l["name"] for l in resolved[1]["labels"]]
-        colours = {}
-        if resolved is not None:
-            for l in resolved[1].get("labels", []):
-                colours[str(l.get("name", "")).lower()] = tuple(l.get("color") or ()) or None
+        specs = [(i + 1, n, default_colour(n, i)) for i, n in enumerate(names)]
+        if resolved is not None:  # the model's own label values and colours
+            specs = [(int(l["value"]), str(l["name"]), tuple(l.get("color") or default_colour(str(l["name"]), i)))
+                     for i, l in enumerate(resolved[1].get("labels", []))]
         created_root = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -166,9 +166,8 @@ class Workspace:
                     con.execute("INSERT INTO settings VALUES ('modality', ?)", (json.dumps(modality),))
                     con.execute("INSERT INTO settings VALUES ('created_at', ?)", (json.dumps(now),))
                     con.execute("INSERT INTO settings VALUES ('workspace_id', ?)", (json.dumps(uuid.uuid4().hex),))
-                    for i, n in enumerate(names):
-                        col = colours.get(n.lower()) or default_colour(n, i)
-                        con.execute("INSERT INTO labels VALUES (?, ?, ?)", (i + 1, n, json.dumps([round(float(c), 4) for c in col])))
+                    for value, n, col in specs:
+                        con.execute("INSERT INTO labels VALUES (?, ?, ?)", (value, n, json.dumps([round(float(c), 4) for c in col])))
                     for row in model_rows:
                         con.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)", row)
                         con.execute("INSERT INTO model_promotions (version, action, time) VALUES (1, 'init', ?)", (now,))
@@ -346,40 +345,15 @@ class Workspace:
     # labels: validation
     # ==========================================================================================
     def _label_from_segmentation(self, seg: Any, reference: sitk.Image, where: str) -> sitk.Image:
-        """A label map in workspace values from a Segmentation, matching segments to labels by name."""
-        from ..imageio import grid_difference
-
+        """A label map in workspace values from a Segmentation, matching segments to labels by name
+        (segments with other names are left out; a segmentation on a cropped extent is placed on the case grid)."""
         by_name = {l.name.lower(): l.value for l in self.settings.labels}
-        out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
-        matched = []
-        for s in seg.segments:
-            v = by_name.get(str(s.name).strip().lower())
-            if v is None:
-                continue
-            m = seg.mask(s.name)
-            if grid_difference(m, reference):
-                m = self._onto_reference(m, reference, where)
-            out[sitk.GetArrayViewFromImage(m) > 0] = v
-            matched.append(s.name)
-        if not matched:
+        values = {s.id: by_name[str(s.name).strip().lower()] for s in seg.segments
+                  if str(s.name).strip().lower() in by_name}
+        if not values:
             raise HilaError(f"{where}: no segment named like a workspace label ({', '.join(self.settings.names())}); "
                             f"segments: {', '.join(str(s.name) for s in seg.segments) or 'none'}")
-        img = sitk.GetImageFromArray(out)
-        img.CopyInformation(reference)
-        return img
-
-    @staticmethod
-    def _onto_reference(mask: sitk.Image, reference: sitk.Image, where: str) -> sitk.Image:
-        """Place a mask stored on a cropped extent of the reference grid (as Slicer writes) onto the full grid."""
-        from ..imageio import describe_grid
-
-        sp_ok = np.allclose(mask.GetSpacing(), reference.GetSpacing(), rtol=1e-5, atol=1e-6)
-        dir_ok = np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-5)
-        idx = np.asarray(reference.TransformPhysicalPointToContinuousIndex(mask.GetOrigin()))
-        if not (sp_ok and dir_ok and np.allclose(idx, np.round(idx), atol=1e-3)):
-            raise HilaError(f"{where}: segmentation is not on the case's grid: [{describe_grid(mask)}] vs "
-                            f"[{describe_grid(reference)}]")
-        return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+        return seg.to_label_image(reference=reference, values=values)
 
     def validate_label(self, case_id: str, label: Any, where: Optional[str] = None,
                        strict: bool = False) -> Tuple[np.ndarray, sitk.Image, dict]:
