@@ -1,0 +1,112 @@
+"""What the Slicer panel shows, computed from a Workspace: case table, model table, learning curve.
+
+The widget only copies these rows into Qt tables and a Slicer plot; keeping the choices here
+(which figure is "effort", which case is next, whether a candidate passed its gate) makes them
+testable on a real workspace without Slicer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
+           "model_dice", "learning_curve", "passed_gate", "compare_text"]
+
+CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Quality score", "Corrections", "Effort"]
+MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
+CURVE_COLUMNS = ["Model version", "Validation Dice", "Correction effort (1 - Dice vs prediction)"]
+
+_DICE_KEYS = ("dice", "val_dice", "mean_dice", "dice_mean", "validation_dice")
+
+
+def _num(x: Any) -> Optional[float]:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def model_dice(card: Optional[Mapping]) -> Optional[float]:
+    """The model's validation Dice from its card's metrics (mean over labels when given per label)."""
+    metrics = (card or {}).get("metrics") or {}
+    for key in _DICE_KEYS:
+        v = metrics.get(key)
+        if _num(v) is not None:
+            return round(float(v), 4)
+        if isinstance(v, Mapping):
+            vals = [float(x) for x in v.values() if _num(x) is not None]
+            if vals:
+                return round(sum(vals) / len(vals), 4)
+    return None
+
+
+def case_rows(ws) -> List[list]:
+    """One row per case (CASE_COLUMNS): state, last model, expected quality (1 - review need), corrections, effort.
+
+    Effort is the fraction of labelled voxels the latest correction changed (0 = accepted as is).
+    """
+    need = {r["case_id"]: r.get("review_need") for r in ws.rank()}
+    latest_effort = {}
+    for c in ws.corrections():  # oldest first: later versions overwrite
+        latest_effort[c.case_id] = (c.effort or {}).get("fraction_changed")
+    rows = []
+    for s in ws.case_states():
+        n = need.get(s["case_id"])
+        score = "" if n is None else round(1.0 - float(n), 3)
+        last = s.get("latest_model_version")
+        effort = latest_effort.get(s["case_id"])
+        rows.append([s["case_id"], s["name"], s["state"], "" if last is None else f"v{last}", score,
+                     s["corrections"], "" if effort is None else round(float(effort), 4)])
+    return rows
+
+
+def model_rows(ws) -> List[list]:
+    """One row per model version (MODEL_COLUMNS)."""
+    return [[m.version, m.status, "" if m.parent is None else m.parent,
+             "" if model_dice(m.card) is None else model_dice(m.card), m.created_at] for m in ws.models()]
+
+
+def next_case_id(ws) -> Optional[str]:
+    """The unreviewed case most in need of review (``ws.rank()[0]``), or None when every case is reviewed."""
+    ranked = ws.rank()
+    return str(ranked[0]["case_id"]) if ranked else None
+
+
+def learning_curve(ws) -> Tuple[List[List[float]], List[str]]:
+    """Rows (version, validation Dice, correction effort) per model version, NaN where unknown, and the column names.
+
+    Correction effort for version v is 1 - the mean Dice between the corrections and the
+    predictions of v they corrected: 0 when radiologists accepted v's output as it was.
+    """
+    effort = (ws.status().get("effort") or {})
+    rows = []
+    for m in sorted(ws.models(), key=lambda r: r.version):
+        e = effort.get(f"v{m.version}") or {}
+        dices = [float(d) for d in (e.get("dice_vs_prediction_mean") or {}).values() if _num(d) is not None]
+        dice = model_dice(m.card)
+        rows.append([float(m.version), math.nan if dice is None else dice,
+                     round(1.0 - sum(dices) / len(dices), 4) if dices else math.nan])
+    return rows, list(CURVE_COLUMNS)
+
+
+def passed_gate(result: Optional[Mapping]) -> bool:
+    """Whether a training result says its candidate passed the gate (keys vary by trainer version)."""
+    result = result or {}
+    for key in ("passed", "gate_passed", "promotable", "accepted"):
+        if isinstance(result.get(key), bool):
+            return bool(result[key])
+    gate = result.get("gate")
+    if isinstance(gate, Mapping):
+        return bool(gate.get("passed", False))
+    return isinstance(gate, str) and gate.lower() in ("passed", "pass", "ok")
+
+
+def compare_text(ws, version: int) -> str:
+    """One line: the candidate's Dice against the current model's."""
+    models = {m.version: m for m in ws.models()}
+    cand = models[version]
+    current = ws.current_model()
+    fmt = lambda d: "n/a" if d is None else f"{d:.3f}"  # noqa: E731
+    text = f"Candidate v{version}: Dice {fmt(model_dice(cand.card))}"
+    if current is not None and current.version != version:
+        text += f" vs current v{current.version}: Dice {fmt(model_dice(current.card))}"
+    elif current is not None:
+        text += " (already current)"
+    return text

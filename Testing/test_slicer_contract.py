@@ -1,0 +1,342 @@
+"""The Slicer glue checked by contract (3D Slicer cannot run here).
+
+Parses HILASegment.py, the batch script and the in-Slicer tests, and checks them against the
+recorded Slicer API (Testing/Data/slicer_api.json, a copy of ../shared/slicer-api/slicer_api.json):
+every slicer.util / sitkUtils / slicer.testing / slicer.packaging call exists in Slicer main and
+5.8.1 (or is guarded) and its signature takes the arguments and keywords given; MRML method calls
+on variables of known node types exist on that class or its recorded bases; self.ui names are in
+the .ui; the engine calls the glue makes bind to the engine's real signatures; the CMake lists are
+complete both ways; the extension metadata, catalog entry and ctest registration are well formed.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "HILASegment"
+GLUE = MODULE / "HILASegment.py"
+BATCH = ROOT / "scripts" / "hila_slicer_batch.py"
+SLICER_TESTS = sorted((MODULE / "Testing" / "Python").glob("*.py"))
+UI = MODULE / "Resources" / "UI" / "HILASegment.ui"
+API_COPY = ROOT / "Testing" / "Data" / "slicer_api.json"
+API_SHARED = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
+API = json.loads((API_SHARED if API_SHARED.exists() else API_COPY).read_text())
+FILES = [GLUE, BATCH] + SLICER_TESTS
+PACKAGING = "slicer.packaging (Slicer 5.12+ only)"
+
+# Variables whose MRML/Qt type the glue fixes by name (its naming convention), checked method by method.
+TYPED_NAMES = {
+    "volume": "vtkMRMLScalarVolumeNode", "segNode": "vtkMRMLSegmentationNode", "segmentation": "vtkSegmentation",
+    "segment": "vtkSegment", "editorNode": "vtkMRMLSegmentEditorNode", "display": "vtkMRMLSegmentationDisplayNode",
+    "slicer.mrmlScene": "vtkMRMLScene", "self.ui.segmentEditorWidget": "qMRMLSegmentEditorWidget",
+    "slicer.vtkMRMLSegmentationNode": "vtkMRMLSegmentationNode", "node": "vtkMRMLSegmentEditorNode",
+}
+# CamelCase calls on objects whose class the API file does not record, each with its reason. Keep short.
+UNRECORDED_OK = {
+    "GetFileName": "vtkMRMLStorageNode (base of the recorded vtkMRMLSegmentationStorageNode) is not recorded",
+}
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            yield node, ast.unparse(node.func)
+
+
+def binds(sig: str, nargs: int, kws) -> bool:
+    """Can a function with this recorded signature take ``nargs`` positionals and these keywords?"""
+    ns: dict = {}
+    exec(compile(f"from __future__ import annotations\ndef f{sig}: pass", "<sig>", "exec"), ns)
+    fn = ns["f"]
+    try:
+        inspect.signature(fn).bind(*range(nargs), **{k: None for k in kws})
+        return True
+    except TypeError:
+        return False
+
+
+def class_methods(cls: str) -> set:
+    out, seen = set(), set()
+    while cls in API["classes"] and cls not in seen:
+        seen.add(cls)
+        out |= set(API["classes"][cls]["methods"])
+        cls = API["classes"][cls]["base"]
+    return out
+
+
+def guarded_by_hasattr(tree, call) -> bool:
+    """The call sits under an `if` whose test uses hasattr(...) on slicer.packaging."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "hasattr" in ast.unparse(node.test) and "packaging" in ast.unparse(node.test):
+            if any(n is call for n in ast.walk(node)):
+                return True
+    return False
+
+
+def test_four_classes_with_the_right_bases():
+    tree = parse(GLUE)
+    bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert bases["HILASegment"] == ["ScriptedLoadableModule"]
+    assert bases["HILASegmentWidget"][0] == "ScriptedLoadableModuleWidget"
+    assert bases["HILASegmentLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert bases["HILASegmentTest"] == ["ScriptedLoadableModuleTest"]
+    test_methods = [n.name for n in next(n for n in tree.body if getattr(n, "name", "") == "HILASegmentTest").body
+                    if isinstance(n, ast.FunctionDef)]
+    assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_slicer_python_api_calls_exist_in_main_and_5_8_and_take_these_arguments(path):
+    tree = parse(path)
+    problems, checked = [], 0
+    tables = {"slicer.util": ["slicer.util", "slicer.util@v5.8.1"], "sitkUtils": ["sitkUtils", "sitkUtils@v5.8.1"],
+              "slicer.testing": ["slicer.testing"]}
+    for call, dotted in calls(tree):
+        for prefix, names in tables.items():
+            if dotted.startswith(prefix + ".") and dotted.count(".") == prefix.count(".") + 1:
+                name, checked = dotted[len(prefix) + 1:], checked + 1
+                for table in names:
+                    sig = API[table].get(name)
+                    if sig is None:
+                        problems.append(f"{path.name}:{call.lineno}: {dotted} missing from {table}")
+                    elif sig.startswith("(") and not binds(sig, len(call.args), [k.arg for k in call.keywords if k.arg]):
+                        problems.append(f"{path.name}:{call.lineno}: {dotted}{sig} ({table}) cannot take this call")
+        if dotted.startswith("slicer.packaging."):
+            name, checked = dotted.split(".")[2], checked + 1
+            sig = API[PACKAGING].get(name)
+            if sig is None:
+                problems.append(f"{path.name}:{call.lineno}: {dotted} not in slicer.packaging")
+            elif not binds(sig, len(call.args), [k.arg for k in call.keywords if k.arg]):
+                problems.append(f"{path.name}:{call.lineno}: {dotted}{sig} cannot take this call")
+            if not guarded_by_hasattr(tree, call):
+                problems.append(f"{path.name}:{call.lineno}: {dotted} exists only from Slicer 5.12: guard it with hasattr")
+    assert not problems, "\n".join(problems)
+    if path in (GLUE, BATCH):
+        assert checked >= 5
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_mrml_methods_called_on_known_node_types_exist(path):
+    problems = []
+    for call, dotted in calls(parse(path)):
+        owner, method = dotted.rsplit(".", 1)
+        cls = TYPED_NAMES.get(owner)
+        if cls is None:
+            if method[:1].isupper() and method in UNRECORDED_OK:
+                continue
+            continue
+        if method not in class_methods(cls):
+            problems.append(f"{path.name}:{call.lineno}: {dotted}: {cls} (and its recorded bases) has no {method}")
+    assert not problems, "\n".join(problems)
+
+
+def test_camelcase_calls_on_unknown_objects_are_all_accounted_for():
+    """Every CamelCase call is a recorded MRML method, a vtk/qt constructor, or in UNRECORDED_OK with a reason."""
+    known = set()
+    for c in API["classes"]:
+        known |= class_methods(c)
+    stray = set()
+    for path in FILES:
+        for call, dotted in calls(parse(path)):
+            m = dotted.rsplit(".", 1)[1]
+            if m[:1].isupper() and m not in known and m not in UNRECORDED_OK \
+                    and not dotted.startswith(("slicer.util", "sitkUtils", "qt.", "vtk.", "ctk.", "sitk.", "slicer.vtk", "argparse.")) \
+                    and not re.fullmatch(r"PyTorchUtils\.PyTorchUtilsLogic", dotted):
+                stray.add(f"{path.name}:{call.lineno}: {dotted}")
+    assert not stray, sorted(stray)
+
+
+def test_scripted_module_base_methods_exist():
+    tree = parse(GLUE)
+    table = API["slicer.ScriptedLoadableModule"]
+    for call, dotted in calls(tree):
+        head, _, name = dotted.rpartition(".")
+        if head in table:
+            assert name in table[head], f"{dotted} not in {head}"
+            assert binds(table[head][name], len(call.args), [k.arg for k in call.keywords if k.arg]), dotted  # self passed
+        if dotted.startswith("self.delayDisplay"):
+            assert binds(table["ScriptedLoadableModuleTest"]["delayDisplay"], len(call.args) + 1, [])
+        if dotted == "self.resourcePath":
+            assert "resourcePath" in table["ScriptedLoadableModuleWidget"]
+
+
+def ui_names():
+    tree = ET.parse(UI)
+    return {w.get("name"): w.get("class") for w in tree.iter("widget")}, tree
+
+
+def test_ui_file_is_well_formed_and_every_self_ui_name_is_in_it():
+    names, tree = ui_names()
+    root = tree.getroot().find("widget")
+    assert root.get("class") == "qMRMLWidget" and root.get("name") == "HILASegment"
+    custom = {c.findtext("class") for c in tree.getroot().iter("customwidget")}
+    used = {cls for cls in names.values() if not cls.startswith("Q")}
+    assert used <= custom, f"custom widgets without a <customwidget> entry: {used - custom}"
+    scene_receivers = {c.findtext("receiver") for c in tree.getroot().iter("connection")
+                       if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    assert {n for n, c in names.items() if c in ("qMRMLNodeComboBox", "qMRMLSegmentEditorWidget")} <= scene_receivers
+    missing = []
+    for node in ast.walk(parse(GLUE)):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self.ui" and node.attr not in names:
+            missing.append(f"line {node.lineno}: self.ui.{node.attr}")
+    assert not missing, missing
+    assert names["segmentEditorWidget"] == "qMRMLSegmentEditorWidget"
+    assert names["caseTableWidget"] == names["modelTableWidget"] == "QTableWidget"
+
+
+def test_segment_editor_widget_methods_used_exist():
+    methods = class_methods("qMRMLSegmentEditorWidget")
+    used = {m.group(1) for m in re.finditer(r"self\.ui\.segmentEditorWidget\.(\w+)\(", GLUE.read_text())}
+    assert used and used <= methods, used - methods
+
+
+def test_engine_imports_and_calls_bind_to_the_real_engine():
+    """Names the glue imports from HILASegmentLib exist; calls on the engine objects take these arguments."""
+    problems = []
+    for path in (GLUE, BATCH):
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("HILASegmentLib"):
+                try:
+                    mod = importlib.import_module(node.module)
+                except ModuleNotFoundError as exc:
+                    pytest.skip(f"engine module not there yet: {exc.name}")
+                for alias in node.names:
+                    if not hasattr(mod, alias.name) and not importlib.util.find_spec(f"{node.module}.{alias.name}"):
+                        problems.append(f"{path.name}:{node.lineno}: {node.module} has no {alias.name}")
+    try:
+        from HILASegmentLib.workspace import Workspace
+    except ImportError as exc:
+        pytest.skip(f"workspace not there yet: {exc}")
+    for call, dotted in calls(parse(GLUE)):
+        owner, method = dotted.rsplit(".", 1)
+        if owner in ("ws", "self.ws") and hasattr(Workspace, method):
+            sig = inspect.signature(getattr(Workspace, method))
+            try:
+                sig.bind(None, *range(len(call.args)), **{k.arg: None for k in call.keywords if k.arg})
+            except TypeError as exc:
+                problems.append(f"HILASegment.py:{call.lineno}: ws.{method}{sig}: {exc}")
+        elif owner in ("ws", "self.ws") and not hasattr(Workspace, method):
+            problems.append(f"HILASegment.py:{call.lineno}: Workspace has no {method}")
+    assert not problems, "\n".join(problems)
+
+
+def test_glue_stays_thin_and_the_engine_never_imports_slicer():
+    assert len(GLUE.read_text().splitlines()) < 700
+    for py in (MODULE / "HILASegmentLib").rglob("*.py"):
+        for node in ast.walk(parse(py)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                assert n.split(".")[0] not in ("slicer", "qt", "vtk", "ctk"), f"{py}: imports {n}"
+
+
+# -- CMake and extension metadata ------------------------------------------------------------------
+def cmake_list(text: str, name: str) -> list:
+    m = re.search(rf"set\({name}\n(.*?)\n\s*\)", text, re.S)
+    assert m, f"no set({name} ...)"
+    return [l.strip() for l in m.group(1).splitlines() if l.strip() and not l.strip().startswith("#")]
+
+
+def test_module_cmake_lists_are_complete_both_ways():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts, resources = cmake_list(text, "MODULE_PYTHON_SCRIPTS"), cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    for item in scripts + resources:
+        assert (MODULE / item).is_file(), f"listed in HILASegment/CMakeLists.txt but missing: {item}"
+    assert len(set(scripts)) == len(scripts) and len(set(resources)) == len(resources), "duplicates"
+    on_disk_py = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py")
+                  if "Testing" not in p.relative_to(MODULE).parts and "__pycache__" not in p.parts}
+    assert on_disk_py - set(scripts) == set(), f"not listed: {sorted(on_disk_py - set(scripts))}"
+    res_on_disk = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert res_on_disk - set(resources) == set(), f"resources not listed: {sorted(res_on_disk - set(resources))}"
+    for required in ("Resources/UI/HILASegment.ui", "Resources/Icons/HILASegment.png", "Resources/Models/hila_tiny_test.onnx"):
+        assert required in resources
+    assert "slicerMacroBuildScriptedModule" in text and "GLOB" not in text
+    rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_cmake_lists.py"), "--check"], capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+
+
+def test_ctest_registration():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+    assert "add_subdirectory(Testing)" in text
+    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    py_cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    registered = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\w+\.py)\)", py_cmake)
+    assert registered and sorted(registered) == sorted(p.name for p in SLICER_TESTS)
+    for p in SLICER_TESTS:
+        src = p.read_text()
+        assert "HILASegmentTest" in src and re.search(rf"class {p.stem}\(", src)
+
+
+def test_extension_metadata_and_catalog_entry():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(HILASegment\)", text, re.M)
+    meta = dict(re.findall(r'^set\((EXTENSION_\w+) "([^"\n]*)"\)', text, re.M))
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert meta.get("EXTENSION_" + key), f"EXTENSION_{key} missing or not a one-line quoted string"
+    for key in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        assert all(u.startswith("https://") for u in meta["EXTENSION_" + key].split()), key
+    assert meta["EXTENSION_ICONURL"].endswith("Resources/Icons/HILASegment.png") and (ROOT / "Resources/Icons/HILASegment.png").exists()
+    for url in meta["EXTENSION_SCREENSHOTURLS"].split():
+        assert (ROOT / url.split("/main/", 1)[1]).exists(), url
+    assert "add_subdirectory(HILASegment)" in text and "Slicer_EXTENSION_CPACK" in text
+    entry = json.loads((ROOT / "HILASegment.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier"}
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert "catalog-entry-schema" in entry["$schema"]
+    assert entry["category"] == meta["EXTENSION_CATEGORY"] == "Segmentation"
+    assert entry["tier"] in (1, 3, 5)
+    depends = [] if meta["EXTENSION_DEPENDS"] == "NA" else meta["EXTENSION_DEPENDS"].split()
+    assert entry["build_dependencies"] == depends
+    assert entry["scm_url"].rstrip("/").split("/")[-1] in meta["EXTENSION_HOMEPAGE"]
+
+
+def test_icons_are_small_pngs():
+    for p in (MODULE / "Resources/Icons/HILASegment.png", ROOT / "Resources/Icons/HILASegment.png"):
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 50_000
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width == height == 128
+
+
+def test_api_copy_matches_the_shared_one():
+    if not API_SHARED.exists():
+        pytest.skip("../shared not here")
+    assert json.loads(API_COPY.read_text()) == json.loads(API_SHARED.read_text())
+
+
+def test_glue_imports_with_stub_slicer_modules(monkeypatch):
+    """With stub slicer/qt/vtk modules, HILASegment.py imports and defines its classes (no Slicer behaviour claimed)."""
+    import types
+
+    stubs = {}
+    for name in ("qt", "vtk", "ctk", "slicer", "slicer.util", "slicer.ScriptedLoadableModule"):
+        stubs[name] = types.ModuleType(name)
+    mod = stubs["slicer.ScriptedLoadableModule"]
+    for cls in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+        setattr(mod, cls, type(cls, (), {}))
+    stubs["slicer.util"].VTKObservationMixin = type("VTKObservationMixin", (), {})
+    stubs["slicer"].util = stubs["slicer.util"]
+    for name, m in stubs.items():
+        monkeypatch.setitem(sys.modules, name, m)
+    monkeypatch.syspath_prepend(str(MODULE))
+    spec = importlib.util.spec_from_file_location("HILASegment_under_test", GLUE)
+    glue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(glue)
+    for cls in ("HILASegment", "HILASegmentWidget", "HILASegmentLogic", "HILASegmentTest"):
+        assert isinstance(getattr(glue, cls), type)
+    assert glue.HILASegmentLogic.__bases__[0].__name__ == "ScriptedLoadableModuleLogic"

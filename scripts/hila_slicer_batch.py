@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Segment one volume with HILASegment in 3D Slicer's batch mode.
+
+    Slicer --no-main-window --python-script scripts/hila_slicer_batch.py --image F --out F.seg.nrrd [--model M]
+
+Inside Slicer the volume is read with Slicer's own loader (``slicer.util.loadVolume``) and the
+result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node, one
+segment per label with the model card's names and colours and the model version in the segment
+tags); the engine (``HILASegmentLib.inference.Segmenter``) does the inference. The script exits
+with its own code: 0 done, 2 a problem the user can fix (one line on stderr), 1 an unexpected
+failure. Under ``--testing`` it returns the code instead of exiting, so the test harness decides.
+
+Run with plain Python (no Slicer) it says so on stderr and uses the engine's own readers and
+writers instead — the same as ``hila infer --image F --out F.seg.nrrd``.
+"""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE_DIR = os.path.join(os.path.dirname(HERE), "HILASegment")  # the engine, when run from a source checkout
+USER_ERROR, FAILURE = 2, 1
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="hila_slicer_batch.py", description="Segment one volume with HILASegment (Slicer batch mode).")
+    ap.add_argument("--image", required=True, help="input volume: .nrrd .nii .nii.gz .mha, or a DICOM series folder")
+    ap.add_argument("--out", required=True, help="output segmentation, .seg.nrrd")
+    ap.add_argument("--model", default="taps", help="model: preset name, starter model name or .onnx path (default: taps)")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (slower)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads (default: all cores)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--testing", action="store_true", help="return the exit code instead of exiting (test harness)")
+    return ap.parse_args(argv)
+
+
+def import_slicer():
+    try:
+        import slicer  # noqa: F401
+    except ImportError:
+        return None
+    return slicer if hasattr(slicer, "util") else None
+
+
+def ensure_engine():
+    """Make HILASegmentLib importable (installed extension or source checkout) and check its inference packages."""
+    try:
+        import HILASegmentLib  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, MODULE_DIR)
+        import HILASegmentLib  # noqa: F401
+    from HILASegmentLib import dependencies
+    plan = dependencies.plan_install("inference")
+    if plan.needed or plan.broken_slicer:
+        from HILASegmentLib.errors import HilaError
+        how = " ; ".join(dependencies.manual_command(plan)) or plan.message()
+        raise HilaError("missing Python packages for inference; install them first: " + how)
+
+
+def check_paths(args):
+    from HILASegmentLib.errors import HilaError
+    if not os.path.exists(args.image):
+        raise HilaError(f"{args.image}: no such file or folder")
+    if not args.out.endswith(".seg.nrrd"):
+        raise HilaError(f"{args.out}: the output must end in .seg.nrrd")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise HilaError(f"{out_dir}: output folder does not exist")
+
+
+def run_in_slicer(slicer, args):
+    """Slicer's loader -> engine -> segmentation node -> Slicer's writer. Returns a one-line summary."""
+    import numpy as np
+    import vtk
+    from HILASegmentLib import mrmlgeometry
+    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.inference import Segmenter
+
+    if os.path.isdir(args.image):  # Slicer's DICOM loading needs its database; the engine reads series folders
+        from HILASegmentLib.imageio import read_image
+        image = read_image(args.image)
+        array, ijkToRas = mrmlgeometry.image_to_array(image)
+        volume = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRas, name="input")
+    else:
+        try:
+            volume = slicer.util.loadVolume(args.image)
+        except RuntimeError as exc:
+            raise HilaError(f"{args.image}: Slicer could not load it as a volume ({exc})") from None
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        image = mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), slicer.util.arrayFromVTKMatrix(matrix))
+    segmenter = Segmenter(args.model, threads=args.threads, device=args.device)
+    result = segmenter.segment(image, tta=args.tta)
+    label = result.label
+    import SimpleITK as sitk
+    label_array = sitk.GetArrayFromImage(label)
+    segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", os.path.basename(args.out)[:-len(".seg.nrrd")])
+    segNode.CreateDefaultDisplayNodes()
+    segNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation = segNode.GetSegmentation()
+    tags = result.provenance_tags()
+    for lab in result.card.labels:
+        segId = segmentation.AddEmptySegment("hila_%d" % lab.value, lab.name, mrmlgeometry.color_to_float(lab.color))
+        mask = (label_array == lab.value).astype(np.uint8)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segNode, segId, volume)
+        segment = segmentation.GetSegment(segId)
+        for key, value in tags.items():
+            segment.SetTag(str(key), str(value))
+    if not slicer.util.saveNode(segNode, args.out):
+        raise HilaError(f"{args.out}: Slicer could not write the segmentation")
+    return "%s: %d segments by %s v%s in %.1f s" % (args.out, len(result.card.labels), result.card.name,
+                                                    result.card.version, result.seconds)
+
+
+def run_plain(args):
+    """No Slicer: the engine's own readers and writers (exactly `hila infer --image ... --out ...`)."""
+    from HILASegmentLib.imageio import read_image
+    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.segfile import write_segmentation
+    result = Segmenter(args.model, threads=args.threads, device=args.device).segment(read_image(args.image), tta=args.tta)
+    write_segmentation(result.to_segmentation(), args.out)
+    return "%s: %d segments by %s v%s in %.1f s" % (args.out, len(result.card.labels), result.card.name,
+                                                    result.card.version, result.seconds)
+
+
+def main(argv=None):
+    """Run once and return the exit code (never raises)."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse already printed the usage line
+        return USER_ERROR if exc.code else 0
+    slicer = import_slicer()
+    t0 = time.monotonic()
+    try:
+        ensure_engine()
+        check_paths(args)
+        if slicer is None:
+            print("hila_slicer_batch: Slicer not found, using the engine's readers and writers", file=sys.stderr)
+            summary = run_plain(args)
+        else:
+            summary = run_in_slicer(slicer, args)
+    except Exception as exc:
+        from_engine = type(exc).__name__ == "HilaError" or getattr(type(exc), "exit_code", None) is not None
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"hila_slicer_batch: error: {msg}" if from_engine else f"hila_slicer_batch: failed: {type(exc).__name__}: {msg}",
+              file=sys.stderr)
+        return USER_ERROR if from_engine else FAILURE
+    print(f"{summary} (total {time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def testing_mode(argv):
+    slicer = import_slicer()
+    app_testing = bool(slicer is not None and getattr(slicer, "app", None) is not None
+                       and getattr(slicer.app, "testingEnabled", lambda: False)())
+    return "--testing" in argv or app_testing
+
+
+if __name__ == "__main__":
+    code = main()
+    if not testing_mode(sys.argv[1:]):
+        sys.exit(code)
