@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import sys
+import threading
 import zlib
 import tempfile
 from pathlib import Path
@@ -76,42 +77,52 @@ class _Captured:
     text = ""
 
 
+_QUIET_LOCK = threading.RLock()
+_quiet_depth = 0
+
+
 @contextlib.contextmanager
 def quiet_itk() -> Iterator[_Captured]:
     """Silence ITK's warnings and the native libraries' own stderr chatter while reading or writing.
 
     Bad files make ITK, MetaIO, NrrdIO or GDCM print several lines straight to file descriptor 2,
     around the one clear line we want users to see. The captured text is kept (``.text``) so it
-    can serve as the reason in an error. Set ``HILA_NATIVE_STDERR=1`` to let it through.
+    can serve as the reason in an error. Serialised by a lock (fd 2 is process-wide); nested uses
+    share the outer redirection. Set ``HILA_NATIVE_STDERR=1`` to let the native output through.
     """
+    global _quiet_depth
     captured = _Captured()
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    redirect = os.environ.get("HILA_NATIVE_STDERR", "") not in ("1", "true", "yes")
-    saved_fd = sink = None
-    if redirect:
-        try:
-            sys.stderr.flush()
-            saved_fd = os.dup(2)
-            sink = tempfile.TemporaryFile()
-            os.dup2(sink.fileno(), 2)
-        except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
-            if saved_fd is not None:
-                os.close(saved_fd)
-            saved_fd = None
-    try:
-        yield captured
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-        if saved_fd is not None:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-        if sink is not None:
+    with _QUIET_LOCK:
+        outer = _quiet_depth == 0
+        _quiet_depth += 1
+        previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        redirect = outer and os.environ.get("HILA_NATIVE_STDERR", "") not in ("1", "true", "yes")
+        saved_fd = sink = None
+        if redirect:
             try:
-                sink.seek(0)
-                captured.text = sink.read().decode("utf-8", "replace")
-            finally:
-                sink.close()
+                sys.stderr.flush()
+                sink = tempfile.TemporaryFile()
+                saved_fd = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+            except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
+                if saved_fd is not None:
+                    os.close(saved_fd)
+                saved_fd = None
+        try:
+            yield captured
+        finally:
+            _quiet_depth -= 1
+            sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+            if saved_fd is not None:
+                os.dup2(saved_fd, 2)
+                os.close(saved_fd)
+            if sink is not None:
+                try:
+                    sink.seek(0)
+                    captured.text = sink.read().decode("utf-8", "replace")
+                finally:
+                    sink.close()
 
 
 def _fsync_dir(directory: Path) -> None:
