@@ -25,7 +25,7 @@ from HILASegmentLib.processrunner import ProcessRunner, engine_command
 SETTINGS = "HILASegment/"
 OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any other segment
 CASE_ATTRIBUTE = "HILASegment.CaseID"
-CREATOR_TAG = "HILASegment.Creator"
+CREATOR_TAG = "HILA.creator"  # beside the engine's HILA.model / HILA.model_version tags
 
 
 class HILASegment(ScriptedLoadableModule):

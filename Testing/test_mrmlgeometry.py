@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from conftest import shared
 from HILASegmentLib.mrmlgeometry import (
     LPS_TO_RAS, array_to_image, color_to_float, edit_allowed_mask, geometry_from_ijk_to_ras, image_to_array,
-    ijk_to_ras_matrix, label_masks, lps_to_ras, masks_to_label, ras_to_lps, same_geometry, segment_tags,
+    ijk_to_ras_matrix, label_masks, lps_to_ras, masks_to_label, ras_to_lps, same_geometry,
     voxel_to_ras,
 )
 
@@ -136,8 +136,6 @@ def test_edit_allowed_mask_follows_the_segment_editor_rule():
         edit_allowed_mask("Sometimes", shape, segs)
 
 
-def test_colours_and_tags():
+def test_colours():
     assert color_to_float((255, 0, 128)) == (1.0, 0.0, pytest.approx(128 / 255))
     assert color_to_float((0.2, 0.4, 0.6)) == (0.2, 0.4, 0.6)
-    tags = segment_tags("hila-prostate-mr", 3, 1)
-    assert tags["HILASegment.ModelVersion"] == "3" and tags["HILASegment.Creator"] == "HILASegment"

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 __all__ = [
     "LPS_TO_RAS", "lps_to_ras", "ras_to_lps", "ijk_to_ras_matrix", "geometry_from_ijk_to_ras",
     "image_to_array", "array_to_image", "voxel_to_ras", "same_geometry", "label_masks",
-    "masks_to_label", "edit_allowed_mask", "color_to_float", "segment_tags",
+    "masks_to_label", "edit_allowed_mask", "color_to_float",
 ]
 
 #: RAS = LPS_TO_RAS @ LPS (its own inverse).
@@ -161,13 +161,3 @@ def color_to_float(color: Sequence[float]) -> Tuple[float, float, float]:
     if any(x > 1.0 for x in c):
         c = [x / 255.0 for x in c]
     return tuple(max(0.0, min(1.0, x)) for x in c)  # type: ignore[return-value]
-
-
-def segment_tags(model_name: str, model_version: Optional[int], label_value: int, creator: str = "HILASegment") -> Dict[str, str]:
-    """The tags the module writes on segments it creates: how it finds its own segments again, and provenance."""
-    return {
-        "HILASegment.Creator": creator,
-        "HILASegment.Model": str(model_name),
-        "HILASegment.ModelVersion": "" if model_version is None else str(model_version),
-        "HILASegment.LabelValue": str(int(label_value)),
-    }

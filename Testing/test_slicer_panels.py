@@ -1,0 +1,77 @@
+"""The rows the Slicer panel shows (case table, model table, learning curve), on a real workspace."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HILASegmentLib import panels
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
+MRI = ROOT / "Testing" / "Data" / "prostate_mri_oblique_small.nrrd"
+MRI_LABEL = ROOT / "Testing" / "Data" / "prostate_mri_oblique_small_taps.nii.gz"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    from HILASegmentLib.workspace import Workspace
+    w = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(TINY))
+    yield w
+    w.close()
+
+
+def test_case_rows_next_case_and_learning_curve(ws, tmp_path):
+    a = ws.import_volume(MRI)
+    flipped = tmp_path / "second.nrrd"
+    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(MRI)), [True, False, False]), str(flipped))
+    b = ws.import_volume(flipped)
+    label = sitk.ReadImage(str(MRI_LABEL))
+    pred = sitk.BinaryErode(label > 0, [2, 2, 0])
+    pred = sitk.Cast(pred, sitk.sitkUInt8)
+    pred.CopyInformation(label)
+    ws.add_prediction(a.case_id, pred, model_version=1)
+    ws.submit(a.case_id, sitk.Cast(label > 0, sitk.sitkUInt8), quality="reviewed", annotator="t", seconds=12.0)
+
+    rows = {r[0]: r for r in panels.case_rows(ws)}
+    assert len(rows[a.case_id]) == len(panels.CASE_COLUMNS)
+    ra, rb = rows[a.case_id], rows[b.case_id]
+    assert ra[2] == "reviewed" and ra[3] == "v1" and ra[5] == 1 and 0 < ra[6] < 1
+    assert rb[2] == "new" and rb[3] == "" and rb[5] == 0 and rb[6] == ""
+    assert panels.next_case_id(ws) == b.case_id  # the reviewed case is never "next"
+
+    curve, names = panels.learning_curve(ws)
+    assert names == panels.CURVE_COLUMNS and len(curve) == 1
+    version, dice, effort = curve[0]
+    assert version == 1.0 and math.isnan(dice) and 0 < effort < 1  # the tiny card has no validation Dice
+
+
+def test_model_rows_compare_text_and_dice_from_cards(ws, tmp_path):
+    current = ws.current_model()
+    assert current is not None and current.version == 1
+    card = dict(current.card)
+    card["metrics"] = {"dice": {"prostate": 0.8, "other": 0.6}}
+    new = ws.add_model(current.path, card, parent=1)
+    rows = {r[0]: r for r in panels.model_rows(ws)}
+    assert rows[new.version][3] == 0.7 and rows[1][3] == "" and rows[new.version][2] == 1
+    text = panels.compare_text(ws, new.version)
+    assert text.startswith(f"Candidate v{new.version}: Dice 0.700") and "vs current v1: Dice n/a" in text
+    ws.promote(new.version)
+    assert "(already current)" in panels.compare_text(ws, new.version)
+
+
+def test_gate_reading_and_dice_keys():
+    assert panels.passed_gate({"passed": True}) and not panels.passed_gate({"passed": False})
+    assert panels.passed_gate({"gate": {"passed": True}}) and panels.passed_gate({"gate": "passed"})
+    assert not panels.passed_gate(None) and not panels.passed_gate({"gate": "failed"})
+    assert panels.model_dice({"metrics": {"val_dice": 0.91234}}) == 0.9123
+    assert panels.model_dice({"metrics": {"dice": float("nan")}}) is None
+    assert panels.model_dice(None) is None
+
+
+def test_empty_workspace(ws):
+    assert panels.case_rows(ws) == [] and panels.next_case_id(ws) is None
