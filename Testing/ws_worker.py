@@ -1,10 +1,17 @@
 """A helper process for the workspace durability tests (run as a real, separate process).
 
     python ws_worker.py submit WORKSPACE CASE LABELFILE COUNT [QUALITY]
+    python ws_worker.py forkserver WORKSPACE CASE LABELFILE
 
-Opens the workspace, prints ``READY``, then submits LABELFILE COUNT times, printing
+``submit`` opens the workspace, prints ``READY``, then submits LABELFILE COUNT times, printing
 ``OK <correction_id> <case_id> <version> <sha256>`` (flushed) after each submission returned.
 The parent kills it at random moments and then checks that every OK line is in the ledger.
+
+``forkserver`` imports everything once, then for each ``go OUTFILE`` line on stdin forks a child
+that does what ``submit`` does (output to OUTFILE, forever) and answers ``PID <pid>``; ``reap PID``
+waits for that child and answers ``STATUS <raw wait status>``. The children are real processes
+that open their own ledger connection, so killing one is a real SIGKILL of a submitter, without
+paying Python's start-up for each of the many kills.
 """
 import sys
 from pathlib import Path
@@ -84,19 +91,49 @@ def state(root):
     return (ledger_dump(root) if has_ledger else None, file_tree(root))
 
 
-def main(argv):
-    cmd, ws_path, case, label_file, count = argv[:5]
-    quality = argv[5] if len(argv) > 5 else "rough"
-    if cmd != "submit":
-        raise SystemExit(f"unknown command {cmd}")
+def submit_loop(ws_path, case, label_file, count, quality, out):
     ws = Workspace.open(ws_path)
     label = sitk.ReadImage(label_file)
-    print("READY", flush=True)
+    out.write("READY\n")
+    out.flush()
     for _ in range(int(count)):
         c = ws.submit(case, label, quality=quality, annotator="worker")
-        print(f"OK {c.correction_id} {c.case_id} {c.version} {c.sha256}", flush=True)
+        out.write(f"OK {c.correction_id} {c.case_id} {c.version} {c.sha256}\n")
+        out.flush()
     ws.close()
+
+
+def forkserver(ws_path, case, label_file, quality):
+    import HILASegmentLib.imageio  # noqa: F401  (what a submission imports lazily, imported once here)
+    import HILASegmentLib.segfile  # noqa: F401
+    print("READY", flush=True)
+    for line in sys.stdin:
+        cmd, arg = line.split()
+        if cmd == "go":
+            pid = os.fork()
+            if pid == 0:  # the child: a submitter until it is killed
+                try:
+                    with open(arg, "w") as out:
+                        submit_loop(ws_path, case, label_file, 10**9, quality, out)
+                finally:
+                    os._exit(0)
+            print(f"PID {pid}", flush=True)
+        elif cmd == "reap":
+            _, status = os.waitpid(int(arg), 0)
+            print(f"STATUS {status}", flush=True)
     return 0
+
+
+def main(argv):
+    cmd = argv[0]
+    if cmd == "submit":
+        ws_path, case, label_file, count = argv[1:5]
+        submit_loop(ws_path, case, label_file, count, argv[5] if len(argv) > 5 else "rough", sys.stdout)
+        return 0
+    if cmd == "forkserver":
+        ws_path, case, label_file = argv[1:4]
+        return forkserver(ws_path, case, label_file, argv[4] if len(argv) > 4 else "rough")
+    raise SystemExit(f"unknown command {cmd}")
 
 
 if __name__ == "__main__":
