@@ -204,6 +204,8 @@ def _bad_files(tmp_path: Path) -> dict:
     files["vector"] = tmp_path / "vector.mha"
     (tmp_path / "volume.txt").write_text("not an image")
     files["unsupported"] = tmp_path / "volume.txt"
+    write_dicom_series(ct[:, :, :2], tmp_path / "dcm", "1.2.826.0.1.3680043.8.498.5")
+    files["single_dicom"] = tmp_path / "dcm" / "slice000.dcm"
     return files
 
 
@@ -212,6 +214,7 @@ EXPECT = {
     "truncated_nrrd": "expected", "truncated_niigz": "truncated", "truncated_nii": "truncated",
     "truncated_mha": "cannot read image", "corrupt_gzip": "corrupt", "2d": "2-D image",
     "4d": "4-D image", "vector": "vector", "unsupported": "unsupported file type",
+    "single_dicom": "a single DICOM file",
 }
 
 

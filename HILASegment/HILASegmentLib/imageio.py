@@ -326,6 +326,10 @@ def _read_file(path: Path) -> sitk.Image:
     if not path.is_file():
         raise HilaError(f"{path}: not a file")
     if volume_suffix(path) is None:
+        with open(path, "rb") as fh:
+            is_dicom = fh.read(132)[128:132] == b"DICM"
+        if is_dicom or path.name.lower().endswith((".dcm", ".ima")):
+            raise HilaError(f"{path}: a single DICOM file; to read its series give the folder ({path.parent})")
         raise HilaError(f"{path}: unsupported file type; use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
     if path.stat().st_size == 0:
         raise HilaError(f"{path}: empty file")

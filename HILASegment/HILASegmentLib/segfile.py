@@ -317,8 +317,8 @@ class Segmentation:
             if not 0 <= s.layer < len(self.layers):
                 raise HilaError(f"{where}: segment '{s.id}' has layer {s.layer}, but there are "
                                 f"{len(self.layers)} layer(s)")
-            if s.label_value < 1:
-                raise HilaError(f"{where}: segment '{s.id}' has label value {s.label_value} (must be 1 or more)")
+            if not 1 <= s.label_value <= 65535:
+                raise HilaError(f"{where}: segment '{s.id}' has label value {s.label_value} (must be 1..65535)")
             if (s.layer, s.label_value) in slots:
                 raise HilaError(f"{where}: two segments share layer {s.layer} and label value {s.label_value}")
             slots.add((s.layer, s.label_value))
