@@ -77,6 +77,12 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
             table.setColumnCount(len(headers))
             table.setHorizontalHeaderLabels(headers)
+        # restore settings before connecting their signals, so restoring one cannot overwrite the others
+        self.ui.annotatorLineEdit.text = _setting("annotator", os.environ.get("USER", os.environ.get("USERNAME", "")))
+        self.ui.deviceComboBox.currentText = _setting("device", "auto")
+        self.ui.autoPromoteCheckBox.checked = _setting("autoPromote", False, converter=slicer.util.toBool)
+        self.ui.maxMinutesSpinBox.value = _setting("maxMinutes", 20, converter=int)
+        self.ui.workspacePathLineEdit.currentPath = _setting("workspace", "")
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onPoll)
@@ -104,11 +110,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
-        self.ui.annotatorLineEdit.text = _setting("annotator", os.environ.get("USER", os.environ.get("USERNAME", "")))
-        self.ui.deviceComboBox.currentText = _setting("device", "auto")
-        self.ui.autoPromoteCheckBox.checked = _setting("autoPromote", False, converter=slicer.util.toBool)
-        self.ui.maxMinutesSpinBox.value = _setting("maxMinutes", 20, converter=int)
-        self.ui.workspacePathLineEdit.currentPath = _setting("workspace", "")
         if self.ui.workspacePathLineEdit.currentPath:
             with slicer.util.tryWithErrorDisplay("Could not reopen the last workspace."):
                 self.openWorkspace(self.ui.workspacePathLineEdit.currentPath)
@@ -305,7 +306,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 version = correction.version
             path = self.logic.saveSegmentation(segNode, self.logic.outputPath(volume, self.ws, self.caseId, version))
             self.refreshTables()
-            self.status("Accepted%s; saved %s" % (" as correction v%d" % version if version else "", path))
+            self.status("%s; saved %s" % ("Accepted as correction v%d" % version if version else
+                                          "Not a workspace case (import it to submit)", path))
 
     # -- training and models --------------------------------------------------------------
     def onTrain(self):
@@ -428,10 +430,6 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         matrix = vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(matrix)
         return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), slicer.util.arrayFromVTKMatrix(matrix))
-
-    def imageToVolume(self, image, name):
-        array, ijkToRas = mrmlgeometry.image_to_array(image)
-        return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRas, name=name)
 
     def segmentationFor(self, volume):
         """This module's segmentation node bound to the volume (created once; user segmentations are never reused)."""
@@ -601,45 +599,42 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
     def test_loop(self):
         from HILASegmentLib.workspace import Workspace
         logic = HILASegmentLogic()
-        self.delayDisplay("Building a volume with numpy")
-        k, j, i = np.mgrid[0:24, 0:48, 0:48]
-        blob = ((i - 24) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
-        array = (100 + 300 * blob + np.random.default_rng(0).normal(0, 10, blob.shape)).astype(np.int16)
-        ijkToRas = np.diag([-1.0, -1.0, 3.0, 1.0])
-        volume = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRas, name="HILATestVolume")
         model = Path(__file__).parent / "Resources" / "Models" / "hila_tiny_test.onnx"
-        self.assertTrue(model.exists(), model)
-
-        self.delayDisplay("Workspace and import")
         root = Path(slicer.util.tempDirectory("HILASegmentTest")) / "ws"
         ws = Workspace.create(root, "MR", ["prostate"], model=str(model))
-        caseId = logic.importVolumeNode(ws, volume).case_id
+        for n, shift in enumerate((0, 6)):
+            self.delayDisplay("Case %d: a volume built with numpy, imported into the workspace" % n)
+            k, j, i = np.mgrid[0:24, 0:48, 0:48]
+            blob = ((i - 24 - shift) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
+            array = (100 + 300 * blob + np.random.default_rng(n).normal(0, 10, blob.shape)).astype(np.int16)
+            volume = slicer.util.addVolumeFromArray(array, ijkToRAS=np.diag([-1.0, -1.0, 3.0, 1.0]), name="HILATest%d" % n)
+            caseId = logic.importVolumeNode(ws, volume).case_id
 
-        self.delayDisplay("Segmenting with the tiny bundled model")
-        runner, context = logic.startSegmentation(volume, model)
-        outcome = runner.start().wait(timeout=300)
-        self.assertTrue(outcome.ok, outcome.error)
-        segNode = logic.segmentationFor(volume)
-        names = logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode())
-        self.assertEqual(names, ["prostate"])
-        ws.add_prediction(caseId, logic.labelFromFile(context["out"]), model_version=None)
-        logic.cleanupJob(context)
+            self.delayDisplay("Segmenting with the tiny bundled model in a child process")
+            modelPath, version = logic.modelFor(ws)
+            runner, context = logic.startSegmentation(volume, modelPath)
+            outcome = runner.start().wait(timeout=300)
+            self.assertTrue(outcome.ok, outcome.error)
+            segNode = logic.segmentationFor(volume)
+            self.assertEqual(logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode()), ["prostate"])
+            ws.add_prediction(caseId, logic.labelFromFile(context["out"]), model_version=version)
+            logic.cleanupJob(context)
 
-        self.delayDisplay("Editing the segment and accepting it")
-        segId = segNode.GetSegmentation().GetSegmentIdBySegmentName("prostate")
-        edited = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)
-        edited[blob] = 1
-        edited[:, :, :10] = 0
-        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segNode, segId, volume)
-        label = logic.labelFromSegmentation(segNode, volume, ws.settings.labels)
-        correction = ws.submit(caseId, label, quality="reviewed", annotator="selftest", seconds=1.0)
-        self.assertEqual(correction.version, 1)
-        path = logic.saveSegmentation(segNode, logic.outputPath(volume, ws, caseId, correction.version))
-        self.assertTrue(os.path.exists(path))
+            self.delayDisplay("Editing the segment and accepting it")
+            segId = segNode.GetSegmentation().GetSegmentIdBySegmentName("prostate")
+            edited = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)
+            edited[blob] = 1
+            edited[:, :, :10] = 0
+            slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segNode, segId, volume)
+            label = logic.labelFromSegmentation(segNode, volume, ws.settings.labels)
+            correction = ws.submit(caseId, label, quality="reviewed", annotator="selftest", seconds=1.0)
+            path = logic.saveSegmentation(segNode, logic.outputPath(volume, ws, caseId, correction.version))
+            self.assertTrue(os.path.exists(path))
 
-        self.delayDisplay("One-minute CPU training round")
-        before = [m.version for m in ws.models()]
+        self.delayDisplay("One-minute CPU training round in a child process")
+        before = {m.version for m in ws.models()}
         outcome = logic.startTraining(ws, 1, "cpu").start().wait(timeout=600)
         self.assertTrue(outcome.ok, outcome.error)
-        self.assertTrue(set([m.version for m in ws.models()]) - set(before), "training registered no new model version")
+        self.assertTrue({m.version for m in ws.models()} - before, "training registered no new model version")
+        self.assertTrue(ws.check().ok)
         self.delayDisplay("HILASegment self-test passed")
