@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# TAPS (MIT) asks for onnxruntime-gpu; we use the CPU onnxruntime, so its other needs come from [dev].
-	$(BIN)/python -m pip install -q --no-deps "lavlab-taps>=1.1"
+	# TAPS (MIT) asks for onnxruntime-gpu and onnx2torch for torchvision; both run on what [dev] brings.
+	$(BIN)/python -m pip install -q --no-deps "lavlab-taps>=1.1" "onnx2torch>=1.5"
 	touch $(STAMP)
 
 install: $(STAMP)
