@@ -554,12 +554,12 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
         write_image(self.volumeToImage(volume), image)
         args = ["infer", "--image", image, "--out", out, "--model", str(model), "--json"] + (["--tta"] if tta else [])
-        argv, env = engine_command("HILASegmentLib", args)
+        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 
     def startTraining(self, ws, maxMinutes, device):
         args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes)] + ([] if device == "auto" else ["--device", device])
-        argv, env = engine_command("HILASegmentLib", args)
+        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
 
     def cleanupJob(self, context):

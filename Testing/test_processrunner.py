@@ -235,3 +235,16 @@ def test_engine_command_runs_this_engine_unbuffered():
     res = out.wait(timeout=60, on_line=lines.append)
     assert res.ok and any("hila" in l.text for l in lines)
     assert python_executable()  # plain Python here, PythonSlicer inside Slicer
+
+
+@pytest.mark.parametrize("layout", ["linux", "windows", "macos"])
+def test_python_executable_finds_pythonslicer_beside_the_slicer_executable(tmp_path, monkeypatch, layout):
+    root = tmp_path / "Slicer-5.8.1"
+    exe, ps = {"linux": (root / "bin" / "SlicerApp-real", root / "bin" / "PythonSlicer"),
+               "windows": (root / "Slicer.exe", root / "bin" / "PythonSlicer.exe"),
+               "macos": (root / "Contents" / "MacOS" / "Slicer", root / "Contents" / "bin" / "PythonSlicer")}[layout]
+    for p in (exe, ps):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("")
+    monkeypatch.setattr(sys, "executable", str(exe))
+    assert python_executable() == str(ps)

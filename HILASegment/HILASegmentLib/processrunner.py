@@ -359,10 +359,10 @@ def python_executable() -> str:
     PythonSlicer beside it first.
     """
     exe = Path(sys.executable)
-    for cand in (exe.with_name("PythonSlicer"), exe.with_name("PythonSlicer.exe"),
-                 exe.parent.parent / "bin" / "PythonSlicer", exe.parent.parent / "bin" / "PythonSlicer.exe"):
-        if cand.is_file():
-            return str(cand)
+    for folder in (exe.parent, exe.parent / "bin", exe.parent.parent / "bin"):  # Linux, Windows, macOS layouts
+        for cand in (folder / "PythonSlicer", folder / "PythonSlicer.exe"):
+            if cand.is_file():
+                return str(cand)
     found = shutil.which("PythonSlicer")
     if found:
         return found
@@ -375,6 +375,8 @@ def engine_command(module: str, args: Sequence[str], python: Optional[str] = Non
 
     The module folder (the parent of ``HILASegmentLib``) goes first on PYTHONPATH, so the child runs
     exactly the engine the GUI loaded, installed as a Slicer module or checked out from source.
+    ``env`` is the base environment (default: this process's); inside Slicer pass
+    ``slicer.util.startupEnvironment()``, as PythonSlicer sets up its own paths from there.
     """
     lib_parent = str(Path(__file__).resolve().parents[1])
     child_env = dict(os.environ if env is None else env)
