@@ -248,3 +248,53 @@ def test_python_executable_finds_pythonslicer_beside_the_slicer_executable(tmp_p
         p.write_text("")
     monkeypatch.setattr(sys, "executable", str(exe))
     assert python_executable() == str(ps)
+
+
+# -- the real trainer ------------------------------------------------------------------------
+def _train_available() -> bool:
+    from HILASegmentLib.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return "train" in sub.choices
+
+
+def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
+    """The Train button's child (`python -m HILASegmentLib train WS --json`), cancelled after its first progress."""
+    if not _train_available():
+        pytest.skip("`hila train` not written yet")
+    import SimpleITK as sitk
+    from HILASegmentLib.workspace import Workspace
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = root / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
+    mri = root / "Testing" / "Data" / "prostate_mri_oblique_small.nrrd"
+    label = sitk.Cast(sitk.ReadImage(str(root / "Testing" / "Data" / "prostate_mri_oblique_small_taps.nii.gz")) > 0, sitk.sitkUInt8)
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(tiny))
+    flipped = tmp_path / "second.nrrd"
+    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(mri)), [True, False, False]), str(flipped))
+    for path, lab in ((mri, label), (flipped, sitk.Flip(label, [True, False, False]))):
+        case = ws.import_volume(path)
+        ws.submit(case.case_id, lab, quality="reviewed", annotator="test", seconds=5.0)
+    models_before = [m.version for m in ws.models()]
+    ws.close()
+
+    argv, env = engine_command("HILASegmentLib", ["train", str(tmp_path / "ws"), "--json", "--max-minutes", "3", "--device", "cpu"],
+                               python=sys.executable)
+    runner = ProcessRunner(argv, env=env, grace_seconds=10.0).start()
+    progress = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not runner.finished:
+        progress += [l.record for l in runner.poll() if l.record and l.record.get("event") == "progress"]
+        if len(progress) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(progress) >= 2, f"no JSON progress from the trainer; stderr: {runner.stderr_tail[-5:]}"
+    assert all(0.0 <= (p["fraction"] or 0.0) <= 1.0 and isinstance(p.get("message", ""), str) for p in progress)
+    runner.cancel()
+    out = runner.wait(timeout=60)
+    assert out.cancelled and not out.ok
+
+    ws = Workspace.open(tmp_path / "ws")
+    report = ws.check()
+    assert report.ok, report.summary()
+    assert [m.version for m in ws.models()] == models_before, "a cancelled run must not register a model"
+    ws.close()
