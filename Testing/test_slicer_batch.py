@@ -9,6 +9,7 @@ are read back with slicerio, the reader written by Slicer's developers.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -118,3 +119,15 @@ def test_options_the_glue_passes_exist_in_the_cli(command, function):
     assert "--json" in opts
     known = {o for a in subparser(command)._actions for o in a.option_strings}
     assert set(opts) <= known, set(opts) - known
+
+
+def test_tiny_model_is_rebuilt_by_its_script_and_is_a_few_kb(tmp_path):
+    from HILASegmentLib.modelcard import read_card
+    assert TINY.stat().st_size < 10_000
+    out = tmp_path / "tiny.onnx"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_model.py"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    bundled, rebuilt = read_card(TINY), read_card(out)
+    assert dataclasses.replace(rebuilt, checksum=None) == dataclasses.replace(bundled, checksum=None)
+    assert bundled.name == "hila-tiny-test" and "NOT a medical model" in bundled.description
