@@ -578,7 +578,11 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         elif plan.torch_pip_spec:
             slicer.util.pip_install(dependencies.pip_argument_string([plan.torch_pip_spec]))
         if plan.pip_specs:
-            if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_install"):  # Slicer 5.12+
+            try:
+                import slicer.packaging  # noqa: F401  (Slicer 5.12+; skip_packages protects what Slicer ships)
+            except ImportError:
+                pass
+            if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_install"):
                 slicer.packaging.pip_install(plan.pip_specs, skip_packages=sorted(dependencies.SLICER_SHIPS), requester="HILASegment")
             else:
                 slicer.util.pip_install(dependencies.pip_argument_string(plan.pip_specs))
