@@ -148,13 +148,13 @@ class Segmenter:
         for k, v in (session_options or {}).items():
             setattr(so, k, v)
         try:
-            self.session = ort.InferenceSession(info.data, sess_options=so, providers=_providers(device))
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=_providers(device))
         except HilaError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
             msg = " ".join(str(exc).split())[:200]
             raise HilaError(f"{path}: the ONNX model does not load in onnxruntime ({msg})") from None
-        del info
+
         self.providers = self.session.get_providers()
         self._check_io()
 
@@ -311,7 +311,7 @@ class Segmenter:
             return tuple(card.patch_size)
         div = int(card.inference.get("size_divisor", 16))
         whole = tuple(max(p, int(np.ceil(s / div)) * div) if s > p else p for s, p in zip(shape, card.patch_size))
-        limit = int(card.inference.get("max_window_voxels", 8 * int(np.prod(card.patch_size))))
+        limit = int(card.inference.get("max_window_voxels", max(8 * int(np.prod(card.patch_size)), 1 << 21)))
         return whole if int(np.prod(whole)) <= limit else tuple(card.patch_size)
 
     def _run_region(self, norm: np.ndarray, region, passes, stats, progress, p0: float, p1: float):

@@ -333,37 +333,82 @@ class OnnxInfo:
     """What the engine needs from an ONNX file without building a session: metadata and checksum."""
 
     path: Path
-    data: bytes
     metadata: Dict[str, str]
     checksum: str
+    size: int
+
+
+def _read_varint(fh) -> Tuple[int, bytes]:
+    raw = bytearray()
+    while True:
+        b = fh.read(1)
+        if not b:
+            raise ValueError("truncated varint" if raw else "eof")
+        raw += b
+        if not b[0] & 0x80:
+            return _varint(memoryview(bytes(raw)), 0)[0], bytes(raw)
+        if len(raw) > 10:
+            raise ValueError("varint too long")
 
 
 def inspect_onnx(path: PathLike) -> OnnxInfo:
-    """Read an ONNX file once: its top-level metadata and its checksum (see the module docstring)."""
+    """Stream an ONNX file once: its top-level metadata and its checksum (see the module docstring).
+
+    Streaming (1 MiB chunks) instead of reading the file whole keeps an 80 MB model out of memory;
+    onnxruntime then loads it from the path.
+    """
     p = Path(path)
     if not p.is_file():
         raise HilaError(f"{p}: no such ONNX model file")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise HilaError(f"{p}: cannot read the model file ({exc.strerror})") from None
-    buf = memoryview(data)
     h = hashlib.sha256()
     meta: Dict[str, str] = {}
     seen_graph = False
     try:
-        for fnum, wt, start, payload, end in _records(buf):
-            if fnum == _METADATA_FIELD and wt == 2:
-                k, v = _metadata_entry(buf[payload:end])
-                meta[k] = v
-            else:
-                h.update(buf[start:end])
-                seen_graph |= fnum == 7 and wt == 2
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            while True:
+                try:
+                    tag, raw_tag = _read_varint(fh)
+                except ValueError as exc:
+                    if str(exc) == "eof":
+                        break
+                    raise
+                fnum, wt = tag >> 3, tag & 7
+                if fnum == 0:
+                    raise ValueError("field number 0")
+                if wt == 0:
+                    _, raw = _read_varint(fh)
+                    h.update(raw_tag + raw)
+                    continue
+                if wt == 1 or wt == 5:
+                    raw = fh.read(8 if wt == 1 else 4)
+                    h.update(raw_tag + raw)
+                    continue
+                if wt != 2:
+                    raise ValueError(f"unsupported wire type {wt}")
+                length, raw_len = _read_varint(fh)
+                if fh.tell() + length > size:
+                    raise ValueError("truncated record")
+                if fnum == _METADATA_FIELD:
+                    k, v = _metadata_entry(memoryview(fh.read(length)))
+                    meta[k] = v
+                    continue
+                seen_graph |= fnum == 7
+                h.update(raw_tag + raw_len)
+                left = length
+                while left:
+                    chunk = fh.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise ValueError("truncated record")
+                    h.update(chunk)
+                    left -= len(chunk)
     except ValueError as exc:
         raise HilaError(f"{p}: not an ONNX model (the file is corrupt or truncated: {exc})") from None
+    except OSError as exc:
+        raise HilaError(f"{p}: cannot read the model file ({exc.strerror})") from None
     if not seen_graph:
         raise HilaError(f"{p}: not an ONNX model (no graph in the file)")
-    return OnnxInfo(p, data, meta, "sha256:" + h.hexdigest())
+    return OnnxInfo(p, meta, "sha256:" + h.hexdigest(), size)
 
 
 def onnx_checksum(path: PathLike) -> str:
@@ -401,7 +446,7 @@ def write_card(onnx_in: PathLike, card: ModelCard, onnx_out: Optional[PathLike] 
     info = inspect_onnx(src)
     card = dataclasses.replace(card, checksum=info.checksum)
     card.validate(f"{dst} (model card)")
-    buf = memoryview(info.data)
+    buf = memoryview(src.read_bytes())
     out = bytearray()
     for fnum, wt, start, payload, end in _records(buf):
         if fnum == _METADATA_FIELD and wt == 2 and _metadata_entry(buf[payload:end])[0] == METADATA_KEY:

@@ -1,0 +1,187 @@
+"""``hila infer``: segment a volume with an ONNX model (no workspace), or a workspace case.
+
+    hila infer --image FILE --out FILE.seg.nrrd --model NAME|PATH [--tta] [--threads N] [--uncertainty FILE]
+    hila infer WORKSPACE CASE [--model VERSION]
+
+There is no default model for ``--image``: one model cannot be guessed from a file (the ``taps``
+preset is for axial T2 prostate MRI only), so ``--model`` is required there. In the workspace form
+the workspace's current model is the default.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import emit, make_progress
+from ..errors import HilaError
+
+_LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+
+
+def register(sub, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "infer", parents=[parent], help="segment a volume with an ONNX model (or a workspace case)",
+        description="Segment a volume. File form: hila infer --image FILE --out FILE.seg.nrrd --model NAME|PATH. "
+        "Workspace form: hila infer WORKSPACE CASE [--model VERSION] (stores the prediction in the workspace; "
+        "default: the current model). Models: the 'taps' preset (prostate T2 MRI; needs `pip install --no-deps "
+        "lavlab-taps`), a starter model name, or an .onnx file with a model card.")
+    p.add_argument("workspace", nargs="?", type=Path, help="workspace folder (workspace form)")
+    p.add_argument("case", nargs="?", help="case id or name (workspace form)")
+    p.add_argument("--image", type=Path, help="input volume (.nrrd .nii .nii.gz .mha) or DICOM series folder")
+    p.add_argument("--out", type=Path, help="output: .seg.nrrd (Slicer segmentation) or a label map (.nii.gz .nrrd ...)")
+    p.add_argument("--model", default=None, help="file form: preset name (taps), starter name or .onnx path; "
+                   "workspace form: model version (default: current)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the compute; uncertainty = disagreement)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
+    p.add_argument("--uncertainty", type=Path, default=None, help="also write the per-voxel uncertainty map (0..1) here")
+    p.set_defaults(func=cmd_infer)
+
+
+def _check_out(path: Path, what: str, seg_ok: bool = True) -> None:
+    name = path.name.lower()
+    if not (name.endswith(_LABEL_SUFFIXES) and len(name) > 5):
+        raise HilaError(f"{path}: {what} must end in {'.seg.nrrd, ' if seg_ok else ''}{', '.join(_LABEL_SUFFIXES)}")
+    if path.is_dir():
+        raise HilaError(f"{path}: is a folder, not a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise HilaError(f"{path}: cannot write: folder {parent} does not exist")
+
+
+def _summary_line(summary: dict, out: str) -> str:
+    parts = [f"{lab['name']}: {lab['voxels']} voxels, {lab['ml']:.1f} ml" for lab in summary["labels"]]
+    w = summary["windows"]
+    return (f"{'; '.join(parts)} | model {summary['model']} v{summary['model_version']}, {w} window{'s' * (w != 1)}, "
+            f"{summary['seconds']:.1f} s (ONNX {summary['seconds_onnx']:.1f} s) -> {out}")
+
+
+def cmd_infer(args) -> int:
+    t0 = time.perf_counter()
+    if args.threads is not None and args.threads < 1:
+        raise HilaError(f"--threads must be 1 or more, got {args.threads}")
+    if args.image is not None or args.out is not None:
+        if args.workspace is not None or args.case is not None:
+            raise HilaError("give either --image/--out (file form) or WORKSPACE CASE (workspace form), not both")
+        return _infer_file(args, t0)
+    if args.workspace is None or args.case is None:
+        raise HilaError("nothing to segment: use hila infer --image FILE --out FILE.seg.nrrd --model NAME, "
+                        "or hila infer WORKSPACE CASE")
+    return _infer_workspace(args, t0)
+
+
+def _infer_file(args, t0: float) -> int:
+    if args.image is None or args.out is None:
+        raise HilaError("the file form needs both --image FILE and --out FILE.seg.nrrd")
+    if not args.model:
+        raise HilaError("--model is needed with --image (e.g. --model taps for axial T2 prostate MRI, a starter "
+                        "model name, or a model .onnx file)")
+    _check_out(args.out, "--out")
+    if args.uncertainty is not None:
+        _check_out(args.uncertainty, "--uncertainty", seg_ok=False)
+        if args.uncertainty.name.lower().endswith(".seg.nrrd"):
+            raise HilaError(f"{args.uncertainty}: the uncertainty map is a volume; use .nrrd, .nii.gz or .mha")
+    from ..imageio import read_image
+    from ..inference import Segmenter
+
+    image = read_image(args.image)
+    seg = Segmenter(args.model, threads=args.threads, device=args.device)
+    progress = make_progress(args, "hila infer")
+    try:
+        result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
+    finally:
+        getattr(progress, "close", lambda: None)()
+    _write(result, args.out, args.uncertainty)
+    summary = dict(result.summary)
+    summary["seconds_total"] = round(time.perf_counter() - t0, 3)
+    res = {"image": str(args.image), "out": str(args.out), **summary}
+    if args.uncertainty is not None:
+        res["uncertainty_file"] = str(args.uncertainty)
+    emit(args, res, _summary_line(summary, str(args.out)))
+    return 0
+
+
+def _write(result, out: Path, uncertainty_out) -> None:
+    from ..imageio import write_image
+
+    if out.name.lower().endswith(".seg.nrrd"):
+        from ..segfile import write_segmentation
+
+        write_segmentation(result.to_segmentation(), out)
+    else:
+        write_image(result.label, out)
+    if uncertainty_out is not None:
+        write_image(result.uncertainty, uncertainty_out)
+
+
+def _infer_workspace(args, t0: float) -> int:
+    from ..inference import Segmenter
+    from ..modelcard import ModelCard
+    from ..workspace import Workspace
+
+    if args.out is not None or args.image is not None:
+        raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
+    ws = Workspace.open(args.workspace)
+    try:
+        case = ws.case(args.case)
+        if args.model is not None:
+            try:
+                record = ws.model(int(args.model))
+            except ValueError:
+                raise HilaError(f"--model in the workspace form is a model version number, got {args.model!r}") from None
+        else:
+            record = ws.current_model()
+            if record is None:
+                raise HilaError(f"{args.workspace}: no current model; add one (hila init --model, or train) or give --model VERSION")
+        card = ModelCard.from_dict(dict(record.card), f"{args.workspace} model v{record.version} card")
+        image = ws.case_image(case.case_id)
+        seg = Segmenter(record.path, threads=args.threads, device=args.device, card=card)
+        progress = make_progress(args, "hila infer")
+        try:
+            result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
+        finally:
+            getattr(progress, "close", lambda: None)()
+        label, dropped = _to_workspace_labels(result, card, ws)
+        summary = dict(result.summary)
+        summary["model_version"] = record.version
+        summary["model"] = card.name
+        if dropped:
+            summary["labels_not_in_workspace"] = dropped
+        pred = ws.add_prediction(case.case_id, label, record.version, uncertainty={
+            k: summary[k] for k in ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")})
+    finally:
+        close = getattr(ws, "close", None)
+        if close:
+            close()
+    summary["seconds_total"] = round(time.perf_counter() - t0, 3)
+    res = {"workspace": str(args.workspace), "case": case.case_id,
+           "prediction_id": getattr(pred, "prediction_id", getattr(pred, "id", None)), **summary}
+    emit(args, res, _summary_line(summary, f"{args.workspace} case {case.case_id}"))
+    return 0
+
+
+def _to_workspace_labels(result, card, ws):
+    """The prediction in the workspace's label values (matched by name); labels it lacks are dropped."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    settings = ws.settings
+    ws_labels = getattr(settings, "labels", None) or []
+    by_name = {}
+    for i, lab in enumerate(ws_labels):
+        name = lab.get("name") if isinstance(lab, dict) else getattr(lab, "name", lab)
+        value = lab.get("value", i + 1) if isinstance(lab, dict) else getattr(lab, "value", i + 1)
+        by_name[str(name).strip().lower()] = int(value)
+    arr = sitk.GetArrayViewFromImage(result.label)
+    out = np.zeros(arr.shape, np.uint8)
+    dropped = []
+    for lab in card.labels:
+        v = by_name.get(lab.name.strip().lower())
+        if v is None:
+            dropped.append(lab.name)
+            continue
+        out[arr == lab.value] = v
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(result.label)
+    return img, dropped

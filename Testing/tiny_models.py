@@ -1,0 +1,119 @@
+"""Tiny ONNX segmentation models and synthetic phantoms for the inference tests (built in the test).
+
+The 'threshold network' is one 1x1x1 convolution: logit = gain * (normalised intensity - level),
+so it marks exactly the bright voxels. Geometry errors (a flipped or permuted axis, a lost oblique
+rotation) therefore show as a segmentation that misses the bright sphere of the phantom.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from HILASegmentLib.modelcard import LabelInfo, ModelCard, write_card
+
+
+def threshold_onnx(path: Path, activation: str = "sigmoid", level: float = 1.5, gain: float = 4.0,
+                   fixed: Optional[Sequence[int]] = None, in_channels: int = 1, out_channels: Optional[int] = None,
+                   opset: int = 17) -> Path:
+    """Write a one-Conv ONNX network. sigmoid: one channel; softmax: (background, object)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if out_channels is None:
+        out_channels = 1 if activation == "sigmoid" else 2
+    w = np.zeros((out_channels, in_channels, 1, 1, 1), np.float32)
+    b = np.zeros((out_channels,), np.float32)
+    if activation == "sigmoid":
+        w[:, 0] = gain
+        b[:] = -gain * level
+    else:
+        w[0, 0], b[0] = -gain, gain * level  # background falls where the object rises
+        w[1:, 0], b[1:] = gain, -gain * level
+    spatial = list(fixed) if fixed else ["x", "y", "z"]
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_channels] + spatial)
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", out_channels] + spatial)
+    node = helper.make_node("Conv", ["input", "W", "B"], ["output"], kernel_shape=[1, 1, 1])
+    graph = helper.make_graph([node], "threshold", [inp], [out],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hila-tests")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_card(activation: str = "sigmoid", patch: Tuple[int, int, int] = (32, 32, 16),
+              spacing: Tuple[float, float, float] = (1.0, 1.0, 2.0), modality: str = "MR", **kw) -> ModelCard:
+    norm = {"kind": "zscore", "nonzero": True} if modality == "MR" else {"kind": "ct_window", "level": 40, "width": 400}
+    fields = dict(name="tiny-threshold", version=1, modality=modality,
+                  labels=[LabelInfo(1, "sphere", (0.2, 0.8, 0.3))], spacing=spacing, patch_size=patch,
+                  normalization=norm, activation=activation, licence="Apache-2.0",
+                  inference={"overlap": 0.25, "margin_vox": 3}, description="test model: marks bright voxels")
+    fields.update(kw)
+    return ModelCard(**fields)
+
+
+def tiny_model(folder: Path, activation: str = "sigmoid", name: str = "tiny.onnx", embed: bool = True,
+               fixed: Optional[Sequence[int]] = None, **card_kw) -> Path:
+    """A threshold network with its card embedded (or, with ``embed=False``, in a sidecar JSON)."""
+    path = threshold_onnx(Path(folder) / name, activation, fixed=fixed)
+    card = tiny_card(activation, patch=tuple(fixed) if fixed else card_kw.pop("patch", (32, 32, 16)), **card_kw)
+    if embed:
+        write_card(path, card)
+    else:
+        from HILASegmentLib.modelcard import onnx_checksum
+        import dataclasses
+
+        card = dataclasses.replace(card, checksum=onnx_checksum(path))
+        (Path(folder) / (name[:-5] + ".card.json")).write_text(card.to_json(indent=1))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# phantoms: an analytic body with a bright sphere, sampled on any grid
+# ----------------------------------------------------------------------------------------------
+
+CENTRE = np.array([12.0, -8.0, 20.0])  # the sphere's centre, mm (LPS)
+RADIUS = 11.0
+BODY_HALF = np.array([45.0, 35.0, 30.0])  # the body: a box around the centre
+
+
+def rotation(axis: Sequence[float], degrees: float) -> np.ndarray:
+    a = np.asarray(axis, float)
+    a /= np.linalg.norm(a)
+    t = np.radians(degrees)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+def phantom(size: Sequence[int], spacing: Sequence[float], direction: np.ndarray,
+            centre_index: Optional[Sequence[float]] = None, seed: int = 0) -> Tuple[sitk.Image, np.ndarray]:
+    """An image on the given grid (placed so the phantom's centre is at ``centre_index``, default the
+    middle) and the true sphere mask on the same grid (array z, y, x)."""
+    size = np.asarray(size, int)
+    spacing = np.asarray(spacing, float)
+    D = np.asarray(direction, float).reshape(3, 3)
+    ci = np.asarray(centre_index if centre_index is not None else (size - 1) / 2.0, float)
+    origin = CENTRE - D @ (ci * spacing)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    idx = np.stack([i, j, k], axis=-1).astype(float) * spacing
+    pts = origin + idx @ D.T
+    rel = pts - CENTRE
+    sphere = np.linalg.norm(rel, axis=-1) < RADIUS
+    body = np.all(np.abs(rel) < BODY_HALF, axis=-1)
+    rng = np.random.default_rng(seed)
+    arr = np.where(body, 100.0 + rng.normal(0, 5, body.shape), 0.0)
+    arr = np.where(sphere, 400.0 + rng.normal(0, 5, body.shape), arr).astype(np.float32)
+    img = sitk.GetImageFromArray(np.clip(arr, 0, None).astype(np.int16))
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(v) for v in D.ravel()])
+    img.SetOrigin([float(v) for v in origin])
+    return img, sphere
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
