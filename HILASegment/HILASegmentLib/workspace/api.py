@@ -91,7 +91,8 @@ def parse_modality(modality: str) -> str:
     return m
 
 
-def _write_label(img: sitk.Image):
+def _writer(img: sitk.Image):
+    """A staging writer for an image (gzip-compressed NRRD keeps voxels and geometry exactly)."""
     def write(path: Path) -> None:
         sitk.WriteImage(img, str(path), True)
     return write
@@ -218,7 +219,8 @@ class Workspace:
         """Open an existing workspace; HilaError if it is not one or its ledger is newer than this code."""
         root = Path(path)
         if not root.is_dir():
-            raise HilaError(f"{root}: not a HILASegment workspace (no such folder)")
+            why = "not a folder" if root.exists() else "no such folder"
+            raise HilaError(f"{root}: not a HILASegment workspace ({why})")
         ledger_path = root / LEDGER_NAME
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")
@@ -313,7 +315,7 @@ class Workspace:
             progress(1.0, "already imported")
             return self._case_from_row(r, existing=True)
         progress(0.4, "storing")
-        staged = self.files.stage(_write_label(img), ".nrrd")
+        staged = self.files.stage(_writer(img), ".nrrd")
         try:
             progress(0.9, "recording")
             with self.ledger.write() as con:
@@ -435,7 +437,7 @@ class Workspace:
         case = self.case(case_id)
         arr, img, notes = self.validate_label(case.case_id, label, where=f"prediction for case {case.case_id}",
                                               strict=True) if _nonempty(label) else self._empty_prediction(case)
-        staged = self.files.stage(_write_label(img), ".nrrd")
+        staged = self.files.stage(_writer(img), ".nrrd")
         try:
             with self.ledger.write() as con:
                 rel = f"predictions/{case.case_id}/{staged.name('pred')}"
@@ -518,7 +520,7 @@ class Workspace:
         if source:
             effort["source"] = str(source)
         annotator = annotator if annotator else _user()
-        staged = self.files.stage(_write_label(img), ".nrrd")
+        staged = self.files.stage(_writer(img), ".nrrd")
         try:
             with self.ledger.write() as con:
                 version = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM corrections WHERE case_id = ?",
@@ -872,7 +874,8 @@ def _effort_summary(rows: Sequence[sqlite3.Row], names: List[str]) -> dict:
 
     def summarise(items):
         secs = [s for _, s in items if s is not None]
-        out = {"corrections": len(items), "seconds_total": round(sum(secs), 3) if secs else 0.0,
+        out = {"corrections": len(items), "from_scratch": sum(1 for e, _ in items if e.get("against") == "nothing"),
+               "seconds_total": round(sum(secs), 3) if secs else 0.0,
                "seconds_mean": round(sum(secs) / len(secs), 3) if secs else None,
                "voxels_changed_mean": round(float(np.mean([e.get("voxels_changed", 0) for e, _ in items])), 3) if items else None}
         dice = {}

@@ -193,12 +193,19 @@ class Ledger:
             self.con = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
             self.con.row_factory = sqlite3.Row
             self.con.execute("PRAGMA busy_timeout = 10000")
+            if self.schema_version() > SCHEMA_VERSION:  # (the header may lag behind a WAL): before any pragma writes
+                raise HilaError(f"{self.path}: ledger schema version {self.schema_version()} is newer than this "
+                                f"HILASegment understands ({SCHEMA_VERSION}); update HILASegment")
             self.con.execute("PRAGMA foreign_keys = ON")
             journal = os.environ.get("HILA_JOURNAL_MODE", "WAL").upper()  # DELETE for disks without shared memory
             self._retry(lambda: self.con.execute(f"PRAGMA journal_mode = {journal}").fetchone())
             self.con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
+            self.con.close() if hasattr(self, "con") else None
             raise HilaError(f"{self.path}: cannot open the ledger ({exc})") from None
+        except HilaError:
+            self.con.close()
+            raise
         self._migrate()
 
     # -- schema --------------------------------------------------------------------------------

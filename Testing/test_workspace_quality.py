@@ -1,0 +1,43 @@
+"""quality.py: the effort signal (Dice per label, voxels changed) and the review ranking."""
+import numpy as np
+import pytest
+
+from HILASegmentLib import quality as q
+
+PAIRS = [(1, "prostate"), (2, "bladder")]
+
+
+def test_dice_and_label_change():
+    a = np.zeros((4, 4, 4), np.uint8)
+    b = a.copy()
+    a[0, :2, :2] = 1          # 4 voxels
+    b[0, :2, :1] = 1          # 2 voxels, inside a
+    b[3, 3, 3] = 2
+    ch = q.label_change(a, b, PAIRS)
+    assert ch["dice"] == {"prostate": pytest.approx(2 * 2 / 6), "bladder": 0.0}
+    assert ch["voxels_changed"] == 3 and ch["voxels_changed_per_label"] == {"prostate": 2, "bladder": 1}
+    assert ch["fraction_changed"] == pytest.approx(3 / 5)
+    same = q.label_change(a, a, PAIRS)
+    assert same["voxels_changed"] == 0 and same["dice"] == {"prostate": 1.0, "bladder": 1.0}
+    with pytest.raises(ValueError):
+        q.label_change(a, a[:2], PAIRS)
+    scratch = q.drawn_from_scratch(a, PAIRS)
+    assert scratch["voxels_changed"] == 4 and scratch["dice"] == {"prostate": None, "bladder": None}
+
+
+@pytest.mark.parametrize("summary,need", [
+    ({"mean_uncertainty": 0.3, "uncertainty": "entropy"}, 0.3), ({"expected_dice": 0.8}, pytest.approx(0.2)),
+    ({"labels": {"prostate": {"mean_uncertainty": 0.2}}, "x": {"entropy": 0.5}}, 0.5),
+    ({"uncertainty": "entropy"}, None), (None, None), ({"mean_uncertainty": float("nan")}, None),
+])
+def test_review_need(summary, need):
+    assert q.review_need(summary) == need
+
+
+def test_rank_order():
+    cases = [{"case_id": "a", "predicted": False}, {"case_id": "b", "predicted": True, "uncertainty": {"mean_uncertainty": 0.1}},
+             {"case_id": "c", "predicted": True, "uncertainty": None}, {"case_id": "d", "predicted": True,
+                                                                         "uncertainty": {"mean_uncertainty": 0.7}}]
+    ranked = q.rank_cases(cases)
+    assert [r["case_id"] for r in ranked] == ["d", "b", "c", "a"]
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4] and ranked[0]["review_need"] == 0.7
