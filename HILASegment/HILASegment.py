@@ -73,6 +73,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = HILASegmentLogic()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         self.ui.progressBar.hide()
+        self.ui.segmentProgressBar.hide()
         for table, headers in ((self.ui.caseTableWidget, panels.CASE_COLUMNS),
                                (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
             table.setColumnCount(len(headers))
@@ -99,6 +100,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.acceptButton.connect("clicked()", self.onAccept)
         self.ui.trainButton.connect("clicked()", self.onTrain)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
+        self.ui.cancelSegmentButton.connect("clicked()", self.onCancel)
         self.ui.promoteButton.connect("clicked()", self.onPromote)
         self.ui.discardButton.connect("clicked()", self.onDiscard)
         self.ui.rollbackButton.connect("clicked()", self.onRollback)
@@ -137,7 +139,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = hasVolume and not busy
         self.ui.acceptButton.enabled = hasVolume and not busy
         self.ui.trainButton.enabled = hasWs and not busy
-        self.ui.cancelButton.enabled = busy
+        self.ui.cancelButton.enabled = busy and self.job[0] == "train"
+        self.ui.cancelSegmentButton.enabled = busy and self.job[0] == "segment"
         for b in (self.ui.nextCaseButton, self.ui.importVolumeButton, self.ui.importFilesButton,
                   self.ui.importFolderButton, self.ui.rollbackButton, self.ui.plotButton):
             b.enabled = hasWs and not busy
@@ -362,10 +365,13 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def startJob(self, kind, runner, context):
         runner.start()
         self.job = (kind, runner, context)
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.show()
+        self.progressBar(kind).value = 0
+        self.progressBar(kind).show()
         self.timer.start()
         self.updateButtons()
+
+    def progressBar(self, kind):
+        return self.ui.segmentProgressBar if kind == "segment" else self.ui.progressBar
 
     def onPoll(self):
         if not self.job:
@@ -375,13 +381,14 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if line.record is None or line.record.get("event") != "progress":
                 self.ui.logTextEdit.appendPlainText(line.text)
         if runner.fraction is not None:
-            self.ui.progressBar.value = int(100 * runner.fraction)
+            self.progressBar(kind).value = int(100 * runner.fraction)
         self.ui.statusLabel.text = runner.message
         if not runner.finished:
             return
         self.timer.stop()
         self.job = None
-        self.ui.progressBar.hide()
+        self.progressBar(kind).hide()
+        self.ui.segmentProgressBar.hide()
         outcome = runner.outcome()
         try:
             if outcome.ok:
