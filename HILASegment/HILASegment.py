@@ -290,7 +290,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
         written = self.logic.writeResult(context["out"], segNode, volume, self.ui.segmentEditorWidget.mrmlSegmentEditorNode())
         if self.ws is not None and context["caseId"]:
-            self.ws.add_prediction(context["caseId"], self.logic.labelFromFile(context["out"]), model_version=context["version"])
+            label, summary = panels.prediction_from_file(self.ws, context["out"], outcome.result)
+            self.ws.add_prediction(context["caseId"], label, context["version"], uncertainty=summary)
             self.refreshTables()
         self.status("Segmented %s: %s (%.0f s)" % (volume.GetName(), ", ".join(written), outcome.seconds))
 
@@ -489,10 +490,6 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
             segNode.EndModify(wasModified)
         return [s.name for s in result.segments]
 
-    def labelFromFile(self, segPath):
-        from HILASegmentLib.segfile import read_segmentation
-        return read_segmentation(segPath).to_label_image()
-
     def labelFromSegmentation(self, segNode, volume, labels):
         """The workspace label image (values 1..n by label name) from the segments named like the labels."""
         segmentation = segNode.GetSegmentation()
@@ -628,7 +625,8 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
             self.assertTrue(outcome.ok, outcome.error)
             segNode = logic.segmentationFor(volume)
             self.assertEqual(logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode()), ["prostate"])
-            ws.add_prediction(caseId, logic.labelFromFile(context["out"]), model_version=version)
+            label, summary = panels.prediction_from_file(ws, context["out"], outcome.result)
+            ws.add_prediction(caseId, label, version, uncertainty=summary)
             logic.cleanupJob(context)
 
             self.delayDisplay("Editing the segment and accepting it")

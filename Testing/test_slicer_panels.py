@@ -75,3 +75,27 @@ def test_gate_reading_and_dice_keys():
 
 def test_empty_workspace(ws):
     assert panels.case_rows(ws) == [] and panels.next_case_id(ws) is None
+
+
+def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking(tmp_path):
+    """A model whose label values differ from the workspace's: matched by name, and the summary ranks the case."""
+    import json
+    import subprocess
+    import sys
+    from HILASegmentLib.workspace import Workspace
+    ws = Workspace.create(tmp_path / "ws", "MR", ["bladder", "prostate"])  # prostate is 2 here, 1 in the model
+    a = ws.import_volume(MRI)
+    out = tmp_path / "pred.seg.nrrd"
+    r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "infer", "--image", str(MRI), "--out", str(out),
+                        "--model", str(TINY), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    label, summary = panels.prediction_from_file(ws, out, result)
+    arr = sitk.GetArrayFromImage(label)
+    assert set(np.unique(arr)) == {0, 2}
+    assert summary["mean_uncertainty"] == result["mean_uncertainty"] and "labels" in summary
+    ws.add_prediction(a.case_id, label, None, uncertainty=summary)
+    ranked = ws.rank()
+    assert ranked[0]["case_id"] == a.case_id and ranked[0]["review_need"] is not None
+    assert panels.case_rows(ws)[0][4] == round(1 - ranked[0]["review_need"], 3)
+    ws.close()

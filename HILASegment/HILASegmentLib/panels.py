@@ -1,8 +1,9 @@
-"""What the Slicer panel shows, computed from a Workspace: case table, model table, learning curve.
+"""What the Slicer panel shows and records, computed from a Workspace: tables, curve, predictions.
 
-The widget only copies these rows into Qt tables and a Slicer plot; keeping the choices here
-(which figure is "effort", which case is next, whether a candidate passed its gate) makes them
-testable on a real workspace without Slicer.
+The widget only copies these rows into Qt tables and a Slicer plot, and hands the Segment
+button's output to :func:`prediction_from_file`; keeping the choices here (which figure is
+"effort", which case is next, whether a candidate passed its gate, how model labels map onto the
+workspace's) makes them testable on a real workspace without Slicer.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import math
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
-           "model_dice", "learning_curve", "passed_gate", "compare_text"]
+           "model_dice", "learning_curve", "passed_gate", "compare_text", "prediction_from_file"]
+
+#: Keys of the `hila infer --json` result that are stored with a prediction (what ranking reads).
+UNCERTAINTY_KEYS = ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")
 
 CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Quality score", "Corrections", "Effort"]
 MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
@@ -110,3 +114,28 @@ def compare_text(ws, version: int) -> str:
     elif current is not None:
         text += " (already current)"
     return text
+
+
+def prediction_from_file(ws, seg_path, result: Optional[Mapping] = None):
+    """(label image in the workspace's label values, uncertainty summary) from a `hila infer` output.
+
+    Segments are matched to workspace labels by name (case-insensitive), as `hila infer WORKSPACE
+    CASE` does; model labels the workspace lacks are dropped. The summary is what ranking reads.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .segfile import read_segmentation
+
+    seg = read_segmentation(seg_path)
+    values = {l.name.strip().lower(): int(l.value) for l in ws.settings.labels}
+    reference = seg.to_label_image()
+    out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
+    for segment in seg.segments:
+        v = values.get(segment.name.strip().lower())
+        if v is not None:
+            out[seg.mask_array(segment.name) > 0] = v
+    label = sitk.GetImageFromArray(out)
+    label.CopyInformation(reference)
+    summary = {k: result[k] for k in UNCERTAINTY_KEYS if result and k in result}
+    return label, (summary or None)
