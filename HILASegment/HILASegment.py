@@ -278,7 +278,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is None or not self.ensureDependencies("inference"):
             return
         with slicer.util.tryWithErrorDisplay("Segmentation failed to start.", waitCursor=True):
-            model, version = self.logic.modelFor(self.ws)
+            model, version = panels.model_for(self.ws, _setting("model", "taps"))
             runner, context = self.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked)
             context.update(volume=volume, version=version, caseId=self.caseId)
             self.startJob("segment", runner, context)
@@ -543,14 +543,6 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
         return case
 
-    def modelFor(self, ws):
-        """(model path or name, version) to segment with: the workspace's current model, else the starter."""
-        if ws is not None:
-            current = ws.current_model()
-            if current is not None:
-                return str(current.path), current.version
-        return _setting("model", "taps"), None
-
     # jobs
     def startSegmentation(self, volume, model, tta=False):
         from HILASegmentLib.imageio import write_image
@@ -619,7 +611,7 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
             caseId = logic.importVolumeNode(ws, volume).case_id
 
             self.delayDisplay("Segmenting with the tiny bundled model in a child process")
-            modelPath, version = logic.modelFor(ws)
+            modelPath, version = panels.model_for(ws)
             runner, context = logic.startSegmentation(volume, modelPath)
             outcome = runner.start().wait(timeout=300)
             self.assertTrue(outcome.ok, outcome.error)

@@ -99,3 +99,18 @@ def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking
     assert ranked[0]["case_id"] == a.case_id and ranked[0]["review_need"] is not None
     assert panels.case_rows(ws)[0][4] == round(1 - ranked[0]["review_need"], 3)
     ws.close()
+
+
+def test_model_for_segment(ws, tmp_path):
+    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.workspace import Workspace
+    path, version = panels.model_for(ws)
+    assert version == 1 and Path(path).exists()
+    assert panels.model_for(None) == ("taps", None)
+    mr = Workspace.create(tmp_path / "mr", "MR", ["prostate"])
+    assert panels.model_for(mr) == ("taps", None)
+    ct = Workspace.create(tmp_path / "ct", "CT", ["prostate", "bladder"])
+    with pytest.raises(HilaError, match="no model yet"):
+        panels.model_for(ct)
+    mr.close()
+    ct.close()

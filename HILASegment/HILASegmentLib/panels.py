@@ -11,7 +11,7 @@ import math
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
-           "model_dice", "learning_curve", "passed_gate", "compare_text", "prediction_from_file"]
+           "model_dice", "learning_curve", "passed_gate", "compare_text", "prediction_from_file", "model_for"]
 
 #: Keys of the `hila infer --json` result that are stored with a prediction (what ranking reads).
 UNCERTAINTY_KEYS = ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")
@@ -139,3 +139,22 @@ def prediction_from_file(ws, seg_path, result: Optional[Mapping] = None):
     label.CopyInformation(reference)
     summary = {k: result[k] for k in UNCERTAINTY_KEYS if result and k in result}
     return label, (summary or None)
+
+
+def model_for(ws, starter: str = "taps"):
+    """(model name or path, version or None) for Segment: the workspace's current model, else the MR starter.
+
+    Without a workspace, or in an MR workspace with no model yet, the TAPS preset (prostate T2) is used;
+    a CT workspace with no model gets a clear error instead of a model for the wrong modality.
+    """
+    from .errors import HilaError
+
+    if ws is None:
+        return starter, None
+    current = ws.current_model()
+    if current is not None:
+        return str(current.path), current.version
+    if ws.settings.modality == "MR":
+        return starter, None
+    raise HilaError(f"{ws.root}: this {ws.settings.modality} workspace has no model yet: accept a few hand-drawn "
+                    "cases and Train, or create it with a model (hila init --model)")
