@@ -24,9 +24,10 @@ from ws_worker import make_label, make_volume
 WORKER = Path(__file__).with_name("ws_worker.py")
 
 
-@pytest.fixture
-def setup(tmp_path):
-    ws = Workspace.create(tmp_path / "ws", "CT", ["prostate", "bladder", "rectum"])
+@pytest.fixture(params=[False, True], ids=["wal", "shared-disk"])
+def setup(tmp_path, request):
+    ws = Workspace.create(tmp_path / "ws", "CT", ["prostate", "bladder", "rectum"], shared_disk=request.param)
+    assert ws.ledger.journal_mode() == ("DELETE" if request.param else "WAL")
     img = make_volume(tmp_path / "vol.nrrd")
     case = ws.import_volume(tmp_path / "vol.nrrd")
     make_label(img, tmp_path / "label.nrrd")

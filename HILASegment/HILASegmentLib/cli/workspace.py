@@ -15,6 +15,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, help="MR or CT")
     p.add_argument("--labels", default=None, help="label names, comma-separated (values 1..n in this order)")
     p.add_argument("--model", default=None, help="starter model: a name (e.g. taps) or an .onnx path; becomes version 1")
+    p.add_argument("--shared-disk", action="store_true", help="the folder is on a network disk used from several "
+                   "machines at once (rollback journal instead of WAL)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("import", parents=[parent], help="import volumes or DICOM series folders as cases",
@@ -73,7 +75,7 @@ def _open(path: Path):
 
 def cmd_init(args) -> int:
     from ..workspace import Workspace
-    ws = Workspace.create(args.workspace, args.modality, args.labels, model=args.model)
+    ws = Workspace.create(args.workspace, args.modality, args.labels, model=args.model, shared_disk=args.shared_disk)
     with ws:
         s = ws.settings
         m = ws.current_model()

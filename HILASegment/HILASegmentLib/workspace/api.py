@@ -112,10 +112,12 @@ class Workspace:
     # ==========================================================================================
     @classmethod
     def create(cls, path: PathLike, modality: str, labels: Union[str, Sequence[str], None],
-               model: Optional[str] = None) -> "Workspace":
+               model: Optional[str] = None, shared_disk: bool = False) -> "Workspace":
         """Make a new workspace in an empty or new folder; ``model`` (a name or .onnx path) becomes version 1.
 
         The ledger appears under its final name last, so a folder is a workspace only once complete.
+        ``shared_disk``: the folder is on a network disk used from several machines at once, where
+        SQLite's WAL (shared memory) cannot work; the ledger then uses a rollback journal and file locks.
         """
         root = Path(path)
         modality = parse_modality(modality)
@@ -160,13 +162,14 @@ class Workspace:
                     ck_sha = c.sha256
                 model_rows.append((1, rel, s.sha256, dumps(card), None, "current", ck_rel, ck_sha, None, _now()))
             tmp_ledger = root / f".{LEDGER_NAME}.init-{uuid.uuid4().hex[:8]}"
-            led = Ledger(tmp_ledger, create=True)
+            led = Ledger(tmp_ledger, create=True, journal_mode="DELETE" if shared_disk else "WAL")
             try:
                 with led.write() as con:
                     now = _now()
                     con.execute("INSERT INTO settings VALUES ('modality', ?)", (json.dumps(modality),))
                     con.execute("INSERT INTO settings VALUES ('created_at', ?)", (json.dumps(now),))
                     con.execute("INSERT INTO settings VALUES ('workspace_id', ?)", (json.dumps(uuid.uuid4().hex),))
+                    con.execute("INSERT INTO settings VALUES ('shared_disk', ?)", (json.dumps(bool(shared_disk)),))
                     for value, n, col in specs:
                         con.execute("INSERT INTO labels VALUES (?, ?, ?)", (value, n, json.dumps([round(float(c), 4) for c in col])))
                     for row in model_rows:
@@ -824,6 +827,7 @@ class Workspace:
         effort = _effort_summary(effort_rows, s.names())
         return {
             "workspace": str(self.root), "schema_version": SCHEMA_VERSION, "modality": s.modality,
+            "journal_mode": self.ledger.journal_mode(),
             "labels": [{"value": l.value, "name": l.name, "color": list(l.color)} for l in s.labels],
             "cases": {"total": len(states), "by_state": by_state, "list": states},
             "predictions": n_pred,

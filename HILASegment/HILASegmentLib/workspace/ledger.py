@@ -181,7 +181,10 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class Ledger:
     """One connection to a workspace's ledger, shared by the threads of one process."""
 
-    def __init__(self, path: Path, create: bool = False):
+    def __init__(self, path: Path, create: bool = False, journal_mode: str = "WAL"):
+        """Open (or with ``create``, make) a ledger. The journal mode is chosen once, at creation, and kept
+        in the file: WAL (readers never wait; processes on one machine) or DELETE (a rollback journal and
+        file locks only, for a workspace on a network disk shared by several machines)."""
         self.path = Path(path)
         if not create:
             version = read_header_version(self.path)
@@ -197,8 +200,11 @@ class Ledger:
                 raise HilaError(f"{self.path}: ledger schema version {self.schema_version()} is newer than this "
                                 f"HILASegment understands ({SCHEMA_VERSION}); update HILASegment")
             self.con.execute("PRAGMA foreign_keys = ON")
-            journal = os.environ.get("HILA_JOURNAL_MODE", "WAL").upper()  # DELETE for disks without shared memory
-            self._retry(lambda: self.con.execute(f"PRAGMA journal_mode = {journal}").fetchone())
+            if create:
+                journal = journal_mode.upper()
+                if journal not in ("WAL", "DELETE"):
+                    raise HilaError(f"journal mode {journal_mode!r}: use WAL or DELETE")
+                self._retry(lambda: self.con.execute(f"PRAGMA journal_mode = {journal}").fetchone())
             self.con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             self.con.close() if hasattr(self, "con") else None
@@ -209,6 +215,9 @@ class Ledger:
         self._migrate()
 
     # -- schema --------------------------------------------------------------------------------
+    def journal_mode(self) -> str:
+        return str(self.con.execute("PRAGMA journal_mode").fetchone()[0]).upper()
+
     def schema_version(self) -> int:
         return int(self.con.execute("PRAGMA user_version").fetchone()[0])
 
