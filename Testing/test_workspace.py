@@ -93,6 +93,23 @@ def test_create_refuses_nonempty_folder_and_existing_workspace(tmp_path, ws):
     assert state(ws.root) == before
 
 
+def test_create_after_an_interrupted_init(tmp_path):
+    """A folder left by a killed `init` (its folders and a temporary ledger, no workspace yet) can be initialised."""
+    root = tmp_path / "w"
+    for d in ("cases", "predictions", "corrections", "models", "tmp"):
+        (root / d).mkdir(parents=True)
+    (root / ".hila.sqlite.init-1234abcd").write_bytes(b"partial")
+    with pytest.raises(HilaError, match="not a HILASegment workspace"):
+        Workspace.open(root)
+    with Workspace.create(root, "CT", LABELS) as w:
+        assert not list(root.glob(".hila.sqlite.init-*")) and w.check().ok
+    other = tmp_path / "o"
+    (other / "corrections" / "c0001").mkdir(parents=True)
+    with pytest.raises(HilaError, match="not empty"):
+        Workspace.create(other, "CT", LABELS)
+    assert (other / "corrections" / "c0001").is_dir()
+
+
 def test_create_in_existing_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with Workspace.create(tmp_path / "empty", "mr", ["prostate"]) as w:

@@ -127,7 +127,10 @@ class Workspace:
         if (root / LEDGER_NAME).exists():
             raise HilaError(f"{root}: is already a HILASegment workspace")
         if root.is_dir() and any(root.iterdir()):
-            raise HilaError(f"{root}: folder is not empty and not a workspace; give a new or empty folder")
+            if not cls._interrupted_init(root):
+                raise HilaError(f"{root}: folder is not empty and not a workspace; give a new or empty folder")
+            for entry in root.iterdir():  # only what an interrupted `hila init` writes: start over
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         resolved = cls._resolve_model(model, modality, names) if model else None
         if names is None:
             if resolved is None:
@@ -199,6 +202,20 @@ class Workspace:
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             raise
         return cls.open(root)
+
+    @staticmethod
+    def _interrupted_init(root: Path) -> bool:
+        """True when ``root`` holds exactly what a killed ``create`` leaves: its folders, no case or
+        correction, a model copy at most, and a ledger still under its temporary name."""
+        allowed = set(MANAGED_DIRS) | {TMP_DIR}
+        for entry in root.iterdir():
+            if entry.name.startswith(f".{LEDGER_NAME}.init-"):
+                continue
+            if entry.name not in allowed or not entry.is_dir():
+                return False
+            if entry.name in ("cases", "predictions", "corrections") and any(entry.iterdir()):
+                return False
+        return True
 
     @staticmethod
     def _resolve_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, dict]:
