@@ -25,9 +25,9 @@ import SimpleITK as sitk
 
 from .. import quality as _quality
 from ..errors import HilaError
-from ..progress import ProgressFn, null_progress, scaled
-from .files import LOST_DIR, MANAGED_DIRS, PLACED_NAME, TMP_DIR, FileStore, Staged, fsync_dir, sha256_file
-from .ledger import LEDGER_NAME, Ledger, read_header_version, SCHEMA_VERSION
+from ..progress import ProgressFn, null_progress
+from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged, fsync_dir
+from .ledger import LEDGER_NAME, SCHEMA_VERSION, Ledger
 from .records import (MODALITIES, MODEL_STATUSES, QUALITIES, RUN_STATUSES, Case, CheckReport, Correction,
                       ModelRecord, Prediction, Settings, SnapshotItem, TrainingRun, WorkspaceLabel,
                       default_colour, dumps)

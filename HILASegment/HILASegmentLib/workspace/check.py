@@ -13,7 +13,7 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Set
+from typing import TYPE_CHECKING, Set
 
 from .files import PLACED_NAME, sha256_file
 from .records import CheckReport, dumps
