@@ -309,8 +309,8 @@ class Segmenter:
         card = self.card
         if not self.dynamic:
             return tuple(card.patch_size)
-        div = int(card.inference.get("size_divisor", 16))
-        whole = tuple(max(p, int(np.ceil(s / div)) * div) if s > p else p for s, p in zip(shape, card.patch_size))
+        div = np.broadcast_to(np.asarray(card.inference.get("size_divisor", 16), int), (3,))
+        whole = tuple(int(np.ceil(s / d)) * int(d) for s, d in zip(shape, div))  # the whole region, one window
         limit = int(card.inference.get("max_window_voxels", max(8 * int(np.prod(card.patch_size)), 1 << 21)))
         return whole if int(np.prod(whole)) <= limit else tuple(card.patch_size)
 

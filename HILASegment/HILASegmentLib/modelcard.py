@@ -81,7 +81,10 @@ class ModelCard:
     parent_version: Optional[Union[int, str]] = None
     #: e.g. {"smooth_sigma_vox": 2.5, "threshold": 0.55, "largest_component": true}
     postprocess: Dict[str, Any] = field(default_factory=dict)
-    #: window placement: {"overlap": 0.25, "mode": "gaussian", "size_divisor": 16, "max_window_voxels": N}
+    #: window placement: {"overlap": 0.25, "mode": "gaussian", "size_divisor": 16 or [x, y, z],
+    #: "max_window_voxels": N, "foreground": "above_mean"|"nonzero"|{"above": v}, "margin_vox": 5, "tta_flips": [[0], ...]}.
+    #: Networks with dynamic spatial axes run the whole region as one window (sizes rounded up to
+    #: size_divisor) when it has at most max_window_voxels voxels; otherwise patch_size windows with overlap.
     inference: Dict[str, Any] = field(default_factory=dict)
     #: region of interest: {"kind": "body"} (default) or {"kind": "center", "size": [x, y, z], "fallback": "body"}
     roi: Dict[str, Any] = field(default_factory=dict)
@@ -210,6 +213,10 @@ class ModelCard:
             raise bad(f"inference.overlap must be in [0, 1), got {inf['overlap']!r}")
         if inf.get("mode", "gaussian") not in ("gaussian", "constant"):
             raise bad(f"inference.mode must be gaussian or constant, got {inf.get('mode')!r}")
+        div = inf.get("size_divisor", 16)
+        if not ((isinstance(div, int) and div >= 1) or (isinstance(div, list) and len(div) == 3
+                                                          and all(isinstance(d, int) and d >= 1 for d in div))):
+            raise bad(f"inference.size_divisor must be a positive integer or three of them, got {div!r}")
         roi = self.roi or {}
         kind = roi.get("kind", "body")
         if kind not in ("body", "center"):
