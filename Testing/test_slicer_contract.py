@@ -352,3 +352,16 @@ def test_the_signature_check_itself_catches_bad_calls():
     assert not binds(API["slicer.util"]["saveNode"], 1, [])
     assert "GetSegmentation" in class_methods("vtkMRMLSegmentationNode")
     assert "GetName" in class_methods("vtkMRMLSegmentationNode")  # through vtkMRMLNode
+
+
+def test_update_cmake_lists_rewrites_only_the_two_lists():
+    spec = importlib.util.spec_from_file_location("update_cmake_lists", ROOT / "scripts" / "update_cmake_lists.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    stale = "# keep me\nset(MODULE_PYTHON_SCRIPTS\n  Old.py\n  )\n\nset(MODULE_PYTHON_RESOURCES\n  )\nslicerMacroBuildScriptedModule()\n"
+    new = mod.render(stale, ["HILASegment.py", "HILASegmentLib/a.py"], ["Resources/UI/HILASegment.ui"])
+    assert new == ("# keep me\nset(MODULE_PYTHON_SCRIPTS\n  HILASegment.py\n  HILASegmentLib/a.py\n  )\n\n"
+                   "set(MODULE_PYTHON_RESOURCES\n  Resources/UI/HILASegment.ui\n  )\nslicerMacroBuildScriptedModule()\n")
+    scripts = mod.python_scripts()
+    assert scripts[0] == "HILASegment.py" and "HILASegmentLib/processrunner.py" in scripts
+    assert not any("Testing" in s or "__pycache__" in s for s in scripts + mod.resources())
