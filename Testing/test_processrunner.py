@@ -298,3 +298,7 @@ def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
     assert report.ok, report.summary()
     assert [m.version for m in ws.models()] == models_before, "a cancelled run must not register a model"
     ws.close()
+    import subprocess
+    check = subprocess.run([sys.executable, "-m", "HILASegmentLib", "check", str(tmp_path / "ws")],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr  # `hila check` clean
