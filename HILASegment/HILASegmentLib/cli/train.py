@@ -1,0 +1,85 @@
+"""``hila train WORKSPACE``: one training round on the workspace's corrections (a new, gated model version).
+
+Runs in this process (which is already separate from Slicer: the module starts it as a child and
+reads its ``--json`` lines). torch/MONAI load only inside the handler, so ``hila --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+_T0 = time.monotonic()
+
+
+def _floats(s: str):
+    return [float(v) for v in str(s).replace("x", ",").split(",") if v.strip()]
+
+
+def _ints(s: str):
+    return [int(v) for v in str(s).replace("x", ",").split(",") if v.strip()]
+
+
+def _weights(s: str):
+    out = {}
+    for part in str(s).split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            out[k.strip()] = float(v)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a training run (shared by ``hila train`` and ``python -m HILASegmentLib.training``)."""
+    p.add_argument("workspace", help="workspace folder (hila init)")
+    p.add_argument("--max-minutes", type=float, default=10.0,
+                   help="wall-clock budget of the whole run, export and validation included (default 10)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
+                   help="auto: make the new version current only when it validates at least as well (default)")
+    p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],
+                   help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
+                        "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
+    p.add_argument("--freeze", default="", choices=["", "encoder"], help="freeze the encoder half (big imported models on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many optimisation steps")
+    p.add_argument("--patch", type=_ints, default=None, help="patch size X,Y,Z in voxels (new models only)")
+    p.add_argument("--spacing", type=_floats, default=None, help="model grid spacing X,Y,Z in mm (new models only)")
+    p.add_argument("--channels", type=_ints, default=None, help="U-Net channels per level, e.g. 16,32,64,128 (new models only)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
+    p.add_argument("--batch", type=int, default=None, help="patches per step (default 2)")
+    p.add_argument("--val-every-steps", type=int, default=0, help="validate every N steps (default: every 45 s)")
+    p.add_argument("--quality-weights", type=_weights, default=None,
+                   help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("train", parents=[parent], help="train a new model version on the corrections (gated)",
+                       description="Fine-tune (or train) a U-Net on the workspace's latest corrections, export it to "
+                                   "ONNX, check parity, validate it and the current model on the same corrections, "
+                                   "register it and promote it when at least as good.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import emit, make_progress
+    from ..training.run import TrainOptions, train_workspace
+
+    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init,
+                        steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
+                        lr=args.lr, batch_size=args.batch, val_every_steps=args.val_every_steps, freeze=args.freeze,
+                        quality_weights=args.quality_weights or {}, threads=args.threads, seed=args.seed,
+                        started=getattr(args, "started", None) or _T0)
+    progress = make_progress(args, "train")
+    try:
+        res = train_workspace(args.workspace, opts, progress=progress)
+    finally:
+        close = getattr(progress, "close", None)
+        if close:
+            close()
+    v = res["validation"]
+    summary = (f"model v{res['model_version']} ({res['status']}): mean Dice {v['mean_dice']} on "
+               f"{'held-out' if res['held_out'] else 'training'} corrections; {res['reason']}")
+    emit(args, res, summary)
+    return 0

@@ -1,0 +1,181 @@
+"""Training cases from a workspace snapshot, on the model's grid, preprocessed once and cached as arrays.
+
+Each case is resampled to the card's spacing and orientation and normalised with the very functions
+the inference engine uses (so training sees exactly what the Segmenter will feed the network), padded
+to at least one patch, and stored as ``.npz`` keyed by the files' content and the preprocessing
+parameters, so the next round starts in seconds. Each case gets a sampling weight from its quality.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import HilaError
+
+#: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
+QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
+
+
+@dataclass
+class Preprocessing:
+    """What puts an image on the model's grid: from the card (spacing x,y,z mm; normalisation dict)."""
+
+    spacing: Sequence[float]
+    normalization: dict
+    patch_size: Sequence[int]
+    modality: str = "CT"
+    orientation: str = "RAS"
+    foreground: Optional[object] = None    # the card's inference.foreground rule (None: modality default)
+    margin_vox: int = 5
+    crop_body: bool = True
+
+    @classmethod
+    def from_card(cls, card: dict) -> "Preprocessing":
+        inf = card.get("inference") or {}
+        return cls(spacing=list(card["spacing"]), normalization=dict(card["normalization"]),
+                   patch_size=list(card["patch_size"]), modality=card.get("modality", "CT"),
+                   orientation=card.get("orientation", "RAS"), foreground=inf.get("foreground"),
+                   margin_vox=int(inf.get("margin_vox", 5)))
+
+    def key(self) -> str:
+        return json.dumps({"spacing": [float(s) for s in self.spacing], "norm": self.normalization,
+                           "patch": [int(p) for p in self.patch_size], "modality": self.modality,
+                           "orientation": self.orientation, "fg": self.foreground, "margin": self.margin_vox,
+                           "crop": self.crop_body, "v": 2}, sort_keys=True, default=str)
+
+
+def quality_weight(quality: Optional[str], weights: Optional[Dict[str, float]] = None) -> float:
+    w = dict(QUALITY_WEIGHTS)
+    w.update(weights or {})
+    return float(w.get(str(quality or "reviewed"), w["reviewed"]))
+
+
+# --------------------------------------------------------------------------- grid + intensity
+
+def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preprocessing) -> tuple:
+    """(image (1,X,Y,Z) float32, label (1,X,Y,Z) uint8 or None) exactly as the Segmenter prepares an image.
+
+    The grid (card spacing + axis orientation, oblique rotation kept), the linear resampling, the
+    normalisation and the body crop are the inference engine's own functions, so the network is
+    trained on the very arrays it will be given. The label goes onto the same grid (nearest neighbour).
+    """
+    from ..inference import model_grid
+    from ..normalize import bounding_box, foreground_mask, normalize
+
+    grid = model_grid(image, prep.spacing, prep.orientation)
+    size, origin = [int(v) for v in grid.size], [float(v) for v in grid.origin]
+    spacing, direction = [float(v) for v in grid.spacing], [float(v) for v in grid.direction.ravel()]
+    src = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    res = sitk.Resample(src, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, direction, 0.0,
+                        sitk.sitkFloat32, True)
+    raw = sitk.GetArrayViewFromImage(res).transpose(2, 1, 0)
+    norm = normalize(raw, prep.normalization, "training image")
+    lab = None
+    if label is not None:
+        lres = sitk.Resample(label, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, spacing, direction, 0,
+                             sitk.sitkUInt8, True)
+        lab = sitk.GetArrayFromImage(lres).transpose(2, 1, 0)
+    if prep.crop_body:
+        body = bounding_box(foreground_mask(raw, norm, prep.modality, prep.foreground), prep.margin_vox)
+        if body is not None:
+            sl = tuple(slice(max(0, lo), min(n, hi)) for (lo, hi), n in zip(body, norm.shape))
+            norm = norm[sl]
+            lab = None if lab is None else lab[sl]
+    x = np.ascontiguousarray(norm[None], dtype=np.float32)
+    y = None if lab is None else np.ascontiguousarray(lab[None], dtype=np.uint8)
+    return x, y
+
+
+def pad_to(x: np.ndarray, y: np.ndarray, patch: Sequence[int]) -> tuple:
+    """Pad (1,X,Y,Z) arrays symmetrically to at least the patch size with zeros, as inference pads windows."""
+    pads = [(0, 0)] + [(max(0, p - s) // 2, max(0, p - s) - max(0, p - s) // 2) for s, p in zip(x.shape[1:], patch)]
+    if not any(a or b for a, b in pads):
+        return x, y
+    return np.pad(x, pads), np.pad(y, pads)
+
+
+# --------------------------------------------------------------------------- cases + cache
+
+def _file_key(path: Path) -> str:
+    st = os.stat(path)
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels: int,
+              cache_dir: Optional[Path] = None, label_map: Optional[Dict[int, int]] = None) -> dict:
+    """One case as arrays on the model grid (+ crop indices); cached in ``cache_dir`` when given.
+
+    Label values above ``n_labels`` (structures the workspace does not segment) become background;
+    ``label_map`` renumbers values first (e.g. a foreign label map's numbering).
+    """
+    key = hashlib.sha256((prep.key() + _file_key(image_path) + _file_key(label_path) + str(n_labels)
+                          + json.dumps(label_map or {}, sort_keys=True)).encode()).hexdigest()[:24]
+    cached = Path(cache_dir) / f"{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        try:
+            with np.load(cached) as z:
+                return {k: z[k] for k in z.files}
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
+            pass
+    from ..imageio import read_image, read_label
+
+    image = read_image(image_path)
+    label = read_label(label_path)
+    x, y = to_model_grid(image, label, prep)
+    if label_map:
+        lut = np.arange(256, dtype=np.uint8)
+        for a, b in label_map.items():
+            lut[int(a)] = int(b)
+        y = lut[y]
+    y[y > n_labels] = 0
+    x, y = pad_to(x, y, prep.patch_size)
+    flat = y[0].ravel()
+    case = {"image": x, "label": y,
+            "fg_indices": np.flatnonzero(flat > 0).astype(np.int64),
+            "bg_indices": np.flatnonzero(flat == 0).astype(np.int64)}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **case)
+        os.replace(tmp, cached)
+    return case
+
+
+def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
+                        quality_weights: Optional[Dict[str, float]] = None,
+                        progress: Optional[Callable] = None) -> List[dict]:
+    """Arrays for every snapshot item (latest correction per case), each tagged with id, version, weight."""
+    out = []
+    for i, it in enumerate(items):
+        if progress:
+            progress(i / max(1, len(items)), f"preparing case {it.case_id}")
+        case = load_case(Path(it.image_path), Path(it.label_path), prep, n_labels, cache_dir)
+        if not case["fg_indices"].size:
+            raise HilaError(f"correction {it.case_id} v{it.correction_version}: no labelled voxel left on the model grid")
+        case.update(case_id=it.case_id, correction_version=int(it.correction_version),
+                    quality=str(getattr(it, "quality", "reviewed") or "reviewed"),
+                    weight=quality_weight(getattr(it, "quality", None), quality_weights),
+                    image_path=str(it.image_path), label_path=str(it.label_path))
+        out.append(case)
+    if progress:
+        progress(1.0, "cases ready")
+    return out
+
+
+def split_cases(cases: List[dict], min_val: int = 1, val_fraction: float = 0.2, seed: int = 0) -> tuple:
+    """(train, held-out) — a held-out set only from 3 corrections on; below that, (all, []).
+
+    The split is deterministic per case id so a case stays on its side across rounds where possible.
+    """
+    if len(cases) < 3:
+        return list(cases), []
+    n_val = max(min_val, int(round(val_fraction * len(cases))))
+    order = sorted(cases, key=lambda c: hashlib.sha256(f"{seed}:{c['case_id']}".encode()).hexdigest())
+    return order[n_val:], order[:n_val]

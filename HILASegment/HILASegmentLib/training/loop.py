@@ -1,0 +1,238 @@
+"""The optimisation loop: quality-weighted patch sampling, Dice+CE, AdamW, AMP on GPU, budget and early stop.
+
+It knows nothing about workspaces or files: it takes cases as arrays already on the model's grid
+(see :mod:`.dataset`) and a network, and returns the trained network's history. Stopping is
+cooperative: ``should_stop()`` is polled every step (the run sets it on SIGTERM/SIGINT).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .transforms import train_transforms
+
+
+@dataclass
+class LoopConfig:
+    """Hyper-parameters of one training run (recorded in the card)."""
+
+    patch_size: Sequence[int] = (96, 96, 48)
+    batch_size: int = 2
+    samples_per_case: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    max_steps: int = 100000
+    max_seconds: float = 300.0
+    val_every_seconds: float = 45.0
+    val_every_steps: int = 0          # 0: by time only
+    patience: int = 4                 # validations without improvement before early stop
+    min_delta: float = 0.002
+    early_stopping: bool = True
+    warmup_steps: int = 10
+    device: str = "cpu"
+    amp: bool = True                  # only ever used on CUDA
+    seed: int = 0
+    freeze: str = ""                  # "" | "encoder": train only the decoder half of the parameters
+    sw_overlap: float = 0.25
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["patch_size"] = [int(p) for p in self.patch_size]
+        return d
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    epochs: float = 0.0
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    best_val_dice: Optional[float] = None
+    best_step: int = 0
+    final_loss: Optional[float] = None
+    stopped: str = "max_steps"          # budget | early_stop | max_steps | cancelled
+    history: List[dict] = field(default_factory=list)
+    trainable_parameters: int = 0
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> List[float]:
+    """Dice of labels 1..n_classes-1; a label absent from both counts as 1 (nothing to find, nothing found)."""
+    out = []
+    for c in range(1, n_classes):
+        p, r = pred == c, ref == c
+        s = int(p.sum()) + int(r.sum())
+        out.append(1.0 if s == 0 else 2.0 * int(np.logical_and(p, r).sum()) / s)
+    return out
+
+
+def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: str = "cpu",
+                   overlap: float = 0.25, sigmoid: bool = False) -> np.ndarray:
+    """Argmax label of a whole (1,X,Y,Z) array by MONAI sliding windows (validation inside the loop)."""
+    from monai.inferers import sliding_window_inference
+
+    net.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
+    with torch.no_grad():
+        logits = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=1,
+                                          predictor=_first_output(net), overlap=overlap, mode="gaussian")
+    if sigmoid:  # one channel per label, background where no label passes 0.5
+        lg = logits[0].cpu().numpy()
+        return np.where(lg.max(0) > 0, lg.argmax(0) + 1, 0).astype(np.uint8)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+
+def _first_output(net: nn.Module) -> Callable:
+    """Nets with deep supervision / several outputs (onnx2torch conversions) give a list: use the first."""
+    def f(x):
+        y = net(x)
+        return y[0] if isinstance(y, (list, tuple)) else y
+    return f
+
+
+def freeze_encoder(net: nn.Module) -> int:
+    """Freeze the first half of the parameter tensors (the encoder side of a U-Net in definition order).
+
+    A cheap way to fine-tune a big imported model on CPU: gradients flow only through the decoder.
+    Returns the number of trainable parameters left.
+    """
+    params = list(net.named_parameters())
+    for _, p in params[: len(params) // 2]:
+        p.requires_grad_(False)
+    return int(sum(p.numel() for _, p in params if p.requires_grad))
+
+
+def _lr_at(cfg: LoopConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up, then cosine decay over the run's budget (time or steps, whichever ends first)."""
+    frac = min(1.0, max(elapsed / max(cfg.max_seconds, 1e-9), step / max(cfg.max_steps, 1)))
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def train_loop(net: nn.Module, train_cases: Sequence[dict], val_cases: Sequence[dict], n_classes: int,
+               cfg: LoopConfig, progress: Optional[Callable] = None,
+               should_stop: Callable[[], bool] = lambda: False, sigmoid_single: bool = False) -> LoopResult:
+    """Train ``net`` in place; keep the best-validating weights when validation is a real held-out set.
+
+    ``train_cases``/``val_cases``: dicts with ``image`` (1,X,Y,Z) float32, ``label`` (1,X,Y,Z) uint8,
+    ``weight`` (sampling weight) and optional ``fg_indices``/``bg_indices`` (precomputed crop centres).
+    ``val_cases`` may be the training cases themselves (then nothing is selected on them: last weights win).
+    """
+    from monai.losses import DiceCELoss
+
+    t0 = time.monotonic()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    net.to(device)
+    if cfg.freeze == "encoder":
+        trainable = freeze_encoder(net)
+    else:
+        trainable = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if sigmoid_single:
+        loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    xf = train_transforms(cfg.patch_size, samples_per_case=cfg.samples_per_case)
+    weights = np.array([float(c.get("weight", 1.0)) for c in train_cases], dtype=float)
+    weights = weights / weights.sum()
+    cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
+    steps_per_epoch = max(1, math.ceil(len(train_cases) / cases_per_step))
+    held_out = bool(val_cases) and not any(v.get("is_training") for v in val_cases)
+
+    res = LoopResult(trainable_parameters=trainable)
+    best_state = None
+    last_val_t = time.monotonic()
+    bad_vals = 0
+    losses: List[float] = []
+    step = 0
+    while True:
+        elapsed = time.monotonic() - t0
+        if should_stop():
+            res.stopped = "cancelled"
+            break
+        if step >= cfg.max_steps:
+            res.stopped = "max_steps"
+            break
+        if elapsed >= cfg.max_seconds:
+            res.stopped = "budget"
+            break
+        # -- one step: draw cases by quality weight, crop/augment, forward/backward
+        net.train()
+        batch_img, batch_lab = [], []
+        for ci in rng.choice(len(train_cases), size=cases_per_step, p=weights):
+            case = train_cases[int(ci)]
+            d = {k: case[k] for k in ("image", "label", "fg_indices", "bg_indices") if k in case}
+            xf.set_random_state(seed=int(rng.integers(2**31)))
+            for s in xf(d):
+                batch_img.append(s["image"])
+                batch_lab.append(s["label"])
+        x = torch.stack([torch.as_tensor(b) for b in batch_img]).float().to(device)
+        y = torch.stack([torch.as_tensor(b) for b in batch_lab]).to(device)
+        if sigmoid_single:  # multi-label sigmoid nets: one target channel per label, no background
+            y = torch.cat([(y == c).float() for c in range(1, n_classes)], dim=1)
+        else:
+            y = y.long()
+        lr = _lr_at(cfg, step, time.monotonic() - t0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            out = net(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            loss = loss_fn(out.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        losses.append(float(loss.detach()))
+        res.final_loss = float(np.mean(losses[-10:]))
+        elapsed = time.monotonic() - t0
+        frac = min(1.0, max(elapsed / max(cfg.max_seconds, 1e-9), step / max(cfg.max_steps, 1)))
+        rec = {"phase": "train", "epoch": step // steps_per_epoch, "step": step, "loss": round(res.final_loss, 4),
+               "val_dice": res.best_val_dice, "seconds_left": round(max(0.0, cfg.max_seconds - elapsed), 1)}
+        # -- validation (time- or step-triggered)
+        due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
+              (not cfg.val_every_steps and time.monotonic() - last_val_t >= cfg.val_every_seconds)
+        if val_cases and due:
+            dices = [float(np.mean(dice_per_class(
+                predict_volume(net, v["image"], cfg.patch_size, cfg.device, cfg.sw_overlap, sigmoid_single),
+                v["label"][0], n_classes)))
+                for v in val_cases]
+            vd = float(np.mean(dices))
+            last_val_t = time.monotonic()
+            res.history.append({"step": step, "seconds": round(time.monotonic() - t0, 1), "loss": res.final_loss, "val_dice": round(vd, 4)})
+            if res.best_val_dice is None or vd > res.best_val_dice + cfg.min_delta:
+                res.best_val_dice, res.best_step, bad_vals = vd, step, 0
+                if held_out:
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                bad_vals += 1
+            rec.update(phase="validate", val_dice=round(vd, 4))
+            if held_out and cfg.early_stopping and bad_vals >= cfg.patience:
+                res.stopped = "early_stop"
+                if progress:
+                    progress(frac, f"early stop at step {step}", **rec)
+                break
+        if progress:
+            progress(frac, f"step {step} loss {res.final_loss:.3f}", **rec)
+    if best_state is not None and res.stopped != "cancelled":
+        net.load_state_dict(best_state)
+    res.steps = step
+    res.epochs = round(step / steps_per_epoch, 2)
+    res.seconds = round(time.monotonic() - t0, 2)
+    res.seconds_per_step = round(res.seconds / max(step, 1), 4)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    net.eval()
+    return res
+
