@@ -204,7 +204,10 @@ def worker_build_unet(a) -> dict:
     card = ModelCard(name="bench-unet", version=1, modality="MR", labels=[LabelInfo(1, "prostate", (0.9, 0.62, 0.41))],
                      spacing=(float(a.spacing), float(a.spacing), 3.0), patch_size=(96, 96, 32),
                      normalization={"kind": "zscore", "nonzero": True}, activation="softmax",
-                     inference={"size_divisor": [16, 16, 4], "overlap": 0.25},
+                     inference={"size_divisor": [16, 16, 4], "overlap": 0.25, "margin_vox": [5, 5, 2]},
+                     # untrained weights: no fallback (a trained model adds the body pass only when its
+                     # prediction reaches the ROI border)
+                     roi={"kind": "center", "size": [128, 128, 32], "fallback": "none"} if a.unet_roi == "center" else {},
                      architecture={"family": "monai.UNet", **arch, "parameters": nparams},
                      licence="Apache-2.0", description="untrained, for timing only")
     write_card(onnx_path, card)
@@ -215,7 +218,7 @@ WORKERS = {"hila-warm": worker_hila_warm, "monai": worker_monai, "taps-warm": wo
            "build-unet": worker_build_unet}
 
 
-def run_worker(name, image, model=None, out=None, repeats=1, spacing=None) -> dict:
+def run_worker(name, image, model=None, out=None, repeats=1, spacing=None, unet_roi=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--image", str(image), "--repeats", str(repeats)]
     if model:
         cmd += ["--model", str(model)]
@@ -223,6 +226,8 @@ def run_worker(name, image, model=None, out=None, repeats=1, spacing=None) -> di
         cmd += ["--out", str(out)]
     if spacing:
         cmd += ["--spacing", str(spacing)]
+    if unet_roi:
+        cmd += ["--unet-roi", unet_roi]
     res = measured(cmd)
     d = last_json(res["stdout"])
     d["wall"], d["maxrss_mb"] = res["wall"], res["maxrss_mb"]
@@ -257,32 +262,8 @@ def hila_e2e(image, model, out) -> dict:
             "seconds_onnx": d.get("seconds_onnx"), "roi": d.get("roi")}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    ap.add_argument("--model", default="taps")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-taps", action="store_true")
-    ap.add_argument("--skip-monai", action="store_true")
-    ap.add_argument("--skip-unet", action="store_true")
-    ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
-    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--spacing", default="0.8", help="in-plane spacing of the own-U-Net card (mm)")
-    a = ap.parse_args(argv)
-    if a.worker:
-        print(json.dumps(WORKERS[a.worker](a), default=float), flush=True)
-        return 0
-
-    if not a.image.exists():
-        print(f"bench_inference: no such image {a.image}", file=sys.stderr)
-        return 2
-    ref = Path(str(a.image).replace(".nrrd", "_taps.nii.gz"))
-    tmp = Path(tempfile.mkdtemp(prefix="hila-bench-"))
-    rows, figures = [], {"image": str(a.image), "load": os.getloadavg()[0]}
-    print(f"image {a.image.name}; model {a.model}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-          flush=True)
-
+def taps_section(a, tmp, ref, figures) -> None:
+    """The three pipelines on the preset model: end to end, warm, table and ratios."""
     # --- end to end, separate processes -----------------------------------------------------------
     h = hila_e2e(a.image, a.model, tmp / "hila.seg.nrrd")
     h["dice"] = dice_vs(ref, seg_mask(tmp / "hila.seg.nrrd"), a.image) if ref.exists() else None
@@ -342,14 +323,48 @@ def main(argv=None) -> int:
                 line += f", {figures[f'{key}_warm']['seconds'] / figures['hila_warm']['seconds']:.1f}x faster warm"
             print(line)
 
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    ap.add_argument("--model", default="taps")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-taps", action="store_true")
+    ap.add_argument("--skip-monai", action="store_true")
+    ap.add_argument("--skip-unet", action="store_true")
+    ap.add_argument("--only-unet", action="store_true", help="only the own-U-Net target")
+    ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--spacing", default="0.8", help="in-plane spacing of the own-U-Net card (mm)")
+    ap.add_argument("--unet-roi", default="center", choices=["body", "center"],
+                    help="own-U-Net card: centre ROI 128x128x32 (as the TAPS preset) or the whole body crop")
+    a = ap.parse_args(argv)
+    if a.worker:
+        print(json.dumps(WORKERS[a.worker](a), default=float), flush=True)
+        return 0
+
+    if not a.image.exists():
+        print(f"bench_inference: no such image {a.image}", file=sys.stderr)
+        return 2
+    ref = Path(str(a.image).replace(".nrrd", "_taps.nii.gz"))
+    tmp = Path(tempfile.mkdtemp(prefix="hila-bench-"))
+    rows, figures = [], {"image": str(a.image), "load": os.getloadavg()[0]}
+    print(f"image {a.image.name}; model {a.model}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+          flush=True)
+
+    if not a.only_unet:
+        taps_section(a, tmp, ref, figures)
+
     # --- the own small U-Net target ---------------------------------------------------------------
     if not a.skip_unet:
         onnx_path = tmp / "unet.onnx"
-        b = run_worker("build-unet", a.image, out=onnx_path, spacing=a.spacing)
+        b = run_worker("build-unet", a.image, out=onnx_path, spacing=a.spacing, unet_roi=a.unet_roi)
         ue = hila_e2e(a.image, onnx_path, tmp / "unet.seg.nrrd")
         uw = run_worker("hila-warm", a.image, onnx_path, repeats=max(a.repeats, 3))
-        figures["unet"] = {"parameters": b.get("parameters"), "spacing": a.spacing, "e2e": ue, "warm": uw}
-        print(f"\nown U-Net ({b.get('parameters', 0) / 1e6:.1f} M parameters, {a.spacing} mm in-plane) on "
+        figures["unet"] = {"parameters": b.get("parameters"), "spacing": a.spacing, "roi": a.unet_roi, "e2e": ue, "warm": uw}
+        print(f"\nown U-Net ({b.get('parameters', 0) / 1e6:.1f} M parameters, {a.spacing} mm in-plane, {a.unet_roi} ROI) on "
               f"{a.image.name}: end to end {ue['wall']:.2f} s (target < 3 s), warm {uw['seconds']:.2f} s (target < 1 s), "
               f"{ue['windows']} window(s), ONNX {uw['seconds_onnx']:.2f} s warm, peak {ue['maxrss_mb']:.0f} MB")
     figures["load_after"] = os.getloadavg()[0]

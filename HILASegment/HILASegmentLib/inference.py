@@ -230,7 +230,7 @@ class Segmenter:
         raw = sitk.GetArrayViewFromImage(res).transpose(2, 1, 0)  # (x, y, z)
         norm = normalize(raw, card.normalization, where)
         fg = foreground_mask(raw, norm, card.modality, card.inference.get("foreground"))
-        margin = int(card.inference.get("margin_vox", 5))
+        margin = card.inference.get("margin_vox", 5)
         body = bounding_box(fg, margin)
         if body is None:
             raise HilaError(f"{where}: no body in the image (nothing above the foreground threshold)")

@@ -213,6 +213,10 @@ class ModelCard:
             raise bad(f"inference.overlap must be in [0, 1), got {inf['overlap']!r}")
         if inf.get("mode", "gaussian") not in ("gaussian", "constant"):
             raise bad(f"inference.mode must be gaussian or constant, got {inf.get('mode')!r}")
+        mv = inf.get("margin_vox", 5)
+        if not ((isinstance(mv, int) and mv >= 0) or (isinstance(mv, list) and len(mv) == 3
+                                                        and all(isinstance(m, int) and m >= 0 for m in mv))):
+            raise bad(f"inference.margin_vox must be a non-negative integer or three of them, got {mv!r}")
         div = inf.get("size_divisor", 16)
         if not ((isinstance(div, int) and div >= 1) or (isinstance(div, list) and len(div) == 3
                                                           and all(isinstance(d, int) and d >= 1 for d in div))):
@@ -225,6 +229,8 @@ class ModelCard:
             size = roi.get("size")
             if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
                 raise bad(f"roi.size must be three positive integers (voxels on the model grid), got {size!r}")
+            if roi.get("fallback", "body") not in ("body", "none"):
+                raise bad(f"roi.fallback must be body or none, got {roi.get('fallback')!r}")
         if not isinstance(self.licence, str):
             raise bad("licence must be a string")
         if self.checksum is not None and not (isinstance(self.checksum, str) and self.checksum.startswith("sha256:")

@@ -70,15 +70,17 @@ def foreground_mask(raw: np.ndarray, normalized: np.ndarray, modality: str, rule
     raise HilaError(f"model card: unknown inference.foreground rule {rule!r}")
 
 
-def bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[Tuple[Tuple[int, int], ...]]:
-    """[lo, hi) per axis of the True voxels, widened by ``margin`` (may leave the array: it is padded)."""
+def bounding_box(mask: np.ndarray, margin=0) -> Optional[Tuple[Tuple[int, int], ...]]:
+    """[lo, hi) per axis of the True voxels, widened by ``margin`` (one number or one per axis; the box
+    may leave the array: it is zero-padded there)."""
     if not mask.any():
         return None
+    margins = np.broadcast_to(np.asarray(margin, int), (mask.ndim,))
     box = []
     for ax in range(mask.ndim):
         other = tuple(i for i in range(mask.ndim) if i != ax)
         idx = np.flatnonzero(mask.any(axis=other))
-        box.append((int(idx[0]) - margin, int(idx[-1]) + 1 + margin))
+        box.append((int(idx[0]) - int(margins[ax]), int(idx[-1]) + 1 + int(margins[ax])))
     return tuple(box)
 
 
