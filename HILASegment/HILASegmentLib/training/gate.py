@@ -41,9 +41,9 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
         if progress:
             progress(i / max(1, len(cases)), f"validating on {c['case_id']}")
         img = read_image(c["image_path"])
-        ref = sitk.GetArrayViewFromImage(read_label(c["label_path"]))
+        ref = sitk.GetArrayFromImage(read_label(c["label_path"]))
         res = seg.segment(img, where=str(c["image_path"]))
-        pred = sitk.GetArrayViewFromImage(res.label)
+        pred = sitk.GetArrayFromImage(res.label)
         d = {}
         for value, name in labels:
             mv = by_name.get(name.lower())
