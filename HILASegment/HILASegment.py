@@ -279,7 +279,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("Segmentation failed to start.", waitCursor=True):
             model, version = panels.model_for(self.ws, _setting("model", "taps"))
-            runner, context = self.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked)
+            runner, context = self.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked,
+                                                           device=self.ui.deviceComboBox.currentText)
             context.update(volume=volume, version=version, caseId=self.caseId)
             self.startJob("segment", runner, context)
 
@@ -318,7 +319,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies("training"):
             return
         with slicer.util.tryWithErrorDisplay("Training failed to start."):
-            runner = self.logic.startTraining(self.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText)
+            runner = self.logic.startTraining(self.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText,
+                                              autoPromote=self.ui.autoPromoteCheckBox.checked)
             self.ui.logTextEdit.clear()
             self.startJob("train", runner, {"before": [m.version for m in self.ws.models()]})
 
@@ -332,9 +334,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.candidateLabel.text = panels.compare_text(self.ws, self.candidateVersion)
         current = self.ws.current_model()
         if current is not None and current.version == self.candidateVersion:
-            self.candidateVersion = None  # the trainer's gate already promoted it
-        elif self.ui.autoPromoteCheckBox.checked and panels.passed_gate(outcome.result):
-            self.onPromote()
+            self.candidateVersion = None  # auto-promote on, and the trainer's gate promoted it
 
     def onPromote(self):
         with slicer.util.tryWithErrorDisplay("Promote failed."):
@@ -544,17 +544,19 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         return case
 
     # jobs
-    def startSegmentation(self, volume, model, tta=False):
+    def startSegmentation(self, volume, model, tta=False, device="auto"):
         from HILASegmentLib.imageio import write_image
         folder = tempfile.mkdtemp(prefix="hila-infer-")
         image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
         write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--json"] + (["--tta"] if tta else [])
+        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json"] + (["--tta"] if tta else [])
         argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 
-    def startTraining(self, ws, maxMinutes, device):
-        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes)] + ([] if device == "auto" else ["--device", device])
+    def startTraining(self, ws, maxMinutes, device, autoPromote=False):
+        """The trainer as a child; its gate promotes only with auto-promote on, else the user decides."""
+        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--promote", "auto" if autoPromote else "never"]
+        args += [] if device == "auto" else ["--device", device]  # the trainer's default is the CPU
         argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
 

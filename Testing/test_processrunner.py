@@ -257,10 +257,7 @@ def _train_available() -> bool:
     return "train" in sub.choices
 
 
-def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
-    """The Train button's child (`python -m HILASegmentLib train WS --json`), cancelled after its first progress."""
-    if not _train_available():
-        pytest.skip("`hila train` not written yet")
+def _two_case_workspace(tmp_path):
     import SimpleITK as sitk
     from HILASegmentLib.workspace import Workspace
 
@@ -274,6 +271,42 @@ def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
     for path, lab in ((mri, label), (flipped, sitk.Flip(label, [True, False, False]))):
         case = ws.import_volume(path)
         ws.submit(case.case_id, lab, quality="reviewed", annotator="test", seconds=5.0)
+    return ws
+
+
+def test_train_button_child_streams_json_progress_to_a_candidate(tmp_path):
+    """The Train button's child with the glue's options (+ --steps to keep the test short), polled like the QTimer does."""
+    if not _train_available():
+        pytest.skip("`hila train` not written yet")
+    from HILASegmentLib import panels
+    ws = _two_case_workspace(tmp_path)
+    before = [m.version for m in ws.models()]
+    argv, env = engine_command("HILASegmentLib", ["train", str(ws.root), "--json", "--max-minutes", "1", "--promote", "never",
+                                                  "--device", "cpu", "--steps", "4"], python=sys.executable)
+    runner = ProcessRunner(argv, env=env).start()
+    fractions = []
+    while not runner.finished:  # the widget's onPoll, every 200 ms
+        for line in runner.poll():
+            if line.record and line.record.get("event") == "progress" and line.record.get("fraction") is not None:
+                fractions.append(line.record["fraction"])
+        time.sleep(0.2)
+    out = runner.outcome()
+    assert out.ok, out.error
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0 and runner.fraction == 1.0
+    new = [m.version for m in ws.models() if m.version not in before]
+    assert new == [out.result["model_version"]] and out.result["promoted"] is False
+    assert ws.current_model().version == before[-1]  # --promote never: the user decides
+    text = panels.compare_text(ws, new[0])
+    assert text.startswith(f"Candidate v{new[0]}: Dice ") and "gate:" in text
+    ws.close()
+
+
+def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
+    """The Train button's child (`python -m HILASegmentLib train WS --json`), cancelled after its first progress."""
+    if not _train_available():
+        pytest.skip("`hila train` not written yet")
+    from HILASegmentLib.workspace import Workspace
+    ws = _two_case_workspace(tmp_path)
     models_before = [m.version for m in ws.models()]
     ws.close()
 

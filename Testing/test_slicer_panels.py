@@ -61,13 +61,12 @@ def test_model_rows_compare_text_and_dice_from_cards(ws, tmp_path):
     text = panels.compare_text(ws, new.version)
     assert text.startswith(f"Candidate v{new.version}: Dice 0.700") and "vs current v1: Dice n/a" in text
     ws.promote(new.version)
-    assert "(already current)" in panels.compare_text(ws, new.version)
+    assert "(now current)" in panels.compare_text(ws, new.version)
 
 
-def test_gate_reading_and_dice_keys():
-    assert panels.passed_gate({"passed": True}) and not panels.passed_gate({"passed": False})
-    assert panels.passed_gate({"gate": {"passed": True}}) and panels.passed_gate({"gate": "passed"})
-    assert not panels.passed_gate(None) and not panels.passed_gate({"gate": "failed"})
+def test_dice_keys():
+    card = {"metrics": {"validation": {"mean_dice": 0.8123, "dice": {"prostate": 0.8123}}}}
+    assert panels.model_dice(card) == 0.8123
     assert panels.model_dice({"metrics": {"val_dice": 0.91234}}) == 0.9123
     assert panels.model_dice({"metrics": {"dice": float("nan")}}) is None
     assert panels.model_dice(None) is None

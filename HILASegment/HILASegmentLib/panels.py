@@ -2,7 +2,7 @@
 
 The widget only copies these rows into Qt tables and a Slicer plot, and hands the Segment
 button's output to :func:`prediction_from_file`; keeping the choices here (which figure is
-"effort", which case is next, whether a candidate passed its gate, how model labels map onto the
+"effort", which case is next, how model labels map onto the
 workspace's) makes them testable on a real workspace without Slicer.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
-           "model_dice", "learning_curve", "passed_gate", "compare_text", "prediction_from_file", "model_for"]
+           "model_dice", "learning_curve", "compare_text", "prediction_from_file", "model_for"]
 
 #: Keys of the `hila infer --json` result that are stored with a prediction (what ranking reads).
 UNCERTAINTY_KEYS = ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")
@@ -30,6 +30,9 @@ def _num(x: Any) -> Optional[float]:
 def model_dice(card: Optional[Mapping]) -> Optional[float]:
     """The model's validation Dice from its card's metrics (mean over labels when given per label)."""
     metrics = (card or {}).get("metrics") or {}
+    validation = metrics.get("validation")  # the trainer's cards: metrics.validation.mean_dice
+    if isinstance(validation, Mapping) and _num(validation.get("mean_dice")) is not None:
+        return round(float(validation["mean_dice"]), 4)
     for key in _DICE_KEYS:
         v = metrics.get(key)
         if _num(v) is not None:
@@ -90,29 +93,24 @@ def learning_curve(ws) -> Tuple[List[List[float]], List[str]]:
     return rows, list(CURVE_COLUMNS)
 
 
-def passed_gate(result: Optional[Mapping]) -> bool:
-    """Whether a training result says its candidate passed the gate (keys vary by trainer version)."""
-    result = result or {}
-    for key in ("passed", "gate_passed", "promotable", "accepted"):
-        if isinstance(result.get(key), bool):
-            return bool(result[key])
-    gate = result.get("gate")
-    if isinstance(gate, Mapping):
-        return bool(gate.get("passed", False))
-    return isinstance(gate, str) and gate.lower() in ("passed", "pass", "ok")
-
-
 def compare_text(ws, version: int) -> str:
     """One line: the candidate's Dice against the current model's."""
     models = {m.version: m for m in ws.models()}
     cand = models[version]
     current = ws.current_model()
     fmt = lambda d: "n/a" if d is None else f"{d:.3f}"  # noqa: E731
+    metrics = (cand.card or {}).get("metrics") or {}
     text = f"Candidate v{version}: Dice {fmt(model_dice(cand.card))}"
-    if current is not None and current.version != version:
+    parent = metrics.get("parent_validation")
+    if isinstance(parent, Mapping) and _num(parent.get("mean_dice")) is not None:  # same validation cases
+        text += f" vs v{parent.get('version')}: Dice {fmt(float(parent['mean_dice']))} on the same cases"
+    elif current is not None and current.version != version:
         text += f" vs current v{current.version}: Dice {fmt(model_dice(current.card))}"
-    elif current is not None:
-        text += " (already current)"
+    if current is not None and current.version == version:
+        text += " (now current)"
+    gate = metrics.get("gate")
+    if isinstance(gate, Mapping) and gate.get("reason"):
+        text += f"; gate: {gate['reason']}"
     return text
 
 
