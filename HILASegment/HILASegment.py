@@ -627,10 +627,11 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
             segId = segNode.GetSegmentation().GetSegmentIdBySegmentName("prostate")
             edited = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)
             edited[blob] = 1
-            edited[:, :, :10] = 0
+            edited[12] = 0  # erase the middle slice: a real edit
             slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segNode, segId, volume)
             label = logic.labelFromSegmentation(segNode, volume, ws.settings.labels)
             correction = ws.submit(caseId, label, quality="reviewed", annotator="selftest", seconds=1.0)
+            self.assertGreater(correction.effort["fraction_changed"], 0)
             path = logic.saveSegmentation(segNode, logic.outputPath(volume, ws, caseId, correction.version))
             self.assertTrue(os.path.exists(path))
 
