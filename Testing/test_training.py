@@ -148,6 +148,7 @@ def test_gate_rule():
     assert not decide("auto", {"mean_dice": 0.5}, cur, True, True)[0]
     assert not decide("auto", cand, cur, False, True)[0]                    # no held-out set, a current model
     assert decide("auto", cand, None, False, False)[0]                      # nothing to lose
+    assert not decide("auto", cand, None, True, True)[0]                    # current could not be validated
     assert not decide("auto", {"mean_dice": 0.0}, None, False, False)[0]
     assert decide("always", {"mean_dice": 0.0}, cur, True, True)[0]
     assert not decide("never", cand, cur, True, True)[0]

@@ -26,13 +26,21 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tuple[int, str]],
                    threads: Optional[int] = None, progress: Optional[Callable] = None,
-                   should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Dice per workspace label of ``model_path`` on ``cases`` (dicts with case_id, image_path, label_path)."""
+                   should_stop: Callable[[], bool] = lambda: False, card: Optional[dict] = None) -> dict:
+    """Dice per workspace label of ``model_path`` on ``cases`` (dicts with case_id, image_path, label_path).
+
+    ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
+    """
     from ..imageio import read_image, read_label
     from ..inference import Segmenter
 
     t0 = time.monotonic()
-    seg = Segmenter(model_path, threads=threads, device="cpu")
+    if card is not None:
+        from ..modelcard import ModelCard
+
+        seg = Segmenter(model_path, threads=threads, device="cpu", card=ModelCard.from_dict(card, f"{model_path} (registry card)"))
+    else:
+        seg = Segmenter(model_path, threads=threads, device="cpu")
     by_name = {lab.name.lower(): lab.value for lab in seg.card.labels}
     per_case: List[dict] = []
     for i, c in enumerate(cases):
@@ -83,7 +91,7 @@ def decide(policy: str, candidate: dict, current: Optional[dict], held_out: bool
                        "kept as candidate (promote it with `hila models WS promote V`)")
     pm = None if current is None else current.get("mean_dice")
     if pm is None:
-        return True, "current model could not be validated; candidate promoted"
+        return False, "current model could not be validated on these corrections; kept as candidate"
     if cm >= pm:
         return True, f"candidate mean Dice {cm:.3f} >= current {pm:.3f} on the same held-out corrections"
     return False, f"candidate mean Dice {cm:.3f} < current {pm:.3f} on the same held-out corrections"

@@ -182,13 +182,20 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
     prep = ds.Preprocessing.from_card(card_base)
 
     flag = StopFlag()
-    run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
+    # handlers first, then the ledger row: a signal can never leave a 'running' row behind
+    sig_ctx = stop_on_signals(flag)
+    sig_ctx.__enter__()
+    try:
+        run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
+    except BaseException:
+        sig_ctx.__exit__(None, None, None)
+        raise
     log: List[str] = [f"init: {init}", f"snapshot: {[(s.case_id, s.correction_version, s.quality) for s in snapshot]}"]
     timings: Dict[str, float] = {}
     metrics: Dict[str, object] = {}
     registered = None
     try:
-        with stop_on_signals(flag), tempfile.TemporaryDirectory(prefix="hila-train-") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix="hila-train-") as tmpdir:
             tmp = Path(tmpdir)
             # ---- data
             t = time.monotonic()
@@ -256,9 +263,11 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
             cur_eval = None
             if current is not None and not flag():
                 try:
-                    cur_eval = gate.evaluate_model(current.path, vcases, labels, threads=opts.threads, should_stop=flag)
+                    cur_eval = gate.evaluate_model(current.path, vcases, labels, threads=opts.threads, should_stop=flag,
+                                                   card=current.card or None)
                 except HilaError as exc:
                     log.append(f"current model v{current.version} could not be validated: {exc}")
+                    metrics["parent_validation_error"] = str(exc)
             timings["validate_s"] = round(time.monotonic() - t, 2)
             if flag():
                 raise CancelledError("training cancelled during validation")
@@ -267,6 +276,8 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
             if cur_eval is not None:
                 card["metrics"]["parent_validation"] = dict(_slim_eval(cur_eval, held_out), version=current.version)
             card["metrics"]["gate"] = {"policy": opts.promote, "promote": promote, "reason": why}
+            if "parent_validation_error" in metrics:
+                card["metrics"]["parent_validation_error"] = metrics["parent_validation_error"]
             timings["total_s"] = round(time.monotonic() - t_start, 2)
             card["training"]["timings"] = dict(timings)
             ex.embed_card(raw_onnx, card, onnx_path)
@@ -277,8 +288,8 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
                                           status="candidate", checkpoint_path=ck, training_run=run_id)
                 if promote:
                     ws.promote(registered.version)
-                metrics = {"validation": card["metrics"]["validation"], "parent_validation": card["metrics"].get("parent_validation"),
-                           "gate": card["metrics"]["gate"], "parity": par, "steps": res.steps, "timings": timings}
+                metrics.update({"validation": card["metrics"]["validation"], "parent_validation": card["metrics"].get("parent_validation"),
+                           "gate": card["metrics"]["gate"], "parity": par, "steps": res.steps, "timings": timings})
                 ws.finish_training_run(run_id, "done", metrics, registered.version, "\n".join(log))
     except CancelledError as exc:
         _finish_quietly(ws, run_id, "cancelled", {"timings": timings}, "\n".join(log + [str(exc)]))
@@ -288,6 +299,8 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
             _finish_quietly(ws, run_id, "failed", {"timings": timings},
                             "\n".join(log + [f"{exc.__class__.__name__}: {exc}"]))
         raise
+    finally:
+        sig_ctx.__exit__(None, None, None)
     _emit(progress, 1.0, "done", phase="done", epoch=int(res.epochs), step=res.steps, loss=res.final_loss,
           val_dice=cand_eval.get("mean_dice"), seconds_left=0)
     return {"run_id": run_id, "model_version": registered.version, "promoted": promote, "reason": why,
