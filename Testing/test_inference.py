@@ -239,3 +239,17 @@ def test_cuda_asked_but_absent(tmp_path):
     with pytest.raises(HilaError) as e:
         Segmenter(tiny_model(tmp_path), device="cuda")
     assert "CUDA" in one_line(e)
+
+
+def test_real_ct_is_refused_by_an_mr_model(models):
+    """A pelvic CT cropped to the body has only ~1.7 % of voxels below -200 HU: still recognised as CT."""
+    from conftest import shared
+
+    ct = sitk.ReadImage(str(shared("pelvic_ct", "Pelvic-Ref002", "ct.nii.gz")))
+    with pytest.raises(HilaError) as e:
+        models["sigmoid"].segment(ct, where="ct.nii.gz")
+    assert "is for MR" in one_line(e) and "CT" in one_line(e)
+    mr = sitk.ReadImage(str(shared("prostate_mri", "ProstateX-0218_t2_s5.nrrd")))
+    from HILASegmentLib.normalize import guess_modality
+
+    assert guess_modality(sitk.GetArrayFromImage(mr)) == "MR"

@@ -85,7 +85,7 @@ def bounding_box(mask: np.ndarray, margin=0) -> Optional[Tuple[Tuple[int, int], 
 
 
 def guess_modality(arr: np.ndarray, metadata_modality: Optional[str] = None) -> Optional[str]:
-    """'CT', 'MR' or None (cannot tell). A DICOM Modality tag wins; else CT shows air below -200 HU."""
+    """'CT', 'MR' or None (cannot tell). A DICOM Modality tag wins; else CT shows air/fat below -200 HU."""
     if metadata_modality:
         m = metadata_modality.strip().upper()
         if m in ("CT", "MR"):
@@ -93,7 +93,9 @@ def guess_modality(arr: np.ndarray, metadata_modality: Optional[str] = None) -> 
     sample = arr.ravel()[:: max(1, arr.size // 200_000)]
     if sample.size == 0:
         return None
-    if float(np.mean(sample < -200)) > 0.02:
+    # Hounsfield units: air and fat lie below -200 (a pelvic CT cropped to the body still has ~1.7 %
+    # there); MR intensities are >= 0, and z-scored MR never reaches -200.
+    if float(np.mean(sample < -200)) > 0.001:
         return "CT"
     if float(sample.min()) >= -1.0:
         return "MR"
