@@ -32,8 +32,9 @@ def scaled(progress: Optional[ProgressFn], start: float, stop: float) -> Progres
 class JsonLinesProgress:
     """Writes ``{"event": "progress", "fraction": f, "message": m, ...}`` lines (for machines and the Slicer runner)."""
 
-    def __init__(self, stream: TextIO = sys.stdout, min_interval: float = 0.2):
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None, min_interval: float = 0.2):
+        # Resolved at call time, not import time: pytest and the Slicer runner swap sys.stdout.
+        self.stream = stream if stream is not None else sys.stdout
         self.min_interval = min_interval
         self._last = 0.0
 
@@ -52,9 +53,10 @@ class JsonLinesProgress:
 class BarProgress:
     """A tqdm bar on stderr for people; silent when stderr is not a terminal unless forced."""
 
-    def __init__(self, desc: str = "", stream: TextIO = sys.stderr, force: bool = False):
+    def __init__(self, desc: str = "", stream: Optional[TextIO] = None, force: bool = False):
         from tqdm import tqdm
 
+        stream = stream if stream is not None else sys.stderr
         disable = not (force or getattr(stream, "isatty", lambda: False)())
         self.bar = tqdm(total=1000, desc=desc, file=stream, disable=disable, leave=False,
                         bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")

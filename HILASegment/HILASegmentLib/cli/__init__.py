@@ -61,7 +61,7 @@ def make_progress(args: argparse.Namespace, desc: str = ""):
     from ..progress import BarProgress, JsonLinesProgress
 
     if getattr(args, "json", False):
-        return JsonLinesProgress(sys.stdout)
+        return JsonLinesProgress()
     return BarProgress(desc)
 
 

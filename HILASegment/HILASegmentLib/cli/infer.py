@@ -39,17 +39,6 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_infer)
 
 
-def _progress(args):
-    """A bar on the current stderr (BarProgress's default stream is bound at import time) or JSON lines."""
-    import sys
-
-    if getattr(args, "json", False):
-        return make_progress(args, "hila infer")
-    from ..progress import BarProgress
-
-    return BarProgress("hila infer", stream=sys.stderr)
-
-
 def _check_out(path: Path, what: str, seg_ok: bool = True) -> None:
     name = path.name.lower()
     if not (name.endswith(_LABEL_SUFFIXES) and len(name) > 5):
@@ -98,7 +87,7 @@ def _infer_file(args, t0: float) -> int:
 
     image = read_image(args.image)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
-    progress = _progress(args)
+    progress = make_progress(args, "hila infer")
     try:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
     finally:
@@ -148,7 +137,7 @@ def _infer_workspace(args, t0: float) -> int:
         card = ModelCard.from_dict(dict(record.card), f"{args.workspace} model v{record.version} card")
         image = ws.case_image(case.case_id)
         seg = Segmenter(record.path, threads=args.threads, device=args.device, card=card)
-        progress = _progress(args)
+        progress = make_progress(args, "hila infer")
         try:
             result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
         finally:
