@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     print("export")
     ex = hila("export", str(ws), str(exp))
     expect("exported cases", (ex["cases"], ex["labels"]), (len(CASES), len(CASES)))
-    man = json.loads((exp / "manifest.json").read_text())
+    man = json.loads((exp / "manifest.json").read_text(encoding="utf-8"))
     for entry in man["cases"]:
         case = next(c for c in CASES if ids[c] == entry["case_id"])
         label, quality, version = latest[case]

@@ -129,7 +129,7 @@ def _make_bad_inputs(tmp: Path) -> dict:
     head = b"\n".join(ln for ln in seg[:cut].split(b"\n") if not ln.startswith(b"Segment2_Name:="))
     (tmp / "inconsistent.seg.nrrd").write_bytes(head + seg[cut:])
     (tmp / "nodicom").mkdir()
-    (tmp / "nodicom" / "readme.txt").write_text("no images here")
+    (tmp / "nodicom" / "readme.txt").write_text("no images here", encoding="utf-8")
     write_dicom_series(ct[:, :, :3], tmp / "twoseries", "1.2.826.0.1.3680043.8.498.11", prefix="a")
     write_dicom_series(ct[:, :, :3], tmp / "twoseries", "1.2.826.0.1.3680043.8.498.12", prefix="b")
     return {

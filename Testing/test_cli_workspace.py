@@ -54,7 +54,7 @@ def test_init_json_and_errors(tmp_path, capsys):
     assert rc == 0 and r["modality"] == "MR" and r["labels"][0]["name"] == "prostate" and r["model"] is None
     busy = tmp_path / "busy"
     busy.mkdir()
-    (busy / "x.txt").write_text("x")
+    (busy / "x.txt").write_text("x", encoding="utf-8")
     cases = [(busy, ["--modality", "CT", "--labels", "a"], "not empty"),
              (tmp_path / "w", ["--modality", "CT", "--labels", "a"], "already"),
              (tmp_path / "n1", ["--modality", "US", "--labels", "a"], "modality"),
@@ -184,7 +184,7 @@ def test_bad_input_changes_nothing(imported, tmp_path, capsys):
     make_label(img, tmp_path / "unknown.nrrd", boxes={9: (0, 4, 0, 4, 0, 4)})
     make_label(img, tmp_path / "extra.nrrd", boxes={1: (6, 14, 8, 20, 8, 20), 7: (0, 4, 0, 4, 0, 4)})
     (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 broken gzip")
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     bad = [
         (["submit", ws, cid, tmp_path / "other_grid.nii.gz"], "grid"),
         (["submit", ws, cid, tmp_path / "empty.nrrd"], "empty"),
@@ -213,7 +213,7 @@ def test_not_a_workspace_and_newer_schema(imported, tmp_path, capsys):
     ws, cid, img = imported
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "a.txt").write_text("a")
+    (plain / "a.txt").write_text("a", encoding="utf-8")
     for cmd in (["status"], ["check"], ["rank"], ["models"], ["submit", cid, tmp_path / "vol.nrrd"],
                 ["import", tmp_path / "vol.nrrd"], ["export", tmp_path / "e1"]):
         before = state(plain)
@@ -265,7 +265,7 @@ def test_real_ct_build_script(tmp_path):
                         "--data", str(data)], capture_output=True, text=True, cwd=str(ROOT))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "status, export and check agree" in p.stdout
-    man = json.loads((tmp_path / "out" / "export" / "manifest.json").read_text())
+    man = json.loads((tmp_path / "out" / "export" / "manifest.json").read_text(encoding="utf-8"))
     assert [(e["correction_version"], e["quality"]) for e in man["cases"]] == [(1, "reviewed"), (1, "rough"), (2, "reviewed")]
     seg = sitk.ReadImage(str(tmp_path / "out" / "export" / man["cases"][0]["label"]))
     assert seg.GetSize() == (119, 172, 52)

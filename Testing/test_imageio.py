@@ -202,7 +202,7 @@ def _bad_files(tmp_path: Path) -> dict:
     vec = sitk.Compose(ct, ct, ct)
     sitk.WriteImage(vec, str(tmp_path / "vector.mha"))
     files["vector"] = tmp_path / "vector.mha"
-    (tmp_path / "volume.txt").write_text("not an image")
+    (tmp_path / "volume.txt").write_text("not an image", encoding="utf-8")
     files["unsupported"] = tmp_path / "volume.txt"
     write_dicom_series(ct[:, :, :2], tmp_path / "dcm", "1.2.826.0.1.3680043.8.498.5")
     files["single_dicom"] = tmp_path / "dcm" / "slice000.dcm"
@@ -268,7 +268,7 @@ def test_dicom_folder_without_series(tmp_path):
     assert_one_line_error(e, str(empty), "no DICOM series")
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("hello")
+    (other / "notes.txt").write_text("hello", encoding="utf-8")
     shutil.copy(CT, other / "ct.nrrd")
     with pytest.raises(HilaError) as e:
         imageio.read_image(other)

@@ -225,7 +225,7 @@ def test_models_that_do_not_load(tmp_path):
     write_card(good, card)  # write_card sets the true checksum; forge it in a sidecar instead
     side = tmp_path / "forged.onnx"
     side.write_bytes(threshold_onnx(tmp_path / "tmp.onnx").read_bytes())
-    (tmp_path / "forged.card.json").write_text(card.to_json())
+    (tmp_path / "forged.card.json").write_text(card.to_json(), encoding="utf-8")
     with pytest.raises(HilaError) as e:
         Segmenter(side)
     assert "checksum mismatch" in one_line(e)

@@ -89,7 +89,7 @@ def test_missing_card_and_bad_files(tmp_path):
         mc.inspect_onnx(tmp_path / "absent.onnx")
     assert "no such" in one_line(e)
     side = tmp_path / "nocard.card.json"
-    side.write_text("{not json")
+    side.write_text("{not json", encoding="utf-8")
     with pytest.raises(HilaError) as e:
         read_card(path)
     assert "not valid JSON" in one_line(e)
@@ -146,7 +146,7 @@ def test_missing_fields():
 
 
 def test_taps_preset():
-    card = ModelCard.from_json((mc.PRESETS_DIR / "taps.json").read_text())
+    card = ModelCard.from_json((mc.PRESETS_DIR / "taps.json").read_text(encoding="utf-8"))
     assert card.spacing == (0.8, 0.8, 3.0) and card.patch_size == (128, 128, 32)
     assert card.activation == "sigmoid" and card.labels[0].name == "prostate"
     assert card.normalization == {"kind": "zscore", "nonzero": True}

@@ -17,7 +17,7 @@ POSIX = os.name == "posix"
 
 def script(tmp_path: Path, name: str, body: str) -> list:
     p = tmp_path / name
-    p.write_text(textwrap.dedent(body))
+    p.write_text(textwrap.dedent(body), encoding="utf-8")
     return [sys.executable, "-u", str(p)]
 
 
@@ -26,7 +26,7 @@ def alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     if stat.exists():
         try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            return stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] != "Z"
         except (OSError, IndexError):
             return False
     try:
@@ -135,8 +135,8 @@ def test_cancel_kills_grandchildren_too(tmp_path):
             time.sleep(0.1)
     """)
     r = ProcessRunner(args, grace_seconds=2.0).start()
-    assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 20)
-    gpid = int(pidfile.read_text())
+    assert wait_until(lambda: pidfile.exists() and pidfile.read_text(encoding="utf-8").strip() != "", 20)
+    gpid = int(pidfile.read_text(encoding="utf-8"))
     assert alive(gpid) and alive(r.process.pid)
     t0 = time.monotonic()
     r.cancel()
@@ -245,7 +245,7 @@ def test_python_executable_finds_pythonslicer_beside_the_slicer_executable(tmp_p
                "macos": (root / "Contents" / "MacOS" / "Slicer", root / "Contents" / "bin" / "PythonSlicer")}[layout]
     for p in (exe, ps):
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("")
+        p.write_text("", encoding="utf-8")
     monkeypatch.setattr(sys, "executable", str(exe))
     assert python_executable() == str(ps)
 

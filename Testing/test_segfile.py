@@ -225,7 +225,7 @@ def test_read_plain_label_map_with_name_table(tmp_path):
     seg = segfile.read_segmentation(lab_path, "1=prostate,2=bladder,3=rectum")
     assert seg.names[:3] == ["prostate", "bladder", "rectum"]
     table = tmp_path / "colors.ctbl"
-    table.write_text("# Slicer colour table\n0 Background 0 0 0 0\n1 prostate 216 101 79 255\n2 bladder 1 2 3 255\n")
+    table.write_text("# Slicer colour table\n0 Background 0 0 0 0\n1 prostate 216 101 79 255\n2 bladder 1 2 3 255\n", encoding="utf-8")
     seg2 = segfile.read_segmentation(lab_path, str(table))
     assert seg2.names[:2] == ["prostate", "bladder"]
     assert segfile.parse_names({1: "a"}) == {1: "a"}

@@ -30,7 +30,7 @@ SLICER_TESTS = sorted((MODULE / "Testing" / "Python").glob("*.py"))
 UI = MODULE / "Resources" / "UI" / "HILASegment.ui"
 API_COPY = ROOT / "Testing" / "Data" / "slicer_api.json"
 API_SHARED = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
-API = json.loads((API_SHARED if API_SHARED.exists() else API_COPY).read_text())
+API = json.loads((API_SHARED if API_SHARED.exists() else API_COPY).read_text(encoding="utf-8"))
 FILES = [GLUE, BATCH] + SLICER_TESTS
 PACKAGING = "slicer.packaging (Slicer 5.12+ only)"
 
@@ -48,7 +48,7 @@ UNRECORDED_OK = {
 
 
 def parse(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), str(path))
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
 
 def calls(tree):
@@ -201,7 +201,7 @@ def test_ui_file_is_well_formed_and_every_self_ui_name_is_in_it():
 
 def test_segment_editor_widget_methods_used_exist():
     methods = class_methods("qMRMLSegmentEditorWidget")
-    used = {m.group(1) for m in re.finditer(r"self\.ui\.segmentEditorWidget\.(\w+)\(", GLUE.read_text())}
+    used = {m.group(1) for m in re.finditer(r"self\.ui\.segmentEditorWidget\.(\w+)\(", GLUE.read_text(encoding="utf-8"))}
     assert used and used <= methods, used - methods
 
 
@@ -236,7 +236,7 @@ def test_engine_imports_and_calls_bind_to_the_real_engine():
 
 
 def test_glue_stays_thin_and_the_engine_never_imports_slicer():
-    assert len(GLUE.read_text().splitlines()) < 700
+    assert len(GLUE.read_text(encoding="utf-8").splitlines()) < 700
     for py in (MODULE / "HILASegmentLib").rglob("*.py"):
         for node in ast.walk(parse(py)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
@@ -253,7 +253,7 @@ def cmake_list(text: str, name: str) -> list:
 
 
 def test_module_cmake_lists_are_complete_both_ways():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts, resources = cmake_list(text, "MODULE_PYTHON_SCRIPTS"), cmake_list(text, "MODULE_PYTHON_RESOURCES")
     for item in scripts + resources:
         assert (MODULE / item).is_file(), f"listed in HILASegment/CMakeLists.txt but missing: {item}"
@@ -271,20 +271,20 @@ def test_module_cmake_lists_are_complete_both_ways():
 
 
 def test_ctest_registration():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
     assert "add_subdirectory(Testing)" in text
-    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
-    py_cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
+    py_cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     registered = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\w+\.py)\)", py_cmake)
     assert registered and sorted(registered) == sorted(p.name for p in SLICER_TESTS)
     for p in SLICER_TESTS:
-        src = p.read_text()
+        src = p.read_text(encoding="utf-8")
         assert "HILASegmentTest" in src and re.search(rf"class {p.stem}\(", src)
 
 
 def test_extension_metadata_and_catalog_entry():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(HILASegment\)", text, re.M)
     meta = dict(re.findall(r'^set\((EXTENSION_\w+) "([^"\n]*)"\)', text, re.M))
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
@@ -295,7 +295,7 @@ def test_extension_metadata_and_catalog_entry():
     for url in meta["EXTENSION_SCREENSHOTURLS"].split():
         assert (ROOT / url.split("/main/", 1)[1]).exists(), url
     assert "add_subdirectory(HILASegment)" in text and "Slicer_EXTENSION_CPACK" in text
-    entry = json.loads((ROOT / "HILASegment.json").read_text())
+    entry = json.loads((ROOT / "HILASegment.json").read_text(encoding="utf-8"))
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
     assert "catalog-entry-schema" in entry["$schema"]
@@ -317,7 +317,7 @@ def test_icons_are_small_pngs():
 def test_api_copy_matches_the_shared_one():
     if not API_SHARED.exists():
         pytest.skip("../shared not here")
-    assert json.loads(API_COPY.read_text()) == json.loads(API_SHARED.read_text())
+    assert json.loads(API_COPY.read_text(encoding="utf-8")) == json.loads(API_SHARED.read_text(encoding="utf-8"))
 
 
 def test_glue_imports_with_stub_slicer_modules(monkeypatch):

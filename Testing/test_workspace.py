@@ -81,7 +81,7 @@ def test_create_bad_arguments(tmp_path, modality, labels, msg):
 def test_create_refuses_nonempty_folder_and_existing_workspace(tmp_path, ws):
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("mine")
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
     before = state(other)
     with pytest.raises(HilaError, match="not empty"):
         Workspace.create(other, "CT", LABELS)
@@ -428,14 +428,14 @@ def test_check_orphans_temporaries_and_repair(ws, case, vol):
     orphan.write_bytes(b"x")
     stale = ws.root / "tmp" / "deadbeef0000.tmp"
     stale.mkdir()
-    (stale / ".lock").write_text("")
+    (stale / ".lock").write_text("", encoding="utf-8")
     (stale / "payload.nrrd").write_bytes(b"half")
     rep = ws.check()
     assert rep.ok, rep.summary()
     assert rep.orphans == [f"corrections/{case.case_id}/v0002-0123456789ab.nrrd"]
     assert rep.stale_temporaries == ["tmp/deadbeef0000.tmp"]
     # a foreign file in a managed folder is reported as a problem until repaired
-    (ws.root / "cases" / "notes.txt").write_text("hello")
+    (ws.root / "cases" / "notes.txt").write_text("hello", encoding="utf-8")
     assert not ws.check().ok
     rows_before = state(ws.root)[0]
     rep = ws.check(repair=True)
@@ -452,7 +452,7 @@ def test_check_leaves_a_live_writers_temporary_alone(ws):
     import fcntl
     live = ws.root / "tmp" / "aaaaaaaaaaaa.tmp"
     live.mkdir()
-    fh = open(live / ".lock", "w")
+    fh = open(live / ".lock", "w", encoding="utf-8")
     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         rep = ws.check(repair=True)
@@ -495,7 +495,7 @@ def test_export(ws, vol, tmp_path):
     ws.submit(c.case_id, lab(vol[1], v3=(1, 9, 1, 9, 1, 9)), quality="reviewed")
     res = ws.export(tmp_path / "out")
     assert res["cases"] == 1 and res["labels"] == 1 and res["segmentations"] == 1
-    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     e = man["cases"][0]
     assert e["correction_version"] == 2 and e["quality"] == "reviewed" and e["case_id"] == c.case_id
     got = sitk.ReadImage(str(tmp_path / "out" / e["label"]))

@@ -78,7 +78,7 @@ def test_eight_processes_submit_25_each(setup):
 def _wait_ready(path, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().startswith("READY"):
+        if path.exists() and path.read_text(encoding="utf-8").startswith("READY"):
             return
         time.sleep(0.005)
     raise AssertionError(f"worker never became ready ({path})")
@@ -126,7 +126,7 @@ def test_sigkill_at_random_moments(setup, tmp_path):
             server.stdin.flush()
             status = int(server.stdout.readline().split()[1])
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            after_kill(out_file.read_text())
+            after_kill(out_file.read_text(encoding="utf-8"))
     finally:
         server.stdin.close()
         server.wait(timeout=60)

@@ -67,7 +67,7 @@ def tiny_model(folder: Path, activation: str = "sigmoid", name: str = "tiny.onnx
         import dataclasses
 
         card = dataclasses.replace(card, checksum=onnx_checksum(path))
-        (Path(folder) / (name[:-5] + ".card.json")).write_text(card.to_json(indent=1))
+        (Path(folder) / (name[:-5] + ".card.json")).write_text(card.to_json(indent=1), encoding="utf-8")
     return path
 
 

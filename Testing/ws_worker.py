@@ -113,7 +113,7 @@ def forkserver(ws_path, case, label_file, quality):
             pid = os.fork()
             if pid == 0:  # the child: a submitter until it is killed
                 try:
-                    with open(arg, "w") as out:
+                    with open(arg, "w", encoding="utf-8") as out:
                         submit_loop(ws_path, case, label_file, 10**9, quality, out)
                 finally:
                     os._exit(0)

@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     figures["load_after"] = os.getloadavg()[0]
     print(f"load average now {os.getloadavg()[0]:.1f}")
     if a.json:
-        a.json.write_text(json.dumps(figures, indent=1, default=float))
+        a.json.write_text(json.dumps(figures, indent=1, default=float), encoding="utf-8")
     return 0
 
 

@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         out["prostatex_from_taps"] = bench_prostatex(a.round_minutes, a.data)
         print(json.dumps(out["prostatex_from_taps"]), flush=True)
     if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
+        a.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
     return 0
 
 

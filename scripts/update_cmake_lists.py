@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="report a stale list and exit 1 instead of rewriting it")
     args = ap.parse_args(argv)
-    old = CMAKE.read_text()
+    old = CMAKE.read_text(encoding="utf-8")
     new = render(old, python_scripts(), resources())
     if new == old:
         print(f"{CMAKE.relative_to(ROOT)}: up to date ({len(python_scripts())} scripts, {len(resources())} resources)")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     if args.check:
         print(f"{CMAKE.relative_to(ROOT)}: stale; run python scripts/update_cmake_lists.py", file=sys.stderr)
         return 1
-    CMAKE.write_text(new)
+    CMAKE.write_text(new, encoding="utf-8")
     print(f"{CMAKE.relative_to(ROOT)}: updated ({len(python_scripts())} scripts, {len(resources())} resources)")
     return 0
 

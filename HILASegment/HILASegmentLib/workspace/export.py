@@ -71,7 +71,7 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
         "cases": entries,
     }
     tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     tmp.replace(out / "manifest.json")
     progress(1.0, "exported")
     return {"directory": str(out), "cases": len(entries), "labels": sum(1 for e in entries if e["label"]),

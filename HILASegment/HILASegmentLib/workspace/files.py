@@ -150,7 +150,7 @@ class FileStore:
         tmp_root = _mkdirs(self.root, Path(TMP_DIR))
         folder = tmp_root / f"{token}.tmp"
         folder.mkdir()
-        lock = open(folder / ".lock", "w")
+        lock = open(folder / ".lock", "w", encoding="utf-8")
         if fcntl is not None:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         payload = folder / f"payload{suffix}"
@@ -205,7 +205,7 @@ class FileStore:
             # a folder with no lock file yet was either just made (live) or its maker died at once
             return age > (STALE_AGE_S if fcntl is None else 60.0)
         try:
-            with open(lockfile, "r") as fh:
+            with open(lockfile, "r", encoding="utf-8") as fh:
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
