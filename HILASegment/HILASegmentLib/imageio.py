@@ -125,7 +125,8 @@ def quiet_itk() -> Iterator[_Captured]:
                     sink.close()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` durable (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(str(directory), os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. Windows
@@ -166,7 +167,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
                 os.fsync(fh.fileno())
         for f in produced:
             os.replace(f, parent / f.name)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

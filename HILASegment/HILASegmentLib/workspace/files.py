@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from ..errors import HilaError
+from ..imageio import fsync_dir  # one implementation of the directory fsync that makes renames durable
 
 try:  # POSIX advisory locks tell live writers from dead ones
     import fcntl
@@ -46,20 +47,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:

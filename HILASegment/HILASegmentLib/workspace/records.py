@@ -11,6 +11,22 @@ MODALITIES = ("MR", "CT")
 MODEL_STATUSES = ("candidate", "current", "retired")
 RUN_STATUSES = ("running", "done", "cancelled", "failed")
 
+
+def _plain(value):
+    """Paths to strings, recursively, so every record's dict is JSON-able as it stands."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+class _Record:
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
 #: Colours (0..1 RGB) for common pelvic structures, after Slicer's GenericAnatomyColors; others cycle a palette.
 KNOWN_COLOURS: Dict[str, Tuple[float, float, float]] = {
     "prostate": (0.847, 0.792, 0.733),
@@ -56,7 +72,7 @@ class Settings:
 
 
 @dataclass
-class Case:
+class Case(_Record):
     case_id: str
     name: str
     content_hash: str
@@ -67,14 +83,9 @@ class Case:
     imported_at: str
     existing: bool = False  # set by import_volume when the volume was already there
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
-
 
 @dataclass
-class Prediction:
+class Prediction(_Record):
     prediction_id: int
     case_id: str
     model_version: Optional[int]
@@ -83,14 +94,9 @@ class Prediction:
     uncertainty: Optional[dict]
     created_at: str
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
-
 
 @dataclass
-class Correction:
+class Correction(_Record):
     correction_id: int
     case_id: str
     version: int
@@ -103,14 +109,9 @@ class Correction:
     effort: dict
     created_at: str
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
-
 
 @dataclass
-class ModelRecord:
+class ModelRecord(_Record):
     version: int
     path: Path
     sha256: str
@@ -121,15 +122,9 @@ class ModelRecord:
     training_run: Optional[int]
     created_at: str
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["checkpoint_path"] = None if self.checkpoint_path is None else str(self.checkpoint_path)
-        return d
-
 
 @dataclass(frozen=True)
-class SnapshotItem:
+class SnapshotItem(_Record):
     """One training example: a case's image and one exact, immutable correction version of it."""
 
     case_id: str
@@ -140,14 +135,9 @@ class SnapshotItem:
     correction_id: int = 0
     case_name: str = ""
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_path"], d["label_path"] = str(self.image_path), str(self.label_path)
-        return d
-
 
 @dataclass
-class TrainingRun:
+class TrainingRun(_Record):
     run_id: int
     status: str
     snapshot: List[SnapshotItem]
@@ -159,11 +149,6 @@ class TrainingRun:
     finished_at: Optional[str]
     host: Optional[str] = None
     pid: Optional[int] = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["snapshot"] = [s.to_dict() for s in self.snapshot]
-        return d
 
 
 @dataclass
