@@ -2,8 +2,8 @@
 
 Synthetic pelvis-like CTs (a body, a bladder and a rectum with gas, in Hounsfield units) keep the
 runs to a few steps on 32x32x16 patches, so the file runs in about a minute on 2 cores and needs no
-shared data. The leave-one-out check on the real CTs is ``scripts/make_starter_models.py`` (and the
-acceptance check ``../shared/acceptance/trainer``), not a unit test: it needs minutes of training.
+shared data. The leave-one-out check on the real CTs is ``test_training_loo.py`` (slow), with the figures
+per fold in ``scripts/make_starter_models.py``.
 """
 from __future__ import annotations
 
