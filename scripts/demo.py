@@ -140,8 +140,11 @@ def main(argv=None) -> int:
         print(f"  plot: {a.out / 'learning_curve.png'}")
     except ImportError:
         pass
-    print(f"\nDone in {time.time() - t0:.0f} s. Workspace: {ws} (try `.venv/bin/hila status {ws}`; open the "
-          f".seg.nrrd files in 3D Slicer). Status: {json.dumps(find(st, 'cases'), default=str)[:200]}")
+    states = find(st, "by_state") or {}
+    print(f"\nDone in {time.time() - t0:.0f} s. Cases by state: "
+          + ", ".join(f"{k} {v}" for k, v in states.items() if v) + f". Workspace: {ws}")
+    print(f"Next: `.venv/bin/hila status {ws}`, `.venv/bin/hila models {ws} list`; open the .seg.nrrd files in "
+          f"{a.out} in 3D Slicer on the CTs in {a.data}.")
     return 0
 
 
