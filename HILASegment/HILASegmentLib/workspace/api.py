@@ -483,20 +483,27 @@ class Workspace:
         img.CopyInformation(ref)
         return arr, img, {}
 
-    def prediction(self, prediction_id: int) -> Prediction:
+    def _row_by_id(self, table: str, key: str, value: int, what: str) -> sqlite3.Row:
+        """One ledger row by its id (table and key are this module's constants, never user input)."""
         with self.ledger.read() as con:
-            r = con.execute("SELECT * FROM predictions WHERE prediction_id = ?", (int(prediction_id),)).fetchone()
+            r = con.execute(f"SELECT * FROM {table} WHERE {key} = ?", (int(value),)).fetchone()
         if r is None:
-            raise HilaError(f"{self.root}: unknown prediction {prediction_id}")
-        return self._pred_from_row(r)
+            raise HilaError(f"{self.root}: unknown {what} {value}")
+        return r
 
-    def predictions(self, case_id: Optional[str] = None) -> List[Prediction]:
+    def _rows_of_case(self, table: str, order_all: str, order_case: str, case_id: Optional[str]) -> List[sqlite3.Row]:
+        """All rows of a table, or one case's (the case resolved by id or name), in ledger order."""
         with self.ledger.read() as con:
             if case_id is None:
-                rows = con.execute("SELECT * FROM predictions ORDER BY prediction_id").fetchall()
-            else:
-                rows = con.execute("SELECT * FROM predictions WHERE case_id = ? ORDER BY prediction_id",
-                                   (self.case(case_id).case_id,)).fetchall()
+                return con.execute(f"SELECT * FROM {table} ORDER BY {order_all}").fetchall()
+            return con.execute(f"SELECT * FROM {table} WHERE case_id = ? ORDER BY {order_case}",
+                               (self.case(case_id).case_id,)).fetchall()
+
+    def prediction(self, prediction_id: int) -> Prediction:
+        return self._pred_from_row(self._row_by_id("predictions", "prediction_id", prediction_id, "prediction"))
+
+    def predictions(self, case_id: Optional[str] = None) -> List[Prediction]:
+        rows = self._rows_of_case("predictions", "prediction_id", "prediction_id", case_id)
         return [self._pred_from_row(r) for r in rows]
 
     def latest_prediction(self, case_id: str) -> Optional[Prediction]:
@@ -591,20 +598,10 @@ class Workspace:
         return out
 
     def correction(self, correction_id: int) -> Correction:
-        with self.ledger.read() as con:
-            r = con.execute("SELECT * FROM corrections WHERE correction_id = ?", (int(correction_id),)).fetchone()
-        if r is None:
-            raise HilaError(f"{self.root}: unknown correction {correction_id}")
-        return self._corr_from_row(r)
+        return self._corr_from_row(self._row_by_id("corrections", "correction_id", correction_id, "correction"))
 
     def corrections(self, case_id: Optional[str] = None) -> List[Correction]:
-        with self.ledger.read() as con:
-            if case_id is None:
-                rows = con.execute("SELECT * FROM corrections ORDER BY correction_id").fetchall()
-            else:
-                rows = con.execute("SELECT * FROM corrections WHERE case_id = ? ORDER BY version",
-                                   (self.case(case_id).case_id,)).fetchall()
-        return [self._corr_from_row(r) for r in rows]
+        return [self._corr_from_row(r) for r in self._rows_of_case("corrections", "correction_id", "version", case_id)]
 
     def correction_label(self, case_id: str, version: Optional[int] = None) -> sitk.Image:
         """A correction's label map (the latest version unless one is named)."""
