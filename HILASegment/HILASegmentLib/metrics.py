@@ -1,0 +1,61 @@
+"""Overlap and boundary metrics: the one definition of Dice and HD95 that the gate, the simulator and effort use.
+
+Surface distances come from SimpleITK's Maurer distance maps (physical units, any spacing), so the
+inference tier needs no scipy.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks; 1.0 when both are empty (nothing to find, nothing found)."""
+    sa, sb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+    if sa + sb == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(np.logical_and(a, b))) / (sa + sb)
+
+
+def _surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Distances (mm) from every surface voxel of ``a`` to the surface of ``b`` (arrays in k,j,i order)."""
+    ia = sitk.GetImageFromArray(a.astype(np.uint8))
+    ib = sitk.GetImageFromArray(b.astype(np.uint8))
+    sp = tuple(float(s) for s in reversed(list(spacing_zyx)))
+    ia.SetSpacing(sp)
+    ib.SetSpacing(sp)
+    contour_a = sitk.GetArrayViewFromImage(sitk.LabelContour(ia, fullyConnected=False)) > 0
+    dist_b = sitk.GetArrayViewFromImage(
+        sitk.Abs(sitk.SignedMaurerDistanceMap(sitk.LabelContour(ib, fullyConnected=False), insideIsPositive=False,
+                                              squaredDistance=False, useImageSpacing=True)))
+    return np.asarray(dist_b)[contour_a]
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> Optional[float]:
+    """Symmetric 95th-percentile Hausdorff distance in mm; 0 when both are empty, None when exactly one is."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    ea, eb = not a.any(), not b.any()
+    if ea and eb:
+        return 0.0
+    if ea or eb:
+        return None
+    d = np.concatenate([_surface_distances(a, b, spacing_zyx), _surface_distances(b, a, spacing_zyx)])
+    return float(np.percentile(d, 95))
+
+
+def per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[Tuple[int, str]],
+              spacing_zyx: Optional[Sequence[float]] = None) -> Dict[str, dict]:
+    """``{name: {"dice": d, "hd95": h}}`` for label maps on one grid (hd95 only when ``spacing_zyx`` is given)."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"label arrays differ in shape: {pred.shape} vs {ref.shape}")
+    out: Dict[str, dict] = {}
+    for value, name in labels:
+        a, b = pred == value, ref == value
+        m = {"dice": round(dice(a, b), 6)}
+        if spacing_zyx is not None:
+            h = hd95(a, b, spacing_zyx)
+            m["hd95"] = None if h is None else round(h, 4)
+        out[name] = m
+    return out
