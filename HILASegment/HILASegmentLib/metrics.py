@@ -26,11 +26,11 @@ def _surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float
     sp = tuple(float(s) for s in reversed(list(spacing_zyx)))
     ia.SetSpacing(sp)
     ib.SetSpacing(sp)
-    contour_a = sitk.GetArrayViewFromImage(sitk.LabelContour(ia, fullyConnected=False)) > 0
-    dist_b = sitk.GetArrayViewFromImage(
-        sitk.Abs(sitk.SignedMaurerDistanceMap(sitk.LabelContour(ib, fullyConnected=False), insideIsPositive=False,
-                                              squaredDistance=False, useImageSpacing=True)))
-    return np.asarray(dist_b)[contour_a]
+    contour_a = sitk.GetArrayFromImage(sitk.LabelContour(ia, fullyConnected=False)) > 0
+    # Distance to b's surface voxels (not to b's region): 0 on the surface, positive on both sides.
+    dist_b = sitk.GetArrayFromImage(sitk.DanielssonDistanceMap(sitk.LabelContour(ib, fullyConnected=False),
+                                                               inputIsBinary=True, useImageSpacing=True))
+    return dist_b[contour_a]
 
 
 def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> Optional[float]:
@@ -41,6 +41,10 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0,
         return 0.0
     if ea or eb:
         return None
+    # Distances need only the box around both masks (plus a voxel so contours stay closed): CT grids are large.
+    idx = np.nonzero(a | b)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+    a, b = a[box], b[box]
     d = np.concatenate([_surface_distances(a, b, spacing_zyx), _surface_distances(b, a, spacing_zyx)])
     return float(np.percentile(d, 95))
 
