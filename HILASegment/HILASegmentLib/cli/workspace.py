@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import emit, make_progress
 from ..errors import HilaError
+from . import emit, make_progress
 
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
@@ -31,8 +31,17 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        description="Record LABELFILE (label map or Slicer .seg.nrrd) as the next correction version of CASE.")
     p.add_argument("workspace", type=Path)
     p.add_argument("case", help="case id (or unique case name)")
-    p.add_argument("labelfile", type=Path)
-    p.add_argument("--quality", default="reviewed", choices=["reviewed", "rough", "weak"])
+    p.add_argument("labelfile", type=Path, nargs="?", default=None, help="label map or .seg.nrrd (not with --box/--lines)")
+    p.add_argument("--quality", default=None, choices=["reviewed", "rough", "weak"], help="default: reviewed; "
+                   "weak with --box/--lines")
+    p.add_argument("--label", default=None, help="weak label: the workspace label the marks are for")
+    p.add_argument("--box", default=None, metavar="X0,Y0,Z0,X1,Y1,Z1",
+                   help="weak label: two opposite box corners in mm (LPS; RAS with --ras); write --box=-12,... "
+                   "when the first number is negative")
+    p.add_argument("--lines", default=None, metavar="LONG;SHORT",
+                   help="weak label, RECIST-style: long and short diameter, each X0,Y0,Z0,X1,Y1,Z1 in mm, "
+                   "separated by ';' (e.g. '10,5,30,40,5,30;25,-8,30,25,18,30'); they must cross")
+    p.add_argument("--ras", action="store_true", help="--box/--lines points are RAS (Slicer) instead of LPS")
     p.add_argument("--annotator", default=None)
     p.add_argument("--seconds", type=float, default=None, help="time spent correcting")
     p.add_argument("--based-on", type=int, default=None, help="prediction id this corrects (default: the case's latest)")
@@ -110,10 +119,55 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _weak_label(ws, args):
+    """The pseudo-mask label image (case grid) and the marks, from --label with --box or --lines."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .. import weak
+    if args.box and args.lines:
+        raise HilaError("submit: --box or --lines, not both")
+    if args.labelfile is not None:
+        raise HilaError(f"submit: {args.labelfile}: a label file and --box/--lines at once; give one")
+    if args.quality not in (None, "weak"):
+        raise HilaError(f"submit: --box/--lines make a weak label, not {args.quality}")
+    if not args.label:
+        raise HilaError("submit: --box/--lines need --label NAME")
+    value = next((v for v, n in ws.settings.label_pairs() if n.lower() == args.label.strip().lower()), None)
+    if value is None:
+        raise HilaError(f"--label {args.label}: not a label of this workspace ({', '.join(n for _, n in ws.settings.label_pairs())})")
+    case = ws.case(args.case)
+    image = ws.case_image(case.case_id)
+    if args.box:
+        box = weak.parse_numbers(args.box, 6, "--box")
+        mask = weak.box_mask(image, box, ras=args.ras)
+        marks = {"label": args.label, "box": box.tolist()}
+    else:
+        parts = str(args.lines).split(";")
+        if len(parts) != 2:
+            raise HilaError(f"--lines {args.lines!r}: need LONG;SHORT, each X0,Y0,Z0,X1,Y1,Z1")
+        long_l, short_l = (weak.parse_numbers(t, 6, "--lines") for t in parts)
+        mask = weak.lines_mask(image, long_l, short_l, ras=args.ras)
+        marks = {"label": args.label, "lines": [long_l.tolist(), short_l.tolist()]}
+    marks["space"] = "RAS" if args.ras else "LPS"
+    if not mask.any():
+        raise HilaError("submit: the marks give an empty pseudo-mask")
+    lab = sitk.GetImageFromArray((mask * value).astype(np.uint8))
+    lab.CopyInformation(image)
+    return case.case_id, lab, marks
+
+
 def cmd_submit(args) -> int:
     with _open(args.workspace) as ws:
-        c = ws.submit(args.case, args.labelfile, quality=args.quality, annotator=args.annotator, seconds=args.seconds,
-                      based_on=args.based_on, strict=args.strict)
+        if args.box or args.lines:
+            case_id, label, marks = _weak_label(ws, args)
+            c = ws.submit(case_id, label, quality="weak", annotator=args.annotator, seconds=args.seconds,
+                          based_on=args.based_on, source="marks", marks=marks)
+        else:
+            if args.labelfile is None:
+                raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")
+            c = ws.submit(args.case, args.labelfile, quality=args.quality or "reviewed", annotator=args.annotator,
+                          seconds=args.seconds, based_on=args.based_on, strict=args.strict)
         res = {"case_id": c.case_id, "correction": c.to_dict(), "version": c.version, "quality": c.quality}
     e = c.effort
     dice = ", ".join(f"{k} {v:.3f}" for k, v in e.get("dice", {}).items() if v is not None)

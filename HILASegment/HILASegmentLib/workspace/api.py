@@ -519,8 +519,10 @@ class Workspace:
 
     def submit(self, case_id: str, label: Any, quality: str = "reviewed", annotator: Optional[str] = None,
                seconds: Optional[float] = None, based_on: Optional[int] = None, strict: bool = False,
-               source: Optional[str] = None) -> Correction:
+               source: Optional[str] = None, marks: Optional[dict] = None) -> Correction:
         """Record a corrected label for a case as its next version (earlier versions stay).
+
+        ``marks`` (weak labels): the box/lines the pseudo-mask was made from, kept in the effort JSON.
 
         ``label`` is a SimpleITK label map on the case's grid or a segfile ``Segmentation``. The
         effort (Dice per label, voxels changed) is measured against the prediction it corrects
@@ -546,6 +548,8 @@ class Workspace:
         effort.update(notes)
         if source:
             effort["source"] = str(source)
+        if marks:
+            effort["marks"] = marks
         annotator = annotator if annotator else _user()
         staged = self.files.stage(_writer(img), ".nrrd")
         try:

@@ -1,0 +1,128 @@
+"""Weak labels: quick clinical marks (a box, RECIST-style diameter lines) in physical mm -> a pseudo-mask.
+
+Plain functions on SimpleITK images (numpy + SimpleITK only). Points are LPS (ITK's physical space)
+unless ``ras=True`` (Slicer's RAS: x and y negated).
+
+- ``box_mask(image, corners)``: two opposite corners X0,Y0,Z0,X1,Y1,Z1 -> the ellipsoid inscribed in
+  the box, refined by the image: voxels of the ellipsoid whose
+  intensity lies within the robust range (median +- 3.5 MAD-sigma) of the ellipsoid's central core, then
+  holes filled and the largest connected piece kept. Falls back to the plain ellipsoid when the
+  refinement keeps less than half of it.
+- ``lines_mask(image, long, short)``: a long and a short diameter (each two points, 6 numbers) that
+  cross in one slice -> their bounding box in 3-D (the third half-axis = half the short diameter),
+  then as ``box_mask``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import HilaError
+
+
+def parse_numbers(text: str, n: int, what: str) -> np.ndarray:
+    try:
+        vals = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise HilaError(f"{what} {text!r}: not numbers") from None
+    if len(vals) != n or not np.all(np.isfinite(vals)):
+        raise HilaError(f"{what} {text!r}: need {n} comma-separated numbers (mm)")
+    return np.asarray(vals, float)
+
+
+def _to_lps(points: np.ndarray, ras: bool) -> np.ndarray:
+    p = np.asarray(points, float).reshape(-1, 3).copy()
+    if ras:
+        p[:, :2] *= -1
+    return p
+
+
+def _physical_grid(image: sitk.Image, lo_idx: np.ndarray, hi_idx: np.ndarray) -> np.ndarray:
+    """Physical points (z, y, x, 3) of the index sub-block [lo, hi] (ITK i, j, k order)."""
+    ii, jj, kk = (np.arange(lo_idx[a], hi_idx[a] + 1) for a in range(3))
+    K, J, I = np.meshgrid(kk, jj, ii, indexing="ij")
+    idx = np.stack([I, J, K], -1).astype(float)
+    d = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    sp = np.asarray(image.GetSpacing(), float)
+    return np.asarray(image.GetOrigin(), float) + (idx * sp) @ d.T
+
+
+def _index_block(image: sitk.Image, corners: np.ndarray, what: str):
+    size = np.asarray(image.GetSize())
+    pts = [np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(map(float, c)))) for c in
+           [(x, y, z) for x in corners[:, 0] for y in corners[:, 1] for z in corners[:, 2]]]
+    pts = np.asarray(pts)
+    lo = np.floor(pts.min(0)).astype(int)
+    hi = np.ceil(pts.max(0)).astype(int)
+    if np.any(hi < 0) or np.any(lo > size - 1):
+        raise HilaError(f"{what}: outside the image (index {lo.tolist()}..{hi.tolist()}, image size {size.tolist()})")
+    return np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
+
+
+def box_mask(image: sitk.Image, corners: Sequence[float], ras: bool = False, refine: bool = True) -> np.ndarray:
+    """Pseudo-mask (z, y, x bool array on the image grid) from two opposite box corners in mm."""
+    c = _to_lps(corners, ras)
+    if c.shape != (2, 3):
+        raise HilaError("box: need X0,Y0,Z0,X1,Y1,Z1")
+    lo_mm, hi_mm = c.min(0), c.max(0)
+    if np.any(hi_mm - lo_mm <= 0):
+        raise HilaError(f"box {c.ravel().tolist()}: zero size along an axis")
+    lo, hi = _index_block(image, np.stack([lo_mm, hi_mm]), f"box {c.ravel().round(2).tolist()}")
+    centre, half = (lo_mm + hi_mm) / 2, (hi_mm - lo_mm) / 2
+    half = np.maximum(half, np.asarray(image.GetSpacing()).min() / 2)
+    # grow the block so that the grown ellipsoid fits
+    lo2, hi2 = _index_block(image, np.stack([centre - 1.0 * half, centre + 1.0 * half]), "box")
+    lo, hi = np.minimum(lo, lo2), np.maximum(hi, hi2)
+    pts = _physical_grid(image, lo, hi)
+    r = np.sqrt((((pts - centre) / half) ** 2).sum(-1))
+    out = np.zeros(image.GetSize()[::-1], bool)
+    sl = tuple(slice(lo[a], hi[a] + 1) for a in (2, 1, 0))
+    ell = r <= 1.0
+    if not ell.any():
+        raise HilaError(f"box {c.ravel().round(2).tolist()}: smaller than one voxel of the image")
+    mask = ell
+    if refine:
+        vals = sitk.GetArrayViewFromImage(image)[sl].astype(float)
+        core = vals[r <= 0.5] if (r <= 0.5).any() else vals[ell]
+        med = np.median(core)
+        sig = 1.4826 * np.median(np.abs(core - med)) + 1e-6
+        ok = (r <= 1.0) & (np.abs(vals - med) <= 3.5 * sig)
+        ref = _largest_filled(ok)
+        if ref.sum() >= 0.5 * ell.sum():
+            mask = ref
+    out[sl] = mask
+    return out
+
+
+def _largest_filled(m: np.ndarray) -> np.ndarray:
+    img = sitk.GetImageFromArray(m.astype(np.uint8))
+    img = sitk.BinaryMorphologicalClosing(img, [1, 1, 1])
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(img), sortByObjectSize=True)
+    big = sitk.BinaryFillhole(sitk.Equal(cc, 1))
+    return sitk.GetArrayFromImage(big).astype(bool)
+
+
+def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequence[float], ras: bool = False,
+               refine: bool = True) -> np.ndarray:
+    """Pseudo-mask from a long and a short diameter (each X0,Y0,Z0,X1,Y1,Z1 in mm) that cross."""
+    a, b = _to_lps(long_line, ras), _to_lps(short_line, ras)
+    la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
+    if la <= 0 or lb <= 0:
+        raise HilaError("lines: a line of zero length")
+    # closest points of the two segments: they must meet (within one voxel diagonal) inside both
+    u, v, w = a[1] - a[0], b[1] - b[0], a[0] - b[0]
+    A, B, C, D, E = u @ u, u @ v, v @ v, u @ w, v @ w
+    den = A * C - B * B
+    s = 0.5 if den < 1e-9 else (B * E - C * D) / den
+    t = 0.5 if den < 1e-9 else (A * E - B * D) / den
+    tol = float(np.linalg.norm(image.GetSpacing()))
+    if not (-0.05 <= s <= 1.05 and -0.05 <= t <= 1.05) or np.linalg.norm((a[0] + s * u) - (b[0] + t * v)) > tol:
+        raise HilaError("lines: the long and the short diameter do not cross")
+    centre = ((a[0] + s * u) + (b[0] + t * v)) / 2
+    n = np.cross(u, v)
+    n = n / (np.linalg.norm(n) + 1e-12)
+    pts = np.concatenate([a, b, [centre + n * lb / 2, centre - n * lb / 2]])
+    box = np.concatenate([pts.min(0), pts.max(0)])
+    return box_mask(image, box, ras=False, refine=refine)

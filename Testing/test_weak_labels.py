@@ -1,0 +1,95 @@
+"""Weak labels: a box or RECIST-style diameter lines on the real CT become a pseudo-mask (hila submit --box/--lines),
+recorded as quality weak with its marks; every bad input leaves the workspace as it was."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import shared
+from HILASegmentLib import metrics, weak
+from HILASegmentLib.cli import main
+from ws_worker import state
+
+DATA = Path(__file__).resolve().parent / "Data"
+
+
+def run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def organ_box(lab: sitk.Image, value: int) -> list:
+    a = sitk.GetArrayFromImage(lab) == value
+    k, j, i = np.nonzero(a)
+    pts = [lab.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+           for x in (i.min(), i.max()) for y in (j.min(), j.max()) for z in (k.min(), k.max())]
+    return list(np.min(pts, 0)) + list(np.max(pts, 0))
+
+
+@pytest.fixture
+def small(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate,bladder,rectum")[0] == 0
+    rc, out, err = run(capsys, "import", ws, DATA / "pelvic_ct_small.nrrd", "--json")
+    assert rc == 0, err
+    case = [json.loads(ln) for ln in out.splitlines() if '"result"' in ln][-1]["case_id"]
+    lab = sitk.ReadImage(str(DATA / "pelvic_ct_small_labels.nii.gz"))
+    return ws, case, lab
+
+
+def test_box_pseudo_mask_on_real_ct_prostate_and_bladder():
+    d = shared("pelvic_ct", "Pelvic-Ref005")
+    if not (d / "ct.nii.gz").exists():
+        pytest.skip(f"real CT not found at {d}")
+    im, lab = sitk.ReadImage(str(d / "ct.nii.gz")), sitk.ReadImage(str(d / "labels_manual.nii.gz"))
+    ref = sitk.GetArrayFromImage(lab)
+    for value in (1, 2):
+        m = weak.box_mask(im, organ_box(lab, value))
+        assert metrics.dice(m, ref == value) >= 0.7, value
+        # RAS corners (Slicer) give the same mask
+        b = np.asarray(organ_box(lab, value)).reshape(2, 3) * [-1, -1, 1]
+        assert np.array_equal(weak.box_mask(im, b.ravel(), ras=True), m)
+
+
+def test_submit_box_and_lines_record_weak_with_marks(small, capsys):
+    ws, case, lab = small
+    box = organ_box(lab, 1)
+    rc, out, err = run(capsys, "submit", ws, case, "--label", "Prostate", "--box=" + ",".join(map(str, box)), "--json")
+    assert rc == 0, err
+    res = [json.loads(ln) for ln in out.splitlines() if '"result"' in ln][-1]
+    assert res["quality"] == "weak"
+    assert res["correction"]["effort"]["marks"]["box"] == pytest.approx(box)
+    c = np.asarray(box).reshape(2, 3).mean(0)
+    h = (np.asarray(box[3:]) - box[:3]) / 2
+    long_l = f"{c[0]-h[0]},{c[1]},{c[2]},{c[0]+h[0]},{c[1]},{c[2]}"
+    short_l = f"{c[0]},{c[1]-h[1]},{c[2]},{c[0]},{c[1]+h[1]},{c[2]}"
+    rc, out, err = run(capsys, "submit", ws, case, "--label", "bladder", f"--lines={long_l};{short_l}", "--json")
+    assert rc == 0, err
+    rc, out, err = run(capsys, "status", ws, "--json")
+    st = [json.loads(ln) for ln in out.splitlines() if '"result"' in ln][-1]
+    assert st["corrections"]["by_quality"]["weak"] == 2
+
+
+def test_bad_marks_change_nothing(small, capsys):
+    ws, case, lab = small
+    box = ",".join(map(str, organ_box(lab, 1)))
+    b = organ_box(lab, 1)
+    flat = ",".join(map(str, b[:3] + [b[3], b[4], b[2]]))
+    c = np.asarray(b).reshape(2, 3).mean(0)
+    apart = f"{b[0]},{c[1]},{b[2]},{b[3]},{c[1]},{b[2]};{c[0]},{b[1]},{b[5]},{c[0]},{b[4]},{b[5]}"
+    before = state(ws)
+    for args, word in [(["--box", "9000,9000,9000,9001,9001,9001"], "outside"),
+                       ([f"--box={flat}"], "zero size"),
+                       (["--box", "1,2,3"], "6"),
+                       ([f"--lines={apart}"], "do not cross"),
+                       ([DATA / "pelvic_ct_small_labels.nii.gz", f"--box={box}"], "at once"),
+                       ([f"--box={box}", "--quality", "rough"], "weak")]:
+        rc, _, err = run(capsys, "submit", ws, case, *args, "--label", "prostate")
+        assert rc == 2 and err.startswith("hila: error:") and word in err and len(err.strip().splitlines()) == 1, err
+    rc, _, err = run(capsys, "submit", ws, case, "--label", "liver", f"--box={box}")
+    assert rc == 2 and "liver" in err
+    assert state(ws) == before
