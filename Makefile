@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check HILASegment scripts Testing
 	$(BIN)/python -m pytest -q Testing
 
 demo: $(STAMP)

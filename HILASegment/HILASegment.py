@@ -4,6 +4,7 @@ Thin glue: every decision lives in the engine (``HILASegmentLib``, plain Python,
 Slicer). This file turns MRML nodes into engine objects and back, owns the UI, and runs long work
 (inference, training) in a child process watched by a QTimer, so the GUI never blocks.
 """
+import importlib
 import logging
 import os
 import re
@@ -15,8 +16,12 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from HILASegmentLib import dependencies, mrmlgeometry, panels
@@ -577,7 +582,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install(dependencies.pip_argument_string([plan.torch_pip_spec]))
         if plan.pip_specs:
             try:
-                import slicer.packaging  # noqa: F401  (Slicer 5.12+; skip_packages protects what Slicer ships)
+                importlib.import_module("slicer.packaging")  # Slicer 5.12+; skip_packages protects what Slicer ships (a local `import slicer.x` would make `slicer` local here)
             except ImportError:
                 pass
             if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_install"):

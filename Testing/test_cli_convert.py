@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-
 from conftest import FIXTURES, ROOT, shared
 from test_imageio import write_dicom_series
 

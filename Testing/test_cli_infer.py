@@ -7,15 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ROOT, shared
-from HILASegmentLib.cli import main
 from tiny_models import dice, phantom, rotation, tiny_model
+
+from HILASegmentLib.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
 from conftest import shared
+from ws_worker import make_label, make_volume, state
+
 from HILASegmentLib.cli import main
 from HILASegmentLib.workspace import SCHEMA_VERSION, Workspace
-from ws_worker import make_label, make_volume, state
 
 ROOT = Path(__file__).resolve().parents[1]
 

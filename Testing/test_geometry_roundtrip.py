@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-
 from conftest import FIXTURES, SHARED_DATA
+
 from HILASegmentLib import imageio, segfile
 
 TOL = 1e-6

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import FIXTURES, shared
+
 from HILASegmentLib import imageio
 from HILASegmentLib.errors import HilaError
 

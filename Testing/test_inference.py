@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tiny_models import dice, phantom, rotation, threshold_onnx, tiny_card, tiny_model
 
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.inference import TAG_CHECKSUM, TAG_MODEL, TAG_VERSION, Segmenter, model_grid
 from HILASegmentLib.modelcard import write_card
-from tiny_models import dice, phantom, rotation, threshold_onnx, tiny_card, tiny_model
 
 ORIENTATIONS = {
     "identity": np.eye(3),
@@ -103,6 +102,7 @@ def test_tta(models):
 
 def test_segmentation_has_names_colours_and_provenance(models, tmp_path):
     import slicerio
+
     from HILASegmentLib.segfile import write_segmentation
 
     img, _ = phantom((40, 40, 12), (1.0, 1.0, 2.5), ORIENTATIONS["oblique_35_3axes"])
@@ -207,7 +207,7 @@ def test_models_that_do_not_load(tmp_path):
     assert "no model card" in one_line(e)
     # a well-formed file whose graph onnxruntime cannot run (an unknown operator)
     import onnx
-    from onnx import helper, TensorProto
+    from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["output"], domain="x.unknown")], "g",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 1, "x", "y", "z"])],

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib import modelcard as mc
-from HILASegmentLib.modelcard import LabelInfo, ModelCard, read_card, resolve_model, write_card
-from HILASegmentLib.windows import gaussian_importance, gaussian_smooth, window_slices
 from tiny_models import threshold_onnx, tiny_card, tiny_model
+
+from HILASegmentLib import modelcard as mc
+from HILASegmentLib.errors import HilaError
+from HILASegmentLib.modelcard import ModelCard, read_card, resolve_model, write_card
+from HILASegmentLib.windows import gaussian_importance, gaussian_smooth, window_slices
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -188,8 +187,8 @@ def test_gaussian_smooth_matches_scipy():
 
 
 def test_window_placement_matches_monai():
-    from monai.inferers.utils import _get_scan_interval
     from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
 
     for size, win, ov in [((230, 200, 29), (128, 128, 32), 0.5), ((300, 140, 60), (96, 96, 48), 0.25), ((128, 128, 32), (128, 128, 32), 0.5)]:
         padded = tuple(max(s, w) for s, w in zip(size, win))

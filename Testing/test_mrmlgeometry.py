@@ -10,11 +10,21 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import shared
+
 from HILASegmentLib.mrmlgeometry import (
-    LPS_TO_RAS, array_to_image, color_to_float, edit_allowed_mask, geometry_from_ijk_to_ras, image_to_array,
-    ijk_to_ras_matrix, label_masks, lps_to_ras, masks_to_label, ras_to_lps, same_geometry,
+    LPS_TO_RAS,
+    array_to_image,
+    color_to_float,
+    edit_allowed_mask,
+    geometry_from_ijk_to_ras,
+    ijk_to_ras_matrix,
+    image_to_array,
+    label_masks,
+    lps_to_ras,
+    masks_to_label,
+    ras_to_lps,
+    same_geometry,
     voxel_to_ras,
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from HILASegmentLib.processrunner import OutputLine, ProcessRunner, engine_command, python_executable
+from HILASegmentLib.processrunner import ProcessRunner, engine_command, python_executable
 
 POSIX = os.name == "posix"
 
@@ -259,6 +259,7 @@ def _train_available() -> bool:
 
 def _two_case_workspace(tmp_path):
     import SimpleITK as sitk
+
     from HILASegmentLib.workspace import Workspace
 
     root = Path(__file__).resolve().parents[1]

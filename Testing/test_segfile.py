@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-
 from conftest import FIXTURES, SHARED_DATA
+
 from HILASegmentLib import imageio, segfile
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.segfile import Segmentation

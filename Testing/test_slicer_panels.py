@@ -1,7 +1,6 @@
 """The rows the Slicer panel shows (case table, model table, learning curve), on a real workspace."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -81,6 +80,7 @@ def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking
     import json
     import subprocess
     import sys
+
     from HILASegmentLib.workspace import Workspace
     ws = Workspace.create(tmp_path / "ws", "MR", ["bladder", "prostate"])  # prostate is 2 here, 1 in the model
     a = ws.import_volume(MRI)
@@ -122,7 +122,7 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
     numpy volumes -> workspace -> tiny model in a child -> prediction -> edited correction -> training.)
     """
     import sys
-    import time
+
     from HILASegmentLib.imageio import write_image
     from HILASegmentLib.mrmlgeometry import array_to_image
     from HILASegmentLib.processrunner import ProcessRunner, engine_command

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ROOT, shared
+
 from HILASegmentLib.imageio import read_image, same_grid
 from HILASegmentLib.modelcard import resolve_model
 from HILASegmentLib.segfile import read_segmentation

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import shared
 
 pytest.importorskip("torch")

@@ -8,10 +8,10 @@ import sqlite3
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.workspace import SCHEMA_VERSION, Workspace
-from ws_worker import make_label, make_volume, state
 
 LABELS = ["prostate", "bladder", "rectum"]
 

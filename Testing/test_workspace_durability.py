@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ws_worker import make_label, make_volume
 
 from HILASegmentLib.workspace import Workspace
-from ws_worker import make_label, make_volume
 
 WORKER = Path(__file__).with_name("ws_worker.py")
 

@@ -63,8 +63,9 @@ def tiny_model(folder: Path, activation: str = "sigmoid", name: str = "tiny.onnx
     if embed:
         write_card(path, card)
     else:
-        from HILASegmentLib.modelcard import onnx_checksum
         import dataclasses
+
+        from HILASegmentLib.modelcard import onnx_checksum
 
         card = dataclasses.replace(card, checksum=onnx_checksum(path))
         (Path(folder) / (name[:-5] + ".card.json")).write_text(card.to_json(indent=1), encoding="utf-8")

@@ -27,7 +27,6 @@ import SimpleITK as sitk  # noqa: E402
 
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
-
 # -- small synthetic fixtures and state snapshots, shared by the workspace tests -------------------
 
 def make_volume(path, size=(32, 32, 24), spacing=(1.0, 1.0, 2.0), origin=(-10.0, 5.0, 3.0), seed=0):

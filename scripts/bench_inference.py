@@ -107,8 +107,15 @@ class _CountingPredictor:
 
 def _monai_pipeline(card):
     import torch
-    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
-                                  Orientationd, Spacingd)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Spacingd,
+    )
 
     return Compose([
         LoadImaged(keys="image"),
@@ -144,9 +151,9 @@ def _monai_run(card, pre, predictor, image_path):
 
 def worker_monai(a) -> dict:
     t0 = time.perf_counter()
+    import monai  # noqa: F401
     import numpy as np
     import torch  # noqa: F401  (the import is part of what this pipeline costs)
-    import monai  # noqa: F401
 
     sys.path.insert(0, str(ROOT / "HILASegment"))
     from HILASegmentLib.modelcard import resolve_model
@@ -350,7 +357,7 @@ def main(argv=None) -> int:
         return 2
     ref = Path(str(a.image).replace(".nrrd", "_taps.nii.gz"))
     tmp = Path(tempfile.mkdtemp(prefix="hila-bench-"))
-    rows, figures = [], {"image": str(a.image), "load": os.getloadavg()[0]}
+    figures = {"image": str(a.image), "load": os.getloadavg()[0]}
     print(f"image {a.image.name}; model {a.model}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
           flush=True)
 

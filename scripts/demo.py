@@ -131,11 +131,15 @@ def main(argv=None) -> int:
         pts = [(int(r[0]), r[3], r[4]) for r in rows if r[1] != "none"]
         fig, ax1 = plt.subplots(figsize=(5, 3.2))
         ax1.plot([p[0] for p in pts], [p[2] or 0 for p in pts], "o-", color="tab:blue", label="Dice of the proposal")
-        ax1.set_xticks([p[0] for p in pts]); ax1.set_xlabel("round"); ax1.set_ylabel("Dice (prediction vs accepted)", color="tab:blue"); ax1.set_ylim(0, 1)
+        ax1.set_xticks([p[0] for p in pts])
+        ax1.set_xlabel("round")
+        ax1.set_ylabel("Dice (prediction vs accepted)", color="tab:blue")
+        ax1.set_ylim(0, 1)
         ax2 = ax1.twinx()
         ax2.plot([p[0] for p in pts], [p[1] or 0 for p in pts], "s--", color="tab:red")
         ax2.set_ylabel("voxels the radiologist changed", color="tab:red")
-        ax1.set_title("HILASegment demo: effort per round"); fig.tight_layout()
+        ax1.set_title("HILASegment demo: effort per round")
+        fig.tight_layout()
         fig.savefig(a.out / "learning_curve.png", dpi=120)
         print(f"  plot: {a.out / 'learning_curve.png'}")
     except ImportError:

@@ -73,6 +73,7 @@ def run_in_slicer(slicer, args):
     """Slicer's loader -> engine -> segmentation node -> Slicer's writer. Returns a one-line summary."""
     import numpy as np
     import vtk
+
     from HILASegmentLib import mrmlgeometry
     from HILASegmentLib.errors import HilaError
     from HILASegmentLib.inference import Segmenter

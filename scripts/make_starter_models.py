@@ -44,14 +44,13 @@ def make_workspace(path: Path, data: Path, cases):
 
 def untrained_dice(card: dict, data: Path, case: str) -> dict:
     """Dice of the same network with its initial (untrained) weights on the held-out case, on the model grid."""
-    import numpy as np
+
+    import torch
 
     from HILASegmentLib.imageio import read_image, read_label
     from HILASegmentLib.training import dataset as ds
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training.loop import dice_per_class, predict_volume
-
-    import torch
 
     torch.manual_seed(0)
     arch = {k: v for k, v in card["architecture"].items() if k != "parameters"}
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
     if not data.is_dir():
         print(f"no pelvic CT data at {data}", file=sys.stderr)
         return 2
-    from HILASegmentLib.imageio import read_image, read_label
     from HILASegmentLib.modelcard import ModelCard, read_card, write_card
     from HILASegmentLib.training.gate import evaluate_model
 

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     import onnx
+
     from HILASegmentLib.modelcard import write_card
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
 import threading
 import zlib
-import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 

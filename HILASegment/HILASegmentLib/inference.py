@@ -10,7 +10,6 @@ per-voxel uncertainty map. Only numpy, SimpleITK and onnxruntime are imported: n
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import HilaError
-from .modelcard import ModelCard, inspect_onnx, read_card, resolve_model, verify_checksum
+from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
@@ -454,7 +453,7 @@ class Segmenter:
 
 def _extract(arr: np.ndarray, region) -> np.ndarray:
     """``arr[region]`` where ``region`` may leave the array (zero padding there)."""
-    src, dst, pads = [], [], []
+    src, pads = [], []
     for (lo, hi), n in zip(region, arr.shape):
         a, b = max(lo, 0), min(hi, n)
         src.append(slice(a, b))

@@ -8,7 +8,7 @@ workspace's) makes them testable on a real workspace without Slicer.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
            "model_dice", "learning_curve", "compare_text", "prediction_from_file", "model_for"]

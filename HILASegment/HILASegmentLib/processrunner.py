@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, IO, Iterable, List, Optional, Protocol, Sequence
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence
 
 __all__ = [
     "ChildProcess", "PopenChild", "popen_factory", "OutputLine", "RunOutcome", "ProcessRunner",

@@ -27,8 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import HilaError
-from .imageio import (PathLike, as_label_image, atomic_output, describe_grid, grid_difference, read_label,
-                      volume_suffix)
+from .imageio import PathLike, as_label_image, atomic_output, describe_grid, grid_difference, read_label, volume_suffix
 
 Color = Tuple[float, float, float]
 LabelSpec = Tuple[int, str, Optional[Color]]

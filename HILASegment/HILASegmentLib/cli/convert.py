@@ -47,8 +47,8 @@ def _kind_of_output(path: str) -> str:
 
 def convert(src: str, dst: str, names=None, reference: str | None = None) -> dict:
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
-    from ..errors import HilaError
     from .. import imageio, segfile
+    from ..errors import HilaError
 
     out_kind = _kind_of_output(dst)
     src_p = Path(src)

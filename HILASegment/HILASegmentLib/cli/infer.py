@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from . import emit, make_progress
 from ..errors import HilaError
+from . import emit, make_progress
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 

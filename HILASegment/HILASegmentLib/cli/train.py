@@ -63,8 +63,8 @@ def register(sub, parent) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import emit, make_progress
     from ..training.run import TrainOptions, train_workspace
+    from . import emit, make_progress
 
     opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,

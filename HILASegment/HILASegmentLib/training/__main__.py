@@ -8,7 +8,8 @@ _T0 = time.monotonic()
 def main(argv=None) -> int:
     import argparse
 
-    from ..cli import common_parent, main as cli_main
+    from ..cli import common_parent
+    from ..cli import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):

@@ -8,7 +8,6 @@ the few milliseconds of registration itself run with those signals held back.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal

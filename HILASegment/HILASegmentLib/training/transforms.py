@@ -12,13 +12,13 @@ from typing import Sequence
 import numpy as np
 from monai.transforms import (
     Compose,
-    MapTransform,
-    Randomizable,
     EnsureTyped,
+    MapTransform,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
 )

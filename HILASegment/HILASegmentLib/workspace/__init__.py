@@ -6,8 +6,18 @@ models and training runs, and the immutable files they point to.
 """
 from .api import Workspace, content_hash, parse_labels, parse_modality
 from .ledger import LEDGER_NAME, SCHEMA_VERSION
-from .records import (QUALITIES, Case, CheckReport, Correction, ModelRecord, Prediction, Settings, SnapshotItem,
-                      TrainingRun, WorkspaceLabel)
+from .records import (
+                      QUALITIES,
+                      Case,
+                      CheckReport,
+                      Correction,
+                      ModelRecord,
+                      Prediction,
+                      Settings,
+                      SnapshotItem,
+                      TrainingRun,
+                      WorkspaceLabel,
+)
 
 __all__ = ["Workspace", "Case", "Prediction", "Correction", "ModelRecord", "SnapshotItem", "TrainingRun", "Settings",
            "WorkspaceLabel", "CheckReport", "QUALITIES", "LEDGER_NAME", "SCHEMA_VERSION", "content_hash",

@@ -28,9 +28,23 @@ from ..errors import HilaError
 from ..progress import ProgressFn, null_progress
 from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged, fsync_dir
 from .ledger import LEDGER_NAME, SCHEMA_VERSION, Ledger
-from .records import (MODALITIES, MODEL_STATUSES, QUALITIES, RUN_STATUSES, Case, CheckReport, Correction,
-                      ModelRecord, Prediction, Settings, SnapshotItem, TrainingRun, WorkspaceLabel,
-                      default_colour, dumps)
+from .records import (
+    MODALITIES,
+    MODEL_STATUSES,
+    QUALITIES,
+    RUN_STATUSES,
+    Case,
+    CheckReport,
+    Correction,
+    ModelRecord,
+    Prediction,
+    Settings,
+    SnapshotItem,
+    TrainingRun,
+    WorkspaceLabel,
+    default_colour,
+    dumps,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 _GENERIC_NAMES = {"ct", "mr", "mri", "t2", "t2w", "image", "img", "volume", "vol", "data", "scan", "series", "dicom"}
