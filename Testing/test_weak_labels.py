@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import shared
+from ws_worker import state
+
 from HILASegmentLib import metrics, weak
 from HILASegmentLib.cli import main
-from ws_worker import state
 
 DATA = Path(__file__).resolve().parent / "Data"
 
