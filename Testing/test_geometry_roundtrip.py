@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
-from HILASegmentLib import imageio, segfile
+from HILASegmentLib import imageio, labelio, segfile
 
 TOL = 1e-6
 
@@ -45,7 +45,7 @@ TRANSFORMS = {
 
 def _label_for(vol: sitk.Image, label_path: Path | None) -> sitk.Image:
     if label_path is not None and label_path.exists():
-        lab = imageio.read_label(label_path, vol)
+        lab = labelio.read_label(label_path, vol)
         lab.CopyInformation(vol)  # same grid to tolerance (NIfTI float32): take the volume's exact geometry
         return sitk.Cast(lab, sitk.sitkUInt8)
     # no label: an off-centre ellipsoid, so flips and permutations matter

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import FIXTURES, shared
 
-from HILASegmentLib import imageio
+from HILASegmentLib import imageio, labelio
 from HILASegmentLib.errors import HilaError
 
 CT = FIXTURES / "pelvic_ct_small.nrrd"
@@ -127,41 +127,41 @@ def test_geometry_helpers():
 
 def test_read_label_checks_grid_and_type(tmp_path):
     ct = imageio.read_image(CT)
-    lab = imageio.read_label(CT_LABELS, ct)  # NIfTI label on an NRRD image: float32 geometry, still same grid
+    lab = labelio.read_label(CT_LABELS, ct)  # NIfTI label on an NRRD image: float32 geometry, still same grid
     assert lab.GetPixelID() == sitk.sitkUInt8 and set(np.unique(arr(lab))) >= {0, 1}
 
     other = imageio.read_image(MRI)
     with pytest.raises(HilaError) as e:
-        imageio.read_label(CT_LABELS, other)
+        labelio.read_label(CT_LABELS, other)
     msg = assert_one_line_error(e, str(CT_LABELS), "label grid", "image grid", "size 55x54x19", "size 60x43x13")
     assert "not on the image's grid" in msg
 
     # float label maps with whole values are accepted (cast), intensities and negatives are not
     f = sitk.Cast(lab, sitk.sitkFloat32)
     imageio.write_image(f, tmp_path / "float_label.nrrd")
-    assert imageio.read_label(tmp_path / "float_label.nrrd").GetPixelID() == sitk.sitkUInt8
+    assert labelio.read_label(tmp_path / "float_label.nrrd").GetPixelID() == sitk.sitkUInt8
     with pytest.raises(HilaError) as e:
-        imageio.read_label(CT)
+        labelio.read_label(CT)
     assert_one_line_error(e, "not a label map", "negative")
     noisy = sitk.Cast(lab, sitk.sitkFloat32) * 0.5
     imageio.write_image(noisy, tmp_path / "half.nrrd")
     with pytest.raises(HilaError) as e:
-        imageio.read_label(tmp_path / "half.nrrd")
+        labelio.read_label(tmp_path / "half.nrrd")
     assert_one_line_error(e, "half.nrrd", "non-integer")
 
 
 def test_read_label_accepts_a_seg_nrrd_and_places_it_on_the_reference():
     seg_path = FIXTURES / "Segmentation.seg.nrrd"
-    lab = imageio.read_label(seg_path)
+    lab = labelio.read_label(seg_path)
     assert set(np.unique(arr(lab))) == set(range(8))
     # a reference on the same lattice but a larger extent (as a CT is to a cropped segmentation)
     ref = sitk.ConstantPad(sitk.Cast(lab, sitk.sitkInt16), [2, 3, 1], [4, 0, 2], -1000)
-    on_ref = imageio.read_label(seg_path, ref)
+    on_ref = labelio.read_label(seg_path, ref)
     assert imageio.same_grid(on_ref, ref, 1e-9)
     assert np.array_equal(np.bincount(arr(on_ref).ravel())[1:], np.bincount(arr(lab).ravel())[1:])
     # a reference that cuts segmented voxels off is refused
     with pytest.raises(HilaError) as e:
-        imageio.read_label(seg_path, ref[5:, :, :])
+        labelio.read_label(seg_path, ref[5:, :, :])
     assert_one_line_error(e, "outside the image grid")
 
 
@@ -294,5 +294,5 @@ def test_real_ct_label_maps_are_on_their_ct_grid():
     case = shared("pelvic_ct", "Pelvic-Ref002")
     ct = imageio.read_image(case / "ct.nii.gz")
     for name in ("labels_manual.nii.gz", "labels_dl.nii.gz", "labels_mbs.nii.gz"):
-        lab = imageio.read_label(case / name, ct)
+        lab = labelio.read_label(case / name, ct)
         assert 1 in np.unique(arr(lab))

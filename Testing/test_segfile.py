@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
-from HILASegmentLib import imageio, segfile
+from HILASegmentLib import imageio, labelio, segfile
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.segfile import Segmentation
 
@@ -149,7 +149,7 @@ def assert_exact_grid(path: Path, volume: sitk.Image, tol: float = 1e-6) -> None
                                          ("prostate_mri_oblique_small.nrrd", "prostate_mri_oblique_small_taps.nii.gz")])
 def test_from_label_image_keeps_the_volume_grid(tmp_path, image, label):
     vol = imageio.read_image(FIXTURES / image)
-    lab = imageio.read_label(FIXTURES / label, vol)
+    lab = labelio.read_label(FIXTURES / label, vol)
     lab.CopyInformation(vol)
     seg = Segmentation.from_label_image(lab, [(1, "prostate", None), (2, "bladder", (0.9, 0.6, 0.2))],
                                         tags={"HILA.Source": "test"})
@@ -169,7 +169,7 @@ def test_from_label_image_keeps_the_volume_grid(tmp_path, image, label):
 
 
 def test_values_without_names_still_become_segments_and_empty_named_ones_stay():
-    lab = imageio.read_label(FIXTURES / "pelvic_ct_small_labels.nii.gz")
+    lab = labelio.read_label(FIXTURES / "pelvic_ct_small_labels.nii.gz")
     present = sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(lab)) if v)
     seg = Segmentation.from_label_image(lab, {1: "prostate", 9: "seminal vesicles"})
     names = {s.label_value: s.name for s in seg.segments}
@@ -181,7 +181,7 @@ def test_values_without_names_still_become_segments_and_empty_named_ones_stay():
 
 def test_add_overlapping_segment_makes_a_4d_file_slicer_reads(tmp_path):
     vol = imageio.read_image(FIXTURES / "prostate_mri_oblique_small.nrrd")
-    lab = imageio.read_label(FIXTURES / "prostate_mri_oblique_small_taps.nii.gz", vol)
+    lab = labelio.read_label(FIXTURES / "prostate_mri_oblique_small_taps.nii.gz", vol)
     lab.CopyInformation(vol)
     seg = Segmentation.from_label_image(lab, [(1, "prostate", None)])
     box = np.zeros(sitk.GetArrayViewFromImage(vol).shape, bool)

@@ -15,8 +15,9 @@ from conftest import shared
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from HILASegmentLib.imageio import read_image, read_label  # noqa: E402
+from HILASegmentLib.imageio import read_image  # noqa: E402
 from HILASegmentLib.inference import Segmenter  # noqa: E402
+from HILASegmentLib.labelio import read_label  # noqa: E402
 from HILASegmentLib.quality import dice  # noqa: E402
 from HILASegmentLib.training.run import TrainOptions, train_workspace  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402

@@ -100,7 +100,7 @@ def bench_taps(steps: int = 2) -> dict:
 
 
 def bench_round(minutes: float, data: Path) -> dict:
-    from HILASegmentLib.imageio import read_label
+    from HILASegmentLib.labelio import read_label
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.run import TrainOptions, train_workspace
     from HILASegmentLib.workspace import Workspace
@@ -138,7 +138,7 @@ def bench_prostatex(minutes: float, data: Path) -> dict:
     """The MRI loop from the TAPS preset: TAPS's own output stands in for the radiologist's corrections on the
     ProstateX series; the trainer trains the own U-Net on them and the gate compares it with TAPS on the same
     held-out correction; the current model afterwards is whichever validated better."""
-    from HILASegmentLib.imageio import read_label
+    from HILASegmentLib.labelio import read_label
     from HILASegmentLib.training.run import TrainOptions, train_workspace
     from HILASegmentLib.workspace import Workspace
 

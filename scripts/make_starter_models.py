@@ -32,7 +32,7 @@ OUT = ROOT / "Resources" / "Models" / "pelvic_ct_unet.onnx"
 
 
 def make_workspace(path: Path, data: Path, cases):
-    from HILASegmentLib.imageio import read_label
+    from HILASegmentLib.labelio import read_label
     from HILASegmentLib.workspace import Workspace
 
     ws = Workspace.create(path, "CT", LABELS)
@@ -47,7 +47,8 @@ def untrained_dice(card: dict, data: Path, case: str) -> dict:
 
     import torch
 
-    from HILASegmentLib.imageio import read_image, read_label
+    from HILASegmentLib.imageio import read_image
+    from HILASegmentLib.labelio import read_label
     from HILASegmentLib.training import dataset as ds
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training.loop import dice_per_class, predict_volume

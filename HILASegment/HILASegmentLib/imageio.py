@@ -367,16 +367,6 @@ def read_image(path: PathLike) -> sitk.Image:
     return _read_file(p)
 
 
-def _is_seg_nrrd(path: Path) -> bool:
-    if not path.is_file() or not path.name.lower().endswith((".nrrd", ".nhdr")):
-        return False
-    try:
-        from .segfile import is_seg_nrrd
-    except ImportError:  # pragma: no cover - segfile always ships with imageio
-        return path.name.lower().endswith(".seg.nrrd")
-    return is_seg_nrrd(path)
-
-
 def as_label_image(img: sitk.Image, where: str = "label map") -> sitk.Image:
     """Check that ``img`` holds a label map (whole, non-negative values) and return it as an integer image.
 
@@ -402,23 +392,21 @@ def as_label_image(img: sitk.Image, where: str = "label map") -> sitk.Image:
     return sitk.Cast(img, sitk.sitkUInt8 if hi <= 255 else sitk.sitkUInt16)
 
 
-def read_label(path: PathLike, reference: Optional[sitk.Image] = None) -> sitk.Image:
-    """Read an integer label map (volume file, DICOM folder or Slicer .seg.nrrd); with ``reference``
-    also require that it lies on exactly the reference's grid (the error shows both grids)."""
-    p = Path(path)
-    if _is_seg_nrrd(p):
-        from .segfile import read_segmentation
-
-        seg = read_segmentation(p)
-        label = seg.to_label_image(reference=reference) if reference is not None else seg.to_label_image()
-    else:
-        label = as_label_image(read_image(p), str(p))
-    if reference is not None:
-        diff = grid_difference(label, reference)
-        if diff:
-            raise HilaError(f"{p}: label map is not on the image's grid ({diff}): label grid "
-                            f"[{describe_grid(label)}] vs image grid [{describe_grid(reference)}]")
+def check_label_grid(label: sitk.Image, reference: sitk.Image, where: PathLike) -> sitk.Image:
+    """``label`` unchanged when it lies on exactly ``reference``'s grid; else a HilaError showing both grids."""
+    diff = grid_difference(label, reference)
+    if diff:
+        raise HilaError(f"{where}: label map is not on the image's grid ({diff}): label grid "
+                        f"[{describe_grid(label)}] vs image grid [{describe_grid(reference)}]")
     return label
+
+
+def read_label_volume(path: PathLike, reference: Optional[sitk.Image] = None) -> sitk.Image:
+    """Read an integer label map from a volume file or DICOM folder (a Slicer .seg.nrrd goes through
+    ``labelio.read_label``); with ``reference`` also require exactly the reference's grid."""
+    p = Path(path)
+    label = as_label_image(read_image(p), str(p))
+    return check_label_grid(label, reference, p) if reference is not None else label
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import HilaError
-from .imageio import PathLike, as_label_image, atomic_output, describe_grid, grid_difference, read_label, volume_suffix
+from .imageio import (
+    PathLike,
+    as_label_image,
+    atomic_output,
+    describe_grid,
+    grid_difference,
+    read_label_volume,
+    volume_suffix,
+)
 
 Color = Tuple[float, float, float]
 LabelSpec = Tuple[int, str, Optional[Color]]
@@ -737,7 +745,7 @@ def read_segmentation(path: PathLike, names: Union[Mapping[int, str], str, None]
                         s.name = table[s.label_value]
                 return seg
             return _read_seg_nrrd(p)
-    label = read_label(p)
+    label = read_label_volume(p)
     table = parse_names(names)
     seg = Segmentation.from_label_image(label, [(v, n, None) for v, n in sorted(table.items())])
     seg.source = str(p)

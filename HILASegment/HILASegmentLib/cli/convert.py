@@ -47,7 +47,7 @@ def _kind_of_output(path: str) -> str:
 
 def convert(src: str, dst: str, names=None, reference: str | None = None) -> dict:
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
-    from .. import imageio, segfile
+    from .. import imageio, labelio, segfile
     from ..errors import HilaError
 
     out_kind = _kind_of_output(dst)
@@ -68,7 +68,7 @@ def convert(src: str, dst: str, names=None, reference: str | None = None) -> dic
                 if diff:
                     raise HilaError(f"{src}: segmentation is not on the grid of {reference} ({diff})")
         else:
-            label = imageio.read_label(src_p, ref)
+            label = labelio.read_label(src_p, ref)
             if ref is not None:
                 label.CopyInformation(ref)  # within tolerance: take the image's exact geometry
             seg = segfile.Segmentation.from_label_image(label, [(v, n, None) for v, n in sorted(table.items())])
@@ -93,7 +93,7 @@ def convert(src: str, dst: str, names=None, reference: str | None = None) -> dic
         else:
             if table:
                 raise HilaError("--names applies when a label map is converted to a .seg.nrrd")
-            img = imageio.read_label(src_p, ref) if ref is not None else imageio.read_image(src_p)
+            img = labelio.read_label(src_p, ref) if ref is not None else imageio.read_image(src_p)
             if ref is not None:
                 img.CopyInformation(ref)
             result = {}

@@ -124,7 +124,8 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
                 return {k: z[k] for k in z.files}
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
             pass
-    from ..imageio import read_image, read_label
+    from ..imageio import read_image
+    from ..labelio import read_label
 
     image = read_image(image_path)
     label = read_label(label_path)

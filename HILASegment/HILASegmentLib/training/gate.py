@@ -31,8 +31,9 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
 
     ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
     """
-    from ..imageio import read_image, read_label
+    from ..imageio import read_image
     from ..inference import Segmenter
+    from ..labelio import read_label
 
     t0 = time.monotonic()
     if card is not None:
