@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import HilaError
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "workspace", "train"]
+COMMAND_MODULES = ["convert", "infer", "workspace", "train", "simulate"]
 
 
 def common_parent() -> argparse.ArgumentParser:

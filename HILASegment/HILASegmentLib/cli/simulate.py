@@ -1,0 +1,67 @@
+"""``hila simulate``: learning curves of the loop with a simulated radiologist (see HILASegmentLib.simulate)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("simulate", parents=[parent], help="simulate the loop with a simulated radiologist (learning curves)",
+                       description="Rounds of predict -> correct (simulated) -> submit -> train (gated) -> evaluate on a "
+                                   "fixed test split, in a real workspace in RUN; resumable; writes rounds.csv/json, "
+                                   "summary.json and curves.png.")
+    p.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cohort", help="manifest CSV with columns case,image,reference (paths relative to it)")
+    src.add_argument("--synthetic", help="folder of label maps; images are synthesised from them")
+    p.add_argument("--appearance", default=None, help="preset (t2w, ct) or JSON file (synthetic images; default t2w)")
+    p.add_argument("--labels", required=True, help="NAME=V[+V...][,NAME=V...], e.g. prostate=1+2")
+    p.add_argument("--test", type=int, default=4, help="test cases (never trained on or corrected)")
+    p.add_argument("--initial", type=int, default=2, help="pool cases drawn from scratch in round 0")
+    p.add_argument("--per-round", type=int, default=2, help="cases corrected per round")
+    p.add_argument("--rounds", type=int, default=4, help="rounds after round 0")
+    p.add_argument("--train-minutes", type=float, default=1.5, help="training budget per round")
+    p.add_argument("--train-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
+    p.add_argument("--strategy", default="random", help="random | sequential | uncertainty")
+    p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact")
+    p.add_argument("--tolerance-mm", type=float, default=2.0)
+    p.add_argument("--rough-rate", type=float, default=0.0, help="fraction of submissions degraded and marked rough")
+    p.add_argument("--baseline", action="store_true", help="also train on every pool reference (full supervision)")
+    p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from . import emit, make_progress
+    from ..simulate.run import SimConfig, prepare, Simulation
+
+    cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
+                    labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,
+                    rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
+                    strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
+                    rough_rate=args.rough_rate, baseline=args.baseline, model=args.model, seed=args.seed,
+                    device=args.device, threads=args.threads)
+    plan = prepare(cfg)  # every check before anything is written
+    progress = make_progress(args, "simulate")
+
+    def on_round(r: dict) -> None:
+        if args.json:
+            print(json.dumps({"event": "round", **{k: v for k, v in r.items() if k != "efforts"}}), flush=True)
+        else:
+            print(f"round {r['round']}: model v{r['model_version']}, {len(r['cases'])} case(s), "
+                  f"effort/case {r['effort_per_case_s']} s, cumulative {r['effort_fraction']:.2%} of full annotation, "
+                  f"test Dice {r['mean_dice']:.3f}", flush=True)
+
+    try:
+        s = Simulation(cfg, plan, progress, on_round).execute()
+    finally:
+        close = getattr(progress, "close", None)
+        if close:
+            close()
+    b = f", baseline {s['baseline_dice']:.3f}" if s["baseline_dice"] is not None else ""
+    emit(args, s, f"{args.out}: {s['rounds']} rounds, final test Dice {s['final_dice']:.3f}{b}, "
+                  f"effort at 95% of baseline: {s['effort_fraction_at_95pct_baseline']}, {s['wall_seconds']:.0f} s")
+    return 0

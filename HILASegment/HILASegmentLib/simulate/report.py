@@ -1,0 +1,98 @@
+"""Run outputs: rounds.csv/json after every round; summary.json and curves.png at the end."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+PLATEAU_GAIN = 0.01   # a round is the plateau when no later round's Dice is more than this above it
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_rounds(run: Path, rounds: List[dict]) -> None:
+    _atomic(run / "rounds.json", json.dumps(rounds, indent=1))
+    names = list(rounds[0]["test_dice"]) if rounds else []
+    cols = (["round", "model_version", "cases", "effort_per_case_s", "effort_s", "cumulative_effort_s",
+             "effort_fraction"] + [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names]
+            + ["mean_dice", "mean_hd95", "train_s", "promoted"])
+    tmp = run / "rounds.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rounds:
+            tr = r["train"] or {}
+            w.writerow([r["round"], r["model_version"], " ".join(r["cases"]), r["effort_per_case_s"], r["effort_s"],
+                        r["cumulative_effort_s"], r["effort_fraction"]]
+                       + [r["test_dice"][n] for n in names] + [r["test_hd95"][n] for n in names]
+                       + [r["mean_dice"], r["mean_hd95"], round(tr.get("seconds", 0.0), 1), tr.get("promoted")])
+    os.replace(tmp, run / "rounds.csv")
+
+
+def plateau_round(dice: List[float]) -> Optional[int]:
+    for i, d in enumerate(dice):
+        if all(x <= d + PLATEAU_GAIN for x in dice[i + 1:]):
+            return i
+    return None
+
+
+def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], full_s: float, synth_s: float,
+              session_s: float = 0.0) -> dict:
+    dice = [r["mean_dice"] for r in rounds]
+    bdice = base["mean_dice"] if base else None
+    frac95 = None
+    if bdice is not None:
+        frac95 = next((r["effort_fraction"] for r in rounds if r["mean_dice"] >= 0.95 * bdice), None)
+    ev = sum(r["timing"]["evaluation_s"] for r in rounds) + ((base or {}).get("eval_s") or 0.0)
+    tr = sum(r["timing"]["training_s"] for r in rounds)
+    pr = sum(r["timing"]["prediction_s"] for r in rounds)
+    wall = synth_s + sum(r["wall_s"] for r in rounds) + ((base or {}).get("wall_s") or 0.0)
+    s = {"baseline_dice": bdice, "final_dice": dice[-1] if dice else None, "dice_per_round": dice,
+         "hd95_per_round": [r["mean_hd95"] for r in rounds],
+         "effort_fraction_at_95pct_baseline": frac95, "plateau_round": plateau_round(dice),
+         "effort_per_case_per_round": [r["effort_per_case_s"] for r in rounds],
+         "effort_fraction_per_round": [r["effort_fraction"] for r in rounds],
+         "full_annotation_effort_s": round(full_s, 1), "rounds": len(rounds),
+         "test_cases": [c.case for c in plan["test"]], "pool_size": len(plan["pool"]),
+         "wall_seconds": round(wall, 1),
+         "time_split": {"synthesis_s": round(synth_s, 1), "evaluation_s": round(ev, 1), "training_s": round(tr, 1),
+                        "prediction_s": round(pr, 1), "baseline_s": (base or {}).get("wall_s"),
+                        "synthesis_evaluation_fraction": round((synth_s + ev) / wall, 3) if wall else None},
+         "baseline": base}
+    _atomic(run / "summary.json", json.dumps(s, indent=1))
+    curves(run, rounds, bdice)
+    return s
+
+
+def curves(run: Path, rounds: List[dict], bdice: Optional[float]) -> None:
+    import matplotlib  # training tier; only when a run writes its figure
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["round"] for r in rounds]
+    d = [r["mean_dice"] for r in rounds]
+    e = [r["effort_fraction"] or 0.0 for r in rounds]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax[0].plot(x, d, "o-", label="loop")
+    ax[1].plot(e, d, "o-", label="loop")
+    for a in ax:
+        if bdice is not None:
+            a.axhline(bdice, color="k", ls="--", lw=1, label="full supervision")
+        a.set_ylabel("test Dice (mean)")
+        a.set_ylim(0, 1)
+        a.grid(alpha=0.3)
+        a.legend(loc="lower right")
+    ax[0].set_xlabel("round")
+    ax[0].set_xticks(x)
+    ax[1].set_xlabel("cumulative effort / full annotation")
+    fig.tight_layout()
+    tmp = run / "curves.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, run / "curves.png")

@@ -1,0 +1,39 @@
+"""Which pool cases the radiologist sees next: a registry by name (``--strategy NAME``).
+
+A strategy is ``fn(candidates, k, rng, ctx) -> chosen case names``; ``ctx.predict(name)`` returns the
+current model's ``InferenceResult`` for a case (cached for the round, so chosen cases are not predicted twice).
+Adding one is one line: ``@register("quality")`` on such a function.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import numpy as np
+
+STRATEGIES: Dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        STRATEGIES[name] = fn
+        return fn
+    return deco
+
+
+@register("random")
+def random(candidates: List[str], k: int, rng: np.random.Generator, ctx) -> List[str]:
+    return [candidates[i] for i in sorted(rng.choice(len(candidates), size=min(k, len(candidates)), replace=False))]
+
+
+@register("sequential")
+def sequential(candidates: List[str], k: int, rng: np.random.Generator, ctx) -> List[str]:
+    return list(candidates[:k])
+
+
+@register("uncertainty")
+def uncertainty(candidates: List[str], k: int, rng: np.random.Generator, ctx) -> List[str]:
+    """Most uncertain first: the prediction summary's mean uncertainty over its foreground (no model: random)."""
+    if not ctx.has_model():
+        return random(candidates, k, rng, ctx)
+    score = {c: float(ctx.predict(c).summary.get("mean_uncertainty") or 0.0) for c in candidates}
+    return sorted(candidates, key=lambda c: (-score[c], c))[:k]
