@@ -35,8 +35,8 @@ def register(sub, parent) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from ..simulate.run import SimConfig, Simulation, prepare
     from . import emit, make_progress
-    from ..simulate.run import SimConfig, prepare, Simulation
 
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
                     labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,

@@ -3,3 +3,13 @@
 cohort (which cases, which labels) -> synthesis (images from label maps) -> radiologist (corrector +
 effort model) -> strategies (which cases next) -> run (rounds, resume, baseline) -> report (files, figure).
 """
+
+
+def registrar(table: dict):
+    """``register = registrar(TABLE)``; then ``@register("name")`` adds a function to TABLE under that name."""
+    def register(name: str):
+        def deco(fn):
+            table[name] = fn
+            return fn
+        return deco
+    return register

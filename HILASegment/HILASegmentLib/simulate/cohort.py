@@ -109,7 +109,7 @@ def check_label_values(cases: List[CohortCase], spec: List[Tuple[str, List[int]]
     """Every value named in ``--labels`` must occur in some case; returns value -> cases containing it."""
     seen: Dict[int, int] = {}
     for c in cases:
-        arr = sitk.GetArrayViewFromImage(sitk.ReadImage(str(c.reference)))
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(c.reference)))
         for v in np.unique(arr):
             seen[int(v)] = seen.get(int(v), 0) + 1
     for name, values in spec:

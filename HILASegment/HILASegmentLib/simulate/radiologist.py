@@ -14,6 +14,8 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
+from . import registrar
+
 FIXED_S = 30.0    # open, scroll through and accept a case (assumption)
 SLICE_S = 8.0     # select a slice, pick the segment and the tool (assumption)
 MM_S = 0.1        # per mm of contour redrawn: ~10 mm/s with a brush or pen (assumption)
@@ -21,12 +23,7 @@ MM_S = 0.1        # per mm of contour redrawn: ~10 mm/s with a brush or pen (ass
 CORRECTORS: Dict[str, Callable] = {}
 
 
-def register_corrector(name: str):
-    """Decorator: ``@register_corrector("weak")`` makes ``--corrector weak`` available."""
-    def deco(fn):
-        CORRECTORS[name] = fn
-        return fn
-    return deco
+register_corrector = registrar(CORRECTORS)  # ``@register_corrector("weak")`` makes ``--corrector weak`` available
 
 
 def slice_axis(spacing_zyx) -> int:

@@ -120,7 +120,7 @@ def prepare(cfg: SimConfig) -> dict:
 
 
 def _guess_modality(path: Path) -> str:
-    arr = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     return "CT" if float(arr.min()) < -500 else "MR"
 
 

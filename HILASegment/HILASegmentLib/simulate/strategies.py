@@ -10,14 +10,12 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from . import registrar
+
 STRATEGIES: Dict[str, Callable] = {}
 
 
-def register(name: str):
-    def deco(fn):
-        STRATEGIES[name] = fn
-        return fn
-    return deco
+register = registrar(STRATEGIES)
 
 
 @register("random")

@@ -109,7 +109,7 @@ def resample_crop(label: sitk.Image, spacing, margin_mm: float = CROP_MARGIN_MM)
 
 def _smooth_noise(rng, shape, sigma_vox) -> np.ndarray:
     f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="reflect")
-    return f / (f.std() + 1e-8)
+    return (f - f.mean()) / (f.std() + 1e-8)
 
 
 def synthesize(label: sitk.Image, appearance: dict, seed: int) -> Tuple[sitk.Image, Dict[str, float]]:

@@ -1,0 +1,130 @@
+"""hila simulate: the simulated radiologist's effort, synthesis, and every bad input (one line, exit 2, nothing written)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import shared
+
+from HILASegmentLib.errors import HilaError
+from HILASegmentLib.simulate import radiologist as rad
+from HILASegmentLib.simulate import synthesis
+
+SP = (3.0, 1.0, 1.0)  # z, y, x: slices along z
+
+
+def _disc(shape, c, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) <= r * r
+
+
+def _volume(radii, shift=None):
+    ref = np.zeros((5, 60, 60), np.uint8)
+    for k, r in enumerate(radii):
+        if r:
+            ref[k][_disc((60, 60), (30, 30 + (shift or {}).get(k, 0)), r)] = 1
+    return ref
+
+
+def test_tolerant_redraws_a_slice_off_by_3mm_and_accepts_one_within_1mm():
+    ref = _volume([10, 10, 10, 0, 0])
+    pred = _volume([10, 10, 10, 0, 0], shift={0: 3, 1: 1})  # slice 0 off by 3 mm, slice 1 by 1 mm
+    out, eff = rad.tolerant(pred, ref, SP, tolerance_mm=2.0)
+    assert eff["slices"] == 1
+    assert np.array_equal(out[0], ref[0])           # redrawn to the reference
+    assert np.array_equal(out[1], pred[1])          # accepted as predicted
+    assert 40 < eff["contour_mm"] < 90              # one circle of radius 10 mm: ~63 mm
+    assert eff["seconds"] == pytest.approx(rad.FIXED_S + rad.SLICE_S + rad.MM_S * eff["contour_mm"], abs=0.2)
+    _, perfect = rad.tolerant(ref, ref, SP)
+    assert perfect["slices"] == 0 and perfect["seconds"] == rad.FIXED_S
+
+
+def test_scratch_touches_every_labelled_slice_and_exact_matches_reference():
+    ref = _volume([10, 8, 6, 0, 0])
+    scratch = rad.draw_from_scratch(ref, SP)
+    assert scratch["slices"] == 3
+    out, eff = rad.exact(_volume([10, 8, 7, 0, 0]), ref, SP)
+    assert np.array_equal(out, ref) and eff["slices"] == 1 and eff["seconds"] < scratch["seconds"]
+
+
+def test_synthesis_deterministic_and_within_ranges():
+    lab = sitk.ReadImage(str(shared("prostate_shapes", "msd", "prostate_00.nii.gz")))
+    app = synthesis.load_appearance("t2w")
+    small = synthesis.resample_crop(lab, app["spacing"])
+    assert small.GetSpacing() == pytest.approx(tuple(app["spacing"]))
+    assert np.prod(small.GetSize()) < np.prod(lab.GetSize())
+    a, drawn = synthesis.synthesize(small, app, seed=3)
+    b, _ = synthesis.synthesize(small, app, seed=3)
+    c, _ = synthesis.synthesize(small, app, seed=4)
+    arr, labels = sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(small)
+    assert np.array_equal(arr, sitk.GetArrayFromImage(b)) and not np.array_equal(arr, sitk.GetArrayFromImage(c))
+    for key, d in app["labels"].items():
+        m = drawn[key]
+        assert abs(m - d["mean"]) <= 4 * app["case_jitter"] * d["mean"]
+        # the voxels' median lies near the drawn mean (bias field and noise are bounded)
+        assert abs(np.median(arr[labels == int(key)]) - m) < 0.25 * d["mean"] + 3 * app["noise_sd"]
+
+
+def _bad_appearance(tmp_path, **change):
+    a = json.loads(json.dumps(synthesis.PRESETS["t2w"]))
+    for k, v in change.items():
+        if v is None:
+            a.pop(k)
+        else:
+            a[k] = v
+    p = tmp_path / "app.json"
+    p.write_text(json.dumps(a))
+    return p
+
+
+def test_appearance_file_refuses_unknown_missing_key_and_negative_sd(tmp_path):
+    for change, word in (({"colour": 1}, "unknown"), ({"noise_sd": None}, "missing"),
+                         ({"labels": {"1": {"mean": 1.0, "sd": -0.1}}}, "negative")):
+        with pytest.raises(HilaError, match=word):
+            synthesis.load_appearance(str(_bad_appearance(tmp_path, **change)))
+
+
+def _hila(*args):
+    return subprocess.run([sys.executable, "-m", "HILASegmentLib", "simulate", *args], capture_output=True, text=True)
+
+
+def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path):
+    msd = shared("prostate_shapes", "msd")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    grid = tmp_path / "grid.csv"
+    cts = sorted(p for p in shared("pelvic_ct").iterdir() if p.is_dir())
+    grid.write_text(f"case,image,reference\na,{cts[0] / 'ct.nii.gz'},{cts[1] / 'labels_manual.nii.gz'}\n")
+    missing = tmp_path / "missing.csv"
+    missing.write_text("case,image,reference\na,nope.nii.gz,nope2.nii.gz\n")
+    bad_app = _bad_appearance(tmp_path, blur=1)
+    base = ["--labels", "prostate=1+2", "--test", "2"]
+    cases = [
+        (["--synthetic", str(tmp_path / "nowhere")] + base, "not found"),
+        (["--synthetic", str(empty)] + base, "no label maps"),
+        (["--cohort", str(tmp_path / "none.csv")] + base, "not found"),
+        (["--cohort", str(missing)] + base, "not found"),
+        (["--cohort", str(grid), "--labels", "bladder=1", "--test", "1"], "another grid"),
+        (["--synthetic", str(msd), "--labels", "prostate=1+7"], "value 7"),
+        (["--synthetic", str(msd), "--appearance", str(bad_app)] + base, "unknown"),
+        (["--synthetic", str(msd), "--labels", "prostate=1+2", "--test", "32"], "--test 32"),
+        (["--synthetic", str(msd), "--per-round", "0"] + base, "--per-round 0"),
+    ]
+    for i, (args, word) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        r = _hila("--out", str(out), *args)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1 and err[0].startswith("hila: error:") and word in err[0], (args, r.stderr)
+        assert not out.exists()
+
+
+def test_existing_run_with_another_config_is_refused_untouched(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"seed": 1}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = _hila("--out", str(run), "--synthetic", str(shared("prostate_shapes", "msd")), "--labels", "prostate=1+2")
+    assert r.returncode == 2 and "another config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
