@@ -215,6 +215,13 @@ class Simulation:
         from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
 
         t0 = time.perf_counter()
+        # --train-minutes is the optimisation time; the trainer's budget also covers preparing the cases,
+        # export, parity and validating candidate and parent, so add an estimate of that reserve.
+        n = len(ws.snapshot())
+        n_val = n if n < 3 else max(1, round(0.2 * n))
+        cur = ws.current_model()
+        mb = os.path.getsize(cur.path) / 1e6 if cur and Path(cur.path).exists() else 3.0
+        minutes = minutes + (30.0 + 2 * n_val * (10.0 + 0.5 * mb) + 2.0 * n) / 60.0
         opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
                             steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd)
         res = train_workspace(ws, opts)
