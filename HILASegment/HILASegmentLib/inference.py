@@ -23,6 +23,7 @@ from .errors import HilaError
 from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
+from .quality import cohort_dice, error_probability
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 
 #: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
@@ -43,6 +44,8 @@ class InferenceResult:
     summary: Dict[str, Any]
     seconds: float
     card: Optional[ModelCard] = field(default=None, repr=False)
+    #: Per-voxel probability that the label there is wrong (input grid, 0..1); see ``quality.error_probability``.
+    review_map: Optional[sitk.Image] = field(default=None, repr=False)
 
     def provenance_tags(self) -> Dict[str, str]:
         s = self.summary
@@ -53,7 +56,12 @@ class InferenceResult:
         from .segfile import Segmentation
 
         labels = [(lab.value, lab.name, tuple(lab.color)) for lab in self.card.labels]
-        return Segmentation.from_label_image(self.label, labels, tags=self.provenance_tags())
+        seg = Segmentation.from_label_image(self.label, labels, tags=self.provenance_tags())
+        if self.review_map is not None:
+            from .quality import add_review_segment
+
+            add_review_segment(seg, self.review_map, self.label, self.provenance_tags())
+        return seg
 
 
 @dataclass
@@ -255,11 +263,14 @@ class Segmenter:
 
         # 3. back onto the input grid, restricted to the region's box there
         progress(0.88, "resampling to the input grid")
-        lab_arr, unc_arr, prob_imgs, box = self._to_input_grid(image, grid, region, probs, spread, probabilities)
+        lab_arr, unc_arr, prob_imgs, box, err_arr, pdice = self._to_input_grid(image, grid, region, probs, spread,
+                                                                               probabilities)
         label = sitk.GetImageFromArray(lab_arr)
         label.CopyInformation(image)
         uncertainty = sitk.GetImageFromArray(unc_arr)
         uncertainty.CopyInformation(image)
+        review_map = sitk.GetImageFromArray(err_arr)
+        review_map.CopyInformation(image)
         seconds = time.perf_counter() - t0
         vox_ml = float(np.prod(image.GetSpacing())) / 1000.0
         counts = np.bincount(lab_arr.ravel(), minlength=256)
@@ -268,7 +279,8 @@ class Segmenter:
             n = int(counts[lab.value])
             sel = lab_arr == lab.value
             labels_summary.append({"value": lab.value, "name": lab.name, "voxels": n, "ml": round(n * vox_ml, 3),
-                                   "mean_uncertainty": round(float(unc_arr[sel].mean()), 4) if n else None})
+                                   "mean_uncertainty": round(float(unc_arr[sel].mean()), 4) if n else None,
+                                   "predicted_dice": pdice.get(lab.name)})
         anyfg = lab_arr > 0
         summary = {
             "model": card.name, "model_version": card.version, "model_checksum": self.checksum,
@@ -278,10 +290,11 @@ class Segmenter:
             "uncertainty": "tta_disagreement" if tta else "entropy",
             "mean_uncertainty": round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
             "uncertain_voxels": int(np.count_nonzero(unc_arr > 0.5)),
+            "predicted_dice": cohort_dice(pdice), "predicted_dice_source": "expected_soft_dice",
             "providers": self.providers,
         }
         progress(1.0, "done")
-        return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card)
+        return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map)
 
     # ---- steps ---------------------------------------------------------------------------------
     def _passes(self, tta: bool) -> List[Tuple[int, ...]]:
@@ -435,11 +448,17 @@ class Segmenter:
         if pp.get("largest_component"):
             box_label = _largest_components(box_label, [lab.value for lab in card.labels])
         unc_box = back(spread, 0.0) if spread is not None else ent.astype(np.float32)
+        err_box, pdice = error_probability(box_probs, lab_idx, card.activation == "softmax",
+                                           unc_box if spread is not None else None)
+        names = [lab.name for lab in card.labels]
+        pdice = {names[i]: d for i, d in enumerate(pdice)}
         full = np.zeros(tuple(reversed(image.GetSize())), np.uint8)
         unc = np.zeros(full.shape, np.float32)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(reversed(blo), reversed(bhi)))
         full[sl] = box_label
         unc[sl] = np.clip(unc_box, 0.0, 1.0)
+        err = np.zeros(full.shape, np.float32)
+        err[sl] = err_box
         prob_imgs = None
         if want_probs:
             prob_imgs = {}
@@ -448,7 +467,7 @@ class Segmenter:
                 img = sitk.GetImageFromArray(box_probs[first + i])
                 img.CopyInformation(ref)
                 prob_imgs[lab.name] = img
-        return full, unc, prob_imgs, (blo, bhi)
+        return full, unc, prob_imgs, (blo, bhi), err, pdice
 
 
 def _extract(arr: np.ndarray, region) -> np.ndarray:

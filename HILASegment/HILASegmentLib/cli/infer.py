@@ -36,6 +36,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--uncertainty", type=Path, default=None, help="also write the per-voxel uncertainty map (0..1) here")
+    p.add_argument("--review-map", type=Path, default=None,
+                   help="also write the likely-error map (per-voxel probability the label is wrong, 0..1) here; "
+                   "the .seg.nrrd then holds a 'Review: likely error' segment in its own layer")
     p.set_defaults(func=cmd_infer)
 
 
@@ -82,6 +85,10 @@ def _infer_file(args, t0: float) -> int:
         _check_out(args.uncertainty, "--uncertainty", seg_ok=False)
         if args.uncertainty.name.lower().endswith(".seg.nrrd"):
             raise HilaError(f"{args.uncertainty}: the uncertainty map is a volume; use .nrrd, .nii.gz or .mha")
+    if args.review_map is not None:
+        _check_out(args.review_map, "--review-map", seg_ok=False)
+        if args.review_map.name.lower().endswith(".seg.nrrd"):
+            raise HilaError(f"{args.review_map}: the review map is a volume; use .nrrd, .nii.gz or .mha")
     from ..imageio import read_image
     from ..inference import Segmenter
 
@@ -92,14 +99,28 @@ def _infer_file(args, t0: float) -> int:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
     finally:
         getattr(progress, "close", lambda: None)()
+    if args.review_map is None:
+        result.review_map = None  # the review segment only when asked for
     _write(result, args.out, args.uncertainty)
+    if args.review_map is not None:
+        from ..imageio import write_image
+
+        write_image(sitk_review(result), args.review_map)
     summary = dict(result.summary)
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"image": str(args.image), "out": str(args.out), **summary}
     if args.uncertainty is not None:
         res["uncertainty_file"] = str(args.uncertainty)
+    if args.review_map is not None:
+        res["review_map_file"] = str(args.review_map)
     emit(args, res, _summary_line(summary, str(args.out)))
     return 0
+
+
+def sitk_review(result):
+    if result.review_map is None:
+        raise HilaError("this prediction has no review map")
+    return result.review_map
 
 
 def _write(result, out: Path, uncertainty_out) -> None:
@@ -149,7 +170,8 @@ def _infer_workspace(args, t0: float) -> int:
         if dropped:
             summary["labels_not_in_workspace"] = dropped
         pred = ws.add_prediction(case.case_id, label, record.version, uncertainty={
-            k: summary[k] for k in ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")})
+            k: summary[k] for k in ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds",
+                      "predicted_dice", "predicted_dice_source") if k in summary})
     finally:
         close = getattr(ws, "close", None)
         if close:
