@@ -1,0 +1,33 @@
+"""Likely-error map and expected Dice (quality.error_probability / review_region / add_review_segment)."""
+import numpy as np
+import SimpleITK as sitk
+
+from HILASegmentLib.quality import REVIEW_TAG, add_review_segment, error_probability, review_region
+from HILASegmentLib.segfile import Segmentation
+
+
+def test_error_probability_softmax_is_one_minus_chosen_and_soft_dice():
+    p = np.zeros((2, 1, 1, 4), np.float32)
+    p[1, 0, 0] = [0.9, 0.6, 0.4, 0.1]
+    p[0] = 1 - p[1]
+    lab = p.argmax(axis=0)
+    err, dices = error_probability(p, lab, softmax=True)
+    assert np.allclose(err[0, 0], [0.1, 0.4, 0.4, 0.1], atol=1e-6)
+    assert abs(dices[0] - 2 * 1.5 / (2.0 + 2)) < 1e-3  # 2 Σp·m / (Σp + Σm)
+    err2, _ = error_probability(p, lab, softmax=True, spread=np.full(lab.shape, 0.5, np.float32))
+    assert (err2 >= 0.5).all()
+
+
+def test_review_region_is_the_top_share_of_foreground_in_its_own_layer():
+    lab = np.zeros((4, 10, 10), np.uint8)
+    lab[1:3, 2:8, 2:8] = 1
+    err = np.random.default_rng(0).random(lab.shape).astype(np.float32)
+    m = review_region(err, lab, 0.2)
+    assert abs(int(m.sum()) - round(0.2 * lab.astype(bool).sum())) <= 1
+    assert err[m].min() >= err[~m].max()
+    img = sitk.GetImageFromArray(lab)
+    seg = Segmentation.from_label_image(img, [(1, "prostate", (0.8, 0.6, 0.4))])
+    s = add_review_segment(seg, sitk.GetImageFromArray(err), img)
+    assert s.layer not in {x.layer for x in seg.segments if x is not s}
+    assert s.tags[REVIEW_TAG] == "1"
+    seg.validate()
