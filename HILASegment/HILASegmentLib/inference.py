@@ -51,13 +51,16 @@ class InferenceResult:
         s = self.summary
         return {TAG_MODEL: str(s["model"]), TAG_VERSION: str(s["model_version"]), TAG_CHECKSUM: str(s.get("model_checksum") or "")}
 
-    def to_segmentation(self):
-        """A segfile.Segmentation with the card's segment names and colours and provenance tags."""
+    def to_segmentation(self, review: bool = False):
+        """A segfile.Segmentation with the card's segment names and colours and provenance tags.
+
+        ``review``: add the "Review: likely error" segment (own layer) from the review map.
+        """
         from .segfile import Segmentation
 
         labels = [(lab.value, lab.name, tuple(lab.color)) for lab in self.card.labels]
         seg = Segmentation.from_label_image(self.label, labels, tags=self.provenance_tags())
-        if self.review_map is not None:
+        if review and self.review_map is not None:
             from .quality import add_review_segment
 
             add_review_segment(seg, self.review_map, self.label, self.provenance_tags())

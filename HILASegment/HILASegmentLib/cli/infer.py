@@ -129,7 +129,7 @@ def _write(result, out: Path, uncertainty_out) -> None:
     if out.name.lower().endswith(".seg.nrrd"):
         from ..segfile import write_segmentation
 
-        write_segmentation(result.to_segmentation(), out)
+        write_segmentation(result.to_segmentation(review=True), out)
     else:
         write_image(result.label, out)
     if uncertainty_out is not None:
