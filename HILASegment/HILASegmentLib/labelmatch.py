@@ -1,0 +1,67 @@
+"""THE label-matching rule: which workspace label value a segment stands for.
+
+Order: 1. a segment tag ``hila_label`` (or a tag key ``hila_<value>``), 2. the name ignoring case and
+surrounding whitespace, 3. the terminology's type name in the ``TerminologyEntry`` tag (Slicer's
+``~``-separated ``scheme^code^meaning`` triplets; the 3rd triplet is the type), 4. the alias table.
+Plain functions on plain data: names, tag dicts, (name, value) label lists.
+"""
+
+from __future__ import annotations
+
+TAG_KEY = "hila_label"
+
+# Aliases (lower-case) -> canonical label name; Italian RTSTRUCT names and common English variants.
+ALIASES = {
+    "prostata": "prostate", "prostate gland": "prostate",
+    "vescica": "bladder", "urinary bladder": "bladder", "vescica urinaria": "bladder",
+    "retto": "rectum", "anorectum": "rectum", "ano-retto": "rectum", "rectum and anus": "rectum",
+}
+
+
+def _norm(name) -> str:
+    return " ".join(str(name).strip().lower().replace("_", " ").split())
+
+
+def terminology_name(tags: dict | None) -> str | None:
+    """The type meaning of a Slicer ``TerminologyEntry`` tag, or None."""
+    entry = (tags or {}).get("TerminologyEntry")
+    if not entry:
+        return None
+    parts = str(entry).split("~")
+    if len(parts) < 3:
+        return None
+    fields = parts[2].split("^")
+    return fields[2].strip() if len(fields) >= 3 and fields[2].strip() else None
+
+
+def match_label(name, tags: dict | None, labels) -> int | None:
+    """Workspace label value for a segment (``labels``: iterable of (name, value)), or None."""
+    labels = [(str(n), int(v)) for n, v in labels]
+    values = {v for _, v in labels}
+    tags = tags or {}
+    if TAG_KEY in tags:
+        try:
+            v = int(str(tags[TAG_KEY]).strip())
+        except ValueError:
+            v = None
+        if v in values:
+            return v
+    for key in tags:
+        if str(key).startswith("hila_") and str(key)[5:].isdigit() and int(str(key)[5:]) in values:
+            return int(str(key)[5:])
+    by_name = {_norm(n): v for n, v in labels}
+    candidates = [name, terminology_name(tags)]
+    for cand in candidates:
+        if cand is not None and _norm(cand) in by_name:
+            return by_name[_norm(cand)]
+    for cand in candidates:
+        if cand is not None and ALIASES.get(_norm(cand)) in by_name:
+            return by_name[ALIASES[_norm(cand)]]
+    return None
+
+
+def missing_labels(segments, labels) -> list[str]:
+    """Label names no segment ((name, tags) pairs) matches; Accept refuses when this is not empty."""
+    labels = [(str(n), int(v)) for n, v in labels]
+    found = {match_label(n, t, labels) for n, t in segments}
+    return [n for n, v in labels if v not in found]

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+
+from HILASegmentLib.labelmatch import match_label, missing_labels, terminology_name
+
+LABELS = [("prostate", 1), ("bladder", 2), ("rectum", 3)]
+
+
+def test_name_case_tag_and_alias():
+    assert match_label("Prostate", {}, LABELS) == 1
+    assert match_label("  prostate ", {}, LABELS) == 1
+    assert match_label("Segment_7", {"hila_1": "1"}, LABELS) == 1
+    assert match_label("x", {"hila_label": "3"}, LABELS) == 3
+    assert match_label("Vescica", {}, LABELS) == 2
+    assert match_label("Urinary bladder", {}, LABELS) == 2
+    assert match_label("Anorectum", {}, LABELS) == 3
+    assert match_label("Retto", {}, LABELS) == 3
+    assert match_label("liver", {}, LABELS) is None
+    assert match_label("x", {"hila_9": "9"}, LABELS) is None
+
+
+def test_missing_labels_named():
+    assert missing_labels([("Prostata", {}), ("bladder", {})], LABELS) == ["rectum"]
+
+
+def test_terminology_tag_from_real_seg_nrrd():
+    path = Path(__file__).resolve().parents[1] / "../shared/data/slicer_seg/Segmentation.seg.nrrd"
+    if not path.is_file():
+        pytest.skip("real Slicer .seg.nrrd not available")
+    header = path.read_bytes()[:20000].decode("latin-1")
+    line = next(ln for ln in header.splitlines() if ln.startswith("Segment0_Tags:="))
+    tags = dict(t.split(":", 1) for t in line.split(":=", 1)[1].split("|") if ":" in t)
+    assert terminology_name(tags) == "Rib"
+    assert match_label("Segment_1", tags, [("rib", 5)]) == 5
