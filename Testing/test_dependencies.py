@@ -82,3 +82,14 @@ def test_offline_message_and_manual_commands():
 def test_unknown_tier_is_an_error():
     with pytest.raises(ValueError):
         dep.plan_install("everything")
+
+
+def test_taps_joins_the_inference_plan_with_no_deps_only_when_taps_is_the_model():
+    find, ver = fake_env({"numpy", "SimpleITK", "vtk"})
+    plan = dep.plan_install("inference", find, ver, model="taps")
+    assert plan.no_deps_specs == ["lavlab-taps>=1.1"] and "onnxruntime>=1.16" in plan.pip_specs
+    assert "lavlab-taps>=1.1" in plan.message()  # one consent dialog for both
+    assert "--no-deps 'lavlab-taps>=1.1'" in " ".join(dep.manual_command(plan))
+    assert "lavlab-taps>=1.1" not in dep.plan_install("inference", find, ver, model="pelvic_ct_unet").no_deps_specs
+    find, ver = fake_env({"onnxruntime", "nrrd", "tqdm", "taps"})
+    assert not dep.plan_install("inference", find, ver, model="taps").needed

@@ -13,13 +13,13 @@ from HILASegmentLib.imageio import read_image, same_grid
 from HILASegmentLib.modelcard import resolve_model
 from HILASegmentLib.segfile import read_segmentation
 
-MODELS = ROOT / "Resources" / "Models"
+MODELS = ROOT / "HILASegment" / "HILASegmentLib" / "models"
 ORGANS = {1: "prostate", 2: "bladder", 3: "rectum"}
 
 
 def test_every_starter_is_small_carded_and_rebuilt_by_a_script():
     files = sorted(MODELS.glob("*.onnx"))
-    assert files, "no starter model in Resources/Models"
+    assert files, "no starter model in HILASegmentLib/models"
     script = (ROOT / "scripts" / "make_starter_models.py").read_text(encoding="utf-8")
     for f in files:
         assert f.stat().st_size <= 25 * 2**20, f"{f.name} is over 25 MB"

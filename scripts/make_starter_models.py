@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled starter models in Resources/Models (their cards carry the figures printed here).
+"""Rebuild the bundled starter models in HILASegment/HILASegmentLib/models (their cards carry the figures printed here).
 
 Pelvic CT (prostate, bladder, rectum) from the three real planning CTs in ../shared/data/pelvic_ct
 (manual contours, ``labels_manual``): leave-one-out first — for each case, a workspace with the other
 two cases' corrections is trained by exactly the code ``hila train`` runs, and the held-out case is
 segmented with the inference engine (Dice per organ on its original grid, next to the untrained
-network's Dice) — then the final model on all three. Writes ``Resources/Models/pelvic_ct_unet.onnx``
+network's Dice) — then the final model on all three. Writes ``HILASegment/HILASegmentLib/models/pelvic_ct_unet.onnx``
 with its card (training set, leave-one-out Dice, recipe) in the ONNX metadata.
 
 No MRI starter is made: there is no labelled prostate MRI here; the TAPS preset is the MRI start.
@@ -28,7 +28,7 @@ import HILASegmentLib.training  # noqa: E402,F401  (sets the OpenMP wait policy 
 
 CASES = ["Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005"]
 LABELS = ["prostate", "bladder", "rectum"]
-OUT = ROOT / "Resources" / "Models" / "pelvic_ct_unet.onnx"
+OUT = ROOT / "HILASegment" / "HILASegmentLib" / "models" / "pelvic_ct_unet.onnx"  # package data: travels with the module
 
 
 def make_workspace(path: Path, data: Path, cases):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence
 
 __all__ = [
-    "Requirement", "InstallPlan", "INFERENCE", "TRAINING", "SLICER_SHIPS", "TIERS",
+    "Requirement", "InstallPlan", "INFERENCE", "TRAINING", "MODEL_REQUIREMENTS", "SLICER_SHIPS", "TIERS",
     "missing", "plan_install", "pip_argument_string", "offline_message", "manual_command",
 ]
 
@@ -35,6 +35,8 @@ class Requirement:
     min_version: Optional[str] = None
     no_deps: bool = False
     is_torch: bool = False
+    #: needed only to run this catalog model (e.g. "taps": its ONNX file comes with the package)
+    for_model: Optional[str] = None
 
     @property
     def dist_name(self) -> str:
@@ -45,6 +47,14 @@ INFERENCE: List[Requirement] = [
     Requirement("onnxruntime", "onnxruntime>=1.16", "runs the segmentation model (CPU)", "1.16"),
     Requirement("nrrd", "pynrrd>=1.0", "reads and writes .seg.nrrd files", "1.0"),
     Requirement("tqdm", "tqdm>=4.60", "progress reporting", "4.60"),
+]
+
+#: Inference-tier packages only one catalog model needs, asked for with the tier when that model is about to run.
+#: TAPS (MIT) brings its 80 MB ONNX model; --no-deps: it asks for onnxruntime-gpu, torch and more, none of
+#: which running its model here needs (the engine reproduces its pre- and post-processing).
+MODEL_REQUIREMENTS: List[Requirement] = [
+    Requirement("taps", "lavlab-taps>=1.1", "the TAPS prostate MRI model (MIT, 80 MB)", "1.1", no_deps=True,
+                for_model="taps"),
 ]
 
 TRAINING: List[Requirement] = [
@@ -135,12 +145,17 @@ class InstallPlan:
 
 def plan_install(tier: str, find_spec: Callable[[str], object] = importlib.util.find_spec,
                  get_version: Callable[[str], Optional[str]] = _installed_version,
-                 pytorchutils_available: Optional[bool] = None) -> InstallPlan:
-    """The install plan for ``tier`` ("inference" or "training") on this Python."""
+                 pytorchutils_available: Optional[bool] = None, model: Optional[str] = None) -> InstallPlan:
+    """The install plan for ``tier`` ("inference" or "training") on this Python.
+
+    ``model``: the catalog model about to run; packages only that model needs (``for_model``, e.g.
+    lavlab-taps for ``taps``) join the plan, so they are asked for in the same one consent dialog.
+    """
     if tier not in TIERS:
         raise ValueError(f"unknown dependency tier {tier!r} (use one of {', '.join(TIERS)})")
     plan = InstallPlan(tier)
-    for req in missing(TIERS[tier], find_spec, get_version):
+    wanted = list(TIERS[tier]) + [r for r in MODEL_REQUIREMENTS if model is not None and r.for_model == model]
+    for req in missing(wanted, find_spec, get_version):
         if req.import_name in SLICER_SHIPS:
             plan.broken_slicer.append(req.import_name)
         elif req.is_torch:

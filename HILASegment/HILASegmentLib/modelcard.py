@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from . import catalog
 from .errors import HilaError
 
 SCHEMA_VERSION = 1
@@ -36,8 +37,6 @@ ACTIVATIONS = ("softmax", "sigmoid")
 ORIENTATIONS = ("RAS", "LPS")
 NORMALIZATIONS = ("zscore", "ct_window")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-#: Where starter models live in a source checkout (``Resources/Models/<name>.onnx``); override with HILA_MODELS_DIR.
-MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -513,7 +512,7 @@ def _package_resource(spec: Dict[str, Any], where: str) -> Path:
 
 
 def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
-    """A model by preset name (``taps``), starter name (``Resources/Models/<name>.onnx``) or ONNX path."""
+    """A model by preset name (``taps``), starter name (``<name>.onnx`` in ``catalog.model_dirs()``) or ONNX path."""
     s = str(name_or_path)
     preset = PRESETS_DIR / f"{s}.json"
     if os.sep not in s and "/" not in s and preset.is_file():
@@ -523,12 +522,11 @@ def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
         return _package_resource(card.model_file, s), card
     p = Path(s).expanduser()
     if not p.exists() and not s.lower().endswith(".onnx"):
-        models_dir = Path(os.environ.get("HILA_MODELS_DIR", MODELS_DIR))
-        cand = models_dir / f"{s}.onnx"
-        if cand.is_file():
+        cand = catalog.find_model_file(s)
+        if cand is not None:
             p = cand
         else:
-            known = preset_names() + sorted(q.stem for q in models_dir.glob("*.onnx"))
+            known = sorted(set(preset_names()) | {e.name for e in catalog.entries(include_tests=True)})
             raise HilaError(f"model '{s}': no such model file, preset or starter model (known: {', '.join(known) or 'none'})")
     if p.is_dir():
         raise HilaError(f"{p}: is a folder; give the .onnx model file")
