@@ -1,0 +1,126 @@
+"""The cases room: importing volumes (each distinct volume once) and finding cases by id or name."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import HilaError
+from ..imageio import read_image
+from ..progress import ProgressFn, null_progress
+from .files import Staged
+from .records import Case, dumps
+from .room import PathLike, Room, image_writer, now
+
+#: File stems that say nothing about the case; the folder's name is used instead.
+_GENERIC_NAMES = {"ct", "mr", "mri", "t2", "t2w", "image", "img", "volume", "vol", "data", "scan", "series", "dicom"}
+
+
+def content_hash(img: sitk.Image) -> str:
+    """A hash of what a volume *is*: voxel values, pixel type and geometry (not its file format)."""
+    h = hashlib.sha256()
+    h.update(img.GetPixelIDTypeAsString().encode())
+    geom = (img.GetSize(), [round(v, 4) for v in img.GetSpacing()], [round(v, 3) for v in img.GetOrigin()],
+            [round(v, 5) for v in img.GetDirection()])
+    h.update(json.dumps(geom).encode())
+    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(img)).tobytes())
+    return h.hexdigest()
+
+
+def grid_of(img: sitk.Image) -> dict:
+    """The grid a case is stored with (the ledger keeps it so checks need not read the image)."""
+    return {"size": list(img.GetSize()), "spacing": list(img.GetSpacing()), "origin": list(img.GetOrigin()),
+            "direction": list(img.GetDirection()), "pixel_type": img.GetPixelIDTypeAsString()}
+
+
+def default_case_name(source: Path) -> str:
+    """A readable case name from a file or folder name (``.../P07/t2.nii.gz`` -> ``P07``)."""
+    name = source.name
+    for suf in (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd"):
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+            break
+    if name.lower() in _GENERIC_NAMES and source.parent.name:
+        name = source.parent.name if source.is_file() else f"{source.parent.name}_{name}"
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("_") or "case"
+
+
+class Cases(Room):
+    def _case_from_row(self, r: sqlite3.Row, existing: bool = False) -> Case:
+        return Case(r["case_id"], r["name"], r["content_hash"], self.root / r["file"], r["sha256"], r["source_path"],
+                    json.loads(r["grid"]), r["imported_at"], existing)
+
+    def cases(self) -> List[Case]:
+        with self.ledger.read() as con:
+            return [self._case_from_row(r) for r in con.execute("SELECT * FROM cases ORDER BY seq")]
+
+    def case(self, case_id: str) -> Case:
+        """A case by id (or by its unique name); HilaError naming the workspace when unknown."""
+        key = str(case_id)
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM cases WHERE case_id = ?", (key,)).fetchone()
+            if r is None:
+                rows = con.execute("SELECT * FROM cases WHERE name = ?", (key,)).fetchall()
+                r = rows[0] if len(rows) == 1 else None
+            if r is None:
+                n = con.execute("SELECT count(*) FROM cases").fetchone()[0]
+        if r is None:
+            raise HilaError(f"{self.root}: unknown case {key!r} ({n} case(s); `hila status {self.root}` lists them)")
+        return self._case_from_row(r)
+
+    def case_image(self, case_id: str) -> sitk.Image:
+        return sitk.ReadImage(str(self.case(case_id).path))
+
+    def _rows_of_case(self, table: str, order_all: str, order_case: str, case_id: Optional[str]) -> List[sqlite3.Row]:
+        """All rows of a table, or one case's (the case resolved by id or name), in ledger order."""
+        with self.ledger.read() as con:
+            if case_id is None:
+                return con.execute(f"SELECT * FROM {table} ORDER BY {order_all}").fetchall()
+            return con.execute(f"SELECT * FROM {table} WHERE case_id = ? ORDER BY {order_case}",
+                               (self.case(case_id).case_id,)).fetchall()
+
+    def import_volume(self, path: PathLike, name: Optional[str] = None, progress: Optional[ProgressFn] = None) -> Case:
+        """Import a volume file or DICOM series folder as a case; the same voxels+geometry again returns the
+        existing case (``case.existing`` is True) and writes nothing."""
+        progress = progress or null_progress
+        src = Path(path)
+        progress(0.0, f"reading {src.name}")
+        img = read_image(src)
+        chash = content_hash(img)
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM cases WHERE content_hash = ?", (chash,)).fetchone()
+        if r is not None:
+            progress(1.0, "already imported")
+            return self._case_from_row(r, existing=True)
+        progress(0.4, "storing")
+
+        def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> Tuple[str, bool]:
+            progress(0.9, "recording")
+            r = con.execute("SELECT * FROM cases WHERE content_hash = ?", (chash,)).fetchone()
+            if r is not None:  # another process imported it meanwhile
+                return r["case_id"], True
+            seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM cases").fetchone()[0]
+            case_id = f"c{seq:04d}"
+            base = name or default_case_name(src)
+            cname, k = base, 2
+            while con.execute("SELECT 1 FROM cases WHERE name = ?", (cname,)).fetchone():
+                cname, k = f"{base}-{k}", k + 1
+            rel = f"cases/{staged[0].name(case_id)}"
+            staged[0].place(rel)
+            con.execute("INSERT INTO cases VALUES (?,?,?,?,?,?,?,?,?)",
+                        (case_id, seq, cname, chash, rel, staged[0].sha256, str(src.resolve()), dumps(grid_of(img)), now()))
+            self._event(con, "import", case_id, {"name": cname, "source": str(src)})
+            return case_id, False
+
+        case_id, existing = self._store([(image_writer(img), ".nrrd")], record)
+        case = self.case(case_id)
+        case.existing = existing
+        if not existing:
+            progress(1.0, f"imported {case_id}")
+        return case

@@ -1,0 +1,117 @@
+"""The corrections room: a radiologist's label for a case as its next version (earlier versions
+stay), with the effort it took measured against what it corrected."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import quality as _quality
+from ..errors import HilaError
+from .files import Staged
+from .records import QUALITIES, Case, Correction, dumps
+from .room import Room, image_writer, now, user
+
+
+class Corrections(Room):
+    def _corr_from_row(self, r: sqlite3.Row) -> Correction:
+        return Correction(r["correction_id"], r["case_id"], r["version"], self.root / r["file"], r["sha256"], r["quality"],
+                          r["annotator"], r["seconds"], r["based_on"], json.loads(r["effort"]), r["created_at"])
+
+    def submit(self, case_id: str, label: Any, quality: str = "reviewed", annotator: Optional[str] = None,
+               seconds: Optional[float] = None, based_on: Optional[int] = None, strict: bool = False,
+               source: Optional[str] = None, marks: Optional[dict] = None) -> Correction:
+        """Record a corrected label for a case as its next version (earlier versions stay).
+
+        ``marks`` (weak labels): the box/lines the pseudo-mask was made from, kept in the effort JSON.
+
+        ``label`` is a SimpleITK label map on the case's grid or a segfile ``Segmentation``. The
+        effort (Dice per label, voxels changed) is measured against the prediction it corrects
+        (``based_on``, else the case's latest), else against the previous version.
+        """
+        if quality not in QUALITIES:
+            raise HilaError(f"quality {quality!r}: use one of {', '.join(QUALITIES)}")
+        if seconds is not None:
+            try:
+                seconds = float(seconds)
+            except (TypeError, ValueError):
+                raise HilaError(f"seconds {seconds!r}: not a number") from None
+            if not np.isfinite(seconds) or seconds < 0:
+                raise HilaError(f"seconds {seconds!r}: must be a non-negative number")
+        case = self.case(case_id)
+        if isinstance(label, (str, os.PathLike)):
+            arr, img, notes = self.read_label_file(case.case_id, label, strict=strict)
+            source = source or str(label)
+        else:
+            arr, img, notes = self.validate_label(case.case_id, label, strict=strict)
+        effort = self._effort(case, arr, based_on)
+        based_on = effort.get("prediction_id")
+        effort.update(notes)
+        if source:
+            effort["source"] = str(source)
+        if marks:
+            effort["marks"] = marks
+        annotator = annotator if annotator else user()
+
+        def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> int:
+            version = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM corrections WHERE case_id = ?",
+                                  (case.case_id,)).fetchone()[0]
+            rel = f"corrections/{case.case_id}/{staged[0].name(f'v{version:04d}')}"
+            staged[0].place(rel)
+            cur = con.execute("INSERT INTO corrections (case_id, version, file, sha256, quality, annotator, seconds, "
+                              "based_on, effort, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                              (case.case_id, version, rel, staged[0].sha256, quality, annotator, seconds, based_on,
+                               dumps(effort), now()))
+            self._event(con, "submit", case.case_id, {"correction_id": cur.lastrowid, "version": version,
+                                                     "quality": quality, "voxels_changed": effort.get("voxels_changed")})
+            return int(cur.lastrowid)
+
+        return self.correction(self._store([(image_writer(img), ".nrrd")], record))
+
+    def _effort(self, case: Case, arr: np.ndarray, based_on: Optional[int]) -> dict:
+        """Dice per label and voxels changed against the prediction corrected, else the previous version."""
+        pairs = self.settings.label_pairs()
+        with self.ledger.read() as con:
+            if based_on is not None:
+                p = con.execute("SELECT * FROM predictions WHERE prediction_id = ? AND case_id = ?",
+                                (int(based_on), case.case_id)).fetchone()
+                if p is None:
+                    raise HilaError(f"based-on prediction {based_on}: not a prediction of case {case.case_id}")
+            else:
+                p = con.execute("SELECT * FROM predictions WHERE case_id = ? ORDER BY prediction_id DESC LIMIT 1",
+                                (case.case_id,)).fetchone()
+            prev = None if p is not None else con.execute(
+                "SELECT * FROM corrections WHERE case_id = ? ORDER BY version DESC LIMIT 1", (case.case_id,)).fetchone()
+        if p is not None:
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(str(self.root / p["file"])))
+            out = _quality.label_change(arr, ref, pairs)
+            out.update(against=f"prediction {p['prediction_id']}", prediction_id=p["prediction_id"],
+                       model_version=p["model_version"])
+        elif prev is not None:
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(str(self.root / prev["file"])))
+            out = _quality.label_change(arr, ref, pairs)
+            out.update(against=f"correction v{prev['version']}", prediction_id=None, model_version=None)
+        else:
+            out = _quality.drawn_from_scratch(arr, pairs)
+            out.update(against="nothing", prediction_id=None, model_version=None)
+        out["labelled_voxels"] = {name: int((arr == v).sum()) for v, name in pairs}
+        return out
+
+    def correction(self, correction_id: int) -> Correction:
+        return self._corr_from_row(self._row_by_id("corrections", "correction_id", correction_id, "correction"))
+
+    def corrections(self, case_id: Optional[str] = None) -> List[Correction]:
+        return [self._corr_from_row(r) for r in self._rows_of_case("corrections", "correction_id", "version", case_id)]
+
+    def correction_label(self, case_id: str, version: Optional[int] = None) -> sitk.Image:
+        """A correction's label map (the latest version unless one is named)."""
+        corrs = self.corrections(case_id)
+        if version is not None:
+            corrs = [c for c in corrs if c.version == int(version)]
+        if not corrs:
+            raise HilaError(f"{self.root}: case {case_id} has no correction" + (f" version {version}" if version else ""))
+        return sitk.ReadImage(str(corrs[-1].path))

@@ -1,0 +1,111 @@
+"""The model registry room: model versions are added, never replaced; one is *current*; rollback
+goes one step back along the history of current models."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from ..errors import HilaError
+from .files import Staged
+from .records import MODEL_STATUSES, ModelRecord, dumps
+from .room import PathLike, Room, as_int, copier, now
+
+
+class Registry(Room):
+    def _model_from_row(self, r: sqlite3.Row) -> ModelRecord:
+        return ModelRecord(r["version"], self.root / r["file"], r["sha256"], json.loads(r["card"]), r["parent"], r["status"],
+                           self.abspath(r["checkpoint_file"]), r["training_run"], r["created_at"])
+
+    def models(self) -> List[ModelRecord]:
+        with self.ledger.read() as con:
+            return [self._model_from_row(r) for r in con.execute("SELECT * FROM models ORDER BY version")]
+
+    def model(self, version: int) -> ModelRecord:
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM models WHERE version = ?", (as_int(version, "model version"),)).fetchone()
+        if r is None:
+            raise HilaError(f"{self.root}: no model version {version} (`hila models {self.root} list`)")
+        return self._model_from_row(r)
+
+    def current_model(self) -> Optional[ModelRecord]:
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM models WHERE status = 'current'").fetchone()
+        return None if r is None else self._model_from_row(r)
+
+    def next_model_version(self) -> int:
+        """The version the next ``add_model`` will most likely get (a hint; allocation happens at commit)."""
+        with self.ledger.read() as con:
+            return int(con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0])
+
+    def add_model(self, onnx_path: PathLike, card: Any, parent: Optional[int] = None, status: str = "candidate",
+                  checkpoint_path: Optional[PathLike] = None, training_run: Optional[int] = None) -> ModelRecord:
+        """Copy a model (ONNX, and its torch checkpoint) in as the next version; files are never replaced."""
+        if status not in MODEL_STATUSES:
+            raise HilaError(f"model status {status!r}: use one of {', '.join(MODEL_STATUSES)}")
+        src = Path(onnx_path)
+        if not src.is_file():
+            raise HilaError(f"{src}: no such model file")
+        if checkpoint_path is not None and not Path(checkpoint_path).is_file():
+            raise HilaError(f"{checkpoint_path}: no such checkpoint file")
+        card_d = json.loads(card.to_json()) if hasattr(card, "to_json") else dict(card or {})
+        files = [(copier(src), ".onnx")]
+        if checkpoint_path is not None:
+            ck = Path(checkpoint_path)
+            files.append((copier(ck), "".join(ck.suffixes[-1:]) or ".pt"))
+
+        def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> int:
+            version = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0]
+            if parent is not None and not con.execute("SELECT 1 FROM models WHERE version = ?", (int(parent),)).fetchone():
+                raise HilaError(f"{self.root}: parent model version {parent} does not exist")
+            rels = [f"models/{s.name(f'v{version:04d}')}" for s in staged]
+            for s, rel in zip(staged, rels):
+                s.place(rel)
+            if status == "current":
+                con.execute("UPDATE models SET status = 'retired' WHERE status = 'current'")
+            con.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (version, rels[0], staged[0].sha256, dumps(card_d), parent, status,
+                         rels[1] if len(rels) > 1 else None, staged[1].sha256 if len(staged) > 1 else None,
+                         training_run, now()))
+            if status == "current":
+                con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'promote', ?)",
+                            (version, now()))
+            self._event(con, "model_add", f"v{version}", {"status": status, "parent": parent, "name": card_d.get("name")})
+            return int(version)
+
+        return self.model(self._store(files, record))
+
+    def promote(self, version: int) -> ModelRecord:
+        """Make a model version current (the previous current one is retired, and can come back by rollback)."""
+        version = as_int(version, "model version")
+        with self.ledger.write() as con:
+            r = con.execute("SELECT status FROM models WHERE version = ?", (version,)).fetchone()
+            if r is None:
+                raise HilaError(f"{self.root}: no model version {version} (`hila models {self.root} list`)")
+            if r[0] != "current":
+                old = con.execute("SELECT version FROM models WHERE status = 'current'").fetchone()
+                con.execute("UPDATE models SET status = 'retired' WHERE status = 'current'")
+                con.execute("UPDATE models SET status = 'current' WHERE version = ?", (version,))
+                con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'promote', ?)", (version, now()))
+                self._event(con, "promote", f"v{version}", {"previous": old[0] if old else None})
+        return self.model(version)
+
+    def rollback(self) -> ModelRecord:
+        """One step back: the model that was current before the present one becomes current again."""
+        with self.ledger.write() as con:
+            cur = con.execute("SELECT version FROM models WHERE status = 'current'").fetchone()
+            if cur is None:
+                raise HilaError(f"{self.root}: no current model to roll back from")
+            hist = [r[0] for r in con.execute("SELECT version FROM model_promotions ORDER BY promotion_id")]
+            # walk the history of 'current' backwards, skipping the present one and anything rolled back from
+            target = next((v for v in reversed(hist) if v != cur[0]), None)
+            if target is None:
+                raise HilaError(f"{self.root}: model v{cur[0]} is the first current model; nothing to roll back to")
+            con.execute("UPDATE models SET status = 'retired' WHERE version = ?", (cur[0],))
+            con.execute("UPDATE models SET status = 'current' WHERE version = ?", (target,))
+            con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'rollback', ?)", (target, now()))
+            # forget the rolled-back version in the history so a second rollback goes one further step back
+            con.execute("DELETE FROM model_promotions WHERE version = ? AND action != 'init'", (cur[0],))
+            self._event(con, "rollback", f"v{target}", {"from": cur[0]})
+        return self.model(target)

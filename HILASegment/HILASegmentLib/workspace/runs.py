@@ -1,0 +1,85 @@
+"""The runs room: training snapshots (the exact correction versions a run trains on) and the runs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from typing import Iterable, List, Optional, Sequence
+
+from ..errors import HilaError
+from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
+from .room import Room, now
+
+_SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_file, c.quality, k.file AS image_file, "
+                 "k.name AS case_name FROM corrections c JOIN cases k ON k.case_id = c.case_id ")
+
+
+class Runs(Room):
+    def _snap_item(self, r: sqlite3.Row) -> SnapshotItem:
+        return SnapshotItem(r["case_id"], r["version"], self.root / r["image_file"], self.root / r["label_file"],
+                            r["quality"], r["correction_id"], r["case_name"])
+
+    def snapshot(self, qualities: Iterable[str] = QUALITIES) -> List[SnapshotItem]:
+        """The latest correction of every case, read in one consistent transaction."""
+        qs = list(qualities)
+        with self.ledger.read() as con:
+            rows = con.execute(_SNAPSHOT_SQL + "WHERE c.version = (SELECT MAX(version) FROM corrections c2 "
+                               "WHERE c2.case_id = c.case_id) ORDER BY k.seq").fetchall()
+        return [self._snap_item(r) for r in rows if r["quality"] in qs]
+
+    def start_training_run(self, snapshot: Optional[Sequence[SnapshotItem]] = None, parent_model: Optional[int] = None) -> int:
+        """Record a training run and the exact correction versions it trains on; returns its id."""
+        snapshot = self.snapshot() if snapshot is None else list(snapshot)
+        with self.ledger.write() as con:
+            ids = []
+            for it in snapshot:
+                r = con.execute("SELECT correction_id FROM corrections WHERE case_id = ? AND version = ?",
+                                (it.case_id, int(it.correction_version))).fetchone()
+                if r is None:
+                    raise HilaError(f"snapshot: case {it.case_id} has no correction version {it.correction_version}")
+                ids.append(r[0])
+            if parent_model is None:
+                cur_model = con.execute("SELECT version FROM models WHERE status = 'current'").fetchone()
+                parent_model = cur_model[0] if cur_model else None
+            cur = con.execute("INSERT INTO training_runs (status, parent_model, host, pid, started_at) VALUES "
+                              "('running', ?, ?, ?, ?)", (parent_model, socket.gethostname(), os.getpid(), now()))
+            run_id = cur.lastrowid
+            for cid in sorted(set(ids)):
+                con.execute("INSERT INTO training_snapshot VALUES (?, ?)", (run_id, cid))
+            self._event(con, "train_start", f"run {run_id}", {"corrections": sorted(set(ids)), "parent_model": parent_model})
+        return int(run_id)
+
+    def training_run(self, run_id: int) -> TrainingRun:
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM training_runs WHERE run_id = ?", (int(run_id),)).fetchone()
+            if r is None:
+                raise HilaError(f"{self.root}: unknown training run {run_id}")
+            items = con.execute(_SNAPSHOT_SQL + "JOIN training_snapshot s ON s.correction_id = c.correction_id "
+                                "WHERE s.run_id = ? ORDER BY k.seq, c.version", (int(run_id),)).fetchall()
+        return TrainingRun(r["run_id"], r["status"], [self._snap_item(i) for i in items], r["parent_model"],
+                           r["model_version"], json.loads(r["metrics"]) if r["metrics"] else None, r["log"],
+                           r["started_at"], r["finished_at"], r["host"], r["pid"])
+
+    def training_runs(self) -> List[TrainingRun]:
+        with self.ledger.read() as con:
+            ids = [r[0] for r in con.execute("SELECT run_id FROM training_runs ORDER BY run_id")]
+        return [self.training_run(i) for i in ids]
+
+    def finish_training_run(self, run_id: int, status: str, metrics: Optional[dict] = None,
+                            model_version: Optional[int] = None, log: str = "") -> None:
+        """Close a running training run as done, cancelled or failed, with its metrics and log."""
+        if status not in RUN_STATUSES or status == "running":
+            raise HilaError(f"training run status {status!r}: use done, cancelled or failed")
+        with self.ledger.write() as con:
+            r = con.execute("SELECT status FROM training_runs WHERE run_id = ?", (int(run_id),)).fetchone()
+            if r is None:
+                raise HilaError(f"{self.root}: unknown training run {run_id}")
+            if r[0] != "running":
+                raise HilaError(f"training run {run_id} is already {r[0]}")
+            if model_version is not None and not con.execute("SELECT 1 FROM models WHERE version = ?",
+                                                             (int(model_version),)).fetchone():
+                raise HilaError(f"{self.root}: unknown model version {model_version}")
+            con.execute("UPDATE training_runs SET status = ?, metrics = ?, model_version = ?, log = ?, finished_at = ? "
+                        "WHERE run_id = ?", (status, dumps(metrics or {}), model_version, log or "", now(), int(run_id)))
+            self._event(con, "train_end", f"run {run_id}", {"status": status, "model_version": model_version})
