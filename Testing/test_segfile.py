@@ -11,6 +11,7 @@ import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
 from HILASegmentLib import imageio, labelio, segfile
+from HILASegmentLib.cli.convert import parse_names
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.segfile import Segmentation
 
@@ -222,16 +223,16 @@ def test_to_label_image_and_masks_of_the_overlapping_file():
 
 def test_read_plain_label_map_with_name_table(tmp_path):
     lab_path = FIXTURES / "pelvic_ct_small_labels.nii.gz"
-    seg = segfile.read_segmentation(lab_path, "1=prostate,2=bladder,3=rectum")
+    seg = segfile.read_segmentation(lab_path, parse_names("1=prostate,2=bladder,3=rectum"))
     assert seg.names[:3] == ["prostate", "bladder", "rectum"]
     table = tmp_path / "colors.ctbl"
     table.write_text("# Slicer colour table\n0 Background 0 0 0 0\n1 prostate 216 101 79 255\n2 bladder 1 2 3 255\n", encoding="utf-8")
-    seg2 = segfile.read_segmentation(lab_path, str(table))
+    seg2 = segfile.read_segmentation(lab_path, parse_names(str(table)))
     assert seg2.names[:2] == ["prostate", "bladder"]
-    assert segfile.parse_names({1: "a"}) == {1: "a"}
+    assert parse_names({1: "a"}) == {1: "a"}
     for bad in ("1prostate", "x=prostate", "0=background", "1=a,1=b"):
         with pytest.raises(HilaError):
-            segfile.parse_names(bad)
+            parse_names(bad)
 
 
 def test_empty_segmentation_writes_a_readable_file(tmp_path):

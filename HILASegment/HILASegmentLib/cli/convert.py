@@ -9,7 +9,11 @@ on error: outputs appear atomically, by rename, only once complete.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Dict, Mapping, Union
+
+from ..errors import HilaError
 
 
 def register(sub, parent) -> None:
@@ -34,7 +38,6 @@ def register(sub, parent) -> None:
 
 
 def _kind_of_output(path: str) -> str:
-    from ..errors import HilaError
     from ..imageio import VOLUME_SUFFIXES, volume_suffix
 
     name = Path(path).name.lower()
@@ -48,7 +51,6 @@ def _kind_of_output(path: str) -> str:
 def convert(src: str, dst: str, names=None, reference: str | None = None) -> dict:
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
     from .. import imageio, labelio, segfile
-    from ..errors import HilaError
 
     out_kind = _kind_of_output(dst)
     src_p = Path(src)
@@ -58,7 +60,7 @@ def convert(src: str, dst: str, names=None, reference: str | None = None) -> dic
         raise HilaError(f"{dst}: output is the input file")
     ref = imageio.read_image(reference) if reference else None
     in_kind = "segmentation" if segfile.is_seg_nrrd(src_p) else ("dicom" if src_p.is_dir() else "image")
-    table = segfile.parse_names(names) if names else {}
+    table = parse_names(names) if names else {}
 
     if out_kind == "segmentation":
         if in_kind == "segmentation":
@@ -115,3 +117,50 @@ def run(args: argparse.Namespace) -> int:
     done = convert(args.input, args.output, names=args.names, reference=args.reference)
     emit(args, done["result"], done["summary"])
     return 0
+
+
+def parse_names(spec: Union[str, Mapping[int, str], None]) -> Dict[int, str]:
+    """A name table from ``'1=prostate,2=bladder'``, a Slicer colour table file (``value name r g b a``
+    lines), a JSON file (``{"1": "prostate"}``) or a mapping."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return {int(k): str(v) for k, v in spec.items()}
+    text = str(spec).strip()
+    p = Path(text)
+    if text and p.is_file():
+        body = p.read_text(encoding="utf-8", errors="replace")
+        if p.suffix.lower() == ".json":
+            try:
+                obj = json.loads(body)
+                return {int(k): str(v) for k, v in obj.items()}
+            except (ValueError, AttributeError) as exc:
+                raise HilaError(f"{p}: not a JSON object of value -> name ({exc})") from None
+        names: Dict[int, str] = {}
+        for ln in body.splitlines():
+            ln = ln.strip()
+            if not ln or ln.startswith("#"):
+                continue
+            parts = ln.split()
+            try:
+                v = int(parts[0])
+            except ValueError:
+                raise HilaError(f"{p}: line {ln[:40]!r} does not start with a label value") from None
+            if v != 0 and len(parts) > 1:
+                names[v] = parts[1]
+        return names
+    names = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        if "=" not in item:
+            raise HilaError(f"names: {item!r} is not VALUE=NAME (e.g. 1=prostate,2=bladder)")
+        v, name = item.split("=", 1)
+        try:
+            value = int(v)
+        except ValueError:
+            raise HilaError(f"names: {v!r} in {item!r} is not an integer label value") from None
+        if value < 1 or not name.strip():
+            raise HilaError(f"names: {item!r} needs a value of 1 or more and a name")
+        if value in names:
+            raise HilaError(f"names: label value {value} is named twice")
+        names[value] = name.strip()
+    return names

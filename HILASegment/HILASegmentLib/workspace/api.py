@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..colors import default_color
 from ..errors import HilaError
 from ..modelcard import resolve_model
 from .cases import Cases
@@ -25,7 +26,7 @@ from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged, fsync_dir
 from .labels import Labels
 from .ledger import LEDGER_NAME, Ledger
 from .predictions import Predictions
-from .records import MODALITIES, default_colour, dumps
+from .records import MODALITIES, dumps
 from .registry import Registry
 from .reports import Reports
 from .room import PathLike, now, user
@@ -90,9 +91,9 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
             if resolved is None:
                 raise HilaError("labels: give --labels NAME[,NAME...] (or --model with a model card)")
             names = [l["name"] for l in resolved[1]["labels"]]
-        specs = [(i + 1, n, default_colour(n, i)) for i, n in enumerate(names)]
+        specs = [(i + 1, n, default_color(n, i)) for i, n in enumerate(names)]
         if resolved is not None:  # the model's own label values and colours
-            specs = [(int(l["value"]), str(l["name"]), tuple(l.get("color") or default_colour(str(l["name"]), i)))
+            specs = [(int(l["value"]), str(l["name"]), tuple(l.get("color") or default_color(str(l["name"]), i)))
                      for i, l in enumerate(resolved[1].get("labels", []))]
         created_root = not root.exists()
         try:

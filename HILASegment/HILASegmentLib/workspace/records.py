@@ -1,10 +1,10 @@
-"""The plain records a workspace hands out (dataclasses, no behaviour), and the label palette."""
+"""The plain records a workspace hands out (dataclasses, no behaviour); label colours come from ``colors``."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 QUALITIES = ("reviewed", "rough", "weak")
 MODALITIES = ("MR", "CT")
@@ -26,29 +26,6 @@ def _plain(value):
 class _Record:
     def to_dict(self) -> dict:
         return _plain(asdict(self))
-
-#: Colours (0..1 RGB) for common pelvic structures, after Slicer's GenericAnatomyColors; others cycle a palette.
-KNOWN_COLOURS: Dict[str, Tuple[float, float, float]] = {
-    "prostate": (0.847, 0.792, 0.733),
-    "bladder": (0.847, 0.780, 0.400),
-    "urinary_bladder": (0.847, 0.780, 0.400),
-    "rectum": (0.725, 0.400, 0.333),
-    "femoral_head_left": (0.945, 0.839, 0.569),
-    "femoral_head_right": (0.945, 0.839, 0.569),
-    "seminal_vesicles": (0.560, 0.745, 0.545),
-    "peripheral_zone": (0.502, 0.682, 0.502),
-    "transition_zone": (0.945, 0.702, 0.502),
-    "central_gland": (0.945, 0.702, 0.502),
-    "lesion": (0.878, 0.157, 0.157),
-}
-PALETTE: Tuple[Tuple[float, float, float], ...] = (
-    (0.502, 0.682, 0.502), (0.945, 0.839, 0.569), (0.694, 0.478, 0.396), (0.435, 0.722, 0.824),
-    (0.847, 0.396, 0.310), (0.867, 0.510, 0.396), (0.565, 0.933, 0.565), (0.753, 0.408, 0.878),
-)
-
-
-def default_colour(name: str, index: int) -> Tuple[float, float, float]:
-    return KNOWN_COLOURS.get(name.strip().lower().replace(" ", "_"), PALETTE[index % len(PALETTE)])
 
 
 @dataclass(frozen=True)
