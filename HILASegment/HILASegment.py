@@ -1,10 +1,10 @@
 """HILASegment: human-in-the-loop segmentation of prostate MRI and pelvic CT in 3D Slicer.
 
-Thin glue: every decision lives in the engine (``HILASegmentLib``, plain Python, tested without
-Slicer). This file turns MRML nodes into engine objects and back, owns the UI, and runs long work
-(inference, training) in a child process watched by a QTimer, so the GUI never blocks.
+Thin glue: every decision lives in the engine (``HILASegmentLib``) or in ``HILASegmentSlicerLib``
+(the glue's own logic with the Slicer objects passed in, tested with stand-ins). This file wires
+widgets to them and runs long work (inference, training, installs) in child processes watched by
+a QTimer, one slot per kind, so the GUI never blocks and training never stops the case loop.
 """
-import importlib
 import logging
 import os
 import re
@@ -24,13 +24,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HILASegmentLib import dependencies, mrmlgeometry, panels
+from HILASegmentLib import dependencies, panels
 from HILASegmentLib.processrunner import ProcessRunner, engine_command
+from HILASegmentSlicerLib import cases, installs, panelstate, segments
+from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
 
 SETTINGS = "HILASegment/"
-OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any other segment
-CASE_ATTRIBUTE = "HILASegment.CaseID"
-CREATOR_TAG = "HILA.creator"  # beside the engine's HILA.model / HILA.model_version tags
+CASE_ATTRIBUTE = segments.CASE_ATTRIBUTE
 
 
 class HILASegment(ScriptedLoadableModule):
@@ -41,7 +41,7 @@ class HILASegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["HILASegment developers"]
         self.parent.helpText = (
-            "Human-in-the-loop segmentation: segment with the current model, correct in the Segment Editor, "
+            "Human-in-the-loop segmentation: segment with a model, correct in the Segment Editor, "
             "accept, and train a better model in the background. Every model version is kept; roll back anytime.")
         self.parent.acknowledgementText = (
             "Built on 3D Slicer, SimpleITK, ONNX Runtime, PyTorch and MONAI. Workflow after Lutnick et al. 2019 "
@@ -64,11 +64,14 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.ws = None
-        self.caseId = None
-        self.caseOpenedAt = None
-        self.job = None  # (kind, ProcessRunner, context dict) while a background job runs
+        self.jobs = JobBoard()
+        self.openedAt = {}  # volume ID -> when its case was opened (the correction's seconds)
         self.candidateVersion = None
+        self.modelChoices = []
+        self.parameterNode = None
+        self._updatingGUI = False
 
+    # -- set-up: every step below leaves the panel consistent, whatever the saved settings say --
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/HILASegment.ui"))
@@ -77,8 +80,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HILASegmentLogic()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
-        self.ui.progressBar.hide()
-        self.ui.segmentProgressBar.hide()
+        for bar in (self.ui.progressBar, self.ui.segmentProgressBar, self.ui.installProgressBar):
+            bar.hide()
         for table, headers in ((self.ui.caseTableWidget, panels.CASE_COLUMNS),
                                (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
             table.setColumnCount(len(headers))
@@ -101,11 +104,14 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importFilesButton.connect("clicked()", self.onImportFiles)
         self.ui.importFolderButton.connect("clicked()", self.onImportFolder)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.ttaCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        self.ui.qualityComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
         self.ui.acceptButton.connect("clicked()", self.onAccept)
         self.ui.trainButton.connect("clicked()", self.onTrain)
-        self.ui.cancelButton.connect("clicked()", self.onCancel)
-        self.ui.cancelSegmentButton.connect("clicked()", self.onCancel)
+        self.ui.cancelButton.connect("clicked()", lambda: self.cancelJob("train"))
+        self.ui.cancelInstallButton.connect("clicked()", lambda: self.cancelJob("install"))
         self.ui.promoteButton.connect("clicked()", self.onPromote)
         self.ui.discardButton.connect("clicked()", self.onDiscard)
         self.ui.rollbackButton.connect("clicked()", self.onRollback)
@@ -116,17 +122,67 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.autoPromoteCheckBox.connect("toggled(bool)", self.saveSettings)
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        if self.ui.workspacePathLineEdit.currentPath:
-            with slicer.util.tryWithErrorDisplay("Could not reopen the last workspace."):
-                self.openWorkspace(self.ui.workspacePathLineEdit.currentPath)
+        # no tryWithErrorDisplay here: it re-raises, and setup must reach updateButtons() at every start
+        self.ws, message = cases.reopen_workspace(self.ui.workspacePathLineEdit.currentPath, self.logic.openWorkspace,
+                                                  lambda: _setSetting("workspace", ""))
+        if message:
+            self.ui.workspacePathLineEdit.currentPath = ""
+            self.status(message)
+        self.refreshTables()
+        self.initializeParameterNode()
         self.updateButtons()
 
     def cleanup(self):
         self.removeObservers()
-        if self.job:
-            self.job[1].cancel()
+        self.jobs.cancel_all()
         self.timer.stop()
+
+    # -- module enter/exit: the embedded Segment Editor as Slicer's own Segment Editor module does it --
+    def enter(self):
+        self.initializeParameterNode()
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
+
+    def exit(self):
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # an effect must not keep painting in other modules
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
+
+    # -- parameter node: the selected volume, model, TTA and quality live in the scene --
+    def initializeParameterNode(self):
+        self.parameterNode = self.logic.getParameterNode()
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self):
+        if self.parameterNode is None:
+            return
+        self._updatingGUI = True
+        try:
+            volume = self.parameterNode.GetNodeReference("InputVolume")
+            if volume is not None:
+                self.ui.inputVolumeSelector.setCurrentNode(volume)
+            self.ui.ttaCheckBox.checked = self.parameterNode.GetParameter("TTA") == "true"
+            if self.parameterNode.GetParameter("Quality"):
+                self.ui.qualityComboBox.currentText = self.parameterNode.GetParameter("Quality")
+            keys = [c.key for c in self.modelChoices]
+            if self.parameterNode.GetParameter("Model") in keys:
+                self.ui.modelComboBox.currentIndex = keys.index(self.parameterNode.GetParameter("Model"))
+        finally:
+            self._updatingGUI = False
+
+    def updateParameterNodeFromGUI(self, *unused):
+        if self.parameterNode is None or self._updatingGUI:
+            return
+        volume = self.ui.inputVolumeSelector.currentNode()
+        choice = self.currentModelChoice()
+        wasModified = self.parameterNode.StartModify()
+        self.parameterNode.SetNodeReferenceID("InputVolume", volume.GetID() if volume else None)
+        self.parameterNode.SetParameter("TTA", "true" if self.ui.ttaCheckBox.checked else "false")
+        self.parameterNode.SetParameter("Quality", self.ui.qualityComboBox.currentText)
+        self.parameterNode.SetParameter("Model", choice.key if choice else "")
+        self.parameterNode.EndModify(wasModified)
 
     def saveSettings(self, *unused):
         _setSetting("annotator", self.ui.annotatorLineEdit.text)
@@ -139,48 +195,77 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(text, 5000)
 
     def updateButtons(self):
-        busy, hasWs = self.job is not None, self.ws is not None
-        hasVolume = self.ui.inputVolumeSelector.currentNode() is not None
-        self.ui.segmentButton.enabled = hasVolume and not busy
-        self.ui.acceptButton.enabled = hasVolume and not busy
-        self.ui.trainButton.enabled = hasWs and not busy
-        self.ui.cancelButton.enabled = busy and self.job[0] == "train"
-        self.ui.cancelSegmentButton.enabled = busy and self.job[0] == "segment"
-        for b in (self.ui.nextCaseButton, self.ui.importVolumeButton, self.ui.importFilesButton,
-                  self.ui.importFolderButton, self.ui.rollbackButton, self.ui.plotButton):
-            b.enabled = hasWs and not busy
-        self.ui.promoteButton.enabled = self.ui.discardButton.enabled = self.candidateVersion is not None and not busy
+        volume = self.ui.inputVolumeSelector.currentNode()
+        volumeId = volume.GetID() if volume else None
+        segmentJob = self.jobs.get("segment")
+        state = panelstate.PanelState(
+            has_workspace=self.ws is not None, has_volume=volume is not None,
+            segmenting_shown=self.jobs.segmenting(volumeId),
+            segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
+            training=self.jobs.busy("train"), installing=self.jobs.busy("install"),
+            has_candidate=self.candidateVersion is not None,
+            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1)
+        for name, enabled in panelstate.button_states(state).items():
+            getattr(self.ui, name).enabled = enabled
+        self.ui.cancelInstallButton.enabled = self.jobs.busy("install")
+        choice = self.currentModelChoice()
+        self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
 
     # -- workspace ------------------------------------------------------------------------
-    def openWorkspace(self, path, create=False):
-        from HILASegmentLib.workspace import Workspace
-        if create:
-            labels = [s.strip() for s in self.ui.labelsLineEdit.text.split(",") if s.strip()]
-            self.ws = Workspace.create(path, self.ui.modalityComboBox.currentText, labels)
-        else:
-            self.ws = Workspace.open(path)
-        _setSetting("workspace", str(path))
-        self.refreshTables()
-
     def onOpenWorkspace(self):
-        with slicer.util.tryWithErrorDisplay("Could not open the workspace.", waitCursor=True):
-            self.openWorkspace(self.ui.workspacePathLineEdit.currentPath)
-        self.updateButtons()
+        self.openWorkspace(create=False)
 
     def onCreateWorkspace(self):
-        with slicer.util.tryWithErrorDisplay("Could not create the workspace.", waitCursor=True):
-            self.openWorkspace(self.ui.workspacePathLineEdit.currentPath, create=True)
+        self.openWorkspace(create=True)
+
+    def openWorkspace(self, create):
+        path = self.ui.workspacePathLineEdit.currentPath
+        try:
+            with slicer.util.WaitCursor():
+                if create:
+                    labels = [s.strip() for s in self.ui.labelsLineEdit.text.split(",") if s.strip()]
+                    self.ws = self.logic.createWorkspace(path, self.ui.modalityComboBox.currentText, labels)
+                else:
+                    self.ws = self.logic.openWorkspace(path)
+            _setSetting("workspace", str(path))
+        except Exception as exc:
+            slicer.util.errorDisplay("Could not %s the workspace %s: %s" % ("create" if create else "open", path, exc))
+        self.refreshTables()
         self.updateButtons()
 
     def refreshTables(self):
+        self.refreshModelChoices()
         if self.ws is None:
+            self.ui.workspaceStatusLabel.text = "No workspace: open or create one (Segment works without one)."
             return
         self._fill(self.ui.caseTableWidget, panels.case_rows(self.ws))
         self._fill(self.ui.modelTableWidget, panels.model_rows(self.ws))
         current = self.ws.current_model()
         self.ui.workspaceStatusLabel.text = "{}: {} cases, {} models, current model {}".format(
             self.ws.settings.modality, self.ui.caseTableWidget.rowCount, self.ui.modelTableWidget.rowCount,
-            "v%d" % current.version if current else "none (the workspace's starter model is used)")
+            "v%d" % current.version if current else "none (pick a catalog model)")
+
+    def refreshModelChoices(self):
+        previous = self.currentModelChoice()
+        self.modelChoices = cases.model_choices(self.ws)
+        self._updatingGUI = True
+        try:
+            self.ui.modelComboBox.clear()
+            for c in self.modelChoices:
+                self.ui.modelComboBox.addItem(c.label)
+            keys = [c.key for c in self.modelChoices]
+            if previous is not None and previous.key in keys:
+                self.ui.modelComboBox.currentIndex = keys.index(previous.key)
+        finally:
+            self._updatingGUI = False
+
+    def currentModelChoice(self):
+        i = self.ui.modelComboBox.currentIndex if hasattr(self, "ui") else -1
+        return self.modelChoices[i] if 0 <= i < len(self.modelChoices) else None
+
+    def onModelChanged(self, index):
+        self.updateParameterNodeFromGUI()
+        self.updateButtons()
 
     def _fill(self, table, rows):
         table.setSortingEnabled(False)
@@ -197,39 +282,37 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.loadCase(self.ui.caseTableWidget.item(row, 0).text())
 
     def onNextCase(self):
-        with slicer.util.tryWithErrorDisplay("Could not find the next case."):
-            caseId = panels.next_case_id(self.ws)
-            if caseId is None:
-                slicer.util.infoDisplay("Every case has a correction: train, or import more cases.")
-                return
-            self.loadCase(caseId)
+        caseId = panels.next_case_id(self.ws)
+        if caseId is None:
+            slicer.util.infoDisplay("Every case has a correction: train, or import more cases.")
+            return
+        self.loadCase(caseId)
 
     def loadCase(self, caseId):
-        if not self.saveBeforeLeaving():
+        """Show a case; it continues from its latest correction, and its segmentation is its own."""
+        try:
+            with slicer.util.WaitCursor():
+                volume = self.logic.loadCase(self.ws, caseId)
+                segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+                loaded = cases.reopen_case_segments(self.ws, slicer.util, volume, segNode)
+        except Exception as exc:
+            slicer.util.errorDisplay("Could not load case %s: %s" % (caseId, exc))
             return
-        with slicer.util.tryWithErrorDisplay("Could not load the case.", waitCursor=True):
-            volume = self.logic.loadCase(self.ws, caseId)
-            self.ui.inputVolumeSelector.setCurrentNode(volume)
-            self.caseId, self.caseOpenedAt = caseId, time.monotonic()
-            self.ui.caseInfoLabel.text = "Case %s opened; segment it, correct, then Accept." % caseId
-
-    def saveBeforeLeaving(self):
-        """Never lose edits: offer to save the current segmentation before another case replaces it."""
-        segNode = self.ui.segmentEditorWidget.segmentationNode()
-        if segNode is None or not self.logic.hasUnsavedEdits(segNode):
-            return True
-        if slicer.util.confirmYesNoDisplay("The current segmentation has unsaved edits. Save it as .seg.nrrd first?"):
-            path = self.logic.saveSegmentation(segNode, self.logic.outputPath(self.ui.inputVolumeSelector.currentNode(), self.ws, self.caseId))
-            self.status("Saved %s" % path)
-            return True
-        return slicer.util.confirmOkCancelDisplay("Leave this case without saving its edits?")
+        self.ui.inputVolumeSelector.setCurrentNode(volume)
+        self.ui.caseInfoLabel.text = ("Case %s: its latest correction (v%d) is loaded; correct, then Accept." % (caseId, loaded)
+                                      if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
 
     def onImportVolume(self):
-        with slicer.util.tryWithErrorDisplay("Could not import the volume.", waitCursor=True):
-            case = self.logic.importVolumeNode(self.ws, self.ui.inputVolumeSelector.currentNode())
-            self.caseId, self.caseOpenedAt = case.case_id, time.monotonic()
-            self.refreshTables()
-            self.status("Imported %s as case %s" % (case.name, case.case_id))
+        volume = self.ui.inputVolumeSelector.currentNode()
+        try:
+            with slicer.util.WaitCursor():
+                case = self.logic.importVolumeNode(self.ws, volume)
+        except Exception as exc:
+            slicer.util.errorDisplay("Could not import the volume: %s" % exc)
+            return
+        self.openedAt[volume.GetID()] = time.monotonic()
+        self.refreshTables()
+        self.status("Imported %s as case %s" % (case.name, case.case_id))
 
     def onImportFiles(self):
         paths = qt.QFileDialog.getOpenFileNames(slicer.util.mainWindow(), "Import volumes", "",
@@ -242,24 +325,33 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.importPaths([folder])
 
     def importPaths(self, paths):
-        with slicer.util.tryWithErrorDisplay("Import failed.", waitCursor=True):
-            for p in paths:
-                case = self.ws.import_volume(p)
-                self.status("Imported %s as case %s" % (p, case.case_id))
+        done = []
+        try:
+            with slicer.util.WaitCursor():
+                for p in paths:
+                    done.append(self.ws.import_volume(p).case_id)
+        except Exception as exc:
+            slicer.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
         self.refreshTables()
+        if done:
+            self.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
 
     def onVolumeChanged(self, volume):
-        self.caseId = volume.GetAttribute(CASE_ATTRIBUTE) if volume else None
-        self.caseOpenedAt = time.monotonic() if self.caseId else None
-        if volume:
-            segNode = self.logic.segmentationFor(volume)
-            self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-            self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
+        if volume is not None and volume.GetID() not in self.openedAt:
+            self.openedAt[volume.GetID()] = time.monotonic()
+        segNode = None
+        if volume is not None:
+            segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=bool(volume.GetAttribute(CASE_ATTRIBUTE)))
+        self.ui.segmentEditorWidget.setSegmentationNode(segNode)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        self.updateParameterNodeFromGUI()
         self.updateButtons()
 
-    # -- dependencies ---------------------------------------------------------------------
-    def ensureDependencies(self, tier, always=False):
-        plan = dependencies.plan_install(tier)
+    # -- dependencies: one consent dialog; installs never freeze the GUI -------------------
+    def ensureDependencies(self, tier, always=False, model=None):
+        """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
+        plan = dependencies.plan_install(tier, model=model)
         if plan.broken_slicer:
             slicer.util.errorDisplay(plan.message())
             return False
@@ -267,71 +359,102 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if always:
                 slicer.util.infoDisplay("All Python packages HILASegment needs are installed.")
             return True
+        if self.jobs.busy("install"):
+            self.status("Packages are being installed; try again when the install has finished.")
+            return False
         if not slicer.util.confirmOkCancelDisplay(plan.message()):
             return False
         try:
-            with slicer.util.WaitCursor():
-                self.logic.install(plan)
+            runner = self.logic.install(plan)
         except Exception as exc:
             slicer.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
             return False
-        return not dependencies.plan_install(tier).needed
+        if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
+            return not dependencies.plan_install(tier, model=model).needed
+        self.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
+        self.status("Installing Python packages in the background; Segment or Train again when it is done.")
+        return False
+
+    def finishInstall(self, job, outcome):
+        self.status("Python packages installed (%.0f s)." % outcome.seconds)
 
     # -- segment and accept ---------------------------------------------------------------
     def onSegment(self):
         volume = self.ui.inputVolumeSelector.currentNode()
-        if volume is None or not self.ensureDependencies("inference"):
+        if volume is not None and self.jobs.segmenting(volume.GetID()):
+            self.cancelJob("segment")  # the Segment button is Cancel while this case segments
             return
-        with slicer.util.tryWithErrorDisplay("Segmentation failed to start.", waitCursor=True):
-            model, version = panels.model_for(self.ws, _setting("model", "taps"))
-            runner, context = self.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked,
+        choice = self.currentModelChoice()
+        if volume is None or choice is None or not self.ensureDependencies("inference", model=choice.model):
+            return
+        try:
+            runner, context = self.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
                                                            device=self.ui.deviceComboBox.currentText)
-            context.update(volume=volume, version=version, caseId=self.caseId)
-            self.startJob("segment", runner, context)
+        except Exception as exc:
+            slicer.util.errorDisplay("Segmentation failed to start: %s" % exc)
+            return
+        context["version"] = choice.version if choice.key == "workspace" else None
+        self.startJob(Job("segment", runner, case_id=volume.GetAttribute(CASE_ATTRIBUTE), volume_id=volume.GetID(),
+                          label=choice.label.split(" · ")[0], context=context))
 
-    def finishSegment(self, outcome, context):
-        volume = context["volume"]
-        segNode = self.logic.segmentationFor(volume)
-        self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-        self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        written = self.logic.writeResult(context["out"], segNode, volume, self.ui.segmentEditorWidget.mrmlSegmentEditorNode())
-        if self.ws is not None and context["caseId"]:
-            label, summary = panels.prediction_from_file(self.ws, context["out"], outcome.result)
-            self.ws.add_prediction(context["caseId"], label, context["version"], uncertainty=summary)
+    def finishSegment(self, job, outcome):
+        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
+        volume = slicer.mrmlScene.GetNodeByID(job.volume_id)
+        if volume is None:
+            self.status("The segmented volume was closed; its result was discarded.")
+            return
+        segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+        editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
+        if self.ui.inputVolumeSelector.currentNode() is volume:
+            self.ui.segmentEditorWidget.setSegmentationNode(segNode)
+            self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
+        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode)
+        if self.ws is not None and job.case_id:
+            label, summary = panels.prediction_from_file(self.ws, job.context["out"], outcome.result)
+            self.ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
             self.refreshTables()
-        self.status("Segmented %s: %s (%.0f s)" % (volume.GetName(), ", ".join(written), outcome.seconds))
+        self.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
+        if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
+            slicer.util.warningDisplay(report.message())
 
     def onAccept(self):
+        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
         volume = self.ui.inputVolumeSelector.currentNode()
-        segNode = self.ui.segmentEditorWidget.segmentationNode()
-        with slicer.util.tryWithErrorDisplay("Accept failed; nothing was submitted.", waitCursor=True):
-            if segNode is None:
-                raise ValueError("There is no segmentation to accept.")
-            version = None
-            if self.ws is not None and self.caseId:
-                label = self.logic.labelFromSegmentation(segNode, volume, self.ws.settings.labels)
-                seconds = time.monotonic() - self.caseOpenedAt if self.caseOpenedAt else None
-                correction = self.ws.submit(self.caseId, label, quality=self.ui.qualityComboBox.currentText,
-                                            annotator=self.ui.annotatorLineEdit.text or None, seconds=seconds)
-                version = correction.version
-            path = self.logic.saveSegmentation(segNode, self.logic.outputPath(volume, self.ws, self.caseId, version))
-            self.refreshTables()
-            self.status("%s; saved %s" % ("Accepted as correction v%d" % version if version else
-                                          "Not a workspace case (import it to submit)", path))
+        segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=False) if volume else None
+        caseId = volume.GetAttribute(CASE_ATTRIBUTE) if volume else None
+        opened = self.openedAt.get(volume.GetID()) if volume else None
+        try:
+            with slicer.util.WaitCursor():
+                outcome = cases.accept_case(
+                    self.ws, slicer.util, volume, segNode, self.logic.ijkToRas(volume) if volume else None, vtk.mutable,
+                    save=lambda node, version: self.logic.saveSegmentation(node, cases.output_path(volume, self.ws, caseId, version)),
+                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
+                    seconds=time.monotonic() - opened if opened else None)
+        except Exception as exc:
+            slicer.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
+            return
+        self.refreshTables()
+        self.status(outcome.message())
+        if outcome.save_error:
+            slicer.util.warningDisplay(outcome.message())
 
     # -- training and models --------------------------------------------------------------
     def onTrain(self):
         if not self.ensureDependencies("training"):
             return
-        with slicer.util.tryWithErrorDisplay("Training failed to start."):
+        try:
             runner = self.logic.startTraining(self.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText,
                                               autoPromote=self.ui.autoPromoteCheckBox.checked)
-            self.ui.logTextEdit.clear()
-            self.startJob("train", runner, {"before": [m.version for m in self.ws.models()]})
+        except Exception as exc:
+            slicer.util.errorDisplay("Training failed to start: %s" % exc)
+            return
+        self.ui.logTextEdit.clear()
+        self.startJob(Job("train", runner, label="a new model", context={"before": [m.version for m in self.ws.models()]}))
 
-    def finishTrain(self, outcome, context):
+    def finishTrain(self, job, outcome):
+        """Offer the candidate in the panel (Promote/Discard) without interrupting the case being corrected."""
         self.refreshTables()
-        newVersions = sorted(set([m.version for m in self.ws.models()]) - set(context["before"]))
+        newVersions = sorted(set(m.version for m in self.ws.models()) - set(job.context["before"]))
         if not newVersions:
             self.ui.candidateLabel.text = "No new model: %s" % ((outcome.result or {}).get("message") or "see the log")
             return
@@ -340,13 +463,16 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         current = self.ws.current_model()
         if current is not None and current.version == self.candidateVersion:
             self.candidateVersion = None  # auto-promote on, and the trainer's gate promoted it
+        self.status("Training finished: " + self.ui.candidateLabel.text)
 
     def onPromote(self):
-        with slicer.util.tryWithErrorDisplay("Promote failed."):
+        try:
             self.ws.promote(self.candidateVersion)
             self.status("Model v%d is now current." % self.candidateVersion)
             self.candidateVersion = None
-            self.refreshTables()
+        except Exception as exc:
+            slicer.util.errorDisplay("Promote failed: %s" % exc)
+        self.refreshTables()
         self.updateButtons()
 
     def onDiscard(self):
@@ -355,72 +481,85 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onRollback(self):
-        with slicer.util.tryWithErrorDisplay("Rollback failed."):
+        current = self.ws.current_model()
+        if current is None or not slicer.util.confirmYesNoDisplay(
+                "Roll back: stop using model v%d and make the previous current model current again? "
+                "v%d stays in the registry." % (current.version, current.version)):
+            return
+        try:
             record = self.ws.rollback()
             self.status("Rolled back: model v%d is current." % record.version)
-            self.refreshTables()
-
-    def onPlot(self):
-        with slicer.util.tryWithErrorDisplay("Could not plot the learning curve."):
-            rows, names = panels.learning_curve(self.ws)
-            if not rows:
-                raise ValueError("No model yet: nothing to plot.")
-            slicer.util.plot(np.array(rows, dtype=float), xColumnIndex=0, columnNames=names, title="HILASegment learning curve")
-
-    # -- background jobs ------------------------------------------------------------------
-    def startJob(self, kind, runner, context):
-        runner.start()
-        self.job = (kind, runner, context)
-        self.progressBar(kind).value = 0
-        self.progressBar(kind).show()
-        self.timer.start()
+        except Exception as exc:
+            slicer.util.errorDisplay("Rollback failed: %s" % exc)
+        self.refreshTables()
         self.updateButtons()
 
+    def onPlot(self):
+        rows, names = panels.learning_curve(self.ws)
+        if not rows:
+            self.status("No model yet: nothing to plot.")
+            return
+        slicer.util.plot(np.array(rows, dtype=float), xColumnIndex=0, columnNames=names, title="HILASegment learning curve")
+
+    # -- background jobs: one slot per kind --------------------------------------------------
     def progressBar(self, kind):
-        return self.ui.segmentProgressBar if kind == "segment" else self.ui.progressBar
+        return {"segment": self.ui.segmentProgressBar, "train": self.ui.progressBar, "install": self.ui.installProgressBar}[kind]
+
+    def startJob(self, job):
+        try:
+            self.jobs.start(job)
+        except (JobError, OSError) as exc:
+            self.logic.cleanupJob(job.context)
+            slicer.util.errorDisplay("Could not start: %s" % exc)
+            return
+        self.progressBar(job.kind).value = 0
+        self.progressBar(job.kind).show()
+        self.timer.start()
+        self.status(job.describe() + "...")
+        self.updateButtons()
 
     def onPoll(self):
-        if not self.job:
-            return self.timer.stop()
-        kind, runner, context = self.job
-        for line in runner.poll():
-            if line.record is None or line.record.get("event") != "progress":
-                self.ui.logTextEdit.appendPlainText(line.text)
-        if runner.fraction is not None:
-            self.progressBar(kind).value = int(100 * runner.fraction)
-        self.ui.statusLabel.text = runner.message
-        if not runner.finished:
-            return
-        self.timer.stop()
-        self.job = None
-        self.progressBar(kind).hide()
-        self.ui.segmentProgressBar.hide()
-        outcome = runner.outcome()
+        for job, lines, done in self.jobs.poll():
+            for line in lines:
+                if line.record is None or line.record.get("event") != "progress":
+                    self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
+            if job.runner.fraction is not None:
+                self.progressBar(job.kind).value = int(100 * job.runner.fraction)
+            if done:
+                self.finishJob(job)
+        if not self.jobs.running:
+            self.timer.stop()
+
+    def finishJob(self, job):
+        self.progressBar(job.kind).hide()
+        outcome = job.runner.outcome()
         try:
             if outcome.ok:
-                with slicer.util.tryWithErrorDisplay("Could not use the %s result." % kind, waitCursor=True):
-                    (self.finishSegment if kind == "segment" else self.finishTrain)(outcome, context)
+                {"segment": self.finishSegment, "train": self.finishTrain, "install": self.finishInstall}[job.kind](job, outcome)
             elif outcome.cancelled:
-                self.status("%s cancelled." % kind.capitalize())
+                self.status("%s cancelled." % job.describe())
             else:
-                slicer.util.errorDisplay("%s failed: %s" % (kind.capitalize(), outcome.error),
-                                         detailedText="\n".join(runner.stderr_tail))
+                slicer.util.errorDisplay("%s failed: %s" % (job.describe(), outcome.error), detailedText="\n".join(job.runner.stderr_tail))
+        except Exception as exc:  # a result that cannot be used must not leave the panel half-updated
+            logging.exception("HILASegment: could not use the %s result", job.kind)
+            slicer.util.errorDisplay("Could not use the %s result: %s" % (job.kind, exc))
         finally:
-            self.logic.cleanupJob(context)
+            self.logic.cleanupJob(job.context)
             self.updateButtons()
 
-    def onCancel(self):
-        if self.job:
-            self.job[1].cancel()
+    def cancelJob(self, kind):
+        if self.jobs.cancel(kind):
             self.status("Cancelling...")
 
     def onSceneStartClose(self, caller, event):
-        if self.job:
-            self.job[1].cancel()
-        segNode = self.ui.segmentEditorWidget.segmentationNode()
-        if segNode is not None and self.logic.hasUnsavedEdits(segNode):
-            path = self.logic.saveSegmentation(segNode, self.logic.outputPath(self.ui.inputVolumeSelector.currentNode(), self.ws, self.caseId))
-            logging.info("HILASegment saved %s before the scene closed", path)
+        self.jobs.cancel_all()
+        self.parameterNode = None
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
 
 class HILASegmentLogic(ScriptedLoadableModuleLogic):
@@ -437,93 +576,36 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
             node = slicer.mrmlScene.AddNode(node)
         return node
 
+    # workspaces: a new one starts from its modality's catalog starter (CT: pelvic_ct_unet, MR: TAPS)
+    def openWorkspace(self, path):
+        from HILASegmentLib.workspace import Workspace
+        return Workspace.open(path)
+
+    def createWorkspace(self, path, modality, labels):
+        from HILASegmentLib import catalog
+        from HILASegmentLib.workspace import Workspace
+        starter = catalog.starter_for(modality)
+        model = starter.name if starter is not None and starter.available else None
+        return Workspace.create(path, modality, labels or None, model=model)
+
     # volumes and segmentations
-    def volumeToImage(self, volume):
-        """The volume as a SimpleITK image (LPS geometry; the array copied, so later edits do not leak)."""
+    def ijkToRas(self, volume):
         matrix = vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(matrix)
-        return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), slicer.util.arrayFromVTKMatrix(matrix))
+        return slicer.util.arrayFromVTKMatrix(matrix)
 
-    def segmentationFor(self, volume):
-        """This module's segmentation node bound to the volume (created once; user segmentations are never reused)."""
-        segNode = volume.GetNodeReference("HILASegment.Segmentation")
-        if segNode is None:
-            segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume.GetName() + " segmentation")
-            segNode.CreateDefaultDisplayNodes()
-            segNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-            volume.SetNodeReferenceID("HILASegment.Segmentation", segNode.GetID())
-        return segNode
+    def volumeToImage(self, volume):
+        """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
+        from HILASegmentLib import mrmlgeometry
+        return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), self.ijkToRas(volume))
 
     def writeResult(self, segPath, segNode, volume, editorNode=None):
-        """Write an engine .seg.nrrd into our own segments only, inside the Segment Editor's mask. Returns the names."""
+        """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report."""
         from HILASegmentLib.segfile import read_segmentation
         result = read_segmentation(segPath)
-        segmentation = segNode.GetSegmentation()
-        ownIds = ["%s%d" % (OWN_PREFIX, s.label_value) for s in result.segments]
-        others = [i for i in segmentation.GetSegmentIDs() if i not in ownIds]
-        shape = slicer.util.arrayFromVolume(volume).shape
-        allowed = np.ones(shape, dtype=bool)
-        if editorNode is not None:
-            display = segNode.GetDisplayNode()
-            intensity, lohi = None, None
-            if editorNode.GetSourceVolumeIntensityMask():
-                intensity, lohi = slicer.util.arrayFromVolume(volume), editorNode.GetSourceVolumeIntensityMaskRange()
-            allowed = mrmlgeometry.edit_allowed_mask(
-                slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()), shape,
-                {i: slicer.util.arrayFromSegmentBinaryLabelmap(segNode, i, volume) for i in others},
-                visible=[i for i in others if display is None or display.GetSegmentVisibility(i)],
-                mask_segment=editorNode.GetMaskSegmentID(), intensity=intensity, intensity_range=lohi)
-        wasModified = segNode.StartModify()
-        try:
-            for seg, segId in zip(result.segments, ownIds):
-                new = result.mask_array(seg.name) > 0
-                if segmentation.GetSegment(segId) is None:
-                    segmentation.AddEmptySegment(segId, seg.name, mrmlgeometry.color_to_float(seg.color))
-                    old = np.zeros(shape, dtype=bool)
-                else:
-                    old = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume) > 0
-                segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
-                merged = np.where(allowed, new, old).astype(np.uint8)
-                slicer.util.updateSegmentBinaryLabelmapFromArray(merged, segNode, segId, volume)
-                segment = segmentation.GetSegment(segId)
-                tags = dict(seg.tags or {})
-                tags[CREATOR_TAG] = "HILASegment"
-                for key, value in tags.items():
-                    segment.SetTag(str(key), str(value))
-            segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
-        finally:
-            segNode.EndModify(wasModified)
-        return [s.name for s in result.segments]
-
-    def labelFromSegmentation(self, segNode, volume, labels):
-        """The workspace label image (values 1..n by label name) from the segments named like the labels."""
-        segmentation = segNode.GetSegmentation()
-        masks = {}
-        for label in labels:
-            segId = segmentation.GetSegmentIdBySegmentName(label.name)
-            if segId:
-                masks[label.value] = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)
-        if not masks:
-            raise ValueError("No segment is named like a workspace label (%s)." % ", ".join(l.name for l in labels))
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(matrix)
-        shape = slicer.util.arrayFromVolume(volume).shape
-        return mrmlgeometry.array_to_image(mrmlgeometry.masks_to_label(masks, shape), slicer.util.arrayFromVTKMatrix(matrix))
-
-    def hasUnsavedEdits(self, segNode):
-        storage = segNode.GetStorageNode()
-        return segNode.GetSegmentation().GetNumberOfSegments() > 0 and (storage is None or segNode.GetModifiedSinceRead())
-
-    def outputPath(self, volume, ws=None, caseId=None, version=None):
-        """Where an accepted segmentation is saved: beside the volume's file, else in the workspace's exports."""
-        storage = volume.GetStorageNode() if volume else None
-        name = (volume.GetName() if volume else "segmentation") + ("_v%d" % version if version else "")
-        if storage is not None and storage.GetFileName():
-            folder = Path(storage.GetFileName()).parent
-            if ws is None or Path(ws.root) not in folder.parents and folder != Path(ws.root):
-                return str(folder / (name + ".seg.nrrd"))
-        base = Path(ws.root).parent / (Path(ws.root).name + "-segmentations") if ws is not None else Path.home() / "HILASegment"
-        return str(base / (caseId or "") / (name + ".seg.nrrd"))
+        items = [(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags) for s in result.segments]
+        mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
+        return segments.write_result(slicer.util, items, segNode, volume, editorNode, mode)
 
     def saveSegmentation(self, segNode, path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -559,9 +641,9 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 
     def startTraining(self, ws, maxMinutes, device, autoPromote=False):
-        """The trainer as a child; its gate promotes only with auto-promote on, else the user decides."""
-        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--promote", "auto" if autoPromote else "never"]
-        args += [] if device == "auto" else ["--device", device]  # the trainer's default is the CPU
+        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on."""
+        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--device", device,
+                "--promote", "auto" if autoPromote else "never"]
         argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
 
@@ -572,73 +654,83 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(folder, ignore_errors=True)
 
     def install(self, plan):
-        """Run an agreed install plan; PyTorch through the PyTorch extension when it is there."""
-        if plan.torch_via_pytorchutils:
-            import PyTorchUtils
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torchLogic.installTorch(askConfirmation=False)
-        elif plan.torch_pip_spec:
-            slicer.util.pip_install(dependencies.pip_argument_string([plan.torch_pip_spec]))
-        if plan.pip_specs:
-            try:
-                importlib.import_module("slicer.packaging")  # Slicer 5.12+; skip_packages protects what Slicer ships (a local `import slicer.x` would make `slicer` local here)
-            except ImportError:
-                pass
-            if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_install"):
-                slicer.packaging.pip_install(plan.pip_specs, skip_packages=sorted(dependencies.SLICER_SHIPS), requester="HILASegment")
-            else:
-                slicer.util.pip_install(dependencies.pip_argument_string(plan.pip_specs))
-        if plan.no_deps_specs:
-            slicer.util.pip_install(dependencies.pip_argument_string(plan.no_deps_specs, no_deps=True))
-
+        """Run an agreed plan (``installs.run_plan``): None when done (5.12), else a background runner to poll."""
+        return installs.run_plan(slicer, plan, slicer.util.startupEnvironment())
 
 class HILASegmentTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test: numpy volume -> segment (tiny bundled model) -> edit -> accept -> 1-minute training."""
+    """In-Slicer self-test, run once: packages, two cases with a result in flight (the A/B race), accept, train."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_loop()
+        self.test_packages()
+        self.test_race_accept_and_train()
 
-    def test_loop(self):
+    def test_packages(self):
+        """Install what is missing (testing mode: no dialog, as agreed), then check nothing is missing."""
+        logic = HILASegmentLogic()
+        for tier in ("inference", "training"):
+            plan = dependencies.plan_install(tier)
+            self.assertFalse(plan.broken_slicer, plan.message())
+            if plan.needed:
+                self.delayDisplay("Installing: " + plan.message())
+                runner = logic.install(plan)
+                outcome = runner.start().wait(timeout=1800) if runner is not None else None
+                self.assertTrue(outcome is None or outcome.ok, outcome and outcome.error)
+            self.assertFalse(dependencies.plan_install(tier).needed, "%s packages still missing" % tier)
+
+    def test_race_accept_and_train(self):
         from HILASegmentLib.workspace import Workspace
         logic = HILASegmentLogic()
         model = Path(__file__).parent / "Resources" / "Models" / "hila_tiny_test.onnx"
-        root = Path(slicer.util.tempDirectory("HILASegmentTest")) / "ws"
-        ws = Workspace.create(root, "MR", ["prostate"], model=str(model))
+        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentTest")) / "ws", "MR", ["prostate"], model=str(model))
+        volumes, blobs = [], []
         for n, shift in enumerate((0, 6)):
-            self.delayDisplay("Case %d: a volume built with numpy, imported into the workspace" % n)
             k, j, i = np.mgrid[0:24, 0:48, 0:48]
             blob = ((i - 24 - shift) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
             array = (100 + 300 * blob + np.random.default_rng(n).normal(0, 10, blob.shape)).astype(np.int16)
             volume = slicer.util.addVolumeFromArray(array, ijkToRAS=np.diag([-1.0, -1.0, 3.0, 1.0]), name="HILATest%d" % n)
-            caseId = logic.importVolumeNode(ws, volume).case_id
+            logic.importVolumeNode(ws, volume)
+            volumes.append(volume)
+            blobs.append(blob)
+        volA, volB = volumes
+        caseA = volA.GetAttribute(CASE_ATTRIBUTE)
 
-            self.delayDisplay("Segmenting with the tiny bundled model in a child process")
-            modelPath, version = panels.model_for(ws)
-            runner, context = logic.startSegmentation(volume, modelPath)
-            outcome = runner.start().wait(timeout=300)
-            self.assertTrue(outcome.ok, outcome.error)
-            segNode = logic.segmentationFor(volume)
-            self.assertEqual(logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode()), ["prostate"])
-            label, summary = panels.prediction_from_file(ws, context["out"], outcome.result)
-            ws.add_prediction(caseId, label, version, uncertainty=summary)
-            logic.cleanupJob(context)
+        self.delayDisplay("Case A segments in the background while case B is opened (the A/B race)")
+        board = JobBoard()
+        modelPath, version = panels.model_for(ws)
+        runner, context = logic.startSegmentation(volA, modelPath)
+        board.start(Job("segment", runner, case_id=caseA, volume_id=volA.GetID(), context=context))
+        segB = segments.segmentation_for(slicer.mrmlScene, volB)  # B is shown now
+        finished = []
+        deadline = time.monotonic() + 300
+        while not finished and time.monotonic() < deadline:
+            finished = [job for job, _, done in board.poll() if done]
+            time.sleep(0.1)
+        job = finished[0]
+        self.assertTrue(job.runner.outcome().ok, job.runner.outcome().error)
+        target = slicer.mrmlScene.GetNodeByID(job.volume_id)
+        self.assertIs(target, volA)
+        segA = segments.segmentation_for(slicer.mrmlScene, target)
+        report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode())
+        self.assertEqual(report.names, ["prostate"])
+        self.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
+        logic.cleanupJob(context)
 
-            self.delayDisplay("Editing the segment and accepting it")
-            segId = segNode.GetSegmentation().GetSegmentIdBySegmentName("prostate")
-            edited = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)
-            edited[blob] = 1
-            edited[12] = 0  # erase the middle slice: a real edit
-            slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segNode, segId, volume)
-            label = logic.labelFromSegmentation(segNode, volume, ws.settings.labels)
-            correction = ws.submit(caseId, label, quality="reviewed", annotator="selftest", seconds=1.0)
-            self.assertGreater(correction.effort["fraction_changed"], 0)
-            path = logic.saveSegmentation(segNode, logic.outputPath(volume, ws, caseId, correction.version))
-            self.assertTrue(os.path.exists(path))
+        self.delayDisplay("Editing A and accepting it")
+        segId = segA.GetSegmentation().GetSegmentIdBySegmentName("prostate")
+        edited = slicer.util.arrayFromSegmentBinaryLabelmap(segA, segId, volA)
+        edited[blobs[0]] = 1
+        edited[12] = 0  # erase the middle slice: a real edit
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segA, segId, volA)
+        outcome = cases.accept_case(ws, slicer.util, volA, segA, logic.ijkToRas(volA), vtk.mutable,
+                                    save=lambda n, v: logic.saveSegmentation(n, cases.output_path(volA, ws, caseA, v)),
+                                    annotator="selftest", seconds=1.0)
+        self.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
+        self.assertTrue(os.path.exists(outcome.saved))
+        self.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)
 
         self.delayDisplay("One-minute CPU training round in a child process")
         before = {m.version for m in ws.models()}

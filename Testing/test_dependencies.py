@@ -93,3 +93,12 @@ def test_taps_joins_the_inference_plan_with_no_deps_only_when_taps_is_the_model(
     assert "lavlab-taps>=1.1" not in dep.plan_install("inference", find, ver, model="pelvic_ct_unet").no_deps_specs
     find, ver = fake_env({"onnxruntime", "nrrd", "tqdm", "taps"})
     assert not dep.plan_install("inference", find, ver, model="taps").needed
+
+
+def test_pip_commands_for_the_background_install():
+    find, ver = fake_env({"numpy", "SimpleITK", "vtk"})
+    plan = dep.plan_install("inference", find, ver, model="taps")
+    cmds = dep.pip_commands(plan, "/opt/Slicer/bin/PythonSlicer")
+    assert [c[:4] for c in cmds] == [["/opt/Slicer/bin/PythonSlicer", "-m", "pip", "install"]] * 2
+    assert cmds[0][-3:] == ["onnxruntime>=1.16", "pynrrd>=1.0", "tqdm>=4.60"]
+    assert cmds[1][-2:] == ["--no-deps", "lavlab-taps>=1.1"]

@@ -336,3 +336,21 @@ def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
     check = subprocess.run([sys.executable, "-m", "HILASegmentLib", "check", str(tmp_path / "ws")],
                            capture_output=True, text=True, timeout=120, env=env)
     assert check.returncode == 0, check.stdout + check.stderr  # `hila check` clean
+
+
+def test_sequence_runner_runs_in_order_stops_at_the_first_failure_and_cancels(tmp_path):
+    """The background pip install on Slicer 5.8/5.10: commands in order, progress per command, Cancel."""
+    from HILASegmentLib.processrunner import SequenceRunner
+
+    log = tmp_path / "log"
+    step = lambda n, rc=0: [sys.executable, "-c", f"open({str(log)!r}, 'a').write('{n}'); print('step {n}'); raise SystemExit({rc})"]
+    out = SequenceRunner([step(1), step(2), step(3)]).start().wait(timeout=60)
+    assert out.ok and log.read_text() == "123"
+    log.unlink()
+    seq = SequenceRunner([step(1), step(2, rc=3), step(3)]).start()
+    out = seq.wait(timeout=60)
+    assert not out.ok and out.returncode == 3 and log.read_text() == "12" and seq.fraction == 1.0
+    seq = SequenceRunner([[sys.executable, "-c", "import time; time.sleep(60)"], step(9)]).start()
+    seq.cancel()
+    out = seq.wait(timeout=30)
+    assert out.cancelled and not out.ok and "9" not in log.read_text()

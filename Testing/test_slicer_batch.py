@@ -76,7 +76,8 @@ def test_batch_script_usage_errors_and_testing_mode(tmp_path):
     r = run_batch("--image", MRI)
     assert r.returncode == 2 and "--out" in r.stderr
     r = run_batch("--image", "/nonexistent.nrrd", "--out", tmp_path / "x.seg.nrrd", "--testing")
-    assert r.returncode == 0, "under --testing the script returns its code instead of exiting"
+    assert r.returncode == 2, "under --testing too, bad input must exit 2 (a returned code would become 0)"
+    assert r.stderr.strip().splitlines()[-1].startswith("hila_slicer_batch: error: /nonexistent.nrrd")
     spec = importlib.util.spec_from_file_location("hila_slicer_batch", BATCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -31,7 +31,8 @@ UI = MODULE / "Resources" / "UI" / "HILASegment.ui"
 API_COPY = ROOT / "Testing" / "Data" / "slicer_api.json"
 API_SHARED = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
 API = json.loads((API_SHARED if API_SHARED.exists() else API_COPY).read_text(encoding="utf-8"))
-FILES = [GLUE, BATCH] + SLICER_TESTS
+SLICER_LIB = sorted((MODULE / "HILASegmentSlicerLib").glob("*.py"))  # Slicer objects passed in: `util` is slicer.util
+FILES = [GLUE, BATCH] + SLICER_TESTS + SLICER_LIB
 PACKAGING = "slicer.packaging (Slicer 5.12+ only)"
 
 # Variables whose MRML/Qt type the glue fixes by name (its naming convention), checked method by method.
@@ -40,6 +41,7 @@ TYPED_NAMES = {
     "segment": "vtkSegment", "editorNode": "vtkMRMLSegmentEditorNode", "display": "vtkMRMLSegmentationDisplayNode",
     "slicer.mrmlScene": "vtkMRMLScene", "self.ui.segmentEditorWidget": "qMRMLSegmentEditorWidget",
     "slicer.vtkMRMLSegmentationNode": "vtkMRMLSegmentationNode", "node": "vtkMRMLSegmentEditorNode",
+    "scene": "vtkMRMLScene", "self.parameterNode": "vtkMRMLScriptedModuleNode", "segNode.GetSegmentation()": "vtkSegmentation",
 }
 # CamelCase calls on objects whose class the API file does not record, each with its reason. Keep short.
 UNRECORDED_OK = {
@@ -106,6 +108,8 @@ def test_slicer_python_api_calls_exist_in_main_and_5_8_and_take_these_arguments(
     tables = {"slicer.util": ["slicer.util", "slicer.util@v5.8.1"], "sitkUtils": ["sitkUtils", "sitkUtils@v5.8.1"],
               "slicer.testing": ["slicer.testing"]}
     for call, dotted in calls(tree):
+        if path in SLICER_LIB and dotted.startswith("util."):  # the glue library gets slicer.util passed in
+            dotted = "slicer." + dotted
         for prefix, names in tables.items():
             if dotted.startswith(prefix + ".") and dotted.count(".") == prefix.count(".") + 1:
                 name, checked = dotted[len(prefix) + 1:], checked + 1
@@ -141,8 +145,8 @@ def test_mrml_methods_called_on_known_node_types_exist(path):
         if method not in class_methods(cls):
             problems.append(f"{path.name}:{call.lineno}: {dotted}: {cls} (and its recorded bases) has no {method}")
     assert not problems, "\n".join(problems)
-    if path == GLUE:
-        assert checked >= 30, f"only {checked} typed MRML calls found: has the naming convention drifted?"
+    if path in (GLUE, MODULE / "HILASegmentSlicerLib" / "segments.py"):
+        assert checked >= 15, f"only {checked} typed MRML calls found: has the naming convention drifted?"
 
 
 def test_camelcase_calls_on_unknown_objects_are_all_accounted_for():
@@ -156,7 +160,7 @@ def test_camelcase_calls_on_unknown_objects_are_all_accounted_for():
             m = dotted.rsplit(".", 1)[1]
             if m[:1].isupper() and m not in known and m not in UNRECORDED_OK \
                     and not dotted.startswith(("slicer.util", "sitkUtils", "qt.", "vtk.", "ctk.", "sitk.", "slicer.vtk", "argparse.")) \
-                    and not re.fullmatch(r"PyTorchUtils\.PyTorchUtilsLogic", dotted):
+                    and not re.fullmatch(r"PyTorchUtils\.PyTorchUtilsLogic|panelstate\.PanelState", dotted):
                 stray.add(f"{path.name}:{call.lineno}: {dotted}")
     assert not stray, sorted(stray)
 
@@ -236,7 +240,14 @@ def test_engine_imports_and_calls_bind_to_the_real_engine():
 
 
 def test_glue_stays_thin_and_the_engine_never_imports_slicer():
-    assert len(GLUE.read_text(encoding="utf-8").splitlines()) < 700
+    text = GLUE.read_text(encoding="utf-8")
+    glue = text[:text.index("\nclass HILASegmentTest")]  # the self-test class lives here by Slicer's convention
+    assert len(glue.splitlines()) < 700
+    for py in (MODULE / "HILASegmentSlicerLib").rglob("*.py"):  # the glue library: Slicer objects passed in, never imported
+        for node in ast.walk(parse(py)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] in ("slicer", "qt", "vtk", "ctk") for n in names), f"{py}: imports {names}"
     for py in (MODULE / "HILASegmentLib").rglob("*.py"):
         for node in ast.walk(parse(py)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
@@ -280,7 +291,8 @@ def test_ctest_registration():
     assert registered and sorted(registered) == sorted(p.name for p in SLICER_TESTS)
     for p in SLICER_TESTS:
         src = p.read_text(encoding="utf-8")
-        assert "HILASegmentTest" in src and re.search(rf"class {p.stem}\(", src)
+        # its own tests, never a re-import of the self-test (ctest would run HILASegmentTest twice)
+        assert "import HILASegmentTest" not in src and re.search(rf"class {p.stem}\(", src)
 
 
 def test_extension_metadata_and_catalog_entry():

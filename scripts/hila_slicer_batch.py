@@ -7,8 +7,8 @@ Inside Slicer the volume is read with Slicer's own loader (``slicer.util.loadVol
 result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node, one
 segment per label with the model card's names and colours and the model version in the segment
 tags); the engine (``HILASegmentLib.inference.Segmenter``) does the inference. The script exits
-with its own code: 0 done, 2 a problem the user can fix (one line on stderr), 1 an unexpected
-failure. Under ``--testing`` it returns the code instead of exiting, so the test harness decides.
+with its own code (``sys.exit``, also under ``--testing``): 0 done, 2 a problem the user can fix
+(one line on stderr), 1 an unexpected failure.
 
 Run with plain Python (no Slicer) it says so on stderr and uses the engine's own readers and
 writers instead — the same as ``hila infer --image F --out F.seg.nrrd``.
@@ -31,7 +31,7 @@ def parse_args(argv):
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (slower)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime CPU threads (default: all cores)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--testing", action="store_true", help="return the exit code instead of exiting (test harness)")
+    ap.add_argument("--testing", action="store_true", help="accepted for Slicer's test harness; the exit code is the same")
     return ap.parse_args(argv)
 
 
@@ -151,14 +151,7 @@ def main(argv=None):
     return 0
 
 
-def testing_mode(argv):
-    slicer = import_slicer()
-    app_testing = bool(slicer is not None and getattr(slicer, "app", None) is not None
-                       and getattr(slicer.app, "testingEnabled", lambda: False)())
-    return "--testing" in argv or app_testing
-
-
 if __name__ == "__main__":
-    code = main()
-    if not testing_mode(sys.argv[1:]):
-        sys.exit(code)
+    # Always exit with the code, --testing included: Slicer's --python-script does not turn a returned
+    # value into an exit status, so a script that only returns ends with 0 whatever happened.
+    sys.exit(main())

@@ -28,8 +28,9 @@ def _tracked(path: Path) -> bool:
 
 
 def python_scripts() -> list:
-    """Every .py of the module (HILASegment.py and the whole HILASegmentLib package), sorted, module-relative."""
-    files = [MODULE / "HILASegment.py"] + sorted((MODULE / "HILASegmentLib").rglob("*.py"))
+    """Every .py of the module (HILASegment.py, the HILASegmentLib engine and the HILASegmentSlicerLib glue), sorted."""
+    files = [MODULE / "HILASegment.py"] + sorted((MODULE / "HILASegmentLib").rglob("*.py")) \
+        + sorted((MODULE / "HILASegmentSlicerLib").rglob("*.py"))
     return [p.relative_to(MODULE).as_posix() for p in files if p.exists() and _tracked(p)]
 
 

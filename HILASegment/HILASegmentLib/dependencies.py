@@ -21,7 +21,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 __all__ = [
     "Requirement", "InstallPlan", "INFERENCE", "TRAINING", "MODEL_REQUIREMENTS", "SLICER_SHIPS", "TIERS",
-    "missing", "plan_install", "pip_argument_string", "offline_message", "manual_command",
+    "missing", "plan_install", "pip_argument_string", "pip_commands", "offline_message", "manual_command",
 ]
 
 
@@ -179,6 +179,23 @@ def pip_argument_string(specs: Sequence[str], no_deps: bool = False) -> str:
     """One string for ``slicer.util.pip_install`` (which splits it like a shell would)."""
     args = (["--no-deps"] if no_deps else []) + [shlex.quote(s) for s in specs]
     return " ".join(args)
+
+
+def pip_commands(plan: InstallPlan, python: str) -> List[List[str]]:
+    """The plan as argv lists (``python -m pip install ...``), for a background install with progress and Cancel.
+
+    Slicer 5.8/5.10 have no non-blocking installer; running these in a child process keeps the GUI
+    live. PyTorch through PyTorchUtils is not in here (that extension installs it itself).
+    """
+    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    cmds = []
+    if plan.torch_pip_spec:
+        cmds.append(base + [plan.torch_pip_spec])
+    if plan.pip_specs:
+        cmds.append(base + list(plan.pip_specs))
+    if plan.no_deps_specs:
+        cmds.append(base + ["--no-deps"] + list(plan.no_deps_specs))
+    return cmds
 
 
 def manual_command(plan: InstallPlan, python: str = "PythonSlicer") -> List[str]:

@@ -10,10 +10,12 @@ segmentation can respect it exactly as an editor effect would.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK is imported where an image is made, not when Slicer loads the module
+    import SimpleITK as sitk
 
 __all__ = [
     "LPS_TO_RAS", "lps_to_ras", "ras_to_lps", "ijk_to_ras_matrix", "geometry_from_ijk_to_ras",
@@ -61,6 +63,8 @@ def geometry_from_ijk_to_ras(matrix: np.ndarray) -> Tuple[Tuple[float, ...], Tup
 
 def image_to_array(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
     """(array indexed [k, j, i], IJKToRAS) for ``slicer.util.updateVolumeFromArray`` / ``addVolumeFromArray``."""
+    import SimpleITK as sitk  # lazily: importing the Slicer module must not load SimpleITK
+
     return sitk.GetArrayFromImage(image), ijk_to_ras_matrix(image)
 
 
@@ -73,6 +77,8 @@ def array_to_image(array: np.ndarray, ijk_to_ras: np.ndarray, reference: Optiona
     arr = np.asarray(array)
     if arr.ndim != 3:
         raise ValueError(f"expected a 3-D array [k, j, i], got shape {arr.shape}")
+    import SimpleITK as sitk  # lazily: importing the Slicer module must not load SimpleITK
+
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
     origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras)
     img.SetOrigin(origin)
@@ -121,8 +127,14 @@ def masks_to_label(masks: Mapping[int, np.ndarray], shape: Optional[Tuple[int, .
 def edit_allowed_mask(mode: str, shape: Tuple[int, ...], segments: Mapping[str, np.ndarray] | None = None,
                       visible: Iterable[str] = (), mask_segment: Optional[str] = None,
                       intensity: Optional[np.ndarray] = None,
-                      intensity_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
+                      intensity_range: Optional[Tuple[float, float]] = None,
+                      edited: Optional[str] = None) -> np.ndarray:
     """Where the Segment Editor's masking lets an edit write (bool array), as its own rule does.
+
+    The rule is ``vtkMRMLSegmentationNode::GenerateEditMask`` (read in Slicer's source): "inside"
+    modes allow the union of all / the visible segments, the edited one included; "outside" modes
+    forbid that union with the ``edited`` segment left out; "inside single segment" with no mask
+    segment allows nothing; the intensity range then removes voxels outside it.
 
     ``mode`` is the mask mode's name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``, e.g.
     "PaintAllowedEverywhere", "...InsideAllSegments", "...InsideVisibleSegments",
@@ -144,6 +156,8 @@ def edit_allowed_mask(mode: str, shape: Tuple[int, ...], segments: Mapping[str, 
             chosen = list(segments)
         else:
             raise ValueError(f"unknown Segment Editor mask mode: {mode!r}")
+        if "outside" in key and edited is not None:
+            chosen = [s for s in chosen if s != edited]
         union = np.zeros(shape, dtype=bool)
         for s in chosen:
             union |= np.asarray(segments[s]) > 0

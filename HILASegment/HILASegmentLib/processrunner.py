@@ -8,7 +8,9 @@ Cancel kills the whole process tree: the child starts in its own session (POSIX)
 group (Windows), so grandchildren (data-loader workers, ...) die with it.
 
 The process itself comes from an injectable factory, so tests (and other hosts) can fake it.
-No Qt, no Slicer: this module is plain Python.
+No Qt, no Slicer: this module is plain Python. Length (~470 lines): one job, watching child
+processes; :class:`SequenceRunner` (a background pip install on Slicer 5.8/5.10) is a few
+ProcessRunners in a row and shares the runner's whole contract, so it stays beside it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Se
 
 __all__ = [
     "ChildProcess", "PopenChild", "popen_factory", "OutputLine", "RunOutcome", "ProcessRunner",
-    "python_executable", "engine_command",
+    "python_executable", "engine_command", "SequenceRunner",
 ]
 
 
@@ -386,3 +388,88 @@ def engine_command(module: str, args: Sequence[str], python: Optional[str] = Non
     child_env.setdefault("PYTHONIOENCODING", "utf-8")
     argv = [python or python_executable(), "-u", "-m", module] + [str(a) for a in args]
     return argv, child_env
+
+
+class SequenceRunner:
+    """Several commands run one after another, watched and cancelled like one :class:`ProcessRunner`.
+
+    What the Slicer module's background ``pip install`` needs on Slicer 5.8/5.10 (no
+    non-blocking installer there): the plan's commands in order, a fraction per finished
+    command, the last output line as the message, Cancel that kills the running one and
+    starts no more, and the first failure ending the sequence.
+    """
+
+    def __init__(self, commands: Sequence[Sequence[str]], env: Optional[Dict[str, str]] = None,
+                 factory: ProcessFactory = popen_factory):
+        self.commands = [list(c) for c in commands]
+        self.env = env
+        self.factory = factory
+        self.index = -1
+        self.current: Optional[ProcessRunner] = None
+        self.cancelled = False
+        self._outcome: Optional[RunOutcome] = None
+        self._message = ""
+        self._started_at = 0.0
+
+    def _next(self) -> None:
+        self.index += 1
+        self.current = ProcessRunner(self.commands[self.index], env=self.env, factory=self.factory).start()
+
+    def start(self) -> "SequenceRunner":
+        if not self.commands:
+            raise ValueError("no commands to run")
+        self._started_at = time.monotonic()
+        self._next()
+        return self
+
+    def poll(self) -> List[OutputLine]:
+        if self._outcome is not None or self.current is None:
+            return []
+        lines = self.current.poll()
+        for line in lines:
+            if line.text.strip():
+                self._message = line.text.strip()[:200]
+        if self.current.finished:
+            out = self.current.outcome()
+            if not out.ok or self.index + 1 >= len(self.commands):
+                out.seconds = time.monotonic() - self._started_at
+                self._outcome = out
+            else:
+                self._next()
+        return lines
+
+    @property
+    def finished(self) -> bool:
+        return self._outcome is not None
+
+    @property
+    def fraction(self) -> Optional[float]:
+        if self._outcome is not None:
+            return 1.0
+        return max(0, self.index) / len(self.commands) if self.commands else None
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @property
+    def stderr_tail(self) -> List[str]:
+        return self.current.stderr_tail if self.current is not None else []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.current is not None:
+            self.current.cancel()
+
+    def outcome(self) -> RunOutcome:
+        return self._outcome or RunOutcome(None, self.cancelled, False, None)
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> RunOutcome:
+        """Block until every command ran or one failed (scripts and tests; the GUI polls instead)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            self.poll()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.commands[self.index][0]} still running after {timeout} s")
+            time.sleep(interval)
+        return self.outcome()

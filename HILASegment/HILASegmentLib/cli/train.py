@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", help="workspace folder (hila init)")
     p.add_argument("--max-minutes", type=float, default=10.0,
                    help="wall-clock budget of the whole run, export and validation included (default 10)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="auto (CUDA when torch sees a GPU), cpu or cuda (default cpu)")
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
                    help="auto: make the new version current only when it validates at least as well (default)")
     p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],

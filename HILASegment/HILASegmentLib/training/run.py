@@ -121,8 +121,10 @@ def signals_held():
 def check_device(device: str) -> str:
     import torch
 
+    if device == "auto":  # the Slicer panel's default: the GPU when torch sees one
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
-        raise HilaError(f"--device {device!r}: use cpu or cuda")
+        raise HilaError(f"--device {device!r}: use auto, cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise HilaError("--device cuda: no CUDA device is available to torch here (use --device cpu)")
     return device

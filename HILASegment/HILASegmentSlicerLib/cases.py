@@ -1,0 +1,131 @@
+"""Workspace-side steps of the panel: reopen the last workspace, pick the model, accept a case, reopen one.
+
+Each step ends in a consistent state whatever fails: a stale workspace path leaves the panel with
+no workspace, the setting cleared and a message (not a traceback at every Slicer start); a failed
+save after a successful submit reports the submitted version, never "nothing was submitted".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+
+from HILASegmentLib import catalog, mrmlgeometry
+from HILASegmentLib.errors import HilaError
+
+from . import segments
+
+__all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "reopen_case_segments", "output_path"]
+
+
+def reopen_workspace(path: str, open_fn: Callable[[str], Any], clear_setting: Callable[[], None]) -> Tuple[Any, str]:
+    """(workspace or None, message). A path that no longer opens is cleared from the settings, with the reason."""
+    if not path:
+        return None, ""
+    try:
+        return open_fn(path), ""
+    except (HilaError, OSError, ValueError) as exc:
+        clear_setting()
+        return None, f"The last workspace ({path}) could not be reopened and was forgotten: {exc}"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One row of the model selector: what Segment passes to ``hila infer --model`` and how it is shown."""
+
+    key: str            # "workspace" or a catalog name
+    model: str          # model name or .onnx path for the engine
+    version: Optional[Any]
+    label: str          # shown in the selector and on the Segment button
+    needs_package: Optional[str] = None
+
+
+def model_choices(ws: Any, modality: Optional[str] = None) -> List[ModelChoice]:
+    """The workspace's current model first (when it has one), then the catalog's models for the modality."""
+    out = []
+    current = ws.current_model() if ws is not None else None
+    if current is not None:
+        out.append(ModelChoice("workspace", str(current.path), current.version,
+                               f"workspace model v{current.version} ({ws.settings.modality})"))
+    modality = modality or (ws.settings.modality if ws is not None else None)
+    for e in catalog.entries():
+        if modality and e.modality and e.modality != modality:
+            continue
+        out.append(ModelChoice(e.name, e.name, e.version, e.display(),
+                               needs_package=e.package if e.kind == "preset" else None))
+    return out
+
+
+@dataclass
+class AcceptOutcome:
+    case_id: Optional[str]
+    version: Optional[int]
+    saved: Optional[str]
+    save_error: Optional[str] = None
+
+    def message(self) -> str:
+        head = f"Accepted case {self.case_id} as correction v{self.version}" if self.version else \
+            "Not a workspace case (import it to submit)"
+        if self.save_error:
+            return f"{head}; but saving the .seg.nrrd copy failed: {self.save_error}"
+        return f"{head}; saved {self.saved}" if self.saved else head
+
+
+def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.ndarray, mutable: Callable[[str], Any],
+                save: Callable[[Any, Optional[int]], str], quality: str = "reviewed", annotator: Optional[str] = None,
+                seconds: Optional[float] = None) -> AcceptOutcome:
+    """Submit the shown volume's OWN segmentation as the correction of the volume's OWN case.
+
+    The case comes from the volume (its case attribute), the segmentation from the volume's node
+    reference: never from whatever else the panel last showed. A missing label refuses the submit
+    (HilaError); a failure to save the extra .seg.nrrd copy after the submit is reported, not raised.
+    """
+    case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume is not None else None
+    if segNode is None:
+        raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
+    version = None
+    if ws is not None and case_id:
+        array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
+        label = mrmlgeometry.array_to_image(array, ijk_to_ras)
+        correction = ws.submit(case_id, label, quality=quality, annotator=annotator, seconds=seconds)
+        version = correction.version
+    try:
+        saved = save(segNode, version)
+    except Exception as exc:  # the submit stands; only the convenience copy failed
+        return AcceptOutcome(case_id, version, None, str(exc) or type(exc).__name__)
+    return AcceptOutcome(case_id, version, saved)
+
+
+def reopen_case_segments(ws: Any, util: Any, volume: Any, segNode: Any) -> Optional[int]:
+    """Load the case's latest correction into its segmentation (when it has one and the segmentation is empty).
+
+    Returns the correction version loaded, or None. Never overwrites segments already there.
+    """
+    case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE)
+    if ws is None or not case_id or segNode.GetSegmentation().GetNumberOfSegments() > 0:
+        return None
+    corrections = ws.corrections(case_id)
+    if not corrections:
+        return None
+    import SimpleITK as sitk  # the engine's image library; loaded only when a case is reopened
+
+    label = sitk.GetArrayFromImage(ws.correction_label(case_id))
+    segments.load_label_array(util, segNode, volume, label, ws.settings.labels)
+    return corrections[-1].version
+
+
+def output_path(volume: Any, ws: Any = None, case_id: Optional[str] = None, version: Optional[int] = None) -> str:
+    """Where an accepted segmentation's .seg.nrrd copy goes: beside the volume's file, else beside the workspace.
+
+    Never inside the workspace folder (its files are the ledger's, immutable and checksummed).
+    """
+    storage = volume.GetStorageNode() if volume is not None else None
+    name = (volume.GetName() if volume is not None else "segmentation") + (f"_v{version}" if version else "")
+    if storage is not None and storage.GetFileName():
+        folder = Path(storage.GetFileName()).parent
+        if ws is None or (Path(ws.root) not in folder.parents and folder != Path(ws.root)):
+            return str(folder / (name + ".seg.nrrd"))
+    base = Path(ws.root).parent / (Path(ws.root).name + "-segmentations") if ws is not None else Path.home() / "HILASegment"
+    return str(base / (case_id or "") / (name + ".seg.nrrd"))

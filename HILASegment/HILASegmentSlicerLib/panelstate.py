@@ -1,0 +1,58 @@
+"""Which buttons are live, from the panel's state: one function, so the rules are tested, not scattered.
+
+Rules: training never blocks the case loop (Segment, Accept, Next case and Import stay live while a
+training job runs); while a segment job runs for the *shown* case, the case table and the volume
+selector are locked and Segment turns into Cancel (MONAIAuto3DSeg's pattern), so the case cannot
+change under the result; Accept needs a volume and no segment job on it; Promote/Discard need a
+candidate; Train and the dependency installer each have one slot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+__all__ = ["PanelState", "button_states", "segment_button_text"]
+
+
+@dataclass(frozen=True)
+class PanelState:
+    has_workspace: bool
+    has_volume: bool
+    segmenting_shown: bool = False      # a segment job runs for the shown volume
+    segmenting_other: bool = False      # a segment job runs for another volume
+    training: bool = False
+    installing: bool = False
+    has_candidate: bool = False
+    has_models: bool = False
+
+
+def button_states(s: PanelState) -> Dict[str, bool]:
+    """``{ui widget name: enabled}`` for every control the state decides."""
+    segment_busy = s.segmenting_shown or s.segmenting_other
+    return {
+        # Segment doubles as Cancel for the shown case's job; it is dead while another case's job runs
+        "segmentButton": s.segmenting_shown or (s.has_volume and not segment_busy and not s.installing),
+        "acceptButton": s.has_volume and not s.segmenting_shown,
+        "inputVolumeSelector": not s.segmenting_shown,
+        "caseTableWidget": s.has_workspace and not s.segmenting_shown,
+        "nextCaseButton": s.has_workspace and not s.segmenting_shown,
+        "importVolumeButton": s.has_workspace and s.has_volume,
+        "importFilesButton": s.has_workspace,
+        "importFolderButton": s.has_workspace,
+        "trainButton": s.has_workspace and not s.training and not s.installing,
+        "cancelButton": s.training,
+        "promoteButton": s.has_candidate and not s.training,
+        "discardButton": s.has_candidate and not s.training,
+        "rollbackButton": s.has_workspace and s.has_models and not s.training,
+        "plotButton": s.has_workspace,
+        "installDependenciesButton": not s.installing and not s.training,
+        "openWorkspaceButton": not s.training,
+        "createWorkspaceButton": not s.training,
+    }
+
+
+def segment_button_text(segmenting_shown: bool, model_label: Optional[str]) -> str:
+    """"Cancel" while the shown case segments; else the model version Segment will run."""
+    if segmenting_shown:
+        return "Cancel"
+    return f"Segment with {model_label}" if model_label else "Segment"

@@ -1,0 +1,180 @@
+"""Segments in, label maps out: the MRML side of Segment, Accept and reopening a case.
+
+Every function takes the Slicer objects it touches (``util`` is ``slicer.util``, ``scene`` is
+``slicer.mrmlScene``, ``mutable`` is ``vtk.mutable``) so that pytest drives them with stand-ins.
+Only calls recorded in ``slicer_api.json`` for Slicer main and 5.8.1 are used here.
+
+Rules kept here:
+- a volume has one segmentation of this module's own, found through a node reference and put
+  under the volume's parent transform; AI results go to *that* node only (never "whatever the
+  editor shows"), into segments with IDs ``hila_<value>``, each tagged ``hila_label=<value>``;
+- the Segment Editor's masking is applied the way ``vtkMRMLSegmentationNode::GenerateEditMask``
+  does it (inside modes use all/visible segments including the edited one; outside modes leave
+  the edited segment out), and what it kept out is counted and reported, never silent;
+- Accept matches segments to labels with THE rule (``HILASegmentLib.labelmatch``) and refuses,
+  naming it, a label no segment stands for (it would otherwise become background).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from HILASegmentLib import labelmatch, mrmlgeometry
+from HILASegmentLib.errors import HilaError
+
+__all__ = ["CASE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
+           "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array"]
+
+CASE_ATTRIBUTE = "HILASegment.CaseID"
+SEGMENTATION_REFERENCE = "HILASegment.Segmentation"
+OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any other segment
+CREATOR_TAG = "HILA.creator"
+TERMINOLOGY_TAG = "TerminologyEntry"  # vtkSegment::GetTerminologyEntryTagName()
+
+
+@dataclass
+class WriteReport:
+    """What an AI result did to the segmentation: per segment, voxels predicted and kept out by masking."""
+
+    names: List[str] = field(default_factory=list)
+    predicted: Dict[str, int] = field(default_factory=dict)
+    clipped: Dict[str, int] = field(default_factory=dict)
+    mask_mode: str = ""
+
+    @property
+    def clipped_total(self) -> int:
+        return int(sum(self.clipped.values()))
+
+    def message(self) -> str:
+        """One line for the status: the segments, and what the Segment Editor's masking kept out."""
+        text = "Segmented: " + ", ".join(f"{n} ({self.predicted.get(n, 0)} voxels)" for n in self.names)
+        if self.clipped_total:
+            lost = [n for n in self.names if self.predicted.get(n, 0) and self.clipped.get(n, 0) >= self.predicted[n]]
+            text += (f"; masking ({self.mask_mode}) kept {self.clipped_total} voxels of the AI result out"
+                     + (f" — nothing written for {', '.join(lost)}" if lost else "")
+                     + "; set Masking to 'Everywhere' in the editor and Segment again to get all of it")
+        return text
+
+
+def segmentation_for(scene: Any, volume: Any, create: bool = True) -> Any:
+    """This module's segmentation node of ``volume`` (created on first use), under the volume's parent transform."""
+    segNode = volume.GetNodeReference(SEGMENTATION_REFERENCE)
+    if segNode is None:
+        if not create:
+            return None
+        segNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume.GetName() + " segmentation")
+        segNode.CreateDefaultDisplayNodes()
+        segNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        volume.SetNodeReferenceID(SEGMENTATION_REFERENCE, segNode.GetID())
+    if segNode.GetTransformNodeID() != volume.GetTransformNodeID():
+        # the engine works in the volume's own (local) coordinates; so must the segmentation
+        segNode.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    return segNode
+
+
+def _tags(segment: Any, keys: Sequence[str], mutable: Callable[[str], Any]) -> Dict[str, str]:
+    out = {}
+    for key in keys:
+        value = mutable("")
+        if segment.GetTag(key, value):
+            out[key] = str(value.get())
+    return out
+
+
+def segment_list(segNode: Any, label_values: Sequence[int], mutable: Callable[[str], Any]) -> List[Tuple[str, str, dict]]:
+    """(segment ID, name, the tags label matching reads) of every segment, in order."""
+    segmentation = segNode.GetSegmentation()
+    keys = [labelmatch.TAG_KEY, TERMINOLOGY_TAG] + [f"hila_{int(v)}" for v in label_values]
+    out = []
+    for i in range(segmentation.GetNumberOfSegments()):
+        segId = segmentation.GetNthSegmentID(i)
+        segment = segmentation.GetSegment(segId)
+        out.append((segId, segment.GetName(), _tags(segment, keys, mutable)))
+    return out
+
+
+def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: Sequence[Any],
+                                  mutable: Callable[[str], Any]) -> np.ndarray:
+    """The label array (k, j, i) of the volume, value per workspace label, from the segments that stand for them.
+
+    Refuses (HilaError naming them) labels no segment matches: a correction without them would
+    say "background" where the radiologist said nothing. An empty segment counts as present.
+    """
+    pairs = [(str(lab.name), int(lab.value)) for lab in labels]
+    segs = segment_list(segNode, [v for _, v in pairs], mutable)
+    missing = labelmatch.missing_labels([(name, tags) for _, name, tags in segs], pairs)
+    if missing:
+        have = ", ".join(repr(name) for _, name, _ in segs) or "none"
+        raise HilaError(f"no segment stands for label {', '.join(repr(m) for m in missing)} (segments: {have}); "
+                        "name a segment like the label, or add an empty one if the structure is absent")
+    shape = util.arrayFromVolume(volume).shape
+    masks: Dict[int, np.ndarray] = {}
+    for segId, name, tags in segs:
+        value = labelmatch.match_label(name, tags, pairs)
+        if value is None:
+            continue
+        arr = np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
+        masks[value] = masks[value] | arr if value in masks else arr
+    return mrmlgeometry.masks_to_label({v: m.astype(np.uint8) for v, m in masks.items()}, shape)
+
+
+def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any, volume: Any,
+                 editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+    """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
+
+    ``segments``: (label value, name, colour, 0/1 array (k, j, i) on the volume's grid, tags) per label.
+    ``mask_mode``: the editor's mask mode name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``).
+    """
+    segmentation = segNode.GetSegmentation()
+    shape = util.arrayFromVolume(volume).shape
+    report = WriteReport(mask_mode=mask_mode or "")
+    existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    arrays = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in existing}
+    display = segNode.GetDisplayNode()
+    visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
+    intensity = lohi = None
+    if editorNode is not None and editorNode.GetSourceVolumeIntensityMask():
+        intensity, lohi = util.arrayFromVolume(volume), editorNode.GetSourceVolumeIntensityMaskRange()
+    wasModified = segNode.StartModify()
+    try:
+        for value, name, color, mask, tags in segments:
+            segId = f"{OWN_PREFIX}{int(value)}"
+            new = np.asarray(mask) > 0
+            if new.shape != tuple(shape):
+                raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {tuple(shape)}")
+            old = arrays.get(segId, np.zeros(shape, bool))
+            if editorNode is not None and mask_mode:
+                allowed = mrmlgeometry.edit_allowed_mask(
+                    mask_mode, shape, arrays, visible=visible, mask_segment=editorNode.GetMaskSegmentID(),
+                    intensity=intensity, intensity_range=lohi, edited=segId)
+            else:
+                allowed = np.ones(shape, bool)
+            merged = np.where(allowed, new, old)
+            if segmentation.GetSegment(segId) is None:
+                segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(color))
+            segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
+            util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, volume)
+            segment = segmentation.GetSegment(segId)
+            for key, val in dict(tags or {}, **{CREATOR_TAG: "HILASegment", labelmatch.TAG_KEY: str(int(value))}).items():
+                segment.SetTag(str(key), str(val))
+            arrays[segId] = merged
+            report.names.append(name)
+            report.predicted[name] = int(new.sum())
+            report.clipped[name] = int(np.count_nonzero(merged != new))
+        segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
+    finally:
+        segNode.EndModify(wasModified)
+    return report
+
+
+def load_label_array(util: Any, segNode: Any, volume: Any, label: np.ndarray, labels: Sequence[Any]) -> List[str]:
+    """Put a stored label array (a case's latest correction) into this module's segments; returns the names.
+
+    Reopening a case continues from its latest correction instead of a blank segmentation.
+    """
+    segments = [(int(lab.value), str(lab.name), tuple(getattr(lab, "color", (0.9, 0.6, 0.3))),
+                 (np.asarray(label) == int(lab.value)).astype(np.uint8), {"HILA.source": "latest correction"})
+                for lab in labels]
+    return write_result(util, segments, segNode, volume).names

@@ -1,0 +1,362 @@
+"""HILASegmentSlicerLib with stand-in MRML objects: job binding, Accept, label matching, button states, stale settings.
+
+The stand-ins implement only the calls the library makes (each is a recorded Slicer API call, see
+test_slicer_contract.py); the workspace, the label matching and the images are the real engine's.
+No Slicer behaviour is claimed beyond what these calls do in its source.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HILASegmentLib import mrmlgeometry
+from HILASegmentLib.errors import HilaError
+from HILASegmentLib.workspace import Workspace
+from HILASegmentSlicerLib import cases, panelstate, segments
+from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
+
+_ids = itertools.count(1)
+
+
+class Ref:  # vtk.mutable
+    def __init__(self, v=""):
+        self.v = v
+
+    def get(self):
+        return self.v
+
+    def set(self, v):
+        self.v = v
+
+
+class Segment:
+    def __init__(self, name):
+        self.name, self.tags = name, {}
+
+    def GetName(self):
+        return self.name
+
+    def SetTag(self, k, v):
+        self.tags[k] = v
+
+    def GetTag(self, k, ref):
+        if k in self.tags:
+            ref.set(self.tags[k])
+            return True
+        return False
+
+
+class Segmentation:
+    def __init__(self):
+        self.segs, self.arrays = {}, {}
+
+    def AddEmptySegment(self, segId, name, color=None):
+        self.segs[segId] = Segment(name)
+        return segId
+
+    def GetSegment(self, segId):
+        return self.segs.get(segId)
+
+    def GetNumberOfSegments(self):
+        return len(self.segs)
+
+    def GetNthSegmentID(self, i):
+        return list(self.segs)[i]
+
+    def SeparateSegmentLabelmap(self, segId):
+        pass
+
+    def CollapseBinaryLabelmaps(self, force):
+        pass
+
+
+class Node:
+    def __init__(self, name=""):
+        self.id, self.name, self.attrs, self.refs, self.transform = f"vtkMRMLNode{next(_ids)}", name, {}, {}, None
+
+    def GetID(self):
+        return self.id
+
+    def GetName(self):
+        return self.name
+
+    def GetAttribute(self, k):
+        return self.attrs.get(k)
+
+    def SetAttribute(self, k, v):
+        self.attrs[k] = v
+
+    def GetTransformNodeID(self):
+        return self.transform
+
+    def SetAndObserveTransformNodeID(self, t):
+        self.transform = t
+
+
+class SegNode(Node):
+    def __init__(self, name):
+        super().__init__(name)
+        self.segmentation = Segmentation()
+
+    def GetSegmentation(self):
+        return self.segmentation
+
+    def GetDisplayNode(self):
+        return None
+
+    def StartModify(self):
+        return 0
+
+    def EndModify(self, was):
+        pass
+
+    def CreateDefaultDisplayNodes(self):
+        pass
+
+    def SetReferenceImageGeometryParameterFromVolumeNode(self, volume):
+        self.reference = volume
+
+
+class Volume(Node):
+    def __init__(self, name, image, scene):
+        super().__init__(name)
+        self.array, self.ijk_to_ras, self.scene = sitk.GetArrayFromImage(image), mrmlgeometry.ijk_to_ras_matrix(image), scene
+        scene.nodes[self.id] = self
+
+    def GetNodeReference(self, role):
+        return self.scene.nodes.get(self.refs.get(role))
+
+    def SetNodeReferenceID(self, role, nodeId):
+        self.refs[role] = nodeId
+
+
+class Scene:
+    def __init__(self):
+        self.nodes = {}
+
+    def AddNewNodeByClass(self, cls, name):
+        assert cls == "vtkMRMLSegmentationNode"
+        node = SegNode(name)
+        self.nodes[node.id] = node
+        return node
+
+    def GetNodeByID(self, nodeId):
+        return self.nodes.get(nodeId)
+
+
+class Util:  # slicer.util
+    @staticmethod
+    def arrayFromVolume(volume):
+        return volume.array
+
+    @staticmethod
+    def arrayFromSegmentBinaryLabelmap(segNode, segId, volume):
+        return segNode.segmentation.arrays.get(segId, np.zeros(volume.array.shape, np.uint8)).copy()
+
+    @staticmethod
+    def updateSegmentBinaryLabelmapFromArray(array, segNode, segId, volume):
+        segNode.segmentation.arrays[segId] = np.asarray(array, np.uint8).copy()
+
+
+class Runner:  # a ProcessRunner whose child the test finishes
+    def __init__(self):
+        self.finished = self.started = self.cancelled = False
+        self.fraction = None
+
+    def start(self):
+        self.started = True
+        return self
+
+    def poll(self):
+        return []
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def _image(shift):
+    k, j, i = np.mgrid[0:10, 0:24, 0:24]
+    arr = (100 + 300 * (((i - 12 - shift) ** 2 + (j - 12) ** 2 + ((k - 5) * 2) ** 2) < 36)).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 2.5))
+    img.SetOrigin((-12.0 + shift, 5.0, 30.0))
+    return img
+
+
+@pytest.fixture
+def two_cases(tmp_path):
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"])
+    scene, volumes = Scene(), []
+    for n, shift in enumerate((0, 4)):
+        path = tmp_path / f"case{n}.nrrd"
+        sitk.WriteImage(_image(shift), str(path))
+        case = ws.import_volume(path)
+        volume = Volume(case.name, sitk.ReadImage(str(path)), scene)
+        volume.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+        volumes.append(volume)
+    return ws, scene, volumes
+
+
+def _accept(ws, volume, segNode, **kw):
+    return cases.accept_case(ws, Util, volume, segNode, volume.ijk_to_ras, Ref, save=lambda node, v: f"saved-v{v}", **kw)
+
+
+def _state(board, ws, shown):
+    seg = board.get("segment")
+    return panelstate.button_states(panelstate.PanelState(
+        has_workspace=ws is not None, has_volume=shown is not None, segmenting_shown=board.segmenting(shown.GetID()),
+        segmenting_other=seg is not None and seg.volume_id != shown.GetID(), training=board.busy("train")))
+
+
+def test_the_ab_race_cannot_submit_a_result_for_the_wrong_case(two_cases):
+    ws, scene, (volA, volB) = two_cases
+    board = JobBoard()
+    runner = Runner()
+    board.start(Job("segment", runner, case_id=volA.GetAttribute(segments.CASE_ATTRIBUTE), volume_id=volA.GetID()))
+    states = _state(board, ws, volA)
+    assert not states["caseTableWidget"] and not states["inputVolumeSelector"] and not states["nextCaseButton"]
+    assert states["segmentButton"] and panelstate.segment_button_text(True, "taps v1") == "Cancel"
+    assert not states["acceptButton"]  # A's own result is still in flight
+    with pytest.raises(JobError, match="still running"):
+        board.start(Job("segment", Runner(), volume_id=volA.GetID()))
+    # B is shown anyway (e.g. selected from another module) while A's result is in flight
+    segB = segments.segmentation_for(scene, volB)
+    assert _state(board, ws, volB)["acceptButton"] and not _state(board, ws, volB)["segmentButton"]
+    runner.finished = True
+    [(job, _, done)] = board.poll()
+    assert done and not board.busy("segment")
+    target = scene.GetNodeByID(job.volume_id)
+    assert target is volA
+    mask = (volA.array > 200).astype(np.uint8)
+    segA = segments.segmentation_for(scene, target)
+    assert segA is not segB
+    report = segments.write_result(Util, [(1, "prostate", (1, 0, 0), mask, {"HILA.model": "tiny"})], segA, target)
+    assert report.names == ["prostate"] and report.clipped_total == 0
+    assert segB.GetSegmentation().GetNumberOfSegments() == 0
+    with pytest.raises(HilaError, match="prostate"):  # Accept on B: B's own (empty) segmentation, refused
+        _accept(ws, volB, segB)
+    assert ws.corrections(volB.GetAttribute(segments.CASE_ATTRIBUTE)) == []
+    out = _accept(ws, volA, segA)
+    assert out.case_id == volA.GetAttribute(segments.CASE_ATTRIBUTE) and out.version == 1
+    stored = sitk.GetArrayFromImage(ws.correction_label(out.case_id))
+    assert np.array_equal(stored > 0, mask > 0)  # A's correction is A's result, voxel for voxel
+    assert ws.corrections(volB.GetAttribute(segments.CASE_ATTRIBUTE)) == []
+
+
+def test_accept_works_while_a_training_job_runs(two_cases):
+    ws, scene, (volA, _) = two_cases
+    board = JobBoard()
+    train = board.start(Job("train", Runner(), label="a new model"))
+    states = _state(board, ws, volA)
+    for name in ("acceptButton", "segmentButton", "nextCaseButton", "caseTableWidget", "importFilesButton"):
+        assert states[name], name
+    assert not states["trainButton"] and states["cancelButton"]
+    segA = segments.segmentation_for(scene, volA)
+    segA.GetSegmentation().AddEmptySegment("s1", "prostate")
+    Util.updateSegmentBinaryLabelmapFromArray((volA.array > 200).astype(np.uint8), segA, "s1", volA)
+    assert _accept(ws, volA, segA, quality="rough").version == 1
+    assert board.get("train") is train and not train.runner.cancelled
+    seg = Job("segment", Runner(), volume_id=volA.GetID())
+    board.start(seg)  # a segment job starts beside the training run
+    assert board.busy("segment") and board.busy("train")
+
+
+@pytest.mark.parametrize("name,tags", [("Prostate", {}), ("prostate", {}), ("Segment_1", {"hila_1": "1"}),
+                                       ("Segment_7", {"TerminologyEntry": "Segmentation category and type - 3D Slicer General Anatomy list"
+                                                      "~SCT^123037004^Anatomical Structure~SCT^41216001^Prostate~^^"
+                                                      "~Anatomic codes - DICOM master list~^^~^^"})])
+def test_prostate_prostate_and_a_hila_1_tag_all_match(two_cases, name, tags):
+    ws, scene, (volA, _) = two_cases
+    segNode = segments.segmentation_for(scene, volA)
+    segNode.GetSegmentation().AddEmptySegment("x", name)
+    for k, v in tags.items():
+        segNode.GetSegmentation().GetSegment("x").SetTag(k, v)
+    mask = (volA.array > 200).astype(np.uint8)
+    Util.updateSegmentBinaryLabelmapFromArray(mask, segNode, "x", volA)
+    label = segments.label_array_from_segmentation(Util, segNode, volA, ws.settings.labels, Ref)
+    assert np.array_equal(label == 1, mask > 0)
+
+
+def test_a_missing_label_refuses_accept_and_names_it(tmp_path):
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate", "bladder"])
+    path = tmp_path / "c.nrrd"
+    sitk.WriteImage(_image(0), str(path))
+    scene = Scene()
+    volume = Volume("c", sitk.ReadImage(str(path)), scene)
+    volume.SetAttribute(segments.CASE_ATTRIBUTE, ws.import_volume(path).case_id)
+    segNode = segments.segmentation_for(scene, volume)
+    segNode.GetSegmentation().AddEmptySegment("p", "Prostate")
+    Util.updateSegmentBinaryLabelmapFromArray((volume.array > 200).astype(np.uint8), segNode, "p", volume)
+    with pytest.raises(HilaError, match="'bladder'"):
+        _accept(ws, volume, segNode)
+    assert ws.corrections() == []
+    segNode.GetSegmentation().AddEmptySegment("b", "Bladder")  # an empty segment says "absent": accepted
+    assert _accept(ws, volume, segNode).version == 1
+
+
+def test_a_stale_workspace_path_leaves_the_panel_consistent(tmp_path):
+    cleared = []
+    for stale in (tmp_path / "gone", tmp_path):  # deleted, and a folder that is not a workspace
+        ws, message = cases.reopen_workspace(str(stale), Workspace.open, lambda: cleared.append(True))
+        assert ws is None and str(stale) in message and "forgotten" in message
+    assert cleared == [True, True]
+    assert cases.reopen_workspace("", Workspace.open, lambda: cleared.append(True)) == (None, "")
+    states = panelstate.button_states(panelstate.PanelState(has_workspace=False, has_volume=False))
+    assert not any(states[n] for n in ("trainButton", "nextCaseButton", "caseTableWidget", "rollbackButton", "segmentButton"))
+    assert states["openWorkspaceButton"] and states["createWorkspaceButton"] and states["inputVolumeSelector"]
+
+
+def test_a_failed_save_after_submit_reports_the_submitted_version(two_cases):
+    ws, scene, (volA, _) = two_cases
+    segA = segments.segmentation_for(scene, volA)
+    segA.GetSegmentation().AddEmptySegment("s", "prostate")
+    Util.updateSegmentBinaryLabelmapFromArray((volA.array > 200).astype(np.uint8), segA, "s", volA)
+
+    def fail(node, version):
+        raise OSError("disk full")
+    out = cases.accept_case(ws, Util, volA, segA, volA.ijk_to_ras, Ref, save=fail)
+    assert out.version == 1 and "correction v1" in out.message() and "disk full" in out.message()
+
+
+def test_masking_clips_are_counted_and_follow_generate_edit_mask(two_cases):
+    ws, scene, (volA, _) = two_cases
+    segNode = segments.segmentation_for(scene, volA)
+    mask = (volA.array > 200).astype(np.uint8)
+    segNode.GetSegmentation().AddEmptySegment("user", "my drawing")
+    Util.updateSegmentBinaryLabelmapFromArray(mask, segNode, "user", volA)
+
+    class Editor:
+        def GetSourceVolumeIntensityMask(self):
+            return False
+
+        def GetMaskSegmentID(self):
+            return None
+    report = segments.write_result(Util, [(1, "prostate", (1, 0, 0), mask, {})], segNode, volA, Editor(),
+                                   "EditAllowedOutsideAllSegments")
+    assert report.clipped["prostate"] == int(mask.sum()) and "nothing written for prostate" in report.message()
+    assert segNode.GetSegmentation().arrays["user"].sum() == mask.sum()  # the user's segment untouched
+    # inside-all: the union includes the user's segment, so the whole result lands
+    report = segments.write_result(Util, [(1, "prostate", (1, 0, 0), mask, {})], segNode, volA, Editor(),
+                                   "EditAllowedInsideAllSegments")
+    assert report.clipped_total == 0 and "masking" not in report.message()
+
+
+def test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_transform(two_cases):
+    ws, scene, (volA, _) = two_cases
+    volA.SetAndObserveTransformNodeID("vtkMRMLLinearTransformNode7")
+    segA = segments.segmentation_for(scene, volA)
+    assert segA.GetTransformNodeID() == "vtkMRMLLinearTransformNode7"
+    segA.GetSegmentation().AddEmptySegment("s", "prostate")
+    mask = (volA.array > 200).astype(np.uint8)
+    Util.updateSegmentBinaryLabelmapFromArray(mask, segA, "s", volA)
+    _accept(ws, volA, segA)
+    again = Volume("again", sitk.GetImageFromArray(volA.array), scene)
+    again.SetAttribute(segments.CASE_ATTRIBUTE, volA.GetAttribute(segments.CASE_ATTRIBUTE))
+    segAgain = segments.segmentation_for(scene, again)
+    assert cases.reopen_case_segments(ws, Util, again, segAgain) == 1
+    assert np.array_equal(segAgain.GetSegmentation().arrays["hila_1"] > 0, mask > 0)
+    assert segAgain.GetSegmentation().GetSegment("hila_1").tags["hila_label"] == "1"
+    assert cases.reopen_case_segments(ws, Util, again, segAgain) is None  # never over segments already there
