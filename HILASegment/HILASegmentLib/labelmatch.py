@@ -4,6 +4,10 @@ Order: 1. a segment tag ``hila_label`` (or a tag key ``hila_<value>``), 2. the n
 surrounding whitespace, 3. the terminology's type name in the ``TerminologyEntry`` tag (Slicer's
 ``~``-separated ``scheme^code^meaning`` triplets; the 3rd triplet is the type), 4. the alias table.
 Plain functions on plain data: names, tag dicts, (name, value) label lists.
+
+Structure names of one RTSTRUCT may come in several *contour sets* of the same organs: the manual
+ones (``Prostata``) and auto-contours marked by a suffix (``Prostate_DL``, ``Bladder_MBS``);
+:func:`contour_set` splits such a name into its organ name and its set (``AUTO_SET_SUFFIXES``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,20 @@ ALIASES = {
     "vescica": "bladder", "urinary bladder": "bladder", "vescica urinaria": "bladder",
     "retto": "rectum", "anorectum": "rectum", "ano-retto": "rectum", "rectum and anus": "rectum",
 }
+
+
+# Name suffixes that mark an auto-contour set in an RTSTRUCT (deep learning, model/atlas based).
+AUTO_SET_SUFFIXES = ("DL", "MBS", "ABS", "AI", "AUTO", "ATLAS")
+MANUAL_SET = "manual"
+
+
+def contour_set(name) -> tuple[str, str]:
+    """(organ name, set): ``'Prostate_DL'`` -> ``('Prostate', 'DL')``, ``'Prostata'`` -> ``('Prostata', 'manual')``."""
+    text = str(name).strip()
+    head, sep, tail = text.rpartition("_")
+    if sep and head.strip() and tail.strip().upper() in AUTO_SET_SUFFIXES:
+        return head.strip(), tail.strip().upper()
+    return text, MANUAL_SET
 
 
 def _norm(name) -> str:

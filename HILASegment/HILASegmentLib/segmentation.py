@@ -198,7 +198,7 @@ class Segmentation:
         img = sitk.GetImageFromArray(out)
         img.CopyInformation(self.grid)
         if reference is not None:
-            img = _onto_lattice(img, reference, self.source or "segmentation")
+            img = onto_lattice(img, reference, self.source or "segmentation")
         return img
 
     # -- editing ---------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def _normalise_label_specs(labels) -> List[LabelSpec]:
     return items
 
 
-def _onto_lattice(img: sitk.Image, reference: sitk.Image, where: str) -> sitk.Image:
+def onto_lattice(img: sitk.Image, reference: sitk.Image, where: str) -> sitk.Image:
     """Pad/crop ``img`` onto ``reference`` when both share one lattice (same spacing and direction,
     voxel centres aligned); otherwise return it unchanged (callers compare grids and report)."""
     if not grid_difference(img, reference):

@@ -1,10 +1,12 @@
 """`hila convert IN OUT`: any supported image or segmentation in, any supported format out.
 
 What is read and written is decided by the file names and contents: a ``.seg.nrrd`` (recognised by
-its segment keys, not only its name) is a Slicer segmentation, a DICOM folder is a series, other
-volume files are images or label maps. Output ``*.seg.nrrd`` makes a Slicer segmentation (from a
-label map, with ``--names``), other volume suffixes a plain image or label map. Nothing is written
-on error: outputs appear atomically, by rename, only once complete.
+its segment keys, not only its name) is a Slicer segmentation, a DICOM folder is a series, a DICOM
+RTSTRUCT or SEG file (recognised by its Modality) a segmentation of the ``--reference`` series,
+other volume files are images or label maps. Output ``*.seg.nrrd`` makes a Slicer segmentation (from
+a label map, with ``--names``), ``--format seg|rtstruct`` (or ``*.dcm``) a DICOM object referencing
+the ``--reference`` series, other volume suffixes a plain image or label map. Nothing is written on
+error: outputs appear atomically, by rename, only once complete.
 """
 from __future__ import annotations
 
@@ -33,7 +35,16 @@ def register(sub, parent) -> None:
                         "JSON file (label map -> .seg.nrrd)")
     p.add_argument("--reference", metavar="IMAGE",
                    help="the image the labels belong to: the label map must lie on its grid, and the output "
-                        "gets exactly the image's geometry")
+                        "gets exactly the image's geometry; for DICOM SEG/RTSTRUCT in or out, the image series' "
+                        "DICOM folder (a label map may lie on a crop of its grid)")
+    p.add_argument("--format", choices=("seg", "rtstruct"), dest="dicom_format",
+                   help="write a DICOM object: seg (DICOM Segmentation) or rtstruct (RT Structure Set)")
+    p.add_argument("--structures", metavar="WHICH",
+                   help="RTSTRUCT input: 'manual' (default: structures without an auto-contour suffix such as "
+                        "_DL/_MBS, not the body outline), 'all' (overlapping ones in extra layers), a contour set "
+                        "('DL', 'MBS') or structure names 'Prostata,Vescica'")
+    p.add_argument("--annotator", metavar="NAME", help="DICOM output: who made the segmentation (provenance)")
+    p.add_argument("--quality", choices=("reviewed", "rough", "weak"), help="DICOM output: label quality (provenance)")
     p.set_defaults(func=run)
 
 
@@ -48,22 +59,78 @@ def _kind_of_output(path: str) -> str:
     return "image"
 
 
-def convert(src: str, dst: str, names=None, reference: str | None = None) -> dict:
-    """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
-    from .. import imageio, labelio, segfile
+def _read_dicom_object(src_p: Path, modality: str, series, structures: str | None):
+    """A DICOM RTSTRUCT or SEG as a Segmentation on the series' grid."""
+    from .. import dicomseg, rtstruct, segfile
 
-    out_kind = _kind_of_output(dst)
+    if modality == "RTSTRUCT":
+        return rtstruct.to_segmentation(src_p, series, structures)
+    label, names, _ = dicomseg.read_seg(src_p, series)
+    seg = segfile.Segmentation.from_label_image(label, [(v, n, None) for v, n in sorted(names.items())])
+    seg.source = str(src_p)
+    return seg
+
+
+def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: str, provenance) -> dict:
+    """Write ``seg`` (or the label map at ``src_p``) as a DICOM SEG or RTSTRUCT of ``series``."""
+    from .. import dicomref, dicomseg, labelio, rtstruct, segfile
+
+    if seg is None and segfile.is_seg_nrrd(src_p):
+        seg = segfile.read_segmentation(src_p, table or None)
+    if seg is not None:
+        masks = dicomref.masks_from_segmentation(seg, series, src_p)
+    else:
+        label = dicomref.onto_series(labelio.read_label(src_p), series, src_p)
+        masks = dicomref.masks_from_label(label, table)
+    writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
+    writer(masks, series, dst, provenance)
+    kept = [m for m in masks if m[1].any()]
+    what = "DICOM SEG" if fmt == "seg" else "RTSTRUCT"
+    return {"result": {"segments": [m[0] for m in kept], "format": fmt, "series_uid": series.series_uid},
+            "summary": f"wrote {dst}: {what} of {len(kept)} segment(s) referencing series {series.series_uid}"}
+
+
+def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: str | None = None,
+            structures: str | None = None, provenance=None) -> dict:
+    """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
+    from .. import dicomref, imageio, labelio, segfile
+
+    if fmt is None and dst.lower().endswith(".dcm"):
+        raise HilaError(f"{dst}: say which DICOM object to write: --format seg or --format rtstruct")
+    out_kind = "dicom" if fmt else _kind_of_output(dst)
     src_p = Path(src)
     if not src_p.exists():
         raise HilaError(f"{src}: no such file or folder")
     if Path(dst).resolve() == src_p.resolve() and src_p.is_file():
         raise HilaError(f"{dst}: output is the input file")
-    ref = imageio.read_image(reference) if reference else None
-    in_kind = "segmentation" if segfile.is_seg_nrrd(src_p) else ("dicom" if src_p.is_dir() else "image")
+    modality = dicomref.object_modality(src_p) if src_p.is_file() else None
+    dicom_object = modality in ("RTSTRUCT", "SEG")
+    if structures and modality != "RTSTRUCT":
+        raise HilaError(f"{src}: --structures applies to an RTSTRUCT input")
+    series = None
+    if dicom_object or out_kind == "dicom":
+        if not reference:
+            raise HilaError(f"{src if dicom_object else dst}: DICOM SEG and RTSTRUCT need --reference, the image "
+                            "series' DICOM folder")
+        series = dicomref.read_series(reference)
+        ref = series.image
+    else:
+        ref = imageio.read_image(reference) if reference else None
     table = parse_names(names) if names else {}
+    preloaded = _read_dicom_object(src_p, modality, series, structures) if dicom_object else None
+    if preloaded is not None:
+        in_kind = modality.lower()
+    else:
+        in_kind = "segmentation" if segfile.is_seg_nrrd(src_p) else ("dicom" if src_p.is_dir() else "image")
 
+    if out_kind == "dicom":
+        done = _write_dicom_object(fmt, src_p, preloaded, table, series, dst, provenance)
+        done["result"].update({"input": str(src), "input_kind": in_kind, "output": str(dst), "output_kind": fmt})
+        return done
     if out_kind == "segmentation":
-        if in_kind == "segmentation":
+        if preloaded is not None:
+            seg = preloaded
+        elif in_kind == "segmentation":
             seg = segfile.read_segmentation(src_p, table or None)
             if ref is not None:
                 diff = imageio.grid_difference(seg.grid, ref)
@@ -81,8 +148,8 @@ def convert(src: str, dst: str, names=None, reference: str | None = None) -> dic
                                for s in seg.segments], "layers": len(seg.layers)}
         summary = f"wrote {dst}: Slicer segmentation, {len(seg.segments)} segment(s) in {len(seg.layers)} layer(s)"
     else:
-        if in_kind == "segmentation":
-            seg = segfile.read_segmentation(src_p)
+        if preloaded is not None or in_kind == "segmentation":
+            seg = preloaded or segfile.read_segmentation(src_p)
             img = seg.to_label_image(reference=ref)
             if ref is not None:
                 diff = imageio.grid_difference(img, ref)
@@ -112,9 +179,12 @@ def convert(src: str, dst: str, names=None, reference: str | None = None) -> dic
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dicomref import Provenance
     from . import emit
 
-    done = convert(args.input, args.output, names=args.names, reference=args.reference)
+    provenance = Provenance(annotator=args.annotator, quality=args.quality)
+    done = convert(args.input, args.output, names=args.names, reference=args.reference, fmt=args.dicom_format,
+                   structures=args.structures, provenance=provenance)
     emit(args, done["result"], done["summary"])
     return 0
 
