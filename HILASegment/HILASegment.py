@@ -224,7 +224,11 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 if create:
                     labels = [s.strip() for s in self.ui.labelsLineEdit.text.split(",") if s.strip()]
-                    self.ws = self.logic.createWorkspace(path, self.ui.modalityComboBox.currentText, labels)
+                    choice = self.currentModelChoice()
+                    model, note = cases.workspace_model(self.ui.modalityComboBox.currentText,
+                                                        choice.model if choice and choice.key != "workspace" else None)
+                    self.ws = self.logic.createWorkspace(path, self.ui.modalityComboBox.currentText, labels, model)
+                    self.status("Created %s; %s." % (path, note))
                 else:
                     self.ws = self.logic.openWorkspace(path)
             _setSetting("workspace", str(path))
@@ -408,7 +412,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui.inputVolumeSelector.currentNode() is volume:
             self.ui.segmentEditorWidget.setSegmentationNode(segNode)
             self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode)
+        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode,
+                                        self.ws.settings.labels if self.ws is not None and job.case_id else None)
         if self.ws is not None and job.case_id:
             label, summary = panels.prediction_from_file(self.ws, job.context["out"], outcome.result)
             self.ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
@@ -576,16 +581,13 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
             node = slicer.mrmlScene.AddNode(node)
         return node
 
-    # workspaces: a new one starts from its modality's catalog starter (CT: pelvic_ct_unet, MR: TAPS)
+    # workspaces: a new one starts from the picked or the modality's catalog starter (cases.workspace_model)
     def openWorkspace(self, path):
         from HILASegmentLib.workspace import Workspace
         return Workspace.open(path)
 
-    def createWorkspace(self, path, modality, labels):
-        from HILASegmentLib import catalog
+    def createWorkspace(self, path, modality, labels, model=None):
         from HILASegmentLib.workspace import Workspace
-        starter = catalog.starter_for(modality)
-        model = starter.name if starter is not None and starter.available else None
         return Workspace.create(path, modality, labels or None, model=model)
 
     # volumes and segmentations
@@ -599,11 +601,13 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         from HILASegmentLib import mrmlgeometry
         return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), self.ijkToRas(volume))
 
-    def writeResult(self, segPath, segNode, volume, editorNode=None):
-        """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report."""
+    def writeResult(self, segPath, segNode, volume, editorNode=None, labels=None):
+        """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report.
+        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
         from HILASegmentLib.segfile import read_segmentation
         result = read_segmentation(segPath)
-        items = [(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags) for s in result.segments]
+        items = segments.workspace_items([(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags)
+                                          for s in result.segments], labels)
         mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_result(slicer.util, items, segNode, volume, editorNode, mode)
 
@@ -714,7 +718,7 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
         target = slicer.mrmlScene.GetNodeByID(job.volume_id)
         self.assertIs(target, volA)
         segA = segments.segmentation_for(slicer.mrmlScene, target)
-        report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode())
+        report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode(), ws.settings.labels)
         self.assertEqual(report.names, ["prostate"])
         self.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
         logic.cleanupJob(context)

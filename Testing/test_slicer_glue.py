@@ -360,3 +360,33 @@ def test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_tra
     assert np.array_equal(segAgain.GetSegmentation().arrays["hila_1"] > 0, mask > 0)
     assert segAgain.GetSegmentation().GetSegment("hila_1").tags["hila_label"] == "1"
     assert cases.reopen_case_segments(ws, Util, again, segAgain) is None  # never over segments already there
+
+
+def test_ai_segments_carry_the_workspace_value_not_the_models(two_cases):
+    """A CT model's prostate is 1, bladder 2; in a workspace listing bladder first, bladder must not become prostate."""
+    _, scene, (volA, _) = two_cases
+
+    class L:
+        def __init__(self, value, name):
+            self.value, self.name = value, name
+    labels = [L(1, "bladder"), L(2, "prostate")]
+    mask = (volA.array > 200).astype(np.uint8)
+    items = [(1, "prostate", (1, 0, 0), mask, {}), (2, "bladder", (0, 1, 0), np.zeros_like(mask), {}), (3, "rectum", (0, 0, 1), mask, {})]
+    mapped = segments.workspace_items(items, labels)
+    assert [(v, n, t.get("hila_label")) for v, n, _, _, t in mapped] == [(2, "prostate", "2"), (1, "bladder", "1"), (3, "rectum", None)]
+    segNode = segments.segmentation_for(scene, volA)
+    segments.write_result(Util, mapped, segNode, volA)
+    label = segments.label_array_from_segmentation(Util, segNode, volA, labels, Ref)
+    assert np.array_equal(label == 2, mask > 0) and not (label == 1).any()
+    assert segments.workspace_items(items, None) == items
+
+
+def test_a_new_workspace_gets_the_modalitys_starter_unless_the_user_picks_another(monkeypatch, tmp_path):
+    assert cases.workspace_model("CT")[0] == "pelvic_ct_unet"
+    assert cases.workspace_model("CT", "taps")[0] == "pelvic_ct_unet"  # an MR model does not start a CT workspace
+    from HILASegmentLib import catalog
+    model, note = cases.workspace_model("MR")
+    assert (model == "taps") == catalog.get("taps").available and "taps" in note
+    monkeypatch.setenv("HILA_MODELS_DIR", str(tmp_path))
+    (tmp_path / "mine.onnx").write_bytes(b"")
+    assert cases.workspace_model("CT", "mine")[0] == "mine"  # the user's own model (no modality listed)

@@ -117,20 +117,21 @@ def compare_text(ws, version: int) -> str:
 def prediction_from_file(ws, seg_path, result: Optional[Mapping] = None):
     """(label image in the workspace's label values, uncertainty summary) from a `hila infer` output.
 
-    Segments are matched to workspace labels by name (case-insensitive), as `hila infer WORKSPACE
-    CASE` does; model labels the workspace lacks are dropped. The summary is what ranking reads.
+    Segments are matched to workspace labels by THE rule (``labelmatch``: tag, name ignoring case,
+    terminology, aliases); model labels the workspace lacks are dropped. The summary is what ranking reads.
     """
     import numpy as np
     import SimpleITK as sitk
 
+    from .labelmatch import match_label
     from .segfile import read_segmentation
 
     seg = read_segmentation(seg_path)
-    values = {l.name.strip().lower(): int(l.value) for l in ws.settings.labels}
+    pairs = [(l.name, int(l.value)) for l in ws.settings.labels]
     reference = seg.to_label_image()
     out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
     for segment in seg.segments:
-        v = values.get(segment.name.strip().lower())
+        v = match_label(segment.name, segment.tags, pairs)
         if v is not None:
             out[seg.mask_array(segment.name) > 0] = v
     label = sitk.GetImageFromArray(out)

@@ -17,7 +17,8 @@ from HILASegmentLib.errors import HilaError
 
 from . import segments
 
-__all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "reopen_case_segments", "output_path"]
+__all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "reopen_case_segments", "output_path",
+           "workspace_model"]
 
 
 def reopen_workspace(path: str, open_fn: Callable[[str], Any], clear_setting: Callable[[], None]) -> Tuple[Any, str]:
@@ -129,3 +130,19 @@ def output_path(volume: Any, ws: Any = None, case_id: Optional[str] = None, vers
             return str(folder / (name + ".seg.nrrd"))
     base = Path(ws.root).parent / (Path(ws.root).name + "-segmentations") if ws is not None else Path.home() / "HILASegment"
     return str(base / (case_id or "") / (name + ".seg.nrrd"))
+
+
+def workspace_model(modality: str, preferred: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """(model for a new workspace or None, note): the user's pick when it fits the modality, else the starter.
+
+    CT starts from the pelvic CT starter, MR from TAPS; a model whose file or package is not here is
+    not copied in (the note says so, and the catalog still offers it once installed).
+    """
+    entry = catalog.get(preferred) if preferred else None
+    if entry is None or (entry.modality and entry.modality != str(modality).upper()):
+        entry = catalog.starter_for(modality)
+    if entry is None:
+        return None, f"no catalog model for {modality}: the workspace starts without one"
+    if not entry.available:
+        return None, f"{entry.name} is not installed yet ({entry.pip or entry.file}): the workspace starts without a model"
+    return entry.name, f"the workspace starts from {entry.name} v{entry.version}"

@@ -25,7 +25,8 @@ from HILASegmentLib import labelmatch, mrmlgeometry
 from HILASegmentLib.errors import HilaError
 
 __all__ = ["CASE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
-           "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array"]
+           "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
+           "workspace_items"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 SEGMENTATION_REFERENCE = "HILASegment.Segmentation"
@@ -125,6 +126,8 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
 
     ``segments``: (label value, name, colour, 0/1 array (k, j, i) on the volume's grid, tags) per label.
+    A ``hila_label`` tag belongs in ``tags`` only when ``value`` is a *workspace* label value
+    (:func:`workspace_items` does that); a model's own values may mean other labels in a workspace.
     ``mask_mode``: the editor's mask mode name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``).
     """
     segmentation = segNode.GetSegmentation()
@@ -157,7 +160,7 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
             segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
             util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, volume)
             segment = segmentation.GetSegment(segId)
-            for key, val in dict(tags or {}, **{CREATOR_TAG: "HILASegment", labelmatch.TAG_KEY: str(int(value))}).items():
+            for key, val in dict(tags or {}, **{CREATOR_TAG: "HILASegment"}).items():
                 segment.SetTag(str(key), str(val))
             arrays[segId] = merged
             report.names.append(name)
@@ -175,6 +178,26 @@ def load_label_array(util: Any, segNode: Any, volume: Any, label: np.ndarray, la
     Reopening a case continues from its latest correction instead of a blank segmentation.
     """
     segments = [(int(lab.value), str(lab.name), tuple(getattr(lab, "color", (0.9, 0.6, 0.3))),
-                 (np.asarray(label) == int(lab.value)).astype(np.uint8), {"HILA.source": "latest correction"})
+                 (np.asarray(label) == int(lab.value)).astype(np.uint8),
+                 {"HILA.source": "latest correction", labelmatch.TAG_KEY: str(int(lab.value))})
                 for lab in labels]
     return write_result(util, segments, segNode, volume).names
+
+
+def workspace_items(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], labels: Optional[Sequence[Any]]) -> list:
+    """Result segments renumbered to the workspace's label values (by THE matching rule) and tagged with them.
+
+    A model's value 1 may be the workspace's value 2; segments the workspace has no label for keep
+    the model's value and get no ``hila_label`` tag. Without a workspace (``labels`` None) nothing changes.
+    """
+    if not labels:
+        return list(items)
+    pairs = [(str(lab.name), int(lab.value)) for lab in labels]
+    out = []
+    for value, name, color, mask, tags in items:
+        ws_value = labelmatch.match_label(name, {k: v for k, v in (tags or {}).items() if k != labelmatch.TAG_KEY}, pairs)
+        if ws_value is None:
+            out.append((value, name, color, mask, tags))
+        else:
+            out.append((ws_value, name, color, mask, dict(tags or {}, **{labelmatch.TAG_KEY: str(ws_value)})))
+    return out
