@@ -557,7 +557,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.status("Cancelling...")
 
     def onSceneStartClose(self, caller, event):
-        self.jobs.cancel_all()
+        self.jobs.cancel("segment")  # its volume is going away; training and installs do not depend on the scene
         self.parameterNode = None
         self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.ui.segmentEditorWidget.removeViewObservations()

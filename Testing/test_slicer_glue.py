@@ -390,3 +390,12 @@ def test_a_new_workspace_gets_the_modalitys_starter_unless_the_user_picks_anothe
     monkeypatch.setenv("HILA_MODELS_DIR", str(tmp_path))
     (tmp_path / "mine.onnx").write_bytes(b"")
     assert cases.workspace_model("CT", "mine")[0] == "mine"  # the user's own model (no modality listed)
+
+
+def test_every_control_the_button_rules_name_is_a_widget_in_the_ui():
+    import xml.etree.ElementTree as ET
+
+    from conftest import ROOT
+    names = {w.get("name") for w in ET.parse(ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui").iter("widget")}
+    states = panelstate.button_states(panelstate.PanelState(has_workspace=True, has_volume=True))
+    assert set(states) <= names, set(states) - names
