@@ -397,7 +397,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             slicer.util.errorDisplay("Segmentation failed to start: %s" % exc)
             return
-        context["version"] = choice.version if choice.key == "workspace" else None
+        context.update(version=choice.version if choice.key == "workspace" else None, ws=self.ws)
         self.startJob(Job("segment", runner, case_id=volume.GetAttribute(CASE_ATTRIBUTE), volume_id=volume.GetID(),
                           label=choice.label.split(" · ")[0], context=context))
 
@@ -409,14 +409,15 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         segNode = segments.segmentation_for(slicer.mrmlScene, volume)
         editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
-        if self.ui.inputVolumeSelector.currentNode() is volume:
+        shown = self.ui.inputVolumeSelector.currentNode()
+        if shown is not None and shown.GetID() == volume.GetID():
             self.ui.segmentEditorWidget.setSegmentationNode(segNode)
             self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode,
-                                        self.ws.settings.labels if self.ws is not None and job.case_id else None)
-        if self.ws is not None and job.case_id:
-            label, summary = panels.prediction_from_file(self.ws, job.context["out"], outcome.result)
-            self.ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
+        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
+        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
+        if ws is not None:
+            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
+            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
             self.refreshTables()
         self.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
         if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
@@ -623,6 +624,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         volume = slicer.util.loadVolume(str(case.path))
         volume.SetName(case.name)
         volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
+        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
         return volume
 
     def importVolumeNode(self, ws, volume):
@@ -632,6 +634,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         write_image(self.volumeToImage(volume), path)
         case = ws.import_volume(path)
         volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
+        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
         return case
 
     # jobs

@@ -132,3 +132,11 @@ def test_tiny_model_is_rebuilt_by_its_script_and_is_a_few_kb(tmp_path):
     bundled, rebuilt = read_card(TINY), read_card(out)
     assert dataclasses.replace(rebuilt, checksum=None) == dataclasses.replace(bundled, checksum=None)
     assert bundled.name == "hila-tiny-test" and "NOT a medical model" in bundled.description
+
+
+def test_the_panels_device_auto_reaches_the_trainer_and_picks_cuda_when_torch_sees_it():
+    torch = pytest.importorskip("torch")
+    from HILASegmentLib.training.run import check_device
+    assert check_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    opts = subparser("train").parse_args(["WS", "--device", "auto"])
+    assert opts.device == "auto"

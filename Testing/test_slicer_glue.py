@@ -196,6 +196,7 @@ def two_cases(tmp_path):
         case = ws.import_volume(path)
         volume = Volume(case.name, sitk.ReadImage(str(path)), scene)
         volume.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
         volumes.append(volume)
     return ws, scene, volumes
 
@@ -399,3 +400,15 @@ def test_every_control_the_button_rules_name_is_a_widget_in_the_ui():
     names = {w.get("name") for w in ET.parse(ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui").iter("widget")}
     states = panelstate.button_states(panelstate.PanelState(has_workspace=True, has_volume=True))
     assert set(states) <= names, set(states) - names
+
+
+def test_a_case_of_another_workspace_is_refused_at_accept(two_cases, tmp_path):
+    ws, scene, (volA, _) = two_cases
+    other = Workspace.create(tmp_path / "other", "MR", ["prostate"])
+    other.import_volume(tmp_path / "case0.nrrd")  # same case ID c0001 there, but not this volume's workspace
+    segA = segments.segmentation_for(scene, volA)
+    segA.GetSegmentation().AddEmptySegment("s", "prostate")
+    Util.updateSegmentBinaryLabelmapFromArray((volA.array > 200).astype(np.uint8), segA, "s", volA)
+    with pytest.raises(HilaError, match="open that workspace"):
+        _accept(other, volA, segA)
+    assert other.corrections() == [] and _accept(ws, volA, segA).version == 1

@@ -87,6 +87,10 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     if segNode is None:
         raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
     version = None
+    home = volume.GetAttribute(segments.WORKSPACE_ATTRIBUTE) if volume is not None else None
+    if ws is not None and case_id and home and Path(home) != Path(ws.root):
+        raise HilaError(f"this volume is case {case_id} of the workspace {home}, not of {ws.root}; "
+                        "open that workspace to accept it")
     if ws is not None and case_id:
         array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
         label = mrmlgeometry.array_to_image(array, ijk_to_ras)

@@ -24,11 +24,12 @@ import numpy as np
 from HILASegmentLib import labelmatch, mrmlgeometry
 from HILASegmentLib.errors import HilaError
 
-__all__ = ["CASE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
+__all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
            "workspace_items"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
+WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
 SEGMENTATION_REFERENCE = "HILASegment.Segmentation"
 OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any other segment
 CREATOR_TAG = "HILA.creator"
