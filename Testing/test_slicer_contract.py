@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -377,3 +378,26 @@ def test_update_cmake_lists_rewrites_only_the_two_lists():
     scripts = mod.python_scripts()
     assert scripts[0] == "HILASegment.py" and "HILASegmentLib/processrunner.py" in scripts
     assert not any("Testing" in s or "__pycache__" in s for s in scripts + mod.resources())
+
+
+def test_loading_the_module_does_not_import_simpleitk_or_onnxruntime():
+    """Slicer imports every module's .py at start-up: the engine's heavy libraries must load on first use only."""
+    code = textwrap.dedent("""
+        import sys, types
+        for name in ("qt", "vtk", "ctk", "slicer", "slicer.util", "slicer.ScriptedLoadableModule"):
+            sys.modules[name] = types.ModuleType(name)
+        mod = sys.modules["slicer.ScriptedLoadableModule"]
+        for cls in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+                    "ScriptedLoadableModuleWidget"):
+            setattr(mod, cls, type(cls, (), {}))
+        sys.modules["slicer.util"].VTKObservationMixin = type("VTKObservationMixin", (), {})
+        sys.path.insert(0, sys.argv[1])
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("HILASegment", sys.argv[1] + "/HILASegment.py")
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        heavy = sorted(m for m in ("SimpleITK", "onnxruntime", "torch", "nrrd") if m in sys.modules)
+        print(",".join(heavy))
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"imported when Slicer loads the module: {r.stdout.strip()}"
