@@ -144,6 +144,10 @@ def test_edit_allowed_mask_follows_the_segment_editor_rule():
     assert got.ravel().tolist() == [0, 0, 1, 1, 1, 0]
     with pytest.raises(ValueError):
         edit_allowed_mask("Sometimes", shape, segs)
+    # GenerateEditMask: "outside" modes leave the edited segment out of the forbidden union; "inside" keep it in
+    assert edit_allowed_mask("EditAllowedOutsideAllSegments", shape, segs, edited="A").ravel().tolist() == [1, 1, 1, 0, 0, 1]
+    assert edit_allowed_mask("EditAllowedInsideAllSegments", shape, segs, edited="A").ravel().tolist() == [1, 1, 0, 1, 1, 0]
+    assert not edit_allowed_mask("EditAllowedInsideSingleSegment", shape, segs).any()  # no mask segment: nowhere
 
 
 def test_colours():

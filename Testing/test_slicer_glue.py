@@ -412,3 +412,21 @@ def test_a_case_of_another_workspace_is_refused_at_accept(two_cases, tmp_path):
     with pytest.raises(HilaError, match="open that workspace"):
         _accept(other, volA, segA)
     assert other.corrections() == [] and _accept(ws, volA, segA).version == 1
+
+
+def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
+    from types import SimpleNamespace
+
+    from HILASegmentLib import dependencies
+    from HILASegmentLib.processrunner import SequenceRunner
+    from HILASegmentSlicerLib import installs
+    find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
+    plan = dependencies.plan_install("inference", find, lambda d: None, model="taps")
+    calls = []
+    slicer_512 = SimpleNamespace(packaging=SimpleNamespace(pip_install=lambda *a, **k: calls.append((a, k))))
+    assert installs.run_plan(slicer_512, plan) is None
+    assert calls == [((["onnxruntime>=1.16", "pynrrd>=1.0", "tqdm>=4.60"],),
+                      {"no_deps_requirements": ["lavlab-taps>=1.1"], "requester": "HILASegment"})]
+    runner = installs.run_plan(SimpleNamespace(), plan)  # 5.8/5.10: no slicer.packaging
+    assert isinstance(runner, SequenceRunner) and not runner.finished
+    assert [c[-1] for c in runner.commands] == ["tqdm>=4.60", "lavlab-taps>=1.1"] and "--no-deps" in runner.commands[1]
