@@ -48,6 +48,7 @@ def test_hila_models_dir_comes_first_and_lists_extra_models(tmp_path, monkeypatc
     monkeypatch.setenv("HILA_MODELS_DIR", str(own))
     assert catalog.find_model_file("pelvic_ct_unet") == own / "pelvic_ct_unet.onnx"
     assert catalog.get("my_model").path == own / "my_model.onnx"
+    assert catalog.get("my_model").display() == "my_model · modality not stated · 1 KB · licence not stated"
     monkeypatch.delenv("HILA_MODELS_DIR")
     assert catalog.find_model_file("pelvic_ct_unet") == catalog.PACKAGE_MODELS_DIR / "pelvic_ct_unet.onnx"
     assert catalog.find_model_file("my_model") is None

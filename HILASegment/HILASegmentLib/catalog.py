@@ -65,7 +65,9 @@ class CatalogEntry:
     def display(self) -> str:
         """One line for the model selector: name, version, modality, size and licence."""
         size = f"{self.size_bytes / 2**20:.0f} MB" if self.size_bytes >= 2**20 else f"{self.size_bytes / 1024:.0f} KB"
-        text = f"{self.name} v{self.version} · {self.modality} · {size} · {self.licence.split(' (')[0]}"
+        parts = [self.name + (f" v{self.version}" if self.version else ""), self.modality or "modality not stated",
+                 size, self.licence.split(" (")[0] or "licence not stated"]
+        text = " · ".join(parts)
         if not self.available:
             text += f" · needs {self.pip or self.package}" if self.kind == "preset" else " · file missing"
         return text
