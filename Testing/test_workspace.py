@@ -153,17 +153,18 @@ def test_migration_from_older_version_runs_in_one_transaction(tmp_path, monkeypa
         con.execute("ALTER TABLE cases ADD COLUMN other TEXT")
         raise RuntimeError("migration failed half way")
 
-    monkeypatch.setattr(L, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(L.MIGRATIONS, 2, broken)
+    old, nxt = L.SCHEMA_VERSION, L.SCHEMA_VERSION + 1
+    monkeypatch.setattr(L, "SCHEMA_VERSION", nxt)
+    monkeypatch.setitem(L.MIGRATIONS, nxt, broken)
     with pytest.raises(RuntimeError):
         Workspace.open(w.root)
     con = sqlite3.connect(w.root / "hila.sqlite")
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == old
     assert "other" not in [r[1] for r in con.execute("PRAGMA table_info(cases)")]
     con.close()
-    monkeypatch.setitem(L.MIGRATIONS, 2, to_2)
+    monkeypatch.setitem(L.MIGRATIONS, nxt, to_2)
     with Workspace.open(w.root) as w2:
-        assert w2.ledger.schema_version() == 2
+        assert w2.ledger.schema_version() == nxt
         assert "note" in [r[1] for r in w2.ledger.con.execute("PRAGMA table_info(cases)")]
 
 

@@ -215,3 +215,34 @@ def object_modality(path: PathLike) -> Optional[str]:
         return str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "")) or None
     except Exception:  # a damaged file: let the image reader report it
         return None
+
+
+def series_record(series: Series) -> dict:
+    """What a workspace keeps of a series so that it can later write SEG/RTSTRUCT for it without the
+    original files: the UIDs, each slice's SOP instance UID and position, and one slice's header
+    (DICOM JSON, no pixel data) as the template for the others."""
+    template = series.headers[0].to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _: "")
+    slices = [[str(h.SOPInstanceUID), [str(v) for v in h.ImagePositionPatient], int(h.get("InstanceNumber") or k + 1)]
+              for k, h in enumerate(series.headers)]
+    return {"study_uid": series.study_uid, "series_uid": series.series_uid,
+            "frame_of_reference_uid": series.frame_of_reference_uid, "sop_class_uid": str(series.headers[0].SOPClassUID),
+            "template": template, "slices": slices}
+
+
+def series_from_record(image: sitk.Image, record: dict, where: PathLike) -> Series:
+    """A :class:`Series` (headers rebuilt from the template) on ``image``'s grid from :func:`series_record`."""
+    import copy
+
+    pydicom = require()
+    template = pydicom.Dataset.from_json(record["template"])
+    headers = []
+    for uid, pos, number in record["slices"]:
+        h = copy.deepcopy(template)
+        h.SOPInstanceUID = uid
+        h.ImagePositionPatient = list(pos)  # the original decimal strings
+        h.InstanceNumber = number
+        headers.append(h)
+    if len(headers) != image.GetSize()[2]:
+        raise HilaError(f"{where}: {len(headers)} recorded slices for an image of {image.GetSize()[2]}")
+    return Series(folder=Path(str(where)), image=image, files=[], headers=headers, series_uid=record["series_uid"],
+                  study_uid=record["study_uid"], frame_of_reference_uid=record.get("frame_of_reference_uid") or "")

@@ -43,15 +43,17 @@ def _codes(name: str):
 
 
 def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
-              provenance: Optional[Provenance] = None) -> Path:
+              provenance: Optional[Provenance] = None, uids: Optional[Tuple[str, str]] = None) -> Path:
     """Write segments (masks on the series' grid, see :func:`dicomref.masks_from_label`) as a binary
-    DICOM SEG referencing the series' instances; overlapping segments stay separate."""
+    DICOM SEG referencing the series' instances; overlapping segments stay separate. ``uids``: (series,
+    SOP instance) UIDs to use (the same object written again), else new ones."""
     require()
     import highdicom as hd  # optional `dicom` extra
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     prov = provenance or Provenance()
+    series_uid, sop_uid = uids or (generate_uid(), generate_uid())
     segments = [s for s in segments if np.any(s[1])]
     if not segments:
         raise HilaError(f"{path}: nothing segmented; a DICOM SEG needs at least one non-empty segment")
@@ -85,7 +87,7 @@ def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
         seg = hd.seg.Segmentation(
             source_images=series.headers, pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-            series_instance_uid=generate_uid(), series_number=900, sop_instance_uid=generate_uid(),
+            series_instance_uid=series_uid, series_number=900, sop_instance_uid=sop_uid,
             instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="hila",
             software_versions=software_version(), device_serial_number="0", content_description=prov.text()[:64],
             content_creator_name=person_name(prov.annotator), series_description=prov.description(),

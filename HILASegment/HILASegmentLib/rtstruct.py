@@ -148,9 +148,10 @@ def _ds_number(x: float) -> str:
 
 
 def write_rtstruct(segments: Sequence[SegmentMask], series: Series, path: PathLike,
-                   provenance: Optional[Provenance] = None) -> Path:
+                   provenance: Optional[Provenance] = None, uids: Optional[Tuple[str, str]] = None) -> Path:
     """Write segments (masks on the series' grid, see :func:`dicomref.masks_from_label`) as an RTSTRUCT
-    referencing ``series``: one ROI each, contours along voxel edges; atomic (complete or absent)."""
+    referencing ``series``: one ROI each, contours along voxel edges; atomic (complete or absent).
+    ``uids``: (series, SOP instance) UIDs to use (the same object written again), else new ones."""
     pydicom = require()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DSeq
@@ -169,10 +170,10 @@ def write_rtstruct(segments: Sequence[SegmentMask], series: Series, path: PathLi
         setattr(ds, key, ref.get(key, ""))
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = uids[1] if uids else generate_uid()
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = uids[0] if uids else generate_uid()
     ds.SeriesNumber = 901
     ds.InstanceNumber = 1
     ds.SeriesDescription = prov.description()

@@ -20,18 +20,21 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("import", parents=[parent], help="import volumes or DICOM series folders as cases",
-                       description="Import volumes (.nrrd .nii .nii.gz .mha) or DICOM series folders. "
-                       "A volume already in the workspace (same voxels and geometry) is reported, not duplicated.")
+                       description="Import volumes (.nrrd .nii .nii.gz .mha) or DICOM series folders, and DICOM SEG "
+                       "or RTSTRUCT files (as corrections of the case whose series they reference; those inside a "
+                       "series folder too). Anything already in the workspace is reported, not duplicated.")
     p.add_argument("workspace", type=Path)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--name", default=None, help="case name (one PATH only; default: from the file or folder name)")
+    _dicom_label_options(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("submit", parents=[parent], help="record a corrected label for a case (a new version)",
                        description="Record LABELFILE (label map or Slicer .seg.nrrd) as the next correction version of CASE.")
     p.add_argument("workspace", type=Path)
     p.add_argument("case", help="case id (or unique case name)")
-    p.add_argument("labelfile", type=Path, nargs="?", default=None, help="label map or .seg.nrrd (not with --box/--lines)")
+    p.add_argument("labelfile", type=Path, nargs="?", default=None,
+                   help="label map, .seg.nrrd, DICOM SEG or RTSTRUCT (not with --box/--lines)")
     p.add_argument("--quality", default=None, choices=["reviewed", "rough", "weak"], help="default: reviewed; "
                    "weak with --box/--lines")
     p.add_argument("--label", default=None, help="weak label: the workspace label the marks are for")
@@ -47,6 +50,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--based-on", type=int, default=None, help="prediction id this corrects (default: the case's latest)")
     p.add_argument("--strict", action="store_true", help="refuse label values the workspace does not know "
                    "(default: drop them and say so)")
+    p.add_argument("--contour-sets", default=None, metavar="SETS",
+                   help="RTSTRUCT: contour sets to take: manual (default), all, or e.g. manual,DL,MBS (others rough)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[parent], help="cases by state, corrections per quality, models, effort")
@@ -60,10 +65,15 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--repair", action="store_true", help="move orphans and stale temporaries to lost+found/ (never deletes)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("export", parents=[parent], help="images + latest corrections as NIfTI and .seg.nrrd with a manifest")
+    p = sub.add_parser("export", parents=[parent], help="images + latest corrections as NIfTI and .seg.nrrd with a "
+                       "manifest, or as DICOM SEG / RTSTRUCT (--format)")
     p.add_argument("workspace", type=Path)
     p.add_argument("directory", type=Path)
     p.add_argument("--all", action="store_true", help="also export images of cases without a correction")
+    p.add_argument("--format", choices=("seg", "rtstruct"), default=None,
+                   help="write each DICOM case's latest correction as a DICOM SEG or RTSTRUCT referencing its series")
+    p.add_argument("--case", action="append", default=None, metavar="CASE", help="with --format: only this case "
+                   "(repeatable)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", parents=[parent], help="model versions: list, promote VERSION, rollback")
@@ -75,6 +85,17 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first")
     p.add_argument("workspace", type=Path)
     p.set_defaults(func=cmd_rank)
+
+
+def _dicom_label_options(p) -> None:
+    """Options for DICOM SEG/RTSTRUCT that become corrections (import)."""
+    p.add_argument("--contour-sets", default=None, metavar="SETS",
+                   help="RTSTRUCT: contour sets to import: manual (default; as --quality), all, none, or e.g. "
+                   "manual,DL,MBS (auto-contour sets as rough)")
+    p.add_argument("--quality", default=None, choices=["reviewed", "rough", "weak"],
+                   help="quality of the manual contours / SEG (default: reviewed, or the SEG's own)")
+    p.add_argument("--annotator", default=None, help="who drew them (default: the object's own)")
+    p.add_argument("--strict", action="store_true", help="refuse structures that match no workspace label")
 
 
 def _open(path: Path):
@@ -99,6 +120,7 @@ def cmd_init(args) -> int:
 
 def cmd_import(args) -> int:
     from ..progress import scaled
+    from . import pacs
     if args.name and len(args.paths) > 1:
         raise HilaError("--name: only with one PATH")
     with _open(args.workspace) as ws:
@@ -107,14 +129,12 @@ def cmd_import(args) -> int:
         try:
             n = len(args.paths)
             for i, p in enumerate(args.paths):
-                c = ws.import_volume(p, name=args.name, progress=scaled(prog, i / n, (i + 1) / n))
-                cases.append({"case_id": c.case_id, "name": c.name, "existing": c.existing, "source": str(p)})
+                cases.append(pacs.import_path(ws, p, args, scaled(prog, i / n, (i + 1) / n)))
         finally:
             if hasattr(prog, "close"):
                 prog.close()
     res = {"case_id": cases[0]["case_id"], "existing": cases[0]["existing"], "cases": cases}
-    lines = [f"{c['case_id']} {c['name']}: {'already in the workspace' if c['existing'] else 'imported'} ({c['source']})"
-             for c in cases]
+    lines = [pacs.describe(c) for c in cases]
     emit(args, res, "\n".join(lines))
     return 0
 
@@ -166,6 +186,11 @@ def cmd_submit(args) -> int:
         else:
             if args.labelfile is None:
                 raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")
+            from . import pacs
+            if pacs.is_dicom_object(args.labelfile):
+                res = pacs.submit_object(ws, args)
+                emit(args, res, pacs.describe(dict(res, source=str(args.labelfile))))
+                return 0
             c = ws.submit(args.case, args.labelfile, quality=args.quality or "reviewed", annotator=args.annotator,
                           seconds=args.seconds, based_on=args.based_on, strict=args.strict)
         res = {"case_id": c.case_id, "correction": c.to_dict(), "version": c.version, "quality": c.quality}
@@ -219,6 +244,12 @@ def cmd_export(args) -> int:
     with _open(args.workspace) as ws:
         prog = make_progress(args, "export")
         try:
+            from . import pacs
+            res = pacs.export(ws, args, prog)
+            if res is not None:
+                emit(args, res, "\n".join(f"{f['case_id']} {f['name']}: correction v{f['correction_version']} -> "
+                                           f"{f['file']}" for f in res["files"]))
+                return 0
             res = ws.export(args.directory, include_unlabelled=args.all, progress=prog)
         finally:
             if hasattr(prog, "close"):

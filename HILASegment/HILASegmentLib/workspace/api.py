@@ -4,7 +4,7 @@
 The work is done in rooms, one job each, that :class:`Workspace` combines: ``cases`` (import),
 ``labels`` (validating what is handed in), ``predictions``, ``corrections`` (and effort),
 ``runs`` (training snapshots and runs), ``registry`` (model versions), ``reports`` (status, rank,
-check, export). ``room`` holds what they share, including the one write pattern every stored file
+check, export), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``room`` holds what they share, including the one write pattern every stored file
 follows (stage, place, insert the row, undo on error; see :meth:`room.Room._store`).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..errors import HilaError
 from ..modelcard import resolve_model
 from .cases import Cases
 from .corrections import Corrections
+from .dicom import Dicom
 from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged, fsync_dir
 from .labels import Labels
 from .ledger import LEDGER_NAME, Ledger
@@ -62,7 +63,7 @@ def parse_modality(modality: str) -> str:
     return m
 
 
-class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports):
+class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom):
     """A HILASegment workspace folder: ``hila.sqlite`` (the ledger) and immutable files beside it."""
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,10 +24,13 @@ class Corrections(Room):
 
     def submit(self, case_id: str, label: Any, quality: str = "reviewed", annotator: Optional[str] = None,
                seconds: Optional[float] = None, based_on: Optional[int] = None, strict: bool = False,
-               source: Optional[str] = None, marks: Optional[dict] = None) -> Correction:
+               source: Optional[str] = None, marks: Optional[dict] = None,
+               also: Optional[Callable[[sqlite3.Connection, int], None]] = None) -> Correction:
         """Record a corrected label for a case as its next version (earlier versions stay).
 
         ``marks`` (weak labels): the box/lines the pseudo-mask was made from, kept in the effort JSON.
+        ``also(con, correction_id)``: more rows written in the same transaction (e.g. the DICOM object the
+        label came from), so that both are recorded or neither.
 
         ``label`` is a SimpleITK label map on the case's grid or a segfile ``Segmentation``. The
         effort (Dice per label, voxels changed) is measured against the prediction it corrects
@@ -68,6 +71,8 @@ class Corrections(Room):
                                dumps(effort), now()))
             self._event(con, "submit", case.case_id, {"correction_id": cur.lastrowid, "version": version,
                                                      "quality": quality, "voxels_changed": effort.get("voxels_changed")})
+            if also is not None:
+                also(con, int(cur.lastrowid))
             return int(cur.lastrowid)
 
         return self.correction(self._store([(image_writer(img), ".nrrd")], record))

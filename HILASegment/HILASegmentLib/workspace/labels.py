@@ -10,17 +10,18 @@ import SimpleITK as sitk
 
 from ..errors import HilaError
 from ..imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
+from ..labelmatch import match_label
 from ..segfile import is_seg_nrrd, read_segmentation
 from .room import PathLike, Room
 
 
 class Labels(Room):
     def _label_from_segmentation(self, seg: Any, reference: sitk.Image, where: str) -> sitk.Image:
-        """A label map in workspace values from a Segmentation, matching segments to labels by name
-        (segments with other names are left out; a segmentation on a cropped extent is placed on the case grid)."""
-        by_name = {l.name.lower(): l.value for l in self.settings.labels}
-        values = {s.id: by_name[str(s.name).strip().lower()] for s in seg.segments
-                  if str(s.name).strip().lower() in by_name}
+        """A label map in workspace values from a Segmentation, matching segments to labels by the one
+        rule (:func:`labelmatch.match_label`: tag, name, terminology, alias); segments matching no label are
+        left out; a segmentation on a cropped extent is placed on the case grid."""
+        pairs = [(l.name, l.value) for l in self.settings.labels]
+        values = {s.id: v for s in seg.segments if (v := match_label(s.name, s.tags, pairs)) is not None}
         if not values:
             raise HilaError(f"{where}: no segment named like a workspace label ({', '.join(self.settings.names())}); "
                             f"segments: {', '.join(str(s.name) for s in seg.segments) or 'none'}")

@@ -23,7 +23,7 @@ from ..errors import HilaError
 LEDGER_NAME = "hila.sqlite"
 
 #: The schema version this code writes; ``MIGRATIONS[n]`` brings a ledger from version n-1 to n.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: How long a writer waits for another writer before giving up (seconds, total, over all retries).
 WRITE_TIMEOUT_S = float(os.environ.get("HILA_LEDGER_TIMEOUT", "300"))
@@ -133,13 +133,47 @@ BEGIN SELECT RAISE(ABORT, 'training snapshots are immutable'); END;
 """
 
 
+# Version 2: DICOM. The image series a case came from (its UIDs and what SEG/RTSTRUCT writers need),
+# and every DICOM SEG/RTSTRUCT instance that became a correction or was written from one, so that
+# importing, exporting and syncing are idempotent by SOP instance UID.
+_SCHEMA_V2 = """
+CREATE TABLE case_series (
+    case_id     TEXT PRIMARY KEY REFERENCES cases(case_id),
+    study_uid   TEXT NOT NULL,
+    series_uid  TEXT NOT NULL,
+    record      TEXT NOT NULL                  -- JSON: dicomref.series_record (slice UIDs, header template)
+);
+CREATE INDEX case_series_series ON case_series(series_uid);
+CREATE TABLE dicom_objects (
+    sop_uid       TEXT NOT NULL,
+    part          TEXT NOT NULL DEFAULT '',    -- the contour set of an RTSTRUCT ('' for a SEG)
+    role          TEXT NOT NULL CHECK (role IN ('imported', 'exported')),
+    modality      TEXT NOT NULL,
+    case_id       TEXT NOT NULL REFERENCES cases(case_id),
+    correction_id INTEGER REFERENCES corrections(correction_id),
+    series_uid    TEXT NOT NULL,                -- of the SEG/RTSTRUCT itself
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (sop_uid, part, role)
+);
+CREATE TRIGGER case_series_no_update BEFORE UPDATE ON case_series
+BEGIN SELECT RAISE(ABORT, 'case series are immutable'); END;
+CREATE TRIGGER dicom_objects_no_update BEFORE UPDATE ON dicom_objects
+BEGIN SELECT RAISE(ABORT, 'dicom objects are immutable'); END;
+"""
+
+
 def _migrate_to_1(con: sqlite3.Connection) -> None:
     for stmt in _split_sql(_SCHEMA_V1):
         con.execute(stmt)
 
 
+def _migrate_to_2(con: sqlite3.Connection) -> None:
+    for stmt in _split_sql(_SCHEMA_V2):
+        con.execute(stmt)
+
+
 #: version -> function that upgrades a ledger at version-1 to version (run inside one transaction).
-MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 def _split_sql(script: str) -> list:

@@ -1,0 +1,89 @@
+"""The DICOM side of ``hila import | submit | export``: DICOM series folders keep their UIDs, SEG and
+RTSTRUCT files become corrections, corrections go out as SEG or RTSTRUCT.
+
+Kept apart from ``cli/workspace.py`` so that the plain commands need neither pydicom nor highdicom:
+this module imports them (through the engine) only when a DICOM object is involved.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import HilaError
+
+
+def is_dicom_object(path: Path) -> bool:
+    """A DICOM SEG or RTSTRUCT file (by its Modality)."""
+    from ..dicomref import object_modality
+
+    return path.is_file() and object_modality(path) in ("SEG", "RTSTRUCT")
+
+
+def _has_pydicom() -> bool:
+    try:
+        import pydicom  # noqa: F401  (optional `dicom` extra: only probing whether it is there)
+    except ImportError:
+        return False
+    return True
+
+
+def objects_in(folder: Path) -> List[Path]:
+    """The SEG and RTSTRUCT files directly in ``folder``."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_object(p))
+
+
+def import_path(ws, p: Path, args, progress) -> dict:
+    """Import one PATH: a SEG/RTSTRUCT file, a DICOM series folder (with the structure sets in it), or a volume."""
+    from ..imageio import list_dicom_series
+
+    sets = getattr(args, "contour_sets", None)
+    if p.is_file() and _has_pydicom() and is_dicom_object(p):
+        done = ws.import_dicom_object(p, sets=sets, quality=args.quality, annotator=args.annotator,
+                                      strict=args.strict, progress=progress)
+        return {"source": str(p), "case_id": done[0]["case_id"], "existing": all(d["existing"] for d in done),
+                "corrections": done}
+    if p.is_dir() and _has_pydicom() and list_dicom_series(p):
+        case = ws.import_series(p, name=args.name, progress=progress)
+        out = {"source": str(p), "case_id": case.case_id, "name": case.name, "existing": case.existing,
+               "corrections": []}
+        if (sets or "manual").lower() != "none":
+            for obj in objects_in(p):
+                out["corrections"] += ws.import_dicom_object(obj, case_id=case.case_id, sets=sets,
+                                                             quality=args.quality, annotator=args.annotator,
+                                                             strict=args.strict)
+        return out
+    c = ws.import_volume(p, name=args.name, progress=progress)
+    return {"case_id": c.case_id, "name": c.name, "existing": c.existing, "source": str(p), "corrections": []}
+
+
+def describe(entry: dict) -> str:
+    """One line per imported PATH."""
+    head = f"{entry['case_id']}"
+    if entry.get("name"):
+        head += f" {entry['name']}"
+    parts = []
+    if "name" in entry:
+        parts.append("already in the workspace" if entry["existing"] else "imported")
+    for c in entry.get("corrections", []):
+        what = f"{c['part'] or 'SEG'}" if c.get("part") is not None else "object"
+        parts.append(f"{what}: already imported" if c["existing"] else
+                     f"{what} -> correction v{c['version']} ({c['quality']})")
+    return f"{head}: {'; '.join(parts)} ({entry['source']})"
+
+
+def submit_object(ws, args) -> dict:
+    """``hila submit WS CASE SEG.dcm|RS.dcm``: the object's structures as corrections of CASE."""
+    done = ws.import_dicom_object(args.labelfile, case_id=args.case, sets=getattr(args, "contour_sets", None),
+                                  quality=args.quality, annotator=args.annotator, strict=args.strict)
+    return {"case_id": done[0]["case_id"], "corrections": done}
+
+
+def export(ws, args, progress) -> Optional[dict]:
+    """``hila export WS OUT --format seg|rtstruct [--case CASE...]``."""
+    if not args.format:
+        return None
+    cases = args.case or None
+    files = ws.export_dicom(args.directory, args.format, cases=cases, progress=progress)
+    if not files:
+        raise HilaError(f"{ws.root}: no case imported from a DICOM series has a correction; nothing to export")
+    return {"directory": str(args.directory), "format": args.format, "files": files}

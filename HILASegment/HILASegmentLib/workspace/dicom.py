@@ -1,0 +1,284 @@
+"""The DICOM room: cases that came from a DICOM series, and SEG/RTSTRUCT objects in and out.
+
+A case imported from a DICOM folder keeps its series in the ledger (``case_series``: study,
+series and slice UIDs and one slice's header as a template), so SEG and RTSTRUCT can be read onto
+it and written for it later without the original files. Every SEG/RTSTRUCT instance that became a
+correction, or was written from one, is a ``dicom_objects`` row keyed by its SOP instance UID (and,
+for an RTSTRUCT, the contour set): importing the same object twice adds nothing, and the row is
+written in the same transaction as the correction, so a crash never leaves one without the other.
+
+An RTSTRUCT's contour sets (see :func:`labelmatch.contour_set`) become separate corrections: the
+auto-contour sets (``DL``, ``MBS``) as ``rough`` when asked, the manual set as ``reviewed`` and last,
+so that a case's latest version, the one training uses, is the reviewed one. Structure and segment
+names reach workspace labels through :func:`labelmatch.match_label` (Prostata -> prostate, ...).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import dicomref
+from ..errors import HilaError
+from ..labelmatch import MANUAL_SET, contour_set, match_label
+from ..progress import ProgressFn, null_progress
+from .records import Case, dumps
+from .room import PathLike, Room, now
+
+
+class _AlreadyImported(Exception):
+    """Raised inside the write transaction when another process recorded the object first."""
+
+    def __init__(self, correction_id: Optional[int]):
+        self.correction_id = correction_id
+
+
+def referenced_series_uid(ds) -> Optional[str]:
+    """The image series a SEG or RTSTRUCT dataset refers to."""
+    for item in ds.get("ReferencedSeriesSequence", []):
+        return str(item.SeriesInstanceUID)
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for st in fr.get("RTReferencedStudySequence", []):
+            for se in st.get("RTReferencedSeriesSequence", []):
+                return str(se.SeriesInstanceUID)
+    return None
+
+
+class Dicom(Room):
+    # -- series ----------------------------------------------------------------------------------
+    def import_series(self, folder: PathLike, name: Optional[str] = None,
+                      progress: Optional[ProgressFn] = None) -> Case:
+        """Import a DICOM series folder as a case (see ``import_volume``) and keep its series in the ledger."""
+        series = dicomref.read_series(folder)
+        case = self.import_volume(folder, name=name, progress=progress)
+        with self.ledger.write() as con:
+            con.execute("INSERT OR IGNORE INTO case_series VALUES (?,?,?,?)",
+                        (case.case_id, series.study_uid, series.series_uid, dumps(dicomref.series_record(series))))
+        return case
+
+    def case_of_series(self, series_uid: str) -> Optional[str]:
+        with self.ledger.read() as con:
+            r = con.execute("SELECT case_id FROM case_series WHERE series_uid = ?", (str(series_uid),)).fetchone()
+        return None if r is None else r["case_id"]
+
+    def case_series(self, case_id: str) -> Optional[dict]:
+        """The recorded series of a case (UIDs and the slice record), or None for a case not from DICOM."""
+        case = self.case(case_id)
+        with self.ledger.read() as con:
+            r = con.execute("SELECT * FROM case_series WHERE case_id = ?", (case.case_id,)).fetchone()
+        return None if r is None else json.loads(r["record"])
+
+    def series(self, case_id: str) -> dicomref.Series:
+        """The case's DICOM series (headers rebuilt from the ledger) on the case's grid."""
+        record = self.case_series(case_id)
+        if record is None:
+            raise HilaError(f"{self.root}: case {case_id} was not imported from a DICOM series; SEG and RTSTRUCT "
+                            "need its series (import the DICOM folder)")
+        return dicomref.series_from_record(self.case_image(case_id), record, f"{self.root} case {case_id}")
+
+    def dicom_objects(self, case_id: Optional[str] = None) -> List[dict]:
+        """Every SEG/RTSTRUCT instance imported or exported (of one case when given)."""
+        with self.ledger.read() as con:
+            if case_id is None:
+                rows = con.execute("SELECT * FROM dicom_objects ORDER BY created_at").fetchall()
+            else:
+                rows = con.execute("SELECT * FROM dicom_objects WHERE case_id = ? ORDER BY created_at",
+                                   (self.case(case_id).case_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def known_sop_uids(self) -> set:
+        with self.ledger.read() as con:
+            return {r[0] for r in con.execute("SELECT sop_uid FROM dicom_objects")}
+
+    # -- import ----------------------------------------------------------------------------------
+    def _to_workspace_label(self, masks: Sequence[dicomref.SegmentMask], series: dicomref.Series, where: str,
+                            strict: bool) -> tuple:
+        """A label image in workspace values from named masks; (image, matched names, ignored names)."""
+        pairs = [(n, v) for v, n in self.settings.label_pairs()]
+        arr = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, np.uint8)
+        matched, ignored = [], []
+        for name, mask, _ in masks:
+            value = match_label(contour_set(name)[0], {}, pairs)
+            if value is None:
+                ignored.append(name)
+                continue
+            arr[mask] = value
+            matched.append(name)
+        if strict and ignored:
+            raise HilaError(f"{where}: structure(s) {', '.join(ignored)} match no workspace label "
+                            f"({', '.join(self.settings.names())})")
+        if not matched:
+            raise HilaError(f"{where}: no structure matches a workspace label ({', '.join(self.settings.names())}); "
+                            f"structures: {', '.join(n for n, _, _ in masks) or 'none'}")
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(series.image)
+        return img, matched, ignored
+
+    def _submit_object(self, case_id: str, label: sitk.Image, sop_uid: str, part: str, modality: str,
+                       obj_series_uid: str, quality: str, annotator: Optional[str], source: str) -> dict:
+        def also(con: sqlite3.Connection, correction_id: int) -> None:
+            r = con.execute("SELECT correction_id FROM dicom_objects WHERE sop_uid = ? AND part = ? AND role = "
+                            "'imported'", (sop_uid, part)).fetchone()
+            if r is not None:
+                raise _AlreadyImported(r["correction_id"])
+            con.execute("INSERT INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
+                        (sop_uid, part, "imported", modality, case_id, correction_id, obj_series_uid, now()))
+
+        try:
+            c = self.submit(case_id, label, quality=quality, annotator=annotator, source=source, also=also)
+        except _AlreadyImported as exc:
+            return {"case_id": case_id, "part": part, "existing": True, "correction_id": exc.correction_id}
+        return {"case_id": case_id, "part": part, "existing": False, "correction_id": c.correction_id,
+                "version": c.version, "quality": c.quality}
+
+    def import_dicom_object(self, path: PathLike, case_id: Optional[str] = None, sets: Optional[str] = None,
+                            quality: Optional[str] = None, annotator: Optional[str] = None, strict: bool = False,
+                            progress: Optional[ProgressFn] = None) -> List[dict]:
+        """A DICOM SEG or RTSTRUCT as corrections of the case whose series it references.
+
+        ``sets`` (RTSTRUCT): ``manual`` (default), ``all``, or a comma list (``manual,DL,MBS``); the
+        manual set is ``quality`` (default reviewed), the others rough. A SEG is one correction
+        (quality and annotator from its HILA provenance when present). Objects already imported are
+        reported as ``existing`` and add nothing. ``case_id``: the case the object must belong to.
+        """
+        from .. import dicomseg, rtstruct
+
+        progress = progress or null_progress
+        p = Path(path)
+        modality = dicomref.object_modality(p) if p.is_file() else None
+        if modality not in ("SEG", "RTSTRUCT"):
+            raise HilaError(f"{p}: not a DICOM SEG or RTSTRUCT file")
+        pydicom = dicomref.require()
+        head = pydicom.dcmread(p, stop_before_pixels=True)
+        sop_uid, obj_series = str(head.SOPInstanceUID), str(head.get("SeriesInstanceUID", ""))
+        ref_uid = referenced_series_uid(head)
+        target = self.case_of_series(ref_uid) if ref_uid else None
+        if case_id is not None:
+            want = self.case(case_id).case_id
+            if target != want:
+                rec = self.case_series(want)
+                raise HilaError(f"{p}: the {modality} references series {ref_uid}, not case {want}'s "
+                                f"({rec['series_uid'] if rec else 'not from DICOM'})")
+        if target is None:
+            raise HilaError(f"{p}: the {modality} references series {ref_uid}, which no case of {self.root} came "
+                            "from; import that DICOM series first")
+        series = self.series(target)
+        progress(0.1, f"reading {p.name}")
+        results = []
+        if modality == "SEG":
+            label, names, prov = dicomseg.read_seg(p, series)
+            arr = sitk.GetArrayViewFromImage(label)
+            masks = [(names.get(n, f"Segment_{n}"), arr == n, None) for n in sorted(names)]
+            img, matched, ignored = self._to_workspace_label(masks, series, str(p), strict)
+            q = quality or (prov.quality if prov and prov.quality else "reviewed")
+            who = annotator or (prov.annotator if prov else None)
+            res = self._submit_object(target, img, sop_uid, "", "SEG", obj_series, q, who, str(p))
+            res.update(matched=matched, ignored=ignored)
+            results.append(res)
+        else:
+            ds, structures = rtstruct.read_rtstruct(p)
+            rtstruct.check_reference(ds, series, p)
+            present = {s.contour_set for s in structures}
+            wanted = _parse_sets(sets, present, p)
+            order = sorted(wanted, key=lambda s: s == MANUAL_SET)  # the reviewed set last: it is the latest
+            who = annotator or next((str(o.ROIInterpreter) for o in ds.get("RTROIObservationsSequence", [])
+                                     if str(o.get("ROIInterpreter", "")).strip()), None)
+            for i, part in enumerate(order):
+                progress(0.1 + 0.9 * i / len(order), f"contour set {part}")
+                chosen = [s for s in structures if s.contour_set == part and s.roi_type.upper() != "EXTERNAL"]
+                masks = [(s.name, rtstruct.rasterise(s, series.image, p), None) for s in chosen]
+                img, matched, ignored = self._to_workspace_label(masks, series, f"{p} [{part}]", strict)
+                q = (quality or "reviewed") if part == MANUAL_SET else "rough"
+                res = self._submit_object(target, img, sop_uid, part, "RTSTRUCT", obj_series, q, who, f"{p} [{part}]")
+                res.update(matched=matched, ignored=ignored)
+                results.append(res)
+        progress(1.0, "imported")
+        return results
+
+    # -- export ----------------------------------------------------------------------------------
+    def _uid(self, *parts: str) -> str:
+        """A UID that is the same every time for the same workspace and parts (idempotent exports)."""
+        from pydicom.uid import generate_uid
+
+        with self.ledger.read() as con:
+            r = con.execute("SELECT value FROM settings WHERE key = 'workspace_id'").fetchone()
+        return str(generate_uid(entropy_srcs=[json.loads(r["value"]) if r else str(self.root), *parts]))
+
+    def export_dicom(self, out: PathLike, fmt: str, cases: Optional[Sequence[str]] = None,
+                     skip_imported: bool = False, progress: Optional[ProgressFn] = None) -> List[dict]:
+        """Write each chosen case's latest correction as a SEG or RTSTRUCT file into folder ``out``.
+
+        UIDs are derived from the workspace, the correction and the format, so exporting again gives
+        the same instance (a PACS stores it once). ``skip_imported``: leave out corrections that came
+        from a DICOM object (that object is already where it came from).
+        """
+        from .. import dicomseg, rtstruct
+
+        if fmt not in ("seg", "rtstruct"):
+            raise HilaError(f"--format {fmt}: use seg or rtstruct")
+        dicomref.require()
+        progress = progress or null_progress
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise HilaError(f"{folder}: exists and is not a folder")
+        chosen = [self.case(c) for c in cases] if cases else self.cases()
+        todo = []
+        for case in chosen:
+            corrs = self.corrections(case.case_id)
+            if not corrs or self.case_series(case.case_id) is None:
+                if cases:
+                    why = "has no correction" if not corrs else "was not imported from a DICOM series"
+                    raise HilaError(f"{self.root}: case {case.case_id} {why}; nothing to export as DICOM")
+                continue
+            todo.append((case, corrs[-1]))
+        imported = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "imported"}
+        if skip_imported:
+            todo = [(case, c) for case, c in todo if c.correction_id not in imported]
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = self.settings.labels
+        results = []
+        for i, (case, c) in enumerate(todo):
+            progress(i / max(1, len(todo)), f"writing {case.name}")
+            series = self.series(case.case_id)
+            label = sitk.ReadImage(str(c.path))
+            masks = dicomref.masks_from_label(label, {l.value: l.name for l in labels},
+                                              {l.value: l.color for l in labels})
+            prov = dicomref.Provenance(kind="correction", annotator=c.annotator, quality=c.quality,
+                                       correction_version=c.version, model_version=_model_version(c.effort),
+                                       case=case.name)
+            sop = self._uid(case.case_id, str(c.correction_id), fmt, "instance")
+            ser = self._uid(case.case_id, str(c.correction_id), fmt, "series")
+            path = folder / f"{case.name}_v{c.version}.{fmt}.dcm"
+            writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
+            writer(masks, series, path, prov, uids=(ser, sop))
+            with self.ledger.write() as con:
+                con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
+                            (sop, "", "exported", "SEG" if fmt == "seg" else "RTSTRUCT", case.case_id,
+                             c.correction_id, ser, now()))
+            results.append({"case_id": case.case_id, "name": case.name, "correction_version": c.version,
+                            "quality": c.quality, "file": str(path), "sop_uid": sop})
+        progress(1.0, "exported")
+        return results
+
+
+def _model_version(effort: Dict) -> Optional[str]:
+    v = (effort or {}).get("model_version")
+    return None if v is None else str(v)
+
+
+def _parse_sets(sets: Optional[str], present: set, where: Path) -> List[str]:
+    """Contour sets to import: ``manual`` (default), ``all``, or a comma list of set names present."""
+    text = (sets or MANUAL_SET).strip()
+    if text.lower() == "all":
+        return sorted(present)
+    by_lower = {s.lower(): s for s in present}
+    out = []
+    for name in (t.strip() for t in text.split(",") if t.strip()):
+        if name.lower() not in by_lower:
+            raise HilaError(f"{where}: no contour set {name!r} (sets: {', '.join(sorted(present))})")
+        out.append(by_lower[name.lower()])
+    return out
