@@ -159,3 +159,22 @@ def test_taps_on_real_prostatex(tmp_path):
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path))).transpose(2, 1, 0)
     d = dice(full, ref)
     assert d >= 0.95, f"Dice vs TAPS's own output {d:.4f}"
+
+
+def test_workspace_form_maps_model_labels_by_the_one_rule(tmp_path):
+    """A model's label names reach workspace values through labelmatch (aliases too); others are dropped."""
+    from types import SimpleNamespace
+
+    from HILASegmentLib.cli.infer import _to_workspace_labels
+    from HILASegmentLib.workspace import Workspace
+
+    arr = np.zeros((4, 5, 6), np.uint8)
+    arr[0], arr[1], arr[2] = 1, 2, 3
+    label = sitk.GetImageFromArray(arr)
+    card = SimpleNamespace(labels=[SimpleNamespace(value=1, name="Prostata"), SimpleNamespace(value=2, name="RECTUM"),
+                                   SimpleNamespace(value=3, name="femoral head")])
+    with Workspace.create(tmp_path / "ws", "MR", ["rectum", "prostate"]) as ws:
+        img, dropped = _to_workspace_labels(SimpleNamespace(label=label), card, ws)
+    out = sitk.GetArrayFromImage(img)
+    assert (out[0] == 2).all() and (out[1] == 1).all() and (out[2] == 0).all()  # prostate is 2, rectum 1 here
+    assert dropped == ["femoral head"]

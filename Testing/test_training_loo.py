@@ -18,7 +18,7 @@ pytest.importorskip("monai")
 from HILASegmentLib.imageio import read_image  # noqa: E402
 from HILASegmentLib.inference import Segmenter  # noqa: E402
 from HILASegmentLib.labelio import read_label  # noqa: E402
-from HILASegmentLib.quality import dice  # noqa: E402
+from HILASegmentLib.metrics import dice  # noqa: E402
 from HILASegmentLib.training.run import TrainOptions, train_workspace  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 

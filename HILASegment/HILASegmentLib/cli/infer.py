@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import HilaError
+from ..labelmatch import match_label
 from . import emit, make_progress
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
@@ -184,22 +185,16 @@ def _infer_workspace(args, t0: float) -> int:
 
 
 def _to_workspace_labels(result, card, ws):
-    """The prediction in the workspace's label values (matched by name); labels it lacks are dropped."""
-    import numpy as np
+    """The prediction in the workspace's label values (matched by ``labelmatch``); labels it lacks are dropped."""
+    import numpy as np  # heavy: see the cli package's doc (``hila --help`` stays fast)
     import SimpleITK as sitk
 
-    settings = ws.settings
-    ws_labels = getattr(settings, "labels", None) or []
-    by_name = {}
-    for i, lab in enumerate(ws_labels):
-        name = lab.get("name") if isinstance(lab, dict) else getattr(lab, "name", lab)
-        value = lab.get("value", i + 1) if isinstance(lab, dict) else getattr(lab, "value", i + 1)
-        by_name[str(name).strip().lower()] = int(value)
+    pairs = [(l.name, l.value) for l in ws.settings.labels]
     arr = sitk.GetArrayViewFromImage(result.label)
     out = np.zeros(arr.shape, np.uint8)
     dropped = []
     for lab in card.labels:
-        v = by_name.get(lab.name.strip().lower())
+        v = match_label(lab.name, None, pairs)
         if v is None:
             dropped.append(lab.name)
             continue

@@ -11,12 +11,12 @@ import SimpleITK as sitk
 from ..errors import HilaError
 from ..imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
 from ..labelmatch import match_label
-from ..segfile import is_seg_nrrd, read_segmentation
+from ..segfile import Segmentation, is_seg_nrrd, read_segmentation
 from .room import PathLike, Room
 
 
 class Labels(Room):
-    def _label_from_segmentation(self, seg: Any, reference: sitk.Image, where: str) -> sitk.Image:
+    def _label_from_segmentation(self, seg: Segmentation, reference: sitk.Image, where: str) -> sitk.Image:
         """A label map in workspace values from a Segmentation, matching segments to labels by the one
         rule (:func:`labelmatch.match_label`: tag, name, terminology, alias); segments matching no label are
         left out; a segmentation on a cropped extent is placed on the case grid."""
@@ -38,7 +38,7 @@ class Labels(Room):
         case = self.case(case_id)
         where = where or f"label for case {case.case_id}"
         reference = sitk.ReadImage(str(case.path))
-        if hasattr(label, "segments") and hasattr(label, "mask"):
+        if isinstance(label, Segmentation):
             label = self._label_from_segmentation(label, reference, where)
         if not isinstance(label, sitk.Image):
             raise HilaError(f"{where}: not a label image (got {type(label).__name__})")
