@@ -474,7 +474,7 @@ def test_status_and_rank(ws, vol, tmp_path):
     ref = vol[1]
     ws.add_prediction(ids[0], lab(ref), 1, {"mean_uncertainty": 0.1})
     ws.add_prediction(ids[1], lab(ref), 1, {"mean_uncertainty": 0.4})
-    ws.add_prediction(ids[2], lab(ref), 1, {"expected_dice": 0.5})   # need 0.5: first
+    ws.add_prediction(ids[2], lab(ref), 1, {"predicted_dice": 0.5})  # need 0.5: first
     ws.add_prediction(ids[3], lab(ref), 1, {"mean_uncertainty": 0.9})
     ws.submit(ids[3], lab(ref), quality="reviewed")                   # reviewed: not ranked
     ws.submit(ids[1], lab(ref), quality="rough")                      # rough: still ranked

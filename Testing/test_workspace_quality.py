@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from HILASegmentLib import quality as q
+from HILASegmentLib.summary import PredictionSummary
 
 PAIRS = [(1, "prostate"), (2, "bladder")]
 
@@ -26,12 +27,26 @@ def test_dice_and_label_change():
 
 
 @pytest.mark.parametrize("summary,need", [
-    ({"mean_uncertainty": 0.3, "uncertainty": "entropy"}, 0.3), ({"expected_dice": 0.8}, pytest.approx(0.2)),
-    ({"labels": {"prostate": {"mean_uncertainty": 0.2}}, "x": {"entropy": 0.5}}, 0.5),
-    ({"uncertainty": "entropy"}, None), (None, None), ({"mean_uncertainty": float("nan")}, None),
+    (PredictionSummary(mean_uncertainty=0.3, uncertainty="entropy"), 0.3),
+    (PredictionSummary(predicted_dice=0.8), pytest.approx(0.2)),
+    (PredictionSummary(predicted_dice=0.8, mean_uncertainty=0.5), pytest.approx(0.2)),  # the expected Dice first
+    (PredictionSummary(uncertainty="entropy"), None), (None, None), (PredictionSummary(mean_uncertainty=float("nan")), None),
+    # a stored summary: the keys the Segmenter writes, and no guessing among others
+    (PredictionSummary.from_dict({"predicted_dice": 0.9, "labels": [{"value": 1, "name": "p", "predicted_dice": 0.9}]}),
+     pytest.approx(0.1)),
+    (PredictionSummary.from_dict({"expected_dice": 0.8, "entropy": 0.5}), None),
 ])
 def test_review_need(summary, need):
     assert q.review_need(summary) == need
+
+
+def test_summary_round_trip_keeps_named_and_unknown_keys():
+    d = {"model": "m", "predicted_dice": 0.7, "labels": [{"value": 1, "name": "prostate", "voxels": 5, "ml": 0.1,
+                                                          "mean_uncertainty": 0.2, "predicted_dice": 0.7}],
+         "labels_not_in_workspace": ["femur"]}
+    s = PredictionSummary.from_dict(d)
+    assert s.labels[0].name == "prostate" and s.labels[0].predicted_dice == 0.7 and s.extra == {"labels_not_in_workspace": ["femur"]}
+    assert {k: v for k, v in s.to_dict().items() if v is not None} == d
 
 
 def test_rank_order():

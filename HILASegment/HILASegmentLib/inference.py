@@ -24,6 +24,7 @@ from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
 from .quality import cohort_dice, error_probability
+from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 
 #: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
@@ -41,6 +42,7 @@ class InferenceResult:
     label: sitk.Image
     uncertainty: Optional[sitk.Image]
     probabilities: Optional[Dict[str, sitk.Image]]
+    #: ``PredictionSummary.to_dict()``: the JSON form, as results are printed and stored.
     summary: Dict[str, Any]
     seconds: float
     card: Optional[ModelCard] = field(default=None, repr=False)
@@ -281,21 +283,18 @@ class Segmenter:
         for lab in card.labels:
             n = int(counts[lab.value])
             sel = lab_arr == lab.value
-            labels_summary.append({"value": lab.value, "name": lab.name, "voxels": n, "ml": round(n * vox_ml, 3),
-                                   "mean_uncertainty": round(float(unc_arr[sel].mean()), 4) if n else None,
-                                   "predicted_dice": pdice.get(lab.name)})
+            labels_summary.append(LabelSummary(lab.value, lab.name, n, round(n * vox_ml, 3),
+                                               round(float(unc_arr[sel].mean()), 4) if n else None, pdice.get(lab.name)))
         anyfg = lab_arr > 0
-        summary = {
-            "model": card.name, "model_version": card.version, "model_checksum": self.checksum,
-            "labels": labels_summary, "windows": stats["windows"], "roi": used_roi, "roi_fallback": fell_back,
-            "tta": bool(tta), "seconds": round(seconds, 3), "seconds_onnx": round(stats["seconds_onnx"], 3),
-            "seconds_other": round(seconds - stats["seconds_onnx"], 3),
-            "uncertainty": "tta_disagreement" if tta else "entropy",
-            "mean_uncertainty": round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
-            "uncertain_voxels": int(np.count_nonzero(unc_arr > 0.5)),
-            "predicted_dice": cohort_dice(pdice), "predicted_dice_source": "expected_soft_dice",
-            "providers": self.providers,
-        }
+        summary = PredictionSummary(
+            model=card.name, model_version=card.version, model_checksum=self.checksum, labels=labels_summary,
+            windows=stats["windows"], roi=used_roi, roi_fallback=fell_back, tta=bool(tta), seconds=round(seconds, 3),
+            seconds_onnx=round(stats["seconds_onnx"], 3), seconds_other=round(seconds - stats["seconds_onnx"], 3),
+            uncertainty="tta_disagreement" if tta else "entropy",
+            mean_uncertainty=round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
+            uncertain_voxels=int(np.count_nonzero(unc_arr > 0.5)),
+            predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", providers=self.providers,
+        ).to_dict()
         progress(1.0, "done")
         return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map)
 

@@ -12,6 +12,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .metrics import dice
+from .summary import PredictionSummary
 
 
 def label_change(corrected: np.ndarray, reference: np.ndarray, labels: Sequence[Tuple[int, str]]) -> dict:
@@ -46,47 +47,37 @@ def drawn_from_scratch(corrected: np.ndarray, labels: Sequence[Tuple[int, str]])
             "voxels_changed_per_label": per_label, "fraction_changed": 1.0 if (corrected > 0).any() else 0.0}
 
 
-#: Uncertainty-summary keys, most specific first: (key, True when a higher value means more need of review).
-_SCORE_KEYS: Tuple[Tuple[str, bool], ...] = (
-    ("review_score", True),
-    ("expected_dice", False), ("predicted_dice", False), ("estimated_dice", False), ("quality", False),
-    ("mean_uncertainty", True), ("uncertainty", True), ("mean_entropy", True), ("entropy", True),
-    ("uncertain_fraction", True), ("uncertain_voxels", True),
-)
+def review_need(summary: Optional[PredictionSummary]) -> Optional[float]:
+    """How much a prediction needs review (higher = look first); None when its summary says nothing.
 
-
-def review_need(summary: Optional[Mapping]) -> Optional[float]:
-    """How much a prediction needs review, from its uncertainty summary (higher = look first); None if unknown.
-
-    Understands an expected/predicted Dice (need = 1 - Dice) or a mean uncertainty/entropy, also
-    nested one level (``{"prostate": {"mean_uncertainty": ...}}`` → the largest over labels).
+    ``1 - predicted_dice`` (the expected Dice against the unknown truth) when the Segmenter
+    estimated it, else the mean voxel uncertainty of the labelled region.
     """
-    if not summary or not isinstance(summary, Mapping):
+    if summary is None:
         return None
-    for key, higher_is_worse in _SCORE_KEYS:
-        v = summary.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-            return float(v) if higher_is_worse else 1.0 - float(v)
-    nested = [review_need(v) for v in summary.values() if isinstance(v, Mapping)]
-    nested = [v for v in nested if v is not None]
-    return max(nested) if nested else None
+    for value, need in ((summary.predicted_dice, lambda v: 1.0 - v), (summary.mean_uncertainty, lambda v: v)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            return float(need(float(value)))
+    return None
 
 
 def rank_cases(cases: Iterable[Mapping]) -> List[dict]:
     """Order unreviewed cases, most in need of review first.
 
-    Each item has ``case_id`` and ``uncertainty`` (the latest prediction's summary or None, absent
-    when unpredicted) and ``predicted`` (bool). Predicted cases with a known need come first (highest
-    need first), then predicted cases without a summary, then unpredicted cases; ties by case id.
+    Each item has ``case_id``, ``predicted`` (bool) and ``uncertainty`` (the latest prediction's
+    stored summary, see :class:`PredictionSummary`, or None). Predicted cases with a known need come
+    first (highest need first), then predicted cases without a summary, then unpredicted cases;
+    ties by case id.
     """
     ranked = []
     for c in cases:
-        need = review_need(c.get("uncertainty")) if c.get("predicted") else None
+        stored = c.get("uncertainty")
+        summary = PredictionSummary.from_dict(stored) if isinstance(stored, Mapping) else None
+        need = review_need(summary) if c.get("predicted") else None
         tier = 0 if need is not None else (1 if c.get("predicted") else 2)
         item = dict(c)
         item["review_need"] = None if need is None else round(need, 6)
-        unc = c.get("uncertainty") if isinstance(c.get("uncertainty"), Mapping) else {}
-        item["predicted_dice"] = unc.get("predicted_dice")
+        item["predicted_dice"] = summary.predicted_dice if summary else None
         item["_key"] = (tier, -(need or 0.0), str(c.get("case_id")))
         ranked.append(item)
     ranked.sort(key=lambda it: it["_key"])

@@ -170,9 +170,7 @@ def _infer_workspace(args, t0: float) -> int:
         summary["model"] = card.name
         if dropped:
             summary["labels_not_in_workspace"] = dropped
-        pred = ws.add_prediction(case.case_id, label, record.version, uncertainty={
-            k: summary[k] for k in ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds",
-                      "predicted_dice", "predicted_dice_source") if k in summary})
+        pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary dict
     finally:
         close = getattr(ws, "close", None)
         if close:
