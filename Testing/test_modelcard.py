@@ -197,3 +197,22 @@ def test_window_placement_matches_monai():
         assert ours == ref
     m = gaussian_importance((16, 16, 8))
     assert m.max() == 1.0 and m.min() > 0 and m[8, 8, 4] == 1.0
+
+
+def test_normalization_schemes_are_one_registry(monkeypatch):
+    """A scheme added to normalize.NORMALIZATIONS is known to both the card validation and normalize."""
+    from HILASegmentLib import normalize as nz
+
+    d = json.loads(tiny_card().to_json())
+    d["normalization"] = {"kind": "minmax"}
+    with pytest.raises(HilaError):
+        ModelCard.from_dict(d)
+    with pytest.raises(HilaError):
+        nz.normalize(np.arange(4.0), d["normalization"])
+
+    def minmax(a, spec, where):
+        return (a - a.min()) / (a.max() - a.min())
+
+    monkeypatch.setitem(nz.NORMALIZATIONS, "minmax", nz.Normalization(minmax, lambda spec, modality: None))
+    card = ModelCard.from_dict(d)
+    assert np.allclose(nz.normalize(np.arange(5.0), card.normalization), [0, 0.25, 0.5, 0.75, 1])

@@ -20,22 +20,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import catalog
 from .errors import HilaError
+from .normalize import finite_number, normalization_problem
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "hila_model_card"
 MODALITIES = ("MR", "CT")
 ACTIVATIONS = ("softmax", "sigmoid")
 ORIENTATIONS = ("RAS", "LPS")
-NORMALIZATIONS = ("zscore", "ct_window")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -179,7 +179,7 @@ class ModelCard:
             raise bad(f"orientation must be RAS or LPS, got {self.orientation!r}")
         if not isinstance(self.in_channels, int) or self.in_channels < 1:
             raise bad(f"in_channels must be a positive integer, got {self.in_channels!r}")
-        if len(self.spacing) != 3 or not all(_is_num(s) and 0 < float(s) < 100 for s in self.spacing):
+        if len(self.spacing) != 3 or not all(finite_number(s) and 0 < float(s) < 100 for s in self.spacing):
             raise bad(f"spacing must be three positive numbers in mm, got {list(self.spacing)!r}")
         if len(self.patch_size) != 3 or not all(isinstance(p, int) and 1 <= p <= 4096 for p in self.patch_size):
             raise bad(f"patch_size must be three positive integers, got {list(self.patch_size)!r}")
@@ -194,21 +194,23 @@ class ModelCard:
         for lab in self.labels:
             if len(lab.color) != 3 or not all(0.0 <= c <= 1.0 for c in lab.color):
                 raise bad(f"label {lab.name!r}: color must be three numbers in 0..1, got {list(lab.color)}")
-        self._validate_normalization(bad)
+        problem = normalization_problem(self.normalization, self.modality)
+        if problem:
+            raise bad(problem)
         pp = self.postprocess or {}
         if not isinstance(pp, dict):
             raise bad("postprocess must be an object")
         unknown = set(pp) - {"smooth_sigma_vox", "threshold", "largest_component"}
         if unknown:
             raise bad(f"postprocess has unknown keys {sorted(unknown)} (known: smooth_sigma_vox, threshold, largest_component)")
-        if "threshold" in pp and not (_is_num(pp["threshold"]) and 0 < pp["threshold"] < 1):
+        if "threshold" in pp and not (finite_number(pp["threshold"]) and 0 < pp["threshold"] < 1):
             raise bad(f"postprocess.threshold must be in (0, 1), got {pp['threshold']!r}")
         if "threshold" in pp and self.activation != "sigmoid":
             raise bad("postprocess.threshold applies to sigmoid models only (softmax uses argmax)")
-        if "smooth_sigma_vox" in pp and not (_is_num(pp["smooth_sigma_vox"]) and 0 <= pp["smooth_sigma_vox"] <= 20):
+        if "smooth_sigma_vox" in pp and not (finite_number(pp["smooth_sigma_vox"]) and 0 <= pp["smooth_sigma_vox"] <= 20):
             raise bad(f"postprocess.smooth_sigma_vox must be in [0, 20], got {pp['smooth_sigma_vox']!r}")
         inf = self.inference or {}
-        if "overlap" in inf and not (_is_num(inf["overlap"]) and 0 <= inf["overlap"] < 1):
+        if "overlap" in inf and not (finite_number(inf["overlap"]) and 0 <= inf["overlap"] < 1):
             raise bad(f"inference.overlap must be in [0, 1), got {inf['overlap']!r}")
         if inf.get("mode", "gaussian") not in ("gaussian", "constant"):
             raise bad(f"inference.mode must be gaussian or constant, got {inf.get('mode')!r}")
@@ -237,37 +239,10 @@ class ModelCard:
             raise bad(f"checksum must be 'sha256:<64 hex digits>', got {self.checksum!r}")
         return self
 
-    def _validate_normalization(self, bad) -> None:
-        n = self.normalization
-        if not isinstance(n, dict) or n.get("kind") not in NORMALIZATIONS:
-            raise bad(f"normalization.kind must be one of {'/'.join(NORMALIZATIONS)}, got {n!r}")
-        if n["kind"] == "zscore":
-            clip = n.get("clip_percentiles")
-            if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(_is_num(c) for c in clip)
-                                         and 0 <= clip[0] < clip[1] <= 100):
-                raise bad(f"normalization.clip_percentiles must be [low, high] within 0..100, got {clip!r}")
-            if self.modality == "CT" and not n.get("allow_ct", False):
-                raise bad("normalization zscore is for MR; a CT card uses ct_window (level/width)")
-        else:
-            for k in ("level", "width"):
-                if not _is_num(n.get(k)):
-                    raise bad(f"normalization ct_window needs a number {k}, got {n.get(k)!r}")
-            if n["width"] <= 0:
-                raise bad(f"normalization.width must be positive, got {n['width']!r}")
-            rng = n.get("out_range", [0.0, 1.0])
-            if not (isinstance(rng, list) and len(rng) == 2 and all(_is_num(r) for r in rng) and rng[0] < rng[1]):
-                raise bad(f"normalization.out_range must be [low, high], got {rng!r}")
-            if self.modality != "CT":
-                raise bad("normalization ct_window (Hounsfield units) needs modality CT")
-
     # ---- output layout -----------------------------------------------------------------------
     @property
     def out_channels(self) -> int:
         return len(self.labels) + (1 if self.activation == "softmax" else 0)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,16 +252,18 @@ def _is_num(x: Any) -> bool:
 _METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto {key = 1; value = 2})
 
 
-def _varint(buf: memoryview, pos: int) -> Tuple[int, int]:
-    result = shift = 0
+def _read_varint(fh: BinaryIO) -> Tuple[int, bytes]:
+    """One base-128 varint from ``fh``: its value and its raw bytes (ValueError "eof" at a clean end)."""
+    raw = bytearray()
+    value = shift = 0
     while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
+        b = fh.read(1)
+        if not b:
+            raise ValueError("truncated varint" if raw else "eof")
+        raw += b
+        value |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return value, bytes(raw)
         shift += 7
         if shift > 63:
             raise ValueError("varint too long")
@@ -302,41 +279,46 @@ def _encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _records(buf: memoryview) -> Iterator[Tuple[int, int, int, int, int]]:
-    """Top-level protobuf records as (field, wire type, record start, payload start, end)."""
-    pos = 0
-    n = len(buf)
-    while pos < n:
-        start = pos
-        tag, pos = _varint(buf, pos)
+def _records(fh: BinaryIO, size: int) -> Iterator[Tuple[int, int, bytes, int]]:
+    """The one protobuf reader: top-level records of the message in ``fh`` (``size`` bytes) as
+    ``(field, wire type, head bytes, payload length)``, ``fh`` at the payload's start; the caller
+    reads the payload or leaves it (it is skipped). Varint payloads are in the head (length 0)."""
+    while True:
+        try:
+            tag, head = _read_varint(fh)
+        except ValueError as exc:
+            if str(exc) == "eof":
+                return
+            raise
         fnum, wt = tag >> 3, tag & 7
         if fnum == 0:
             raise ValueError("field number 0")
         if wt == 0:
-            _, pos = _varint(buf, pos)
-            yield fnum, wt, start, start, pos
+            _, raw = _read_varint(fh)
+            yield fnum, wt, head + raw, 0
             continue
-        if wt == 1:
-            payload, pos = pos, pos + 8
-        elif wt == 2:
-            length, payload = _varint(buf, pos)
-            pos = payload + length
-        elif wt == 5:
-            payload, pos = pos, pos + 4
+        if wt == 2:
+            length, raw = _read_varint(fh)
+            head += raw
+        elif wt in (1, 5):
+            length = 8 if wt == 1 else 4
         else:
             raise ValueError(f"unsupported wire type {wt}")
-        if pos > n:
+        start = fh.tell()
+        if start + length > size:
             raise ValueError("truncated record")
-        yield fnum, wt, start, payload, pos
+        yield fnum, wt, head, length
+        fh.seek(start + length)
 
 
-def _metadata_entry(buf: memoryview) -> Tuple[str, str]:
+def _metadata_entry(payload: bytes) -> Tuple[str, str]:
+    """(key, value) of one StringStringEntryProto."""
     key = value = ""
-    for fnum, wt, _s, p, e in _records(buf):
-        if wt == 2 and fnum == 1:
-            key = bytes(buf[p:e]).decode("utf-8", "replace")
-        elif wt == 2 and fnum == 2:
-            value = bytes(buf[p:e]).decode("utf-8", "replace")
+    fh = io.BytesIO(payload)
+    for fnum, wt, _head, length in _records(fh, len(payload)):
+        if wt == 2 and fnum in (1, 2):
+            text = fh.read(length).decode("utf-8", "replace")
+            key, value = (text, value) if fnum == 1 else (key, text)
     return key, value
 
 
@@ -348,19 +330,6 @@ class OnnxInfo:
     metadata: Dict[str, str]
     checksum: str
     size: int
-
-
-def _read_varint(fh) -> Tuple[int, bytes]:
-    raw = bytearray()
-    while True:
-        b = fh.read(1)
-        if not b:
-            raise ValueError("truncated varint" if raw else "eof")
-        raw += b
-        if not b[0] & 0x80:
-            return _varint(memoryview(bytes(raw)), 0)[0], bytes(raw)
-        if len(raw) > 10:
-            raise ValueError("varint too long")
 
 
 def inspect_onnx(path: PathLike) -> OnnxInfo:
@@ -378,35 +347,13 @@ def inspect_onnx(path: PathLike) -> OnnxInfo:
     try:
         size = p.stat().st_size
         with open(p, "rb") as fh:
-            while True:
-                try:
-                    tag, raw_tag = _read_varint(fh)
-                except ValueError as exc:
-                    if str(exc) == "eof":
-                        break
-                    raise
-                fnum, wt = tag >> 3, tag & 7
-                if fnum == 0:
-                    raise ValueError("field number 0")
-                if wt == 0:
-                    _, raw = _read_varint(fh)
-                    h.update(raw_tag + raw)
-                    continue
-                if wt == 1 or wt == 5:
-                    raw = fh.read(8 if wt == 1 else 4)
-                    h.update(raw_tag + raw)
-                    continue
-                if wt != 2:
-                    raise ValueError(f"unsupported wire type {wt}")
-                length, raw_len = _read_varint(fh)
-                if fh.tell() + length > size:
-                    raise ValueError("truncated record")
-                if fnum == _METADATA_FIELD:
-                    k, v = _metadata_entry(memoryview(fh.read(length)))
+            for fnum, wt, head, length in _records(fh, size):
+                if fnum == _METADATA_FIELD and wt == 2:
+                    k, v = _metadata_entry(fh.read(length))
                     meta[k] = v
                     continue
-                seen_graph |= fnum == 7
-                h.update(raw_tag + raw_len)
+                seen_graph |= fnum == 7 and wt == 2
+                h.update(head)
                 left = length
                 while left:
                     chunk = fh.read(min(left, 1 << 20))
@@ -458,12 +405,13 @@ def write_card(onnx_in: PathLike, card: ModelCard, onnx_out: Optional[PathLike] 
     info = inspect_onnx(src)
     card = dataclasses.replace(card, checksum=info.checksum)
     card.validate(f"{dst} (model card)")
-    buf = memoryview(src.read_bytes())
     out = bytearray()
-    for fnum, wt, start, payload, end in _records(buf):
-        if fnum == _METADATA_FIELD and wt == 2 and _metadata_entry(buf[payload:end])[0] == METADATA_KEY:
-            continue
-        out += buf[start:end]
+    with open(src, "rb") as fh:  # inspect_onnx read it whole, so it is well-formed
+        for fnum, wt, head, length in _records(fh, info.size):
+            payload = fh.read(length)
+            if fnum == _METADATA_FIELD and wt == 2 and _metadata_entry(payload)[0] == METADATA_KEY:
+                continue
+            out += head + payload
     key, value = METADATA_KEY.encode(), card.to_json().encode("utf-8")
     entry = b"\x0a" + _encode_varint(len(key)) + key + b"\x12" + _encode_varint(len(value)) + value
     out += _encode_varint((_METADATA_FIELD << 3) | 2) + _encode_varint(len(entry)) + entry

@@ -7,52 +7,111 @@ training (the trainer imports them) so a model sees the same numbers in both.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .errors import HilaError
 
 
-def normalize(arr: np.ndarray, spec: Dict[str, Any], where: str = "image") -> np.ndarray:
-    """A float32 copy of ``arr`` normalised per ``spec`` (the card's ``normalization``)."""
-    a = np.asarray(arr, dtype=np.float32)
-    kind = spec.get("kind")
-    if kind == "zscore":
-        nonzero = bool(spec.get("nonzero", False))
-        mask = a != 0 if nonzero else None
-        values = a[mask] if mask is not None else a.ravel()
-        if values.size == 0:
-            raise HilaError(f"{where}: no body in the image (every voxel is 0)")
-        clip = spec.get("clip_percentiles")
-        out = a.copy()
-        if clip:
-            lo, hi = np.percentile(values, [float(clip[0]), float(clip[1])])
-            values = np.clip(values, lo, hi)
-            if mask is not None:
-                out[mask] = np.clip(out[mask], lo, hi)
-            else:
-                np.clip(out, lo, hi, out=out)
-        mean = float(values.mean(dtype=np.float64))
-        std = float(values.std(dtype=np.float64))
-        if not np.isfinite(std) or std <= 0:
-            raise HilaError(f"{where}: no body in the image (all {'non-zero ' if nonzero else ''}voxels have one value)")
+def _zscore(a: np.ndarray, spec: Mapping[str, Any], where: str) -> np.ndarray:
+    nonzero = bool(spec.get("nonzero", False))
+    mask = a != 0 if nonzero else None
+    values = a[mask] if mask is not None else a.ravel()
+    if values.size == 0:
+        raise HilaError(f"{where}: no body in the image (every voxel is 0)")
+    clip = spec.get("clip_percentiles")
+    out = a.copy()
+    if clip:
+        lo, hi = np.percentile(values, [float(clip[0]), float(clip[1])])
+        values = np.clip(values, lo, hi)
         if mask is not None:
-            out[mask] = (out[mask] - mean) / std
+            out[mask] = np.clip(out[mask], lo, hi)
         else:
-            out -= mean
-            out /= std
-        return out
-    if kind == "ct_window":
-        level, width = float(spec["level"]), float(spec["width"])
-        lo, hi = level - width / 2.0, level + width / 2.0
-        r0, r1 = (float(v) for v in spec.get("out_range", [0.0, 1.0]))
-        out = np.clip(a, lo, hi)
-        out -= lo
-        out *= (r1 - r0) / (hi - lo)
-        out += r0
-        return out
-    raise HilaError(f"{where}: unknown normalization kind {kind!r}")
+            np.clip(out, lo, hi, out=out)
+    mean = float(values.mean(dtype=np.float64))
+    std = float(values.std(dtype=np.float64))
+    if not np.isfinite(std) or std <= 0:
+        raise HilaError(f"{where}: no body in the image (all {'non-zero ' if nonzero else ''}voxels have one value)")
+    if mask is not None:
+        out[mask] = (out[mask] - mean) / std
+    else:
+        out -= mean
+        out /= std
+    return out
+
+
+def _zscore_problem(spec: Mapping[str, Any], modality: str) -> Optional[str]:
+    clip = spec.get("clip_percentiles")
+    if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(finite_number(c) for c in clip)
+                                 and 0 <= clip[0] < clip[1] <= 100):
+        return f"normalization.clip_percentiles must be [low, high] within 0..100, got {clip!r}"
+    if modality == "CT" and not spec.get("allow_ct", False):
+        return "normalization zscore is for MR; a CT card uses ct_window (level/width)"
+    return None
+
+
+def _ct_window(a: np.ndarray, spec: Mapping[str, Any], where: str) -> np.ndarray:
+    level, width = float(spec["level"]), float(spec["width"])
+    lo, hi = level - width / 2.0, level + width / 2.0
+    r0, r1 = (float(v) for v in spec.get("out_range", [0.0, 1.0]))
+    out = np.clip(a, lo, hi)
+    out -= lo
+    out *= (r1 - r0) / (hi - lo)
+    out += r0
+    return out
+
+
+def _ct_window_problem(spec: Mapping[str, Any], modality: str) -> Optional[str]:
+    for k in ("level", "width"):
+        if not finite_number(spec.get(k)):
+            return f"normalization ct_window needs a number {k}, got {spec.get(k)!r}"
+    if spec["width"] <= 0:
+        return f"normalization.width must be positive, got {spec['width']!r}"
+    rng = spec.get("out_range", [0.0, 1.0])
+    if not (isinstance(rng, list) and len(rng) == 2 and all(finite_number(r) for r in rng) and rng[0] < rng[1]):
+        return f"normalization.out_range must be [low, high], got {rng!r}"
+    if modality != "CT":
+        return "normalization ct_window (Hounsfield units) needs modality CT"
+    return None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """One scheme: how to apply it and what is wrong with a card's spec of it (None: nothing)."""
+
+    apply: Callable[[np.ndarray, Mapping[str, Any], str], np.ndarray]
+    problem: Callable[[Mapping[str, Any], str], Optional[str]]
+
+
+#: The schemes by name (nnU-Net's pattern): a card's ``normalization.kind`` picks one; a new scheme
+#: is one entry here, and both ``normalize`` and the card validation know it.
+NORMALIZATIONS: Dict[str, Normalization] = {
+    "zscore": Normalization(_zscore, _zscore_problem),
+    "ct_window": Normalization(_ct_window, _ct_window_problem),
+}
+
+
+def normalization_problem(spec: Any, modality: str) -> Optional[str]:
+    """What is wrong with a card's ``normalization`` for a modality, or None (used by card validation)."""
+    if not isinstance(spec, dict) or spec.get("kind") not in NORMALIZATIONS:
+        return f"normalization.kind must be one of {'/'.join(NORMALIZATIONS)}, got {spec!r}"
+    return NORMALIZATIONS[spec["kind"]].problem(spec, modality)
+
+
+def normalize(arr: np.ndarray, spec: Mapping[str, Any], where: str = "image") -> np.ndarray:
+    """A float32 copy of ``arr`` normalised per ``spec`` (the card's ``normalization``)."""
+    scheme = NORMALIZATIONS.get(spec.get("kind"))
+    if scheme is None:
+        raise HilaError(f"{where}: unknown normalization kind {spec.get('kind')!r}")
+    return scheme.apply(np.asarray(arr, dtype=np.float32), spec, where)
+
+
+def finite_number(x: Any) -> bool:
+    """A real, finite int or float (not a bool): what card fields holding numbers must be."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 def foreground_mask(raw: np.ndarray, normalized: np.ndarray, modality: str, rule: Optional[Any] = None) -> np.ndarray:

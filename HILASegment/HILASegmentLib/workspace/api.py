@@ -192,7 +192,7 @@ def _interrupted_init(root: Path) -> bool:
 def _resolve_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, dict]:
     """The model file and its card as a dict, refused when its modality or labels differ from the workspace's."""
     onnx_path, card = resolve_model(model)
-    card_d = json.loads(card.to_json())
+    card_d = card.to_dict()
     card_mod = str(card_d.get("modality", modality)).upper()
     if card_mod != modality:
         raise HilaError(f"--model {model}: a {card_mod} model, but the workspace is {modality}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from ..errors import HilaError
+from ..modelcard import ModelCard
 from .files import Staged
 from .records import MODEL_STATUSES, ModelRecord, dumps
 from .room import PathLike, Room, as_int, copier, now
@@ -39,9 +40,12 @@ class Registry(Room):
         with self.ledger.read() as con:
             return int(con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0])
 
-    def add_model(self, onnx_path: PathLike, card: Any, parent: Optional[int] = None, status: str = "candidate",
+    def add_model(self, onnx_path: PathLike, card: Union[ModelCard, Mapping[str, Any]], parent: Optional[int] = None, status: str = "candidate",
                   checkpoint_path: Optional[PathLike] = None, training_run: Optional[int] = None) -> ModelRecord:
-        """Copy a model (ONNX, and its torch checkpoint) in as the next version; files are never replaced."""
+        """Copy a model (ONNX, and its torch checkpoint) in as the next version; files are never replaced.
+
+        ``card``: the model's ModelCard (a plain mapping is still taken from the trainer, which builds
+        its card as a dict until it builds a ModelCard; see issue 9)."""
         if status not in MODEL_STATUSES:
             raise HilaError(f"model status {status!r}: use one of {', '.join(MODEL_STATUSES)}")
         src = Path(onnx_path)
@@ -49,7 +53,7 @@ class Registry(Room):
             raise HilaError(f"{src}: no such model file")
         if checkpoint_path is not None and not Path(checkpoint_path).is_file():
             raise HilaError(f"{checkpoint_path}: no such checkpoint file")
-        card_d = json.loads(card.to_json()) if hasattr(card, "to_json") else dict(card or {})
+        card_d = card.to_dict() if isinstance(card, ModelCard) else dict(card or {})
         files = [(copier(src), ".onnx")]
         if checkpoint_path is not None:
             ck = Path(checkpoint_path)
