@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .durable import fsync_dir, fsync_file
 from .errors import HilaError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -125,20 +126,6 @@ def quiet_itk() -> Iterator[_Captured]:
                     sink.close()
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path with ``path``'s own file name; on success move it (and siblings) into place.
@@ -162,9 +149,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
             raise HilaError(f"{target}: writer produced no file")
         produced = sorted(tmpdir.iterdir(), key=lambda p: p == tmp_target)  # the main file last
         for f in produced:
-            with open(f, "rb+") as fh:
-                fh.flush()
-                os.fsync(fh.fileno())
+            fsync_file(f)
         for f in produced:
             os.replace(f, parent / f.name)
         fsync_dir(parent)

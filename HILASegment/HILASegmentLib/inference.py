@@ -23,7 +23,8 @@ from .errors import HilaError
 from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
-from .quality import cohort_dice, error_probability
+from .quality import add_review_segment, cohort_dice, error_probability
+from .segfile import Segmentation
 from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 
@@ -58,13 +59,9 @@ class InferenceResult:
 
         ``review``: add the "Review: likely error" segment (own layer) from the review map.
         """
-        from .segfile import Segmentation
-
         labels = [(lab.value, lab.name, tuple(lab.color)) for lab in self.card.labels]
         seg = Segmentation.from_label_image(self.label, labels, tags=self.provenance_tags())
         if review and self.review_map is not None:
-            from .quality import add_review_segment
-
             add_review_segment(seg, self.review_map, self.label, self.provenance_tags())
         return seg
 
@@ -118,7 +115,7 @@ def model_grid(image: sitk.Image, spacing: Sequence[float], orientation: str = "
 
 
 def _providers(device: str) -> List[str]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy (native runtime, ~0.5 s): loaded when a model is, not with the engine
 
     available = ort.get_available_providers()
     if device == "cpu":
@@ -141,7 +138,7 @@ class Segmenter:
 
     def __init__(self, model: Union[str, Path], threads: Optional[int] = None, device: str = "auto",
                  session_options: Optional[Dict[str, Any]] = None, card: Optional[ModelCard] = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy: see _providers
 
         if card is None:
             path, card = resolve_model(model)
@@ -506,12 +503,3 @@ def _largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
         cc = sitk.GetArrayViewFromImage(sitk.RelabelComponent(cc, 0, True))
         out[m & (cc != 1)] = 0
     return out
-
-
-def segment_file(image_path: Union[str, Path], model: Union[str, Path], **kw) -> InferenceResult:
-    """Read a volume and segment it (convenience for scripts)."""
-    from .imageio import read_image
-
-    img = read_image(image_path)
-    seg_kw = {k: kw.pop(k) for k in ("tta", "progress", "probabilities") if k in kw}
-    return Segmenter(model, **kw).segment(img, where=str(image_path), **seg_kw)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import catalog
+from .durable import atomic_write_bytes
 from .errors import HilaError
 from .normalize import finite_number, normalization_problem
 
@@ -415,23 +416,8 @@ def write_card(onnx_in: PathLike, card: ModelCard, onnx_out: Optional[PathLike] 
     key, value = METADATA_KEY.encode(), card.to_json().encode("utf-8")
     entry = b"\x0a" + _encode_varint(len(key)) + key + b"\x12" + _encode_varint(len(value)) + value
     out += _encode_varint((_METADATA_FIELD << 3) | 2) + _encode_varint(len(entry)) + entry
-    _atomic_write_bytes(dst, bytes(out))
+    atomic_write_bytes(dst, bytes(out))
     return card
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise HilaError(f"{path}: cannot write the model file ({exc.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 
 from .metrics import dice
+from .segmentation import Segment, Segmentation
 from .summary import PredictionSummary
 
 
@@ -135,13 +137,10 @@ def review_region(err: np.ndarray, label: np.ndarray, share: float = REVIEW_SHAR
     return (err >= thr) & (err > 0)
 
 
-def add_review_segment(seg, review_map, label, tags: Optional[Mapping[str, str]] = None):
+def add_review_segment(seg: Segmentation, review_map: sitk.Image, label: sitk.Image,
+                       tags: Optional[Mapping[str, str]] = None) -> Segment:
     """Add the "Review: likely error" segment to a segfile.Segmentation, in a layer of its own, tagged
     ``hila_review`` (submit matches segments to labels by name, so it is never taken as anatomy)."""
-    import SimpleITK as sitk  # lazy: this module is otherwise numpy-only
-
-    from .segfile import Segment
-
     mask = review_region(sitk.GetArrayViewFromImage(review_map), sitk.GetArrayViewFromImage(label))
     layer = sitk.GetImageFromArray(mask.astype(np.uint8))
     layer.CopyInformation(seg.grid)

@@ -131,7 +131,7 @@ def _parse_ints(text: str, n: int, what: str) -> Tuple[int, ...]:
 
 
 def read_seg_nrrd(path: Path) -> Segmentation:
-    import nrrd
+    import nrrd  # pynrrd: only reading a .seg.nrrd needs it; loading the Slicer module must not (test_slicer_contract)
 
     _, fields = _read_raw_header(path)
     kv = {k: v for k, v, is_kv in fields if is_kv}

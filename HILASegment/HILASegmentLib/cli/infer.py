@@ -90,7 +90,7 @@ def _infer_file(args, t0: float) -> int:
         _check_out(args.review_map, "--review-map", seg_ok=False)
         if args.review_map.name.lower().endswith(".seg.nrrd"):
             raise HilaError(f"{args.review_map}: the review map is a volume; use .nrrd, .nii.gz or .mha")
-    from ..imageio import read_image
+    from ..imageio import read_image  # heavy (SimpleITK): `hila --help` stays fast
     from ..inference import Segmenter
 
     image = read_image(args.image)
@@ -104,7 +104,7 @@ def _infer_file(args, t0: float) -> int:
         result.review_map = None  # the review segment only when asked for
     _write(result, args.out, args.uncertainty)
     if args.review_map is not None:
-        from ..imageio import write_image
+        from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
         write_image(sitk_review(result), args.review_map)
     summary = dict(result.summary)
@@ -125,10 +125,10 @@ def sitk_review(result):
 
 
 def _write(result, out: Path, uncertainty_out) -> None:
-    from ..imageio import write_image
+    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
     if out.name.lower().endswith(".seg.nrrd"):
-        from ..segfile import write_segmentation
+        from ..segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
 
         write_segmentation(result.to_segmentation(review=True), out)
     else:
@@ -138,7 +138,7 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 
 def _infer_workspace(args, t0: float) -> int:
-    from ..inference import Segmenter
+    from ..inference import Segmenter  # heavy (SimpleITK): `hila --help` stays fast
     from ..modelcard import ModelCard
     from ..workspace import Workspace
 
@@ -184,7 +184,7 @@ def _infer_workspace(args, t0: float) -> int:
 
 def _to_workspace_labels(result, card, ws):
     """The prediction in the workspace's label values (matched by ``labelmatch``); labels it lacks are dropped."""
-    import numpy as np  # heavy: see the cli package's doc (``hila --help`` stays fast)
+    import numpy as np  # heavy (SimpleITK): `hila --help` stays fast
     import SimpleITK as sitk
 
     pairs = [(l.name, l.value) for l in ws.settings.labels]

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ..colors import default_color
+from ..durable import fsync_dir, fsync_file
 from ..errors import HilaError
 from ..modelcard import resolve_model
 from .cases import Cases
 from .corrections import Corrections
 from .dicom import Dicom
-from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged, fsync_dir
+from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged
 from .labels import Labels
 from .ledger import LEDGER_NAME, Ledger
 from .predictions import Predictions
@@ -143,8 +144,7 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
                 led.close()
             for suffix in ("-wal", "-shm"):
                 Path(str(tmp_ledger) + suffix).unlink(missing_ok=True)
-            with open(tmp_ledger, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp_ledger)
             os.rename(tmp_ledger, root / LEDGER_NAME)
             fsync_dir(root)
             for s in staged_model:

@@ -15,7 +15,8 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Set
 
-from .files import PLACED_NAME, sha256_file
+from ..durable import sha256_file
+from .files import PLACED_NAME
 from .records import CheckReport, dumps
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Optional
 
 import SimpleITK as sitk
 
+from .. import segfile
 from ..errors import HilaError
+from ..imageio import write_image
 from ..progress import ProgressFn, null_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,17 +24,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = False,
                      progress: Optional[ProgressFn] = None) -> dict:
-    from ..imageio import write_image
-
     progress = progress or null_progress
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HilaError(f"{out}: exists and is not an empty folder; export into a new or empty folder")
     if out.resolve() == ws.root.resolve() or ws.root.resolve() in out.resolve().parents:
         raise HilaError(f"{out}: is inside the workspace; export elsewhere")
-    try:
-        from .. import segfile
-    except ImportError:  # pragma: no cover - foundation not installed
-        segfile = None
     settings = ws.settings
     snap = {s.case_id: s for s in ws.snapshot()}           # one consistent read
     cases = [c for c in ws.cases() if include_unlabelled or c.case_id in snap]
@@ -54,14 +50,13 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
             write_image(lab, out / lab_rel)
             entry.update(label=lab_rel, correction_version=c.version, correction_id=c.correction_id, quality=c.quality,
                          annotator=c.annotator, seconds=c.seconds, submitted_at=c.created_at, label_sha256=c.sha256)
-            if segfile is not None:
-                seg = segfile.Segmentation.from_label_image(
-                    lab, [(l.value, l.name, tuple(l.color)) for l in settings.labels],
-                    tags={"HILASegment.case": case.case_id, "HILASegment.correction": f"v{c.version}",
-                          "HILASegment.quality": c.quality})
-                seg_rel = f"labels/{case.name}.seg.nrrd"
-                segfile.write_segmentation(seg, out / seg_rel)
-                entry["segmentation"] = seg_rel
+            seg = segfile.Segmentation.from_label_image(
+                lab, [(l.value, l.name, tuple(l.color)) for l in settings.labels],
+                tags={"HILASegment.case": case.case_id, "HILASegment.correction": f"v{c.version}",
+                      "HILASegment.quality": c.quality})
+            seg_rel = f"labels/{case.name}.seg.nrrd"
+            segfile.write_segmentation(seg, out / seg_rel)
+            entry["segmentation"] = seg_rel
         entries.append(entry)
     manifest = {
         "format": "hilasegment-export", "format_version": 1, "workspace": str(ws.root),

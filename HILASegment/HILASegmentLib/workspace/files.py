@@ -10,7 +10,6 @@ a placed file that no row names (harmless; ``check --repair`` moves it to ``lost
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -20,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+from ..durable import fsync_dir, fsync_file, sha256_file
 from ..errors import HilaError
-from ..imageio import fsync_dir  # one implementation of the directory fsync that makes renames durable
 
 try:  # POSIX advisory locks tell live writers from dead ones
     import fcntl
@@ -36,23 +35,6 @@ MANAGED_DIRS = ("cases", "predictions", "corrections", "models")
 PLACED_NAME = re.compile(r"^[A-Za-z0-9_.]+-[0-9a-f]{12}\.[A-Za-z0-9.]+$")
 #: Without POSIX locks a staging folder this old is taken to be a dead writer's.
 STALE_AGE_S = 3600.0
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _mkdirs(root: Path, rel_dir: Path) -> Path:

@@ -317,15 +317,6 @@ class Ledger:
                 if self.con.in_transaction:
                     self.con.execute("COMMIT")
 
-    def dump(self) -> Dict[str, list]:
-        """Every table's rows (for tests and ``check``): ``{table: [tuple, ...]}`` in a stable order."""
-        out = {}
-        with self.read() as con:
-            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-            for t in tables:
-                out[t] = [tuple(r) for r in con.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
-        return out
-
     def close(self) -> None:
         with self._lock:
             try:
