@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from .errors import HilaError
 from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
+from .modelgrid import Grid, extract, largest_components, model_grid, touches
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
 from .quality import add_review_segment, cohort_dice, error_probability
@@ -28,8 +29,6 @@ from .segfile import Segmentation
 from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 
-#: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
-_ORIENTATION_AXES = {"RAS": np.diag([-1.0, -1.0, 1.0]), "LPS": np.eye(3)}
 #: Fewer voxels than this is not an image to segment.
 MIN_VOXELS = 512
 #: Provenance tag keys written on every segment.
@@ -64,54 +63,6 @@ class InferenceResult:
         if review and self.review_map is not None:
             add_review_segment(seg, self.review_map, self.label, self.provenance_tags())
         return seg
-
-
-@dataclass
-class _Grid:
-    """A voxel grid: the model grid, or a box on it."""
-
-    origin: np.ndarray
-    spacing: np.ndarray
-    direction: np.ndarray  # 3x3, columns are the axis directions
-    size: Tuple[int, int, int]
-
-    def physical(self, index: np.ndarray) -> np.ndarray:
-        return self.origin + self.direction @ (np.asarray(index, float) * self.spacing)
-
-    def image(self, arr_xyz: np.ndarray, lo: Sequence[int] = (0, 0, 0)) -> sitk.Image:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(arr_xyz, np.float32).transpose(2, 1, 0)))
-        img.SetSpacing([float(s) for s in self.spacing])
-        img.SetDirection([float(v) for v in self.direction.ravel()])
-        img.SetOrigin([float(v) for v in self.physical(np.asarray(lo, float))])
-        return img
-
-
-def model_grid(image: sitk.Image, spacing: Sequence[float], orientation: str = "RAS") -> _Grid:
-    """The grid the network sees: the image's own axes, permuted and flipped to point as ``orientation``
-    says (nearest axis, like nibabel/MONAI ``Orientation``; an oblique rotation is kept, as MONAI's
-    ``Spacing`` keeps it), resampled to ``spacing``, covering the image from its first to its last voxel centre."""
-    D = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    n = np.asarray(image.GetSize(), int)
-    s = np.asarray(image.GetSpacing(), float)
-    target = _ORIENTATION_AXES[orientation]
-    score = np.abs(target.T @ D)  # [target axis k, image axis j]
-    perm = [-1, -1, -1]
-    free_k, free_j = {0, 1, 2}, {0, 1, 2}
-    for _ in range(3):
-        k, j = max(((k, j) for k in free_k for j in free_j), key=lambda kj: score[kj])
-        perm[k] = j
-        free_k.discard(k)
-        free_j.discard(j)
-    new_dir = np.zeros((3, 3))
-    corner = np.zeros(3)
-    new_size = []
-    for k, j in enumerate(perm):
-        sign = 1.0 if float(target[:, k] @ D[:, j]) >= 0 else -1.0
-        new_dir[:, k] = sign * D[:, j]
-        corner[j] = 0 if sign > 0 else n[j] - 1
-        new_size.append(max(1, int(round((n[j] - 1) * s[j] / float(spacing[k]) + 1.0))))
-    origin = np.asarray(image.GetOrigin(), float) + D @ (corner * s)
-    return _Grid(origin, np.asarray(spacing, float), new_dir, tuple(new_size))
 
 
 def _providers(device: str) -> List[str]:
@@ -256,7 +207,7 @@ class Segmenter:
         logits, spread = self._run_region(norm, region, passes, stats, progress, 0.05, 0.85 if used_roi == "body" else 0.5)
         probs, fgmask = self._postprocess(logits)
         if used_roi == "center" and roi.get("fallback", "body") == "body" and (
-                not fgmask.any() or _touches(fgmask, inner_faces, int(roi.get("border_vox", 3)))):
+                not fgmask.any() or touches(fgmask, inner_faces, int(roi.get("border_vox", 3)))):
             fell_back, used_roi, region = True, "body", body
             progress(0.5, "prediction reaches the ROI border: segmenting the whole body")
             logits, spread = self._run_region(norm, region, passes, stats, progress, 0.5, 0.85)
@@ -303,7 +254,7 @@ class Segmenter:
         axes = self.card.inference.get("tta_flips", [[0], [1], [2]])
         return [()] + [tuple(int(a) for a in f) for f in axes]
 
-    def _center_roi(self, grid: _Grid, body, roi: Dict[str, Any]):
+    def _center_roi(self, grid: Grid, body, roi: Dict[str, Any]):
         """A box of ``roi.size`` voxels centred on the field of view, inside the body crop where possible;
         also the faces where it cuts through the body (where a prediction must not reach)."""
         size = [int(s) for s in roi["size"]]
@@ -336,7 +287,7 @@ class Segmenter:
         """Network logits (C, x, y, z) over ``region`` of the model grid (zero-padded where it leaves the
         image), from the fewest windows of the network's size; and the TTA spread (or None)."""
         card = self.card
-        dom = _extract(norm, region)
+        dom = extract(norm, region)
         win = self._window_shape(dom.shape)
         pads = symmetric_padding(dom.shape, win)
         if any(p != (0, 0) for p in pads):
@@ -406,7 +357,7 @@ class Segmenter:
             fgmask = probs.argmax(axis=0) > 0
         return probs, fgmask
 
-    def _to_input_grid(self, image: sitk.Image, grid: _Grid, region, probs: np.ndarray, spread, want_probs: bool):
+    def _to_input_grid(self, image: sitk.Image, grid: Grid, region, probs: np.ndarray, spread, want_probs: bool):
         """Label and uncertainty arrays (z, y, x) on the input grid; per-label probability images on its
         box around the region. Linear interpolation, done per channel on the box only."""
         card = self.card
@@ -445,7 +396,7 @@ class Segmenter:
             ent = -(p * np.log(p)).sum(axis=0) / np.log(max(C, 2))
         box_label = values[lab_idx]
         if pp.get("largest_component"):
-            box_label = _largest_components(box_label, [lab.value for lab in card.labels])
+            box_label = largest_components(box_label, [lab.value for lab in card.labels])
         unc_box = back(spread, 0.0) if spread is not None else ent.astype(np.float32)
         err_box, pdice = error_probability(box_probs, lab_idx, card.activation == "softmax",
                                            unc_box if spread is not None else None)
@@ -467,39 +418,3 @@ class Segmenter:
                 img.CopyInformation(ref)
                 prob_imgs[lab.name] = img
         return full, unc, prob_imgs, (blo, bhi), err, pdice
-
-
-def _extract(arr: np.ndarray, region) -> np.ndarray:
-    """``arr[region]`` where ``region`` may leave the array (zero padding there)."""
-    src, pads = [], []
-    for (lo, hi), n in zip(region, arr.shape):
-        a, b = max(lo, 0), min(hi, n)
-        src.append(slice(a, b))
-        pads.append((a - lo, hi - b))
-    out = arr[tuple(src)]
-    if any(p != (0, 0) for p in pads):
-        out = np.pad(out, pads)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _touches(mask: np.ndarray, faces, border: int) -> bool:
-    """Does any foreground voxel lie within ``border`` voxels of one of ``faces`` ((axis, 0|1))?"""
-    for ax, side in faces:
-        sl = [slice(None)] * 3
-        sl[ax] = slice(0, border) if side == 0 else slice(mask.shape[ax] - border, None)
-        if mask[tuple(sl)].any():
-            return True
-    return False
-
-
-def _largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """Keep only the largest 26-connected component of each label (TAPS's clean-up)."""
-    out = label.copy()
-    for v in values:
-        m = label == v
-        if not m.any():
-            continue
-        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(m.astype(np.uint8)), True)
-        cc = sitk.GetArrayViewFromImage(sitk.RelabelComponent(cc, 0, True))
-        out[m & (cc != 1)] = 0
-    return out

@@ -1,0 +1,100 @@
+"""The model's grid and the array helpers the Segmenter runs on it (no onnxruntime here).
+
+``model_grid`` is the grid the network sees (the training tier builds its examples on the same one);
+``extract`` cuts a region that may leave the array, ``touches`` tells whether a prediction reaches a
+region's border, ``largest_components`` is TAPS's clean-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
+ORIENTATION_AXES = {"RAS": np.diag([-1.0, -1.0, 1.0]), "LPS": np.eye(3)}
+
+
+@dataclass
+class Grid:
+    """A voxel grid: the model grid, or a box on it."""
+
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray  # 3x3, columns are the axis directions
+    size: Tuple[int, int, int]
+
+    def physical(self, index: np.ndarray) -> np.ndarray:
+        return self.origin + self.direction @ (np.asarray(index, float) * self.spacing)
+
+    def image(self, arr_xyz: np.ndarray, lo: Sequence[int] = (0, 0, 0)) -> sitk.Image:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(arr_xyz, np.float32).transpose(2, 1, 0)))
+        img.SetSpacing([float(s) for s in self.spacing])
+        img.SetDirection([float(v) for v in self.direction.ravel()])
+        img.SetOrigin([float(v) for v in self.physical(np.asarray(lo, float))])
+        return img
+
+
+def model_grid(image: sitk.Image, spacing: Sequence[float], orientation: str = "RAS") -> Grid:
+    """The grid the network sees: the image's own axes, permuted and flipped to point as ``orientation``
+    says (nearest axis, like nibabel/MONAI ``Orientation``; an oblique rotation is kept, as MONAI's
+    ``Spacing`` keeps it), resampled to ``spacing``, covering the image from its first to its last voxel centre."""
+    D = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    n = np.asarray(image.GetSize(), int)
+    s = np.asarray(image.GetSpacing(), float)
+    target = ORIENTATION_AXES[orientation]
+    score = np.abs(target.T @ D)  # [target axis k, image axis j]
+    perm = [-1, -1, -1]
+    free_k, free_j = {0, 1, 2}, {0, 1, 2}
+    for _ in range(3):
+        k, j = max(((k, j) for k in free_k for j in free_j), key=lambda kj: score[kj])
+        perm[k] = j
+        free_k.discard(k)
+        free_j.discard(j)
+    new_dir = np.zeros((3, 3))
+    corner = np.zeros(3)
+    new_size = []
+    for k, j in enumerate(perm):
+        sign = 1.0 if float(target[:, k] @ D[:, j]) >= 0 else -1.0
+        new_dir[:, k] = sign * D[:, j]
+        corner[j] = 0 if sign > 0 else n[j] - 1
+        new_size.append(max(1, int(round((n[j] - 1) * s[j] / float(spacing[k]) + 1.0))))
+    origin = np.asarray(image.GetOrigin(), float) + D @ (corner * s)
+    return Grid(origin, np.asarray(spacing, float), new_dir, tuple(new_size))
+
+
+def extract(arr: np.ndarray, region) -> np.ndarray:
+    """``arr[region]`` where ``region`` may leave the array (zero padding there)."""
+    src, pads = [], []
+    for (lo, hi), n in zip(region, arr.shape):
+        a, b = max(lo, 0), min(hi, n)
+        src.append(slice(a, b))
+        pads.append((a - lo, hi - b))
+    out = arr[tuple(src)]
+    if any(p != (0, 0) for p in pads):
+        out = np.pad(out, pads)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def touches(mask: np.ndarray, faces, border: int) -> bool:
+    """Does any foreground voxel lie within ``border`` voxels of one of ``faces`` ((axis, 0|1))?"""
+    for ax, side in faces:
+        sl = [slice(None)] * 3
+        sl[ax] = slice(0, border) if side == 0 else slice(mask.shape[ax] - border, None)
+        if mask[tuple(sl)].any():
+            return True
+    return False
+
+
+def largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Keep only the largest 26-connected component of each label (TAPS's clean-up)."""
+    out = label.copy()
+    for v in values:
+        m = label == v
+        if not m.any():
+            continue
+        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(m.astype(np.uint8)), True)
+        cc = sitk.GetArrayViewFromImage(sitk.RelabelComponent(cc, 0, True))
+        out[m & (cc != 1)] = 0
+    return out
