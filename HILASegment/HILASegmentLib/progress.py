@@ -54,7 +54,7 @@ class BarProgress:
     """A tqdm bar on stderr for people; silent when stderr is not a terminal unless forced."""
 
     def __init__(self, desc: str = "", stream: Optional[TextIO] = None, force: bool = False):
-        from tqdm import tqdm
+        from tqdm import tqdm  # optional in Slicer's Python (not shipped there): only terminal bars need it
 
         stream = stream if stream is not None else sys.stderr
         disable = not (force or getattr(stream, "isatty", lambda: False)())
