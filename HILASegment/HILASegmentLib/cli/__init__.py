@@ -7,6 +7,7 @@ human summary. Heavy imports happen inside handlers so ``hila --help`` stays fas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -16,7 +17,7 @@ from .. import __version__
 from ..errors import HilaError
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "workspace", "train", "simulate"]
+COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
 
 
 def common_parent() -> argparse.ArgumentParser:
@@ -63,6 +64,17 @@ def make_progress(args: argparse.Namespace, desc: str = ""):
     if getattr(args, "json", False):
         return JsonLinesProgress()
     return BarProgress(desc)
+
+
+@contextlib.contextmanager
+def progress_for(args: argparse.Namespace, desc: str = ""):
+    """:func:`make_progress`, closed (the bar finished) however the block ends."""
+    prog = make_progress(args, desc)
+    try:
+        yield prog
+    finally:
+        if hasattr(prog, "close"):
+            prog.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

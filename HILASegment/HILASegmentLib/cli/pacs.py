@@ -10,6 +10,56 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import HilaError
+from . import emit, progress_for
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("sync", parents=[parent], help="share accepted corrections through a PACS (DICOMweb)",
+                       description="Store this workspace's new corrections as DICOM SEG (STOW-RS), then import the "
+                       "SEGs other workspaces stored for its series as new correction versions (never overwriting). "
+                       "Idempotent: a SEG already known (by SOP instance UID) is not imported again.")
+    p.add_argument("workspace", type=Path)
+    p.add_argument("--dicomweb", metavar="URL", required=True,
+                   help="the DICOMweb root (credentials: HILA_DICOMWEB_USER/PASSWORD or HILA_NETRC)")
+    p.set_defaults(func=cmd_sync)
+
+
+def cmd_sync(args) -> int:
+    from ..workspace import Workspace
+    from ..workspace.pacs import sync
+
+    with Workspace.open(args.workspace) as ws:
+        with progress_for(args, "sync") as prog:
+            res = sync(ws, args.dicomweb, progress=prog)
+    emit(args, res, f"sync {args.workspace}: stored {len(res['pushed'])} correction(s), imported "
+                    f"{sum(1 for c in res['pulled'] if not c['existing'])} from {args.dicomweb}")
+    return 0
+
+
+def cmd_import_dicomweb(args) -> int:
+    """``hila import WS --dicomweb URL --study UID [--series UID]``."""
+    from ..workspace import Workspace
+    from ..workspace.pacs import pull_study
+
+    if not (args.dicomweb and args.study):
+        raise HilaError("import: --dicomweb URL and --study UID go together (--series UID optional)")
+    if args.paths:
+        raise HilaError("import: PATHs or --dicomweb, not both")
+    with Workspace.open(args.workspace) as ws:
+        with progress_for(args, "import") as prog:
+            cases = pull_study(ws, args.dicomweb, args.study, args.series, sets=args.contour_sets, progress=prog)
+    res = {"case_id": cases[0]["case_id"], "existing": cases[0]["existing"], "cases": cases}
+    emit(args, res, "\n".join(describe(c) for c in cases))
+    return 0
+
+
+def export_dicomweb(ws, args, progress) -> dict:
+    """``hila export WS --dicomweb URL [--case CASE...]``."""
+    from ..workspace.pacs import push
+
+    if args.directory is not None or args.format not in (None, "seg"):
+        raise HilaError("export --dicomweb: stores DICOM SEG on the server; no output folder or other --format")
+    return {"dicomweb": args.dicomweb, "stored": push(ws, args.dicomweb, cases=args.case or None, progress=progress)}
 
 
 def is_dicom_object(path: Path) -> bool:

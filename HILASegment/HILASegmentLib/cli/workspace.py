@@ -24,8 +24,12 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        "or RTSTRUCT files (as corrections of the case whose series they reference; those inside a "
                        "series folder too). Anything already in the workspace is reported, not duplicated.")
     p.add_argument("workspace", type=Path)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     p.add_argument("--name", default=None, help="case name (one PATH only; default: from the file or folder name)")
+    p.add_argument("--dicomweb", metavar="URL", help="import from a DICOMweb server (QIDO-RS/WADO-RS) instead of "
+                   "PATHs: the image series of --study (credentials: HILA_DICOMWEB_USER/PASSWORD or HILA_NETRC)")
+    p.add_argument("--study", metavar="UID", help="with --dicomweb: the study instance UID")
+    p.add_argument("--series", metavar="UID", help="with --dicomweb: only this series of the study")
     _dicom_label_options(p)
     p.set_defaults(func=cmd_import)
 
@@ -68,8 +72,10 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", parents=[parent], help="images + latest corrections as NIfTI and .seg.nrrd with a "
                        "manifest, or as DICOM SEG / RTSTRUCT (--format)")
     p.add_argument("workspace", type=Path)
-    p.add_argument("directory", type=Path)
+    p.add_argument("directory", type=Path, nargs="?", default=None, help="output folder (not with --dicomweb)")
     p.add_argument("--all", action="store_true", help="also export images of cases without a correction")
+    p.add_argument("--dicomweb", metavar="URL", help="store the latest corrections as DICOM SEG on a DICOMweb "
+                   "server (STOW-RS; idempotent by UID) instead of writing a folder")
     p.add_argument("--format", choices=("seg", "rtstruct"), default=None,
                    help="write each DICOM case's latest correction as a DICOM SEG or RTSTRUCT referencing its series")
     p.add_argument("--case", action="append", default=None, metavar="CASE", help="with --format: only this case "
@@ -123,6 +129,11 @@ def cmd_import(args) -> int:
     from . import pacs
     if args.name and len(args.paths) > 1:
         raise HilaError("--name: only with one PATH")
+    if args.dicomweb or args.study or args.series:
+        from . import pacs
+        return pacs.cmd_import_dicomweb(args)
+    if not args.paths:
+        raise HilaError("import: give one or more PATHs, or --dicomweb URL --study UID")
     with _open(args.workspace) as ws:
         prog = make_progress(args, "import")
         cases = []
@@ -245,6 +256,12 @@ def cmd_export(args) -> int:
         prog = make_progress(args, "export")
         try:
             from . import pacs
+            if args.dicomweb:
+                res = pacs.export_dicomweb(ws, args, prog)
+                emit(args, res, f"stored {len(res['stored'])} correction(s) as DICOM SEG on {args.dicomweb}")
+                return 0
+            if args.directory is None:
+                raise HilaError("export: give the output folder, or --dicomweb URL")
             res = pacs.export(ws, args, prog)
             if res is not None:
                 emit(args, res, "\n".join(f"{f['case_id']} {f['name']}: correction v{f['correction_version']} -> "

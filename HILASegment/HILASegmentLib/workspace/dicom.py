@@ -119,14 +119,14 @@ class Dicom(Room):
         return img, matched, ignored
 
     def _submit_object(self, case_id: str, label: sitk.Image, sop_uid: str, part: str, modality: str,
-                       obj_series_uid: str, quality: str, annotator: Optional[str], source: str) -> dict:
+                       obj_series_uid: str, quality: str, annotator: Optional[str], source: str, role: str) -> dict:
         def also(con: sqlite3.Connection, correction_id: int) -> None:
-            r = con.execute("SELECT correction_id FROM dicom_objects WHERE sop_uid = ? AND part = ? AND role = "
-                            "'imported'", (sop_uid, part)).fetchone()
+            r = con.execute("SELECT correction_id FROM dicom_objects WHERE sop_uid = ? AND part = ? AND role IN "
+                            "('imported', 'pulled')", (sop_uid, part)).fetchone()
             if r is not None:
                 raise _AlreadyImported(r["correction_id"])
             con.execute("INSERT INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
-                        (sop_uid, part, "imported", modality, case_id, correction_id, obj_series_uid, now()))
+                        (sop_uid, part, role, modality, case_id, correction_id, obj_series_uid, now()))
 
         try:
             c = self.submit(case_id, label, quality=quality, annotator=annotator, source=source, also=also)
@@ -137,13 +137,14 @@ class Dicom(Room):
 
     def import_dicom_object(self, path: PathLike, case_id: Optional[str] = None, sets: Optional[str] = None,
                             quality: Optional[str] = None, annotator: Optional[str] = None, strict: bool = False,
-                            progress: Optional[ProgressFn] = None) -> List[dict]:
+                            pulled: bool = False, progress: Optional[ProgressFn] = None) -> List[dict]:
         """A DICOM SEG or RTSTRUCT as corrections of the case whose series it references.
 
         ``sets`` (RTSTRUCT): ``manual`` (default), ``all``, or a comma list (``manual,DL,MBS``); the
         manual set is ``quality`` (default reviewed), the others rough. A SEG is one correction
         (quality and annotator from its HILA provenance when present). Objects already imported are
-        reported as ``existing`` and add nothing. ``case_id``: the case the object must belong to.
+        reported as ``existing`` and add nothing. ``case_id``: the case the object must belong to;
+        ``pulled``: it came from a PACS (such corrections are not pushed back).
         """
         from .. import dicomseg, rtstruct
 
@@ -168,6 +169,7 @@ class Dicom(Room):
                             "from; import that DICOM series first")
         series = self.series(target)
         progress(0.1, f"reading {p.name}")
+        role = "pulled" if pulled else "imported"
         results = []
         if modality == "SEG":
             label, names, prov = dicomseg.read_seg(p, series)
@@ -176,7 +178,7 @@ class Dicom(Room):
             img, matched, ignored = self._to_workspace_label(masks, series, str(p), strict)
             q = quality or (prov.quality if prov and prov.quality else "reviewed")
             who = annotator or (prov.annotator if prov else None)
-            res = self._submit_object(target, img, sop_uid, "", "SEG", obj_series, q, who, str(p))
+            res = self._submit_object(target, img, sop_uid, "", "SEG", obj_series, q, who, str(p), role)
             res.update(matched=matched, ignored=ignored)
             results.append(res)
         else:
@@ -193,7 +195,8 @@ class Dicom(Room):
                 masks = [(s.name, rtstruct.rasterise(s, series.image, p), None) for s in chosen]
                 img, matched, ignored = self._to_workspace_label(masks, series, f"{p} [{part}]", strict)
                 q = (quality or "reviewed") if part == MANUAL_SET else "rough"
-                res = self._submit_object(target, img, sop_uid, part, "RTSTRUCT", obj_series, q, who, f"{p} [{part}]")
+                res = self._submit_object(target, img, sop_uid, part, "RTSTRUCT", obj_series, q, who, f"{p} [{part}]",
+                                          role)
                 res.update(matched=matched, ignored=ignored)
                 results.append(res)
         progress(1.0, "imported")
@@ -209,12 +212,14 @@ class Dicom(Room):
         return str(generate_uid(entropy_srcs=[json.loads(r["value"]) if r else str(self.root), *parts]))
 
     def export_dicom(self, out: PathLike, fmt: str, cases: Optional[Sequence[str]] = None,
-                     skip_imported: bool = False, progress: Optional[ProgressFn] = None) -> List[dict]:
+                     skip_pulled: bool = False, record: bool = True, skip: Sequence[int] = (),
+                     progress: Optional[ProgressFn] = None) -> List[dict]:
         """Write each chosen case's latest correction as a SEG or RTSTRUCT file into folder ``out``.
 
         UIDs are derived from the workspace, the correction and the format, so exporting again gives
-        the same instance (a PACS stores it once). ``skip_imported``: leave out corrections that came
-        from a DICOM object (that object is already where it came from).
+        the same instance (a PACS stores it once). ``skip_pulled``: leave out corrections that came
+        from a PACS (they are there already); ``skip``: correction ids to
+        leave out; ``record``: record the files as exported (a push records only once stored).
         """
         from .. import dicomseg, rtstruct
 
@@ -235,9 +240,10 @@ class Dicom(Room):
                     raise HilaError(f"{self.root}: case {case.case_id} {why}; nothing to export as DICOM")
                 continue
             todo.append((case, corrs[-1]))
-        imported = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "imported"}
-        if skip_imported:
-            todo = [(case, c) for case, c in todo if c.correction_id not in imported]
+        if skip_pulled:
+            pulled = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "pulled"}
+            todo = [(case, c) for case, c in todo if c.correction_id not in pulled]
+        todo = [(case, c) for case, c in todo if c.correction_id not in set(skip)]
         folder.mkdir(parents=True, exist_ok=True)
         labels = self.settings.labels
         results = []
@@ -255,12 +261,14 @@ class Dicom(Room):
             path = folder / f"{case.name}_v{c.version}.{fmt}.dcm"
             writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
             writer(masks, series, path, prov, uids=(ser, sop))
-            with self.ledger.write() as con:
-                con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
-                            (sop, "", "exported", "SEG" if fmt == "seg" else "RTSTRUCT", case.case_id,
-                             c.correction_id, ser, now()))
-            results.append({"case_id": case.case_id, "name": case.name, "correction_version": c.version,
-                            "quality": c.quality, "file": str(path), "sop_uid": sop})
+            if record:
+                with self.ledger.write() as con:
+                    con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
+                                (sop, "", "exported", "SEG" if fmt == "seg" else "RTSTRUCT", case.case_id,
+                                 c.correction_id, ser, now()))
+            results.append({"case_id": case.case_id, "name": case.name, "correction_id": c.correction_id,
+                            "correction_version": c.version, "quality": c.quality, "file": str(path),
+                            "sop_uid": sop, "series_uid": ser})
         progress(1.0, "exported")
         return results
 

@@ -147,7 +147,7 @@ CREATE INDEX case_series_series ON case_series(series_uid);
 CREATE TABLE dicom_objects (
     sop_uid       TEXT NOT NULL,
     part          TEXT NOT NULL DEFAULT '',    -- the contour set of an RTSTRUCT ('' for a SEG)
-    role          TEXT NOT NULL CHECK (role IN ('imported', 'exported')),
+    role          TEXT NOT NULL CHECK (role IN ('imported', 'pulled', 'exported')),  -- pulled: from a PACS
     modality      TEXT NOT NULL,
     case_id       TEXT NOT NULL REFERENCES cases(case_id),
     correction_id INTEGER REFERENCES corrections(correction_id),
