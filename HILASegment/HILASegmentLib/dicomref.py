@@ -11,6 +11,7 @@ the inference tier keeps working without them.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,8 +232,6 @@ def series_record(series: Series) -> dict:
 
 def series_from_record(image: sitk.Image, record: dict, where: PathLike) -> Series:
     """A :class:`Series` (headers rebuilt from the template) on ``image``'s grid from :func:`series_record`."""
-    import copy
-
     pydicom = require()
     template = pydicom.Dataset.from_json(record["template"])
     headers = []

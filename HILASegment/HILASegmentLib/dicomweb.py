@@ -53,8 +53,8 @@ class Server:
             raise HilaError(f"{parts.hostname}: credentials in the URL are refused; use HILA_DICOMWEB_USER/"
                             "HILA_DICOMWEB_PASSWORD or a netrc file (HILA_NETRC)")
         try:
-            import requests
-            from dicomweb_client.api import DICOMwebClient
+            import requests  # optional `dicom` extra (with dicomweb-client)
+            from dicomweb_client.api import DICOMwebClient  # optional `dicom` extra
         except ImportError:
             raise HilaError("DICOMweb needs the optional packages: pip install 'hilasegment[dicom]'") from None
         self.url = url.rstrip("/")

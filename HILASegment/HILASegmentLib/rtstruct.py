@@ -153,9 +153,9 @@ def write_rtstruct(segments: Sequence[SegmentMask], series: Series, path: PathLi
     referencing ``series``: one ROI each, contours along voxel edges; atomic (complete or absent).
     ``uids``: (series, SOP instance) UIDs to use (the same object written again), else new ones."""
     pydicom = require()
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DSeq
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset, FileMetaDataset  # optional `dicom` extra
+    from pydicom.sequence import Sequence as DSeq  # optional `dicom` extra
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # optional `dicom` extra
 
     prov = provenance or Provenance()
     segments = [s for s in segments if np.any(s[1])]

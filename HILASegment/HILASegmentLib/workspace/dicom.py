@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import dicomref
+from .. import dicomref, dicomseg, rtstruct
 from ..errors import HilaError
 from ..labelmatch import MANUAL_SET, contour_set, match_label
 from ..progress import ProgressFn, null_progress
@@ -146,8 +146,6 @@ class Dicom(Room):
         reported as ``existing`` and add nothing. ``case_id``: the case the object must belong to;
         ``pulled``: it came from a PACS (such corrections are not pushed back).
         """
-        from .. import dicomseg, rtstruct
-
         progress = progress or null_progress
         p = Path(path)
         modality = dicomref.object_modality(p) if p.is_file() else None
@@ -205,7 +203,7 @@ class Dicom(Room):
     # -- export ----------------------------------------------------------------------------------
     def _uid(self, *parts: str) -> str:
         """A UID that is the same every time for the same workspace and parts (idempotent exports)."""
-        from pydicom.uid import generate_uid
+        from pydicom.uid import generate_uid  # optional `dicom` extra
 
         with self.ledger.read() as con:
             r = con.execute("SELECT value FROM settings WHERE key = 'workspace_id'").fetchone()
@@ -221,8 +219,6 @@ class Dicom(Room):
         from a PACS (they are there already); ``skip``: correction ids to
         leave out; ``record``: record the files as exported (a push records only once stored).
         """
-        from .. import dicomseg, rtstruct
-
         if fmt not in ("seg", "rtstruct"):
             raise HilaError(f"--format {fmt}: use seg or rtstruct")
         dicomref.require()

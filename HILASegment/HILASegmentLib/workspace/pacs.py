@@ -10,6 +10,7 @@ workspace would write itself, so a sync after a kill neither loses nor duplicate
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 from ..dicomweb import IMAGE_MODALITIES_EXCLUDED, Server
 from ..errors import HilaError
 from ..progress import ProgressFn, null_progress
+from .dicom import referenced_series_uid
 from .room import now
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,8 +58,6 @@ def pull_study(ws: "Workspace", url: str, study_uid: str, series_uid: Optional[s
 
 def _case_name(files: Sequence[Path]) -> Optional[str]:
     """A readable case name for a fetched series: the patient ID (else the automatic name)."""
-    import re
-
     import pydicom  # optional `dicom` extra
 
     if not files:
@@ -69,8 +69,6 @@ def _case_name(files: Sequence[Path]) -> Optional[str]:
 def _pull_objects(ws: "Workspace", server: Server, study_uid: str, objects: Sequence[dict], sets: Optional[str],
                   only_case: Optional[str] = None, progress: Optional[ProgressFn] = None) -> List[dict]:
     """Import the SEG/RTSTRUCT instances of ``objects`` (series) the workspace does not know yet."""
-    from .dicom import referenced_series_uid
-
     progress = progress or null_progress
     known = ws.known_sop_uids() | own_sop_uids(ws)
     done = []
