@@ -20,7 +20,8 @@ def test_workspace_labels_and_segments_share_colours(tmp_path):
     seg = Segmentation.from_label_image(sitk.GetImageFromArray(arr), [(i + 1, n, None) for i, n in enumerate(names)])
     for s in seg.segments:
         assert np.allclose(s.color, ws_colours[s.name], atol=1e-4), s.name
-    # Slicer's terminology (Pelvic Organ Segmentation Types): prostate 230 158 140
+    # Slicer's terminology (SlicerGeneralAnatomy, = GenericAnatomyColors): prostate 230 158 140, bladder 222 154 132
     assert np.allclose(np.multiply(ws_colours["prostate"], 255), (230, 158, 140), atol=0.5)
+    assert np.allclose(np.multiply(ws_colours["Urinary_Bladder"], 255), (222, 154, 132), atol=0.5)
     # spelling does not change the colour of a known structure
     assert default_color("urinary bladder", 0) == default_color("Urinary_Bladder", 5)

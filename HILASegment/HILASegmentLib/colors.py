@@ -1,30 +1,41 @@
 """One colour table for segments and workspace labels (0..1 RGB), so a structure looks the same in a
 ``.seg.nrrd``, in the workspace and in Slicer.
 
-Where Slicer's terminology gives a recommended display colour for a structure, that colour is
-used (e.g. prostate 230 158 140); other names take the PALETTE (Slicer's GenericAnatomyColors
-order) in turn.
+Where Slicer's terminology (``SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json``, the same
+values as ``GenericAnatomyColors.txt``; read from Slicer main) recommends a display colour, that is
+the colour: prostate 230 158 140, urinary bladder 222 154 132, seminal vesicle 245 172 147, bone
+241 214 145 (femoral heads), mass 144 238 144 (a lesion). The rectum and the prostate zones have no
+entry there; their colours are kept from earlier versions. Other names take the PALETTE in turn.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 Color = Tuple[float, float, float]
 
-#: colour 230 158 140 of Slicer's pelvic-organ terminology); other names take the PALETTE in turn.
+
+def _rgb(r: int, g: int, b: int) -> Color:
+    return (round(r / 255, 6), round(g / 255, 6), round(b / 255, 6))
+
+
+#: Known structures by normalised name (lower case, single spaces; see ``known_color``).
 KNOWN_COLORS: Dict[str, Color] = {
-    "prostate": (0.901961, 0.619608, 0.54902),
-    "bladder": (0.847059, 0.588235, 0.188235),
-    "urinary bladder": (0.847059, 0.588235, 0.188235),
-    "rectum": (0.784314, 0.576471, 0.447059),
-    "femoral head left": (0.945098, 0.839216, 0.568627),
-    "femoral head right": (0.945098, 0.839216, 0.568627),
-    "peripheral zone": (0.501961, 0.682353, 0.501961),
-    "transition zone": (0.945098, 0.839216, 0.568627),
-    "central gland": (0.945098, 0.839216, 0.568627),
-    "seminal vesicles": (0.901961, 0.862745, 0.27451),
-    "lesion": (0.878431, 0.156863, 0.156863),
+    "prostate": _rgb(230, 158, 140),
+    "bladder": _rgb(222, 154, 132),
+    "urinary bladder": _rgb(222, 154, 132),
+    "seminal vesicles": _rgb(245, 172, 147),
+    "seminal vesicle": _rgb(245, 172, 147),
+    "femoral head left": _rgb(241, 214, 145),
+    "femoral head right": _rgb(241, 214, 145),
+    "lesion": _rgb(144, 238, 144),
+    "mass": _rgb(144, 238, 144),
+    # no Slicer terminology entry: kept from earlier versions
+    "rectum": _rgb(200, 147, 114),
+    "peripheral zone": _rgb(128, 174, 128),
+    "transition zone": _rgb(241, 214, 145),
+    "central gland": _rgb(241, 214, 145),
 }
+#: Slicer's GenericAnatomyColors order (tissue, bone, skin, ...), for names the table does not know.
 PALETTE: Tuple[Color, ...] = (
     (0.501961, 0.682353, 0.501961), (0.945098, 0.839216, 0.568627), (0.694118, 0.478431, 0.396078),
     (0.435294, 0.721569, 0.823529), (0.847059, 0.396078, 0.309804), (0.866667, 0.509804, 0.396078),
@@ -33,8 +44,7 @@ PALETTE: Tuple[Color, ...] = (
 )
 
 
-
-def known_color(name: str):
+def known_color(name: str) -> Optional[Color]:
     """The table's colour for a structure name (case, spaces and underscores ignored), else None."""
     return KNOWN_COLORS.get(" ".join(str(name).replace("_", " ").lower().split()))
 
