@@ -315,18 +315,28 @@ def test_bad_submissions_change_nothing(ws, case, vol, tmp_path):
     assert state(ws.root) == before
 
 
-def test_failed_commit_leaves_no_file(ws, case, vol, monkeypatch):
-    """If the ledger insert fails after the file was placed, the file is taken back."""
+@pytest.mark.parametrize("write", ["submit", "add_prediction", "import_volume", "add_model"])
+def test_failed_commit_leaves_no_file(ws, case, vol, tmp_path, monkeypatch, write):
+    """If the ledger insert fails after the file was placed, the file is taken back (every writer goes
+    through the one stage-place-insert-undo helper)."""
+    make_volume(tmp_path / "other.nrrd", seed=7)
+    (tmp_path / "m.onnx").write_bytes(b"not really a model, but bytes to store")
+    calls = {
+        "submit": lambda: ws.submit(case.case_id, lab(vol[1])),
+        "add_prediction": lambda: ws.add_prediction(case.case_id, lab(vol[1]), None),
+        "import_volume": lambda: ws.import_volume(tmp_path / "other.nrrd"),
+        "add_model": lambda: ws.add_model(tmp_path / "m.onnx", {"name": "m"}),
+    }
     before = state(ws.root)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
     monkeypatch.setattr(ws, "_event", boom)
     with pytest.raises(RuntimeError):
-        ws.submit(case.case_id, lab(vol[1]))
+        calls[write]()
     files = lambda st: (st[0], {k: v for k, v in st[1].items() if v != "dir"})  # noqa: E731 (an empty case folder may stay)
     assert files(state(ws.root)) == files(before)
-    assert ws.check().ok and not ws.check().orphans
+    assert ws.check().ok and not ws.check().orphans and not ws.check().stale_temporaries
 
 
 # ----------------------------------------------------------------------------------------------
