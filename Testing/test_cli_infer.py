@@ -74,7 +74,7 @@ BAD = [
     (["--image", "{i}", "--out", "{d}/x.seg.nrrd", "--model", "{m}", "--uncertainty", "{d}/u.seg.nrrd"], "uncertainty"),
     (["{d}", "case1", "--image", "{i}", "--out", "{d}/x.seg.nrrd"], "not both"),
     ([], "nothing to segment"),
-    (["{d}/not_a_workspace", "case1"], ""),
+    (["{d}/not_a_workspace", "case1"], "not a HILASegment workspace (no hila.sqlite)"),
     (["--image", "{small}", "--out", "{d}/x.seg.nrrd", "--model", "{m}"], "too small"),
     (["--image", "{zero}", "--out", "{d}/x.seg.nrrd", "--model", "{m}"], "no body"),
     (["--image", "{ct}", "--out", "{d}/x.seg.nrrd", "--model", "{m}"], "is for MR"),
@@ -82,7 +82,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv,expect", BAD, ids=[f"{i}-{b[1] or 'ws'}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize("argv,expect", BAD, ids=[f"{i}-{b[1][:30]}" for i, b in enumerate(BAD)])
 def test_bad_input(case, tmp_path, capsys, argv, expect):
     d = tmp_path
     small = sitk.Image([4, 4, 3], sitk.sitkInt16)
@@ -104,8 +104,8 @@ def test_bad_input(case, tmp_path, capsys, argv, expect):
 
 
 def test_workspace_form(case, tmp_path, capsys):
-    ws_mod = pytest.importorskip("HILASegmentLib.workspace")
-    Workspace = ws_mod.Workspace
+    from HILASegmentLib.workspace import Workspace
+
     ws_path = tmp_path / "ws"
     ws = Workspace.create(ws_path, "MR", ["sphere"], model=str(case["model"]))
     c = ws.import_volume(case["image"])

@@ -110,7 +110,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path):
         (["--synthetic", str(msd), "--labels", "prostate=1+7"], "value 7"),
         (["--synthetic", str(msd), "--appearance", str(bad_app)] + base, "unknown"),
         (["--synthetic", str(msd), "--labels", "prostate=1+2", "--test", "32"], "--test 32"),
-        (["--synthetic", str(msd), "--per-round", "0"] + base, "--per-round 0"),
+        (["--synthetic", str(msd), "--per-round", "0"] + base, "--per-round: '0': must be >= 1"),
     ]
     for i, (args, word) in enumerate(cases):
         out = tmp_path / f"run{i}"

@@ -247,7 +247,8 @@ def test_effort_against_prediction(ws, case, vol):
 
 
 def test_submit_seg_nrrd_matched_by_name(ws, case, vol, tmp_path):
-    segfile = pytest.importorskip("HILASegmentLib.segfile")
+    from HILASegmentLib import segfile
+
     arr = np.zeros(sitk.GetArrayViewFromImage(vol[1]).shape, np.uint8)
     arr[6:14, 8:20, 8:20] = 1   # will be named "Rectum"
     arr[2:5, 2:10, 2:10] = 2    # "Femur" (not a workspace label)
@@ -498,7 +499,8 @@ def test_status_and_rank(ws, vol, tmp_path):
 
 
 def test_export(ws, vol, tmp_path):
-    segfile = pytest.importorskip("HILASegmentLib.segfile")
+    from HILASegmentLib import segfile
+
     c = ws.import_volume(vol[0])
     make_volume(tmp_path / "b.nrrd", seed=5)
     ws.import_volume(tmp_path / "b.nrrd")

@@ -22,8 +22,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from . import gridcheck
 from .durable import fsync_dir, fsync_file
 from .errors import HilaError
+from .paths import check_readable
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -239,13 +241,16 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder_p), sid)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, to check the grid ITK assumes
         try:
             img = reader.Execute()
         except RuntimeError as exc:
             raise HilaError(f"{folder_p}: cannot read DICOM series {sid} ({_itk_reason(exc)})") from None
     if img.GetDimension() == 2:  # a single-file series: make it a one-slice volume
         img = sitk.JoinSeries(img)
-    return _check_scalar_3d(img, str(folder_p))
+    img = _check_scalar_3d(img, str(folder_p))
+    gridcheck.check_series_positions(folder_p, reader, files, img)
+    return img
 
 
 def _nifti_bytes_needed(header: bytes) -> Optional[int]:
@@ -307,10 +312,7 @@ def _check_nifti_complete(path: Path) -> None:
 
 
 def _read_file(path: Path) -> sitk.Image:
-    if not path.exists():
-        raise HilaError(f"{path}: no such file")
-    if not path.is_file():
-        raise HilaError(f"{path}: not a file")
+    check_readable(path, "file")
     if volume_suffix(path) is None:
         with open(path, "rb") as fh:
             is_dicom = fh.read(132)[128:132] == b"DICM"
@@ -347,7 +349,7 @@ def _read_file(path: Path) -> sitk.Image:
 def read_image(path: PathLike) -> sitk.Image:
     """Read a scalar 3-D volume from a file (.nrrd .nii .nii.gz .mha .mhd) or a DICOM series folder."""
     p = Path(path)
-    if p.is_dir():
+    if check_readable(p) == "folder":
         return read_dicom_series(p)
     return _read_file(p)
 
@@ -411,10 +413,22 @@ def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
         raise HilaError(f"{target}: is a folder, not a file name")
     if not isinstance(img, sitk.Image):
         raise HilaError(f"{target}: nothing to write (got {type(img).__name__}, not an image)")
+    sheared = gridcheck.shear(img.GetDirection()) if img.GetDimension() == 3 else None
+    if sheared and suffix in (".nii", ".nii.gz"):
+        raise HilaError(f"{target}: the grid is sheared ({sheared}) and NIfTI can only store a rotation, so the "
+                        "volume would move; write .nrrd or .mha, which keep the grid exactly")
     with atomic_output(target) as tmp:
         with quiet_itk():
             try:
                 sitk.WriteImage(img, str(tmp), compress and suffix != ".nii")
+                written = sitk.ImageFileReader()
+                written.SetFileName(str(tmp))
+                written.ReadImageInformation()
             except RuntimeError as exc:
                 raise HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
+        if img.GetDimension() == 3:
+            moved = gridcheck.corner_shift_mm(img, written)
+            if moved > gridcheck.CORNER_TOLERANCE_MM:
+                raise HilaError(f"{target}: {suffix} cannot hold this grid exactly (its corners would move by "
+                                f"{moved:.3g} mm); nothing was written; use .nrrd or .mha")
     return target

@@ -160,6 +160,11 @@ class Segmenter:
         if image.GetNumberOfPixels() < MIN_VOXELS:
             size = "x".join(map(str, image.GetSize()))
             raise HilaError(f"{where}: the image is only {size} voxels; too small to segment (at least {MIN_VOXELS} voxels)")
+        thin = [ax for ax, n in enumerate(image.GetSize()) if n < 2]
+        if thin:
+            size = "x".join(map(str, image.GetSize()))
+            raise HilaError(f"{where}: a single slice ({size} voxels); a 3-D model needs a volume of several slices "
+                            "(a one-slice image would give an empty result)")
 
     # ---- the pipeline ----------------------------------------------------------------------------
     def segment(self, image: sitk.Image, tta: bool = False, progress: Optional[ProgressFn] = None,

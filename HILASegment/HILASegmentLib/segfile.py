@@ -10,6 +10,7 @@ from typing import Mapping, Optional
 
 from .errors import HilaError
 from .imageio import PathLike, read_label_volume
+from .paths import check_readable
 from .segmentation import Segment, Segmentation
 from .segnrrd import is_seg_nrrd, read_seg_nrrd, write_segmentation
 
@@ -22,8 +23,7 @@ def read_segmentation(path: PathLike, names: Optional[Mapping[int, str]] = None)
     those names (else ``Segment_<value>``), and so do a ``.seg.nrrd``'s first-layer segments."""
     p = Path(path)
     table = {int(v): str(n) for v, n in (names or {}).items()}
-    if not p.exists():
-        raise HilaError(f"{p}: no such file")
+    check_readable(p)
     if p.is_file() and p.name.lower().endswith((".nrrd", ".nhdr")):
         with open(p, "rb") as fh:
             magic = fh.read(8)

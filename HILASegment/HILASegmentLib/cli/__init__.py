@@ -11,13 +11,25 @@ import contextlib
 import importlib
 import json
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from .. import __version__
 from ..errors import HilaError
 
 # Modules (in this package) that register sub-commands, in help order.
 COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
+
+
+class HilaArgumentParser(argparse.ArgumentParser):
+    """argparse with the house's one-line errors: ``hila: error: COMMAND: problem`` (no usage block), exit 2."""
+
+    last_error = ""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        HilaArgumentParser.last_error = f"{where}{message.splitlines()[0] if message else 'bad arguments'} (see --help)"
+        print(f"hila: error: {HilaArgumentParser.last_error}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def common_parent() -> argparse.ArgumentParser:
@@ -28,21 +40,18 @@ def common_parent() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """Every sub-command's parser. A command module that fails to import is an error here, never a
+    command that silently disappears from ``hila``."""
+    parser = HilaArgumentParser(
         prog="hila",
         description="HILASegment: human-in-the-loop segmentation of prostate MRI and pelvic CT "
         "(ONNX inference, a durable correction ledger, a bundled trainer).",
     )
     parser.add_argument("--version", action="version", version=f"hila {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=HilaArgumentParser)
     parent = common_parent()
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
+        mod = importlib.import_module(f"{__name__}.{name}")
         mod.register(sub, parent)
     return parser
 
@@ -79,7 +88,13 @@ def progress_for(args: argparse.Namespace, desc: str = ""):
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version (0) or a bad argument (2, its one line already printed)
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        if code and "--json" in (sys.argv[1:] if argv is None else [str(a) for a in argv]):
+            print(json.dumps({"event": "error", "ok": False, "error": HilaArgumentParser.last_error}), flush=True)
+        return code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -92,6 +107,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
         print(f"hila: error: {msg}", file=sys.stderr, flush=True)
         return exc.exit_code
+    except OSError as exc:  # the disk, not the input: full, read-only, no permission, a symlink loop
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc).splitlines()[0]
+        if getattr(args, "json", False):
+            print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
+        print(f"hila: error: {msg}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         print("hila: error: interrupted", file=sys.stderr)
         return 130

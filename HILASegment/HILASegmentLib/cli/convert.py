@@ -94,15 +94,15 @@ def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: s
             structures: str | None = None, provenance=None) -> dict:
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
     from .. import dicomref, imageio, labelio, segfile
+    from ..paths import check_outputs, check_readable
 
     if fmt is None and dst.lower().endswith(".dcm"):
         raise HilaError(f"{dst}: say which DICOM object to write: --format seg or --format rtstruct")
     out_kind = "dicom" if fmt else _kind_of_output(dst)
     src_p = Path(src)
-    if not src_p.exists():
-        raise HilaError(f"{src}: no such file or folder")
-    if Path(dst).resolve() == src_p.resolve() and src_p.is_file():
-        raise HilaError(f"{dst}: output is the input file")
+    check_readable(src_p)
+    check_outputs({"IN": src, "--reference": reference, "--names": names if names and Path(names).is_file() else None},
+                  {"OUT": dst})
     modality = dicomref.object_modality(src_p) if src_p.is_file() else None
     dicom_object = modality in ("RTSTRUCT", "SEG")
     if structures and modality != "RTSTRUCT":

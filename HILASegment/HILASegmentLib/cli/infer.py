@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import HilaError
 from ..labelmatch import match_label
-from . import emit, make_progress
+from . import argtypes, emit, make_progress
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 
@@ -34,7 +34,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="file form: preset name (taps), starter name or .onnx path; "
                    "workspace form: model version (default: current)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the compute; uncertainty = disagreement)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--threads", type=argtypes.integer(1), default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--uncertainty", type=Path, default=None, help="also write the per-voxel uncertainty map (0..1) here")
     p.add_argument("--review-map", type=Path, default=None,
@@ -57,6 +57,8 @@ def _check_out(path: Path, what: str, seg_ok: bool = True) -> None:
 def _summary_line(summary: dict, out: str) -> str:
     parts = [f"{lab['name']}: {lab['voxels']} voxels, {lab['ml']:.1f} ml" for lab in summary["labels"]]
     w = summary["windows"]
+    if not any(lab["voxels"] for lab in summary["labels"]):
+        parts = ["empty result: the model found none of its labels in this image"]
     return (f"{'; '.join(parts)} | model {summary['model']} v{summary['model_version']}, {w} window{'s' * (w != 1)}, "
             f"{summary['seconds']:.1f} s (ONNX {summary['seconds_onnx']:.1f} s) -> {out}")
 
@@ -81,6 +83,11 @@ def _infer_file(args, t0: float) -> int:
     if not args.model:
         raise HilaError("--model is needed with --image (e.g. --model taps for axial T2 prostate MRI, a starter "
                         "model name, or a model .onnx file)")
+    from ..paths import check_outputs
+
+    model_file = args.model if Path(args.model).exists() else None
+    check_outputs({"--image": args.image, "--model": model_file},
+                  {"--out": args.out, "--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_out(args.out, "--out")
     if args.uncertainty is not None:
         _check_out(args.uncertainty, "--uncertainty", seg_ok=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import argtypes as at
+
 
 def register(sub, parent) -> None:
     p = sub.add_parser("simulate", parents=[parent], help="simulate the loop with a simulated radiologist (learning curves)",
@@ -16,21 +18,21 @@ def register(sub, parent) -> None:
     src.add_argument("--synthetic", help="folder of label maps; images are synthesised from them")
     p.add_argument("--appearance", default=None, help="preset (t2w, ct) or JSON file (synthetic images; default t2w)")
     p.add_argument("--labels", required=True, help="NAME=V[+V...][,NAME=V...], e.g. prostate=1+2")
-    p.add_argument("--test", type=int, default=4, help="test cases (never trained on or corrected)")
-    p.add_argument("--initial", type=int, default=2, help="pool cases drawn from scratch in round 0")
-    p.add_argument("--per-round", type=int, default=2, help="cases corrected per round")
-    p.add_argument("--rounds", type=int, default=4, help="rounds after round 0")
-    p.add_argument("--train-minutes", type=float, default=1.5, help="training budget per round")
-    p.add_argument("--train-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
+    p.add_argument("--test", type=at.integer(1), default=4, help="test cases (never trained on or corrected)")
+    p.add_argument("--initial", type=at.integer(0), default=2, help="pool cases drawn from scratch in round 0")
+    p.add_argument("--per-round", type=at.integer(1), default=2, help="cases corrected per round")
+    p.add_argument("--rounds", type=at.integer(0), default=4, help="rounds after round 0")
+    p.add_argument("--train-minutes", type=at.positive, default=1.5, help="training budget per round")
+    p.add_argument("--train-steps", type=at.integer(1), default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
     p.add_argument("--strategy", default="random", help="random | sequential | uncertainty")
     p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact")
-    p.add_argument("--tolerance-mm", type=float, default=2.0)
-    p.add_argument("--rough-rate", type=float, default=0.0, help="fraction of submissions degraded and marked rough")
+    p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)
+    p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")
     p.add_argument("--baseline", action="store_true", help="also train on every pool reference (full supervision)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
     p.set_defaults(func=cmd_simulate)
 
 

@@ -8,30 +8,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from . import argtypes as at
+
 _T0 = time.monotonic()
-
-
-def _floats(s: str):
-    return [float(v) for v in str(s).replace("x", ",").split(",") if v.strip()]
-
-
-def _ints(s: str):
-    return [int(v) for v in str(s).replace("x", ",").split(",") if v.strip()]
-
-
-def _weights(s: str):
-    out = {}
-    for part in str(s).split(","):
-        if part.strip():
-            k, _, v = part.partition("=")
-            out[k.strip()] = float(v)
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a training run (shared by ``hila train`` and ``python -m HILASegmentLib.training``)."""
     p.add_argument("workspace", help="workspace folder (hila init)")
-    p.add_argument("--max-minutes", type=float, default=10.0,
+    p.add_argument("--max-minutes", type=at.positive, default=10.0,
                    help="wall-clock budget of the whole run, export and validation included (default 10)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when torch sees a GPU), cpu or cuda (default cpu)")
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
@@ -40,17 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
     p.add_argument("--freeze", default="", choices=["", "encoder"], help="freeze the encoder half (big imported models on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimisation steps")
-    p.add_argument("--patch", type=_ints, default=None, help="patch size X,Y,Z in voxels (new models only)")
-    p.add_argument("--spacing", type=_floats, default=None, help="model grid spacing X,Y,Z in mm (new models only)")
-    p.add_argument("--channels", type=_ints, default=None, help="U-Net channels per level, e.g. 16,32,64,128 (new models only)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
-    p.add_argument("--batch", type=int, default=None, help="patches per step (default 2)")
-    p.add_argument("--val-every-steps", type=int, default=0, help="validate every N steps (default: every 45 s)")
-    p.add_argument("--quality-weights", type=_weights, default=None,
+    p.add_argument("--steps", type=at.integer(1), default=None, help="stop after this many optimisation steps")
+    p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
+    p.add_argument("--spacing", type=at.real_list(3), default=None, help="model grid spacing X,Y,Z in mm (new models only)")
+    p.add_argument("--channels", type=at.int_list(lo=1), default=None, help="U-Net channels per level, e.g. 16,32,64,128 (new models only)")
+    p.add_argument("--lr", type=at.real(0.0, 1.0, lo_open=True), default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
+    p.add_argument("--batch", type=at.integer(1), default=None, help="patches per step (default 2)")
+    p.add_argument("--val-every-steps", type=at.integer(0), default=0, help="validate every N steps (default: every 45 s)")
+    p.add_argument("--quality-weights", type=at.weights(["reviewed", "rough", "weak"]), default=None,
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=at.integer(0), default=0)
 
 
 def register(sub, parent) -> None:

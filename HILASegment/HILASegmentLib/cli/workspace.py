@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import HilaError
-from . import emit, make_progress
+from . import argtypes, emit, make_progress
 
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
@@ -50,8 +50,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    "separated by ';' (e.g. '10,5,30,40,5,30;25,-8,30,25,18,30'); they must cross")
     p.add_argument("--ras", action="store_true", help="--box/--lines points are RAS (Slicer) instead of LPS")
     p.add_argument("--annotator", default=None)
-    p.add_argument("--seconds", type=float, default=None, help="time spent correcting")
-    p.add_argument("--based-on", type=int, default=None, help="prediction id this corrects (default: the case's latest)")
+    p.add_argument("--seconds", type=argtypes.real(0.0), default=None, help="time spent correcting")
+    p.add_argument("--based-on", type=argtypes.integer(1), default=None, help="prediction id this corrects (default: the case's latest)")
     p.add_argument("--strict", action="store_true", help="refuse label values the workspace does not know "
                    "(default: drop them and say so)")
     p.add_argument("--contour-sets", default=None, metavar="SETS",

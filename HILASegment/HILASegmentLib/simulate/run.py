@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from .. import metrics
 from ..errors import HilaError
+from ..paths import check_outputs
 from . import cohort as co
 from . import radiologist as rad
 from . import report, synthesis
@@ -75,6 +76,10 @@ def prepare(cfg: SimConfig) -> dict:
     """Validate everything (no writes): cohort, labels, appearance, split sizes, strategy, RUN state."""
     if bool(cfg.cohort) == bool(cfg.synthetic):
         raise HilaError("give exactly one of --cohort MANIFEST.csv or --synthetic SHAPES_DIR")
+    appearance_file = cfg.appearance if cfg.appearance and Path(cfg.appearance).is_file() else None
+    model_file = cfg.model if cfg.model and Path(cfg.model).is_file() else None
+    check_outputs({"--cohort": cfg.cohort, "--synthetic": cfg.synthetic, "--appearance": appearance_file,
+                   "--model": model_file}, {"--out": cfg.out})
     spec = co.parse_label_spec(cfg.labels)
     cases = co.from_manifest(Path(cfg.cohort)) if cfg.cohort else co.from_shapes(Path(cfg.synthetic))
     appearance = synthesis.load_appearance(cfg.appearance or "t2w") if (cfg.synthetic or cfg.appearance) else None

@@ -21,6 +21,7 @@ from ..colors import default_color
 from ..durable import fsync_dir, fsync_file
 from ..errors import HilaError
 from ..modelcard import resolve_model
+from ..paths import check_readable
 from .cases import Cases
 from .corrections import Corrections
 from .dicom import Dicom
@@ -46,7 +47,9 @@ def parse_labels(labels: Union[str, Sequence[str]]) -> List[str]:
         raise HilaError(f"labels {','.join(names)!r}: give one or more non-empty names, e.g. --labels prostate,bladder,rectum")
     for n in names:
         if not _LABEL_NAME.match(n):
-            raise HilaError(f"label name {n!r}: use letters, digits, space, _ - . ( ) / +")
+            bad = sorted({ch for ch in n if not _LABEL_NAME.match("a" + ch)})
+            raise HilaError(f"label name {n!r}: {' '.join(bad) or 'its first character'} not allowed; use ASCII "
+                            "letters A-Z a-z, digits 0-9, space, _ - . ( ) / + (starting with a letter or digit)")
     lowered = [n.lower() for n in names]
     dups = sorted({n for n in lowered if lowered.count(n) > 1})
     if dups:
@@ -163,9 +166,10 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
     def open(cls, path: PathLike) -> "Workspace":
         """Open an existing workspace; HilaError if it is not one or its ledger is newer than this code."""
         root = Path(path)
-        if not root.is_dir():
-            why = "not a folder" if root.exists() else "no such folder"
-            raise HilaError(f"{root}: not a HILASegment workspace ({why})")
+        try:
+            check_readable(root, "folder")
+        except HilaError as exc:
+            raise HilaError(f"not a HILASegment workspace: {exc}") from None
         ledger_path = root / LEDGER_NAME
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from .. import segfile
 from ..errors import HilaError
 from ..imageio import write_image
+from ..paths import check_outputs
 from ..progress import ProgressFn, null_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,10 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = False,
                      progress: Optional[ProgressFn] = None) -> dict:
     progress = progress or null_progress
+    check_outputs({"WORKSPACE": ws.root}, {"OUT": out})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HilaError(f"{out}: exists and is not an empty folder; export into a new or empty folder")
-    if out.resolve() == ws.root.resolve() or ws.root.resolve() in out.resolve().parents:
-        raise HilaError(f"{out}: is inside the workspace; export elsewhere")
     settings = ws.settings
     snap = {s.case_id: s for s in ws.snapshot()}           # one consistent read
     cases = [c for c in ws.cases() if include_unlabelled or c.case_id in snap]

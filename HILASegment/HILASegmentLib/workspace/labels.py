@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from ..errors import HilaError
 from ..imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
 from ..labelmatch import match_label
+from ..paths import check_readable
 from ..segfile import Segmentation, is_seg_nrrd, read_segmentation
 from .room import PathLike, Room
 
@@ -72,8 +73,7 @@ class Labels(Room):
         """Read a label map or a Slicer .seg.nrrd (segments matched to workspace labels by name) for a case."""
         p = Path(path)
         case = self.case(case_id)
-        if not p.exists():
-            raise HilaError(f"{p}: no such file")
+        check_readable(p)
         if p.is_file() and p.name.lower().endswith((".nrrd", ".nhdr")) and is_seg_nrrd(p):
             label: Any = read_segmentation(p)
         else:

@@ -1,0 +1,105 @@
+"""argparse types for every numeric option of ``hila``: finite numbers in a stated range.
+
+``float("nan")`` and ``float("inf")`` parse happily, and ``--max-minutes nan`` then compares false
+with every bound, so a run without a budget slips through. Each numeric option therefore goes
+through one of these types: the value is checked when the command line is parsed, before anything
+is opened or written (a training run row, an output file), and a bad one is one line naming the
+option and the rule.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, Dict, List, Optional
+
+
+def _bounds(lo: Optional[float], hi: Optional[float], lo_open: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    return " and ".join(parts)
+
+
+def _check(v: float, text: str, lo: Optional[float], hi: Optional[float], lo_open: bool) -> None:
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {_bounds(lo, hi, lo_open)}")
+
+
+def real(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False) -> Callable[[str], float]:
+    """A finite float in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        _check(v, text, lo, hi, lo_open)
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def positive(text: str) -> float:
+    """A finite float > 0."""
+    return real(0.0, lo_open=True)(text)
+
+
+def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], int]:
+    """A whole number in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        _check(float(v), text, lo, hi, False)
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _items(text: str) -> List[str]:
+    return [t.strip() for t in str(text).replace("x", ",").split(",")]
+
+
+def _list(one: Callable[[str], float], n: Optional[int], what: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        vals = [one(t) for t in _items(text) if t] if str(text).strip() else []
+        if (n is not None and len(vals) != n) or not vals:
+            raise argparse.ArgumentTypeError(f"{text!r}: need {n or 'one or more'} comma-separated {what}")
+        return vals
+    parse.__name__ = "list"
+    return parse
+
+
+def int_list(n: Optional[int] = None, lo: Optional[int] = 1) -> Callable[[str], List[int]]:
+    """Comma (or x) separated whole numbers, each >= lo; exactly ``n`` of them when given."""
+    return _list(integer(lo), n, "whole numbers")
+
+
+def real_list(n: Optional[int] = None, lo: Optional[float] = 0.0, lo_open: bool = True) -> Callable[[str], List[float]]:
+    """Comma (or x) separated finite numbers, each > lo (>= with ``lo_open=False``); exactly ``n`` when given."""
+    return _list(real(lo, lo_open=lo_open), n, "numbers")
+
+
+def weights(keys: List[str]) -> Callable[[str], Dict[str, float]]:
+    """``key=number,...`` with keys from ``keys`` and finite numbers >= 0 (e.g. quality sampling weights)."""
+    one = real(0.0)
+
+    def parse(text: str) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            k, sep, v = part.partition("=")
+            k = k.strip()
+            if not sep or k not in keys:
+                raise argparse.ArgumentTypeError(f"{part.strip()!r}: need NAME=WEIGHT with NAME one of {', '.join(keys)}")
+            out[k] = one(v.strip())
+        if not out:
+            raise argparse.ArgumentTypeError(f"{text!r}: need NAME=WEIGHT[,NAME=WEIGHT...]")
+        return out
+    parse.__name__ = "weights"
+    return parse
