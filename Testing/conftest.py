@@ -40,7 +40,7 @@ def data() -> Path:
 ALLOWED_SKIP_REASONS = (
     r"real data not available", r"\.\./shared", r"real (ct|slicer \.seg\.nrrd) (not found|not available)",
     r"lavlab-taps", r"the taps model is not installed",
-    r"could not import '(torch|monai|onnx2torch|taps|slicerio)'",
+    r"could not import '(torch|monai|onnx2torch|taps|slicerio|pydicom|highdicom)'", r"optional dicom extra",
     r"\bcuda\b", r"\bgpu\b",
 )
 _skips: list = []
