@@ -15,6 +15,7 @@ from typing import List, NoReturn, Optional
 
 from .. import __version__
 from ..errors import HilaError
+from ..progress import BarProgress, JsonLinesProgress
 
 # Modules (in this package) that register sub-commands, in help order.
 COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
@@ -68,8 +69,6 @@ def emit(args: argparse.Namespace, result: dict, summary: str) -> None:
 
 def make_progress(args: argparse.Namespace, desc: str = ""):
     """A progress callable for this invocation: JSON lines with --json, else a tqdm bar on a terminal."""
-    from ..progress import BarProgress, JsonLinesProgress
-
     if getattr(args, "json", False):
         return JsonLinesProgress()
     return BarProgress(desc)
