@@ -42,6 +42,21 @@ def plateau_round(dice: List[float]) -> Optional[int]:
     return None
 
 
+def time_split(rounds: List[dict], base: Optional[dict], synth_s: float, wall: float) -> dict:
+    """Seconds and fractions of the wall time per part (the baseline's training and evaluation included)."""
+    part = {k: sum(r["timing"].get(k, 0.0) for r in rounds) for k in ("evaluation_s", "training_s", "inference_s",
+                                                                       "correction_s")}
+    part["synthesis_s"] = synth_s
+    if base:
+        part["evaluation_s"] += base.get("eval_s") or 0.0
+        part["training_s"] += (base.get("train") or {}).get("seconds") or 0.0
+    part["other_s"] = max(0.0, wall - sum(part.values()))
+    out = {k: round(v, 1) for k, v in part.items()}
+    out["fractions"] = {k[:-2]: round(v / wall, 3) if wall else None for k, v in part.items()}
+    out["synthesis_evaluation_fraction"] = round((part["synthesis_s"] + part["evaluation_s"]) / wall, 3) if wall else None
+    return out
+
+
 def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], full_s: float, synth_s: float,
               session_s: float = 0.0) -> dict:
     dice = [r["mean_dice"] for r in rounds]
@@ -49,9 +64,6 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
     frac95 = None
     if bdice is not None:
         frac95 = next((r["effort_fraction"] for r in rounds if r["mean_dice"] >= 0.95 * bdice), None)
-    ev = sum(r["timing"]["evaluation_s"] for r in rounds) + ((base or {}).get("eval_s") or 0.0)
-    tr = sum(r["timing"]["training_s"] for r in rounds)
-    pr = sum(r["timing"]["prediction_s"] for r in rounds)
     wall = synth_s + sum(r["wall_s"] for r in rounds) + ((base or {}).get("wall_s") or 0.0)
     s = {"baseline_dice": bdice, "final_dice": dice[-1] if dice else None, "dice_per_round": dice,
          "hd95_per_round": [r["mean_hd95"] for r in rounds],
@@ -60,10 +72,7 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
          "effort_fraction_per_round": [r["effort_fraction"] for r in rounds],
          "full_annotation_effort_s": round(full_s, 1), "rounds": len(rounds),
          "test_cases": [c.case for c in plan["test"]], "pool_size": len(plan["pool"]),
-         "wall_seconds": round(wall, 1),
-         "time_split": {"synthesis_s": round(synth_s, 1), "evaluation_s": round(ev, 1), "training_s": round(tr, 1),
-                        "prediction_s": round(pr, 1), "baseline_s": (base or {}).get("wall_s"),
-                        "synthesis_evaluation_fraction": round((synth_s + ev) / wall, 3) if wall else None},
+         "wall_seconds": round(wall, 1), "time_split": time_split(rounds, base, synth_s, wall),
          "baseline": base}
     _atomic(run / "summary.json", json.dumps(s, indent=1))
     curves(run, rounds, bdice)

@@ -28,6 +28,11 @@ from . import radiologist as rad
 from . import report, synthesis
 from .strategies import STRATEGIES
 
+#: Where a run's wall time goes (summary.json's time_split): synthesis once, then per round the test-split
+#: evaluation, training (incl. the trainer's own validation and export), inference on pool cases (strategy
+#: and corrector), the simulated corrections; the rest (ledger writes, imports, reports) is "other".
+TIMING_KEYS = ("synthesis_s", "evaluation_s", "training_s", "inference_s", "correction_s")
+
 
 @dataclass
 class SimConfig:
@@ -166,29 +171,45 @@ class _Context:
         if name not in self.cache:
             t0 = time.perf_counter()
             self.cache[name] = self.sim.segmenter().segment(self.sim.image(name))
-            self.sim.timing["prediction_s"] += time.perf_counter() - t0
+            self.sim.timing["inference_s"] += time.perf_counter() - t0
         return self.cache[name]
 
 
 class Simulation:
+    """One run: rounds on RUN/workspace; a rerun after a crash (even SIGKILL) continues with the same rounds.
+
+    A round killed part-way leaves corrections, maybe a finished training run, in the workspace. On resume
+    the round is replayed from its start: the same cases are chosen (same seed, same model), corrections
+    already in the ledger are not submitted twice, and a training run that finished on exactly this
+    round's corrections from this round's start model is taken as the round's training (its gate decision
+    included) instead of training again. Only a kill inside the few milliseconds between registering a
+    model and closing its training run makes the resumed round train again (under the next version number).
+    """
+
     def __init__(self, cfg: SimConfig, plan: dict, progress: Optional[Callable] = None,
                  on_round: Optional[Callable[[dict], None]] = None):
         self.cfg, self.plan = cfg, plan
         self.run = Path(cfg.out)
         self.progress = progress or (lambda f, m="", **k: None)
         self.on_round = on_round or (lambda r: None)
-        self.timing = {"synthesis_s": 0.0, "evaluation_s": 0.0, "training_s": 0.0, "prediction_s": 0.0}
+        self.timing = dict.fromkeys(TIMING_KEYS, 0.0)
         self._seg = (None, None)
+        self._images: Dict[str, sitk.Image] = {}
+        self._refs: Dict[str, np.ndarray] = {}
         self.spacing_zyx: Dict[str, tuple] = {}
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- data (read once, kept in memory)
     def image(self, name: str) -> sitk.Image:
-        return sitk.ReadImage(str(self.run / "cases" / f"{name}_image.nii.gz"))
+        if name not in self._images:
+            self._images[name] = sitk.ReadImage(str(self.run / "cases" / f"{name}_image.nii.gz"))
+        return self._images[name]
 
     def reference(self, name: str) -> np.ndarray:
-        img = sitk.ReadImage(str(self.run / "cases" / f"{name}_ref.nii.gz"))
-        self.spacing_zyx[name] = tuple(img.GetSpacing()[::-1])
-        return sitk.GetArrayFromImage(img)
+        if name not in self._refs:
+            img = sitk.ReadImage(str(self.run / "cases" / f"{name}_ref.nii.gz"))
+            self.spacing_zyx[name] = tuple(img.GetSpacing()[::-1])
+            self._refs[name] = sitk.GetArrayFromImage(img)
+        return self._refs[name]
 
     def segmenter(self):
         from ..inference import Segmenter
@@ -208,7 +229,9 @@ class Simulation:
         from ..workspace import Workspace
 
         if (folder / "hila.sqlite").exists():
-            return Workspace.open(folder)
+            ws = Workspace.open(folder)
+            ws.check(repair=True)  # after a kill: close its dead training run, set half-written files aside
+            return ws
         names = [n for n, _ in self.plan["spec"]]
         return Workspace.create(folder, self.plan["modality"], names, model=model)
 
@@ -227,6 +250,8 @@ class Simulation:
         cur = ws.current_model()
         mb = os.path.getsize(cur.path) / 1e6 if cur and Path(cur.path).exists() else 3.0
         minutes = minutes + (30.0 + 2 * n_val * (10.0 + 0.5 * mb) + 2.0 * n) / 60.0
+        if self.cfg.train_steps:
+            minutes = None  # a step count alone (tests): the trainer's schedule then depends on no clock
         opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
                             steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd)
         res = train_workspace(ws, opts)
@@ -234,18 +259,42 @@ class Simulation:
         return {"seconds": dt, "model_version": res["model_version"], "promoted": res["promoted"],
                 "reason": res["reason"], "steps": res["steps"]}
 
-    def evaluate(self, ws) -> dict:
-        """Current model on the test split: Dice and HD95 per label and their mean."""
+    def finished_training(self, ws, parent: Optional[int]) -> Optional[dict]:
+        """A training run that already finished on exactly the present corrections from ``parent`` (a resumed
+        round whose process was killed after training); its gate decision is re-applied."""
+        snap = {s.correction_id for s in ws.snapshot()}
+        for tr in reversed(ws.training_runs()):
+            if (tr.status == "done" and tr.model_version is not None and tr.parent_model == parent
+                    and {s.correction_id for s in tr.snapshot} == snap):
+                m = tr.metrics or {}
+                gate = m.get("gate") or {}
+                cur = ws.current_model()
+                if gate.get("promote") and (cur is None or cur.version != tr.model_version):
+                    ws.promote(tr.model_version)
+                return {"seconds": float((m.get("timings") or {}).get("total_s") or 0.0),
+                        "model_version": tr.model_version, "promoted": bool(gate.get("promote")),
+                        "reason": gate.get("reason"), "steps": m.get("steps"), "resumed": True}
+        return None
+
+    def evaluate(self, ws, previous: Optional[dict] = None) -> dict:
+        """Current model on the test split: Dice and HD95 per label and their mean.
+
+        When the round's gate kept the previous round's model, its figures are reused (same model, same
+        test cases: the same numbers) instead of segmenting the test split again.
+        """
         from ..inference import Segmenter
 
         t0 = time.perf_counter()
         m = ws.current_model()
+        if previous is not None and previous["model_version"] == m.version:
+            return {"model_version": m.version, "dice": previous["test_dice"], "hd95": previous["test_hd95"],
+                    "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"]}
         seg = Segmenter(m.path, threads=self.cfg.threads, device=self.cfg.device)
         labels = [(i, n) for i, (n, _) in enumerate(self.plan["spec"], start=1)]
         per: Dict[str, Dict[str, list]] = {n: {"dice": [], "hd95": []} for _, n in labels}
         for c in self.plan["test"]:
             ref = self.reference(c.case)
-            pred = sitk.GetArrayFromImage(seg.segment(self.image(c.case)).label)
+            pred = sitk.GetArrayViewFromImage(seg.segment(self.image(c.case)).label)
             for n, v in metrics.per_label(pred, ref, labels, spacing_zyx=self.spacing_zyx[c.case]).items():
                 per[n]["dice"].append(v["dice"])
                 if v.get("hd95") is not None:
@@ -263,16 +312,19 @@ class Simulation:
     def correct_and_submit(self, name: str, case_id: str, rnd: int, ctx: Optional[_Context]) -> dict:
         ref = self.reference(name)
         sp = self.spacing_zyx[name]
+        already = bool(self.ws.corrections(case_id))  # submitted by this round before a kill: not twice
         based_on = None
         if ctx is None:
             label, eff = ref.copy(), rad.draw_from_scratch(ref, sp)
         else:
             res = ctx.predict(name)
             pred = sitk.GetArrayFromImage(res.label)
-            p = self.ws.add_prediction(case_id, res.label, self.ws.current_model().version,
-                                       uncertainty={"mean": res.summary.get("mean_uncertainty")})
-            based_on = p.prediction_id
+            if not already:
+                based_on = self.ws.add_prediction(case_id, res.label, self.ws.current_model().version,
+                                                  uncertainty=dict(res.summary)).prediction_id
+            t0 = time.perf_counter()
             label, eff = rad.CORRECTORS[self.cfg.corrector](pred, ref, sp, self.cfg.tolerance_mm)
+            self.timing["correction_s"] += time.perf_counter() - t0
         quality = "reviewed"
         rng = np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name))])
         if self.cfg.rough_rate and rng.random() < self.cfg.rough_rate:
@@ -280,8 +332,9 @@ class Simulation:
             quality, eff = "rough", dict(eff, rough=kind)
         if not label.any():
             label = ref.copy()  # an empty submission would teach nothing; redraw from scratch
-        self.ws.submit(case_id, self._label_image(name, label), quality=quality, annotator="simulated radiologist",
-                       seconds=eff["seconds"], based_on=based_on)
+        if not already:
+            self.ws.submit(case_id, self._label_image(name, label), quality=quality,
+                           annotator="simulated radiologist", seconds=eff["seconds"], based_on=based_on)
         return dict(eff, case=name, quality=quality)
 
     # ---------------------------------------------------------------- the loop
@@ -297,43 +350,10 @@ class Simulation:
         full = sum(rad.draw_from_scratch(self.reference(n), self.spacing_zyx[n])["seconds"] for n in pool)
         self.ws = ws = self.open_workspace(run / "workspace", cfg.model)
         ids = self.import_cases(ws, pool + [c.case for c in plan["test"]])
-        total = cfg.rounds + 1
-        for rnd in range(len(rounds), total):
-            t_round = time.perf_counter()
-            self.timing.update(evaluation_s=0.0, training_s=0.0, prediction_s=0.0)
-            if rounds and ws.current_model() and ws.current_model().version != rounds[-1]["model_version"]:
-                ws.promote(rounds[-1]["model_version"])  # a round killed after its training: back to where it began
-            done = {n for r in rounds for n in r["cases"]}
-            cand = [n for n in pool if n not in done]
-            rng = np.random.default_rng([cfg.seed, rnd])
-            self.progress(rnd / total, f"round {rnd}: choosing")
-            efforts, tr = [], None
-            if rnd == 0 and not cfg.model:
-                chosen = STRATEGIES["random"](cand, cfg.initial, rng, None)
-                efforts = [self.correct_and_submit(n, ids[n], rnd, None) for n in chosen]
-                tr = self.train(ws, rnd, "scratch", cfg.train_minutes)
-            elif rnd == 0:
-                chosen = []
-            else:
-                if not cand:
-                    break
-                ctx = _Context(self)
-                chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
-                efforts = [self.correct_and_submit(n, ids[n], rnd, ctx) for n in chosen]
-                self.progress((rnd + 0.3) / total, f"round {rnd}: training")
-                tr = self.train(ws, rnd, "auto", cfg.train_minutes)
-            self.timing["training_s"] = tr["seconds"] if tr else 0.0
-            self.progress((rnd + 0.9) / total, f"round {rnd}: evaluating")
-            ev = self.evaluate(ws)
-            sec = [e["seconds"] for e in efforts]
-            cum = (rounds[-1]["cumulative_effort_s"] if rounds else 0.0) + sum(sec)
-            rec = {"round": rnd, "model_version": ev["model_version"], "cases": chosen, "efforts": efforts,
-                   "effort_s": round(sum(sec), 1), "effort_per_case_s": round(float(np.mean(sec)), 1) if sec else None,
-                   "cumulative_effort_s": round(cum, 1), "effort_fraction": round(cum / full, 4) if full else None,
-                   "test_dice": ev["dice"], "test_hd95": ev["hd95"], "mean_dice": ev["mean_dice"],
-                   "mean_hd95": ev["mean_hd95"], "train": tr,
-                   "timing": {k: round(v, 2) for k, v in self.timing.items() if k != "synthesis_s"},
-                   "wall_s": round(time.perf_counter() - t_round, 2)}
+        for rnd in range(len(rounds), cfg.rounds + 1):
+            rec = self.one_round(rnd, rounds, pool, ids, full)
+            if rec is None:
+                break
             rounds.append(rec)
             report.write_rounds(run, rounds)
             self.on_round(rec)
@@ -342,6 +362,48 @@ class Simulation:
         self.progress(1.0, "done")
         synth = self._synthesis_seconds(run)
         return report.summarise(run, plan, rounds, base, full, synth, session_s=time.perf_counter() - t_all)
+
+    def one_round(self, rnd: int, rounds: List[dict], pool: List[str], ids: Dict[str, str], full: float):
+        """Choose, predict, correct, submit, train (gated), evaluate; the round's record, or None (pool used up)."""
+        cfg, ws = self.cfg, self.ws
+        total = cfg.rounds + 1
+        t_round = time.perf_counter()
+        for k in TIMING_KEYS[1:]:
+            self.timing[k] = 0.0
+        start = rounds[-1]["model_version"] if rounds else None
+        cur = ws.current_model()
+        if start is not None and (cur is None or cur.version != start):
+            ws.promote(start)  # a round killed after its training: back to the model the round began with
+        start = ws.current_model().version if ws.current_model() else None
+        done = {n for r in rounds for n in r["cases"]}
+        cand = [n for n in pool if n not in done]
+        rng = np.random.default_rng([cfg.seed, rnd])
+        self.progress(rnd / total, f"round {rnd}: choosing")
+        ctx, chosen = None, []
+        if rnd == 0 and not cfg.model:
+            chosen = STRATEGIES["random"](cand, cfg.initial, rng, None)
+        elif rnd > 0:
+            if not cand:
+                return None
+            ctx = _Context(self)
+            chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
+        efforts = [self.correct_and_submit(n, ids[n], rnd, ctx) for n in chosen]
+        tr = None
+        if chosen:
+            self.progress((rnd + 0.3) / total, f"round {rnd}: training")
+            tr = self.finished_training(ws, start) or self.train(ws, rnd, "auto" if ctx else "scratch", cfg.train_minutes)
+        self.timing["training_s"] = tr["seconds"] if tr else 0.0
+        self.progress((rnd + 0.9) / total, f"round {rnd}: evaluating")
+        ev = self.evaluate(ws, rounds[-1] if rounds else None)
+        sec = [e["seconds"] for e in efforts]
+        cum = (rounds[-1]["cumulative_effort_s"] if rounds else 0.0) + sum(sec)
+        return {"round": rnd, "model_version": ev["model_version"], "cases": chosen, "efforts": efforts,
+                "effort_s": round(sum(sec), 1), "effort_per_case_s": round(float(np.mean(sec)), 1) if sec else None,
+                "cumulative_effort_s": round(cum, 1), "effort_fraction": round(cum / full, 4) if full else None,
+                "test_dice": ev["dice"], "test_hd95": ev["hd95"], "mean_dice": ev["mean_dice"],
+                "mean_hd95": ev["mean_hd95"], "train": tr,
+                "timing": {k: round(self.timing[k], 2) for k in TIMING_KEYS[1:]},
+                "wall_s": round(time.perf_counter() - t_round, 2)}
 
     def _synthesis_seconds(self, run: Path) -> float:
         f = run / "cases" / "synthesis.json"

@@ -177,6 +177,7 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
     current = ws.current_model()
 
     # ---- where the weights start, and the card the candidate inherits its grid from
+    torch.manual_seed(opts.seed)  # a fresh network's initial weights too: same corrections + seed, same model
     init, base_card, arch, net, sigmoid = _initial_network(ws, current, opts, settings, n_labels, nw)
     card_base = dict(base_card)
     patch = [int(p) for p in card_base["patch_size"]]
