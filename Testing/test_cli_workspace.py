@@ -106,8 +106,10 @@ def test_import_duplicate_and_progress(imported, tmp_path, capsys):
     assert rc == 0 and "c0002" in out and "c0003" in out and "imported" in out
 
 
-def test_import_dicom_folder(wsdir, capsys):
+def test_import_dicom_folder(tmp_path, capsys):
     folder = shared("prostate_mri", "dicom", "ProstateX-0000_t2")
+    wsdir = tmp_path / "mr"  # an MR series goes into an MR workspace (a CT one refuses it)
+    assert run(capsys, "init", wsdir, "--modality", "MR", "--labels", "prostate")[0] == 0
     rc, out, err = run(capsys, "import", wsdir, folder, "--json")
     assert rc == 0, err
     r = result(out)

@@ -28,21 +28,39 @@ def test_every_starter_is_small_carded_and_rebuilt_by_a_script():
         assert f.name in script, f"{f.name} is not written by scripts/make_starter_models.py"
 
 
-def test_ct_starter_card_reports_leave_one_out_above_the_untrained_network():
+def test_ct_starter_card_records_disjoint_leave_one_out_folds():
+    """The card's structure only (which case each fold held out and trained on); its figures are the build
+    script's, so the test below recomputes what it asserts instead of reading them."""
     _, card = resolve_model("pelvic_ct_unet")
     assert card.modality == "CT" and [l.name for l in card.labels] == list(ORGANS.values())
     folds = card.metrics["leave_one_out"]["folds"]
     assert sorted(f["held_out"] for f in folds) == ["Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005"]
     for f in folds:
         assert f["held_out"] not in f["trained_on"]
-        for organ in ORGANS.values():
-            assert f["dice"][organ] > f["untrained_dice"][organ], (f["held_out"], organ)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
+
+
+def _atlas_baseline(case: str, image: sitk.Image) -> np.ndarray:
+    """A real baseline that looks at no voxel of this case: another patient's manual labels, moved so that
+    the two fields of view share their centre, resampled onto this case's grid (nearest neighbour)."""
+    other = next(c for c in ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005") if c != case)
+    lab = sitk.ReadImage(str(shared("pelvic_ct", other, "labels_manual.nii.gz")))
+
+    def centre(im):
+        return np.asarray(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
+
+    shift = sitk.TranslationTransform(3, [float(v) for v in centre(lab) - centre(image)])
+    return sitk.GetArrayFromImage(sitk.Resample(lab, image, shift, sitk.sitkNearestNeighbor, 0))
 
 
 @pytest.mark.parametrize("case", ["Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005"])
-def test_hila_infer_with_the_ct_starter_is_sensible_on_the_real_ct(case, tmp_path):
-    """In-sample (the starter saw all three cases): a sanity check of the shipped file and the CLI path;
-    the card's leave-one-out figures are the honest measure of how it generalises."""
+def test_hila_infer_with_the_ct_starter_beats_an_atlas_baseline_on_the_real_ct(case, tmp_path):
+    """In-sample (the starter saw all three cases): the shipped file through the CLI, its Dice recomputed here
+    against the manual labels and compared with a baseline recomputed here too (never the card's figures)."""
     ct = shared("pelvic_ct", case, "ct.nii.gz")
     out = tmp_path / "p.seg.nrrd"
     r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "infer", "--image", str(ct), "--out", str(out),
@@ -51,10 +69,11 @@ def test_hila_infer_with_the_ct_starter_is_sensible_on_the_real_ct(case, tmp_pat
     seg = read_segmentation(out)
     image = read_image(ct)
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(shared("pelvic_ct", case, "labels_manual.nii.gz"))))
+    atlas = _atlas_baseline(case, image)
     for value, organ in ORGANS.items():
         mask = seg.mask(organ)
         assert same_grid(mask, image, tol=1e-6)
         m, g = sitk.GetArrayFromImage(mask) > 0, ref == value
-        d = 2 * np.logical_and(m, g).sum() / (m.sum() + g.sum())
-        assert d >= 0.5, f"{case} {organ}: Dice {d:.3f}"  # measured 0.58 (Ref002 bladder) to 0.89
+        d, base = _dice(m, g), _dice(atlas == value, g)
+        assert d > base + 0.1, f"{case} {organ}: Dice {d:.3f}, atlas baseline {base:.3f}"
         assert seg.segment(organ).tags.get("HILA.model") == "pelvic_ct_unet"

@@ -93,7 +93,8 @@ def import_path(ws, p: Path, args, progress) -> dict:
         return {"source": str(p), "case_id": done[0]["case_id"], "existing": all(d["existing"] for d in done),
                 "corrections": done}
     if p.is_dir() and _has_pydicom() and list_dicom_series(p):
-        case = ws.import_series(p, name=args.name, progress=progress)
+        case = ws.import_series(p, name=args.name, progress=progress,
+                                modality_override=getattr(args, "modality_override", False))
         out = {"source": str(p), "case_id": case.case_id, "name": case.name, "existing": case.existing,
                "corrections": []}
         if (sets or "manual").lower() != "none":
@@ -102,7 +103,7 @@ def import_path(ws, p: Path, args, progress) -> dict:
                                                              quality=args.quality, annotator=args.annotator,
                                                              strict=args.strict)
         return out
-    c = ws.import_volume(p, name=args.name, progress=progress)
+    c = ws.import_volume(p, name=args.name, progress=progress, modality_override=getattr(args, "modality_override", False))
     return {"case_id": c.case_id, "name": c.name, "existing": c.existing, "source": str(p), "corrections": []}
 
 

@@ -26,6 +26,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", type=Path)
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     p.add_argument("--name", default=None, help="case name (one PATH only; default: from the file or folder name)")
+    p.add_argument("--modality-override", action="store_true",
+                   help="import even when the volume looks like another modality than the workspace's")
     p.add_argument("--dicomweb", metavar="URL", help="import from a DICOMweb server (QIDO-RS/WADO-RS) instead of "
                    "PATHs: the image series of --study (credentials: HILA_DICOMWEB_USER/PASSWORD or HILA_NETRC)")
     p.add_argument("--study", metavar="UID", help="with --dicomweb: the study instance UID")
@@ -52,6 +54,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", default=None)
     p.add_argument("--seconds", type=argtypes.real(0.0), default=None, help="time spent correcting")
     p.add_argument("--based-on", type=argtypes.integer(1), default=None, help="prediction id this corrects (default: the case's latest)")
+    p.add_argument("--modality-override", action="store_true",
+                   help="record it even when the case's image looks like another modality than the workspace's")
     p.add_argument("--strict", action="store_true", help="refuse label values the workspace does not know "
                    "(default: drop them and say so)")
     p.add_argument("--contour-sets", default=None, metavar="SETS",
@@ -193,7 +197,8 @@ def cmd_submit(args) -> int:
         if args.box or args.lines:
             case_id, label, marks = _weak_label(ws, args)
             c = ws.submit(case_id, label, quality="weak", annotator=args.annotator, seconds=args.seconds,
-                          based_on=args.based_on, source="marks", marks=marks)
+                          based_on=args.based_on, source="marks", marks=marks,
+                          modality_override=args.modality_override)
         else:
             if args.labelfile is None:
                 raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")
@@ -203,7 +208,8 @@ def cmd_submit(args) -> int:
                 emit(args, res, pacs.describe(dict(res, source=str(args.labelfile))))
                 return 0
             c = ws.submit(args.case, args.labelfile, quality=args.quality or "reviewed", annotator=args.annotator,
-                          seconds=args.seconds, based_on=args.based_on, strict=args.strict)
+                          seconds=args.seconds, based_on=args.based_on, strict=args.strict,
+                          modality_override=args.modality_override)
         res = {"case_id": c.case_id, "correction": c.to_dict(), "version": c.version, "quality": c.quality}
     e = c.effort
     dice = ", ".join(f"{k} {v:.3f}" for k, v in e.get("dice", {}).items() if v is not None)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import HilaError
 from ..imageio import read_image
+from ..normalize import guess_modality
 from ..progress import ProgressFn, null_progress
 from .files import Staged
 from .records import Case, dumps
@@ -75,7 +76,31 @@ class Cases(Room):
         return self._case_from_row(r)
 
     def case_image(self, case_id: str) -> sitk.Image:
-        return sitk.ReadImage(str(self.case(case_id).path))
+        """The case's stored image; one line when the store file is gone or damaged (changed outside hila)."""
+        case = self.case(case_id)
+        if not Path(case.path).is_file():
+            raise HilaError(f"case {case.case_id}: its stored image {case.path} is missing (removed outside hila); "
+                            "`hila check` lists what else is; importing the same volume again restores it")
+        try:
+            return read_image(case.path)
+        except HilaError as exc:
+            raise HilaError(f"case {case.case_id}: its stored image is damaged: {exc}") from None
+
+    def check_modality(self, img: sitk.Image, where: str, override: bool = False) -> Optional[str]:
+        """Refuse an image that looks like another modality than the workspace's (an MR volume in a CT
+        workspace would become a training case); ``override`` lets it through. Returns the guess."""
+        meta = img.GetMetaData("0008|0060") if img.HasMetaDataKey("0008|0060") else None
+        arr = sitk.GetArrayViewFromImage(img)
+        if meta is None and (arr.size == 0 or arr.min() == arr.max()):
+            return None  # a blank volume says nothing about its modality
+        guess = guess_modality(arr, meta)
+        want = self.settings.modality
+        if guess is not None and guess != want and not override:
+            why = "its DICOM Modality tag" if meta else (
+                "air below -200 HU" if guess == "CT" else "no voxel below -1, i.e. no air in Hounsfield units")
+            raise HilaError(f"{where}: looks like {guess} ({why}) but the workspace is {want}; if it really "
+                            "belongs here, give --modality-override")
+        return guess
 
     def _rows_of_case(self, table: str, order_all: str, order_case: str, case_id: Optional[str]) -> List[sqlite3.Row]:
         """All rows of a table, or one case's (the case resolved by id or name), in ledger order."""
@@ -85,19 +110,27 @@ class Cases(Room):
             return con.execute(f"SELECT * FROM {table} WHERE case_id = ? ORDER BY {order_case}",
                                (self.case(case_id).case_id,)).fetchall()
 
-    def import_volume(self, path: PathLike, name: Optional[str] = None, progress: Optional[ProgressFn] = None) -> Case:
+    def import_volume(self, path: PathLike, name: Optional[str] = None, progress: Optional[ProgressFn] = None,
+                      modality_override: bool = False) -> Case:
         """Import a volume file or DICOM series folder as a case; the same voxels+geometry again returns the
-        existing case (``case.existing`` is True) and writes nothing."""
+        existing case (``case.existing`` is True) and writes nothing, unless that case's stored file was lost:
+        then it is restored (byte-identical, checked against the ledger's checksum)."""
         progress = progress or null_progress
         src = Path(path)
         progress(0.0, f"reading {src.name}")
         img = read_image(src)
+        guess = self.check_modality(img, str(src), modality_override)
         chash = content_hash(img)
         with self.ledger.read() as con:
             r = con.execute("SELECT * FROM cases WHERE content_hash = ?", (chash,)).fetchone()
         if r is not None:
-            progress(1.0, "already imported")
-            return self._case_from_row(r, existing=True)
+            case = self._case_from_row(r, existing=True)
+            if not Path(case.path).exists():
+                self._restore(case, img, r["sha256"], src)
+                progress(1.0, "restored the lost store file")
+            else:
+                progress(1.0, "already imported")
+            return case
         progress(0.4, "storing")
 
         def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> Tuple[str, bool]:
@@ -115,7 +148,10 @@ class Cases(Room):
             staged[0].place(rel)
             con.execute("INSERT INTO cases VALUES (?,?,?,?,?,?,?,?,?)",
                         (case_id, seq, cname, chash, rel, staged[0].sha256, str(src.resolve()), dumps(grid_of(img)), now()))
-            self._event(con, "import", case_id, {"name": cname, "source": str(src)})
+            details = {"name": cname, "source": str(src)}
+            if guess is not None and guess != self.settings.modality:
+                details["modality_override"] = guess
+            self._event(con, "import", case_id, details)
             return case_id, False
 
         case_id, existing = self._store([(image_writer(img), ".nrrd")], record)
@@ -124,3 +160,16 @@ class Cases(Room):
         if not existing:
             progress(1.0, f"imported {case_id}")
         return case
+
+    def _restore(self, case: Case, img: sitk.Image, sha256: str, src: Path) -> None:
+        """Put a lost case file back from the same volume, only if it comes out byte-identical."""
+        rel = Path(case.path).relative_to(self.root).as_posix()
+
+        def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> None:
+            if staged[0].sha256 != sha256:
+                raise HilaError(f"{src}: the same volume, but it no longer writes the bytes case {case.case_id} "
+                                "was stored with; its file cannot be restored")
+            staged[0].place(rel)
+            self._event(con, "restore", case.case_id, {"file": rel, "source": str(src)})
+
+        self._store([(image_writer(img), ".nrrd")], record)

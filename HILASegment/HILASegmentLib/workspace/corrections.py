@@ -25,7 +25,8 @@ class Corrections(Room):
     def submit(self, case_id: str, label: Any, quality: str = "reviewed", annotator: Optional[str] = None,
                seconds: Optional[float] = None, based_on: Optional[int] = None, strict: bool = False,
                source: Optional[str] = None, marks: Optional[dict] = None,
-               also: Optional[Callable[[sqlite3.Connection, int], None]] = None) -> Correction:
+               also: Optional[Callable[[sqlite3.Connection, int], None]] = None,
+               modality_override: bool = False) -> Correction:
         """Record a corrected label for a case as its next version (earlier versions stay).
 
         ``marks`` (weak labels): the box/lines the pseudo-mask was made from, kept in the effort JSON.
@@ -46,6 +47,8 @@ class Corrections(Room):
             if not np.isfinite(seconds) or seconds < 0:
                 raise HilaError(f"seconds {seconds!r}: must be a non-negative number")
         case = self.case(case_id)
+        # a label of an image of another modality must not become a training correction unnoticed
+        self.check_modality(self.case_image(case.case_id), f"case {case.case_id}", modality_override)
         if isinstance(label, (str, os.PathLike)):
             arr, img, notes = self.read_label_file(case.case_id, label, strict=strict)
             source = source or str(label)

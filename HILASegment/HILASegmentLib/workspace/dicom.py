@@ -51,10 +51,10 @@ def referenced_series_uid(ds) -> Optional[str]:
 class Dicom(Room):
     # -- series ----------------------------------------------------------------------------------
     def import_series(self, folder: PathLike, name: Optional[str] = None,
-                      progress: Optional[ProgressFn] = None) -> Case:
+                      progress: Optional[ProgressFn] = None, modality_override: bool = False) -> Case:
         """Import a DICOM series folder as a case (see ``import_volume``) and keep its series in the ledger."""
         series = dicomref.read_series(folder)
-        case = self.import_volume(folder, name=name, progress=progress)
+        case = self.import_volume(folder, name=name, progress=progress, modality_override=modality_override)
         with self.ledger.write() as con:
             con.execute("INSERT OR IGNORE INTO case_series VALUES (?,?,?,?)",
                         (case.case_id, series.study_uid, series.series_uid, dumps(dicomref.series_record(series))))

@@ -2,20 +2,25 @@
 
 Writes ``images/<name>.nii.gz``, ``labels/<name>.nii.gz`` (label map, workspace values),
 ``labels/<name>.seg.nrrd`` (Slicer segmentation with the workspace's names and colours) and a
-``manifest.json`` naming every file, the correction version and its quality. The manifest is
-written last, so a folder with a manifest is a complete export.
+``manifest.json`` naming every file, the correction version and its quality. Everything is written
+into a hidden staging folder beside OUT that is renamed to OUT at the end, so an export appears
+whole or not at all (a damaged store file stops it with one line and leaves nothing). A case whose
+grid is sheared is written as ``.nrrd``, which keeps it, since NIfTI would move its voxels.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import SimpleITK as sitk
-
 from .. import segfile
+from ..durable import fsync_dir
 from ..errors import HilaError
-from ..imageio import write_image
+from ..gridcheck import shear
+from ..imageio import read_image, write_image
 from ..paths import check_outputs
 from ..progress import ProgressFn, null_progress
 
@@ -29,6 +34,38 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     check_outputs({"WORKSPACE": ws.root}, {"OUT": out})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HilaError(f"{out}: exists and is not an empty folder; export into a new or empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=str(out.parent)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        _export_into(ws, work, include_unlabelled, progress)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.rename(work, out)  # the export appears whole, or not at all
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    entries = m["cases"]
+    progress(1.0, "exported")
+    return {"directory": str(out), "cases": len(entries), "labels": sum(1 for e in entries if e["label"]),
+            "segmentations": sum(1 for e in entries if e["segmentation"]), "manifest": str(out / "manifest.json")}
+
+
+def _stored(path: Path, what: str):
+    """A stored workspace file as an image (sitk.Image); one line when it was removed or damaged outside hila."""
+    try:
+        return read_image(path)
+    except HilaError as exc:
+        raise HilaError(f"{what}: its stored file cannot be read ({exc}); nothing was exported; `hila check` "
+                        "lists what is damaged") from None
+
+
+def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
+    """Write the whole export into ``out`` (a fresh staging folder), manifest last."""
     settings = ws.settings
     snap = {s.case_id: s for s in ws.snapshot()}           # one consistent read
     cases = [c for c in ws.cases() if include_unlabelled or c.case_id in snap]
@@ -38,15 +75,17 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     entries = []
     for i, case in enumerate(cases):
         progress(i / max(1, len(cases)), f"exporting {case.name}")
-        img_rel = f"images/{case.name}.nii.gz"
-        write_image(sitk.ReadImage(str(case.path)), out / img_rel)
+        image = _stored(case.path, f"case {case.case_id}")
+        ext = ".nrrd" if shear(image.GetDirection()) else ".nii.gz"  # NIfTI cannot hold a sheared grid
+        img_rel = f"images/{case.name}{ext}"
+        write_image(image, out / img_rel)
         entry = {"case_id": case.case_id, "name": case.name, "image": img_rel, "source_path": case.source_path,
                  "label": None, "segmentation": None, "correction_version": None, "quality": None}
         s = snap.get(case.case_id)
         if s is not None:
             c = corr[s.correction_id]
-            lab = sitk.ReadImage(str(c.path))
-            lab_rel = f"labels/{case.name}.nii.gz"
+            lab = _stored(c.path, f"case {case.case_id} correction v{c.version}")
+            lab_rel = f"labels/{case.name}{ext}"
             write_image(lab, out / lab_rel)
             entry.update(label=lab_rel, correction_version=c.version, correction_id=c.correction_id, quality=c.quality,
                          annotator=c.annotator, seconds=c.seconds, submitted_at=c.created_at, label_sha256=c.sha256)
@@ -68,6 +107,3 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     tmp.replace(out / "manifest.json")
-    progress(1.0, "exported")
-    return {"directory": str(out), "cases": len(entries), "labels": sum(1 for e in entries if e["label"]),
-            "segmentations": sum(1 for e in entries if e["segmentation"]), "manifest": str(out / "manifest.json")}

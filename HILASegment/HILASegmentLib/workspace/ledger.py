@@ -233,6 +233,8 @@ class Ledger:
             if self.schema_version() > SCHEMA_VERSION:  # (the header may lag behind a WAL): before any pragma writes
                 raise HilaError(f"{self.path}: ledger schema version {self.schema_version()} is newer than this "
                                 f"HILASegment understands ({SCHEMA_VERSION}); update HILASegment")
+            if not create:
+                self._check_pages()
             self.con.execute("PRAGMA foreign_keys = ON")
             if create:
                 journal = journal_mode.upper()
@@ -242,11 +244,21 @@ class Ledger:
             self.con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             self.con.close() if hasattr(self, "con") else None
-            raise HilaError(f"{self.path}: cannot open the ledger ({exc})") from None
+            raise HilaError(f"{self.path}: the ledger is corrupt or unreadable ({exc}); nothing was changed; "
+                            "restore hila.sqlite from a backup") from None
         except HilaError:
             self.con.close()
             raise
         self._migrate()
+
+    def _check_pages(self) -> None:
+        """Refuse a ledger with damaged pages before any command reads half of it (SQLite's quick_check:
+        page structure and index consistency, a few milliseconds for a ledger of metadata rows)."""
+        rows = [str(r[0]) for r in self.con.execute("PRAGMA quick_check(5)").fetchall()]
+        if rows != ["ok"]:
+            detail = "; ".join(" ".join(r.replace("*** in database main ***", "").split()) for r in rows)[:200]
+            raise HilaError(f"{self.path}: the ledger is corrupt (SQLite quick_check: {detail}); nothing was "
+                            "changed; restore hila.sqlite from a backup")
 
     # -- schema --------------------------------------------------------------------------------
     def journal_mode(self) -> str:

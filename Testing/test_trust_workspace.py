@@ -1,0 +1,132 @@
+"""Bad situations in a workspace (issue 10): a volume of the wrong modality, a stored file removed or damaged
+outside hila, a ledger whose pages are corrupt. Each is one line, exit 2, and nothing changes; a lost
+store file comes back by importing the same volume again."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from ws_worker import make_label, make_volume, state
+
+from HILASegmentLib.cli import main
+
+
+def run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def refused(capsys, ws, *args, expect=""):
+    before = state(ws)
+    rc, out, err = run(capsys, *args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("hila: error: "), (args, rc, err)
+    assert expect in lines[0], (expect, lines[0])
+    assert state(ws) == before, f"{args} changed the workspace"
+    return lines[0]
+
+
+def volume(path, kind):
+    """A CT (air at -1000 HU) or MR (intensities >= 0) volume with a bright box."""
+    arr = np.full((20, 32, 32), -1000 if kind == "CT" else 0, np.int16)
+    arr[4:16, 6:26, 6:26] = 40 if kind == "CT" else 300
+    arr[8:12, 12:20, 12:20] += 200
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+@pytest.fixture
+def ctws(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate,bladder,rectum",
+               "--model", "pelvic_ct_unet")[0] == 0
+    img = volume(tmp_path / "ct.nrrd", "CT")
+    assert run(capsys, "import", ws, tmp_path / "ct.nrrd")[0] == 0
+    make_label(img, tmp_path / "lab.nrrd", boxes={1: (8, 12, 12, 20, 12, 20)})
+    assert run(capsys, "submit", ws, "c0001", tmp_path / "lab.nrrd")[0] == 0
+    return ws
+
+
+def test_modality_is_checked_at_import_and_submit_with_an_override(ctws, tmp_path, capsys):
+    mr = volume(tmp_path / "mr.nrrd", "MR")
+    refused(capsys, ctws, "import", ctws, tmp_path / "mr.nrrd", expect="looks like MR")
+    rc, out, err = run(capsys, "import", ctws, tmp_path / "mr.nrrd", "--modality-override", "--json")
+    assert rc == 0, err
+    make_label(mr, tmp_path / "mrlab.nrrd", boxes={1: (8, 12, 12, 20, 12, 20)})
+    line = refused(capsys, ctws, "submit", ctws, "c0002", tmp_path / "mrlab.nrrd", expect="case c0002: looks like MR")
+    assert "--modality-override" in line and "workspace is CT" in line
+    rc, _, err = run(capsys, "submit", ctws, "c0002", tmp_path / "mrlab.nrrd", "--modality-override")
+    assert rc == 0, err
+    # the other way round: a CT volume in an MR workspace
+    mrws = tmp_path / "mrws"
+    assert run(capsys, "init", mrws, "--modality", "MR", "--labels", "prostate")[0] == 0
+    refused(capsys, mrws, "import", mrws, tmp_path / "ct.nrrd", expect="looks like CT (air below -200 HU)")
+
+
+def test_a_stored_image_removed_outside_hila_is_one_line_and_reimport_restores_it(ctws, tmp_path, capsys):
+    (stored,) = list((ctws / "cases").iterdir())
+    original = stored.read_bytes()
+    stored.unlink()
+    for args in (["infer", ctws, "c0001"], ["submit", ctws, "c0001", tmp_path / "lab.nrrd"],
+                 ["submit", ctws, "c0001", "--label", "prostate", "--box=2,2,2,8,8,8"]):
+        refused(capsys, ctws, *args, expect="its stored image")
+    rc, out, err = run(capsys, "import", ctws, tmp_path / "ct.nrrd")
+    assert rc == 0, err
+    assert stored.read_bytes() == original
+    rc, out, err = run(capsys, "check", ctws)
+    assert rc == 0, out + err
+    rc, out, err = run(capsys, "submit", ctws, "c0001", tmp_path / "lab.nrrd")
+    assert rc == 0, err
+
+
+def test_a_damaged_stored_image_is_one_line(ctws, tmp_path, capsys):
+    (stored,) = list((ctws / "cases").iterdir())
+    os.chmod(stored, 0o644)
+    stored.write_bytes(stored.read_bytes()[:200])
+    refused(capsys, ctws, "submit", ctws, "c0001", tmp_path / "lab.nrrd", expect="its stored image is damaged")
+
+
+def _corrupt(ws):
+    path = ws / "hila.sqlite"
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("command", ["status", "check", "rank", "models", "export", "import", "submit", "infer",
+                                     "train"])
+def test_every_command_on_a_corrupt_ledger_says_so(ctws, tmp_path, capsys, command):
+    for i in range(6):  # enough rows that the damage lands on table pages, not only free space
+        volume(tmp_path / f"v{i}.nrrd", "CT")
+        sitk.WriteImage(sitk.ReadImage(str(tmp_path / f"v{i}.nrrd")) + i + 1, str(tmp_path / f"v{i}.nrrd"))
+        assert run(capsys, "import", ctws, tmp_path / f"v{i}.nrrd")[0] == 0
+    _corrupt(ctws)
+    args = {"status": [], "check": [], "rank": [], "models": [], "export": [tmp_path / "out"],
+            "import": [tmp_path / "ct.nrrd"], "submit": ["c0001", tmp_path / "lab.nrrd"], "infer": ["c0001"],
+            "train": ["--max-minutes", "1"]}[command]
+    refused(capsys, ctws, command, ctws, *args, expect="the ledger is corrupt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_repair_on_a_healthy_workspace_moves_nothing(ctws, capsys):
+    before = state(ctws)
+    rc, out, err = run(capsys, "check", ctws, "--repair")
+    assert rc == 0 and state(ctws) == before, out + err
+
+
+def test_cli_error_for_the_disk_itself_is_one_line(ctws, tmp_path, capsys, monkeypatch):
+    """A full disk while a volume is stored: one line naming the file and the OS's reason, nothing recorded."""
+    from HILASegmentLib.workspace import files as files_mod
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(ctws / "tmp" / "staged"))
+
+    monkeypatch.setattr(files_mod.FileStore, "stage", lambda self, write, suffix: full())
+    make_volume(tmp_path / "new.nrrd", seed=3)
+    refused(capsys, ctws, "import", ctws, tmp_path / "new.nrrd", expect="No space left on device")
