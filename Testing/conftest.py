@@ -24,6 +24,21 @@ def fixtures() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The three tiny threshold Segmenters (sigmoid, softmax, fixed-size windows) of tiny_models.py."""
+    from tiny_models import tiny_model
+
+    from HILASegmentLib.inference import Segmenter  # onnxruntime: only for the tests that ask
+
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "sigmoid": Segmenter(tiny_model(d, "sigmoid", name="sig.onnx")),
+        "softmax": Segmenter(tiny_model(d, "softmax", name="soft.onnx")),
+        "fixed": Segmenter(tiny_model(d, "sigmoid", name="fixed.onnx", fixed=(24, 24, 8))),
+    }
+
+
 @pytest.fixture
 def data() -> Path:
     if not SHARED_DATA.exists():

@@ -31,16 +31,6 @@ def same_grid_exact(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-12, rtol=0))
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {
-        "sigmoid": Segmenter(tiny_model(d, "sigmoid", name="sig.onnx")),
-        "softmax": Segmenter(tiny_model(d, "softmax", name="soft.onnx")),
-        "fixed": Segmenter(tiny_model(d, "sigmoid", name="fixed.onnx", fixed=(24, 24, 8))),
-    }
-
-
 @pytest.mark.parametrize("orient", list(ORIENTATIONS))
 @pytest.mark.parametrize("kind", ["sigmoid", "softmax", "fixed"])
 def test_lands_on_the_object_in_every_orientation(models, kind, orient):

@@ -97,18 +97,6 @@ def _centroid_index(mask_zyx: np.ndarray) -> np.ndarray:
     return np.argwhere(mask_zyx).mean(axis=0)[::-1]  # (i, j, k)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from tiny_models import tiny_model
-
-    d = tmp_path_factory.mktemp("place")
-    return {
-        "sigmoid": Segmenter(tiny_model(d, "sigmoid", name="sig.onnx")),
-        "softmax": Segmenter(tiny_model(d, "softmax", name="soft.onnx")),
-        "fixed": Segmenter(tiny_model(d, "sigmoid", name="fixed.onnx", fixed=(24, 24, 8))),
-    }
-
-
 @pytest.mark.parametrize("orient", list(ORIENTATIONS))
 @pytest.mark.parametrize("kind", ["sigmoid", "softmax", "fixed"])
 @pytest.mark.parametrize("centre,bound", [((30, 28, 10), 0.1), ((30.3, 28.6, 10.2), 0.15)])

@@ -40,14 +40,15 @@ def tree(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def refused(capsys, folder, *args, expect=""):
-    """Run the CLI; it must exit 2 with one 'hila: error:' line containing ``expect`` and leave ``folder`` as it was."""
-    before = tree(folder)
+def refused(capsys, folder, *args, expect="", snapshot=tree):
+    """Run the CLI; it must exit 2 with one 'hila: error:' line containing ``expect`` and leave ``folder`` as it
+    was (``snapshot``: its files' bytes, or ws_worker.state for a workspace's ledger rows and files)."""
+    before = snapshot(folder)
     rc, out, err = run(capsys, *args)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("hila: error: "), (args, rc, err)
     assert expect in lines[0], (expect, lines[0])
-    assert tree(folder) == before, f"{args}: changed {folder}"
+    assert snapshot(folder) == before, f"{args}: changed {folder}"
     return lines[0]
 
 

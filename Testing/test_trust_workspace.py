@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import test_trust_inputs as trust_inputs
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.cli import main
@@ -20,13 +21,7 @@ def run(capsys, *args):
 
 
 def refused(capsys, ws, *args, expect=""):
-    before = state(ws)
-    rc, out, err = run(capsys, *args)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("hila: error: "), (args, rc, err)
-    assert expect in lines[0], (expect, lines[0])
-    assert state(ws) == before, f"{args} changed the workspace"
-    return lines[0]
+    return trust_inputs.refused(capsys, ws, *args, expect=expect, snapshot=state)
 
 
 def volume(path, kind):
