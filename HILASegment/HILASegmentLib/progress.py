@@ -49,6 +49,9 @@ class JsonLinesProgress:
         self.stream.write(json.dumps(rec) + "\n")
         self.stream.flush()
 
+    def close(self) -> None:
+        """Nothing to finish (a line is complete when written); here so every progress closes alike."""
+
 
 class BarProgress:
     """A tqdm bar on stderr for people; silent when stderr is not a terminal unless forced."""

@@ -81,8 +81,7 @@ def progress_for(args: argparse.Namespace, desc: str = ""):
     try:
         yield prog
     finally:
-        if hasattr(prog, "close"):
-            prog.close()
+        prog.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import HilaError
 from ..labelmatch import match_label
-from . import argtypes, emit, make_progress
+from . import argtypes, emit, progress_for
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 
@@ -102,11 +102,8 @@ def _infer_file(args, t0: float) -> int:
 
     image = read_image(args.image)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
-    progress = make_progress(args, "hila infer")
-    try:
+    with progress_for(args, "hila infer") as progress:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
-    finally:
-        getattr(progress, "close", lambda: None)()
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
     _write(result, args.out, args.uncertainty)
@@ -151,8 +148,7 @@ def _infer_workspace(args, t0: float) -> int:
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
-    ws = Workspace.open(args.workspace)
-    try:
+    with Workspace.open(args.workspace) as ws:
         case = ws.case(args.case)
         if args.model is not None:
             try:
@@ -166,11 +162,8 @@ def _infer_workspace(args, t0: float) -> int:
         card = ModelCard.from_dict(dict(record.card), f"{args.workspace} model v{record.version} card")
         image = ws.case_image(case.case_id)
         seg = Segmenter(record.path, threads=args.threads, device=args.device, card=card)
-        progress = make_progress(args, "hila infer")
-        try:
+        with progress_for(args, "hila infer") as progress:
             result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
-        finally:
-            getattr(progress, "close", lambda: None)()
         label, dropped = _to_workspace_labels(result, card, ws)
         summary = dict(result.summary)
         summary["model_version"] = record.version
@@ -178,13 +171,9 @@ def _infer_workspace(args, t0: float) -> int:
         if dropped:
             summary["labels_not_in_workspace"] = dropped
         pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary dict
-    finally:
-        close = getattr(ws, "close", None)
-        if close:
-            close()
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"workspace": str(args.workspace), "case": case.case_id,
-           "prediction_id": getattr(pred, "prediction_id", getattr(pred, "id", None)), **summary}
+           "prediction_id": pred.prediction_id, **summary}
     emit(args, res, _summary_line(summary, f"{args.workspace} case {case.case_id}"))
     return 0
 
