@@ -125,3 +125,79 @@ def test_cli_error_for_the_disk_itself_is_one_line(ctws, tmp_path, capsys, monke
     monkeypatch.setattr(files_mod.FileStore, "stage", lambda self, write, suffix: full())
     make_volume(tmp_path / "new.nrrd", seed=3)
     refused(capsys, ctws, "import", ctws, tmp_path / "new.nrrd", expect="No space left on device")
+
+
+def test_check_repair_reports_only_what_it_moved(ctws, capsys, monkeypatch):
+    from HILASegmentLib.workspace import files as files_mod
+
+    for name in ("stray-a.txt", "stray-b.txt"):
+        (ctws / "cases" / name).write_text("not hila's", encoding="utf-8")
+    real_rename = os.rename
+
+    def stuck(src, dst):
+        if str(src).endswith("stray-b.txt"):
+            raise PermissionError(13, "Permission denied", str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(files_mod.os, "rename", stuck)
+    rc, out, err = run(capsys, "check", ctws, "--repair", "--json")
+    import json
+
+    res = json.loads(out.splitlines()[-1])
+    assert [r.split(" -> ")[0] for r in res["repaired"]] == ["cases/stray-a.txt"]
+    assert any("could not move cases/stray-b.txt" in w for w in res["warnings"])
+    assert (ctws / "cases" / "stray-b.txt").exists() and not (ctws / "cases" / "stray-a.txt").exists()
+    assert rc == 1  # the foreign file that stayed is still a problem
+    rc, out, err = run(capsys, "check", ctws)
+    assert "stray-b.txt" in out and "repaired" not in out
+
+
+def test_reading_commands_work_on_a_read_only_workspace(ctws, tmp_path):
+    """status, check, rank, models, export read a workspace they cannot write (a read-only disk); a writing command
+    says the folder is read-only. Root ignores file modes, so as root the folder is bind-mounted read-only in a
+    private mount namespace (unshare); as another user its modes are cleared."""
+    import subprocess
+    import sys
+
+    hila = [sys.executable, "-m", "HILASegmentLib"]
+    cmds = [["status"], ["check"], ["rank"], ["models"], ["export", "@", str(tmp_path / "exported")],
+            ["import", str(tmp_path / "ct.nrrd")], ["check", "--repair"]]
+    lines = []
+    for c in cmds:
+        argv = hila + [c[0], "@WS"] + [a for a in c[1:] if a != "@"]
+        lines.append(" ".join(f"'{a}'" for a in argv) + "; echo \"rc=$?\"")
+    script = "\n".join(lines)
+    view = tmp_path / "ro"
+    view.mkdir()
+    if os.geteuid() == 0:
+        body = f"mount --bind '{ctws}' '{view}' && mount -o remount,ro,bind '{view}' && " + "{\n" + \
+            script.replace("@WS", str(view)) + "\n}"
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", body], capture_output=True, text=True, timeout=300)
+    else:
+        view.rmdir()
+        shutil.copytree(ctws, view)
+        subprocess.run(["chmod", "-R", "a-w", str(view)], check=True)
+        proc = subprocess.run(["sh", "-c", script.replace("@WS", str(view))], capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    rcs = [int(x.split("=")[1]) for x in out.split() if x.startswith("rc=")]
+    assert rcs == [0, 0, 0, 0, 0, 2, 2], out
+    assert "check ok" in out and (tmp_path / "exported" / "manifest.json").is_file()
+    assert out.count("the workspace folder is read-only here") == 2 and "Traceback" not in out, out
+
+
+def test_overlapping_segments_in_a_submitted_seg_nrrd_are_refused_naming_where(tmp_path, capsys):
+    """Slicer's own two-layer file: the sphere overlaps the tissue; one label per voxel cannot say both."""
+    from conftest import shared
+
+    ws = tmp_path / "ws"
+    assert run(capsys, "init", ws, "--modality", "CT", "--labels", "tissue,overlapping sphere")[0] == 0
+    assert run(capsys, "import", ws, shared("slicer_seg", "CTChest4.nrrd"))[0] == 0
+    line = refused(capsys, ws, "submit", ws, "c0001", shared("slicer_seg", "SegmentationOverlapping.seg.nrrd"),
+                   expect="segments 'tissue' and 'overlapping sphere' overlap in")
+    assert "IJK (" in line and "LPS (" in line
+    # the same file with only one of the two as a workspace label is fine: nothing is lost
+    ws2 = tmp_path / "ws2"
+    assert run(capsys, "init", ws2, "--modality", "CT", "--labels", "overlapping sphere")[0] == 0
+    assert run(capsys, "import", ws2, shared("slicer_seg", "CTChest4.nrrd"))[0] == 0
+    rc, out, err = run(capsys, "submit", ws2, "c0001", shared("slicer_seg", "SegmentationOverlapping.seg.nrrd"))
+    assert rc == 0, err

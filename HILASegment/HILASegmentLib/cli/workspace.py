@@ -108,9 +108,10 @@ def _dicom_label_options(p) -> None:
     p.add_argument("--strict", action="store_true", help="refuse structures that match no workspace label")
 
 
-def _open(path: Path):
+def _open(path: Path, readonly: bool = False):
+    """The workspace; ``readonly`` for commands that only read it (they then work on a read-only disk)."""
     from ..workspace import Workspace
-    return Workspace.open(path)
+    return Workspace.open(path, readonly=readonly)
 
 
 def cmd_init(args) -> int:
@@ -222,7 +223,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    with _open(args.workspace) as ws:
+    with _open(args.workspace, readonly=True) as ws:
         st = ws.status()
     by_state = ", ".join(f"{k} {v}" for k, v in st["cases"]["by_state"].items() if v)
     by_q = ", ".join(f"{k} {v}" for k, v in st["corrections"]["by_quality"].items())
@@ -244,7 +245,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    with _open(args.workspace) as ws:
+    with _open(args.workspace, readonly=not args.repair) as ws:
         rep = ws.check(repair=args.repair)
     res = rep.to_dict()
     if args.json:
@@ -258,7 +259,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    with _open(args.workspace) as ws:
+    with _open(args.workspace, readonly=not args.dicomweb) as ws:
         prog = make_progress(args, "export")
         try:
             from . import pacs
@@ -283,7 +284,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    with _open(args.workspace) as ws:
+    with _open(args.workspace, readonly=args.action == "list") as ws:
         if args.action == "promote":
             if args.version is None:
                 raise HilaError("models promote: give a VERSION")
@@ -311,7 +312,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    with _open(args.workspace) as ws:
+    with _open(args.workspace, readonly=True) as ws:
         ranked = ws.rank()
     lines = []
     for r in ranked:

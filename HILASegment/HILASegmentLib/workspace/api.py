@@ -163,8 +163,9 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         return cls.open(root)
 
     @classmethod
-    def open(cls, path: PathLike) -> "Workspace":
-        """Open an existing workspace; HilaError if it is not one or its ledger is newer than this code."""
+    def open(cls, path: PathLike, readonly: bool = False) -> "Workspace":
+        """Open an existing workspace; HilaError if it is not one or its ledger is newer than this code.
+        ``readonly``: for reading commands, which then work on a workspace they cannot write."""
         root = Path(path)
         try:
             check_readable(root, "folder")
@@ -173,7 +174,7 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         ledger_path = root / LEDGER_NAME
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")
-        return cls(root, Ledger(ledger_path))
+        return cls(root, Ledger(ledger_path, readonly=readonly))
 
     def __enter__(self) -> "Workspace":
         return self

@@ -109,15 +109,26 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
                                 "log = log || ? WHERE run_id = ?",
                                 (_dt.datetime.now(_dt.timezone.utc).isoformat(), "\n[check --repair] process gone", run_id))
                     rep.repaired.append(f"training run {run_id} marked failed")
+        if repair and not repair_possible:
+            rep.warnings.append("--repair: nothing moved, the workspace cannot be written here (read-only)")
         if repair and repair_possible:
+            unmoved = []
             for rel in rep.orphans + rep.foreign + rep.stale_temporaries:
-                target = ws.files.move_to_lost_found(root / rel, stamp)
-                rep.repaired.append(f"{rel} -> {target.relative_to(root).as_posix()}")
+                try:  # report a move only once it has happened: the file gone from its place, present in the new one
+                    target = ws.files.move_to_lost_found(root / rel, stamp)
+                    moved = target.exists() and not (root / rel).exists()
+                except OSError as exc:
+                    moved, target = False, None
+                    rep.warnings.append(f"--repair: could not move {rel} ({exc.strerror})")
+                if moved:
+                    rep.repaired.append(f"{rel} -> {target.relative_to(root).as_posix()}")
+                else:
+                    unmoved.append(rel)
             if rep.repaired:
                 con.execute("INSERT INTO events (time, kind, entity, actor, details) VALUES (?,?,?,?,?)",
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(), "repair", None, None,
                              dumps({"moved": rep.repaired})))
-            rep.foreign = []
+            rep.foreign = [r for r in rep.foreign if r in unmoved]
     except BaseException as exc:
         if ctx is not None:
             ctx.__exit__(type(exc), exc, exc.__traceback__)

@@ -26,6 +26,7 @@ class Labels(Room):
         if not values:
             raise HilaError(f"{where}: no segment named like a workspace label ({', '.join(self.settings.names())}); "
                             f"segments: {', '.join(str(s.name) for s in seg.segments) or 'none'}")
+        _refuse_overlaps(seg, values, where)
         return seg.to_label_image(reference=reference, values=values)
 
     def validate_label(self, case_id: str, label: Any, where: Optional[str] = None,
@@ -38,7 +39,7 @@ class Labels(Room):
         """
         case = self.case(case_id)
         where = where or f"label for case {case.case_id}"
-        reference = sitk.ReadImage(str(case.path))
+        reference = self.case_image(case.case_id)
         if isinstance(label, Segmentation):
             label = self._label_from_segmentation(label, reference, where)
         if not isinstance(label, sitk.Image):
@@ -81,3 +82,22 @@ class Labels(Room):
                 raise HilaError(f"{p}: unsupported label file type; use .nii.gz, .nrrd, .seg.nrrd, .mha")
             label = read_image(p)
         return self.validate_label(case.case_id, label, where=str(p), strict=strict)
+
+
+def _refuse_overlaps(seg: Segmentation, values: Dict[str, int], where: str) -> None:
+    """Segments in different layers may overlap; a label map cannot. Rather than let the later segment win
+    silently, refuse and say which segments overlap, in how many voxels, and where the first one is."""
+    matched = [s for s in seg.segments if s.id in values]
+    for i, a in enumerate(matched):
+        for b in matched[i + 1:]:
+            if a.layer == b.layer or values[a.id] == values[b.id]:
+                continue
+            both = seg.mask_array(a.id) & seg.mask_array(b.id)
+            n = int(np.count_nonzero(both))
+            if n:
+                k, j, ii = (int(v) for v in np.argwhere(both)[0])
+                lps = seg.grid.TransformIndexToPhysicalPoint((ii, j, k))
+                raise HilaError(f"{where}: segments '{a.name}' and '{b.name}' overlap in {n} voxel(s), the first at "
+                                f"IJK ({ii}, {j}, {k}), LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm; a voxel "
+                                "can carry one label: remove the overlap (Segment Editor, masking 'overwrite other "
+                                "segments') and submit again")

@@ -215,11 +215,17 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class Ledger:
     """One connection to a workspace's ledger, shared by the threads of one process."""
 
-    def __init__(self, path: Path, create: bool = False, journal_mode: str = "WAL"):
+    def __init__(self, path: Path, create: bool = False, journal_mode: str = "WAL", readonly: bool = False):
         """Open (or with ``create``, make) a ledger. The journal mode is chosen once, at creation, and kept
         in the file: WAL (readers never wait; processes on one machine) or DELETE (a rollback journal and
-        file locks only, for a workspace on a network disk shared by several machines)."""
+        file locks only, for a workspace on a network disk shared by several machines).
+
+        ``readonly``: for commands that only read (status, check, rank, models list, export), so they work on a
+        workspace they may not write (a read-only disk or share): SQLite's read-only mode, and where even the
+        WAL index cannot be made there (the folder is not writable, so no hila process can be writing either)
+        its immutable mode. Nothing is ever written through such a ledger."""
         self.path = Path(path)
+        self.readonly = readonly
         if not create:
             version = read_header_version(self.path)
             if version > SCHEMA_VERSION:
@@ -227,7 +233,7 @@ class Ledger:
                                 f"understands ({SCHEMA_VERSION}); update HILASegment")
         self._lock = threading.RLock()
         try:
-            self.con = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
+            self.con = self._connect(readonly)
             self.con.row_factory = sqlite3.Row
             self.con.execute("PRAGMA busy_timeout = 10000")
             if self.schema_version() > SCHEMA_VERSION:  # (the header may lag behind a WAL): before any pragma writes
@@ -241,15 +247,40 @@ class Ledger:
                 if journal not in ("WAL", "DELETE"):
                     raise HilaError(f"journal mode {journal_mode!r}: use WAL or DELETE")
                 self._retry(lambda: self.con.execute(f"PRAGMA journal_mode = {journal}").fetchone())
-            self.con.execute("PRAGMA synchronous = FULL")
+            if not readonly:
+                self.con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             self.con.close() if hasattr(self, "con") else None
+            if not readonly and not os.access(self.path.parent, os.W_OK):
+                raise HilaError(f"{self.path.parent}: the workspace folder is read-only here and this command "
+                                "writes to it (status, check, rank, models and export only read)") from None
             raise HilaError(f"{self.path}: the ledger is corrupt or unreadable ({exc}); nothing was changed; "
                             "restore hila.sqlite from a backup") from None
         except HilaError:
             self.con.close()
             raise
+        if readonly:
+            if self.schema_version() < SCHEMA_VERSION:
+                self.con.close()
+                raise HilaError(f"{self.path}: the ledger needs upgrading (schema {self.schema_version()} -> "
+                                f"{SCHEMA_VERSION}) and this folder cannot be written; run a writing command where it can")
+            return
         self._migrate()
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        if not readonly:
+            return sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        uri = self.path.resolve().as_uri()
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=10.0, isolation_level=None,
+                               check_same_thread=False)
 
     def _check_pages(self) -> None:
         """Refuse a ledger with damaged pages before any command reads half of it (SQLite's quick_check:

@@ -158,8 +158,11 @@ class CheckReport:
             bits.append(f"{len(self.busy_temporaries)} writes in progress")
         if self.warnings:
             bits.append(f"{len(self.warnings)} warning(s): {self.warnings[0]}")
-        if self.repaired:
-            bits.append(f"repaired: {len(self.repaired)} item(s) moved to lost+found/")
+        moved = [r for r in self.repaired if " -> " in r]
+        if moved:
+            bits.append(f"repaired: {len(moved)} item(s) moved to lost+found/")
+        if len(moved) < len(self.repaired):
+            bits.append("; ".join(r for r in self.repaired if " -> " not in r))
         return "; ".join(bits)
 
     def to_dict(self) -> dict:
