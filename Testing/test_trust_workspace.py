@@ -4,6 +4,7 @@ store file comes back by importing the same volume again."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest

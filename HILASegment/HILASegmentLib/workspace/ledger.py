@@ -268,7 +268,8 @@ class Ledger:
         self._migrate()
 
     def _connect(self, readonly: bool) -> sqlite3.Connection:
-        if not readonly:
+        writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+        if not readonly or writable:  # (a read-only connection would leave its WAL files behind where it can)
             return sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
         uri = self.path.resolve().as_uri()
         con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
