@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import test_trust_inputs as trust_inputs
-from ws_worker import make_label, make_volume, state
+from ws_worker import make_label, state
 
 from HILASegmentLib.cli import main
 
@@ -116,16 +116,63 @@ def test_check_repair_on_a_healthy_workspace_moves_nothing(ctws, capsys):
     assert rc == 0 and state(ctws) == before, out + err
 
 
-def test_cli_error_for_the_disk_itself_is_one_line(ctws, tmp_path, capsys, monkeypatch):
-    """A full disk while a volume is stored: one line naming the file and the OS's reason, nothing recorded."""
+def test_a_full_disk_during_import_is_one_line_and_records_nothing(tmp_path, capsys, monkeypatch):
+    """A real full disk where this can be arranged (root: a 600 kB tmpfs in a private mount namespace), else the
+    store's writer failing with ENOSPC: one line naming the workspace and the free space, nothing recorded."""
+    import subprocess
+    import sys
+
+    from conftest import shared
+
+    ct = shared("pelvic_ct", "Pelvic-Ref002", "ct.nii.gz")  # 2 MB of voxels: does not fit
+    if os.geteuid() == 0:
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        hila = f"'{sys.executable}' -m HILASegmentLib"
+        body = (f"mount -t tmpfs -o size=600k tmpfs '{disk}' && {hila} init '{disk}/ws' --modality CT --labels prostate"
+                f" >/dev/null && {hila} import '{disk}/ws' '{ct}'; echo \"rc=$?\"; "
+                f"{hila} check '{disk}/ws' --json | tail -1")
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", body], capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert "rc=2" in out and "no space left on its disk" in out and "Traceback" not in out, out
+        assert '"rows_checked": 0' in out and '"ok": true' in out, out  # no case row, no stray file
+        return
     from HILASegmentLib.workspace import files as files_mod
 
-    def full(*a, **k):
-        raise OSError(28, "No space left on device", str(ctws / "tmp" / "staged"))
+    ws = tmp_path / "ws"
+    assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate")[0] == 0
 
-    monkeypatch.setattr(files_mod.FileStore, "stage", lambda self, write, suffix: full())
-    make_volume(tmp_path / "new.nrrd", seed=3)
-    refused(capsys, ctws, "import", ctws, tmp_path / "new.nrrd", expect="No space left on device")
+    def full(path):
+        raise OSError(28, "No space left on device", str(path))
+
+    real_stage = files_mod.FileStore.stage
+    monkeypatch.setattr(files_mod.FileStore, "stage", lambda self, write, suffix: real_stage(self, full, suffix))
+    refused(capsys, ws, "import", ws, ct, expect="no space left on its disk")
+
+
+def test_export_of_a_truncated_store_file_is_one_line_and_writes_nothing(ctws, tmp_path, capsys):
+    (stored,) = list((ctws / "corrections").rglob("*.nrrd"))
+    os.chmod(stored, 0o644)
+    stored.write_bytes(stored.read_bytes()[:300])
+    refused(capsys, ctws, "export", ctws, tmp_path / "out", expect="correction v1: its stored file cannot be read")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "a partial export was left behind"
+
+
+def test_export_keeps_a_sheared_case_exactly(tmp_path, capsys):
+    from HILASegmentLib.gridcheck import image_corners
+
+    ws = tmp_path / "ws"
+    assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate")[0] == 0
+    img = volume(tmp_path / "ct.nrrd", "CT")
+    img.SetDirection((1, 0.3, 0, 0, 0.954, 0, 0, 0, 1))
+    sitk.WriteImage(img, str(tmp_path / "sheared.nrrd"))
+    assert run(capsys, "import", ws, tmp_path / "sheared.nrrd")[0] == 0
+    rc, out, err = run(capsys, "export", ws, tmp_path / "out", "--all")
+    assert rc == 0, err
+    (written,) = list((tmp_path / "out" / "images").iterdir())
+    assert written.name.endswith(".nrrd")
+    assert np.abs(image_corners(sitk.ReadImage(str(written))) - image_corners(img)).max() < 1e-6
 
 
 def test_check_repair_reports_only_what_it_moved(ctws, capsys, monkeypatch):

@@ -132,6 +132,14 @@ class FileStore:
             fsync_dir(folder)
             staged.sha256 = sha256_file(payload)
             staged.size = payload.stat().st_size
+        except (OSError, RuntimeError) as exc:  # RuntimeError: ITK's writers (a full disk among them)
+            free = shutil.disk_usage(folder).free  # measured with the partial file still there
+            staged.cleanup()
+            if getattr(exc, "errno", None) == errno.ENOSPC or free < (1 << 20):
+                raise HilaError(f"{self.root}: no space left on its disk ({free // 1024} kB free) while storing a "
+                                "file; nothing was recorded; free some space and try again") from None
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:160]
+            raise HilaError(f"{self.root}: cannot store a file in the workspace ({reason}); nothing was recorded") from None
         except BaseException:
             staged.cleanup()
             raise

@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Unio
 import SimpleITK as sitk
 
 from ..errors import HilaError
+from ..imageio import quiet_itk
 from .files import FileStore, Staged
 from .ledger import Ledger
 from .records import Settings, WorkspaceLabel, dumps
@@ -56,7 +57,8 @@ def as_int(v: Any, what: str) -> int:
 def image_writer(img: sitk.Image) -> Writer:
     """A staging writer for an image (gzip-compressed NRRD keeps voxels and geometry exactly)."""
     def write(path: Path) -> None:
-        sitk.WriteImage(img, str(path), True)
+        with quiet_itk():  # ITK's own stderr lines: the error becomes one line in FileStore.stage
+            sitk.WriteImage(img, str(path), True)
     return write
 
 
