@@ -25,37 +25,14 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"), OMP_NUM_THREADS="1"
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
+from tiny_models import synthetic_ct  # noqa: E402
+
 from HILASegmentLib.errors import CancelledError, HilaError  # noqa: E402
 from HILASegmentLib.modelcard import read_card  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 TINY = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64], steps=3, max_minutes=5,
-            threads=1, val_every_steps=2)
-
-
-def synthetic_ct(seed: int, size=(48, 48, 20)):
-    """(CT image, label image): body ellipse, bladder (1) anterior, rectum (2) posterior with gas; 2x2x3 mm."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*[np.arange(n) for n in reversed(size)], indexing="ij")
-    cx, cy = size[0] / 2 + rng.uniform(-2, 2), size[1] / 2 + rng.uniform(-2, 2)
-    body = ((x - cx) / 20.0) ** 2 + ((y - cy) / 17.0) ** 2 < 1
-    ct = np.full(z.shape, -1000.0)
-    ct[body] = -90.0                                              # fat
-    bl = ((x - cx) / 7.0) ** 2 + ((y - cy + 7) / 6.0) ** 2 + ((z - 11) / 5.0) ** 2 < 1
-    re = ((x - cx) / 4.0) ** 2 + ((y - cy - 7) / 4.0) ** 2 < 1
-    ct[bl] = 10.0
-    ct[re] = 40.0
-    ct[re & ((x - cx) ** 2 + (y - cy - 7) ** 2 < 2)] = -800.0    # gas in the rectum
-    ct += rng.normal(0, 15, ct.shape) * body
-    lab = np.zeros(z.shape, np.uint8)
-    lab[bl] = 1
-    lab[re] = 2
-    img = sitk.GetImageFromArray(ct.astype(np.int16))
-    img.SetSpacing((2.0, 2.0, 3.0))
-    img.SetOrigin((-48.0, -48.0, 0.0))
-    li = sitk.GetImageFromArray(lab)
-    li.CopyInformation(img)
-    return img, li
+            threads=1)
 
 
 @pytest.fixture
@@ -116,19 +93,20 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     assert {(t["case_id"], t["correction_version"]) for t in card["training_set"]} == snap
     assert ws.training_runs()[-1].status == "done" and ws.training_runs()[-1].model_version == 1
 
-    # second round: a 3rd correction and a new version of case 1 -> held-out set, fine-tune from v1's checkpoint
+    # second round: a 3rd correction and a new version of case 1; with --gate-min-cases 1 the new case
+    # (never seen by v1) gates, the other two train; fine-tuned from v1's checkpoint
     ids, labels = ws.ids_for_test, ws.labels_for_test
     ws.submit(ids[2], labels[ids[2]], quality="rough")
     ws.submit(ids[0], labels[ids[0]], quality="reviewed")
-    r2 = train_workspace(ws, opts(promote="always"))
+    r2 = train_workspace(ws, opts(promote="always", gate_min_cases=1))
     assert r2["init"] == "finetune v1" and r2["held_out"] and r2["promoted"]
     card2 = read_card(ws.model(2).path).to_dict()
     assert card2["parent_version"] == 1 and card2["metrics"]["parent_validation"]["version"] == 1
-    assert {(t["case_id"], t["correction_version"]) for t in card2["training_set"]} == \
-        {(ids[0], 2), (ids[1], 1), (ids[2], 1)}
-    # the gate compared both models on the same held-out corrections
+    assert {(t["case_id"], t["correction_version"]) for t in card2["training_set"]} == {(ids[0], 2), (ids[1], 1)}
+    assert [(g["case_id"], g["correction_version"]) for g in card2["training"]["gate_set"]] == [(ids[2], 1)]
+    # the gate compared both models on the same gate corrections
     v, pv = card2["metrics"]["validation"], card2["metrics"]["parent_validation"]
-    assert v["set"] == "held_out" and [c["case_id"] for c in v["cases"]] == [c["case_id"] for c in pv["cases"]]
+    assert v["set"] == "gate" and [c["case_id"] for c in v["cases"]] == [c["case_id"] for c in pv["cases"]] == [ids[2]]
     assert ws.current_model().version == 2
     assert ws.rollback().version == 1 and ws.current_model().version == 1
 
@@ -139,32 +117,122 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     assert ws.check().ok
 
 
-def test_gate_rule():
-    from HILASegmentLib.training.gate import decide
+def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
+    """v1 trains on two corrections; three new ones arrive. The candidate trains on the two plus one new,
+    and both models are scored by the inference engine on the other two new ones (seen by neither)."""
+    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.metrics import dice
+    from HILASegmentLib.training.run import train_workspace
 
-    cand, cur = {"mean_dice": 0.7}, {"mean_dice": 0.6}
-    assert decide("auto", cand, cur, True, True)[0]
-    assert decide("auto", {"mean_dice": 0.6}, cur, True, True)[0]          # at least as good
-    assert not decide("auto", {"mean_dice": 0.5}, cur, True, True)[0]
-    assert not decide("auto", cand, cur, False, True)[0]                    # no held-out set, a current model
-    assert decide("auto", cand, None, False, False)[0]                      # nothing to lose
-    assert not decide("auto", cand, None, True, True)[0]                    # current could not be validated
-    assert not decide("auto", {"mean_dice": 0.0}, None, False, False)[0]
-    assert decide("always", {"mean_dice": 0.0}, cur, True, True)[0]
-    assert not decide("never", cand, cur, True, True)[0]
+    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
+    ids, labels = [], {}
+    for i in range(5):
+        img, lab = synthetic_ct(10 + i)
+        sitk.WriteImage(img, str(tmp_path / f"ct{i}.nii.gz"))
+        ids.append(ws.import_volume(tmp_path / f"ct{i}.nii.gz").case_id)
+        labels[ids[-1]] = lab
+    for cid in ids[:2]:
+        ws.submit(cid, labels[cid])
+    r1 = train_workspace(ws, opts(steps=6))
+    assert r1["promoted"] and "no current model" in r1["reason"] and not r1["held_out"]
+    for cid in ids[2:]:
+        ws.submit(cid, labels[cid])
+    r2 = train_workspace(ws, opts(steps=6, lr=1e-2))
+    card = ws.model(r2["model_version"]).card
+    gate_ids = [g["case_id"] for g in card["training"]["gate_set"]]
+    trained = {t["case_id"] for t in card["training_set"]}
+    assert len(gate_ids) == 2 and set(gate_ids) <= set(ids[2:]) and not trained & set(gate_ids)
+    assert trained >= set(ids[:2]) and len(trained) == 3
+    assert card["training"]["checkpoint"]["chosen_on"] == []
+    assert [c["case_id"] for c in card["metrics"]["validation"]["cases"]] == gate_ids
+    assert [c["case_id"] for c in card["metrics"]["parent_validation"]["cases"]] == gate_ids
+
+    # recompute both models' Dice on the gate corrections with the engine users run, and the rule's verdict
+    def engine_dice(version, cid):
+        pred = sitk.GetArrayFromImage(Segmenter(ws.model(version).path).segment(ws.case_image(cid)).label)
+        ref = sitk.GetArrayFromImage(labels[cid])
+        return float(np.mean([dice(pred == v, ref == v) for v in (1, 2)]))
+
+    cand = {c: engine_dice(r2["model_version"], c) for c in gate_ids}
+    cur = {c: engine_dice(1, c) for c in gate_ids}
+    for row in card["metrics"]["validation"]["cases"]:
+        assert row["mean_dice"] == pytest.approx(cand[row["case_id"]], abs=1e-3)
+    gain = float(np.mean([cand[c] - cur[c] for c in gate_ids]))
+    if abs(gain - 0.01) > 1e-3:
+        assert r2["promoted"] == (gain > 0.01), (gain, r2["reason"])
+    assert ws.training_runs()[-1].metrics["gate"]["reason"] == r2["reason"]
+
+    # fewer gate corrections than asked for: auto keeps the candidate and says why, here and in the run record
+    before = ws.current_model().version
+    r3 = train_workspace(ws, opts(steps=2, gate_min_cases=4))
+    assert not r3["promoted"] and "--gate-min-cases" in r3["reason"]
+    assert "--gate-min-cases" in ws.training_runs()[-1].metrics["gate"]["reason"]
+    assert ws.current_model().version == before
+
+
+def _ev(**per_case):
+    """An evaluate_model-shaped result with these per-case mean Dice values."""
+    return {"mean_dice": float(np.mean(list(per_case.values()))),
+            "cases": [{"case_id": k, "correction_version": 1, "mean_dice": v} for k, v in per_case.items()]}
+
+
+def test_gate_rule_per_case_margin_and_minimum_count():
+    from HILASegmentLib.training.gate import GateRule, decide
+
+    rule = GateRule(margin=0.01, min_cases=2)
+    cur = _ev(a=0.6, b=0.6)
+    assert decide("auto", _ev(a=0.7, b=0.7), cur, rule, True, 2)[0]
+    ok, why, _ = decide("auto", _ev(a=0.6, b=0.6), cur, rule, True, 2)
+    assert not ok and "margin" in why                                       # a tie does not replace a model
+    assert not decide("auto", _ev(a=0.605, b=0.61), cur, rule, True, 2)[0]  # a gain within the margin neither
+    ok, why, cmp = decide("auto", _ev(a=0.9, b=0.35), cur, rule, True, 2)   # paired per case: +0.3 and -0.25
+    assert ok and cmp["wins"] == 1 and cmp["losses"] == 1 and cmp["mean_gain"] == pytest.approx(0.025)
+    # below the minimum count auto keeps the candidate and says why, however good it looks
+    ok, why, _ = decide("auto", _ev(a=0.9), _ev(a=0.1), rule, True, 1)
+    assert not ok and "--gate-min-cases" in why
+    assert decide("auto", _ev(a=0.9), _ev(a=0.1), GateRule(min_cases=1), True, 1)[0]
+    # pairs by case: a current model scored on other cases is no comparison
+    assert not decide("auto", _ev(a=0.9, b=0.9), _ev(c=0.1, d=0.1), rule, True, 2)[0]
+    assert decide("auto", _ev(a=0.5), None, rule, False, 0)[0]              # nothing to lose
+    assert not decide("auto", _ev(a=0.0), None, rule, False, 0)[0]
+    assert not decide("auto", _ev(a=0.9, b=0.9), None, rule, True, 2)[0]    # current could not be validated
+    assert decide("always", _ev(a=0.0), cur, rule, True, 0)[0]
+    assert not decide("never", _ev(a=0.9, b=0.9), cur, rule, True, 2)[0]
     with pytest.raises(HilaError):
-        decide("sometimes", cand, cur, True, True)
+        decide("sometimes", cur, cur, rule, True, 2)
+    for bad in (dict(margin=float("nan")), dict(min_cases=0), dict(margin=2.0)):
+        with pytest.raises(HilaError, match="gate"):
+            GateRule(**bad).check()
 
 
-def test_quality_weights_and_split():
-    from HILASegmentLib.training.dataset import quality_weight, split_cases
+def test_gate_set_is_unseen_by_the_current_model_and_stable():
+    from HILASegmentLib.training.gate import GateRule, split_for_gate
+
+    cases = [{"case_id": f"c{i}"} for i in range(8)]
+    card = {"training_set": [{"case_id": c} for c in ("c0", "c1", "c2")], "training": {"gate_set": [{"case_id": "c6"}]}}
+    train, gate, why = split_for_gate(cases, card, GateRule())
+    g = {c["case_id"] for c in gate}
+    assert len(gate) == 2 and "c6" in g and not g & {"c0", "c1", "c2"}     # the old gate case stays, seen ones never gate
+    assert not g & {c["case_id"] for c in train} and len(train) + len(gate) == 8
+    more = cases + [{"case_id": f"c{i}"} for i in range(8, 20)]
+    card2 = {"training_set": [{"case_id": c["case_id"]} for c in train], "training": {"gate_set": list(gate)}}
+    _, gate2, _ = split_for_gate(more, card2, GateRule())
+    assert g <= {c["case_id"] for c in gate2} and len(gate2) == 4            # 20 % of 20, the earlier gate kept
+    # an old card: the held-out cases its checkpoint was chosen on count as seen
+    old = {"training_set": [{"case_id": "c0"}], "training": {"held_out_cases": ["c1", "c2"]}}
+    _, gate3, _ = split_for_gate(cases[:5], old, GateRule())
+    assert {c["case_id"] for c in gate3} <= {"c3", "c4"}
+    # too few unseen corrections: nothing held out, and the reason names the option
+    train, gate, why = split_for_gate(cases[:4], card, GateRule())
+    assert gate == [] and len(train) == 4 and "--gate-min-cases" in why
+    assert split_for_gate(cases[:4], None, GateRule())[1] == []              # no current model: nothing to compare
+
+
+def test_quality_weights():
+    from HILASegmentLib.training.dataset import quality_weight
 
     assert quality_weight("reviewed") > quality_weight("rough") > quality_weight("weak") > 0
     assert quality_weight("rough", {"rough": 0.9}) == 0.9
-    cases = [{"case_id": f"c{i}"} for i in range(2)]
-    assert split_cases(cases) == (cases, [])
-    tr, va = split_cases([{"case_id": f"c{i}"} for i in range(10)])
-    assert len(va) == 2 and len(tr) == 8 and not {c["case_id"] for c in tr} & {c["case_id"] for c in va}
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -213,7 +281,7 @@ def test_sigterm_cancels_cleanly(tiny_ws):
     ws = tiny_ws
     before = ledger_rows(ws)
     files_before = sorted(p.name for p in (ws.root / "models").iterdir()) if (ws.root / "models").exists() else []
-    proc = subprocess.Popen([PY, "-m", "HILASegmentLib.training", str(ws.root), "--json", "--max-minutes", "5",
+    proc = subprocess.Popen([PY, "-m", "HILASegmentLib", "train", str(ws.root), "--json", "--max-minutes", "5",
                              "--patch", "32,32,16", "--channels", "8,16,32,64", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -261,3 +329,65 @@ def test_onnx2torch_import_matches_onnx(tmp_path):
     assert arch2 == arch
     with pytest.raises(HilaError, match="not a readable"):
         network.load_checkpoint(onnx_path)
+
+
+# ------------------------------------------------------------------------------------------------ recipe + layering
+
+def test_recipe_planned_from_the_real_corrections():
+    """nnU-Net's fingerprint idea on the real pelvic CT: spacing no finer than the data or the CT floor,
+    a patch that holds the labelled organs plus context within the voxel budget."""
+    from types import SimpleNamespace
+
+    from conftest import shared
+
+    from HILASegmentLib.training import plan
+
+    items = [SimpleNamespace(image_path=shared("pelvic_ct", c, "ct.nii.gz"),
+                             label_path=shared("pelvic_ct", c, "labels_manual.nii.gz")) for c in ("Pelvic-Ref002", "Pelvic-Ref003")]
+    fp = plan.fingerprint(items, n_labels=3)
+    assert fp["median_spacing"] == [1.0, 1.0, 3.0]
+    # organ extents measured independently: bounding box of labels 1..3 (femoral heads 4/5 excluded)
+    for it, ext in zip(items, fp["label_extent_mm"]):
+        lab = sitk.ReadImage(str(it.label_path))
+        idx = np.argwhere((sitk.GetArrayFromImage(lab) > 0) & (sitk.GetArrayFromImage(lab) <= 3))
+        want = (idx.max(0) - idx.min(0) + 1)[::-1] * np.array(lab.GetSpacing())
+        assert ext == pytest.approx(want.tolist())
+    rec = plan.plan("CT", fp, divisor=8)
+    assert rec["spacing"] == [3.0, 3.0, 3.0]
+    assert all(p % 8 == 0 for p in rec["patch_size"]) and np.prod(rec["patch_size"]) <= plan.PATCH_BUDGET["CT"]
+    ext = np.max(fp["label_extent_mm"], 0)
+    fov = np.array(rec["patch_size"]) * 3.0
+    assert np.all(fov >= np.minimum(ext + 2 * plan.CONTEXT_MM, np.array(fp["median_image_mm"])) - 3.0 * 8)
+    coarse = plan.plan("CT", dict(fp, median_spacing=[4.0, 4.0, 5.0]), divisor=8)
+    assert coarse["spacing"] == [4.0, 4.0, 5.0]                               # never finer than the data
+    assert plan.plan("CT", fp, 8, spacing=[2, 2, 2], patch=[32, 32, 32])["rule"].endswith("spacing, patch_size")
+
+
+def test_fresh_model_card_records_the_planned_recipe(tmp_path):
+    from HILASegmentLib.training.run import train_workspace
+
+    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
+    for i in range(2):
+        img, lab = synthetic_ct(20 + i)
+        sitk.WriteImage(img, str(tmp_path / f"ct{i}.nii.gz"))
+        ws.submit(ws.import_volume(tmp_path / f"ct{i}.nii.gz").case_id, lab)
+    o = opts(steps=2)
+    o.patch_size = o.spacing = None
+    card = ws.model(train_workspace(ws, o)["model_version"]).card
+    recipe = card["training"]["recipe"]
+    assert recipe["fingerprint"]["median_spacing"] == [2.0, 2.0, 3.0] and recipe["fingerprint"]["cases"] == 2
+    assert card["spacing"] == recipe["spacing"] == [3.0, 3.0, 3.0]
+    assert card["patch_size"] == recipe["patch_size"] and "overridden" not in recipe["rule"]
+
+
+def test_training_imports_nothing_from_the_cli():
+    import ast
+
+    pkg = ROOT / "HILASegment" / "HILASegmentLib" / "training"
+    for f in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                mod = "." * node.level + (node.module or "")
+                assert not (mod.startswith("..cli") or mod.startswith("HILASegmentLib.cli")), f"{f.name}: {mod}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("HILASegmentLib.cli") for a in node.names), f.name

@@ -118,3 +118,32 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+# ----------------------------------------------------------------------------------------------
+# a synthetic pelvis CT for training runs (test_training.py, scripts/bench_gate.py)
+# ----------------------------------------------------------------------------------------------
+
+def synthetic_ct(seed: int, size=(48, 48, 20)):
+    """(CT image, label image): body ellipse, bladder (1) anterior, rectum (2) posterior with gas; 2x2x3 mm."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in reversed(size)], indexing="ij")
+    cx, cy = size[0] / 2 + rng.uniform(-2, 2), size[1] / 2 + rng.uniform(-2, 2)
+    body = ((x - cx) / 20.0) ** 2 + ((y - cy) / 17.0) ** 2 < 1
+    ct = np.full(z.shape, -1000.0)
+    ct[body] = -90.0                                              # fat
+    bl = ((x - cx) / 7.0) ** 2 + ((y - cy + 7) / 6.0) ** 2 + ((z - 11) / 5.0) ** 2 < 1
+    re = ((x - cx) / 4.0) ** 2 + ((y - cy - 7) / 4.0) ** 2 < 1
+    ct[bl] = 10.0
+    ct[re] = 40.0
+    ct[re & ((x - cx) ** 2 + (y - cy - 7) ** 2 < 2)] = -800.0    # gas in the rectum
+    ct += rng.normal(0, 15, ct.shape) * body
+    lab = np.zeros(z.shape, np.uint8)
+    lab[bl] = 1
+    lab[re] = 2
+    img = sitk.GetImageFromArray(ct.astype(np.int16))
+    img.SetSpacing((2.0, 2.0, 3.0))
+    img.SetOrigin((-48.0, -48.0, 0.0))
+    li = sitk.GetImageFromArray(lab)
+    li.CopyInformation(img)
+    return img, li

@@ -2,7 +2,7 @@
 """Training benchmarks: step cost, epoch cost, TAPS fine-tuning cost, and one fine-tune round vs its parent.
 
 1. ``steps``: seconds per 100 optimisation steps and per epoch of the shipped CT recipe (3 mm grid,
-   64x64x48 patches, batch 2, U-Net 16-128) on CPU, and on CUDA when torch sees a GPU.
+   48x64x64 patches as planned for the pelvic CT, batch 2, U-Net 16-128) on CPU, and on CUDA when torch sees a GPU.
 2. ``taps``: what fine-tuning the imported 20 M-parameter TAPS model costs per step on CPU
    (onnx2torch conversion, 128x128x32 patch, batch 1), whole network vs frozen encoder.
 3. ``round``: the loop on the real pelvic CT: round 1 trains a parent on one corrected case, round 2
@@ -37,11 +37,9 @@ def bench_steps(device: str, n: int = 20) -> dict:
 
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training.loop import LoopConfig, train_loop
-    from HILASegmentLib.training.run import recipe
 
     torch.set_num_threads(os.cpu_count() or 1)
-    rec = recipe("CT")
-    patch = rec["patch_size"]
+    patch = [48, 64, 64]  # what training/plan.py plans for the real pelvic CT (3 mm grid)
     rng = np.random.default_rng(0)
     shape = (1, 72, 80, 64)
     cases = []
@@ -53,9 +51,9 @@ def bench_steps(device: str, n: int = 20) -> dict:
                       "fg_indices": np.flatnonzero(flat > 0), "bg_indices": np.flatnonzero(flat == 0)})
     net = nw.build_network(nw.default_architecture("CT", 3))
     cfg = LoopConfig(patch_size=patch, device=device, max_steps=3, max_seconds=1e9)
-    train_loop(net, cases, [], 4, cfg)  # warm-up
+    train_loop(net, cases, 4, cfg)  # warm-up
     cfg = LoopConfig(patch_size=patch, device=device, max_steps=n, max_seconds=1e9)
-    res = train_loop(net, cases, [], 4, cfg)
+    res = train_loop(net, cases, 4, cfg)
     return {"device": device, "patch": patch, "batch": cfg.batch_size, "steps": res.steps,
             "seconds_per_100_steps": round(100 * res.seconds_per_step, 1),
             "seconds_per_epoch_10_cases": round(10 / (cfg.batch_size // cfg.samples_per_case) * res.seconds_per_step, 1),

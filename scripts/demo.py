@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         t = hila("train", ws, "--max-minutes", a.minutes, "--device", "cpu", "--promote", "always")
         version = find(t, "model_version")
         print(f"      -> model v{version}: mean Dice {find(t, 'mean_dice')} on "
-              f"{'held-out' if find(t, 'held_out') else 'training'} corrections")
+              f"{'gate' if find(t, 'held_out') else 'its training'} corrections")
         print(f"{3 + 2 * rnd}. Segment case {case_index + 1} with model v{version}, correct it, accept it")
         hila("infer", ws, ids[case_index])
         models = hila("models", ws, "list", show=False)

@@ -43,25 +43,25 @@ def make_workspace(path: Path, data: Path, cases):
 
 
 def untrained_dice(card: dict, data: Path, case: str) -> dict:
-    """Dice of the same network with its initial (untrained) weights on the held-out case, on the model grid."""
+    """Dice of the same network with its initial (untrained) weights on the held-out case (the inference engine)."""
+    import tempfile
 
     import torch
 
-    from HILASegmentLib.imageio import read_image
-    from HILASegmentLib.labelio import read_label
-    from HILASegmentLib.training import dataset as ds
+    from HILASegmentLib.training import export as ex
+    from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
-    from HILASegmentLib.training.loop import dice_per_class, predict_volume
 
     torch.manual_seed(0)
     arch = {k: v for k, v in card["architecture"].items() if k != "parameters"}
     net = nw.build_network(arch)
-    prep = ds.Preprocessing.from_card(card)
-    x, y = ds.to_model_grid(read_image(data / case / "ct.nii.gz"), read_label(data / case / "labels_manual.nii.gz"), prep)
-    y[y > len(LABELS)] = 0
-    x, y = ds.pad_to(x, y, prep.patch_size)
-    d = dice_per_class(predict_volume(net, x, prep.patch_size), y[0], len(LABELS) + 1)
-    return {n: round(float(v), 4) for n, v in zip(LABELS, d)}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = ex.export_onnx(net, Path(tmp) / "raw.onnx", card["patch_size"])
+        path = ex.embed_card(raw, dict(card, checksum=None), Path(tmp) / "untrained.onnx")
+        ev = gate.evaluate_model(path, [{"case_id": case, "image_path": data / case / "ct.nii.gz",
+                                         "label_path": data / case / "labels_manual.nii.gz"}],
+                                 list(enumerate(LABELS, start=1)))
+    return ev["dice"]
 
 
 def train(ws, minutes: float, progress=None) -> dict:

@@ -136,7 +136,7 @@ class ProcessRunner:
 
     Typical use (what the Slicer widget does)::
 
-        runner = ProcessRunner(engine_command("HILASegmentLib.training", [ws, "--json"]))
+        runner = ProcessRunner(engine_command("HILASegmentLib", ["train", ws, "--json"]))
         runner.start()
         # every 200 ms from a QTimer:
         for line in runner.poll(): log(line.text)

@@ -14,13 +14,20 @@ _T0 = time.monotonic()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of a training run (shared by ``hila train`` and ``python -m HILASegmentLib.training``)."""
+    """The options of a training run (``hila train``)."""
     p.add_argument("workspace", help="workspace folder (hila init)")
     p.add_argument("--max-minutes", type=at.positive, default=10.0,
                    help="wall-clock budget of the whole run, export and validation included (default 10)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when torch sees a GPU), cpu or cuda (default cpu)")
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
-                   help="auto: make the new version current only when it validates at least as well (default)")
+                   help="auto (default): make the new version current only when it beats the current model on "
+                        "gate corrections neither was trained on (see --gate-margin, --gate-min-cases)")
+    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
+                   help="auto promotes when the mean per-case Dice gain over the current model is more than this "
+                        "(default 0.01)")
+    p.add_argument("--gate-min-cases", type=at.integer(1), default=2,
+                   help="auto promotes only with at least this many gate corrections that neither model was "
+                        "trained on (default 2; held out from training, about 20%% once there are more than 10)")
     p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],
                    help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
@@ -31,7 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=at.int_list(lo=1), default=None, help="U-Net channels per level, e.g. 16,32,64,128 (new models only)")
     p.add_argument("--lr", type=at.real(0.0, 1.0, lo_open=True), default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
     p.add_argument("--batch", type=at.integer(1), default=None, help="patches per step (default 2)")
-    p.add_argument("--val-every-steps", type=at.integer(0), default=0, help="validate every N steps (default: every 45 s)")
     p.add_argument("--quality-weights", type=at.weights(["reviewed", "rough", "weak"]), default=None,
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
@@ -42,7 +48,8 @@ def register(sub, parent) -> None:
     p = sub.add_parser("train", parents=[parent], help="train a new model version on the corrections (gated)",
                        description="Fine-tune (or train) a U-Net on the workspace's latest corrections, export it to "
                                    "ONNX, check parity, validate it and the current model on the same corrections, "
-                                   "register it and promote it when at least as good.")
+                                   "register it and promote it when it beats the current model on gate corrections neither was "
+                                   "trained on (by more than --gate-margin, on at least --gate-min-cases of them).")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -53,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
-                        lr=args.lr, batch_size=args.batch, val_every_steps=args.val_every_steps, freeze=args.freeze,
+                        lr=args.lr, batch_size=args.batch, freeze=args.freeze,
+                        gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,
                         quality_weights=args.quality_weights or {}, threads=args.threads, seed=args.seed,
                         started=getattr(args, "started", None) or _T0)
     progress = make_progress(args, "train")
@@ -65,6 +73,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             close()
     v = res["validation"]
     summary = (f"model v{res['model_version']} ({res['status']}): mean Dice {v['mean_dice']} on "
-               f"{'held-out' if res['held_out'] else 'training'} corrections; {res['reason']}")
+               f"{'gate' if res['held_out'] else 'its training'} corrections; {res['reason']}")
     emit(args, res, summary)
     return 0

@@ -1,10 +1,12 @@
 """The bundled trainer: fine-tune on corrections, export ONNX, check parity, validate, gate, version.
 
 The only part of HILASegment that imports torch, MONAI and onnx, and only when training is asked for
-(``hila train`` / ``python -m HILASegmentLib.training``). One job per module: ``dataset`` (snapshot ->
-arrays on the model grid), ``transforms`` (patch sampling and augmentation), ``network`` (architectures,
-checkpoints, ONNX import), ``loop`` (optimisation), ``export`` (ONNX + parity), ``gate`` (validation
-with the inference engine and the promotion rule), ``run`` (one training run against a workspace).
+(``hila train``). One job per module: ``plan`` (a fresh model's recipe from the corrections),
+``dataset`` (snapshot -> arrays on the model grid), ``transforms`` (patch sampling and augmentation),
+``network`` (architectures, checkpoints, ONNX import), ``loop`` (optimisation), ``export`` (ONNX +
+parity), ``card`` (the start weights and the candidate's card), ``gate`` (which corrections gate,
+scoring with the inference engine, the promotion rule), ``run`` (one training run against a workspace).
+It imports nothing from ``cli``: the command line sits above it.
 """
 import os as _os
 

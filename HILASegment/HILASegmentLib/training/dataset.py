@@ -168,15 +168,3 @@ def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cac
     if progress:
         progress(1.0, "cases ready")
     return out
-
-
-def split_cases(cases: List[dict], min_val: int = 1, val_fraction: float = 0.2, seed: int = 0) -> tuple:
-    """(train, held-out) — a held-out set only from 3 corrections on; below that, (all, []).
-
-    The split is deterministic per case id so a case stays on its side across rounds where possible.
-    """
-    if len(cases) < 3:
-        return list(cases), []
-    n_val = max(min_val, int(round(val_fraction * len(cases))))
-    order = sorted(cases, key=lambda c: hashlib.sha256(f"{seed}:{c['case_id']}".encode()).hexdigest())
-    return order[n_val:], order[:n_val]

@@ -1,13 +1,27 @@
-"""Validation through the inference engine, and the rule that decides whether a candidate becomes current.
+"""Which corrections gate a candidate, how both models are scored on them, and the promotion rule.
 
-A model is validated exactly as users get it: ``inference.Segmenter`` on the case's original image,
-the label map on the original grid, Dice per workspace label against the correction. Labels are
-matched by name, so an imported model with fewer labels (TAPS: prostate only) scores 0 on the
-labels it cannot produce.
+Why this shape (issue 10): a gate that judges a candidate on the corrections its checkpoint was chosen
+on, or on corrections the current model was trained on, is biased. So:
+
+* **One evaluator.** Both models are scored exactly as users get them: ``inference.Segmenter`` (the
+  ONNX engine) on the case's original image, the label map on the original grid, Dice per workspace
+  label (``metrics.dice``) against the correction. Labels are matched by name, so an imported model
+  with fewer labels (TAPS: prostate only) scores 0 on the labels it cannot produce.
+* **Gate corrections neither model has seen.** :func:`split_for_gate` holds out corrections of cases
+  that the current model was not trained on (its card's ``training_set``) and that no checkpoint was
+  chosen on (the trainer takes the last weights: nothing is chosen on anything). Corrections that
+  gated the current model stay gate corrections, so the gate set is stable across rounds and no
+  model made by this trainer ever trains on it.
+* **Per case, with a margin and a minimum count.** :func:`decide` pairs the two models' mean Dice on
+  each gate correction; ``auto`` promotes only when there are at least ``min_cases`` such
+  corrections and the mean per-case gain is *more than* ``margin``. Below the count it says so and
+  keeps the candidate (``hila models WS promote V`` promotes it by hand).
 """
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -15,14 +29,87 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import HilaError
+from ..metrics import dice
 
 POLICIES = ("auto", "never", "always")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+@dataclass
+class GateRule:
+    """The stated promotion rule (``hila train --gate-margin/--gate-min-cases``; recorded in the card).
 
+    Defaults: 2 gate corrections (one is a coin toss; more would stall the tiny cohorts of the first
+    rounds, see scripts/bench_gate.py), a mean gain of more than 0.01 Dice per case (a tie or noise
+    does not replace a model), and 20 % of the corrections held out once there are more than 10.
+    """
+
+    margin: float = 0.01
+    min_cases: int = 2
+    fraction: float = 0.2
+    min_train: int = 2          # never hold out so many that fewer than this many are left to train on
+
+    def check(self) -> "GateRule":
+        if not (isinstance(self.margin, (int, float)) and np.isfinite(self.margin) and -1.0 < self.margin < 1.0):
+            raise HilaError(f"--gate-margin {self.margin!r}: must be a Dice difference between -1 and 1")
+        if not (isinstance(self.min_cases, int) and self.min_cases >= 1):
+            raise HilaError(f"--gate-min-cases {self.min_cases!r}: must be a whole number of at least 1")
+        if not (np.isfinite(self.fraction) and 0.0 <= self.fraction < 1.0):
+            raise HilaError(f"gate fraction {self.fraction!r}: must be in [0, 1)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- which corrections gate
+
+def _seen_by(card: Optional[dict]) -> Tuple[set, set]:
+    """(case ids the model trained or chose a checkpoint on, case ids that gated it) from its card."""
+    if not card:
+        return set(), set()
+    training = card.get("training") or {}
+    seen = {str(t.get("case_id")) for t in card.get("training_set") or [] if isinstance(t, dict)}
+    seen |= {str(c) for c in (training.get("checkpoint") or {}).get("chosen_on") or []}
+    seen |= {str(c) for c in training.get("held_out_cases") or []}  # old cards: their checkpoint was chosen on these
+    gated = {str(g.get("case_id")) for g in training.get("gate_set") or [] if isinstance(g, dict)}
+    return seen, gated - seen
+
+
+def _cid(c) -> str:
+    return str(c["case_id"] if isinstance(c, dict) else c.case_id)
+
+
+def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule,
+                   seed: int = 0) -> Tuple[list, list, str]:
+    """(train, gate, why): the corrections to train on and those that gate, never overlapping.
+
+    ``cases``: snapshot items (or dicts) with a ``case_id``; the latest correction of each case.
+
+    Gate candidates are corrections of cases the current model never trained on and no checkpoint
+    was chosen on; the ones that gated the current model come first (a stable gate set), then the
+    others in a fixed per-case hash order. Without a current model there is nothing to compare
+    against, so nothing is held out. Too few eligible corrections: no gate set (``why`` says so).
+    """
+    cases = list(cases)
+    if current_card is None:
+        return cases, [], "no current model: trained on every correction, nothing to compare against"
+    seen, gated = _seen_by(current_card)
+    eligible = [c for c in cases if _cid(c) not in seen]
+    order = sorted(eligible, key=lambda c: (_cid(c) not in gated,
+                                            hashlib.sha256(f"{seed}:{_cid(c)}".encode()).hexdigest()))
+    want = max(rule.min_cases, int(round(rule.fraction * len(cases))))
+    k = min(want, len(order), len(cases) - rule.min_train)
+    if k < rule.min_cases:
+        return cases, [], (f"{len(eligible)} correction(s) of cases the current model has not seen "
+                           f"({len(cases)} in all); the gate needs {rule.min_cases} while leaving "
+                           f"{rule.min_train} to train on (--gate-min-cases)")
+    gate = order[:k]
+    ids = {_cid(c) for c in gate}
+    return [c for c in cases if _cid(c) not in ids], gate, \
+        f"{k} correction(s) neither model was trained on gate the candidate"
+
+
+# --------------------------------------------------------------------------- the one evaluator
 
 def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tuple[int, str]],
                    threads: Optional[int] = None, progress: Optional[Callable] = None,
@@ -58,7 +145,8 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
             mv = by_name.get(name.lower())
             d[name] = round(dice(pred == mv, ref == value), 4) if mv is not None else 0.0
         per_case.append({"case_id": c["case_id"], "correction_version": c.get("correction_version"),
-                         "dice": d, "seconds": round(res.seconds, 2)})
+                         "dice": d, "mean_dice": round(float(np.mean(list(d.values()))), 4),
+                         "seconds": round(res.seconds, 2)})
     names = [n for _, n in labels]
     mean = {n: round(float(np.mean([pc["dice"][n] for pc in per_case])), 4) for n in names} if per_case else {}
     return {"model": str(model_path), "dice": mean,
@@ -67,32 +155,53 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
             "labels_missing": [n for n in names if n.lower() not in by_name]}
 
 
-def decide(policy: str, candidate: dict, current: Optional[dict], held_out: bool, has_current: bool) -> Tuple[bool, str]:
-    """(promote?, why). ``auto``: promote when at least as good as the current model on held-out corrections.
+# --------------------------------------------------------------------------- the rule
 
-    Without a held-out set (fewer than 3 corrections) the candidate was validated on its own training
-    cases, which says little: ``auto`` then promotes only when there is no current model (a model that
-    segments something beats none); otherwise the candidate waits for ``hila models promote``.
+def compare(candidate: dict, current: dict) -> dict:
+    """Per-case pairs (candidate, current, gain) on the corrections both were scored on."""
+    cur = {c["case_id"]: c for c in current.get("cases", [])}
+    rows = [{"case_id": c["case_id"], "correction_version": c.get("correction_version"),
+             "candidate": c["mean_dice"], "current": cur[c["case_id"]]["mean_dice"],
+             "gain": round(c["mean_dice"] - cur[c["case_id"]]["mean_dice"], 4)}
+            for c in candidate.get("cases", []) if c["case_id"] in cur]
+    gains = [r["gain"] for r in rows]
+    return {"cases": rows, "n": len(rows), "mean_gain": round(float(np.mean(gains)), 4) if gains else None,
+            "wins": sum(g > 0 for g in gains), "losses": sum(g < 0 for g in gains)}
+
+
+def decide(policy: str, candidate: Optional[dict], current: Optional[dict], rule: GateRule,
+           has_current: bool, n_gate: int) -> Tuple[bool, str, dict]:
+    """(promote?, why, per-case comparison). ``candidate``/``current``: :func:`evaluate_model` results.
+
+    ``n_gate``: how many gate corrections (seen by neither model) both were scored on. ``auto``:
+    without a current model, a candidate that segments something beats none. With one, there must be
+    at least ``rule.min_cases`` gate corrections and the candidate's mean per-case Dice gain over the
+    current model on them must be more than ``rule.margin``; otherwise it stays a candidate.
     """
     if policy not in POLICIES:
         raise HilaError(f"--promote {policy!r}: use auto, never or always")
-    cm = candidate.get("mean_dice")
+    cmp = compare(candidate, current) if candidate and current and n_gate else {"cases": [], "n": 0, "mean_gain": None}
     if policy == "never":
-        return False, "promotion disabled (--promote never)"
+        return False, "promotion disabled (--promote never)", cmp
     if policy == "always":
-        return True, "promoted unconditionally (--promote always)"
+        return True, "promoted unconditionally (--promote always)", cmp
+    cm = None if candidate is None else candidate.get("mean_dice")
     if cm is None:
-        return False, "candidate could not be validated"
+        return False, "candidate could not be validated", cmp
     if not has_current:
         if cm > 0:
-            return True, f"no current model; candidate mean Dice {cm:.3f} on the {'held-out' if held_out else 'training'} corrections"
-        return False, "no current model, but the candidate segments nothing (mean Dice 0)"
-    if not held_out:
-        return False, ("fewer than 3 corrections: no held-out set, candidate validated on its own training cases only; "
-                       "kept as candidate (promote it with `hila models WS promote V`)")
-    pm = None if current is None else current.get("mean_dice")
-    if pm is None:
-        return False, "current model could not be validated on these corrections; kept as candidate"
-    if cm >= pm:
-        return True, f"candidate mean Dice {cm:.3f} >= current {pm:.3f} on the same held-out corrections"
-    return False, f"candidate mean Dice {cm:.3f} < current {pm:.3f} on the same held-out corrections"
+            return True, f"no current model; the candidate segments something (mean Dice {cm:.3f})", cmp
+        return False, "no current model, but the candidate segments nothing (mean Dice 0)", cmp
+    if n_gate < rule.min_cases:
+        return False, (f"only {n_gate} gate correction(s) that neither model was trained on; the gate needs "
+                       f"{rule.min_cases} (--gate-min-cases); kept as candidate "
+                       f"(promote it with `hila models WS promote V`)"), cmp
+    if current is None or cmp["n"] < rule.min_cases:
+        return False, "current model could not be validated on the gate corrections; kept as candidate", cmp
+    n, gain = cmp["n"], cmp["mean_gain"]
+    stats = f"on {n} gate corrections (better on {cmp['wins']}, worse on {cmp['losses']})"
+    if gain > rule.margin:
+        return True, f"candidate gains {gain:+.3f} mean Dice per case over the current model {stats}, " \
+                     f"more than the margin {rule.margin:.3f}", cmp
+    return False, f"candidate gains {gain:+.3f} mean Dice per case {stats}, not more than the margin " \
+                  f"{rule.margin:.3f}; kept as candidate", cmp

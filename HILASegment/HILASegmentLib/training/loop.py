@@ -1,8 +1,13 @@
-"""The optimisation loop: quality-weighted patch sampling, Dice+CE, AdamW, AMP on GPU, budget and early stop.
+"""The optimisation loop: quality-weighted patch sampling, Dice+CE, AdamW, AMP on GPU, a time/step budget.
 
 It knows nothing about workspaces or files: it takes cases as arrays already on the model's grid
-(see :mod:`.dataset`) and a network, and returns the trained network's history. Stopping is
+(see :mod:`.dataset`) and a network, and returns the trained network's loss history. Stopping is
 cooperative: ``should_stop()`` is polled every step (the run sets it on SIGTERM/SIGINT).
+
+The run keeps the *last* weights, as nnU-Net does: no checkpoint is chosen on validation data, so no
+correction is spent on choosing and the gate (:mod:`.gate`) scores the candidate on corrections nothing
+was selected on. Measured in scripts/bench_gate.py (``--part checkpoint``): choosing the best checkpoint
+on a held-out correction gained nothing on fresh cases over the last one (figures in the README).
 """
 from __future__ import annotations
 
@@ -29,17 +34,11 @@ class LoopConfig:
     weight_decay: float = 1e-4
     max_steps: int = 100000
     max_seconds: float = 300.0
-    val_every_seconds: float = 45.0
-    val_every_steps: int = 0          # 0: by time only
-    patience: int = 4                 # validations without improvement before early stop
-    min_delta: float = 0.002
-    early_stopping: bool = True
     warmup_steps: int = 10
     device: str = "cpu"
     amp: bool = True                  # only ever used on CUDA
     seed: int = 0
     freeze: str = ""                  # "" | "encoder": train only the decoder half of the parameters
-    sw_overlap: float = 0.25
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -53,46 +52,10 @@ class LoopResult:
     epochs: float = 0.0
     seconds: float = 0.0
     seconds_per_step: float = 0.0
-    best_val_dice: Optional[float] = None
-    best_step: int = 0
     final_loss: Optional[float] = None
-    stopped: str = "max_steps"          # budget | early_stop | max_steps | cancelled
+    stopped: str = "max_steps"          # budget | max_steps | cancelled
     history: List[dict] = field(default_factory=list)
     trainable_parameters: int = 0
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> List[float]:
-    """Dice of labels 1..n_classes-1; a label absent from both counts as 1 (nothing to find, nothing found)."""
-    out = []
-    for c in range(1, n_classes):
-        p, r = pred == c, ref == c
-        s = int(p.sum()) + int(r.sum())
-        out.append(1.0 if s == 0 else 2.0 * int(np.logical_and(p, r).sum()) / s)
-    return out
-
-
-def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: str = "cpu",
-                   overlap: float = 0.25, sigmoid: bool = False) -> np.ndarray:
-    """Argmax label of a whole (1,X,Y,Z) array by MONAI sliding windows (validation inside the loop)."""
-    from monai.inferers import sliding_window_inference
-
-    net.eval()
-    x = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
-    with torch.no_grad():
-        logits = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=1,
-                                          predictor=_first_output(net), overlap=overlap, mode="gaussian")
-    if sigmoid:  # one channel per label, background where no label passes 0.5
-        lg = logits[0].cpu().numpy()
-        return np.where(lg.max(0) > 0, lg.argmax(0) + 1, 0).astype(np.uint8)
-    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-
-
-def _first_output(net: nn.Module) -> Callable:
-    """Nets with deep supervision / several outputs (onnx2torch conversions) give a list: use the first."""
-    def f(x):
-        y = net(x)
-        return y[0] if isinstance(y, (list, tuple)) else y
-    return f
 
 
 def freeze_encoder(net: nn.Module) -> int:
@@ -114,14 +77,14 @@ def _lr_at(cfg: LoopConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def train_loop(net: nn.Module, train_cases: Sequence[dict], val_cases: Sequence[dict], n_classes: int,
-               cfg: LoopConfig, progress: Optional[Callable] = None,
-               should_stop: Callable[[], bool] = lambda: False, sigmoid_single: bool = False) -> LoopResult:
-    """Train ``net`` in place; keep the best-validating weights when validation is a real held-out set.
+def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg: LoopConfig,
+               progress: Optional[Callable] = None, should_stop: Callable[[], bool] = lambda: False,
+               sigmoid_single: bool = False, on_step: Optional[Callable[[int, nn.Module], None]] = None) -> LoopResult:
+    """Train ``net`` in place until the budget, ``max_steps`` or ``should_stop()``; the last weights are the result.
 
-    ``train_cases``/``val_cases``: dicts with ``image`` (1,X,Y,Z) float32, ``label`` (1,X,Y,Z) uint8,
-    ``weight`` (sampling weight) and optional ``fg_indices``/``bg_indices`` (precomputed crop centres).
-    ``val_cases`` may be the training cases themselves (then nothing is selected on them: last weights win).
+    ``train_cases``: dicts with ``image`` (1,X,Y,Z) float32, ``label`` (1,X,Y,Z) uint8, ``weight``
+    (sampling weight) and optional ``fg_indices``/``bg_indices`` (precomputed crop centres).
+    ``on_step(step, net)`` is called after every step (benchmarks look at the weights mid-run).
     """
     from monai.losses import DiceCELoss
 
@@ -147,12 +110,8 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], val_cases: Sequence[
     weights = weights / weights.sum()
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     steps_per_epoch = max(1, math.ceil(len(train_cases) / cases_per_step))
-    held_out = bool(val_cases) and not any(v.get("is_training") for v in val_cases)
 
     res = LoopResult(trainable_parameters=trainable)
-    best_state = None
-    last_val_t = time.monotonic()
-    bad_vals = 0
     losses: List[float] = []
     step = 0
     while True:
@@ -197,36 +156,15 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], val_cases: Sequence[
         losses.append(float(loss.detach()))
         res.final_loss = float(np.mean(losses[-10:]))
         elapsed = time.monotonic() - t0
-        frac = min(1.0, max(elapsed / max(cfg.max_seconds, 1e-9), step / max(cfg.max_steps, 1)))
-        rec = {"phase": "train", "epoch": step // steps_per_epoch, "step": step, "loss": round(res.final_loss, 4),
-               "val_dice": res.best_val_dice, "seconds_left": round(max(0.0, cfg.max_seconds - elapsed), 1)}
-        # -- validation (time- or step-triggered)
-        due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
-              (not cfg.val_every_steps and time.monotonic() - last_val_t >= cfg.val_every_seconds)
-        if val_cases and due:
-            dices = [float(np.mean(dice_per_class(
-                predict_volume(net, v["image"], cfg.patch_size, cfg.device, cfg.sw_overlap, sigmoid_single),
-                v["label"][0], n_classes)))
-                for v in val_cases]
-            vd = float(np.mean(dices))
-            last_val_t = time.monotonic()
-            res.history.append({"step": step, "seconds": round(time.monotonic() - t0, 1), "loss": res.final_loss, "val_dice": round(vd, 4)})
-            if res.best_val_dice is None or vd > res.best_val_dice + cfg.min_delta:
-                res.best_val_dice, res.best_step, bad_vals = vd, step, 0
-                if held_out:
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                bad_vals += 1
-            rec.update(phase="validate", val_dice=round(vd, 4))
-            if held_out and cfg.early_stopping and bad_vals >= cfg.patience:
-                res.stopped = "early_stop"
-                if progress:
-                    progress(frac, f"early stop at step {step}", **rec)
-                break
+        if step % 10 == 0:
+            res.history.append({"step": step, "seconds": round(elapsed, 1), "loss": round(res.final_loss, 4)})
+        if on_step is not None:
+            on_step(step, net)
         if progress:
-            progress(frac, f"step {step} loss {res.final_loss:.3f}", **rec)
-    if best_state is not None and res.stopped != "cancelled":
-        net.load_state_dict(best_state)
+            frac = min(1.0, max(elapsed / max(cfg.max_seconds, 1e-9), step / max(cfg.max_steps, 1)))
+            progress(frac, f"step {step} loss {res.final_loss:.3f}", phase="train", epoch=step // steps_per_epoch,
+                     step=step, loss=round(res.final_loss, 4), val_dice=None,
+                     seconds_left=round(max(0.0, cfg.max_seconds - elapsed), 1))
     res.steps = step
     res.epochs = round(step / steps_per_epoch, 2)
     res.seconds = round(time.monotonic() - t0, 2)
@@ -235,4 +173,3 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], val_cases: Sequence[
         p.requires_grad_(True)
     net.eval()
     return res
-

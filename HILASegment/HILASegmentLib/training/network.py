@@ -27,8 +27,6 @@ DEFAULT_ARCH = {
     "MR": {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "channels": [16, 32, 64, 128],
            "strides": [2, 2, 2], "num_res_units": 1, "norm": "instance", "dropout": 0.0},
 }
-DEFAULT_SPACING = {"CT": [2.0, 2.0, 3.0], "MR": [1.0, 1.0, 3.0]}
-DEFAULT_PATCH = {"CT": [96, 96, 48], "MR": [96, 96, 24]}
 
 
 def default_architecture(modality: str, n_labels: int) -> dict:

@@ -1,10 +1,11 @@
-"""One training run against a workspace: snapshot -> train -> export -> parity -> validate -> register -> gate.
+"""One training run against a workspace: snapshot -> split -> train -> export -> parity -> gate -> register.
 
 The run is recorded in the ledger from the moment it starts (``start_training_run`` with the exact
 correction versions) to its end (``done``, ``cancelled`` or ``failed``). Nothing reaches the model
-registry before the ONNX file is exported, its parity checked and both models validated; SIGTERM or
-SIGINT before that point ends the run as ``cancelled`` with the workspace's models untouched, and
-the few milliseconds of registration itself run with those signals held back.
+registry before the ONNX file is exported, its parity checked and both models scored on the gate
+corrections; SIGTERM or SIGINT before that point ends the run as ``cancelled`` with the workspace's
+models untouched, and the few milliseconds of registration itself run with those signals held back.
+Which corrections train and which gate, and the promotion rule, are :mod:`.gate`'s.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from ..errors import CancelledError, HilaError
-from .dataset import QUALITY_WEIGHTS
+from .gate import POLICIES, GateRule
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
@@ -41,34 +42,23 @@ class TrainOptions:
     channels: Optional[List[int]] = None
     lr: Optional[float] = None
     batch_size: Optional[int] = None
-    val_every_steps: int = 0
     freeze: str = ""                   # "" | "encoder"
     quality_weights: Dict[str, float] = field(default_factory=dict)
     threads: Optional[int] = None
     seed: int = 0
+    gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (auto)
+    gate_min_cases: int = GateRule.min_cases      # gate corrections needed before auto promotes
     started: Optional[float] = None    # time.monotonic() when the process started (the budget counts from it)
 
-
-# --------------------------------------------------------------------------- recipes
-
-def ct_window() -> dict:
-    """Soft-tissue window for pelvic CT: -200..300 HU -> 0..1 (air, fat and bone saturate)."""
-    return {"kind": "ct_window", "level": 50.0, "width": 500.0, "out_range": [0.0, 1.0]}
-
-
-def recipe(modality: str) -> dict:
-    """Grid, patch and normalisation of a fresh own model, per modality.
-
-    CT: 3 mm isotropic (loses < 3 % Dice on the pelvic organs when resampled back, measured on the
-    real CTs) with 64x64x48 patches (192x192x144 mm: the whole pelvis around the organs), so a 2-core
-    CPU gets through ~500 steps in 5 minutes. MR: the prostate needs in-plane detail: 1x1x3 mm.
-    """
-    from .network import DEFAULT_PATCH, DEFAULT_SPACING
-
-    if modality == "CT":
-        return {"spacing": [3.0, 3.0, 3.0], "patch_size": [64, 64, 48], "normalization": ct_window()}
-    return {"spacing": list(DEFAULT_SPACING["MR"]), "patch_size": list(DEFAULT_PATCH["MR"]),
-            "normalization": {"kind": "zscore", "nonzero": True}}
+    def check(self) -> GateRule:
+        """Refuse bad options before anything is read or recorded; returns the gate rule they state."""
+        if self.max_minutes is not None and not (math.isfinite(float(self.max_minutes)) and self.max_minutes > 0):
+            raise HilaError(f"--max-minutes {self.max_minutes}: must be a positive number")
+        if self.promote not in POLICIES:
+            raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
+        if self.init not in ("auto", "scratch", "imported"):
+            raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
+        return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
 
 
 # --------------------------------------------------------------------------- signals
@@ -138,12 +128,12 @@ def _emit(progress, fraction, message, **extra):
             progress(fraction, message)
 
 
-def _infer_cost_s(onnx_path: Optional[Path], modality: str) -> float:
+
+def _infer_cost_s(onnx_path: Optional[Path]) -> float:
     """Rough seconds one validation inference takes on CPU (bigger ONNX files are bigger networks)."""
     if onnx_path is None or not Path(onnx_path).exists():
         return 0.0
-    mb = os.path.getsize(onnx_path) / 1e6
-    return 4.0 + 0.5 * mb
+    return 4.0 + 0.5 * os.path.getsize(onnx_path) / 1e6
 
 
 def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] = None) -> dict:
@@ -151,181 +141,189 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
     import torch
 
     from ..workspace import Workspace
-    from . import dataset as ds
-    from . import export as ex
     from . import gate
-    from . import network as nw
-    from .loop import LoopConfig, train_loop
+    from .card import initial_network
 
-    t_start = opts.started if opts.started is not None else time.monotonic()
-    budget_s = None if opts.max_minutes is None else float(opts.max_minutes) * 60.0
-    if budget_s is not None and budget_s <= 0:
-        raise HilaError(f"--max-minutes {opts.max_minutes}: must be positive")
-    if opts.promote not in gate.POLICIES:
-        raise HilaError(f"--promote {opts.promote!r}: use auto, never or always")
-    if opts.init not in ("auto", "scratch", "imported"):
-        raise HilaError(f"--init {opts.init!r}: use auto, scratch or imported")
+    rule = opts.check()
     device = check_device(opts.device)
     torch.set_num_threads(int(opts.threads or os.cpu_count() or 1))
     ws = workspace if hasattr(workspace, "snapshot") else Workspace.open(workspace)
-    settings = ws.settings
-    labels = [(lab.value, lab.name) for lab in settings.labels]
-    n_labels = len(labels)
     snapshot = ws.snapshot()
     if not snapshot:
         raise HilaError(f"{ws.root}: no corrections to train on yet; submit some with `hila submit`")
     current = ws.current_model()
-
-    # ---- where the weights start, and the card the candidate inherits its grid from
     torch.manual_seed(opts.seed)  # a fresh network's initial weights too: same corrections + seed, same model
-    init, base_card, arch, net, sigmoid = _initial_network(ws, current, opts, settings, n_labels, nw)
-    card_base = dict(base_card)
-    patch = [int(p) for p in card_base["patch_size"]]
-    prep = ds.Preprocessing.from_card(card_base)
-
+    start = initial_network(ws, current, opts, snapshot)
+    train_items, gate_items, split_why = gate.split_for_gate(snapshot, current.card if current else None, rule,
+                                                            seed=opts.seed)
     flag = StopFlag()
-    # handlers first, then the ledger row: a signal can never leave a 'running' row behind
-    sig_ctx = stop_on_signals(flag)
-    sig_ctx.__enter__()
-    try:
-        run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
-    except BaseException:
-        sig_ctx.__exit__(None, None, None)
-        raise
-    log: List[str] = [f"init: {init}", f"snapshot: {[(s.case_id, s.correction_version, s.quality) for s in snapshot]}"]
-    timings: Dict[str, float] = {}
-    metrics: Dict[str, object] = {}
-    registered = None
-    try:
+    with stop_on_signals(flag):  # handlers first, then the ledger row: a signal never leaves a 'running' row
+        rnd = _Round(ws, opts, rule, device, current, start, flag, progress)
+        rnd.run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
+        rnd.log += [f"init: {start.init}", f"gate: {split_why}",
+                    f"train on: {[(s.case_id, s.correction_version, s.quality) for s in train_items]}",
+                    f"gate on: {[(s.case_id, s.correction_version) for s in gate_items]}"]
+        try:
+            out = rnd.execute(train_items, gate_items, split_why)
+        except CancelledError as exc:
+            rnd.finish_quietly("cancelled", str(exc))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure must close the run row
+            if rnd.registered is None:
+                rnd.finish_quietly("failed", f"{exc.__class__.__name__}: {exc}")
+            raise
+    _emit(progress, 1.0, "done", phase="done", epoch=int(out["epochs"]), step=out["steps"], loss=out["final_loss"],
+          val_dice=out["validation"].get("mean_dice"), seconds_left=0)
+    return out
+
+
+class _Round:
+    """The steps of one run, sharing its workspace, options, timings and log."""
+
+    def __init__(self, ws, opts: TrainOptions, rule: GateRule, device: str, current, start, flag, progress):
+        self.ws, self.opts, self.rule, self.device, self.current = ws, opts, rule, device, current
+        self.start, self.flag, self.progress = start, flag, progress
+        self.labels = [(lab.value, lab.name) for lab in ws.settings.labels]
+        self.t_start = opts.started if opts.started is not None else time.monotonic()
+        self.run_id: Optional[int] = None
+        self.registered = None
+        self.log: List[str] = []
+        self.timings: Dict[str, float] = {}
+
+    def _tick(self, name: str, t: float) -> None:
+        self.timings[name] = round(time.monotonic() - t, 2)
+        if self.flag():
+            raise CancelledError(f"training cancelled ({name[:-2]})")
+
+    def execute(self, train_items, gate_items, split_why: str) -> dict:
+        from . import dataset as ds
+        from . import export as ex
+        from . import network as nw
+        from .card import candidate_card
+
+        prep = ds.Preprocessing.from_card(self.start.base)
+        patch = [int(p) for p in self.start.base["patch_size"]]
         with tempfile.TemporaryDirectory(prefix="hila-train-") as tmpdir:
             tmp = Path(tmpdir)
-            # ---- data
             t = time.monotonic()
-            _emit(progress, 0.0, "preparing cases", phase="prepare", epoch=0, step=0, loss=None, val_dice=None,
+            _emit(self.progress, 0.0, "preparing cases", phase="prepare", epoch=0, step=0, loss=None, val_dice=None,
                   seconds_left=None)
-            cache = Path(ws.root) / "cache" / "training"
-            cases = ds.cases_from_snapshot(snapshot, prep, n_labels, cache_dir=cache, quality_weights=opts.quality_weights)
-            train, val = ds.split_cases(cases, seed=opts.seed)
-            held_out = bool(val)
-            if not held_out:
-                val = [dict(c, is_training=True) for c in cases]
-            timings["prepare_s"] = round(time.monotonic() - t, 2)
-            if flag():
-                raise CancelledError("training cancelled while preparing cases")
-
-            # ---- budget: what is left after startup, minus export/validation/registration
-            cost = _infer_cost_s(current.path if current else None, settings.modality)
-            reserve = RESERVE_BASE_S + len(val) * (6.0 + cost)
-            train_s = 1e9 if budget_s is None else budget_s - (time.monotonic() - t_start) - reserve
-            if train_s < 5:
-                raise HilaError(f"--max-minutes {opts.max_minutes}: too short; this round needs about "
-                                f"{math.ceil((time.monotonic() - t_start + reserve + 30) / 60)} minutes")
-            cfg = LoopConfig(patch_size=patch, device=device, seed=opts.seed, max_seconds=train_s,
-                             max_steps=int(opts.steps) if opts.steps else 10**9,
-                             lr=float(opts.lr or (1e-3 if init.startswith(("finetune", "imported")) else 3e-3)),
-                             batch_size=int(opts.batch_size or 2), samples_per_case=min(2, int(opts.batch_size or 2)),
-                             val_every_steps=int(opts.val_every_steps or 0), freeze=opts.freeze,
-                             early_stopping=held_out)
-
-            def loop_progress(frac, msg, **rec):
-                _emit(progress, 0.02 + 0.83 * frac, msg, **rec)
+            cache = Path(self.ws.root) / "cache" / "training"
+            train = ds.cases_from_snapshot(train_items, prep, len(self.labels), cache_dir=cache,
+                                           quality_weights=self.opts.quality_weights)
+            self._tick("prepare_s", t)
+            cfg = self._loop_config(patch, n_scored=len(gate_items) or len(train_items))
+            res = self._train(train, cfg)
 
             t = time.monotonic()
-            res = train_loop(net, train, val if held_out else [], n_labels + 1, cfg, progress=loop_progress,
-                             should_stop=flag, sigmoid_single=sigmoid)
-            timings["train_s"] = round(time.monotonic() - t, 2)
-            log.append(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stopped})")
-            if flag() or res.stopped == "cancelled":
-                raise CancelledError(f"training cancelled after {res.steps} steps")
+            _emit(self.progress, 0.86, "exporting ONNX", phase="export", epoch=int(res.epochs), step=res.steps,
+                  loss=res.final_loss, val_dice=None, seconds_left=None)
+            version = self.ws.next_model_version()
+            raw_onnx = ex.export_onnx(self.start.net, tmp / "raw.onnx", patch)
+            ck = nw.save_checkpoint(self.start.net, self.start.arch, tmp / f"model_v{version}.pt")
+            par = ex.parity(self.start.net, raw_onnx, _validation_patch(train[0], patch))
+            card = candidate_card(self.start, self.ws.settings, version, self.current, train_items, cfg, res, par,
+                                  self.opts, self.device)
+            self._tick("export_s", t)
 
-            # ---- export + parity
-            t = time.monotonic()
-            _emit(progress, 0.86, "exporting ONNX", phase="export", epoch=int(res.epochs), step=res.steps,
-                  loss=res.final_loss, val_dice=res.best_val_dice, seconds_left=None)
-            version = ws.next_model_version()
-            raw_onnx = ex.export_onnx(net, tmp / "raw.onnx", patch)
-            ck = nw.save_checkpoint(net, arch, tmp / f"model_v{version}.pt")
-            sample = _validation_patch(val[0], patch)
-            par = ex.parity(net, raw_onnx, sample)
-            timings["export_s"] = round(time.monotonic() - t, 2)
-
-            card = _candidate_card(card_base, settings, arch, version, current, snapshot, cfg, res, par, init,
-                                   nw.count_parameters(net), timings, opts, device, held_out, val)
+            promote, why, verdict = self._gate(raw_onnx, card, tmp, train_items, gate_items, split_why)
             onnx_path = tmp / f"model_v{version}.onnx"
+            self.timings["total_s"] = round(time.monotonic() - self.t_start, 2)
+            card.extra["training"]["timings"] = dict(self.timings)
             ex.embed_card(raw_onnx, card, onnx_path)
-            if flag():
-                raise CancelledError("training cancelled after export")
+            registered = self._register(onnx_path, card, ck, promote, dict(verdict, parity=par, steps=res.steps))
+        return {"run_id": self.run_id, "model_version": registered.version, "promoted": promote, "reason": why,
+                "status": "current" if promote else "candidate", "path": str(registered.path),
+                "init": self.start.init, "held_out": bool(gate_items), "parity": par, "steps": res.steps,
+                "epochs": res.epochs, "final_loss": res.final_loss, "stopped": res.stopped, "timings": self.timings,
+                "training_set": card.training_set, **verdict}
 
-            # ---- validation of both models on the same corrections, with the inference engine
-            t = time.monotonic()
-            _emit(progress, 0.9, "validating", phase="validate", epoch=int(res.epochs), step=res.steps,
-                  loss=res.final_loss, val_dice=res.best_val_dice, seconds_left=None)
-            vcases = [{k: c[k] for k in ("case_id", "correction_version", "image_path", "label_path")} for c in val]
-            cand_eval = gate.evaluate_model(onnx_path, vcases, labels, threads=opts.threads, should_stop=flag)
-            cur_eval = None
-            if current is not None and not flag():
-                try:
-                    cur_eval = gate.evaluate_model(current.path, vcases, labels, threads=opts.threads, should_stop=flag,
-                                                   card=current.card or None)
-                except HilaError as exc:
-                    log.append(f"current model v{current.version} could not be validated: {exc}")
-                    metrics["parent_validation_error"] = str(exc)
-            timings["validate_s"] = round(time.monotonic() - t, 2)
-            if flag():
-                raise CancelledError("training cancelled during validation")
-            promote, why = gate.decide(opts.promote, cand_eval, cur_eval, held_out, current is not None)
-            card["metrics"]["validation"] = _slim_eval(cand_eval, held_out)
-            if cur_eval is not None:
-                card["metrics"]["parent_validation"] = dict(_slim_eval(cur_eval, held_out), version=current.version)
-            card["metrics"]["gate"] = {"policy": opts.promote, "promote": promote, "reason": why}
-            if "parent_validation_error" in metrics:
-                card["metrics"]["parent_validation_error"] = metrics["parent_validation_error"]
-            timings["total_s"] = round(time.monotonic() - t_start, 2)
-            card["training"]["timings"] = dict(timings)
-            ex.embed_card(raw_onnx, card, onnx_path)
+    def _loop_config(self, patch: List[int], n_scored: int):
+        """The loop's budget: what is left of --max-minutes after startup, minus export/validation/registration."""
+        from .loop import LoopConfig
 
-            # ---- register (signals held: the model row and the run's end are written together)
-            with signals_held():
-                registered = ws.add_model(onnx_path, card, parent=current.version if current else None,
-                                          status="candidate", checkpoint_path=ck, training_run=run_id)
-                if promote:
-                    ws.promote(registered.version)
-                metrics.update({"validation": card["metrics"]["validation"], "parent_validation": card["metrics"].get("parent_validation"),
-                           "gate": card["metrics"]["gate"], "parity": par, "steps": res.steps, "timings": timings})
-                ws.finish_training_run(run_id, "done", metrics, registered.version, "\n".join(log))
-    except CancelledError as exc:
-        _finish_quietly(ws, run_id, "cancelled", {"timings": timings}, "\n".join(log + [str(exc)]))
-        raise
-    except BaseException as exc:  # noqa: BLE001 - every failure must close the run row
-        if registered is None:
-            _finish_quietly(ws, run_id, "failed", {"timings": timings},
-                            "\n".join(log + [f"{exc.__class__.__name__}: {exc}"]))
-        raise
-    finally:
-        sig_ctx.__exit__(None, None, None)
-    _emit(progress, 1.0, "done", phase="done", epoch=int(res.epochs), step=res.steps, loss=res.final_loss,
-          val_dice=cand_eval.get("mean_dice"), seconds_left=0)
-    return {"run_id": run_id, "model_version": registered.version, "promoted": promote, "reason": why,
-            "status": "current" if promote else "candidate", "path": str(registered.path),
-            "init": init, "held_out": held_out, "validation": card["metrics"]["validation"],
-            "parent_validation": card["metrics"].get("parent_validation"), "parity": par,
-            "steps": res.steps, "stopped": res.stopped, "timings": timings,
-            "training_set": card["training_set"]}
+        opts, budget_s = self.opts, None if self.opts.max_minutes is None else float(self.opts.max_minutes) * 60.0
+        reserve = RESERVE_BASE_S + n_scored * (6.0 + _infer_cost_s(self.current.path if self.current else None))
+        train_s = 1e9 if budget_s is None else budget_s - (time.monotonic() - self.t_start) - reserve
+        if train_s < 5:
+            raise HilaError(f"--max-minutes {opts.max_minutes}: too short; this round needs about "
+                            f"{math.ceil((time.monotonic() - self.t_start + reserve + 30) / 60)} minutes")
+        fine = self.start.init.startswith(("finetune", "imported"))
+        return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
+                          max_steps=int(opts.steps) if opts.steps else 10**9,
+                          lr=float(opts.lr or (1e-3 if fine else 3e-3)), batch_size=int(opts.batch_size or 2),
+                          samples_per_case=min(2, int(opts.batch_size or 2)), freeze=opts.freeze)
 
+    def _train(self, train: List[dict], cfg):
+        from .loop import train_loop
 
-def _finish_quietly(ws, run_id: int, status: str, metrics: dict, log: str) -> None:
-    try:
+        t = time.monotonic()
+        res = train_loop(self.start.net, train, len(self.labels) + 1, cfg,
+                         progress=lambda f, m, **rec: _emit(self.progress, 0.02 + 0.83 * f, m, **rec),
+                         should_stop=self.flag, sigmoid_single=self.start.sigmoid)
+        self.log.append(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stopped})")
+        self._tick("train_s", t)
+        return res
+
+    def _gate(self, raw_onnx: Path, card, tmp: Path, train_items, gate_items, split_why: str):
+        """Score candidate and current model with the inference engine on the gate corrections; decide."""
+        from . import export as ex
+        from . import gate
+
+        t = time.monotonic()
+        _emit(self.progress, 0.9, "validating", phase="validate", epoch=None, step=None, loss=None, val_dice=None,
+              seconds_left=None)
+        scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
+        cases = [{"case_id": s.case_id, "correction_version": int(s.correction_version),
+                  "image_path": str(s.image_path), "label_path": str(s.label_path)} for s in scored]
+        probe = ex.embed_card(raw_onnx, card, tmp / "probe.onnx")  # the engine reads the card from the file
+        cand = gate.evaluate_model(probe, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
+        cur = None
+        if self.current is not None and gate_items and not self.flag():
+            try:
+                cur = gate.evaluate_model(self.current.path, cases, self.labels, threads=self.opts.threads,
+                                          should_stop=self.flag, card=self.current.card or None)
+            except HilaError as exc:
+                self.log.append(f"current model v{self.current.version} could not be validated: {exc}")
+        self._tick("validate_s", t)
+        promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
+                                        len(gate_items))
+        where = "gate" if gate_items else f"training corrections (no gate set: {split_why})"
+        card.metrics["validation"] = _slim(cand, where)
+        if cur is not None:
+            card.metrics["parent_validation"] = dict(_slim(cur, where), version=self.current.version)
+        card.metrics["gate"] = {"policy": self.opts.promote, "promote": promote, "reason": why,
+                                "rule": self.rule.to_dict(), "split": split_why, "comparison": cmp}
+        card.extra["training"]["gate_set"] = [{"case_id": s.case_id, "correction_version": int(s.correction_version)}
+                                              for s in gate_items]
+        verdict = {"validation": card.metrics["validation"], "parent_validation": card.metrics.get("parent_validation"),
+                   "gate": card.metrics["gate"]}
+        return promote, why, verdict
+
+    def _register(self, onnx_path: Path, card, ck: Path, promote: bool, metrics: dict):
+        """Add the model, promote it if the gate says so, close the run: all with signals held."""
         with signals_held():
-            ws.finish_training_run(run_id, status, metrics, None, log)
-    except HilaError:
-        pass
+            self.registered = self.ws.add_model(onnx_path, card, parent=self.current.version if self.current else None,
+                                                status="candidate", checkpoint_path=ck, training_run=self.run_id)
+            if promote:
+                self.ws.promote(self.registered.version)
+            self.ws.finish_training_run(self.run_id, "done", dict(metrics, timings=self.timings),
+                                        self.registered.version, "\n".join(self.log))
+        return self.registered
+
+    def finish_quietly(self, status: str, why: str) -> None:
+        try:
+            with signals_held():
+                self.ws.finish_training_run(self.run_id, status, {"timings": self.timings}, None,
+                                            "\n".join(self.log + [why]))
+        except HilaError:
+            pass
 
 
-def _slim_eval(ev: dict, held_out: bool) -> dict:
-    return {"set": "held_out" if held_out else "training (fewer than 3 corrections: no held-out set)",
-            "dice": ev["dice"], "mean_dice": ev["mean_dice"],
-            "cases": [{"case_id": c["case_id"], "correction_version": c["correction_version"], "dice": c["dice"]}
-                      for c in ev["cases"]], "seconds": ev["seconds"]}
+def _slim(ev: dict, where: str) -> dict:
+    return {"set": where, "dice": ev["dice"], "mean_dice": ev["mean_dice"],
+            "cases": [{"case_id": c["case_id"], "correction_version": c["correction_version"], "dice": c["dice"],
+                       "mean_dice": c["mean_dice"]} for c in ev["cases"]], "seconds": ev["seconds"]}
 
 
 def _validation_patch(case: dict, patch: List[int]) -> np.ndarray:
@@ -340,96 +338,3 @@ def _validation_patch(case: dict, patch: List[int]) -> np.ndarray:
     x = img[(slice(None),) + tuple(sl)]
     pads = [(0, 0)] + [(0, p - s) for s, p in zip(x.shape[1:], patch)]
     return np.pad(x, pads)[None].astype(np.float32)
-
-
-def _initial_network(ws, current, opts: TrainOptions, settings, n_labels: int, nw):
-    """(init description, base card dict, architecture, module, sigmoid?) for this round."""
-    from ..modelcard import read_card
-
-    names = [lab.name.lower() for lab in settings.labels]
-    if current is not None and opts.init in ("auto",):
-        cur_card = current.card or {}
-        same_labels = [str(l.get("name", "")).lower() for l in cur_card.get("labels", [])] == names
-        if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() and same_labels:
-            onnx_src = None
-            arch0 = (cur_card.get("architecture") or {})
-            if arch0.get("name") == "onnx2torch":
-                onnx_src = ws.model(int(arch0["onnx_from_version"])).path
-            net, arch = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src)
-            sig = cur_card.get("activation") == "sigmoid"
-            return f"finetune v{current.version}", cur_card, arch, net, sig
-    if opts.init == "imported":
-        if current is None:
-            raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
-        cur_card = read_card(current.path).to_dict()
-        if [str(l.get("name", "")).lower() for l in cur_card.get("labels", [])] != names:
-            raise HilaError(f"model v{current.version}: its labels differ from the workspace's; cannot fine-tune it on these corrections")
-        net = nw.convert_onnx(current.path)
-        diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
-        arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
-                "source_architecture": cur_card.get("architecture", {})}
-        card = dict(cur_card)
-        return f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", card, arch, net, \
-            cur_card.get("activation") == "sigmoid"
-    # scratch: the modality's recipe, with test/benchmark overrides
-    rec = recipe(settings.modality)
-    if opts.spacing:
-        rec["spacing"] = [float(s) for s in opts.spacing]
-    if opts.patch_size:
-        rec["patch_size"] = [int(p) for p in opts.patch_size]
-    arch = nw.default_architecture(settings.modality, n_labels)
-    if opts.channels:
-        arch["channels"] = [int(c) for c in opts.channels]
-        arch["strides"] = [2] * (len(arch["channels"]) - 1)
-    div = 2 ** len(arch["strides"])
-    if any(int(p) % div for p in rec["patch_size"]):
-        raise HilaError(f"--patch {rec['patch_size']}: each size must be a multiple of {div} for this network")
-    card = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
-            "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
-    return "scratch", card, arch, nw.build_network(arch), False
-
-
-def _candidate_card(base: dict, settings, arch: dict, version: int, current, snapshot, cfg, res, par, init: str,
-                    n_params: int, timings: dict, opts: TrainOptions, device: str, held_out: bool, val) -> dict:
-    """The new version's card: the base grid/normalisation, the workspace's labels, the exact training set."""
-    patch = [int(p) for p in base["patch_size"]]
-    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") == "UNet" else 16
-    own = arch.get("name") in ("UNet", "DynUNet")
-    inference = dict(base.get("inference") or {}) if not own else {
-        "overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
-        # windows of the training patch size (instance-norm statistics as in training)
-        "max_window_voxels": int(np.prod(patch))}
-    card = {
-        "schema_version": 1,
-        "name": f"hila-{settings.modality.lower()}-{'unet' if own else 'finetuned'}",
-        "version": int(version),
-        "parent_version": current.version if current else None,
-        "description": (f"Trained by the HILASegment trainer on {len(snapshot)} correction(s) of this workspace "
-                        f"({init}); {settings.modality}, labels {', '.join(l.name for l in settings.labels)}."),
-        "modality": settings.modality,
-        "labels": [{"value": l.value, "name": l.name, "color": [round(float(c), 4) for c in l.color]} for l in settings.labels],
-        "spacing": [float(s) for s in base["spacing"]],
-        "orientation": base.get("orientation", "RAS"),
-        "patch_size": patch,
-        "in_channels": 1,
-        "activation": base.get("activation", "softmax"),
-        "normalization": dict(base["normalization"]),
-        "postprocess": dict(base.get("postprocess") or {}) if not own else {"largest_component": True},
-        "inference": inference,
-        "roi": dict(base.get("roi") or {}) if not own else {},
-        "architecture": dict(arch, parameters=n_params),
-        "training_set": [{"case_id": s.case_id, "case_name": getattr(s, "case_name", ""),
-                          "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
-        "metrics": {"parity": par,
-                    "loop_validation": {"set": "held_out" if held_out else "training", "best": res.best_val_dice,
-                                        "best_step": res.best_step, "history": res.history[-20:]}},
-        "licence": "same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
-        "training": {"init": init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
-                     "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
-                     "trainable_parameters": res.trainable_parameters, "device": device,
-                     "threads": int(opts.threads or os.cpu_count() or 1),
-                     "quality_weights": dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
-                     "held_out_cases": [c["case_id"] for c in val] if held_out else [],
-                     "timings": dict(timings)},
-    }
-    return card

@@ -1,0 +1,129 @@
+"""Where a round's weights start (:func:`initial_network`) and what the candidate's card says (:func:`candidate_card`).
+
+Kept apart from the run so the run reads as its steps, and so the card is built as a
+:class:`~HILASegmentLib.modelcard.ModelCard` (validated like any other card) rather than a loose dict.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..errors import HilaError
+from ..modelcard import LabelInfo, ModelCard
+from . import network as nw
+from . import plan as planner
+from .dataset import QUALITY_WEIGHTS
+
+
+@dataclass
+class Start:
+    """What a round starts from: the weights, their architecture and the card the candidate inherits its grid from."""
+
+    init: str                      # "scratch" | "finetune vN" | "imported vN (...)"
+    base: dict                     # spacing, patch_size, normalization, orientation, activation, (inference, roi...)
+    arch: dict
+    net: object
+    sigmoid: bool = False
+    plan: Optional[dict] = None    # the planned recipe (fresh models only)
+    own: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.own = self.arch.get("name") in ("UNet", "DynUNet")
+
+
+def _label_names(card: dict) -> List[str]:
+    return [str(lab.get("name", "")).lower() for lab in card.get("labels", [])]
+
+
+def initial_network(ws, current, opts, snapshot) -> Start:
+    """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
+    (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
+    from ..modelcard import read_card
+
+    settings = ws.settings
+    names = [lab.name.lower() for lab in settings.labels]
+    if current is not None and opts.init == "auto":
+        cur_card = current.card or {}
+        if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
+                and _label_names(cur_card) == names:
+            arch0 = cur_card.get("architecture") or {}
+            onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
+            net, arch = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src)
+            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid")
+    if opts.init == "imported":
+        if current is None:
+            raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
+        cur_card = read_card(current.path).to_dict()
+        if _label_names(cur_card) != names:
+            raise HilaError(f"model v{current.version}: its labels differ from the workspace's; "
+                            "cannot fine-tune it on these corrections")
+        net = nw.convert_onnx(current.path)
+        diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
+        arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
+                "source_architecture": cur_card.get("architecture", {})}
+        return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", dict(cur_card),
+                     arch, net, cur_card.get("activation") == "sigmoid")
+    arch = nw.default_architecture(settings.modality, len(names))
+    if opts.channels:
+        arch["channels"] = [int(c) for c in opts.channels]
+        arch["strides"] = [2] * (len(arch["channels"]) - 1)
+    div = 2 ** len(arch["strides"])
+    if opts.patch_size and any(int(p) % div for p in opts.patch_size):
+        raise HilaError(f"--patch {list(opts.patch_size)}: each size must be a multiple of {div} for this network")
+    fp = planner.fingerprint(snapshot, len(names)) if not (opts.spacing and opts.patch_size) else {"cases": len(snapshot)}
+    rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size)
+    base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
+            "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+
+
+def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
+                   opts, device: str) -> ModelCard:
+    """The new version's card: the start's grid/normalisation, the workspace's labels, the exact training set.
+
+    The gate's figures (validation, parent_validation, gate) and the timings are added by the run
+    once both models have been scored; ``extra["training"]`` records the recipe, the loop and the
+    corrections that trained, chose the checkpoint (none: the last weights) and gated.
+    """
+    base, arch = start.base, start.arch
+    patch = [int(p) for p in base["patch_size"]]
+    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") == "UNet" else 16
+    # own nets: windows of the training patch size (instance-norm statistics as in training)
+    inference = {"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
+                 "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.get("inference") or {})
+    labels = [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]
+    training = {"init": start.init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
+                "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
+                "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
+                "device": device, "threads": int(opts.threads or os.cpu_count() or 1),
+                "quality_weights": dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
+                "checkpoint": {"rule": "last weights (no checkpoint chosen on validation data)", "chosen_on": []},
+                "recipe": start.plan or {"inherited_from": start.init}}
+    return ModelCard(
+        name=f"hila-{settings.modality.lower()}-{'unet' if start.own else 'finetuned'}",
+        version=int(version),
+        parent_version=current.version if current else None,
+        description=(f"Trained by the HILASegment trainer on {len(snapshot)} correction(s) of this workspace "
+                     f"({start.init}); {settings.modality}, labels {', '.join(lab.name for lab in settings.labels)}."),
+        modality=settings.modality,
+        labels=labels,
+        spacing=tuple(float(s) for s in base["spacing"]),
+        orientation=base.get("orientation", "RAS"),
+        patch_size=tuple(patch),
+        in_channels=1,
+        activation=base.get("activation", "softmax"),
+        normalization=dict(base["normalization"]),
+        postprocess={"largest_component": True} if start.own else dict(base.get("postprocess") or {}),
+        inference=inference,
+        roi={} if start.own else dict(base.get("roi") or {}),
+        architecture=dict(arch, parameters=nw.count_parameters(start.net)),
+        training_set=[{"case_id": s.case_id, "case_name": getattr(s, "case_name", ""),
+                       "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
+        metrics={"parity": par},
+        licence="same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
+        extra={"training": training},
+    ).validate(f"candidate card v{version}")
