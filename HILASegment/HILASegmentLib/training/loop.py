@@ -6,8 +6,8 @@ cooperative: ``should_stop()`` is polled every step (the run sets it on SIGTERM/
 
 The run keeps the *last* weights, as nnU-Net does: no checkpoint is chosen on validation data, so no
 correction is spent on choosing and the gate (:mod:`.gate`) scores the candidate on corrections nothing
-was selected on. Measured in scripts/bench_gate.py (``--part checkpoint``): choosing the best checkpoint
-on a held-out correction gained nothing on fresh cases over the last one (figures in the README).
+was selected on. Whether choosing a checkpoint on a held-out correction would pay is measured by
+scripts/bench_gate.py (``--part checkpoint``; figures in the README).
 """
 from __future__ import annotations
 
