@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""How often does a gate promote a candidate that is worse on fresh cases? And does choosing a checkpoint pay?
+
+Small synthetic setup (Testing/tiny_models.synthetic_ct: a pelvis-like CT with bladder and rectum, 48x48x20
+voxels), tiny U-Nets (8-64 channels, 32x32x16 patches) and short runs, so it fits a shared 2-core CPU.
+
+``--part gate`` (per trial, seed t): a current model v1 is trained on 3 corrections (``--v1-steps``); 3 new corrections
+arrive, each a *rough* one (bladder dilated 2 voxels, rectum shifted 3 voxels) with probability 0.5, and
+a candidate is fine-tuned on the same workspace by
+
+* the OLD trainer (the code of ``--old-commit``, run from a ``git archive`` of it): one held-out
+  correction, the best checkpoint chosen on it, promoted when its mean Dice on that same correction is
+  at least the current model's (a tie promotes);
+* the NEW trainer (this checkout): gate corrections neither model was trained on, the last weights,
+  promoted when the mean per-case gain is more than the margin on at least the minimum count.
+
+Both candidates and v1 are then scored with the inference engine on 6 fresh cases. A promotion is *bad*
+when the promoted candidate's fresh mean Dice is below v1's.
+
+``--part checkpoint``: trains on 3 corrections, keeps the weights every 5 steps, and scores each with
+the engine on one selection correction and on 6 fresh cases: fresh Dice of the last weights vs the
+weights a selection case would choose (and vs the best possible, the oracle).
+
+usage: nice -n 10 python scripts/bench_gate.py --part gate --trials 12 [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "HILASegment"))
+sys.path.insert(0, str(ROOT / "Testing"))
+
+from tiny_models import synthetic_ct  # noqa: E402
+
+import HILASegmentLib.training  # noqa: E402,F401  (OpenMP wait policy before torch loads)
+
+TINY = ["--patch", "32,32,16", "--spacing", "3,3,3", "--channels", "8,16,32,64", "--threads", "1"]
+LABELS = [(1, "bladder"), (2, "rectum")]
+
+
+def rough(label: sitk.Image, rng) -> sitk.Image:
+    """A careless correction: the bladder dilated by 2 voxels, the rectum shifted 3 voxels."""
+    arr = sitk.GetArrayFromImage(label)
+    bl = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.Cast(label == 1, sitk.sitkUInt8), [2, 2, 1])) > 0
+    re = np.roll(arr == 2, int(rng.choice([-3, 3])), axis=1)
+    out = np.zeros_like(arr)
+    out[bl] = 1
+    out[re] = 2
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(label)
+    return img
+
+
+def write_cases(folder: Path, seeds) -> list:
+    out = []
+    for s in seeds:
+        img, lab = synthetic_ct(int(s))
+        p, q = folder / f"ct{s}.nii.gz", folder / f"lab{s}.nii.gz"
+        sitk.WriteImage(img, str(p))
+        sitk.WriteImage(lab, str(q))
+        out.append({"case_id": f"fresh{s}", "image_path": str(p), "label_path": str(q), "label": lab})
+    return out
+
+
+def fresh_dice(model: Path, fresh: list) -> float:
+    from HILASegmentLib.training import gate
+
+    return gate.evaluate_model(model, fresh, LABELS, threads=1)["mean_dice"]
+
+
+def old_tree(commit: str, dest: Path) -> Path:
+    """The engine as it was at ``commit`` (read-only extraction; nothing in the repository changes)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "HILASegment/HILASegmentLib"],
+                          check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    return dest / "HILASegment"
+
+
+def run_old(pythonpath: Path, ws: Path, steps: int, lr: float, seed: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(pythonpath), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "HILASegmentLib", "train", str(ws), "--json", "--max-minutes", "10",
+                        "--steps", str(steps), "--lr", str(lr), "--seed", str(seed), "--val-every-steps", "5", *TINY],
+                       capture_output=True, text=True, env=env, timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"old trainer failed: {p.stderr[-800:]}")
+    for line in reversed(p.stdout.splitlines()):
+        rec = json.loads(line)
+        if "model_version" in rec:
+            return rec
+    raise RuntimeError("old trainer printed no result")
+
+
+def part_gate(trials: int, old_commit: str, steps: int, v1_steps: int) -> dict:
+    from HILASegmentLib.training.run import TrainOptions, train_workspace
+    from HILASegmentLib.workspace import Workspace
+
+    tiny = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64], threads=1, max_minutes=10)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmpd:
+        tmp = Path(tmpd)
+        old_pp = old_tree(old_commit, tmp / "old")
+        for t in range(trials):
+            t0 = time.monotonic()
+            rng = np.random.default_rng(1000 + t)
+            d = tmp / f"t{t}"
+            d.mkdir()
+            fresh = write_cases(d, [5000 + 10 * t + i for i in range(6)])
+            ws = Workspace.create(d / "ws", "CT", [n for _, n in LABELS])
+            ids, labs, rough_flags = [], [], []
+            for i in range(6):
+                img, lab = synthetic_ct(100 * t + i)
+                sitk.WriteImage(img, str(d / f"c{i}.nii.gz"))
+                ids.append(ws.import_volume(d / f"c{i}.nii.gz").case_id)
+                labs.append(lab)
+            for i in range(3):
+                ws.submit(ids[i], labs[i])
+            train_workspace(ws, TrainOptions(steps=v1_steps, promote="always", seed=t, **tiny))
+            for i in range(3, 6):
+                is_rough = bool(rng.random() < 0.5)
+                rough_flags.append(is_rough)
+                ws.submit(ids[i], rough(labs[i], rng) if is_rough else labs[i])
+            ws.close()
+            lr = float(rng.choice([1e-3, 3e-3, 1e-2]))
+            shutil.copytree(d / "ws", d / "ws_old")
+            old = run_old(old_pp, d / "ws_old", steps, lr, t)
+            with Workspace.open(d / "ws") as w:
+                new = train_workspace(w, TrainOptions(steps=steps, lr=lr, seed=t, **tiny))
+                v1 = w.model(1).path
+                new_path = w.model(new["model_version"]).path
+            with Workspace.open(d / "ws_old") as w:
+                old_path = w.model(old["model_version"]).path
+            f1, fo, fn = fresh_dice(v1, fresh), fresh_dice(old_path, fresh), fresh_dice(new_path, fresh)
+            row = {"trial": t, "lr": lr, "rough_new": sum(rough_flags), "fresh_v1": f1,
+                   "old": {"promoted": old["promoted"], "fresh": fo, "worse": fo < f1, "reason": old["reason"]},
+                   "new": {"promoted": new["promoted"], "fresh": fn, "worse": fn < f1, "reason": new["reason"]},
+                   "seconds": round(time.monotonic() - t0, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+    summary = {}
+    for k in ("old", "new"):
+        r = [x[k] for x in rows]
+        summary[k] = {"trials": len(r), "promoted": sum(x["promoted"] for x in r),
+                      "worse_candidates": sum(x["worse"] for x in r),
+                      "promoted_worse": sum(x["promoted"] and x["worse"] for x in r),
+                      "kept_better": sum((not x["promoted"]) and not x["worse"] for x in r),
+                      "mean_fresh_after": round(float(np.mean([x["fresh"] if x["promoted"] else y["fresh_v1"]
+                                                               for x, y in zip(r, rows)])), 4)}
+    summary["mean_fresh_v1"] = round(float(np.mean([x["fresh_v1"] for x in rows])), 4)
+    return {"rows": rows, "summary": summary}
+
+
+def part_checkpoint(trials: int, steps: int) -> dict:
+    import torch
+
+    from HILASegmentLib.modelcard import LabelInfo, ModelCard
+    from HILASegmentLib.training import dataset as ds
+    from HILASegmentLib.training import export as ex
+    from HILASegmentLib.training import gate
+    from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training.loop import LoopConfig, train_loop
+    from HILASegmentLib.training.plan import ct_window
+
+    torch.set_num_threads(1)
+    card = ModelCard(name="bench", labels=[LabelInfo(v, n) for v, n in LABELS], spacing=(3.0, 3.0, 3.0),
+                     patch_size=(32, 32, 16), normalization=ct_window(), modality="CT",
+                     inference={"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": 8,
+                                "max_window_voxels": 32 * 32 * 16}, postprocess={"largest_component": True})
+    prep = ds.Preprocessing.from_card(card.to_dict())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmpd:
+        tmp = Path(tmpd)
+        for t in range(trials):
+            d = tmp / f"t{t}"
+            d.mkdir()
+            cases = write_cases(d, [7000 + 10 * t + i for i in range(10)])
+            train, select, fresh = cases[:3], cases[3:4], cases[4:]
+            arrays = []
+            for c in train:
+                x, y = ds.to_model_grid(sitk.ReadImage(c["image_path"]), c["label"], prep)
+                x, y = ds.pad_to(x, y, prep.patch_size)
+                flat = y[0].ravel()
+                arrays.append({"image": x, "label": y, "weight": 1.0, "fg_indices": np.flatnonzero(flat > 0),
+                               "bg_indices": np.flatnonzero(flat == 0)})
+            arch = dict(nw.default_architecture("CT", 2), channels=[8, 16, 32, 64], strides=[2, 2, 2])
+            torch.manual_seed(t)
+            net = nw.build_network(arch)
+            snaps = {}
+            train_loop(net, arrays, 3, LoopConfig(patch_size=[32, 32, 16], max_steps=steps, max_seconds=1e9, lr=3e-3,
+                                                  seed=t),
+                       on_step=lambda s, n: snaps.__setitem__(s, {k: v.detach().clone() for k, v in n.state_dict().items()})
+                       if s % 5 == 0 or s == steps else None)
+            scores = {}
+            for s, state in sorted(snaps.items()):
+                net.load_state_dict(state)
+                raw = ex.export_onnx(net, d / "raw.onnx", [32, 32, 16])
+                path = ex.embed_card(raw, card, d / f"s{s}.onnx")
+                scores[s] = (gate.evaluate_model(path, select, LABELS, threads=1)["mean_dice"],
+                             gate.evaluate_model(path, fresh, LABELS, threads=1)["mean_dice"])
+            last = max(scores)
+            chosen = max(scores, key=lambda s: (scores[s][0], s))
+            oracle = max(scores, key=lambda s: scores[s][1])
+            row = {"trial": t, "last_step": last, "chosen_step": chosen, "fresh_last": scores[last][1],
+                   "fresh_chosen": scores[chosen][1], "fresh_oracle": scores[oracle][1],
+                   "curve": {s: v[1] for s, v in scores.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+    diff = [r["fresh_chosen"] - r["fresh_last"] for r in rows]
+    gap = [r["fresh_oracle"] - r["fresh_last"] for r in rows]
+    return {"rows": rows, "summary": {
+        "trials": len(rows), "steps": steps,
+        "chosen_minus_last_mean": round(float(np.mean(diff)), 4),
+        "chosen_minus_last_sd": round(float(np.std(diff, ddof=1)), 4) if len(diff) > 1 else None,
+        "chosen_better": sum(x > 0 for x in diff), "chosen_worse": sum(x < 0 for x in diff),
+        "oracle_minus_last_mean": round(float(np.mean(gap)), 4)}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["gate", "checkpoint"], required=True)
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=30, help="optimisation steps per training run (candidates)")
+    ap.add_argument("--v1-steps", type=int, default=80, help="steps of the current model v1 (--part gate)")
+    ap.add_argument("--old-commit", default="d572eee", help="the commit whose trainer is the OLD gate (main before it)")
+    ap.add_argument("--out", type=Path, default=None, help="append the summary (JSON) to this file")
+    a = ap.parse_args(argv)
+    t0 = time.monotonic()
+    res = part_gate(a.trials, a.old_commit, a.steps, a.v1_steps) if a.part == "gate" else part_checkpoint(a.trials, a.steps)
+    res["summary"]["seconds"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(res["summary"], indent=1))
+    if a.out:
+        with open(a.out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"part": a.part, "args": {k: str(v) for k, v in vars(a).items()},
+                                 "summary": res["summary"], "rows": res["rows"]}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
