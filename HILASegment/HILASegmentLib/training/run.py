@@ -227,11 +227,9 @@ class _Round:
             self._tick("export_s", t)
 
             promote, why, verdict = self._gate(raw_onnx, card, tmp, train_items, gate_items, split_why)
-            onnx_path = tmp / f"model_v{version}.onnx"
             self.timings["total_s"] = round(time.monotonic() - self.t_start, 2)
             card.extra["training"]["timings"] = dict(self.timings)
-            ex.embed_card(raw_onnx, card, onnx_path)
-            registered = self._register(onnx_path, card, ck, promote, dict(verdict, parity=par, steps=res.steps))
+            registered = self._register(raw_onnx, card, ck, promote, dict(verdict, parity=par, steps=res.steps), tmp)
         return {"run_id": self.run_id, "model_version": registered.version, "promoted": promote, "reason": why,
                 "status": "current" if promote else "candidate", "path": str(registered.path),
                 "init": self.start.init, "held_out": bool(gate_items), "parity": par, "steps": res.steps,
@@ -300,16 +298,35 @@ class _Round:
                    "gate": card.metrics["gate"]}
         return promote, why, verdict
 
-    def _register(self, onnx_path: Path, card, ck: Path, promote: bool, metrics: dict):
-        """Add the model, promote it if the gate says so, close the run: all with signals held."""
-        with signals_held():
-            self.registered = self.ws.add_model(onnx_path, card, parent=self.current.version if self.current else None,
-                                                status="candidate", checkpoint_path=ck, training_run=self.run_id)
-            if promote:
-                self.ws.promote(self.registered.version)
-            self.ws.finish_training_run(self.run_id, "done", dict(metrics, timings=self.timings),
-                                        self.registered.version, "\n".join(self.log))
-        return self.registered
+    def _register(self, raw_onnx: Path, card, ck: Path, promote: bool, metrics: dict, tmp: Path):
+        """Add the model under the version its card names, promote it if the gate says so, close the run.
+
+        The registry refuses a version other than the card's (another model added meanwhile, e.g. an
+        import): the card is then re-embedded with the new next version and registration tried again.
+        """
+        from ..modelcard import read_card
+        from ..workspace.registry import VersionTaken
+        from . import export as ex
+
+        for _ in range(5):
+            onnx_path = ex.embed_card(raw_onnx, card, tmp / f"model_v{card.version}.onnx")
+            try:
+                with signals_held():
+                    self.registered = self.ws.add_model(
+                        onnx_path, card, parent=self.current.version if self.current else None, status="candidate",
+                        checkpoint_path=ck, training_run=self.run_id, version=card.version)
+                    if int(read_card(self.registered.path).version) != self.registered.version:
+                        self.registered = None
+                        raise HilaError(f"{self.ws.root}: the registered model's card does not name its version")
+                    if promote:
+                        self.ws.promote(self.registered.version)
+                    self.ws.finish_training_run(self.run_id, "done", dict(metrics, timings=self.timings),
+                                                self.registered.version, "\n".join(self.log))
+                return self.registered
+            except VersionTaken as exc:
+                self.log.append(str(exc))
+                card.version = self.ws.next_model_version()
+        raise HilaError(f"{self.ws.root}: could not register the model: other models keep being added")
 
     def finish_quietly(self, status: str, why: str) -> None:
         try:

@@ -9,7 +9,6 @@ in a managed folder, into ``lost+found/``; it never deletes anything and never t
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import socket
 import sqlite3
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Set
 from ..durable import sha256_file
 from .files import PLACED_NAME
 from .records import CheckReport, dumps
+from .runs import pid_alive
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Workspace
@@ -32,16 +32,6 @@ def _known_files(con: sqlite3.Connection) -> Set[str]:
     for table, _key, col, _sha in _FILE_COLUMNS:
         known.update(r[0] for r in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"))
     return known
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
@@ -102,13 +92,10 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
             rel = path.relative_to(root).as_posix()
             (rep.stale_temporaries if stale else rep.busy_temporaries).append(rel)
         for run_id, host, pid in running:
-            if host == socket.gethostname() and pid and not _pid_alive(int(pid)):
+            if host == socket.gethostname() and pid and not pid_alive(int(pid)):
                 rep.warnings.append(f"training run {run_id} is marked running but its process {pid} is gone")
-                if repair and con is not None:
-                    con.execute("UPDATE training_runs SET status = 'failed', finished_at = ?, "
-                                "log = log || ? WHERE run_id = ?",
-                                (_dt.datetime.now(_dt.timezone.utc).isoformat(), "\n[check --repair] process gone", run_id))
-                    rep.repaired.append(f"training run {run_id} marked failed")
+        if repair and con is not None:
+            rep.repaired += [f"training run {r} marked failed" for r in ws.recover_dead_runs(con, "check --repair")]
         if repair and not repair_possible:
             rep.warnings.append("--repair: nothing moved, the workspace cannot be written here (read-only)")
         if repair and repair_possible:

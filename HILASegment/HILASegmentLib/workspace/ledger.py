@@ -23,7 +23,7 @@ from ..errors import HilaError
 LEDGER_NAME = "hila.sqlite"
 
 #: The schema version this code writes; ``MIGRATIONS[n]`` brings a ledger from version n-1 to n.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: How long a writer waits for another writer before giving up (seconds, total, over all retries).
 WRITE_TIMEOUT_S = float(os.environ.get("HILA_LEDGER_TIMEOUT", "300"))
@@ -162,6 +162,15 @@ BEGIN SELECT RAISE(ABORT, 'dicom objects are immutable'); END;
 """
 
 
+# Version 3: the history of current models is append-only (a rollback is a new row, never a deletion).
+_SCHEMA_V3 = """
+CREATE TRIGGER model_promotions_no_update BEFORE UPDATE ON model_promotions
+BEGIN SELECT RAISE(ABORT, 'model promotion history is append-only'); END;
+CREATE TRIGGER model_promotions_no_delete BEFORE DELETE ON model_promotions
+BEGIN SELECT RAISE(ABORT, 'model promotion history is append-only'); END;
+"""
+
+
 def _migrate_to_1(con: sqlite3.Connection) -> None:
     for stmt in _split_sql(_SCHEMA_V1):
         con.execute(stmt)
@@ -172,8 +181,13 @@ def _migrate_to_2(con: sqlite3.Connection) -> None:
         con.execute(stmt)
 
 
+def _migrate_to_3(con: sqlite3.Connection) -> None:
+    for stmt in _split_sql(_SCHEMA_V3):
+        con.execute(stmt)
+
+
 #: version -> function that upgrades a ledger at version-1 to version (run inside one transaction).
-MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def _split_sql(script: str) -> list:

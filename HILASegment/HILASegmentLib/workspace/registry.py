@@ -1,17 +1,44 @@
 """The model registry room: model versions are added, never replaced; one is *current*; rollback
-goes one step back along the history of current models."""
+goes one step back along the history of current models.
+
+That history (``model_promotions``) is append-only like everything else: a promotion and a rollback
+are each a new row, and which model a rollback returns to is found by replaying the rows
+(:func:`current_stack`), so nothing about past models is ever forgotten.
+"""
 from __future__ import annotations
 
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import HilaError
 from ..modelcard import ModelCard
 from .files import Staged
 from .records import MODEL_STATUSES, ModelRecord, dumps
 from .room import PathLike, Room, as_int, copier, now
+
+
+class VersionTaken(HilaError):
+    """The version a model's card names is no longer the next one (another model was added meanwhile)."""
+
+
+def current_stack(rows: Sequence[Tuple[int, str]]) -> List[int]:
+    """The models a rollback can return to, oldest first, replayed from ``(version, action)`` history rows.
+
+    ``init``/``promote`` put a version on top (unless it already is); ``rollback`` takes the top off
+    (the row names the version that became current, which is then the top).
+    """
+    stack: List[int] = []
+    for version, action in rows:
+        if action == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != version:  # a history that does not replay (older ledgers): trust the row
+                stack.append(version)
+        elif not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
 
 
 class Registry(Room):
@@ -40,12 +67,16 @@ class Registry(Room):
         with self.ledger.read() as con:
             return int(con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0])
 
-    def add_model(self, onnx_path: PathLike, card: Union[ModelCard, Mapping[str, Any]], parent: Optional[int] = None, status: str = "candidate",
-                  checkpoint_path: Optional[PathLike] = None, training_run: Optional[int] = None) -> ModelRecord:
+    def add_model(self, onnx_path: PathLike, card: Union[ModelCard, Mapping[str, Any]], parent: Optional[int] = None,
+                  status: str = "candidate", checkpoint_path: Optional[PathLike] = None,
+                  training_run: Optional[int] = None, version: Optional[int] = None) -> ModelRecord:
         """Copy a model (ONNX, and its torch checkpoint) in as the next version; files are never replaced.
 
-        ``card``: the model's ModelCard (a plain mapping is still taken from the trainer, which builds
-        its card as a dict until it builds a ModelCard; see issue 9)."""
+        ``card``: the model's ModelCard (or a plain mapping, e.g. a registry card copied from another
+        version). ``version``: the version the model's card already names (the trainer embeds it before
+        registering); if the registry would assign another, nothing is added and :class:`VersionTaken`
+        is raised, so a card never names a version other than its own.
+        """
         if status not in MODEL_STATUSES:
             raise HilaError(f"model status {status!r}: use one of {', '.join(MODEL_STATUSES)}")
         src = Path(onnx_path)
@@ -60,23 +91,26 @@ class Registry(Room):
             files.append((copier(ck), "".join(ck.suffixes[-1:]) or ".pt"))
 
         def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> int:
-            version = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0]
+            assigned = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0]
+            if version is not None and int(version) != assigned:
+                raise VersionTaken(f"{self.root}: the model's card names v{version} but the registry's next version "
+                                   f"is v{assigned} (another model was added meanwhile)")
             if parent is not None and not con.execute("SELECT 1 FROM models WHERE version = ?", (int(parent),)).fetchone():
                 raise HilaError(f"{self.root}: parent model version {parent} does not exist")
-            rels = [f"models/{s.name(f'v{version:04d}')}" for s in staged]
+            rels = [f"models/{s.name(f'v{assigned:04d}')}" for s in staged]
             for s, rel in zip(staged, rels):
                 s.place(rel)
             if status == "current":
                 con.execute("UPDATE models SET status = 'retired' WHERE status = 'current'")
             con.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (version, rels[0], staged[0].sha256, dumps(card_d), parent, status,
+                        (assigned, rels[0], staged[0].sha256, dumps(card_d), parent, status,
                          rels[1] if len(rels) > 1 else None, staged[1].sha256 if len(staged) > 1 else None,
                          training_run, now()))
             if status == "current":
                 con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'promote', ?)",
-                            (version, now()))
-            self._event(con, "model_add", f"v{version}", {"status": status, "parent": parent, "name": card_d.get("name")})
-            return int(version)
+                            (assigned, now()))
+            self._event(con, "model_add", f"v{assigned}", {"status": status, "parent": parent, "name": card_d.get("name")})
+            return int(assigned)
 
         return self.model(self._store(files, record))
 
@@ -101,15 +135,14 @@ class Registry(Room):
             cur = con.execute("SELECT version FROM models WHERE status = 'current'").fetchone()
             if cur is None:
                 raise HilaError(f"{self.root}: no current model to roll back from")
-            hist = [r[0] for r in con.execute("SELECT version FROM model_promotions ORDER BY promotion_id")]
-            # walk the history of 'current' backwards, skipping the present one and anything rolled back from
-            target = next((v for v in reversed(hist) if v != cur[0]), None)
-            if target is None:
+            stack = current_stack(con.execute("SELECT version, action FROM model_promotions ORDER BY promotion_id"))
+            if stack and stack[-1] != cur[0]:  # current set outside the history (an older ledger): it is the top
+                stack.append(cur[0])
+            if len(stack) < 2:
                 raise HilaError(f"{self.root}: model v{cur[0]} is the first current model; nothing to roll back to")
+            target = stack[-2]
             con.execute("UPDATE models SET status = 'retired' WHERE version = ?", (cur[0],))
             con.execute("UPDATE models SET status = 'current' WHERE version = ?", (target,))
             con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'rollback', ?)", (target, now()))
-            # forget the rolled-back version in the history so a second rollback goes one further step back
-            con.execute("DELETE FROM model_promotions WHERE version = ? AND action != 'init'", (cur[0],))
             self._event(con, "rollback", f"v{target}", {"from": cur[0]})
         return self.model(target)

@@ -1,4 +1,11 @@
-"""The runs room: training snapshots (the exact correction versions a run trains on) and the runs."""
+"""The runs room: training snapshots (the exact correction versions a run trains on) and the runs.
+
+One training run at a time per workspace: the ``running`` row *is* the lock. ``start_training_run``
+looks for one inside its write transaction (``BEGIN IMMEDIATE``: two starts cannot both see none);
+a holder whose process is gone (same host, pid no longer alive) is closed as ``failed`` by crash
+recovery (:meth:`Runs.recover_dead_runs`, also what ``check --repair`` does), a live one refuses the
+new run with one line naming it.
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +17,17 @@ from typing import Iterable, List, Optional, Sequence
 from ..errors import HilaError
 from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
 from .room import Room, now
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (one that cannot be signalled still exists)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 _SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_file, c.quality, k.file AS image_file, "
                  "k.name AS case_name FROM corrections c JOIN cases k ON k.case_id = c.case_id ")
@@ -28,10 +46,29 @@ class Runs(Room):
                                "WHERE c2.case_id = c.case_id) ORDER BY k.seq").fetchall()
         return [self._snap_item(r) for r in rows if r["quality"] in qs]
 
+    def recover_dead_runs(self, con: sqlite3.Connection, why: str) -> List[int]:
+        """Close as ``failed`` every ``running`` run whose process on this host is gone (inside ``con``'s transaction)."""
+        host = socket.gethostname()
+        dead = [r[0] for r in con.execute("SELECT run_id, host, pid FROM training_runs WHERE status = 'running'")
+                if r[1] == host and r[2] and not pid_alive(r[2])]
+        for run_id in dead:
+            con.execute("UPDATE training_runs SET status = 'failed', finished_at = ?, log = log || ? WHERE run_id = ?",
+                        (now(), f"\n[{why}] its process is gone (killed or crashed)", run_id))
+            self._event(con, "train_recovered", f"run {run_id}", {"status": "failed", "by": why})
+        return dead
+
     def start_training_run(self, snapshot: Optional[Sequence[SnapshotItem]] = None, parent_model: Optional[int] = None) -> int:
-        """Record a training run and the exact correction versions it trains on; returns its id."""
+        """Record a training run and the exact correction versions it trains on; returns its id.
+
+        Refuses (one line) while another run on this workspace is alive; closes a dead holder first.
+        """
         snapshot = self.snapshot() if snapshot is None else list(snapshot)
         with self.ledger.write() as con:
+            self.recover_dead_runs(con, "recovery at the next run's start")
+            held = con.execute("SELECT run_id, host, pid, started_at FROM training_runs WHERE status = 'running'").fetchone()
+            if held is not None:
+                raise HilaError(f"{self.root}: training run {held[0]} (process {held[2]} on {held[1]}, started "
+                                f"{held[3][:19]}) is still running; one training run at a time per workspace")
             ids = []
             for it in snapshot:
                 r = con.execute("SELECT correction_id FROM corrections WHERE case_id = ? AND version = ?",
