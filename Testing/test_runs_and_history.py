@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import SimpleITK as sitk
 
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.workspace import Workspace
@@ -77,17 +76,12 @@ def test_current_stack_replays_history():
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from tiny_models import synthetic_ct  # noqa: E402
+from tiny_models import synthetic_workspace  # noqa: E402
 
 
 @pytest.fixture
 def tiny_ws(tmp_path):
-    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
-    for i in range(2):
-        img, lab = synthetic_ct(30 + i)
-        sitk.WriteImage(img, str(tmp_path / f"ct{i}.nii.gz"))
-        ws.submit(ws.import_volume(tmp_path / f"ct{i}.nii.gz").case_id, lab)
-    return ws
+    return synthetic_workspace(tmp_path, (30, 31), corrected=2)[0]
 
 
 def _train(ws, *extra, **kw):

@@ -25,7 +25,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"), OMP_NUM_THREADS="1"
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from tiny_models import synthetic_ct  # noqa: E402
+from tiny_models import synthetic_workspace  # noqa: E402
 
 from HILASegmentLib.errors import CancelledError, HilaError  # noqa: E402
 from HILASegmentLib.modelcard import read_card  # noqa: E402
@@ -38,17 +38,7 @@ TINY = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 3
 @pytest.fixture
 def tiny_ws(tmp_path):
     """A CT workspace with 3 synthetic cases, 2 of them corrected; no model."""
-    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
-    ids, labels = [], {}
-    for i in range(3):
-        img, lab = synthetic_ct(i)
-        p = tmp_path / f"ct{i}.nii.gz"
-        sitk.WriteImage(img, str(p))
-        case = ws.import_volume(p)
-        ids.append(case.case_id)
-        labels[case.case_id] = lab
-    for cid in ids[:2]:
-        ws.submit(cid, labels[cid], quality="reviewed")
+    ws, ids, labels = synthetic_workspace(tmp_path, range(3), corrected=2)
     ws.labels_for_test = labels  # type: ignore[attr-defined]
     ws.ids_for_test = ids  # type: ignore[attr-defined]
     return ws
@@ -124,15 +114,7 @@ def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
     from HILASegmentLib.metrics import dice
     from HILASegmentLib.training.run import train_workspace
 
-    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
-    ids, labels = [], {}
-    for i in range(5):
-        img, lab = synthetic_ct(10 + i)
-        sitk.WriteImage(img, str(tmp_path / f"ct{i}.nii.gz"))
-        ids.append(ws.import_volume(tmp_path / f"ct{i}.nii.gz").case_id)
-        labels[ids[-1]] = lab
-    for cid in ids[:2]:
-        ws.submit(cid, labels[cid])
+    ws, ids, labels = synthetic_workspace(tmp_path, range(10, 15), corrected=2)
     r1 = train_workspace(ws, opts(steps=6))
     assert r1["promoted"] and "no current model" in r1["reason"] and not r1["held_out"]
     for cid in ids[2:]:
@@ -366,11 +348,7 @@ def test_recipe_planned_from_the_real_corrections():
 def test_fresh_model_card_records_the_planned_recipe(tmp_path):
     from HILASegmentLib.training.run import train_workspace
 
-    ws = Workspace.create(tmp_path / "ws", "CT", ["bladder", "rectum"])
-    for i in range(2):
-        img, lab = synthetic_ct(20 + i)
-        sitk.WriteImage(img, str(tmp_path / f"ct{i}.nii.gz"))
-        ws.submit(ws.import_volume(tmp_path / f"ct{i}.nii.gz").case_id, lab)
+    ws, _, _ = synthetic_workspace(tmp_path, (20, 21), corrected=2)
     o = opts(steps=2)
     o.patch_size = o.spacing = None
     card = ws.model(train_workspace(ws, o)["model_version"]).card

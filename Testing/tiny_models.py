@@ -147,3 +147,21 @@ def synthetic_ct(seed: int, size=(48, 48, 20)):
     li = sitk.GetImageFromArray(lab)
     li.CopyInformation(img)
     return img, li
+
+
+def synthetic_workspace(folder: Path, seeds: Sequence[int], corrected: int, labels=("bladder", "rectum")):
+    """(workspace, case ids, {case id: label image}): a CT workspace with one synthetic case per seed,
+    the first ``corrected`` of them submitted as reviewed corrections."""
+    from HILASegmentLib.workspace import Workspace
+
+    folder = Path(folder)
+    ws = Workspace.create(folder / "ws", "CT", list(labels))
+    ids, labs = [], {}
+    for s in seeds:
+        img, lab = synthetic_ct(int(s))
+        sitk.WriteImage(img, str(folder / f"ct{s}.nii.gz"))
+        ids.append(ws.import_volume(folder / f"ct{s}.nii.gz").case_id)
+        labs[ids[-1]] = lab
+    for cid in ids[:corrected]:
+        ws.submit(cid, labs[cid], quality="reviewed")
+    return ws, ids, labs

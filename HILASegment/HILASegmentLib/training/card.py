@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import HilaError
-from ..modelcard import LabelInfo, ModelCard
+from ..modelcard import LabelInfo, ModelCard, read_card
 from . import network as nw
 from . import plan as planner
 from .dataset import QUALITY_WEIGHTS
@@ -42,8 +42,6 @@ def _label_names(card: dict) -> List[str]:
 def initial_network(ws, current, opts, snapshot) -> Start:
     """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
     (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
-    from ..modelcard import read_card
-
     settings = ws.settings
     names = [lab.name.lower() for lab in settings.labels]
     if current is not None and opts.init == "auto":

@@ -29,7 +29,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import HilaError
+from ..imageio import read_image
+from ..inference import Segmenter
+from ..labelio import read_label
 from ..metrics import dice
+from ..modelcard import ModelCard
 
 POLICIES = ("auto", "never", "always")
 
@@ -118,14 +122,8 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
 
     ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
     """
-    from ..imageio import read_image
-    from ..inference import Segmenter
-    from ..labelio import read_label
-
     t0 = time.monotonic()
     if card is not None:
-        from ..modelcard import ModelCard
-
         seg = Segmenter(model_path, threads=threads, device="cpu", card=ModelCard.from_dict(card, f"{model_path} (registry card)"))
     else:
         seg = Segmenter(model_path, threads=threads, device="cpu")

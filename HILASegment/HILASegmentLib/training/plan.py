@@ -22,6 +22,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..labelio import read_label
+
 #: surroundings (mm) a patch shows on each side of the labelled structures
 CONTEXT_MM = 24.0
 #: the finest spacing (mm) a fresh model of each modality uses, and the voxel budget of one patch
@@ -45,8 +47,6 @@ def fingerprint(items: Sequence, n_labels: int = 255) -> dict:
     headers are read; label maps are read to measure the bounding box of every voxel labelled
     1..``n_labels`` (the structures the workspace segments; others become background in training).
     """
-    from ..labelio import read_label
-
     spacings, sizes_mm, extents = [], [], []
     for it in items:
         r = sitk.ImageFileReader()

@@ -20,9 +20,19 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from ..errors import CancelledError, HilaError
+from ..modelcard import read_card
+from ..workspace import Workspace
+from ..workspace.registry import VersionTaken
+from . import dataset as ds
+from . import export as ex
+from . import gate
+from . import network as nw
+from .card import candidate_card, initial_network
 from .gate import POLICIES, GateRule
+from .loop import LoopConfig, train_loop
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
@@ -109,8 +119,6 @@ def signals_held():
 # --------------------------------------------------------------------------- the run
 
 def check_device(device: str) -> str:
-    import torch
-
     if device == "auto":  # the Slicer panel's default: the GPU when torch sees one
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -138,12 +146,6 @@ def _infer_cost_s(onnx_path: Optional[Path]) -> float:
 
 def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] = None) -> dict:
     """Run one training round on ``workspace`` (path or Workspace); returns the result dict the CLI prints."""
-    import torch
-
-    from ..workspace import Workspace
-    from . import gate
-    from .card import initial_network
-
     rule = opts.check()
     device = check_device(opts.device)
     torch.set_num_threads(int(opts.threads or os.cpu_count() or 1))
@@ -196,10 +198,6 @@ class _Round:
             raise CancelledError(f"training cancelled ({name[:-2]})")
 
     def execute(self, train_items, gate_items, split_why: str) -> dict:
-        from . import dataset as ds
-        from . import export as ex
-        from . import network as nw
-        from .card import candidate_card
 
         prep = ds.Preprocessing.from_card(self.start.base)
         patch = [int(p) for p in self.start.base["patch_size"]]
@@ -238,8 +236,6 @@ class _Round:
 
     def _loop_config(self, patch: List[int], n_scored: int):
         """The loop's budget: what is left of --max-minutes after startup, minus export/validation/registration."""
-        from .loop import LoopConfig
-
         opts, budget_s = self.opts, None if self.opts.max_minutes is None else float(self.opts.max_minutes) * 60.0
         reserve = RESERVE_BASE_S + n_scored * (6.0 + _infer_cost_s(self.current.path if self.current else None))
         train_s = 1e9 if budget_s is None else budget_s - (time.monotonic() - self.t_start) - reserve
@@ -253,8 +249,6 @@ class _Round:
                           samples_per_case=min(2, int(opts.batch_size or 2)), freeze=opts.freeze)
 
     def _train(self, train: List[dict], cfg):
-        from .loop import train_loop
-
         t = time.monotonic()
         res = train_loop(self.start.net, train, len(self.labels) + 1, cfg,
                          progress=lambda f, m, **rec: _emit(self.progress, 0.02 + 0.83 * f, m, **rec),
@@ -265,9 +259,6 @@ class _Round:
 
     def _gate(self, raw_onnx: Path, card, tmp: Path, train_items, gate_items, split_why: str):
         """Score candidate and current model with the inference engine on the gate corrections; decide."""
-        from . import export as ex
-        from . import gate
-
         t = time.monotonic()
         _emit(self.progress, 0.9, "validating", phase="validate", epoch=None, step=None, loss=None, val_dice=None,
               seconds_left=None)
@@ -304,9 +295,6 @@ class _Round:
         The registry refuses a version other than the card's (another model added meanwhile, e.g. an
         import): the card is then re-embedded with the new next version and registration tried again.
         """
-        from ..modelcard import read_card
-        from ..workspace.registry import VersionTaken
-        from . import export as ex
 
         for _ in range(5):
             onnx_path = ex.embed_card(raw_onnx, card, tmp / f"model_v{card.version}.onnx")
