@@ -55,7 +55,7 @@ def register(sub, parent) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.run import TrainOptions, train_workspace
+    from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
     from . import emit, make_progress
 
     opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init,

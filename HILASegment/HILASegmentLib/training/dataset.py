@@ -18,6 +18,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import HilaError
+from ..imageio import read_image
+from ..inference import model_grid
+from ..labelio import read_label
+from ..normalize import bounding_box, foreground_mask, normalize
 
 #: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
@@ -66,9 +70,6 @@ def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preproce
     normalisation and the body crop are the inference engine's own functions, so the network is
     trained on the very arrays it will be given. The label goes onto the same grid (nearest neighbour).
     """
-    from ..inference import model_grid
-    from ..normalize import bounding_box, foreground_mask, normalize
-
     grid = model_grid(image, prep.spacing, prep.orientation)
     size, origin = [int(v) for v in grid.size], [float(v) for v in grid.origin]
     spacing, direction = [float(v) for v in grid.spacing], [float(v) for v in grid.direction.ravel()]
@@ -124,9 +125,6 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
                 return {k: z[k] for k in z.files}
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
             pass
-    from ..imageio import read_image
-    from ..labelio import read_label
-
     image = read_image(image_path)
     label = read_label(label_path)
     x, y = to_model_grid(image, label, prep)

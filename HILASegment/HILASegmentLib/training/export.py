@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import HilaError
+from ..modelcard import ModelCard, write_card
 
 #: max |onnxruntime - torch| on the logits that an export must meet (float32, same weights)
 PARITY_TOLERANCE = 1e-3
@@ -56,7 +57,7 @@ def export_onnx(net: nn.Module, path: Path, patch_size: Sequence[int], in_channe
 
 def parity(net: nn.Module, onnx_path: Path, sample: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Run the same (1,C,X,Y,Z) patch through torch and onnxruntime; HilaError when they differ more than allowed."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # the inference tier's runtime; loaded here only when parity is checked
 
     x = np.ascontiguousarray(sample, dtype=np.float32)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -75,11 +76,9 @@ def parity(net: nn.Module, onnx_path: Path, sample: np.ndarray, tolerance: float
     return res
 
 
-def embed_card(onnx_in: Path, card: dict, onnx_out: Path) -> Path:
+def embed_card(onnx_in: Path, card: Union[ModelCard, dict], onnx_out: Path) -> Path:
     """Put the card into the ONNX metadata (through modelcard.write_card, the one writer of that format)."""
-    from ..modelcard import ModelCard, write_card
-
-    mc = ModelCard.from_json(__import__("json").dumps(card)) if isinstance(card, dict) else card
+    mc = ModelCard.from_dict(card, "trainer card") if isinstance(card, dict) else card
     write_card(Path(onnx_in), mc, Path(onnx_out))
     return Path(onnx_out)
 

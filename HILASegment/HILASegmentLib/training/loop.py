@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 from torch import nn
 
 from .transforms import train_transforms
@@ -86,8 +87,6 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
     (sampling weight) and optional ``fg_indices``/``bg_indices`` (precomputed crop centres).
     ``on_step(step, net)`` is called after every step (benchmarks look at the weights mid-run).
     """
-    from monai.losses import DiceCELoss
-
     t0 = time.monotonic()
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)

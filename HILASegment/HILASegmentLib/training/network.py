@@ -7,6 +7,7 @@ with the architecture dict that rebuilds the module it belongs to.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import types
 from pathlib import Path
@@ -40,14 +41,14 @@ def build_network(arch: dict, onnx_path: Optional[Path] = None) -> nn.Module:
     """Rebuild the module an architecture dict describes (``onnx_path`` for an onnx2torch conversion)."""
     name = arch.get("name")
     if name == "UNet":
-        from monai.networks.nets import UNet
+        from monai.networks.nets import UNet  # MONAI's network zoo: only the architecture asked for
 
         return UNet(spatial_dims=int(arch.get("spatial_dims", 3)), in_channels=int(arch.get("in_channels", 1)),
                     out_channels=int(arch["out_channels"]), channels=tuple(arch["channels"]),
                     strides=tuple(arch["strides"]), num_res_units=int(arch.get("num_res_units", 0)),
                     norm=arch.get("norm", "instance"), dropout=float(arch.get("dropout", 0.0)))
     if name == "DynUNet":
-        from monai.networks.nets import DynUNet
+        from monai.networks.nets import DynUNet  # MONAI's network zoo: only the architecture asked for
 
         return DynUNet(spatial_dims=int(arch.get("spatial_dims", 3)), in_channels=int(arch.get("in_channels", 1)),
                        out_channels=int(arch["out_channels"]), kernel_size=arch["kernel_size"],
@@ -66,7 +67,6 @@ def count_parameters(net: nn.Module) -> int:
 
 def save_checkpoint(net: nn.Module, arch: dict, path: Path) -> Path:
     """Save weights + architecture atomically (temp file, fsync, rename)."""
-    import os
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -102,7 +102,7 @@ def _stub_torchvision() -> None:
     build. So when torchvision is absent we register an empty stand-in whose ops raise if ever called.
     """
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (optional; see above)
         return
     except ImportError:
         pass
@@ -129,8 +129,8 @@ def _stub_torchvision() -> None:
 def convert_onnx(onnx_path: Path) -> nn.Module:
     """A trainable torch module from an ONNX file (onnx2torch)."""
     _stub_torchvision()
-    import onnx
-    from onnx2torch import convert
+    import onnx  # heavy, and only for --init imported
+    from onnx2torch import convert  # optional: only for --init imported
 
     try:
         model = onnx.load(str(onnx_path))
@@ -144,7 +144,7 @@ def convert_onnx(onnx_path: Path) -> nn.Module:
 
 def check_conversion(net: nn.Module, onnx_path: Path, shape=(1, 1, 64, 64, 16), tol: float = 1e-3, seed: int = 0) -> float:
     """Max abs difference between the converted module and onnxruntime on one random input; HilaError above ``tol``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # only when a conversion is checked
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)

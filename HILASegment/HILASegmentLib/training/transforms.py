@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -58,8 +59,6 @@ class RandLabelIntensityd(Randomizable, MapTransform):
             n = int(mask.sum())
             fill = self.R.uniform(self.low, self.high) + self.R.normal(0.0, self.noise, n)
             if is_torch:
-                import torch
-
                 out[torch.as_tensor(mask)] = torch.as_tensor(fill, dtype=out.dtype)
             else:
                 out[mask] = fill.astype(out.dtype)
