@@ -178,7 +178,10 @@ def _tiny_args(tmp_path):
     for p in sorted(shared("prostate_shapes", "msd").glob("*.nii.gz"))[:5]:
         (shapes / p.name).write_bytes(p.read_bytes())
     return ["--synthetic", str(shapes), "--labels", "prostate=1+2", "--test", "1", "--initial", "2",
-            "--per-round", "1", "--rounds", "2", "--train-steps", "2", "--threads", "1", "--seed", "5", "--json"]
+            "--per-round", "1", "--rounds", "2", "--train-steps", "2", "--threads", "1", "--seed", "5", "--json",
+            # the gate on the one new case each round, any gain promotes: every round's training is kept, so the
+            # kill 'after training' lands before the (real) evaluation
+            "--gate-min-cases", "1", "--gate-margin", "-1"]
 
 
 def _killed_at(run, args, message, delay=0.0):

@@ -30,6 +30,10 @@ def register(sub, parent) -> None:
     p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")
     p.add_argument("--baseline", action="store_true", help="also train on every pool reference (full supervision)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
+    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
+                   help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default 0.01)")
+    p.add_argument("--gate-min-cases", type=at.integer(1), default=2,
+                   help="as hila train: gate corrections (unseen by both models) needed to promote (default 2)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
@@ -45,7 +49,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, baseline=args.baseline, model=args.model, seed=args.seed,
-                    device=args.device, threads=args.threads)
+                    device=args.device, threads=args.threads,
+                    gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases)
     plan = prepare(cfg)  # every check before anything is written
     progress = make_progress(args, "simulate")
 

@@ -56,6 +56,8 @@ class SimConfig:
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
+    gate_margin: float = 0.01        # hila train --gate-margin
+    gate_min_cases: int = 2          # hila train --gate-min-cases
     extra: Dict[str, object] = field(default_factory=dict)
 
     def key(self) -> dict:
@@ -63,6 +65,9 @@ class SimConfig:
         d = asdict(self)
         for k in ("out", "threads"):
             d.pop(k)
+        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2)):  # runs made before these options resume
+            if d[k] == default:
+                d.pop(k)
         for k in ("cohort", "synthetic", "model"):
             if d[k] and Path(d[k]).exists():
                 d[k] = str(Path(d[k]).resolve())
@@ -253,7 +258,8 @@ class Simulation:
         if self.cfg.train_steps:
             minutes = None  # a step count alone (tests): the trainer's schedule then depends on no clock
         opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
-                            steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd)
+                            steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd,
+                            gate_margin=self.cfg.gate_margin, gate_min_cases=self.cfg.gate_min_cases)
         res = train_workspace(ws, opts)
         dt = time.perf_counter() - t0
         return {"seconds": dt, "model_version": res["model_version"], "promoted": res["promoted"],

@@ -53,7 +53,7 @@ class GateRule:
     min_train: int = 2          # never hold out so many that fewer than this many are left to train on
 
     def check(self) -> "GateRule":
-        if not (isinstance(self.margin, (int, float)) and np.isfinite(self.margin) and -1.0 < self.margin < 1.0):
+        if not (isinstance(self.margin, (int, float)) and np.isfinite(self.margin) and -1.0 <= self.margin < 1.0):
             raise HilaError(f"--gate-margin {self.margin!r}: must be a Dice difference between -1 and 1")
         if not (isinstance(self.min_cases, int) and self.min_cases >= 1):
             raise HilaError(f"--gate-min-cases {self.min_cases!r}: must be a whole number of at least 1")
