@@ -163,3 +163,43 @@ def test_export_dicom_refuses_non_dicom_case(tmp_path):
                          "not imported from a DICOM series")
     assert not (tmp_path / "o").exists()
     shutil.rmtree(root)
+
+
+def test_rtstruct_with_contour_outside_changes_nothing(ws_all, ct_dir, tmp_path):
+    """A bad contour in one set (MBS) refuses the whole import, also the good sets (DL, manual)."""
+    import pydicom
+
+    root, _ = ws_all
+    rs = glob.glob(str(ct_dir / "RS*.dcm"))[0]
+    ds = pydicom.dcmread(rs)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a new object, not one already imported
+    roi = next(r for r in ds.StructureSetROISequence if r.ROIName == "Bladder_MBS").ROINumber
+    rc = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == roi)
+    pts = np.asarray(rc.ContourSequence[0].ContourData, float).reshape(-1, 3)
+    pts[:, 1] += 600.0
+    rc.ContourSequence[0].ContourData = [f"{v:.3f}" for v in pts.ravel()]
+    bad = tmp_path / "bad_rs.dcm"
+    ds.save_as(bad)
+    with Workspace.open(root) as ws:
+        before = (len(ws.corrections()), len(ws.dicom_objects()))
+    assert_clean_failure(hila("import", root, bad, "--contour-sets", "all"), "Bladder_MBS", "outside the image")
+    with Workspace.open(root) as ws:
+        assert (len(ws.corrections()), len(ws.dicom_objects())) == before
+
+
+def test_prediction_exported_as_ai_output(ws_all, tmp_path):
+    import highdicom as hd
+
+    root, _ = ws_all
+    with Workspace.open(root) as ws:
+        case = ws.cases()[0].case_id
+        dl = ws.correction_label(case, 1)  # the DL contours stand in for a model's output
+        ws.add_prediction(case, dl, model_version=7)
+    res = hila("export", root, tmp_path / "p", "--format", "seg", "--prediction", "--json")
+    assert res.returncode == 0, res.stderr
+    f = json.loads(res.stdout.strip().splitlines()[-1])["files"][0]["file"]
+    seg = hd.seg.segread(f)
+    desc = seg.SegmentSequence[0]
+    assert str(desc.SegmentAlgorithmType) == "AUTOMATIC"
+    assert str(desc.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion) == "7"
+    assert "k=prediction" in str(seg.ContentDescription)

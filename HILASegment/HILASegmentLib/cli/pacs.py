@@ -57,8 +57,9 @@ def export_dicomweb(ws, args, progress) -> dict:
     """``hila export WS --dicomweb URL [--case CASE...]``."""
     from ..workspace.pacs import push
 
-    if args.directory is not None or args.format not in (None, "seg"):
-        raise HilaError("export --dicomweb: stores DICOM SEG on the server; no output folder or other --format")
+    if args.directory is not None or args.format not in (None, "seg") or args.prediction:
+        raise HilaError("export --dicomweb: stores the corrections as DICOM SEG on the server; no output folder, "
+                        "other --format or --prediction")
     return {"dicomweb": args.dicomweb, "stored": push(ws, args.dicomweb, cases=args.case or None, progress=progress)}
 
 
@@ -77,9 +78,15 @@ def _has_pydicom() -> bool:
     return True
 
 
-def objects_in(folder: Path) -> List[Path]:
-    """The SEG and RTSTRUCT files directly in ``folder``."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_object(p))
+def objects_in(folder: Path, series_uid: str) -> List[Path]:
+    """The SEG and RTSTRUCT files directly in ``folder`` that reference the series ``series_uid``
+    (structure sets of other series lying beside it are left alone)."""
+    import pydicom  # optional `dicom` extra
+
+    from ..workspace.dicom import referenced_series_uid
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_object(p)
+                  and referenced_series_uid(pydicom.dcmread(p, stop_before_pixels=True)) == series_uid)
 
 
 def import_path(ws, p: Path, args, progress) -> dict:
@@ -98,7 +105,8 @@ def import_path(ws, p: Path, args, progress) -> dict:
         out = {"source": str(p), "case_id": case.case_id, "name": case.name, "existing": case.existing,
                "corrections": []}
         if (sets or "manual").lower() != "none":
-            for obj in objects_in(p):
+            own = ws.case_series(case.case_id)["series_uid"]
+            for obj in objects_in(p, own):
                 out["corrections"] += ws.import_dicom_object(obj, case_id=case.case_id, sets=sets,
                                                              quality=args.quality, annotator=args.annotator,
                                                              strict=args.strict)
@@ -134,7 +142,8 @@ def export(ws, args, progress) -> Optional[dict]:
     if not args.format:
         return None
     cases = args.case or None
-    files = ws.export_dicom(args.directory, args.format, cases=cases, progress=progress)
+    files = ws.export_dicom(args.directory, args.format, cases=cases, prediction=args.prediction, progress=progress)
     if not files:
-        raise HilaError(f"{ws.root}: no case imported from a DICOM series has a correction; nothing to export")
+        raise HilaError(f"{ws.root}: no case imported from a DICOM series has a "
+                        f"{'prediction' if args.prediction else 'correction'}; nothing to export")
     return {"directory": str(args.directory), "format": args.format, "files": files}

@@ -84,6 +84,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    help="write each DICOM case's latest correction as a DICOM SEG or RTSTRUCT referencing its series")
     p.add_argument("--case", action="append", default=None, metavar="CASE", help="with --format: only this case "
                    "(repeatable)")
+    p.add_argument("--prediction", action="store_true", help="with --format: the latest prediction (AI output, "
+                   "AUTOMATIC with the model version) instead of the latest correction")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", parents=[parent], help="model versions: list, promote VERSION, rollback")
@@ -271,8 +273,7 @@ def cmd_export(args) -> int:
                 raise HilaError("export: give the output folder, or --dicomweb URL")
             res = pacs.export(ws, args, prog)
             if res is not None:
-                emit(args, res, "\n".join(f"{f['case_id']} {f['name']}: correction v{f['correction_version']} -> "
-                                           f"{f['file']}" for f in res["files"]))
+                emit(args, res, "\n".join(f"{f['case_id']} {f['name']}: {Path(f['file']).name}" for f in res["files"]))
                 return 0
             res = ws.export(args.directory, include_unlabelled=args.all, progress=prog)
         finally:

@@ -187,11 +187,13 @@ class Dicom(Room):
             order = sorted(wanted, key=lambda s: s == MANUAL_SET)  # the reviewed set last: it is the latest
             who = annotator or next((str(o.ROIInterpreter) for o in ds.get("RTROIObservationsSequence", [])
                                      if str(o.get("ROIInterpreter", "")).strip()), None)
+            labels = []  # every set rasterised and matched before anything is recorded: bad input changes nothing
             for i, part in enumerate(order):
-                progress(0.1 + 0.9 * i / len(order), f"contour set {part}")
+                progress(0.1 + 0.6 * i / len(order), f"contour set {part}")
                 chosen = [s for s in structures if s.contour_set == part and s.roi_type.upper() != "EXTERNAL"]
                 masks = [(s.name, rtstruct.rasterise(s, series.image, p), None) for s in chosen]
-                img, matched, ignored = self._to_workspace_label(masks, series, f"{p} [{part}]", strict)
+                labels.append((part, *self._to_workspace_label(masks, series, f"{p} [{part}]", strict)))
+            for part, img, matched, ignored in labels:
                 q = (quality or "reviewed") if part == MANUAL_SET else "rough"
                 res = self._submit_object(target, img, sop_uid, part, "RTSTRUCT", obj_series, q, who, f"{p} [{part}]",
                                           role)
@@ -211,13 +213,14 @@ class Dicom(Room):
 
     def export_dicom(self, out: PathLike, fmt: str, cases: Optional[Sequence[str]] = None,
                      skip_pulled: bool = False, record: bool = True, skip: Sequence[int] = (),
-                     progress: Optional[ProgressFn] = None) -> List[dict]:
-        """Write each chosen case's latest correction as a SEG or RTSTRUCT file into folder ``out``.
+                     prediction: bool = False, progress: Optional[ProgressFn] = None) -> List[dict]:
+        """Write each chosen case's latest correction (``prediction``: latest prediction) as a SEG or
+        RTSTRUCT file into folder ``out``.
 
         UIDs are derived from the workspace, the correction and the format, so exporting again gives
         the same instance (a PACS stores it once). ``skip_pulled``: leave out corrections that came
-        from a PACS (they are there already); ``skip``: correction ids to
-        leave out; ``record``: record the files as exported (a push records only once stored).
+        from a PACS (they are there already); ``skip``: correction ids to leave out; ``record``:
+        record the files as exported (a push records only once stored).
         """
         if fmt not in ("seg", "rtstruct"):
             raise HilaError(f"--format {fmt}: use seg or rtstruct")
@@ -226,45 +229,51 @@ class Dicom(Room):
         folder = Path(out)
         if folder.exists() and not folder.is_dir():
             raise HilaError(f"{folder}: exists and is not a folder")
-        chosen = [self.case(c) for c in cases] if cases else self.cases()
+        what = "prediction" if prediction else "correction"
+        pulled = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "pulled"} if skip_pulled else set()
         todo = []
-        for case in chosen:
-            corrs = self.corrections(case.case_id)
-            if not corrs or self.case_series(case.case_id) is None:
+        for case in [self.case(c) for c in cases] if cases else self.cases():
+            items = self.predictions(case.case_id) if prediction else self.corrections(case.case_id)
+            if not items or self.case_series(case.case_id) is None:
                 if cases:
-                    why = "has no correction" if not corrs else "was not imported from a DICOM series"
+                    why = f"has no {what}" if not items else "was not imported from a DICOM series"
                     raise HilaError(f"{self.root}: case {case.case_id} {why}; nothing to export as DICOM")
                 continue
-            todo.append((case, corrs[-1]))
-        if skip_pulled:
-            pulled = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "pulled"}
-            todo = [(case, c) for case, c in todo if c.correction_id not in pulled]
-        todo = [(case, c) for case, c in todo if c.correction_id not in set(skip)]
+            item = items[-1]
+            if prediction:
+                prov = dicomref.Provenance(kind="prediction", model_version=_model_version(
+                    {"model_version": item.model_version}), case=case.name)
+                key, meta = f"p{item.prediction_id}", {"prediction_id": item.prediction_id, "correction_id": None}
+            else:
+                if item.correction_id in pulled or item.correction_id in set(skip):
+                    continue
+                prov = dicomref.Provenance(kind="correction", annotator=item.annotator, quality=item.quality,
+                                           correction_version=item.version, model_version=_model_version(item.effort),
+                                           case=case.name)
+                key = str(item.correction_id)  # (the UIDs of correction exports predate prediction exports)
+                meta = {"correction_id": item.correction_id, "correction_version": item.version, "quality": item.quality}
+            todo.append((case, item.path, prov, key, meta))
         folder.mkdir(parents=True, exist_ok=True)
         labels = self.settings.labels
         results = []
-        for i, (case, c) in enumerate(todo):
+        for i, (case, label_path, prov, key, meta) in enumerate(todo):
             progress(i / max(1, len(todo)), f"writing {case.name}")
             series = self.series(case.case_id)
-            label = sitk.ReadImage(str(c.path))
-            masks = dicomref.masks_from_label(label, {l.value: l.name for l in labels},
+            masks = dicomref.masks_from_label(sitk.ReadImage(str(label_path)), {l.value: l.name for l in labels},
                                               {l.value: l.color for l in labels})
-            prov = dicomref.Provenance(kind="correction", annotator=c.annotator, quality=c.quality,
-                                       correction_version=c.version, model_version=_model_version(c.effort),
-                                       case=case.name)
-            sop = self._uid(case.case_id, str(c.correction_id), fmt, "instance")
-            ser = self._uid(case.case_id, str(c.correction_id), fmt, "series")
-            path = folder / f"{case.name}_v{c.version}.{fmt}.dcm"
+            sop = self._uid(case.case_id, key, fmt, "instance")
+            ser = self._uid(case.case_id, key, fmt, "series")
+            tag = f"v{meta['correction_version']}" if not prediction else f"prediction{meta['prediction_id']}"
+            path = folder / f"{case.name}_{tag}.{fmt}.dcm"
             writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
             writer(masks, series, path, prov, uids=(ser, sop))
             if record:
                 with self.ledger.write() as con:
                     con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
                                 (sop, "", "exported", "SEG" if fmt == "seg" else "RTSTRUCT", case.case_id,
-                                 c.correction_id, ser, now()))
-            results.append({"case_id": case.case_id, "name": case.name, "correction_id": c.correction_id,
-                            "correction_version": c.version, "quality": c.quality, "file": str(path),
-                            "sop_uid": sop, "series_uid": ser})
+                                 meta["correction_id"], ser, now()))
+            results.append(dict(meta, case_id=case.case_id, name=case.name, file=str(path), sop_uid=sop,
+                                series_uid=ser))
         progress(1.0, "exported")
         return results
 
