@@ -136,8 +136,10 @@ def test_two_workspaces_sync_through_orthanc(pacs, tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(direct))
     assert rec["study_uid"] == ct_study
     # the ProstateX series too (oblique MRI)
-    mr = result(hila("import", a, "--dicomweb", url, "--study", mr_study, "--json", env=env_a))
-    with Workspace.open(a) as ws:
+    m = tmp_path / "m"
+    assert hila("init", m, "--modality", "MR", "--labels", "prostate", env=env_a).returncode == 0
+    mr = result(hila("import", m, "--dicomweb", url, "--study", mr_study, "--json", env=env_a))
+    with Workspace.open(m) as ws:
         mr_img = ws.case_image(mr["case_id"])
     mr_direct = read_image(shared("prostate_mri", "dicom", "ProstateX-0000_t2"))
     assert np.array_equal(sitk.GetArrayFromImage(mr_img), sitk.GetArrayFromImage(mr_direct))
