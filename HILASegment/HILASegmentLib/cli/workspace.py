@@ -261,7 +261,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    with _open(args.workspace, readonly=not args.dicomweb) as ws:
+    with _open(args.workspace, readonly=not (args.dicomweb or args.format)) as ws:  # DICOM exports are recorded
         prog = make_progress(args, "export")
         try:
             from . import pacs
