@@ -132,6 +132,9 @@ def test_sheared_grid_is_refused_for_nifti_and_kept_exactly_elsewhere(files, tmp
     # infer writes its label map with the input's grid: NIfTI is refused there too, before any work is done
     refused(capsys, tmp_path, "infer", "--image", src, "--out", tmp_path / "p.nii.gz", "--model", files["model"],
             expect="sheared")
+    for extra in ("--uncertainty", "--review-map"):  # the .seg.nrrd could be written; nothing may be, all the same
+        refused(capsys, tmp_path, "infer", "--image", src, "--out", tmp_path / "p.seg.nrrd", "--model", files["model"],
+                extra, tmp_path / "m.nii.gz", expect="m.nii.gz: the grid is sheared")
 
 
 def test_any_writer_refuses_a_grid_its_format_would_move(tmp_path, monkeypatch):
@@ -307,3 +310,18 @@ def test_label_names_must_be_ascii_and_the_message_says_so(tmp_path, capsys):
     line = refused(capsys, tmp_path, "init", tmp_path / "w", "--modality", "CT", "--labels", "prostata,vescìca",
                    expect="ì not allowed")
     assert "ASCII" in line and not (tmp_path / "w").exists()
+
+
+def test_a_model_grid_too_fine_for_the_image_is_one_line_not_an_allocation_failure(files, tmp_path, capsys):
+    from tiny_models import tiny_model
+
+    from HILASegmentLib.modelgrid import MAX_GRID_VOXELS, model_grid
+
+    img = sitk.ReadImage(str(files["image"]))
+    with pytest.raises(HilaError, match="far beyond what fits in memory"):
+        model_grid(img, (0.001, 0.001, 0.001))
+    g = model_grid(img, (0.1, 0.1, 0.1))
+    assert np.prod(g.size) <= MAX_GRID_VOXELS
+    fine = tiny_model(tmp_path, "sigmoid", name="fine.onnx", spacing=(0.001, 0.001, 0.001))
+    refused(capsys, tmp_path, "infer", "--image", files["image"], "--out", tmp_path / "o.seg.nrrd", "--model", fine,
+            expect="the spacing is too fine")

@@ -400,6 +400,14 @@ def read_label_volume(path: PathLike, reference: Optional[sitk.Image] = None) ->
 # writing
 # ----------------------------------------------------------------------------------------------
 
+def check_format_holds(img: sitk.Image, path: PathLike) -> None:
+    """Refuse, before any work, a grid the output's format cannot store: a sheared grid in NIfTI."""
+    sheared = gridcheck.shear(img.GetDirection()) if img.GetDimension() == 3 else None
+    if sheared and volume_suffix(path) in (".nii", ".nii.gz"):
+        raise HilaError(f"{path}: the grid is sheared ({sheared}) and NIfTI can only store a rotation, so the "
+                        "volume would move; write .nrrd or .mha, which keep the grid exactly")
+
+
 def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
     """Write ``img`` atomically to .nrrd/.nii/.nii.gz/.mha/.mhd (format from the suffix); returns the path.
 
@@ -413,10 +421,7 @@ def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
         raise HilaError(f"{target}: is a folder, not a file name")
     if not isinstance(img, sitk.Image):
         raise HilaError(f"{target}: nothing to write (got {type(img).__name__}, not an image)")
-    sheared = gridcheck.shear(img.GetDirection()) if img.GetDimension() == 3 else None
-    if sheared and suffix in (".nii", ".nii.gz"):
-        raise HilaError(f"{target}: the grid is sheared ({sheared}) and NIfTI can only store a rotation, so the "
-                        "volume would move; write .nrrd or .mha, which keep the grid exactly")
+    check_format_holds(img, target)
     with atomic_output(target) as tmp:
         with quiet_itk():
             try:

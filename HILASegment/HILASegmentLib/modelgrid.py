@@ -12,7 +12,12 @@ from typing import Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import HilaError
+
 #: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
+#: The most voxels a model grid may have (a float32 copy of 512 M voxels is 2 GB, before the network runs).
+MAX_GRID_VOXELS = 512 * 10**6
+
 ORIENTATION_AXES = {"RAS": np.diag([-1.0, -1.0, 1.0]), "LPS": np.eye(3)}
 
 
@@ -61,6 +66,11 @@ def model_grid(image: sitk.Image, spacing: Sequence[float], orientation: str = "
         corner[j] = 0 if sign > 0 else n[j] - 1
         new_size.append(max(1, int(round((n[j] - 1) * s[j] / float(spacing[k]) + 1.0))))
     origin = np.asarray(image.GetOrigin(), float) + D @ (corner * s)
+    if float(np.prod(new_size, dtype=float)) > MAX_GRID_VOXELS:  # before anything is allocated for it
+        shape = "x".join(map(str, new_size))
+        mm = ",".join(f"{float(v):g}" for v in spacing)
+        raise HilaError(f"a model grid of {shape} voxels at spacing {mm} mm for this image: far beyond what fits "
+                        f"in memory (limit {MAX_GRID_VOXELS // 10**6} M voxels); the spacing is too fine for its extent")
     return Grid(origin, np.asarray(spacing, float), new_dir, tuple(new_size))
 
 

@@ -97,10 +97,13 @@ def _infer_file(args, t0: float) -> int:
         _check_out(args.review_map, "--review-map", seg_ok=False)
         if args.review_map.name.lower().endswith(".seg.nrrd"):
             raise HilaError(f"{args.review_map}: the review map is a volume; use .nrrd, .nii.gz or .mha")
-    from ..imageio import read_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
     from ..inference import Segmenter
 
     image = read_image(args.image)
+    for out in (args.out, args.uncertainty, args.review_map):  # every output on the image's grid, before any work
+        if out is not None:
+            check_format_holds(image, out)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
     with progress_for(args, "hila infer") as progress:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
