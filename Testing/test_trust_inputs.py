@@ -325,3 +325,17 @@ def test_a_model_grid_too_fine_for_the_image_is_one_line_not_an_allocation_failu
     fine = tiny_model(tmp_path, "sigmoid", name="fine.onnx", spacing=(0.001, 0.001, 0.001))
     refused(capsys, tmp_path, "infer", "--image", files["image"], "--out", tmp_path / "o.seg.nrrd", "--model", fine,
             expect="the spacing is too fine")
+
+
+@pytest.mark.parametrize("key,value", [("noise_sd", math.nan), ("blur_sd_mm", math.inf), ("case_jitter", -math.inf)])
+def test_numbers_in_a_simulate_appearance_file_must_be_finite(tmp_path, key, value):
+    """JSON as Python reads it accepts NaN and Infinity: the same class as NaN on the command line."""
+    import json
+
+    from HILASegmentLib.simulate import synthesis
+
+    a = json.loads(json.dumps(synthesis.PRESETS["t2w"]))
+    a[key] = value
+    (tmp_path / "app.json").write_text(json.dumps(a), encoding="utf-8")
+    with pytest.raises(HilaError, match="must be a finite number"):
+        synthesis.load_appearance(str(tmp_path / "app.json"))

@@ -62,8 +62,8 @@ def load_appearance(spec: str) -> dict:
 
 
 def _num(v, where: str, p: Path, minimum: float = 0.0) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise HilaError(f"{p}: {where} must be a number")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise HilaError(f"{p}: {where} must be a finite number (JSON's NaN and Infinity are not)")
     if v < minimum:
         raise HilaError(f"{p}: {where} = {v} is negative" if minimum == 0 else f"{p}: {where} must be >= {minimum}")
     return float(v)
