@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
+    p.add_argument("--nproc", type=at.integer(1), default=1,
+                   help="data-parallel processes under torchrun (DistributedDataParallel: NCCL, one GPU each, with "
+                        "--device cuda; gloo on CPU); one run, one candidate, the same gate (default 1)")
 
 
 def register(sub, parent) -> None:
@@ -55,6 +58,12 @@ def register(sub, parent) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:  # this process only starts torchrun, which runs N copies of this command without --nproc
+        import sys
+
+        from ..training.ddp import launch  # torch: only when training runs
+
+        return launch(_without_nproc(sys.argv[1:]), args.nproc, args.threads)
     from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
     from . import emit, make_progress
 
@@ -71,8 +80,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         close = getattr(progress, "close", None)
         if close:
             close()
+    if res.get("worker"):  # a data-parallel process other than rank 0: rank 0 reports the run
+        return 0
     v = res["validation"]
     summary = (f"model v{res['model_version']} ({res['status']}): mean Dice {v['mean_dice']} on "
                f"{'gate' if res['held_out'] else 'its training'} corrections; {res['reason']}")
     emit(args, res, summary)
     return 0
+
+
+def _without_nproc(argv: list) -> list:
+    """``argv`` less ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out

@@ -39,6 +39,7 @@ class LoopConfig:
     device: str = "cpu"
     amp: bool = True                  # only ever used on CUDA
     seed: int = 0
+    processes: int = 1                # data-parallel processes (hila train --nproc): patches per step x this
     freeze: str = ""                  # "" | "encoder": train only the decoder half of the parameters
 
     def to_dict(self) -> dict:
@@ -80,15 +81,18 @@ def _lr_at(cfg: LoopConfig, step: int, elapsed: float) -> float:
 
 def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg: LoopConfig,
                progress: Optional[Callable] = None, should_stop: Callable[[], bool] = lambda: False,
-               sigmoid_single: bool = False, on_step: Optional[Callable[[int, nn.Module], None]] = None) -> LoopResult:
+               sigmoid_single: bool = False, on_step: Optional[Callable[[int, nn.Module], None]] = None,
+               group=None) -> LoopResult:
     """Train ``net`` in place until the budget, ``max_steps`` or ``should_stop()``; the last weights are the result.
 
     ``train_cases``: dicts with ``image`` (1,X,Y,Z) float32, ``label`` (1,X,Y,Z) uint8, ``weight``
     (sampling weight) and optional ``fg_indices``/``bg_indices`` (precomputed crop centres).
     ``on_step(step, net)`` is called after every step (benchmarks look at the weights mid-run).
+    ``group`` (:class:`.ddp.Group`): one of several data-parallel processes (its own patches, gradients
+    averaged, every stop agreed by all, the loss reported as the mean over processes).
     """
     t0 = time.monotonic()
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 7919 * (group.rank if group is not None else 0))
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     net.to(device)
@@ -107,6 +111,7 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
     xf = train_transforms(cfg.patch_size, samples_per_case=cfg.samples_per_case)
     weights = np.array([float(c.get("weight", 1.0)) for c in train_cases], dtype=float)
     weights = weights / weights.sum()
+    model = group.wrap(net) if group is not None else net
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     steps_per_epoch = max(1, math.ceil(len(train_cases) / cases_per_step))
 
@@ -115,14 +120,12 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
     step = 0
     while True:
         elapsed = time.monotonic() - t0
-        if should_stop():
-            res.stopped = "cancelled"
-            break
-        if step >= cfg.max_steps:
-            res.stopped = "max_steps"
-            break
-        if elapsed >= cfg.max_seconds:
-            res.stopped = "budget"
+        stop = "cancelled" if should_stop() else "max_steps" if step >= cfg.max_steps else \
+            "budget" if elapsed >= cfg.max_seconds else None
+        if group is not None and group.agree(stop is not None) and stop is None:
+            stop = "budget"  # another process's reason: all stop at the same step
+        if stop is not None:
+            res.stopped = stop
             break
         # -- one step: draw cases by quality weight, crop/augment, forward/backward
         net.train()
@@ -145,14 +148,14 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            out = net(x)
+            out = model(x)
             out = out[0] if isinstance(out, (list, tuple)) else out
             loss = loss_fn(out.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()) if group is None else group.mean(float(loss.detach())))
         res.final_loss = float(np.mean(losses[-10:]))
         elapsed = time.monotonic() - t0
         if step % 10 == 0:

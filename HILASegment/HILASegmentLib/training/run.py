@@ -27,8 +27,8 @@ from ..modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
 from . import dataset as ds
+from . import ddp, gate
 from . import export as ex
-from . import gate
 from . import network as nw
 from .card import candidate_card, initial_network
 from .gate import POLICIES, GateRule
@@ -148,6 +148,18 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
     """Run one training round on ``workspace`` (path or Workspace); returns the result dict the CLI prints."""
     rule = opts.check()
     device = check_device(opts.device)
+    group = ddp.Group(device) if ddp.under_torchrun() else None  # hila train --nproc N (see .ddp)
+    try:
+        return _train_workspace(workspace, opts, progress, rule, group.device if group else device, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, device: str, group) -> dict:
+    worker = group is not None and not group.is_main
+    if worker:
+        progress = None  # rank 0 speaks for the run
     torch.set_num_threads(int(opts.threads or os.cpu_count() or 1))
     ws = workspace if hasattr(workspace, "snapshot") else Workspace.open(workspace)
     snapshot = ws.snapshot()
@@ -161,6 +173,9 @@ def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] 
     flag = StopFlag()
     with stop_on_signals(flag):  # handlers first, then the ledger row: a signal never leaves a 'running' row
         rnd = _Round(ws, opts, rule, device, current, start, flag, progress)
+        rnd.group = group
+        if worker:  # trains with rank 0, records nothing
+            return rnd.execute(train_items, gate_items, split_why)
         rnd.run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
         rnd.log += [f"init: {start.init}", f"gate: {split_why}",
                     f"train on: {[(s.case_id, s.correction_version, s.quality) for s in train_items]}",
@@ -188,6 +203,7 @@ class _Round:
         self.labels = [(lab.value, lab.name) for lab in ws.settings.labels]
         self.t_start = opts.started if opts.started is not None else time.monotonic()
         self.run_id: Optional[int] = None
+        self.group = None  # a ddp.Group when this is one of several data-parallel processes
         self.registered = None
         self.log: List[str] = []
         self.timings: Dict[str, float] = {}
@@ -207,11 +223,21 @@ class _Round:
             _emit(self.progress, 0.0, "preparing cases", phase="prepare", epoch=0, step=0, loss=None, val_dice=None,
                   seconds_left=None)
             cache = Path(self.ws.root) / "cache" / "training"
+            group = self.group
+            if group is not None and not group.is_main:
+                group.barrier()  # rank 0 fills the cache first; the others read it
             train = ds.cases_from_snapshot(train_items, prep, len(self.labels), cache_dir=cache,
                                            quality_weights=self.opts.quality_weights)
+            if group is not None and group.is_main:
+                group.barrier()
             self._tick("prepare_s", t)
             cfg = self._loop_config(patch, n_scored=len(gate_items) or len(train_items))
+            if group is not None:
+                cfg.processes = group.world
+                cfg.max_seconds = group.mean(cfg.max_seconds)  # one budget for all (startup times differ a little)
             res = self._train(train, cfg)
+            if group is not None and not group.is_main:
+                return {"worker": True, "rank": group.rank, "steps": res.steps, "final_loss": res.final_loss}
 
             t = time.monotonic()
             _emit(self.progress, 0.86, "exporting ONNX", phase="export", epoch=int(res.epochs), step=res.steps,
@@ -252,7 +278,7 @@ class _Round:
         t = time.monotonic()
         res = train_loop(self.start.net, train, len(self.labels) + 1, cfg,
                          progress=lambda f, m, **rec: _emit(self.progress, 0.02 + 0.83 * f, m, **rec),
-                         should_stop=self.flag, sigmoid_single=self.start.sigmoid)
+                         should_stop=self.flag, sigmoid_single=self.start.sigmoid, group=self.group)
         self.log.append(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stopped})")
         self._tick("train_s", t)
         return res
