@@ -8,7 +8,7 @@ voxels), tiny U-Nets (8-64 channels, 32x32x16 patches) and short runs, so it fit
 arrive, each a *rough* one (bladder dilated 2 voxels, rectum shifted 3 voxels) with probability 0.5, and
 a candidate is fine-tuned on the same workspace by
 
-* the OLD trainer (the code of ``--old-commit``, run from a ``git archive`` of it): one held-out
+* the OLD trainer (the ``training`` package of ``--old-commit``, from ``git archive``, on today's engine): one held-out
   correction, the best checkpoint chosen on it, promoted when its mean Dice on that same correction is
   at least the current model's (a tie promotes);
 * the NEW trainer (this checkout): gate corrections neither model was trained on, the last weights,
@@ -46,7 +46,6 @@ from tiny_models import synthetic_ct  # noqa: E402
 
 import HILASegmentLib.training  # noqa: E402,F401  (OpenMP wait policy before torch loads)
 
-TINY = ["--patch", "32,32,16", "--spacing", "3,3,3", "--channels", "8,16,32,64", "--threads", "1"]
 LABELS = [(1, "bladder"), (2, "rectum")]
 
 
@@ -81,26 +80,35 @@ def fresh_dice(model: Path, fresh: list) -> float:
 
 
 def old_tree(commit: str, dest: Path) -> Path:
-    """The engine as it was at ``commit`` (read-only extraction; nothing in the repository changes)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    arch = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "HILASegment/HILASegmentLib"],
+    """This engine with the ``training`` package as it was at ``commit`` (the old trainer on today's workspace,
+    whose ledger the old workspace code could not open); read-only extraction, the repository is untouched."""
+    pkg = dest / "HILASegment" / "HILASegmentLib"
+    shutil.copytree(ROOT / "HILASegment" / "HILASegmentLib", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(pkg / "training")
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "HILASegment/HILASegmentLib/training"],
                           check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
     return dest / "HILASegment"
 
 
+_OLD_RUN = """
+import json, sys
+import HILASegmentLib.training
+from HILASegmentLib.training.run import TrainOptions, train_workspace
+ws, steps, lr, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+r = train_workspace(ws, TrainOptions(steps=steps, lr=lr, seed=seed, val_every_steps=5, max_minutes=10, threads=1,
+                                     patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64]))
+print(json.dumps({k: r[k] for k in ("model_version", "promoted", "reason")}))
+"""
+
+
 def run_old(pythonpath: Path, ws: Path, steps: int, lr: float, seed: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(pythonpath), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "HILASegmentLib", "train", str(ws), "--json", "--max-minutes", "10",
-                        "--steps", str(steps), "--lr", str(lr), "--seed", str(seed), "--val-every-steps", "5", *TINY],
+    p = subprocess.run([sys.executable, "-c", _OLD_RUN, str(ws), str(steps), str(lr), str(seed)],
                        capture_output=True, text=True, env=env, timeout=900)
     if p.returncode != 0:
         raise RuntimeError(f"old trainer failed: {p.stderr[-800:]}")
-    for line in reversed(p.stdout.splitlines()):
-        rec = json.loads(line)
-        if "model_version" in rec:
-            return rec
-    raise RuntimeError("old trainer printed no result")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def part_gate(trials: int, old_commit: str, steps: int, v1_steps: int) -> dict:
@@ -235,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--steps", type=int, default=30, help="optimisation steps per training run (candidates)")
     ap.add_argument("--v1-steps", type=int, default=80, help="steps of the current model v1 (--part gate)")
-    ap.add_argument("--old-commit", default="d572eee", help="the commit whose trainer is the OLD gate (main before it)")
+    ap.add_argument("--old-commit", default="d572eee", help="the commit whose training package is the OLD gate")
     ap.add_argument("--out", type=Path, default=None, help="append the summary (JSON) to this file")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
