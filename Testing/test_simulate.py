@@ -49,6 +49,20 @@ def test_scratch_touches_every_labelled_slice_and_exact_matches_reference():
     assert np.array_equal(out, ref) and eff["slices"] == 1 and eff["seconds"] < scratch["seconds"]
 
 
+def test_a_useless_proposal_costs_no_more_than_clearing_it_and_drawing_from_scratch():
+    ref = _volume([10, 10, 10, 0, 0])
+    wrong = np.zeros_like(ref)
+    for k in range(5):  # a blob on every slice, far from the gland
+        wrong[k][_disc((60, 60), (8, 8), 5)] = 1
+    scratch = rad.draw_from_scratch(ref, SP)
+    for corrector in (rad.tolerant, rad.exact):
+        out, eff = corrector(wrong, ref, SP)
+        assert np.array_equal(out, ref)
+        assert eff["cleared"] and eff["seconds"] == pytest.approx(scratch["seconds"] + rad.SLICE_S)
+    _, fine = rad.tolerant(ref, ref, SP)  # a good proposal is corrected, not cleared
+    assert "cleared" not in fine
+
+
 def test_synthesis_deterministic_and_within_ranges():
     lab = sitk.ReadImage(str(shared("prostate_shapes", "msd", "prostate_00.nii.gz")))
     app = synthesis.load_appearance("t2w")

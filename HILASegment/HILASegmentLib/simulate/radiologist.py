@@ -5,7 +5,9 @@ The constants are ASSUMPTIONS, not fitted to a study: they are set so that drawi
 scratch on ~15 slices of T2 MRI costs about 5-7 minutes, the order of magnitude reported for manual
 prostate contouring; a case accepted as predicted still costs FIXED_S for opening and reviewing it.
 Contour length is the reference's boundary in a redrawn slice; a slice that only needs erasing (nothing
-to draw) costs SLICE_S alone (select the segment on the slice and delete).
+to draw) costs SLICE_S alone (select the segment on the slice and delete). When correcting a proposal
+would cost more than clearing it (one SLICE_S) and drawing the case from scratch, the radiologist does
+that instead: a useless proposal never costs more than no proposal.
 """
 from __future__ import annotations
 
@@ -76,6 +78,14 @@ def draw_from_scratch(ref: np.ndarray, spacing_zyx) -> dict:
     return _effort(slices, mm)
 
 
+def _or_from_scratch(corrected: Tuple[np.ndarray, dict], ref: np.ndarray, spacing_zyx) -> Tuple[np.ndarray, dict]:
+    """The cheaper of correcting the proposal and clearing it to draw from scratch (see the module docstring)."""
+    scratch = draw_from_scratch(ref, spacing_zyx)
+    if corrected[1]["seconds"] <= scratch["seconds"] + SLICE_S:
+        return corrected
+    return ref.copy(), dict(scratch, seconds=round(scratch["seconds"] + SLICE_S, 1), cleared=True)
+
+
 @register_corrector("tolerant")
 def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0) -> Tuple[np.ndarray, dict]:
     """Redraw (to the reference) each slice where some label is off by more than ``tolerance_mm``; accept the rest."""
@@ -95,7 +105,7 @@ def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float
         out[tuple(idx)] = r
         slices += 1
         mm += sum(contour_mm(r == v, sp2d) for v in values)  # erasing a slice: select + delete, no drawing
-    return out, _effort(slices, mm)
+    return _or_from_scratch((out, _effort(slices, mm)), ref, spacing_zyx)
 
 
 @register_corrector("exact")
@@ -109,7 +119,7 @@ def exact(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 
         if not np.array_equal(p, r):
             slices += 1
             mm += sum(contour_mm(r == v, sp2d) for v in np.unique(r) if v)
-    return ref.copy(), _effort(slices, mm)
+    return _or_from_scratch((ref.copy(), _effort(slices, mm)), ref, spacing_zyx)
 
 
 def degrade(label: np.ndarray, spacing_zyx, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
