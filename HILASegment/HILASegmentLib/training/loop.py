@@ -6,8 +6,8 @@ cooperative: ``should_stop()`` is polled every step (the run sets it on SIGTERM/
 
 The run keeps the *last* weights, as nnU-Net does: no checkpoint is chosen on validation data, so no
 correction is spent on choosing and the gate (:mod:`.gate`) scores the candidate on corrections nothing
-was selected on. Whether choosing a checkpoint on a held-out correction would pay is measured by
-scripts/bench_gate.py (``--part checkpoint``; figures in the README).
+was selected on. Measured by scripts/bench_gate.py (``--part checkpoint``, 4 small synthetic runs): the
+checkpoint a held-out correction would choose scored 0.0003 Dice *below* the last weights on fresh cases.
 """
 from __future__ import annotations
 
