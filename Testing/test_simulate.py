@@ -244,3 +244,15 @@ def test_resume_after_sigkill_mid_round_gives_the_same_rounds(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("hila: error:") and "another config" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "rounds" in r.stderr
     assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before
+
+
+def test_uncertainty_strategy_reads_the_prediction_summary_most_uncertain_first():
+    from types import SimpleNamespace
+
+    from HILASegmentLib.simulate.strategies import STRATEGIES
+    from HILASegmentLib.summary import PredictionSummary
+
+    unc = {"a": 0.1, "b": 0.7, "c": 0.4}
+    ctx = SimpleNamespace(has_model=lambda: True, predict=lambda n: SimpleNamespace(
+        summary=PredictionSummary(mean_uncertainty=unc[n]).to_dict()))
+    assert STRATEGIES["uncertainty"](["a", "b", "c"], 2, np.random.default_rng(0), ctx) == ["b", "c"]

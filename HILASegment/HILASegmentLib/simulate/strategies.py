@@ -10,6 +10,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from ..summary import PredictionSummary
 from . import registrar
 
 STRATEGIES: Dict[str, Callable] = {}
@@ -33,5 +34,5 @@ def uncertainty(candidates: List[str], k: int, rng: np.random.Generator, ctx) ->
     """Most uncertain first: the prediction summary's mean uncertainty over its foreground (no model: random)."""
     if not ctx.has_model():
         return random(candidates, k, rng, ctx)
-    score = {c: float(ctx.predict(c).summary.get("mean_uncertainty") or 0.0) for c in candidates}
+    score = {c: float(PredictionSummary.from_dict(ctx.predict(c).summary).mean_uncertainty or 0.0) for c in candidates}
     return sorted(candidates, key=lambda c: (-score[c], c))[:k]
