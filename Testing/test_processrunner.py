@@ -372,3 +372,20 @@ def test_sequence_runner_runs_in_order_stops_at_the_first_failure_and_cancels(tm
     seq.cancel()
     out = seq.wait(timeout=30)
     assert out.cancelled and not out.ok and "9" not in log.read_text()
+
+
+def test_json_progress_thins_a_run_of_steps_but_writes_every_new_phase():
+    import io
+
+    from HILASegmentLib.progress import JsonLinesProgress
+
+    out = io.StringIO()
+    prog = JsonLinesProgress(out, min_interval=60.0)  # nothing of one kind twice within a minute
+    for i in range(1, 6):
+        prog(0.1 * i, f"step {i} loss {1.0 / i:.3f}")
+    prog(0.7, "exporting ONNX")
+    prog(0.8, "round 1: evaluating")
+    prog(0.81, "round 1: evaluating")
+    prog(1.0, "done")
+    got = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert got == ["step 1 loss 1.000", "exporting ONNX", "round 1: evaluating", "done"]

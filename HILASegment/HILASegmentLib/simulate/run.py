@@ -260,7 +260,12 @@ class Simulation:
         opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
                             steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd,
                             gate_margin=self.cfg.gate_margin, gate_min_cases=self.cfg.gate_min_cases)
-        res = train_workspace(ws, opts)
+        total = self.cfg.rounds + 1
+
+        def nested(fraction, message="", **_):  # the trainer's steps, inside this round's training band
+            self.progress((rnd + 0.3 + 0.6 * float(fraction)) / total, f"round {rnd}: training: {message}")
+
+        res = train_workspace(ws, opts, nested)
         dt = time.perf_counter() - t0
         return {"seconds": dt, "model_version": res["model_version"], "promoted": res["promoted"],
                 "reason": res["reason"], "steps": res["steps"]}
