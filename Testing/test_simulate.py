@@ -261,3 +261,53 @@ def test_uncertainty_strategy_reads_the_prediction_summary_most_uncertain_first(
     ctx = SimpleNamespace(has_model=lambda: True, predict=lambda n: SimpleNamespace(
         summary=PredictionSummary(mean_uncertainty=unc[n]).to_dict()))
     assert STRATEGIES["uncertainty"](["a", "b", "c"], 2, np.random.default_rng(0), ctx) == ["b", "c"]
+
+
+def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_version():
+    from types import SimpleNamespace
+
+    from HILASegmentLib.qualitymodel import FEATURES, fit_quality_model
+    from HILASegmentLib.simulate.strategies import STRATEGIES
+    from HILASegmentLib.summary import PredictionSummary
+
+    soft = {"a": 0.9, "b": 0.6, "c": 0.75}
+    err = {"a": 0.9, "b": 0.1, "c": 0.5}  # the learned model reads this feature, the soft Dice does not
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(30):
+        f = {k: float(rng.random()) for k in FEATURES}
+        pairs.append({"prediction_id": i, "model_version": 3, "features": f, "unsupervised": float(rng.random()),
+                      "true": 1.0 - 0.8 * f["err_mass_ratio"]})
+    qm = fit_quality_model(pairs, model_version=3)
+    assert qm.in_use
+
+    def ctx(model):
+        ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=3), quality_model=lambda v: model)
+        return SimpleNamespace(has_model=lambda: True, sim=SimpleNamespace(ws=ws), predict=lambda n: SimpleNamespace(
+            summary=PredictionSummary(model_version=1, predicted_dice=soft[n],
+                                      quality_features={k: (err[n] if k == "err_mass_ratio" else 0.5)
+                                                        for k in FEATURES}).to_dict()))
+    assert STRATEGIES["quality"](["a", "b", "c"], 2, rng, ctx(None)) == ["b", "c"]  # the soft Dice: none fitted
+    assert STRATEGIES["quality"](["a", "b", "c"], 2, rng, ctx(qm)) == ["a", "c"]    # the learned model's
+
+
+@pytest.mark.slow
+def test_simulate_quality_strategy_refits_each_round_and_rank_lists_predicted_dice(tmp_path):
+    from HILASegmentLib.workspace import Workspace
+
+    run = tmp_path / "run"
+    args = _tiny_args(tmp_path)
+    r = _hila("--out", str(run), *args, "--strategy", "quality")
+    assert r.returncode == 0, r.stderr
+    rounds = _rounds(run)
+    with Workspace.open(run / "workspace") as ws:
+        fits = [e for e in ws.events(1000) if e["kind"] == "quality_model"]
+        assert len(fits) == sum(1 for x in rounds if x["train"])  # one fit after each training run
+        assert all(not f["details"]["in_use"] for f in fits)    # a handful of pairs: the soft Dice stays
+        n_pairs = len(ws.quality_pairs())
+    assert n_pairs == sum(len(x["cases"]) for x in rounds[1:])  # every corrected prediction is a pair
+    out = subprocess.run([sys.executable, "-m", "HILASegmentLib", "rank", str(run / "workspace"), "--json"],
+                         capture_output=True, text=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and res["quality_source"]["source"] == "expected_soft_dice"
+    assert res["cases"] and all(0.0 <= c["predicted_dice"] <= 1.0 for c in res["cases"] if c["predicted"])

@@ -25,6 +25,7 @@ from .modelgrid import Grid, extract, largest_components, model_grid, touches
 from .normalize import bounding_box, foreground_mask, guess_modality, normalize
 from .progress import ProgressFn, null_progress
 from .quality import add_review_segment, cohort_dice, error_probability
+from .qualitymodel import prediction_features
 from .segfile import Segmentation
 from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
@@ -239,6 +240,9 @@ class Segmenter:
             labels_summary.append(LabelSummary(lab.value, lab.name, n, round(n * vox_ml, 3),
                                                round(float(unc_arr[sel].mean()), 4) if n else None, pdice.get(lab.name)))
         anyfg = lab_arr > 0
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(reversed(box[0]), reversed(box[1])))  # err is 0 outside
+        feats = prediction_features(err_arr[sl], lab_arr[sl], sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(),
+                                    [lab.value for lab in card.labels], [pdice.get(lab.name) for lab in card.labels])
         summary = PredictionSummary(
             model=card.name, model_version=card.version, model_checksum=self.checksum, labels=labels_summary,
             windows=stats["windows"], roi=used_roi, roi_fallback=fell_back, tta=bool(tta), seconds=round(seconds, 3),
@@ -246,7 +250,7 @@ class Segmenter:
             uncertainty="tta_disagreement" if tta else "entropy",
             mean_uncertainty=round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
             uncertain_voxels=int(np.count_nonzero(unc_arr > 0.5)),
-            predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", providers=self.providers,
+            predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", quality_features=feats, providers=self.providers,
         ).to_dict()
         progress(1.0, "done")
         return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map)

@@ -63,3 +63,34 @@ def per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[Tuple[int, str
             m["hd95"] = None if h is None else round(h, 4)
         out[name] = m
     return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Spearman's rank correlation (ties get their mean rank); None with fewer than 3 pairs or a constant side.
+
+    The quality measurements ask whether a predicted Dice *orders* cases like the true one, so ranks,
+    not values, are compared.
+    """
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.shape != y.shape or x.size < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return None
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``v``, tied values sharing their mean rank."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(v.size, float)
+    sv = v[order]
+    i = 0
+    while i < v.size:
+        j = i
+        while j + 1 < v.size and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks

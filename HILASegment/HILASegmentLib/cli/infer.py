@@ -89,14 +89,7 @@ def _infer_file(args, t0: float) -> int:
     check_outputs({"--image": args.image, "--model": model_file},
                   {"--out": args.out, "--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_out(args.out, "--out")
-    if args.uncertainty is not None:
-        _check_out(args.uncertainty, "--uncertainty", seg_ok=False)
-        if args.uncertainty.name.lower().endswith(".seg.nrrd"):
-            raise HilaError(f"{args.uncertainty}: the uncertainty map is a volume; use .nrrd, .nii.gz or .mha")
-    if args.review_map is not None:
-        _check_out(args.review_map, "--review-map", seg_ok=False)
-        if args.review_map.name.lower().endswith(".seg.nrrd"):
-            raise HilaError(f"{args.review_map}: the review map is a volume; use .nrrd, .nii.gz or .mha")
+    _check_maps(args)
     from ..imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
     from ..inference import Segmenter
 
@@ -109,11 +102,8 @@ def _infer_file(args, t0: float) -> int:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
-    _write(result, args.out, args.uncertainty)
-    if args.review_map is not None:
-        from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
-
-        write_image(sitk_review(result), args.review_map)
+    _write(result, args.out, None)
+    _write_maps(result, args)
     summary = dict(result.summary)
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"image": str(args.image), "out": str(args.out), **summary}
@@ -123,6 +113,24 @@ def _infer_file(args, t0: float) -> int:
         res["review_map_file"] = str(args.review_map)
     emit(args, res, _summary_line(summary, str(args.out)))
     return 0
+
+
+def _check_maps(args) -> None:
+    """--uncertainty and --review-map name volume files in folders that exist (both forms)."""
+    for path, opt, what in ((args.uncertainty, "--uncertainty", "uncertainty"), (args.review_map, "--review-map", "review")):
+        if path is not None:
+            _check_out(path, opt, seg_ok=False)
+            if path.name.lower().endswith(".seg.nrrd"):
+                raise HilaError(f"{path}: the {what} map is a volume; use .nrrd, .nii.gz or .mha")
+
+
+def _write_maps(result, args) -> None:
+    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
+
+    if args.uncertainty is not None:
+        write_image(result.uncertainty, args.uncertainty)
+    if args.review_map is not None:
+        write_image(sitk_review(result), args.review_map)
 
 
 def sitk_review(result):
@@ -145,12 +153,17 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 
 def _infer_workspace(args, t0: float) -> int:
-    from ..inference import Segmenter  # heavy (SimpleITK): `hila --help` stays fast
+    from ..imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
+    from ..inference import Segmenter
     from ..modelcard import ModelCard
     from ..workspace import Workspace
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
+    from ..paths import check_outputs
+
+    check_outputs({"WORKSPACE": args.workspace}, {"--uncertainty": args.uncertainty, "--review-map": args.review_map})
+    _check_maps(args)
     with Workspace.open(args.workspace) as ws:
         case = ws.case(args.case)
         if args.model is not None:
@@ -173,7 +186,11 @@ def _infer_workspace(args, t0: float) -> int:
         summary["model"] = card.name
         if dropped:
             summary["labels_not_in_workspace"] = dropped
+        for out in (args.uncertainty, args.review_map):  # every output on the image's grid, before anything is stored
+            if out is not None:
+                check_format_holds(image, out)
         pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary dict
+    _write_maps(result, args)
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"workspace": str(args.workspace), "case": case.case_id,
            "prediction_id": pred.prediction_id, **summary}

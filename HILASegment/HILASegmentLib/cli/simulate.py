@@ -24,7 +24,7 @@ def register(sub, parent) -> None:
     p.add_argument("--rounds", type=at.integer(0), default=4, help="rounds after round 0")
     p.add_argument("--train-minutes", type=at.positive, default=1.5, help="training budget per round")
     p.add_argument("--train-steps", type=at.integer(1), default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
-    p.add_argument("--strategy", default="random", help="random | sequential | uncertainty")
+    p.add_argument("--strategy", default="random", help="random | sequential | uncertainty | quality (lowest predicted Dice first)")
     p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact")
     p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)
     p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")

@@ -85,6 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     v = res["validation"]
     summary = (f"model v{res['model_version']} ({res['status']}): mean Dice {v['mean_dice']} on "
                f"{'gate' if res['held_out'] else 'its training'} corrections; {res['reason']}")
+    q = res.get("quality_model") or {}
+    summary += (f"\nquality model for v{q['model_version']}: {'in use' if q['in_use'] else 'not used'} ({q['reason']})"
+                if "in_use" in q else f"\nquality model not fitted: {q.get('error')}")
     emit(args, res, summary)
     return 0
 

@@ -94,8 +94,17 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("version", nargs="?", default=None)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first")
+    p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first",
+                       description="Unreviewed cases, most in need of review first, with each prediction's "
+                       "predicted Dice (the learned quality model's where `hila status` says it is in use, else the "
+                       "expected soft Dice of the model's own probabilities).")
     p.add_argument("workspace", type=Path)
+    p.add_argument("--by", default="quality", choices=["quality", "uncertainty", "random"],
+                   help="order by predicted Dice (lowest first; default), mean uncertainty, or at random")
+    p.add_argument("--review-budget", type=argtypes.real(0.0, 1.0, lo_open=True), default=None, metavar="F",
+                   help="list only the first fraction F (0 < F <= 1) of the predicted cases: by quality, the reviews "
+                   "that should raise the cohort's mean Dice most")
+    p.add_argument("--seed", type=argtypes.integer(0), default=0, help="with --by random: the order's seed")
     p.set_defaults(func=cmd_rank)
 
 
@@ -236,7 +245,8 @@ def cmd_status(args) -> int:
              f"corrections: {st['corrections']['total']} ({by_q}); predictions: {st['predictions']}",
              f"models: {models}",
              f"effort: {eff.get('corrections', 0)} corrections, {eff.get('seconds_total', 0)} s, "
-             f"mean {eff.get('voxels_changed_mean')} voxels changed"]
+             f"mean {eff.get('voxels_changed_mean')} voxels changed",
+             f"predicted Dice: {st['quality']['source']} ({st['quality']['reason']})"]
     for k, v in st["effort"].items():
         if k.startswith("v"):
             d = ", ".join(f"{n} {x}" for n, x in v["dice_vs_prediction_mean"].items() if x is not None)
@@ -313,12 +323,27 @@ def cmd_models(args) -> int:
 
 
 def cmd_rank(args) -> int:
+    from .. import quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
+
     with _open(args.workspace, readonly=True) as ws:
-        ranked = ws.rank()
+        ranked = ws.rank(by=args.by, seed=args.seed)
+        cur = ws.current_model()
+        source = ws.quality_source(cur.version if cur else None)
+    res = {"by": args.by, "quality_source": source, "cases": ranked}
+    if args.review_budget is not None:
+        res["review_budget"] = budget = quality.review_budget(ranked, args.review_budget)
+        chosen = set(budget["cases"])
+        ranked = [r for r in ranked if r["case_id"] in chosen]
     lines = []
     for r in ranked:
-        need = "unpredicted" if not r["predicted"] else (
-            f"need {r['review_need']:.3f}" if r["review_need"] is not None else "no uncertainty summary")
+        dice = f"predicted Dice {r['predicted_dice']:.3f}" if r.get("predicted_dice") is not None else None
+        need = "unpredicted" if not r["predicted"] else (dice or (
+            f"need {r['review_need']:.3f}" if r["review_need"] is not None else "no uncertainty summary"))
         lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need})")
-    emit(args, {"cases": ranked}, "\n".join(lines) or "every case has a reviewed correction")
+    if args.review_budget is not None:
+        b = res["review_budget"]
+        lines.append(f"review budget {b['fraction']:g}: {len(b['cases'])} of {b['of_predicted']} predicted case(s); "
+                     f"predicted cohort Dice {b['predicted_cohort_dice']} -> {b['predicted_cohort_dice_after']} "
+                     "if they are reviewed")
+    emit(args, res, "\n".join(lines) or "every case has a reviewed correction")
     return 0

@@ -189,6 +189,7 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
             if rnd.registered is None:
                 rnd.finish_quietly("failed", f"{exc.__class__.__name__}: {exc}")
             raise
+    out["quality_model"] = _refit_quality(ws)
     _emit(progress, 1.0, "done", phase="done", epoch=int(out["epochs"]), step=out["steps"], loss=out["final_loss"],
           val_dice=out["validation"].get("mean_dice"), seconds_left=0)
     return out
@@ -349,6 +350,18 @@ class _Round:
                                             "\n".join(self.log + [why]))
         except HilaError:
             pass
+
+
+def _refit_quality(ws) -> dict:
+    """After each run: the learned quality model for the model now current, fitted on every accepted
+    correction of a prediction (``qualitymodel``); whether it is used is decided there, by leave-one-out.
+    A failure here is reported in the result, never a failed training run (the model is registered)."""
+    try:
+        qm = ws.fit_quality_model()
+    except HilaError as exc:
+        return {"error": str(exc)}
+    return {"model_version": qm.model_version, "in_use": qm.in_use, "source": qm.source, "n_pairs": qm.n_pairs,
+            "reason": qm.reason}
 
 
 def _slim(ev: dict, where: str) -> dict:

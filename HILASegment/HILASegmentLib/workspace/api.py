@@ -4,7 +4,7 @@
 The work is done in rooms, one job each, that :class:`Workspace` combines: ``cases`` (import),
 ``labels`` (validating what is handed in), ``predictions``, ``corrections`` (and effort),
 ``runs`` (training snapshots and runs), ``registry`` (model versions), ``reports`` (status, rank,
-check, export), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``room`` holds what they share, including the one write pattern every stored file
+check, export), ``qualitymodels`` (the learned quality model per model version), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``room`` holds what they share, including the one write pattern every stored file
 follows (stage, place, insert the row, undo on error; see :meth:`room.Room._store`).
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged
 from .labels import Labels
 from .ledger import LEDGER_NAME, Ledger
 from .predictions import Predictions
+from .qualitymodels import QualityModels
 from .records import MODALITIES, dumps
 from .registry import Registry
 from .reports import Reports
@@ -67,7 +68,7 @@ def parse_modality(modality: str) -> str:
     return m
 
 
-class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom):
+class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom, QualityModels):
     """A HILASegment workspace folder: ``hila.sqlite`` (the ledger) and immutable files beside it."""
 
     @classmethod

@@ -71,12 +71,31 @@ class Reports(Room):
             "current_model": next((m.version for m in models if m.status == "current"), None),
             "training_runs": {r[0]: r[1] for r in runs},
             "effort": effort_summary(effort_rows, s.names()), "events": n_events,
+            "quality": self.quality_source(next((m.version for m in models if m.status == "current"), None)),
         }
 
-    def rank(self) -> List[dict]:
-        """Cases without a reviewed correction, most in need of review first (see ``quality.rank_cases``)."""
+    def rank(self, by: str = "quality", seed: int = 0) -> List[dict]:
+        """Cases without a reviewed correction, most in need of review first (see ``quality.rank_cases``).
+
+        By quality, a prediction is scored by the learned quality model of its own model version where one
+        is in use (``qualitymodels``), else by its expected soft Dice."""
         todo = [c for c in self.case_states() if not c["reviewed"]]
-        return _quality.rank_cases(todo)
+        for c in todo:  # the ledger's model version is the one a quality model is filed under
+            if isinstance(c["uncertainty"], dict):
+                c["uncertainty"] = dict(c["uncertainty"], model_version=c["latest_model_version"])
+        models: Dict[int, object] = {}
+
+        def learned(summary) -> Optional[float]:
+            v = summary.model_version
+            if v is None:
+                return None
+            if v not in models:
+                models[v] = self.quality_model(int(v))  # type: ignore[attr-defined]  (the quality-models room)
+            qm = models[v]
+            return qm.score(summary) if qm is not None and qm.in_use else None
+
+        return _quality.rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
+                                   rng=np.random.default_rng(seed))
 
     def check(self, repair: bool = False) -> CheckReport:
         return check_workspace(self, repair=repair)
