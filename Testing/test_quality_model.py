@@ -240,3 +240,27 @@ def test_rank_uses_a_learned_model_in_use_for_the_predictions_version(ct_ws, cap
     assert res["cases"][0]["predicted_dice"] == want and res["cases"][0]["predicted_dice_source"] == "learned"
     rc, out, _ = run(capsys, "status", ws)
     assert "predicted Dice: learned (beats the unsupervised estimate" in out
+
+
+def test_workspace_infer_writes_the_review_map_on_the_case_grid(ct_ws, capsys, tmp_path):
+    import shutil
+
+    from HILASegmentLib.workspace import Workspace
+    ws = tmp_path / "ws"
+    shutil.copytree(ct_ws[0], ws)
+    cid = ct_ws[1][CASES[2]]
+    with Workspace.open(ws) as w:
+        n_before = len(w.predictions(cid))
+    rc, out, err = run_exit(capsys, "infer", ws, cid, "--review-map", tmp_path / "r.seg.nrrd")
+    assert rc != 0 and err.startswith("hila: error:") and "review map is a volume" in err
+    rc, out, err = run_exit(capsys, "infer", ws, cid, "--review-map", tmp_path / "no" / "r.nrrd")
+    assert rc != 0 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    with Workspace.open(ws) as w:
+        assert len(w.predictions(cid)) == n_before  # refused before anything was stored
+    rc, _, _ = run(capsys, "infer", ws, cid, "--review-map", tmp_path / "r.nrrd")
+    assert rc == 0
+    ct = sitk.ReadImage(str(shared("pelvic_ct", CASES[2], "ct.nii.gz")))
+    r = sitk.ReadImage(str(tmp_path / "r.nrrd"))
+    assert r.GetSize() == ct.GetSize() and np.allclose(r.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+    a = sitk.GetArrayFromImage(r)
+    assert a.min() >= 0 and 0 < a.max() <= 1

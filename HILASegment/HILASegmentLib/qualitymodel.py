@@ -137,12 +137,14 @@ def _predict(params, X: np.ndarray) -> np.ndarray:
     return np.clip(((X - mu) / sc) @ w + b, 0.0, 1.0)
 
 
-def nested_loo(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each pair predicted by a model fitted (scaling and ridge strength chosen too) without it."""
+def nested_loo(X: np.ndarray, y: np.ndarray, groups: Optional[Sequence] = None) -> np.ndarray:
+    """Each pair predicted by a model fitted (scaling and ridge strength chosen too) without it; with
+    ``groups`` (e.g. the case), without any pair of its group (several model versions' predictions of one case)."""
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
     out = np.empty(len(y))
-    for i in range(len(y)):
-        keep = np.arange(len(y)) != i
-        out[i] = _predict(_fit(X[keep], y[keep]), X[i:i + 1])[0]
+    for k in np.unique(g):
+        held = g == k
+        out[held] = _predict(_fit(X[~held], y[~held]), X[held])
     return out
 
 
@@ -206,7 +208,7 @@ class QualityModel:
 
 
 def fit_quality_model(pairs: Sequence[Mapping[str, Any]], model_version: int) -> QualityModel:
-    """Fit on ``pairs`` (``prediction_id``, ``model_version``, ``features``, ``unsupervised`` Dice (source a),
+    """Fit on ``pairs`` (``prediction_id``, ``model_version``, ``case_id``, ``features``, ``unsupervised`` Dice (source a),
     ``true`` Dice of the accepted correction against the prediction) and decide whether it beats (a)."""
     usable = [p for p in pairs if feature_vector(p.get("features")) is not None
               and _finite(p.get("true")) and _finite(p.get("unsupervised"))]
@@ -218,7 +220,7 @@ def fit_quality_model(pairs: Sequence[Mapping[str, Any]], model_version: int) ->
     X = np.stack([feature_vector(p["features"]) for p in usable])
     y = np.array([float(p["true"]) for p in usable])
     a = np.array([float(p["unsupervised"]) for p in usable])
-    b = nested_loo(X, y)
+    b = nested_loo(X, y, [p.get("case_id", i) for i, p in enumerate(usable)])  # a case's pairs held out together
     loo = {"learned": _agreement(b, y), "unsupervised": _agreement(a, y)}
     lam, mu, sc, w, icpt = _fit(X, y)
     rb, ra = loo["learned"]["spearman"], loo["unsupervised"]["spearman"]

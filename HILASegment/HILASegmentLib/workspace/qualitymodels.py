@@ -26,7 +26,7 @@ class QualityModels(Room):
         (source a) and the Dice the first such correction showed against it (the truth a quality model learns)."""
         with self.ledger.read() as con:
             rows = con.execute(
-                "SELECT p.prediction_id, p.model_version, p.uncertainty, c.effort FROM corrections c "
+                "SELECT p.prediction_id, p.model_version, p.case_id, p.uncertainty, c.effort FROM corrections c "
                 "JOIN predictions p ON p.prediction_id = c.based_on WHERE c.quality = 'reviewed' "
                 "ORDER BY c.correction_id").fetchall()
         seen, out = set(), []
@@ -37,6 +37,7 @@ class QualityModels(Room):
             summary = PredictionSummary.from_dict(json.loads(r["uncertainty"])) if r["uncertainty"] else None
             dice = [v for v in (json.loads(r["effort"]).get("dice") or {}).values() if v is not None]
             out.append({"prediction_id": int(r["prediction_id"]), "model_version": r["model_version"],
+                        "case_id": r["case_id"],
                         "features": summary.quality_features if summary else None,
                         "unsupervised": summary.predicted_dice if summary else None,
                         "true": round(float(np.mean(dice)), 6) if dice else None})
