@@ -93,10 +93,12 @@ def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking
     arr = sitk.GetArrayFromImage(label)
     assert set(np.unique(arr)) == {0, 2}
     assert summary["mean_uncertainty"] == result["mean_uncertainty"] and "labels" in summary
+    # the predicted Dice and the features the learned quality model reads travel with it
+    assert summary["predicted_dice"] == result["predicted_dice"] and summary["quality_features"]
     ws.add_prediction(a.case_id, label, None, uncertainty=summary)
     ranked = ws.rank()
     assert ranked[0]["case_id"] == a.case_id and ranked[0]["review_need"] is not None
-    assert panels.case_rows(ws)[0][4] == round(1 - ranked[0]["review_need"], 3)
+    assert panels.case_rows(ws)[0][4] == round(result["predicted_dice"], 3) == round(1 - ranked[0]["review_need"], 3)
     ws.close()
 
 

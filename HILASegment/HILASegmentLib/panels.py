@@ -13,10 +13,12 @@ from typing import Any, List, Mapping, Optional, Tuple
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
            "model_dice", "learning_curve", "compare_text", "prediction_from_file", "model_for"]
 
-#: Keys of the `hila infer --json` result that are stored with a prediction (what ranking reads).
-UNCERTAINTY_KEYS = ("mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta", "seconds")
+#: Keys of the `hila infer --json` result that are stored with a prediction (what ranking and the learned
+#: quality model read: the predicted Dice and the prediction's features among them).
+UNCERTAINTY_KEYS = ("model", "model_version", "mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta",
+                    "seconds", "predicted_dice", "predicted_dice_source", "quality_features")
 
-CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Quality score", "Corrections", "Effort"]
+CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort"]
 MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
 CURVE_COLUMNS = ["Model version", "Validation Dice", "Correction effort (1 - Dice vs prediction)"]
 
@@ -45,18 +47,20 @@ def model_dice(card: Optional[Mapping]) -> Optional[float]:
 
 
 def case_rows(ws) -> List[list]:
-    """One row per case (CASE_COLUMNS): state, last model, expected quality (1 - review need), corrections, effort.
+    """One row per case (CASE_COLUMNS): state, last model, predicted Dice of its latest prediction (the source
+    ``hila rank`` uses: the learned quality model where it is in use, else the expected soft Dice; empty for
+    reviewed cases and predictions without one), corrections, effort.
 
     Effort is the fraction of labelled voxels the latest correction changed (0 = accepted as is).
     """
-    need = {r["case_id"]: r.get("review_need") for r in ws.rank()}
+    need = {r["case_id"]: r.get("predicted_dice") for r in ws.rank()}
     latest_effort = {}
     for c in ws.corrections():  # oldest first: later versions overwrite
         latest_effort[c.case_id] = (c.effort or {}).get("fraction_changed")
     rows = []
     for s in ws.case_states():
         n = need.get(s["case_id"])
-        score = "" if n is None else round(1.0 - float(n), 3)
+        score = "" if n is None else round(float(n), 3)
         last = s.get("latest_model_version")
         effort = latest_effort.get(s["case_id"])
         rows.append([s["case_id"], s["name"], s["state"], "" if last is None else f"v{last}", score,
