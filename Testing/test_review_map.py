@@ -31,3 +31,29 @@ def test_review_region_is_the_top_share_of_foreground_in_its_own_layer():
     assert s.layer not in {x.layer for x in seg.segments if x is not s}
     assert s.tags[REVIEW_TAG] == "1"
     seg.validate()
+
+
+def test_a_prediction_without_a_review_map_asked_for_one_is_refused_nothing_written(tmp_path):
+    """A result whose review map was dropped (or never made) asked for the review segment or map: one line."""
+    import pytest
+    from conftest import shared
+
+    from HILASegmentLib.cli.infer import sitk_review
+    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.segfile import write_segmentation
+
+    image = sitk.ReadImage(str(shared("pelvic_ct", "Pelvic-Ref005", "ct.nii.gz")))
+    res = Segmenter("pelvic_ct_unet").segment(image)
+    seg = res.to_segmentation(review=True)
+    assert any(s.tags.get(REVIEW_TAG) == "1" for s in seg.segments)
+    res.review_map = None
+    for ask in (lambda: res.to_segmentation(review=True), lambda: sitk_review(res)):
+        with pytest.raises(HilaError, match="has no review map") as exc:
+            ask()
+        assert "\n" not in str(exc.value)
+    out = tmp_path / "p.seg.nrrd"
+    with pytest.raises(HilaError):
+        write_segmentation(res.to_segmentation(review=True), out)
+    assert not out.exists()
+    assert not any(s.tags.get(REVIEW_TAG) for s in res.to_segmentation().segments)

@@ -57,11 +57,15 @@ class InferenceResult:
     def to_segmentation(self, review: bool = False):
         """A segfile.Segmentation with the card's segment names and colours and provenance tags.
 
-        ``review``: add the "Review: likely error" segment (own layer) from the review map.
+        ``review``: add the "Review: likely error" segment (own layer) from the review map; a result without
+        one (a prediction read back from a file, or made without it) is refused rather than written without it.
         """
+        if review and self.review_map is None:
+            raise HilaError(f"prediction of model {self.summary.get('model')} v{self.summary.get('model_version')}: "
+                            "has no review map (segment it again with --review-map); nothing written")
         labels = [(lab.value, lab.name, tuple(lab.color)) for lab in self.card.labels]
         seg = Segmentation.from_label_image(self.label, labels, tags=self.provenance_tags())
-        if review and self.review_map is not None:
+        if review:
             add_review_segment(seg, self.review_map, self.label, self.provenance_tags())
         return seg
 

@@ -135,7 +135,8 @@ def _write_maps(result, args) -> None:
 
 def sitk_review(result):
     if result.review_map is None:
-        raise HilaError("this prediction has no review map")
+        raise HilaError(f"prediction of model {result.summary.get('model')} v{result.summary.get('model_version')}: "
+                        "has no review map; nothing written")
     return result.review_map
 
 
@@ -145,7 +146,7 @@ def _write(result, out: Path, uncertainty_out) -> None:
     if out.name.lower().endswith(".seg.nrrd"):
         from ..segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
 
-        write_segmentation(result.to_segmentation(review=True), out)
+        write_segmentation(result.to_segmentation(review=result.review_map is not None), out)
     else:
         write_image(result.label, out)
     if uncertainty_out is not None:
