@@ -82,6 +82,10 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     snap = {(s.case_id, s.correction_version) for s in ws.snapshot()}
     assert {(t["case_id"], t["correction_version"]) for t in card["training_set"]} == snap
     assert ws.training_runs()[-1].status == "done" and ws.training_runs()[-1].model_version == 1
+    # a quality model is fitted after the run, for the model now current; no predictions yet: not in use
+    q1 = r1["quality_model"]
+    assert q1["model_version"] == 1 and not q1["in_use"] and q1["n_pairs"] == 0 and "needs" in q1["reason"]
+    assert ws.quality_model(1).n_pairs == 0 and ws.quality_model(2) is None
 
     # second round: a 3rd correction and a new version of case 1; with --gate-min-cases 1 the new case
     # (never seen by v1) gates, the other two train; fine-tuned from v1's checkpoint
@@ -104,6 +108,8 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     r3 = train_workspace(ws, opts(promote="never"))
     assert not r3["promoted"] and ws.model(r3["model_version"]).status == "candidate"
     assert ws.current_model().version == 1
+    # the refit is for the version that scores the next predictions (v1, current), not the kept candidate
+    assert r3["quality_model"]["model_version"] == 1 and ws.quality_model(r3["model_version"]) is None
     assert ws.check().ok
 
 
