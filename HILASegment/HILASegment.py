@@ -610,7 +610,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         items = segments.workspace_items([(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags)
                                           for s in result.segments], labels)
         mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_result(slicer.util, items, segNode, volume, editorNode, mode)
+        return segments.write_engine_result(slicer.util, items, segNode, volume, editorNode, mode)
 
     def saveSegmentation(self, segNode, path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -643,7 +643,8 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         folder = tempfile.mkdtemp(prefix="hila-infer-")
         image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
         write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json"] + (["--tta"] if tta else [])
+        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
+                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
         argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 

@@ -33,3 +33,12 @@ def test_terminology_tag_from_real_seg_nrrd():
     tags = dict(t.split(":", 1) for t in line.split(":=", 1)[1].split("|") if ":" in t)
     assert terminology_name(tags) == "Rib"
     assert match_label("Segment_1", tags, [("rib", 5)]) == 5
+
+
+def test_the_review_segment_matches_no_label_even_when_named_like_one():
+    from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG, match_label, missing_labels
+    labels = [("prostate", 1), (REVIEW_NAME, 2)]
+    assert match_label(REVIEW_NAME, {REVIEW_TAG: "1"}, labels) is None
+    assert match_label("prostate", {REVIEW_TAG: "1", "hila_label": "1"}, labels) is None
+    assert match_label("prostate", {}, labels) == 1
+    assert missing_labels([("prostate", {REVIEW_TAG: "1"})], [("prostate", 1)]) == ["prostate"]

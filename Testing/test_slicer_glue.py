@@ -430,3 +430,65 @@ def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     runner = installs.run_plan(SimpleNamespace(), plan)  # 5.8/5.10: no slicer.packaging
     assert isinstance(runner, SequenceRunner) and not runner.finished
     assert [c[-1] for c in runner.commands] == ["tqdm>=4.60", "lavlab-taps>=1.1"] and "--no-deps" in runner.commands[1]
+
+
+class Display:  # vtkMRMLSegmentationDisplayNode: the per-segment visibility calls the library makes
+    def __init__(self):
+        self.fill, self.outline, self.three_d = {}, {}, {}
+
+    def GetSegmentVisibility(self, segId):
+        return True
+
+    def SetSegmentVisibility2DFill(self, segId, on):
+        self.fill[segId] = on
+
+    def SetSegmentVisibility2DOutline(self, segId, on):
+        self.outline[segId] = on
+
+    def SetSegmentVisibility3D(self, segId, on):
+        self.three_d[segId] = on
+
+
+def test_the_review_segment_is_an_outline_of_its_own_never_anatomy_at_accept(two_cases, tmp_path):
+    """An engine result with the review segment (hila infer --review-map, as Segment runs it): the anatomy goes to
+    hila_<value>, the review region to hila_review drawn as an outline; Accept submits the anatomy only."""
+    from tiny_models import tiny_model
+
+    from HILASegmentLib.colors import REVIEW_COLOR, known_color
+    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
+    from HILASegmentLib.segfile import read_segmentation, write_segmentation
+
+    ws, scene, (volA, _) = two_cases
+    model = tiny_model(tmp_path)
+    image = sitk.GetImageFromArray(volA.array)
+    image.SetSpacing((1.0, 1.0, 2.5))
+    res = Segmenter(model).segment(image)
+    out = write_segmentation(res.to_segmentation(review=True), tmp_path / "r.seg.nrrd")
+    seg = read_segmentation(out)
+    items = [(s.label_value, s.name, s.color, seg.mask_array(s.name) > 0, s.tags) for s in seg.segments]
+    assert any(REVIEW_TAG in t for *_, t in items)
+    labels = [type("L", (), {"value": 1, "name": "prostate"})()]
+    # the model calls its label 'sphere': name it like the workspace's label, as a radiologist would
+    items = [(v, "prostate" if REVIEW_TAG not in t else n, c, m, t) for v, n, c, m, t in items]
+    segNode = segments.segmentation_for(scene, volA)
+    segNode.display = Display()
+    segNode.GetDisplayNode = lambda: segNode.display
+    report = segments.write_engine_result(Util, segments.workspace_items(items, labels), segNode, volA)
+    review_mask = next(m for *_, m, t in items if REVIEW_TAG in t)
+    assert report.names == ["prostate"] and report.review_voxels == int(review_mask.sum()) > 0
+    assert "likely errors outlined" in report.message()
+    sn = segNode.segmentation
+    assert set(sn.segs) == {"hila_1", segments.REVIEW_ID}  # the review region never lands in hila_1
+    assert sn.segs[segments.REVIEW_ID].name == REVIEW_NAME and sn.segs[segments.REVIEW_ID].tags[REVIEW_TAG] == "1"
+    assert segNode.display.fill == {segments.REVIEW_ID: False} and segNode.display.outline == {segments.REVIEW_ID: True}
+    assert segNode.display.three_d == {segments.REVIEW_ID: False}
+    assert REVIEW_COLOR not in {known_color(n) for n in ("prostate", "bladder", "rectum")}
+    anatomy = np.asarray(sn.arrays["hila_1"]) > 0
+    assert np.array_equal(anatomy, sitk.GetArrayFromImage(res.label) > 0)
+    # Accept: the anatomy only, even though the review region reaches outside it
+    assert (review_mask & ~anatomy).any()
+    label = segments.label_array_from_segmentation(Util, segNode, volA, labels, Ref)
+    assert np.array_equal(label > 0, anatomy)
+    c = _accept(ws, volA, segNode)
+    assert np.array_equal(sitk.GetArrayFromImage(ws.correction_label(c.case_id, c.version)) > 0, anatomy)

@@ -52,3 +52,7 @@ def known_color(name: str) -> Optional[Color]:
 def default_color(name: str, index: int) -> Color:
     """The colour a new segment or workspace label gets: its known colour, else the ``index``-th palette entry."""
     return known_color(name) or PALETTE[index % len(PALETTE)]
+
+
+#: The likely-error ("Review") segment's colour: magenta, which no anatomy in the table uses.
+REVIEW_COLOR: Color = (1.0, 0.0, 0.85)

@@ -1,6 +1,6 @@
 """THE label-matching rule: which workspace label value a segment stands for.
 
-Order: 1. a segment tag ``hila_label`` (or a tag key ``hila_<value>``), 2. the name ignoring case and
+A segment tagged ``hila_review`` (the likely-error region) matches nothing. Order: 1. a segment tag ``hila_label`` (or a tag key ``hila_<value>``), 2. the name ignoring case and
 surrounding whitespace, 3. the terminology's type name in the ``TerminologyEntry`` tag (Slicer's
 ``~``-separated ``scheme^code^meaning`` triplets; the 3rd triplet is the type), 4. the alias table.
 Plain functions on plain data: names, tag dicts, (name, value) label lists.
@@ -13,6 +13,8 @@ ones (``Prostata``) and auto-contours marked by a suffix (``Prostate_DL``, ``Bla
 from __future__ import annotations
 
 TAG_KEY = "hila_label"
+#: The engine's likely-error segment ("Review: likely error", tagged ``hila_review``) stands for no label, ever.
+REVIEW_TAG, REVIEW_NAME = "hila_review", "Review: likely error"
 
 # Aliases (lower-case) -> canonical label name; Italian RTSTRUCT names and common English variants.
 ALIASES = {
@@ -57,6 +59,8 @@ def match_label(name, tags: dict | None, labels) -> int | None:
     labels = [(str(n), int(v)) for n, v in labels]
     values = {v for _, v in labels}
     tags = tags or {}
+    if REVIEW_TAG in tags:
+        return None
     if TAG_KEY in tags:
         try:
             v = int(str(tags[TAG_KEY]).strip())

@@ -12,7 +12,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 import SimpleITK as sitk
 
+from .colors import REVIEW_COLOR
 from .errors import HilaError
+from .labelmatch import REVIEW_NAME, REVIEW_TAG
 from .metrics import dice
 from .segmentation import Segment, Segmentation
 from .summary import PredictionSummary
@@ -134,8 +136,9 @@ def review_budget(ranked: Sequence[Mapping], fraction: float) -> dict:
             "predicted_cohort_dice_after": None if after is None else round(after, 4)}
 
 
-#: The likely-error segment written beside the anatomy: its name, tag, colour (no anatomy uses it) and share.
-REVIEW_NAME, REVIEW_TAG, REVIEW_COLOR, REVIEW_SHARE = "Review: likely error", "hila_review", (1.0, 0.0, 0.85), 0.2
+#: The share of the predicted foreground the likely-error segment covers (its name and tag: ``labelmatch``,
+#: its colour: ``colors``).
+REVIEW_SHARE = 0.2
 
 
 def error_probability(probs: np.ndarray, lab_idx: np.ndarray, softmax: bool,

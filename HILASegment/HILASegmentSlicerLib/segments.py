@@ -12,7 +12,10 @@ Rules kept here:
   does it (inside modes use all/visible segments including the edited one; outside modes leave
   the edited segment out), and what it kept out is counted and reported, never silent;
 - Accept matches segments to labels with THE rule (``HILASegmentLib.labelmatch``) and refuses,
-  naming it, a label no segment stands for (it would otherwise become background).
+  naming it, a label no segment stands for (it would otherwise become background);
+- the engine's "Review: likely error" segment (tag ``hila_review``) is never anatomy: it becomes the
+  segment ``hila_review`` in a layer of its own, drawn as an outline only (no fill, not in 3-D), which the
+  user hides like any segment; AI masking ignores it and Accept leaves it out.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from HILASegmentLib import labelmatch, mrmlgeometry
+from HILASegmentLib.colors import REVIEW_COLOR
 from HILASegmentLib.errors import HilaError
+from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
 
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
-           "workspace_items"]
+           "workspace_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -34,6 +39,7 @@ SEGMENTATION_REFERENCE = "HILASegment.Segmentation"
 OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any other segment
 CREATOR_TAG = "HILA.creator"
 TERMINOLOGY_TAG = "TerminologyEntry"  # vtkSegment::GetTerminologyEntryTagName()
+REVIEW_ID = OWN_PREFIX + "review"  # the likely-error outline; no label value is ever written under this ID
 
 
 @dataclass
@@ -44,6 +50,7 @@ class WriteReport:
     predicted: Dict[str, int] = field(default_factory=dict)
     clipped: Dict[str, int] = field(default_factory=dict)
     mask_mode: str = ""
+    review_voxels: Optional[int] = None
 
     @property
     def clipped_total(self) -> int:
@@ -57,6 +64,8 @@ class WriteReport:
             text += (f"; masking ({self.mask_mode}) kept {self.clipped_total} voxels of the AI result out"
                      + (f" — nothing written for {', '.join(lost)}" if lost else "")
                      + "; set Masking to 'Everywhere' in the editor and Segment again to get all of it")
+        if self.review_voxels is not None:
+            text += f"; likely errors outlined in '{REVIEW_NAME}' ({self.review_voxels} voxels; hide it in the segment list)"
         return text
 
 
@@ -88,7 +97,7 @@ def _tags(segment: Any, keys: Sequence[str], mutable: Callable[[str], Any]) -> D
 def segment_list(segNode: Any, label_values: Sequence[int], mutable: Callable[[str], Any]) -> List[Tuple[str, str, dict]]:
     """(segment ID, name, the tags label matching reads) of every segment, in order."""
     segmentation = segNode.GetSegmentation()
-    keys = [labelmatch.TAG_KEY, TERMINOLOGY_TAG] + [f"hila_{int(v)}" for v in label_values]
+    keys = [labelmatch.TAG_KEY, TERMINOLOGY_TAG, REVIEW_TAG] + [f"hila_{int(v)}" for v in label_values]
     out = []
     for i in range(segmentation.GetNumberOfSegments()):
         segId = segmentation.GetNthSegmentID(i)
@@ -105,7 +114,8 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
     say "background" where the radiologist said nothing. An empty segment counts as present.
     """
     pairs = [(str(lab.name), int(lab.value)) for lab in labels]
-    segs = segment_list(segNode, [v for _, v in pairs], mutable)
+    segs = [(i, n, t) for i, n, t in segment_list(segNode, [v for _, v in pairs], mutable)
+            if i != REVIEW_ID and REVIEW_TAG not in t]  # the likely-error outline is never anatomy
     missing = labelmatch.missing_labels([(name, tags) for _, name, tags in segs], pairs)
     if missing:
         have = ", ".join(repr(name) for _, name, _ in segs) or "none"
@@ -135,6 +145,7 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     shape = util.arrayFromVolume(volume).shape
     report = WriteReport(mask_mode=mask_mode or "")
     existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing
     arrays = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in existing}
     display = segNode.GetDisplayNode()
     visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
@@ -170,6 +181,43 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
     finally:
         segNode.EndModify(wasModified)
+    return report
+
+
+def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):
+    """(anatomy items, the review segment's mask or None): the engine tags its review segment ``hila_review``."""
+    anatomy = [it for it in items if REVIEW_TAG not in (it[4] or {})]
+    review = [it for it in items if REVIEW_TAG in (it[4] or {})]
+    return anatomy, (review[0][3] if review else None)
+
+
+def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: Optional[Dict[str, str]] = None) -> int:
+    """The likely-error region as an outline the user can hide: segment ``hila_review`` in its own layer, replaced
+    by each new result, outline only in the slice views and hidden in 3-D. Returns its voxel count."""
+    segmentation = segNode.GetSegmentation()
+    if segmentation.GetSegment(REVIEW_ID) is None:
+        segmentation.AddEmptySegment(REVIEW_ID, REVIEW_NAME, mrmlgeometry.color_to_float(REVIEW_COLOR))
+    segmentation.SeparateSegmentLabelmap(REVIEW_ID)  # never shares a layer with anatomy
+    mask = (np.asarray(mask) > 0).astype(np.uint8)
+    util.updateSegmentBinaryLabelmapFromArray(mask, segNode, REVIEW_ID, volume)
+    segment = segmentation.GetSegment(REVIEW_ID)
+    for key, val in dict(tags or {}, **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
+        segment.SetTag(str(key), str(val))
+    display = segNode.GetDisplayNode()
+    if display is not None:
+        display.SetSegmentVisibility2DFill(REVIEW_ID, False)
+        display.SetSegmentVisibility2DOutline(REVIEW_ID, True)
+        display.SetSegmentVisibility3D(REVIEW_ID, False)
+    return int(mask.sum())
+
+
+def write_engine_result(util: Any, items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any,
+                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+    """An engine result (anatomy and, when present, the review segment) into the volume's own segmentation."""
+    anatomy, review = split_review(items)
+    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode)
+    if review is not None:
+        report.review_voxels = write_review(util, segNode, volume, review)
     return report
 
 
