@@ -1,0 +1,178 @@
+"""Issue 11's measurement campaign for `hila simulate`: run it (resumable) and aggregate it.
+
+Why a driver: the claims (test Dice rises, effort per case falls, uncertainty vs random) are about the
+spread over seeds, not one run, and the campaign is long on shared CPU cores, so it must be restartable and
+its runs must live outside the repository (only the table and one small figure are committed).
+
+    python scripts/bench_simulate.py run    --runs /tmp/runs [--campaign synth_random] [--train-minutes 0.4]
+    python scripts/bench_simulate.py report --runs /tmp/runs --figure docs/simulate_campaign.png
+
+`run` starts every run of a campaign that has no summary.json yet, in parallel, under `nice -n 10`
+(rerunning resumes each after its last completed round). `report` reads each run's rounds.json (complete or
+partial) and summary.json and prints, per campaign, mean ± sd over seeds per round of test Dice, radiologist
+seconds per case and cumulative effort as a fraction of full annotation, plus the baseline and
+effort_fraction_at_95pct_baseline per seed; for uncertainty vs random, the effort each needed to reach the
+same Dice (the lower of the two campaigns' best mean Dice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the headless backend is chosen)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT.parent / "shared" / "data" / "prostate_shapes"
+SEEDS = (1, 2, 3)
+#: Synthetic cohort: both shape sets (MSD 32 + NCI-ISBI 60), whole gland, 12 test cases, 80-case pool.
+SYNTH = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--initial", "2", "--per-round", "3",
+         "--rounds", "8"]
+CAMPAIGNS = {"synth_random": ["--strategy", "random", "--baseline"],
+             "synth_uncertainty": ["--strategy", "uncertainty"]}
+
+
+def shapes_folder(runs: Path) -> Path:
+    """`--synthetic` takes one folder: link both shape sets into one (their file names do not collide)."""
+    folder = runs / "shapes_all"
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in sorted(SHAPES.glob("*/*")):
+        link = folder / src.name
+        if not link.exists():
+            link.symlink_to(src)
+    return folder
+
+
+def run_campaign(runs: Path, names: List[str], minutes: float) -> None:
+    shapes = shapes_folder(runs)
+    procs = []
+    for name in names:
+        for seed in SEEDS:
+            out = runs / f"{name}_s{seed}"
+            if (out / "summary.json").is_file():
+                continue
+            cmd = ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out),
+                   "--synthetic", str(shapes), *SYNTH, *CAMPAIGNS[name], "--train-minutes", str(minutes),
+                   "--seed", str(seed), "--threads", "1", "--json"]
+            log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+            print("started", " ".join(cmd[3:]), flush=True)
+    for p in procs:
+        p.wait()
+
+
+def _load(run: Path) -> Optional[dict]:
+    if not (run / "rounds.json").is_file():
+        return None
+    rounds = json.loads((run / "rounds.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
+    return {"rounds": rounds, "summary": summary}
+
+
+def _ms(xs: List[float]) -> str:
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}" if max(xs) <= 1.5 else f"{statistics.mean(xs):.0f} ± {sd:.0f}"
+
+
+def aggregate(runs: Path, name: str) -> Dict[str, object]:
+    """Per round (over the seeds that reached it): Dice, seconds per case, cumulative effort fraction."""
+    seeds = {s: _load(runs / f"{name}_s{s}") for s in SEEDS}
+    seeds = {s: d for s, d in seeds.items() if d}
+    n = max((len(d["rounds"]) for d in seeds.values()), default=0)
+    table = []
+    for i in range(n):
+        at = [d["rounds"][i] for d in seeds.values() if len(d["rounds"]) > i]
+        table.append({"round": i, "n": len(at), "dice": [r["mean_dice"] for r in at],
+                      "effort_per_case_s": [r["effort_per_case_s"] for r in at],
+                      "effort_fraction": [r["effort_fraction"] for r in at]})
+    return {"name": name, "seeds": seeds, "table": table}
+
+
+def print_campaign(agg: dict) -> None:
+    print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
+    print("| round | seeds | test Dice | s per case | cumulative effort / full |")
+    print("|---:|---:|---|---|---|")
+    for row in agg["table"]:
+        print(f"| {row['round']} | {row['n']} | {_ms(row['dice'])} | {_ms(row['effort_per_case_s'])} | "
+              f"{_ms(row['effort_fraction'])} |")
+    for s, d in sorted(agg["seeds"].items()):
+        sm = d["summary"]
+        if sm:
+            print(f"seed {s}: baseline Dice {sm.get('baseline_dice')}, final {sm.get('final_dice')}, "
+                  f"effort_fraction_at_95pct_baseline {sm.get('effort_fraction_at_95pct_baseline')}, "
+                  f"plateau round {sm.get('plateau_round')}, wall {sm.get('wall_seconds')} s, "
+                  f"synthesis+evaluation fraction {(sm.get('time_split') or {}).get('synthesis_evaluation_fraction')}")
+        else:
+            print(f"seed {s}: incomplete ({len(d['rounds'])} rounds, no summary.json)")
+
+
+def effort_to_reach(agg: dict, target: float) -> List[Optional[float]]:
+    """Per seed: the cumulative effort fraction at the first round whose test Dice reaches ``target``."""
+    return [next((r["effort_fraction"] for r in d["rounds"] if r["mean_dice"] >= target), None)
+            for _, d in sorted(agg["seeds"].items())]
+
+
+def figure(aggs: List[dict], path: Path) -> None:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for agg in aggs:
+        if not agg["table"]:
+            continue
+        x = [r["round"] for r in agg["table"]]
+        for ax, key in ((ax1, "dice"), (ax2, "effort_per_case_s")):
+            m = [statistics.mean(r[key]) for r in agg["table"]]
+            sd = [statistics.stdev(r[key]) if len(r[key]) > 1 else 0.0 for r in agg["table"]]
+            ax.errorbar(x, m, yerr=sd, capsize=3, marker="o", label=agg["name"])
+        for s, d in sorted(agg["seeds"].items()):
+            ax3.plot([r["effort_fraction"] for r in d["rounds"]], [r["mean_dice"] for r in d["rounds"]],
+                     marker=".", alpha=0.7, label=f"{agg['name']} s{s}")
+            b = d["summary"].get("baseline_dice")
+            if b is not None:
+                ax1.axhline(b, ls="--", lw=0.8, color="grey")
+                ax3.axhline(b, ls="--", lw=0.8, color="grey")
+    ax1.set(xlabel="round", ylabel="mean test Dice (± sd over seeds)", title="test Dice (dashed: baselines)")
+    ax2.set(xlabel="round", ylabel="radiologist s per case (± sd)", title="effort per case")
+    ax3.set(xlabel="cumulative effort / full annotation", ylabel="test Dice", title="Dice vs effort, per seed")
+    ax1.legend(fontsize=7)
+    ax3.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    print(f"\nfigure: {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["run", "report"])
+    ap.add_argument("--runs", type=Path, required=True, help="folder of run folders (outside the repository)")
+    ap.add_argument("--campaign", action="append", choices=sorted(CAMPAIGNS), help="default: all")
+    ap.add_argument("--train-minutes", type=float, default=0.4)
+    ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "simulate_campaign.png")
+    a = ap.parse_args(argv)
+    names = a.campaign or sorted(CAMPAIGNS, key=list(CAMPAIGNS).index)
+    if a.action == "run":
+        run_campaign(a.runs, names, a.train_minutes)
+        return 0
+    aggs = [aggregate(a.runs, n) for n in names]
+    for agg in aggs:
+        print_campaign(agg)
+    done = [g for g in aggs if g["table"]]
+    if len(done) == 2:
+        target = min(max(statistics.mean(r["dice"]) for r in g["table"]) for g in done)
+        print(f"\neffort (fraction of full annotation) to first reach test Dice {target:.3f}, per seed:")
+        for g in done:
+            print(f"  {g['name']}: {effort_to_reach(g, target)}")
+    figure(aggs, a.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
