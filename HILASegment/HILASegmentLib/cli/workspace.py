@@ -105,6 +105,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    help="list only the first fraction F (0 < F <= 1) of the predicted cases: by quality, the reviews "
                    "that should raise the cohort's mean Dice most")
     p.add_argument("--seed", type=argtypes.integer(0), default=0, help="with --by random: the order's seed")
+    p.add_argument("--suspects", action="store_true", help="list the suspect corrections instead (flagged after "
+                   "training: far worse agreement with an unseen model than their peers; re-review them)")
     p.set_defaults(func=cmd_rank)
 
 
@@ -252,6 +254,7 @@ def cmd_status(args) -> int:
             d = ", ".join(f"{n} {x}" for n, x in v["dice_vs_prediction_mean"].items() if x is not None)
             lines.append(f"  corrections of model {k}: {v['corrections']}, mean {v['voxels_changed_mean']} voxels changed"
                          + (f", Dice vs prediction {d}" if d else ""))
+    lines += [f"suspect: {s['case_id']} {s['name']} v{s['correction_version']} ({s['reason']})" for s in st["suspects"]]
     emit(args, st, "\n".join(lines))
     return 0
 
@@ -325,6 +328,8 @@ def cmd_models(args) -> int:
 def cmd_rank(args) -> int:
     from .. import quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
 
+    if args.suspects:
+        return _rank_suspects(args)
     with _open(args.workspace, readonly=True) as ws:
         ranked = ws.rank(by=args.by, seed=args.seed)
         cur = ws.current_model()
@@ -346,4 +351,13 @@ def cmd_rank(args) -> int:
                      f"predicted cohort Dice {b['predicted_cohort_dice']} -> {b['predicted_cohort_dice_after']} "
                      "if they are reviewed")
     emit(args, res, "\n".join(lines) or "every case has a reviewed correction")
+    return 0
+
+
+def _rank_suspects(args) -> int:
+    with _open(args.workspace, readonly=True) as ws:
+        sus = ws.suspects()
+    lines = [f"{i:3d}. {s['case_id']} {s['name']} v{s['correction_version']} {s['quality']} ({s['reason']})"
+             for i, s in enumerate(sus, 1)]
+    emit(args, {"suspects": sus}, "\n".join(lines) or "no suspect corrections")
     return 0

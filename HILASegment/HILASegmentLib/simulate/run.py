@@ -51,6 +51,7 @@ class SimConfig:
     corrector: str = "tolerant"
     tolerance_mm: float = 2.0
     rough_rate: float = 0.0
+    rough_unmarked: bool = False     # degraded labels submitted as reviewed (to measure suspect detection)
     baseline: bool = False
     model: Optional[str] = None
     seed: int = 0
@@ -65,7 +66,7 @@ class SimConfig:
         d = asdict(self)
         for k in ("out", "threads"):
             d.pop(k)
-        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2)):  # runs made before these options resume
+        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False)):  # runs made before these options resume
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -340,7 +341,8 @@ class Simulation:
         rng = np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name))])
         if self.cfg.rough_rate and rng.random() < self.cfg.rough_rate:
             label, kind = rad.degrade(label, sp, rng)
-            quality, eff = "rough", dict(eff, rough=kind)
+            quality = "reviewed" if self.cfg.rough_unmarked else "rough"
+            eff = dict(eff, rough=kind, rough_marked=not self.cfg.rough_unmarked)
         if not label.any():
             label = ref.copy()  # an empty submission would teach nothing; redraw from scratch
         if not already:

@@ -25,6 +25,8 @@ from ..normalize import bounding_box, foreground_mask, normalize
 
 #: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
+#: a suspect correction (``training.suspects``) samples at this fraction of its quality's weight until re-reviewed
+SUSPECT_FACTOR = 0.1
 
 
 @dataclass
@@ -149,8 +151,11 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
 
 def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
                         quality_weights: Optional[Dict[str, float]] = None,
-                        progress: Optional[Callable] = None) -> List[dict]:
-    """Arrays for every snapshot item (latest correction per case), each tagged with id, version, weight."""
+                        progress: Optional[Callable] = None, suspects: Optional[set] = None) -> List[dict]:
+    """Arrays for every snapshot item (latest correction per case), each tagged with id, version, weight.
+
+    ``suspects``: (case_id, correction_version) pairs flagged suspect; their weight is multiplied by
+    :data:`SUSPECT_FACTOR` (kept, not dropped: a flag is a doubt, not a verdict)."""
     out = []
     for i, it in enumerate(items):
         if progress:
@@ -158,9 +163,10 @@ def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cac
         case = load_case(Path(it.image_path), Path(it.label_path), prep, n_labels, cache_dir)
         if not case["fg_indices"].size:
             raise HilaError(f"correction {it.case_id} v{it.correction_version}: no labelled voxel left on the model grid")
+        suspect = (str(it.case_id), int(it.correction_version)) in (suspects or set())
         case.update(case_id=it.case_id, correction_version=int(it.correction_version),
-                    quality=str(getattr(it, "quality", "reviewed") or "reviewed"),
-                    weight=quality_weight(getattr(it, "quality", None), quality_weights),
+                    quality=str(getattr(it, "quality", "reviewed") or "reviewed"), suspect=suspect,
+                    weight=quality_weight(getattr(it, "quality", None), quality_weights) * (SUSPECT_FACTOR if suspect else 1.0),
                     image_path=str(it.image_path), label_path=str(it.label_path))
         out.append(case)
     if progress:

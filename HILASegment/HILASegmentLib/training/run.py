@@ -27,7 +27,7 @@ from ..modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
 from . import dataset as ds
-from . import ddp, gate
+from . import ddp, gate, suspects
 from . import export as ex
 from . import network as nw
 from .card import candidate_card, initial_network
@@ -189,6 +189,7 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
             if rnd.registered is None:
                 rnd.finish_quietly("failed", f"{exc.__class__.__name__}: {exc}")
             raise
+    out["suspects"] = _scan_suspects(ws, rnd, snapshot, gate_items)
     out["quality_model"] = _refit_quality(ws)
     _emit(progress, 1.0, "done", phase="done", epoch=int(out["epochs"]), step=out["steps"], loss=out["final_loss"],
           val_dice=out["validation"].get("mean_dice"), seconds_left=0)
@@ -206,6 +207,7 @@ class _Round:
         self.run_id: Optional[int] = None
         self.group = None  # a ddp.Group when this is one of several data-parallel processes
         self.registered = None
+        self.parent_eval: Optional[dict] = None  # the parent model's scores on the gate corrections
         self.log: List[str] = []
         self.timings: Dict[str, float] = {}
 
@@ -228,7 +230,7 @@ class _Round:
             if group is not None and not group.is_main:
                 group.barrier()  # rank 0 fills the cache first; the others read it
             train = ds.cases_from_snapshot(train_items, prep, len(self.labels), cache_dir=cache,
-                                           quality_weights=self.opts.quality_weights)
+                                           quality_weights=self.opts.quality_weights, suspects=self.ws.suspect_keys())
             if group is not None and group.is_main:
                 group.barrier()
             self._tick("prepare_s", t)
@@ -302,6 +304,7 @@ class _Round:
             except HilaError as exc:
                 self.log.append(f"current model v{self.current.version} could not be validated: {exc}")
         self._tick("validate_s", t)
+        self.parent_eval = cur
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
                                         len(gate_items))
         where = "gate" if gate_items else f"training corrections (no gate set: {split_why})"
@@ -350,6 +353,16 @@ class _Round:
                                             "\n".join(self.log + [why]))
         except HilaError:
             pass
+
+
+def _scan_suspects(ws, rnd: "_Round", snapshot, gate_items) -> dict:
+    """After each run: flag training corrections the parent model disagrees with far more than their peers
+    (``training.suspects``). A failure is reported in the result, never a failed run (the model is registered)."""
+    try:
+        return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, parent_eval=rnd.parent_eval,
+                             threads=rnd.opts.threads)
+    except HilaError as exc:
+        return {"scored": 0, "flagged": [], "why": f"not scanned: {exc}"}
 
 
 def _refit_quality(ws) -> dict:

@@ -35,6 +35,7 @@ from .registry import Registry
 from .reports import Reports
 from .room import PathLike, now, user
 from .runs import Runs
+from .suspects import Suspects
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-.()/+]*$")
 
@@ -68,7 +69,7 @@ def parse_modality(modality: str) -> str:
     return m
 
 
-class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom, QualityModels):
+class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom, QualityModels, Suspects):
     """A HILASegment workspace folder: ``hila.sqlite`` (the ledger) and immutable files beside it."""
 
     @classmethod

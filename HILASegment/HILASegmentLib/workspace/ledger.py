@@ -23,7 +23,7 @@ from ..errors import HilaError
 LEDGER_NAME = "hila.sqlite"
 
 #: The schema version this code writes; ``MIGRATIONS[n]`` brings a ledger from version n-1 to n.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: How long a writer waits for another writer before giving up (seconds, total, over all retries).
 WRITE_TIMEOUT_S = float(os.environ.get("HILA_LEDGER_TIMEOUT", "300"))
@@ -171,6 +171,29 @@ BEGIN SELECT RAISE(ABORT, 'model promotion history is append-only'); END;
 """
 
 
+# Version 4: suspect flags (issue 13). A correction that the first model not trained on it disagrees with far
+# more than its peers is flagged; the correction itself is never changed, the flag is never edited or deleted
+# (a newer correction of the case supersedes it: flags are read for the latest version only).
+_SCHEMA_V4 = """
+CREATE TABLE suspects (
+  suspect_id INTEGER PRIMARY KEY,
+  correction_id INTEGER NOT NULL REFERENCES corrections(correction_id),
+  case_id TEXT NOT NULL,
+  correction_version INTEGER NOT NULL,
+  run_id INTEGER,
+  model_version INTEGER,
+  scores TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  created_at TEXT NOT NULL
+);
+CREATE INDEX suspects_case ON suspects(case_id, correction_version);
+CREATE TRIGGER suspects_no_update BEFORE UPDATE ON suspects
+BEGIN SELECT RAISE(ABORT, 'suspect flags are append-only'); END;
+CREATE TRIGGER suspects_no_delete BEFORE DELETE ON suspects
+BEGIN SELECT RAISE(ABORT, 'suspect flags are append-only'); END;
+"""
+
+
 def _migrate_to_1(con: sqlite3.Connection) -> None:
     for stmt in _split_sql(_SCHEMA_V1):
         con.execute(stmt)
@@ -186,8 +209,14 @@ def _migrate_to_3(con: sqlite3.Connection) -> None:
         con.execute(stmt)
 
 
+def _migrate_to_4(con: sqlite3.Connection) -> None:
+    for stmt in _split_sql(_SCHEMA_V4):
+        con.execute(stmt)
+
+
 #: version -> function that upgrades a ledger at version-1 to version (run inside one transaction).
-MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3,
+                                                              4: _migrate_to_4}
 
 
 def _split_sql(script: str) -> list:

@@ -71,6 +71,7 @@ class Reports(Room):
             "current_model": next((m.version for m in models if m.status == "current"), None),
             "training_runs": {r[0]: r[1] for r in runs},
             "effort": effort_summary(effort_rows, s.names()), "events": n_events,
+            "suspects": self.suspects(),  # type: ignore[attr-defined]  (the suspects room)
             "quality": self.quality_source(next((m.version for m in models if m.status == "current"), None)),
         }
 

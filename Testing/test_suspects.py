@@ -1,0 +1,126 @@
+"""Suspect labels (issue 13): the peer rule, the ledger flags (append-only, superseded by a new correction),
+`hila status --json` / `hila rank --suspects`, the training weight, and the real CT's bad MBS contours."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import shared
+
+from HILASegmentLib.cli import main
+from HILASegmentLib.suspects import find_suspects
+
+CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
+
+
+def _row(i, **dice):
+    return {"case_id": f"c{i}", "correction_version": 1, "dice": dice}
+
+
+def test_rule_flags_only_a_far_outlier_below_the_floor():
+    rows = [_row(i, a=d, b=0.9) for i, d in enumerate([0.84, 0.86, 0.88, 0.82, 0.85])]
+    rows.append(_row(9, a=0.30, b=0.91))          # bad on one label only
+    rows.append(_row(8, a=0.62, b=0.88))          # a clear outlier, but above the absolute floor
+    rows.append(_row(7, a=None, b=0.89))          # label absent on both sides: skipped, not suspect
+    got = {f["case_id"]: f for f in find_suspects(rows)}
+    assert set(got) == {"c9"} and got["c9"]["labels"] == ["a"] and "a Dice 0.300" in got["c9"]["reason"]
+
+
+def test_rule_needs_peers_and_tolerates_a_weak_model():
+    assert find_suspects([_row(0, a=0.9), _row(1, a=0.1)]) == []          # two: no typical to compare with
+    weak = [_row(i, a=d) for i, d in enumerate([0.2, 0.35, 0.1, 0.3, 0.25])]
+    assert find_suspects(weak) == []                                      # everyone disagrees: nobody stands out
+
+
+def _import(ws, tmp_path, n):
+    ids = []
+    for i in range(n):  # distinct images: the same image twice is one case
+        sitk.WriteImage(sitk.Cast(_label() * (1100 + i), sitk.sitkInt16) - 1000, str(tmp_path / f"im{i}.nrrd"))
+        ids.append(ws.import_volume(tmp_path / f"im{i}.nrrd", name=f"k{i}").case_id)
+    return ids
+
+
+def _label(shape=(8, 32, 32), box=(2, 6, 8, 24, 8, 24)):
+    a = np.zeros(shape, np.uint8)
+    a[box[0]:box[1], box[2]:box[3], box[4]:box[5]] = 1
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((1.0, 1.0, 3.0))
+    return img
+
+
+def test_flags_listed_append_only_and_cleared_by_a_new_correction(tmp_path, capsys):
+    from HILASegmentLib.workspace import Workspace
+
+    ws_dir = tmp_path / "ws"
+    with Workspace.create(ws_dir, "CT", "prostate") as ws:
+        ids = _import(ws, tmp_path, 3)
+        for cid in ids:
+            ws.submit(cid, _label())
+        assert ws.flag_suspects([{"case_id": ids[1], "correction_version": 1, "dice": {"prostate": 0.2},
+                                  "reason": "prostate Dice 0.200"}], run_id=None, model_version=1) == 1
+    assert main(["status", str(ws_dir), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert [s["case_id"] for s in st["suspects"]] == [ids[1]]
+    assert main(["rank", str(ws_dir), "--suspects"]) == 0
+    assert ids[1] in capsys.readouterr().out
+    con = sqlite3.connect(ws_dir / "hila.sqlite")
+    for sql in ("UPDATE suspects SET reason = 'x'", "DELETE FROM suspects"):
+        with pytest.raises(sqlite3.DatabaseError):
+            con.execute(sql)
+    con.close()
+    with Workspace.open(ws_dir) as ws:
+        assert ws.corrections(ids[1])[0].quality == "reviewed"          # the correction itself is untouched
+        ws.submit(ids[1], _label(box=(2, 6, 10, 22, 10, 22)))           # re-reviewed
+        assert ws.suspects() == [] and ws.suspect_keys() == set()
+    assert main(["rank", str(ws_dir), "--suspects", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["suspects"] == []
+
+
+def test_suspect_weight_down_in_training(tmp_path):
+    pytest.importorskip("torch", reason="could not import 'torch'")
+    from HILASegmentLib.training import dataset as ds
+    from HILASegmentLib.workspace import Workspace
+
+    with Workspace.create(tmp_path / "ws", "CT", "prostate") as ws:
+        ids = _import(ws, tmp_path, 2)
+        for cid in ids:
+            ws.submit(cid, _label())
+        snap = ws.snapshot()
+    prep = ds.Preprocessing(spacing=[1, 1, 3], normalization={"kind": "ct_window", "level": 50, "width": 300},
+                            patch_size=[16, 16, 4], crop_body=False)
+    cases = ds.cases_from_snapshot(snap, prep, 1, suspects={(ids[0], 1)})
+    assert [c["suspect"] for c in cases] == [True, False]
+    assert cases[0]["weight"] == pytest.approx(ds.SUSPECT_FACTOR * cases[1]["weight"])
+
+
+def test_real_ct_bad_mbs_contours_flagged_by_an_unseen_model(tmp_path, capsys):
+    """Pelvic-Ref003's MBS contours (Dice 0.24 / 0.57 / 0.42 against manual) among manual ones: the
+    CT starter, as the parent model, flags that correction and no other."""
+    from HILASegmentLib.training import suspects as tsus
+    from HILASegmentLib.workspace import Workspace
+
+    ws_dir = tmp_path / "ws"
+    assert main(["init", str(ws_dir), "--modality", "CT", "--labels", "prostate,bladder,rectum",
+                 "--model", "pelvic_ct_unet"]) == 0
+    for c in CASES:
+        assert main(["import", str(ws_dir), str(shared("pelvic_ct", c, "ct.nii.gz")), "--name", c]) == 0
+    with Workspace.open(ws_dir) as ws:
+        ids = {k.name: k.case_id for k in ws.cases()}
+        for c in CASES:
+            lab = sitk.ReadImage(str(shared("pelvic_ct", c, "labels_mbs.nii.gz" if c == "Pelvic-Ref003"
+                                            else "labels_manual.nii.gz")))
+            arr = sitk.GetArrayFromImage(lab)
+            arr[arr > 3] = 0
+            out = sitk.GetImageFromArray(arr)
+            out.CopyInformation(lab)
+            ws.submit(ids[c], out)
+        res = tsus.scan(ws, None, ws.current_model(), ws.snapshot(), [(1, "prostate"), (2, "bladder"), (3, "rectum")])
+    assert res["scored"] == 3
+    assert [f["case_id"] for f in res["flagged"]] == [ids["Pelvic-Ref003"]]
+    capsys.readouterr()
+    assert main(["status", str(ws_dir), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in st["suspects"]] == ["Pelvic-Ref003"]
