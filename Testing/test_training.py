@@ -94,6 +94,9 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     ws.submit(ids[0], labels[ids[0]], quality="reviewed")
     r2 = train_workspace(ws, opts(promote="always", gate_min_cases=1))
     assert r2["init"] == "finetune v1" and r2["held_out"] and r2["promoted"]
+    # suspect scan: the parent v1 scores only what it never trained on (case 2); round 1 had no parent
+    assert r1["suspects"]["scored"] == 0 and r2["suspects"]["scored"] == 1
+    assert r2["suspects"]["model_version"] == 1 and r2["suspects"]["flagged"] == []  # one is no peer group
     card2 = read_card(ws.model(2).path).to_dict()
     assert card2["parent_version"] == 1 and card2["metrics"]["parent_validation"]["version"] == 1
     assert {(t["case_id"], t["correction_version"]) for t in card2["training_set"]} == {(ids[0], 2), (ids[1], 1)}
