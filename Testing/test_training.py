@@ -378,3 +378,16 @@ def test_training_imports_nothing_from_the_cli():
                 assert not (mod.startswith("..cli") or mod.startswith("HILASegmentLib.cli")), f"{f.name}: {mod}"
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("HILASegmentLib.cli") for a in node.names), f.name
+
+
+def test_ignore_band_trains_on_rough_labels_and_is_recorded(tiny_ws):
+    from HILASegmentLib.training.run import train_workspace
+
+    ids, labels = tiny_ws.ids_for_test, tiny_ws.labels_for_test
+    tiny_ws.submit(ids[1], labels[ids[1]], quality="rough")
+    r = train_workspace(tiny_ws, opts(ignore_band=True))
+    assert r["steps"] == 3 and np.isfinite(r["final_loss"])
+    card = read_card(tiny_ws.model(r["model_version"]).path).to_dict()
+    assert card["training"]["ignore_band"] == {"rough": 1, "weak": 3}
+    r0 = train_workspace(tiny_ws, opts())
+    assert read_card(tiny_ws.model(r0["model_version"]).path).to_dict()["training"]["ignore_band"] is None

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=at.integer(1), default=None, help="patches per step (default 2)")
     p.add_argument("--quality-weights", type=at.weights(["reviewed", "rough", "weak"]), default=None,
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
+    p.add_argument("--ignore-band", action="store_true", help="the loss leaves out voxels within 1 (rough) or 3 "
+                   "(weak) voxels of a label boundary: only a weak label's core and clear outside count (default off)")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--nproc", type=at.integer(1), default=1,
@@ -71,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
                         lr=args.lr, batch_size=args.batch, freeze=args.freeze,
                         gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,
-                        quality_weights=args.quality_weights or {}, threads=args.threads, seed=args.seed,
+                        quality_weights=args.quality_weights or {}, ignore_band=args.ignore_band, threads=args.threads, seed=args.seed,
                         started=getattr(args, "started", None) or _T0)
     progress = make_progress(args, "train")
     try:

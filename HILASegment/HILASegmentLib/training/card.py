@@ -16,7 +16,7 @@ from ..errors import HilaError
 from ..modelcard import LabelInfo, ModelCard, read_card
 from . import network as nw
 from . import plan as planner
-from .dataset import QUALITY_WEIGHTS
+from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
 
 
 @dataclass
@@ -99,6 +99,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
                 "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
                 "device": device, "threads": int(opts.threads or os.cpu_count() or 1),
                 "quality_weights": dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
+                "ignore_band": dict(IGNORE_BAND) if opts.ignore_band else None,
                 "checkpoint": {"rule": "last weights (no checkpoint chosen on validation data)", "chosen_on": []},
                 "recipe": start.plan or {"inherited_from": start.init}}
     return ModelCard(

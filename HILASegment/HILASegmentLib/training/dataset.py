@@ -27,6 +27,12 @@ from ..normalize import bounding_box, foreground_mask, normalize
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
 #: a suspect correction (``training.suspects``) samples at this fraction of its quality's weight until re-reviewed
 SUSPECT_FACTOR = 0.1
+#: the label value a voxel takes where the loss ignores it (``ignore_band``); never a workspace label
+IGNORE = 255
+#: ``hila train --ignore-band``: band half-width in voxels (model grid) around each label's boundary that the
+#: loss ignores, per quality: a rough boundary is uncertain by about a voxel; a weak (box/line) pseudo-mask
+#: only in its core and clearly outside it
+IGNORE_BAND: Dict[str, int] = {"rough": 1, "weak": 3}
 
 
 @dataclass
@@ -55,6 +61,25 @@ class Preprocessing:
                            "patch": [int(p) for p in self.patch_size], "modality": self.modality,
                            "orientation": self.orientation, "fg": self.foreground, "margin": self.margin_vox,
                            "crop": self.crop_body, "v": 2}, sort_keys=True, default=str)
+
+
+def ignore_band(label: np.ndarray, radius: int) -> np.ndarray:
+    """A copy of ``label`` (1,X,Y,Z) with :data:`IGNORE` on every voxel within ``radius`` voxels of a label's
+    boundary (between a label and the background or another label): what the loss does not count."""
+    if radius <= 0:
+        return label
+    out = label.copy()
+    arr = label[0]
+    band = np.zeros(arr.shape, bool)
+    for value in np.unique(arr):
+        if value == 0 or value == IGNORE:
+            continue
+        m = sitk.GetImageFromArray((arr == value).astype(np.uint8))
+        grown = sitk.GetArrayFromImage(sitk.BinaryDilate(m, [int(radius)] * 3))
+        shrunk = sitk.GetArrayFromImage(sitk.BinaryErode(m, [int(radius)] * 3))
+        band |= grown.astype(bool) & ~shrunk.astype(bool)
+    out[0][band] = IGNORE
+    return out
 
 
 def quality_weight(quality: Optional[str], weights: Optional[Dict[str, float]] = None) -> float:
@@ -151,11 +176,13 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
 
 def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
                         quality_weights: Optional[Dict[str, float]] = None,
-                        progress: Optional[Callable] = None, suspects: Optional[set] = None) -> List[dict]:
+                        progress: Optional[Callable] = None, suspects: Optional[set] = None,
+                        bands: Optional[Dict[str, int]] = None) -> List[dict]:
     """Arrays for every snapshot item (latest correction per case), each tagged with id, version, weight.
 
     ``suspects``: (case_id, correction_version) pairs flagged suspect; their weight is multiplied by
-    :data:`SUSPECT_FACTOR` (kept, not dropped: a flag is a doubt, not a verdict)."""
+    :data:`SUSPECT_FACTOR` (kept, not dropped: a flag is a doubt, not a verdict). ``bands``: per quality,
+    the half-width of the boundary band the loss ignores (:func:`ignore_band`; empty: every voxel counts)."""
     out = []
     for i, it in enumerate(items):
         if progress:
@@ -164,6 +191,9 @@ def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cac
         if not case["fg_indices"].size:
             raise HilaError(f"correction {it.case_id} v{it.correction_version}: no labelled voxel left on the model grid")
         suspect = (str(it.case_id), int(it.correction_version)) in (suspects or set())
+        radius = int((bands or {}).get(str(getattr(it, "quality", "reviewed") or "reviewed"), 0))
+        if radius:
+            case = dict(case, label=ignore_band(case["label"], radius))
         case.update(case_id=it.case_id, correction_version=int(it.correction_version),
                     quality=str(getattr(it, "quality", "reviewed") or "reviewed"), suspect=suspect,
                     weight=quality_weight(getattr(it, "quality", None), quality_weights) * (SUSPECT_FACTOR if suspect else 1.0),

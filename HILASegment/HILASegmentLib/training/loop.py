@@ -18,9 +18,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, MaskedDiceLoss
 from torch import nn
 
+from .dataset import IGNORE
 from .transforms import train_transforms
 
 
@@ -77,6 +79,18 @@ def _lr_at(cfg: LoopConfig, step: int, elapsed: float) -> float:
     frac = min(1.0, max(elapsed / max(cfg.max_seconds, 1e-9), step / max(cfg.max_steps, 1)))
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def masked_dice_ce(out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """Dice + cross-entropy counted only where ``keep`` (B,1,...) is 1: MONAI's MaskedDiceLoss and a
+    voxel-wise CE averaged over the kept voxels (the same pair DiceCELoss sums, with the band left out)."""
+    if sigmoid:
+        dice = MaskedDiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)(out, y, mask=keep)
+        ce = F.binary_cross_entropy_with_logits(out, y, reduction="none") * keep
+        return dice + ce.sum() / (keep.sum() * out.shape[1]).clamp_min(1.0)
+    dice = MaskedDiceLoss(to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5)(out, y, mask=keep)
+    ce = F.cross_entropy(out, y[:, 0], reduction="none") * keep[:, 0]
+    return dice + ce.sum() / keep.sum().clamp_min(1.0)
 
 
 def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg: LoopConfig,
@@ -139,6 +153,9 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
                 batch_lab.append(s["label"])
         x = torch.stack([torch.as_tensor(b) for b in batch_img]).float().to(device)
         y = torch.stack([torch.as_tensor(b) for b in batch_lab]).to(device)
+        keep = (y != IGNORE).float() if bool((y == IGNORE).any()) else None  # --ignore-band: boundary voxels out
+        if keep is not None:
+            y = torch.where(y == IGNORE, torch.zeros_like(y), y)
         if sigmoid_single:  # multi-label sigmoid nets: one target channel per label, no background
             y = torch.cat([(y == c).float() for c in range(1, n_classes)], dim=1)
         else:
@@ -150,7 +167,7 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             out = model(x)
             out = out[0] if isinstance(out, (list, tuple)) else out
-            loss = loss_fn(out.float(), y)
+            loss = loss_fn(out.float(), y) if keep is None else masked_dice_ce(out.float(), y, keep, sigmoid_single)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

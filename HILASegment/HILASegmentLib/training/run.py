@@ -54,6 +54,7 @@ class TrainOptions:
     batch_size: Optional[int] = None
     freeze: str = ""                   # "" | "encoder"
     quality_weights: Dict[str, float] = field(default_factory=dict)
+    ignore_band: bool = False   # --ignore-band: the loss leaves out a band around rough/weak boundaries (dataset.IGNORE_BAND)
     threads: Optional[int] = None
     seed: int = 0
     gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (auto)
@@ -230,7 +231,8 @@ class _Round:
             if group is not None and not group.is_main:
                 group.barrier()  # rank 0 fills the cache first; the others read it
             train = ds.cases_from_snapshot(train_items, prep, len(self.labels), cache_dir=cache,
-                                           quality_weights=self.opts.quality_weights, suspects=self.ws.suspect_keys())
+                                           quality_weights=self.opts.quality_weights, suspects=self.ws.suspect_keys(),
+                                           bands=ds.IGNORE_BAND if self.opts.ignore_band else None)
             if group is not None and group.is_main:
                 group.barrier()
             self._tick("prepare_s", t)

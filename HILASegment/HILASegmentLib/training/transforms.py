@@ -53,7 +53,7 @@ class RandLabelIntensityd(Randomizable, MapTransform):
         out = img.clone() if is_torch else np.array(img, copy=True)
         lab_np = np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
         for value in np.unique(lab_np):
-            if value == 0 or self.R.rand() >= self.prob:
+            if value == 0 or value == 255 or self.R.rand() >= self.prob:  # 255: dataset.IGNORE (the loss's band)
                 continue
             mask = lab_np == value
             n = int(mask.sum())
