@@ -87,6 +87,7 @@ def test_bad_marks_change_nothing(small, capsys):
                        ([f"--box={flat}"], "zero size"),
                        (["--box", "1,2,3"], "6"),
                        ([f"--lines={apart}"], "do not cross"),
+                       (["--lines=9000,9000,9000,9040,9000,9000;9020,8990,9000,9020,9010,9000"], "outside"),
                        ([DATA / "pelvic_ct_small_labels.nii.gz", f"--box={box}"], "at once"),
                        ([f"--box={box}", "--quality", "rough"], "weak")]:
         rc, _, err = run(capsys, "submit", ws, case, *args, "--label", "prostate")
