@@ -7,9 +7,12 @@
 2. Weak labels: Dice of the box pseudo-mask (HILASegmentLib.weak.box_mask, tight box from the manual
    label) against the manual prostate and bladder.
 
-Not measured here (not yet run): accuracy against rough-label rate with/without --ignore-band, suspect
-precision/recall on synthetic cohorts (`hila simulate --rough-rate P --rough-unmarked`), weak cold start.
-Usage: nice -n 10 python scripts/bench_labels.py [--data ../shared/data] [--out bench_labels.json]
+3. ``--simulate-run RUN`` (repeatable): suspect precision/recall of a finished
+   ``hila simulate --rough-rate P --rough-unmarked`` run: the injected (degraded, submitted as reviewed)
+   corrections of rounds >= 1 (round 0 has no parent model to score it) against the flags in its workspace.
+
+Not measured here (not yet run): accuracy against rough-label rate with/without --ignore-band, weak cold start.
+Usage: nice -n 10 python scripts/bench_labels.py [--data ../shared/data] [--simulate-run RUN] [--out F.json]
 """
 from __future__ import annotations
 
@@ -91,11 +94,30 @@ def weak_dice(data: Path) -> dict:
     return out
 
 
+def simulate_detection(run: Path) -> dict:
+    rounds = json.loads((run / "rounds.json").read_text())
+    rounds = rounds["rounds"] if isinstance(rounds, dict) else rounds
+    scored = [e for r in rounds if r["round"] >= 1 for e in r["efforts"]]
+    injected = {e["case"] for e in scored if "rough" in e}
+    with Workspace.open(run / "workspace", readonly=True) as ws:
+        flagged = {s["name"] for s in ws.suspects()}
+    hit = flagged & injected
+    return {"run": str(run), "scored": len(scored), "injected": len(injected), "flagged": len(flagged),
+            "true_flags": len(hit), "precision": round(len(hit) / len(flagged), 3) if flagged else None,
+            "recall": round(len(hit) / len(injected), 3) if injected else None,
+            "kinds_missed": sorted(e["rough"] for e in scored if "rough" in e and e["case"] not in flagged)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--simulate-run", type=Path, action="append", default=[])
     a = ap.parse_args()
+    if a.simulate_run:
+        det = [simulate_detection(r) for r in a.simulate_run]
+        print(json.dumps(det, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         res = {"suspects_real_ct": suspect_configs(a.data, Path(tmp)), "weak_box_dice_real_ct": weak_dice(a.data)}
     print(json.dumps(res["weak_box_dice_real_ct"]))
