@@ -48,6 +48,7 @@ def untrained_dice(card: dict, data: Path, case: str) -> dict:
 
     import torch
 
+    from HILASegmentLib.modelcard import ModelCard
     from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
@@ -57,7 +58,8 @@ def untrained_dice(card: dict, data: Path, case: str) -> dict:
     net = nw.build_network(arch)
     with tempfile.TemporaryDirectory() as tmp:
         raw = ex.export_onnx(net, Path(tmp) / "raw.onnx", card["patch_size"])
-        path = ex.embed_card(raw, dict(card, checksum=None), Path(tmp) / "untrained.onnx")
+        path = ex.embed_card(raw, ModelCard.from_dict(dict(card, checksum=None), "starter card"),
+                             Path(tmp) / "untrained.onnx")
         ev = gate.evaluate_model(path, [{"case_id": case, "image_path": data / case / "ct.nii.gz",
                                          "label_path": data / case / "labels_manual.nii.gz"}],
                                  list(enumerate(LABELS, start=1)))

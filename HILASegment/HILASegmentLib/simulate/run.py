@@ -6,6 +6,10 @@ RUN/workspace/             the real HILASegment workspace (hila status / hila ch
 RUN/rounds.json|csv        one record per completed round (written atomically after each round)
 RUN/baseline/, baseline.json   full supervision on every pool reference, same total training time
 RUN/summary.json, curves.png   see report.py
+
+Length (~460 lines): one job, a round and its exact resume (replaying a killed round without double
+submits or a second training run is most of it); cohort, synthesis, the radiologist, strategies and the
+report already live in their own modules.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -76,12 +76,7 @@ def parity(net: nn.Module, onnx_path: Path, sample: np.ndarray, tolerance: float
     return res
 
 
-def embed_card(onnx_in: Path, card: Union[ModelCard, dict], onnx_out: Path) -> Path:
+def embed_card(onnx_in: Path, card: ModelCard, onnx_out: Path) -> Path:
     """Put the card into the ONNX metadata (through modelcard.write_card, the one writer of that format)."""
-    mc = ModelCard.from_dict(card, "trainer card") if isinstance(card, dict) else card
-    write_card(Path(onnx_in), mc, Path(onnx_out))
+    write_card(Path(onnx_in), card, Path(onnx_out))
     return Path(onnx_out)
-
-
-def onnx_size_mb(path: Path) -> float:
-    return round(os.path.getsize(path) / 1e6, 3)
