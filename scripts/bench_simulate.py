@@ -7,10 +7,14 @@ its runs must live outside the repository (only the table and one small figure a
     python scripts/bench_simulate.py run    --runs /tmp/runs [--campaign synth_random] [--train-minutes 0.4]
     python scripts/bench_simulate.py report --runs /tmp/runs --figure docs/simulate_campaign.png
 
+Campaigns: `synth_random` / `synth_uncertainty` (3 seeds each, the synthetic cohort below) and
+`ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts).
+
 `run` starts every run of a campaign that has no summary.json yet, in parallel, under `nice -n 10`
 (rerunning resumes each after its last completed round). `report` reads each run's rounds.json (complete or
 partial) and summary.json and prints, per campaign, mean ± sd over seeds per round of test Dice, radiologist
-seconds per case and cumulative effort as a fraction of full annotation, plus the baseline and
+seconds per case, the share of proposals the radiologist cleared and drew from scratch (round 0: all drawn
+from scratch) and cumulative effort as a fraction of full annotation, plus the baseline and
 effort_fraction_at_95pct_baseline per seed; for uncertainty vs random, the effort each needed to reach the
 same Dice (the lower of the two campaigns' best mean Dice).
 """
@@ -25,18 +29,39 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the headless backend is chosen)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ROOT.parent / "shared" / "data" / "prostate_shapes"
+DATA = ROOT.parent / "shared" / "data"
+SHAPES = DATA / "prostate_shapes"
 SEEDS = (1, 2, 3)
 #: Synthetic cohort: both shape sets (MSD 32 + NCI-ISBI 60), whole gland, 12 test cases, 80-case pool.
 SYNTH = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--initial", "2", "--per-round", "3",
          "--rounds", "8"]
+#: Tiny real cohorts, one run per rotation (each case the test case once): rounds over the 2-case pool.
+TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "--strategy", "random", "--baseline"]
+#: The real pelvic CTs (manual labels) and ProstateX T2 with TAPS's output as the reference (one series per
+#: patient: ProstateX-0001's two series would put the same prostate in the pool and the test split).
+REAL = {"ct": [(d.name, d / "ct.nii.gz", d / "labels_manual.nii.gz") for d in sorted((DATA / "pelvic_ct").glob("Pelvic-*"))],
+        "prostatex": [(n, DATA / "prostate_mri" / f"{n}.nrrd", DATA / "prostate_mri" / f"{n}_taps.nii.gz")
+                      for n in ("ProstateX-0000_t2_s4", "ProstateX-0001_t2_s10", "ProstateX-0218_t2_s5")]}
 CAMPAIGNS = {"synth_random": ["--strategy", "random", "--baseline"],
-             "synth_uncertainty": ["--strategy", "uncertainty"]}
+             "synth_uncertainty": ["--strategy", "uncertainty"],
+             "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
+             "prostatex_rotations": ["--labels", "prostate=1", *TINY]}
+
+
+def rotation_seeds(n: int) -> List[int]:
+    """Per case index, the first seed whose split puts that case alone in the test set (simulate's own rule:
+    the first ``--test`` of ``default_rng(seed).permutation``)."""
+    return [next(s for s in range(1000) if int(np.random.default_rng(s).permutation(n)[0]) == i) for i in range(n)]
+
+
+def seeds_of(name: str) -> List[int]:
+    return rotation_seeds(len(REAL[name.split("_")[0]])) if name.endswith("_rotations") else list(SEEDS)
 
 
 def shapes_folder(runs: Path) -> Path:
@@ -50,16 +75,29 @@ def shapes_folder(runs: Path) -> Path:
     return folder
 
 
+def manifest(runs: Path, kind: str) -> Path:
+    """A ``--cohort`` CSV for a real cohort (absolute paths; simulate resolves relative ones against the CSV)."""
+    path = runs / f"{kind}.csv"
+    path.write_text("case,image,reference\n" + "".join(f"{c},{i},{r}\n" for c, i, r in REAL[kind]), encoding="utf-8")
+    return path
+
+
+def cohort_args(runs: Path, name: str) -> List[str]:
+    if name.startswith("synth_"):
+        return ["--synthetic", str(shapes_folder(runs)), *SYNTH]
+    return ["--cohort", str(manifest(runs, name.split("_")[0]))]
+
+
 def run_campaign(runs: Path, names: List[str], minutes: float) -> None:
-    shapes = shapes_folder(runs)
+    runs.mkdir(parents=True, exist_ok=True)
     procs = []
     for name in names:
-        for seed in SEEDS:
+        for seed in seeds_of(name):
             out = runs / f"{name}_s{seed}"
             if (out / "summary.json").is_file():
                 continue
             cmd = ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out),
-                   "--synthetic", str(shapes), *SYNTH, *CAMPAIGNS[name], "--train-minutes", str(minutes),
+                   *cohort_args(runs, name), *CAMPAIGNS[name], "--train-minutes", str(minutes),
                    "--seed", str(seed), "--threads", "1", "--json"]
             log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
@@ -85,7 +123,7 @@ def _ms(xs: List[float]) -> str:
 
 def aggregate(runs: Path, name: str) -> Dict[str, object]:
     """Per round (over the seeds that reached it): Dice, seconds per case, cumulative effort fraction."""
-    seeds = {s: _load(runs / f"{name}_s{s}") for s in SEEDS}
+    seeds = {s: _load(runs / f"{name}_s{s}") for s in seeds_of(name)}
     seeds = {s: d for s, d in seeds.items() if d}
     n = max((len(d["rounds"]) for d in seeds.values()), default=0)
     table = []
@@ -93,17 +131,18 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
         at = [d["rounds"][i] for d in seeds.values() if len(d["rounds"]) > i]
         table.append({"round": i, "n": len(at), "dice": [r["mean_dice"] for r in at],
                       "effort_per_case_s": [r["effort_per_case_s"] for r in at],
-                      "effort_fraction": [r["effort_fraction"] for r in at]})
+                      "effort_fraction": [r["effort_fraction"] for r in at],
+                      "cleared": [sum(bool(e.get("cleared")) for e in r["efforts"]) / max(1, len(r["efforts"])) for r in at]})
     return {"name": name, "seeds": seeds, "table": table}
 
 
 def print_campaign(agg: dict) -> None:
     print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
-    print("| round | seeds | test Dice | s per case | cumulative effort / full |")
-    print("|---:|---:|---|---|---|")
+    print("| round | seeds | test Dice | s per case | proposals cleared | cumulative effort / full |")
+    print("|---:|---:|---|---|---|---|")
     for row in agg["table"]:
         print(f"| {row['round']} | {row['n']} | {_ms(row['dice'])} | {_ms(row['effort_per_case_s'])} | "
-              f"{_ms(row['effort_fraction'])} |")
+              f"{_ms(row['cleared'])} | {_ms(row['effort_fraction'])} |")
     for s, d in sorted(agg["seeds"].items()):
         sm = d["summary"]
         if sm:
