@@ -212,6 +212,14 @@ def main(argv=None) -> int:
             per_seed = effort_to_reach(g, target)
             got = [e for e in per_seed if e is not None]
             print(f"  {g['name']}: {per_seed}  mean of seeds that reached it {_ms(got)}")
+        base = next((g for g in done if g["name"] == "synth_random"), None)
+        if base:  # same seed = same split and pool, so random's baseline is every strategy's full-supervision line
+            print("effort to 95 % of the same seed's baseline (synth_random --baseline), per seed:")
+            for g in done:
+                per_seed = [next((r["effort_fraction"] for r in d["rounds"] if r["mean_dice"] >= 0.95 * b), None)
+                            if (b := (base["seeds"].get(s) or {}).get("summary", {}).get("baseline_dice")) else None
+                            for s, d in sorted(g["seeds"].items())]
+                print(f"  {g['name']}: {per_seed}")
     figure(aggs, a.figure)
     return 0
 
