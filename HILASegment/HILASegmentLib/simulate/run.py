@@ -249,7 +249,7 @@ class Simulation:
         return {n: ws.import_volume(self.run / "cases" / f"{n}_image.nii.gz", name=n).case_id for n in names}
 
     # ---------------------------------------------------------------- steps
-    def train(self, ws, rnd: int, init: str, minutes: float, promote: str = "auto") -> dict:
+    def train(self, ws, rnd: int, init: str, minutes: float, promote: str = "auto", label: str = "") -> dict:
         from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
 
         t0 = time.perf_counter()
@@ -268,7 +268,7 @@ class Simulation:
         total = self.cfg.rounds + 1
 
         def nested(fraction, message="", **_):  # the trainer's steps, inside this round's training band
-            self.progress((rnd + 0.3 + 0.6 * float(fraction)) / total, f"round {rnd}: training: {message}")
+            self.progress((rnd + 0.3 + 0.6 * float(fraction)) / total, f"{label or f'round {rnd}'}: training: {message}")
 
         res = train_workspace(ws, opts, nested)
         dt = time.perf_counter() - t0
@@ -445,7 +445,8 @@ class Simulation:
         for n in pool:
             ws.submit(ids[n], self._label_image(n, self.reference(n)), quality="reviewed", annotator="reference")
         minutes = sum((r["train"] or {}).get("seconds", 0.0) for r in rounds) / 60.0 or self.cfg.train_minutes
-        tr = self.train(ws, 0, "scratch" if not self.cfg.model else "auto", minutes, promote="always")
+        tr = self.train(ws, 0, "scratch" if not self.cfg.model else "auto", minutes, promote="always",
+                        label="baseline")
         e0 = self.timing["evaluation_s"]
         ev = self.evaluate(ws)
         ws.close()
