@@ -311,3 +311,23 @@ def test_simulate_quality_strategy_refits_each_round_and_rank_lists_predicted_di
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and res["quality_source"]["source"] == "expected_soft_dice"
     assert res["cases"] and all(0.0 <= c["predicted_dice"] <= 1.0 for c in res["cases"] if c["predicted"])
+
+
+def test_a_two_case_pool_cannot_gate_so_promote_always_keeps_each_rounds_model(tmp_path):
+    """Two pool cases leave no correction to gate with (the default needs 2): auto keeps round 1's candidate
+    and the test Dice stays the round-0 model's; --promote always makes it current, as hila train does."""
+    args = _tiny_args(tmp_path)
+    args[args.index("--test") + 1] = "3"                 # 5 shapes: 3 test, a pool of 2
+    args[args.index("--initial") + 1] = "1"
+    args[args.index("--rounds") + 1] = "1"
+    args = args[:args.index("--gate-min-cases")]        # the default gate
+    got = {}
+    for policy in ("auto", "always"):
+        run = tmp_path / policy
+        r = _hila("--out", str(run), *args, "--promote", policy)
+        assert r.returncode == 0, r.stderr
+        got[policy] = _rounds(run)
+    auto, always = got["auto"][1], got["always"][1]
+    assert auto["train"]["promoted"] is False and auto["model_version"] == got["auto"][0]["model_version"]
+    assert always["train"]["promoted"] is True and always["model_version"] == always["train"]["model_version"]
+    assert always["model_version"] != got["always"][0]["model_version"]

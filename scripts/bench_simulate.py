@@ -42,7 +42,8 @@ SEEDS = (1, 2, 3)
 SYNTH = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--initial", "2", "--per-round", "3",
          "--rounds", "8"]
 #: Tiny real cohorts, one run per rotation (each case the test case once): rounds over the 2-case pool.
-TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "--strategy", "random", "--baseline"]
+TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "--strategy", "random", "--baseline",
+        "--promote", "always"]  # a 2-case pool leaves nothing to gate with
 #: The real pelvic CTs (manual labels) and ProstateX T2 with TAPS's output as the reference (one series per
 #: patient: ProstateX-0001's two series would put the same prostate in the pool and the test split).
 REAL = {"ct": [(d.name, d / "ct.nii.gz", d / "labels_manual.nii.gz") for d in sorted((DATA / "pelvic_ct").glob("Pelvic-*"))],

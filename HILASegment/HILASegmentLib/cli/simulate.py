@@ -36,6 +36,8 @@ def register(sub, parent) -> None:
                    help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default 0.01)")
     p.add_argument("--gate-min-cases", type=at.integer(1), default=2,
                    help="as hila train: gate corrections (unseen by both models) needed to promote (default 2)")
+    p.add_argument("--promote", choices=["auto", "always"], default="auto",
+                   help="as hila train: auto (the gate decides) or always (for a pool too small to gate, e.g. 2 cases)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
@@ -52,7 +54,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked, baseline=args.baseline, model=args.model, seed=args.seed,
                     device=args.device, threads=args.threads,
-                    gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases)
+                    gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases, promote=args.promote)
     plan = prepare(cfg)  # every check before anything is written
     progress = make_progress(args, "simulate")
 

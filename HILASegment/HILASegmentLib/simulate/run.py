@@ -63,6 +63,7 @@ class SimConfig:
     threads: Optional[int] = None
     gate_margin: float = 0.01        # hila train --gate-margin
     gate_min_cases: int = 2          # hila train --gate-min-cases
+    promote: str = "auto"            # hila train --promote: always for a pool too small to gate (2 cases)
     extra: Dict[str, object] = field(default_factory=dict)
 
     def key(self) -> dict:
@@ -70,7 +71,8 @@ class SimConfig:
         d = asdict(self)
         for k in ("out", "threads"):
             d.pop(k)
-        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False)):  # runs made before these options resume
+        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
+                           ("promote", "auto")):  # runs made before these options resume
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -106,6 +108,8 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--test {cfg.test}: must be at least 1 and below the cohort size ({len(cases)})")
     if cfg.initial > len(cases) - cfg.test:
         raise HilaError(f"--initial {cfg.initial}: the pool has only {len(cases) - cfg.test} cases")
+    if cfg.promote not in ("auto", "always"):
+        raise HilaError(f"--promote {cfg.promote}: use auto or always")
     if cfg.strategy not in STRATEGIES:
         raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(STRATEGIES)}")
     if cfg.corrector not in rad.CORRECTORS:
@@ -408,7 +412,8 @@ class Simulation:
         tr = None
         if chosen:
             self.progress((rnd + 0.3) / total, f"round {rnd}: training")
-            tr = self.finished_training(ws, start) or self.train(ws, rnd, "auto" if ctx else "scratch", cfg.train_minutes)
+            tr = self.finished_training(ws, start) or self.train(ws, rnd, "auto" if ctx else "scratch", cfg.train_minutes,
+                                                                      promote=cfg.promote)
         self.timing["training_s"] = tr["seconds"] if tr else 0.0
         self.progress((rnd + 0.9) / total, f"round {rnd}: evaluating")
         ev = self.evaluate(ws, rounds[-1] if rounds else None)
