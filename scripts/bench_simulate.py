@@ -221,7 +221,12 @@ def main(argv=None) -> int:
                             if (b := (base["seeds"].get(s) or {}).get("summary", {}).get("baseline_dice")) else None
                             for s, d in sorted(g["seeds"].items())]
                 print(f"  {g['name']}: {per_seed}")
-    figure(aggs, a.figure)
+    synth = [g for g in aggs if g["name"].startswith("synth_")]
+    real = [g for g in aggs if not g["name"].startswith("synth_")]
+    if synth:
+        figure(synth, a.figure)
+    if real:  # tiny real cohorts on their own axes (another Dice scale; seeds there are rotations)
+        figure(real, a.figure.with_name(a.figure.stem + "_real" + a.figure.suffix))
     return 0
 
 
