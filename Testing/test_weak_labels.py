@@ -63,7 +63,8 @@ def test_submit_box_and_lines_record_weak_with_marks(small, capsys):
     assert rc == 0, err
     res = [json.loads(ln) for ln in out.splitlines() if '"result"' in ln][-1]
     assert res["quality"] == "weak"
-    assert res["correction"]["effort"]["marks"]["box"] == pytest.approx(box)
+    marks = res["correction"]["effort"]["marks"]
+    assert marks["space"] == "LPS" and marks["items"] == [{"label": "prostate", "box": pytest.approx(box)}]
     c = np.asarray(box).reshape(2, 3).mean(0)
     h = (np.asarray(box[3:]) - box[:3]) / 2
     long_l = f"{c[0]-h[0]},{c[1]},{c[2]},{c[0]+h[0]},{c[1]},{c[2]}"
@@ -95,3 +96,29 @@ def test_bad_marks_change_nothing(small, capsys):
     rc, _, err = run(capsys, "submit", ws, case, "--label", "liver", f"--box={box}")
     assert rc == 2 and "liver" in err
     assert state(ws) == before
+
+
+def test_submit_marks_several_labels_smaller_keeps_overlap_and_bad_marks_change_nothing(small):
+    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.workspace import Workspace
+
+    ws_dir, case, lab = small
+    p, b = organ_box(lab, 1), organ_box(lab, 2)
+    big = list(np.minimum(p[:3], b[:3])) + list(np.maximum(p[3:], b[3:]))  # a "bladder" box that holds the prostate's
+    with Workspace.open(ws_dir) as ws:
+        before = state(ws_dir)
+        for marks, word in [({"items": [{"label": "prostate", "box": p, "lines": [p, p]}]}, "one of them"),
+                            ({"items": [{"label": "prostate", "box": p}, {"label": "PROSTATE", "box": p}]}, "twice"),
+                            ({"space": "XYZ", "items": [{"label": "prostate", "box": p}]}, "space"),
+                            ({"items": []}, "no box"),
+                            ({"items": [{"label": "prostate", "box": p[:5]}]}, "6"),
+                            ({"items": [{"label": "prostate", "lines": [p]}]}, "long and a short")]:
+            with pytest.raises(HilaError, match=word):
+                ws.submit_marks(case, marks)
+        assert state(ws_dir) == before
+        c = ws.submit_marks(case, {"items": [{"label": "prostate", "box": p}, {"label": "bladder", "box": big}]})
+        arr = sitk.GetArrayFromImage(ws.correction_label(case))
+        alone = weak.box_mask(ws.case_image(case), p)
+        assert c.quality == "weak" and np.array_equal(arr == 1, alone)  # the prostate is not swallowed by the bladder
+        assert (arr == 2).sum() > 0 and not ((arr == 2) & alone).any()
+        assert [m["label"] for m in c.effort["marks"]["items"]] == ["prostate", "bladder"]

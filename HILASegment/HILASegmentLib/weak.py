@@ -11,10 +11,20 @@ unless ``ras=True`` (Slicer's RAS: x and y negated).
 - ``lines_mask(image, long, short)``: a long and a short diameter (each two points, 6 numbers) that
   cross in one slice -> their bounding box in 3-D (the third half-axis = half the short diameter),
   then as ``box_mask``.
+- ``pseudo_label(image, marks, label_pairs)``: the label image of a whole set of marks, one item per
+  label; the ONE builder behind ``hila submit --box/--lines``, Slicer's *Accept as weak* and
+  ``hila simulate --corrector weak`` (all through ``Workspace.submit_marks``).
+
+Marks (what the ledger keeps in the correction's effort JSON, key ``marks``)::
+
+    {"space": "LPS" | "RAS",
+     "items": [{"label": "prostate", "box": [x0, y0, z0, x1, y1, z1]},
+               {"label": "bladder", "lines": [[x0, y0, z0, x1, y1, z1], [x0, y0, z0, x1, y1, z1]]}]}
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,14 +32,18 @@ import SimpleITK as sitk
 from .errors import HilaError
 
 
-def parse_numbers(text: str, n: int, what: str) -> np.ndarray:
+def parse_numbers(value, n: int, what: str) -> np.ndarray:
+    """``n`` finite numbers from text ("1,2,3", as the command line gives them) or a sequence (stored marks)."""
     try:
-        vals = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise HilaError(f"{what} {text!r}: not numbers") from None
-    if len(vals) != n or not np.all(np.isfinite(vals)):
-        raise HilaError(f"{what} {text!r}: need {n} comma-separated numbers (mm)")
-    return np.asarray(vals, float)
+        if isinstance(value, str):
+            vals = np.asarray([float(v) for v in value.replace(";", ",").split(",") if v.strip()], float)
+        else:
+            vals = np.asarray(value, float).ravel()
+    except (TypeError, ValueError):
+        raise HilaError(f"{what} {value!r}: not numbers") from None
+    if vals.size != n or not np.all(np.isfinite(vals)):
+        raise HilaError(f"{what} {value!r}: need {n} comma-separated numbers (mm)")
+    return vals
 
 
 def _to_lps(points: np.ndarray, ras: bool) -> np.ndarray:
@@ -104,6 +118,20 @@ def _largest_filled(m: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(big).astype(bool)
 
 
+def crossing(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
+    """Where two segments (2x3 LPS points each) cross: the midpoint of their closest points, which must lie
+    inside both (5 % slack) and within ``tol`` mm of each other; HilaError otherwise."""
+    a, b = np.asarray(a, float).reshape(2, 3), np.asarray(b, float).reshape(2, 3)
+    u, v, w = a[1] - a[0], b[1] - b[0], a[0] - b[0]
+    A, B, C, D, E = u @ u, u @ v, v @ v, u @ w, v @ w
+    den = A * C - B * B
+    s = 0.5 if den < 1e-9 else (B * E - C * D) / den
+    t = 0.5 if den < 1e-9 else (A * E - B * D) / den
+    if not (-0.05 <= s <= 1.05 and -0.05 <= t <= 1.05) or np.linalg.norm((a[0] + s * u) - (b[0] + t * v)) > tol:
+        raise HilaError("lines: the long and the short diameter do not cross")
+    return ((a[0] + s * u) + (b[0] + t * v)) / 2
+
+
 def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequence[float], ras: bool = False,
                refine: bool = True) -> np.ndarray:
     """Pseudo-mask from a long and a short diameter (each X0,Y0,Z0,X1,Y1,Z1 in mm) that cross."""
@@ -111,18 +139,58 @@ def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequen
     la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
     if la <= 0 or lb <= 0:
         raise HilaError("lines: a line of zero length")
-    # closest points of the two segments: they must meet (within one voxel diagonal) inside both
-    u, v, w = a[1] - a[0], b[1] - b[0], a[0] - b[0]
-    A, B, C, D, E = u @ u, u @ v, v @ v, u @ w, v @ w
-    den = A * C - B * B
-    s = 0.5 if den < 1e-9 else (B * E - C * D) / den
-    t = 0.5 if den < 1e-9 else (A * E - B * D) / den
-    tol = float(np.linalg.norm(image.GetSpacing()))
-    if not (-0.05 <= s <= 1.05 and -0.05 <= t <= 1.05) or np.linalg.norm((a[0] + s * u) - (b[0] + t * v)) > tol:
-        raise HilaError("lines: the long and the short diameter do not cross")
-    centre = ((a[0] + s * u) + (b[0] + t * v)) / 2
+    centre = crossing(a, b, float(np.linalg.norm(image.GetSpacing())))
+    u, v = a[1] - a[0], b[1] - b[0]
     n = np.cross(u, v)
     n = n / (np.linalg.norm(n) + 1e-12)
     pts = np.concatenate([a, b, [centre + n * lb / 2, centre - n * lb / 2]])
     box = np.concatenate([pts.min(0), pts.max(0)])
     return box_mask(image, box, ras=False, refine=refine)
+
+
+def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[int, str]]) -> Tuple[sitk.Image, dict]:
+    """The weak label image (uint8, the image's grid) of ``marks`` (format in the module docstring) and the
+    marks as recorded (label names as the workspace spells them, numbers as float lists).
+
+    Each item's pseudo-mask is painted with its label's value, largest first, so that where two overlap
+    (a prostate box inside the bladder's lower end) the smaller organ keeps the contested voxels rather
+    than vanishing inside the larger one. An unknown label, a label marked twice, an item with neither or
+    both of box and lines, and an item whose pseudo-mask is empty are refused (HilaError naming it).
+    """
+    space = str(marks.get("space", "LPS")).upper()
+    if space not in ("LPS", "RAS"):
+        raise HilaError(f"marks: space {marks.get('space')!r}; use LPS or RAS")
+    items = marks.get("items")
+    if not items:
+        raise HilaError("marks: no box or lines given")
+    names = {str(n).lower(): (int(v), str(n)) for v, n in label_pairs}
+    painted, recorded = [], []
+    for item in items:
+        asked = str(item.get("label", "")).strip()
+        if asked.lower() not in names:
+            raise HilaError(f"label {asked!r}: not a label of this workspace ({', '.join(n for _, n in names.values())})")
+        value, name = names[asked.lower()]
+        if any(r["label"] == name for r in recorded):
+            raise HilaError(f"label {name}: marked twice; give one box or one pair of lines per label")
+        if ("box" in item) == ("lines" in item):
+            raise HilaError(f"label {name}: give a box or lines (a long and a short diameter), one of them")
+        if "box" in item:
+            box = parse_numbers(item["box"], 6, f"label {name}: box")
+            mask = box_mask(image, box, ras=space == "RAS")
+            recorded.append({"label": name, "box": box.tolist()})
+        else:
+            lines = item["lines"]
+            if len(lines) != 2:
+                raise HilaError(f"label {name}: lines: need a long and a short diameter")
+            long_l, short_l = (parse_numbers(ln, 6, f"label {name}: lines") for ln in lines)
+            mask = lines_mask(image, long_l, short_l, ras=space == "RAS")
+            recorded.append({"label": name, "lines": [long_l.tolist(), short_l.tolist()]})
+        if not mask.any():
+            raise HilaError(f"label {name}: the marks give an empty pseudo-mask")
+        painted.append((int(mask.sum()), value, mask))
+    out = np.zeros(image.GetSize()[::-1], np.uint8)
+    for _, value, mask in sorted(painted, key=lambda t: -t[0]):
+        out[mask] = value
+    label = sitk.GetImageFromArray(out)
+    label.CopyInformation(image)
+    return label, {"space": space, "items": recorded}

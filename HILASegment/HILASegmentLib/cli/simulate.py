@@ -25,7 +25,9 @@ def register(sub, parent) -> None:
     p.add_argument("--train-minutes", type=at.positive, default=1.5, help="training budget per round")
     p.add_argument("--train-steps", type=at.integer(1), default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
     p.add_argument("--strategy", default="random", help="random | sequential | uncertainty | quality (lowest predicted Dice first)")
-    p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact")
+    p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact | weak "
+                   "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
+    p.add_argument("--weak-marks", default="box", help="--corrector weak: box | lines | mixed (a coin per label)")
     p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)
     p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")
     p.add_argument("--rough-unmarked", action="store_true", help="submit the degraded labels as reviewed (unmarked): "
@@ -52,7 +54,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
-                    rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked, baseline=args.baseline, model=args.model, seed=args.seed,
+                    rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
+                    weak_marks=args.weak_marks, baseline=args.baseline, model=args.model, seed=args.seed,
                     device=args.device, threads=args.threads,
                     gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases, promote=args.promote)
     plan = prepare(cfg)  # every check before anything is written

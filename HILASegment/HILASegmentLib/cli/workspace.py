@@ -168,11 +168,8 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _weak_label(ws, args):
-    """The pseudo-mask label image (case grid) and the marks, from --label with --box or --lines."""
-    import numpy as np
-    import SimpleITK as sitk
-
+def _weak_marks(args) -> dict:
+    """The marks (``weak`` format) of --label with --box or --lines; every argument checked before the workspace."""
     from .. import weak
     if args.box and args.lines:
         raise HilaError("submit: --box or --lines, not both")
@@ -182,37 +179,21 @@ def _weak_label(ws, args):
         raise HilaError(f"submit: --box/--lines make a weak label, not {args.quality}")
     if not args.label:
         raise HilaError("submit: --box/--lines need --label NAME")
-    value = next((v for v, n in ws.settings.label_pairs() if n.lower() == args.label.strip().lower()), None)
-    if value is None:
-        raise HilaError(f"--label {args.label}: not a label of this workspace ({', '.join(n for _, n in ws.settings.label_pairs())})")
-    case = ws.case(args.case)
-    image = ws.case_image(case.case_id)
     if args.box:
-        box = weak.parse_numbers(args.box, 6, "--box")
-        mask = weak.box_mask(image, box, ras=args.ras)
-        marks = {"label": args.label, "box": box.tolist()}
+        item = {"label": args.label, "box": weak.parse_numbers(args.box, 6, "--box").tolist()}
     else:
         parts = str(args.lines).split(";")
         if len(parts) != 2:
             raise HilaError(f"--lines {args.lines!r}: need LONG;SHORT, each X0,Y0,Z0,X1,Y1,Z1")
-        long_l, short_l = (weak.parse_numbers(t, 6, "--lines") for t in parts)
-        mask = weak.lines_mask(image, long_l, short_l, ras=args.ras)
-        marks = {"label": args.label, "lines": [long_l.tolist(), short_l.tolist()]}
-    marks["space"] = "RAS" if args.ras else "LPS"
-    if not mask.any():
-        raise HilaError("submit: the marks give an empty pseudo-mask")
-    lab = sitk.GetImageFromArray((mask * value).astype(np.uint8))
-    lab.CopyInformation(image)
-    return case.case_id, lab, marks
+        item = {"label": args.label, "lines": [weak.parse_numbers(t, 6, "--lines").tolist() for t in parts]}
+    return {"space": "RAS" if args.ras else "LPS", "items": [item]}
 
 
 def cmd_submit(args) -> int:
     with _open(args.workspace) as ws:
         if args.box or args.lines:
-            case_id, label, marks = _weak_label(ws, args)
-            c = ws.submit(case_id, label, quality="weak", annotator=args.annotator, seconds=args.seconds,
-                          based_on=args.based_on, source="marks", marks=marks,
-                          modality_override=args.modality_override)
+            c = ws.submit_marks(args.case, _weak_marks(args), annotator=args.annotator, seconds=args.seconds,
+                                based_on=args.based_on, modality_override=args.modality_override)
         else:
             if args.labelfile is None:
                 raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")

@@ -1,4 +1,4 @@
-"""The simulated radiologist: a corrector (tolerant | exact, registered by name) and the effort model.
+"""The simulated radiologist: a corrector (tolerant | exact | weak, registered by name) and the effort model.
 
 Effort model (seconds = FIXED_S per case + SLICE_S per touched slice + MM_S per mm of contour redrawn).
 The constants are ASSUMPTIONS, not fitted to a study: they are set so that drawing a prostate gland from
@@ -8,20 +8,41 @@ Contour length is the reference's boundary in a redrawn slice; a slice that only
 to draw) costs SLICE_S alone (select the segment on the slice and delete). When correcting a proposal
 would cost more than clearing it (one SLICE_S) and drawing the case from scratch, the radiologist does
 that instead: a useless proposal never costs more than no proposal.
+
+The ``weak`` corrector draws nothing: per label it places a box or RECIST lines (a long and a short
+diameter) from the reference, with jitter, and the pseudo-mask is built from them by ``weak.pseudo_label``,
+the builder of ``hila submit --box/--lines``. It costs FIXED_S + BOX_S per box + LINE_S per line, ignores
+any prediction (so it also starts a model from nothing in round 0) and never clears to draw from scratch.
+Jitter (ASSUMPTIONS, in mm, seeded): each face of a box lies N(0, BOX_JITTER_MM) outside the organ's
+extent (voxel centres), a line's end points lie N(0, LINE_JITTER_MM) off the organ's longest chord (and
+the longest chord perpendicular to it) in the slice where the organ is largest, moved within that slice.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
+from .. import metrics, weak
+from ..errors import HilaError
 from . import registrar
 
 FIXED_S = 30.0    # open, scroll through and accept a case (assumption)
 SLICE_S = 8.0     # select a slice, pick the segment and the tool (assumption)
 MM_S = 0.1        # per mm of contour redrawn: ~10 mm/s with a brush or pen (assumption)
 
+BOX_S = 15.0           # one box: find an organ's first and last slice and drag a 3-D ROI around it (assumption)
+LINE_S = 8.0           # one diameter line on the organ's largest slice; RECIST takes two per organ (assumption)
+BOX_JITTER_MM = 2.0    # sd of each box face around the organ's extent (assumption)
+LINE_JITTER_MM = 1.5   # sd of each line end point, in the slice plane (assumption)
+WEAK_MARKS = ("box", "lines", "mixed")  # --weak-marks: every label boxed, every label measured, or a coin per label
+
+#: name -> corrector(pred, ref, spacing_zyx, tolerance_mm, **case) -> (label array, effort dict); ``case`` gives
+#: image (SimpleITK, the reference's grid), labels ((value, name) pairs), rng and marks (WEAK_MARKS), which
+#: only the weak corrector reads. A corrector whose effort has ``marks`` is submitted by its marks
+#: (Workspace.submit_marks, quality weak).
 CORRECTORS: Dict[str, Callable] = {}
 
 
@@ -87,7 +108,7 @@ def _or_from_scratch(corrected: Tuple[np.ndarray, dict], ref: np.ndarray, spacin
 
 
 @register_corrector("tolerant")
-def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0) -> Tuple[np.ndarray, dict]:
+def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0, **_) -> Tuple[np.ndarray, dict]:
     """Redraw (to the reference) each slice where some label is off by more than ``tolerance_mm``; accept the rest."""
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
@@ -109,7 +130,7 @@ def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float
 
 
 @register_corrector("exact")
-def exact(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0) -> Tuple[np.ndarray, dict]:
+def exact(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0, **_) -> Tuple[np.ndarray, dict]:
     """Corrected to the reference everywhere; every slice that differs is touched."""
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
@@ -120,6 +141,98 @@ def exact(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 
             slices += 1
             mm += sum(contour_mm(r == v, sp2d) for v in np.unique(r) if v)
     return _or_from_scratch((ref.copy(), _effort(slices, mm)), ref, spacing_zyx)
+
+
+@register_corrector("weak")
+def weak_marks(pred, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0, *, image: sitk.Image,
+               labels: Sequence[Tuple[int, str]], rng: np.random.Generator, marks: str = "box", **_) -> Tuple[np.ndarray, dict]:
+    """Boxes and/or RECIST lines placed from ``ref`` with jitter; the pseudo-mask they give (``weak.pseudo_label``)
+    and the effort, which carries the marks (LPS) and each label's pseudo-mask Dice against the reference."""
+    if marks not in WEAK_MARKS:
+        raise HilaError(f"--weak-marks {marks}: use one of {', '.join(WEAK_MARKS)}")
+    items, boxes, lines = [], 0, 0
+    for value, name in labels:
+        m = ref == value
+        if not m.any():
+            continue  # nothing to mark: the label stays empty in the pseudo-mask
+        use_lines = marks == "lines" or (marks == "mixed" and rng.random() < 0.5)
+        if use_lines:
+            items.append({"label": name, "lines": place_lines(m, image, spacing_zyx, rng)})
+            lines += 2
+        else:
+            items.append({"label": name, "box": place_box(m, image, rng)})
+            boxes += 1
+    if not items:
+        raise HilaError("the reference is empty: nothing to mark")
+    label, recorded = weak.pseudo_label(image, {"space": "LPS", "items": items}, labels)
+    arr = sitk.GetArrayFromImage(label)
+    dice = {n: round(metrics.dice(arr == v, ref == v), 4) for v, n in labels if (ref == v).any()}
+    return arr, {"slices": 0, "contour_mm": 0.0, "boxes": boxes, "lines": lines,
+                 "seconds": round(FIXED_S + BOX_S * boxes + LINE_S * lines, 1), "marks": recorded, "pseudo_dice": dice}
+
+
+def _index_to_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """Physical LPS points of (n, 3) continuous ITK indices (i, j, k)."""
+    d = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    return np.asarray(image.GetOrigin(), float) + (np.asarray(ijk, float) * np.asarray(image.GetSpacing())) @ d.T
+
+
+def place_box(mask: np.ndarray, image: sitk.Image, rng: np.random.Generator) -> List[float]:
+    """Two opposite corners (LPS mm) of the organ's extent (voxel centres, axis-aligned in LPS), each face moved
+    outwards by N(0, BOX_JITTER_MM); never thinner than one voxel."""
+    k, j, i = np.nonzero(mask)
+    corners = _index_to_lps(image, [(x, y, z) for x in (i.min(), i.max()) for y in (j.min(), j.max())
+                                    for z in (k.min(), k.max())])
+    lo = corners.min(0) - rng.normal(0.0, BOX_JITTER_MM, 3)
+    hi = corners.max(0) + rng.normal(0.0, BOX_JITTER_MM, 3)
+    mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, min(image.GetSpacing()) / 2)
+    return [float(x) for x in np.concatenate([mid - half, mid + half])]
+
+
+def place_lines(mask: np.ndarray, image: sitk.Image, spacing_zyx, rng: np.random.Generator) -> List[List[float]]:
+    """RECIST-style long and short diameter (LPS mm) in the slice where the organ is largest: the longest chord,
+    then the widest extent perpendicular to it, each end point jittered in the slice by N(0, LINE_JITTER_MM).
+    Jitter that would make the lines miss each other is drawn again (a radiologist draws them crossing)."""
+    ax = slice_axis(spacing_zyx)
+    k = int(np.argmax(mask.sum(axis=tuple(i for i in range(3) if i != ax))))
+    m2 = np.take(mask, k, axis=ax)
+
+    def lps(rc: np.ndarray) -> np.ndarray:  # in-slice (row, col) -> LPS, through the 3-D index (k, j, i)
+        zyx = np.insert(rc, ax, k, axis=1)
+        return _index_to_lps(image, zyx[:, ::-1])
+
+    pts = lps(np.argwhere(m2))
+    edge = lps(np.argwhere(m2 & ~ndimage.binary_erosion(m2)))
+    if len(edge) > 400:
+        edge = edge[np.linspace(0, len(edge) - 1, 400).astype(int)]
+    d2 = ((edge[:, None, :] - edge[None, :, :]) ** 2).sum(-1)
+    ia, ib = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    p, q = edge[ia], edge[ib]
+    normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2 - ax]  # the slice axis in LPS
+    if np.linalg.norm(q - p) < 1e-6:  # a one-voxel organ: a voxel-wide cross
+        q = p + np.cross(normal, [1.0, 0, 0] if abs(normal[0]) < 0.9 else [0, 1.0, 0]) * min(spacing_zyx)
+    u = (q - p) / np.linalg.norm(q - p)
+    n = np.cross(normal, u)
+    n /= np.linalg.norm(n)
+    along, across = (pts - p) @ u, (pts - p) @ n
+    step = float(min(spacing_zyx[i] for i in range(3) if i != ax))
+    bins = np.round(along / step).astype(int)
+    widths = {t: (across[bins == t].min(), across[bins == t].max()) for t in np.unique(bins)}
+    t = max(widths, key=lambda t: widths[t][1] - widths[t][0])
+    lo, hi = min(widths[t][0], -step / 2), max(widths[t][1], step / 2)  # across the long line
+    s0, s1 = p + t * step * u + lo * n, p + t * step * u + hi * n
+    placed = np.array([p, q, s0, s1])
+    tol = float(np.linalg.norm(image.GetSpacing()))
+    for _ in range(20):
+        jit = placed + rng.normal(0.0, LINE_JITTER_MM, (4, 2)) @ np.stack([u, n])
+        try:
+            weak.crossing(jit[:2], jit[2:], tol)
+            break
+        except HilaError:
+            continue
+    else:
+        jit = placed
+    return [[float(x) for x in jit[:2].ravel()], [float(x) for x in jit[2:].ravel()]]
 
 
 def degrade(label: np.ndarray, spacing_zyx, rng: np.random.Generator) -> Tuple[np.ndarray, str]:

@@ -7,7 +7,7 @@ RUN/rounds.json|csv        one record per completed round (written atomically af
 RUN/baseline/, baseline.json   full supervision on every pool reference, same total training time
 RUN/summary.json, curves.png   see report.py
 
-Length (~460 lines): one job, a round and its exact resume (replaying a killed round without double
+Length (~490 lines): one job, a round and its exact resume (replaying a killed round without double
 submits or a second training run is most of it); cohort, synthesis, the radiologist, strategies and the
 report already live in their own modules.
 """
@@ -56,6 +56,7 @@ class SimConfig:
     tolerance_mm: float = 2.0
     rough_rate: float = 0.0
     rough_unmarked: bool = False     # degraded labels submitted as reviewed (to measure suspect detection)
+    weak_marks: str = "box"          # --corrector weak: box | lines | mixed (radiologist.WEAK_MARKS)
     baseline: bool = False
     model: Optional[str] = None
     seed: int = 0
@@ -72,7 +73,7 @@ class SimConfig:
         for k in ("out", "threads"):
             d.pop(k)
         for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
-                           ("promote", "auto")):  # runs made before these options resume
+                           ("promote", "auto"), ("weak_marks", "box")):  # runs made before these options resume
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -114,6 +115,10 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(STRATEGIES)}")
     if cfg.corrector not in rad.CORRECTORS:
         raise HilaError(f"--corrector {cfg.corrector}: use one of {', '.join(rad.CORRECTORS)}")
+    if cfg.weak_marks not in rad.WEAK_MARKS:
+        raise HilaError(f"--weak-marks {cfg.weak_marks}: use one of {', '.join(rad.WEAK_MARKS)}")
+    if cfg.corrector == "weak" and cfg.rough_rate:
+        raise HilaError("--rough-rate with --corrector weak: weak labels are not degraded further; give one of them")
     if not 0.0 <= cfg.rough_rate <= 1.0 or cfg.tolerance_mm < 0 or cfg.train_minutes <= 0:
         raise HilaError("--rough-rate must lie in [0, 1], --tolerance-mm >= 0, --train-minutes > 0")
     if len({c.case for c in cases}) != len(cases):
@@ -334,17 +339,27 @@ class Simulation:
         sp = self.spacing_zyx[name]
         already = bool(self.ws.corrections(case_id))  # submitted by this round before a kill: not twice
         based_on = None
-        if ctx is None:
+        marking = self.cfg.corrector == "weak"  # marks need no proposal: round 0 is marked too (a weak cold start)
+        case = {"image": self.image(name), "labels": [(i, n) for i, (n, _) in enumerate(self.plan["spec"], start=1)],
+                "rng": np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name)), 1]), "marks": self.cfg.weak_marks}
+        if ctx is None and not marking:
             label, eff = ref.copy(), rad.draw_from_scratch(ref, sp)
         else:
-            res = ctx.predict(name)
-            pred = sitk.GetArrayFromImage(res.label)
-            if not already:
-                based_on = self.ws.add_prediction(case_id, res.label, self.ws.current_model().version,
-                                                  uncertainty=dict(res.summary)).prediction_id
+            pred = None
+            if ctx is not None:
+                res = ctx.predict(name)
+                pred = sitk.GetArrayFromImage(res.label)
+                if not already:
+                    based_on = self.ws.add_prediction(case_id, res.label, self.ws.current_model().version,
+                                                      uncertainty=dict(res.summary)).prediction_id
             t0 = time.perf_counter()
-            label, eff = rad.CORRECTORS[self.cfg.corrector](pred, ref, sp, self.cfg.tolerance_mm)
+            label, eff = rad.CORRECTORS[self.cfg.corrector](pred, ref, sp, self.cfg.tolerance_mm, **case)
             self.timing["correction_s"] += time.perf_counter() - t0
+        if "marks" in eff:  # a weak label: the workspace builds the same pseudo-mask from the marks
+            if not already:
+                self.ws.submit_marks(case_id, eff["marks"], annotator="simulated radiologist", seconds=eff["seconds"],
+                                     based_on=based_on)
+            return dict(eff, case=name, quality="weak")
         quality = "reviewed"
         rng = np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name))])
         if self.cfg.rough_rate and rng.random() < self.cfg.rough_rate:

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import quality as _quality
+from .. import weak
 from ..errors import HilaError
 from .files import Staged
 from .records import QUALITIES, Case, Correction, dumps
@@ -79,6 +80,20 @@ class Corrections(Room):
             return int(cur.lastrowid)
 
         return self.correction(self._store([(image_writer(img), ".nrrd")], record))
+
+    def submit_marks(self, case_id: str, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None,
+                     based_on: Optional[int] = None, modality_override: bool = False) -> Correction:
+        """A weak label from clinical marks (a box or RECIST lines per label; format in ``weak``): the pseudo-mask
+        built by ``weak.pseudo_label`` on the case's stored image, submitted with quality ``weak`` and the marks.
+
+        The one path of ``hila submit --box/--lines``, Slicer's *Accept as weak* and ``hila simulate
+        --corrector weak``, so a pseudo-mask never depends on where the marks were made. Bad marks
+        (outside the image, zero size, lines that do not cross, an unknown label) change nothing.
+        """
+        case = self.case(case_id)
+        label, recorded = weak.pseudo_label(self.case_image(case.case_id), marks, self.settings.label_pairs())
+        return self.submit(case.case_id, label, quality="weak", annotator=annotator, seconds=seconds, based_on=based_on,
+                           source="marks", marks=recorded, modality_override=modality_override)
 
     def _effort(self, case: Case, arr: np.ndarray, based_on: Optional[int]) -> dict:
         """Dice per label and voxels changed against the prediction corrected, else the previous version."""
