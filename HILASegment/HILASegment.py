@@ -26,7 +26,7 @@ from slicer.util import VTKObservationMixin
 
 from HILASegmentLib import dependencies, panels
 from HILASegmentLib.processrunner import ProcessRunner, engine_command
-from HILASegmentSlicerLib import cases, installs, panelstate, segments
+from HILASegmentSlicerLib import cases, installs, marks, panelstate, segments
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
 
 SETTINGS = "HILASegment/"
@@ -109,6 +109,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.qualityComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
         self.ui.acceptButton.connect("clicked()", self.onAccept)
+        self.ui.acceptWeakButton.connect("clicked()", self.onAcceptWeak)
         self.ui.trainButton.connect("clicked()", self.onTrain)
         self.ui.cancelButton.connect("clicked()", lambda: self.cancelJob("train"))
         self.ui.cancelInstallButton.connect("clicked()", lambda: self.cancelJob("install"))
@@ -239,9 +240,12 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def refreshTables(self):
         self.refreshModelChoices()
+        self.ui.weakLabelComboBox.clear()
         if self.ws is None:
             self.ui.workspaceStatusLabel.text = "No workspace: open or create one (Segment works without one)."
             return
+        for _, name in self.ws.settings.label_pairs():
+            self.ui.weakLabelComboBox.addItem(name)
         self._fill(self.ui.caseTableWidget, panels.case_rows(self.ws))
         self._fill(self.ui.modelTableWidget, panels.model_rows(self.ws))
         current = self.ws.current_model()
@@ -443,6 +447,23 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.status(outcome.message())
         if outcome.save_error:
             slicer.util.warningDisplay(outcome.message())
+
+    def onAcceptWeak(self):
+        """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""
+        volume = self.ui.inputVolumeSelector.currentNode()
+        opened = self.openedAt.get(volume.GetID()) if volume else None
+        try:
+            picked = marks.marks_from_markups(slicer.util, self.ui.weakLabelComboBox.currentText,
+                                              self.ui.weakRoiSelector.currentNode(), self.ui.weakLongLineSelector.currentNode(),
+                                              self.ui.weakShortLineSelector.currentNode(), volume)
+            with slicer.util.WaitCursor():
+                correction = cases.accept_weak(self.ws, volume, picked, annotator=self.ui.annotatorLineEdit.text or None,
+                                               seconds=time.monotonic() - opened if opened else None)
+        except Exception as exc:
+            slicer.util.errorDisplay("Accept as weak refused; nothing was submitted: %s" % exc)
+            return
+        self.refreshTables()
+        self.status("Accepted case %s as weak correction v%d" % (correction.case_id, correction.version))
 
     # -- training and models --------------------------------------------------------------
     def onTrain(self):
@@ -666,7 +687,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         return installs.run_plan(slicer, plan, slicer.util.startupEnvironment())
 
 class HILASegmentTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test, run once: packages, two cases with a result in flight (the A/B race), accept, train."""
+    """In-Slicer self-test, run once: packages, two cases with a result in flight (the A/B race), accept, accept as weak, train."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -739,6 +760,23 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
         self.assertTrue(os.path.exists(outcome.saved))
         self.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)
+
+        self.delayDisplay("Accept as weak: an ROI around B's blob, then two RECIST lines across it")
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+        roi.SetCenterWorld(-30.0, -24.0, 36.0)  # blob B: i = 30, j = 24, k = 12 under ijkToRAS diag(-1, -1, 3)
+        roi.SetSizeWorld(24.0, 24.0, 36.0)
+        caseB = volB.GetAttribute(CASE_ATTRIBUTE)
+        weakBox = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volB))
+        lines = [slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode") for _ in range(2)]
+        slicer.util.updateMarkupsControlPointsFromArray(lines[0], np.array([[-42.0, -24.0, 36.0], [-18.0, -24.0, 36.0]]), world=True)
+        slicer.util.updateMarkupsControlPointsFromArray(lines[1], np.array([[-30.0, -36.0, 36.0], [-30.0, -12.0, 36.0]]), world=True)
+        weakLines = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", long_line=lines[0], short_line=lines[1], volume=volB))
+        self.assertEqual([(c.version, c.quality) for c in ws.corrections(caseB)], [(1, "weak"), (2, "weak")])
+        self.assertTrue(np.allclose(weakBox.effort["marks"]["items"][0]["box"], [18, 12, 18, 42, 36, 54]))  # LPS mm
+        self.assertEqual(len(weakLines.effort["marks"]["items"][0]["lines"]), 2)
+        import SimpleITK as sitk  # the engine's image library, only in this test
+        weakMask = sitk.GetArrayFromImage(ws.correction_label(caseB, 1)) > 0  # [k, j, i] as the volume's array
+        self.assertGreater(2 * (weakMask & blobs[1]).sum() / (weakMask.sum() + blobs[1].sum()), 0.6)
 
         self.delayDisplay("One-minute CPU training round in a child process")
         before = {m.version for m in ws.models()}

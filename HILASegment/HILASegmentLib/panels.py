@@ -18,7 +18,7 @@ __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model
 UNCERTAINTY_KEYS = ("model", "model_version", "mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta",
                     "seconds", "predicted_dice", "predicted_dice_source", "quality_features")
 
-CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort"]
+CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort", "Suspect"]
 MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
 CURVE_COLUMNS = ["Model version", "Validation Dice", "Correction effort (1 - Dice vs prediction)"]
 
@@ -51,12 +51,15 @@ def case_rows(ws) -> List[list]:
     ``hila rank`` uses: the learned quality model where it is in use, else the expected soft Dice; empty for
     reviewed cases and predictions without one), corrections, effort.
 
-    Effort is the fraction of labelled voxels the latest correction changed (0 = accepted as is).
+    Effort is the fraction of labelled voxels the latest correction changed (0 = accepted as is). Suspect is
+    the standing flag on the case's latest correction (``ws.suspects()``, what ``hila status`` lists: the
+    version and the reason), empty when none; a newer correction clears it.
     """
     need = {r["case_id"]: r.get("predicted_dice") for r in ws.rank()}
     latest_effort = {}
     for c in ws.corrections():  # oldest first: later versions overwrite
         latest_effort[c.case_id] = (c.effort or {}).get("fraction_changed")
+    flags = {f["case_id"]: f"suspect v{f['correction_version']}: {f['reason']}" for f in ws.suspects()}
     rows = []
     for s in ws.case_states():
         n = need.get(s["case_id"])
@@ -64,7 +67,7 @@ def case_rows(ws) -> List[list]:
         last = s.get("latest_model_version")
         effort = latest_effort.get(s["case_id"])
         rows.append([s["case_id"], s["name"], s["state"], "" if last is None else f"v{last}", score,
-                     s["corrections"], "" if effort is None else round(float(effort), 4)])
+                     s["corrections"], "" if effort is None else round(float(effort), 4), flags.get(s["case_id"], "")])
     return rows
 
 

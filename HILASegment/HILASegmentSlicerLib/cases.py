@@ -17,8 +17,8 @@ from HILASegmentLib.errors import HilaError
 
 from . import segments
 
-__all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "reopen_case_segments", "output_path",
-           "workspace_model"]
+__all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
+           "reopen_case_segments", "output_path", "workspace_model"]
 
 
 def reopen_workspace(path: str, open_fn: Callable[[str], Any], clear_setting: Callable[[], None]) -> Tuple[Any, str]:
@@ -83,14 +83,10 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     reference: never from whatever else the panel last showed. A missing label refuses the submit
     (HilaError); a failure to save the extra .seg.nrrd copy after the submit is reported, not raised.
     """
-    case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume is not None else None
     if segNode is None:
         raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
+    case_id = _own_case(ws, volume)
     version = None
-    home = volume.GetAttribute(segments.WORKSPACE_ATTRIBUTE) if volume is not None else None
-    if ws is not None and case_id and home and Path(home) != Path(ws.root):
-        raise HilaError(f"this volume is case {case_id} of the workspace {home}, not of {ws.root}; "
-                        "open that workspace to accept it")
     if ws is not None and case_id:
         array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
         label = mrmlgeometry.array_to_image(array, ijk_to_ras)
@@ -101,6 +97,25 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     except Exception as exc:  # the submit stands; only the convenience copy failed
         return AcceptOutcome(case_id, version, None, str(exc) or type(exc).__name__)
     return AcceptOutcome(case_id, version, saved)
+
+
+def _own_case(ws: Any, volume: Any) -> Optional[str]:
+    """The volume's own case id (None for a volume that is no case); refused when it is another workspace's case."""
+    case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume is not None else None
+    home = volume.GetAttribute(segments.WORKSPACE_ATTRIBUTE) if volume is not None else None
+    if ws is not None and case_id and home and Path(home) != Path(ws.root):
+        raise HilaError(f"this volume is case {case_id} of the workspace {home}, not of {ws.root}; "
+                        "open that workspace to accept it")
+    return case_id
+
+
+def accept_weak(ws: Any, volume: Any, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None):
+    """Submit marks (``marks.marks_from_markups``) as a weak label of the volume's OWN case through
+    ``Workspace.submit_marks`` (the path of ``hila submit --box/--lines``); returns the Correction."""
+    case_id = _own_case(ws, volume)
+    if ws is None or not case_id:
+        raise HilaError("not a workspace case: open a workspace and import the volume (or load a case) first")
+    return ws.submit_marks(case_id, marks, annotator=annotator, seconds=seconds)
 
 
 def reopen_case_segments(ws: Any, util: Any, volume: Any, segNode: Any) -> Optional[int]:

@@ -33,6 +33,7 @@ def button_states(s: PanelState) -> Dict[str, bool]:
         # Segment doubles as Cancel for the shown case's job; it is dead while another case's job runs
         "segmentButton": s.segmenting_shown or (s.has_volume and not segment_busy and not s.installing),
         "acceptButton": s.has_volume and not s.segmenting_shown,
+        "acceptWeakButton": s.has_workspace and s.has_volume and not s.segmenting_shown,
         "inputVolumeSelector": not s.segmenting_shown,
         "caseTableWidget": s.has_workspace and not s.segmenting_shown,
         "nextCaseButton": s.has_workspace and not s.segmenting_shown,
