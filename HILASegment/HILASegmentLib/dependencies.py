@@ -1,7 +1,8 @@
 """What to install on first use, so the Slicer module never breaks the Slicer it runs in.
 
-Two tiers: *inference* (first Segment: onnxruntime and two small helpers) and *training* (first
-Train: PyTorch, MONAI, onnx). The rules, all decided here and tested without Slicer:
+Three tiers: *inference* (first Segment: onnxruntime and two small helpers), *training* (first
+Train: PyTorch, MONAI, onnx) and *dicom* (first PACS action: pydicom, highdicom, dicomweb-client,
+which Slicer 5.12+ ships). The rules, all decided here and tested without Slicer:
 
 - install only what does not import (or is older than asked for), after the user agreed;
 - never pip-install what Slicer ships (numpy, SimpleITK, VTK, ...): a missing one means a broken
@@ -22,6 +23,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 __all__ = [
     "Requirement", "InstallPlan", "INFERENCE", "TRAINING", "MODEL_REQUIREMENTS", "SLICER_SHIPS", "TIERS",
     "missing", "plan_install", "pip_argument_string", "pip_commands", "offline_message", "manual_command",
+    "DICOM", "EXTRAS", "missing_package_message",
 ]
 
 
@@ -64,7 +66,18 @@ TRAINING: List[Requirement] = [
     Requirement("onnx2torch", "onnx2torch>=1.5", "fine-tunes imported ONNX models", "1.5", no_deps=True),
 ]
 
-TIERS = {"inference": INFERENCE, "training": INFERENCE + TRAINING}
+#: The optional `dicom` extra: DICOM SEG/RTSTRUCT and DICOMweb. pydicom 3 (``enforce_file_format``, used when
+#: writing RTSTRUCT and saving fetched instances); Slicer 5.12+ ships all three (5.8/5.10: pydicom 2.4, no highdicom).
+DICOM: List[Requirement] = [
+    Requirement("pydicom", "pydicom>=3.0", "reads and writes DICOM", "3.0"),
+    Requirement("highdicom", "highdicom>=0.22", "writes and reads DICOM SEG", "0.22"),
+    Requirement("dicomweb_client", "dicomweb-client>=0.59", "talks to a PACS (DICOMweb)", "0.59"),
+    Requirement("requests", "requests>=2.20", "HTTP for DICOMweb (comes with dicomweb-client)", "2.20"),
+]
+
+TIERS = {"inference": INFERENCE, "training": INFERENCE + TRAINING, "dicom": INFERENCE + DICOM}
+#: pip extras of the `hilasegment` package, by the requirements they bring (for the missing-package message).
+EXTRAS = {"dicom": DICOM, "train": TRAINING}
 
 #: Import names of packages Slicer itself ships; never pip-installed by this module.
 SLICER_SHIPS = frozenset({"numpy", "SimpleITK", "vtk", "qt", "ctk", "slicer", "scipy", "pydicom", "requests",
@@ -121,6 +134,7 @@ class InstallPlan:
     torch_via_pytorchutils: bool = False                     # PyTorchUtils.installTorch(...)
     torch_pip_spec: Optional[str] = None                     # plain pip fallback for torch
     broken_slicer: List[str] = field(default_factory=list)   # shipped packages that do not import
+    old_slicer: List[str] = field(default_factory=list)      # shipped packages older than needed ("pydicom 3.0")
 
     @property
     def needed(self) -> bool:
@@ -131,6 +145,9 @@ class InstallPlan:
         if self.broken_slicer:
             return ("These packages ship with 3D Slicer but do not import: " + ", ".join(self.broken_slicer)
                     + ". Reinstall 3D Slicer; HILASegment will not reinstall them.")
+        if self.old_slicer:  # upgrading what Slicer ships is how installs break Slicer: say which Slicer has it
+            return ("This 3D Slicer ships packages older than HILASegment needs for this: " + ", ".join(self.old_slicer)
+                    + " or newer. Use 3D Slicer 5.12 or later; HILASegment will not upgrade them.")
         if not self.needed:
             return ""
         items = self.pip_specs + self.no_deps_specs
@@ -138,7 +155,7 @@ class InstallPlan:
             items = ["PyTorch (through the PyTorch extension)"] + items
         elif self.torch_pip_spec:
             items = [self.torch_pip_spec] + items
-        what = "segmenting" if self.tier == "inference" else "training"
+        what = {"inference": "segmenting", "dicom": "DICOM and PACS"}.get(self.tier, "training")
         return (f"HILASegment needs these Python packages for {what}, installed into Slicer's Python once: "
                 + ", ".join(items) + ". This downloads from the internet and may take a few minutes. Install now?")
 
@@ -146,7 +163,7 @@ class InstallPlan:
 def plan_install(tier: str, find_spec: Callable[[str], object] = importlib.util.find_spec,
                  get_version: Callable[[str], Optional[str]] = _installed_version,
                  pytorchutils_available: Optional[bool] = None, model: Optional[str] = None) -> InstallPlan:
-    """The install plan for ``tier`` ("inference" or "training") on this Python.
+    """The install plan for ``tier`` ("inference", "training" or "dicom") on this Python.
 
     ``model``: the catalog model about to run; packages only that model needs (``for_model``, e.g.
     lavlab-taps for ``taps``) join the plan, so they are asked for in the same one consent dialog.
@@ -157,7 +174,14 @@ def plan_install(tier: str, find_spec: Callable[[str], object] = importlib.util.
     wanted = list(TIERS[tier]) + [r for r in MODEL_REQUIREMENTS if model is not None and r.for_model == model]
     for req in missing(wanted, find_spec, get_version):
         if req.import_name in SLICER_SHIPS:
-            plan.broken_slicer.append(req.import_name)
+            try:
+                present = find_spec(req.import_name) is not None
+            except (ImportError, ValueError):
+                present = False
+            if present:  # it imports: only too old
+                plan.old_slicer.append(f"{req.dist_name} {req.min_version}")
+            else:
+                plan.broken_slicer.append(req.import_name)
         elif req.is_torch:
             if pytorchutils_available is None:
                 try:
@@ -225,3 +249,17 @@ def offline_message(error_text: str, plan: Optional[InstallPlan] = None) -> Opti
         if cmds:
             msg += " Install them on a connected machine or with a local wheel: " + " ; ".join(cmds)
     return msg
+
+
+def missing_package_message(module: str, what: str = "this") -> Optional[str]:
+    """One line for an optional package that did not import (``module``: its import name, dotted or not):
+    which package, which pip extra brings it, and that the Slicer module installs it after asking.
+    None for a module no extra provides (then the ImportError is a bug, not a missing extra)."""
+    top = (module or "").split(".")[0]
+    for extra, reqs in EXTRAS.items():
+        for req in reqs:
+            if req.import_name == top:
+                return (f"{what}: the Python package {req.dist_name} is needed and not installed: "
+                        f"pip install 'hilasegment[{extra}]' (in 3D Slicer the HILASegment module installs it "
+                        "after asking)")
+    return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -21,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .dependencies import missing_package_message
 from .errors import HilaError
 from .imageio import (
     PathLike,
@@ -39,14 +41,14 @@ TYPE2_STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "Patie
                           "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def require(what: str = "DICOM SEG and RTSTRUCT"):
-    """Import pydicom (the ``dicom`` extra), or raise a one-line HilaError saying how to install it."""
+def require(what: str = "DICOM SEG and RTSTRUCT", module: str = "pydicom"):
+    """Import ``module`` (pydicom or highdicom: the ``dicom`` extra), or raise a one-line HilaError naming the
+    missing package and how to install it."""
     try:
-        import pydicom  # optional: only DICOM objects need it
-    except ImportError:
-        raise HilaError(f"{what} need the optional packages pydicom and highdicom: "
-                        "pip install 'hilasegment[dicom]'") from None
-    return pydicom
+        return importlib.import_module(module)  # optional: only DICOM objects need it
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module
+        raise HilaError(missing_package_message(missing, what) or f"{what}: {exc}") from None
 
 
 @dataclass
@@ -198,8 +200,9 @@ def software_version() -> str:
 
 
 def object_modality(path: PathLike) -> Optional[str]:
-    """The Modality of a DICOM file (``RTSTRUCT``, ``SEG``, ``CT``...), or None for other files (or when
-    pydicom, the optional ``dicom`` extra, is missing: the file is then treated as an image)."""
+    """The Modality of a DICOM file (``RTSTRUCT``, ``SEG``, ``CT``...), or None for other files. A DICOM file
+    with pydicom (the optional ``dicom`` extra) missing is a one-line HilaError naming it: a single DICOM file is
+    no image either (images are read from their series' folder), so guessing would only mislead."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -208,10 +211,7 @@ def object_modality(path: PathLike) -> Optional[str]:
         return None
     if len(head) < 132 or head[128:132] != b"DICM":
         return None
-    try:
-        import pydicom  # optional `dicom` extra
-    except ImportError:
-        return None
+    pydicom = require(f"{p}: reading a DICOM file")
     try:
         return str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "")) or None
     except Exception:  # a damaged file: let the image reader report it

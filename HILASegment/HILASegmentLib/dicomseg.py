@@ -48,7 +48,7 @@ def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
     DICOM SEG referencing the series' instances; overlapping segments stay separate. ``uids``: (series,
     SOP instance) UIDs to use (the same object written again), else new ones."""
     require()
-    import highdicom as hd  # optional `dicom` extra
+    hd = require("DICOM SEG", "highdicom")
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
@@ -105,7 +105,7 @@ def read_seg(path: PathLike, series: Series) -> Tuple[sitk.Image, Dict[int, str]
     Overlapping segments: the higher segment number wins (a label map holds one value per voxel).
     """
     require()
-    import highdicom as hd  # optional `dicom` extra
+    hd = require("DICOM SEG", "highdicom")
 
     path = Path(path)
     try:

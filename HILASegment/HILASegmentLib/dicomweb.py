@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
+from .dependencies import missing_package_message
 from .errors import HilaError
 
 T = TypeVar("T")
@@ -42,21 +44,47 @@ def credentials(url: str) -> Optional[Tuple[str, str]]:
     return (entry[0], entry[2] or "") if entry else None
 
 
+def check_url(url: str) -> str:
+    """``url`` when it is an http(s) DICOMweb root without credentials in it; else a one-line HilaError
+    (a password in a URL ends up in shell histories, process lists and logs)."""
+    url = (url or "").strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise HilaError(f"{url}: not an http(s) DICOMweb URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HilaError(f"{url or '(empty)'}: not an http(s) DICOMweb URL (e.g. http://pacs:8042/dicom-web)")
+    if parts.username or parts.password:
+        raise HilaError(f"{parts.hostname}: credentials in the URL are refused; use HILA_DICOMWEB_USER/"
+                        "HILA_DICOMWEB_PASSWORD or a netrc file (HILA_NETRC)")
+    return url
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def check_uid(uid: str, what: str = "UID") -> str:
+    """``uid`` when it is a DICOM UID (PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters);
+    else a one-line HilaError, before any request carries it to the server."""
+    uid = (uid or "").strip()
+    if not _UID.fullmatch(uid) or len(uid) > 64:
+        raise HilaError(f"{uid or '(empty)'}: not a DICOM {what} (digits and dots, at most 64 characters, "
+                        "e.g. 1.2.840.113619.2.55.3)")
+    return uid
+
+
 class Server:
     """One DICOMweb endpoint (``url``: the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``)."""
 
     def __init__(self, url: str):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HilaError(f"{url}: not an http(s) DICOMweb URL")
-        if parts.username or parts.password:
-            raise HilaError(f"{parts.hostname}: credentials in the URL are refused; use HILA_DICOMWEB_USER/"
-                            "HILA_DICOMWEB_PASSWORD or a netrc file (HILA_NETRC)")
+        url = check_url(url)
         try:
-            import requests  # optional `dicom` extra (with dicomweb-client)
+            import requests  # optional `dicom` extra (comes with dicomweb-client)
             from dicomweb_client.api import DICOMwebClient  # optional `dicom` extra
-        except ImportError:
-            raise HilaError("DICOMweb needs the optional packages: pip install 'hilasegment[dicom]'") from None
+        except ImportError as exc:
+            raise HilaError(missing_package_message(exc.name or "dicomweb_client", "DICOMweb")
+                            or f"DICOMweb: {exc}") from None
         self.url = url.rstrip("/")
         session = requests.Session()
         session.trust_env = False  # no ~/.netrc or proxy picked up behind our back: credentials() decides

@@ -14,6 +14,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from .. import __version__
+from ..dependencies import missing_package_message
 from ..errors import HilaError
 from ..progress import BarProgress, JsonLinesProgress
 
@@ -100,23 +101,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except HilaError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if getattr(args, "json", False):
-            print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
-        print(f"hila: error: {msg}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        return _fail(args, str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, exc.exit_code)
     except OSError as exc:  # the disk, not the input: full, read-only, no permission, a symlink loop
-        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc).splitlines()[0]
-        if getattr(args, "json", False):
-            print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
-        print(f"hila: error: {msg}", file=sys.stderr, flush=True)
-        return 2
+        return _fail(args, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
+                     else str(exc).splitlines()[0], 2)
+    except ImportError as exc:  # an optional extra (dicom, train) not installed: which package, how to get it
+        msg = missing_package_message(exc.name or "", f"hila {args.command}")
+        if msg is None:
+            raise  # not an optional package: a bug, keep its traceback
+        return _fail(args, msg, 2)
     except KeyboardInterrupt:
         print("hila: error: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         print("hila: error: out of memory", file=sys.stderr)
         return 3
+
+
+def _fail(args: argparse.Namespace, msg: str, code: int) -> int:
+    """The one-line error (and its JSON event with --json); returns the exit code."""
+    if getattr(args, "json", False):
+        print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
+    print(f"hila: error: {msg}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

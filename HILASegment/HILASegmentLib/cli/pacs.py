@@ -31,9 +31,19 @@ def cmd_sync(args) -> int:
     with Workspace.open(args.workspace) as ws:
         with progress_for(args, "sync") as prog:
             res = sync(ws, args.dicomweb, progress=prog)
-    emit(args, res, f"sync {args.workspace}: stored {len(res['pushed'])} correction(s), imported "
-                    f"{sum(1 for c in res['pulled'] if not c['existing'])} from {args.dicomweb}")
+    emit(args, res, f"sync {args.workspace}: {sync_summary(res, args.dicomweb)}")
     return 0
+
+
+def sync_summary(res: dict, url: str) -> str:
+    """What a sync did, in one line (the CLI's summary and the Slicer panel's status)."""
+    return (f"stored {len(res['pushed'])} correction(s), imported "
+            f"{sum(1 for c in res['pulled'] if not c['existing'])} from {url}")
+
+
+def export_summary(res: dict) -> str:
+    """What ``export --dicomweb`` did, in one line."""
+    return f"stored {len(res['stored'])} correction(s) as DICOM SEG on {res['dicomweb']}"
 
 
 def cmd_import_dicomweb(args) -> int:
@@ -94,7 +104,7 @@ def import_path(ws, p: Path, args, progress) -> dict:
     from ..imageio import list_dicom_series
 
     sets = getattr(args, "contour_sets", None)
-    if p.is_file() and _has_pydicom() and is_dicom_object(p):
+    if p.is_file() and is_dicom_object(p):  # a DICOM file without pydicom: the one-line missing-package error
         done = ws.import_dicom_object(p, sets=sets, quality=args.quality, annotator=args.annotator,
                                       strict=args.strict, progress=progress)
         return {"source": str(p), "case_id": done[0]["case_id"], "existing": all(d["existing"] for d in done),

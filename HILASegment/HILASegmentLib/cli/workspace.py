@@ -261,7 +261,7 @@ def cmd_export(args) -> int:
             from . import pacs
             if args.dicomweb:
                 res = pacs.export_dicomweb(ws, args, prog)
-                emit(args, res, f"stored {len(res['stored'])} correction(s) as DICOM SEG on {args.dicomweb}")
+                emit(args, res, pacs.export_summary(res))
                 return 0
             if args.directory is None:
                 raise HilaError("export: give the output folder, or --dicomweb URL")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ..dicomweb import IMAGE_MODALITIES_EXCLUDED, Server
+from ..dicomweb import IMAGE_MODALITIES_EXCLUDED, Server, check_uid
 from ..errors import HilaError
 from ..progress import ProgressFn, null_progress
 from .dicom import referenced_series_uid
@@ -30,6 +30,7 @@ def pull_study(ws: "Workspace", url: str, study_uid: str, series_uid: Optional[s
     """Import a study's image series (or one) from the PACS as cases, with the SEG/RTSTRUCT that reference
     them as corrections (``sets`` as for a folder import; ``none`` for images only)."""
     progress = progress or null_progress
+    study_uid, series_uid = check_uid(study_uid, "study UID"), series_uid and check_uid(series_uid, "series UID")
     server = Server(url)
     series = server.series_of_study(study_uid)
     images = [s for s in series if s["modality"] not in IMAGE_MODALITIES_EXCLUDED]
