@@ -26,7 +26,7 @@ from slicer.util import VTKObservationMixin
 
 from HILASegmentLib import dependencies, panels
 from HILASegmentLib.processrunner import ProcessRunner, engine_command
-from HILASegmentSlicerLib import cases, installs, marks, panelstate, segments
+from HILASegmentSlicerLib import cases, installs, marks, pacs, panelstate, segments
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
 
 SETTINGS = "HILASegment/"
@@ -122,6 +122,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.saveSettings)
         self.ui.autoPromoteCheckBox.connect("toggled(bool)", self.saveSettings)
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
+        self.setupPacs()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -211,6 +212,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelInstallButton.enabled = self.jobs.busy("install")
         choice = self.currentModelChoice()
         self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
+        self.pacs.update_buttons(volume, self.jobs.busy("pacs"))
 
     # -- workspace ------------------------------------------------------------------------
     def onOpenWorkspace(self):
@@ -360,7 +362,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureDependencies(self, tier, always=False, model=None):
         """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
         plan = dependencies.plan_install(tier, model=model)
-        if plan.broken_slicer:
+        if plan.broken_slicer or plan.old_slicer:
             slicer.util.errorDisplay(plan.message())
             return False
         if not plan.needed:
@@ -530,7 +532,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- background jobs: one slot per kind --------------------------------------------------
     def progressBar(self, kind):
-        return {"segment": self.ui.segmentProgressBar, "train": self.ui.progressBar, "install": self.ui.installProgressBar}[kind]
+        return {"segment": self.ui.segmentProgressBar, "train": self.ui.progressBar, "install": self.ui.installProgressBar,
+                "pacs": self.ui.pacsProgressBar}[kind]
 
     def startJob(self, job):
         try:
@@ -562,7 +565,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         outcome = job.runner.outcome()
         try:
             if outcome.ok:
-                {"segment": self.finishSegment, "train": self.finishTrain, "install": self.finishInstall}[job.kind](job, outcome)
+                {"segment": self.finishSegment, "train": self.finishTrain, "install": self.finishInstall,
+                 "pacs": self.pacs.finish}[job.kind](job, outcome)
             elif outcome.cancelled:
                 self.status("%s cancelled." % job.describe())
             else:
@@ -577,6 +581,13 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cancelJob(self, kind):
         if self.jobs.cancel(kind):
             self.status("Cancelling...")
+
+    # -- PACS (DICOMweb): the real `hila import|export|sync --dicomweb` as jobs; the rules in HILASegmentSlicerLib.pacs --
+    def setupPacs(self):
+        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
+                                   lambda: self.ensureDependencies("dicom"), slicer.util.startupEnvironment,
+                                   _setting, _setSetting)
+        self.ui.pacsCancelButton.connect("clicked()", lambda: self.cancelJob("pacs"))
 
     def onSceneStartClose(self, caller, event):
         self.jobs.cancel("segment")  # its volume is going away; training and installs do not depend on the scene
@@ -687,7 +698,8 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         return installs.run_plan(slicer, plan, slicer.util.startupEnvironment())
 
 class HILASegmentTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test, run once: packages, two cases with a result in flight (the A/B race), accept, accept as weak, train."""
+    """In-Slicer self-test, run once: packages, a PACS import with no server, two cases with a result in flight
+    (the A/B race), accept, accept as weak, train."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -695,6 +707,7 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_packages()
+        self.test_pacs_without_a_server()
         self.test_race_accept_and_train()
 
     def test_packages(self):
@@ -785,3 +798,20 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
         self.assertTrue({m.version for m in ws.models()} - before, "training registered no new model version")
         self.assertTrue(ws.check().ok)
         self.delayDisplay("HILASegment self-test passed")
+
+    def test_pacs_without_a_server(self):
+        """The panel's PACS import, run as the panel runs it, against a port nobody listens on: the engine's
+        one-line error comes back and nothing is imported (no server needed)."""
+        from HILASegmentLib.workspace import Workspace
+        plan = dependencies.plan_install("dicom")
+        if plan.needed or plan.old_slicer or plan.broken_slicer:
+            self.delayDisplay("PACS step skipped: " + plan.message())
+            return
+        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentPacs")) / "ws", "CT", ["prostate"])
+        action = pacs.import_action(ws.root, "http://127.0.0.1:9/dicom-web", "1.2.3")
+        self.assertNotIn("PASSWORD", " ".join(action.args))
+        outcome = pacs.runner(action, slicer.util.startupEnvironment()).start().wait(timeout=120)
+        self.assertFalse(outcome.ok)
+        self.assertIn("connection refused", outcome.error)
+        self.assertEqual(ws.cases(), [])
+        self.delayDisplay("HILASegment PACS step passed")
