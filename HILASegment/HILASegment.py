@@ -122,7 +122,10 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.saveSettings)
         self.ui.autoPromoteCheckBox.connect("toggled(bool)", self.saveSettings)
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
-        self.setupPacs()
+        # the PACS section: the real `hila import|export|sync --dicomweb` as jobs (rules: HILASegmentSlicerLib.pacs)
+        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
+                                   lambda: self.ensureDependencies("dicom"), slicer.util.startupEnvironment,
+                                   _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -581,13 +584,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cancelJob(self, kind):
         if self.jobs.cancel(kind):
             self.status("Cancelling...")
-
-    # -- PACS (DICOMweb): the real `hila import|export|sync --dicomweb` as jobs; the rules in HILASegmentSlicerLib.pacs --
-    def setupPacs(self):
-        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
-                                   lambda: self.ensureDependencies("dicom"), slicer.util.startupEnvironment,
-                                   _setting, _setSetting)
-        self.ui.pacsCancelButton.connect("clicked()", lambda: self.cancelJob("pacs"))
 
     def onSceneStartClose(self, caller, event):
         self.jobs.cancel("segment")  # its volume is going away; training and installs do not depend on the scene

@@ -66,7 +66,7 @@ class Util:  # slicer.util.errorDisplay
 
 class Child:  # a started process the test ends (ChildProcess protocol)
     def __init__(self, args, cwd, env, lines=()):
-        self.args, self.env, self.pid, self.rc = list(args), dict(env or {}), 4242, None
+        self.args, self.env, self.pid, self.rc, self.signals = list(args), dict(env or {}), 4242, None, []
         self.stdout, self.stderr = list(lines), []
 
     def poll(self):
@@ -77,9 +77,11 @@ class Child:  # a started process the test ends (ChildProcess protocol)
 
     def terminate_tree(self):
         self.rc = -15
+        self.signals.append("TERM")
 
     def kill_tree(self):
         self.rc = -9
+        self.signals.append("KILL")
 
 
 class Factory:
@@ -120,7 +122,8 @@ def panel(ws, factory, ensure=True, saved=""):
 
     p = pacs.PacsPanel(ui, util, lambda: ws, start_job, lambda: events.__setitem__("refresh", events["refresh"] + 1),
                        events["status"].append, lambda: ensure, lambda: dict(SECRETS, HOME="/home/alice"),
-                       lambda k, d: settings.get(k, d), settings.__setitem__, factory=factory)
+                       lambda k, d: settings.get(k, d), settings.__setitem__,
+                       cancel=lambda: board.cancel("pacs"), factory=factory)
     return p, ui, util, board, settings, events
 
 
@@ -288,3 +291,22 @@ def test_every_pacs_control_is_a_widget_in_the_ui():
     top = [w.get("name") for w in tree.getroot().find("widget").find("layout").iter("widget")
            if w.get("class") == "ctkCollapsibleButton"]
     assert top[-1] == "pacsCollapsibleButton"  # its own section, the last one
+
+
+def test_cancel_stops_the_pacs_child_and_frees_the_slot(ws):
+    factory = Factory()
+    p, ui, util, board, settings, events = panel(ws, factory, saved=URL)
+    ui.pacsSyncButton.emit("clicked()")
+    assert board.busy("pacs")
+    ui.pacsCancelButton.emit("clicked()")
+    assert factory.children[0].signals[:1] == ["TERM"]  # the child's whole tree was signalled
+    done = []
+    for _ in range(200):
+        done += [job for job, _, ok in board.poll() if ok]
+        if done:
+            break
+        __import__("time").sleep(0.01)
+    outcome = done[0].runner.outcome()
+    assert outcome.cancelled and not outcome.ok and not board.busy("pacs")
+    p.update_buttons(None, board.busy("pacs"))
+    assert ui.pacsSyncButton.enabled and not ui.pacsCancelButton.enabled

@@ -131,7 +131,8 @@ class PacsPanel:
     def __init__(self, ui: Any, util: Any, workspace: Callable[[], Any], start_job: Callable[[Job], None],
                  refresh: Callable[[], None], status: Callable[[str], None], ensure_packages: Callable[[], bool],
                  environment: Callable[[], Dict[str, str]], get_setting: Callable[[str, str], str],
-                 set_setting: Callable[[str, str], None], factory: Callable = popen_factory):
+                 set_setting: Callable[[str, str], None], cancel: Callable[[], None] = lambda: None,
+                 factory: Callable = popen_factory):
         self.ui, self.util, self.workspace, self.start_job = ui, util, workspace, start_job
         self.refresh, self.status, self.ensure_packages, self.environment = refresh, status, ensure_packages, environment
         self.set_setting, self.factory = set_setting, factory
@@ -142,6 +143,7 @@ class PacsPanel:
         ui.pacsExportCaseButton.connect("clicked()", lambda: self.export(shown_only=True))
         ui.pacsExportAllButton.connect("clicked()", lambda: self.export(shown_only=False))
         ui.pacsSyncButton.connect("clicked()", self.sync)
+        ui.pacsCancelButton.connect("clicked()", cancel)
 
     def url_edited(self) -> None:
         value, error = url_setting(self.ui.pacsUrlLineEdit.text)
