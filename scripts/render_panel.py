@@ -50,7 +50,7 @@ def main(out: str) -> int:
 
     from HILASegmentLib import panels
     from HILASegmentLib.workspace import Workspace
-    from HILASegmentSlicerLib import cases, panelstate
+    from HILASegmentSlicerLib import cases, pacs, panelstate
 
     app = QtWidgets.QApplication(sys.argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +84,10 @@ def main(out: str) -> int:
         for name, enabled in panelstate.button_states(state).items():
             getattr(panel, name).setEnabled(enabled)
         panel.cancelInstallButton.setEnabled(False)
+        for name, enabled in pacs.button_states(True, "c0001", False).items():  # the PACS section, idle
+            getattr(panel, name).setEnabled(enabled)
+        panel.pacsUrlLineEdit.setText("http://pacs:8042/dicom-web")
+        panel.pacsProgressBar.hide()
         panel.segmentButton.setText(panelstate.segment_button_text(False, choices[0].label.split(" · ")[0]))
         panel.segmentProgressBar.hide()
         panel.installProgressBar.hide()
