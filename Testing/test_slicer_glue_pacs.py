@@ -234,6 +234,9 @@ def test_export_shown_case_only_for_a_case_of_this_workspace(ws, tmp_path):
         assert pacs.shown_case(volume, ws) is None
         p.update_buttons(volume, False)
         assert not ui.pacsExportCaseButton.enabled and ui.pacsExportAllButton.enabled
+    ui.inputVolumeSelector.node = other
+    ui.pacsExportCaseButton.emit("clicked()")  # a click meant for one case never exports them all
+    assert not factory.children and "not a case of the open workspace" in util.errors[-1]
     mine = Volume(**{segments.CASE_ATTRIBUTE: "c0007", segments.WORKSPACE_ATTRIBUTE: str(ws.root)})
     ui.inputVolumeSelector.node = mine
     ui.pacsExportCaseButton.emit("clicked()")

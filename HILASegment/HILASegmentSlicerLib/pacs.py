@@ -163,7 +163,13 @@ class PacsPanel:
 
     def export(self, shown_only: bool, volume: Any = None) -> None:
         volume = volume if volume is not None else self.ui.inputVolumeSelector.currentNode()
-        self._start(lambda ws, url: export_action(ws.root, url, shown_case(volume, ws) if shown_only else None))
+
+        def make(ws: Any, url: str) -> PacsAction:
+            case_id = shown_case(volume, ws) if shown_only else None
+            if shown_only and case_id is None:  # never "all cases" for a click meant for one
+                raise HilaError("the shown volume is not a case of the open workspace: open a case, or Export all")
+            return export_action(ws.root, url, case_id)
+        self._start(make)
 
     def sync(self) -> None:
         self._start(lambda ws, url: sync_action(ws.root, url))
