@@ -204,3 +204,31 @@ def test_unreachable_silent_and_refusing_servers(pacs, tmp_path):
         assert ws.cases() == [] and ws.corrections() == []
     assert hila("check", root).returncode == 0
     assert not list((root / "cases").iterdir())
+
+
+def test_the_slicer_panels_actions_as_it_runs_them(pacs, tmp_path):
+    """Import, Export shown case and Sync of the panel's PACS section: the exact child processes
+    HILASegmentSlicerLib.pacs starts (credentials only in the environment), against the same Orthanc."""
+    from HILASegmentSlicerLib import pacs as section
+
+    url, _, mr_study = pacs
+    root = tmp_path / "slicer-ws"
+    assert hila("init", root, "--modality", "MR", "--labels", "prostate").returncode == 0
+    env = env_with(**CREDS)
+
+    def run(action):
+        assert not any(secret in " ".join(action.args) for secret in CREDS.values())
+        outcome = section.runner(action, env).start().wait(timeout=300)
+        assert outcome.ok, outcome.error
+        return section.result_message(action, outcome.result)
+
+    message = run(section.import_action(root, url, mr_study))
+    with Workspace.open(root) as ws:
+        case = ws.cases()[0]
+        image = ws.case_image(case.case_id)
+        label = sitk.Cast(image > float(np.percentile(sitk.GetArrayViewFromImage(image), 99)), sitk.sitkUInt8)
+        ws.submit(case.case_id, label, annotator="panel")
+    assert message.startswith(f"Imported from the PACS: {case.case_id}") and "imported" in message
+    assert run(section.export_action(root, url, case.case_id)) == f"PACS: stored 1 correction(s) as DICOM SEG on {url}"
+    assert run(section.sync_action(root, url)) == f"PACS sync: stored 0 correction(s), imported 0 from {url}"
+    assert seg_count(url, mr_study) == 1
