@@ -55,7 +55,8 @@ def show_round(rec: dict) -> None:
     if rec.get("event") == "round":
         print(f"      round {rec['round']}: model v{rec['model_version']}, test Dice {rec['mean_dice']:.3f}, "
               f"{rec['effort_per_case_s']} s of radiologist time per case", flush=True)
-    elif rec.get("event") == "progress" and "training" in str(rec.get("message", "")):
+    elif rec.get("event") == "progress" and "training" in str(rec.get("message", "")) \
+            and ": step " not in str(rec.get("message")):  # the phases of a round, not each optimisation step
         print(f"      {rec['message']} ...", flush=True)
 
 
