@@ -331,3 +331,27 @@ def test_a_two_case_pool_cannot_gate_so_promote_always_keeps_each_rounds_model(t
     assert auto["train"]["promoted"] is False and auto["model_version"] == got["auto"][0]["model_version"]
     assert always["train"]["promoted"] is True and always["model_version"] == always["train"]["model_version"]
     assert always["model_version"] != got["always"][0]["model_version"]
+
+
+def test_ignore_band_reaches_the_trainer_and_a_changed_choice_does_not_resume(tmp_path):
+    """``simulate --ignore-band`` is hila train's quality-aware loss: every degraded submission is marked rough
+    and the round's model card records the band; without it the card records none. A rerun of the same RUN
+    with the other choice is another config and is refused, nothing touched."""
+    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.workspace import Workspace
+
+    args = _tiny_args(tmp_path)
+    args[args.index("--rounds") + 1] = "0"
+    cards = {}
+    for name, extra in (("band", ["--ignore-band"]), ("plain", [])):
+        run = tmp_path / name
+        r = _hila("--out", str(run), *args, "--rough-rate", "1", *extra)
+        assert r.returncode == 0, r.stderr
+        assert [e["quality"] for e in _rounds(run)[0]["efforts"]] == ["rough", "rough"]
+        with Workspace.open(run / "workspace", readonly=True) as ws:
+            cards[name] = read_card(ws.current_model().path).to_dict()["training"]["ignore_band"]
+    assert cards == {"band": {"rough": 1, "weak": 3}, "plain": None}
+    before = {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()}
+    r = _hila("--out", str(tmp_path / "plain"), *args, "--rough-rate", "1", "--ignore-band")
+    assert r.returncode == 2 and "another config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()} == before

@@ -32,6 +32,8 @@ def register(sub, parent) -> None:
     p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")
     p.add_argument("--rough-unmarked", action="store_true", help="submit the degraded labels as reviewed (unmarked): "
                    "what suspect detection after each round must find")
+    p.add_argument("--ignore-band", action="store_true", help="as hila train: the loss leaves out a band around "
+                   "rough and weak boundaries (quality-aware training)")
     p.add_argument("--baseline", action="store_true", help="also train on every pool reference (full supervision)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
@@ -55,6 +57,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
+                    ignore_band=args.ignore_band,
                     weak_marks=args.weak_marks, baseline=args.baseline, model=args.model, seed=args.seed,
                     device=args.device, threads=args.threads,
                     gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases, promote=args.promote)

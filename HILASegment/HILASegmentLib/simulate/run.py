@@ -56,6 +56,7 @@ class SimConfig:
     tolerance_mm: float = 2.0
     rough_rate: float = 0.0
     rough_unmarked: bool = False     # degraded labels submitted as reviewed (to measure suspect detection)
+    ignore_band: bool = False        # hila train --ignore-band (the quality-aware loss)
     weak_marks: str = "box"          # --corrector weak: box | lines | mixed (radiologist.WEAK_MARKS)
     baseline: bool = False
     model: Optional[str] = None
@@ -73,7 +74,7 @@ class SimConfig:
         for k in ("out", "threads"):
             d.pop(k)
         for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
-                           ("promote", "auto"), ("weak_marks", "box")):  # runs made before these options resume
+                           ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False)):  # runs made before these options resume
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -273,7 +274,8 @@ class Simulation:
             minutes = None  # a step count alone (tests): the trainer's schedule then depends on no clock
         opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
                             steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd,
-                            gate_margin=self.cfg.gate_margin, gate_min_cases=self.cfg.gate_min_cases)
+                            gate_margin=self.cfg.gate_margin, gate_min_cases=self.cfg.gate_min_cases,
+                            ignore_band=self.cfg.ignore_band)
         total = self.cfg.rounds + 1
 
         def nested(fraction, message="", **_):  # the trainer's steps, inside this round's training band
