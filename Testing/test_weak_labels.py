@@ -122,3 +122,36 @@ def test_submit_marks_several_labels_smaller_keeps_overlap_and_bad_marks_change_
         assert c.quality == "weak" and np.array_equal(arr == 1, alone)  # the prostate is not swallowed by the bladder
         assert (arr == 2).sum() > 0 and not ((arr == 2) & alone).any()
         assert [m["label"] for m in c.effort["marks"]["items"]] == ["prostate", "bladder"]
+
+
+def test_marking_another_label_later_keeps_the_earlier_marks_and_remarking_replaces(small):
+    """A radiologist marks the prostate, then the bladder (in Slicer's RAS): the latest correction holds both
+    pseudo-masks and both marks; re-marking the prostate replaces its box only. A full (reviewed) label in
+    between ends the carry-over: marks after it start afresh."""
+    from HILASegmentLib.workspace import Workspace
+
+    ws_dir, case, lab = small
+    p, b = organ_box(lab, 1), organ_box(lab, 2)
+    with Workspace.open(ws_dir) as ws:
+        img = ws.case_image(case)
+        ws.submit_marks(case, {"items": [{"label": "prostate", "box": p}]})
+        b_ras = (np.asarray(b).reshape(2, 3) * [-1, -1, 1]).ravel().tolist()
+        c = ws.submit_marks(case, {"space": "RAS", "items": [{"label": "bladder", "box": b_ras}]})
+        arr = sitk.GetArrayFromImage(ws.correction_label(case))
+        assert c.effort["marks"]["space"] == "RAS"
+        assert [m["label"] for m in c.effort["marks"]["items"]] == ["prostate", "bladder"]
+        assert np.asarray(c.effort["marks"]["items"][0]["box"]) == pytest.approx(np.asarray(p) * [-1, -1, 1, -1, -1, 1])
+        both, _ = weak.pseudo_label(img, {"items": [{"label": "prostate", "box": p}, {"label": "bladder", "box": b}]},
+                                    ws.settings.label_pairs())
+        assert np.array_equal(arr, sitk.GetArrayFromImage(both))  # the same as marking both at once
+        assert (arr == 1).sum() > 0 and (arr == 2).sum() > 0
+        smaller = list(np.asarray(p[:3]) + 2.0) + list(np.asarray(p[3:]) - 2.0)
+        c = ws.submit_marks(case, {"items": [{"label": "prostate", "box": smaller}]})
+        assert [m["label"] for m in c.effort["marks"]["items"]] == ["bladder", "prostate"]
+        assert c.effort["marks"]["items"][1]["box"] == pytest.approx(smaller)
+        arr2 = sitk.GetArrayFromImage(ws.correction_label(case))
+        assert (arr2 == 2).sum() > 0 and 0 < (arr2 == 1).sum() < (arr == 1).sum()
+        ws.submit(case, lab)
+        c = ws.submit_marks(case, {"items": [{"label": "rectum", "box": organ_box(lab, 3)}]})
+        assert [m["label"] for m in c.effort["marks"]["items"]] == ["rectum"]
+        assert set(np.unique(sitk.GetArrayFromImage(ws.correction_label(case)))) == {0, 3}

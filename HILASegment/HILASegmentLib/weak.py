@@ -24,7 +24,7 @@ Marks (what the ledger keeps in the correction's effort JSON, key ``marks``)::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -146,6 +146,25 @@ def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequen
     pts = np.concatenate([a, b, [centre + n * lb / 2, centre - n * lb / 2]])
     box = np.concatenate([pts.min(0), pts.max(0)])
     return box_mask(image, box, ras=False, refine=refine)
+
+
+def carry_marks(marks: Mapping, earlier: Optional[Mapping]) -> dict:
+    """``marks`` plus the items of ``earlier`` (recorded marks) for labels ``marks`` does not name, converted
+    to ``marks``' space (LPS and RAS differ in the sign of x and y); the earlier items come first."""
+    if not earlier or not earlier.get("items"):
+        return dict(marks)
+    space = str(marks.get("space", "LPS")).upper()
+    flip = np.array([-1.0, -1.0, 1.0] * 2) if space != str(earlier.get("space", "LPS")).upper() else np.ones(6)
+    named = {str(i.get("label", "")).strip().lower() for i in marks.get("items") or []}
+    kept = []
+    for item in earlier["items"]:
+        if str(item["label"]).lower() in named:
+            continue
+        if "box" in item:
+            kept.append({"label": item["label"], "box": (np.asarray(item["box"], float) * flip).tolist()})
+        else:
+            kept.append({"label": item["label"], "lines": [(np.asarray(ln, float) * flip).tolist() for ln in item["lines"]]})
+    return dict(marks, items=kept + list(marks.get("items") or []))
 
 
 def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[int, str]]) -> Tuple[sitk.Image, dict]:

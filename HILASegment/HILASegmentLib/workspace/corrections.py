@@ -89,11 +89,22 @@ class Corrections(Room):
         The one path of ``hila submit --box/--lines``, Slicer's *Accept as weak* and ``hila simulate
         --corrector weak``, so a pseudo-mask never depends on where the marks were made. Bad marks
         (outside the image, zero size, lines that do not cross, an unknown label) change nothing.
+
+        When the case's latest correction is weak too, the marks of labels not marked now are carried over
+        (a label marked now replaces its old marks): marking the bladder after the prostate keeps the prostate.
         """
         case = self.case(case_id)
+        marks = weak.carry_marks(marks, self._latest_marks(case.case_id))
         label, recorded = weak.pseudo_label(self.case_image(case.case_id), marks, self.settings.label_pairs())
         return self.submit(case.case_id, label, quality="weak", annotator=annotator, seconds=seconds, based_on=based_on,
                            source="marks", marks=recorded, modality_override=modality_override)
+
+    def _latest_marks(self, case_id: str) -> Optional[dict]:
+        """The recorded marks of the case's latest correction when it is weak, else None."""
+        latest = self.corrections(case_id)
+        if not latest or latest[-1].quality != "weak":
+            return None
+        return (latest[-1].effort or {}).get("marks")
 
     def _effort(self, case: Case, arr: np.ndarray, based_on: Optional[int]) -> dict:
         """Dice per label and voxels changed against the prediction corrected, else the previous version."""
