@@ -448,6 +448,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             slicer.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
             return
+        self.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
         self.refreshTables()
         self.status(outcome.message())
         if outcome.save_error:
@@ -467,8 +468,10 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             slicer.util.errorDisplay("Accept as weak refused; nothing was submitted: %s" % exc)
             return
+        self.openedAt[volume.GetID()] = time.monotonic()
         self.refreshTables()
-        self.status("Accepted case %s as weak correction v%d" % (correction.case_id, correction.version))
+        self.status("Accepted case %s as weak correction v%d (marks: %s)" % (correction.case_id, correction.version,
+                    ", ".join(m["label"] for m in correction.effort["marks"]["items"])))
 
     # -- training and models --------------------------------------------------------------
     def onTrain(self):

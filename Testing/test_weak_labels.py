@@ -155,3 +155,45 @@ def test_marking_another_label_later_keeps_the_earlier_marks_and_remarking_repla
         c = ws.submit_marks(case, {"items": [{"label": "rectum", "box": organ_box(lab, 3)}]})
         assert [m["label"] for m in c.effort["marks"]["items"]] == ["rectum"]
         assert set(np.unique(sitk.GetArrayFromImage(ws.correction_label(case)))) == {0, 3}
+
+
+def test_empty_marks_after_a_weak_label_and_a_concurrent_submit_change_nothing(small, monkeypatch):
+    """Empty marks are refused even when earlier marks could be carried over (no copy of the last version).
+    A second annotator's real `hila submit` process landing between reading the latest marks and writing
+    refuses this submit in one line, with nothing of it recorded: their bladder is not silently dropped."""
+    import subprocess
+    import sys
+
+    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.workspace import Workspace
+
+    ws_dir, case, lab = small
+    p, b = organ_box(lab, 1), organ_box(lab, 2)
+    with Workspace.open(ws_dir) as ws:
+        ws.submit_marks(case, {"items": [{"label": "prostate", "box": p}]})
+        before = state(ws_dir)
+        for marks in ({"items": []}, {"space": "RAS"}, {}):
+            with pytest.raises(HilaError, match="no box or lines"):
+                ws.submit_marks(case, marks)
+        assert state(ws_dir) == before
+
+        real, snap = weak.pseudo_label, {}
+
+        def other_annotator_first(*args, **kw):  # runs between reading the latest marks and writing
+            r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "submit", str(ws_dir), case, "--label", "bladder",
+                                "--box=" + ",".join(map(str, b)), "--annotator", "B"], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            snap["after B"] = state(ws_dir)
+            return real(*args, **kw)
+
+        monkeypatch.setattr(weak, "pseudo_label", other_annotator_first)
+        with pytest.raises(HilaError, match="submitted meanwhile") as exc:
+            ws.submit_marks(case, {"items": [{"label": "rectum", "box": organ_box(lab, 3)}]}, annotator="A")
+        assert len(str(exc.value).splitlines()) == 1
+        assert state(ws_dir) == snap["after B"]  # no row, no file of A's refused submit
+        monkeypatch.setattr(weak, "pseudo_label", real)
+        latest = ws.corrections(case)[-1]
+        assert (latest.version, latest.annotator) == (2, "B")
+        assert [m["label"] for m in latest.effort["marks"]["items"]] == ["prostate", "bladder"]
+        c = ws.submit_marks(case, {"items": [{"label": "rectum", "box": organ_box(lab, 3)}]}, annotator="A")
+        assert [m["label"] for m in c.effort["marks"]["items"]] == ["prostate", "bladder", "rectum"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -90,21 +90,34 @@ class Corrections(Room):
         --corrector weak``, so a pseudo-mask never depends on where the marks were made. Bad marks
         (outside the image, zero size, lines that do not cross, an unknown label) change nothing.
 
-        When the case's latest correction is weak too, the marks of labels not marked now are carried over
-        (a label marked now replaces its old marks): marking the bladder after the prostate keeps the prostate.
+        When the case's latest correction is a weak label made from marks, the marks of labels not marked now
+        are carried over (a label marked now replaces its old marks): marking the bladder after the prostate
+        keeps the prostate. A correction of the case submitted meanwhile by someone else refuses the submit
+        (its marks would otherwise be lost from the latest version).
         """
         case = self.case(case_id)
-        marks = weak.carry_marks(marks, self._latest_marks(case.case_id))
+        if not isinstance(marks, dict) or not marks.get("items"):
+            raise HilaError("marks: no box or lines given")
+        seen, earlier = self._latest_marks(case.case_id)
+        marks = weak.carry_marks(marks, earlier)
         label, recorded = weak.pseudo_label(self.case_image(case.case_id), marks, self.settings.label_pairs())
-        return self.submit(case.case_id, label, quality="weak", annotator=annotator, seconds=seconds, based_on=based_on,
-                           source="marks", marks=recorded, modality_override=modality_override)
 
-    def _latest_marks(self, case_id: str) -> Optional[dict]:
-        """The recorded marks of the case's latest correction when it is weak, else None."""
+        def unchanged(con: sqlite3.Connection, correction_id: int) -> None:
+            latest = con.execute("SELECT MAX(version) FROM corrections WHERE case_id = ? AND correction_id != ?",
+                                 (case.case_id, correction_id)).fetchone()[0]
+            if latest != seen:
+                raise HilaError(f"case {case.case_id}: correction v{latest} was submitted meanwhile; nothing was "
+                                "submitted, mark again")
+
+        return self.submit(case.case_id, label, quality="weak", annotator=annotator, seconds=seconds, based_on=based_on,
+                           source="marks", marks=recorded, also=unchanged, modality_override=modality_override)
+
+    def _latest_marks(self, case_id: str) -> Tuple[Optional[int], Optional[dict]]:
+        """(the case's latest correction version or None, its recorded marks when it is weak, else None)."""
         latest = self.corrections(case_id)
-        if not latest or latest[-1].quality != "weak":
-            return None
-        return (latest[-1].effort or {}).get("marks")
+        if not latest:
+            return None, None
+        return latest[-1].version, (latest[-1].effort or {}).get("marks") if latest[-1].quality == "weak" else None
 
     def _effort(self, case: Case, arr: np.ndarray, based_on: Optional[int]) -> dict:
         """Dice per label and voxels changed against the prediction corrected, else the previous version."""
