@@ -355,3 +355,34 @@ def test_ignore_band_reaches_the_trainer_and_a_changed_choice_does_not_resume(tm
     r = _hila("--out", str(tmp_path / "plain"), *args, "--rough-rate", "1", "--ignore-band")
     assert r.returncode == 2 and "another config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()} == before
+
+
+def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_draws_from_scratch(tmp_path, monkeypatch):
+    """The gate refuses a first candidate that segments nothing (no model is current). The simulation must not
+    crash: that round scores Dice 0 (nothing is segmented), and the next round's cases are drawn from scratch
+    (no proposal to correct) and trained from scratch."""
+    from HILASegmentLib.simulate.run import SimConfig, Simulation, prepare
+
+    args = _tiny_args(tmp_path)
+    cfg = SimConfig(out=str(tmp_path / "run"), synthetic=args[1], labels="prostate=1+2", test=1, initial=2,
+                    per_round=1, rounds=1, train_steps=2, threads=1, seed=5)
+    real = Simulation.train
+    inits = []
+
+    def gate_refuses_round_0(self, ws, rnd, init, minutes, promote="auto", label=""):
+        inits.append(init)
+        if rnd == 0:
+            return {"seconds": 0.0, "model_version": None, "promoted": False,
+                    "reason": "no current model, but the candidate segments nothing (mean Dice 0)", "steps": 0}
+        return real(self, ws, rnd, init, minutes, promote, label)
+
+    monkeypatch.setattr(Simulation, "train", gate_refuses_round_0)
+    sim = Simulation(cfg, prepare(cfg), lambda *a, **k: None, lambda r: None)
+    summary = sim.execute()
+    r0, r1 = _rounds(tmp_path / "run")
+    assert (r0["model_version"], r0["mean_dice"], r0["test_dice"]) == (None, 0.0, {"prostate": 0.0})
+    assert inits == ["scratch", "scratch"] and r1["model_version"] is not None
+    name = r1["cases"][0]
+    assert r1["efforts"][0]["seconds"] == pytest.approx(rad.draw_from_scratch(sim.reference(name),
+                                                                              sim.spacing_zyx[name])["seconds"])
+    assert summary["dice_per_round"][0] == 0.0 and summary["rounds"] == 2

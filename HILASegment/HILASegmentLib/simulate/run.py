@@ -313,6 +313,10 @@ class Simulation:
 
         t0 = time.perf_counter()
         m = ws.current_model()
+        if m is None:  # no model kept yet: nothing is segmented
+            names = [n for n, _ in self.plan["spec"]]
+            return {"model_version": None, "dice": {n: 0.0 for n in names}, "hd95": {n: None for n in names},
+                    "mean_dice": 0.0, "mean_hd95": None}
         if previous is not None and previous["model_version"] == m.version:
             return {"model_version": m.version, "dice": previous["test_dice"], "hd95": previous["test_hd95"],
                     "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"]}
@@ -423,8 +427,11 @@ class Simulation:
         elif rnd > 0:
             if not cand:
                 return None
-            ctx = _Context(self)
-            chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
+            if ws.current_model() is None:  # the gate has kept no model yet (round 0's segmented nothing)
+                chosen = STRATEGIES["random"](cand, cfg.per_round, rng, None)
+            else:
+                ctx = _Context(self)
+                chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
         efforts = [self.correct_and_submit(n, ids[n], rnd, ctx) for n in chosen]
         tr = None
         if chosen:
