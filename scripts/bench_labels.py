@@ -11,23 +11,40 @@
    ``hila simulate --rough-rate P --rough-unmarked`` run: the injected (degraded, submitted as reviewed)
    corrections of rounds >= 1 (round 0 has no parent model to score it) against the flags in its workspace.
 
-Not measured here (not yet run): accuracy against rough-label rate with/without --ignore-band, weak cold start.
+4. ``--rough RUNS`` (resumable; then prints the tables and writes ``--figure``): accuracy against the
+   rough-label rate, with and without quality-aware training, at a fixed number of optimisation steps (the
+   same for every arm, so the shared CPU's load does not decide the result):
+   - synthetic (``hila simulate``, 16 corrections from scratch, 8 test cases, seeds 1-3; the simulated
+     radiologist degrades each submission with probability 0 / 0.2 / 0.5), arms
+     ``plain`` (degraded labels submitted as reviewed: no quality awareness), ``weighted`` (marked rough:
+     sampled at half weight, the default) and ``band`` (marked rough, sampled at half weight, and
+     ``--ignore-band``); at rate 0 the arms are the same run;
+   - real CT (the three pelvic CTs, each the test case once, trained from scratch on the other two; in the
+     rough arms the first of the two gets its ``labels_dl`` or ``labels_mbs`` set instead of the manual one,
+     i.e. a rough rate of 1/2), arms as above against all-manual.
+   Then suspect precision/recall: from each seed's rate-0 model, 12 more simulated corrections with 20 % /
+   50 % degraded and submitted unmarked, one training run, the flags against the injected cases.
+
 Usage: nice -n 10 python scripts/bench_labels.py [--data ../shared/data] [--simulate-run RUN] [--out F.json]
+       python scripts/bench_labels.py --rough /tmp/rough [--steps 400] [--figure docs/labels_rough.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from HILASegmentLib.metrics import dice  # noqa: E402
 from HILASegmentLib.training import suspects as tsus  # noqa: E402
@@ -108,12 +125,264 @@ def simulate_detection(run: Path) -> dict:
             "kinds_missed": sorted(e["rough"] for e in scored if "rough" in e and e["case"] not in flagged)}
 
 
+# ------------------------------------------------------------------ 4. rough-label rate (accuracy) and suspects
+RATES = (0.0, 0.2, 0.5)
+ARMS = {"plain": ["--rough-unmarked"], "weighted": [], "band": ["--ignore-band"]}
+SEEDS = (1, 2, 3)
+SUSPECT_RATES = (0.2, 0.5)
+
+
+def _synth_args(runs: Path) -> List[str]:
+    from bench_simulate import shapes_folder  # the campaign's cohort: both shape sets in one folder
+
+    return ["--synthetic", str(shapes_folder(runs)), "--appearance", "t2w", "--labels", "prostate=1+2",
+            "--test", "8", "--threads", "1", "--json"]
+
+
+def _hila(out: Path, args: List[str]) -> List[str]:
+    return ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out), *args]
+
+
+def rough_jobs(runs: Path, steps: int, data: Path) -> List[Tuple[Path, List[str]]]:
+    """(result file, command) for every run not finished yet; the suspect runs need their seed's rate-0 model."""
+    jobs = []
+    for rate in RATES:
+        for arm, extra in ARMS.items() if rate else [("none", [])]:
+            for seed in SEEDS:
+                out = runs / f"synth_r{int(rate * 100)}_{arm}_s{seed}"
+                cmd = _hila(out, [*_synth_args(runs), "--initial", "16", "--rounds", "0", "--train-steps", str(steps),
+                                  "--seed", str(seed), "--rough-rate", str(rate), *extra])
+                jobs.append((out / "summary.json", cmd))
+    for test in CASES:
+        for source, arm in [(None, "none")] + [(s, a) for s in ("labels_dl", "labels_mbs") for a in ARMS]:
+            name = f"ct_{test}_{source or 'manual'}_{arm}"
+            jobs.append((runs / f"{name}.json", [sys.executable, __file__, "--ct-one", f"{test},{source},{arm}",
+                                                 "--data", str(data.resolve()), "--steps", str(steps),
+                                                 "--out", str(runs / f"{name}.json")]))
+    return jobs
+
+
+def suspect_jobs(runs: Path, steps: int) -> List[Tuple[Path, List[str]]]:
+    """16 corrections from scratch, then 12 more scored by the round-0 model (which never trained on them);
+    a share of every round's submissions degraded and submitted unmarked (as reviewed)."""
+    return [(runs / f"suspect_r{int(rate * 100)}_s{seed}" / "summary.json",
+             _hila(runs / f"suspect_r{int(rate * 100)}_s{seed}",
+                   [*_synth_args(runs), "--initial", "16", "--per-round", "12", "--rounds", "1", "--train-steps",
+                    str(steps), "--seed", str(seed), "--rough-rate", str(rate), "--rough-unmarked", "--promote", "always"]))
+            for rate in SUSPECT_RATES for seed in SEEDS]
+
+
+COLD = {"weak5": ["--corrector", "weak", "--initial", "5"], "weak5_band": ["--corrector", "weak", "--initial", "5",
+                                                                     "--ignore-band"],
+        "full5": ["--initial", "5"], "full1": ["--initial", "1"]}
+
+
+def cold_jobs(runs: Path, steps: int) -> List[Tuple[Path, List[str]]]:
+    """Weak cold start: one training from scratch on 5 weak (box) cases, with and without the band, against 5
+    and 1 full contours, the same steps and test split per seed."""
+    return [(runs / f"cold_{arm}_s{seed}" / "summary.json",
+             _hila(runs / f"cold_{arm}_s{seed}", [*_synth_args(runs), *extra, "--rounds", "0", "--train-steps",
+                                                  str(steps), "--seed", str(seed), "--promote", "always"]))
+            for arm, extra in COLD.items() for seed in SEEDS]
+
+
+def run_jobs(jobs: List[Tuple[Path, List[str]]], runs: Path, parallel: int) -> List[str]:
+    """Run the unfinished jobs, ``parallel`` at a time (one thread each), logs next to their results; the names
+    of the jobs that failed."""
+    running: List[Tuple[str, subprocess.Popen, object]] = []
+    failed: List[str] = []
+
+    def reap(block: bool) -> None:
+        for item in list(running):
+            name, proc, log = item
+            if block:
+                proc.wait()
+            if proc.poll() is not None:
+                running.remove(item)
+                log.close()
+                if proc.returncode:
+                    failed.append(name)
+                    print(f"FAILED {name} (exit {proc.returncode}; see {runs / name}.log)", flush=True)
+
+    for done, cmd in jobs:
+        if done.is_file():
+            continue
+        while len(running) >= parallel:
+            reap(False)
+            time.sleep(2)
+        name = done.parent.name if done.name == "summary.json" else done.stem
+        log = open(runs / f"{name}.log", "a", encoding="utf-8")
+        running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+        print("started", name, flush=True)
+    reap(True)
+    return failed
+
+
+def ct_one(data: Path, spec: str, steps: int) -> dict:
+    """One real-CT training: the two other CTs (the first with ``source`` when given), test on ``test``."""
+    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.metrics import per_label
+    from HILASegmentLib.training.run import TrainOptions, train_workspace
+
+    test, source, arm = spec.split(",")
+    source = None if source == "None" else source
+    train = [c for c in CASES if c != test]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace.create(Path(tmp) / "ws", "CT", [n for _, n in LABELS])
+        for k, c in enumerate(train):
+            cid = ws.import_volume(data / "pelvic_ct" / c / "ct.nii.gz", name=c).case_id
+            rough = k == 0 and source is not None
+            lab = _organs(data / "pelvic_ct" / c / f"{source if rough else 'labels_manual'}.nii.gz")
+            ws.submit(cid, lab, quality="rough" if rough and arm != "plain" else "reviewed")
+        t = time.monotonic()
+        train_workspace(ws, TrainOptions(max_minutes=None, steps=steps, init="scratch", promote="always", threads=1,
+                                         seed=1, ignore_band=arm == "band"))
+        img = sitk.ReadImage(str(data / "pelvic_ct" / test / "ct.nii.gz"))
+        pred = sitk.GetArrayFromImage(Segmenter(ws.current_model().path, threads=1, device="cpu").segment(img).label)
+        ref = sitk.GetArrayFromImage(_organs(data / "pelvic_ct" / test / "labels_manual.nii.gz"))
+        per = per_label(pred, ref, LABELS)
+        ws.close()
+    dice_ = {n: round(v["dice"], 4) for n, v in per.items()}
+    return {"test": test, "source": source, "arm": arm, "steps": steps, "dice": dice_,
+            "mean_dice": round(float(np.mean(list(dice_.values()))), 4), "seconds": round(time.monotonic() - t, 1)}
+
+
+def _final(path: Path):
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d.get("final_dice", d.get("mean_dice"))
+
+
+def _rounds(run: Path) -> list:
+    f = run / "rounds.json"
+    if not f.is_file():
+        return []
+    r = json.loads(f.read_text())
+    return r["rounds"] if isinstance(r, dict) else r
+
+
+def _rough_count(run: Path) -> int:
+    """How many submissions the simulated radiologist actually degraded (each is degraded with probability P)."""
+    return sum("rough" in e for r in _rounds(run) for e in r["efforts"])
+
+
+def _ms(xs: list, digits: int = 3) -> str:
+    if not xs:
+        return "-"
+    return f"{np.mean(xs):.{digits}f}" + (f" ± {np.std(xs, ddof=1):.{digits}f}" if len(xs) > 1 else "")
+
+
+def rough_report(runs: Path, figure: Path = None) -> dict:
+    """Tables (and a figure) of the finished runs: mean ± sd over seeds/folds, and the paired Dice points lost
+    against the all-clean run of the same seed/fold."""
+    rep = {"synthetic": {}, "ct": {}, "suspects": {}}
+    print("synthetic (16 corrections, 8 test cases, seeds 1-3): final test Dice; points lost vs rate 0, paired")
+    for rate in RATES[1:]:
+        for arm in ARMS:
+            trip = [(_final(runs / f"synth_r0_none_s{s}" / "summary.json"),
+                     _final(runs / f"synth_r{int(rate * 100)}_{arm}_s{s}" / "summary.json"),
+                     _rough_count(runs / f"synth_r{int(rate * 100)}_{arm}_s{s}")) for s in SEEDS]
+            trip = [t for t in trip if t[0] is not None and t[1] is not None]
+            lost = [100 * (a - b) for a, b, _ in trip]
+            rep["synthetic"][f"{rate}/{arm}"] = {"dice": [b for _, b, _ in trip], "clean": [a for a, _, _ in trip],
+                                                 "points_lost": [round(x, 2) for x in lost],
+                                                 "rough_cases": [n for _, _, n in trip]}
+            print(f"  rough {rate:.0%} {arm:9s} n={len(trip)} Dice {_ms([b for _, b, _ in trip])}  "
+                  f"(clean {_ms([a for a, _, _ in trip])})  lost {_ms(lost, 1)} points {[round(x, 1) for x in lost]}"
+                  f"  rough cases {[n for _, _, n in trip]} of 16")
+    print("real CT (train on 2, test on the third, 3 folds; rough = the first training CT's auto-contour set)")
+    for source in ("labels_dl", "labels_mbs"):
+        for arm in ARMS:
+            pairs = [(_final(runs / f"ct_{t}_manual_none.json"), _final(runs / f"ct_{t}_{source}_{arm}.json"))
+                     for t in CASES]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            lost = [100 * (a - b) for a, b in pairs]
+            rep["ct"][f"{source}/{arm}"] = {"dice": [b for _, b in pairs], "clean": [a for a, _ in pairs],
+                                            "points_lost": [round(x, 2) for x in lost]}
+            print(f"  {source:10s} {arm:9s} n={len(pairs)} Dice {_ms([b for _, b in pairs])}  "
+                  f"(manual {_ms([a for a, _ in pairs])})  lost {_ms(lost, 1)} points {[round(x, 1) for x in lost]}")
+    print("suspects (12 corrections per seed, degraded ones submitted unmarked, scored by the seed's rate-0 model)")
+    for rate in SUSPECT_RATES:
+        det = [simulate_detection(runs / f"suspect_r{int(rate * 100)}_s{s}") for s in SEEDS
+               if (runs / f"suspect_r{int(rate * 100)}_s{s}" / "summary.json").is_file()]
+        inj, fl, hit = (sum(d[k] for d in det) for k in ("injected", "flagged", "true_flags"))
+        rep["suspects"][str(rate)] = {"runs": det, "injected": inj, "flagged": fl, "true_flags": hit,
+                                      "precision": round(hit / fl, 3) if fl else None,
+                                      "recall": round(hit / inj, 3) if inj else None}
+        print(f"  {rate:.0%} unmarked: {len(det)} seeds, injected {inj}, flagged {fl}, true {hit}, "
+              f"precision {rep['suspects'][str(rate)]['precision']}, recall {rep['suspects'][str(rate)]['recall']}")
+    print("weak cold start (one training from scratch, 8 test cases, seeds 1-3): test Dice, marking/drawing seconds")
+    for arm in COLD:
+        sums = [json.loads(p.read_text()) for p in (runs / f"cold_{arm}_s{s}" / "summary.json" for s in SEEDS)
+                if p.is_file()]
+        d = [x["final_dice"] for x in sums]
+        sec = [_rounds(runs / f"cold_{arm}_s{s}")[0]["effort_s"] for s in SEEDS
+               if (runs / f"cold_{arm}_s{s}" / "summary.json").is_file()]
+        rep.setdefault("cold_start", {})[arm] = {"dice": d, "seconds": [round(x) for x in sec]}
+        print(f"  {arm:10s} n={len(d)} Dice {_ms(d)}  seconds {_ms(sec, 0)} (the simulator's effort model)")
+    if figure:
+        rough_figure(rep, figure)
+    return rep
+
+
+def rough_figure(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    clean = rep["synthetic"].get(f"{RATES[1]}/plain", {}).get("clean", [])
+    for k, arm in enumerate(ARMS):
+        xs, ms, sd = [0.0], [np.mean(clean) if clean else np.nan], [np.std(clean, ddof=1) if len(clean) > 1 else 0]
+        for rate in RATES[1:]:
+            d = rep["synthetic"][f"{rate}/{arm}"]["dice"]
+            xs.append(rate)
+            ms.append(np.mean(d) if d else np.nan)
+            sd.append(np.std(d, ddof=1) if len(d) > 1 else 0)
+        a.errorbar(np.array(xs) * 100 + (k - 1), ms, yerr=sd, marker="o", capsize=3, label=arm)
+    a.set(xlabel="rough labels (%)", ylabel="test Dice (mean ± sd, 3 seeds)", title="synthetic prostate, 16 cases")
+    a.legend()
+    names = [f"{s.split('_')[1]}/{arm}" for s in ("labels_dl", "labels_mbs") for arm in ARMS]
+    vals = [rep["ct"][f"{s}/{arm}"]["dice"] for s in ("labels_dl", "labels_mbs") for arm in ARMS]
+    man = rep["ct"]["labels_dl/plain"]["clean"]
+    b.bar(range(len(names) + 1), [np.mean(man) if man else 0] + [np.mean(v) if v else 0 for v in vals],
+          color=["grey"] + [f"C{k % 3}" for k in range(len(names))])
+    b.set_xticks(range(len(names) + 1), ["manual"] + names, rotation=30, ha="right", fontsize=8)
+    b.set(ylabel="test Dice (mean of 3 folds)", title="real pelvic CT, 2 training cases, 1 rough")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--simulate-run", type=Path, action="append", default=[])
+    ap.add_argument("--rough", type=Path, default=None, help="run folder of the rough-label campaign (resumable)")
+    ap.add_argument("--steps", type=int, default=400, help="optimisation steps per training (every arm the same)")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--figure", type=Path, default=None)
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--ct-one", default=None, help=argparse.SUPPRESS)  # TEST,SOURCE,ARM: one real-CT training
     a = ap.parse_args()
+    if a.ct_one:
+        res = ct_one(a.data, a.ct_one, a.steps)
+        print(json.dumps(res))
+        _write(a.out, res)
+        return 0
+    if a.rough:
+        runs = a.rough.resolve()
+        runs.mkdir(parents=True, exist_ok=True)
+        if not a.report_only:
+            run_jobs(rough_jobs(runs, a.steps, a.data) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
+                     runs, a.parallel)
+        rep = rough_report(runs, a.figure)
+        _write(a.out, rep)
+        return 0
     if a.simulate_run:
         det = [simulate_detection(r) for r in a.simulate_run]
         print(json.dumps(det, indent=1))
@@ -121,9 +390,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res = {"suspects_real_ct": suspect_configs(a.data, Path(tmp)), "weak_box_dice_real_ct": weak_dice(a.data)}
     print(json.dumps(res["weak_box_dice_real_ct"]))
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=1))
+    _write(a.out, res)
     return 0
+
+
+def _write(path, obj) -> None:
+    if path:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+        tmp.replace(path)
 
 
 if __name__ == "__main__":
