@@ -14,7 +14,7 @@
 4. ``--rough RUNS`` (resumable; then prints the tables and writes ``--figure``): accuracy against the
    rough-label rate, with and without quality-aware training, at a fixed number of optimisation steps (the
    same for every arm, so the shared CPU's load does not decide the result):
-   - synthetic (``hila simulate``, 16 corrections from scratch, 8 test cases, seeds 1-3; the simulated
+   - synthetic (``hila simulate``, 16 corrections from scratch, 8 test cases, seeds 1-3, ``--seeds`` for more; the simulated
      radiologist degrades each submission with probability 0 / 0.2 / 0.5), arms
      ``plain`` (degraded labels submitted as reviewed: no quality awareness), ``weighted`` (marked rough:
      sampled at half weight, the default) and ``band`` (marked rough, sampled at half weight, and
@@ -143,12 +143,12 @@ def _hila(out: Path, args: List[str]) -> List[str]:
     return ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out), *args]
 
 
-def rough_jobs(runs: Path, steps: int, data: Path) -> List[Tuple[Path, List[str]]]:
+def rough_jobs(runs: Path, steps: int, data: Path, seeds=SEEDS) -> List[Tuple[Path, List[str]]]:
     """(result file, command) for every run not finished yet; the suspect runs need their seed's rate-0 model."""
     jobs = []
     for rate in RATES:
         for arm, extra in ARMS.items() if rate else [("none", [])]:
-            for seed in SEEDS:
+            for seed in seeds:
                 out = runs / f"synth_r{int(rate * 100)}_{arm}_s{seed}"
                 cmd = _hila(out, [*_synth_args(runs), "--initial", "16", "--rounds", "0", "--train-steps", str(steps),
                                   "--seed", str(seed), "--rough-rate", str(rate), *extra])
@@ -278,12 +278,13 @@ def rough_report(runs: Path, figure: Path = None) -> dict:
     """Tables (and a figure) of the finished runs: mean ± sd over seeds/folds, and the paired Dice points lost
     against the all-clean run of the same seed/fold."""
     rep = {"synthetic": {}, "ct": {}, "suspects": {}}
-    print("synthetic (16 corrections, 8 test cases, seeds 1-3): final test Dice; points lost vs rate 0, paired")
+    seeds = sorted(int(p.name.rsplit("_s", 1)[1]) for p in runs.glob("synth_r0_none_s*") if (p / "summary.json").is_file())
+    print(f"synthetic (16 corrections, 8 test cases, seeds {seeds}): final test Dice; points lost vs rate 0, paired")
     for rate in RATES[1:]:
         for arm in ARMS:
             trip = [(_final(runs / f"synth_r0_none_s{s}" / "summary.json"),
                      _final(runs / f"synth_r{int(rate * 100)}_{arm}_s{s}" / "summary.json"),
-                     _rough_count(runs / f"synth_r{int(rate * 100)}_{arm}_s{s}")) for s in SEEDS]
+                     _rough_count(runs / f"synth_r{int(rate * 100)}_{arm}_s{s}")) for s in seeds]
             trip = [t for t in trip if t[0] is not None and t[1] is not None]
             lost = [100 * (a - b) for a, b, _ in trip]
             rep["synthetic"][f"{rate}/{arm}"] = {"dice": [b for _, b, _ in trip], "clean": [a for a, _, _ in trip],
@@ -333,7 +334,7 @@ def rough_figure(rep: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     clean = rep["synthetic"].get(f"{RATES[1]}/plain", {}).get("clean", [])
     for k, arm in enumerate(ARMS):
         xs, ms, sd = [0.0], [np.mean(clean) if clean else np.nan], [np.std(clean, ddof=1) if len(clean) > 1 else 0]
@@ -343,7 +344,8 @@ def rough_figure(rep: dict, path: Path) -> None:
             ms.append(np.mean(d) if d else np.nan)
             sd.append(np.std(d, ddof=1) if len(d) > 1 else 0)
         a.errorbar(np.array(xs) * 100 + (k - 1), ms, yerr=sd, marker="o", capsize=3, label=arm)
-    a.set(xlabel="rough labels (%)", ylabel="test Dice (mean ± sd, 3 seeds)", title="synthetic prostate, 16 cases")
+    a.set(xlabel="rough labels (%, nominal)", ylabel="test Dice (mean ± sd over seeds)",
+          title="synthetic prostate, 16 cases, 400 steps")
     a.legend()
     names = [f"{s.split('_')[1]}/{arm}" for s in ("labels_dl", "labels_mbs") for arm in ARMS]
     vals = [rep["ct"][f"{s}/{arm}"]["dice"] for s in ("labels_dl", "labels_mbs") for arm in ARMS]
@@ -352,6 +354,13 @@ def rough_figure(rep: dict, path: Path) -> None:
           color=["grey"] + [f"C{k % 3}" for k in range(len(names))])
     b.set_xticks(range(len(names) + 1), ["manual"] + names, rotation=30, ha="right", fontsize=8)
     b.set(ylabel="test Dice (mean of 3 folds)", title="real pelvic CT, 2 training cases, 1 rough")
+    cold = rep.get("cold_start", {})
+    arms = [k for k in cold if cold[k]["dice"]]
+    c.bar(range(len(arms)), [np.mean(cold[k]["dice"]) for k in arms],
+          yerr=[np.std(cold[k]["dice"], ddof=1) if len(cold[k]["dice"]) > 1 else 0 for k in arms], capsize=3,
+          color=[f"C{k}" for k in range(len(arms))])
+    c.set_xticks(range(len(arms)), [f"{k}\n{np.mean(cold[k]['seconds']):.0f} s" for k in arms], fontsize=8)
+    c.set(ylabel="test Dice (mean ± sd, 3 seeds)", title="cold start: weak boxes vs full contours")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print("wrote", path)
@@ -365,6 +374,7 @@ def main() -> int:
     ap.add_argument("--rough", type=Path, default=None, help="run folder of the rough-label campaign (resumable)")
     ap.add_argument("--steps", type=int, default=400, help="optimisation steps per training (every arm the same)")
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--seeds", default="1,2,3", help="seeds of the synthetic rough-rate runs (suspects, cold start: 1-3)")
     ap.add_argument("--figure", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--ct-one", default=None, help=argparse.SUPPRESS)  # TEST,SOURCE,ARM: one real-CT training
@@ -378,7 +388,8 @@ def main() -> int:
         runs = a.rough.resolve()
         runs.mkdir(parents=True, exist_ok=True)
         if not a.report_only:
-            run_jobs(rough_jobs(runs, a.steps, a.data) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
+            seeds = [int(x) for x in a.seeds.split(",")]
+            run_jobs(rough_jobs(runs, a.steps, a.data, seeds) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
                      runs, a.parallel)
         rep = rough_report(runs, a.figure)
         _write(a.out, rep)
