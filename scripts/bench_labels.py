@@ -14,16 +14,19 @@
 4. ``--rough RUNS`` (resumable; then prints the tables and writes ``--figure``): accuracy against the
    rough-label rate, with and without quality-aware training, at a fixed number of optimisation steps (the
    same for every arm, so the shared CPU's load does not decide the result):
-   - synthetic (``hila simulate``, 16 corrections from scratch, 8 test cases, seeds 1-3, ``--seeds`` for more; the simulated
-     radiologist degrades each submission with probability 0 / 0.2 / 0.5), arms
+   - synthetic (``hila simulate``, 16 corrections from scratch, 8 test cases, seeds 1-3, ``--seeds`` for
+     more; the simulated radiologist degrades each submission with probability 0 / 0.2 / 0.5), arms
      ``plain`` (degraded labels submitted as reviewed: no quality awareness), ``weighted`` (marked rough:
      sampled at half weight, the default) and ``band`` (marked rough, sampled at half weight, and
      ``--ignore-band``); at rate 0 the arms are the same run;
    - real CT (the three pelvic CTs, each the test case once, trained from scratch on the other two; in the
      rough arms the first of the two gets its ``labels_dl`` or ``labels_mbs`` set instead of the manual one,
      i.e. a rough rate of 1/2), arms as above against all-manual.
-   Then suspect precision/recall: from each seed's rate-0 model, 12 more simulated corrections with 20 % /
-   50 % degraded and submitted unmarked, one training run, the flags against the injected cases.
+   Then suspect precision/recall: per seed, 16 corrections from scratch and a round of 12 more, 20 % / 50 % of
+   all degraded and submitted unmarked; the round-0 model scores the round-1 corrections (it never trained on
+   them): the flags against the injected cases. And the weak cold start: one training from scratch on 5 weak
+   (box) cases, with and without the band, against 5 and 1 full contours (seeds 1-3); the seconds are the
+   simulated radiologist's effort model (simulate/radiologist.py), not a timing of people.
 
 Usage: nice -n 10 python scripts/bench_labels.py [--data ../shared/data] [--simulate-run RUN] [--out F.json]
        python scripts/bench_labels.py --rough /tmp/rough [--steps 400] [--figure docs/labels_rough.png]
@@ -143,12 +146,12 @@ def _hila(out: Path, args: List[str]) -> List[str]:
     return ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out), *args]
 
 
-def rough_jobs(runs: Path, steps: int, data: Path, seeds=SEEDS) -> List[Tuple[Path, List[str]]]:
+def rough_jobs(runs: Path, steps: int, data: Path, seeds=SEEDS, rates=RATES) -> List[Tuple[Path, List[str]]]:
     """(result file, command) for every run not finished yet; the suspect runs need their seed's rate-0 model."""
     jobs = []
     for rate in RATES:
         for arm, extra in ARMS.items() if rate else [("none", [])]:
-            for seed in seeds:
+            for seed in seeds if rate in rates else SEEDS:
                 out = runs / f"synth_r{int(rate * 100)}_{arm}_s{seed}"
                 cmd = _hila(out, [*_synth_args(runs), "--initial", "16", "--rounds", "0", "--train-steps", str(steps),
                                   "--seed", str(seed), "--rough-rate", str(rate), *extra])
@@ -304,7 +307,8 @@ def rough_report(runs: Path, figure: Path = None) -> dict:
                                             "points_lost": [round(x, 2) for x in lost]}
             print(f"  {source:10s} {arm:9s} n={len(pairs)} Dice {_ms([b for _, b in pairs])}  "
                   f"(manual {_ms([a for a, _ in pairs])})  lost {_ms(lost, 1)} points {[round(x, 1) for x in lost]}")
-    print("suspects (12 corrections per seed, degraded ones submitted unmarked, scored by the seed's rate-0 model)")
+    print("suspects (16 + 12 corrections per seed, degraded ones submitted unmarked; the round-1 ones scored by the "
+          "round-0 model, which never trained on them)")
     for rate in SUSPECT_RATES:
         det = [simulate_detection(runs / f"suspect_r{int(rate * 100)}_s{s}") for s in SEEDS
                if (runs / f"suspect_r{int(rate * 100)}_s{s}" / "summary.json").is_file()]
@@ -375,6 +379,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=400, help="optimisation steps per training (every arm the same)")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seeds", default="1,2,3", help="seeds of the synthetic rough-rate runs (suspects, cold start: 1-3)")
+    ap.add_argument("--seed-rates", default="0,0.2,0.5", help="the rough rates --seeds applies to (others: seeds 1-3)")
     ap.add_argument("--figure", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--ct-one", default=None, help=argparse.SUPPRESS)  # TEST,SOURCE,ARM: one real-CT training
@@ -389,7 +394,8 @@ def main() -> int:
         runs.mkdir(parents=True, exist_ok=True)
         if not a.report_only:
             seeds = [int(x) for x in a.seeds.split(",")]
-            run_jobs(rough_jobs(runs, a.steps, a.data, seeds) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
+            rates = [float(x) for x in a.seed_rates.split(",")]
+            run_jobs(rough_jobs(runs, a.steps, a.data, seeds, rates) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
                      runs, a.parallel)
         rep = rough_report(runs, a.figure)
         _write(a.out, rep)
