@@ -54,7 +54,9 @@ class TrainOptions:
     batch_size: Optional[int] = None
     freeze: str = ""                   # "" | "encoder"
     quality_weights: Dict[str, float] = field(default_factory=dict)
-    ignore_band: bool = False   # --ignore-band: the loss leaves out a band around rough/weak boundaries (dataset.IGNORE_BAND)
+    # --ignore-band: the loss leaves out a band around rough/weak boundaries (dataset.IGNORE_BAND). Off by default,
+    # by measurement (scripts/bench_labels.py --rough): no gain on rough labels, 6 Dice points lost on a weak cold start
+    ignore_band: bool = False
     threads: Optional[int] = None
     seed: int = 0
     gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (auto)
