@@ -364,7 +364,7 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     from HILASegmentLib.simulate.run import SimConfig, Simulation, prepare
 
     args = _tiny_args(tmp_path)
-    cfg = SimConfig(out=str(tmp_path / "run"), synthetic=args[1], labels="prostate=1+2", test=1, initial=2,
+    cfg = SimConfig(out=str(tmp_path / "run"), synthetic=args[args.index("--synthetic") + 1], labels="prostate=1+2", test=1, initial=2,
                     per_round=1, rounds=1, train_steps=2, threads=1, seed=5)
     real = Simulation.train
     inits = []

@@ -150,6 +150,9 @@ def test_marking_another_label_later_keeps_the_earlier_marks_and_remarking_repla
         assert [m["label"] for m in c.effort["marks"]["items"]] == ["bladder", "prostate"]
         assert c.effort["marks"]["items"][1]["box"] == pytest.approx(smaller)
         arr2 = sitk.GetArrayFromImage(ws.correction_label(case))
+        want, _ = weak.pseudo_label(img, {"items": [{"label": "bladder", "box": b},
+                                                    {"label": "prostate", "box": smaller}]}, ws.settings.label_pairs())
+        assert np.array_equal(arr2, sitk.GetArrayFromImage(want))  # the bladder kept, the prostate's new box
         assert (arr2 == 2).sum() > 0 and 0 < (arr2 == 1).sum() < (arr == 1).sum()
         ws.submit(case, lab)
         c = ws.submit_marks(case, {"items": [{"label": "rectum", "box": organ_box(lab, 3)}]})

@@ -49,6 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_simulate import _ms, shapes_folder  # noqa: E402  (one mean ± sd, one synthetic cohort folder)
+
+from HILASegmentLib.durable import atomic_write_bytes  # noqa: E402
 from HILASegmentLib.metrics import dice  # noqa: E402
 from HILASegmentLib.training import suspects as tsus  # noqa: E402
 from HILASegmentLib.weak import box_mask  # noqa: E402
@@ -115,9 +118,7 @@ def weak_dice(data: Path) -> dict:
 
 
 def simulate_detection(run: Path) -> dict:
-    rounds = json.loads((run / "rounds.json").read_text())
-    rounds = rounds["rounds"] if isinstance(rounds, dict) else rounds
-    scored = [e for r in rounds if r["round"] >= 1 for e in r["efforts"]]
+    scored = [e for r in _rounds(run) if r["round"] >= 1 for e in r["efforts"]]
     injected = {e["case"] for e in scored if "rough" in e}
     with Workspace.open(run / "workspace", readonly=True) as ws:
         flagged = {s["name"] for s in ws.suspects()}
@@ -136,8 +137,6 @@ SUSPECT_RATES = (0.2, 0.5)
 
 
 def _synth_args(runs: Path) -> List[str]:
-    from bench_simulate import shapes_folder  # the campaign's cohort: both shape sets in one folder
-
     return ["--synthetic", str(shapes_folder(runs)), "--appearance", "t2w", "--labels", "prostate=1+2",
             "--test", "8", "--threads", "1", "--json"]
 
@@ -147,7 +146,8 @@ def _hila(out: Path, args: List[str]) -> List[str]:
 
 
 def rough_jobs(runs: Path, steps: int, data: Path, seeds=SEEDS, rates=RATES) -> List[Tuple[Path, List[str]]]:
-    """(result file, command) for every run not finished yet; the suspect runs need their seed's rate-0 model."""
+    """(result file, command) of every synthetic rough-rate run (``seeds`` at ``rates``, seeds 1-3 elsewhere) and
+    every real-CT training; run_jobs skips those whose result file exists."""
     jobs = []
     for rate in RATES:
         for arm, extra in ARMS.items() if rate else [("none", [])]:
@@ -271,16 +271,12 @@ def _rough_count(run: Path) -> int:
     return sum("rough" in e for r in _rounds(run) for e in r["efforts"])
 
 
-def _ms(xs: list, digits: int = 3) -> str:
-    if not xs:
-        return "-"
-    return f"{np.mean(xs):.{digits}f}" + (f" ± {np.std(xs, ddof=1):.{digits}f}" if len(xs) > 1 else "")
-
-
 def rough_report(runs: Path, figure: Path = None) -> dict:
     """Tables (and a figure) of the finished runs: mean ± sd over seeds/folds, and the paired Dice points lost
     against the all-clean run of the same seed/fold."""
     rep = {"synthetic": {}, "ct": {}, "suspects": {}}
+    cfg = runs / "synth_r0_none_s1" / "config.json"
+    rep["steps"] = json.loads(cfg.read_text()).get("train_steps") if cfg.is_file() else None
     seeds = sorted(int(p.name.rsplit("_s", 1)[1]) for p in runs.glob("synth_r0_none_s*") if (p / "summary.json").is_file())
     print(f"synthetic (16 corrections, 8 test cases, seeds {seeds}): final test Dice; points lost vs rate 0, paired")
     for rate in RATES[1:]:
@@ -349,7 +345,7 @@ def rough_figure(rep: dict, path: Path) -> None:
             sd.append(np.std(d, ddof=1) if len(d) > 1 else 0)
         a.errorbar(np.array(xs) * 100 + (k - 1), ms, yerr=sd, marker="o", capsize=3, label=arm)
     a.set(xlabel="rough labels (%, nominal)", ylabel="test Dice (mean ± sd over seeds)",
-          title="synthetic prostate, 16 cases, 400 steps")
+          title=f"synthetic prostate, 16 cases, {rep.get('steps')} steps")
     a.legend()
     names = [f"{s.split('_')[1]}/{arm}" for s in ("labels_dl", "labels_mbs") for arm in ARMS]
     vals = [rep["ct"][f"{s}/{arm}"]["dice"] for s in ("labels_dl", "labels_mbs") for arm in ARMS]
@@ -413,9 +409,7 @@ def main() -> int:
 
 def _write(path, obj) -> None:
     if path:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_bytes(Path(path), json.dumps(obj, indent=1).encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -116,11 +116,13 @@ def _load(run: Path) -> Optional[dict]:
     return {"rounds": rounds, "summary": summary}
 
 
-def _ms(xs: List[float]) -> str:
+def _ms(xs: List[float], digits: Optional[int] = None) -> str:
+    """Mean ± sd (sample); 3 decimals for Dice-like values, none for seconds, unless ``digits`` says."""
     if not xs:
         return "-"
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.3f} ± {sd:.3f}" if max(xs) <= 1.5 else f"{statistics.mean(xs):.0f} ± {sd:.0f}"
+    d = digits if digits is not None else (3 if max(xs) <= 1.5 else 0)
+    return f"{statistics.mean(xs):.{d}f} ± {sd:.{d}f}"
 
 
 def aggregate(runs: Path, name: str) -> Dict[str, object]:

@@ -148,23 +148,32 @@ def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequen
     return box_mask(image, box, ras=False, refine=refine)
 
 
+def _items(marks: Mapping) -> list:
+    """The items of ``marks``; HilaError when there are none (nothing to build a weak label from)."""
+    items = marks.get("items") if isinstance(marks, Mapping) else None
+    if not items:
+        raise HilaError("marks: no box or lines given")
+    return list(items)
+
+
 def carry_marks(marks: Mapping, earlier: Optional[Mapping]) -> dict:
-    """``marks`` plus the items of ``earlier`` (recorded marks) for labels ``marks`` does not name, converted
-    to ``marks``' space (LPS and RAS differ in the sign of x and y); the earlier items come first."""
+    """``marks`` plus the items of ``earlier`` (recorded marks) for labels ``marks`` does not name, in
+    ``marks``' space; the earlier items come first. Empty ``marks`` are refused (HilaError)."""
+    items = _items(marks)
     if not earlier or not earlier.get("items"):
         return dict(marks)
-    space = str(marks.get("space", "LPS")).upper()
-    flip = np.array([-1.0, -1.0, 1.0] * 2) if space != str(earlier.get("space", "LPS")).upper() else np.ones(6)
-    named = {str(i.get("label", "")).strip().lower() for i in marks.get("items") or []}
+    swap = str(marks.get("space", "LPS")).upper() != str(earlier.get("space", "LPS")).upper()
+    named = {str(i.get("label", "")).strip().lower() for i in items}
     kept = []
     for item in earlier["items"]:
         if str(item["label"]).lower() in named:
             continue
+        # _to_lps negates x and y: its own inverse, so it maps either space to the other
         if "box" in item:
-            kept.append({"label": item["label"], "box": (np.asarray(item["box"], float) * flip).tolist()})
+            kept.append({"label": item["label"], "box": _to_lps(item["box"], swap).ravel().tolist()})
         else:
-            kept.append({"label": item["label"], "lines": [(np.asarray(ln, float) * flip).tolist() for ln in item["lines"]]})
-    return dict(marks, items=kept + list(marks.get("items") or []))
+            kept.append({"label": item["label"], "lines": [_to_lps(ln, swap).ravel().tolist() for ln in item["lines"]]})
+    return dict(marks, items=kept + items)
 
 
 def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[int, str]]) -> Tuple[sitk.Image, dict]:
@@ -179,9 +188,7 @@ def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[
     space = str(marks.get("space", "LPS")).upper()
     if space not in ("LPS", "RAS"):
         raise HilaError(f"marks: space {marks.get('space')!r}; use LPS or RAS")
-    items = marks.get("items")
-    if not items:
-        raise HilaError("marks: no box or lines given")
+    items = _items(marks)
     names = {str(n).lower(): (int(v), str(n)) for v, n in label_pairs}
     painted, recorded = [], []
     for item in items:

@@ -73,8 +73,9 @@ class SimConfig:
         d = asdict(self)
         for k in ("out", "threads"):
             d.pop(k)
+        # options added later drop out at their default, so runs made before them still resume
         for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
-                           ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False)):  # runs made before these options resume
+                           ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False)):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):

@@ -96,8 +96,6 @@ class Corrections(Room):
         (its marks would otherwise be lost from the latest version).
         """
         case = self.case(case_id)
-        if not isinstance(marks, dict) or not marks.get("items"):
-            raise HilaError("marks: no box or lines given")
         seen, earlier = self._latest_marks(case.case_id)
         marks = weak.carry_marks(marks, earlier)
         label, recorded = weak.pseudo_label(self.case_image(case.case_id), marks, self.settings.label_pairs())
