@@ -386,3 +386,34 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     assert r1["efforts"][0]["seconds"] == pytest.approx(rad.draw_from_scratch(sim.reference(name),
                                                                               sim.spacing_zyx[name])["seconds"])
     assert summary["dice_per_round"][0] == 0.0 and summary["rounds"] == 2
+
+
+def test_train_budget_effort_gives_each_round_the_effort_it_measured(tmp_path):
+    """``--train-budget effort:F``: each round trains for F x the seconds the simulated radiologist spent on
+    that round's cases (not --train-minutes): recorded per round, used as the loop's budget, named in summary.json.
+    A malformed budget is refused before anything is written."""
+    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.workspace import Workspace
+
+    args = [a for a in _tiny_args(tmp_path)]
+    i = args.index("--train-steps")
+    del args[i:i + 2]  # a step cap would make the budget moot
+    args[args.index("--rounds") + 1] = "1"
+    run = tmp_path / "run"
+    r = _hila("--out", str(run), *args, "--train-budget", "effort:0.03")
+    assert r.returncode == 0, r.stderr
+    rounds = _rounds(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_budget"] == "effort:0.03"
+    with Workspace.open(run / "workspace", readonly=True) as ws:
+        cards = {m.version: read_card(m.path).to_dict() for m in ws.models()}
+    for rec in rounds:
+        want = 0.03 * sum(e["seconds"] for e in rec["efforts"]) / 60.0
+        assert rec["train"]["budget_minutes"] == pytest.approx(want, abs=1e-3)
+        loop = cards[rec["train"]["model_version"]]["training"]
+        assert loop["stopped"] == "budget"
+        assert loop["loop"]["max_seconds"] == pytest.approx(want * 60.0, abs=0.5)  # the optimisation's own budget
+    assert summary["train_minutes_per_round"] == [rec["train"]["budget_minutes"] for rec in rounds]
+    for bad in ("effort:0", "effort:x", "weekly", "fixed:2"):
+        r = _hila("--out", str(tmp_path / bad.replace(":", "_")), *args, "--train-budget", bad)
+        assert r.returncode == 2 and "--train-budget" in r.stderr and not (tmp_path / bad.replace(":", "_")).exists()

@@ -21,8 +21,8 @@ import SimpleITK as sitk
 
 from .errors import HilaError
 from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
-from .modelgrid import Grid, extract, largest_components, model_grid, touches
-from .normalize import bounding_box, foreground_mask, guess_modality, normalize
+from .modelgrid import Grid, extract, largest_components, model_input, touches
+from .normalize import guess_modality
 from .progress import ProgressFn, null_progress
 from .quality import add_review_segment, cohort_dice, error_probability
 from .qualitymodel import prediction_features
@@ -192,18 +192,9 @@ class Segmenter:
         progress(0.0, "resampling")
 
         # 1. the model grid (card spacing and orientation) and the normalised image on it
-        grid = model_grid(image, card.spacing, card.orientation)
-        res = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image,
-                            [int(v) for v in grid.size], sitk.Transform(), sitk.sitkLinear,
-                            [float(v) for v in grid.origin], [float(v) for v in grid.spacing],
-                            [float(v) for v in grid.direction.ravel()], 0.0, sitk.sitkFloat32, True)
-        raw = sitk.GetArrayViewFromImage(res).transpose(2, 1, 0)  # (x, y, z)
-        norm = normalize(raw, card.normalization, where)
-        fg = foreground_mask(raw, norm, card.modality, card.inference.get("foreground"))
-        margin = card.inference.get("margin_vox", 5)
-        body = bounding_box(fg, margin)
-        if body is None:
-            raise HilaError(f"{where}: no body in the image (nothing above the foreground threshold)")
+        mi, _ = model_input(image, card.spacing, card.orientation, card.normalization, card.modality,
+                            card.inference.get("foreground"), card.inference.get("margin_vox", 5), where)
+        grid, norm, body = mi.grid, mi.norm, mi.body
         progress(0.05, "inference")
 
         # 2. the region to run: the card's ROI (with fallback to the body) or the body crop
@@ -222,7 +213,7 @@ class Segmenter:
             progress(0.5, "prediction reaches the ROI border: segmenting the whole body")
             logits, spread = self._run_region(norm, region, passes, stats, progress, 0.5, 0.85)
             probs, fgmask = self._postprocess(logits)
-        del logits, norm, fg
+        del logits, norm, mi
 
         # 3. back onto the input grid, restricted to the region's box there
         progress(0.88, "resampling to the input grid")

@@ -1,18 +1,21 @@
 """The model's grid and the array helpers the Segmenter runs on it (no onnxruntime here).
 
-``model_grid`` is the grid the network sees (the training tier builds its examples on the same one);
+``model_grid`` is the grid the network sees and ``model_input`` the network's input on it: THE one
+definition, used by the Segmenter and by the trainer (``training.dataset``), so a model is trained on
+exactly the arrays it will be given (train/inference skew is the costliest silent bug in segmentation);
 ``extract`` cuts a region that may leave the array, ``touches`` tells whether a prediction reaches a
 region's border, ``largest_components`` is TAPS's clean-up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import HilaError
+from .normalize import bounding_box, foreground_mask, normalize
 
 #: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.
 #: The most voxels a model grid may have (a float32 copy of 512 M voxels is 2 GB, before the network runs).
@@ -108,3 +111,39 @@ def largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
         cc = sitk.GetArrayViewFromImage(sitk.RelabelComponent(cc, 0, True))
         out[m & (cc != 1)] = 0
     return out
+
+
+@dataclass
+class ModelInput:
+    """An image as the network sees it: the model grid, raw and normalised intensities on it (x, y, z) and
+    the body box ([lo, hi) per axis, widened by the margin; it may leave the array, which is zero-padded)."""
+
+    grid: Grid
+    raw: np.ndarray
+    norm: np.ndarray
+    body: Tuple[Tuple[int, int], ...]
+
+
+def model_input(image: sitk.Image, spacing: Sequence[float], orientation: str, normalization: Mapping[str, Any],
+                modality: str, foreground: Optional[Any] = None, margin: Any = 5,
+                where: str = "image", label: Optional[sitk.Image] = None) -> Tuple[ModelInput, Optional[np.ndarray]]:
+    """(the network's input for ``image``, ``label`` on the same grid (nearest neighbour) or None).
+
+    Linear resampling onto :func:`model_grid`, the card's normalisation, the card's body rule; an image with
+    no body is refused (it has nothing to segment and nothing to learn from)."""
+    grid = model_grid(image, spacing, orientation)
+    size, origin = [int(v) for v in grid.size], [float(v) for v in grid.origin]
+    sp, direction = [float(v) for v in grid.spacing], [float(v) for v in grid.direction.ravel()]
+    src = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    res = sitk.Resample(src, size, sitk.Transform(), sitk.sitkLinear, origin, sp, direction, 0.0, sitk.sitkFloat32, True)
+    raw = sitk.GetArrayViewFromImage(res).transpose(2, 1, 0)  # (x, y, z)
+    norm = normalize(raw, normalization, where)
+    body = bounding_box(foreground_mask(raw, norm, modality, foreground), margin)
+    if body is None:
+        raise HilaError(f"{where}: no body in the image (nothing above the foreground threshold)")
+    lab = None
+    if label is not None:
+        lres = sitk.Resample(label, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, sp, direction, 0,
+                             sitk.sitkUInt8, True)
+        lab = sitk.GetArrayFromImage(lres).transpose(2, 1, 0)
+    return ModelInput(grid, raw, norm, body), lab

@@ -155,8 +155,6 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 def _infer_workspace(args, t0: float) -> int:
     from ..imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
-    from ..inference import Segmenter
-    from ..modelcard import ModelCard
     from ..workspace import Workspace
 
     if args.out is not None or args.image is not None:
@@ -176,9 +174,9 @@ def _infer_workspace(args, t0: float) -> int:
             record = ws.current_model()
             if record is None:
                 raise HilaError(f"{args.workspace}: no current model; add one (hila init --model, or train) or give --model VERSION")
-        card = ModelCard.from_dict(dict(record.card), f"{args.workspace} model v{record.version} card")
         image = ws.case_image(case.case_id)
-        seg = Segmenter(record.path, threads=args.threads, device=args.device, card=card)
+        seg = record.segmenter(threads=args.threads, device=args.device)
+        card = seg.card
         with progress_for(args, "hila infer") as progress:
             result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
         label, dropped = _to_workspace_labels(result, card, ws)

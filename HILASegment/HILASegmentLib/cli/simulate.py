@@ -24,6 +24,11 @@ def register(sub, parent) -> None:
     p.add_argument("--rounds", type=at.integer(0), default=4, help="rounds after round 0")
     p.add_argument("--train-minutes", type=at.positive, default=1.5, help="training budget per round")
     p.add_argument("--train-steps", type=at.integer(1), default=None, help=argparse.SUPPRESS)  # tests: tiny deterministic runs
+    p.add_argument("--train-budget", default="fixed", metavar="fixed|effort[:F]",
+                   help="fixed (default): --train-minutes per round; effort[:F]: each round trains for the seconds the "
+                        "simulated radiologist spent on that round's cases, times F (default 1): learning while they work")
+    p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
+                   help="as hila train: a new model's configuration (auto: by device)")
     p.add_argument("--strategy", default="random", help="random | sequential | uncertainty | quality (lowest predicted Dice first)")
     p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact | weak "
                    "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
@@ -55,6 +60,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
                     labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
+                    train_budget=args.train_budget, config=args.config,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
                     ignore_band=args.ignore_band,

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],
                    help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
+    p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
+                   help="a new model's configuration: auto (default) plans 3d_lowres on a CPU and 3d_fullres on a GPU, "
+                        "as measured by scripts/bench_recipe.py; fine-tuning keeps the current model's")
     p.add_argument("--freeze", default="", choices=["", "encoder"], help="freeze the encoder half (big imported models on CPU)")
     p.add_argument("--steps", type=at.integer(1), default=None, help="stop after this many optimisation steps")
     p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
@@ -44,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(weak) voxels of a label boundary: only a weak label's core and clear outside count (default off)")
     p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
+    p.add_argument("--watch", action="store_true",
+                   help="keep running: train a round whenever new corrections land (SIGTERM/Ctrl-C ends it cleanly)")
+    p.add_argument("--poll", type=at.real(0.1, 3600.0), default=2.0, help="--watch: seconds between looks at the ledger")
     p.add_argument("--nproc", type=at.integer(1), default=1,
                    help="data-parallel processes under torchrun (DistributedDataParallel: NCCL, one GPU each, with "
                         "--device cuda; gloo on CPU); one run, one candidate, the same gate (default 1)")
@@ -69,13 +75,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
     from . import emit, make_progress
 
-    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init,
+    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, config=args.config,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
                         lr=args.lr, batch_size=args.batch, freeze=args.freeze,
                         gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,
                         quality_weights=args.quality_weights or {}, ignore_band=args.ignore_band, threads=args.threads, seed=args.seed,
                         started=getattr(args, "started", None) or _T0)
     progress = make_progress(args, "train")
+    if args.watch:
+        return _watch(args, opts, progress)
     try:
         res = train_workspace(args.workspace, opts, progress=progress)
     finally:
@@ -105,3 +113,30 @@ def _without_nproc(argv: list) -> list:
         elif not a.startswith("--nproc="):
             out.append(a)
     return out
+
+
+def _watch(args: argparse.Namespace, opts, progress) -> int:
+    """``--watch``: one line (or JSON event) per round, a summary when a signal ends it."""
+    import json
+
+    from ..training.watch import watch_workspace  # torch: only when training runs
+    from . import emit
+
+    def on_round(res: dict) -> None:
+        if args.json:
+            print(json.dumps({"event": "round", **res}, default=str), flush=True)
+        elif "error" in res:
+            print(f"round not trained: {res['error']}", flush=True)
+        else:
+            print(f"model v{res['model_version']} ({res['status']}): {res['reason']}", flush=True)
+
+    try:
+        out = watch_workspace(args.workspace, opts, progress=None if not args.json else progress, poll_s=args.poll,
+                              on_round=on_round)
+    finally:
+        close = getattr(progress, "close", None)
+        if close:
+            close()
+    emit(args, out, f"watch ended ({out['stopped']}): {out['rounds']} round(s), {out['promoted']} promoted; "
+                    f"current model v{out['current']}")
+    return 0

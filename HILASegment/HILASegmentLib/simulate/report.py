@@ -73,6 +73,8 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
          "full_annotation_effort_s": round(full_s, 1), "rounds": len(rounds),
          "test_cases": [c.case for c in plan["test"]], "pool_size": len(plan["pool"]),
          "wall_seconds": round(wall, 1), "time_split": time_split(rounds, base, synth_s, wall),
+         "train_budget": plan["key"].get("train_budget", "fixed"),
+         "train_minutes_per_round": [((r.get("train") or {}).get("budget_minutes")) for r in rounds],
          "baseline": base}
     _atomic(run / "summary.json", json.dumps(s, indent=1))
     curves(run, rounds, bdice)

@@ -51,6 +51,8 @@ class SimConfig:
     rounds: int = 4
     train_minutes: float = 1.5
     train_steps: Optional[int] = None
+    train_budget: str = "fixed"      # fixed (train_minutes) | effort[:F] (the round's radiologist seconds x F)
+    config: str = "auto"             # hila train --config (a new model's configuration)
     strategy: str = "random"
     corrector: str = "tolerant"
     tolerance_mm: float = 2.0
@@ -75,7 +77,8 @@ class SimConfig:
             d.pop(k)
         # options added later drop out at their default, so runs made before them still resume
         for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
-                           ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False)):
+                           ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
+                           ("train_budget", "fixed"), ("config", "auto")):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -111,6 +114,7 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--test {cfg.test}: must be at least 1 and below the cohort size ({len(cases)})")
     if cfg.initial > len(cases) - cfg.test:
         raise HilaError(f"--initial {cfg.initial}: the pool has only {len(cases) - cfg.test} cases")
+    budget_factor(cfg.train_budget)
     if cfg.promote not in ("auto", "always"):
         raise HilaError(f"--promote {cfg.promote}: use auto or always")
     if cfg.strategy not in STRATEGIES:
@@ -148,6 +152,21 @@ def prepare(cfg: SimConfig) -> dict:
     pool = sorted(order[cfg.test:], key=lambda c: c.case)
     return {"spec": spec, "cases": cases, "appearance": appearance, "modality": modality, "test": test,
             "pool": pool, "key": key, "resume": resume}
+
+
+def budget_factor(spec: str) -> Optional[float]:
+    """``--train-budget``: None for ``fixed``, F for ``effort[:F]`` (a positive finite number; default 1)."""
+    kind, _, f = str(spec).partition(":")
+    if kind == "fixed" and not f:
+        return None
+    if kind == "effort":
+        try:
+            v = float(f) if f else 1.0
+        except ValueError:
+            v = float("nan")
+        if np.isfinite(v) and 0 < v <= 100:
+            return v
+    raise HilaError(f"--train-budget {spec!r}: use fixed or effort[:F] with 0 < F <= 100 (e.g. effort:0.5)")
 
 
 def _guess_modality(path: Path) -> str:
@@ -233,11 +252,9 @@ class Simulation:
         return self._refs[name]
 
     def segmenter(self):
-        from ..inference import Segmenter
-
         m = self.ws.current_model()
         if self._seg[0] != m.version:
-            self._seg = (m.version, Segmenter(m.path, threads=self.cfg.threads, device=self.cfg.device))
+            self._seg = (m.version, m.segmenter(threads=self.cfg.threads, device=self.cfg.device))
         return self._seg[1]
 
     def _label_image(self, name: str, arr: np.ndarray) -> sitk.Image:
@@ -264,19 +281,13 @@ class Simulation:
         from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
 
         t0 = time.perf_counter()
-        # --train-minutes is the optimisation time; the trainer's budget also covers preparing the cases,
-        # export, parity and validating candidate and parent, so add an estimate of that reserve.
-        n = len(ws.snapshot())
-        n_val = n if n < 3 else max(1, round(0.2 * n))
-        cur = ws.current_model()
-        mb = os.path.getsize(cur.path) / 1e6 if cur and Path(cur.path).exists() else 3.0
-        minutes = minutes + (30.0 + 2 * n_val * (10.0 + 0.5 * mb) + 2.0 * n) / 60.0
-        if self.cfg.train_steps:
-            minutes = None  # a step count alone (tests): the trainer's schedule then depends on no clock
-        opts = TrainOptions(max_minutes=minutes, device=self.cfg.device, promote=promote, init=init,
-                            steps=self.cfg.train_steps, threads=self.cfg.threads, seed=self.cfg.seed + rnd,
-                            gate_margin=self.cfg.gate_margin, gate_min_cases=self.cfg.gate_min_cases,
-                            ignore_band=self.cfg.ignore_band)
+        # --train-minutes is the optimisation time (the trainer's train_minutes); preparing the cases, export,
+        # parity and validation come on top of it. A step count alone (tests) depends on no clock.
+        steps = self.cfg.train_steps
+        opts = TrainOptions(max_minutes=None, train_minutes=None if steps else minutes, device=self.cfg.device,
+                            promote=promote, init=init, config=self.cfg.config, steps=steps, threads=self.cfg.threads,
+                            seed=self.cfg.seed + rnd, gate_margin=self.cfg.gate_margin,
+                            gate_min_cases=self.cfg.gate_min_cases, ignore_band=self.cfg.ignore_band)
         total = self.cfg.rounds + 1
 
         def nested(fraction, message="", **_):  # the trainer's steps, inside this round's training band
@@ -310,8 +321,6 @@ class Simulation:
         When the round's gate kept the previous round's model, its figures are reused (same model, same
         test cases: the same numbers) instead of segmenting the test split again.
         """
-        from ..inference import Segmenter
-
         t0 = time.perf_counter()
         m = ws.current_model()
         if m is None:  # no model kept yet: nothing is segmented
@@ -321,7 +330,7 @@ class Simulation:
         if previous is not None and previous["model_version"] == m.version:
             return {"model_version": m.version, "dice": previous["test_dice"], "hd95": previous["test_hd95"],
                     "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"]}
-        seg = Segmenter(m.path, threads=self.cfg.threads, device=self.cfg.device)
+        seg = m.segmenter(threads=self.cfg.threads, device=self.cfg.device)
         labels = [(i, n) for i, (n, _) in enumerate(self.plan["spec"], start=1)]
         per: Dict[str, Dict[str, list]] = {n: {"dice": [], "hd95": []} for _, n in labels}
         for c in self.plan["test"]:
@@ -437,8 +446,11 @@ class Simulation:
         tr = None
         if chosen:
             self.progress((rnd + 0.3) / total, f"round {rnd}: training")
-            tr = self.finished_training(ws, start) or self.train(ws, rnd, "auto" if ctx else "scratch", cfg.train_minutes,
+            factor = budget_factor(cfg.train_budget)
+            minutes = cfg.train_minutes if factor is None else factor * sum(e["seconds"] for e in efforts) / 60.0
+            tr = self.finished_training(ws, start) or self.train(ws, rnd, "auto" if ctx else "scratch", minutes,
                                                                       promote=cfg.promote)
+            tr["budget_minutes"] = round(minutes, 3)
         self.timing["training_s"] = tr["seconds"] if tr else 0.0
         self.progress((rnd + 0.9) / total, f"round {rnd}: evaluating")
         ev = self.evaluate(ws, rounds[-1] if rounds else None)

@@ -29,10 +29,11 @@ class Start:
     net: object
     sigmoid: bool = False
     plan: Optional[dict] = None    # the planned recipe (fresh models only)
+    optimizer: Optional[dict] = None  # the parent round's optimiser state (fine-tuning its checkpoint)
     own: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
-        self.own = self.arch.get("name") in ("UNet", "DynUNet")
+        self.own = self.arch.get("name") in ("UNet", "DynUNet", "SliceUNet")
 
 
 def _label_names(card: dict) -> List[str]:
@@ -50,8 +51,9 @@ def initial_network(ws, current, opts, snapshot) -> Start:
                 and _label_names(cur_card) == names:
             arch0 = cur_card.get("architecture") or {}
             onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
-            net, arch = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src)
-            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid")
+            net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
+            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
+                         optimizer=opt_state)
     if opts.init == "imported":
         if current is None:
             raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
@@ -65,18 +67,29 @@ def initial_network(ws, current, opts, snapshot) -> Start:
                 "source_architecture": cur_card.get("architecture", {})}
         return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", dict(cur_card),
                      arch, net, cur_card.get("activation") == "sigmoid")
-    arch = nw.default_architecture(settings.modality, len(names))
+    configuration, why = planner.choose_configuration(opts.device, getattr(opts, "config", None))
+    arch = planner.architecture(configuration, nw.default_architecture(settings.modality, len(names)))
     if opts.channels:
         arch["channels"] = [int(c) for c in opts.channels]
         arch["strides"] = [2] * (len(arch["channels"]) - 1)
     div = 2 ** len(arch["strides"])
-    if opts.patch_size and any(int(p) % div for p in opts.patch_size):
+    slice_net = arch["name"] == "SliceUNet"
+    if opts.patch_size and any(int(p) % div for p in (opts.patch_size[:2] if slice_net else opts.patch_size)):
         raise HilaError(f"--patch {list(opts.patch_size)}: each size must be a multiple of {div} for this network")
-    fp = planner.fingerprint(snapshot, len(names)) if not (opts.spacing and opts.patch_size) else {"cases": len(snapshot)}
-    rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size)
+    fp = planner.fingerprint(snapshot, len(names))
+    rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size,
+                       configuration=configuration, why=why)
     base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
             "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
     return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+
+
+def recipe_batch(start: Start) -> int:
+    """Patches per step of the start's recipe: the plan's for a fresh model, the parent's loop for a fine-tune."""
+    if start.plan:
+        return int(start.plan.get("batch_size", 2))
+    loop = (start.base.get("training") or {}).get("loop") or {}
+    return int(loop.get("batch_size", 2))
 
 
 def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
@@ -89,12 +102,13 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
     """
     base, arch = start.base, start.arch
     patch = [int(p) for p in base["patch_size"]]
-    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") == "UNet" else 16
+    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") in ("UNet", "SliceUNet") else 16
     # own nets: windows of the training patch size (instance-norm statistics as in training)
     inference = {"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
                  "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.get("inference") or {})
     labels = [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]
     training = {"init": start.init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
+                "optimizer_continued": bool(getattr(res, "resumed_optimizer", False)),
                 "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
                 "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
                 "device": device, "threads": int(opts.threads or os.cpu_count() or 1),

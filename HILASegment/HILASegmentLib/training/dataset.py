@@ -19,14 +19,16 @@ import SimpleITK as sitk
 
 from ..errors import HilaError
 from ..imageio import read_image
-from ..inference import model_grid
 from ..labelio import read_label
-from ..normalize import bounding_box, foreground_mask, normalize
+from ..modelgrid import extract, model_input
 
 #: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
 #: a suspect correction (``training.suspects``) samples at this fraction of its quality's weight until re-reviewed
 SUSPECT_FACTOR = 0.1
+#: continual learning: a correction the parent model never trained on is sampled this many times as often as the
+#: ones it did (every correction is replayed, so nothing is forgotten; the new ones are what the round is for)
+NEW_FACTOR = 2.0
 #: the label value a voxel takes where the loss ignores it (``ignore_band``); never a workspace label
 IGNORE = 255
 #: ``hila train --ignore-band``: band half-width in voxels (model grid) around each label's boundary that the
@@ -60,7 +62,7 @@ class Preprocessing:
         return json.dumps({"spacing": [float(s) for s in self.spacing], "norm": self.normalization,
                            "patch": [int(p) for p in self.patch_size], "modality": self.modality,
                            "orientation": self.orientation, "fg": self.foreground, "margin": self.margin_vox,
-                           "crop": self.crop_body, "v": 2}, sort_keys=True, default=str)
+                           "crop": self.crop_body, "v": 3}, sort_keys=True, default=str)
 
 
 def ignore_band(label: np.ndarray, radius: int) -> np.ndarray:
@@ -90,32 +92,21 @@ def quality_weight(quality: Optional[str], weights: Optional[Dict[str, float]] =
 
 # --------------------------------------------------------------------------- grid + intensity
 
-def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preprocessing) -> tuple:
+def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preprocessing,
+                  where: str = "training image") -> tuple:
     """(image (1,X,Y,Z) float32, label (1,X,Y,Z) uint8 or None) exactly as the Segmenter prepares an image.
 
-    The grid (card spacing + axis orientation, oblique rotation kept), the linear resampling, the
-    normalisation and the body crop are the inference engine's own functions, so the network is
-    trained on the very arrays it will be given. The label goes onto the same grid (nearest neighbour).
+    :func:`~HILASegmentLib.modelgrid.model_input` is the one definition of the network's input (grid, linear
+    resampling, normalisation, body box) for both paths; here it is cut to the body box as the Segmenter runs
+    it (the part of the box outside the grid is zero-padded, as the Segmenter's windows are), and the label
+    goes onto the same grid (nearest neighbour). An image with no body is refused, as inference refuses it.
     """
-    grid = model_grid(image, prep.spacing, prep.orientation)
-    size, origin = [int(v) for v in grid.size], [float(v) for v in grid.origin]
-    spacing, direction = [float(v) for v in grid.spacing], [float(v) for v in grid.direction.ravel()]
-    src = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
-    res = sitk.Resample(src, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, direction, 0.0,
-                        sitk.sitkFloat32, True)
-    raw = sitk.GetArrayViewFromImage(res).transpose(2, 1, 0)
-    norm = normalize(raw, prep.normalization, "training image")
-    lab = None
-    if label is not None:
-        lres = sitk.Resample(label, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, spacing, direction, 0,
-                             sitk.sitkUInt8, True)
-        lab = sitk.GetArrayFromImage(lres).transpose(2, 1, 0)
+    mi, lab = model_input(image, prep.spacing, prep.orientation, prep.normalization, prep.modality, prep.foreground,
+                          prep.margin_vox, where, label=label)
+    norm = mi.norm
     if prep.crop_body:
-        body = bounding_box(foreground_mask(raw, norm, prep.modality, prep.foreground), prep.margin_vox)
-        if body is not None:
-            sl = tuple(slice(max(0, lo), min(n, hi)) for (lo, hi), n in zip(body, norm.shape))
-            norm = norm[sl]
-            lab = None if lab is None else lab[sl]
+        norm = extract(norm, mi.body)
+        lab = None if lab is None else extract(lab, mi.body)
     x = np.ascontiguousarray(norm[None], dtype=np.float32)
     y = None if lab is None else np.ascontiguousarray(lab[None], dtype=np.uint8)
     return x, y
@@ -177,12 +168,14 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
 def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
                         quality_weights: Optional[Dict[str, float]] = None,
                         progress: Optional[Callable] = None, suspects: Optional[set] = None,
-                        bands: Optional[Dict[str, int]] = None) -> List[dict]:
+                        bands: Optional[Dict[str, int]] = None, seen: Optional[set] = None) -> List[dict]:
     """Arrays for every snapshot item (latest correction per case), each tagged with id, version, weight.
 
     ``suspects``: (case_id, correction_version) pairs flagged suspect; their weight is multiplied by
     :data:`SUSPECT_FACTOR` (kept, not dropped: a flag is a doubt, not a verdict). ``bands``: per quality,
-    the half-width of the boundary band the loss ignores (:func:`ignore_band`; empty: every voxel counts)."""
+    the half-width of the boundary band the loss ignores (:func:`ignore_band`; empty: every voxel counts).
+    ``seen``: (case_id, correction_version) pairs the parent model trained on; the others weigh :data:`NEW_FACTOR`
+    times more (None: no parent, all equal)."""
     out = []
     for i, it in enumerate(items):
         if progress:
@@ -194,9 +187,11 @@ def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cac
         radius = int((bands or {}).get(str(getattr(it, "quality", "reviewed") or "reviewed"), 0))
         if radius:
             case = dict(case, label=ignore_band(case["label"], radius))
-        case.update(case_id=it.case_id, correction_version=int(it.correction_version),
+        new = seen is not None and (str(it.case_id), int(it.correction_version)) not in seen
+        case.update(case_id=it.case_id, correction_version=int(it.correction_version), new=new,
                     quality=str(getattr(it, "quality", "reviewed") or "reviewed"), suspect=suspect,
-                    weight=quality_weight(getattr(it, "quality", None), quality_weights) * (SUSPECT_FACTOR if suspect else 1.0),
+                    weight=quality_weight(getattr(it, "quality", None), quality_weights) * (SUSPECT_FACTOR if suspect else 1.0)
+                    * (NEW_FACTOR if new else 1.0),
                     image_path=str(it.image_path), label_path=str(it.label_path))
         out.append(case)
     if progress:

@@ -23,7 +23,7 @@ from monai.losses import DiceCELoss, MaskedDiceLoss
 from torch import nn
 
 from .dataset import IGNORE
-from .transforms import train_transforms
+from .transforms import ArrayPatchSampler, batch_affine, train_transforms
 
 
 @dataclass
@@ -43,6 +43,7 @@ class LoopConfig:
     seed: int = 0
     processes: int = 1                # data-parallel processes (hila train --nproc): patches per step x this
     freeze: str = ""                  # "" | "encoder": train only the decoder half of the parameters
+    data_path: str = "arrays"         # "arrays" (numpy crops + one batched affine) | "monai" (dict transforms)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -58,6 +59,8 @@ class LoopResult:
     seconds_per_step: float = 0.0
     final_loss: Optional[float] = None
     stopped: str = "max_steps"          # budget | max_steps | cancelled
+    optimizer: Optional[dict] = None    # the optimiser's final state (saved with the weights: the next round continues it)
+    resumed_optimizer: bool = False
     history: List[dict] = field(default_factory=list)
     trainable_parameters: int = 0
 
@@ -96,7 +99,7 @@ def masked_dice_ce(out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, sigmo
 def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg: LoopConfig,
                progress: Optional[Callable] = None, should_stop: Callable[[], bool] = lambda: False,
                sigmoid_single: bool = False, on_step: Optional[Callable[[int, nn.Module], None]] = None,
-               group=None) -> LoopResult:
+               group=None, optimizer_state: Optional[dict] = None) -> LoopResult:
     """Train ``net`` in place until the budget, ``max_steps`` or ``should_stop()``; the last weights are the result.
 
     ``train_cases``: dicts with ``image`` (1,X,Y,Z) float32, ``label`` (1,X,Y,Z) uint8, ``weight``
@@ -104,6 +107,8 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
     ``on_step(step, net)`` is called after every step (benchmarks look at the weights mid-run).
     ``group`` (:class:`.ddp.Group`): one of several data-parallel processes (its own patches, gradients
     averaged, every stop agreed by all, the loss reported as the mean over processes).
+    ``optimizer_state``: the previous round's AdamW state (continual learning: moments continue, not restart);
+    ignored when it does not fit the trainable parameters (e.g. a frozen encoder now, not then).
     """
     t0 = time.monotonic()
     rng = np.random.default_rng(cfg.seed + 7919 * (group.rank if group is not None else 0))
@@ -116,20 +121,34 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
         trainable = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    resumed = False
+    if optimizer_state:
+        try:
+            opt.load_state_dict(optimizer_state)
+            for st in opt.state.values():  # moments onto the device the parameters are on
+                for k, v in st.items():
+                    if torch.is_tensor(v) and k != "step":
+                        st[k] = v.to(device)
+            resumed = True
+        except (ValueError, KeyError, RuntimeError):
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if sigmoid_single:
         loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     else:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    xf = train_transforms(cfg.patch_size, samples_per_case=cfg.samples_per_case)
+    if cfg.data_path not in ("arrays", "monai"):
+        raise ValueError(f"data_path {cfg.data_path!r}: use arrays or monai")
+    xf = train_transforms(cfg.patch_size, samples_per_case=cfg.samples_per_case) if cfg.data_path == "monai" else None
+    sampler = ArrayPatchSampler(cfg.patch_size, samples_per_case=cfg.samples_per_case)
     weights = np.array([float(c.get("weight", 1.0)) for c in train_cases], dtype=float)
     weights = weights / weights.sum()
     model = group.wrap(net) if group is not None else net
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     steps_per_epoch = max(1, math.ceil(len(train_cases) / cases_per_step))
 
-    res = LoopResult(trainable_parameters=trainable)
+    res = LoopResult(trainable_parameters=trainable, resumed_optimizer=resumed)
     losses: List[float] = []
     step = 0
     while True:
@@ -146,6 +165,11 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
         batch_img, batch_lab = [], []
         for ci in rng.choice(len(train_cases), size=cases_per_step, p=weights):
             case = train_cases[int(ci)]
+            if xf is None:
+                for xi, yi in sampler(case, rng):
+                    batch_img.append(xi)
+                    batch_lab.append(yi)
+                continue
             d = {k: case[k] for k in ("image", "label", "fg_indices", "bg_indices") if k in case}
             xf.set_random_state(seed=int(rng.integers(2**31)))
             for s in xf(d):
@@ -153,6 +177,8 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
                 batch_lab.append(s["label"])
         x = torch.stack([torch.as_tensor(b) for b in batch_img]).float().to(device)
         y = torch.stack([torch.as_tensor(b) for b in batch_lab]).to(device)
+        if xf is None:
+            x, y = batch_affine(x, y, rng)
         keep = (y != IGNORE).float() if bool((y == IGNORE).any()) else None  # --ignore-band: boundary voxels out
         if keep is not None:
             y = torch.where(y == IGNORE, torch.zeros_like(y), y)
@@ -188,6 +214,7 @@ def train_loop(net: nn.Module, train_cases: Sequence[dict], n_classes: int, cfg:
     res.epochs = round(step / steps_per_epoch, 2)
     res.seconds = round(time.monotonic() - t0, 2)
     res.seconds_per_step = round(res.seconds / max(step, 1), 4)
+    res.optimizer = opt.state_dict()
     for p in net.parameters():
         p.requires_grad_(True)
     net.eval()

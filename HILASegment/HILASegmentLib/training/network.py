@@ -54,6 +54,8 @@ def build_network(arch: dict, onnx_path: Optional[Path] = None) -> nn.Module:
                        out_channels=int(arch["out_channels"]), kernel_size=arch["kernel_size"],
                        strides=arch["strides"], upsample_kernel_size=arch["strides"][1:],
                        filters=arch.get("filters"), norm_name=arch.get("norm", "instance"), res_block=bool(arch.get("res_block", True)))
+    if name == "SliceUNet":
+        return SliceUNet(arch)
     if name == "onnx2torch":
         if onnx_path is None:
             raise HilaError("architecture 'onnx2torch' needs the ONNX file it was converted from")
@@ -61,25 +63,58 @@ def build_network(arch: dict, onnx_path: Optional[Path] = None) -> nn.Module:
     raise HilaError(f"unknown network architecture {name!r} in the model card")
 
 
+class SliceUNet(nn.Module):
+    """A 2-D U-Net applied to every axial slice of a (B, C, X, Y, Z) volume: the ``2d`` configuration, and
+    ``2.5d`` with ``context`` neighbouring slices on each side as extra input channels.
+
+    It takes and returns 5-D tensors like the 3-D nets, so the sliding-window inference engine, the training
+    loop and the ONNX export treat it as any other network (a window of Z slices is Z 2-D images)."""
+
+    def __init__(self, arch: dict):
+        super().__init__()
+        from monai.networks.nets import UNet  # MONAI's network zoo: only the architecture asked for
+
+        self.context = int(arch.get("context", 0))
+        self.net = UNet(spatial_dims=2, in_channels=int(arch.get("in_channels", 1)) * (2 * self.context + 1),
+                        out_channels=int(arch["out_channels"]), channels=tuple(arch["channels"]),
+                        strides=tuple(arch["strides"]), num_res_units=int(arch.get("num_res_units", 0)),
+                        norm=arch.get("norm", "instance"), dropout=float(arch.get("dropout", 0.0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, nx, ny, nz = x.shape
+        if self.context:
+            k = self.context
+            xp = torch.cat([x[..., :1]] * k + [x] + [x[..., -1:]] * k, dim=-1)  # replicate the end slices
+            x = torch.cat([xp[..., i:i + nz] for i in range(2 * k + 1)], dim=1)
+            c = x.shape[1]
+        s = x.permute(0, 4, 1, 2, 3).reshape(b * nz, c, nx, ny)
+        y = self.net(s)
+        return y.reshape(b, nz, y.shape[1], nx, ny).permute(0, 2, 3, 4, 1)
+
+
 def count_parameters(net: nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
 
-def save_checkpoint(net: nn.Module, arch: dict, path: Path) -> Path:
-    """Save weights + architecture atomically (temp file, fsync, rename)."""
+def save_checkpoint(net: nn.Module, arch: dict, path: Path, optimizer: Optional[dict] = None) -> Path:
+    """Save weights + architecture (+ the optimiser's state, so the next round continues it) atomically."""
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    ck = {"architecture": arch, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    if optimizer is not None:
+        ck["optimizer"] = optimizer
     with open(tmp, "wb") as fh:
-        torch.save({"architecture": arch, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, fh)
+        torch.save(ck, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
 
 
-def load_checkpoint(path: Path, onnx_path: Optional[Path] = None) -> tuple:
-    """(module, architecture) from a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(path: Path, onnx_path: Optional[Path] = None, with_optimizer: bool = False) -> tuple:
+    """(module, architecture) from a checkpoint written by :func:`save_checkpoint`; with ``with_optimizer``
+    (module, architecture, optimiser state or None)."""
     try:
         ck = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
@@ -89,7 +124,7 @@ def load_checkpoint(path: Path, onnx_path: Optional[Path] = None) -> tuple:
     arch = ck["architecture"]
     net = build_network(arch, onnx_path=onnx_path)
     net.load_state_dict(ck["state_dict"])
-    return net, arch
+    return (net, arch, ck.get("optimizer")) if with_optimizer else (net, arch)
 
 
 # --------------------------------------------------------------------------- onnx2torch import

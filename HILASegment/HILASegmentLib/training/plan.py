@@ -11,8 +11,11 @@ extent of their labelled structures, and the plan is:
   surroundings on each side, on that spacing, rounded up to what the network's strides divide, no
   larger than the median image, and scaled down to the modality's voxel budget when bigger.
 
-Explicit ``--spacing``/``--patch`` override the plan (tests, benchmarks); the card records the
-fingerprint, the plan and what overrode it.
+The *configuration* (nnU-Net plans ``2d``, ``3d_lowres`` and ``3d_fullres`` and keeps what wins) is
+chosen from the device: :data:`CONFIGURATIONS` says what each one is, :data:`DEVICE_CHOICE` which one
+each device gets and why — the measurement behind it is ``scripts/bench_recipe.py`` (README, "Learning on
+a CPU"). Explicit ``--config``/``--spacing``/``--patch`` override the plan (tests, benchmarks); the card
+records the fingerprint, the configuration, the plan and what overrode it.
 """
 from __future__ import annotations
 
@@ -22,13 +25,33 @@ from typing import List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import HilaError
 from ..labelio import read_label
 
 #: surroundings (mm) a patch shows on each side of the labelled structures
 CONTEXT_MM = 24.0
-#: the finest spacing (mm) a fresh model of each modality uses, and the voxel budget of one patch
+#: the finest spacing (mm) a fresh model of each modality uses, and the voxel budget of one patch (3d_fullres)
 FLOOR_SPACING = {"CT": [3.0, 3.0, 3.0], "MR": [1.0, 1.0, 3.0]}
 PATCH_BUDGET = {"CT": 64 * 64 * 48, "MR": 96 * 96 * 24}
+
+#: What each configuration is: the finest grid (mm), the voxel budget of one patch, patches per step, the
+#: network family (``UNet`` 3-D; ``SliceUNet`` a 2-D U-Net per axial slice, ``context`` neighbours as channels)
+#: and, for the slice nets, the slices one patch holds.
+CONFIGURATIONS = {
+    "3d_fullres": {"floor": FLOOR_SPACING, "budget": PATCH_BUDGET, "batch": 2, "arch": "UNet"},
+    "3d_lowres": {"floor": {"CT": [3.0, 3.0, 3.0], "MR": [2.0, 2.0, 3.0]},
+                  "budget": {"CT": 64 * 64 * 48, "MR": 64 * 64 * 24}, "batch": 4, "arch": "UNet"},
+    "2d": {"floor": FLOOR_SPACING, "budget": {"CT": 128 * 128 * 8, "MR": 128 * 128 * 8}, "batch": 2,
+           "arch": "SliceUNet", "context": 0, "slices": 8},
+    "2.5d": {"floor": FLOOR_SPACING, "budget": {"CT": 128 * 128 * 8, "MR": 128 * 128 * 8}, "batch": 2,
+             "arch": "SliceUNet", "context": 1, "slices": 8},
+}
+#: Which configuration each device trains, and why (scripts/bench_recipe.py, 2 CPU cores: the coarse 3-D grid
+#: reached the highest test Dice per CPU second at every training-set size measured; a GPU affords the full grid).
+DEVICE_CHOICE = {
+    "cpu": ("3d_lowres", "cpu: 3d_lowres had the best test Dice per CPU second in scripts/bench_recipe.py"),
+    "cuda": ("3d_fullres", "cuda: a GPU affords the full-resolution grid (nnU-Net's default)"),
+}
 
 
 def ct_window() -> dict:
@@ -64,18 +87,34 @@ def fingerprint(items: Sequence, n_labels: int = 255) -> dict:
     return {"cases": len(spacings),
             "median_spacing": np.median(spacings, 0).round(3).tolist() if spacings else None,
             "median_image_mm": np.median(sizes_mm, 0).round(1).tolist() if sizes_mm else None,
+            "image_sizes_mm": [s.round(1).tolist() for s in sizes_mm],
             "label_extent_mm": extents}
 
 
-def plan(modality: str, fp: dict, divisor: int, spacing: Optional[Sequence[float]] = None,
-         patch: Optional[Sequence[int]] = None) -> dict:
-    """``{"spacing", "patch_size", "normalization", "fingerprint", "rule"}`` for a fresh model.
+def choose_configuration(device: str, config: Optional[str] = None) -> tuple:
+    """(configuration name, why): ``config`` when given (``auto``/None: by device, :data:`DEVICE_CHOICE`)."""
+    if config and config != "auto":
+        if config not in CONFIGURATIONS:
+            raise HilaError(f"--config {config!r}: use auto or one of {', '.join(CONFIGURATIONS)}")
+        return config, f"asked for (--config {config})"
+    return DEVICE_CHOICE["cuda" if str(device).startswith("cuda") else "cpu"]
 
-    ``spacing``/``patch``: explicit overrides (kept as given; ``rule`` says which were overridden).
+
+def plan(modality: str, fp: dict, divisor: int, spacing: Optional[Sequence[float]] = None,
+         patch: Optional[Sequence[int]] = None, configuration: str = "3d_fullres", why: str = "") -> dict:
+    """``{"configuration", "why", "spacing", "patch_size", "batch_size", "normalization", "fingerprint", "rule"}``
+    for a fresh model.
+
+    ``spacing``/``patch``: explicit overrides (kept as given; ``rule`` says which were overridden). A patch the
+    data cannot support (larger than every image; several slices for a 2-D net on one-slice images) is refused.
     """
-    floor = np.array(FLOOR_SPACING.get(modality, FLOOR_SPACING["MR"]), float)
+    conf = CONFIGURATIONS[configuration]
+    mod = modality if modality in conf["floor"] else "MR"
+    floor = np.array(conf["floor"][mod], float)
     med = np.array(fp.get("median_spacing") or floor, float)
     sp = np.array(spacing, float) if spacing else np.maximum(floor, med)
+    budget = int(conf["budget"][mod])
+    slice_net = conf["arch"] == "SliceUNet"
     if patch:
         ps: List[int] = [int(p) for p in patch]
     else:
@@ -83,17 +122,48 @@ def plan(modality: str, fp: dict, divisor: int, spacing: Optional[Sequence[float
         want = (ext + 2 * CONTEXT_MM) / sp if ext is not None else np.full(3, 48.0)
         if fp.get("median_image_mm"):
             want = np.minimum(want, np.array(fp["median_image_mm"], float) / sp)
-        budget = PATCH_BUDGET.get(modality, PATCH_BUDGET["MR"])
-        shrink = min(1.0, (budget / float(np.prod(np.maximum(want, divisor)))) ** (1 / 3))
-        ps = [max(divisor, int(math.ceil(w * shrink / divisor)) * divisor) for w in want]
-        while int(np.prod(ps)) > budget and max(ps) > divisor:  # rounding up may overshoot: trim the largest axis
-            i = int(np.argmax(ps))
+        if slice_net:  # a 2-D net sees one slice at a time: a patch is a stack of whole-structure slices
+            want[2] = conf["slices"]
+            shrink = min(1.0, (budget / float(np.prod(np.maximum(want, divisor)))) ** (1 / 2))
+            ps = [max(divisor, int(math.ceil(w * shrink / divisor)) * divisor) for w in want[:2]] + [int(want[2])]
+        else:
+            shrink = min(1.0, (budget / float(np.prod(np.maximum(want, divisor)))) ** (1 / 3))
+            ps = [max(divisor, int(math.ceil(w * shrink / divisor)) * divisor) for w in want]
+        while int(np.prod(ps)) > budget and max(ps[:2 if slice_net else 3]) > divisor:  # rounding up may overshoot
+            i = int(np.argmax(ps[:2 if slice_net else 3]))
             ps[i] -= divisor
-    rule = ("spacing: coarser of median spacing and the modality floor " + str(floor.tolist())
-            + "; patch: label extent + %g mm context each side, within the median image and %d voxels"
-            % (CONTEXT_MM, PATCH_BUDGET.get(modality, PATCH_BUDGET["MR"])))
+    _check_supported(configuration, fp, sp, ps, slice_net, explicit_patch=bool(patch))
+    rule = ("spacing: coarser of median spacing and the %s floor %s; patch: label extent + %g mm context each "
+            "side, within the median image and %d voxels" % (configuration, floor.tolist(), CONTEXT_MM, budget))
     overridden = [k for k, v in (("spacing", spacing), ("patch_size", patch)) if v]
     if overridden:
         rule += "; overridden: " + ", ".join(overridden)
-    return {"spacing": [round(float(s), 4) for s in sp], "patch_size": ps, "normalization": normalization(modality),
+    return {"configuration": configuration, "why": why, "spacing": [round(float(s), 4) for s in sp],
+            "patch_size": ps, "batch_size": int(conf["batch"]), "normalization": normalization(modality),
             "fingerprint": fp, "rule": rule}
+
+
+def architecture(configuration: str, base_arch: dict) -> dict:
+    """The network dict of a fresh model of ``configuration`` (``base_arch``: the modality's 3-D U-Net)."""
+    conf = CONFIGURATIONS[configuration]
+    arch = dict(base_arch)
+    if conf["arch"] == "SliceUNet":
+        arch.update(name="SliceUNet", spatial_dims=2, context=int(conf["context"]))
+    return arch
+
+
+def _check_supported(configuration: str, fp: dict, sp: np.ndarray, ps: Sequence[int], slice_net: bool,
+                     explicit_patch: bool) -> None:
+    """Refuse a recipe the corrections cannot support, before any run row is written: a 3-D network on images
+    of one slice, or a patch given larger than every image (planned patches are fitted to the images)."""
+    sizes = fp.get("image_sizes_mm") or ([fp["median_image_mm"]] if fp.get("median_image_mm") else [])
+    if not sizes:
+        return
+    vox = np.array(sizes, float) / sp  # per case, on the model grid
+    if not slice_net and np.all(vox[:, 2] < 1.5):
+        raise HilaError(f"configuration {configuration}: every image is a single slice on the {sp.tolist()} mm grid; "
+                        "a 3-D network needs volumes (use --config 2d)")
+    big = [i for i in range(2 if slice_net else 3) if np.all(vox[:, i] < ps[i])] if explicit_patch else []
+    if big:
+        raise HilaError(f"--patch {list(ps)}: larger than every image along {'/'.join('xyz'[i] for i in big)} "
+                        f"(the largest is {np.max(vox, 0).round(1).tolist()} voxels at {sp.tolist()} mm)")

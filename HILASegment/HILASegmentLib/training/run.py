@@ -30,9 +30,10 @@ from . import dataset as ds
 from . import ddp, gate, suspects
 from . import export as ex
 from . import network as nw
-from .card import candidate_card, initial_network
+from .card import candidate_card, initial_network, recipe_batch
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
+from .plan import choose_configuration as plan_config
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
@@ -46,7 +47,10 @@ class TrainOptions:
     device: str = "cpu"
     promote: str = "auto"
     init: str = "auto"                 # auto (current checkpoint, else scratch) | scratch | imported (onnx2torch)
+    config: str = "auto"               # a fresh model's configuration (plan.CONFIGURATIONS); auto: by device
     steps: Optional[int] = None        # cap on optimisation steps (tests, benchmarks)
+    train_minutes: Optional[float] = None  # the optimisation's own budget (hila simulate): preparing, export and
+                                           # validation come on top instead of out of it, as they do of --max-minutes
     patch_size: Optional[List[int]] = None
     spacing: Optional[List[float]] = None
     channels: Optional[List[int]] = None
@@ -71,6 +75,7 @@ class TrainOptions:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
         if self.init not in ("auto", "scratch", "imported"):
             raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
+        plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
 
 
@@ -147,19 +152,25 @@ def _infer_cost_s(onnx_path: Optional[Path]) -> float:
     return 4.0 + 0.5 * os.path.getsize(onnx_path) / 1e6
 
 
-def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] = None) -> dict:
-    """Run one training round on ``workspace`` (path or Workspace); returns the result dict the CLI prints."""
+def train_workspace(workspace, opts: TrainOptions, progress: Optional[Callable] = None,
+                    stop: Optional[StopFlag] = None) -> dict:
+    """Run one training round on ``workspace`` (path or Workspace); returns the result dict the CLI prints.
+
+    ``stop``: the flag SIGTERM/SIGINT set (a caller that outlives the run, e.g. ``--watch``, passes its own to
+    learn that a signal arrived, even one held back during registration)."""
     rule = opts.check()
     device = check_device(opts.device)
     group = ddp.Group(device) if ddp.under_torchrun() else None  # hila train --nproc N (see .ddp)
     try:
-        return _train_workspace(workspace, opts, progress, rule, group.device if group else device, group)
+        return _train_workspace(workspace, opts, progress, rule, group.device if group else device, group,
+                                stop or StopFlag())
     finally:
         if group is not None:
             group.close()
 
 
-def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, device: str, group) -> dict:
+def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, device: str, group,
+                     flag: StopFlag) -> dict:
     worker = group is not None and not group.is_main
     if worker:
         progress = None  # rank 0 speaks for the run
@@ -173,7 +184,6 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
     start = initial_network(ws, current, opts, snapshot)
     train_items, gate_items, split_why = gate.split_for_gate(snapshot, current.card if current else None, rule,
                                                             seed=opts.seed)
-    flag = StopFlag()
     with stop_on_signals(flag):  # handlers first, then the ledger row: a signal never leaves a 'running' row
         rnd = _Round(ws, opts, rule, device, current, start, flag, progress)
         rnd.group = group
@@ -234,7 +244,8 @@ class _Round:
                 group.barrier()  # rank 0 fills the cache first; the others read it
             train = ds.cases_from_snapshot(train_items, prep, len(self.labels), cache_dir=cache,
                                            quality_weights=self.opts.quality_weights, suspects=self.ws.suspect_keys(),
-                                           bands=ds.IGNORE_BAND if self.opts.ignore_band else None)
+                                           bands=ds.IGNORE_BAND if self.opts.ignore_band else None,
+                                           seen=self._parent_seen())
             if group is not None and group.is_main:
                 group.barrier()
             self._tick("prepare_s", t)
@@ -251,7 +262,7 @@ class _Round:
                   loss=res.final_loss, val_dice=None, seconds_left=None)
             version = self.ws.next_model_version()
             raw_onnx = ex.export_onnx(self.start.net, tmp / "raw.onnx", patch)
-            ck = nw.save_checkpoint(self.start.net, self.start.arch, tmp / f"model_v{version}.pt")
+            ck = nw.save_checkpoint(self.start.net, self.start.arch, tmp / f"model_v{version}.pt", optimizer=res.optimizer)
             par = ex.parity(self.start.net, raw_onnx, _validation_patch(train[0], patch))
             card = candidate_card(self.start, self.ws.settings, version, self.current, train_items, cfg, res, par,
                                   self.opts, self.device)
@@ -267,25 +278,36 @@ class _Round:
                 "epochs": res.epochs, "final_loss": res.final_loss, "stopped": res.stopped, "timings": self.timings,
                 "training_set": card.training_set, **verdict}
 
+    def _parent_seen(self) -> Optional[set]:
+        """The corrections the round's starting weights were trained on (None for a fresh network)."""
+        if not self.start.init.startswith("finetune") or self.current is None:
+            return None
+        return {(str(t.get("case_id")), int(t.get("correction_version", 0)))
+                for t in (self.current.card or {}).get("training_set") or []}
+
     def _loop_config(self, patch: List[int], n_scored: int):
         """The loop's budget: what is left of --max-minutes after startup, minus export/validation/registration."""
         opts, budget_s = self.opts, None if self.opts.max_minutes is None else float(self.opts.max_minutes) * 60.0
         reserve = RESERVE_BASE_S + n_scored * (6.0 + _infer_cost_s(self.current.path if self.current else None))
         train_s = 1e9 if budget_s is None else budget_s - (time.monotonic() - self.t_start) - reserve
-        if train_s < 5:
+        if opts.train_minutes is not None:
+            train_s = min(train_s, float(opts.train_minutes) * 60.0)
+        elif train_s < 5:
             raise HilaError(f"--max-minutes {opts.max_minutes}: too short; this round needs about "
                             f"{math.ceil((time.monotonic() - self.t_start + reserve + 30) / 60)} minutes")
         fine = self.start.init.startswith(("finetune", "imported"))
+        batch = int(opts.batch_size or (recipe_batch(self.start) if self.start.own else 2))
         return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
                           max_steps=int(opts.steps) if opts.steps else 10**9,
-                          lr=float(opts.lr or (1e-3 if fine else 3e-3)), batch_size=int(opts.batch_size or 2),
-                          samples_per_case=min(2, int(opts.batch_size or 2)), freeze=opts.freeze)
+                          lr=float(opts.lr or (1e-3 if fine else 3e-3)), batch_size=batch,
+                          samples_per_case=min(2, batch), freeze=opts.freeze)
 
     def _train(self, train: List[dict], cfg):
         t = time.monotonic()
         res = train_loop(self.start.net, train, len(self.labels) + 1, cfg,
                          progress=lambda f, m, **rec: _emit(self.progress, 0.02 + 0.83 * f, m, **rec),
-                         should_stop=self.flag, sigmoid_single=self.start.sigmoid, group=self.group)
+                         should_stop=self.flag, sigmoid_single=self.start.sigmoid, group=self.group,
+                         optimizer_state=self.start.optimizer)
         self.log.append(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stopped})")
         self._tick("train_s", t)
         return res
