@@ -8,6 +8,7 @@ radiologists and scripts both need to know *which* file is wrong, not where in I
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -128,6 +129,21 @@ def quiet_itk() -> Iterator[_Captured]:
                     sink.close()
 
 
+def no_space(target: Path, exc: BaseException) -> Optional[HilaError]:
+    """The one line for a write that failed because the disk is full (ENOSPC/EDQUOT, or a native writer's error with
+    under 1 MB left beside ``target``), else None: ITK names an unrelated cause (e.g. no ImageIO reader)."""
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        free = shutil.disk_usage(target.parent if str(target.parent) else ".").free
+    except OSError:
+        free = None
+    if not full and (free is None or free >= (1 << 20)):
+        return None
+    left = f" ({free // 1024} kB free)" if free is not None else ""
+    return HilaError(f"{target}: cannot write, no space left on its disk{left}; nothing was written; free some space "
+                     "or write elsewhere")
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path with ``path``'s own file name; on success move it (and siblings) into place.
@@ -155,6 +171,11 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         for f in produced:
             os.replace(f, parent / f.name)
         fsync_dir(parent)
+    except OSError as exc:
+        full = no_space(target, exc) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        if full is not None:
+            raise full from None
+        raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -430,7 +451,7 @@ def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
                 written.SetFileName(str(tmp))
                 written.ReadImageInformation()
             except RuntimeError as exc:
-                raise HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
+                raise no_space(tmp, exc) or HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
         if img.GetDimension() == 3:
             moved = gridcheck.corner_shift_mm(img, written)
             if moved > gridcheck.CORNER_TOLERANCE_MM:

@@ -88,6 +88,10 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
             raise HilaError(f"{root}: exists and is not a folder")
         if (root / LEDGER_NAME).exists():
             raise HilaError(f"{root}: is already a HILASegment workspace")
+        outer = enclosing_workspace(root)
+        if outer is not None:
+            raise HilaError(f"{root}: is inside the workspace {outer}, whose `check --repair` would take its files for "
+                            f"strays; make the new workspace outside {outer}")
         if root.is_dir() and any(root.iterdir()):
             if not _interrupted_init(root):
                 raise HilaError(f"{root}: folder is not empty and not a workspace; give a new or empty folder")
@@ -180,6 +184,19 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
 
     def __enter__(self) -> "Workspace":
         return self
+
+
+def enclosing_workspace(folder: PathLike) -> Optional[Path]:
+    """The workspace that ``folder`` would lie inside (at any depth: its store, lost+found, anywhere), or None;
+    symbolic links are seen through."""
+    try:
+        resolved = Path(folder).resolve()
+    except (OSError, RuntimeError):
+        resolved = Path(os.path.abspath(folder))
+    for parent in resolved.parents:
+        if (parent / LEDGER_NAME).is_file():
+            return parent
+    return None
 
 
 def _interrupted_init(root: Path) -> bool:

@@ -15,7 +15,7 @@ from ..errors import HilaError
 from ..imageio import read_image
 from ..normalize import guess_modality
 from ..progress import ProgressFn, null_progress
-from .files import Staged
+from .files import Staged, read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, image_writer, now
 
@@ -78,13 +78,8 @@ class Cases(Room):
     def case_image(self, case_id: str) -> sitk.Image:
         """The case's stored image; one line when the store file is gone or damaged (changed outside hila)."""
         case = self.case(case_id)
-        if not Path(case.path).is_file():
-            raise HilaError(f"case {case.case_id}: its stored image {case.path} is missing (removed outside hila); "
-                            "`hila check` lists what else is; importing the same volume again restores it")
-        try:
-            return read_image(case.path)
-        except HilaError as exc:
-            raise HilaError(f"case {case.case_id}: its stored image is damaged: {exc}") from None
+        return read_stored(self.root, case.path, f"case {case.case_id}", "image",
+                           "importing the same volume again restores it")
 
     def check_modality(self, img: sitk.Image, where: str, override: bool = False) -> Optional[str]:
         """Refuse an image that looks like another modality than the workspace's (an MR volume in a CT
