@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import HilaError
 from ..imageio import read_image
-from ..normalize import guess_modality
+from ..normalize import guess_modality, offset_ct_reason
 from ..progress import ProgressFn, null_progress
 from .files import Staged, read_stored
 from .records import Case, dumps
@@ -90,6 +90,10 @@ class Cases(Room):
             return None  # a blank volume says nothing about its modality
         guess = guess_modality(arr, meta)
         want = self.settings.modality
+        offset = None if meta is not None or override else offset_ct_reason(arr)
+        if offset:
+            raise HilaError(f"{where}: {offset}" + ("; if it really is MR, give --modality-override" if want == "MR"
+                                                   else "; or give --modality-override to store it as it is"))
         if guess is not None and guess != want and not override:
             why = "its DICOM Modality tag" if meta else (
                 "air below -200 HU" if guess == "CT" else "no voxel below -1, i.e. no air in Hounsfield units")
