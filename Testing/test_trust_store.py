@@ -214,6 +214,7 @@ def test_w09_a_ledger_row_naming_a_file_outside_is_reported_and_never_read(ws, t
     assert secret.exists()
     refused(capsys, ws, "export", ws, tmp_path / "out", "--all", expect="outside the workspace")
     assert not (tmp_path / "out").exists()
+    refused(capsys, ws, "train", ws, "--steps", "1", expect="outside the workspace")  # training reads the snapshot
 
 
 # -- W19: another user's umask in a shared workspace ----------------------------------------------------------------
