@@ -187,6 +187,34 @@ def test_w06_a_symlinked_store_folder_is_reported_and_never_written_through(ws, 
     assert (ws / "corrections" / "c0002").is_symlink() and state(other) == before_other
 
 
+@pytest.mark.parametrize("linked", ["cases", "tmp", "predictions/c0002"])
+def test_w06_any_linked_store_folder_is_reported_and_refuses_writes(ws, tmp_path, capsys, linked):
+    elsewhere = tmp_path / "elsewhere"
+    if (ws / linked).exists():
+        shutil.move(str(ws / linked), str(elsewhere))
+    else:
+        elsewhere.mkdir()
+    os.symlink(elsewhere, ws / linked)
+    rc, out, err = run(capsys, "check", ws, "--repair")
+    assert rc == 1 and f"{linked} is a symbolic link" in out and (ws / linked).is_symlink(), out + err
+    moved = tmp_path / "moved.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(CT)) + 7, str(moved))
+    before = sorted(p.name for p in elsewhere.rglob("*"))
+    what = ["infer", ws, "c0002"] if linked.startswith("predictions") else ["import", ws, moved]
+    refused(capsys, ws, *what, expect="symbolic link")
+    assert sorted(p.name for p in elsewhere.rglob("*")) == before
+
+
+def test_w06_a_ledger_that_is_a_link_is_refused(ws, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(ws, other)
+    (ws / "hila.sqlite").unlink()
+    os.symlink(other / "hila.sqlite", ws / "hila.sqlite")
+    for command in ("status", "check"):
+        rc, out, err = run(capsys, command, ws)
+        assert rc == 2 and "a symbolic link" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_w07_a_store_file_replaced_by_a_link_outside_is_reported_as_outside(ws, tmp_path, capsys):
     (stored,) = list((ws / "cases").glob("c0001-*"))
     outside = tmp_path / "elsewhere.nrrd"
@@ -261,10 +289,11 @@ def test_w21_export_onto_a_full_disk_says_the_disk_is_full(ws, tmp_path, capsys,
         disk = tmp_path / "disk"
         disk.mkdir()
         body = (f"mount -t tmpfs -o size=64k tmpfs '{disk}' && dd if=/dev/zero of='{disk}/fill' bs=4k 2>/dev/null; "
-                + _sh("export", ws, disk / "exp") + "; ls -A '" + str(disk) + "'")
+                + _sh("export", ws, disk / "exp") + "; " + _sh("convert", LABELS, disk / "x.seg.nrrd") + "; "
+                + _sh("convert", CT, disk / "x.nii.gz") + "; ls -A '" + str(disk) + "'")
         p = proc("unshare", "-m", "sh", "-c", body)
         out = p.stdout + p.stderr
-        assert "rc=2" in out and "no space left" in out.lower() and "Traceback" not in out, out
+        assert _rcs(out) == [2, 2, 2] and out.lower().count("no space left") == 3 and "Traceback" not in out, out
         assert p.stdout.strip().splitlines()[-1] == "fill", out
         return
     from HILASegmentLib import imageio
@@ -287,18 +316,20 @@ def test_r12ab_init_inside_another_workspace_is_refused(ws, capsys, inner):
     assert not (ws / inner).exists()
 
 
-def test_r12c_check_repair_never_dismantles_a_nested_workspace(ws, tmp_path, capsys):
+@pytest.mark.parametrize("where", ["corrections/inner", "cases/deep/inner", "tmp/inner"])
+def test_r12c_check_repair_never_dismantles_a_nested_workspace(ws, tmp_path, capsys, where):
     inner = tmp_path / "inner"
     assert run(capsys, "init", inner, "--modality", "CT", "--labels", "a")[0] == 0
     assert run(capsys, "import", inner, CT)[0] == 0
-    shutil.move(str(inner), str(ws / "corrections" / "inner"))
+    (ws / where).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(inner), str(ws / where))
     rc, out, err = run(capsys, "check", ws)
-    assert rc == 1 and "corrections/inner is another workspace nested inside" in out, out + err
-    before = state(ws / "corrections" / "inner")
+    assert rc == 1 and f"{where} is another workspace nested inside" in out, out + err
+    before = state(ws / where)
     rc, out, err = run(capsys, "check", ws, "--repair")
-    assert state(ws / "corrections" / "inner") == before and "inner" not in "".join(
+    assert state(ws / where) == before and "inner" not in "".join(
         p.as_posix() for p in (ws / "lost+found").rglob("*")), out
-    rc, out, err = run(capsys, "status", ws / "corrections" / "inner")
+    rc, out, err = run(capsys, "status", ws / where)
     assert rc == 0, err
 
 

@@ -178,6 +178,9 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         except HilaError as exc:
             raise HilaError(f"not a HILASegment workspace: {exc}") from None
         ledger_path = root / LEDGER_NAME
+        if ledger_path.is_symlink():  # another workspace's ledger: its rows would name files this folder lacks
+            raise HilaError(f"{ledger_path}: a symbolic link (to {os.readlink(ledger_path)}); a workspace's ledger is "
+                            "its own file, never a link; copy the workspace instead")
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")
         return cls(root, Ledger(ledger_path, readonly=readonly))

@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Set
 
+from ..errors import HilaError
 from .files import PLACED_NAME, stored_file_problem
 from .records import CheckReport, dumps
 from .runs import pid_alive
@@ -119,9 +120,9 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
                 try:  # report a move only once it has happened: the file gone from its place, present in the new one
                     target = ws.files.move_to_lost_found(root / rel, stamp)
                     moved = target.exists() and not (root / rel).exists()
-                except OSError as exc:
+                except (OSError, HilaError) as exc:  # HilaError: lost+found/ is a link, never written through
                     moved, target = False, None
-                    rep.warnings.append(f"--repair: could not move {rel} ({exc.strerror})")
+                    rep.warnings.append(f"--repair: could not move {rel} ({getattr(exc, 'strerror', None) or exc})")
                 if moved:
                     rep.repaired.append(f"{rel} -> {target.relative_to(root).as_posix()}")
                 else:

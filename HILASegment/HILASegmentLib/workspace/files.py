@@ -112,6 +112,14 @@ def read_stored(root: Path, path: Union[str, Path], what: str, noun: str = "file
         raise HilaError(f"{what}: its stored {noun} is damaged: {exc}") from None
 
 
+def _nested_in(folder: Path) -> List[Path]:
+    """The entries of ``folder`` that are workspaces (they hold a ledger)."""
+    try:
+        return [e for e in sorted(folder.iterdir()) if not e.is_symlink() and (e / LEDGER_NAME).is_file()]
+    except OSError:
+        return []
+
+
 def _mkdirs(root: Path, rel_dir: Path) -> Path:
     """Create ``root/rel_dir`` step by step, fsync'ing each parent so the new folders survive a crash; refuse to go
     through a symbolic link (a linked store folder would put this workspace's file in another folder)."""
@@ -258,7 +266,10 @@ class FileStore:
             if os.path.islink(base):
                 out.links.append(top)
                 continue
-            if top == TMP_DIR or not base.is_dir():
+            if top == TMP_DIR:
+                out.nested += [e.relative_to(self.root).as_posix() for e in _nested_in(base)]
+                continue
+            if not base.is_dir():
                 continue
 
             def unreadable(exc: OSError) -> None:
@@ -287,8 +298,10 @@ class FileStore:
         if os.path.islink(base) or not base.is_dir():  # (a linked tmp/ is reported by walk, never entered)
             return []
         out = []
+        nested = set(_nested_in(base))
         for entry in sorted(base.iterdir()):
-            out.append((entry, self._is_stale(entry)))
+            if entry not in nested:  # (a workspace put there by hand is reported by walk, never moved)
+                out.append((entry, self._is_stale(entry)))
         return out
 
     def _is_stale(self, entry: Path) -> bool:
