@@ -78,6 +78,14 @@ def test_n15_n16_an_nhdr_declaring_a_huge_volume_is_refused_from_its_header(tmp_
     assert sizes.replace(" ", "x") in line and "HILA_MAX_VOXELS" in line
 
 
+def test_n15_a_seg_nrrd_declaring_a_huge_volume_is_refused_from_its_header(tmp_path, capsys):
+    (tmp_path / "bomb.seg.nrrd").write_bytes(
+        b"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 4096 4096 4096\nencoding: gzip\n"
+        b"space: left-posterior-superior\nSegment0_ID:=s1\nSegment0_Name:=prostate\nSegment0_LabelValue:=1\n\n"
+        + gzip.compress(b"\0" * (1 << 20)))
+    refused(capsys, "convert", tmp_path / "bomb.seg.nrrd", tmp_path / "o.nii.gz", expect="4096x4096x4096 voxels")
+
+
 def _nifti_bomb(path: Path, n: int) -> None:
     """A .nii.gz whose header declares n^3 int16 voxels, followed by a few MB of zeros and then bytes that are not
     gzip: reading past the header (decompressing to count) would stop on the corrupt data instead."""

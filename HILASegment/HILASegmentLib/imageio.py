@@ -560,7 +560,7 @@ def _header_data_files(path: Path) -> List[str]:
     return []
 
 
-def _check_data_files(path: Path) -> None:
+def check_data_files(path: Path) -> None:
     """A header that names its voxel files may name only files in its own folder (or below): a header naming
     ``../../etc/hostname`` or another patient's raw data would make hila read, store and export any file."""
     if volume_suffix(path) not in (".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -587,7 +587,7 @@ def _read_file(path: Path) -> sitk.Image:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
-            _check_data_files(path)
+            check_data_files(path)
             reader.ReadImageInformation()
             check_voxel_budget(path, reader.GetSize(), _pixel_bytes(reader.GetPixelID()) * reader.GetNumberOfComponents())
             if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:

@@ -89,6 +89,8 @@ def stored_file_problem(root: Path, rel: str, sha256: Optional[str] = None) -> O
     try:
         if not path.is_file():
             return "is missing"
+        if not os.access(path, os.R_OK):
+            return "cannot be read by this user (permission denied; its owner's umask kept it private)"
         actual = sha256_file(path) if sha256 is not None else None
     except OSError as exc:
         return f"cannot be read by this user ({exc.strerror})"
@@ -109,7 +111,8 @@ def read_stored(root: Path, path: Union[str, Path], what: str, noun: str = "file
     try:
         return read_image(Path(root) / rel)
     except HilaError as exc:
-        raise HilaError(f"{what}: its stored {noun} is damaged: {exc}") from None
+        raise HilaError(f"{what}: its stored {noun} is damaged ({exc}); {hint or 'nothing was changed'}; "
+                        f"`hila check {root}` lists what else is") from None
 
 
 def _nested_in(folder: Path) -> List[Path]:
@@ -299,7 +302,11 @@ class FileStore:
             return []
         out = []
         nested = set(_nested_in(base))
-        for entry in sorted(base.iterdir()):
+        try:
+            entries = sorted(base.iterdir())
+        except OSError:  # (another user's private tmp/: nothing of ours to tell stale from live)
+            return []
+        for entry in entries:
             if entry not in nested:  # (a workspace put there by hand is reported by walk, never moved)
                 out.append((entry, self._is_stale(entry)))
         return out
