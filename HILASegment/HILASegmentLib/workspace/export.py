@@ -20,7 +20,7 @@ from .. import segfile
 from ..durable import fsync_dir
 from ..errors import HilaError
 from ..gridcheck import shear
-from ..imageio import write_image
+from ..imageio import no_space, write_image
 from ..paths import check_outputs
 from ..progress import ProgressFn, null_progress
 from .files import read_stored
@@ -41,7 +41,13 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        _export_into(ws, work, include_unlabelled, progress)
+        try:
+            _export_into(ws, work, include_unlabelled, progress)
+        except OSError as exc:  # (the manifest, a folder): a full disk is said as such
+            full = no_space(out, exc)
+            if full is not None:
+                raise full from None
+            raise
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(work, out)  # the export appears whole, or not at all
