@@ -8,6 +8,8 @@ radiologists and scripts both need to know *which* file is wrong, not where in I
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import os
 import re
 import shutil
@@ -128,6 +130,21 @@ def quiet_itk() -> Iterator[_Captured]:
                     sink.close()
 
 
+def no_space(target: Path, exc: BaseException) -> Optional[HilaError]:
+    """The one line for a write that failed because the disk is full (ENOSPC/EDQUOT, or a native writer's error with
+    under 1 MB left beside ``target``), else None: ITK names an unrelated cause (e.g. no ImageIO reader)."""
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        free = shutil.disk_usage(target.parent if str(target.parent) else ".").free
+    except OSError:
+        free = None
+    if not full and (free is None or free >= (1 << 20)):
+        return None
+    left = f" ({free // 1024} kB free)" if free is not None else ""
+    return HilaError(f"{target}: cannot write, no space left on its disk{left}; nothing was written; free some space "
+                     "or write elsewhere")
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path with ``path``'s own file name; on success move it (and siblings) into place.
@@ -155,6 +172,11 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         for f in produced:
             os.replace(f, parent / f.name)
         fsync_dir(parent)
+    except OSError as exc:
+        full = no_space(target, exc) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        if full is not None:
+            raise full from None
+        raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -239,6 +261,15 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
     sid = series[0][0]
     with quiet_itk():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder_p), sid)
+        first = sitk.ImageFileReader()
+        first.SetFileName(files[0])
+        try:
+            first.ReadImageInformation()
+        except RuntimeError:
+            pass  # the series reader names the problem
+        else:
+            size = list(first.GetSize()[:2]) + [len(files) * (first.GetSize()[2] if first.GetDimension() > 2 else 1)]
+            check_voxel_budget(folder_p, size, _pixel_bytes(first.GetPixelID()))
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, to check the grid ITK assumes
@@ -253,37 +284,154 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
     return img
 
 
+@dataclasses.dataclass
+class _NiftiHeader:
+    """The fields of a NIfTI-1/-2 header that say how big the volume is, where it lies and what its voxels are."""
+
+    endian: str
+    dims: Tuple[int, ...]
+    datatype: int
+    bitpix: int
+    vox_offset: int
+    pixdim: Tuple[float, ...]
+    qform_code: int
+    sform_code: int
+    quatern: Tuple[float, ...]   # b, c, d, qoffset x, y, z
+    srow: Tuple[float, ...]      # 12 numbers: srow_x, srow_y, srow_z
+
+    def bytes_needed(self) -> int:
+        return max(self.vox_offset, 348) + self.voxels() * max(self.bitpix, 1) // 8
+
+    def voxels(self) -> int:
+        n = 1
+        for d in self.dims[1: max(0, min(7, self.dims[0])) + 1]:
+            n *= max(1, int(d))
+        return n
+
+    def size3(self) -> Tuple[int, int, int]:
+        d = [max(1, int(x)) for x in self.dims[1:4]]
+        return d[0], d[1], d[2]
+
+    def qform(self) -> np.ndarray:
+        """The qform's voxel-to-RAS affine (4x4), as the NIfTI standard defines it (method 2)."""
+        b, c, d, qx, qy, qz = self.quatern
+        a = float(np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d))))
+        r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                      [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                      [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        qfac = -1.0 if self.pixdim[0] < 0 else 1.0
+        m = np.eye(4)
+        m[:3, :3] = r @ np.diag([self.pixdim[1], self.pixdim[2], qfac * self.pixdim[3]])
+        m[:3, 3] = (qx, qy, qz)
+        return m
+
+    def sform(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :] = np.reshape(np.asarray(self.srow, float), (3, 4))
+        return m
+
+
+def _nifti_header(header: bytes) -> Optional[_NiftiHeader]:
+    """The header of a NIfTI-1 or NIfTI-2 file from its first 540 bytes, or None when it is not one."""
+    for endian in "<>":
+        u = lambda fmt, off: struct.unpack_from(endian + fmt, header, off)  # noqa: E731
+        if len(header) >= 348 and u("i", 0)[0] == 348:
+            return _NiftiHeader(endian, u("8h", 40), u("h", 70)[0], u("h", 72)[0], int(u("f", 108)[0]), u("8f", 76),
+                                u("h", 252)[0], u("h", 254)[0], u("6f", 256), u("12f", 280))
+        if len(header) >= 540 and u("i", 0)[0] == 540:
+            return _NiftiHeader(endian, u("8q", 16), u("h", 12)[0], u("h", 14)[0], u("q", 168)[0], u("8d", 104),
+                                u("i", 344)[0], u("i", 348)[0], u("6d", 352), u("12d", 400))
+    return None
+
+
 def _nifti_bytes_needed(header: bytes) -> Optional[int]:
     """Bytes a NIfTI-1/-2 file must hold (vox_offset + voxel data), from its header; None if unknown."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    n = 1
-    for d in dims[1: max(0, min(7, dims[0])) + 1]:
-        n *= max(1, int(d))
-    return max(vox_offset, 348) + n * max(bitpix, 1) // 8
+    h = _nifti_header(header)
+    return None if h is None else h.bytes_needed()
+
+
+def _read_nifti_header(path: Path) -> Optional[_NiftiHeader]:
+    """The header of a .nii or .nii.gz file, read without decompressing more than its first bytes."""
+    with open(path, "rb") as fh:
+        if path.name.lower().endswith(".gz"):
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            head = b""
+            try:
+                while len(head) < 540:
+                    chunk = fh.read(1 << 14)
+                    if not chunk:
+                        break
+                    head += d.decompress(chunk, 540 - len(head))
+                    while d.unconsumed_tail and len(head) < 540:
+                        head += d.decompress(d.unconsumed_tail, 540 - len(head))
+            except zlib.error as exc:
+                raise HilaError(f"{path}: cannot read image, the gzip data is corrupt ({_one_line(exc)})") from None
+        else:
+            head = fh.read(540)
+    return _nifti_header(head)
+
+
+#: How far apart (mm, at the volume's corners) a NIfTI's qform and sform may place it and still be one placement.
+QFORM_SFORM_TOLERANCE_MM = 0.1
+
+
+def _check_nifti_geometry(path: Path, h: _NiftiHeader) -> None:
+    """A NIfTI whose placement is ambiguous is refused: qform and sform that disagree (ITK reads one, nibabel and
+    FSL the other: a label would land centimetres away in another tool), or neither (the orientation is unknown)."""
+    if h.qform_code <= 0 and h.sform_code <= 0:
+        raise HilaError(f"{path}: qform_code and sform_code are both 0, so the file does not say how the volume is "
+                        "oriented in the patient (an Analyze-style header); hila does not guess its orientation; "
+                        "write it with its qform or sform set")
+    if h.qform_code > 0 and h.sform_code > 0:
+        n = [max(1, int(v)) - 1 for v in h.size3()]
+        corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])]).T
+        q, sf = h.qform(), h.sform()
+        apart = float(np.linalg.norm((q @ corners - sf @ corners)[:3], axis=0).max())
+        if not np.isfinite(apart) or apart > QFORM_SFORM_TOLERANCE_MM:
+            raise HilaError(f"{path}: its qform (code {h.qform_code}, origin {_fmt(q[:3, 3], 5)} RAS) and sform "
+                            f"(code {h.sform_code}, origin {_fmt(sf[:3, 3], 5)} RAS) place the volume up to "
+                            f"{apart:.3g} mm apart; tools disagree on which to use (ITK the qform, nibabel and FSL "
+                            "the sform), so hila does not guess; rewrite the file with one placement (qform = sform)")
+
+
+#: NIfTI datatypes that can hold NaN or infinity: float32, float64.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nonfinite_count(buf: bytes, dtype: str) -> int:
+    return int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, dtype=dtype)))) if buf else 0
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint (the missing voxels become 0): check the length here."""
+    """ITK reads a truncated NIfTI without complaint (the missing voxels become 0): check the length here. ITK also
+    reads NaN voxels as 0 (water, in a CT): count them on the way, and refuse a file that has any."""
     name = path.name.lower()
+    h = _read_nifti_header(path)
+    dtype = None if h is None or h.datatype not in _NIFTI_FLOATS else h.endian + _NIFTI_FLOATS[h.datatype]
+    item = np.dtype(dtype).itemsize if dtype else 1
+    start = max(h.vox_offset, 348) if h is not None else 0
+    nonfinite, pos, rest = 0, 0, b""
+
+    def scan(out: bytes) -> None:  # the voxel bytes of ``out`` (the stream from ``pos`` on)
+        nonlocal nonfinite, pos, rest
+        if dtype is not None:
+            data = rest + out[max(0, start - pos):] if pos + len(out) > start else b""
+            whole = len(data) // item * item
+            nonfinite += _nonfinite_count(data[:whole], dtype)
+            rest = data[whole:] if pos + len(out) > start else rest
+        pos += len(out)
+
     if name.endswith(".nii"):
         with open(path, "rb") as fh:
-            needed = _nifti_bytes_needed(fh.read(540))
+            while dtype is not None:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                scan(chunk)
         have = path.stat().st_size
     elif name.endswith(".nii.gz"):
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        have, head = 0, b""
+        have = 0
         try:
             with open(path, "rb") as fh:
                 while True:
@@ -291,24 +439,138 @@ def _check_nifti_complete(path: Path) -> None:
                     if not chunk:
                         break
                     out = d.decompress(chunk)
-                    if len(head) < 540:
-                        head += out[: 540 - len(head)]
+                    scan(out)
                     have += len(out)
                     while d.unused_data and d.eof:  # concatenated gzip members
-                        rest = d.unused_data
+                        rest_in = d.unused_data
                         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                        out = d.decompress(rest)
+                        out = d.decompress(rest_in)
+                        scan(out)
                         have += len(out)
-                have += len(d.flush())
+                out = d.flush()
+                scan(out)
+                have += len(out)
         except zlib.error as exc:
             raise HilaError(f"{path}: cannot read image, the gzip data is corrupt ({_one_line(exc)})") from None
         if not d.eof:
             raise HilaError(f"{path}: cannot read image, the file is truncated (the gzip stream ends early)")
-        needed = _nifti_bytes_needed(head)
     else:
         return
+    needed = h.bytes_needed() if h is not None else None
     if needed is not None and have < needed:
         raise HilaError(f"{path}: cannot read image, the file is truncated ({have} of {needed} bytes)")
+    if nonfinite:
+        _refuse_nonfinite(path, nonfinite, h.voxels() if h is not None else 0)
+
+
+def _refuse_nonfinite(where: PathLike, n: int, total: int) -> None:
+    """NaN or infinite voxels are refused, counted: no model or measurement means anything there, and hila does not
+    guess values for them (ITK would read a NIfTI's NaN as 0, which in a CT is water)."""
+    if total and n >= total:
+        raise HilaError(f"{where}: every voxel ({total}) is NaN or infinite, not a number: there is no image to use")
+    share = f" ({100.0 * n / total:.2g} %)" if total else ""
+    raise HilaError(f"{where}: {n} of {total} voxels{share} are NaN or infinite, not numbers; hila does not guess "
+                    "values for them; fill them (e.g. with the background value) and try again")
+
+
+def check_finite(img: sitk.Image, where: PathLike) -> None:
+    """Refuse an image with NaN or infinite voxels, saying how many (one line; see :func:`_refuse_nonfinite`)."""
+    if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(img)
+        n = int(np.count_nonzero(~np.isfinite(arr)))
+        if n:
+            _refuse_nonfinite(where, n, int(arr.size))
+
+
+# ----------------------------------------------------------------------------------------------
+# what a header may ask for: a voxel budget, and voxel files beside a detached header
+# ----------------------------------------------------------------------------------------------
+
+#: The most voxels hila reads into memory from one volume: 1024^3 (2 GiB as int16, 4 GiB as float32), far above any
+#: clinical CT or MR (512x512x1000 is a quarter of it). ``HILA_MAX_VOXELS`` sets another limit.
+DEFAULT_MAX_VOXELS = 1 << 30
+_MAX_VOXELS_SEEN: dict = {}
+
+
+def max_voxels() -> int:
+    """The voxel budget (``HILA_MAX_VOXELS`` or :data:`DEFAULT_MAX_VOXELS`), validated once per value."""
+    raw = os.environ.get("HILA_MAX_VOXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    if raw not in _MAX_VOXELS_SEEN:
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            value = 0
+        if not 1 <= value <= 10 ** 13:
+            raise HilaError(f"HILA_MAX_VOXELS={raw[:40]!r}: not a whole number of voxels between 1 and 10^13 "
+                            f"(unset it for the default, {DEFAULT_MAX_VOXELS} = 1024^3)")
+        _MAX_VOXELS_SEEN[raw] = value
+    return _MAX_VOXELS_SEEN[raw]
+
+
+def check_voxel_budget(where: PathLike, size: Sequence[int], bytes_per_voxel: int) -> None:
+    """Refuse, from a header and before anything is decompressed or allocated, a volume over the voxel budget."""
+    n = 1
+    for v in size:
+        n *= max(1, int(v))
+    limit = max_voxels()
+    if n > limit:
+        dims = "x".join(str(int(v)) for v in size)
+        raise HilaError(f"{where}: its header declares {dims} voxels ({n:.3g}, {n * bytes_per_voxel / 2**30:.3g} GiB "
+                        f"in memory), over hila's limit of {limit:.3g} voxels (HILA_MAX_VOXELS; default 1024^3); "
+                        "nothing was read")
+
+
+def _pixel_bytes(pixel_id: int) -> int:
+    try:
+        return sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).itemsize
+    except RuntimeError:  # pragma: no cover - a vector type: counted per component by the caller
+        return 8
+
+
+_DATA_FILE = re.compile(r"^(?:data ?file|ElementDataFile)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
+
+
+def _header_data_files(path: Path) -> List[str]:
+    """The voxel files an NRRD (.nhdr, .nrrd) or MetaImage (.mhd, .mha) header names: one name, a LIST (the names
+    that follow), or a printf pattern with its first and last numbers; [] when the voxels are in the file itself."""
+    with open(path, "rb") as fh:
+        text = fh.read(1 << 16).decode("latin-1")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip() and volume_suffix(path) in (".nrrd", ".nhdr"):
+            break  # the end of an NRRD header
+        m = _DATA_FILE.match(line.rstrip("\r"))
+        if not m:
+            continue
+        value = m.group(1)
+        words = value.split()
+        if not words or words[0].upper() == "LOCAL":
+            return []
+        if words[0].upper() == "LIST":
+            return [ln.strip() for ln in lines[i + 1:] if ln.strip()]
+        if "%" in words[0] and len(words) >= 4:
+            try:
+                first, last, step = int(words[1]), int(words[2]), int(words[3])
+                return [words[0] % first, words[0] % last] if step else [words[0] % first]
+            except (ValueError, TypeError):
+                return [words[0]]
+        return [value]
+    return []
+
+
+def check_data_files(path: Path) -> None:
+    """A header that names its voxel files may name only files in its own folder (or below): a header naming
+    ``../../etc/hostname`` or another patient's raw data would make hila read, store and export any file."""
+    if volume_suffix(path) not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return
+    folder = os.path.realpath(path.parent)
+    for name in _header_data_files(path):
+        target = os.path.realpath(os.path.join(folder, name))
+        if target != folder and not target.startswith(folder.rstrip(os.sep) + os.sep):
+            raise HilaError(f"{path}: its header names the voxel file {name[:120]}, which lies outside the header's "
+                            f"folder ({target[:160]}); hila reads voxel files only beside the header; nothing was read")
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -325,7 +587,9 @@ def _read_file(path: Path) -> sitk.Image:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
+            check_data_files(path)
             reader.ReadImageInformation()
+            check_voxel_budget(path, reader.GetSize(), _pixel_bytes(reader.GetPixelID()) * reader.GetNumberOfComponents())
             if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
                 # refuse before loading the voxels (and say why in volume terms)
                 size = "x".join(str(s) for s in reader.GetSize())
@@ -334,6 +598,9 @@ def _read_file(path: Path) -> sitk.Image:
                                     f"components per voxel, size {size}); a scalar 3-D volume is needed")
                 raise HilaError(f"{path}: a {reader.GetDimension()}-D image (size {size}); a scalar 3-D volume is needed")
             if volume_suffix(path) in (".nii", ".nii.gz"):
+                header = _read_nifti_header(path)
+                if header is not None:
+                    _check_nifti_geometry(path, header)
                 _check_nifti_complete(path)
             img = reader.Execute()
         except RuntimeError as exc:
@@ -343,7 +610,9 @@ def _read_file(path: Path) -> sitk.Image:
     if err is not None:
         raise HilaError(f"{path}: cannot read image, the file is corrupt, truncated or not a "
                         f"{volume_suffix(path)} volume ({_itk_reason(err, native.text)})")
-    return _check_scalar_3d(img, str(path))
+    img = _check_scalar_3d(img, str(path))
+    check_finite(img, path)
+    return img
 
 
 def read_image(path: PathLike) -> sitk.Image:
@@ -430,7 +699,7 @@ def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
                 written.SetFileName(str(tmp))
                 written.ReadImageInformation()
             except RuntimeError as exc:
-                raise HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
+                raise no_space(tmp, exc) or HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
         if img.GetDimension() == 3:
             moved = gridcheck.corner_shift_mm(img, written)
             if moved > gridcheck.CORNER_TOLERANCE_MM:

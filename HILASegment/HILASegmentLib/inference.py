@@ -20,9 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import HilaError
+from .imageio import check_finite
 from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from .modelgrid import Grid, extract, largest_components, model_input, touches
-from .normalize import guess_modality
+from .normalize import guess_modality, offset_ct_reason
 from .progress import ProgressFn, null_progress
 from .quality import add_review_segment, cohort_dice, error_probability
 from .qualitymodel import prediction_features
@@ -180,10 +181,12 @@ class Segmenter:
         card = self.card
         self.check_image(image, where)
         raw_in = sitk.GetArrayViewFromImage(image)
-        if not np.all(np.isfinite(raw_in)) if raw_in.dtype.kind == "f" else False:
-            raise HilaError(f"{where}: the image has NaN or infinite voxels")
+        check_finite(image, where)  # (counted; before the modality guess, which NaN would mislead)
         meta_mod = image.GetMetaData("0008|0060") if image.HasMetaDataKey("0008|0060") else None
         modality = guess_modality(raw_in, meta_mod)
+        offset = None if meta_mod else offset_ct_reason(raw_in)
+        if offset:
+            raise HilaError(f"{where}: {offset}; model '{card.name}' is for {card.modality}")
         if modality is not None and modality != card.modality:
             raise HilaError(f"{where}: model '{card.name}' is for {card.modality} but the image looks like {modality}"
                             + (" (its Modality tag)" if meta_mod else " (intensities" + (" in Hounsfield units)" if modality == "CT" else " without air below -200)")))
@@ -318,6 +321,11 @@ class Segmenter:
                 if y.ndim != 5 or y.shape[2:] != xin.shape[2:] or y.shape[1] != C:
                     raise HilaError(f"{self.path}: the network returned shape {list(y.shape)} for input "
                                     f"{list(xin.shape)}; expected {C} channel(s) on the same grid")
+                bad = int(y.size - np.count_nonzero(np.isfinite(y)))
+                if bad:  # a NaN logit is no class: the result would be an "empty" segmentation that means nothing
+                    raise HilaError(f"{self.path}: the model output is not finite ({bad} of {y.size} values of window "
+                                    f"{done // len(passes) + 1} are NaN or infinite); the model is broken for this "
+                                    "image; nothing was written")
                 outs.append(np.flip(y[0], axis=tuple(1 + a for a in flip)) if flip else y[0])
                 done += 1
                 progress(p0 + (p1 - p0) * done / total, f"window {done}/{total}")

@@ -317,6 +317,7 @@ def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
     if not p.exists() and not s.lower().endswith(".onnx"):
         cand = catalog.find_model_file(s)
         if cand is not None:
+            _check_catalog_checksum(s, cand)
             p = cand
         else:
             known = sorted(set(preset_names()) | {e.name for e in catalog.entries(include_tests=True)})
@@ -324,6 +325,19 @@ def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
     if p.is_dir():
         raise HilaError(f"{p}: is a folder; give the .onnx model file")
     return p, read_card(p)
+
+
+def _check_catalog_checksum(name: str, path: Path) -> None:
+    """A file found by a catalog model's name (``HILA_MODELS_DIR`` first) must be that model: another network saved
+    under the name would run, and start workspaces, as if it were the catalog's (its own card cannot tell)."""
+    entry = next((e for e in catalog.entries(include_tests=True) if e.name == name and e.kind == "file"), None)
+    if entry is None or not entry.checksum:
+        return
+    actual = inspect_onnx(path).checksum
+    if actual != entry.checksum:
+        raise HilaError(f"{path}: found as model '{name}', but it is not the catalog's {name} v{entry.version} (its "
+                        f"checksum is {actual[:19]}..., the catalog's {entry.checksum[:19]}...); rename your own "
+                        "model or give its path")
 
 
 def verify_checksum(card: ModelCard, info: OnnxInfo) -> None:

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from .colors import Color
 from .errors import HilaError
-from .imageio import PathLike, atomic_output
+from .imageio import PathLike, atomic_output, check_data_files, check_voxel_budget
 from .segmentation import (
     DEFAULT_CONVERSION_PARAMETERS,
     EMPTY_EXTENT,
@@ -135,6 +135,14 @@ def read_seg_nrrd(path: Path) -> Segmentation:
 
     _, fields = _read_raw_header(path)
     kv = {k: v for k, v, is_kv in fields if is_kv}
+    plain = {k.lower(): v for k, v, is_kv in fields if not is_kv}
+    check_data_files(Path(path))
+    try:
+        sizes = [int(v) for v in plain.get("sizes", "").split()]
+    except ValueError:
+        sizes = []  # pynrrd names the problem
+    if sizes:  # before pynrrd decompresses and allocates what the header declares
+        check_voxel_budget(path, sizes, 2)
     try:
         data, header = nrrd.read(str(path), index_order="C")
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, zlib/gzip errors, EOFError...

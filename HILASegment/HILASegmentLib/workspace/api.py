@@ -88,6 +88,10 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
             raise HilaError(f"{root}: exists and is not a folder")
         if (root / LEDGER_NAME).exists():
             raise HilaError(f"{root}: is already a HILASegment workspace")
+        outer = enclosing_workspace(root)
+        if outer is not None:
+            raise HilaError(f"{root}: is inside the workspace {outer}, whose `check --repair` would take its files for "
+                            f"strays; make the new workspace outside {outer}")
         if root.is_dir() and any(root.iterdir()):
             if not _interrupted_init(root):
                 raise HilaError(f"{root}: folder is not empty and not a workspace; give a new or empty folder")
@@ -174,12 +178,28 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         except HilaError as exc:
             raise HilaError(f"not a HILASegment workspace: {exc}") from None
         ledger_path = root / LEDGER_NAME
+        if ledger_path.is_symlink():  # another workspace's ledger: its rows would name files this folder lacks
+            raise HilaError(f"{ledger_path}: a symbolic link (to {os.readlink(ledger_path)}); a workspace's ledger is "
+                            "its own file, never a link; copy the workspace instead")
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")
         return cls(root, Ledger(ledger_path, readonly=readonly))
 
     def __enter__(self) -> "Workspace":
         return self
+
+
+def enclosing_workspace(folder: PathLike) -> Optional[Path]:
+    """The workspace that ``folder`` would lie inside (at any depth: its store, lost+found, anywhere), or None;
+    symbolic links are seen through."""
+    try:
+        resolved = Path(folder).resolve()
+    except (OSError, RuntimeError):
+        resolved = Path(os.path.abspath(folder))
+    for parent in resolved.parents:
+        if (parent / LEDGER_NAME).is_file():
+            return parent
+    return None
 
 
 def _interrupted_init(root: Path) -> bool:

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 
 from ..errors import HilaError
 from ..imageio import read_image
-from ..normalize import guess_modality
+from ..normalize import guess_modality, offset_ct_reason
 from ..progress import ProgressFn, null_progress
-from .files import Staged
+from .files import Staged, read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, image_writer, now
 
@@ -78,13 +78,8 @@ class Cases(Room):
     def case_image(self, case_id: str) -> sitk.Image:
         """The case's stored image; one line when the store file is gone or damaged (changed outside hila)."""
         case = self.case(case_id)
-        if not Path(case.path).is_file():
-            raise HilaError(f"case {case.case_id}: its stored image {case.path} is missing (removed outside hila); "
-                            "`hila check` lists what else is; importing the same volume again restores it")
-        try:
-            return read_image(case.path)
-        except HilaError as exc:
-            raise HilaError(f"case {case.case_id}: its stored image is damaged: {exc}") from None
+        return read_stored(self.root, case.path, f"case {case.case_id}", "image",
+                           "importing the same volume again restores it")
 
     def check_modality(self, img: sitk.Image, where: str, override: bool = False) -> Optional[str]:
         """Refuse an image that looks like another modality than the workspace's (an MR volume in a CT
@@ -95,6 +90,10 @@ class Cases(Room):
             return None  # a blank volume says nothing about its modality
         guess = guess_modality(arr, meta)
         want = self.settings.modality
+        offset = None if meta is not None or override else offset_ct_reason(arr)
+        if offset:
+            raise HilaError(f"{where}: {offset}" + ("; if it really is MR, give --modality-override" if want == "MR"
+                                                   else "; or give --modality-override to store it as it is"))
         if guess is not None and guess != want and not override:
             why = "its DICOM Modality tag" if meta else (
                 "air below -200 HU" if guess == "CT" else "no voxel below -1, i.e. no air in Hounsfield units")

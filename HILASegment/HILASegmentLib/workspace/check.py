@@ -9,13 +9,14 @@ in a managed folder, into ``lost+found/``; it never deletes anything and never t
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import socket
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Set
 
-from ..durable import sha256_file
-from .files import PLACED_NAME
+from ..errors import HilaError
+from .files import PLACED_NAME, stored_file_problem
 from .records import CheckReport, dumps
 from .runs import pid_alive
 
@@ -32,6 +33,13 @@ def _known_files(con: sqlite3.Connection) -> Set[str]:
     for table, _key, col, _sha in _FILE_COLUMNS:
         known.update(r[0] for r in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"))
     return known
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # pragma: no cover
+        return "?"
 
 
 def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
@@ -53,21 +61,15 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
         for g in gaps:
             rep.problems.append(f"case {g[0]}: correction versions have gaps ({g[1]} rows, highest v{g[2]})")
         running = con.execute("SELECT run_id, host, pid FROM training_runs WHERE status = 'running'").fetchall()
-    # 2. every row against its file (files are immutable, so this needs no lock)
+    # 2. every row against its file (files are immutable, so this needs no lock); a row that leads outside the
+    #    workspace is reported, never followed (its target is not opened, hashed or moved)
     rep.rows_checked = len(rows)
     for table, key, rel, sha in rows:
-        path = root / rel
-        if not path.is_file():
-            rep.problems.append(f"{table} {key}: file {rel} is missing")
-            continue
-        try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            rep.problems.append(f"{table} {key}: file {rel} cannot be read ({exc.strerror})")
-            continue
-        rep.files_checked += 1
-        if actual != sha:
-            rep.problems.append(f"{table} {key}: file {rel} has changed (sha256 {actual[:12]}... != {sha[:12]}...)")
+        problem = stored_file_problem(root, rel, sha)
+        if problem:
+            rep.problems.append(f"{table} {key}: file {rel} {problem}")
+        else:
+            rep.files_checked += 1
     # 3. every file against the ledger, holding the write lock so no writer is between placing a file and
     #    committing its row (writers place files only inside their write transaction)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -84,10 +86,24 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
                 known = _known_files(rcon)
         else:
             known = _known_files(con)
-        for rel in ws.files.managed_files():
+        found = ws.files.walk()
+        for rel in found.files:
             if rel in known:
                 continue
             (rep.orphans if PLACED_NAME.match(Path(rel).name) else rep.foreign).append(rel)
+        for rel in found.links:  # a link no row names is moved like any foreign file (the link, not its target)
+            if rel in known:
+                continue  # reported with its row: outside the workspace
+            if not (root / rel).is_dir() and not any(k.startswith(rel + "/") for k in known):
+                rep.foreign.append(rel)
+                continue
+            rep.problems.append(f"{rel} is a symbolic link (to {_readlink(root / rel)}) in the store: files read or "
+                                "written through it are outside the workspace; replace it with the files themselves")
+        for rel in found.nested:
+            rep.problems.append(f"{rel} is another workspace nested inside this one's store; it is left alone "
+                                "(--repair never moves it); move it out of this workspace")
+        for rel, why in found.unreadable:
+            rep.problems.append(f"{rel}: cannot be read by this user ({why})")
         for path, stale in ws.files.temporaries():
             rel = path.relative_to(root).as_posix()
             (rep.stale_temporaries if stale else rep.busy_temporaries).append(rel)
@@ -104,9 +120,9 @@ def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
                 try:  # report a move only once it has happened: the file gone from its place, present in the new one
                     target = ws.files.move_to_lost_found(root / rel, stamp)
                     moved = target.exists() and not (root / rel).exists()
-                except OSError as exc:
+                except (OSError, HilaError) as exc:  # HilaError: lost+found/ is a link, never written through
                     moved, target = False, None
-                    rep.warnings.append(f"--repair: could not move {rel} ({exc.strerror})")
+                    rep.warnings.append(f"--repair: could not move {rel} ({getattr(exc, 'strerror', None) or exc})")
                 if moved:
                     rep.repaired.append(f"{rel} -> {target.relative_to(root).as_posix()}")
                 else:

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from .. import quality as _quality
 from .. import weak
 from ..errors import HilaError
-from .files import Staged
+from .files import Staged, read_stored
 from .records import QUALITIES, Case, Correction, dumps
 from .room import Room, image_writer, now, user
 
@@ -131,13 +131,16 @@ class Corrections(Room):
                                 (case.case_id,)).fetchone()
             prev = None if p is not None else con.execute(
                 "SELECT * FROM corrections WHERE case_id = ? ORDER BY version DESC LIMIT 1", (case.case_id,)).fetchone()
+        again = f"`hila infer {self.root} {case.case_id}` makes a new prediction to measure against"
         if p is not None:
-            ref = sitk.GetArrayFromImage(sitk.ReadImage(str(self.root / p["file"])))
+            ref = sitk.GetArrayFromImage(read_stored(self.root, self.root / p["file"], f"case {case.case_id} "
+                                                     f"prediction {p['prediction_id']}", hint=again))
             out = _quality.label_change(arr, ref, pairs)
             out.update(against=f"prediction {p['prediction_id']}", prediction_id=p["prediction_id"],
                        model_version=p["model_version"])
         elif prev is not None:
-            ref = sitk.GetArrayFromImage(sitk.ReadImage(str(self.root / prev["file"])))
+            ref = sitk.GetArrayFromImage(read_stored(self.root, self.root / prev["file"],
+                                                     f"case {case.case_id} correction v{prev['version']}"))
             out = _quality.label_change(arr, ref, pairs)
             out.update(against=f"correction v{prev['version']}", prediction_id=None, model_version=None)
         else:
@@ -159,4 +162,4 @@ class Corrections(Room):
             corrs = [c for c in corrs if c.version == int(version)]
         if not corrs:
             raise HilaError(f"{self.root}: case {case_id} has no correction" + (f" version {version}" if version else ""))
-        return sitk.ReadImage(str(corrs[-1].path))
+        return read_stored(self.root, corrs[-1].path, f"case {corrs[-1].case_id} correction v{corrs[-1].version}")

@@ -26,6 +26,7 @@ from .. import dicomref, dicomseg, rtstruct
 from ..errors import HilaError
 from ..labelmatch import MANUAL_SET, contour_set, match_label
 from ..progress import ProgressFn, null_progress
+from .files import read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, now
 
@@ -259,7 +260,7 @@ class Dicom(Room):
         for i, (case, label_path, prov, key, meta) in enumerate(todo):
             progress(i / max(1, len(todo)), f"writing {case.name}")
             series = self.series(case.case_id)
-            masks = dicomref.masks_from_label(sitk.ReadImage(str(label_path)), {l.value: l.name for l in labels},
+            masks = dicomref.masks_from_label(read_stored(self.root, label_path, f"case {case.case_id}"), {l.value: l.name for l in labels},
                                               {l.value: l.color for l in labels})
             sop = self._uid(case.case_id, key, fmt, "instance")
             ser = self._uid(case.case_id, key, fmt, "series")

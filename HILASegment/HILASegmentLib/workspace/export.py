@@ -20,9 +20,10 @@ from .. import segfile
 from ..durable import fsync_dir
 from ..errors import HilaError
 from ..gridcheck import shear
-from ..imageio import read_image, write_image
+from ..imageio import no_space, write_image
 from ..paths import check_outputs
 from ..progress import ProgressFn, null_progress
+from .files import read_stored
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Workspace
@@ -40,7 +41,13 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        _export_into(ws, work, include_unlabelled, progress)
+        try:
+            _export_into(ws, work, include_unlabelled, progress)
+        except OSError as exc:  # (the manifest, a folder): a full disk is said as such
+            full = no_space(out, exc)
+            if full is not None:
+                raise full from None
+            raise
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(work, out)  # the export appears whole, or not at all
@@ -55,13 +62,13 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
             "segmentations": sum(1 for e in entries if e["segmentation"]), "manifest": str(out / "manifest.json")}
 
 
-def _stored(path: Path, what: str):
-    """A stored workspace file as an image (sitk.Image); one line when it was removed or damaged outside hila."""
+def _stored(root: Path, path: Path, what: str):
+    """A stored workspace file as an image (sitk.Image); one line when it was removed or damaged outside hila, or
+    lies outside the workspace (then it is never read)."""
     try:
-        return read_image(path)
+        return read_stored(root, path, what)
     except HilaError as exc:
-        raise HilaError(f"{what}: its stored file cannot be read ({exc}); nothing was exported; `hila check` "
-                        "lists what is damaged") from None
+        raise HilaError(f"{what}: its stored file cannot be read ({exc}); nothing was exported") from None
 
 
 def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
@@ -75,7 +82,7 @@ def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress:
     entries = []
     for i, case in enumerate(cases):
         progress(i / max(1, len(cases)), f"exporting {case.name}")
-        image = _stored(case.path, f"case {case.case_id}")
+        image = _stored(ws.root, case.path, f"case {case.case_id}")
         ext = ".nrrd" if shear(image.GetDirection()) else ".nii.gz"  # NIfTI cannot hold a sheared grid
         img_rel = f"images/{case.name}{ext}"
         write_image(image, out / img_rel)
@@ -84,7 +91,7 @@ def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress:
         s = snap.get(case.case_id)
         if s is not None:
             c = corr[s.correction_id]
-            lab = _stored(c.path, f"case {case.case_id} correction v{c.version}")
+            lab = _stored(ws.root, c.path, f"case {case.case_id} correction v{c.version}")
             lab_rel = f"labels/{case.name}{ext}"
             write_image(lab, out / lab_rel)
             entry.update(label=lab_rel, correction_version=c.version, correction_id=c.correction_id, quality=c.quality,

@@ -8,11 +8,15 @@ before anything is touched.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
+import re
+import shutil
 import sqlite3
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -194,24 +198,31 @@ BEGIN SELECT RAISE(ABORT, 'suspect flags are append-only'); END;
 """
 
 
+def _if_not_exists(stmt: str) -> str:
+    """``CREATE TABLE/INDEX/TRIGGER x`` as ``... IF NOT EXISTS x``: a migration that meets its own objects (a
+    ledger whose version number was set back, or a migration interrupted between versions) completes them."""
+    return re.sub(r"^CREATE (UNIQUE INDEX|TABLE|INDEX|TRIGGER) (?!IF NOT EXISTS)", r"CREATE \1 IF NOT EXISTS ", stmt)
+
+
+def _apply(script: str, con: sqlite3.Connection) -> None:
+    for stmt in _split_sql(script):
+        con.execute(_if_not_exists(stmt))
+
+
 def _migrate_to_1(con: sqlite3.Connection) -> None:
-    for stmt in _split_sql(_SCHEMA_V1):
-        con.execute(stmt)
+    _apply(_SCHEMA_V1, con)
 
 
 def _migrate_to_2(con: sqlite3.Connection) -> None:
-    for stmt in _split_sql(_SCHEMA_V2):
-        con.execute(stmt)
+    _apply(_SCHEMA_V2, con)
 
 
 def _migrate_to_3(con: sqlite3.Connection) -> None:
-    for stmt in _split_sql(_SCHEMA_V3):
-        con.execute(stmt)
+    _apply(_SCHEMA_V3, con)
 
 
 def _migrate_to_4(con: sqlite3.Connection) -> None:
-    for stmt in _split_sql(_SCHEMA_V4):
-        con.execute(stmt)
+    _apply(_SCHEMA_V4, con)
 
 
 #: version -> function that upgrades a ledger at version-1 to version (run inside one transaction).
@@ -275,6 +286,7 @@ class Ledger:
                 raise HilaError(f"{self.path}: ledger schema version {version} is newer than this HILASegment "
                                 f"understands ({SCHEMA_VERSION}); update HILASegment")
         self._lock = threading.RLock()
+        self._private: "Path | None" = None  # a private copy of a read-only ledger whose last commits are in its WAL
         try:
             self.con = self._connect(readonly)
             self.con.row_factory = sqlite3.Row
@@ -293,25 +305,28 @@ class Ledger:
             if not readonly:
                 self.con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
-            self.con.close() if hasattr(self, "con") else None
+            self.close()
             if not readonly and not os.access(self.path.parent, os.W_OK):
                 raise HilaError(f"{self.path.parent}: the workspace folder is read-only here and this command "
                                 "writes to it (status, check, rank, models and export only read)") from None
             raise HilaError(f"{self.path}: the ledger is corrupt or unreadable ({exc}); nothing was changed; "
                             "restore hila.sqlite from a backup") from None
         except HilaError:
-            self.con.close()
+            self.close()
             raise
-        if readonly:
-            if self.schema_version() < SCHEMA_VERSION:
-                self.con.close()
-                raise HilaError(f"{self.path}: the ledger needs upgrading (schema {self.schema_version()} -> "
-                                f"{SCHEMA_VERSION}) and this folder cannot be written; run a writing command where it can")
-            return
+        version = self.schema_version()
+        if version < SCHEMA_VERSION and (self._private is not None or not self._can_write()):
+            self.close()  # (the version was read first: a closed connection cannot say it)
+            raise HilaError(f"{self.path}: the ledger is of an older HILASegment (schema {version}; this one needs "
+                            f"{SCHEMA_VERSION}) and cannot be upgraded here, the folder is read-only; run `hila status "
+                            f"{self.path.parent}` once where the workspace can be written, which upgrades it")
         self._migrate()
 
+    def _can_write(self) -> bool:
+        return os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+
     def _connect(self, readonly: bool) -> sqlite3.Connection:
-        writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+        writable = self._can_write()
         if not readonly or writable:  # (a read-only connection would leave its WAL files behind where it can)
             return sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
         uri = self.path.resolve().as_uri()
@@ -323,8 +338,30 @@ class Ledger:
             con.close()
             if os.access(self.path.parent, os.W_OK):
                 raise
+        wal = Path(f"{self.path}-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            return self._connect_private_copy(wal)  # immutable mode would ignore the commits in the WAL
         return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=10.0, isolation_level=None,
                                check_same_thread=False)
+
+    def _connect_private_copy(self, wal: Path) -> sqlite3.Connection:
+        """A read-only folder whose ledger has commits in ``-wal`` but no ``-shm`` (a copy that skipped the transient
+        file): SQLite can neither make the WAL index there nor read the WAL without it, so the ledger and its WAL are
+        copied to a private temporary folder and read there (SQLite replays the WAL into the copy); nothing is written
+        beside the workspace, and ``write`` refuses. The copy goes when the ledger is closed."""
+        tmp = Path(tempfile.mkdtemp(prefix="hila-ledger-"))
+        self._private = tmp
+        atexit.register(shutil.rmtree, tmp, True)
+        try:
+            shutil.copyfile(self.path, tmp / LEDGER_NAME)
+            shutil.copyfile(wal, tmp / f"{LEDGER_NAME}-wal")
+        except OSError as exc:
+            raise HilaError(f"{self.path}: the folder is read-only and the ledger's last commits are in {wal.name} "
+                            f"without {LEDGER_NAME}-shm; copying them to read them failed ({exc.strerror}); "
+                            "open the workspace where it can be written") from None
+        con = sqlite3.connect(str(tmp / LEDGER_NAME), timeout=10.0, isolation_level=None, check_same_thread=False)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
 
     def _check_pages(self) -> None:
         """Refuse a ledger with damaged pages before any command reads half of it (SQLite's quick_check:
@@ -343,16 +380,23 @@ class Ledger:
         return int(self.con.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
+        """Bring an older ledger to this schema in one transaction (all versions or none)."""
         if self.schema_version() >= SCHEMA_VERSION:
             if self.schema_version() > SCHEMA_VERSION:
                 raise HilaError(f"{self.path}: ledger schema version {self.schema_version()} is newer than this "
                                 f"HILASegment understands ({SCHEMA_VERSION}); update HILASegment")
             return
-        with self.write() as con:
-            current = int(con.execute("PRAGMA user_version").fetchone()[0])
-            for target in range(current + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[target](con)
-                con.execute(f"PRAGMA user_version = {target}")
+        current = self.schema_version()
+        try:
+            with self.write() as con:
+                current = int(con.execute("PRAGMA user_version").fetchone()[0])
+                for target in range(current + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[target](con)
+                    con.execute(f"PRAGMA user_version = {target}")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise HilaError(f"{self.path}: cannot upgrade the ledger from schema {current} to {SCHEMA_VERSION} "
+                            f"({exc}); nothing was changed") from None
 
     # -- transactions --------------------------------------------------------------------------
     def _retry(self, fn: Callable, timeout: float = WRITE_TIMEOUT_S):
@@ -374,6 +418,9 @@ class Ledger:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``, retried while another writer holds the lock)."""
         with self._lock:
+            if self._private is not None:
+                raise HilaError(f"{self.path.parent}: the workspace folder is read-only here and this command writes "
+                                "to it")
             self._retry(lambda: self.con.execute("BEGIN IMMEDIATE"))
             try:
                 yield self.con
@@ -407,6 +454,9 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             try:
-                self.con.close()
+                if hasattr(self, "con"):
+                    self.con.close()
             except sqlite3.Error:  # pragma: no cover
                 pass
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .files import Staged
-from .records import Case, Prediction, dumps
+from .records import Prediction, dumps
 from .room import Room, image_writer, now
 
 
@@ -26,7 +26,7 @@ class Predictions(Room):
             _arr, img, _notes = self.validate_label(case.case_id, label, where=f"prediction for case {case.case_id}",
                                                     strict=True)
         else:
-            img = _empty_label(case)
+            img = _empty_label(self.case_image(case.case_id))
 
         def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> int:
             rel = f"predictions/{case.case_id}/{staged[0].name('pred')}"
@@ -53,9 +53,8 @@ def _nonempty(label: Any) -> bool:
     return True
 
 
-def _empty_label(case: Case) -> sitk.Image:
+def _empty_label(ref: sitk.Image) -> sitk.Image:
     """A model may find nothing: an empty prediction is recorded (it is a real, informative outcome)."""
-    ref = sitk.ReadImage(str(case.path))
     img = sitk.GetImageFromArray(np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8))
     img.CopyInformation(ref)
     return img

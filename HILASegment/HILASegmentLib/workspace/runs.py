@@ -15,6 +15,7 @@ import sqlite3
 from typing import Iterable, List, Optional, Sequence
 
 from ..errors import HilaError
+from .files import link_escape
 from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
 from .room import Room, now
 
@@ -35,6 +36,11 @@ _SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_
 
 class Runs(Room):
     def _snap_item(self, r: sqlite3.Row) -> SnapshotItem:
+        for what, rel in (("image", r["image_file"]), ("correction", r["label_file"])):
+            why = link_escape(self.root, rel)  # what a snapshot names is read by training: never outside
+            if why:
+                raise HilaError(f"case {r['case_id']}: its stored {what} {rel} is outside the workspace ({why}); "
+                                f"nothing was read; `hila check {self.root}` lists what else is")
         return SnapshotItem(r["case_id"], r["version"], self.root / r["image_file"], self.root / r["label_file"],
                             r["quality"], r["correction_id"], r["case_name"])
 
