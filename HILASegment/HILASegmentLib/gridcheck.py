@@ -245,7 +245,7 @@ def check_slices(folder: Path, slices: Sequence[SliceGeometry], unread: Sequence
         if (a.get("echo") or "") != (b.get("echo") or ""):
             echoes = (f" (EchoNumbers {a.get('echo') or 'none'} and {b.get('echo') or 'none'}: more than one echo in "
                       "one series; give each echo its own folder)")
-        raise HilaError(f"{where} duplicated slice position: {a.name} and {b.name} are both at {z[k]:.3f} mm"
+        raise HilaError(f"{where} a duplicated slice position: {a.name} and {b.name} are both at {z[k]:.3f} mm"
                         f"{echoes}; {len(dups)} position(s) held by more than one slice")
     gap = slice_gap(z, names)
     if gap is not None:

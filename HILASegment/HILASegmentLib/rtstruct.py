@@ -25,7 +25,7 @@ from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, now, person
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
 from .labelmatch import MANUAL_SET, contour_set
-from .segmentation import Segmentation
+from .segmentation import Segmentation, same_name_twice
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -64,16 +64,32 @@ def read_rtstruct(path: PathLike):
         n = int(roi.ROINumber)
         structures[n] = Structure(number=n, name=str(roi.get("ROIName", f"ROI_{n}")).strip() or f"ROI_{n}",
                                   roi_type=types.get(n, ""), algorithm=str(roi.get("ROIGenerationAlgorithm", "")))
+    twice = same_name_twice([s.name for s in structures.values()])
+    if twice:
+        raise HilaError(f"{path}: two structures are named '{twice[0]}' and '{twice[1]}' (the same in any case); each "
+                        "organ must be its own structure, or one would be merged into the other or dropped: rename one")
     for rc in ds.get("ROIContourSequence", []):
         s = structures.get(int(rc.ReferencedROINumber))
         if s is None:
-            continue
+            raise HilaError(f"{path}: a ROIContourSequence item refers to ROI number {int(rc.ReferencedROINumber)}, "
+                            "which the StructureSetROISequence does not define; its contours belong to no structure "
+                            f"(structures: {', '.join(f'{n} {x.name}' for n, x in structures.items()) or 'none'})")
         if "ROIDisplayColor" in rc:
             s.color = tuple(float(c) / 255.0 for c in rc.ROIDisplayColor)[:3]
-        for c in rc.get("ContourSequence", []):
+        for i, c in enumerate(rc.get("ContourSequence", [])):
             if str(c.get("ContourGeometricType", "")) not in ("CLOSED_PLANAR", ""):
                 continue  # points and open polylines carry no area
-            pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+            data = c.get("ContourData") or []
+            try:
+                values = np.atleast_1d(np.asarray(data, float))
+            except (TypeError, ValueError):
+                values = np.array([np.nan])
+            if len(values) % 3 or not np.all(np.isfinite(values)):
+                why = (f"{len(values)} numbers, not a multiple of 3 (x, y, z per point)" if len(values) % 3
+                       else "a coordinate that is not a finite number")
+                raise HilaError(f"{path}: structure '{s.name}' has a contour (item {i + 1} of its ContourSequence) "
+                                f"whose ContourData holds {why}; the contour is damaged")
+            pts = values.reshape(-1, 3)
             if len(pts) >= 3:
                 s.contours.append(pts)
     return ds, list(structures.values())
