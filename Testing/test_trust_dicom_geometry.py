@@ -151,11 +151,11 @@ BROKEN = [
 ]
 # weak answers of 2026-12-07 made clear: the reason is named, with the file(s)
 NAMED = [
-    ("D05", _echoes, r"duplicated slice position: .* are both at .*EchoNumbers (1 and 2|2 and 1): more than one echo"),
+    ("D05", _echoes, r"a duplicated slice position: .* are both at .*EchoNumbers (1 and 2|2 and 1): more than one echo"),
     ("D07", _triplanar, r"slice orientations differ .*\((axial|sagittal|coronal)\) is turned 90\.0 degrees"),
     ("D16", _one_small, r"differ in size: 1-10\.dcm has 256x256 pixels, .* 384x384 pixels"),
     ("D18", _one_nan, r"1-10\.dcm has ImagePositionPatient nan\\nan\\nan: not three finite numbers"),
-    ("R04", _resent, r"duplicated slice position: (1-\d\d\.dcm and zz_resent\.dcm|zz_resent\.dcm and 1-\d\d\.dcm) are both"),
+    ("R04", _resent, r"a duplicated slice position: (1-\d\d\.dcm and zz_resent\.dcm|zz_resent\.dcm and 1-\d\d\.dcm) are both"),
 ]
 
 
