@@ -139,6 +139,17 @@ def _gantry(items, degrees=15.0):
     return items
 
 
+def _one_shifted(items, mm=2.0):
+    d = items[9][1]
+    d.ImagePositionPatient = [f"{v:.6f}" for v in np.array(d.ImagePositionPatient, float) + mm * iop(d)[0]]
+    return items
+
+
+def _one_spacing(items):
+    items[9][1].PixelSpacing = [0.6, 0.6]
+    return items
+
+
 # (row, how the series is made, what the one line must say)
 BROKEN = [
     ("D09", lambda: _rotated(mr(), 10, 20), r"slice orientations differ .*turned 20\.0 degrees"),
@@ -147,6 +158,8 @@ BROKEN = [
     ("D12", lambda: _set_all(mr(), PixelSpacing=[0, 0]), r"has PixelSpacing 0.*not two positive numbers"),
     ("D14", lambda: _no_ipp(mr()), r"1-10\.dcm has no ImagePositionPatient"),
     ("D15/R03d", lambda: _no_ipp(mr(), drop="1-15.dcm"), r"1-10\.dcm has no ImagePositionPatient"),
+    ("in-plane shift", lambda: _one_shifted(mr()), r"1-10\.dcm lies 2\.000 mm off the line through the other slices"),
+    ("one spacing", lambda: _one_spacing(mr()), r"differ in PixelSpacing: 1-10\.dcm has PixelSpacing 0\.6\\0\.6 mm"),
     ("D19", lambda: _other_frame(mr()), r"differ in FrameOfReferenceUID: 1-\d\d\.dcm has frame of reference 1\.2\.826"),
 ]
 # weak answers of 2026-12-07 made clear: the reason is named, with the file(s)

@@ -196,4 +196,4 @@ def test_overlapping_auto_contours_are_recorded_rough_with_a_note(made, tmp_path
     shutil.copytree(made["ws"], ws)
     rc, out, err = run(capsys, "submit", ws, made["case"], made["rs"], "--contour-sets", "MBS")
     assert rc == 0, err
-    assert "(rough) [segments 'Bladder_MBS' and 'Prostate_MBS' overlap in 58 voxel(s)" in out
+    assert "(rough) [segments 'Bladder_MBS' and 'Prostate_MBS' overlap in 58 voxel(s), the later one kept there]" in out

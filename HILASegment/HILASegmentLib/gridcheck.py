@@ -1,13 +1,16 @@
 """Checks that a voxel grid is what it claims to be, before it is trusted or written.
 
-Two ways a volume silently gets another geometry, both found by trying bad inputs:
+Ways a volume silently gets another geometry, all found by trying bad inputs:
 
 * a *sheared* grid (axes not perpendicular) written to NIfTI, whose header can only hold a
   rotation: ITK coerces the axes and the corners move by centimetres, with a warning nobody sees;
-* a DICOM series with a missing, duplicated or displaced slice, which ITK stacks as a uniform grid
-  using the first slices' spacing, so every slice after the gap is drawn at the wrong place.
+* a DICOM series whose slices do not make one regular grid (a missing, duplicated or displaced slice,
+  slices of two orientations, sizes, spacings or frames of reference, a slice without a position) or
+  whose tags cannot place a pixel (an invalid orientation, a zero spacing): ITK stacks whatever it is
+  given on a uniform grid built from the first slices, substituting defaults for what is invalid, so
+  slices are drawn elsewhere. A gantry tilt (slices on a sheared lattice) is kept exactly instead.
 
-Both are refused with one line: a different geometry is never written or read without a word.
+Each is refused with one line naming the file: a different geometry is never written or read without a word.
 """
 from __future__ import annotations
 
@@ -169,9 +172,19 @@ def _plane(iop: np.ndarray) -> str:
 
 
 def _odd_one(values: list, same) -> Tuple[int, int]:
-    """(index of the reference value: the one most slices share, index of the first slice that differs from it)."""
-    agree = [sum(1 for w in values if same(v, w)) for v in values]
-    ref = int(np.argmax(agree))
+    """(index of the reference value: the one most slices share, index of the first slice that differs from it,
+    or -1). Compares the distinct values only, so a series of thousands of slices costs little."""
+    key = lambda v: tuple(np.ravel(v).tolist()) if isinstance(v, np.ndarray) else v  # noqa: E731
+    first: Dict[object, int] = {}
+    count: Dict[object, int] = {}
+    for i, v in enumerate(values):
+        first.setdefault(key(v), i)
+        count[key(v)] = count.get(key(v), 0) + 1
+    if len(first) == 1:
+        return 0, -1
+    distinct = list(first)
+    agree = [sum(count[b] for b in distinct if same(values[first[a]], values[first[b]])) for a in distinct]
+    ref = first[distinct[int(np.argmax(agree))]]
     odd = next((i for i, v in enumerate(values) if not same(values[ref], v)), -1)
     return ref, odd
 
@@ -253,8 +266,10 @@ def check_slices(folder: Path, slices: Sequence[SliceGeometry], unread: Sequence
         raise HilaError(f"{folder}: the DICOM series is not evenly spaced: {gap}{extra}; it would be read with slices "
                         "in the wrong places")
     n = len(order)
-    lattice = (pos[-1] - pos[0]) / (n - 1)
-    off = np.linalg.norm(pos - pos[0] - np.arange(n)[:, None] * lattice, axis=1)
+    k = np.arange(n)[:, None]
+    lattice = np.median(np.diff(pos, axis=0), axis=0)  # robust: one displaced slice moves neither step nor anchor
+    anchor = np.median(pos - k * lattice, axis=0)
+    off = np.linalg.norm(pos - anchor - k * lattice, axis=1)
     worst = int(np.argmax(off))
     if off[worst] > SLICE_TOLERANCE * np.linalg.norm(lattice):
         raise HilaError(f"{where} {names[worst]} lies {off[worst]:.3f} mm off the line through the other slices' "

@@ -370,11 +370,9 @@ OVERLAP_REMEDY = {
 }
 
 
-def overlap_error(named: Sequence[Tuple[str, object]], grid: sitk.Image, where: str,
-                  remedy: str = OVERLAP_REMEDY["workspace"]) -> Optional[HilaError]:
-    """The error for the first two of ``named`` (name, boolean (k, j, i) mask, or a function giving it) that
-    overlap, or None: a label map holds one value per voxel, and letting the later segment win silently would
-    erase part of an organ. Names the segments, the voxel count and where the first shared voxel is."""
+def first_overlap(named: Sequence[Tuple[str, object]]) -> Optional[Tuple[str, str, int, Tuple[int, int, int]]]:
+    """(name a, name b, shared voxels, IJK of the first) for the first two of ``named`` (name, boolean (k, j, i)
+    mask, or a function giving it) that overlap; None when none do."""
     masks: Dict[int, np.ndarray] = {}
 
     def mask(i: int) -> np.ndarray:
@@ -389,11 +387,22 @@ def overlap_error(named: Sequence[Tuple[str, object]], grid: sitk.Image, where: 
             n = int(np.count_nonzero(both))
             if n:
                 k, jj, ii = (int(v) for v in np.argwhere(both)[0])
-                lps = grid.TransformIndexToPhysicalPoint((ii, jj, k))
-                return HilaError(f"{where}: segments '{named[i][0]}' and '{named[j][0]}' overlap in {n} voxel(s), the "
-                                 f"first at IJK ({ii}, {jj}, {k}), LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm; a "
-                                 f"voxel can carry one label: {remedy}")
+                return str(named[i][0]), str(named[j][0]), n, (ii, jj, k)
     return None
+
+
+def overlap_error(named: Sequence[Tuple[str, object]], grid: sitk.Image, where: str,
+                  remedy: str = OVERLAP_REMEDY["workspace"]) -> Optional[HilaError]:
+    """The error for the first two of ``named`` that overlap (see :func:`first_overlap`), or None: a label map
+    holds one value per voxel, and letting the later segment win silently would erase part of an organ. Names
+    the segments, the voxel count and where the first shared voxel is."""
+    found = first_overlap(named)
+    if found is None:
+        return None
+    a, b, n, ijk = found
+    lps = grid.TransformIndexToPhysicalPoint(ijk)
+    return HilaError(f"{where}: segments '{a}' and '{b}' overlap in {n} voxel(s), the first at IJK {ijk}, "
+                     f"LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm; a voxel can carry one label: {remedy}")
 
 
 def same_name_twice(names: Sequence[str]) -> Optional[Tuple[str, str]]:

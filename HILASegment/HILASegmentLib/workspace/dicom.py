@@ -26,7 +26,7 @@ from .. import dicomref, dicomseg, rtstruct
 from ..errors import HilaError
 from ..labelmatch import MANUAL_SET, contour_set, match_label
 from ..progress import ProgressFn, null_progress
-from ..segmentation import overlap_error
+from ..segmentation import first_overlap, overlap_error
 from .records import Case, dumps
 from .room import PathLike, Room, now
 
@@ -122,16 +122,17 @@ class Dicom(Room):
                             f"structures: {', '.join(n for n, _, _ in masks) or 'none'}")
         unions = [(" + ".join(n for n, _ in items), lambda items=items: np.logical_or.reduce([m for _, m in items]))
                   for items in by_value.values()]
-        overlap = overlap_error(unions, series.image, where, "remove the overlap where the structures were drawn "
-                                "and submit again (a reviewed correction keeps every organ whole)")
-        if overlap and quality == "reviewed":
-            raise overlap
+        found = first_overlap(unions)
+        if found and quality == "reviewed":
+            raise overlap_error(unions, series.image, where, "remove the overlap where the structures were drawn and "
+                                "submit again (a reviewed correction keeps every organ whole)")
+        note = f"segments '{found[0]}' and '{found[1]}' overlap in {found[2]} voxel(s), the later one kept there" \
+            if found else ""
         for value, items in by_value.items():
             for _, mask in items:
                 arr[mask] = value
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(series.image)
-        note = str(overlap).split(": ", 1)[1].split("; a voxel", 1)[0] + " (the later one kept there)" if overlap else ""
         return img, matched, ignored, note
 
     def _submit_object(self, case_id: str, label: sitk.Image, sop_uid: str, part: str, modality: str,
