@@ -100,6 +100,22 @@ def made(tmp_path_factory):
     def dangling(rs):
         prostate(rs).ReferencedROINumber = 77
 
+    def same_number(rs):
+        rois = list(rs.StructureSetROISequence)
+        rois[7].ROINumber = rois[5].ROINumber  # Vescica takes Prostata's number
+
+    def contoured_twice(rs):
+        import copy
+
+        rs.ROIContourSequence.append(copy.deepcopy(prostate(rs)))
+
+    def points_miscounted(rs):
+        c = prostate(rs).ContourSequence[5]
+        c.ContourData = list(c.ContourData)[:-3]  # one point short: a multiple of 3, but not the stated count
+
+    rtstruct("rs_same_number.dcm", same_number)
+    rtstruct("rs_contoured_twice.dcm", contoured_twice)
+    rtstruct("rs_points_miscounted.dcm", points_miscounted)
     rtstruct("rs_dupname.dcm", dupname)
     rtstruct("rs_bad3.dcm", bad3)
     rtstruct("rs_dangling.dcm", dangling)
@@ -127,9 +143,8 @@ def run_cli(*args):
 
 
 def _convert_and_submit_refuse(capsys, tmp_path, made, obj, expect):
-    """convert (label map and .seg.nrrd) and submit all refuse ``obj`` with one line saying ``expect``."""
-    lines = [refused(capsys, tmp_path, "convert", obj, tmp_path / out, "--reference", made["ct"], expect=expect)
-             for out in ("x.nrrd", "x.seg.nrrd")]
+    """convert (to a .seg.nrrd, which could hold anything) and submit both refuse ``obj`` with one line saying ``expect``."""
+    lines = [refused(capsys, tmp_path, "convert", obj, tmp_path / "x.seg.nrrd", "--reference", made["ct"], expect=expect)]
     lines.append(refused(capsys, made["ws"], "submit", made["ws"], made["case"], obj, expect=expect, snapshot=state))
     assert all(str(obj) in ln for ln in lines), lines
     return lines
@@ -197,3 +212,14 @@ def test_overlapping_auto_contours_are_recorded_rough_with_a_note(made, tmp_path
     rc, out, err = run(capsys, "submit", ws, made["case"], made["rs"], "--contour-sets", "MBS")
     assert rc == 0, err
     assert "(rough) [segments 'Bladder_MBS' and 'Prostate_MBS' overlap in 58 voxel(s), the later one kept there]" in out
+
+
+@pytest.mark.parametrize("obj,expect", [
+    ("rs_same_number", "structures 'Prostata' and 'Vescica' have the same ROI number"),
+    ("rs_contoured_twice", "two ROIContourSequence items refer to ROI number"),
+    ("rs_points_miscounted", "whose NumberOfContourPoints says"),
+])
+def test_more_damaged_rtstructs_are_refused_naming_the_structure(made, tmp_path, capsys, obj, expect):
+    """More of the same class: an ROI number used twice (one structure was silently dropped), one ROI
+    contoured in two items (even-odd filling made the copies holes), a point count that disagrees."""
+    _convert_and_submit_refuse(capsys, tmp_path, made, made[obj], expect)
