@@ -125,12 +125,11 @@ class SliceGeometry:
 
 @dataclass
 class SeriesGeometry:
-    """What :func:`check_slices` found: the files in slice order and, for a sheared stack (gantry tilt), the
-    step from one slice to the next (mm, LPS) that the grid's third axis must take."""
+    """What :func:`check_slices` found: the files in slice order, and whether they step along a sheared
+    lattice (a gantry tilt: the slices drift in their own plane), which the grid's third axis must follow."""
 
     order: List[int]
-    step: Optional[np.ndarray] = None
-    tilt_degrees: float = 0.0
+    sheared: bool = False
 
 
 def _bad_slice(sl: SliceGeometry) -> Optional[str]:
@@ -275,10 +274,7 @@ def check_slices(folder: Path, slices: Sequence[SliceGeometry], unread: Sequence
         raise HilaError(f"{where} {names[worst]} lies {off[worst]:.3f} mm off the line through the other slices' "
                         "positions (displaced in its own plane)")
     drift = lattice - (lattice @ normal) * normal
-    if np.linalg.norm(drift) * (n - 1) <= SHEAR_DRIFT_MM:
-        return SeriesGeometry(order=order)
-    tilt = float(np.degrees(np.arctan2(np.linalg.norm(drift), abs(lattice @ normal))))
-    return SeriesGeometry(order=order, step=lattice, tilt_degrees=tilt)
+    return SeriesGeometry(order=order, sheared=bool(np.linalg.norm(drift) * (n - 1) > SHEAR_DRIFT_MM))
 
 
 def check_read_exactly(folder: Path, img: sitk.Image, slices: Sequence[SliceGeometry]) -> None:

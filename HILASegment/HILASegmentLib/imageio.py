@@ -275,7 +275,7 @@ def read_dicom_series_files(folder: PathLike) -> Tuple[sitk.Image, List[str]]:
     if img.GetDimension() == 2:  # a single-file series: make it a one-slice volume
         img = sitk.JoinSeries(img)
     img = _check_scalar_3d(img, str(folder_p))
-    if plan.step is not None and len(files) == img.GetSize()[2]:
+    if plan.sheared and len(files) == img.GetSize()[2]:
         # a gantry tilt: the slices step along the tilted axis, not the normal; keep that exactly (a sheared grid)
         direction = np.asarray(img.GetDirection(), float).reshape(3, 3)
         first, last = slices[0].numbers("position", 3), slices[-1].numbers("position", 3)
