@@ -29,9 +29,7 @@ from .imageio import (
     as_label_image,
     describe_grid,
     grid_difference,
-    list_dicom_series,
-    quiet_itk,
-    read_dicom_series,
+    read_dicom_series_files,
 )
 from .segmentation import onto_lattice
 
@@ -129,19 +127,10 @@ def read_series(folder: PathLike) -> Series:
     folder = Path(folder)
     if not folder.is_dir():
         raise HilaError(f"{folder}: --reference must be the DICOM folder of the image series")
-    image = read_dicom_series(folder)
-    sid = list_dicom_series(folder)[0][0]
-    with quiet_itk():
-        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))
+    image, files = read_dicom_series_files(folder)  # every slice's geometry checked, in slice order
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     if len(headers) != image.GetSize()[2]:
         raise HilaError(f"{folder}: {len(headers)} files for {image.GetSize()[2]} slices; one file per slice is needed")
-    # Slice order check: file k's position must be voxel k's (GDCM sorts files, SimpleITK stacks them).
-    for k in (0, len(headers) - 1):
-        pos = [float(v) for v in headers[k].ImagePositionPatient]
-        idx = image.TransformPhysicalPointToContinuousIndex(pos)
-        if abs(idx[2] - k) > 0.01:
-            raise HilaError(f"{folder}: cannot match slice {k} to its file ({files[k]})")
     for h in headers:  # anonymised series often drop Type 2 (present, may be empty) attributes writers need
         for key in TYPE2_STUDY_ATTRIBUTES:
             if key not in h:

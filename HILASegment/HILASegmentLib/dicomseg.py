@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +25,7 @@ from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, person_name
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
 from .labelmatch import ALIASES, contour_set
+from .segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
 
 # Canonical organ name (labelmatch) -> pydicom ``codes.SCT`` attribute.
 ORGAN_CODES = {"prostate": "Prostate", "bladder": "Bladder", "rectum": "Rectum", "femoral head": "FemoralHead"}
@@ -98,11 +99,13 @@ def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
     return Path(path)
 
 
-def read_seg(path: PathLike, series: Series) -> Tuple[sitk.Image, Dict[int, str], Optional[Provenance]]:
-    """(label map on the series' grid, {segment number: label}, provenance) of a SEG drawn on ``series``.
+def read_segments(path: PathLike, series: Series) -> Tuple[List[Tuple[int, str, np.ndarray]], Optional[Provenance]]:
+    """([(segment number, label, boolean (k, j, i) mask on the series' grid)], provenance) of a SEG drawn on
+    ``series``: every segment as it is, overlaps kept. The one reader of SEGs (``convert`` and ``submit``).
 
-    A SEG that references another series, or frames of instances the series does not hold, is refused.
-    Overlapping segments: the higher segment number wins (a label map holds one value per voxel).
+    Refused with one line: a SEG of another series or of instances the series does not hold; two segments of
+    one name in any case (they would be merged into one organ, or one dropped); a FRACTIONAL segment holding
+    fractions strictly between 0 and 1 (a binary mask would need a threshold hila will not guess).
     """
     require()
     hd = require("DICOM SEG", "highdicom")
@@ -122,19 +125,69 @@ def read_seg(path: PathLike, series: Series) -> Tuple[sitk.Image, Dict[int, str]
     if foreign or not sources:
         raise HilaError(f"{path}: the SEG refers to {len(foreign) or 'no'} instance(s) not in the series in "
                         f"{series.folder}")
-    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, combine_segments=True,
-                                               skip_overlap_checks=True, dtype=np.uint16)
+    labels = {int(d.SegmentNumber): str(d.get("SegmentLabel", "") or f"Segment_{int(d.SegmentNumber)}")
+              for d in seg.SegmentSequence}
+    twice = same_name_twice([labels[n] for n in sorted(labels)])
+    if twice:
+        raise HilaError(f"{path}: two segments are named '{twice[0]}' and '{twice[1]}' (the same in any case); "
+                        "each organ must be its own segment, or one would be merged into the other: rename one")
+    numbers = sorted(labels)
+    fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
+    try:
+        frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=numbers,
+                                                   combine_segments=False, skip_overlap_checks=True,
+                                                   rescale_fractional=True,
+                                                   dtype=np.float32 if fractional else np.uint8)
+    except Exception as exc:  # highdicom's own checks of the frames
+        raise HilaError(f"{path}: cannot read the SEG's frames ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     size = series.image.GetSize()
-    if frames.shape[1:] != (size[1], size[0]):
+    if frames.shape[1:3] != (size[1], size[0]):
         raise HilaError(f"{path}: frames of {frames.shape[2]}x{frames.shape[1]} pixels, the series has "
                         f"{size[0]}x{size[1]}")
-    out = np.zeros((size[2], size[1], size[0]), frames.dtype)
-    for uid, frame in zip(sources, frames):
-        out[slice_of[uid]] = frame
-    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    img = sitk.GetImageFromArray(out if out.max() > 255 else out.astype(np.uint8))
-    img.CopyInformation(series.image)
+    out = []
+    for i, n in enumerate(numbers):
+        values = frames[..., i]
+        if fractional:
+            between = (values > 0) & (values < 1)
+            if np.any(between):
+                raise HilaError(f"{path}: a FRACTIONAL SEG whose segment '{labels[n]}' holds fractions between 0 and "
+                                f"1 (e.g. {float(values[between][0]):.3g}, in {int(np.count_nonzero(between))} pixels); "
+                                "hila keeps exact binary masks and will not guess a threshold: save it as a BINARY SEG")
+        mask = np.zeros((size[2], size[1], size[0]), bool)
+        for uid, frame in zip(sources, values):
+            mask[slice_of[uid]] = frame > 0
+        out.append((n, labels[n], mask))
     prov = Provenance.parse(seg.get("ContentDescription"))
     if prov is not None and seg.get("ContentCreatorName"):
         prov.annotator = str(seg.ContentCreatorName).rstrip("^")
-    return img, names, prov
+    return out, prov
+
+
+def to_segmentation(path: PathLike, series: Series) -> Tuple[Segmentation, Optional[Provenance]]:
+    """A SEG as a Slicer segmentation on the series' grid: one segment per SEG segment, named as in the SEG,
+    overlapping ones in further layers (as Slicer stores them), so nothing of any segment is lost."""
+    segments, prov = read_segments(path, series)
+    empty = sitk.Image(series.image.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(series.image)
+    seg = Segmentation.from_label_image(empty, [])
+    for _, name, mask in segments:
+        seg.add_segment(mask, name)
+    seg.source = str(path)
+    return seg, prov
+
+
+def read_seg(path: PathLike, series: Series) -> Tuple[sitk.Image, Dict[int, str], Optional[Provenance]]:
+    """(label map on the series' grid, {segment number: label}, provenance) of a SEG drawn on ``series``
+    (see :func:`read_segments`); segments that overlap are refused, as a label map holds one value per voxel."""
+    segments, prov = read_segments(path, series)
+    err = overlap_error([(name, mask) for _, name, mask in segments], series.image, str(path),
+                        OVERLAP_REMEDY["label map"])
+    if err:
+        raise err
+    size = series.image.GetSize()
+    out = np.zeros((size[2], size[1], size[0]), np.uint16)
+    for n, _, mask in segments:
+        out[mask] = n
+    img = sitk.GetImageFromArray(out if out.max() > 255 else out.astype(np.uint8))
+    img.CopyInformation(series.image)
+    return img, {n: name for n, name, _ in segments}, prov

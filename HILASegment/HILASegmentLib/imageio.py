@@ -249,8 +249,25 @@ def list_dicom_series(folder: PathLike) -> List[Tuple[str, int]]:
         return [(sid, len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, sid))) for sid in ids]
 
 
-def read_dicom_series(folder: PathLike) -> sitk.Image:
-    """Read the single DICOM series in ``folder``; no series or several are errors (the latter lists them)."""
+def _slice_geometry(path: str) -> gridcheck.SliceGeometry:
+    """One DICOM file's geometry tags, read from its header only (no pixel data)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise HilaError(f"{path}: cannot read this DICOM file of the series ({_itk_reason(exc)})") from None
+    tags = {key: reader.GetMetaData(tag) if reader.HasMetaDataKey(tag) else None
+            for key, tag in gridcheck.SLICE_TAGS.items()}
+    return gridcheck.SliceGeometry(name=Path(path).name, tags=tags)
+
+
+def read_dicom_series_files(folder: PathLike) -> Tuple[sitk.Image, List[str]]:
+    """(image, its files in slice order) of the single DICOM series in ``folder``: every slice's geometry is
+    checked against the series first (:func:`gridcheck.check_slices`), a gantry-tilted stack is read as the
+    sheared grid it is, and the result is checked to hold every slice where its file puts it. Every reader of
+    DICOM series (convert, infer --image, import, --reference) comes through here, so they all decide alike."""
     folder_p = Path(folder)
     series = list_dicom_series(folder_p)
     if not series:
@@ -260,7 +277,7 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
         raise HilaError(f"{folder_p}: {len(series)} DICOM series in one folder, expected one: {listed}")
     sid = series[0][0]
     with quiet_itk():
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder_p), sid)
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder_p), sid))
         first = sitk.ImageFileReader()
         first.SetFileName(files[0])
         try:
@@ -270,9 +287,18 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
         else:
             size = list(first.GetSize()[:2]) + [len(files) * (first.GetSize()[2] if first.GetDimension() > 2 else 1)]
             check_voxel_budget(folder_p, size, _pixel_bytes(first.GetPixelID()))
+        slices = [_slice_geometry(f) for f in files]
+    listed = set(files)
+    unread = sorted(p.name for p in folder_p.iterdir() if p.is_file() and str(p) not in listed
+                    and not p.name.startswith("."))
+    plan = gridcheck.check_slices(folder_p, slices, unread)
+    if plan.order and plan.order[::-1] == list(range(len(files))):
+        plan.order = plan.order[::-1]  # GDCM's own (reversed) order: the same grid as always
+    files = [files[i] for i in plan.order]
+    slices = [slices[i] for i in plan.order]
+    with quiet_itk():
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
-        reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, to check the grid ITK assumes
         try:
             img = reader.Execute()
         except RuntimeError as exc:
@@ -280,8 +306,21 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
     if img.GetDimension() == 2:  # a single-file series: make it a one-slice volume
         img = sitk.JoinSeries(img)
     img = _check_scalar_3d(img, str(folder_p))
-    gridcheck.check_series_positions(folder_p, reader, files, img)
-    return img
+    if plan.sheared and len(files) == img.GetSize()[2]:
+        # a gantry tilt: the slices step along the tilted axis, not the normal; keep that exactly (a sheared grid)
+        direction = np.asarray(img.GetDirection(), float).reshape(3, 3)
+        first, last = slices[0].numbers("position", 3), slices[-1].numbers("position", 3)
+        step = (last - first) / (len(files) - 1)  # in the order the files are stacked
+        direction[:, 2] = step / np.linalg.norm(step)
+        img.SetDirection(direction.ravel().tolist())
+        img.SetSpacing(list(img.GetSpacing()[:2]) + [float(np.linalg.norm(step))])
+    gridcheck.check_read_exactly(folder_p, img, slices)
+    return img, files
+
+
+def read_dicom_series(folder: PathLike) -> sitk.Image:
+    """Read the single DICOM series in ``folder``; no series or several are errors (the latter lists them)."""
+    return read_dicom_series_files(folder)[0]
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, now, person
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
 from .labelmatch import MANUAL_SET, contour_set
-from .segmentation import Segmentation
+from .segmentation import Segmentation, same_name_twice
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -57,23 +57,60 @@ def read_rtstruct(path: PathLike):
         raise HilaError(f"{path}: not a readable DICOM file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     if ds.get("Modality") != "RTSTRUCT":
         raise HilaError(f"{path}: not an RTSTRUCT (Modality {ds.get('Modality', 'missing')})")
-    types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "")
-             for o in ds.get("RTROIObservationsSequence", [])}
+    def number(item, key: str, where: str) -> int:
+        try:
+            return int(item.get(key))
+        except (TypeError, ValueError):
+            raise HilaError(f"{path}: {where} has no valid {key} ({item.get(key, 'missing')})") from None
+
+    types = {number(o, "ReferencedROINumber", "an RTROIObservationsSequence item"):
+             str(o.get("RTROIInterpretedType", "") or "") for o in ds.get("RTROIObservationsSequence", [])}
     structures: Dict[int, Structure] = {}
     for roi in ds.get("StructureSetROISequence", []):
-        n = int(roi.ROINumber)
-        structures[n] = Structure(number=n, name=str(roi.get("ROIName", f"ROI_{n}")).strip() or f"ROI_{n}",
-                                  roi_type=types.get(n, ""), algorithm=str(roi.get("ROIGenerationAlgorithm", "")))
+        n = number(roi, "ROINumber", "a StructureSetROISequence item")
+        name = str(roi.get("ROIName", f"ROI_{n}")).strip() or f"ROI_{n}"
+        if n in structures:
+            raise HilaError(f"{path}: structures '{structures[n].name}' and '{name}' have the same ROI number {n}; "
+                            "their contours cannot be told apart")
+        structures[n] = Structure(number=n, name=name, roi_type=types.get(n, ""),
+                                  algorithm=str(roi.get("ROIGenerationAlgorithm", "")))
+    twice = same_name_twice([s.name for s in structures.values()])
+    if twice:
+        raise HilaError(f"{path}: two structures are named '{twice[0]}' and '{twice[1]}' (the same in any case); each "
+                        "organ must be its own structure, or one would be merged into the other or dropped: rename one")
+    contoured = set()
     for rc in ds.get("ROIContourSequence", []):
-        s = structures.get(int(rc.ReferencedROINumber))
+        n = number(rc, "ReferencedROINumber", "a ROIContourSequence item")
+        s = structures.get(n)
         if s is None:
-            continue
+            raise HilaError(f"{path}: a ROIContourSequence item refers to ROI number {n}, "
+                            "which the StructureSetROISequence does not define; its contours belong to no structure "
+                            f"(structures: {', '.join(f'{k} {x.name}' for k, x in structures.items()) or 'none'})")
+        if n in contoured:  # even-odd filling would turn the second copy of a contour into a hole
+            raise HilaError(f"{path}: two ROIContourSequence items refer to ROI number {n} ('{s.name}'); its contours "
+                            "would be combined into holes")
+        contoured.add(n)
         if "ROIDisplayColor" in rc:
             s.color = tuple(float(c) / 255.0 for c in rc.ROIDisplayColor)[:3]
-        for c in rc.get("ContourSequence", []):
+        for i, c in enumerate(rc.get("ContourSequence", [])):
             if str(c.get("ContourGeometricType", "")) not in ("CLOSED_PLANAR", ""):
                 continue  # points and open polylines carry no area
-            pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+            data = c.get("ContourData") or []
+            try:
+                values = np.atleast_1d(np.asarray(data, float))
+            except (TypeError, ValueError):
+                values = np.array([np.nan])
+            if len(values) % 3 or not np.all(np.isfinite(values)):
+                why = (f"{len(values)} numbers, not a multiple of 3 (x, y, z per point)" if len(values) % 3
+                       else "a coordinate that is not a finite number")
+                raise HilaError(f"{path}: structure '{s.name}' has a contour (item {i + 1} of its ContourSequence) "
+                                f"whose ContourData holds {why}; the contour is damaged")
+            pts = values.reshape(-1, 3)
+            stated = c.get("NumberOfContourPoints")
+            if stated not in (None, "") and int(stated) != len(pts):
+                raise HilaError(f"{path}: structure '{s.name}' has a contour (item {i + 1} of its ContourSequence) "
+                                f"of {len(pts)} points whose NumberOfContourPoints says {int(stated)}; the contour is "
+                                "damaged")
             if len(pts) >= 3:
                 s.contours.append(pts)
     return ds, list(structures.values())

@@ -201,6 +201,23 @@ class Segmentation:
             img = onto_lattice(img, reference, self.source or "segmentation")
         return img
 
+    def overlap_error(self, where: str, remedy: Optional[str] = None,
+                      values: Optional[Mapping[str, int]] = None) -> Optional[HilaError]:
+        """The error for the first two segments (in different layers) that share voxels, or None (see
+        :func:`overlap_error`). ``values`` (segment ID -> label value): only those segments, and segments
+        given one value may overlap (they become one label anyway)."""
+        chosen = [s for s in self.segments if values is None or s.id in values]
+        for i, a in enumerate(chosen):
+            for b in chosen[i + 1:]:
+                if a.layer == b.layer or (values is not None and values[a.id] == values[b.id]):
+                    continue
+                err = overlap_error([(a.name, lambda a=a: self.mask_array(a.id)),
+                                     (b.name, lambda b=b: self.mask_array(b.id))],
+                                    self.grid, where, remedy or OVERLAP_REMEDY["workspace"])
+                if err:
+                    return err
+        return None
+
     # -- editing ---------------------------------------------------------------------------------
     def add_segment(self, mask: Union[sitk.Image, np.ndarray], name: str, color: Optional[Color] = None,
                     tags: Optional[Mapping[str, str]] = None, segment_id: Optional[str] = None) -> Segment:
@@ -345,6 +362,59 @@ def onto_lattice(img: sitk.Image, reference: sitk.Image, where: str) -> sitk.Ima
         raise HilaError(f"{where}: {lost} segmented voxels lie outside the image grid [{describe_grid(reference)}]")
     return out
 
+
+#: what to do about an overlap, by where it was found
+OVERLAP_REMEDY = {
+    "label map": "write a .seg.nrrd, which keeps overlapping segments in layers",
+    "workspace": "remove the overlap (Segment Editor, masking 'overwrite other segments') and submit again",
+}
+
+
+def first_overlap(named: Sequence[Tuple[str, object]]) -> Optional[Tuple[str, str, int, Tuple[int, int, int]]]:
+    """(name a, name b, shared voxels, IJK of the first) for the first two of ``named`` (name, boolean (k, j, i)
+    mask, or a function giving it) that overlap; None when none do."""
+    masks: Dict[int, np.ndarray] = {}
+
+    def mask(i: int) -> np.ndarray:
+        if i not in masks:
+            m = named[i][1]
+            masks[i] = np.asarray(m() if callable(m) else m, bool)
+        return masks[i]
+
+    for i in range(len(named)):
+        for j in range(i + 1, len(named)):
+            both = mask(i) & mask(j)
+            n = int(np.count_nonzero(both))
+            if n:
+                k, jj, ii = (int(v) for v in np.argwhere(both)[0])
+                return str(named[i][0]), str(named[j][0]), n, (ii, jj, k)
+    return None
+
+
+def overlap_error(named: Sequence[Tuple[str, object]], grid: sitk.Image, where: str,
+                  remedy: str = OVERLAP_REMEDY["workspace"]) -> Optional[HilaError]:
+    """The error for the first two of ``named`` that overlap (see :func:`first_overlap`), or None: a label map
+    holds one value per voxel, and letting the later segment win silently would erase part of an organ. Names
+    the segments, the voxel count and where the first shared voxel is."""
+    found = first_overlap(named)
+    if found is None:
+        return None
+    a, b, n, ijk = found
+    lps = grid.TransformIndexToPhysicalPoint(ijk)
+    return HilaError(f"{where}: segments '{a}' and '{b}' overlap in {n} voxel(s), the first at IJK {ijk}, "
+                     f"LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm; a voxel can carry one label: {remedy}")
+
+
+def same_name_twice(names: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """The first two names that are the same in any case (and spacing), or None: two segments or structures
+    of one name would be merged into one organ (and another left empty) or one of them dropped."""
+    seen: Dict[str, str] = {}
+    for name in names:
+        key = " ".join(str(name).casefold().split())
+        if key in seen:
+            return seen[key], str(name)
+        seen[key] = str(name)
+    return None
 
 
 def _short(x: float) -> str:

@@ -61,14 +61,11 @@ def _kind_of_output(path: str) -> str:
 
 def _read_dicom_object(src_p: Path, modality: str, series, structures: str | None):
     """A DICOM RTSTRUCT or SEG as a Segmentation on the series' grid."""
-    from .. import dicomseg, rtstruct, segfile
+    from .. import dicomseg, rtstruct
 
     if modality == "RTSTRUCT":
         return rtstruct.to_segmentation(src_p, series, structures)
-    label, names, _ = dicomseg.read_seg(src_p, series)
-    seg = segfile.Segmentation.from_label_image(label, [(v, n, None) for v, n in sorted(names.items())])
-    seg.source = str(src_p)
-    return seg
+    return dicomseg.to_segmentation(src_p, series)[0]
 
 
 def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: str, provenance) -> dict:
@@ -95,6 +92,7 @@ def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: s
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
     from .. import dicomref, imageio, labelio, segfile
     from ..paths import check_outputs, check_readable
+    from ..segmentation import OVERLAP_REMEDY
 
     if fmt is None and dst.lower().endswith(".dcm"):
         raise HilaError(f"{dst}: say which DICOM object to write: --format seg or --format rtstruct")
@@ -150,6 +148,9 @@ def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: s
     else:
         if preloaded is not None or in_kind == "segmentation":
             seg = preloaded or segfile.read_segmentation(src_p)
+            overlap = seg.overlap_error(str(src), OVERLAP_REMEDY["label map"])
+            if overlap:  # the later segment would win: part of an organ silently gone
+                raise overlap
             img = seg.to_label_image(reference=ref)
             if ref is not None:
                 diff = imageio.grid_difference(img, ref)

@@ -136,7 +136,8 @@ def describe(entry: dict) -> str:
     for c in entry.get("corrections", []):
         what = f"{c['part'] or 'SEG'}" if c.get("part") is not None else "object"
         parts.append(f"{what}: already imported" if c["existing"] else
-                     f"{what} -> correction v{c['version']} ({c['quality']})")
+                     f"{what} -> correction v{c['version']} ({c['quality']})"
+                     + (f" [{c['note']}]" if c.get("note") else ""))
     return f"{head}: {'; '.join(parts)} ({entry['source']})"
 
 

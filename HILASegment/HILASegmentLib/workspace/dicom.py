@@ -26,6 +26,7 @@ from .. import dicomref, dicomseg, rtstruct
 from ..errors import HilaError
 from ..labelmatch import MANUAL_SET, contour_set, match_label
 from ..progress import ProgressFn, null_progress
+from ..segmentation import first_overlap, overlap_error
 from .files import read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, now
@@ -97,17 +98,22 @@ class Dicom(Room):
 
     # -- import ----------------------------------------------------------------------------------
     def _to_workspace_label(self, masks: Sequence[dicomref.SegmentMask], series: dicomref.Series, where: str,
-                            strict: bool) -> tuple:
-        """A label image in workspace values from named masks; (image, matched names, ignored names)."""
+                            strict: bool, quality: str = "reviewed") -> tuple:
+        """A label image in workspace values from named masks; (image, matched names, ignored names, note).
+
+        Structures of different labels that overlap are refused for a reviewed correction (a voxel holds one
+        label, and letting the later structure win would erase part of an organ without a word, as an
+        overlapping .seg.nrrd is refused); for a rough set (a planning system's auto-contours) the later
+        structure wins and ``note`` says where."""
         pairs = [(n, v) for v, n in self.settings.label_pairs()]
         arr = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, np.uint8)
-        matched, ignored = [], []
+        matched, ignored, by_value = [], [], {}
         for name, mask, _ in masks:
             value = match_label(contour_set(name)[0], {}, pairs)
             if value is None:
                 ignored.append(name)
                 continue
-            arr[mask] = value
+            by_value.setdefault(value, []).append((name, mask))
             matched.append(name)
         if strict and ignored:
             raise HilaError(f"{where}: structure(s) {', '.join(ignored)} match no workspace label "
@@ -115,9 +121,20 @@ class Dicom(Room):
         if not matched:
             raise HilaError(f"{where}: no structure matches a workspace label ({', '.join(self.settings.names())}); "
                             f"structures: {', '.join(n for n, _, _ in masks) or 'none'}")
+        unions = [(" + ".join(n for n, _ in items), lambda items=items: np.logical_or.reduce([m for _, m in items]))
+                  for items in by_value.values()]
+        found = first_overlap(unions)
+        if found and quality == "reviewed":
+            raise overlap_error(unions, series.image, where, "remove the overlap where the structures were drawn and "
+                                "submit again (a reviewed correction keeps every organ whole)")
+        note = f"segments '{found[0]}' and '{found[1]}' overlap in {found[2]} voxel(s), the later one kept there" \
+            if found else ""
+        for value, items in by_value.items():
+            for _, mask in items:
+                arr[mask] = value
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(series.image)
-        return img, matched, ignored
+        return img, matched, ignored, note
 
     def _submit_object(self, case_id: str, label: sitk.Image, sop_uid: str, part: str, modality: str,
                        obj_series_uid: str, quality: str, annotator: Optional[str], source: str, role: str) -> dict:
@@ -171,14 +188,13 @@ class Dicom(Room):
         role = "pulled" if pulled else "imported"
         results = []
         if modality == "SEG":
-            label, names, prov = dicomseg.read_seg(p, series)
-            arr = sitk.GetArrayViewFromImage(label)
-            masks = [(names.get(n, f"Segment_{n}"), arr == n, None) for n in sorted(names)]
-            img, matched, ignored = self._to_workspace_label(masks, series, str(p), strict)
+            segments, prov = dicomseg.read_segments(p, series)  # convert's reader: both decide alike
+            masks = [(name, mask, None) for _, name, mask in segments]
             q = quality or (prov.quality if prov and prov.quality else "reviewed")
+            img, matched, ignored, note = self._to_workspace_label(masks, series, str(p), strict, q)
             who = annotator or (prov.annotator if prov else None)
             res = self._submit_object(target, img, sop_uid, "", "SEG", obj_series, q, who, str(p), role)
-            res.update(matched=matched, ignored=ignored)
+            res.update(matched=matched, ignored=ignored, **({"note": note} if note else {}))
             results.append(res)
         else:
             ds, structures = rtstruct.read_rtstruct(p)
@@ -193,12 +209,12 @@ class Dicom(Room):
                 progress(0.1 + 0.6 * i / len(order), f"contour set {part}")
                 chosen = [s for s in structures if s.contour_set == part and s.roi_type.upper() != "EXTERNAL"]
                 masks = [(s.name, rtstruct.rasterise(s, series.image, p), None) for s in chosen]
-                labels.append((part, *self._to_workspace_label(masks, series, f"{p} [{part}]", strict)))
-            for part, img, matched, ignored in labels:
                 q = (quality or "reviewed") if part == MANUAL_SET else "rough"
+                labels.append((part, q, *self._to_workspace_label(masks, series, f"{p} [{part}]", strict, q)))
+            for part, q, img, matched, ignored, note in labels:
                 res = self._submit_object(target, img, sop_uid, part, "RTSTRUCT", obj_series, q, who, f"{p} [{part}]",
                                           role)
-                res.update(matched=matched, ignored=ignored)
+                res.update(matched=matched, ignored=ignored, **({"note": note} if note else {}))
                 results.append(res)
         progress(1.0, "imported")
         return results

@@ -87,17 +87,6 @@ class Labels(Room):
 def _refuse_overlaps(seg: Segmentation, values: Dict[str, int], where: str) -> None:
     """Segments in different layers may overlap; a label map cannot. Rather than let the later segment win
     silently, refuse and say which segments overlap, in how many voxels, and where the first one is."""
-    matched = [s for s in seg.segments if s.id in values]
-    for i, a in enumerate(matched):
-        for b in matched[i + 1:]:
-            if a.layer == b.layer or values[a.id] == values[b.id]:
-                continue
-            both = seg.mask_array(a.id) & seg.mask_array(b.id)
-            n = int(np.count_nonzero(both))
-            if n:
-                k, j, ii = (int(v) for v in np.argwhere(both)[0])
-                lps = seg.grid.TransformIndexToPhysicalPoint((ii, j, k))
-                raise HilaError(f"{where}: segments '{a.name}' and '{b.name}' overlap in {n} voxel(s), the first at "
-                                f"IJK ({ii}, {j}, {k}), LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm; a voxel "
-                                "can carry one label: remove the overlap (Segment Editor, masking 'overwrite other "
-                                "segments') and submit again")
+    err = seg.overlap_error(where, values=values)
+    if err:
+        raise err
