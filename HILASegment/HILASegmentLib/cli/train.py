@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
     p.add_argument("--ignore-band", action="store_true", help="the loss leaves out voxels within 1 (rough) or 3 "
                    "(weak) voxels of a label boundary: only a weak label's core and clear outside count (default off)")
-    p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=at.threads, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--nproc", type=at.integer(1), default=1,
                    help="data-parallel processes under torchrun (DistributedDataParallel: NCCL, one GPU each, with "

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import HilaError
 from ..modelcard import LabelInfo, ModelCard, read_card
+from . import budget
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
@@ -50,6 +51,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
                 and _label_names(cur_card) == names:
             arch0 = cur_card.get("architecture") or {}
             onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
+            fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
             net, arch = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src)
             return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid")
     if opts.init == "imported":
@@ -59,6 +61,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
         if _label_names(cur_card) != names:
             raise HilaError(f"model v{current.version}: its labels differ from the workspace's; "
                             "cannot fine-tune it on these corrections")
+        fits(ws, snapshot, {}, cur_card, opts)
         net = nw.convert_onnx(current.path)
         diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
         arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
@@ -76,7 +79,26 @@ def initial_network(ws, current, opts, snapshot) -> Start:
     rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size)
     base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
             "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    fits(ws, snapshot, arch, base, opts, spacing=opts.spacing)  # before the network is built: 4096 channels allocate gigabytes at once
     return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+
+
+def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[float]] = None) -> float:
+    """Refuse a round whose network (``arch``: channels; none for an imported model) and cases on the model grid
+    (``base``: spacing, patch size; ``spacing`` as the user gave it, before the plan rounds it) do not fit in
+    memory, before anything is built or recorded."""
+    patch = [int(p) for p in base.get("patch_size") or []]
+    spacing = [float(s) for s in (spacing or base.get("spacing") or [])]
+    if len(patch) != 3 or len(spacing) != 3:
+        return 0.0
+    batch = int(opts.batch_size or 2)
+    chans = arch.get("channels")
+    options = (f"hila train (patch {'x'.join(map(str, patch))}, batch {batch}"
+               + (f", channels {','.join(map(str, chans))}" if chans else "")
+               + f", spacing {','.join(f'{s:g}' for s in spacing)} mm)")
+    grids = [(it.case_id, ws.case(it.case_id).grid) for it in snapshot]
+    device = "cuda" if str(opts.device) in ("cuda", "auto") else "cpu"
+    return budget.check_round(arch, patch, spacing, batch, grids, device, options)
 
 
 def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
