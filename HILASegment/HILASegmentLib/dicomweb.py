@@ -157,7 +157,9 @@ class Server:
 
         worker = threading.Thread(target=run, name="hila-dicomweb", daemon=True)
         worker.start()
-        worker.join(self.deadline_s)
+        # a grace second past the deadline: a server silent for the whole deadline is the socket's timeout
+        # ("timed out"); one that keeps sending without ever finishing is this deadline's
+        worker.join(self.deadline_s + 1.0)
         if worker.is_alive():
             for r in list(self._answers):
                 _cut(r)
