@@ -116,6 +116,10 @@ def test_threads_beyond_the_machine_are_refused(ws, capsys, command):
     line = refused(capsys, ws, *args, expect="--threads")
     assert f"{n} CPU core" in line
     refused(capsys, ws, *args[:-1], "100000", expect="--threads")
+    if command == "train":  # --nproc 100000 started 100000 processes
+        refused(capsys, ws, "train", ws, "--nproc", str(n + 1), expect="--nproc")
+        if n > 1:
+            refused(capsys, ws, "train", ws, "--nproc", "2", "--threads", str(n), expect="CPU cores")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,11 @@ def machine_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def processes(text: str) -> int:
+    """A process count from 1 to the cores this machine has (``--nproc 100000`` started 100000 processes)."""
+    return threads(text)
+
+
 def threads(text: str) -> int:
     """A thread count from 1 to the cores this machine has: 100000 threads made torch crash (a segmentation
     fault) and onnxruntime hang, so a count the machine cannot run is refused when the command line is read."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..errors import HilaError
 from . import argtypes as at
 
 _T0 = time.monotonic()
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(weak) voxels of a label boundary: only a weak label's core and clear outside count (default off)")
     p.add_argument("--threads", type=at.threads, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
-    p.add_argument("--nproc", type=at.integer(1), default=1,
+    p.add_argument("--nproc", type=at.processes, default=1,
                    help="data-parallel processes under torchrun (DistributedDataParallel: NCCL, one GPU each, with "
                         "--device cuda; gloo on CPU); one run, one candidate, the same gate (default 1)")
 
@@ -60,6 +61,9 @@ def register(sub, parent) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and args.threads and args.nproc * args.threads > at.machine_threads():
+        raise HilaError(f"--nproc {args.nproc} --threads {args.threads}: {args.nproc * args.threads} threads in all, "
+                        f"but this machine has {at.machine_threads()} CPU cores")
     if args.nproc > 1:  # this process only starts torchrun, which runs N copies of this command without --nproc
         import sys
 
