@@ -95,6 +95,7 @@ def test_every_integer_option_refuses_a_360_digit_number(ws, capsys):
     for opt in ("--test", "--initial", "--per-round", "--rounds", "--seed", "--threads"):
         rc, _, err = run(capsys, "simulate", "--out", ws.parent / "run", "--synthetic", ws, "--labels", "a=1", opt, HUGE)
         assert rc == 2 and len(err) == 1 and opt in err[0], (opt, err)
+    refused(capsys, ws, "train", ws, "--channels", "8", expect="--channels")  # one level: a traceback in MONAI
     rc, _, err = run(capsys, "train", ws, "--patch", f"{HUGE},16,16")
     assert rc == 2 and len(err) == 1 and "--patch" in err[0]
     with pytest.raises(Exception, match="must be"):

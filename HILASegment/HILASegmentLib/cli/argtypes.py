@@ -98,19 +98,20 @@ def _items(text: str) -> List[str]:
     return [t.strip() for t in str(text).replace("x", ",").split(",")]
 
 
-def _list(one: Callable[[str], float], n: Optional[int], what: str) -> Callable[[str], list]:
+def _list(one: Callable[[str], float], n: Optional[int], what: str, least: int = 1) -> Callable[[str], list]:
     def parse(text: str) -> list:
         vals = [one(t) for t in _items(text) if t] if str(text).strip() else []
-        if (n is not None and len(vals) != n) or not vals:
-            raise argparse.ArgumentTypeError(f"{text!r}: need {n or 'one or more'} comma-separated {what}")
+        if (n is not None and len(vals) != n) or len(vals) < least:
+            need = n or ("one or more" if least <= 1 else f"{least} or more")
+            raise argparse.ArgumentTypeError(f"{str(text)[:40]!r}: need {need} comma-separated {what}")
         return vals
     parse.__name__ = "list"
     return parse
 
 
-def int_list(n: Optional[int] = None, lo: Optional[int] = 1) -> Callable[[str], List[int]]:
-    """Comma (or x) separated whole numbers, each >= lo; exactly ``n`` of them when given."""
-    return _list(integer(lo), n, "whole numbers")
+def int_list(n: Optional[int] = None, lo: Optional[int] = 1, least: int = 1) -> Callable[[str], List[int]]:
+    """Comma (or x) separated whole numbers, each >= lo; exactly ``n`` of them when given, else at least ``least``."""
+    return _list(integer(lo), n, "whole numbers", least)
 
 
 def real_list(n: Optional[int] = None, lo: Optional[float] = 0.0, lo_open: bool = True) -> Callable[[str], List[float]]:
