@@ -118,6 +118,26 @@ def test_infer_that_cannot_write_its_map_stores_no_prediction(ws, tmp_path, caps
     assert rc == 2 and not (tmp_path / "u.nrrd").exists() and state(ws) == before
 
 
+def test_infer_image_that_cannot_write_its_map_leaves_no_label(ws, tmp_path, capsys, monkeypatch):
+    """The file form of W22: --out was written, then the unwritable --uncertainty failed."""
+    from HILASegmentLib import imageio
+
+    real = imageio.write_image
+
+    def unwritable(img, path, *a, **k):
+        if "ro" in Path(path).parts:
+            raise HilaError(f"{path}: cannot write: permission denied")
+        return real(img, path, *a, **k)
+
+    monkeypatch.setattr(imageio, "write_image", unwritable)
+    (tmp_path / "ro").mkdir()
+    rc = main(["infer", "--image", str(tmp_path / "ct.nrrd"), "--model", str(tmp_path / "tiny.onnx"), "--out",
+               str(tmp_path / "o.seg.nrrd"), "--uncertainty", str(tmp_path / "ro" / "u.nrrd")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert not (tmp_path / "o.seg.nrrd").exists()
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

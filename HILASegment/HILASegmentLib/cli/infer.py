@@ -102,8 +102,13 @@ def _infer_file(args, t0: float) -> int:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
-    _write(result, args.out, None)
-    _write_maps(result, args)
+    written = _write_maps(result, args)  # the maps first: one that cannot be written leaves no --out behind
+    try:
+        _write(result, args.out, None)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     summary = dict(result.summary)
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"image": str(args.image), "out": str(args.out), **summary}
