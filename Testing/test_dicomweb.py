@@ -232,3 +232,51 @@ def test_the_slicer_panels_actions_as_it_runs_them(pacs, tmp_path):
     assert run(section.export_action(root, url, case.case_id)) == f"PACS: stored 1 correction(s) as DICOM SEG on {url}"
     assert run(section.sync_action(root, url)) == f"PACS sync: stored 0 correction(s), imported 0 from {url}"
     assert seg_count(url, mr_study) == 1
+
+
+def test_uids_that_are_paths_never_name_a_file_from_a_real_orthanc(pacs, tmp_path):
+    """Issue 22 row P01 against a real PACS: the ProstateX series stored again under a new study, the last
+    instance's SOPInstanceUID a path. Orthanc may refuse that instance itself; whatever it keeps, hila never
+    writes outside its temporary folder, and a series holding such an instance is refused in one line with the
+    workspace unchanged (Testing/test_trust_names.py does the same against a hostile server that always sends it)."""
+    import warnings
+
+    from HILASegmentLib.errors import HilaError
+
+    url = pacs[0]
+    trap = tmp_path / "trap"
+    (tmp_path / "tmp").mkdir()
+    trap.mkdir()
+    src = tmp_path / "hostile"
+    src.mkdir()
+    study, series = "1.2.826.0.1.3680043.2.1125.22.1", "1.2.826.0.1.3680043.2.1125.22.2"
+    files = sorted(glob.glob(str(shared("prostate_mri", "dicom", "ProstateX-0000_t2") / "*.dcm")))
+    with warnings.catch_warnings():  # (pydicom: a path is not a valid UI value — the point)
+        warnings.simplefilter("ignore")
+        for i, f in enumerate(files):
+            d = pydicom.dcmread(f)
+            d.StudyInstanceUID, d.SeriesInstanceUID = study, series
+            d.SOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.22.3.{i + 1}"
+            if i == len(files) - 1:  # last, so that the others are stored even if Orthanc refuses this one
+                d.SOPInstanceUID = "../" * 20 + str(trap).lstrip("/") + "/PWNED"
+            d.save_as(src / f"{i:02d}.dcm", enforce_file_format=True)
+    os.environ.update(CREDS)
+    try:
+        try:
+            Server(url).store(sorted(src.glob("*.dcm")))
+        except HilaError:
+            pass  # the PACS refused the hostile instance itself
+    finally:
+        for k in CREDS:
+            os.environ.pop(k, None)
+    root = tmp_path / "w"
+    assert hila("init", root, "--modality", "MR", "--labels", "prostate").returncode == 0
+    res = hila("import", root, "--dicomweb", url, "--study", study, env=env_with(TMPDIR=str(tmp_path / "tmp"), **CREDS))
+    assert not list(tmp_path.rglob("PWNED*")), "a UID from the PACS named a file outside the temporary folder"
+    assert not list((tmp_path / "tmp").iterdir())
+    if res.returncode != 0:  # Orthanc kept the instance: hila refused the series
+        one_line_error(res, "not a DICOM UID")
+        with Workspace.open(root) as ws:
+            assert ws.cases() == []
+    else:  # Orthanc refused the instance: the rest is an ordinary series
+        assert result(res)["cases"][0]["name"]

@@ -31,6 +31,7 @@ from .imageio import (
     grid_difference,
     read_dicom_series_files,
 )
+from .paths import dicom_value
 from .segmentation import onto_lattice
 
 MANUFACTURER = "HILASegment"
@@ -75,7 +76,7 @@ class Provenance:
             parts.append(self.quality)
         if self.model_version:
             parts.append(f"model {self.model_version}")
-        return " ".join(parts)[:64]
+        return dicom_value(" ".join(parts), "LO")
 
     # Short keys: the machine form must fit DICOM's 64-character LO fields (ContentDescription);
     # the most important come first, as a truncated tail loses the rest only.
@@ -84,7 +85,7 @@ class Provenance:
 
     def text(self) -> str:
         """``hila k=correction v=3 q=reviewed m=2 a=dr_rossi c=case1``: what :meth:`parse` reads back."""
-        parts = [f"{short}={str(getattr(self, key)).replace(' ', '_')}" for short, key in self._KEYS
+        parts = [f"{short}={dicom_value(getattr(self, key), 'LT').replace(' ', '_')}" for short, key in self._KEYS
                  if getattr(self, key) not in (None, "")]
         return "hila " + " ".join(parts)
 
@@ -172,10 +173,12 @@ def masks_from_segmentation(seg, series: Series, where: PathLike) -> List[Segmen
 
 
 def person_name(text: Optional[str]) -> Optional[str]:
-    """A free-text annotator as a DICOM person name (one component, made explicit by a caret)."""
+    """A free-text annotator as a DICOM person name (one component, made explicit by a caret), through
+    :func:`paths.dicom_value`: an outside name never carries control characters into a DICOM."""
+    text = dicom_value(text, "PN") if text else ""
     if not text:
         return None
-    return text if "^" in text else f"{text}^"
+    return text if "^" in text else dicom_value(f"{text}^", "PN")
 
 
 def now() -> tuple[str, str]:

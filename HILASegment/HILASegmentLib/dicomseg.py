@@ -25,6 +25,7 @@ from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, person_name
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
 from .labelmatch import ALIASES, contour_set
+from .paths import dicom_value
 from .segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
 
 # Canonical organ name (labelmatch) -> pydicom ``codes.SCT`` attribute.
@@ -81,7 +82,7 @@ def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
     for n, (name, _, _) in enumerate(segments, start=1):
         category, kind = _codes(name)
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=n, segment_label=str(name)[:64], segmented_property_category=category,
+            segment_number=n, segment_label=dicom_value(name, "LO"), segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=algo_type, algorithm_identification=algorithm))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*person name.*")  # anonymised PatientName of the source

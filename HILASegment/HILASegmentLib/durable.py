@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
+from typing import List
 
 from .errors import HilaError
 
@@ -60,3 +64,45 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# -- staging folders beside an output ----------------------------------------------------------------------------
+
+def _staging_pattern(name: str, kind: str) -> "re.Pattern[str]":
+    return re.compile(re.escape(f".{name}.{kind}-") + r"(\d+)-[A-Za-z0-9_]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or not a pid: leave it
+        return True
+    return True
+
+
+def clean_stale_staging(parent: Path, name: str, kind: str) -> List[Path]:
+    """Remove the staging folders for ``name`` in ``parent`` that a killed process left behind (its pid, in the
+    folder's name, no longer runs); returns them. Only folders of exactly :func:`staging_dir`'s name pattern are
+    touched, never a link."""
+    removed = []
+    pat = _staging_pattern(name, kind)
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pat.match(p.name)
+        if m and not p.is_symlink() and p.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def staging_dir(parent: Path, name: str, kind: str) -> Path:
+    """A new hidden folder ``.<name>.<kind>-<pid>-<random>`` in ``parent`` to write ``name`` in before it is
+    renamed into place. A SIGKILL leaves such a folder behind; the next write of the same ``name`` removes it
+    (its pid is dead), so partial outputs do not pile up beside the user's files."""
+    clean_stale_staging(parent, name, kind)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{kind}-{os.getpid()}-", dir=str(parent)))

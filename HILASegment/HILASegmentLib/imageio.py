@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import gridcheck
-from .durable import fsync_dir, fsync_file
+from .durable import fsync_dir, fsync_file, staging_dir
 from .errors import HilaError
 from .paths import check_readable
 
@@ -158,7 +158,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     if not parent.is_dir():
         raise HilaError(f"{target}: cannot write: folder {parent} does not exist")
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(parent)))
+        tmpdir = staging_dir(parent, target.name, "tmp")
     except OSError as exc:
         raise HilaError(f"{target}: cannot write: {_one_line(exc.strerror or exc)}") from None
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -84,3 +85,27 @@ def check_readable(path: PathLike, want: str = "any") -> str:
     if not os.access(p, os.R_OK | (os.X_OK if kind == "folder" else 0)):
         raise HilaError(f"{p}: permission denied: this user may not read the {kind}")
     return kind
+
+
+# -- names from outside -------------------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: the longest value DICOM allows for the text value representations hila writes (PS3.5 6.2)
+DICOM_MAX_CHARS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UT": 1 << 20}
+
+
+def name_component(text: object, fallback: str = "unnamed", max_chars: int = 100) -> str:
+    """An outside name (a case name, a UID from a PACS, a segment name, an annotator) as one safe file name
+    component: letters, digits, ``_ . -`` only, never ``.``/``..``, never hidden, never empty, at most
+    ``max_chars`` long. Why: a name is never a path — ``../../evil`` or ``/etc/x`` must not leave the folder
+    the file is written into."""
+    name = _UNSAFE.sub("_", str(text if text is not None else "")).strip("._-")
+    return name[:max_chars].rstrip("._-") or fallback
+
+
+def dicom_value(text: object, vr: str = "LO") -> str:
+    """An outside name as a valid DICOM text value of ``vr``: no control characters (CR/LF in a PN makes an
+    invalid DICOM some PACS reject), no backslash (the value separator) and within the VR's length."""
+    value = _CONTROL.sub(" ", str(text if text is not None else "")).replace("\\", "/")
+    value = " ".join(value.split()) if vr not in ("ST", "LT", "UT") else value.strip()
+    return value[:DICOM_MAX_CHARS.get(vr, 64)].rstrip()

@@ -7,13 +7,37 @@ into a tqdm bar or JSON lines; the Slicer module into a progress bar fed from a 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 ProgressFn = Callable[[Optional[float], str], None]
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every value JSON (RFC 8259) can hold: NaN and infinities become null (a model's loss or
+    Dice can be NaN, and ``NaN`` is no JSON), numpy scalars and arrays plain numbers and lists, and other
+    objects their text."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [strict_json(v) for v in obj]
+    item = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    if callable(item):
+        return strict_json(item())
+    return str(obj)
+
+
+def json_line(obj: Any) -> str:
+    """One strict JSON line (no NaN/Infinity, whatever the values): every ``--json`` line goes through here."""
+    return json.dumps(strict_json(obj), allow_nan=False)
 
 
 def null_progress(fraction: Optional[float], message: str = "") -> None:
@@ -52,7 +76,7 @@ class JsonLinesProgress:
         self._last, self._kind = now, kind
         rec = {"event": "progress", "fraction": None if fraction is None else round(float(fraction), 4), "message": message}
         rec.update(extra)
-        self.stream.write(json.dumps(rec) + "\n")
+        self.stream.write(json_line(rec) + "\n")
         self.stream.flush()
 
     def close(self) -> None:

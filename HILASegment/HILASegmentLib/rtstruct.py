@@ -25,6 +25,7 @@ from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, now, person
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
 from .labelmatch import MANUAL_SET, contour_set
+from .paths import dicom_value
 from .segmentation import Segmentation, same_name_twice
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -247,7 +248,7 @@ def write_rtstruct(segments: Sequence[SegmentMask], series: Series, path: PathLi
         roi = Dataset()
         roi.ROINumber = n
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-        roi.ROIName = str(name)[:64]
+        roi.ROIName = dicom_value(name, "LO")
         roi.ROIGenerationAlgorithm = algorithm
         roi.ROIGenerationDescription = prov.text()[:64]
         rois.append(roi)

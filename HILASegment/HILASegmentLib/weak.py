@@ -75,15 +75,39 @@ def _index_block(image: sitk.Image, corners: np.ndarray, what: str):
     return np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
 
 
+def _mm(c: np.ndarray) -> str:
+    """Coordinates for a message, as given (no arithmetic on them: 1e308 would overflow with a warning)."""
+    return "[" + ", ".join(f"{float(v):g}" for v in np.ravel(c)) + "]"
+
+
+def image_extent(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) LPS corner in mm of the box holding the whole image (voxel edges included)."""
+    size = np.asarray(image.GetSize(), float)
+    corners = [image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in np.where(bits, size - 0.5, -0.5)))
+               for bits in np.ndindex(2, 2, 2)]
+    pts = np.asarray(corners, float)
+    return pts.min(0), pts.max(0)
+
+
+#: how far a box may reach beyond the image (mm, and as a fraction of the image's extent): a box drawn to the
+#: edge of the field of view may overshoot a little; a box kilometres wide is a typing error, not a label
+BOX_MARGIN_MM, BOX_MARGIN_FRACTION = 10.0, 0.05
+
+
 def box_mask(image: sitk.Image, corners: Sequence[float], ras: bool = False, refine: bool = True) -> np.ndarray:
     """Pseudo-mask (z, y, x bool array on the image grid) from two opposite box corners in mm."""
     c = _to_lps(corners, ras)
     if c.shape != (2, 3):
         raise HilaError("box: need X0,Y0,Z0,X1,Y1,Z1")
     lo_mm, hi_mm = c.min(0), c.max(0)
-    if np.any(hi_mm - lo_mm <= 0):
-        raise HilaError(f"box {c.ravel().tolist()}: zero size along an axis")
-    lo, hi = _index_block(image, np.stack([lo_mm, hi_mm]), f"box {c.ravel().round(2).tolist()}")
+    ext_lo, ext_hi = image_extent(image)
+    margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
+    if np.any(lo_mm < ext_lo - margin) or np.any(hi_mm > ext_hi + margin):
+        raise HilaError(f"box {_mm(c)} (LPS mm): reaches far beyond the image, which spans {_mm(ext_lo)} to "
+                        f"{_mm(ext_hi)} mm; draw the box around the structure")
+    if np.any(hi_mm <= lo_mm):
+        raise HilaError(f"box {_mm(c)}: zero size along an axis")
+    lo, hi = _index_block(image, np.stack([lo_mm, hi_mm]), f"box {_mm(c)}")
     centre, half = (lo_mm + hi_mm) / 2, (hi_mm - lo_mm) / 2
     half = np.maximum(half, np.asarray(image.GetSpacing()).min() / 2)
     # grow the block so that the grown ellipsoid fits
@@ -95,7 +119,7 @@ def box_mask(image: sitk.Image, corners: Sequence[float], ras: bool = False, ref
     sl = tuple(slice(lo[a], hi[a] + 1) for a in (2, 1, 0))
     ell = r <= 1.0
     if not ell.any():
-        raise HilaError(f"box {c.ravel().round(2).tolist()}: smaller than one voxel of the image")
+        raise HilaError(f"box {_mm(c)}: smaller than one voxel of the image")
     mask = ell
     if refine:
         vals = sitk.GetArrayViewFromImage(image)[sl].astype(float)
@@ -136,11 +160,21 @@ def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequen
                refine: bool = True) -> np.ndarray:
     """Pseudo-mask from a long and a short diameter (each X0,Y0,Z0,X1,Y1,Z1 in mm) that cross."""
     a, b = _to_lps(long_line, ras), _to_lps(short_line, ras)
-    la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 mm: refused below, in words, not with a warning
+        la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
+    ext_lo, ext_hi = image_extent(image)
+    margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
+    pts = np.concatenate([a, b])
+    if np.any(pts < ext_lo - margin) or np.any(pts > ext_hi + margin):
+        raise HilaError(f"lines {_mm(a)} {_mm(b)} (LPS mm): reach far beyond the image, which spans {_mm(ext_lo)} "
+                        f"to {_mm(ext_hi)} mm")
     if la <= 0 or lb <= 0:
         raise HilaError("lines: a line of zero length")
-    centre = crossing(a, b, float(np.linalg.norm(image.GetSpacing())))
     u, v = a[1] - a[0], b[1] - b[0]
+    if np.linalg.norm(np.cross(u, v)) <= 0.05 * la * lb:  # within 3 degrees: no plane to span, no short diameter
+        raise HilaError(f"lines: the long and the short diameter are parallel (long {_mm(a)}, short {_mm(b)}; the "
+                        "same line twice?); draw the short diameter across the long one")
+    centre = crossing(a, b, float(np.linalg.norm(image.GetSpacing())))
     n = np.cross(u, v)
     n = n / (np.linalg.norm(n) + 1e-12)
     pts = np.concatenate([a, b, [centre + n * lb / 2, centre - n * lb / 2]])

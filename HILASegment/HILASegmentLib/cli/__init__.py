@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
+import os
 import sys
 from typing import List, NoReturn, Optional
 
-from .. import __version__
+from .. import __version__, envvars
 from ..dependencies import missing_package_message
 from ..errors import HilaError
-from ..progress import BarProgress, JsonLinesProgress
+from ..progress import BarProgress, JsonLinesProgress, json_line
 
 # Modules (in this package) that register sub-commands, in help order.
 COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
@@ -63,7 +63,7 @@ def emit(args: argparse.Namespace, result: dict, summary: str) -> None:
     if getattr(args, "json", False):
         out = {"event": "result", "ok": True}
         out.update(result)
-        print(json.dumps(out, default=str), flush=True)
+        print(json_line(out), flush=True)
     elif summary:
         print(summary, flush=True)
 
@@ -92,14 +92,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:  # --help/--version (0) or a bad argument (2, its one line already printed)
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
         if code and "--json" in (sys.argv[1:] if argv is None else [str(a) for a in argv]):
-            print(json.dumps({"event": "error", "ok": False, "error": HilaArgumentParser.last_error}), flush=True)
+            print(json_line({"event": "error", "ok": False, "error": HilaArgumentParser.last_error}), flush=True)
         return code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
+        envvars.check_all()  # a bad HILA_* variable is one line before any work, not a traceback halfway
         rc = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`| head`) is noticed here, not at the interpreter's exit
         return int(rc or 0)
+    except BrokenPipeError:
+        return _stdout_closed()
     except HilaError as exc:
         return _fail(args, str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, exc.exit_code)
     except OSError as exc:  # the disk, not the input: full, read-only, no permission, a symlink loop
@@ -121,9 +125,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _fail(args: argparse.Namespace, msg: str, code: int) -> int:
     """The one-line error (and its JSON event with --json); returns the exit code."""
     if getattr(args, "json", False):
-        print(json.dumps({"event": "error", "ok": False, "error": msg}), flush=True)
+        try:
+            print(json_line({"event": "error", "ok": False, "error": msg}), flush=True)
+        except BrokenPipeError:
+            _stdout_closed()
     print(f"hila: error: {msg}", file=sys.stderr, flush=True)
     return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``hila status WS | head -1``): end quietly, as a program killed by
+    SIGPIPE does (exit 141), with stdout pointed at /dev/null so the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (a test's buffer)
+        pass
+    return 128 + 13
 
 
 if __name__ == "__main__":  # pragma: no cover

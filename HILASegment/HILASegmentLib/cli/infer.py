@@ -34,7 +34,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="file form: preset name (taps), starter name or .onnx path; "
                    "workspace form: model version (default: current)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the compute; uncertainty = disagreement)")
-    p.add_argument("--threads", type=argtypes.integer(1), default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--threads", type=argtypes.threads, default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--uncertainty", type=Path, default=None, help="also write the per-voxel uncertainty map (0..1) here")
     p.add_argument("--review-map", type=Path, default=None,
@@ -102,8 +102,13 @@ def _infer_file(args, t0: float) -> int:
         result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
-    _write(result, args.out, None)
-    _write_maps(result, args)
+    written = _write_maps(result, args)  # the maps first: one that cannot be written leaves no --out behind
+    try:
+        _write(result, args.out, None)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     summary = dict(result.summary)
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"image": str(args.image), "out": str(args.out), **summary}
@@ -124,13 +129,23 @@ def _check_maps(args) -> None:
                 raise HilaError(f"{path}: the {what} map is a volume; use .nrrd, .nii.gz or .mha")
 
 
-def _write_maps(result, args) -> None:
+def _write_maps(result, args) -> list:
+    """Write --uncertainty/--review-map; returns the paths written (removed again if a later step fails)."""
     from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
-    if args.uncertainty is not None:
-        write_image(result.uncertainty, args.uncertainty)
-    if args.review_map is not None:
-        write_image(sitk_review(result), args.review_map)
+    written = []
+    try:
+        if args.uncertainty is not None:
+            write_image(result.uncertainty, args.uncertainty)
+            written.append(Path(args.uncertainty))
+        if args.review_map is not None:
+            write_image(sitk_review(result), args.review_map)
+            written.append(Path(args.review_map))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def sitk_review(result):
@@ -156,6 +171,7 @@ def _write(result, out: Path, uncertainty_out) -> None:
 def _infer_workspace(args, t0: float) -> int:
     from ..imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
     from ..workspace import Workspace
+    from ..workspace.room import as_int
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
@@ -167,9 +183,10 @@ def _infer_workspace(args, t0: float) -> int:
         case = ws.case(args.case)
         if args.model is not None:
             try:
-                record = ws.model(int(args.model))
-            except ValueError:
+                version = as_int(args.model, "model version")
+            except HilaError:
                 raise HilaError(f"--model in the workspace form is a model version number, got {args.model!r}") from None
+            record = ws.model(version)
         else:
             record = ws.current_model()
             if record is None:
@@ -188,8 +205,15 @@ def _infer_workspace(args, t0: float) -> int:
         for out in (args.uncertainty, args.review_map):  # every output on the image's grid, before anything is stored
             if out is not None:
                 check_format_holds(image, out)
-        pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary dict
-    _write_maps(result, args)
+        # The maps first, the prediction last: a map that cannot be written (a read-only folder) fails the command
+        # before the workspace changes, so a retrying script does not add a prediction per try.
+        written = _write_maps(result, args)
+        try:
+            pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     res = {"workspace": str(args.workspace), "case": case.case_id,
            "prediction_id": pred.prediction_id, **summary}

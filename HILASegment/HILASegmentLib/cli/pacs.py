@@ -37,8 +37,11 @@ def cmd_sync(args) -> int:
 
 def sync_summary(res: dict, url: str) -> str:
     """What a sync did, in one line (the CLI's summary and the Slicer panel's status)."""
+    left = res.get("skipped") or []
     return (f"stored {len(res['pushed'])} correction(s), imported "
-            f"{sum(1 for c in res['pulled'] if not c['existing'])} from {url}")
+            f"{sum(1 for c in res['pulled'] if not c['existing'])} from {url}"
+            + (f"; skipped {len(left)} object(s) whose SOPInstanceUID is not a DICOM UID "
+               f"({', '.join(repr(x['sop_uid']) for x in left[:3])})" if left else ""))
 
 
 def export_summary(res: dict) -> str:
@@ -133,6 +136,8 @@ def describe(entry: dict) -> str:
     parts = []
     if "name" in entry:
         parts.append("already in the workspace" if entry["existing"] else "imported")
+    if entry.get("skipped"):
+        parts.append(f"skipped {len(entry['skipped'])} object(s) whose SOPInstanceUID is not a DICOM UID")
     for c in entry.get("corrections", []):
         what = f"{c['part'] or 'SEG'}" if c.get("part") is not None else "object"
         parts.append(f"{what}: already imported" if c["existing"] else

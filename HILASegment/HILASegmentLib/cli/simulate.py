@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from ..progress import json_line
 from . import argtypes as at
 
 
@@ -49,7 +49,7 @@ def register(sub, parent) -> None:
                    help="as hila train: auto (the gate decides) or always (for a pool too small to gate, e.g. 2 cases)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=at.threads, default=None, help="CPU threads (default: all cores)")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -72,7 +72,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     def on_round(r: dict) -> None:
         if args.json:
-            print(json.dumps({"event": "round", **{k: v for k, v in r.items() if k != "efforts"}}), flush=True)
+            print(json_line({"event": "round", **{k: v for k, v in r.items() if k != "efforts"}}), flush=True)
         else:
             print(f"round {r['round']}: model v{r['model_version']}, {len(r['cases'])} case(s), "
                   f"effort/case {r['effort_per_case_s']} s, cumulative {r['effort_fraction']:.2%} of full annotation, "

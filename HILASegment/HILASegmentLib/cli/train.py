@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..errors import HilaError
 from . import argtypes as at
 
 _T0 = time.monotonic()
@@ -38,19 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=at.integer(1), default=None, help="stop after this many optimisation steps")
     p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
     p.add_argument("--spacing", type=at.real_list(3), default=None, help="model grid spacing X,Y,Z in mm (new models only)")
-    p.add_argument("--channels", type=at.int_list(lo=1), default=None, help="U-Net channels per level, e.g. 16,32,64,128 (new models only)")
+    p.add_argument("--channels", type=at.int_list(lo=1, least=2), default=None, help="U-Net channels per level (two or more levels), e.g. 16,32,64,128 (new models only)")
     p.add_argument("--lr", type=at.real(0.0, 1.0, lo_open=True), default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
     p.add_argument("--batch", type=at.integer(1), default=None, help="patches per step (default 2)")
     p.add_argument("--quality-weights", type=at.weights(["reviewed", "rough", "weak"]), default=None,
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")
     p.add_argument("--ignore-band", action="store_true", help="the loss leaves out voxels within 1 (rough) or 3 "
                    "(weak) voxels of a label boundary: only a weak label's core and clear outside count (default off)")
-    p.add_argument("--threads", type=at.integer(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=at.threads, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=at.integer(0), default=0)
     p.add_argument("--watch", action="store_true",
                    help="keep running: train a round whenever new corrections land (SIGTERM/Ctrl-C ends it cleanly)")
     p.add_argument("--poll", type=at.real(0.1, 3600.0), default=2.0, help="--watch: seconds between looks at the ledger")
-    p.add_argument("--nproc", type=at.integer(1), default=1,
+    p.add_argument("--nproc", type=at.processes, default=1,
                    help="data-parallel processes under torchrun (DistributedDataParallel: NCCL, one GPU each, with "
                         "--device cuda; gloo on CPU); one run, one candidate, the same gate (default 1)")
 
@@ -66,6 +67,9 @@ def register(sub, parent) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and args.threads and args.nproc * args.threads > at.machine_threads():
+        raise HilaError(f"--nproc {args.nproc} --threads {args.threads}: {args.nproc * args.threads} threads in all, "
+                        f"but this machine has {at.machine_threads()} CPU cores")
     if args.nproc > 1:  # this process only starts torchrun, which runs N copies of this command without --nproc
         import sys
 

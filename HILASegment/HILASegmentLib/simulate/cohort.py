@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import HilaError
+from ..paths import name_component
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -84,14 +85,15 @@ def from_manifest(csv_path: Path) -> List[CohortCase]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise HilaError(f"{csv_path}: manifest not found")
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         rows = list(csv.DictReader(f))
     if not rows:
         raise HilaError(f"{csv_path}: manifest has no rows (columns: case,image,reference)")
     missing = {"case", "image", "reference"} - set(rows[0])
     if missing:
         raise HilaError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
-    out = []
+    out: List[CohortCase] = []
+    lines: Dict[str, int] = {}
     for i, row in enumerate(rows, start=2):
         img, ref = csv_path.parent / row["image"], csv_path.parent / row["reference"]
         for p in (img, ref):
@@ -101,7 +103,12 @@ def from_manifest(csv_path: Path) -> List[CohortCase]:
         if gi[0] != gr[0] or not (np.allclose(gi[1], gr[1], atol=1e-4) and np.allclose(gi[2], gr[2], atol=1e-3)
                                   and np.allclose(gi[3], gr[3], atol=1e-4)):
             raise HilaError(f"{csv_path}: line {i}: reference {ref.name} is on another grid than image {img.name}")
-        out.append(CohortCase(row["case"].strip() or f"case{i - 1}", ref, img))
+        name = name_component((row["case"] or "").strip(), f"case{i - 1}")  # it names files in RUN/cases
+        if name in lines:
+            raise HilaError(f"{csv_path}: line {i}: case {row['case']!r} has the same file name ({name}) as line "
+                            f"{lines[name]}; give each case its own name")
+        lines[name] = i
+        out.append(CohortCase(name, ref, img))
     return out
 
 

@@ -104,6 +104,9 @@ def prepare(cfg: SimConfig) -> dict:
     check_outputs({"--cohort": cfg.cohort, "--synthetic": cfg.synthetic, "--appearance": appearance_file,
                    "--model": model_file}, {"--out": cfg.out})
     spec = co.parse_label_spec(cfg.labels)
+    from ..workspace.api import parse_labels  # the workspace tier, as open_workspace imports it
+
+    parse_labels([name for name, _ in spec])  # the run's workspace takes these names: its rules, checked now
     cases = co.from_manifest(Path(cfg.cohort)) if cfg.cohort else co.from_shapes(Path(cfg.synthetic))
     appearance = synthesis.load_appearance(cfg.appearance or "t2w") if (cfg.synthetic or cfg.appearance) else None
     if cfg.per_round < 1:
@@ -146,6 +149,10 @@ def prepare(cfg: SimConfig) -> dict:
             raise HilaError(f"{run}: holds a run with another config ({', '.join(diff)} differ); give a new --out")
         resume = True
     modality = appearance["modality"] if appearance else _guess_modality(cases[0].image)
+    if cfg.model:  # the run's workspace starts from it: a model of another modality or labels is refused now
+        from ..workspace.api import _resolve_model  # the workspace tier, as open_workspace imports it
+
+        _resolve_model(str(cfg.model), modality, [name for name, _ in spec])
     rng = np.random.default_rng(cfg.seed)
     order = [cases[i] for i in rng.permutation(len(cases))]
     test = sorted(order[: cfg.test], key=lambda c: c.case)

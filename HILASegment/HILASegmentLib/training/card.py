@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import HilaError
 from ..modelcard import LabelInfo, ModelCard, read_card
+from . import budget
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
@@ -51,6 +52,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
                 and _label_names(cur_card) == names:
             arch0 = cur_card.get("architecture") or {}
             onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
+            fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
             net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
             return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
                          optimizer=opt_state)
@@ -61,6 +63,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
         if _label_names(cur_card) != names:
             raise HilaError(f"model v{current.version}: its labels differ from the workspace's; "
                             "cannot fine-tune it on these corrections")
+        fits(ws, snapshot, {}, cur_card, opts)
         net = nw.convert_onnx(current.path)
         diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
         arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
@@ -81,6 +84,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
                        configuration=configuration, why=why)
     base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
             "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    fits(ws, snapshot, arch, base, opts, spacing=opts.spacing, batch=rec["batch_size"])  # before the network is built: 4096 channels allocate gigabytes at once
     return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
 
 
@@ -90,6 +94,25 @@ def recipe_batch(start: Start) -> int:
         return int(start.plan.get("batch_size", 2))
     loop = (start.base.get("training") or {}).get("loop") or {}
     return int(loop.get("batch_size", 2))
+
+
+def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[float]] = None,
+         batch: Optional[int] = None) -> float:
+    """Refuse a round whose network (``arch``: channels; none for an imported model) and cases on the model grid
+    (``base``: spacing, patch size; ``spacing`` as the user gave it, before the plan rounds it) do not fit in
+    memory, before anything is built or recorded."""
+    patch = [int(p) for p in base.get("patch_size") or []]
+    spacing = [float(s) for s in (spacing or base.get("spacing") or [])]
+    if len(patch) != 3 or len(spacing) != 3:
+        return 0.0
+    batch = int(opts.batch_size or batch or (base.get("training") or {}).get("loop", {}).get("batch_size") or 2)
+    chans = arch.get("channels")
+    options = (f"hila train (patch {'x'.join(map(str, patch))}, batch {batch}"
+               + (f", channels {','.join(map(str, chans))}" if chans else "")
+               + f", spacing {','.join(f'{s:g}' for s in spacing)} mm)")
+    grids = [(it.case_id, ws.case(it.case_id).grid) for it in snapshot]
+    device = "cuda" if str(opts.device) in ("cuda", "auto") else "cpu"
+    return budget.check_round(arch, patch, spacing, batch, grids, device, options)
 
 
 def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,

@@ -71,6 +71,10 @@ class TrainOptions:
         """Refuse bad options before anything is read or recorded; returns the gate rule they state."""
         if self.max_minutes is not None and not (math.isfinite(float(self.max_minutes)) and self.max_minutes > 0):
             raise HilaError(f"--max-minutes {self.max_minutes}: must be a positive number")
+        if self.max_minutes is not None and float(self.max_minutes) * 60.0 < RESERVE_BASE_S + 5:
+            raise HilaError(f"--max-minutes {self.max_minutes:g}: too short; a round needs at least "
+                            f"{(RESERVE_BASE_S + 5) / 60:.2f} minutes (export and validation alone take "
+                            f"{RESERVE_BASE_S:g} s)")
         if self.promote not in POLICIES:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
         if self.init not in ("auto", "scratch", "imported"):
@@ -189,6 +193,8 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
         rnd.group = group
         if worker:  # trains with rank 0, records nothing
             return rnd.execute(train_items, gate_items, split_why)
+        # the budget checked before the run row: a --max-minutes too short for this round is refused, not failed
+        rnd._loop_config([int(p) for p in start.base["patch_size"]], n_scored=len(gate_items) or len(train_items))
         rnd.run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
         rnd.log += [f"init: {start.init}", f"gate: {split_why}",
                     f"train on: {[(s.case_id, s.correction_version, s.quality) for s in train_items]}",

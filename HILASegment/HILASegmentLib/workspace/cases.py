@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from ..errors import HilaError
 from ..imageio import read_image
 from ..normalize import guess_modality, offset_ct_reason
+from ..paths import name_component
 from ..progress import ProgressFn, null_progress
 from .files import Staged, read_stored
 from .records import Case, dumps
@@ -49,7 +50,22 @@ def default_case_name(source: Path) -> str:
             break
     if name.lower() in _GENERIC_NAMES and source.parent.name:
         name = source.parent.name if source.is_file() else f"{source.parent.name}_{name}"
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("_") or "case"
+    return name_component(name, "case")
+
+
+def check_case_name(name: Optional[str]) -> Optional[str]:
+    """``name`` when it is a usable case name; else one line. A case name names files (``export`` writes
+    ``images/<name>.nii.gz``), so a path (``../../evil``), a hidden name or control characters are refused."""
+    if name is None:
+        return None
+    safe = name_component(name, "")
+    if name != name.strip() or not name or _CONTROL_OR_SEP.search(name) or name.startswith(".") or not safe:
+        raise HilaError(f"--name {name!r}: a case name is a name, not a path: no '/', '\\', leading '.' or control "
+                        f"characters{f' (e.g. {safe!r})' if safe else ''}; nothing was imported")
+    return name
+
+
+_CONTROL_OR_SEP = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 class Cases(Room):
@@ -115,6 +131,7 @@ class Cases(Room):
         existing case (``case.existing`` is True) and writes nothing, unless that case's stored file was lost:
         then it is restored (byte-identical, checked against the ledger's checksum)."""
         progress = progress or null_progress
+        name = check_case_name(name)
         src = Path(path)
         progress(0.0, f"reading {src.name}")
         img = read_image(src)

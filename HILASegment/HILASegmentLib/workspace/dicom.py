@@ -27,6 +27,7 @@ from ..errors import HilaError
 from ..labelmatch import MANUAL_SET, contour_set, match_label
 from ..progress import ProgressFn, null_progress
 from ..segmentation import first_overlap, overlap_error
+from .export import file_stems
 from .files import read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, now
@@ -273,6 +274,7 @@ class Dicom(Room):
         folder.mkdir(parents=True, exist_ok=True)
         labels = self.settings.labels
         results = []
+        stems = file_stems([t[0] for t in todo])
         for i, (case, label_path, prov, key, meta) in enumerate(todo):
             progress(i / max(1, len(todo)), f"writing {case.name}")
             series = self.series(case.case_id)
@@ -281,7 +283,7 @@ class Dicom(Room):
             sop = self._uid(case.case_id, key, fmt, "instance")
             ser = self._uid(case.case_id, key, fmt, "series")
             tag = f"v{meta['correction_version']}" if not prediction else f"prediction{meta['prediction_id']}"
-            path = folder / f"{case.name}_{tag}.{fmt}.dcm"
+            path = folder / f"{stems[case.case_id]}_{tag}.{fmt}.dcm"
             writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
             writer(masks, series, path, prov, uids=(ser, sop))
             if record:

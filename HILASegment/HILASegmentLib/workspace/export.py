@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from .. import segfile
-from ..durable import fsync_dir
+from ..durable import fsync_dir, staging_dir
 from ..errors import HilaError
 from ..gridcheck import shear
 from ..imageio import no_space, write_image
-from ..paths import check_outputs
+from ..paths import check_outputs, name_component
 from ..progress import ProgressFn, null_progress
 from .files import read_stored
 
@@ -36,7 +35,7 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HilaError(f"{out}: exists and is not an empty folder; export into a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=str(out.parent)))
+    work = staging_dir(out.parent, out.name, "export")  # (a killed export's leftover is removed here)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
@@ -62,6 +61,16 @@ def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = Fals
             "segmentations": sum(1 for e in entries if e["segmentation"]), "manifest": str(out / "manifest.json")}
 
 
+def file_stems(cases) -> Dict[str, str]:
+    """case id -> the stem of its exported files: the case name made a safe file name (a name is never a path:
+    ``../../evil`` wrote outside OUT), with the case id added where two names come out the same."""
+    stems = {c.case_id: name_component(c.name, c.case_id) for c in cases}
+    taken: Dict[str, int] = {}
+    for stem in stems.values():
+        taken[stem.lower()] = taken.get(stem.lower(), 0) + 1  # case-insensitive file systems too
+    return {cid: stem if taken[stem.lower()] == 1 else f"{stem}-{cid}" for cid, stem in stems.items()}
+
+
 def _stored(root: Path, path: Path, what: str):
     """A stored workspace file as an image (sitk.Image); one line when it was removed or damaged outside hila, or
     lies outside the workspace (then it is never read)."""
@@ -80,11 +89,13 @@ def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     entries = []
+    stems = file_stems(cases)
     for i, case in enumerate(cases):
         progress(i / max(1, len(cases)), f"exporting {case.name}")
         image = _stored(ws.root, case.path, f"case {case.case_id}")
         ext = ".nrrd" if shear(image.GetDirection()) else ".nii.gz"  # NIfTI cannot hold a sheared grid
-        img_rel = f"images/{case.name}{ext}"
+        stem = stems[case.case_id]
+        img_rel = f"images/{stem}{ext}"
         write_image(image, out / img_rel)
         entry = {"case_id": case.case_id, "name": case.name, "image": img_rel, "source_path": case.source_path,
                  "label": None, "segmentation": None, "correction_version": None, "quality": None}
@@ -92,7 +103,7 @@ def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress:
         if s is not None:
             c = corr[s.correction_id]
             lab = _stored(ws.root, c.path, f"case {case.case_id} correction v{c.version}")
-            lab_rel = f"labels/{case.name}{ext}"
+            lab_rel = f"labels/{stem}{ext}"
             write_image(lab, out / lab_rel)
             entry.update(label=lab_rel, correction_version=c.version, correction_id=c.correction_id, quality=c.quality,
                          annotator=c.annotator, seconds=c.seconds, submitted_at=c.created_at, label_sha256=c.sha256)
@@ -100,7 +111,7 @@ def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress:
                 lab, [(l.value, l.name, tuple(l.color)) for l in settings.labels],
                 tags={"HILASegment.case": case.case_id, "HILASegment.correction": f"v{c.version}",
                       "HILASegment.quality": c.quality})
-            seg_rel = f"labels/{case.name}.seg.nrrd"
+            seg_rel = f"labels/{stem}.seg.nrrd"
             segfile.write_segmentation(seg, out / seg_rel)
             entry["segmentation"] = seg_rel
         entries.append(entry)

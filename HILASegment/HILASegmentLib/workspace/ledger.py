@@ -20,8 +20,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional
 
+from .. import envvars
 from ..errors import HilaError
 
 LEDGER_NAME = "hila.sqlite"
@@ -29,8 +30,6 @@ LEDGER_NAME = "hila.sqlite"
 #: The schema version this code writes; ``MIGRATIONS[n]`` brings a ledger from version n-1 to n.
 SCHEMA_VERSION = 4
 
-#: How long a writer waits for another writer before giving up (seconds, total, over all retries).
-WRITE_TIMEOUT_S = float(os.environ.get("HILA_LEDGER_TIMEOUT", "300"))
 
 _SCHEMA_V1 = """
 CREATE TABLE settings (
@@ -399,7 +398,9 @@ class Ledger:
                             f"({exc}); nothing was changed") from None
 
     # -- transactions --------------------------------------------------------------------------
-    def _retry(self, fn: Callable, timeout: float = WRITE_TIMEOUT_S):
+    def _retry(self, fn: Callable, timeout: Optional[float] = None):
+        # How long a writer waits for another writer before giving up (seconds, total, over all retries).
+        timeout = envvars.seconds("HILA_LEDGER_TIMEOUT") if timeout is None else timeout
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:

@@ -10,13 +10,13 @@ workspace would write itself, so a sync after a kill neither loses nor duplicate
 """
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ..dicomweb import IMAGE_MODALITIES_EXCLUDED, Server, check_uid
 from ..errors import HilaError
+from ..paths import name_component
 from ..progress import ProgressFn, null_progress
 from .dicom import referenced_series_uid
 from .room import now
@@ -43,16 +43,22 @@ def pull_study(ws: "Workspace", url: str, study_uid: str, series_uid: Optional[s
                         f"({len(series)} series: {', '.join(sorted({s['modality'] for s in series})) or 'none'})")
     objects = [s for s in series if s["modality"] in ("SEG", "RTSTRUCT")]
     out = []
-    for i, s in enumerate(images):
-        progress(i / len(images), f"fetching series {s['uid']}")
-        with tempfile.TemporaryDirectory(prefix="hila-wado-") as tmp:
-            files = server.fetch_series(study_uid, s["uid"], Path(tmp))
-            case = ws.import_series(tmp, name=_case_name(files))
-        entry = {"case_id": case.case_id, "name": case.name, "existing": case.existing, "source": f"{url} {s['uid']}",
-                 "corrections": []}
-        if (sets or "manual").lower() != "none" and objects:
-            entry["corrections"] = _pull_objects(ws, server, study_uid, objects, sets, only_case=case.case_id)
-        out.append(entry)
+    with tempfile.TemporaryDirectory(prefix="hila-wado-") as tmp:
+        fetched = []  # every series downloaded (and its instances checked) before any becomes a case
+        for i, s in enumerate(images):
+            progress(i / len(images) / 2, f"fetching series {s['uid']}")
+            folder = Path(tmp) / f"{i:04d}"
+            folder.mkdir()
+            fetched.append((s, folder, server.fetch_series(study_uid, s["uid"], folder)))
+        for i, (s, folder, files) in enumerate(fetched):
+            progress(0.5 + i / len(images) / 2, f"importing series {s['uid']}")
+            case = ws.import_series(folder, name=_case_name(files))
+            entry = {"case_id": case.case_id, "name": case.name, "existing": case.existing,
+                     "source": f"{url} {s['uid']}", "corrections": [], "skipped": []}
+            if (sets or "manual").lower() != "none" and objects:
+                entry["corrections"] = _pull_objects(ws, server, study_uid, objects, sets, only_case=case.case_id,
+                                                     skipped=entry["skipped"])
+            out.append(entry)
     progress(1.0, "imported")
     return out
 
@@ -64,12 +70,14 @@ def _case_name(files: Sequence[Path]) -> Optional[str]:
     if not files:
         return None
     pid = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("PatientID", "") or "")
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", pid).strip("_") or None
+    return name_component(pid, "") or None
 
 
 def _pull_objects(ws: "Workspace", server: Server, study_uid: str, objects: Sequence[dict], sets: Optional[str],
-                  only_case: Optional[str] = None, progress: Optional[ProgressFn] = None) -> List[dict]:
-    """Import the SEG/RTSTRUCT instances of ``objects`` (series) the workspace does not know yet."""
+                  only_case: Optional[str] = None, progress: Optional[ProgressFn] = None,
+                  skipped: Optional[List[dict]] = None) -> List[dict]:
+    """Import the SEG/RTSTRUCT instances of ``objects`` (series) the workspace does not know yet; an instance
+    whose UID is not a DICOM UID is left out and added to ``skipped``."""
     progress = progress or null_progress
     known = ws.known_sop_uids() | own_sop_uids(ws)
     done = []
@@ -77,6 +85,13 @@ def _pull_objects(ws: "Workspace", server: Server, study_uid: str, objects: Sequ
         for s in objects:
             for sop in server.instances(study_uid, s["uid"]):
                 if sop in known:
+                    continue
+                try:
+                    check_uid(sop, "SOP instance UID")
+                except HilaError:  # a server's text never names a file: left out, and said so
+                    if skipped is not None:
+                        skipped.append({"sop_uid": str(sop)[:80], "series_uid": s["uid"],
+                                        "why": "its SOPInstanceUID is not a DICOM UID"})
                     continue
                 progress(0.5, f"pulling {sop}")
                 path = server.fetch_instance(study_uid, s["uid"], sop, Path(tmp))
@@ -118,15 +133,17 @@ def push(ws: "Workspace", url: str, cases: Optional[Sequence[str]] = None,
     return out
 
 
-def pull(ws: "Workspace", url: str, progress: Optional[ProgressFn] = None) -> List[dict]:
-    """Import the SEGs in the PACS that reference this workspace's series and that it does not have yet."""
+def pull(ws: "Workspace", url: str, progress: Optional[ProgressFn] = None,
+         skipped: Optional[List[dict]] = None) -> List[dict]:
+    """Import the SEGs in the PACS that reference this workspace's series and that it does not have yet (those
+    whose UID is not a DICOM UID are left out, into ``skipped``)."""
     server = Server(url)
     with ws.ledger.read() as con:
         studies = sorted({r[0] for r in con.execute("SELECT study_uid FROM case_series")})
     done = []
     for study in studies:
         segs = server.series_of_study(study, modality="SEG")
-        done += _pull_objects(ws, server, study, segs, None, progress=progress)
+        done += _pull_objects(ws, server, study, segs, None, progress=progress, skipped=skipped)
     return done
 
 
@@ -135,5 +152,6 @@ def sync(ws: "Workspace", url: str, progress: Optional[ProgressFn] = None) -> di
     storing and recording never makes this workspace pull its own correction back)."""
     Server(url).check()
     pushed = push(ws, url, progress=progress)
-    pulled = pull(ws, url, progress=progress)
-    return {"pushed": pushed, "pulled": pulled}
+    skipped: List[dict] = []
+    pulled = pull(ws, url, progress=progress, skipped=skipped)
+    return {"pushed": pushed, "pulled": pulled, "skipped": skipped}

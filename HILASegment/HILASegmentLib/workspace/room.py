@@ -47,11 +47,17 @@ def user() -> str:
 
 
 def as_int(v: Any, what: str) -> int:
-    """A version number from ``3``, ``"3"`` or ``"v3"``; HilaError naming ``what`` otherwise."""
+    """A version number from ``3``, ``"3"`` or ``"v3"``; HilaError naming ``what`` otherwise (a number too large
+    for the ledger's INTEGER, 2**63, is one line too, not an OverflowError from SQLite)."""
+    text = str(v).strip().lstrip("vV")
     try:
-        return int(str(v).lstrip("vV"))
+        n = int(text) if len(text) <= 20 else None
     except (TypeError, ValueError):
-        raise HilaError(f"{what} {v!r}: not a number") from None
+        n = None
+    if n is None or not -(2 ** 63) < n < 2 ** 63:
+        shown = text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+        raise HilaError(f"{what} {shown!r}: not a {what} number") from None
+    return n
 
 
 def image_writer(img: sitk.Image) -> Writer:
