@@ -44,6 +44,9 @@ class ROI:
     def GetRASBounds(self, out):
         out[:] = self.bounds
 
+    def GetName(self):
+        return "R"
+
 
 class Line:
     def __init__(self, points_ras):

@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from HILASegmentLib import labelmatch, mrmlgeometry
-from HILASegmentLib.colors import REVIEW_COLOR
+from HILASegmentLib import labelmatch, mrmlgeometry, terminology
+from HILASegmentLib.colors import REVIEW_COLOR, label_color
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
 
@@ -167,13 +167,13 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
             else:
                 allowed = np.ones(shape, bool)
             merged = np.where(allowed, new, old)
-            if segmentation.GetSegment(segId) is None:
-                segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(color))
+            if segmentation.GetSegment(segId) is None:  # a known structure: the one table's colour (colors.label_color)
+                segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(label_color(name, color)))
             segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
             util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, volume)
             segment = segmentation.GetSegment(segId)
-            for key, val in dict(tags or {}, **{CREATOR_TAG: "HILASegment"}).items():
-                segment.SetTag(str(key), str(val))
+            for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
+                segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
             arrays[segId] = merged
             report.names.append(name)
             report.predicted[name] = int(new.sum())
@@ -201,7 +201,7 @@ def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: O
     mask = (np.asarray(mask) > 0).astype(np.uint8)
     util.updateSegmentBinaryLabelmapFromArray(mask, segNode, REVIEW_ID, volume)
     segment = segmentation.GetSegment(REVIEW_ID)
-    for key, val in dict(tags or {}, **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
+    for key, val in dict(terminology.with_entry(REVIEW_NAME, tags), **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
         segment.SetTag(str(key), str(val))
     display = segNode.GetDisplayNode()
     if display is not None:
