@@ -22,7 +22,9 @@ ALIASES = {
     "vescica": "bladder", "urinary bladder": "bladder", "vescica urinaria": "bladder",
     "retto": "rectum", "anorectum": "rectum", "ano-retto": "rectum", "rectum and anus": "rectum",
     "femoresinistro": "femoral head left", "femore sinistro": "femoral head left", "left femoral head": "femoral head left",
+    "femoralhead (left)": "femoral head left", "femur head l": "femoral head left", "femoral head l": "femoral head left",
     "femoredestro": "femoral head right", "femore destro": "femoral head right", "right femoral head": "femoral head right",
+    "femoralhead (right)": "femoral head right", "femur head r": "femoral head right", "femoral head r": "femoral head right",
 }
 
 
