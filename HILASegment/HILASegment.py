@@ -637,9 +637,7 @@ class HILASegmentLogic(ScriptedLoadableModuleLogic):
         """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report.
         ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
         from HILASegmentLib.segfile import read_segmentation
-        result = read_segmentation(segPath)
-        items = segments.workspace_items([(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags)
-                                          for s in result.segments], labels)
+        items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
         mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_engine_result(slicer.util, items, segNode, volume, editorNode, mode)
 
