@@ -132,6 +132,20 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
     return mrmlgeometry.masks_to_label({v: m.astype(np.uint8) for v, m in masks.items()}, shape)
 
 
+def _bbox(masks: Sequence[np.ndarray], shape: Tuple[int, ...]) -> Tuple[slice, ...]:
+    """The smallest (k, j, i) box holding every voxel of ``masks`` (an empty box when there is none)."""
+    lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
+    for m in masks:
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            hit = np.flatnonzero(np.any(m, axis=other))
+            if hit.size:
+                lo[axis], hi[axis] = min(lo[axis], hit[0]), max(hi[axis], hit[-1])
+    if hi[0] < 0:
+        return (slice(0, 0),) * 3
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+
 def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any, volume: Any,
                  editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
     """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
@@ -140,43 +154,68 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     A ``hila_label`` tag belongs in ``tags`` only when ``value`` is a *workspace* label value
     (:func:`workspace_items` does that); a model's own values may mean other labels in a workspace.
     ``mask_mode``: the editor's mask mode name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``).
+
+    Work in proportion to the result, not to the segmentation (this runs on the GUI thread): only the segments
+    the mask mode reads are exported (none for "everywhere", ``mrmlgeometry.mask_segment_ids``), one at a time,
+    and every array is cut to the region the result can change: its own voxels and those of the segments it
+    replaces. Outside that region nothing changes (the result is empty there and so is what it replaces).
     """
     segmentation = segNode.GetSegmentation()
-    shape = util.arrayFromVolume(volume).shape
+    shape = tuple(util.arrayFromVolume(volume).shape)
     report = WriteReport(mask_mode=mask_mode or "")
+    news = {}
+    for value, name, _color, mask, _tags in segments:
+        new = np.asarray(mask) > 0
+        if new.shape != shape:
+            raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {shape}")
+        news[f"{OWN_PREFIX}{int(value)}"] = new
     existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing
-    arrays = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in existing}
+    masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
+    intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
+    old = {}  # what the segments being replaced hold now: needed only where a mask keeps some of it
+    if masking or intensity_on:
+        old = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in news if i in existing}
+    region = _bbox(list(news.values()) + list(old.values()), shape)
     display = segNode.GetDisplayNode()
     visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
+    mask_segment = editorNode.GetMaskSegmentID() if editorNode is not None else None
+    cut: Dict[str, np.ndarray] = {i: a[region] for i, a in old.items()}  # segment -> its voxels in the region
+    if masking:
+        read = set()
+        for segId in news:  # the other segments the rule reads for any of the edited ones
+            read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
+        for i in sorted(read - set(cut)):  # one full-size export alive at a time
+            cut[i] = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0)[region]
     intensity = lohi = None
-    if editorNode is not None and editorNode.GetSourceVolumeIntensityMask():
-        intensity, lohi = util.arrayFromVolume(volume), editorNode.GetSourceVolumeIntensityMaskRange()
+    if intensity_on:
+        intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
+    cropped_shape = tuple(sl.stop - sl.start for sl in region)
     wasModified = segNode.StartModify()
     try:
-        for value, name, color, mask, tags in segments:
+        for value, name, color, _mask, tags in segments:
             segId = f"{OWN_PREFIX}{int(value)}"
-            new = np.asarray(mask) > 0
-            if new.shape != tuple(shape):
-                raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {tuple(shape)}")
-            old = arrays.get(segId, np.zeros(shape, bool))
-            if editorNode is not None and mask_mode:
+            new = news[segId][region]
+            merged = new
+            if masking or intensity_on:
                 allowed = mrmlgeometry.edit_allowed_mask(
-                    mask_mode, shape, arrays, visible=visible, mask_segment=editorNode.GetMaskSegmentID(),
-                    intensity=intensity, intensity_range=lohi, edited=segId)
-            else:
-                allowed = np.ones(shape, bool)
-            merged = np.where(allowed, new, old)
+                    mask_mode if masking else "EditAllowedEverywhere", cropped_shape, cut, visible=visible,
+                    mask_segment=mask_segment, intensity=intensity, intensity_range=lohi, edited=segId)
+                merged = np.where(allowed, new, cut.get(segId, np.zeros(cropped_shape, bool)))
             if segmentation.GetSegment(segId) is None:  # a known structure: the one table's colour (colors.label_color)
                 segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(label_color(name, color)))
             segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
-            util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, volume)
+            full = np.zeros(shape, np.uint8)
+            full[region] = merged
+            util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
+            del full
             segment = segmentation.GetSegment(segId)
             for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
                 segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
-            arrays[segId] = merged
+            if segId in cut or masking:
+                cut[segId] = merged  # later items of this result see it as the segment it now is
             report.names.append(name)
-            report.predicted[name] = int(new.sum())
+            report.predicted[name] = int(news[segId].sum())
             report.clipped[name] = int(np.count_nonzero(merged != new))
         segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
     finally:
