@@ -7,10 +7,7 @@ a QTimer, one slot per kind, so the GUI never blocks and training never stops th
 """
 import logging
 import os
-import re
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import qt
@@ -25,9 +22,9 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from HILASegmentLib import dependencies, panels
-from HILASegmentLib.processrunner import ProcessRunner, engine_command
-from HILASegmentSlicerLib import cases, installs, marks, pacs, panelstate, segments
+from HILASegmentSlicerLib import cases, marks, pacs, panelstate, segments, selftest
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
+from HILASegmentSlicerLib.logic import ModuleLogic
 
 SETTINGS = "HILASegment/"
 CASE_ATTRIBUTE = segments.CASE_ATTRIBUTE
@@ -600,103 +597,22 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class HILASegmentLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> engine conversions and job set-up; no UI. Used by the widget, the self-test and batch mode."""
+    """MRML <-> engine conversions and job set-up; no UI. Every call is ``HILASegmentSlicerLib.logic.ModuleLogic``'s,
+    built with the real slicer and vtk modules (the real-MRML tier builds it on slicer-core's)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.impl = ModuleLogic(slicer, vtk)
 
-    def segmentEditorNode(self):
-        node = slicer.mrmlScene.GetSingletonNode("HILASegment", "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.vtkMRMLSegmentEditorNode()
-            node.SetSingletonTag("HILASegment")
-            node = slicer.mrmlScene.AddNode(node)
-        return node
+    def __getattr__(self, name):
+        if name == "impl":  # not set yet (during the base class's __init__)
+            raise AttributeError(name)
+        return getattr(self.impl, name)
 
-    # workspaces: a new one starts from the picked or the modality's catalog starter (cases.workspace_model)
-    def openWorkspace(self, path):
-        from HILASegmentLib.workspace import Workspace
-        return Workspace.open(path)
-
-    def createWorkspace(self, path, modality, labels, model=None):
-        from HILASegmentLib.workspace import Workspace
-        return Workspace.create(path, modality, labels or None, model=model)
-
-    # volumes and segmentations
-    def ijkToRas(self, volume):
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    def volumeToImage(self, volume):
-        """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
-        from HILASegmentLib import mrmlgeometry
-        return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), self.ijkToRas(volume))
-
-    def writeResult(self, segPath, segNode, volume, editorNode=None, labels=None):
-        """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report.
-        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
-        from HILASegmentLib.segfile import read_segmentation
-        items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
-        mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_engine_result(slicer.util, items, segNode, volume, editorNode, mode)
-
-    def saveSegmentation(self, segNode, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if not slicer.util.saveNode(segNode, path):
-            raise OSError("Could not write %s" % path)
-        return path
-
-    # workspace
-    def loadCase(self, ws, caseId):
-        case = ws.case(caseId)
-        volume = slicer.util.loadVolume(str(case.path))
-        volume.SetName(case.name)
-        volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
-        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
-        return volume
-
-    def importVolumeNode(self, ws, volume):
-        from HILASegmentLib.imageio import write_image
-        folder = tempfile.mkdtemp(prefix="hila-import-")
-        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", volume.GetName()) + ".nrrd")
-        write_image(self.volumeToImage(volume), path)
-        case = ws.import_volume(path)
-        volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
-        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
-        return case
-
-    # jobs
-    def startSegmentation(self, volume, model, tta=False, device="auto"):
-        from HILASegmentLib.imageio import write_image
-        folder = tempfile.mkdtemp(prefix="hila-infer-")
-        image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
-        write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
-                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
-        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
-        return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
-
-    def startTraining(self, ws, maxMinutes, device, autoPromote=False):
-        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on."""
-        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--device", device,
-                "--promote", "auto" if autoPromote else "never"]
-        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
-        return ProcessRunner(argv, env=env)
-
-    def cleanupJob(self, context):
-        folder = context.get("folder")
-        if folder and os.path.isdir(folder):
-            import shutil
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def install(self, plan):
-        """Run an agreed plan (``installs.run_plan``): None when done (5.12), else a background runner to poll."""
-        return installs.run_plan(slicer, plan, slicer.util.startupEnvironment())
 
 class HILASegmentTest(ScriptedLoadableModuleTest):
     """In-Slicer self-test, run once: packages, a PACS import with no server, two cases with a result in flight
-    (the A/B race), accept, accept as weak, train."""
+    (the A/B race), accept, accept as weak, train. The steps: ``HILASegmentSlicerLib.selftest``."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -708,107 +624,10 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
         self.test_race_accept_and_train()
 
     def test_packages(self):
-        """Install what is missing (testing mode: no dialog, as agreed), then check nothing is missing."""
-        logic = HILASegmentLogic()
-        for tier in ("inference", "training"):
-            plan = dependencies.plan_install(tier)
-            self.assertFalse(plan.broken_slicer, plan.message())
-            if plan.needed:
-                self.delayDisplay("Installing: " + plan.message())
-                runner = logic.install(plan)
-                outcome = runner.start().wait(timeout=1800) if runner is not None else None
-                self.assertTrue(outcome is None or outcome.ok, outcome and outcome.error)
-            self.assertFalse(dependencies.plan_install(tier).needed, "%s packages still missing" % tier)
+        selftest.packages(self, slicer, HILASegmentLogic)
 
     def test_race_accept_and_train(self):
-        from HILASegmentLib.workspace import Workspace
-        logic = HILASegmentLogic()
-        model = Path(__file__).parent / "Resources" / "Models" / "hila_tiny_test.onnx"
-        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentTest")) / "ws", "MR", ["prostate"], model=str(model))
-        volumes, blobs = [], []
-        for n, shift in enumerate((0, 6)):
-            k, j, i = np.mgrid[0:24, 0:48, 0:48]
-            blob = ((i - 24 - shift) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
-            array = (100 + 300 * blob + np.random.default_rng(n).normal(0, 10, blob.shape)).astype(np.int16)
-            volume = slicer.util.addVolumeFromArray(array, ijkToRAS=np.diag([-1.0, -1.0, 3.0, 1.0]), name="HILATest%d" % n)
-            logic.importVolumeNode(ws, volume)
-            volumes.append(volume)
-            blobs.append(blob)
-        volA, volB = volumes
-        caseA = volA.GetAttribute(CASE_ATTRIBUTE)
-
-        self.delayDisplay("Case A segments in the background while case B is opened (the A/B race)")
-        board = JobBoard()
-        modelPath, version = panels.model_for(ws)
-        runner, context = logic.startSegmentation(volA, modelPath)
-        board.start(Job("segment", runner, case_id=caseA, volume_id=volA.GetID(), context=context))
-        segB = segments.segmentation_for(slicer.mrmlScene, volB)  # B is shown now
-        finished = []
-        deadline = time.monotonic() + 300
-        while not finished and time.monotonic() < deadline:
-            finished = [job for job, _, done in board.poll() if done]
-            time.sleep(0.1)
-        job = finished[0]
-        self.assertTrue(job.runner.outcome().ok, job.runner.outcome().error)
-        target = slicer.mrmlScene.GetNodeByID(job.volume_id)
-        self.assertIs(target, volA)
-        segA = segments.segmentation_for(slicer.mrmlScene, target)
-        report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode(), ws.settings.labels)
-        self.assertEqual(report.names, ["prostate"])
-        self.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
-        logic.cleanupJob(context)
-
-        self.delayDisplay("Editing A and accepting it")
-        segId = segA.GetSegmentation().GetSegmentIdBySegmentName("prostate")
-        edited = slicer.util.arrayFromSegmentBinaryLabelmap(segA, segId, volA)
-        edited[blobs[0]] = 1
-        edited[12] = 0  # erase the middle slice: a real edit
-        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segA, segId, volA)
-        outcome = cases.accept_case(ws, slicer.util, volA, segA, logic.ijkToRas(volA), vtk.mutable,
-                                    save=lambda n, v: logic.saveSegmentation(n, cases.output_path(volA, ws, caseA, v)),
-                                    annotator="selftest", seconds=1.0)
-        self.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
-        self.assertTrue(os.path.exists(outcome.saved))
-        self.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)
-
-        self.delayDisplay("Accept as weak: an ROI around B's blob, then two RECIST lines across it")
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-        roi.SetCenterWorld(-30.0, -24.0, 36.0)  # blob B: i = 30, j = 24, k = 12 under ijkToRAS diag(-1, -1, 3)
-        roi.SetSizeWorld(24.0, 24.0, 36.0)
-        caseB = volB.GetAttribute(CASE_ATTRIBUTE)
-        weakBox = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volB))
-        lines = [slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode") for _ in range(2)]
-        slicer.util.updateMarkupsControlPointsFromArray(lines[0], np.array([[-42.0, -24.0, 36.0], [-18.0, -24.0, 36.0]]), world=True)
-        slicer.util.updateMarkupsControlPointsFromArray(lines[1], np.array([[-30.0, -36.0, 36.0], [-30.0, -12.0, 36.0]]), world=True)
-        weakLines = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", long_line=lines[0], short_line=lines[1], volume=volB))
-        self.assertEqual([(c.version, c.quality) for c in ws.corrections(caseB)], [(1, "weak"), (2, "weak")])
-        self.assertTrue(np.allclose(weakBox.effort["marks"]["items"][0]["box"], [18, 12, 18, 42, 36, 54]))  # LPS mm
-        self.assertEqual(len(weakLines.effort["marks"]["items"][0]["lines"]), 2)
-        import SimpleITK as sitk  # the engine's image library, only in this test
-        weakMask = sitk.GetArrayFromImage(ws.correction_label(caseB, 1)) > 0  # [k, j, i] as the volume's array
-        self.assertGreater(2 * (weakMask & blobs[1]).sum() / (weakMask.sum() + blobs[1].sum()), 0.6)
-
-        self.delayDisplay("One-minute CPU training round in a child process")
-        before = {m.version for m in ws.models()}
-        outcome = logic.startTraining(ws, 1, "cpu").start().wait(timeout=600)
-        self.assertTrue(outcome.ok, outcome.error)
-        self.assertTrue({m.version for m in ws.models()} - before, "training registered no new model version")
-        self.assertTrue(ws.check().ok)
-        self.delayDisplay("HILASegment self-test passed")
+        selftest.race_accept_and_train(self, slicer, HILASegmentLogic)
 
     def test_pacs_without_a_server(self):
-        """The panel's PACS import, run as the panel runs it, against a port nobody listens on: the engine's
-        one-line error comes back and nothing is imported (no server needed)."""
-        from HILASegmentLib.workspace import Workspace
-        plan = dependencies.plan_install("dicom")
-        if plan.needed or plan.old_slicer or plan.broken_slicer:
-            self.delayDisplay("PACS step skipped: " + plan.message())
-            return
-        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentPacs")) / "ws", "CT", ["prostate"])
-        action = pacs.import_action(ws.root, "http://127.0.0.1:9/dicom-web", "1.2.3")
-        self.assertNotIn("PASSWORD", " ".join(action.args))
-        outcome = pacs.runner(action, slicer.util.startupEnvironment()).start().wait(timeout=120)
-        self.assertFalse(outcome.ok)
-        self.assertIn("connection refused", outcome.error)
-        self.assertEqual(ws.cases(), [])
-        self.delayDisplay("HILASegment PACS step passed")
+        selftest.pacs_without_a_server(self, slicer, HILASegmentLogic)
