@@ -7,9 +7,7 @@ a QTimer, one slot per kind, so the GUI never blocks and training never stops th
 """
 import logging
 import os
-import time
 
-import numpy as np
 import qt
 import slicer
 import vtk
@@ -21,9 +19,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HILASegmentLib import dependencies, panels
-from HILASegmentSlicerLib import cases, marks, pacs, panelstate, segments, selftest
-from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
+from HILASegmentLib import panels
+from HILASegmentSlicerLib import cases, pacs, panelstate, sections, segments, selftest
+from HILASegmentSlicerLib.jobs import JobBoard, JobError
 from HILASegmentSlicerLib.logic import ModuleLogic
 
 SETTINGS = "HILASegment/"
@@ -63,7 +61,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ws = None
         self.jobs = JobBoard()
         self.openedAt = {}  # volume ID -> when its case was opened (the correction's seconds)
-        self.candidateVersion = None
         self.modelChoices = []
         self.parameterNode = None
         self._updatingGUI = False
@@ -77,8 +74,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HILASegmentLogic()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
-        for bar in (self.ui.progressBar, self.ui.segmentProgressBar, self.ui.installProgressBar):
-            bar.hide()
         for table, headers in ((self.ui.caseTableWidget, panels.CASE_COLUMNS),
                                (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
             table.setColumnCount(len(headers))
@@ -95,34 +90,24 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.openWorkspaceButton.connect("clicked()", self.onOpenWorkspace)
         self.ui.createWorkspaceButton.connect("clicked()", self.onCreateWorkspace)
-        self.ui.caseTableWidget.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
-        self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
-        self.ui.importVolumeButton.connect("clicked()", self.onImportVolume)
-        self.ui.importFilesButton.connect("clicked()", self.onImportFiles)
-        self.ui.importFolderButton.connect("clicked()", self.onImportFolder)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.ttaCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.qualityComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.segmentButton.connect("clicked()", self.onSegment)
-        self.ui.acceptButton.connect("clicked()", self.onAccept)
-        self.ui.acceptWeakButton.connect("clicked()", self.onAcceptWeak)
-        self.ui.trainButton.connect("clicked()", self.onTrain)
-        self.ui.cancelButton.connect("clicked()", lambda: self.cancelJob("train"))
-        self.ui.cancelInstallButton.connect("clicked()", lambda: self.cancelJob("install"))
-        self.ui.promoteButton.connect("clicked()", self.onPromote)
-        self.ui.discardButton.connect("clicked()", self.onDiscard)
-        self.ui.rollbackButton.connect("clicked()", self.onRollback)
-        self.ui.plotButton.connect("clicked()", self.onPlot)
-        self.ui.installDependenciesButton.connect("clicked()", lambda: self.ensureDependencies("training", always=True))
         self.ui.annotatorLineEdit.connect("editingFinished()", self.saveSettings)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.saveSettings)
         self.ui.autoPromoteCheckBox.connect("toggled(bool)", self.saveSettings)
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
-        # the PACS section: the real `hila import|export|sync --dicomweb` as jobs (rules: HILASegmentSlicerLib.pacs)
+        # the sections own their buttons, jobs and finish handlers (HILASegmentSlicerLib.sections, .pacs)
+        self.cases = sections.CasesSection(self, self.ui, slicer.util, qt, slicer.mrmlScene)
+        self.segment = sections.SegmentSection(self, self.ui, slicer.util, slicer.mrmlScene, vtk)
+        self.models = sections.ModelsSection(self, self.ui, slicer.util)
+        self.installs = sections.InstallsSection(self, self.ui, slicer.util)
         self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
-                                   lambda: self.ensureDependencies("dicom"), slicer.util.startupEnvironment,
+                                   lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
                                    _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
+        # THE table of job kinds: each kind's progress bar and finish handler (its label: Job.describe)
+        self.kinds = {"segment": (self.ui.segmentProgressBar, self.segment.finish), "train": (self.ui.progressBar, self.models.finish),
+                      "install": (self.ui.installProgressBar, self.installs.finish), "pacs": (self.ui.pacsProgressBar, self.pacs.finish)}
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -132,6 +117,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message:
             self.ui.workspacePathLineEdit.currentPath = ""
             self.status(message)
+        for bar, _ in self.kinds.values():
+            bar.hide()
         self.refreshTables()
         self.initializeParameterNode()
         self.updateButtons()
@@ -205,7 +192,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), installing=self.jobs.busy("install"),
-            has_candidate=self.candidateVersion is not None,
+            has_candidate=self.models.candidate is not None,
             has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
@@ -288,256 +275,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setSortingEnabled(True)
         table.resizeColumnsToContents()
 
-    def onCaseDoubleClicked(self, row, column):
-        self.loadCase(self.ui.caseTableWidget.item(row, 0).text())
-
-    def onNextCase(self):
-        caseId = panels.next_case_id(self.ws)
-        if caseId is None:
-            slicer.util.infoDisplay("Every case has a correction: train, or import more cases.")
-            return
-        self.loadCase(caseId)
-
-    def loadCase(self, caseId):
-        """Show a case; it continues from its latest correction, and its segmentation is its own."""
-        try:
-            with slicer.util.WaitCursor():
-                volume = self.logic.loadCase(self.ws, caseId)
-                segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-                loaded = cases.reopen_case_segments(self.ws, slicer.util, volume, segNode)
-        except Exception as exc:
-            slicer.util.errorDisplay("Could not load case %s: %s" % (caseId, exc))
-            return
-        self.ui.inputVolumeSelector.setCurrentNode(volume)
-        self.ui.caseInfoLabel.text = ("Case %s: its latest correction (v%d) is loaded; correct, then Accept." % (caseId, loaded)
-                                      if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
-
-    def onImportVolume(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        try:
-            with slicer.util.WaitCursor():
-                case = self.logic.importVolumeNode(self.ws, volume)
-        except Exception as exc:
-            slicer.util.errorDisplay("Could not import the volume: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()
-        self.refreshTables()
-        self.status("Imported %s as case %s" % (case.name, case.case_id))
-
-    def onImportFiles(self):
-        paths = qt.QFileDialog.getOpenFileNames(slicer.util.mainWindow(), "Import volumes", "",
-                                                "Volumes (*.nrrd *.nii *.nii.gz *.mha *.mhd);;All files (*)")
-        self.importPaths(list(paths))
-
-    def onImportFolder(self):
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Import a DICOM series folder")
-        if folder:
-            self.importPaths([folder])
-
-    def importPaths(self, paths):
-        done = []
-        try:
-            with slicer.util.WaitCursor():
-                for p in paths:
-                    done.append(self.ws.import_volume(p).case_id)
-        except Exception as exc:
-            slicer.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
-        self.refreshTables()
-        if done:
-            self.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
-
-    def onVolumeChanged(self, volume):
-        """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
-        if volume is not None and volume.GetID() not in self.openedAt:
-            self.openedAt[volume.GetID()] = time.monotonic()
-        segNode = None
-        if volume is not None:
-            segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=bool(volume.GetAttribute(CASE_ATTRIBUTE)))
-        self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
-        self.updateParameterNodeFromGUI()
-        self.updateButtons()
-
-    # -- dependencies: one consent dialog; installs never freeze the GUI -------------------
-    def ensureDependencies(self, tier, always=False, model=None):
-        """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
-        plan = dependencies.plan_install(tier, model=model)
-        if plan.broken_slicer or plan.old_slicer:
-            slicer.util.errorDisplay(plan.message())
-            return False
-        if not plan.needed:
-            if always:
-                slicer.util.infoDisplay("All Python packages HILASegment needs are installed.")
-            return True
-        if self.jobs.busy("install"):
-            self.status("Packages are being installed; try again when the install has finished.")
-            return False
-        if not slicer.util.confirmOkCancelDisplay(plan.message()):
-            return False
-        try:
-            runner = self.logic.install(plan)
-        except Exception as exc:
-            slicer.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
-            return False
-        if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
-            return not dependencies.plan_install(tier, model=model).needed
-        self.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
-        self.status("Installing Python packages in the background; Segment or Train again when it is done.")
-        return False
-
-    def finishInstall(self, job, outcome):
-        self.status("Python packages installed (%.0f s)." % outcome.seconds)
-
-    # -- segment and accept ---------------------------------------------------------------
-    def onSegment(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        if volume is not None and self.jobs.segmenting(volume.GetID()):
-            self.cancelJob("segment")  # the Segment button is Cancel while this case segments
-            return
-        choice = self.currentModelChoice()
-        if volume is None or choice is None or not self.ensureDependencies("inference", model=choice.model):
-            return
-        try:
-            runner, context = self.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
-                                                           device=self.ui.deviceComboBox.currentText)
-        except Exception as exc:
-            slicer.util.errorDisplay("Segmentation failed to start: %s" % exc)
-            return
-        context.update(version=choice.version if choice.key == "workspace" else None, ws=self.ws)
-        self.startJob(Job("segment", runner, case_id=volume.GetAttribute(CASE_ATTRIBUTE), volume_id=volume.GetID(),
-                          label=choice.label.split(" · ")[0], context=context))
-
-    def finishSegment(self, job, outcome):
-        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
-        volume = slicer.mrmlScene.GetNodeByID(job.volume_id)
-        if volume is None:
-            self.status("The segmented volume was closed; its result was discarded.")
-            return
-        segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-        editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
-        shown = self.ui.inputVolumeSelector.currentNode()
-        if shown is not None and shown.GetID() == volume.GetID():
-            self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-            self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
-        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
-        if ws is not None:
-            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
-            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
-            self.refreshTables()
-        self.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
-        if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
-            slicer.util.warningDisplay(report.message())
-
-    def onAccept(self):
-        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=False) if volume else None
-        caseId = volume.GetAttribute(CASE_ATTRIBUTE) if volume else None
-        opened = self.openedAt.get(volume.GetID()) if volume else None
-        try:
-            with slicer.util.WaitCursor():
-                outcome = cases.accept_case(
-                    self.ws, slicer.util, volume, segNode, self.logic.ijkToRas(volume) if volume else None, vtk.mutable,
-                    save=lambda node, version: self.logic.saveSegmentation(node, cases.output_path(volume, self.ws, caseId, version)),
-                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
-                    seconds=time.monotonic() - opened if opened else None)
-        except Exception as exc:
-            slicer.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
-        self.refreshTables()
-        self.status(outcome.message())
-        if outcome.save_error:
-            slicer.util.warningDisplay(outcome.message())
-
-    def onAcceptWeak(self):
-        """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        opened = self.openedAt.get(volume.GetID()) if volume else None
-        try:
-            picked = marks.marks_from_markups(slicer.util, self.ui.weakLabelComboBox.currentText,
-                                              self.ui.weakRoiSelector.currentNode(), self.ui.weakLongLineSelector.currentNode(),
-                                              self.ui.weakShortLineSelector.currentNode(), volume)
-            with slicer.util.WaitCursor():
-                correction = cases.accept_weak(self.ws, volume, picked, annotator=self.ui.annotatorLineEdit.text or None,
-                                               seconds=time.monotonic() - opened if opened else None)
-        except Exception as exc:
-            slicer.util.errorDisplay("Accept as weak refused; nothing was submitted: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()
-        self.refreshTables()
-        self.status("Accepted case %s as weak correction v%d (marks: %s)" % (correction.case_id, correction.version,
-                    ", ".join(m["label"] for m in correction.effort["marks"]["items"])))
-
-    # -- training and models --------------------------------------------------------------
-    def onTrain(self):
-        if not self.ensureDependencies("training"):
-            return
-        try:
-            runner = self.logic.startTraining(self.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText,
-                                              autoPromote=self.ui.autoPromoteCheckBox.checked)
-        except Exception as exc:
-            slicer.util.errorDisplay("Training failed to start: %s" % exc)
-            return
-        self.ui.logTextEdit.clear()
-        self.startJob(Job("train", runner, label="a new model", context={"before": [m.version for m in self.ws.models()]}))
-
-    def finishTrain(self, job, outcome):
-        """Offer the candidate in the panel (Promote/Discard) without interrupting the case being corrected."""
-        self.refreshTables()
-        newVersions = sorted(set(m.version for m in self.ws.models()) - set(job.context["before"]))
-        if not newVersions:
-            self.ui.candidateLabel.text = "No new model: %s" % ((outcome.result or {}).get("message") or "see the log")
-            return
-        self.candidateVersion = newVersions[-1]
-        self.ui.candidateLabel.text = panels.compare_text(self.ws, self.candidateVersion)
-        current = self.ws.current_model()
-        if current is not None and current.version == self.candidateVersion:
-            self.candidateVersion = None  # auto-promote on, and the trainer's gate promoted it
-        self.status("Training finished: " + self.ui.candidateLabel.text)
-
-    def onPromote(self):
-        try:
-            self.ws.promote(self.candidateVersion)
-            self.status("Model v%d is now current." % self.candidateVersion)
-            self.candidateVersion = None
-        except Exception as exc:
-            slicer.util.errorDisplay("Promote failed: %s" % exc)
-        self.refreshTables()
-        self.updateButtons()
-
-    def onDiscard(self):
-        self.status("Candidate v%d kept in the registry, not used." % self.candidateVersion)
-        self.candidateVersion = None
-        self.updateButtons()
-
-    def onRollback(self):
-        current = self.ws.current_model()
-        if current is None or not slicer.util.confirmYesNoDisplay(
-                "Roll back: stop using model v%d and make the previous current model current again? "
-                "v%d stays in the registry." % (current.version, current.version)):
-            return
-        try:
-            record = self.ws.rollback()
-            self.status("Rolled back: model v%d is current." % record.version)
-        except Exception as exc:
-            slicer.util.errorDisplay("Rollback failed: %s" % exc)
-        self.refreshTables()
-        self.updateButtons()
-
-    def onPlot(self):
-        rows, names = panels.learning_curve(self.ws)
-        if not rows:
-            self.status("No model yet: nothing to plot.")
-            return
-        slicer.util.plot(np.array(rows, dtype=float), xColumnIndex=0, columnNames=names, title="HILASegment learning curve")
-
     # -- background jobs: one slot per kind --------------------------------------------------
-    def progressBar(self, kind):
-        return {"segment": self.ui.segmentProgressBar, "train": self.ui.progressBar, "install": self.ui.installProgressBar,
-                "pacs": self.ui.pacsProgressBar}[kind]
-
     def startJob(self, job):
         try:
             self.jobs.start(job)
@@ -545,8 +283,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cleanupJob(job.context)
             slicer.util.errorDisplay("Could not start: %s" % exc)
             return
-        self.progressBar(job.kind).value = 0
-        self.progressBar(job.kind).show()
+        self.kinds[job.kind][0].value = 0
+        self.kinds[job.kind][0].show()
         self.timer.start()
         self.status(job.describe() + "...")
         self.updateButtons()
@@ -557,19 +295,18 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if line.record is None or line.record.get("event") != "progress":
                     self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
             if job.runner.fraction is not None:
-                self.progressBar(job.kind).value = int(100 * job.runner.fraction)
+                self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
             if done:
                 self.finishJob(job)
         if not self.jobs.running:
             self.timer.stop()
 
     def finishJob(self, job):
-        self.progressBar(job.kind).hide()
+        self.kinds[job.kind][0].hide()
         outcome = job.runner.outcome()
         try:
             if outcome.ok:
-                {"segment": self.finishSegment, "train": self.finishTrain, "install": self.finishInstall,
-                 "pacs": self.pacs.finish}[job.kind](job, outcome)
+                self.kinds[job.kind][1](job, outcome)
             elif outcome.cancelled:
                 self.status("%s cancelled." % job.describe())
             else:

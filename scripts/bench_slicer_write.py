@@ -7,7 +7,7 @@ Set-up (cached in --work): the real pelvic CT (../shared/data/pelvic_ct_dicom/Pe
 volume node; its RTSTRUCT converted with `hila convert --structures all` (16 structures) as the volume's existing
 segmentation; the RTSTRUCT's deep-learning contour set (`--structures DL`: prostate, bladder, rectum, femoral
 heads, on the full grid) as the AI result. Measured: what the panel's
-finishSegment runs on the GUI thread, ``HILASegmentLogic.writeResult`` (read the result, write it into the
+SegmentSection.finish runs on the GUI thread, ``HILASegmentLogic.writeResult`` (read the result, write it into the
 volume's segmentation under the Segment Editor's mask mode), per mask mode in a fresh process: seconds and the
 peak extra resident memory over the process before the call (RSS sampled every 5 ms). Prints one JSON line per run.
 """
