@@ -64,7 +64,7 @@ class ModuleLogic:
         from HILASegmentLib.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
         items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode)
+        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene)
 
     def saveSegmentation(self, segNode: Any, path: str) -> str:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

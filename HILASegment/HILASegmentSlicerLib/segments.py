@@ -133,7 +133,7 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
 
 
 def _bbox(masks: Sequence[np.ndarray], shape: Tuple[int, ...]) -> Tuple[slice, ...]:
-    """The smallest (k, j, i) box holding every voxel of ``masks`` (an empty box when there is none)."""
+    """The smallest (k, j, i) box holding every voxel of ``masks`` (one voxel at the corner when there is none)."""
     lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
     for m in masks:
         for axis in range(3):
@@ -142,12 +142,26 @@ def _bbox(masks: Sequence[np.ndarray], shape: Tuple[int, ...]) -> Tuple[slice, .
             if hit.size:
                 lo[axis], hi[axis] = min(lo[axis], hit[0]), max(hi[axis], hit[-1])
     if hi[0] < 0:
-        return (slice(0, 0),) * 3
+        return (slice(0, 1),) * 3
     return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
 
 
+def _region_volume(util: Any, scene: Any, volume: Any, region: Tuple[slice, ...]) -> Any:
+    """A small volume node on ``volume``'s lattice covering ``region`` (k, j, i) only, under the volume's transform:
+    exported and imported through it, a segment costs the region, not the whole volume."""
+    matrix = util.vtkMatrixFromArray(np.eye(4))
+    volume.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = util.arrayFromVTKMatrix(matrix)
+    ijk_to_ras[:3, 3] = mrmlgeometry.voxel_to_ras(ijk_to_ras, [region[2].start, region[1].start, region[0].start])
+    regionVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "__hila_region__")
+    util.updateVolumeFromArray(regionVolume, np.zeros(tuple(sl.stop - sl.start for sl in region), np.uint8))
+    regionVolume.SetIJKToRASMatrix(util.vtkMatrixFromArray(ijk_to_ras))
+    regionVolume.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    return regionVolume
+
+
 def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any, volume: Any,
-                 editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+                 editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
     """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
 
     ``segments``: (label value, name, colour, 0/1 array (k, j, i) on the volume's grid, tags) per label.
@@ -159,6 +173,8 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     the mask mode reads are exported (none for "everywhere", ``mrmlgeometry.mask_segment_ids``), one at a time,
     and every array is cut to the region the result can change: its own voxels and those of the segments it
     replaces. Outside that region nothing changes (the result is empty there and so is what it replaces).
+    With the ``scene`` (real Slicer), segments are exported and written through a volume node of that region
+    only (:func:`_region_volume`); without it, at the volume's full size (the same voxels, more memory).
     """
     segmentation = segNode.GetSegmentation()
     shape = tuple(util.arrayFromVolume(volume).shape)
@@ -181,12 +197,14 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
     mask_segment = editorNode.GetMaskSegmentID() if editorNode is not None else None
     cut: Dict[str, np.ndarray] = {i: a[region] for i, a in old.items()}  # segment -> its voxels in the region
+    reference = _region_volume(util, scene, volume, region) if scene is not None else None
     if masking:
         read = set()
         for segId in news:  # the other segments the rule reads for any of the edited ones
             read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
-        for i in sorted(read - set(cut)):  # one full-size export alive at a time
-            cut[i] = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0)[region]
+        for i in sorted(read - set(cut)):  # one export alive at a time, of the region only where it can be
+            cut[i] = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, reference)) > 0) if reference is not None \
+                else (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0)[region]
     intensity = lohi = None
     if intensity_on:
         intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
@@ -205,10 +223,13 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
             if segmentation.GetSegment(segId) is None:  # a known structure: the one table's colour (colors.label_color)
                 segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(label_color(name, color)))
             segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
-            full = np.zeros(shape, np.uint8)
-            full[region] = merged
-            util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
-            del full
+            if reference is not None:  # replaces the segment: outside the region it is empty, as the result is
+                util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, reference)
+            else:
+                full = np.zeros(shape, np.uint8)
+                full[region] = merged
+                util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
+                del full
             segment = segmentation.GetSegment(segId)
             for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
                 segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
@@ -220,6 +241,8 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
     finally:
         segNode.EndModify(wasModified)
+        if reference is not None:
+            scene.RemoveNode(reference)
     return report
 
 
@@ -257,10 +280,10 @@ def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: O
 
 
 def write_engine_result(util: Any, items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any,
-                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
     """An engine result (anatomy and, when present, the review segment) into the volume's own segmentation."""
     anatomy, review = split_review(items)
-    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode)
+    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode, scene)
     if review is not None:
         report.review_voxels = write_review(util, segNode, volume, review)
     return report

@@ -58,7 +58,8 @@ def real_allowed(segNode, volume, mode, edited, mask_segment="", intensity_range
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("intensity", [False, True])
-def test_the_glues_masking_is_slicers_generate_edit_mask_in_every_mode(rs, mode, intensity):
+@pytest.mark.parametrize("through_region", [False, True], ids=["full-size", "region-node"])
+def test_the_glues_masking_is_slicers_generate_edit_mask_in_every_mode(rs, mode, intensity, through_region):
     volume, segNode, prostate, earlier = _scene_with_segments()
     array = slicer.util.arrayFromVolume(volume)
     lohi = [float(np.percentile(array, 30)), float(np.percentile(array, 90))] if intensity else None
@@ -70,13 +71,15 @@ def test_the_glues_masking_is_slicers_generate_edit_mask_in_every_mode(rs, mode,
         editor.SetSourceVolumeIntensityMaskRange(*lohi)
     allowed = real_allowed(segNode, volume, mode, "hila_1", "gland", lohi)
     assert 0 < allowed.sum() < allowed.size or mode == "EditAllowedEverywhere"
-    report = segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), prostate, {})], segNode, volume, editor, mode)
+    report = segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), prostate, {})], segNode, volume, editor, mode,
+                                   scene=slicer.mrmlScene if through_region else None)
     written = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0
     expected = np.where(allowed, prostate, earlier)
     assert np.array_equal(written, expected)
     assert report.clipped["prostate"] == int(np.count_nonzero(expected != prostate))
     for name in ("gland", "hidden"):  # the user's segments are never touched
         assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, name, volume).any()
+    assert slicer.mrmlScene.GetFirstNodeByName("__hila_region__") is None  # the region node is gone again
 
 
 def _transform(rotation_deg=90.0, shift=(12.0, -7.0, 30.0)):
