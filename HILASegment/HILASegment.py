@@ -19,8 +19,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HILASegmentLib import panels
-from HILASegmentSlicerLib import cases, pacs, panelstate, sections, segments, selftest
+from HILASegmentSlicerLib import cases, pacs, panels, panelstate, sections, segments, selftest
 from HILASegmentSlicerLib.jobs import JobBoard, JobError
 from HILASegmentSlicerLib.logic import ModuleLogic
 

@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from HILASegmentLib.processrunner import ProcessRunner, engine_command
+from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = ROOT / "scripts" / "hila_slicer_batch.py"

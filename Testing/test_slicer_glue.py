@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HILASegmentLib import mrmlgeometry
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.workspace import Workspace
-from HILASegmentSlicerLib import cases, panelstate, segments
+from HILASegmentSlicerLib import cases, mrmlgeometry, panelstate, segments
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
 
 _ids = itertools.count(1)
@@ -418,8 +417,8 @@ def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     from types import SimpleNamespace
 
     from HILASegmentLib import dependencies
-    from HILASegmentLib.processrunner import SequenceRunner
     from HILASegmentSlicerLib import installs
+    from HILASegmentSlicerLib.processrunner import SequenceRunner
     find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
     plan = dependencies.plan_install("inference", find, lambda d: None, model="taps")
     calls = []

@@ -79,10 +79,9 @@ def run_in_slicer(slicer, args):
     import numpy as np
     import vtk
 
-    from HILASegmentLib import mrmlgeometry
     from HILASegmentLib.errors import HilaError
     from HILASegmentLib.inference import Segmenter
-    from HILASegmentSlicerLib import segments
+    from HILASegmentSlicerLib import mrmlgeometry, segments
 
     if os.path.isdir(args.image):  # Slicer's DICOM loading needs its database; the engine reads series folders
         from HILASegmentLib.imageio import read_image

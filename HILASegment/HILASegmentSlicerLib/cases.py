@@ -13,10 +13,10 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
-from HILASegmentLib import catalog, mrmlgeometry
+from HILASegmentLib import catalog
 from HILASegmentLib.errors import HilaError
 
-from . import segments
+from . import mrmlgeometry, segments
 
 __all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
            "reopen_case_segments", "output_path", "workspace_model"]

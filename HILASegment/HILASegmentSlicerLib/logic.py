@@ -15,10 +15,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from HILASegmentLib import mrmlgeometry
-from HILASegmentLib.processrunner import ProcessRunner, engine_command
-
-from . import installs, segments
+from . import installs, mrmlgeometry, segments
+from .processrunner import ProcessRunner, engine_command
 
 __all__ = ["ModuleLogic"]
 

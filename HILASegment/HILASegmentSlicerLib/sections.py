@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from HILASegmentLib import dependencies, panels
+from HILASegmentLib import dependencies
 
-from . import cases, marks, segments
+from . import cases, marks, panels, segments
 from .jobs import Job
 
 __all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]

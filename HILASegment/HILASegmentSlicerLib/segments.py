@@ -24,10 +24,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from HILASegmentLib import labelmatch, mrmlgeometry, terminology
+from HILASegmentLib import labelmatch, terminology
 from HILASegmentLib.colors import REVIEW_COLOR, label_color
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
+
+from . import mrmlgeometry
 
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",

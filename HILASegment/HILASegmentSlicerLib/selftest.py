@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from HILASegmentLib import dependencies, panels
+from HILASegmentLib import dependencies
 
-from . import cases, marks, pacs, segments
+from . import cases, marks, pacs, panels, segments
 from .jobs import Job, JobBoard
 
 __all__ = ["packages", "race_accept_and_train", "pacs_without_a_server"]

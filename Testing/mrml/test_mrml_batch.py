@@ -15,9 +15,10 @@ from tier import FIXTURES, ROOT, slicer_core
 slicer = slicer_core()
 from realscene import import_module_file, load_volume, save_segmentation  # noqa: E402
 
-from HILASegmentLib import mrmlgeometry, segfile, terminology  # noqa: E402
+from HILASegmentLib import segfile, terminology  # noqa: E402
 from HILASegmentLib.colors import label_color  # noqa: E402
 from HILASegmentLib.inference import Segmenter  # noqa: E402
+from HILASegmentSlicerLib import mrmlgeometry  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "hila_slicer_batch.py"
 MRI = FIXTURES / "prostate_mri_oblique_small.nrrd"

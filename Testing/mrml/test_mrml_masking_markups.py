@@ -16,9 +16,13 @@ import vtk  # noqa: E402
 from realscene import load_volume  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from HILASegmentLib import labelio, mrmlgeometry  # noqa: E402
+from HILASegmentLib import labelio  # noqa: E402
 from HILASegmentLib.errors import HilaError  # noqa: E402
-from HILASegmentSlicerLib import marks, segments  # noqa: E402
+from HILASegmentSlicerLib import (  # noqa: E402
+    marks,
+    mrmlgeometry,  # noqa: E402
+    segments,
+)
 
 MRI, MRI_LABEL = FIXTURES / "prostate_mri_oblique_small.nrrd", FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"
 MODES = ["EditAllowedEverywhere", "EditAllowedInsideAllSegments", "EditAllowedInsideVisibleSegments",

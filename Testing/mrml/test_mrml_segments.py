@@ -13,10 +13,10 @@ slicer = slicer_core()
 import vtk  # noqa: E402  (slicer-core's VTK, after the skip)
 from realscene import load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
 
-from HILASegmentLib import labelio, mrmlgeometry, segfile, terminology  # noqa: E402
+from HILASegmentLib import labelio, segfile, terminology  # noqa: E402
 from HILASegmentLib.colors import label_color  # noqa: E402
 from HILASegmentLib.segfile import Segmentation  # noqa: E402
-from HILASegmentSlicerLib import segments  # noqa: E402
+from HILASegmentSlicerLib import mrmlgeometry, segments  # noqa: E402
 
 MRI, MRI_LABEL = FIXTURES / "prostate_mri_oblique_small.nrrd", FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"
 
@@ -156,3 +156,19 @@ def test_a_segment_renamed_by_the_user_keeps_its_terminology_and_accept_follows_
     back = segments.label_array_from_segmentation(slicer.util, segNode, volume, labels("prostate"), vtk.mutable)
     assert np.array_equal(back > 0, mask)
     assert type_code(segNode.GetSegmentation().GetSegment("hila_1"))[1] == "41216001"
+
+
+def test_a_segmentation_deleted_while_a_job_runs_gets_a_new_one_and_the_result_is_kept(rs):
+    """The user deletes the volume's segmentation node mid-job: the finished result goes to a fresh segmentation of
+    the same volume (the node reference is gone in real MRML), nothing is lost and no other node is touched."""
+    volume = load_volume(MRI, "mri")
+    first = segments.segmentation_for(slicer.mrmlScene, volume)
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "the user's own")
+    slicer.mrmlScene.RemoveNode(first)
+    assert volume.GetNodeReference(segments.SEGMENTATION_REFERENCE) is None
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    assert segNode is not None and segNode.GetID() != other.GetID()
+    mask = sitk.GetArrayFromImage(labelio.read_label(MRI_LABEL)) > 0
+    segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), mask, {})], segNode, volume, scene=slicer.mrmlScene)
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0, mask)
+    assert other.GetSegmentation().GetNumberOfSegments() == 0
