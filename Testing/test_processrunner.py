@@ -249,7 +249,8 @@ def test_engine_command_runs_this_engine_unbuffered():
     assert argv[:4] == [sys.executable, "-u", "-m", "HILASegmentLib"]
     assert env["PYTHONUNBUFFERED"] == "1"
     lib_parent = Path(env["PYTHONPATH"].split(os.pathsep)[0])
-    assert (lib_parent / "HILASegmentLib" / "processrunner.py").exists()
+    assert (lib_parent / "HILASegmentLib" / "__init__.py").exists()  # the engine beside this glue library
+    assert (lib_parent / "HILASegmentSlicerLib" / "processrunner.py").exists()
     out = ProcessRunner(argv, env=env).start()
     lines = []
     res = out.wait(timeout=60, on_line=lines.append)
