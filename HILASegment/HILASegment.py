@@ -7,12 +7,7 @@ a QTimer, one slot per kind, so the GUI never blocks and training never stops th
 """
 import logging
 import os
-import re
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
 import qt
 import slicer
 import vtk
@@ -24,10 +19,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HILASegmentLib import dependencies, panels
-from HILASegmentLib.processrunner import ProcessRunner, engine_command
-from HILASegmentSlicerLib import cases, installs, marks, pacs, panelstate, segments
-from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
+from HILASegmentSlicerLib import cases, pacs, panels, panelstate, sections, segments, selftest
+from HILASegmentSlicerLib.jobs import JobBoard, JobError
+from HILASegmentSlicerLib.logic import ModuleLogic
 
 SETTINGS = "HILASegment/"
 CASE_ATTRIBUTE = segments.CASE_ATTRIBUTE
@@ -66,7 +60,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ws = None
         self.jobs = JobBoard()
         self.openedAt = {}  # volume ID -> when its case was opened (the correction's seconds)
-        self.candidateVersion = None
         self.modelChoices = []
         self.parameterNode = None
         self._updatingGUI = False
@@ -80,8 +73,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HILASegmentLogic()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
-        for bar in (self.ui.progressBar, self.ui.segmentProgressBar, self.ui.installProgressBar):
-            bar.hide()
         for table, headers in ((self.ui.caseTableWidget, panels.CASE_COLUMNS),
                                (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
             table.setColumnCount(len(headers))
@@ -98,34 +89,24 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.openWorkspaceButton.connect("clicked()", self.onOpenWorkspace)
         self.ui.createWorkspaceButton.connect("clicked()", self.onCreateWorkspace)
-        self.ui.caseTableWidget.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
-        self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
-        self.ui.importVolumeButton.connect("clicked()", self.onImportVolume)
-        self.ui.importFilesButton.connect("clicked()", self.onImportFiles)
-        self.ui.importFolderButton.connect("clicked()", self.onImportFolder)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.ttaCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.qualityComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.segmentButton.connect("clicked()", self.onSegment)
-        self.ui.acceptButton.connect("clicked()", self.onAccept)
-        self.ui.acceptWeakButton.connect("clicked()", self.onAcceptWeak)
-        self.ui.trainButton.connect("clicked()", self.onTrain)
-        self.ui.cancelButton.connect("clicked()", lambda: self.cancelJob("train"))
-        self.ui.cancelInstallButton.connect("clicked()", lambda: self.cancelJob("install"))
-        self.ui.promoteButton.connect("clicked()", self.onPromote)
-        self.ui.discardButton.connect("clicked()", self.onDiscard)
-        self.ui.rollbackButton.connect("clicked()", self.onRollback)
-        self.ui.plotButton.connect("clicked()", self.onPlot)
-        self.ui.installDependenciesButton.connect("clicked()", lambda: self.ensureDependencies("training", always=True))
         self.ui.annotatorLineEdit.connect("editingFinished()", self.saveSettings)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.saveSettings)
         self.ui.autoPromoteCheckBox.connect("toggled(bool)", self.saveSettings)
         self.ui.maxMinutesSpinBox.connect("valueChanged(int)", self.saveSettings)
-        # the PACS section: the real `hila import|export|sync --dicomweb` as jobs (rules: HILASegmentSlicerLib.pacs)
+        # the sections own their buttons, jobs and finish handlers (HILASegmentSlicerLib.sections, .pacs)
+        self.cases = sections.CasesSection(self, self.ui, slicer.util, qt, slicer.mrmlScene)
+        self.segment = sections.SegmentSection(self, self.ui, slicer.util, slicer.mrmlScene, vtk)
+        self.models = sections.ModelsSection(self, self.ui, slicer.util)
+        self.installs = sections.InstallsSection(self, self.ui, slicer.util)
         self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
-                                   lambda: self.ensureDependencies("dicom"), slicer.util.startupEnvironment,
+                                   lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
                                    _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
+        # THE table of job kinds: each kind's progress bar and finish handler (its label: Job.describe)
+        self.kinds = {"segment": (self.ui.segmentProgressBar, self.segment.finish), "train": (self.ui.progressBar, self.models.finish),
+                      "install": (self.ui.installProgressBar, self.installs.finish), "pacs": (self.ui.pacsProgressBar, self.pacs.finish)}
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -135,6 +116,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message:
             self.ui.workspacePathLineEdit.currentPath = ""
             self.status(message)
+        for bar, _ in self.kinds.values():
+            bar.hide()
         self.refreshTables()
         self.initializeParameterNode()
         self.updateButtons()
@@ -208,7 +191,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), installing=self.jobs.busy("install"),
-            has_candidate=self.candidateVersion is not None,
+            has_candidate=self.models.candidate is not None,
             has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
@@ -291,256 +274,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setSortingEnabled(True)
         table.resizeColumnsToContents()
 
-    def onCaseDoubleClicked(self, row, column):
-        self.loadCase(self.ui.caseTableWidget.item(row, 0).text())
-
-    def onNextCase(self):
-        caseId = panels.next_case_id(self.ws)
-        if caseId is None:
-            slicer.util.infoDisplay("Every case has a correction: train, or import more cases.")
-            return
-        self.loadCase(caseId)
-
-    def loadCase(self, caseId):
-        """Show a case; it continues from its latest correction, and its segmentation is its own."""
-        try:
-            with slicer.util.WaitCursor():
-                volume = self.logic.loadCase(self.ws, caseId)
-                segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-                loaded = cases.reopen_case_segments(self.ws, slicer.util, volume, segNode)
-        except Exception as exc:
-            slicer.util.errorDisplay("Could not load case %s: %s" % (caseId, exc))
-            return
-        self.ui.inputVolumeSelector.setCurrentNode(volume)
-        self.ui.caseInfoLabel.text = ("Case %s: its latest correction (v%d) is loaded; correct, then Accept." % (caseId, loaded)
-                                      if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
-
-    def onImportVolume(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        try:
-            with slicer.util.WaitCursor():
-                case = self.logic.importVolumeNode(self.ws, volume)
-        except Exception as exc:
-            slicer.util.errorDisplay("Could not import the volume: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()
-        self.refreshTables()
-        self.status("Imported %s as case %s" % (case.name, case.case_id))
-
-    def onImportFiles(self):
-        paths = qt.QFileDialog.getOpenFileNames(slicer.util.mainWindow(), "Import volumes", "",
-                                                "Volumes (*.nrrd *.nii *.nii.gz *.mha *.mhd);;All files (*)")
-        self.importPaths(list(paths))
-
-    def onImportFolder(self):
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Import a DICOM series folder")
-        if folder:
-            self.importPaths([folder])
-
-    def importPaths(self, paths):
-        done = []
-        try:
-            with slicer.util.WaitCursor():
-                for p in paths:
-                    done.append(self.ws.import_volume(p).case_id)
-        except Exception as exc:
-            slicer.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
-        self.refreshTables()
-        if done:
-            self.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
-
-    def onVolumeChanged(self, volume):
-        """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
-        if volume is not None and volume.GetID() not in self.openedAt:
-            self.openedAt[volume.GetID()] = time.monotonic()
-        segNode = None
-        if volume is not None:
-            segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=bool(volume.GetAttribute(CASE_ATTRIBUTE)))
-        self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
-        self.updateParameterNodeFromGUI()
-        self.updateButtons()
-
-    # -- dependencies: one consent dialog; installs never freeze the GUI -------------------
-    def ensureDependencies(self, tier, always=False, model=None):
-        """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
-        plan = dependencies.plan_install(tier, model=model)
-        if plan.broken_slicer or plan.old_slicer:
-            slicer.util.errorDisplay(plan.message())
-            return False
-        if not plan.needed:
-            if always:
-                slicer.util.infoDisplay("All Python packages HILASegment needs are installed.")
-            return True
-        if self.jobs.busy("install"):
-            self.status("Packages are being installed; try again when the install has finished.")
-            return False
-        if not slicer.util.confirmOkCancelDisplay(plan.message()):
-            return False
-        try:
-            runner = self.logic.install(plan)
-        except Exception as exc:
-            slicer.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
-            return False
-        if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
-            return not dependencies.plan_install(tier, model=model).needed
-        self.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
-        self.status("Installing Python packages in the background; Segment or Train again when it is done.")
-        return False
-
-    def finishInstall(self, job, outcome):
-        self.status("Python packages installed (%.0f s)." % outcome.seconds)
-
-    # -- segment and accept ---------------------------------------------------------------
-    def onSegment(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        if volume is not None and self.jobs.segmenting(volume.GetID()):
-            self.cancelJob("segment")  # the Segment button is Cancel while this case segments
-            return
-        choice = self.currentModelChoice()
-        if volume is None or choice is None or not self.ensureDependencies("inference", model=choice.model):
-            return
-        try:
-            runner, context = self.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
-                                                           device=self.ui.deviceComboBox.currentText)
-        except Exception as exc:
-            slicer.util.errorDisplay("Segmentation failed to start: %s" % exc)
-            return
-        context.update(version=choice.version if choice.key == "workspace" else None, ws=self.ws)
-        self.startJob(Job("segment", runner, case_id=volume.GetAttribute(CASE_ATTRIBUTE), volume_id=volume.GetID(),
-                          label=choice.label.split(" · ")[0], context=context))
-
-    def finishSegment(self, job, outcome):
-        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
-        volume = slicer.mrmlScene.GetNodeByID(job.volume_id)
-        if volume is None:
-            self.status("The segmented volume was closed; its result was discarded.")
-            return
-        segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-        editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
-        shown = self.ui.inputVolumeSelector.currentNode()
-        if shown is not None and shown.GetID() == volume.GetID():
-            self.ui.segmentEditorWidget.setSegmentationNode(segNode)
-            self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
-        report = self.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
-        if ws is not None:
-            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
-            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
-            self.refreshTables()
-        self.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
-        if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
-            slicer.util.warningDisplay(report.message())
-
-    def onAccept(self):
-        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        segNode = segments.segmentation_for(slicer.mrmlScene, volume, create=False) if volume else None
-        caseId = volume.GetAttribute(CASE_ATTRIBUTE) if volume else None
-        opened = self.openedAt.get(volume.GetID()) if volume else None
-        try:
-            with slicer.util.WaitCursor():
-                outcome = cases.accept_case(
-                    self.ws, slicer.util, volume, segNode, self.logic.ijkToRas(volume) if volume else None, vtk.mutable,
-                    save=lambda node, version: self.logic.saveSegmentation(node, cases.output_path(volume, self.ws, caseId, version)),
-                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
-                    seconds=time.monotonic() - opened if opened else None)
-        except Exception as exc:
-            slicer.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
-        self.refreshTables()
-        self.status(outcome.message())
-        if outcome.save_error:
-            slicer.util.warningDisplay(outcome.message())
-
-    def onAcceptWeak(self):
-        """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        opened = self.openedAt.get(volume.GetID()) if volume else None
-        try:
-            picked = marks.marks_from_markups(slicer.util, self.ui.weakLabelComboBox.currentText,
-                                              self.ui.weakRoiSelector.currentNode(), self.ui.weakLongLineSelector.currentNode(),
-                                              self.ui.weakShortLineSelector.currentNode(), volume)
-            with slicer.util.WaitCursor():
-                correction = cases.accept_weak(self.ws, volume, picked, annotator=self.ui.annotatorLineEdit.text or None,
-                                               seconds=time.monotonic() - opened if opened else None)
-        except Exception as exc:
-            slicer.util.errorDisplay("Accept as weak refused; nothing was submitted: %s" % exc)
-            return
-        self.openedAt[volume.GetID()] = time.monotonic()
-        self.refreshTables()
-        self.status("Accepted case %s as weak correction v%d (marks: %s)" % (correction.case_id, correction.version,
-                    ", ".join(m["label"] for m in correction.effort["marks"]["items"])))
-
-    # -- training and models --------------------------------------------------------------
-    def onTrain(self):
-        if not self.ensureDependencies("training"):
-            return
-        try:
-            runner = self.logic.startTraining(self.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText,
-                                              autoPromote=self.ui.autoPromoteCheckBox.checked)
-        except Exception as exc:
-            slicer.util.errorDisplay("Training failed to start: %s" % exc)
-            return
-        self.ui.logTextEdit.clear()
-        self.startJob(Job("train", runner, label="a new model", context={"before": [m.version for m in self.ws.models()]}))
-
-    def finishTrain(self, job, outcome):
-        """Offer the candidate in the panel (Promote/Discard) without interrupting the case being corrected."""
-        self.refreshTables()
-        newVersions = sorted(set(m.version for m in self.ws.models()) - set(job.context["before"]))
-        if not newVersions:
-            self.ui.candidateLabel.text = "No new model: %s" % ((outcome.result or {}).get("message") or "see the log")
-            return
-        self.candidateVersion = newVersions[-1]
-        self.ui.candidateLabel.text = panels.compare_text(self.ws, self.candidateVersion)
-        current = self.ws.current_model()
-        if current is not None and current.version == self.candidateVersion:
-            self.candidateVersion = None  # auto-promote on, and the trainer's gate promoted it
-        self.status("Training finished: " + self.ui.candidateLabel.text)
-
-    def onPromote(self):
-        try:
-            self.ws.promote(self.candidateVersion)
-            self.status("Model v%d is now current." % self.candidateVersion)
-            self.candidateVersion = None
-        except Exception as exc:
-            slicer.util.errorDisplay("Promote failed: %s" % exc)
-        self.refreshTables()
-        self.updateButtons()
-
-    def onDiscard(self):
-        self.status("Candidate v%d kept in the registry, not used." % self.candidateVersion)
-        self.candidateVersion = None
-        self.updateButtons()
-
-    def onRollback(self):
-        current = self.ws.current_model()
-        if current is None or not slicer.util.confirmYesNoDisplay(
-                "Roll back: stop using model v%d and make the previous current model current again? "
-                "v%d stays in the registry." % (current.version, current.version)):
-            return
-        try:
-            record = self.ws.rollback()
-            self.status("Rolled back: model v%d is current." % record.version)
-        except Exception as exc:
-            slicer.util.errorDisplay("Rollback failed: %s" % exc)
-        self.refreshTables()
-        self.updateButtons()
-
-    def onPlot(self):
-        rows, names = panels.learning_curve(self.ws)
-        if not rows:
-            self.status("No model yet: nothing to plot.")
-            return
-        slicer.util.plot(np.array(rows, dtype=float), xColumnIndex=0, columnNames=names, title="HILASegment learning curve")
-
     # -- background jobs: one slot per kind --------------------------------------------------
-    def progressBar(self, kind):
-        return {"segment": self.ui.segmentProgressBar, "train": self.ui.progressBar, "install": self.ui.installProgressBar,
-                "pacs": self.ui.pacsProgressBar}[kind]
-
     def startJob(self, job):
         try:
             self.jobs.start(job)
@@ -548,8 +282,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cleanupJob(job.context)
             slicer.util.errorDisplay("Could not start: %s" % exc)
             return
-        self.progressBar(job.kind).value = 0
-        self.progressBar(job.kind).show()
+        self.kinds[job.kind][0].value = 0
+        self.kinds[job.kind][0].show()
         self.timer.start()
         self.status(job.describe() + "...")
         self.updateButtons()
@@ -560,19 +294,18 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if line.record is None or line.record.get("event") != "progress":
                     self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
             if job.runner.fraction is not None:
-                self.progressBar(job.kind).value = int(100 * job.runner.fraction)
+                self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
             if done:
                 self.finishJob(job)
         if not self.jobs.running:
             self.timer.stop()
 
     def finishJob(self, job):
-        self.progressBar(job.kind).hide()
+        self.kinds[job.kind][0].hide()
         outcome = job.runner.outcome()
         try:
             if outcome.ok:
-                {"segment": self.finishSegment, "train": self.finishTrain, "install": self.finishInstall,
-                 "pacs": self.pacs.finish}[job.kind](job, outcome)
+                self.kinds[job.kind][1](job, outcome)
             elif outcome.cancelled:
                 self.status("%s cancelled." % job.describe())
             else:
@@ -600,105 +333,22 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class HILASegmentLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> engine conversions and job set-up; no UI. Used by the widget, the self-test and batch mode."""
+    """MRML <-> engine conversions and job set-up; no UI. Every call is ``HILASegmentSlicerLib.logic.ModuleLogic``'s,
+    built with the real slicer and vtk modules (the real-MRML tier builds it on slicer-core's)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.impl = ModuleLogic(slicer, vtk)
 
-    def segmentEditorNode(self):
-        node = slicer.mrmlScene.GetSingletonNode("HILASegment", "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.vtkMRMLSegmentEditorNode()
-            node.SetSingletonTag("HILASegment")
-            node = slicer.mrmlScene.AddNode(node)
-        return node
+    def __getattr__(self, name):
+        if name == "impl":  # not set yet (during the base class's __init__)
+            raise AttributeError(name)
+        return getattr(self.impl, name)
 
-    # workspaces: a new one starts from the picked or the modality's catalog starter (cases.workspace_model)
-    def openWorkspace(self, path):
-        from HILASegmentLib.workspace import Workspace
-        return Workspace.open(path)
-
-    def createWorkspace(self, path, modality, labels, model=None):
-        from HILASegmentLib.workspace import Workspace
-        return Workspace.create(path, modality, labels or None, model=model)
-
-    # volumes and segmentations
-    def ijkToRas(self, volume):
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    def volumeToImage(self, volume):
-        """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
-        from HILASegmentLib import mrmlgeometry
-        return mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), self.ijkToRas(volume))
-
-    def writeResult(self, segPath, segNode, volume, editorNode=None, labels=None):
-        """An engine .seg.nrrd into the volume's own segments (``segments.write_result``); returns the report.
-        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
-        from HILASegmentLib.segfile import read_segmentation
-        result = read_segmentation(segPath)
-        items = segments.workspace_items([(s.label_value, s.name, s.color, result.mask_array(s.name) > 0, s.tags)
-                                          for s in result.segments], labels)
-        mode = slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_engine_result(slicer.util, items, segNode, volume, editorNode, mode)
-
-    def saveSegmentation(self, segNode, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if not slicer.util.saveNode(segNode, path):
-            raise OSError("Could not write %s" % path)
-        return path
-
-    # workspace
-    def loadCase(self, ws, caseId):
-        case = ws.case(caseId)
-        volume = slicer.util.loadVolume(str(case.path))
-        volume.SetName(case.name)
-        volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
-        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
-        return volume
-
-    def importVolumeNode(self, ws, volume):
-        from HILASegmentLib.imageio import write_image
-        folder = tempfile.mkdtemp(prefix="hila-import-")
-        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", volume.GetName()) + ".nrrd")
-        write_image(self.volumeToImage(volume), path)
-        case = ws.import_volume(path)
-        volume.SetAttribute(CASE_ATTRIBUTE, case.case_id)
-        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
-        return case
-
-    # jobs
-    def startSegmentation(self, volume, model, tta=False, device="auto"):
-        from HILASegmentLib.imageio import write_image
-        folder = tempfile.mkdtemp(prefix="hila-infer-")
-        image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
-        write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
-                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
-        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
-        return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
-
-    def startTraining(self, ws, maxMinutes, device, autoPromote=False):
-        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on."""
-        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--device", device,
-                "--promote", "auto" if autoPromote else "never"]
-        argv, env = engine_command("HILASegmentLib", args, env=slicer.util.startupEnvironment())
-        return ProcessRunner(argv, env=env)
-
-    def cleanupJob(self, context):
-        folder = context.get("folder")
-        if folder and os.path.isdir(folder):
-            import shutil
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def install(self, plan):
-        """Run an agreed plan (``installs.run_plan``): None when done (5.12), else a background runner to poll."""
-        return installs.run_plan(slicer, plan, slicer.util.startupEnvironment())
 
 class HILASegmentTest(ScriptedLoadableModuleTest):
     """In-Slicer self-test, run once: packages, a PACS import with no server, two cases with a result in flight
-    (the A/B race), accept, accept as weak, train."""
+    (the A/B race), accept, accept as weak, train. The steps: ``HILASegmentSlicerLib.selftest``."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -710,107 +360,10 @@ class HILASegmentTest(ScriptedLoadableModuleTest):
         self.test_race_accept_and_train()
 
     def test_packages(self):
-        """Install what is missing (testing mode: no dialog, as agreed), then check nothing is missing."""
-        logic = HILASegmentLogic()
-        for tier in ("inference", "training"):
-            plan = dependencies.plan_install(tier)
-            self.assertFalse(plan.broken_slicer, plan.message())
-            if plan.needed:
-                self.delayDisplay("Installing: " + plan.message())
-                runner = logic.install(plan)
-                outcome = runner.start().wait(timeout=1800) if runner is not None else None
-                self.assertTrue(outcome is None or outcome.ok, outcome and outcome.error)
-            self.assertFalse(dependencies.plan_install(tier).needed, "%s packages still missing" % tier)
+        selftest.packages(self, slicer, HILASegmentLogic)
 
     def test_race_accept_and_train(self):
-        from HILASegmentLib.workspace import Workspace
-        logic = HILASegmentLogic()
-        model = Path(__file__).parent / "Resources" / "Models" / "hila_tiny_test.onnx"
-        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentTest")) / "ws", "MR", ["prostate"], model=str(model))
-        volumes, blobs = [], []
-        for n, shift in enumerate((0, 6)):
-            k, j, i = np.mgrid[0:24, 0:48, 0:48]
-            blob = ((i - 24 - shift) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
-            array = (100 + 300 * blob + np.random.default_rng(n).normal(0, 10, blob.shape)).astype(np.int16)
-            volume = slicer.util.addVolumeFromArray(array, ijkToRAS=np.diag([-1.0, -1.0, 3.0, 1.0]), name="HILATest%d" % n)
-            logic.importVolumeNode(ws, volume)
-            volumes.append(volume)
-            blobs.append(blob)
-        volA, volB = volumes
-        caseA = volA.GetAttribute(CASE_ATTRIBUTE)
-
-        self.delayDisplay("Case A segments in the background while case B is opened (the A/B race)")
-        board = JobBoard()
-        modelPath, version = panels.model_for(ws)
-        runner, context = logic.startSegmentation(volA, modelPath)
-        board.start(Job("segment", runner, case_id=caseA, volume_id=volA.GetID(), context=context))
-        segB = segments.segmentation_for(slicer.mrmlScene, volB)  # B is shown now
-        finished = []
-        deadline = time.monotonic() + 300
-        while not finished and time.monotonic() < deadline:
-            finished = [job for job, _, done in board.poll() if done]
-            time.sleep(0.1)
-        job = finished[0]
-        self.assertTrue(job.runner.outcome().ok, job.runner.outcome().error)
-        target = slicer.mrmlScene.GetNodeByID(job.volume_id)
-        self.assertIs(target, volA)
-        segA = segments.segmentation_for(slicer.mrmlScene, target)
-        report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode(), ws.settings.labels)
-        self.assertEqual(report.names, ["prostate"])
-        self.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
-        logic.cleanupJob(context)
-
-        self.delayDisplay("Editing A and accepting it")
-        segId = segA.GetSegmentation().GetSegmentIdBySegmentName("prostate")
-        edited = slicer.util.arrayFromSegmentBinaryLabelmap(segA, segId, volA)
-        edited[blobs[0]] = 1
-        edited[12] = 0  # erase the middle slice: a real edit
-        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segA, segId, volA)
-        outcome = cases.accept_case(ws, slicer.util, volA, segA, logic.ijkToRas(volA), vtk.mutable,
-                                    save=lambda n, v: logic.saveSegmentation(n, cases.output_path(volA, ws, caseA, v)),
-                                    annotator="selftest", seconds=1.0)
-        self.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
-        self.assertTrue(os.path.exists(outcome.saved))
-        self.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)
-
-        self.delayDisplay("Accept as weak: an ROI around B's blob, then two RECIST lines across it")
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-        roi.SetCenterWorld(-30.0, -24.0, 36.0)  # blob B: i = 30, j = 24, k = 12 under ijkToRAS diag(-1, -1, 3)
-        roi.SetSizeWorld(24.0, 24.0, 36.0)
-        caseB = volB.GetAttribute(CASE_ATTRIBUTE)
-        weakBox = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volB))
-        lines = [slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode") for _ in range(2)]
-        slicer.util.updateMarkupsControlPointsFromArray(lines[0], np.array([[-42.0, -24.0, 36.0], [-18.0, -24.0, 36.0]]), world=True)
-        slicer.util.updateMarkupsControlPointsFromArray(lines[1], np.array([[-30.0, -36.0, 36.0], [-30.0, -12.0, 36.0]]), world=True)
-        weakLines = cases.accept_weak(ws, volB, marks.marks_from_markups(slicer.util, "prostate", long_line=lines[0], short_line=lines[1], volume=volB))
-        self.assertEqual([(c.version, c.quality) for c in ws.corrections(caseB)], [(1, "weak"), (2, "weak")])
-        self.assertTrue(np.allclose(weakBox.effort["marks"]["items"][0]["box"], [18, 12, 18, 42, 36, 54]))  # LPS mm
-        self.assertEqual(len(weakLines.effort["marks"]["items"][0]["lines"]), 2)
-        import SimpleITK as sitk  # the engine's image library, only in this test
-        weakMask = sitk.GetArrayFromImage(ws.correction_label(caseB, 1)) > 0  # [k, j, i] as the volume's array
-        self.assertGreater(2 * (weakMask & blobs[1]).sum() / (weakMask.sum() + blobs[1].sum()), 0.6)
-
-        self.delayDisplay("One-minute CPU training round in a child process")
-        before = {m.version for m in ws.models()}
-        outcome = logic.startTraining(ws, 1, "cpu").start().wait(timeout=600)
-        self.assertTrue(outcome.ok, outcome.error)
-        self.assertTrue({m.version for m in ws.models()} - before, "training registered no new model version")
-        self.assertTrue(ws.check().ok)
-        self.delayDisplay("HILASegment self-test passed")
+        selftest.race_accept_and_train(self, slicer, HILASegmentLogic)
 
     def test_pacs_without_a_server(self):
-        """The panel's PACS import, run as the panel runs it, against a port nobody listens on: the engine's
-        one-line error comes back and nothing is imported (no server needed)."""
-        from HILASegmentLib.workspace import Workspace
-        plan = dependencies.plan_install("dicom")
-        if plan.needed or plan.old_slicer or plan.broken_slicer:
-            self.delayDisplay("PACS step skipped: " + plan.message())
-            return
-        ws = Workspace.create(Path(slicer.util.tempDirectory("HILASegmentPacs")) / "ws", "CT", ["prostate"])
-        action = pacs.import_action(ws.root, "http://127.0.0.1:9/dicom-web", "1.2.3")
-        self.assertNotIn("PASSWORD", " ".join(action.args))
-        outcome = pacs.runner(action, slicer.util.startupEnvironment()).start().wait(timeout=120)
-        self.assertFalse(outcome.ok)
-        self.assertIn("connection refused", outcome.error)
-        self.assertEqual(ws.cases(), [])
-        self.delayDisplay("HILASegment PACS step passed")
+        selftest.pacs_without_a_server(self, slicer, HILASegmentLogic)

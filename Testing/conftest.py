@@ -58,8 +58,19 @@ ALLOWED_SKIP_REASONS = (
     r"could not import '(torch|monai|onnx2torch|taps|slicerio|pydicom|highdicom)'", r"optional dicom extra",
     r"^orthanc with its dicomweb plugin is not installed",  # the test PACS: a distribution package .ci/run installs
     r"\bcuda\b", r"\bgpu\b",
+    r"^no slicer-core wheel for python",  # the real-MRML tier (Testing/mrml): Kitware publishes CPython 3.10-3.13 wheels
 )
 _skips: list = []
+
+# The real-MRML tier runs in its own environment (.venv-slicer, `make test-mrml`): a Python without slicer-core
+# does not collect it unless make says no wheel exists for it (then it skips with that reason).
+try:
+    import importlib.util as _iu
+
+    _has_slicer = _iu.find_spec("slicer") is not None
+except (ImportError, ValueError):
+    _has_slicer = False
+collect_ignore = [] if _has_slicer or os.environ.get("HILA_NO_SLICER_CORE") else ["mrml"]
 
 
 def skip_reason_allowed(reason: str) -> bool:

@@ -14,7 +14,9 @@ import SimpleITK as sitk
 from conftest import ROOT, shared
 from tiny_models import dice, phantom, rotation, tiny_model
 
+from HILASegmentLib import terminology
 from HILASegmentLib.cli import main
+from HILASegmentLib.colors import known_color
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,9 @@ def test_taps_on_real_prostatex(tmp_path):
     assert np.allclose(seg["ijkToLPS"][:3, :3], np.asarray(img.GetDirection()).reshape(3, 3) * img.GetSpacing(), atol=1e-6)
     (s,) = [s for s in seg["segments"] if s["name"] == "prostate"]
     assert s["tags"]["HILA.model"] == "taps" and s["tags"]["HILA.model_checksum"].startswith("sha256:")
+    # one colour and the structure's standard terminology, as every other hila output (colors, terminology)
+    assert np.allclose(s["color"], known_color("prostate"), atol=1e-4)
+    assert s["terminology"]["type"] == list(terminology.resolve("prostate").type)  # slicerio parses the tag
     vox = seg["voxels"]  # (i, j, k) with the reference extent offset
     full = np.zeros(img.GetSize(), np.uint8)
     off = seg.get("referenceImageExtentOffset", [0, 0, 0])

@@ -208,3 +208,26 @@ def test_dicom_output_needs_format_and_reference(tmp_path, ct_dir):
     assert_clean_failure(hila("convert", label_file, tmp_path / "x.dcm", "--reference", ct_dir), "--format")
     assert_clean_failure(hila("convert", label_file, tmp_path / "x.dcm", "--format", "rtstruct"), "--reference")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_seg_codes_come_from_the_one_terminology_table(tmp_path, ct_dir):
+    """The DICOM SEG's property category/type/modifier are the codes the .seg.nrrd TerminologyEntry carries
+    (terminology.TERMS), femoral heads with their laterality, a name the table lacks under the local 99HILA code."""
+    from HILASegmentLib import terminology
+
+    out = tmp_path / "seg.dcm"
+    label_file = shared("pelvic_ct", "Pelvic-Ref002", "labels_manual.nii.gz")
+    res = hila("convert", label_file, out, "--format", "seg", "--reference", ct_dir,
+               "--names", "1=Prostata,2=FemoreSinistro,3=my structure")  # names chosen for their codes only
+    assert res.returncode == 0, res.stderr
+    seg = hd.seg.segread(str(out))
+    for d in seg.SegmentSequence:
+        term = terminology.resolve(str(d.SegmentLabel))
+        category, kind = d.SegmentedPropertyCategoryCodeSequence[0], d.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodingSchemeDesignator, category.CodeValue, category.CodeMeaning) == term.category
+        assert (kind.CodingSchemeDesignator, kind.CodeValue, kind.CodeMeaning) == term.type
+        modifiers = kind.get("SegmentedPropertyTypeModifierCodeSequence", [])
+        assert [(m.CodingSchemeDesignator, m.CodeValue) for m in modifiers] == ([term.modifier[:2]] if any(term.modifier) else [])
+    by_label = {str(d.SegmentLabel): d for d in seg.SegmentSequence}
+    assert by_label["FemoreSinistro"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "2812003"
+    assert by_label["my structure"].SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99HILA"

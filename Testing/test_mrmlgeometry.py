@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared
 
-from HILASegmentLib.mrmlgeometry import (
+from HILASegmentSlicerLib.mrmlgeometry import (
     LPS_TO_RAS,
     array_to_image,
     color_to_float,

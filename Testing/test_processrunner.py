@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from HILASegmentLib.processrunner import ProcessRunner, engine_command, python_executable
+from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command, python_executable
 
 POSIX = os.name == "posix"
 
@@ -249,7 +249,8 @@ def test_engine_command_runs_this_engine_unbuffered():
     assert argv[:4] == [sys.executable, "-u", "-m", "HILASegmentLib"]
     assert env["PYTHONUNBUFFERED"] == "1"
     lib_parent = Path(env["PYTHONPATH"].split(os.pathsep)[0])
-    assert (lib_parent / "HILASegmentLib" / "processrunner.py").exists()
+    assert (lib_parent / "HILASegmentLib" / "__init__.py").exists()  # the engine beside this glue library
+    assert (lib_parent / "HILASegmentSlicerLib" / "processrunner.py").exists()
     out = ProcessRunner(argv, env=env).start()
     lines = []
     res = out.wait(timeout=60, on_line=lines.append)
@@ -298,7 +299,7 @@ def _two_case_workspace(tmp_path):
 def test_train_button_child_streams_json_progress_to_a_candidate(tmp_path):
     """The Train button's child with the glue's options (+ --steps to keep the test short), polled like the QTimer does."""
     assert _train_available(), "`hila train` must be a command (its module failed to import?)"
-    from HILASegmentLib import panels
+    from HILASegmentSlicerLib import panels
     ws = _two_case_workspace(tmp_path)
     before = [m.version for m in ws.models()]
     argv, env = engine_command("HILASegmentLib", ["train", str(ws.root), "--json", "--max-minutes", "1", "--promote", "never",
@@ -358,7 +359,7 @@ def test_cancel_mid_training_leaves_the_workspace_consistent(tmp_path):
 
 def test_sequence_runner_runs_in_order_stops_at_the_first_failure_and_cancels(tmp_path):
     """The background pip install on Slicer 5.8/5.10: commands in order, progress per command, Cancel."""
-    from HILASegmentLib.processrunner import SequenceRunner
+    from HILASegmentSlicerLib.processrunner import SequenceRunner
 
     log = tmp_path / "log"
     step = lambda n, rc=0: [sys.executable, "-c", f"open({str(log)!r}, 'a').write('{n}'); print('step {n}'); raise SystemExit({rc})"]

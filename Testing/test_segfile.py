@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
-from HILASegmentLib import imageio, labelio, segfile
+from HILASegmentLib import imageio, labelio, segfile, terminology
 from HILASegmentLib.cli.convert import parse_names
+from HILASegmentLib.colors import known_color
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.segfile import Segmentation
 
@@ -161,10 +162,10 @@ def test_from_label_image_keeps_the_volume_grid(tmp_path, image, label):
     assert "Segmentation_MasterRepresentation:=Binary labelmap" in head
     assert "space: left-posterior-superior" in head and "encoding: gzip" in head
     back = segfile.read_segmentation(out)
-    assert np.array_equal(sitk.GetArrayViewFromImage(back.to_label_image()), sitk.GetArrayViewFromImage(lab))
-    assert back.segment("prostate").tags == {"HILA.Source": "test"}
-    if "bladder" in back.names and back.segment("bladder").label_value == 2:
-        assert back.segment("bladder").color == (0.9, 0.6, 0.2)
+    assert np.array_equal(sitk.GetArrayFromImage(back.to_label_image()), sitk.GetArrayViewFromImage(lab))
+    assert back.segment("prostate").tags == {"HILA.Source": "test", "TerminologyEntry": terminology.entry_for("prostate")}
+    if "bladder" in back.names and back.segment("bladder").label_value == 2:  # a known structure: the table's colour
+        assert back.segment("bladder").color == known_color("bladder") != (0.9, 0.6, 0.2)
     ref = slicerio.read_segmentation(str(out))
     assert slicerio.segment_mask(ref, "prostate").sum() == int((sitk.GetArrayViewFromImage(lab) == 1).sum())
 

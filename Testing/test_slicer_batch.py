@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from HILASegmentLib.processrunner import ProcessRunner, engine_command
+from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = ROOT / "scripts" / "hila_slicer_batch.py"
@@ -100,7 +100,7 @@ def test_segment_button_child_command_streams_progress_and_writes_the_result(tmp
 
 
 def glue_cli_options(function_name: str) -> list:
-    tree = ast.parse((ROOT / "HILASegment" / "HILASegment.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "HILASegment" / "HILASegmentSlicerLib" / "logic.py").read_text(encoding="utf-8"))  # the Logic
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function_name)
     return [c.value for c in ast.walk(fn) if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("--")]
 

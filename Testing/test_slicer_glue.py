@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HILASegmentLib import mrmlgeometry
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.workspace import Workspace
-from HILASegmentSlicerLib import cases, panelstate, segments
+from HILASegmentSlicerLib import cases, mrmlgeometry, panelstate, segments
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
 
 _ids = itertools.count(1)
@@ -418,8 +417,8 @@ def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     from types import SimpleNamespace
 
     from HILASegmentLib import dependencies
-    from HILASegmentLib.processrunner import SequenceRunner
     from HILASegmentSlicerLib import installs
+    from HILASegmentSlicerLib.processrunner import SequenceRunner
     find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
     plan = dependencies.plan_install("inference", find, lambda d: None, model="taps")
     calls = []
@@ -492,3 +491,43 @@ def test_the_review_segment_is_an_outline_of_its_own_never_anatomy_at_accept(two
     assert np.array_equal(label > 0, anatomy)
     c = _accept(ws, volA, segNode)
     assert np.array_equal(sitk.GetArrayFromImage(ws.correction_label(c.case_id, c.version)) > 0, anatomy)
+
+
+class _Widget:  # a Qt widget's properties and signals, as the sections use them
+    def __init__(self):
+        self.text, self.enabled, self.connected = "", True, {}
+
+    def connect(self, signal, slot):
+        self.connected[signal] = slot
+
+    def clear(self):
+        self.text = ""
+
+
+class _UI:
+    def __getattr__(self, name):
+        widget = _Widget()
+        setattr(self, name, widget)
+        return widget
+
+
+def test_the_models_section_takes_the_candidate_from_the_trainers_result(monkeypatch):
+    """The candidate is the version the trainer's JSON result names (not a diff of model lists); one the gate
+    promoted is current already; a run without a model says why."""
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib import sections
+
+    calls = []
+    panel = SimpleNamespace(ws=object(), refreshTables=lambda: calls.append("refresh"), status=calls.append,
+                            updateButtons=lambda: None, cancelJob=lambda kind: None)
+    monkeypatch.setattr(sections.panels, "compare_text", lambda ws, version: f"v{version} vs current")
+    ui = _UI()
+    models = sections.ModelsSection(panel, ui, util=None)
+    assert set(ui.trainButton.connected) == {"clicked()"}  # the section connects its own buttons
+    models.finish(None, SimpleNamespace(result={"model_version": 3, "promoted": False}))
+    assert models.candidate == 3 and ui.candidateLabel.text == "v3 vs current"
+    models.finish(None, SimpleNamespace(result={"model_version": 4, "promoted": True}))
+    assert models.candidate is None and ui.candidateLabel.text == "v4 vs current"
+    models.finish(None, SimpleNamespace(result={"event": "result", "message": "not enough corrections"}))
+    assert ui.candidateLabel.text == "No new model: not enough corrections"

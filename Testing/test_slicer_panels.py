@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HILASegmentLib import panels
+from HILASegmentSlicerLib import panels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
@@ -126,9 +126,9 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
     import sys
 
     from HILASegmentLib.imageio import write_image
-    from HILASegmentLib.mrmlgeometry import array_to_image
-    from HILASegmentLib.processrunner import ProcessRunner, engine_command
     from HILASegmentLib.workspace import Workspace
+    from HILASegmentSlicerLib.mrmlgeometry import array_to_image
+    from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command
     ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(TINY))
     for n, shift in enumerate((0, 6)):
         k, j, i = np.mgrid[0:24, 0:48, 0:48]

@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 from ws_worker import state
 
-from HILASegmentLib import metrics, panels
+from HILASegmentLib import metrics
 from HILASegmentLib.cli import main
 from HILASegmentLib.errors import HilaError
-from HILASegmentSlicerLib import cases, marks, segments
+from HILASegmentSlicerLib import cases, marks, panels, segments
 
 DATA = Path(__file__).resolve().parent / "Data"
 
@@ -43,6 +43,9 @@ class ROI:
 
     def GetRASBounds(self, out):
         out[:] = self.bounds
+
+    def GetName(self):
+        return "R"
 
 
 class Line:

@@ -9,6 +9,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import ROOT, shared
 
+from HILASegmentLib import terminology
+from HILASegmentLib.colors import label_color
 from HILASegmentLib.imageio import read_image, same_grid
 from HILASegmentLib.modelcard import resolve_model
 from HILASegmentLib.segfile import read_segmentation
@@ -77,3 +79,6 @@ def test_hila_infer_with_the_ct_starter_beats_an_atlas_baseline_on_the_real_ct(c
         d, base = _dice(m, g), _dice(atlas == value, g)
         assert d > base + 0.1, f"{case} {organ}: Dice {d:.3f}, atlas baseline {base:.3f}"
         assert seg.segment(organ).tags.get("HILA.model") == "pelvic_ct_unet"
+        # the one colour table and the structure's standard terminology (SNOMED CT), not the card's colour / "Tissue"
+        assert seg.segment(organ).color == label_color(organ)
+        assert seg.segment(organ).tags["TerminologyEntry"] == terminology.entry_for(organ)

@@ -4,9 +4,9 @@
     Slicer --no-main-window --python-script scripts/hila_slicer_batch.py --image F --out F.seg.nrrd [--model M]
 
 Inside Slicer the volume is read with Slicer's own loader (``slicer.util.loadVolume``) and the
-result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node, one
-segment per label with the model card's names and colours and the model version in the segment
-tags); the engine (``HILASegmentLib.inference.Segmenter``) does the inference. The script exits
+result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node filled the way
+the panel's Segment fills it: ``HILASegmentSlicerLib.segments.write_engine_result``, one segment per label
+with the table's colours, the structures' terminology and the model version in the segment tags); the engine (``HILASegmentLib.inference.Segmenter``) does the inference. The script exits
 with its own code (``sys.exit``, also under ``--testing``): 0 done, 2 a problem the user can fix
 (one line on stderr), 1 an unexpected failure.
 
@@ -36,11 +36,16 @@ def parse_args(argv):
 
 
 def import_slicer():
+    """Slicer's ``slicer`` module when this runs inside the Slicer application, else None.
+
+    Decided by ``slicer.app`` (the application object), not by importability: Kitware's slicer-core wheel
+    makes ``import slicer`` work in any Python, with MRML but no application to load or save through.
+    """
     try:
         import slicer  # noqa: F401
     except ImportError:
         return None
-    return slicer if hasattr(slicer, "util") else None
+    return slicer if getattr(slicer, "app", None) is not None and hasattr(slicer, "util") else None
 
 
 def ensure_engine():
@@ -74,9 +79,9 @@ def run_in_slicer(slicer, args):
     import numpy as np
     import vtk
 
-    from HILASegmentLib import mrmlgeometry
     from HILASegmentLib.errors import HilaError
     from HILASegmentLib.inference import Segmenter
+    from HILASegmentSlicerLib import mrmlgeometry, segments
 
     if os.path.isdir(args.image):  # Slicer's DICOM loading needs its database; the engine reads series folders
         from HILASegmentLib.imageio import read_image
@@ -91,23 +96,12 @@ def run_in_slicer(slicer, args):
         matrix = vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(matrix)
         image = mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), slicer.util.arrayFromVTKMatrix(matrix))
-    segmenter = Segmenter(args.model, threads=args.threads, device=args.device)
-    result = segmenter.segment(image, tta=args.tta)
-    label = result.label
-    import SimpleITK as sitk
-    label_array = sitk.GetArrayFromImage(label)
+    result = Segmenter(args.model, threads=args.threads, device=args.device).segment(image, tta=args.tta)
     segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", os.path.basename(args.out)[:-len(".seg.nrrd")])
     segNode.CreateDefaultDisplayNodes()
     segNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    segmentation = segNode.GetSegmentation()
-    tags = result.provenance_tags()
-    for lab in result.card.labels:
-        segId = segmentation.AddEmptySegment("hila_%d" % lab.value, lab.name, mrmlgeometry.color_to_float(lab.color))
-        mask = (label_array == lab.value).astype(np.uint8)
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segNode, segId, volume)
-        segment = segmentation.GetSegment(segId)
-        for key, value in tags.items():
-            segment.SetTag(str(key), str(value))
+    # the module's one way from an engine result to segments (the panel's Segment writes through it too)
+    segments.write_engine_result(slicer.util, segments.items_from_segmentation(result.to_segmentation()), segNode, volume)
     if not slicer.util.saveNode(segNode, args.out):
         raise HilaError(f"{args.out}: Slicer could not write the segmentation")
     return "%s: %d segments by %s v%s in %.1f s" % (args.out, len(result.card.labels), result.card.name,

@@ -48,9 +48,8 @@ def main(out: str) -> int:
     import SimpleITK as sitk
     from PyQt5 import QtCore, QtWidgets, uic
 
-    from HILASegmentLib import panels
     from HILASegmentLib.workspace import Workspace
-    from HILASegmentSlicerLib import cases, pacs, panelstate
+    from HILASegmentSlicerLib import cases, pacs, panels, panelstate
 
     app = QtWidgets.QApplication(sys.argv)
     with tempfile.TemporaryDirectory() as tmp:

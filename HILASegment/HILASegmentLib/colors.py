@@ -9,7 +9,9 @@ entry there; their colours are kept from earlier versions. Other names take the 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
+
+from .labelmatch import canonical_name
 
 Color = Tuple[float, float, float]
 
@@ -45,8 +47,21 @@ PALETTE: Tuple[Color, ...] = (
 
 
 def known_color(name: str) -> Optional[Color]:
-    """The table's colour for a structure name (case, spaces and underscores ignored), else None."""
-    return KNOWN_COLORS.get(" ".join(str(name).replace("_", " ").lower().split()))
+    """The table's colour for a structure name (case, spaces, underscores, aliases and auto-contour suffixes
+    ignored: ``Prostata_DL`` is the prostate), else None."""
+    plain = " ".join(str(name).replace("_", " ").lower().split())
+    return KNOWN_COLORS.get(canonical_name(name)) or KNOWN_COLORS.get(plain)
+
+
+def label_color(name: str, given: Optional[Sequence[float]] = None, index: int = 0) -> Color:
+    """THE colour of a segment or label: a known structure always has the table's colour (whatever a model card
+    or an older workspace stored), any other name the colour it was given, else the ``index``-th palette entry."""
+    known = known_color(name)
+    if known is not None:
+        return known
+    if given is not None:
+        return tuple(given)  # type: ignore[return-value]  # checked where a segment is made
+    return PALETTE[index % len(PALETTE)]
 
 
 def default_color(name: str, index: int) -> Color:

@@ -21,27 +21,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from . import terminology
 from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, person_name, require, software_version
 from .errors import HilaError
 from .imageio import PathLike, atomic_output
-from .labelmatch import ALIASES, contour_set
 from .paths import dicom_value
 from .segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
 
-# Canonical organ name (labelmatch) -> pydicom ``codes.SCT`` attribute.
-ORGAN_CODES = {"prostate": "Prostate", "bladder": "Bladder", "rectum": "Rectum", "femoral head": "FemoralHead"}
-
 
 def _codes(name: str):
-    """(category, type) codes for a segment name: the organ when known, else generic tissue."""
-    from pydicom.sr.codedict import codes  # optional `dicom` extra
+    """(category, type, type modifier or None) codes for a segment name: THE table of ``terminology`` (the same
+    codes the ``.seg.nrrd`` TerminologyEntry carries), its local fallback for names it does not know."""
+    from pydicom.sr.coding import Code  # optional `dicom` extra
 
-    key = " ".join(contour_set(name)[0].lower().replace("_", " ").split())
-    key = ALIASES.get(key, key)
-    attr = ORGAN_CODES.get(key)
-    if attr:
-        return codes.SCT.AnatomicalStructure, getattr(codes.SCT, attr)
-    return codes.SCT.Tissue, codes.SCT.Tissue
+    term = terminology.resolve(name)
+    code = lambda c: Code(value=c[1], scheme_designator=c[0], meaning=c[2])
+    return code(term.category), code(term.type), (code(term.modifier) if any(term.modifier) else None)
 
 
 def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
@@ -80,10 +75,14 @@ def write_seg(segments: Sequence[SegmentMask], series: Series, path: PathLike,
             name="HILASegment", family=codes.DCM.ArtificialIntelligence, version=str(prov.model_version or "unknown"))
     descriptions = []
     for n, (name, _, _) in enumerate(segments, start=1):
-        category, kind = _codes(name)
-        descriptions.append(hd.seg.SegmentDescription(
+        category, kind, modifier = _codes(name)
+        description = hd.seg.SegmentDescription(
             segment_number=n, segment_label=dicom_value(name, "LO"), segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=algo_type, algorithm_identification=algorithm))
+            segmented_property_type=kind, algorithm_type=algo_type, algorithm_identification=algorithm)
+        if modifier is not None:  # laterality (femoral heads): nested in the type's item, as the standard has it
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)]
+        descriptions.append(description)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*person name.*")  # anonymised PatientName of the source
         seg = hd.seg.Segmentation(

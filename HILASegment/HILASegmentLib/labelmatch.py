@@ -21,6 +21,10 @@ ALIASES = {
     "prostata": "prostate", "prostate gland": "prostate",
     "vescica": "bladder", "urinary bladder": "bladder", "vescica urinaria": "bladder",
     "retto": "rectum", "anorectum": "rectum", "ano-retto": "rectum", "rectum and anus": "rectum",
+    "femoresinistro": "femoral head left", "femore sinistro": "femoral head left", "left femoral head": "femoral head left",
+    "femoralhead (left)": "femoral head left", "femur head l": "femoral head left", "femoral head l": "femoral head left",
+    "femoredestro": "femoral head right", "femore destro": "femoral head right", "right femoral head": "femoral head right",
+    "femoralhead (right)": "femoral head right", "femur head r": "femoral head right", "femoral head r": "femoral head right",
 }
 
 
@@ -40,6 +44,13 @@ def contour_set(name) -> tuple[str, str]:
 
 def _norm(name) -> str:
     return " ".join(str(name).strip().lower().replace("_", " ").split())
+
+
+def canonical_name(name) -> str:
+    """The structure a name stands for, as the colour and terminology tables key it: lower case, single spaces,
+    an auto-contour suffix dropped, aliases resolved (``'Prostata_DL'`` -> ``'prostate'``)."""
+    key = _norm(contour_set(name)[0])
+    return ALIASES.get(key, key)
 
 
 def terminology_name(tags: dict | None) -> str | None:

@@ -108,7 +108,9 @@ def largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
         if not m.any():
             continue
         cc = sitk.ConnectedComponent(sitk.GetImageFromArray(m.astype(np.uint8)), True)
-        cc = sitk.GetArrayViewFromImage(sitk.RelabelComponent(cc, 0, True))
+        # a copy, not a view: a view of the temporary RelabelComponent image outlives it (use after free; this
+        # crashed `hila infer` with a segfault on the real 512x512x163 CT)
+        cc = sitk.GetArrayFromImage(sitk.RelabelComponent(cc, 0, True))
         out[m & (cc != 1)] = 0
     return out
 

@@ -16,9 +16,10 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import SimpleITK as sitk
 
-from .colors import Color, default_color
+from .colors import Color, label_color
 from .errors import HilaError
 from .imageio import as_label_image, describe_grid, grid_difference
+from .terminology import with_entry
 
 LabelSpec = Tuple[int, str, Optional[Color]]
 
@@ -124,12 +125,11 @@ class Segmentation:
             if value < 1:
                 raise HilaError(f"label map: label value {value} for '{name}' must be 1 or more (0 is background)")
             auto_color = color is None
-            if color is None:
-                color = default_color(name, i)
+            color = label_color(name, color, i)  # a known structure: the one table's colour, whatever was given
             seg_id = _unique_id(name, used_ids)
             segments.append(Segment(
                 id=seg_id, name=name, color=_check_color(color, name), label_value=int(value), layer=0,
-                tags=dict(tags or {}), name_auto_generated=name == f"Segment_{value}",
+                tags=with_entry(name, tags), name_auto_generated=name == f"Segment_{value}",
                 color_auto_generated=auto_color,
             ))
         seg = cls(segments=segments, layers=[layer])
@@ -249,10 +249,9 @@ class Segmentation:
         new.CopyInformation(self.grid)
         self.layers[li] = new
         auto_color = color is None
-        if color is None:
-            color = default_color(name, len(self.segments))
+        color = label_color(name, color, len(self.segments))
         seg = Segment(id=segment_id or _unique_id(name, {s.id for s in self.segments}), name=name,
-                      color=_check_color(color, name), label_value=int(value), layer=li, tags=dict(tags or {}),
+                      color=_check_color(color, name), label_value=int(value), layer=li, tags=with_entry(name, tags),
                       color_auto_generated=auto_color)
         if any(s.id == seg.id for s in self.segments):
             raise HilaError(f"segment ID '{seg.id}' already exists")

@@ -6,16 +6,17 @@ save after a successful submit reports the submitted version, never "nothing was
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
-from HILASegmentLib import catalog, mrmlgeometry
+from HILASegmentLib import catalog
 from HILASegmentLib.errors import HilaError
 
-from . import segments
+from . import mrmlgeometry, segments
 
 __all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
            "reopen_case_segments", "output_path", "workspace_model"]
@@ -136,19 +137,21 @@ def reopen_case_segments(ws: Any, util: Any, volume: Any, segNode: Any) -> Optio
     return corrections[-1].version
 
 
-def output_path(volume: Any, ws: Any = None, case_id: Optional[str] = None, version: Optional[int] = None) -> str:
-    """Where an accepted segmentation's .seg.nrrd copy goes: beside the volume's file, else beside the workspace.
+#: Accept's .seg.nrrd copies: a folder of the workspace the ledger does not manage (``workspace.files.MANAGED_DIRS``).
+COPIES_DIR = "segmentations"
 
-    Never inside the workspace folder (its files are the ledger's, immutable and checksummed).
+
+def output_path(volume: Any, ws: Any = None, case_id: Optional[str] = None, version: Optional[int] = None) -> str:
+    """Where Accept's .seg.nrrd copy goes: ``<workspace>/segmentations/<case>/<volume>_v<n>.seg.nrrd``.
+
+    Never beside the volume's source file (a user's data folder, a read-only mount: Accept must not write
+    there) and never into the ledger's own folders; without a workspace, ``~/HILASegment``.
     """
-    storage = volume.GetStorageNode() if volume is not None else None
-    name = (volume.GetName() if volume is not None else "segmentation") + (f"_v{version}" if version else "")
-    if storage is not None and storage.GetFileName():
-        folder = Path(storage.GetFileName()).parent
-        if ws is None or (Path(ws.root) not in folder.parents and folder != Path(ws.root)):
-            return str(folder / (name + ".seg.nrrd"))
-    base = Path(ws.root).parent / (Path(ws.root).name + "-segmentations") if ws is not None else Path.home() / "HILASegment"
-    return str(base / (case_id or "") / (name + ".seg.nrrd"))
+    raw = (volume.GetName() if volume is not None else "") or "segmentation"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "segmentation"
+    name += f"_v{version}" if version else ""
+    base = Path(ws.root) / COPIES_DIR if ws is not None else Path.home() / "HILASegment"
+    return str(base / re.sub(r"[^A-Za-z0-9._-]+", "_", case_id or "") / (name + ".seg.nrrd"))
 
 
 def workspace_model(modality: str, preferred: Optional[str] = None) -> Tuple[Optional[str], str]:

@@ -12,7 +12,8 @@ import importlib
 from typing import Any, Dict, Optional
 
 from HILASegmentLib import dependencies
-from HILASegmentLib.processrunner import SequenceRunner, python_executable
+
+from .processrunner import SequenceRunner, python_executable
 
 __all__ = ["run_plan"]
 

@@ -23,7 +23,7 @@ class JobError(RuntimeError):
 
 @dataclass
 class Job:
-    """One background run (a :class:`HILASegmentLib.processrunner.ProcessRunner`) and what it is for."""
+    """One background run (a :class:`HILASegmentSlicerLib.processrunner.ProcessRunner`) and what it is for."""
 
     kind: str
     runner: Any

@@ -5,7 +5,8 @@ world RAS -> the volume's local RAS (the inverse of its parent transform's to-wo
 without one: identity) -> LPS (x and y negated). What is read from Slicer, checked in Slicer's source
 (main @ 583e9b37 and v5.8.1): ``vtkMRMLMarkupsROINode::GetRASBounds`` fills (xmin, xmax, ymin, ymax,
 zmin, zmax), the axis-aligned world bounds of the ROI box from its world centre, size and axes (a
-rotated ROI gives the box around it); ``slicer.util.arrayFromMarkupsControlPoints(node, world=True)``
+rotated ROI gives the box around it); a never-placed ROI gives all-zero bounds and one with only a centre
+zero-size bounds (measured with slicer-core 5.12.4), both refused; ``slicer.util.arrayFromMarkupsControlPoints(node, world=True)``
 reads each control point's ``GetNthControlPointPositionWorld``. A line markup has its two ends as
 control points; one still being placed has fewer and is refused.
 """
@@ -72,6 +73,10 @@ def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = 
     if roi is not None:
         bounds = [0.0] * 6
         roi.GetRASBounds(bounds)
+        if np.any(np.diff(np.asarray(bounds, float).reshape(3, 2), axis=1) == 0):
+            # Slicer's never-placed ROI: all-zero bounds; one with only a centre: zero size
+            raise HilaError(f"the ROI {roi.GetName()!r} is not placed (its box has no size): "
+                            "draw it around the structure first")
         return {"space": "LPS", "items": [{"label": label, "box": box_from_ras_bounds(bounds, to_world)}]}
     if long_line is None or short_line is None:
         raise HilaError("pick an ROI, or a long and a short diameter line")

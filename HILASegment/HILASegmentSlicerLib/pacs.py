@@ -23,10 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from HILASegmentLib.cli.pacs import describe, export_summary, sync_summary
 from HILASegmentLib.dicomweb import check_uid, check_url
 from HILASegmentLib.errors import HilaError
-from HILASegmentLib.processrunner import ProcessRunner, engine_command, popen_factory
 
 from . import segments
 from .jobs import Job
+from .processrunner import ProcessRunner, engine_command, popen_factory
 
 __all__ = ["SETTING", "PacsAction", "import_action", "export_action", "sync_action", "url_setting", "shown_case",
            "button_states", "result_message", "runner", "PacsPanel"]

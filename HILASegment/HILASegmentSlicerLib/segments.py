@@ -24,14 +24,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from HILASegmentLib import labelmatch, mrmlgeometry
-from HILASegmentLib.colors import REVIEW_COLOR
+from HILASegmentLib import labelmatch, terminology
+from HILASegmentLib.colors import REVIEW_COLOR, label_color
 from HILASegmentLib.errors import HilaError
 from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
 
+from . import mrmlgeometry
+
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
-           "workspace_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "workspace_items", "items_from_segmentation", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -132,56 +134,124 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
     return mrmlgeometry.masks_to_label({v: m.astype(np.uint8) for v, m in masks.items()}, shape)
 
 
+def _bbox(masks: Sequence[np.ndarray], shape: Tuple[int, ...]) -> Tuple[slice, ...]:
+    """The smallest (k, j, i) box holding every voxel of ``masks`` (one voxel at the corner when there is none)."""
+    lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
+    for m in masks:
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            hit = np.flatnonzero(np.any(m, axis=other))
+            if hit.size:
+                lo[axis], hi[axis] = min(lo[axis], hit[0]), max(hi[axis], hit[-1])
+    if hi[0] < 0:
+        return (slice(0, 1),) * 3
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+
+def _region_volume(util: Any, scene: Any, volume: Any, region: Tuple[slice, ...]) -> Any:
+    """A small volume node on ``volume``'s lattice covering ``region`` (k, j, i) only, under the volume's transform:
+    exported and imported through it, a segment costs the region, not the whole volume."""
+    matrix = util.vtkMatrixFromArray(np.eye(4))
+    volume.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = util.arrayFromVTKMatrix(matrix)
+    ijk_to_ras[:3, 3] = mrmlgeometry.voxel_to_ras(ijk_to_ras, [region[2].start, region[1].start, region[0].start])
+    regionVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "__hila_region__")
+    util.updateVolumeFromArray(regionVolume, np.zeros(tuple(sl.stop - sl.start for sl in region), np.uint8))
+    regionVolume.SetIJKToRASMatrix(util.vtkMatrixFromArray(ijk_to_ras))
+    regionVolume.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    return regionVolume
+
+
 def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any, volume: Any,
-                 editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+                 editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
     """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
 
     ``segments``: (label value, name, colour, 0/1 array (k, j, i) on the volume's grid, tags) per label.
     A ``hila_label`` tag belongs in ``tags`` only when ``value`` is a *workspace* label value
     (:func:`workspace_items` does that); a model's own values may mean other labels in a workspace.
     ``mask_mode``: the editor's mask mode name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``).
+
+    Work in proportion to the result, not to the segmentation (this runs on the GUI thread): only the segments
+    the mask mode reads are exported (none for "everywhere", ``mrmlgeometry.mask_segment_ids``), one at a time,
+    and every array is cut to the region the result can change: its own voxels and those of the segments it
+    replaces. Outside that region nothing changes (the result is empty there and so is what it replaces).
+    With the ``scene`` (real Slicer), segments are exported and written through a volume node of that region
+    only (:func:`_region_volume`); without it, at the volume's full size (the same voxels, more memory).
     """
     segmentation = segNode.GetSegmentation()
-    shape = util.arrayFromVolume(volume).shape
+    shape = tuple(util.arrayFromVolume(volume).shape)
     report = WriteReport(mask_mode=mask_mode or "")
+    news = {}
+    for value, name, _color, mask, _tags in segments:
+        new = np.asarray(mask) > 0
+        if new.shape != shape:
+            raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {shape}")
+        news[f"{OWN_PREFIX}{int(value)}"] = new
     existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing
-    arrays = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in existing}
+    masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
+    intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
+    old = {}  # what the segments being replaced hold now: needed only where a mask keeps some of it
+    if masking or intensity_on:
+        old = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in news if i in existing}
+    region = _bbox(list(news.values()) + list(old.values()), shape)
     display = segNode.GetDisplayNode()
     visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
+    mask_segment = editorNode.GetMaskSegmentID() if editorNode is not None else None
+    cut: Dict[str, np.ndarray] = {i: a[region] for i, a in old.items()}  # segment -> its voxels in the region
+    reference = _region_volume(util, scene, volume, region) if scene is not None else None
+    if masking:
+        read = set()
+        for segId in news:  # the other segments the rule reads for any of the edited ones
+            read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
+        for i in sorted(read - set(cut)):  # one export alive at a time, of the region only where it can be
+            cut[i] = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, reference)) > 0) if reference is not None \
+                else (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0)[region]
     intensity = lohi = None
-    if editorNode is not None and editorNode.GetSourceVolumeIntensityMask():
-        intensity, lohi = util.arrayFromVolume(volume), editorNode.GetSourceVolumeIntensityMaskRange()
+    if intensity_on:
+        intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
+    cropped_shape = tuple(sl.stop - sl.start for sl in region)
     wasModified = segNode.StartModify()
     try:
-        for value, name, color, mask, tags in segments:
+        for value, name, color, _mask, tags in segments:
             segId = f"{OWN_PREFIX}{int(value)}"
-            new = np.asarray(mask) > 0
-            if new.shape != tuple(shape):
-                raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {tuple(shape)}")
-            old = arrays.get(segId, np.zeros(shape, bool))
-            if editorNode is not None and mask_mode:
+            new = news[segId][region]
+            merged = new
+            if masking or intensity_on:
                 allowed = mrmlgeometry.edit_allowed_mask(
-                    mask_mode, shape, arrays, visible=visible, mask_segment=editorNode.GetMaskSegmentID(),
-                    intensity=intensity, intensity_range=lohi, edited=segId)
-            else:
-                allowed = np.ones(shape, bool)
-            merged = np.where(allowed, new, old)
-            if segmentation.GetSegment(segId) is None:
-                segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(color))
+                    mask_mode if masking else "EditAllowedEverywhere", cropped_shape, cut, visible=visible,
+                    mask_segment=mask_segment, intensity=intensity, intensity_range=lohi, edited=segId)
+                merged = np.where(allowed, new, cut.get(segId, np.zeros(cropped_shape, bool)))
+            if segmentation.GetSegment(segId) is None:  # a known structure: the one table's colour (colors.label_color)
+                segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(label_color(name, color)))
             segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
-            util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, volume)
+            if reference is not None:  # replaces the segment: outside the region it is empty, as the result is
+                util.updateSegmentBinaryLabelmapFromArray(merged.astype(np.uint8), segNode, segId, reference)
+            else:
+                full = np.zeros(shape, np.uint8)
+                full[region] = merged
+                util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
+                del full
             segment = segmentation.GetSegment(segId)
-            for key, val in dict(tags or {}, **{CREATOR_TAG: "HILASegment"}).items():
-                segment.SetTag(str(key), str(val))
-            arrays[segId] = merged
+            for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
+                segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
+            if segId in cut or masking:
+                cut[segId] = merged  # later items of this result see it as the segment it now is
             report.names.append(name)
-            report.predicted[name] = int(new.sum())
+            report.predicted[name] = int(news[segId].sum())
             report.clipped[name] = int(np.count_nonzero(merged != new))
         segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
     finally:
         segNode.EndModify(wasModified)
+        if reference is not None:
+            scene.RemoveNode(reference)
     return report
+
+
+def items_from_segmentation(seg: Any) -> list:
+    """An engine Segmentation (``segfile``) as the (value, name, colour, 0/1 array (k, j, i), tags) items the writers
+    here take: one way from an engine result to segments, for the panel and for batch mode."""
+    return [(s.label_value, s.name, s.color, seg.mask_array(s.id), dict(s.tags)) for s in seg.segments]
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):
@@ -201,7 +271,7 @@ def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: O
     mask = (np.asarray(mask) > 0).astype(np.uint8)
     util.updateSegmentBinaryLabelmapFromArray(mask, segNode, REVIEW_ID, volume)
     segment = segmentation.GetSegment(REVIEW_ID)
-    for key, val in dict(tags or {}, **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
+    for key, val in dict(terminology.with_entry(REVIEW_NAME, tags), **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
         segment.SetTag(str(key), str(val))
     display = segNode.GetDisplayNode()
     if display is not None:
@@ -212,10 +282,10 @@ def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: O
 
 
 def write_engine_result(util: Any, items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any,
-                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None) -> WriteReport:
+                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
     """An engine result (anatomy and, when present, the review segment) into the volume's own segmentation."""
     anatomy, review = split_review(items)
-    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode)
+    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode, scene)
     if review is not None:
         report.review_voxels = write_review(util, segNode, volume, review)
     return report

@@ -342,7 +342,7 @@ class Simulation:
         per: Dict[str, Dict[str, list]] = {n: {"dice": [], "hd95": []} for _, n in labels}
         for c in self.plan["test"]:
             ref = self.reference(c.case)
-            pred = sitk.GetArrayViewFromImage(seg.segment(self.image(c.case)).label)
+            pred = sitk.GetArrayFromImage(seg.segment(self.image(c.case)).label)  # a copy: the result is a temporary
             for n, v in metrics.per_label(pred, ref, labels, spacing_zyx=self.spacing_zyx[c.case]).items():
                 per[n]["dice"].append(v["dice"])
                 if v.get("hd95") is not None:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from ..colors import default_color
+from ..colors import default_color, label_color
 from ..durable import fsync_dir, fsync_file
 from ..errors import HilaError
 from ..modelcard import resolve_model
@@ -103,8 +103,8 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
                 raise HilaError("labels: give --labels NAME[,NAME...] (or --model with a model card)")
             names = [l["name"] for l in resolved[1]["labels"]]
         specs = [(i + 1, n, default_color(n, i)) for i, n in enumerate(names)]
-        if resolved is not None:  # the model's own label values and colours
-            specs = [(int(l["value"]), str(l["name"]), tuple(l.get("color") or default_color(str(l["name"]), i)))
+        if resolved is not None:  # the model's own label values; colours of known structures from the one table
+            specs = [(int(l["value"]), str(l["name"]), tuple(label_color(str(l["name"]), l.get("color"), i)))
                      for i, l in enumerate(resolved[1].get("labels", []))]
         created_root = not root.exists()
         try:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # SimpleITK is imported where an image is made, not when Slic
 __all__ = [
     "LPS_TO_RAS", "lps_to_ras", "ras_to_lps", "ijk_to_ras_matrix", "geometry_from_ijk_to_ras",
     "image_to_array", "array_to_image", "voxel_to_ras", "same_geometry", "label_masks",
-    "masks_to_label", "edit_allowed_mask", "color_to_float",
+    "masks_to_label", "edit_allowed_mask", "mask_segment_ids", "color_to_float",
 ]
 
 #: RAS = LPS_TO_RAS @ LPS (its own inverse).
@@ -144,22 +144,11 @@ def edit_allowed_mask(mode: str, shape: Tuple[int, ...], segments: Mapping[str, 
     """
     segments = dict(segments or {})
     key = mode.lower().replace("_", "")
-    visible = set(visible)
     if "everywhere" in key:
         allowed = np.ones(shape, dtype=bool)
     else:
-        if "single" in key:
-            chosen = [mask_segment] if mask_segment in segments else []
-        elif "visible" in key:
-            chosen = [s for s in segments if s in visible]
-        elif "all" in key:
-            chosen = list(segments)
-        else:
-            raise ValueError(f"unknown Segment Editor mask mode: {mode!r}")
-        if "outside" in key and edited is not None:
-            chosen = [s for s in chosen if s != edited]
         union = np.zeros(shape, dtype=bool)
-        for s in chosen:
+        for s in mask_segment_ids(mode, segments, visible, mask_segment, edited):
             union |= np.asarray(segments[s]) > 0
         allowed = union if "inside" in key else ~union
     if intensity is not None and intensity_range is not None:
@@ -167,6 +156,27 @@ def edit_allowed_mask(mode: str, shape: Tuple[int, ...], segments: Mapping[str, 
         iv = np.asarray(intensity)
         allowed &= (iv >= lo) & (iv <= hi)
     return allowed
+
+
+def mask_segment_ids(mode: str, segment_ids: Iterable[str], visible: Iterable[str] = (),
+                     mask_segment: Optional[str] = None, edited: Optional[str] = None) -> list:
+    """The segments whose union the mask ``mode`` reads (:func:`edit_allowed_mask`'s rule), so a writer exports only
+    those: none for "everywhere", the mask segment for "single", the visible or all ones, the edited one left out
+    in "outside" modes."""
+    key = mode.lower().replace("_", "")
+    ids = list(segment_ids)
+    if "everywhere" in key:
+        return []
+    if "single" in key:
+        chosen = [mask_segment] if mask_segment in ids else []
+    elif "visible" in key:
+        shown = set(visible)
+        chosen = [s for s in ids if s in shown]
+    elif "all" in key:
+        chosen = ids
+    else:
+        raise ValueError(f"unknown Segment Editor mask mode: {mode!r}")
+    return [s for s in chosen if s != edited] if "outside" in key and edited is not None else chosen
 
 
 def color_to_float(color: Sequence[float]) -> Tuple[float, float, float]:

@@ -1,0 +1,117 @@
+"""The module's Logic (MRML <-> engine conversions and job set-up; no UI), with Slicer passed in.
+
+``HILASegment.py``'s ``HILASegmentLogic`` hands every call to a :class:`ModuleLogic` built with the real
+``slicer`` and ``vtk`` modules; the real-MRML tier builds one on slicer-core's. Used by the widget, the
+self-test and batch mode.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import installs, mrmlgeometry, segments
+from .processrunner import ProcessRunner, engine_command
+
+__all__ = ["ModuleLogic"]
+
+
+class ModuleLogic:
+    """``slicer``: the slicer module (``mrmlScene``, ``util``, the MRML classes); ``vtk``: the vtk module."""
+
+    def __init__(self, slicer: Any, vtk: Any) -> None:
+        self.slicer, self.util, self.vtk = slicer, slicer.util, vtk
+
+    def segmentEditorNode(self) -> Any:
+        """This module's own Segment Editor node (a singleton of the scene, made on first use)."""
+        scene = self.slicer.mrmlScene
+        node = scene.GetSingletonNode("HILASegment", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = self.slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag("HILASegment")
+            node = scene.AddNode(node)
+        return node
+
+    # workspaces: a new one starts from the picked or the modality's catalog starter (cases.workspace_model)
+    def openWorkspace(self, path: str) -> Any:
+        from HILASegmentLib.workspace import Workspace  # the ledger: loaded when a workspace is opened
+        return Workspace.open(path)
+
+    def createWorkspace(self, path: str, modality: str, labels: Sequence[str], model: Optional[str] = None) -> Any:
+        from HILASegmentLib.workspace import Workspace  # the ledger: loaded when a workspace is made
+        return Workspace.create(path, modality, labels or None, model=model)
+
+    # volumes and segmentations
+    def ijkToRas(self, volume: Any) -> np.ndarray:
+        matrix = self.vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        return self.util.arrayFromVTKMatrix(matrix)
+
+    def volumeToImage(self, volume: Any) -> Any:
+        """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
+        return mrmlgeometry.array_to_image(np.array(self.util.arrayFromVolume(volume)), self.ijkToRas(volume))
+
+    def writeResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None, labels: Any = None) -> Any:
+        """An engine .seg.nrrd into the volume's own segments (``segments.write_engine_result``); returns the report.
+        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
+        from HILASegmentLib.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
+        items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
+        mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
+        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene)
+
+    def saveSegmentation(self, segNode: Any, path: str) -> str:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if not self.util.saveNode(segNode, path):
+            raise OSError("Could not write %s" % path)
+        return path
+
+    # workspace
+    def loadCase(self, ws: Any, caseId: str) -> Any:
+        case = ws.case(caseId)
+        volume = self.util.loadVolume(str(case.path))
+        volume.SetName(case.name)
+        volume.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
+        return volume
+
+    def importVolumeNode(self, ws: Any, volume: Any) -> Any:
+        from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when a volume is imported
+        folder = tempfile.mkdtemp(prefix="hila-import-")
+        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", volume.GetName()) + ".nrrd")
+        write_image(self.volumeToImage(volume), path)
+        case = ws.import_volume(path)
+        volume.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+        volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
+        return case
+
+    # jobs
+    def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto") -> Tuple[ProcessRunner, Dict[str, str]]:
+        from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+        folder = tempfile.mkdtemp(prefix="hila-infer-")
+        image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
+        write_image(self.volumeToImage(volume), image)
+        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
+                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
+        argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
+        return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
+
+    def startTraining(self, ws: Any, maxMinutes: int, device: str, autoPromote: bool = False) -> ProcessRunner:
+        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on."""
+        args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--device", device,
+                "--promote", "auto" if autoPromote else "never"]
+        argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
+        return ProcessRunner(argv, env=env)
+
+    def cleanupJob(self, context: Dict[str, Any]) -> None:
+        folder = context.get("folder")
+        if folder and os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def install(self, plan: Any) -> Optional[Any]:
+        """Run an agreed plan (``installs.run_plan``): None when done (5.12), else a background runner to poll."""
+        return installs.run_plan(self.slicer, plan, self.util.startupEnvironment())

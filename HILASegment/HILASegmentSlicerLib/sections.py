@@ -1,0 +1,313 @@
+"""The panel's sections, in the mould of :class:`pacs.PacsPanel`: each gets the widgets (``ui``), ``slicer.util``
+(``util``) and the panel it belongs to, connects its own buttons, and owns its jobs and their finish handlers.
+
+``panel`` is the module's widget; a section reads from it only the shared state of the panel: ``ws`` (the open
+workspace), ``logic``, ``jobs``, ``openedAt`` (volume ID -> when its case was shown), ``currentModelChoice()``, and
+calls its shared hooks ``status``, ``refreshTables``, ``updateButtons``, ``startJob``, ``cancelJob`` and
+``installs.ensure``. The decisions stay in the library's rules (cases, segments, marks, panelstate, dependencies).
+Nothing here imports slicer, qt or vtk: ``qt`` and ``vtk`` are passed in where a section needs them.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from HILASegmentLib import dependencies
+
+from . import cases, marks, panels, segments
+from .jobs import Job
+
+__all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
+
+
+class CasesSection:
+    """Open a case (double-click, Next case), import volumes (the shown node, files, a DICOM folder), follow the
+    volume selector with the volume's own segmentation."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any, qt: Any, scene: Any) -> None:
+        self.panel, self.ui, self.util, self.qt, self.scene = panel, ui, util, qt, scene
+        ui.caseTableWidget.connect("cellDoubleClicked(int,int)", lambda row, column: self.load(ui.caseTableWidget.item(row, 0).text()))
+        ui.nextCaseButton.connect("clicked()", self.next_case)
+        ui.importVolumeButton.connect("clicked()", self.import_volume)
+        ui.importFilesButton.connect("clicked()", self.import_files)
+        ui.importFolderButton.connect("clicked()", self.import_folder)
+        ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.volume_changed)
+
+    def next_case(self) -> None:
+        caseId = panels.next_case_id(self.panel.ws)
+        if caseId is None:
+            self.util.infoDisplay("Every case has a correction: train, or import more cases.")
+            return
+        self.load(caseId)
+
+    def load(self, caseId: str) -> None:
+        """Show a case; it continues from its latest correction, and its segmentation is its own."""
+        try:
+            with self.util.WaitCursor():
+                volume = self.panel.logic.loadCase(self.panel.ws, caseId)
+                segNode = segments.segmentation_for(self.scene, volume)
+                loaded = cases.reopen_case_segments(self.panel.ws, self.util, volume, segNode)
+        except Exception as exc:
+            self.util.errorDisplay("Could not load case %s: %s" % (caseId, exc))
+            return
+        self.ui.inputVolumeSelector.setCurrentNode(volume)
+        self.ui.caseInfoLabel.text = ("Case %s: its latest correction (v%d) is loaded; correct, then Accept." % (caseId, loaded)
+                                      if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
+
+    def import_volume(self) -> None:
+        volume = self.ui.inputVolumeSelector.currentNode()
+        try:
+            with self.util.WaitCursor():
+                case = self.panel.logic.importVolumeNode(self.panel.ws, volume)
+        except Exception as exc:
+            self.util.errorDisplay("Could not import the volume: %s" % exc)
+            return
+        self.panel.openedAt[volume.GetID()] = time.monotonic()
+        self.panel.refreshTables()
+        self.panel.status("Imported %s as case %s" % (case.name, case.case_id))
+
+    def import_files(self) -> None:
+        paths = self.qt.QFileDialog.getOpenFileNames(self.util.mainWindow(), "Import volumes", "",
+                                                     "Volumes (*.nrrd *.nii *.nii.gz *.mha *.mhd);;All files (*)")
+        self.import_paths(list(paths))
+
+    def import_folder(self) -> None:
+        folder = self.qt.QFileDialog.getExistingDirectory(self.util.mainWindow(), "Import a DICOM series folder")
+        if folder:
+            self.import_paths([folder])
+
+    def import_paths(self, paths: list) -> None:
+        done, p = [], None
+        try:
+            with self.util.WaitCursor():
+                for p in paths:
+                    done.append(self.panel.ws.import_volume(p).case_id)
+        except Exception as exc:
+            self.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
+        self.panel.refreshTables()
+        if done:
+            self.panel.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
+
+    def volume_changed(self, volume: Any) -> None:
+        """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
+        if volume is not None and volume.GetID() not in self.panel.openedAt:
+            self.panel.openedAt[volume.GetID()] = time.monotonic()
+        segNode = None
+        if volume is not None:
+            segNode = segments.segmentation_for(self.scene, volume, create=bool(volume.GetAttribute(segments.CASE_ATTRIBUTE)))
+        self.ui.segmentEditorWidget.setSegmentationNode(segNode)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        self.panel.updateParameterNodeFromGUI()
+        self.panel.updateButtons()
+
+
+class SegmentSection:
+    """Segment (a `hila infer` child; the result goes to the job's own volume), Accept, Accept as weak."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any, scene: Any, vtk: Any) -> None:
+        self.panel, self.ui, self.util, self.scene, self.vtk = panel, ui, util, scene, vtk
+        ui.segmentButton.connect("clicked()", self.segment)
+        ui.acceptButton.connect("clicked()", self.accept)
+        ui.acceptWeakButton.connect("clicked()", self.accept_weak)
+
+    def segment(self) -> None:
+        panel, volume = self.panel, self.ui.inputVolumeSelector.currentNode()
+        if volume is not None and panel.jobs.segmenting(volume.GetID()):
+            panel.cancelJob("segment")  # the Segment button is Cancel while this case segments
+            return
+        choice = panel.currentModelChoice()
+        if volume is None or choice is None or not panel.installs.ensure("inference", model=choice.model):
+            return
+        try:
+            runner, context = panel.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
+                                                            device=self.ui.deviceComboBox.currentText)
+        except Exception as exc:
+            self.util.errorDisplay("Segmentation failed to start: %s" % exc)
+            return
+        context.update(version=choice.version if choice.key == "workspace" else None, ws=panel.ws)
+        panel.startJob(Job("segment", runner, case_id=volume.GetAttribute(segments.CASE_ATTRIBUTE), volume_id=volume.GetID(),
+                           label=choice.label.split(" · ")[0], context=context))
+
+    def finish(self, job: Job, outcome: Any) -> None:
+        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
+        volume = self.scene.GetNodeByID(job.volume_id)
+        if volume is None:
+            self.panel.status("The segmented volume was closed; its result was discarded.")
+            return
+        segNode = segments.segmentation_for(self.scene, volume)
+        editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
+        shown = self.ui.inputVolumeSelector.currentNode()
+        if shown is not None and shown.GetID() == volume.GetID():
+            self.ui.segmentEditorWidget.setSegmentationNode(segNode)
+            self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
+        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
+        report = self.panel.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
+        if ws is not None:
+            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
+            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
+            self.panel.refreshTables()
+        self.panel.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
+        if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
+            self.util.warningDisplay(report.message())
+
+    def _seconds(self, volume: Any) -> Optional[float]:
+        opened = self.panel.openedAt.get(volume.GetID()) if volume else None
+        return time.monotonic() - opened if opened else None
+
+    def accept(self) -> None:
+        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
+        panel, volume = self.panel, self.ui.inputVolumeSelector.currentNode()
+        segNode = segments.segmentation_for(self.scene, volume, create=False) if volume else None
+        caseId = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume else None
+        try:
+            with self.util.WaitCursor():
+                outcome = cases.accept_case(
+                    panel.ws, self.util, volume, segNode, panel.logic.ijkToRas(volume) if volume else None, self.vtk.mutable,
+                    save=lambda node, version: panel.logic.saveSegmentation(node, cases.output_path(volume, panel.ws, caseId, version)),
+                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
+                    seconds=self._seconds(volume))
+        except Exception as exc:
+            self.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
+            return
+        panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
+        panel.refreshTables()
+        panel.status(outcome.message())
+        if outcome.save_error:
+            self.util.warningDisplay(outcome.message())
+
+    def accept_weak(self) -> None:
+        """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""
+        panel, volume = self.panel, self.ui.inputVolumeSelector.currentNode()
+        try:
+            picked = marks.marks_from_markups(self.util, self.ui.weakLabelComboBox.currentText,
+                                              self.ui.weakRoiSelector.currentNode(), self.ui.weakLongLineSelector.currentNode(),
+                                              self.ui.weakShortLineSelector.currentNode(), volume)
+            with self.util.WaitCursor():
+                correction = cases.accept_weak(panel.ws, volume, picked, annotator=self.ui.annotatorLineEdit.text or None,
+                                               seconds=self._seconds(volume))
+        except Exception as exc:
+            self.util.errorDisplay("Accept as weak refused; nothing was submitted: %s" % exc)
+            return
+        panel.openedAt[volume.GetID()] = time.monotonic()
+        panel.refreshTables()
+        panel.status("Accepted case %s as weak correction v%d (marks: %s)" % (correction.case_id, correction.version,
+                     ", ".join(m["label"] for m in correction.effort["marks"]["items"])))
+
+
+class ModelsSection:
+    """Train (a child; the GUI keeps working), the candidate from the trainer's own result, Promote, Discard,
+    Roll back, the learning curve."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any) -> None:
+        self.panel, self.ui, self.util = panel, ui, util
+        self.candidate: Optional[int] = None
+        ui.trainButton.connect("clicked()", self.train)
+        ui.cancelButton.connect("clicked()", lambda: panel.cancelJob("train"))
+        ui.promoteButton.connect("clicked()", self.promote)
+        ui.discardButton.connect("clicked()", self.discard)
+        ui.rollbackButton.connect("clicked()", self.rollback)
+        ui.plotButton.connect("clicked()", self.plot)
+
+    def train(self) -> None:
+        panel = self.panel
+        if not panel.installs.ensure("training"):
+            return
+        try:
+            runner = panel.logic.startTraining(panel.ws, self.ui.maxMinutesSpinBox.value, self.ui.deviceComboBox.currentText,
+                                               autoPromote=self.ui.autoPromoteCheckBox.checked)
+        except Exception as exc:
+            self.util.errorDisplay("Training failed to start: %s" % exc)
+            return
+        self.ui.logTextEdit.clear()
+        panel.startJob(Job("train", runner, label="a new model"))
+
+    def finish(self, job: Job, outcome: Any) -> None:
+        """Offer the candidate the trainer registered (its result names it) in the panel, without interrupting the
+        case being corrected."""
+        self.panel.refreshTables()
+        result = outcome.result or {}
+        if result.get("model_version") is None:
+            self.ui.candidateLabel.text = "No new model: %s" % (result.get("message") or "see the log")
+            return
+        self.candidate = int(result["model_version"])
+        self.ui.candidateLabel.text = panels.compare_text(self.panel.ws, self.candidate)
+        if result.get("promoted"):
+            self.candidate = None  # auto-promote on, and the trainer's gate promoted it
+        self.panel.status("Training finished: " + self.ui.candidateLabel.text)
+
+    def promote(self) -> None:
+        try:
+            self.panel.ws.promote(self.candidate)
+            self.panel.status("Model v%d is now current." % self.candidate)
+            self.candidate = None
+        except Exception as exc:
+            self.util.errorDisplay("Promote failed: %s" % exc)
+        self.panel.refreshTables()
+        self.panel.updateButtons()
+
+    def discard(self) -> None:
+        self.panel.status("Candidate v%d kept in the registry, not used." % self.candidate)
+        self.candidate = None
+        self.panel.updateButtons()
+
+    def rollback(self) -> None:
+        ws = self.panel.ws
+        current = ws.current_model()
+        if current is None or not self.util.confirmYesNoDisplay(
+                "Roll back: stop using model v%d and make the previous current model current again? "
+                "v%d stays in the registry." % (current.version, current.version)):
+            return
+        try:
+            record = ws.rollback()
+            self.panel.status("Rolled back: model v%d is current." % record.version)
+        except Exception as exc:
+            self.util.errorDisplay("Rollback failed: %s" % exc)
+        self.panel.refreshTables()
+        self.panel.updateButtons()
+
+    def plot(self) -> None:
+        rows, names = panels.learning_curve(self.panel.ws)
+        if not rows:
+            self.panel.status("No model yet: nothing to plot.")
+            return
+        self.util.plot(np.array(rows, dtype=float), xColumnIndex=0, columnNames=names, title="HILASegment learning curve")
+
+
+class InstallsSection:
+    """One consent dialog per missing tier; installs never freeze the GUI (Slicer 5.12's own dialog, else a job)."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any) -> None:
+        self.panel, self.ui, self.util = panel, ui, util
+        ui.installDependenciesButton.connect("clicked()", lambda: self.ensure("training", always=True))
+        ui.cancelInstallButton.connect("clicked()", lambda: panel.cancelJob("install"))
+
+    def ensure(self, tier: str, always: bool = False, model: Optional[str] = None) -> bool:
+        """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
+        plan = dependencies.plan_install(tier, model=model)
+        if plan.broken_slicer or plan.old_slicer:
+            self.util.errorDisplay(plan.message())
+            return False
+        if not plan.needed:
+            if always:
+                self.util.infoDisplay("All Python packages HILASegment needs are installed.")
+            return True
+        if self.panel.jobs.busy("install"):
+            self.panel.status("Packages are being installed; try again when the install has finished.")
+            return False
+        if not self.util.confirmOkCancelDisplay(plan.message()):
+            return False
+        try:
+            runner = self.panel.logic.install(plan)
+        except Exception as exc:
+            self.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
+            return False
+        if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
+            return not dependencies.plan_install(tier, model=model).needed
+        self.panel.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
+        self.panel.status("Installing Python packages in the background; Segment or Train again when it is done.")
+        return False
+
+    def finish(self, job: Job, outcome: Any) -> None:
+        self.panel.status("Python packages installed (%.0f s)." % outcome.seconds)

@@ -1,0 +1,127 @@
+"""HILASegment.py's own Logic on real MRML nodes (the module file imported on slicer-core, Qt stood in), the in-Slicer
+self-test's MRML steps (import a volume, segment it in a child process, write the result, accept, reopen), and the
+engine's outputs (`hila infer`, an RTSTRUCT converted with `--structures all`) read by Slicer's storage node.
+
+Replaces test_slicer_panels.py::test_the_self_test_sequence_without_slicer's MRML half and the stand-in colour and
+tag checks of test_slicer_glue.py::test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_transform."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from tier import FIXTURES, ROOT, hila, shared, slicer_core
+
+slicer = slicer_core()
+import vtk  # noqa: E402
+from realscene import import_module_file, load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
+
+from HILASegmentLib import segfile, terminology  # noqa: E402
+from HILASegmentLib.colors import label_color  # noqa: E402
+from HILASegmentLib.workspace import Workspace  # noqa: E402
+from HILASegmentSlicerLib import cases, segments  # noqa: E402
+
+MRI = FIXTURES / "prostate_mri_oblique_small.nrrd"
+TISSUE = ("SCT", "85756007")
+
+
+def type_code(segment) -> tuple:
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
+    t = entry.GetTypeObject()
+    return t.GetCodingSchemeDesignator(), t.GetCodeValue(), t.GetCodeMeaning()
+
+
+@pytest.fixture
+def logic(monkeypatch):
+    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and saveNode (done here
+    # by the same storage node class that saveNode ends in)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    monkeypatch.setattr(slicer.util, "saveNode", lambda node, filename, properties=None: bool(save_segmentation(node, filename)))
+    return import_module_file().HILASegmentLogic()
+
+
+def test_the_logic_turns_the_oblique_mri_node_into_the_files_image(rs, logic):
+    volume = load_volume(MRI, "mri")
+    image, ref = logic.volumeToImage(volume), sitk.ReadImage(str(MRI))
+    assert image.GetSize() == ref.GetSize()
+    assert np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+    assert np.allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-9)
+    assert np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-9)
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(ref))
+    assert logic.segmentEditorNode() is logic.segmentEditorNode()  # one editor node per scene
+
+
+def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(rs, logic, tmp_path):
+    """Import a volume node into a workspace, Segment it (a real `hila infer` child), write the result, Accept, and
+    reopen the case in a fresh scene: the prostate keeps the table's colour and its terminology all the way, and
+    Accept's copy lands in the workspace, not beside the volume's (read-only) source folder."""
+    source = tmp_path / "user_data"
+    source.mkdir()
+    shutil.copy(MRI, source / "t2.nrrd")
+    source.chmod(0o555)
+    model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(model))
+    volume = load_volume(source / "t2.nrrd", "t2")
+    case = logic.importVolumeNode(ws, volume)
+    runner, context = logic.startSegmentation(volume, str(model))
+    outcome = runner.start().wait(timeout=300)
+    assert outcome.ok, outcome.error
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    report = logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode(), ws.settings.labels)
+    logic.cleanupJob(context)
+    assert report.names == ["prostate"] and report.predicted["prostate"] > 0
+    after_segment = segNode.GetSegmentation().GetSegment("hila_1")
+    colour = after_segment.GetColor()
+    assert np.allclose(colour, label_color("prostate"), atol=1e-6)
+    assert type_code(after_segment)[:2] == ("SCT", "41216001")
+
+    accepted = cases.accept_case(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable,
+                                 save=lambda node, v: logic.saveSegmentation(node, cases.output_path(volume, ws, case.case_id, v)))
+    assert accepted.version == 1 and accepted.save_error is None
+    copy = Path(accepted.saved)
+    assert ws.root in copy.parents and source not in copy.parents
+    assert sorted(p.name for p in source.iterdir()) == ["t2.nrrd"]  # nothing written beside the source
+    assert ws.check().ok  # the copy is in a folder the ledger does not manage
+    written = segfile.read_segmentation(copy).segment("prostate")
+    assert np.allclose(written.color, colour, atol=1e-4)
+    assert written.tags["TerminologyEntry"] == terminology.entry_for("prostate")
+
+    slicer.mrmlScene.Clear(0)  # reopen the case in an empty scene, as loadCase does
+    reopened = load_volume(ws.case(case.case_id).path, case.name)
+    reopened.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+    reopenedSeg = segments.segmentation_for(slicer.mrmlScene, reopened)
+    assert cases.reopen_case_segments(ws, slicer.util, reopened, reopenedSeg) == 1
+    segment = reopenedSeg.GetSegmentation().GetSegment("hila_1")
+    assert np.allclose(segment.GetColor(), colour, atol=1e-6)
+    assert segment.GetTerminology() == after_segment.GetTerminology() or type_code(segment)[:2] == ("SCT", "41216001")
+
+
+def test_infer_and_an_rtstruct_conversion_read_by_slicer_carry_the_structures_not_tissue(rs, tmp_path):
+    """`hila infer` on the real CT and `hila convert RTSTRUCT --structures all` (manual, DL and MBS contour sets and
+    the body outline): every segment Slicer reads has its structure's terminology and the table's colour."""
+    ct = shared("pelvic_ct", "Pelvic-Ref002")
+    dicom = shared("pelvic_ct_dicom", "Pelvic-Ref002")
+    rtstruct = next(dicom.glob("RS*.dcm"))
+    hila("infer", "--image", str(ct / "ct.nii.gz"), "--out", str(tmp_path / "infer.seg.nrrd"), "--model", "pelvic_ct_unet")
+    hila("convert", str(dicom), str(tmp_path / "ct.nrrd"))
+    hila("convert", str(rtstruct), str(tmp_path / "rt.seg.nrrd"), "--structures", "all", "--reference", str(dicom))
+    for volume_path, seg_path, at_least in ((ct / "ct.nii.gz", tmp_path / "infer.seg.nrrd", {"prostate", "bladder", "rectum"}),
+                                            (tmp_path / "ct.nrrd", tmp_path / "rt.seg.nrrd", {"Prostata", "Vescica", "Retto", "Prostate_DL", "Femur_Head_L_DL"})):
+        load_volume(volume_path, "ct")
+        segmentation = read_segmentation(seg_path).GetSegmentation()
+        names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+        assert at_least <= set(names), names
+        for n in range(segmentation.GetNumberOfSegments()):
+            s = segmentation.GetNthSegment(n)
+            code = type_code(s)
+            assert code[:2] != TISSUE, (s.GetName(), s.GetTerminology())
+            assert code == terminology.resolve(s.GetName()).type, s.GetName()
+            assert np.allclose(s.GetColor(), label_color(s.GetName(), s.GetColor()), atol=1e-4), s.GetName()
+            assert tag(s, "TerminologyEntry") == s.GetTerminology()
+        coded = {terminology.resolve(name).type[1] for name in names}
+        assert {"41216001", "89837001", "34402009"} <= coded
+        assert all(terminology.term_for(name) is not None for name in names), names  # no name falls back here

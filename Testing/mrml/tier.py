@@ -1,0 +1,45 @@
+"""Helpers of the real-MRML tier's test modules: slicer-core or the one allowed skip, data paths, the engine CLI."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_WHEEL = os.environ.get("HILA_NO_SLICER_CORE")
+_spec = importlib.util.spec_from_file_location("hila_testing_conftest", ROOT / "Testing" / "conftest.py")
+_house = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_house)
+FIXTURES, shared = _house.FIXTURES, _house.shared  # one definition of where data lives and how its absence skips
+
+
+def slicer_core():
+    """slicer-core's ``slicer``; a module skips only where make found no wheel for this Python, else it must import."""
+    if NO_WHEEL:
+        return pytest.importorskip("slicer", reason=NO_WHEEL)
+    import slicer
+
+    return slicer
+
+
+def hila(*args: str) -> subprocess.CompletedProcess:
+    """The engine's CLI as the Slicer module runs it: a child process, here the main environment's Python (it has
+    the dicom extra; .venv-slicer keeps the inference tier only)."""
+    python = ROOT / ".venv" / "bin" / "python"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"))
+    proc = subprocess.run([str(python if python.exists() else sys.executable), "-m", "HILASegmentLib", *args],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def labels(*names: str) -> list:
+    """Workspace-like labels (value, name, colour) as the glue reads them."""
+    from HILASegmentLib.colors import default_color
+
+    return [SimpleNamespace(value=i + 1, name=n, color=default_color(n, i)) for i, n in enumerate(names)]

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The GUI-thread part of one AI result in Slicer, measured on real MRML nodes (slicer-core, the real-MRML tier).
+
+    .venv-slicer/bin/python scripts/bench_slicer_write.py [--work DIR] [--modes M,M] [--repeat N]
+
+Set-up (cached in --work): the real pelvic CT (../shared/data/pelvic_ct_dicom/Pelvic-Ref002, 512x512x163) as a
+volume node; its RTSTRUCT converted with `hila convert --structures all` (16 structures) as the volume's existing
+segmentation; the RTSTRUCT's deep-learning contour set (`--structures DL`: prostate, bladder, rectum, femoral
+heads, on the full grid) as the AI result. Measured: what the panel's
+SegmentSection.finish runs on the GUI thread, ``HILASegmentLogic.writeResult`` (read the result, write it into the
+volume's segmentation under the Segment Editor's mask mode), per mask mode in a fresh process: seconds and the
+peak extra resident memory over the process before the call (RSS sampled every 5 ms). Prints one JSON line per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HILA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DICOM = DATA / "pelvic_ct_dicom" / "Pelvic-Ref002"
+
+
+def engine(*args: str) -> None:
+    """The engine CLI in a child, from the main environment when there is one (it has the DICOM extra)."""
+    python = ROOT / ".venv" / "bin" / "python"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"))
+    subprocess.run([str(python if python.exists() else sys.executable), "-m", "HILASegmentLib", *args], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
+
+
+def prepare(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "ct.nrrd").exists():
+        engine("convert", str(DICOM), str(work / "ct.nrrd"))
+    if not (work / "existing.seg.nrrd").exists():
+        rs = next(DICOM.glob("RS*.dcm"))
+        engine("convert", str(rs), str(work / "existing.seg.nrrd"), "--structures", "all", "--reference", str(DICOM))
+    if not (work / "result.seg.nrrd").exists():  # the RTSTRUCT's deep-learning auto-contours: a real AI result
+        rs = next(DICOM.glob("RS*.dcm"))
+        engine("convert", str(rs), str(work / "result.seg.nrrd"), "--structures", "DL", "--reference", str(DICOM))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(work: Path, mode: str) -> dict:
+    """One run in this process: set the scene up, then time writeResult alone with an RSS sampler running."""
+    sys.path.insert(0, str(ROOT / "Testing" / "mrml"))
+    import slicer
+    from realscene import RealScene, import_module_file, load_volume, read_segmentation
+
+    from HILASegmentLib.colors import default_color
+    from HILASegmentSlicerLib import segments
+
+    scene = RealScene()  # kept: its application logic owns the logics the nodes use
+    volume = load_volume(work / "ct.nrrd", "ct")
+    existing = read_segmentation(work / "existing.seg.nrrd", "ct segmentation")
+    volume.SetNodeReferenceID(segments.SEGMENTATION_REFERENCE, existing.GetID())
+    existing.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    logic = import_module_file().HILASegmentLogic()
+    editor = logic.segmentEditorNode()
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
+    labels = [type("L", (), dict(value=i + 1, name=n, color=default_color(n, i)))
+              for i, n in enumerate(["prostate", "bladder", "rectum", "femoral head left", "femoral head right"])]
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    before_segments = segNode.GetSegmentation().GetNumberOfSegments()
+    base, peak, stop = rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    report = logic.writeResult(str(work / "result.seg.nrrd"), segNode, volume, editor, labels)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    peak[0] = max(peak[0], rss_mb())
+    return {"mode": mode, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
+            "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
+            "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/hila-bench-slicer-write")
+    ap.add_argument("--modes", default="EditAllowedEverywhere,EditAllowedInsideAllSegments,EditAllowedOutsideVisibleSegments")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
+    args = ap.parse_args()
+    work = Path(args.work)
+    if args.one:
+        print(json.dumps(measure(work, args.one)))
+        return 0
+    prepare(work)
+    for mode in args.modes.split(","):
+        for _ in range(args.repeat):  # a fresh process per run: nothing cached, the peak is this run's
+            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", mode],
+                                 capture_output=True, text=True)
+            print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
