@@ -10,8 +10,9 @@ import SimpleITK as sitk
 from tiny_models import dice, phantom, rotation, threshold_onnx, tiny_card, tiny_model
 
 from HILASegmentLib.errors import HilaError
-from HILASegmentLib.inference import TAG_CHECKSUM, TAG_MODEL, TAG_VERSION, Segmenter, model_grid
+from HILASegmentLib.inference import TAG_CHECKSUM, TAG_MODEL, TAG_VERSION, Segmenter
 from HILASegmentLib.modelcard import write_card
+from HILASegmentLib.modelgrid import model_grid
 
 ORIENTATIONS = {
     "identity": np.eye(3),
