@@ -75,7 +75,7 @@ def table(run: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "demo-out")
-    ap.add_argument("--minutes", type=float, default=0.75, help="training minutes per round (CPU)")
+    ap.add_argument("--minutes", type=float, default=1.0, help="training minutes per round (CPU)")
     ap.add_argument("--ct", action="store_true", help="the three bundled real pelvic CTs instead (a manifest cohort)")
     a = ap.parse_args(argv)
     t0 = time.time()
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         run = a.out / "run"
         print("1. The cohort: 16 real prostate label maps; images synthesised from them (T2-like, seeded)")
         source = ["--synthetic", DATA / "prostate_shapes", "--appearance", "t2w", "--labels", "prostate=1+2",
-                  "--test", "4", "--initial", "2", "--per-round", "2", "--rounds", "3"]
+                  "--test", "4", "--initial", "2", "--per-round", "3", "--rounds", "3"]
     print("2. The loop with a simulated radiologist: predict -> correct -> submit -> train (gated) -> test")
     res = hila("simulate", "--out", run, *source, "--train-minutes", a.minutes, "--strategy", "random",
                "--seed", "0", on_event=show_round)
