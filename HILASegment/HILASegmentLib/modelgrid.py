@@ -128,11 +128,13 @@ class ModelInput:
 
 def model_input(image: sitk.Image, spacing: Sequence[float], orientation: str, normalization: Mapping[str, Any],
                 modality: str, foreground: Optional[Any] = None, margin: Any = 5,
-                where: str = "image", label: Optional[sitk.Image] = None) -> Tuple[ModelInput, Optional[np.ndarray]]:
+                where: str = "image", label: Optional[sitk.Image] = None,
+                require_body: bool = True) -> Tuple[ModelInput, Optional[np.ndarray]]:
     """(the network's input for ``image``, ``label`` on the same grid (nearest neighbour) or None).
 
     Linear resampling onto :func:`model_grid`, the card's normalisation, the card's body rule; an image with
-    no body is refused (it has nothing to segment and nothing to learn from)."""
+    no body is refused (it has nothing to segment and nothing to learn from; ``require_body=False``, for an
+    uncropped training input only, gives the whole grid as its box instead)."""
     grid = model_grid(image, spacing, orientation)
     size, origin = [int(v) for v in grid.size], [float(v) for v in grid.origin]
     sp, direction = [float(v) for v in grid.spacing], [float(v) for v in grid.direction.ravel()]
@@ -142,7 +144,9 @@ def model_input(image: sitk.Image, spacing: Sequence[float], orientation: str, n
     norm = normalize(raw, normalization, where)
     body = bounding_box(foreground_mask(raw, norm, modality, foreground), margin)
     if body is None:
-        raise HilaError(f"{where}: no body in the image (nothing above the foreground threshold)")
+        if require_body:
+            raise HilaError(f"{where}: no body in the image (nothing above the foreground threshold)")
+        body = tuple((0, int(n)) for n in norm.shape)
     lab = None
     if label is not None:
         lres = sitk.Resample(label, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, sp, direction, 0,

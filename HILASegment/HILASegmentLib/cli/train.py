@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
     p.add_argument("--spacing", type=at.real_list(3), default=None, help="model grid spacing X,Y,Z in mm (new models only)")
     p.add_argument("--channels", type=at.int_list(lo=1, least=2), default=None, help="U-Net channels per level (two or more levels), e.g. 16,32,64,128 (new models only)")
-    p.add_argument("--lr", type=at.real(0.0, 1.0, lo_open=True), default=None, help="AdamW learning rate (default 3e-3 for the own U-Nets, new or continued; 1e-3 for an imported network)")
+    p.add_argument("--lr", type=at.real(0.0, 1.0, lo_open=True), default=None, help="AdamW learning rate (default 3e-3 new, 1e-3 fine-tune)")
     p.add_argument("--batch", type=at.integer(1), default=None, help="patches per step (default 2)")
     p.add_argument("--quality-weights", type=at.weights(["reviewed", "rough", "weak"]), default=None,
                    help="sampling weight per correction quality, e.g. reviewed=1,rough=0.5,weak=0.25")

@@ -102,7 +102,7 @@ def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preproce
     goes onto the same grid (nearest neighbour). An image with no body is refused, as inference refuses it.
     """
     mi, lab = model_input(image, prep.spacing, prep.orientation, prep.normalization, prep.modality, prep.foreground,
-                          prep.margin_vox, where, label=label)
+                          prep.margin_vox, where, label=label, require_body=prep.crop_body)
     norm = mi.norm
     if prep.crop_body:
         norm = extract(norm, mi.body)

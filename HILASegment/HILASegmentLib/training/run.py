@@ -301,9 +301,7 @@ class _Round:
         elif train_s < 5:
             raise HilaError(f"--max-minutes {opts.max_minutes}: too short; this round needs about "
                             f"{math.ceil((time.monotonic() - self.t_start + reserve + 30) / 60)} minutes")
-        # a continual round of the own network is the next leg of one optimisation (its AdamW state continues): the
-        # same rate as a fresh start; an imported network (onnx2torch) is fine-tuned gently
-        fine = self.start.init.startswith("imported") or (self.start.init.startswith("finetune") and not self.start.own)
+        fine = self.start.init.startswith(("finetune", "imported"))
         batch = int(opts.batch_size or (recipe_batch(self.start) if self.start.own else 2))
         return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
                           max_steps=int(opts.steps) if opts.steps else 10**9,
