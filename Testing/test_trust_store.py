@@ -350,6 +350,6 @@ def test_r06c_r07c_submit_over_a_missing_or_damaged_prediction_is_one_line(ws, t
 def test_every_stored_image_read_goes_through_the_checked_reader():
     """The class, not the row: no module of the workspace reads a stored file with SimpleITK directly."""
     root = Path(__file__).resolve().parents[1] / "HILASegment" / "HILASegmentLib" / "workspace"
-    offenders = [f"{p.name}:{i}" for p in root.glob("*.py") for i, ln in enumerate(p.read_text().splitlines(), 1)
+    offenders = [f"{p.name}:{i}" for p in root.glob("*.py") for i, ln in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                  if "sitk.ReadImage(" in ln]
     assert not offenders, offenders
