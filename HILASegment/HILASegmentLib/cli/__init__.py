@@ -19,7 +19,7 @@ from ..errors import HilaError
 from ..progress import BarProgress, JsonLinesProgress
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
+COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "pacs", "train", "simulate"]
 
 
 class HilaArgumentParser(argparse.ArgumentParser):
