@@ -100,9 +100,8 @@ class Corrections(Room):
         seen, earlier = self._latest_marks(case.case_id)
         marks = weak.carry_marks(marks, earlier)
         image = self.case_image(case.case_id)
-        # the box assistant when installed (``builder`` auto; measured better, scripts/bench_assist.py), else the
-        # ellipsoid; the recorded marks name the builder. Marks are checked (labels, numbers) before it runs.
-        weak.pseudo_label(image, marks, self.settings.label_pairs(), builder=_assist.block_mask)
+        # the box assistant when installed (``builder`` auto; measured, scripts/bench_assist.py), else the
+        # ellipsoid; the recorded marks name the builder.
         _, build = _assist.box_builder(builder)
         label, recorded = weak.pseudo_label(image, marks, self.settings.label_pairs(), builder=build,
                                             builder_name=_assist.CATALOG_NAME if build else "ellipsoid")
