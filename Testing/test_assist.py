@@ -246,3 +246,11 @@ def test_unknown_segment_and_unknown_workspace_label_are_refused(tmp_path, capsy
     assert rc != 0 and "not a label of this workspace" in err and err.count("\n") == 1
     after = sorted((p.relative_to(ws), p.stat().st_size) for p in ws.rglob("*") if p.is_file() and "ledger" not in p.name)
     assert before == after
+
+
+def test_a_box_starting_with_a_negative_number_is_a_value_not_an_option(tmp_path, capsys):
+    """``--box -12.5,...`` (how scripts pass LPS boxes left of the origin) reaches the box check, for assist and
+    submit alike, instead of argparse's "expected one argument"."""
+    _refused(capsys, tmp_path, DATA / "pelvic_ct_small.nrrd", "--box", "-9000,0,0,-8000,10,10", expect="outside the image")
+    rc, _, err = run(capsys, "submit", tmp_path / "nows", "c", "--label", "x", "--box", "-1.5,2,3,4,5e1,6")
+    assert rc != 0 and "expected one argument" not in err and "workspace" in err, err
