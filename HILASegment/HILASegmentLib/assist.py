@@ -389,7 +389,8 @@ def installed() -> bool:
 
 def box_builder(kind: str = "auto") -> Tuple[str, Optional[Callable[[sitk.Image, Sequence[float]], np.ndarray]]]:
     """The weak-label builder for boxes: ("assistant", fn) or ("ellipsoid", None). ``auto``: the assistant when it
-    is installed (the default chosen by scripts/bench_assist.py), else the ellipsoid; ``assistant`` insists."""
+    is installed, else the ellipsoid; ``assistant`` insists (HilaError when not installed). Weak submits default to
+    the ellipsoid: from a tight box on the real CT it was as good or better (scripts/bench_assist.py)."""
     if kind not in ("auto", "assistant", "ellipsoid"):
         raise HilaError(f"builder {kind!r}: use auto, assistant or ellipsoid")
     if kind == "ellipsoid" or (kind == "auto" and not installed()):

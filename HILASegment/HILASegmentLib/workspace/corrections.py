@@ -83,7 +83,7 @@ class Corrections(Room):
         return self.correction(self._store([(image_writer(img), ".nrrd")], record))
 
     def submit_marks(self, case_id: str, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None,
-                     based_on: Optional[int] = None, modality_override: bool = False, builder: str = "auto") -> Correction:
+                     based_on: Optional[int] = None, modality_override: bool = False, builder: str = "ellipsoid") -> Correction:
         """A weak label from clinical marks (a box or RECIST lines per label; format in ``weak``): the pseudo-mask
         built by ``weak.pseudo_label`` on the case's stored image, submitted with quality ``weak`` and the marks.
 
@@ -100,8 +100,8 @@ class Corrections(Room):
         seen, earlier = self._latest_marks(case.case_id)
         marks = weak.carry_marks(marks, earlier)
         image = self.case_image(case.case_id)
-        # the box assistant when installed (``builder`` auto; measured, scripts/bench_assist.py), else the
-        # ellipsoid; the recorded marks name the builder.
+        # ``builder``: the ellipsoid by default (measured as good or better than the box assistant from a tight box on
+        # the real CT, scripts/bench_assist.py), the assistant on request (``auto``: when installed); recorded.
         _, build = _assist.box_builder(builder)
         label, recorded = weak.pseudo_label(image, marks, self.settings.label_pairs(), builder=build,
                                             builder_name=_assist.CATALOG_NAME if build else "ellipsoid")
