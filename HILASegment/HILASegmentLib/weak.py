@@ -23,7 +23,7 @@ Marks (what the ledger keeps in the correction's effort JSON, key ``marks``)::
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional, Tuple
 
 import numpy as np
@@ -159,6 +159,12 @@ def crossing(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
 def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequence[float], ras: bool = False,
                refine: bool = True) -> np.ndarray:
     """Pseudo-mask from a long and a short diameter (each X0,Y0,Z0,X1,Y1,Z1 in mm) that cross."""
+    return box_mask(image, lines_box(image, long_line, short_line, ras), ras=False, refine=refine)
+
+
+def lines_box(image: sitk.Image, long_line: Sequence[float], short_line: Sequence[float], ras: bool = False) -> np.ndarray:
+    """The LPS box (X0,Y0,Z0,X1,Y1,Z1) of two crossing diameters: their extent in the slice, half the short
+    diameter either side of it across the slice (one box for the ellipsoid and the assistant alike)."""
     a, b = _to_lps(long_line, ras), _to_lps(short_line, ras)
     with np.errstate(over="ignore", invalid="ignore"):  # 1e308 mm: refused below, in words, not with a warning
         la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
@@ -178,8 +184,7 @@ def lines_mask(image: sitk.Image, long_line: Sequence[float], short_line: Sequen
     n = np.cross(u, v)
     n = n / (np.linalg.norm(n) + 1e-12)
     pts = np.concatenate([a, b, [centre + n * lb / 2, centre - n * lb / 2]])
-    box = np.concatenate([pts.min(0), pts.max(0)])
-    return box_mask(image, box, ras=False, refine=refine)
+    return np.concatenate([pts.min(0), pts.max(0)])
 
 
 def _items(marks: Mapping) -> list:
@@ -210,9 +215,15 @@ def carry_marks(marks: Mapping, earlier: Optional[Mapping]) -> dict:
     return dict(marks, items=kept + items)
 
 
-def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[int, str]]) -> Tuple[sitk.Image, dict]:
+def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[int, str]],
+                 builder: Optional[Callable[[sitk.Image, np.ndarray], np.ndarray]] = None,
+                 builder_name: str = "ellipsoid") -> Tuple[sitk.Image, dict]:
     """The weak label image (uint8, the image's grid) of ``marks`` (format in the module docstring) and the
-    marks as recorded (label names as the workspace spells them, numbers as float lists).
+    marks as recorded (label names as the workspace spells them, numbers as float lists, and ``builder``: what
+    made the pseudo-masks).
+
+    ``builder`` turns an LPS box (lines: their box, :func:`lines_box`) into a (z, y, x) mask, e.g. the box
+    assistant's (``assist.box_builder``); None: the refined ellipsoid (:func:`box_mask`).
 
     Each item's pseudo-mask is painted with its label's value, largest first, so that where two overlap
     (a prostate box inside the bladder's lower end) the smaller organ keeps the contested voxels rather
@@ -236,14 +247,16 @@ def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[
             raise HilaError(f"label {name}: give a box or lines (a long and a short diameter), one of them")
         if "box" in item:
             box = parse_numbers(item["box"], 6, f"label {name}: box")
-            mask = box_mask(image, box, ras=space == "RAS")
+            mask = box_mask(image, box, ras=space == "RAS") if builder is None else \
+                builder(image, _to_lps(box, space == "RAS").ravel())
             recorded.append({"label": name, "box": box.tolist()})
         else:
             lines = item["lines"]
             if len(lines) != 2:
                 raise HilaError(f"label {name}: lines: need a long and a short diameter")
             long_l, short_l = (parse_numbers(ln, 6, f"label {name}: lines") for ln in lines)
-            mask = lines_mask(image, long_l, short_l, ras=space == "RAS")
+            mask = lines_mask(image, long_l, short_l, ras=space == "RAS") if builder is None else \
+                builder(image, lines_box(image, long_l, short_l, ras=space == "RAS"))
             recorded.append({"label": name, "lines": [long_l.tolist(), short_l.tolist()]})
         if not mask.any():
             raise HilaError(f"label {name}: the marks give an empty pseudo-mask")
@@ -253,4 +266,4 @@ def pseudo_label(image: sitk.Image, marks: Mapping, label_pairs: Sequence[Tuple[
         out[mask] = value
     label = sitk.GetImageFromArray(out)
     label.CopyInformation(image)
-    return label, {"space": space, "items": recorded}
+    return label, {"space": space, "items": recorded, "builder": builder_name}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
+import re
 import sys
 from typing import List, NoReturn, Optional
 
@@ -19,13 +21,20 @@ from ..errors import HilaError
 from ..progress import BarProgress, JsonLinesProgress, json_line
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "workspace", "pacs", "train", "simulate"]
+COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "pacs", "train", "simulate"]
 
 
 class HilaArgumentParser(argparse.ArgumentParser):
     """argparse with the house's one-line errors: ``hila: error: COMMAND: problem`` (no usage block), exit 2."""
 
     last_error = ""
+    #: argparse takes "-12.5,3,40,..." (a box whose first coordinate is negative) for an option and refuses
+    #: ``--box -12.5,...``; a comma list of numbers is a value (no option of hila starts with a digit)
+    _NUMBERS = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+([eE][-+]?\d+)?(,\s*-?[\d.]+([eE][-+]?\d+)?)+;?")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self._NUMBERS
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""

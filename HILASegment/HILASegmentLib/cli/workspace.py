@@ -51,6 +51,10 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    help="weak label, RECIST-style: long and short diameter, each X0,Y0,Z0,X1,Y1,Z1 in mm, "
                    "separated by ';' (e.g. '10,5,30,40,5,30;25,-8,30,25,18,30'); they must cross")
     p.add_argument("--ras", action="store_true", help="--box/--lines points are RAS (Slicer) instead of LPS")
+    p.add_argument("--builder", default="ellipsoid", choices=["ellipsoid", "assistant", "auto"],
+                   help="weak label: what turns the marks into a pseudo-mask: ellipsoid (default: as good or better on "
+                   "the real CT from a tight box, scripts/bench_assist.py), assistant (the box assistant, `hila assist`), "
+                   "auto (the assistant when installed); the ledger records which")
     p.add_argument("--annotator", default=None)
     p.add_argument("--seconds", type=argtypes.real(0.0), default=None, help="time spent correcting")
     p.add_argument("--based-on", type=argtypes.integer(1), default=None, help="prediction id this corrects (default: the case's latest)")
@@ -193,7 +197,8 @@ def cmd_submit(args) -> int:
     with _open(args.workspace) as ws:
         if args.box or args.lines:
             c = ws.submit_marks(args.case, _weak_marks(args), annotator=args.annotator, seconds=args.seconds,
-                                based_on=args.based_on, modality_override=args.modality_override)
+                                based_on=args.based_on, modality_override=args.modality_override,
+                                builder=args.builder)
         else:
             if args.labelfile is None:
                 raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")

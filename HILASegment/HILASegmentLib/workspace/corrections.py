@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .. import assist as _assist
 from .. import quality as _quality
 from .. import weak
 from ..errors import HilaError
@@ -82,7 +83,7 @@ class Corrections(Room):
         return self.correction(self._store([(image_writer(img), ".nrrd")], record))
 
     def submit_marks(self, case_id: str, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None,
-                     based_on: Optional[int] = None, modality_override: bool = False) -> Correction:
+                     based_on: Optional[int] = None, modality_override: bool = False, builder: str = "ellipsoid") -> Correction:
         """A weak label from clinical marks (a box or RECIST lines per label; format in ``weak``): the pseudo-mask
         built by ``weak.pseudo_label`` on the case's stored image, submitted with quality ``weak`` and the marks.
 
@@ -98,7 +99,12 @@ class Corrections(Room):
         case = self.case(case_id)
         seen, earlier = self._latest_marks(case.case_id)
         marks = weak.carry_marks(marks, earlier)
-        label, recorded = weak.pseudo_label(self.case_image(case.case_id), marks, self.settings.label_pairs())
+        image = self.case_image(case.case_id)
+        # ``builder``: the ellipsoid by default (measured as good or better than the box assistant from a tight box on
+        # the real CT, scripts/bench_assist.py), the assistant on request (``auto``: when installed); recorded.
+        _, build = _assist.box_builder(builder)
+        label, recorded = weak.pseudo_label(image, marks, self.settings.label_pairs(), builder=build,
+                                            builder_name=_assist.CATALOG_NAME if build else "ellipsoid")
 
         def unchanged(con: sqlite3.Connection, correction_id: int) -> None:
             latest = con.execute("SELECT MAX(version) FROM corrections WHERE case_id = ? AND correction_id != ?",
