@@ -103,7 +103,7 @@ def box_mask(image: sitk.Image, corners: Sequence[float], ras: bool = False, ref
     ext_lo, ext_hi = image_extent(image)
     margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
     if np.any(lo_mm < ext_lo - margin) or np.any(hi_mm > ext_hi + margin):
-        raise HilaError(f"box {_mm(c)} (LPS mm): reaches far outside the image, which spans {_mm(ext_lo)} to "
+        raise HilaError(f"box {_mm(c)} (LPS mm): reaches far beyond the image (outside its extent), which spans {_mm(ext_lo)} to "
                         f"{_mm(ext_hi)} mm; draw the box around the structure")
     if np.any(hi_mm <= lo_mm):
         raise HilaError(f"box {_mm(c)}: zero size along an axis")
@@ -172,7 +172,7 @@ def lines_box(image: sitk.Image, long_line: Sequence[float], short_line: Sequenc
     margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
     pts = np.concatenate([a, b])
     if np.any(pts < ext_lo - margin) or np.any(pts > ext_hi + margin):
-        raise HilaError(f"lines {_mm(a)} {_mm(b)} (LPS mm): reach far outside the image, which spans {_mm(ext_lo)} "
+        raise HilaError(f"lines {_mm(a)} {_mm(b)} (LPS mm): reach far beyond the image (outside its extent), which spans {_mm(ext_lo)} "
                         f"to {_mm(ext_hi)} mm")
     if la <= 0 or lb <= 0:
         raise HilaError("lines: a line of zero length")
