@@ -115,7 +115,7 @@ def run_one(config: str, train, test, modality: str, names, steps, seed: int, th
                                                           for v, n in labels])
     cfg = LoopConfig(patch_size=rec["patch_size"], batch_size=rec["batch_size"], samples_per_case=min(2, rec["batch_size"]),
                      lr=3e-3, max_steps=max(steps), max_seconds=1e9, seed=seed,
-                     data_path=extra.get("data_path", "arrays"))
+                     data_path=extra.get("data_path", rec["data_path"]))
     test_cases = [{"case_id": c, "image_path": str(i), "label_path": str(r)} for c, i, r in test]
     points, clock = [], {"train_s": 0.0, "t": time.monotonic()}
 

@@ -90,10 +90,18 @@ def initial_network(ws, current, opts, snapshot) -> Start:
 
 def recipe_batch(start: Start) -> int:
     """Patches per step of the start's recipe: the plan's for a fresh model, the parent's loop for a fine-tune."""
+    return int(_recipe(start).get("batch_size", 2))
+
+
+def recipe_data_path(start: Start) -> str:
+    """The start's data path (``arrays`` or ``monai``): the plan's for a fresh model, the parent's for a fine-tune."""
+    return str(_recipe(start).get("data_path", "monai" if not start.plan else "arrays"))
+
+
+def _recipe(start: Start) -> dict:
     if start.plan:
-        return int(start.plan.get("batch_size", 2))
-    loop = (start.base.get("training") or {}).get("loop") or {}
-    return int(loop.get("batch_size", 2))
+        return start.plan
+    return (start.base.get("training") or {}).get("loop") or {}
 
 
 def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[float]] = None,

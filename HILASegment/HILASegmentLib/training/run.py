@@ -30,7 +30,7 @@ from . import dataset as ds
 from . import ddp, gate, suspects
 from . import export as ex
 from . import network as nw
-from .card import candidate_card, initial_network, recipe_batch
+from .card import candidate_card, initial_network, recipe_batch, recipe_data_path
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
@@ -306,7 +306,8 @@ class _Round:
         return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
                           max_steps=int(opts.steps) if opts.steps else 10**9,
                           lr=float(opts.lr or (1e-3 if fine else 3e-3)), batch_size=batch,
-                          samples_per_case=min(2, batch), freeze=opts.freeze)
+                          samples_per_case=min(2, batch), freeze=opts.freeze,
+                          data_path=recipe_data_path(self.start) if self.start.own else "monai")
 
     def _train(self, train: List[dict], cfg):
         t = time.monotonic()
