@@ -54,6 +54,8 @@ def initial_network(ws, current, opts, snapshot) -> Start:
             onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
             fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
             net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
+            if not planner.CONTINUE_OPTIMIZER.get(str(cur_card.get("modality")), False):
+                opt_state = None
             return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
                          optimizer=opt_state)
     if opts.init == "imported":
