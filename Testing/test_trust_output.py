@@ -93,8 +93,8 @@ def test_a_closed_stdout_ends_quietly(ws, args):
 # no side effects
 # ---------------------------------------------------------------------------------------------
 
-def test_infer_that_cannot_write_its_map_stores_no_prediction(ws, tmp_path, capsys, monkeypatch):
-    """W22: the prediction was stored, then the unwritable --uncertainty failed (one more prediction per try)."""
+def _unwritable_ro(tmp_path, monkeypatch) -> None:
+    """Every image written under ``tmp_path/ro`` fails as a read-only folder would (hila writes through imageio)."""
     from HILASegmentLib import imageio
 
     real = imageio.write_image
@@ -106,6 +106,11 @@ def test_infer_that_cannot_write_its_map_stores_no_prediction(ws, tmp_path, caps
 
     monkeypatch.setattr(imageio, "write_image", unwritable)
     (tmp_path / "ro").mkdir()
+
+
+def test_infer_that_cannot_write_its_map_stores_no_prediction(ws, tmp_path, capsys, monkeypatch):
+    """W22: the prediction was stored, then the unwritable --uncertainty failed (one more prediction per try)."""
+    _unwritable_ro(tmp_path, monkeypatch)
     before = state(ws)
     for _ in range(2):  # a retrying script
         rc = main(["infer", str(ws), "c0001", "--uncertainty", str(tmp_path / "ro" / "u.nrrd")])
@@ -120,17 +125,7 @@ def test_infer_that_cannot_write_its_map_stores_no_prediction(ws, tmp_path, caps
 
 def test_infer_image_that_cannot_write_its_map_leaves_no_label(ws, tmp_path, capsys, monkeypatch):
     """The file form of W22: --out was written, then the unwritable --uncertainty failed."""
-    from HILASegmentLib import imageio
-
-    real = imageio.write_image
-
-    def unwritable(img, path, *a, **k):
-        if "ro" in Path(path).parts:
-            raise HilaError(f"{path}: cannot write: permission denied")
-        return real(img, path, *a, **k)
-
-    monkeypatch.setattr(imageio, "write_image", unwritable)
-    (tmp_path / "ro").mkdir()
+    _unwritable_ro(tmp_path, monkeypatch)
     rc = main(["infer", "--image", str(tmp_path / "ct.nrrd"), "--model", str(tmp_path / "tiny.onnx"), "--out",
                str(tmp_path / "o.seg.nrrd"), "--uncertainty", str(tmp_path / "ro" / "u.nrrd")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
