@@ -11,6 +11,7 @@ already registering, which finishes first.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import Callable, Optional, Set, Tuple
 
@@ -40,8 +41,8 @@ def pending(ws) -> Set[Key]:
 def _lock_holder(ws) -> Optional[str]:
     for run in ws.training_runs():
         if run.status == "running":
-            if run.pid and not pid_alive(int(run.pid)):
-                continue  # a dead holder: start_training_run recovers it
+            if run.host == socket.gethostname() and run.pid and not pid_alive(int(run.pid)):
+                continue  # a dead holder on this host: start_training_run recovers it (as recover_dead_runs does)
             return f"training run {run.run_id} (pid {run.pid} on {run.host}, since {str(run.started_at)[:19]})"
     return None
 
