@@ -36,10 +36,25 @@ def test_tolerant_redraws_a_slice_off_by_3mm_and_accepts_one_within_1mm():
     assert eff["slices"] == 1
     assert np.array_equal(out[0], ref[0])           # redrawn to the reference
     assert np.array_equal(out[1], pred[1])          # accepted as predicted
-    assert 40 < eff["contour_mm"] < 90              # one circle of radius 10 mm: ~63 mm
+    assert 0 < eff["contour_mm"] < 40               # only the off part of a circle of radius 10 mm (~63 mm)
     assert eff["seconds"] == pytest.approx(rad.FIXED_S + rad.SLICE_S + rad.MM_S * eff["contour_mm"], abs=0.2)
+    out2, whole = rad.redraw(pred, ref, SP, tolerance_mm=2.0)  # the older model: the slice's whole contour
+    assert np.array_equal(out2, out) and whole["slices"] == 1 and 40 < whole["contour_mm"] < 90
     _, perfect = rad.tolerant(ref, ref, SP)
     assert perfect["slices"] == 0 and perfect["seconds"] == rad.FIXED_S
+
+
+def test_correcting_a_bulge_redraws_the_bulge_not_the_contour():
+    ref = _volume([10, 10, 10, 0, 0])
+    pred = ref.copy()
+    pred[1][_disc((60, 60), (30, 40), 4)] = 1       # a 4 mm bulge on one side of slice 1
+    empty = ref.copy()
+    empty[2] = 0                                     # slice 2 missed entirely
+    _, bulge = rad.tolerant(pred, ref, SP, tolerance_mm=2.0)
+    _, missed = rad.tolerant(empty, ref, SP, tolerance_mm=2.0)
+    full = rad.contour_mm(ref[1] == 1, SP[1:])
+    assert bulge["slices"] == 1 and 0 < bulge["contour_mm"] < 0.3 * full
+    assert missed["slices"] == 1 and missed["contour_mm"] == pytest.approx(full)
 
 
 def test_scratch_touches_every_labelled_slice_and_exact_matches_reference():
@@ -56,7 +71,7 @@ def test_a_useless_proposal_costs_no_more_than_clearing_it_and_drawing_from_scra
     for k in range(5):  # a blob on every slice, far from the gland
         wrong[k][_disc((60, 60), (8, 8), 5)] = 1
     scratch = rad.draw_from_scratch(ref, SP)
-    for corrector in (rad.tolerant, rad.exact):
+    for corrector in (rad.tolerant, rad.redraw, rad.exact):
         out, eff = corrector(wrong, ref, SP)
         assert np.array_equal(out, ref)
         assert eff["cleared"] and eff["seconds"] == pytest.approx(scratch["seconds"] + rad.SLICE_S)

@@ -110,9 +110,19 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
     # --promote never keeps a candidate; auto follows the held-out comparison
     r3 = train_workspace(ws, opts(promote="never"))
     assert not r3["promoted"] and ws.model(r3["model_version"]).status == "candidate"
+    assert r3["init"] == "finetune v1"  # v2, retired by the rollback, ends its line: not continued
     assert ws.current_model().version == 1
     # the refit is for the version that scores the next predictions (v1, current), not the kept candidate
     assert r3["quality_model"]["model_version"] == 1 and ws.quality_model(r3["model_version"]) is None
+
+    # a kept candidate still holds its steps: the next round continues it (the newest of the current model's
+    # line) while the gate compares with the current model; what the candidate trained on gates nothing
+    v3 = r3["model_version"]
+    r4 = train_workspace(ws, opts(promote="never", gate_min_cases=1))
+    card4 = read_card(ws.model(r4["model_version"]).path).to_dict()
+    assert r4["init"] == f"finetune v{v3}" and card4["parent_version"] == v3 == ws.model(r4["model_version"]).parent
+    seen3 = {t["case_id"] for t in read_card(ws.model(v3).path).to_dict()["training_set"]}
+    assert ids[2] in seen3 and not seen3 & {g["case_id"] for g in card4["training"]["gate_set"]}
     assert ws.check().ok
 
 

@@ -10,8 +10,11 @@ its runs must live outside the repository (only the table and one small figure a
 Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below) and
 `ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts).
 
-`run` starts every run of a campaign that has no summary.json yet, in parallel, under `nice -n 10`
-(rerunning resumes each after its last completed round). `report` reads each run's rounds.json (complete or
+`run` starts every run of a campaign that has no summary.json yet, one after another by default (learning
+figures are measured alone on the machine: parallel runs make a time budget lie; `--jobs N` runs N at once under
+`nice -n 10`, for a quick look only); rerunning resumes each after its last completed round. `synth_random`'s
+first seed also trains the full-supervision ceiling (`--baseline-minutes`, default 15: trained towards
+convergence, not time-matched). `report` reads each run's rounds.json (complete or
 partial) and summary.json and prints, per campaign, mean ± sd over seeds per round of test Dice, radiologist
 seconds per case, the share of proposals the radiologist cleared and drew from scratch (round 0: all drawn
 from scratch) and cumulative effort as a fraction of full annotation, plus the baseline and
@@ -49,7 +52,7 @@ TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "-
 REAL = {"ct": [(d.name, d / "ct.nii.gz", d / "labels_manual.nii.gz") for d in sorted((DATA / "pelvic_ct").glob("Pelvic-*"))],
         "prostatex": [(n, DATA / "prostate_mri" / f"{n}.nrrd", DATA / "prostate_mri" / f"{n}_taps.nii.gz")
                       for n in ("ProstateX-0000_t2_s4", "ProstateX-0001_t2_s10", "ProstateX-0218_t2_s5")]}
-CAMPAIGNS = {"synth_random": ["--strategy", "random", "--baseline"],
+CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              "synth_uncertainty": ["--strategy", "uncertainty"],
              "synth_quality": ["--strategy", "quality"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
@@ -90,20 +93,25 @@ def cohort_args(runs: Path, name: str) -> List[str]:
     return ["--cohort", str(manifest(runs, name.split("_")[0]))]
 
 
-def run_campaign(runs: Path, names: List[str], minutes: float) -> None:
+def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ceiling_minutes: float = 15.0) -> None:
     runs.mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs: List[subprocess.Popen] = []
     for name in names:
         for seed in seeds_of(name):
             out = runs / f"{name}_s{seed}"
             if (out / "summary.json").is_file():
                 continue
-            cmd = ["nice", "-n", "10", sys.executable, "-m", "HILASegmentLib", "simulate", "--out", str(out),
-                   *cohort_args(runs, name), *CAMPAIGNS[name], "--train-minutes", str(minutes),
-                   "--seed", str(seed), "--threads", "1", "--json"]
+            ceiling = ["--baseline-minutes", str(ceiling_minutes)] if name == "synth_random" and seed == SEEDS[0] else []
+            parallel = jobs > 1
+            cmd = [*(["nice", "-n", "10"] if parallel else []), sys.executable, "-m", "HILASegmentLib", "simulate",
+                   "--out", str(out), *cohort_args(runs, name), *CAMPAIGNS[name], *ceiling,
+                   "--train-minutes", str(minutes), "--seed", str(seed), *(["--threads", "1"] if parallel else []),
+                   "--json"]
             log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
+            while len([p for p in procs if p.poll() is None]) >= jobs:
+                procs[[p.poll() is None for p in procs].index(True)].wait()
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-            print("started", " ".join(cmd[3:]), flush=True)
+            print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
     for p in procs:
         p.wait()
 
@@ -136,17 +144,26 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
         table.append({"round": i, "n": len(at), "dice": [r["mean_dice"] for r in at],
                       "effort_per_case_s": [r["effort_per_case_s"] for r in at],
                       "effort_fraction": [r["effort_fraction"] for r in at],
-                      "cleared": [sum(bool(e.get("cleared")) for e in r["efforts"]) / max(1, len(r["efforts"])) for r in at]})
+                      "cleared": [sum(bool(e.get("cleared")) for e in r["efforts"]) / max(1, len(r["efforts"])) for r in at],
+                      "steps": [float((r.get("train") or {}).get("steps") or 0) for r in at]})
     return {"name": name, "seeds": seeds, "table": table}
 
 
 def print_campaign(agg: dict) -> None:
     print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
-    print("| round | seeds | test Dice | s per case | proposals cleared | cumulative effort / full |")
-    print("|---:|---:|---|---|---|---|")
+    print("| round | seeds | test Dice | s per case | proposals cleared | cumulative effort / full | training steps |")
+    print("|---:|---:|---|---|---|---|---|")
     for row in agg["table"]:
         print(f"| {row['round']} | {row['n']} | {_ms(row['dice'])} | {_ms(row['effort_per_case_s'])} | "
-              f"{_ms(row['cleared'])} | {_ms(row['effort_fraction'])} |")
+              f"{_ms(row['cleared'])} | {_ms(row['effort_fraction'])} | {_ms(row['steps'], 0)} |")
+    late = [r for r in agg["table"] if r["round"] >= 3]
+    if late:
+        cleared = [c for r in late for c in r["cleared"]]
+        print(f"proposals cleared from round 3 on: {statistics.mean(cleared):.2f} (mean over rounds and seeds)")
+    ratios = [statistics.mean(e["effort_per_case_s"] for e in d["rounds"][6:9]) / d["rounds"][1]["effort_per_case_s"]
+              for d in agg["seeds"].values() if len(d["rounds"]) > 6 and d["rounds"][1]["effort_per_case_s"]]
+    if ratios:
+        print(f"effort per case in rounds 6-8 / round 1: {_ms(ratios, 2)} (per seed {[round(r, 2) for r in ratios]})")
     for s, d in sorted(agg["seeds"].items()):
         sm = d["summary"]
         if sm:
@@ -197,12 +214,15 @@ def main(argv=None) -> int:
     ap.add_argument("action", choices=["run", "report"])
     ap.add_argument("--runs", type=Path, required=True, help="folder of run folders (outside the repository)")
     ap.add_argument("--campaign", action="append", choices=sorted(CAMPAIGNS), help="default: all")
-    ap.add_argument("--train-minutes", type=float, default=0.4)
+    ap.add_argument("--train-minutes", type=float, default=1.5)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: one after another, as measured)")
+    ap.add_argument("--ceiling-minutes", type=float, default=15.0,
+                    help="training minutes of the full-supervision ceiling (synth_random, first seed)")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "simulate_campaign.png")
     a = ap.parse_args(argv)
     names = a.campaign or sorted(CAMPAIGNS, key=list(CAMPAIGNS).index)
     if a.action == "run":
-        run_campaign(a.runs, names, a.train_minutes)
+        run_campaign(a.runs, names, a.train_minutes, a.jobs, a.ceiling_minutes)
         return 0
     aggs = [aggregate(a.runs, n) for n in names]
     for agg in aggs:

@@ -30,7 +30,8 @@ def register(sub, parent) -> None:
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="as hila train: a new model's configuration (auto: by device)")
     p.add_argument("--strategy", default="random", help="random | sequential | uncertainty | quality (lowest predicted Dice first)")
-    p.add_argument("--corrector", default="tolerant", help="tolerant (redraw slices off by > tolerance) | exact | weak "
+    p.add_argument("--corrector", default="tolerant", help="tolerant (correct slices off by > tolerance: "
+                   "the off part of the contour is redrawn) | redraw (the whole contour of such slices) | exact | weak "
                    "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
     p.add_argument("--weak-marks", default="box", help="--corrector weak: box | lines | mixed (a coin per label)")
     p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)
@@ -40,6 +41,9 @@ def register(sub, parent) -> None:
     p.add_argument("--ignore-band", action="store_true", help="as hila train: the loss leaves out a band around "
                    "rough and weak boundaries (quality-aware training)")
     p.add_argument("--baseline", action="store_true", help="also train on every pool reference (full supervision)")
+    p.add_argument("--baseline-minutes", type=at.real(0.0, lo_open=True), default=None,
+                   help="--baseline's training minutes (default: the loop's total training time; give more for a "
+                   "full-supervision ceiling trained to convergence)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
                    help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default 0.01)")
@@ -64,7 +68,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
                     ignore_band=args.ignore_band,
-                    weak_marks=args.weak_marks, baseline=args.baseline, model=args.model, seed=args.seed,
+                    weak_marks=args.weak_marks, baseline=args.baseline or args.baseline_minutes is not None,
+                    baseline_minutes=args.baseline_minutes, model=args.model, seed=args.seed,
                     device=args.device, threads=args.threads,
                     gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases, promote=args.promote)
     plan = prepare(cfg)  # every check before anything is written

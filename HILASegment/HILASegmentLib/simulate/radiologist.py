@@ -4,8 +4,13 @@ Effort model (seconds = FIXED_S per case + SLICE_S per touched slice + MM_S per 
 The constants are ASSUMPTIONS, not fitted to a study: they are set so that drawing a prostate gland from
 scratch on ~15 slices of T2 MRI costs about 5-7 minutes, the order of magnitude reported for manual
 prostate contouring; a case accepted as predicted still costs FIXED_S for opening and reviewing it.
-Contour length is the reference's boundary in a redrawn slice; a slice that only needs erasing (nothing
-to draw) costs SLICE_S alone (select the segment on the slice and delete). When correcting a proposal
+The ``tolerant`` radiologist corrects a touched slice, as one does with Segment Editor's paint and erase: the
+contour redrawn is the part of the reference's boundary that lies more than the tolerance from the proposal's
+(the missing part drawn, the excess cut off along it); the rest of the proposal's contour is kept. (Until
+2026-12 a touched slice cost its whole contour, so correcting a slice cost as much as drawing it and only
+slices accepted untouched saved time; ``--corrector redraw`` keeps that model for comparison.) Drawing from
+scratch and the ``exact`` corrector count the whole contour of every slice they draw. A slice that only
+needs erasing (nothing to draw) costs SLICE_S alone (select the segment on the slice and delete). When correcting a proposal
 would cost more than clearing it (one SLICE_S) and drawing the case from scratch, the radiologist does
 that instead: a useless proposal never costs more than no proposal.
 
@@ -107,9 +112,33 @@ def _or_from_scratch(corrected: Tuple[np.ndarray, dict], ref: np.ndarray, spacin
     return ref.copy(), dict(scratch, seconds=round(scratch["seconds"] + SLICE_S, 1), cleared=True)
 
 
+def off_contour_mm(pred2d: np.ndarray, ref2d: np.ndarray, sp2d, tolerance_mm: float) -> float:
+    """Length of the reference's boundary farther than ``tolerance_mm`` from the proposal's: what correcting
+    the proposal redraws in this slice (all of it when the proposal is empty)."""
+    if not ref2d.any():
+        return 0.0
+    er = ref2d & ~ndimage.binary_erosion(ref2d)
+    if not pred2d.any():
+        return float(er.sum()) * float(np.mean(sp2d))
+    ep = pred2d & ~ndimage.binary_erosion(pred2d)
+    d = ndimage.distance_transform_edt(~ep, sampling=sp2d)
+    return float((d[er] > tolerance_mm).sum()) * float(np.mean(sp2d))
+
+
 @register_corrector("tolerant")
 def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0, **_) -> Tuple[np.ndarray, dict]:
-    """Redraw (to the reference) each slice where some label is off by more than ``tolerance_mm``; accept the rest."""
+    """Correct (to the reference) each slice where some label is off by more than ``tolerance_mm``, redrawing only
+    the off part of its contour; accept the rest."""
+    return _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=False)
+
+
+@register_corrector("redraw")
+def redraw(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0, **_) -> Tuple[np.ndarray, dict]:
+    """As ``tolerant``, but each touched slice's whole contour is redrawn (the effort model before 2026-12)."""
+    return _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=True)
+
+
+def _tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float, whole: bool) -> Tuple[np.ndarray, dict]:
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
     out = pred.copy()
@@ -125,7 +154,10 @@ def tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float
         idx[ax] = k
         out[tuple(idx)] = r
         slices += 1
-        mm += sum(contour_mm(r == v, sp2d) for v in values)  # erasing a slice: select + delete, no drawing
+        if whole:  # erasing a slice: select + delete, no drawing
+            mm += sum(contour_mm(r == v, sp2d) for v in values)
+        else:
+            mm += sum(off_contour_mm(p == v, r == v, sp2d, tolerance_mm) for v in values)
     return _or_from_scratch((out, _effort(slices, mm)), ref, spacing_zyx)
 
 

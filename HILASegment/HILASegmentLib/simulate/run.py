@@ -61,6 +61,7 @@ class SimConfig:
     ignore_band: bool = False        # hila train --ignore-band (the quality-aware loss)
     weak_marks: str = "box"          # --corrector weak: box | lines | mixed (radiologist.WEAK_MARKS)
     baseline: bool = False
+    baseline_minutes: Optional[float] = None  # None: the loop's total training time (time-matched)
     model: Optional[str] = None
     seed: int = 0
     device: str = "cpu"
@@ -78,7 +79,7 @@ class SimConfig:
         # options added later drop out at their default, so runs made before them still resume
         for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
-                           ("train_budget", "fixed"), ("config", "auto")):
+                           ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None)):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -128,6 +129,8 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--weak-marks {cfg.weak_marks}: use one of {', '.join(rad.WEAK_MARKS)}")
     if cfg.corrector == "weak" and cfg.rough_rate:
         raise HilaError("--rough-rate with --corrector weak: weak labels are not degraded further; give one of them")
+    if cfg.baseline_minutes is not None and not (np.isfinite(cfg.baseline_minutes) and cfg.baseline_minutes > 0):
+        raise HilaError(f"--baseline-minutes {cfg.baseline_minutes}: must be a positive number of minutes")
     if not 0.0 <= cfg.rough_rate <= 1.0 or cfg.tolerance_mm < 0 or cfg.train_minutes <= 0:
         raise HilaError("--rough-rate must lie in [0, 1], --tolerance-mm >= 0, --train-minutes > 0")
     if len({c.case for c in cases}) != len(cases):
@@ -493,7 +496,8 @@ class Simulation:
         ids = self.import_cases(ws, pool)
         for n in pool:
             ws.submit(ids[n], self._label_image(n, self.reference(n)), quality="reviewed", annotator="reference")
-        minutes = sum((r["train"] or {}).get("seconds", 0.0) for r in rounds) / 60.0 or self.cfg.train_minutes
+        minutes = self.cfg.baseline_minutes or \
+            sum((r["train"] or {}).get("seconds", 0.0) for r in rounds) / 60.0 or self.cfg.train_minutes
         tr = self.train(ws, 0, "scratch" if not self.cfg.model else "auto", minutes, promote="always",
                         label="baseline")
         e0 = self.timing["evaluation_s"]

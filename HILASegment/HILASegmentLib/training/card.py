@@ -31,10 +31,32 @@ class Start:
     sigmoid: bool = False
     plan: Optional[dict] = None    # the planned recipe (fresh models only)
     optimizer: Optional[dict] = None  # the parent round's optimiser state (fine-tuning its checkpoint)
+    origin: Optional[object] = None   # the model whose weights it continues (a ModelRecord), None for a fresh one
     own: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         self.own = self.arch.get("name") in ("UNet", "DynUNet", "SliceUNet")
+
+
+def line_head(ws, current):
+    """The newest model of the current model's line: a candidate the gate kept back still holds the steps it
+    trained, so the next round continues from it rather than throwing them away (the gate still decides what
+    users get). A line runs through candidates only: a model retired by a rollback ends it."""
+    if current is None:
+        return None
+    models = {m.version: m for m in ws.models()}
+    for m in sorted(models.values(), key=lambda m: m.version, reverse=True):
+        if m.version <= current.version:
+            break
+        v, link = m.version, m
+        while link is not None and link.status == "candidate" and link.parent not in (None, v):
+            v = link.parent
+            if v == current.version:
+                if m.checkpoint_path is not None and Path(m.checkpoint_path).exists():
+                    return m
+                break
+            link = models.get(v)
+    return current
 
 
 def _label_names(card: dict) -> List[str]:
@@ -47,6 +69,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
     settings = ws.settings
     names = [lab.name.lower() for lab in settings.labels]
     if current is not None and opts.init == "auto":
+        current = line_head(ws, current)
         cur_card = current.card or {}
         if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
                 and _label_names(cur_card) == names:
@@ -57,7 +80,7 @@ def initial_network(ws, current, opts, snapshot) -> Start:
             if not planner.CONTINUE_OPTIMIZER.get(str(cur_card.get("modality")), False):
                 opt_state = None
             return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
-                         optimizer=opt_state)
+                         optimizer=opt_state, origin=current)
     if opts.init == "imported":
         if current is None:
             raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
@@ -142,6 +165,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
     labels = [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]
     training = {"init": start.init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
                 "optimizer_continued": bool(getattr(res, "resumed_optimizer", False)),
+                "precision": getattr(res, "precision", "float32"),
                 "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
                 "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
                 "device": device, "threads": int(opts.threads or os.cpu_count() or 1),
@@ -152,7 +176,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
     return ModelCard(
         name=f"hila-{settings.modality.lower()}-{'unet' if start.own else 'finetuned'}",
         version=int(version),
-        parent_version=current.version if current else None,
+        parent_version=start.origin.version if start.origin is not None else (current.version if current else None),
         description=(f"Trained by the HILASegment trainer on {len(snapshot)} correction(s) of this workspace "
                      f"({start.init}); {settings.modality}, labels {', '.join(lab.name for lab in settings.labels)}."),
         modality=settings.modality,

@@ -84,7 +84,7 @@ def _cid(c) -> str:
 
 
 def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule,
-                   seed: int = 0) -> Tuple[list, list, str]:
+                   seed: int = 0, also_seen: Optional[dict] = None) -> Tuple[list, list, str]:
     """(train, gate, why): the corrections to train on and those that gate, never overlapping.
 
     ``cases``: snapshot items (or dicts) with a ``case_id``; the latest correction of each case.
@@ -93,11 +93,15 @@ def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule
     was chosen on; the ones that gated the current model come first (a stable gate set), then the
     others in a fixed per-case hash order. Without a current model there is nothing to compare
     against, so nothing is held out. Too few eligible corrections: no gate set (``why`` says so).
+    ``also_seen``: the card of the model the round's weights continue when that is not the current model (a
+    candidate the gate kept back): what it trained on is no gate correction either.
     """
     cases = list(cases)
     if current_card is None:
         return cases, [], "no current model: trained on every correction, nothing to compare against"
     seen, gated = _seen_by(current_card)
+    seen |= _seen_by(also_seen)[0]
+    gated -= seen
     eligible = [c for c in cases if _cid(c) not in seen]
     order = sorted(eligible, key=lambda c: (_cid(c) not in gated,
                                             hashlib.sha256(f"{seed}:{_cid(c)}".encode()).hexdigest()))

@@ -34,6 +34,7 @@ from .card import candidate_card, initial_network, recipe_batch, recipe_data_pat
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
+from .plan import finetune_lr
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
@@ -186,8 +187,9 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
     current = ws.current_model()
     torch.manual_seed(opts.seed)  # a fresh network's initial weights too: same corrections + seed, same model
     start = initial_network(ws, current, opts, snapshot)
-    train_items, gate_items, split_why = gate.split_for_gate(snapshot, current.card if current else None, rule,
-                                                            seed=opts.seed)
+    train_items, gate_items, split_why = gate.split_for_gate(
+        snapshot, current.card if current else None, rule, seed=opts.seed,
+        also_seen=start.origin.card if start.origin is not None else None)
     with stop_on_signals(flag):  # handlers first, then the ledger row: a signal never leaves a 'running' row
         rnd = _Round(ws, opts, rule, device, current, start, flag, progress)
         rnd.group = group
@@ -286,10 +288,10 @@ class _Round:
 
     def _parent_seen(self) -> Optional[set]:
         """The corrections the round's starting weights were trained on (None for a fresh network)."""
-        if not self.start.init.startswith("finetune") or self.current is None:
+        if not self.start.init.startswith("finetune") or self.start.origin is None:
             return None
         return {(str(t.get("case_id")), int(t.get("correction_version", 0)))
-                for t in (self.current.card or {}).get("training_set") or []}
+                for t in (self.start.origin.card or {}).get("training_set") or []}
 
     def _loop_config(self, patch: List[int], n_scored: int):
         """The loop's budget: what is left of --max-minutes after startup, minus export/validation/registration."""
@@ -305,7 +307,8 @@ class _Round:
         batch = int(opts.batch_size or (recipe_batch(self.start) if self.start.own else 2))
         return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
                           max_steps=int(opts.steps) if opts.steps else 10**9,
-                          lr=float(opts.lr or (1e-3 if fine else 3e-3)), batch_size=batch,
+                          lr=float(opts.lr or (finetune_lr(self.start.base.get("modality")) if fine else 3e-3)),
+                          batch_size=batch,
                           samples_per_case=min(2, batch), freeze=opts.freeze,
                           data_path=recipe_data_path(self.start) if self.start.own else "monai")
 
@@ -364,7 +367,7 @@ class _Round:
             try:
                 with signals_held():
                     self.registered = self.ws.add_model(
-                        onnx_path, card, parent=self.current.version if self.current else None, status="candidate",
+                        onnx_path, card, parent=card.parent_version, status="candidate",
                         checkpoint_path=ck, training_run=self.run_id, version=card.version)
                     if int(read_card(self.registered.path).version) != self.registered.version:
                         self.registered = None
