@@ -161,6 +161,9 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path):
         (["--synthetic", str(msd), "--labels", "prostate=1+2", "--test", "40"], "--test 40"),
         (["--synthetic", str(msd), "--labels", "prostate=1+2", "--test", "30", "--initial", "3"], "--initial 3"),
         (["--synthetic", str(msd), "--per-round", "0"] + base, "--per-round: '0': must be >= 1"),
+        (["--synthetic", str(msd), "--baseline-minutes", "0"] + base, "--baseline-minutes"),
+        (["--synthetic", str(msd), "--baseline-minutes", "nan"] + base, "--baseline-minutes"),
+        (["--synthetic", str(msd), "--corrector", "lenient"] + base, "--corrector lenient"),
     ]
     for i, (args, word) in enumerate(cases):
         out = tmp_path / f"run{i}"

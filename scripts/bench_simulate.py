@@ -133,6 +133,26 @@ def _ms(xs: List[float], digits: Optional[int] = None) -> str:
     return f"{statistics.mean(xs):.{d}f} ± {sd:.{d}f}"
 
 
+def _vs_scratch(run: Path, r: dict) -> Optional[float]:
+    """A round's mean effort over drawing the same cases from scratch (rounds.json's ``effort_vs_scratch``; for runs
+    made before it was recorded, from the run's own references)."""
+    if r.get("effort_vs_scratch") is not None:
+        return r["effort_vs_scratch"]
+    import SimpleITK as sitk
+
+    sys.path.insert(0, str(ROOT / "HILASegment"))
+    from HILASegmentLib.simulate import radiologist as rad
+
+    rel = []
+    for e in r["efforts"]:
+        ref = sitk.ReadImage(str(run / "cases" / f"{e['case']}_ref.nii.gz")) if e.get("case") else None
+        if ref is None:
+            return None
+        scratch = rad.draw_from_scratch(sitk.GetArrayFromImage(ref), ref.GetSpacing()[::-1])["seconds"]
+        rel.append(e["seconds"] / scratch)
+    return round(float(np.mean(rel)), 3) if rel else None
+
+
 def aggregate(runs: Path, name: str) -> Dict[str, object]:
     """Per round (over the seeds that reached it): Dice, seconds per case, cumulative effort fraction."""
     seeds = {s: _load(runs / f"{name}_s{s}") for s in seeds_of(name)}
@@ -145,17 +165,21 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
                       "effort_per_case_s": [r["effort_per_case_s"] for r in at],
                       "effort_fraction": [r["effort_fraction"] for r in at],
                       "cleared": [sum(bool(e.get("cleared")) for e in r["efforts"]) / max(1, len(r["efforts"])) for r in at],
-                      "steps": [float((r.get("train") or {}).get("steps") or 0) for r in at]})
+                      "steps": [float((r.get("train") or {}).get("steps") or 0) for r in at],
+                      "vs_scratch": [v for s, d in seeds.items() if len(d["rounds"]) > i
+                                     for v in [_vs_scratch(runs / f"{name}_s{s}", d["rounds"][i])] if v is not None]})
     return {"name": name, "seeds": seeds, "table": table}
 
 
 def print_campaign(agg: dict) -> None:
     print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
-    print("| round | seeds | test Dice | s per case | proposals cleared | cumulative effort / full | training steps |")
-    print("|---:|---:|---|---|---|---|---|")
+    print("| round | seeds | test Dice | s per case | effort / same cases from scratch | proposals cleared | "
+          "cumulative effort / full | training steps |")
+    print("|---:|---:|---|---|---|---|---|---|")
     for row in agg["table"]:
         print(f"| {row['round']} | {row['n']} | {_ms(row['dice'])} | {_ms(row['effort_per_case_s'])} | "
-              f"{_ms(row['cleared'])} | {_ms(row['effort_fraction'])} | {_ms(row['steps'], 0)} |")
+              f"{_ms(row['vs_scratch'], 2)} | {_ms(row['cleared'])} | {_ms(row['effort_fraction'])} | "
+              f"{_ms(row['steps'], 0)} |")
     late = [r for r in agg["table"] if r["round"] >= 3]
     if late:
         cleared = [c for r in late for c in r["cleared"]]
@@ -164,6 +188,10 @@ def print_campaign(agg: dict) -> None:
               for d in agg["seeds"].values() if len(d["rounds"]) > 6 and d["rounds"][1]["effort_per_case_s"]]
     if ratios:
         print(f"effort per case in rounds 6-8 / round 1: {_ms(ratios, 2)} (per seed {[round(r, 2) for r in ratios]})")
+    rel = [statistics.mean(r["vs_scratch"][k] for r in agg["table"][6:9] if len(r["vs_scratch"]) > k)
+           / agg["table"][1]["vs_scratch"][k] for k in range(len(agg["table"][1]["vs_scratch"]) if len(agg["table"]) > 6 else 0)]
+    if rel:
+        print(f"effort / from scratch, rounds 6-8 over round 1 (case size factored out): {_ms(rel, 2)}")
     for s, d in sorted(agg["seeds"].items()):
         sm = d["summary"]
         if sm:

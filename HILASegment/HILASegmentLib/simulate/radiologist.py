@@ -92,7 +92,8 @@ def _effort(slices: int, mm: float) -> dict:
 
 
 def draw_from_scratch(ref: np.ndarray, spacing_zyx) -> dict:
-    """Effort of drawing every labelled slice of every label."""
+    """Effort of drawing every labelled slice of every label. A corrector's effort also carries ``scratch_s``, this
+    cost for the same case: effort over it compares rounds whose cases differ in size."""
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
     slices, mm = 0, 0.0
@@ -108,8 +109,9 @@ def _or_from_scratch(corrected: Tuple[np.ndarray, dict], ref: np.ndarray, spacin
     """The cheaper of correcting the proposal and clearing it to draw from scratch (see the module docstring)."""
     scratch = draw_from_scratch(ref, spacing_zyx)
     if corrected[1]["seconds"] <= scratch["seconds"] + SLICE_S:
-        return corrected
-    return ref.copy(), dict(scratch, seconds=round(scratch["seconds"] + SLICE_S, 1), cleared=True)
+        return corrected[0], dict(corrected[1], scratch_s=scratch["seconds"])
+    return ref.copy(), dict(scratch, seconds=round(scratch["seconds"] + SLICE_S, 1), cleared=True,
+                            scratch_s=scratch["seconds"])
 
 
 def off_contour_mm(pred2d: np.ndarray, ref2d: np.ndarray, sp2d, tolerance_mm: float) -> float:

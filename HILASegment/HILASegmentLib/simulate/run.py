@@ -370,6 +370,7 @@ class Simulation:
                 "rng": np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name)), 1]), "marks": self.cfg.weak_marks}
         if ctx is None and not marking:
             label, eff = ref.copy(), rad.draw_from_scratch(ref, sp)
+            eff["scratch_s"] = eff["seconds"]
         else:
             pred = None
             if ctx is not None:
@@ -465,9 +466,11 @@ class Simulation:
         self.progress((rnd + 0.9) / total, f"round {rnd}: evaluating")
         ev = self.evaluate(ws, rounds[-1] if rounds else None)
         sec = [e["seconds"] for e in efforts]
+        rel = [e["seconds"] / e["scratch_s"] for e in efforts if e.get("scratch_s")]
         cum = (rounds[-1]["cumulative_effort_s"] if rounds else 0.0) + sum(sec)
         return {"round": rnd, "model_version": ev["model_version"], "cases": chosen, "efforts": efforts,
                 "effort_s": round(sum(sec), 1), "effort_per_case_s": round(float(np.mean(sec)), 1) if sec else None,
+                "effort_vs_scratch": round(float(np.mean(rel)), 3) if rel else None,
                 "cumulative_effort_s": round(cum, 1), "effort_fraction": round(cum / full, 4) if full else None,
                 "test_dice": ev["dice"], "test_hd95": ev["hd95"], "mean_dice": ev["mean_dice"],
                 "mean_hd95": ev["mean_hd95"], "train": tr,
