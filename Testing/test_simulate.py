@@ -38,6 +38,7 @@ def test_tolerant_redraws_a_slice_off_by_3mm_and_accepts_one_within_1mm():
     assert np.array_equal(out[1], pred[1])          # accepted as predicted
     assert 0 < eff["contour_mm"] < 40               # only the off part of a circle of radius 10 mm (~63 mm)
     assert eff["seconds"] == pytest.approx(rad.FIXED_S + rad.SLICE_S + rad.MM_S * eff["contour_mm"], abs=0.2)
+    assert eff["scratch_s"] == rad.draw_from_scratch(ref, SP)["seconds"]  # effort_vs_scratch's denominator
     out2, whole = rad.redraw(pred, ref, SP, tolerance_mm=2.0)  # the older model: the slice's whole contour
     assert np.array_equal(out2, out) and whole["slices"] == 1 and 40 < whole["contour_mm"] < 90
     _, perfect = rad.tolerant(ref, ref, SP)
@@ -404,6 +405,9 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     assert r1["efforts"][0]["seconds"] == pytest.approx(rad.draw_from_scratch(sim.reference(name),
                                                                               sim.spacing_zyx[name])["seconds"])
     assert summary["dice_per_round"][0] == 0.0 and summary["rounds"] == 2
+    # effort against the same cases drawn from scratch: 1 for round 0's drawn cases, recorded per round
+    assert r0["effort_vs_scratch"] == 1.0 and summary["effort_vs_scratch_per_round"][0] == 1.0
+    assert 0 < r1["effort_vs_scratch"] == summary["effort_vs_scratch_per_round"][1]
 
 
 def test_train_budget_effort_gives_each_round_the_effort_it_measured(tmp_path):
