@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import shared
 
 from HILASegmentLib.cli import main
-from HILASegmentLib.suspects import find_suspects
+from HILASegmentLib.quality.suspectrule import find_suspects
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
 

@@ -22,7 +22,7 @@ from conftest import shared
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.cli import main
-from HILASegmentLib.paths import dicom_value, name_component
+from HILASegmentLib.ground.paths import dicom_value, name_component
 
 HOSTILE_NAMES = ["../../evil", "/etc/passwd", "..", ".", "", "a/b\\c", ".hidden", "x\r\ny", "\x00", "é" * 300,
                  "../" * 40 + "tmp/PWNED", "C:\\Windows\\x", "~/x", "-rf", "con"]
@@ -150,8 +150,8 @@ def test_pacs_uids_that_are_paths_never_name_a_file(mr_datasets, tmp_path, capsy
 
 def test_a_hostile_uid_from_a_listing_is_left_out_not_fetched(mr_datasets, tmp_path):
     """sync/pull: an instance listed with a path for a UID is never fetched and never names a file."""
-    from HILASegmentLib.dicomweb import check_uid
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.dicom.dicomweb import check_uid
+    from HILASegmentLib.ground.errors import HilaError
     from HILASegmentLib.workspace.pacs import _pull_objects
 
     class Listing:

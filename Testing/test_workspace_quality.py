@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from HILASegmentLib import quality as q
-from HILASegmentLib.summary import PredictionSummary
+from HILASegmentLib.inference.summary import PredictionSummary
+from HILASegmentLib.quality import effort as q
 
 PAIRS = [(1, "prostate"), (2, "bladder")]
 

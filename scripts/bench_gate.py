@@ -174,7 +174,7 @@ def part_gate(trials: int, old_commit: str, steps: int, v1_steps: int) -> dict:
 def part_checkpoint(trials: int, steps: int) -> dict:
     import torch
 
-    from HILASegmentLib.modelcard import LabelInfo, ModelCard
+    from HILASegmentLib.models.modelcard import LabelInfo, ModelCard
     from HILASegmentLib.training import dataset as ds
     from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import gate

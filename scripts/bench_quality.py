@@ -35,10 +35,10 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
 
-from HILASegmentLib.inference import Segmenter  # noqa: E402
-from HILASegmentLib.metrics import dice, spearman  # noqa: E402
-from HILASegmentLib.quality import REVIEW_SHARE, review_region  # noqa: E402
-from HILASegmentLib.qualitymodel import feature_vector, nested_loo  # noqa: E402
+from HILASegmentLib.ground.metrics import dice, spearman  # noqa: E402
+from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
+from HILASegmentLib.quality.effort import REVIEW_SHARE, review_region  # noqa: E402
+from HILASegmentLib.quality.learned import feature_vector, nested_loo  # noqa: E402
 from HILASegmentLib.simulate.run import SimConfig, simulate  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 

@@ -33,8 +33,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
 
-from HILASegmentLib.colors import default_color  # noqa: E402
-from HILASegmentLib.durable import atomic_write_bytes  # noqa: E402
+from HILASegmentLib.ground.colors import default_color  # noqa: E402
+from HILASegmentLib.ground.durable import atomic_write_bytes  # noqa: E402
 from HILASegmentLib.simulate import cohort as co  # noqa: E402
 from HILASegmentLib.simulate import synthesis  # noqa: E402
 

@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import HilaError
-from ..labelmatch import match_label
+from ..ground.errors import HilaError
+from ..ground.labelmatch import match_label
 from . import argtypes, emit, progress_for
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
@@ -83,15 +83,15 @@ def _infer_file(args, t0: float) -> int:
     if not args.model:
         raise HilaError("--model is needed with --image (e.g. --model taps for axial T2 prostate MRI, a starter "
                         "model name, or a model .onnx file)")
-    from ..paths import check_outputs
+    from ..ground.paths import check_outputs
 
     model_file = args.model if Path(args.model).exists() else None
     check_outputs({"--image": args.image, "--model": model_file},
                   {"--out": args.out, "--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_out(args.out, "--out")
     _check_maps(args)
-    from ..imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
-    from ..inference import Segmenter
+    from ..formats.imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..inference.segmenter import Segmenter
 
     image = read_image(args.image)
     for out in (args.out, args.uncertainty, args.review_map):  # every output on the image's grid, before any work
@@ -131,7 +131,7 @@ def _check_maps(args) -> None:
 
 def _write_maps(result, args) -> list:
     """Write --uncertainty/--review-map; returns the paths written (removed again if a later step fails)."""
-    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
     written = []
     try:
@@ -156,10 +156,10 @@ def sitk_review(result):
 
 
 def _write(result, out: Path, uncertainty_out) -> None:
-    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
     if out.name.lower().endswith(".seg.nrrd"):
-        from ..segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
+        from ..formats.segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
 
         write_segmentation(result.to_segmentation(review=result.review_map is not None), out)
     else:
@@ -169,13 +169,13 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 
 def _infer_workspace(args, t0: float) -> int:
-    from ..imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
     from ..workspace import Workspace
     from ..workspace.room import as_int
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
-    from ..paths import check_outputs
+    from ..ground.paths import check_outputs
 
     check_outputs({"WORKSPACE": args.workspace}, {"--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_maps(args)

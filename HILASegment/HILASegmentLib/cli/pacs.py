@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from . import emit, progress_for
 
 
@@ -78,7 +78,7 @@ def export_dicomweb(ws, args, progress) -> dict:
 
 def is_dicom_object(path: Path) -> bool:
     """A DICOM SEG or RTSTRUCT file (by its Modality)."""
-    from ..dicomref import object_modality
+    from ..dicom.dicomref import object_modality
 
     return path.is_file() and object_modality(path) in ("SEG", "RTSTRUCT")
 
@@ -104,7 +104,7 @@ def objects_in(folder: Path, series_uid: str) -> List[Path]:
 
 def import_path(ws, p: Path, args, progress) -> dict:
     """Import one PATH: a SEG/RTSTRUCT file, a DICOM series folder (with the structure sets in it), or a volume."""
-    from ..imageio import list_dicom_series
+    from ..formats.imageio import list_dicom_series
 
     sets = getattr(args, "contour_sets", None)
     if p.is_file() and is_dicom_object(p):  # a DICOM file without pydicom: the one-line missing-package error

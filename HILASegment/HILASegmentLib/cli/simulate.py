@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..progress import json_line
+from ..ground.progress import json_line
 from . import argtypes as at
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from . import argtypes, emit, make_progress
 
 
@@ -147,7 +147,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..progress import scaled
+    from ..ground.progress import scaled
     from . import pacs
     if args.name and len(args.paths) > 1:
         raise HilaError("--name: only with one PATH")
@@ -174,7 +174,7 @@ def cmd_import(args) -> int:
 
 def _weak_marks(args) -> dict:
     """The marks (``weak`` format) of --label with --box or --lines; every argument checked before the workspace."""
-    from .. import weak
+    from ..formats import weak
     if args.box and args.lines:
         raise HilaError("submit: --box or --lines, not both")
     if args.labelfile is not None:
@@ -312,7 +312,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    from .. import quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
+    from ..quality import effort as quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
 
     if args.suspects:
         return _rank_suspects(args)

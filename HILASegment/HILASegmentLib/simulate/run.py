@@ -24,9 +24,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .. import metrics
-from ..errors import HilaError
-from ..paths import check_outputs
+from ..ground import metrics
+from ..ground.errors import HilaError
+from ..ground.paths import check_outputs
 from . import cohort as co
 from . import radiologist as rad
 from . import report, synthesis

@@ -1,7 +1,7 @@
 """Where a round's weights start (:func:`initial_network`) and what the candidate's card says (:func:`candidate_card`).
 
 Kept apart from the run so the run reads as its steps, and so the card is built as a
-:class:`~HILASegmentLib.modelcard.ModelCard` (validated like any other card) rather than a loose dict.
+:class:`~HILASegmentLib.models.modelcard.ModelCard` (validated like any other card) rather than a loose dict.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..errors import HilaError
-from ..modelcard import LabelInfo, ModelCard, read_card
+from ..ground.errors import HilaError
+from ..models.modelcard import LabelInfo, ModelCard, read_card
 from . import budget
 from . import network as nw
 from . import plan as planner

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import HilaError
-from ..modelcard import ModelCard, write_card
+from ..ground.errors import HilaError
+from ..models.modelcard import ModelCard, write_card
 
 #: max |onnxruntime - torch| on the logits that an export must meet (float32, same weights)
 PARITY_TOLERANCE = 1e-3

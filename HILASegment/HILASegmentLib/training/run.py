@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import CancelledError, HilaError
-from ..modelcard import read_card
+from ..ground.errors import CancelledError, HilaError
+from ..models.modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
 from . import dataset as ds

@@ -7,14 +7,14 @@ run in this workspace, e.g. the CT starter) names cases of another workspace in 
 none of this workspace's corrections. Gate corrections were already
 scored by it for the gate and are reused. Corrections every model has trained on keep whatever flag an
 earlier round gave them; without a parent model (a first run from scratch) nothing is scored. The
-peer rule is :func:`HILASegmentLib.suspects.find_suspects`. A failure here never fails the run.
+peer rule is :func:`HILASegmentLib.quality.suspectrule.find_suspects`. A failure here never fails the run.
 """
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..errors import HilaError
-from ..suspects import find_suspects
+from ..ground.errors import HilaError
+from ..quality.suspectrule import find_suspects
 from . import gate
 
 

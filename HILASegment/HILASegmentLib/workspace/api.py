@@ -17,11 +17,11 @@ import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from ..colors import default_color, label_color
-from ..durable import fsync_dir, fsync_file
-from ..errors import HilaError
-from ..modelcard import resolve_model
-from ..paths import check_readable
+from ..ground.colors import default_color, label_color
+from ..ground.durable import fsync_dir, fsync_file
+from ..ground.errors import HilaError
+from ..ground.paths import check_readable
+from ..models.modelcard import resolve_model
 from .cases import Cases
 from .corrections import Corrections
 from .dicom import Dicom

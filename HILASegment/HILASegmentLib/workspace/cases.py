@@ -11,11 +11,11 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import read_image
-from ..normalize import guess_modality, offset_ct_reason
-from ..paths import name_component
-from ..progress import ProgressFn, null_progress
+from ..formats.imageio import read_image
+from ..ground.errors import HilaError
+from ..ground.paths import name_component
+from ..ground.progress import ProgressFn, null_progress
+from ..models.normalize import guess_modality, offset_ct_reason
 from .files import Staged, read_stored
 from .records import Case, dumps
 from .room import PathLike, Room, image_writer, now

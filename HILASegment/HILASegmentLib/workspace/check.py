@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Set
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from .files import PLACED_NAME, stored_file_problem
 from .records import CheckReport, dumps
 from .runs import pid_alive

@@ -10,10 +10,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .. import assist as _assist
-from .. import quality as _quality
-from .. import weak
-from ..errors import HilaError
+from ..formats import weak
+from ..ground.errors import HilaError
+from ..inference import boxassist as _assist
+from ..quality import effort as _quality
 from .files import Staged, read_stored
 from .records import QUALITIES, Case, Correction, dumps
 from .room import Room, image_writer, now, user

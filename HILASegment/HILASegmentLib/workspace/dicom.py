@@ -22,11 +22,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import dicomref, dicomseg, rtstruct
-from ..errors import HilaError
-from ..labelmatch import MANUAL_SET, contour_set, match_label
-from ..progress import ProgressFn, null_progress
-from ..segmentation import first_overlap, overlap_error
+from ..dicom import dicomref, dicomseg, rtstruct
+from ..formats.segmentation import first_overlap, overlap_error
+from ..ground.errors import HilaError
+from ..ground.labelmatch import MANUAL_SET, contour_set, match_label
+from ..ground.progress import ProgressFn, null_progress
 from .export import file_stems
 from .files import read_stored
 from .records import Case, dumps

@@ -15,13 +15,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
-from .. import segfile
-from ..durable import fsync_dir, staging_dir
-from ..errors import HilaError
-from ..gridcheck import shear
-from ..imageio import no_space, write_image
-from ..paths import check_outputs, name_component
-from ..progress import ProgressFn, null_progress
+from ..formats import segfile
+from ..formats.gridcheck import shear
+from ..formats.imageio import no_space, write_image
+from ..ground.durable import fsync_dir, staging_dir
+from ..ground.errors import HilaError
+from ..ground.paths import check_outputs, name_component
+from ..ground.progress import ProgressFn, null_progress
 from .files import read_stored
 
 if TYPE_CHECKING:  # pragma: no cover

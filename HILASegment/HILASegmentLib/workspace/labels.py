@@ -8,11 +8,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
-from ..labelmatch import match_label
-from ..paths import check_readable
-from ..segfile import Segmentation, is_seg_nrrd, read_segmentation
+from ..formats.imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
+from ..formats.segfile import Segmentation, is_seg_nrrd, read_segmentation
+from ..ground.errors import HilaError
+from ..ground.labelmatch import match_label
+from ..ground.paths import check_readable
 from .room import PathLike, Room
 
 

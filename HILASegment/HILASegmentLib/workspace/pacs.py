@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ..dicomweb import IMAGE_MODALITIES_EXCLUDED, Server, check_uid
-from ..errors import HilaError
-from ..paths import name_component
-from ..progress import ProgressFn, null_progress
+from ..dicom.dicomweb import IMAGE_MODALITIES_EXCLUDED, Server, check_uid
+from ..ground.errors import HilaError
+from ..ground.paths import name_component
+from ..ground.progress import ProgressFn, null_progress
 from .dicom import referenced_series_uid
 from .room import now
 

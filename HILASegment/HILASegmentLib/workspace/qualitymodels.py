@@ -12,9 +12,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..errors import HilaError
-from ..qualitymodel import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
-from ..summary import PredictionSummary
+from ..ground.errors import HilaError
+from ..inference.summary import PredictionSummary
+from ..quality.learned import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
 from .room import Room
 
 EVENT_KIND = "quality_model"

@@ -12,8 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..errors import HilaError
-from ..modelcard import ModelCard
+from ..ground.errors import HilaError
+from ..models.modelcard import ModelCard
 from .files import Staged
 from .records import MODEL_STATUSES, ModelRecord, dumps
 from .room import PathLike, Room, as_int, copier, now

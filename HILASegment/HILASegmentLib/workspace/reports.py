@@ -9,8 +9,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import quality as _quality
-from ..progress import ProgressFn
+from ..ground.progress import ProgressFn
+from ..quality import effort as _quality
 from .check import check_workspace
 from .export import export_workspace
 from .ledger import SCHEMA_VERSION

@@ -21,8 +21,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Unio
 
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import quiet_itk
+from ..formats.imageio import quiet_itk
+from ..ground.errors import HilaError
 from .files import FileStore, Staged
 from .ledger import Ledger
 from .records import Settings, WorkspaceLabel, dumps

@@ -14,7 +14,7 @@ import socket
 import sqlite3
 from typing import Iterable, List, Optional, Sequence
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from .files import link_escape
 from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
 from .room import Room, now

@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from . import terminology
+from ..formats import terminology
+from ..formats.imageio import PathLike, atomic_output
+from ..formats.segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
+from ..ground.errors import HilaError
+from ..ground.paths import dicom_value
 from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, person_name, require, software_version
-from .errors import HilaError
-from .imageio import PathLike, atomic_output
-from .paths import dicom_value
-from .segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
 
 
 def _codes(name: str):

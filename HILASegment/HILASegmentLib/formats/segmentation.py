@@ -16,8 +16,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import SimpleITK as sitk
 
-from .colors import Color, label_color
-from .errors import HilaError
+from ..ground.colors import Color, label_color
+from ..ground.errors import HilaError
 from .imageio import as_label_image, describe_grid, grid_difference
 from .terminology import with_entry
 

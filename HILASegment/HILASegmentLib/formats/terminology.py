@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-from .labelmatch import canonical_name
+from ..ground.labelmatch import canonical_name
 
 __all__ = ["TAG", "Code", "Term", "TERMS", "term_for", "resolve", "entry_for", "with_entry", "parse_entry",
            "GENERAL_ANATOMY", "DICOM_MASTER", "ANATOMIC_CONTEXT", "LOCAL_SCHEME"]

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from . import envvars
-from .dependencies import missing_package_message
-from .errors import HilaError
-from .paths import name_component
+from ..ground import envvars
+from ..ground.dependencies import missing_package_message
+from ..ground.errors import HilaError
+from ..ground.paths import name_component
 
 T = TypeVar("T")
 ATTEMPTS = 3

@@ -21,18 +21,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .dependencies import missing_package_message
-from .errors import HilaError
-from .imageio import (
+from .. import __version__
+from ..formats.imageio import (
     PathLike,
     as_label_image,
     describe_grid,
     grid_difference,
     read_dicom_series_files,
 )
-from .paths import dicom_value
-from .segmentation import onto_lattice
+from ..formats.segmentation import onto_lattice
+from ..ground.dependencies import missing_package_message
+from ..ground.errors import HilaError
+from ..ground.paths import dicom_value
 
 MANUFACTURER = "HILASegment"
 # Patient/study attributes that SEG and RTSTRUCT must carry (Type 2: present, possibly empty).

@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..formats.imageio import PathLike, atomic_output
+from ..formats.segmentation import Segmentation, same_name_twice
+from ..ground.errors import HilaError
+from ..ground.labelmatch import MANUAL_SET, contour_set
+from ..ground.paths import dicom_value
 from . import contours
 from .dicomref import MANUFACTURER, Provenance, SegmentMask, Series, now, person_name, require, software_version
-from .errors import HilaError
-from .imageio import PathLike, atomic_output
-from .labelmatch import MANUAL_SET, contour_set
-from .paths import dicom_value
-from .segmentation import Segmentation, same_name_twice
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import HilaError
+from ..ground.errors import HilaError
 from .normalize import bounding_box, foreground_mask, normalize
 
 #: Axis directions (in ITK's LPS world) that array axes 0, 1, 2 of the network input point to.

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from .errors import HilaError
+from ..ground.errors import HilaError
+from ..ground.paths import check_readable
 from .imageio import PathLike, read_label_volume
-from .paths import check_readable
 from .segmentation import Segment, Segmentation
 from .segnrrd import is_seg_nrrd, read_seg_nrrd, write_segmentation
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import HilaError
+from ..ground.errors import HilaError
 
 #: corners may move by float rounding only (NIfTI stores float32), never by a geometry change
 CORNER_TOLERANCE_MM = 1e-3

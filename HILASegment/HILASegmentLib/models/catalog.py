@@ -24,9 +24,9 @@ from typing import Dict, List, Optional, Tuple
 __all__ = ["CatalogEntry", "PACKAGE_MODELS_DIR", "MODULE_MODELS_DIR", "model_dirs", "find_model_file",
            "entries", "get", "starter_for", "catalog_path"]
 
-PACKAGE_MODELS_DIR = Path(__file__).resolve().parent / "models"
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parent
 #: ``<module folder>/Resources/Models``: the module's own resources, in a source checkout and once installed.
-MODULE_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+MODULE_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 CATALOG_NAME = "catalog.json"
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..ground.durable import atomic_write_bytes
+from ..ground.errors import HilaError
 from . import catalog
-from .durable import atomic_write_bytes
-from .errors import HilaError
 from .normalize import finite_number, normalization_problem
 from .onnxfile import OnnxInfo, inspect_onnx, onnx_checksum, with_metadata  # noqa: F401 - re-exported: callers read cards and checksums here
 
@@ -36,7 +36,7 @@ METADATA_KEY = "hila_model_card"
 MODALITIES = ("MR", "CT")
 ACTIVATIONS = ("softmax", "sigmoid")
 ORIENTATIONS = ("RAS", "LPS")
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 PathLike = Union[str, "os.PathLike[str]"]
 

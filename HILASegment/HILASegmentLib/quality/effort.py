@@ -12,12 +12,12 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 import SimpleITK as sitk
 
-from .colors import REVIEW_COLOR
-from .errors import HilaError
-from .labelmatch import REVIEW_NAME, REVIEW_TAG
-from .metrics import dice
-from .segmentation import Segment, Segmentation
-from .summary import PredictionSummary
+from ..formats.segmentation import Segment, Segmentation
+from ..ground.colors import REVIEW_COLOR
+from ..ground.errors import HilaError
+from ..ground.labelmatch import REVIEW_NAME, REVIEW_TAG
+from ..ground.metrics import dice
+from ..inference.summary import PredictionSummary
 
 
 def label_change(corrected: np.ndarray, reference: np.ndarray, labels: Sequence[Tuple[int, str]]) -> dict:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import HilaError
+from ..ground.errors import HilaError
 
 
 def _zscore(a: np.ndarray, spec: Mapping[str, Any], where: str) -> np.ndarray:

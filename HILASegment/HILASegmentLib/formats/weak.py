@@ -29,7 +29,7 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import HilaError
+from ..ground.errors import HilaError
 
 
 def parse_numbers(value, n: int, what: str) -> np.ndarray:

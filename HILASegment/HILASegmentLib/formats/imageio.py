@@ -24,10 +24,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..ground.durable import fsync_dir, fsync_file, staging_dir
+from ..ground.errors import HilaError
+from ..ground.paths import check_readable
 from . import gridcheck
-from .durable import fsync_dir, fsync_file, staging_dir
-from .errors import HilaError
-from .paths import check_readable
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -29,8 +29,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .durable import sha256_file
-from .errors import HilaError
+from ..ground.durable import sha256_file
+from ..ground.errors import HilaError
 
 CATALOG_NAME = "litemedsam_assist"
 ENCODER_FILE = "litemedsam_encoder.onnx"
@@ -54,7 +54,7 @@ def assist_dir() -> Path:
 
 def catalog_entry() -> dict:
     """The assistant's catalog record (``models/catalog.json``, key ``assistants``): pinned checkpoint and licence."""
-    from .catalog import catalog_path
+    from ..models.catalog import catalog_path
     data = json.loads(catalog_path().read_text(encoding="utf-8"))
     for e in data.get("assistants", []):
         if e.get("name") == CATALOG_NAME:

@@ -26,8 +26,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .colors import Color
-from .errors import HilaError
+from ..ground.colors import Color
+from ..ground.errors import HilaError
 from .imageio import PathLike, atomic_output, check_data_files, check_voxel_budget
 from .segmentation import (
     DEFAULT_CONVERSION_PARAMETERS,

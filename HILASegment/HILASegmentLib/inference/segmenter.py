@@ -19,15 +19,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import HilaError
-from .imageio import check_finite
-from .modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
-from .modelgrid import Grid, extract, largest_components, model_input, touches
-from .normalize import guess_modality, offset_ct_reason
-from .progress import ProgressFn, null_progress
-from .quality import add_review_segment, cohort_dice, error_probability
-from .qualitymodel import prediction_features
-from .segfile import Segmentation
+from ..formats.imageio import check_finite
+from ..formats.segfile import Segmentation
+from ..ground.errors import HilaError
+from ..ground.progress import ProgressFn, null_progress
+from ..models.modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
+from ..models.modelgrid import Grid, extract, largest_components, model_input, touches
+from ..models.normalize import guess_modality, offset_ct_reason
+from ..quality.effort import add_review_segment, cohort_dice, error_probability
+from ..quality.learned import prediction_features
 from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, Tuple, Union
 
-from .errors import HilaError
+from ..ground.errors import HilaError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -26,10 +26,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import HilaError
-from .metrics import spearman
-from .quality import review_region
-from .summary import PredictionSummary
+from ..ground.errors import HilaError
+from ..ground.metrics import spearman
+from ..inference.summary import PredictionSummary
+from .effort import review_region
 
 #: The features of one prediction, in the order the regressor reads them (see :func:`prediction_features`).
 FEATURES = ("soft_dice_mean", "soft_dice_min", "err_mean_fg", "err_mean_review", "err_mass_ratio",
