@@ -3,7 +3,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from HILASegmentLib.formats.segfile import Segmentation
-from HILASegmentLib.quality.effort import REVIEW_TAG, add_review_segment, error_probability, review_region
+from HILASegmentLib.ground.labelmatch import REVIEW_TAG
+from HILASegmentLib.inference.errormap import add_review_segment, error_probability, review_region
 
 
 def test_error_probability_softmax_is_one_minus_chosen_and_soft_dice():

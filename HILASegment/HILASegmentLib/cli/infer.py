@@ -92,6 +92,7 @@ def _infer_file(args, t0: float) -> int:
     _check_maps(args)
     from ..formats.imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
     from ..inference.segmenter import Segmenter
+    from ..quality.learned import add_quality_features
 
     image = read_image(args.image)
     for out in (args.out, args.uncertainty, args.review_map):  # every output on the image's grid, before any work
@@ -99,7 +100,7 @@ def _infer_file(args, t0: float) -> int:
             check_format_holds(image, out)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
     with progress_for(args, "hila infer") as progress:
-        result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
+        result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=str(args.image)), image)
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
     written = _write_maps(result, args)  # the maps first: one that cannot be written leaves no --out behind
@@ -170,6 +171,7 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 def _infer_workspace(args, t0: float) -> int:
     from ..formats.imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
+    from ..quality.learned import add_quality_features
     from ..workspace import Workspace
     from ..workspace.room import as_int
 
@@ -195,7 +197,8 @@ def _infer_workspace(args, t0: float) -> int:
         seg = record.segmenter(threads=args.threads, device=args.device)
         card = seg.card
         with progress_for(args, "hila infer") as progress:
-            result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
+            result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}"),
+                                          image)
         label, dropped = _to_workspace_labels(result, card, ws)
         summary = dict(result.summary)
         summary["model_version"] = record.version

@@ -312,7 +312,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    from ..quality import effort as quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
+    from ..quality import ranking  # heavy (numpy, SimpleITK): `hila --help` stays fast
 
     if args.suspects:
         return _rank_suspects(args)
@@ -322,7 +322,7 @@ def cmd_rank(args) -> int:
         source = ws.quality_source(cur.version if cur else None)
     res = {"by": args.by, "quality_source": source, "cases": ranked}
     if args.review_budget is not None:
-        res["review_budget"] = budget = quality.review_budget(ranked, args.review_budget)
+        res["review_budget"] = budget = ranking.review_budget(ranked, args.review_budget)
         chosen = set(budget["cases"])
         ranked = [r for r in ranked if r["case_id"] in chosen]
     lines = []

@@ -26,8 +26,7 @@ from ..ground.progress import ProgressFn, null_progress
 from ..models.modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
 from ..models.modelgrid import Grid, extract, largest_components, model_input, touches
 from ..models.normalize import guess_modality, offset_ct_reason
-from ..quality.effort import add_review_segment, cohort_dice, error_probability
-from ..quality.learned import prediction_features
+from .errormap import add_review_segment, cohort_dice, error_probability
 from .summary import LabelSummary, PredictionSummary
 from .windows import gaussian_importance, gaussian_smooth, symmetric_padding, window_slices
 
@@ -48,8 +47,10 @@ class InferenceResult:
     summary: Dict[str, Any]
     seconds: float
     card: Optional[ModelCard] = field(default=None, repr=False)
-    #: Per-voxel probability that the label there is wrong (input grid, 0..1); see ``quality.error_probability``.
+    #: Per-voxel probability that the label there is wrong (input grid, 0..1); see ``errormap.error_probability``.
     review_map: Optional[sitk.Image] = field(default=None, repr=False)
+    #: The input-grid index box (low, high; x, y, z) the model's probabilities covered: the review map is 0 outside.
+    box: Optional[Tuple[Sequence[int], Sequence[int]]] = field(default=None, repr=False)
 
     def provenance_tags(self) -> Dict[str, str]:
         s = self.summary
@@ -238,9 +239,6 @@ class Segmenter:
             labels_summary.append(LabelSummary(lab.value, lab.name, n, round(n * vox_ml, 3),
                                                round(float(unc_arr[sel].mean()), 4) if n else None, pdice.get(lab.name)))
         anyfg = lab_arr > 0
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(reversed(box[0]), reversed(box[1])))  # err is 0 outside
-        feats = prediction_features(err_arr[sl], lab_arr[sl], sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(),
-                                    [lab.value for lab in card.labels], [pdice.get(lab.name) for lab in card.labels])
         summary = PredictionSummary(
             model=card.name, model_version=card.version, model_checksum=self.checksum, labels=labels_summary,
             windows=stats["windows"], roi=used_roi, roi_fallback=fell_back, tta=bool(tta), seconds=round(seconds, 3),
@@ -248,10 +246,10 @@ class Segmenter:
             uncertainty="tta_disagreement" if tta else "entropy",
             mean_uncertainty=round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
             uncertain_voxels=int(np.count_nonzero(unc_arr > 0.5)),
-            predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", quality_features=feats, providers=self.providers,
+            predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", providers=self.providers,
         ).to_dict()
         progress(1.0, "done")
-        return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map)
+        return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map, box)
 
     # ---- steps ---------------------------------------------------------------------------------
     def _passes(self, tta: bool) -> List[Tuple[int, ...]]:

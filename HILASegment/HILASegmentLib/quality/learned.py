@@ -1,10 +1,10 @@
 """The learned quality model (source b): predicted Dice fitted on the workspace's own corrections.
 
 Every accepted correction of a prediction is a free training example: the prediction's features
-(computed at inference, stored in its summary) and the Dice the radiologist's correction showed
+(computed right after inference by ``add_quality_features``, stored in its summary) and the Dice the radiologist's correction showed
 against it. After each training run a small regressor is fitted on those pairs and recorded for the
 model version that is current then (the one whose predictions it will score). It is *used* only
-when it beats the unsupervised estimate (source a, the expected soft Dice of ``quality``) on the
+when it beats the unsupervised estimate (source a, the expected soft Dice of ``inference.errormap``) on the
 same pairs by leave-one-out: a higher Spearman ρ **and** a lower mean absolute error. Otherwise
 source (a) stays in use and the record says why.
 
@@ -28,8 +28,9 @@ import SimpleITK as sitk
 
 from ..ground.errors import HilaError
 from ..ground.metrics import spearman
+from ..inference.errormap import review_region
+from ..inference.segmenter import InferenceResult
 from ..inference.summary import PredictionSummary
-from .effort import review_region
 
 #: The features of one prediction, in the order the regressor reads them (see :func:`prediction_features`).
 FEATURES = ("soft_dice_mean", "soft_dice_min", "err_mean_fg", "err_mean_review", "err_mass_ratio",
@@ -93,6 +94,23 @@ def prediction_features(err: np.ndarray, label: np.ndarray, image: np.ndarray, s
     out["intensity_contrast"] = abs(float(inside.mean()) - float(around.mean() if around.size else 0.0)) / pooled
     out["intensity_sd_fg"] = min(float(inside.std()) / spread, 10.0)
     return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def add_quality_features(result: InferenceResult, image: sitk.Image) -> InferenceResult:
+    """Add a fresh prediction's features (``summary["quality_features"]``) and return it: computed here, after
+    inference, from what the Segmenter returned (review map, label map, expected Dice per label) and the image, so
+    the inference layer never needs the quality layer. Every prediction that is stored or ranked goes through it."""
+    if result.review_map is None or result.box is None:
+        raise ValueError("quality features need the prediction's review map and box (a fresh Segmenter result)")
+    low, high = result.box
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(reversed(low), reversed(high)))  # the review map is 0 outside
+    pdice = {lab.get("name"): lab.get("predicted_dice") for lab in result.summary.get("labels") or []}
+    labels = result.card.labels
+    result.summary["quality_features"] = prediction_features(
+        sitk.GetArrayViewFromImage(result.review_map)[sl], sitk.GetArrayViewFromImage(result.label)[sl],
+        sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(), [lab.value for lab in labels],
+        [pdice.get(lab.name) for lab in labels])
+    return result
 
 
 def feature_vector(features: Optional[Mapping[str, Any]]) -> Optional[np.ndarray]:

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from ..ground import metrics
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
+from ..quality.learned import add_quality_features
 from . import cohort as co
 from . import radiologist as rad
 from . import report, synthesis
@@ -217,7 +218,8 @@ class _Context:
     def predict(self, name: str):
         if name not in self.cache:
             t0 = time.perf_counter()
-            self.cache[name] = self.sim.segmenter().segment(self.sim.image(name))
+            image = self.sim.image(name)
+            self.cache[name] = add_quality_features(self.sim.segmenter().segment(image), image)
             self.sim.timing["inference_s"] += time.perf_counter() - t0
         return self.cache[name]
 

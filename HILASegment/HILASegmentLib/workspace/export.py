@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Dict, List, Optional, Protocol
 
 from ..formats import segfile
 from ..formats.gridcheck import shear
@@ -23,12 +23,27 @@ from ..ground.errors import HilaError
 from ..ground.paths import check_outputs, name_component
 from ..ground.progress import ProgressFn, null_progress
 from .files import read_stored
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import Workspace
+from .records import Case, Correction, ModelRecord, Settings, SnapshotItem
 
 
-def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = False,
+class ExportedWorkspace(Protocol):
+    """What ``export`` reads of a workspace (the :class:`~.api.Workspace` has it; api imports this module, not back)."""
+
+    root: Path
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def snapshot(self) -> List[SnapshotItem]: ...
+
+    def cases(self) -> List[Case]: ...
+
+    def corrections(self, case_id: Optional[str] = None) -> List[Correction]: ...
+
+    def current_model(self) -> Optional[ModelRecord]: ...
+
+
+def export_workspace(ws: ExportedWorkspace, out: Path, include_unlabelled: bool = False,
                      progress: Optional[ProgressFn] = None) -> dict:
     progress = progress or null_progress
     check_outputs({"WORKSPACE": ws.root}, {"OUT": out})
@@ -80,7 +95,7 @@ def _stored(root: Path, path: Path, what: str):
         raise HilaError(f"{what}: its stored file cannot be read ({exc}); nothing was exported") from None
 
 
-def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
+def _export_into(ws: ExportedWorkspace, out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
     """Write the whole export into ``out`` (a fresh staging folder), manifest last."""
     settings = ws.settings
     snap = {s.case_id: s for s in ws.snapshot()}           # one consistent read

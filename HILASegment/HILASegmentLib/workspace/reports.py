@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..ground.progress import ProgressFn
-from ..quality import effort as _quality
+from ..quality.ranking import rank_cases
 from .check import check_workspace
 from .export import export_workspace
 from .ledger import SCHEMA_VERSION
@@ -95,7 +95,7 @@ class Reports(Room):
             qm = models[v]
             return qm.score(summary) if qm is not None and qm.in_use else None
 
-        return _quality.rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
+        return rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
                                    rng=np.random.default_rng(seed))
 
     def check(self, repair: bool = False) -> CheckReport:
