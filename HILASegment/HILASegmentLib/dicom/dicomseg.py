@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..formats import terminology
-from ..formats.imageio import PathLike, atomic_output
+from ..formats.itkcalls import PathLike, atomic_output
 from ..formats.segmentation import OVERLAP_REMEDY, Segmentation, overlap_error, same_name_twice
 from ..ground.errors import HilaError
 from ..ground.paths import dicom_value

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..formats.imageio import PathLike, atomic_output
+from ..formats.itkcalls import PathLike, atomic_output
 from ..formats.segmentation import Segmentation, same_name_twice
 from ..ground.errors import HilaError
 from ..ground.labelmatch import MANUAL_SET, contour_set

@@ -7,29 +7,19 @@ radiologists and scripts both need to know *which* file is wrong, not where in I
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
 import os
 import re
-import shutil
-import struct
-import sys
-import tempfile
-import threading
-import zlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..ground.durable import fsync_dir, fsync_file, staging_dir
 from ..ground.errors import HilaError
 from ..ground.paths import check_readable
 from . import gridcheck
-
-PathLike = Union[str, "os.PathLike[str]"]
+from .itkcalls import PathLike, atomic_output, itk_reason, no_space, numbers, quiet_itk
+from .niftiheader import check_nifti_complete, check_nifti_geometry, read_nifti_header, refuse_nonfinite
 
 #: Volume file suffixes read and written (longest first, so ``.seg.nrrd``/``.nii.gz`` win over ``.nrrd``/``.gz``).
 VOLUME_SUFFIXES: Tuple[str, ...] = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
@@ -53,147 +43,15 @@ def volume_suffix(path: PathLike) -> Optional[str]:
     return None
 
 
-def _one_line(text: str, limit: int = 220) -> str:
-    """Squeeze a (multi-line, ITK-style) message into one short line."""
-    text = re.sub(r"\s+", " ", str(text)).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _itk_reason(exc: BaseException, native: str = "") -> str:
-    """The useful part of a SimpleITK/ITK exception (plus what the native library printed), in one line."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    nrrd_lines = [re.sub(r"^\[nrrd\]\s*\w+:\s*", "", ln) for ln in lines if ln.startswith("[nrrd]")]
-    nrrd_lines = [ln for ln in nrrd_lines if ln and not ln.startswith("trouble")]
-    if nrrd_lines:
-        return _one_line(nrrd_lines[-1])
-    reason = ""
-    for ln in reversed(lines):
-        m = re.search(r"(?:itk::ERROR|ITK ERROR|Description):?\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)", ln)
-        if m and m.group(1).strip():
-            reason = m.group(1).strip()
-            break
-    if not reason:
-        reason = lines[-1] if lines else exc.__class__.__name__
-    native = _one_line(native, 120)
-    return _one_line(f"{reason}; {native}" if native else reason)
-
-
-class _Captured:
-    text = ""
-
-
-_QUIET_LOCK = threading.RLock()
-_quiet_depth = 0
-
-
-@contextlib.contextmanager
-def quiet_itk() -> Iterator[_Captured]:
-    """Silence ITK's warnings and the native libraries' own stderr chatter while reading or writing.
-
-    Bad files make ITK, MetaIO, NrrdIO or GDCM print several lines straight to file descriptor 2,
-    around the one clear line we want users to see. The captured text is kept (``.text``) so it
-    can serve as the reason in an error. Serialised by a lock (fd 2 is process-wide); nested uses
-    share the outer redirection. Set ``HILA_NATIVE_STDERR=1`` to let the native output through.
-    """
-    global _quiet_depth
-    captured = _Captured()
-    with _QUIET_LOCK:
-        outer = _quiet_depth == 0
-        _quiet_depth += 1
-        previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        redirect = outer and os.environ.get("HILA_NATIVE_STDERR", "") not in ("1", "true", "yes")
-        saved_fd = sink = None
-        if redirect:
-            try:
-                sys.stderr.flush()
-                sink = tempfile.TemporaryFile()
-                saved_fd = os.dup(2)
-                os.dup2(sink.fileno(), 2)
-            except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
-                if saved_fd is not None:
-                    os.close(saved_fd)
-                saved_fd = None
-        try:
-            yield captured
-        finally:
-            _quiet_depth -= 1
-            sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-            if saved_fd is not None:
-                os.dup2(saved_fd, 2)
-                os.close(saved_fd)
-            if sink is not None:
-                try:
-                    sink.seek(0)
-                    captured.text = sink.read().decode("utf-8", "replace")
-                finally:
-                    sink.close()
-
-
-def no_space(target: Path, exc: BaseException) -> Optional[HilaError]:
-    """The one line for a write that failed because the disk is full (ENOSPC/EDQUOT, or a native writer's error with
-    under 1 MB left beside ``target``), else None: ITK names an unrelated cause (e.g. no ImageIO reader)."""
-    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-    try:
-        free = shutil.disk_usage(target.parent if str(target.parent) else ".").free
-    except OSError:
-        free = None
-    if not full and (free is None or free >= (1 << 20)):
-        return None
-    left = f" ({free // 1024} kB free)" if free is not None else ""
-    return HilaError(f"{target}: cannot write, no space left on its disk{left}; nothing was written; free some space "
-                     "or write elsewhere")
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path with ``path``'s own file name; on success move it (and siblings) into place.
-
-    The temporary file lives in a hidden folder beside the target, so the final rename is atomic
-    and formats that write companion files (``.mhd`` + ``.raw``) keep their internal references.
-    On any error nothing appears at ``path`` and the temporary folder is removed.
-    """
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise HilaError(f"{target}: cannot write: folder {parent} does not exist")
-    try:
-        tmpdir = staging_dir(parent, target.name, "tmp")
-    except OSError as exc:
-        raise HilaError(f"{target}: cannot write: {_one_line(exc.strerror or exc)}") from None
-    try:
-        tmp_target = tmpdir / target.name
-        yield tmp_target
-        if not tmp_target.exists():
-            raise HilaError(f"{target}: writer produced no file")
-        produced = sorted(tmpdir.iterdir(), key=lambda p: p == tmp_target)  # the main file last
-        for f in produced:
-            fsync_file(f)
-        for f in produced:
-            os.replace(f, parent / f.name)
-        fsync_dir(parent)
-    except OSError as exc:
-        full = no_space(target, exc) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
-        if full is not None:
-            raise full from None
-        raise
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------------------------
 # geometry
 # ----------------------------------------------------------------------------------------------
 
-def _fmt(values: Sequence[float], digits: int = 6) -> str:
-    return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
-
-
 def describe_grid(img: sitk.Image) -> str:
     """A one-line description of an image's voxel grid, for error messages and logs."""
     size = "x".join(str(s) for s in img.GetSize())
-    return (f"size {size}, spacing {_fmt(img.GetSpacing())}, origin {_fmt(img.GetOrigin(), 8)}, "
-            f"direction {_fmt(img.GetDirection(), 6)}")
+    return (f"size {size}, spacing {numbers(img.GetSpacing())}, origin {numbers(img.GetOrigin(), 8)}, "
+            f"direction {numbers(img.GetDirection(), 6)}")
 
 
 def grid_difference(a: sitk.Image, b: sitk.Image, tol: float = 1e-5) -> Optional[str]:
@@ -214,7 +72,7 @@ def grid_difference(a: sitk.Image, b: sitk.Image, tol: float = 1e-5) -> Optional
         x, y = np.asarray(x, float), np.asarray(y, float)
         bound = tol * np.maximum(1.0, np.maximum(np.abs(x), np.abs(y))) if relative else tol
         if np.any(np.abs(x - y) > bound):
-            return f"{name} {_fmt(x)} != {_fmt(y)}"
+            return f"{name} {numbers(x)} != {numbers(y)}"
     return None
 
 
@@ -245,7 +103,7 @@ def list_dicom_series(folder: PathLike) -> List[Tuple[str, int]]:
         try:
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
         except RuntimeError as exc:
-            raise HilaError(f"{folder}: cannot scan for DICOM series ({_itk_reason(exc)})") from None
+            raise HilaError(f"{folder}: cannot scan for DICOM series ({itk_reason(exc)})") from None
         return [(sid, len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, sid))) for sid in ids]
 
 
@@ -257,7 +115,7 @@ def _slice_geometry(path: str) -> gridcheck.SliceGeometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise HilaError(f"{path}: cannot read this DICOM file of the series ({_itk_reason(exc)})") from None
+        raise HilaError(f"{path}: cannot read this DICOM file of the series ({itk_reason(exc)})") from None
     tags = {key: reader.GetMetaData(tag) if reader.HasMetaDataKey(tag) else None
             for key, tag in gridcheck.SLICE_TAGS.items()}
     return gridcheck.SliceGeometry(name=Path(path).name, tags=tags)
@@ -302,7 +160,7 @@ def read_dicom_series_files(folder: PathLike) -> Tuple[sitk.Image, List[str]]:
         try:
             img = reader.Execute()
         except RuntimeError as exc:
-            raise HilaError(f"{folder_p}: cannot read DICOM series {sid} ({_itk_reason(exc)})") from None
+            raise HilaError(f"{folder_p}: cannot read DICOM series {sid} ({itk_reason(exc)})") from None
     if img.GetDimension() == 2:  # a single-file series: make it a one-slice volume
         img = sitk.JoinSeries(img)
     img = _check_scalar_3d(img, str(folder_p))
@@ -323,202 +181,13 @@ def read_dicom_series(folder: PathLike) -> sitk.Image:
     return read_dicom_series_files(folder)[0]
 
 
-@dataclasses.dataclass
-class _NiftiHeader:
-    """The fields of a NIfTI-1/-2 header that say how big the volume is, where it lies and what its voxels are."""
-
-    endian: str
-    dims: Tuple[int, ...]
-    datatype: int
-    bitpix: int
-    vox_offset: int
-    pixdim: Tuple[float, ...]
-    qform_code: int
-    sform_code: int
-    quatern: Tuple[float, ...]   # b, c, d, qoffset x, y, z
-    srow: Tuple[float, ...]      # 12 numbers: srow_x, srow_y, srow_z
-
-    def bytes_needed(self) -> int:
-        return max(self.vox_offset, 348) + self.voxels() * max(self.bitpix, 1) // 8
-
-    def voxels(self) -> int:
-        n = 1
-        for d in self.dims[1: max(0, min(7, self.dims[0])) + 1]:
-            n *= max(1, int(d))
-        return n
-
-    def size3(self) -> Tuple[int, int, int]:
-        d = [max(1, int(x)) for x in self.dims[1:4]]
-        return d[0], d[1], d[2]
-
-    def qform(self) -> np.ndarray:
-        """The qform's voxel-to-RAS affine (4x4), as the NIfTI standard defines it (method 2)."""
-        b, c, d, qx, qy, qz = self.quatern
-        a = float(np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d))))
-        r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                      [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
-                      [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
-        qfac = -1.0 if self.pixdim[0] < 0 else 1.0
-        m = np.eye(4)
-        m[:3, :3] = r @ np.diag([self.pixdim[1], self.pixdim[2], qfac * self.pixdim[3]])
-        m[:3, 3] = (qx, qy, qz)
-        return m
-
-    def sform(self) -> np.ndarray:
-        m = np.eye(4)
-        m[:3, :] = np.reshape(np.asarray(self.srow, float), (3, 4))
-        return m
-
-
-def _nifti_header(header: bytes) -> Optional[_NiftiHeader]:
-    """The header of a NIfTI-1 or NIfTI-2 file from its first 540 bytes, or None when it is not one."""
-    for endian in "<>":
-        u = lambda fmt, off: struct.unpack_from(endian + fmt, header, off)  # noqa: E731
-        if len(header) >= 348 and u("i", 0)[0] == 348:
-            return _NiftiHeader(endian, u("8h", 40), u("h", 70)[0], u("h", 72)[0], int(u("f", 108)[0]), u("8f", 76),
-                                u("h", 252)[0], u("h", 254)[0], u("6f", 256), u("12f", 280))
-        if len(header) >= 540 and u("i", 0)[0] == 540:
-            return _NiftiHeader(endian, u("8q", 16), u("h", 12)[0], u("h", 14)[0], u("q", 168)[0], u("8d", 104),
-                                u("i", 344)[0], u("i", 348)[0], u("6d", 352), u("12d", 400))
-    return None
-
-
-def _nifti_bytes_needed(header: bytes) -> Optional[int]:
-    """Bytes a NIfTI-1/-2 file must hold (vox_offset + voxel data), from its header; None if unknown."""
-    h = _nifti_header(header)
-    return None if h is None else h.bytes_needed()
-
-
-def _read_nifti_header(path: Path) -> Optional[_NiftiHeader]:
-    """The header of a .nii or .nii.gz file, read without decompressing more than its first bytes."""
-    with open(path, "rb") as fh:
-        if path.name.lower().endswith(".gz"):
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            head = b""
-            try:
-                while len(head) < 540:
-                    chunk = fh.read(1 << 14)
-                    if not chunk:
-                        break
-                    head += d.decompress(chunk, 540 - len(head))
-                    while d.unconsumed_tail and len(head) < 540:
-                        head += d.decompress(d.unconsumed_tail, 540 - len(head))
-            except zlib.error as exc:
-                raise HilaError(f"{path}: cannot read image, the gzip data is corrupt ({_one_line(exc)})") from None
-        else:
-            head = fh.read(540)
-    return _nifti_header(head)
-
-
-#: How far apart (mm, at the volume's corners) a NIfTI's qform and sform may place it and still be one placement.
-QFORM_SFORM_TOLERANCE_MM = 0.1
-
-
-def _check_nifti_geometry(path: Path, h: _NiftiHeader) -> None:
-    """A NIfTI whose placement is ambiguous is refused: qform and sform that disagree (ITK reads one, nibabel and
-    FSL the other: a label would land centimetres away in another tool), or neither (the orientation is unknown)."""
-    if h.qform_code <= 0 and h.sform_code <= 0:
-        raise HilaError(f"{path}: qform_code and sform_code are both 0, so the file does not say how the volume is "
-                        "oriented in the patient (an Analyze-style header); hila does not guess its orientation; "
-                        "write it with its qform or sform set")
-    if h.qform_code > 0 and h.sform_code > 0:
-        n = [max(1, int(v)) - 1 for v in h.size3()]
-        corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])]).T
-        q, sf = h.qform(), h.sform()
-        apart = float(np.linalg.norm((q @ corners - sf @ corners)[:3], axis=0).max())
-        if not np.isfinite(apart) or apart > QFORM_SFORM_TOLERANCE_MM:
-            raise HilaError(f"{path}: its qform (code {h.qform_code}, origin {_fmt(q[:3, 3], 5)} RAS) and sform "
-                            f"(code {h.sform_code}, origin {_fmt(sf[:3, 3], 5)} RAS) place the volume up to "
-                            f"{apart:.3g} mm apart; tools disagree on which to use (ITK the qform, nibabel and FSL "
-                            "the sform), so hila does not guess; rewrite the file with one placement (qform = sform)")
-
-
-#: NIfTI datatypes that can hold NaN or infinity: float32, float64.
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}
-
-
-def _nonfinite_count(buf: bytes, dtype: str) -> int:
-    return int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, dtype=dtype)))) if buf else 0
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint (the missing voxels become 0): check the length here. ITK also
-    reads NaN voxels as 0 (water, in a CT): count them on the way, and refuse a file that has any."""
-    name = path.name.lower()
-    h = _read_nifti_header(path)
-    dtype = None if h is None or h.datatype not in _NIFTI_FLOATS else h.endian + _NIFTI_FLOATS[h.datatype]
-    item = np.dtype(dtype).itemsize if dtype else 1
-    start = max(h.vox_offset, 348) if h is not None else 0
-    nonfinite, pos, rest = 0, 0, b""
-
-    def scan(out: bytes) -> None:  # the voxel bytes of ``out`` (the stream from ``pos`` on)
-        nonlocal nonfinite, pos, rest
-        if dtype is not None:
-            data = rest + out[max(0, start - pos):] if pos + len(out) > start else b""
-            whole = len(data) // item * item
-            nonfinite += _nonfinite_count(data[:whole], dtype)
-            rest = data[whole:] if pos + len(out) > start else rest
-        pos += len(out)
-
-    if name.endswith(".nii"):
-        with open(path, "rb") as fh:
-            while dtype is not None:
-                chunk = fh.read(1 << 22)
-                if not chunk:
-                    break
-                scan(chunk)
-        have = path.stat().st_size
-    elif name.endswith(".nii.gz"):
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        have = 0
-        try:
-            with open(path, "rb") as fh:
-                while True:
-                    chunk = fh.read(1 << 20)
-                    if not chunk:
-                        break
-                    out = d.decompress(chunk)
-                    scan(out)
-                    have += len(out)
-                    while d.unused_data and d.eof:  # concatenated gzip members
-                        rest_in = d.unused_data
-                        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                        out = d.decompress(rest_in)
-                        scan(out)
-                        have += len(out)
-                out = d.flush()
-                scan(out)
-                have += len(out)
-        except zlib.error as exc:
-            raise HilaError(f"{path}: cannot read image, the gzip data is corrupt ({_one_line(exc)})") from None
-        if not d.eof:
-            raise HilaError(f"{path}: cannot read image, the file is truncated (the gzip stream ends early)")
-    else:
-        return
-    needed = h.bytes_needed() if h is not None else None
-    if needed is not None and have < needed:
-        raise HilaError(f"{path}: cannot read image, the file is truncated ({have} of {needed} bytes)")
-    if nonfinite:
-        _refuse_nonfinite(path, nonfinite, h.voxels() if h is not None else 0)
-
-
-def _refuse_nonfinite(where: PathLike, n: int, total: int) -> None:
-    """NaN or infinite voxels are refused, counted: no model or measurement means anything there, and hila does not
-    guess values for them (ITK would read a NIfTI's NaN as 0, which in a CT is water)."""
-    if total and n >= total:
-        raise HilaError(f"{where}: every voxel ({total}) is NaN or infinite, not a number: there is no image to use")
-    share = f" ({100.0 * n / total:.2g} %)" if total else ""
-    raise HilaError(f"{where}: {n} of {total} voxels{share} are NaN or infinite, not numbers; hila does not guess "
-                    "values for them; fill them (e.g. with the background value) and try again")
-
-
 def check_finite(img: sitk.Image, where: PathLike) -> None:
-    """Refuse an image with NaN or infinite voxels, saying how many (one line; see :func:`_refuse_nonfinite`)."""
+    """Refuse an image with NaN or infinite voxels, saying how many (one line; see :func:`refuse_nonfinite`)."""
     if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         arr = sitk.GetArrayViewFromImage(img)
         n = int(np.count_nonzero(~np.isfinite(arr)))
         if n:
-            _refuse_nonfinite(where, n, int(arr.size))
+            refuse_nonfinite(where, n, int(arr.size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,10 +306,10 @@ def _read_file(path: Path) -> sitk.Image:
                                     f"components per voxel, size {size}); a scalar 3-D volume is needed")
                 raise HilaError(f"{path}: a {reader.GetDimension()}-D image (size {size}); a scalar 3-D volume is needed")
             if volume_suffix(path) in (".nii", ".nii.gz"):
-                header = _read_nifti_header(path)
+                header = read_nifti_header(path)
                 if header is not None:
-                    _check_nifti_geometry(path, header)
-                _check_nifti_complete(path)
+                    check_nifti_geometry(path, header)
+                check_nifti_complete(path)
             img = reader.Execute()
         except RuntimeError as exc:
             err = exc
@@ -648,7 +317,7 @@ def _read_file(path: Path) -> sitk.Image:
             err = None
     if err is not None:
         raise HilaError(f"{path}: cannot read image, the file is corrupt, truncated or not a "
-                        f"{volume_suffix(path)} volume ({_itk_reason(err, native.text)})")
+                        f"{volume_suffix(path)} volume ({itk_reason(err, native.text)})")
     img = _check_scalar_3d(img, str(path))
     check_finite(img, path)
     return img
@@ -738,7 +407,7 @@ def write_image(img: sitk.Image, path: PathLike, compress: bool = True) -> Path:
                 written.SetFileName(str(tmp))
                 written.ReadImageInformation()
             except RuntimeError as exc:
-                raise no_space(tmp, exc) or HilaError(f"{target}: cannot write image ({_itk_reason(exc)})") from None
+                raise no_space(tmp, exc) or HilaError(f"{target}: cannot write image ({itk_reason(exc)})") from None
         if img.GetDimension() == 3:
             moved = gridcheck.corner_shift_mm(img, written)
             if moved > gridcheck.CORNER_TOLERANCE_MM:

@@ -28,7 +28,8 @@ import SimpleITK as sitk
 
 from ..ground.colors import Color
 from ..ground.errors import HilaError
-from .imageio import PathLike, atomic_output, check_data_files, check_voxel_budget
+from .imageio import check_data_files, check_voxel_budget
+from .itkcalls import PathLike, atomic_output
 from .segmentation import (
     DEFAULT_CONVERSION_PARAMETERS,
     EMPTY_EXTENT,

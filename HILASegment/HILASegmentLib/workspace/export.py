@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Protocol
 
 from ..formats import segfile
 from ..formats.gridcheck import shear
-from ..formats.imageio import no_space, write_image
+from ..formats.imageio import write_image
+from ..formats.itkcalls import no_space
 from ..ground.durable import fsync_dir, staging_dir
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs, name_component

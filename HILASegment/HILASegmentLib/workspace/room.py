@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Unio
 
 import SimpleITK as sitk
 
-from ..formats.imageio import quiet_itk
+from ..formats.itkcalls import quiet_itk
 from ..ground.errors import HilaError
 from .files import FileStore, Staged
 from .ledger import Ledger
