@@ -89,7 +89,7 @@ def test_missing_package_message_covers_the_extras_only():
 
 
 def test_an_import_error_of_a_non_optional_module_still_raises(monkeypatch):
-    import HILASegmentLib.cli.pacs as pacs_cli
+    import HILASegmentLib.cli.dicomio as pacs_cli
 
     def broken(args):
         import hila_no_such_module  # noqa: F401

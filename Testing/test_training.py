@@ -301,13 +301,13 @@ def test_sigterm_cancels_cleanly(tiny_ws):
 # ------------------------------------------------------------------------------------------------ onnx import
 
 def test_onnx2torch_import_matches_onnx(tmp_path):
-    from HILASegmentLib.training import export, network
+    from HILASegmentLib.training import network, onnxexport
 
     arch = network.default_architecture("CT", 2)
     arch["channels"] = [8, 16, 32]
     arch["strides"] = [2, 2]
     net = network.build_network(arch)
-    onnx_path = export.export_onnx(net, tmp_path / "m.onnx", [32, 32, 16])
+    onnx_path = onnxexport.export_onnx(net, tmp_path / "m.onnx", [32, 32, 16])
     conv = network.convert_onnx(onnx_path)
     diff = network.check_conversion(conv, onnx_path, shape=(1, 1, 32, 32, 16))
     assert diff < 1e-3

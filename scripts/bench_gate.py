@@ -176,9 +176,9 @@ def part_checkpoint(trials: int, steps: int) -> dict:
 
     from HILASegmentLib.models.modelcard import LabelInfo, ModelCard
     from HILASegmentLib.training import dataset as ds
-    from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training.loop import LoopConfig, train_loop
     from HILASegmentLib.training.plan import ct_window
 

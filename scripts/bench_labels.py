@@ -54,7 +54,7 @@ from bench_simulate import _ms, shapes_folder  # noqa: E402  (one mean ± sd, on
 from HILASegmentLib.formats.weak import box_mask  # noqa: E402
 from HILASegmentLib.ground.durable import atomic_write_bytes  # noqa: E402
 from HILASegmentLib.ground.metrics import dice  # noqa: E402
-from HILASegmentLib.training import suspects as tsus  # noqa: E402
+from HILASegmentLib.training import suspectscan as tsus  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")

@@ -83,10 +83,10 @@ def run_one(config: str, train, test, modality: str, names, steps, seed: int, th
     import torch
 
     from HILASegmentLib.training import dataset as ds
-    from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training import plan as planner
-    from HILASegmentLib.training.card import Start, candidate_card
+    from HILASegmentLib.training.candidate import Start, candidate_card
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.loop import LoopConfig, train_loop
 

@@ -49,9 +49,9 @@ def untrained_dice(card: dict, data: Path, case: str) -> dict:
     import torch
 
     from HILASegmentLib.models.modelcard import ModelCard
-    from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
 
     torch.manual_seed(0)
     arch = {k: v for k, v in card["architecture"].items() if k != "parameters"}

@@ -21,7 +21,7 @@ from ..ground.errors import HilaError
 from ..ground.progress import BarProgress, JsonLinesProgress, json_line
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "pacs", "train", "simulate"]
+COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "dicomio", "train", "simulate"]
 
 
 class HilaArgumentParser(argparse.ArgumentParser):

@@ -173,7 +173,7 @@ def _infer_workspace(args, t0: float) -> int:
     from ..formats.imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
     from ..quality.learned import add_quality_features
     from ..workspace import Workspace
-    from ..workspace.room import as_int
+    from ..workspace.base import as_int
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")

@@ -1,4 +1,4 @@
-"""Read a label map from any file the project accepts: the one floor above ``imageio`` and ``segfile``.
+"""Read a label map from any file the project accepts: the one module above ``imageio`` and ``segfile``.
 
 ``imageio`` reads volumes and depends on nothing else in the package; ``segfile`` reads and writes
 Slicer .seg.nrrd files on top of it; ``read_label`` here sends each path to the right one.

@@ -1,6 +1,6 @@
 """Durable bytes on disk: fsync a file or a folder, write bytes atomically, hash a file.
 
-The lowest floor of the engine beside ``errors``: the image writers, the workspace's file store and
+The lowest layer of the engine, beside ``errors``: the image writers, the workspace's file store and
 the model-card writer all need these, and none of them should reach into another for it.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The labels room: turning what a user or a model hands in (a label map, a ``.seg.nrrd``, a
+"""The workspace's labels: turning what a user or a model hands in (a label map, a ``.seg.nrrd``, a
 ``Segmentation``) into a label map on the case's grid in workspace values, or a clear refusal."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from ..formats.segfile import Segmentation, is_seg_nrrd, read_segmentation
 from ..ground.errors import HilaError
 from ..ground.labelmatch import match_label
 from ..ground.paths import check_readable
-from .room import PathLike, Room
+from .base import PathLike, WorkspaceBase
 
 
-class Labels(Room):
+class Labels(WorkspaceBase):
     def _label_from_segmentation(self, seg: Segmentation, reference: sitk.Image, where: str) -> sitk.Image:
         """A label map in workspace values from a Segmentation, matching segments to labels by the one
         rule (:func:`labelmatch.match_label`: tag, name, terminology, alias); segments matching no label are

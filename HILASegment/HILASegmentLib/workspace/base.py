@@ -1,7 +1,7 @@
-"""What every room of the workspace stands on: the folder, its ledger, its file store, its settings,
+"""What every part of the workspace stands on: the folder, its ledger, its file store, its settings,
 the event log, and the one write pattern all stored files follow.
 
-The write pattern (:meth:`Room._store`): stage each file completely (fsync'ed, hashed) with nothing
+The write pattern (:meth:`WorkspaceBase._store`): stage each file completely (fsync'ed, hashed) with nothing
 in the ledger touched; then, inside one ``BEGIN IMMEDIATE`` transaction, allocate the version, place
 the files under never-reused names and insert the row; if anything fails before the commit, the
 placed files go back to staging; the staging folders are always removed. The commit is the moment
@@ -73,8 +73,8 @@ def copier(src: Path) -> Writer:
     return lambda path: shutil.copyfile(src, path)
 
 
-class Room:
-    """The state every room shares; :class:`~.api.Workspace` combines the rooms into one face."""
+class WorkspaceBase:
+    """The state every part shares; :class:`~.api.Workspace` combines the parts into one object."""
 
     def __init__(self, root: Path, ledger: Ledger):
         self.root = Path(root)

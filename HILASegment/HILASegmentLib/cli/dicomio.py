@@ -26,7 +26,7 @@ def register(sub, parent) -> None:
 
 def cmd_sync(args) -> int:
     from ..workspace import Workspace
-    from ..workspace.pacs import sync
+    from ..workspace.sync import sync
 
     with Workspace.open(args.workspace) as ws:
         with progress_for(args, "sync") as prog:
@@ -52,7 +52,7 @@ def export_summary(res: dict) -> str:
 def cmd_import_dicomweb(args) -> int:
     """``hila import WS --dicomweb URL --study UID [--series UID]``."""
     from ..workspace import Workspace
-    from ..workspace.pacs import pull_study
+    from ..workspace.sync import pull_study
 
     if not (args.dicomweb and args.study):
         raise HilaError("import: --dicomweb URL and --study UID go together (--series UID optional)")
@@ -68,7 +68,7 @@ def cmd_import_dicomweb(args) -> int:
 
 def export_dicomweb(ws, args, progress) -> dict:
     """``hila export WS --dicomweb URL [--case CASE...]``."""
-    from ..workspace.pacs import push
+    from ..workspace.sync import push
 
     if args.directory is not None or args.format not in (None, "seg") or args.prediction:
         raise HilaError("export --dicomweb: stores the corrections as DICOM SEG on the server; no output folder, "

@@ -18,8 +18,8 @@ from ..dicom.dicomweb import IMAGE_MODALITIES_EXCLUDED, Server, check_uid
 from ..ground.errors import HilaError
 from ..ground.paths import name_component
 from ..ground.progress import ProgressFn, null_progress
+from .base import now
 from .dicom import referenced_series_uid
-from .room import now
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Workspace

@@ -1,4 +1,4 @@
-"""The cases room: importing volumes (each distinct volume once) and finding cases by id or name."""
+"""The workspace's cases: importing volumes (each distinct volume once) and finding cases by id or name."""
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +16,9 @@ from ..ground.errors import HilaError
 from ..ground.paths import name_component
 from ..ground.progress import ProgressFn, null_progress
 from ..models.normalize import guess_modality, offset_ct_reason
+from .base import PathLike, WorkspaceBase, image_writer, now
 from .files import Staged, read_stored
 from .records import Case, dumps
-from .room import PathLike, Room, image_writer, now
 
 #: File stems that say nothing about the case; the folder's name is used instead.
 _GENERIC_NAMES = {"ct", "mr", "mri", "t2", "t2w", "image", "img", "volume", "vol", "data", "scan", "series", "dicom"}
@@ -68,7 +68,7 @@ def check_case_name(name: Optional[str]) -> Optional[str]:
 _CONTROL_OR_SEP = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-class Cases(Room):
+class Cases(WorkspaceBase):
     def _case_from_row(self, r: sqlite3.Row, existing: bool = False) -> Case:
         return Case(r["case_id"], r["name"], r["content_hash"], self.root / r["file"], r["sha256"], r["source_path"],
                     json.loads(r["grid"]), r["imported_at"], existing)

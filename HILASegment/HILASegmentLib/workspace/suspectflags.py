@@ -1,4 +1,4 @@
-"""The suspects room: flags on corrections that disagree far more than their peers (issue 13).
+"""The workspace's suspects: flags on corrections that disagree far more than their peers (issue 13).
 
 A flag names one exact correction version; it never changes or hides the correction and is itself never
 edited or deleted (ledger triggers). A newer correction of the case supersedes it: only flags on a
@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import List, Sequence, Set, Tuple
 
+from .base import WorkspaceBase, now
 from .records import dumps
-from .room import Room, now
 
 
-class Suspects(Room):
+class Suspects(WorkspaceBase):
     def flag_suspects(self, flagged: Sequence[dict], run_id=None, model_version=None) -> int:
         """Record flags for ``flagged`` (dicts with case_id, correction_version, dice, reason); returns how many."""
         n = 0
