@@ -16,8 +16,8 @@ from typing import List, NoReturn, Optional
 
 from .. import __version__
 from ..ground import envvars
-from ..ground.dependencies import missing_package_message
 from ..ground.errors import HilaError
+from ..ground.packages import missing_package_message
 from ..ground.progress import BarProgress, JsonLinesProgress, json_line
 
 # Modules (in this package) that register sub-commands, in help order.

@@ -30,8 +30,8 @@ from ..formats.imageio import (
     read_dicom_series_files,
 )
 from ..formats.segmentation import onto_lattice
-from ..ground.dependencies import missing_package_message
 from ..ground.errors import HilaError
+from ..ground.packages import missing_package_message
 from ..ground.paths import dicom_value
 
 MANUFACTURER = "HILASegment"

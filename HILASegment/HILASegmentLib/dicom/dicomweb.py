@@ -28,8 +28,8 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from ..ground import envvars
-from ..ground.dependencies import missing_package_message
 from ..ground.errors import HilaError
+from ..ground.packages import missing_package_message
 from ..ground.paths import name_component
 
 T = TypeVar("T")
