@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     """The three tiny threshold Segmenters (sigmoid, softmax, fixed-size windows) of tiny_models.py."""
     from tiny_models import tiny_model
 
-    from HILASegmentLib.inference import Segmenter  # onnxruntime: only for the tests that ask
+    from HILASegmentLib.inference.segmenter import Segmenter  # onnxruntime: only for the tests that ask
 
     d = tmp_path_factory.mktemp("models")
     return {

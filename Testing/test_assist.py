@@ -12,11 +12,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared
 
-from HILASegmentLib import assist, metrics
 from HILASegmentLib.cli import assist as cli_assist
 from HILASegmentLib.cli import main
-from HILASegmentLib.segfile import read_segmentation, write_segmentation
-from HILASegmentLib.segmentation import Segmentation
+from HILASegmentLib.formats.segfile import read_segmentation, write_segmentation
+from HILASegmentLib.formats.segmentation import Segmentation
+from HILASegmentLib.ground import metrics
+from HILASegmentLib.inference import boxassist as assist
 
 DATA = Path(__file__).resolve().parent / "Data"
 

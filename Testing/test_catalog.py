@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ROOT
 
-from HILASegmentLib import catalog
-from HILASegmentLib.modelcard import ModelCard, inspect_onnx, read_card, resolve_model
+from HILASegmentLib.models import catalog
+from HILASegmentLib.models.modelcard import ModelCard, inspect_onnx, read_card, resolve_model
 
 MODULE = ROOT / "HILASegment"
 

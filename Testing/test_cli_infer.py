@@ -14,9 +14,9 @@ import SimpleITK as sitk
 from conftest import ROOT, shared
 from tiny_models import dice, phantom, rotation, tiny_model
 
-from HILASegmentLib import terminology
 from HILASegmentLib.cli import main
-from HILASegmentLib.colors import known_color
+from HILASegmentLib.formats import terminology
+from HILASegmentLib.ground.colors import known_color
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_init_with_model(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
 
-    from HILASegmentLib import modelcard as mc
+    from HILASegmentLib.models import modelcard as mc
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, None, None, None])],

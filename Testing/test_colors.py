@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from HILASegmentLib.colors import default_color
-from HILASegmentLib.segfile import Segmentation
+from HILASegmentLib.formats.segfile import Segmentation
+from HILASegmentLib.ground.colors import default_color
 from HILASegmentLib.workspace import Workspace
 
 

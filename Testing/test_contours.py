@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from HILASegmentLib import contours
+from HILASegmentLib.dicom import contours
 
 
 def test_trace_then_fill_gives_the_mask_back():

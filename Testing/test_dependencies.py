@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from HILASegmentLib import dependencies as dep
+from HILASegmentLib.ground import dependencies as dep
 
 
 def fake_env(present, versions=None):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import shared
 
-from HILASegmentLib import dependencies
 from HILASegmentLib.cli import main
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground import dependencies
+from HILASegmentLib.ground.errors import HilaError
 
 pytest.importorskip("pydicom", reason="the optional dicom extra (pydicom) is not installed")
 
@@ -70,7 +70,7 @@ def test_dicomweb_without_its_client_names_it_and_changes_nothing(monkeypatch, c
 
 
 def test_engine_require_names_the_module_it_could_not_import(monkeypatch):
-    from HILASegmentLib import dicomref, dicomseg
+    from HILASegmentLib.dicom import dicomref, dicomseg
 
     without(monkeypatch, "highdicom")
     with pytest.raises(HilaError, match=r"^DICOM SEG: the Python package highdicom is needed"):
@@ -89,7 +89,7 @@ def test_missing_package_message_covers_the_extras_only():
 
 
 def test_an_import_error_of_a_non_optional_module_still_raises(monkeypatch):
-    import HILASegmentLib.cli.pacs as pacs_cli
+    import HILASegmentLib.cli.dicomio as pacs_cli
 
     def broken(args):
         import hila_no_such_module  # noqa: F401

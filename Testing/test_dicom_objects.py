@@ -36,7 +36,7 @@ def manual():
 
 @pytest.fixture(scope="module")
 def series(ct_dir):
-    from HILASegmentLib import dicomref
+    from HILASegmentLib.dicom import dicomref
 
     return dicomref.read_series(ct_dir)
 
@@ -150,7 +150,7 @@ def test_label_to_rtstruct_round_trip(tmp_path, ct_dir, manual, series):
 
 
 def test_prediction_provenance(tmp_path, series):
-    from HILASegmentLib import dicomref, dicomseg
+    from HILASegmentLib.dicom import dicomref, dicomseg
 
     label = sitk.Image(series.image.GetSize(), sitk.sitkUInt8)
     label.CopyInformation(series.image)
@@ -213,7 +213,7 @@ def test_dicom_output_needs_format_and_reference(tmp_path, ct_dir):
 def test_seg_codes_come_from_the_one_terminology_table(tmp_path, ct_dir):
     """The DICOM SEG's property category/type/modifier are the codes the .seg.nrrd TerminologyEntry carries
     (terminology.TERMS), femoral heads with their laterality, a name the table lacks under the local 99HILA code."""
-    from HILASegmentLib import terminology
+    from HILASegmentLib.formats import terminology
 
     out = tmp_path / "seg.dcm"
     label_file = shared("pelvic_ct", "Pelvic-Ref002", "labels_manual.nii.gz")

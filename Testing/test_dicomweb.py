@@ -29,8 +29,8 @@ if not orthanc_binary() or not dicomweb_plugin():
     pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)",
                 allow_module_level=True)
 
-from HILASegmentLib.dicomweb import Server  # noqa: E402
-from HILASegmentLib.imageio import read_image  # noqa: E402
+from HILASegmentLib.dicom.dicomweb import Server  # noqa: E402
+from HILASegmentLib.formats.imageio import read_image  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 HILA = ROOT / ".venv" / "bin" / "hila"
@@ -241,7 +241,7 @@ def test_uids_that_are_paths_never_name_a_file_from_a_real_orthanc(pacs, tmp_pat
     workspace unchanged (Testing/test_trust_names.py does the same against a hostile server that always sends it)."""
     import warnings
 
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
 
     url = pacs[0]
     trap = tmp_path / "trap"

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
-from HILASegmentLib import imageio, labelio, segfile
+from HILASegmentLib.formats import imageio, labelio, segfile
 
 TOL = 1e-6
 

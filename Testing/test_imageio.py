@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import FIXTURES, shared
 
-from HILASegmentLib import imageio, labelio
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.formats import imageio, labelio
+from HILASegmentLib.ground.errors import HilaError
 
 CT = FIXTURES / "pelvic_ct_small.nrrd"
 CT_LABELS = FIXTURES / "pelvic_ct_small_labels.nii.gz"

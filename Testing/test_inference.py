@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from tiny_models import dice, phantom, rotation, threshold_onnx, tiny_card, tiny_model
 
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.inference import TAG_CHECKSUM, TAG_MODEL, TAG_VERSION, Segmenter
-from HILASegmentLib.modelcard import write_card
-from HILASegmentLib.modelgrid import model_grid
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.inference.segmenter import TAG_CHECKSUM, TAG_MODEL, TAG_VERSION, Segmenter
+from HILASegmentLib.models.modelcard import write_card
+from HILASegmentLib.models.modelgrid import model_grid
 
 ORIENTATIONS = {
     "identity": np.eye(3),
@@ -94,7 +94,7 @@ def test_tta(models):
 def test_segmentation_has_names_colours_and_provenance(models, tmp_path):
     import slicerio
 
-    from HILASegmentLib.segfile import write_segmentation
+    from HILASegmentLib.formats.segfile import write_segmentation
 
     img, _ = phantom((40, 40, 12), (1.0, 1.0, 2.5), ORIENTATIONS["oblique_35_3axes"])
     res = models["sigmoid"].segment(img)
@@ -241,6 +241,6 @@ def test_real_ct_is_refused_by_an_mr_model(models):
         models["sigmoid"].segment(ct, where="ct.nii.gz")
     assert "is for MR" in one_line(e) and "CT" in one_line(e)
     mr = sitk.ReadImage(str(shared("prostate_mri", "ProstateX-0218_t2_s5.nrrd")))
-    from HILASegmentLib.normalize import guess_modality
+    from HILASegmentLib.models.normalize import guess_modality
 
     assert guess_modality(sitk.GetArrayFromImage(mr)) == "MR"

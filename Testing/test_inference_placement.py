@@ -16,10 +16,10 @@ import SimpleITK as sitk
 from test_inference import ORIENTATIONS
 from tiny_models import phantom, tiny_card
 
-from HILASegmentLib.inference import Segmenter
-from HILASegmentLib.modelcard import write_card
-from HILASegmentLib.normalize import normalize
-from HILASegmentLib.windows import gaussian_importance, symmetric_padding, window_slices
+from HILASegmentLib.inference.segmenter import Segmenter
+from HILASegmentLib.inference.windows import gaussian_importance, symmetric_padding, window_slices
+from HILASegmentLib.models.modelcard import write_card
+from HILASegmentLib.models.normalize import normalize
 
 PATCH = (16, 16, 8)
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from HILASegmentLib.labelmatch import match_label, missing_labels, terminology_name
+from HILASegmentLib.ground.labelmatch import match_label, missing_labels, terminology_name
 
 LABELS = [("prostate", 1), ("bladder", 2), ("rectum", 3)]
 
@@ -36,7 +36,7 @@ def test_terminology_tag_from_real_seg_nrrd():
 
 
 def test_the_review_segment_matches_no_label_even_when_named_like_one():
-    from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG, match_label, missing_labels
+    from HILASegmentLib.ground.labelmatch import REVIEW_NAME, REVIEW_TAG, match_label, missing_labels
     labels = [("prostate", 1), (REVIEW_NAME, 2)]
     assert match_label(REVIEW_NAME, {REVIEW_TAG: "1"}, labels) is None
     assert match_label("prostate", {REVIEW_TAG: "1", "hila_label": "1"}, labels) is None

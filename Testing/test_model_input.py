@@ -12,9 +12,9 @@ import SimpleITK as sitk
 from conftest import FIXTURES
 from tiny_models import tiny_model
 
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.inference import Segmenter
-from HILASegmentLib.modelgrid import extract
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.inference.segmenter import Segmenter
+from HILASegmentLib.models.modelgrid import extract
 
 ds = pytest.importorskip("HILASegmentLib.training.dataset", reason="could not import 'torch'")
 

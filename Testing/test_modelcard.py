@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from tiny_models import threshold_onnx, tiny_card, tiny_model
 
-from HILASegmentLib import modelcard as mc
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.modelcard import ModelCard, read_card, resolve_model, write_card
-from HILASegmentLib.windows import gaussian_importance, gaussian_smooth, window_slices
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.inference.windows import gaussian_importance, gaussian_smooth, window_slices
+from HILASegmentLib.models import modelcard as mc
+from HILASegmentLib.models.modelcard import ModelCard, read_card, resolve_model, write_card
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -201,7 +201,7 @@ def test_window_placement_matches_monai():
 
 def test_normalization_schemes_are_one_registry(monkeypatch):
     """A scheme added to normalize.NORMALIZATIONS is known to both the card validation and normalize."""
-    from HILASegmentLib import normalize as nz
+    from HILASegmentLib.models import normalize as nz
 
     d = json.loads(tiny_card().to_json())
     d["normalization"] = {"kind": "minmax"}

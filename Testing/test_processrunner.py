@@ -378,7 +378,7 @@ def test_sequence_runner_runs_in_order_stops_at_the_first_failure_and_cancels(tm
 def test_json_progress_thins_a_run_of_steps_but_writes_every_new_phase():
     import io
 
-    from HILASegmentLib.progress import JsonLinesProgress
+    from HILASegmentLib.ground.progress import JsonLinesProgress
 
     out = io.StringIO()
     prog = JsonLinesProgress(out, min_interval=60.0)  # nothing of one kind twice within a minute

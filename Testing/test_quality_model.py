@@ -13,10 +13,10 @@ import SimpleITK as sitk
 from conftest import shared
 
 from HILASegmentLib.cli import main
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.metrics import dice
-from HILASegmentLib.qualitymodel import FEATURES, MIN_PAIRS, QualityModel, fit_quality_model, prediction_features
-from HILASegmentLib.summary import PredictionSummary
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.ground.metrics import dice
+from HILASegmentLib.inference.summary import PredictionSummary
+from HILASegmentLib.quality.learned import FEATURES, MIN_PAIRS, QualityModel, fit_quality_model, prediction_features
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
 
@@ -166,7 +166,7 @@ def test_rank_by_quality_uncertainty_random_and_review_budget(ct_ws, capsys):
 
 
 def test_rank_orders_by_predicted_dice_and_the_budget_takes_the_worst():
-    from HILASegmentLib.quality import rank_cases, review_budget
+    from HILASegmentLib.quality.ranking import rank_cases, review_budget
     dices = {"a": 0.9, "b": 0.5, "c": 0.7, "d": 0.8}
     cases = [{"case_id": k, "predicted": True, "uncertainty": PredictionSummary(predicted_dice=v,
              mean_uncertainty=1 - v if k != "d" else 0.9).to_dict()} for k, v in dices.items()]

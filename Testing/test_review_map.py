@@ -2,8 +2,9 @@
 import numpy as np
 import SimpleITK as sitk
 
-from HILASegmentLib.quality import REVIEW_TAG, add_review_segment, error_probability, review_region
-from HILASegmentLib.segfile import Segmentation
+from HILASegmentLib.formats.segfile import Segmentation
+from HILASegmentLib.ground.labelmatch import REVIEW_TAG
+from HILASegmentLib.inference.errormap import add_review_segment, error_probability, review_region
 
 
 def test_error_probability_softmax_is_one_minus_chosen_and_soft_dice():
@@ -39,9 +40,9 @@ def test_a_prediction_without_a_review_map_asked_for_one_is_refused_nothing_writ
     from conftest import shared
 
     from HILASegmentLib.cli.infer import sitk_review
-    from HILASegmentLib.errors import HilaError
-    from HILASegmentLib.inference import Segmenter
-    from HILASegmentLib.segfile import write_segmentation
+    from HILASegmentLib.formats.segfile import write_segmentation
+    from HILASegmentLib.ground.errors import HilaError
+    from HILASegmentLib.inference.segmenter import Segmenter
 
     image = sitk.ReadImage(str(shared("pelvic_ct", "Pelvic-Ref005", "ct.nii.gz")))
     res = Segmenter("pelvic_ct_unet").segment(image)

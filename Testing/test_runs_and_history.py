@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_one_training_run_at_a_time_and_a_killed_holder_is_recovered(tiny_ws):
 
 def test_card_names_the_version_the_registry_assigned(tiny_ws, tmp_path):
     """A model added while the candidate is being validated takes the version the trainer expected."""
-    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.models.modelcard import read_card
     from HILASegmentLib.training.run import TrainOptions, train_workspace
 
     ws = tiny_ws

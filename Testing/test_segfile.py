@@ -10,11 +10,11 @@ import SimpleITK as sitk
 import slicerio
 from conftest import FIXTURES, SHARED_DATA
 
-from HILASegmentLib import imageio, labelio, segfile, terminology
 from HILASegmentLib.cli.convert import parse_names
-from HILASegmentLib.colors import known_color
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.segfile import Segmentation
+from HILASegmentLib.formats import imageio, labelio, segfile, terminology
+from HILASegmentLib.formats.segfile import Segmentation
+from HILASegmentLib.ground.colors import known_color
+from HILASegmentLib.ground.errors import HilaError
 
 SLICER_FILES = ["Segmentation.seg.nrrd", "SegmentationOverlapping.seg.nrrd"]
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.simulate import radiologist as rad
 from HILASegmentLib.simulate import synthesis
 
@@ -273,8 +273,8 @@ def test_resume_after_sigkill_mid_round_gives_the_same_rounds(tmp_path):
 def test_uncertainty_strategy_reads_the_prediction_summary_most_uncertain_first():
     from types import SimpleNamespace
 
+    from HILASegmentLib.inference.summary import PredictionSummary
     from HILASegmentLib.simulate.strategies import STRATEGIES
-    from HILASegmentLib.summary import PredictionSummary
 
     unc = {"a": 0.1, "b": 0.7, "c": 0.4}
     ctx = SimpleNamespace(has_model=lambda: True, predict=lambda n: SimpleNamespace(
@@ -285,9 +285,9 @@ def test_uncertainty_strategy_reads_the_prediction_summary_most_uncertain_first(
 def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_version():
     from types import SimpleNamespace
 
-    from HILASegmentLib.qualitymodel import FEATURES, fit_quality_model
+    from HILASegmentLib.inference.summary import PredictionSummary
+    from HILASegmentLib.quality.learned import FEATURES, fit_quality_model
     from HILASegmentLib.simulate.strategies import STRATEGIES
-    from HILASegmentLib.summary import PredictionSummary
 
     soft = {"a": 0.9, "b": 0.6, "c": 0.75}
     err = {"a": 0.9, "b": 0.1, "c": 0.5}  # the learned model reads this feature, the soft Dice does not
@@ -356,7 +356,7 @@ def test_ignore_band_reaches_the_trainer_and_a_changed_choice_does_not_resume(tm
     """``simulate --ignore-band`` is hila train's quality-aware loss: every degraded submission is marked rough
     and the round's model card records the band; without it the card records none. A rerun of the same RUN
     with the other choice is another config and is refused, nothing touched."""
-    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.models.modelcard import read_card
     from HILASegmentLib.workspace import Workspace
 
     args = _tiny_args(tmp_path)
@@ -380,7 +380,7 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     """The gate refuses a first candidate that segments nothing (no model is current). The simulation must not
     crash: that round scores Dice 0 (nothing is segmented), and the next round's cases are drawn from scratch
     (no proposal to correct) and trained from scratch."""
-    from HILASegmentLib.simulate.run import SimConfig, Simulation, prepare
+    from HILASegmentLib.simulate.simulation import SimConfig, Simulation, prepare
 
     args = _tiny_args(tmp_path)
     cfg = SimConfig(out=str(tmp_path / "run"), synthetic=args[args.index("--synthetic") + 1], labels="prostate=1+2", test=1, initial=2,
@@ -414,7 +414,7 @@ def test_train_budget_effort_gives_each_round_the_effort_it_measured(tmp_path):
     """``--train-budget effort:F``: each round trains for F x the seconds the simulated radiologist spent on
     that round's cases (not --train-minutes): recorded per round, used as the loop's budget, named in summary.json.
     A malformed budget is refused before anything is written."""
-    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.models.modelcard import read_card
     from HILASegmentLib.workspace import Workspace
 
     args = [a for a in _tiny_args(tmp_path)]

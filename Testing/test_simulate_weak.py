@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared
 
-from HILASegmentLib import metrics, weak
+from HILASegmentLib.formats import weak
+from HILASegmentLib.ground import metrics
 from HILASegmentLib.simulate import radiologist as rad
 
 PAIRS = [(1, "prostate"), (2, "bladder"), (3, "rectum")]

@@ -122,7 +122,7 @@ def test_options_the_glue_passes_exist_in_the_cli(command, function):
 
 
 def test_tiny_model_is_rebuilt_by_its_script_and_is_a_few_kb(tmp_path):
-    from HILASegmentLib.modelcard import read_card
+    from HILASegmentLib.models.modelcard import read_card
     assert TINY.stat().st_size < 10_000
     out = tmp_path / "tiny.onnx"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_model.py"), "--out", str(out)],

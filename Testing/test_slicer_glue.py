@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.workspace import Workspace
 from HILASegmentSlicerLib import cases, mrmlgeometry, panelstate, segments
 from HILASegmentSlicerLib.jobs import Job, JobBoard, JobError
@@ -384,7 +384,7 @@ def test_ai_segments_carry_the_workspace_value_not_the_models(two_cases):
 def test_a_new_workspace_gets_the_modalitys_starter_unless_the_user_picks_another(monkeypatch, tmp_path):
     assert cases.workspace_model("CT")[0] == "pelvic_ct_unet"
     assert cases.workspace_model("CT", "taps")[0] == "pelvic_ct_unet"  # an MR model does not start a CT workspace
-    from HILASegmentLib import catalog
+    from HILASegmentLib.models import catalog
     model, note = cases.workspace_model("MR")
     assert (model == "taps") == catalog.get("taps").available and "taps" in note
     monkeypatch.setenv("HILA_MODELS_DIR", str(tmp_path))
@@ -416,7 +416,7 @@ def test_a_case_of_another_workspace_is_refused_at_accept(two_cases, tmp_path):
 def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     from types import SimpleNamespace
 
-    from HILASegmentLib import dependencies
+    from HILASegmentLib.ground import dependencies
     from HILASegmentSlicerLib import installs
     from HILASegmentSlicerLib.processrunner import SequenceRunner
     find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
@@ -453,10 +453,10 @@ def test_the_review_segment_is_an_outline_of_its_own_never_anatomy_at_accept(two
     hila_<value>, the review region to hila_review drawn as an outline; Accept submits the anatomy only."""
     from tiny_models import tiny_model
 
-    from HILASegmentLib.colors import REVIEW_COLOR, known_color
-    from HILASegmentLib.inference import Segmenter
-    from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
-    from HILASegmentLib.segfile import read_segmentation, write_segmentation
+    from HILASegmentLib.formats.segfile import read_segmentation, write_segmentation
+    from HILASegmentLib.ground.colors import REVIEW_COLOR, known_color
+    from HILASegmentLib.ground.labelmatch import REVIEW_NAME, REVIEW_TAG
+    from HILASegmentLib.inference.segmenter import Segmenter
 
     ws, scene, (volA, _) = two_cases
     model = tiny_model(tmp_path)

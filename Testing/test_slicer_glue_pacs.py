@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from HILASegmentLib.cli import build_parser
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.workspace import Workspace
 from HILASegmentSlicerLib import pacs, panelstate, segments
 from HILASegmentSlicerLib.jobs import JobBoard, JobError

@@ -103,7 +103,7 @@ def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking
 
 
 def test_model_for_segment(ws, tmp_path):
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
     from HILASegmentLib.workspace import Workspace
     path, version = panels.model_for(ws)
     assert version == 1 and Path(path).exists()
@@ -125,7 +125,7 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
     """
     import sys
 
-    from HILASegmentLib.imageio import write_image
+    from HILASegmentLib.formats.imageio import write_image
     from HILASegmentLib.workspace import Workspace
     from HILASegmentSlicerLib.mrmlgeometry import array_to_image
     from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command

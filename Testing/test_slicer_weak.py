@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 from ws_worker import state
 
-from HILASegmentLib import metrics
 from HILASegmentLib.cli import main
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground import metrics
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentSlicerLib import cases, marks, panels, segments
 
 DATA = Path(__file__).resolve().parent / "Data"

@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import ROOT, shared
 
-from HILASegmentLib import terminology
-from HILASegmentLib.colors import label_color
-from HILASegmentLib.imageio import read_image, same_grid
-from HILASegmentLib.modelcard import resolve_model
-from HILASegmentLib.segfile import read_segmentation
+from HILASegmentLib.formats import terminology
+from HILASegmentLib.formats.imageio import read_image, same_grid
+from HILASegmentLib.formats.segfile import read_segmentation
+from HILASegmentLib.ground.colors import label_color
+from HILASegmentLib.models.modelcard import resolve_model
 
 MODELS = ROOT / "HILASegment" / "HILASegmentLib" / "models"
 ORGANS = {1: "prostate", 2: "bladder", 3: "rectum"}

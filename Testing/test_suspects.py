@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import shared
 
 from HILASegmentLib.cli import main
-from HILASegmentLib.suspects import find_suspects
+from HILASegmentLib.quality.suspectrule import find_suspects
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
 
@@ -99,7 +99,7 @@ def test_suspect_weight_down_in_training(tmp_path):
 def test_real_ct_bad_mbs_contours_flagged_by_an_unseen_model(tmp_path, capsys):
     """Pelvic-Ref003's MBS contours (Dice 0.24 / 0.57 / 0.42 against manual) among manual ones: the
     CT starter, as the parent model, flags that correction and no other."""
-    from HILASegmentLib.training import suspects as tsus
+    from HILASegmentLib.training import suspectscan as tsus
     from HILASegmentLib.workspace import Workspace
 
     ws_dir = tmp_path / "ws"

@@ -24,7 +24,7 @@ pytest.importorskip("monai")
 
 from tiny_models import synthetic_ct, synthetic_workspace  # noqa: E402
 
-from HILASegmentLib.errors import HilaError  # noqa: E402
+from HILASegmentLib.ground.errors import HilaError  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 TINY = ["--patch", "32,32,16", "--spacing", "3,3,3", "--channels", "8,16,32,64", "--threads", "1"]

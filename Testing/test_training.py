@@ -27,8 +27,8 @@ pytest.importorskip("monai")
 
 from tiny_models import synthetic_workspace  # noqa: E402
 
-from HILASegmentLib.errors import CancelledError, HilaError  # noqa: E402
-from HILASegmentLib.modelcard import read_card  # noqa: E402
+from HILASegmentLib.ground.errors import CancelledError, HilaError  # noqa: E402
+from HILASegmentLib.models.modelcard import read_card  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 TINY = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64], steps=3, max_minutes=5,
@@ -129,8 +129,8 @@ def test_round_trip_train_export_parity_register_promote_rollback(tiny_ws):
 def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
     """v1 trains on two corrections; three new ones arrive. The candidate trains on the two plus one new,
     and both models are scored by the inference engine on the other two new ones (seen by neither)."""
-    from HILASegmentLib.inference import Segmenter
-    from HILASegmentLib.metrics import dice
+    from HILASegmentLib.ground.metrics import dice
+    from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentLib.training.run import train_workspace
 
     ws, ids, labels = synthetic_workspace(tmp_path, range(10, 15), corrected=2)
@@ -311,13 +311,13 @@ def test_sigterm_cancels_cleanly(tiny_ws):
 # ------------------------------------------------------------------------------------------------ onnx import
 
 def test_onnx2torch_import_matches_onnx(tmp_path):
-    from HILASegmentLib.training import export, network
+    from HILASegmentLib.training import network, onnxexport
 
     arch = network.default_architecture("CT", 2)
     arch["channels"] = [8, 16, 32]
     arch["strides"] = [2, 2]
     net = network.build_network(arch)
-    onnx_path = export.export_onnx(net, tmp_path / "m.onnx", [32, 32, 16])
+    onnx_path = onnxexport.export_onnx(net, tmp_path / "m.onnx", [32, 32, 16])
     conv = network.convert_onnx(onnx_path)
     diff = network.check_conversion(conv, onnx_path, shape=(1, 1, 32, 32, 16))
     assert diff < 1e-3

@@ -18,10 +18,10 @@ from conftest import shared
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from HILASegmentLib.imageio import read_image  # noqa: E402
-from HILASegmentLib.inference import Segmenter  # noqa: E402
-from HILASegmentLib.labelio import read_label  # noqa: E402
-from HILASegmentLib.metrics import dice  # noqa: E402
+from HILASegmentLib.formats.imageio import read_image  # noqa: E402
+from HILASegmentLib.formats.labelio import read_label  # noqa: E402
+from HILASegmentLib.ground.metrics import dice  # noqa: E402
+from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
 from HILASegmentLib.training.run import TrainOptions, train_workspace  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 

@@ -241,7 +241,7 @@ def test_gantry_tilt_is_read_as_the_sheared_grid_it_is(tmp_path, capsys):
 
 def test_an_untouched_series_reads_as_before(tmp_path):
     """The checks change nothing for a good series: same grid as ITK's own, every slice in place."""
-    from HILASegmentLib import imageio
+    from HILASegmentLib.formats import imageio
 
     folder = write(tmp_path / "ct", ct())
     img = imageio.read_image(folder)

@@ -154,7 +154,8 @@ def test_g03_g04_overlapping_seg_keeps_every_segment_or_is_refused(made, tmp_pat
     """An overlapping BINARY SEG: the label map lost the prostate under the bladder, and submit recorded a
     reviewed correction with an empty prostate. Now: a .seg.nrrd keeps both whole (layers); a label map and a
     reviewed correction are refused naming the two segments."""
-    from HILASegmentLib import dicomref, segfile
+    from HILASegmentLib.dicom import dicomref
+    from HILASegmentLib.formats import segfile
 
     assert run(capsys, "convert", made["overlap"], tmp_path / "x.seg.nrrd", "--reference", made["ct"])[0] == 0
     seg = segfile.read_segmentation(tmp_path / "x.seg.nrrd")

@@ -204,7 +204,7 @@ def test_m04_a_model_whose_output_is_not_finite_is_one_line(tmp_path, capsys):
     pytest.importorskip("onnx")
     from tiny_models import threshold_onnx, tiny_card
 
-    from HILASegmentLib.modelcard import write_card
+    from HILASegmentLib.models.modelcard import write_card
 
     model = threshold_onnx(tmp_path / "m_nan.onnx", gain=float("nan"))
     write_card(model, tiny_card())
@@ -217,7 +217,7 @@ def test_e07_a_model_imposter_under_a_catalog_name_is_refused(tmp_path, capsys, 
     pytest.importorskip("onnx")
     from tiny_models import threshold_onnx, tiny_card
 
-    from HILASegmentLib.modelcard import write_card
+    from HILASegmentLib.models.modelcard import write_card
 
     (tmp_path / "models").mkdir()
     model = threshold_onnx(tmp_path / "models" / "pelvic_ct_unet.onnx")
@@ -254,7 +254,7 @@ def test_r11b_a_ct_without_its_rescale_is_named_in_an_mr_and_a_ct_workspace(ctws
 def test_r11b_real_mr_volumes_are_not_taken_for_an_offset_ct():
     from conftest import shared
 
-    from HILASegmentLib.normalize import offset_ct_reason
+    from HILASegmentLib.models.normalize import offset_ct_reason
 
     folder = shared("prostate_mri")
     vols = sorted(Path(folder).glob("*_t2_*.nrrd"))

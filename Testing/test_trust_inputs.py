@@ -21,10 +21,10 @@ from conftest import shared
 from tiny_models import phantom, rotation, tiny_model
 from ws_worker import make_label, make_volume, state
 
-from HILASegmentLib import gridcheck
 from HILASegmentLib.cli import argtypes, build_parser, main
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.paths import check_readable
+from HILASegmentLib.formats import gridcheck
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.ground.paths import check_readable
 
 SHEAR = (1, 0.3, 0, 0, 0.954, 0, 0, 0, 1)  # axes 1 and 2 at 72.5 degrees
 
@@ -140,7 +140,7 @@ def test_sheared_grid_is_refused_for_nifti_and_kept_exactly_elsewhere(files, tmp
 def test_any_writer_refuses_a_grid_its_format_would_move(tmp_path, monkeypatch):
     """Behind every write_image: the sheared-grid rule, and a read-back of the written header whose corners must
     match (here a format that drops the origin, simulated); nothing is left at the target either way."""
-    from HILASegmentLib import imageio
+    from HILASegmentLib.formats import imageio
 
     img = sitk.Image([5, 6, 7], sitk.sitkUInt8)
     img.SetDirection(SHEAR)
@@ -190,7 +190,7 @@ def test_dicom_series_with_a_gap_is_refused_naming_it(tmp_path, capsys, damage, 
 
 
 def test_a_whole_dicom_series_still_reads_on_its_grid(tmp_path):
-    from HILASegmentLib.imageio import read_image
+    from HILASegmentLib.formats.imageio import read_image
 
     series = shared("prostate_mri", "dicom", "ProstateX-0000_t2")
     img = read_image(series)
@@ -316,7 +316,7 @@ def test_label_names_must_be_ascii_and_the_message_says_so(tmp_path, capsys):
 def test_a_model_grid_too_fine_for_the_image_is_one_line_not_an_allocation_failure(files, tmp_path, capsys):
     from tiny_models import tiny_model
 
-    from HILASegmentLib.modelgrid import MAX_GRID_VOXELS, model_grid
+    from HILASegmentLib.models.modelgrid import MAX_GRID_VOXELS, model_grid
 
     img = sitk.ReadImage(str(files["image"]))
     with pytest.raises(HilaError, match="far beyond what fits in memory"):

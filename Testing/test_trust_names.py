@@ -22,7 +22,7 @@ from conftest import shared
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.cli import main
-from HILASegmentLib.paths import dicom_value, name_component
+from HILASegmentLib.ground.paths import dicom_value, name_component
 
 HOSTILE_NAMES = ["../../evil", "/etc/passwd", "..", ".", "", "a/b\\c", ".hidden", "x\r\ny", "\x00", "é" * 300,
                  "../" * 40 + "tmp/PWNED", "C:\\Windows\\x", "~/x", "-rf", "con"]
@@ -150,9 +150,9 @@ def test_pacs_uids_that_are_paths_never_name_a_file(mr_datasets, tmp_path, capsy
 
 def test_a_hostile_uid_from_a_listing_is_left_out_not_fetched(mr_datasets, tmp_path):
     """sync/pull: an instance listed with a path for a UID is never fetched and never names a file."""
-    from HILASegmentLib.dicomweb import check_uid
-    from HILASegmentLib.errors import HilaError
-    from HILASegmentLib.workspace.pacs import _pull_objects
+    from HILASegmentLib.dicom.dicomweb import check_uid
+    from HILASegmentLib.ground.errors import HilaError
+    from HILASegmentLib.workspace.sync import _pull_objects
 
     class Listing:
         url = "http://127.0.0.1:1/dicom-web"
@@ -203,14 +203,14 @@ def test_a_case_name_that_is_a_path_is_refused(ct_ws, capsys):
 
 def test_export_writes_only_inside_out_whatever_the_ledger_names_a_case(ct_ws, tmp_path, capsys, monkeypatch):
     """A01 (export): a ledger that already holds '../../evil' (an older hila accepted it) exports inside OUT."""
-    from HILASegmentLib.workspace import cases
+    from HILASegmentLib.workspace import casestore
 
     ws, vol = ct_ws
     (tmp_path / "in2").mkdir()
     vol2 = tmp_path / "in2" / "ct.nrrd"
     make_volume(vol2, seed=3)
     with monkeypatch.context() as m:
-        m.setattr(cases, "check_case_name", lambda name: name)  # as an older hila did
+        m.setattr(casestore, "check_case_name", lambda name: name)  # as an older hila did
         assert main(["import", str(ws), str(vol), "--name", "../../evil"]) == 0
         assert main(["import", str(ws), str(vol2), "--name", "../../../evil"]) == 0  # the same once made safe
     for cid, v in (("c0001", vol), ("c0002", vol2)):

@@ -18,9 +18,9 @@ from conftest import ROOT
 from tiny_models import synthetic_workspace
 from ws_worker import make_volume, state
 
-from HILASegmentLib import envvars
 from HILASegmentLib.cli import argtypes, main
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground import envvars
+from HILASegmentLib.ground.errors import HilaError
 
 HUGE = "9" * 360
 

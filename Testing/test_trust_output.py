@@ -23,8 +23,8 @@ from tiny_models import tiny_model
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.cli import emit, main
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.progress import JsonLinesProgress
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.ground.progress import JsonLinesProgress
 
 
 def strict(line: str):
@@ -95,7 +95,7 @@ def test_a_closed_stdout_ends_quietly(ws, args):
 
 def _unwritable_ro(tmp_path, monkeypatch) -> None:
     """Every image written under ``tmp_path/ro`` fails as a read-only folder would (hila writes through imageio)."""
-    from HILASegmentLib import imageio
+    from HILASegmentLib.formats import imageio
 
     real = imageio.write_image
 

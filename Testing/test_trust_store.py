@@ -296,7 +296,7 @@ def test_w21_export_onto_a_full_disk_says_the_disk_is_full(ws, tmp_path, capsys,
         assert _rcs(out) == [2, 2, 2] and out.lower().count("no space left") == 3 and "Traceback" not in out, out
         assert p.stdout.strip().splitlines()[-1] == "fill", out
         return
-    from HILASegmentLib import imageio
+    from HILASegmentLib.formats import imageio
 
     def full(img, path, *a):
         raise RuntimeError(f"Unable to determine ImageIO reader for \"{path}\"")

@@ -160,7 +160,7 @@ def test_export_of_a_truncated_store_file_is_one_line_and_writes_nothing(ctws, t
 
 
 def test_export_keeps_a_sheared_case_exactly(tmp_path, capsys):
-    from HILASegmentLib.gridcheck import image_corners
+    from HILASegmentLib.formats.gridcheck import image_corners
 
     ws = tmp_path / "ws"
     assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate")[0] == 0

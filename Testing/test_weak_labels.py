@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from conftest import shared
 from ws_worker import state
 
-from HILASegmentLib import metrics, weak
 from HILASegmentLib.cli import main
+from HILASegmentLib.formats import weak
+from HILASegmentLib.ground import metrics
 
 DATA = Path(__file__).resolve().parent / "Data"
 
@@ -99,7 +100,7 @@ def test_bad_marks_change_nothing(small, capsys):
 
 
 def test_submit_marks_several_labels_smaller_keeps_overlap_and_bad_marks_change_nothing(small):
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
     from HILASegmentLib.workspace import Workspace
 
     ws_dir, case, lab = small
@@ -167,7 +168,7 @@ def test_empty_marks_after_a_weak_label_and_a_concurrent_submit_change_nothing(s
     import subprocess
     import sys
 
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
     from HILASegmentLib.workspace import Workspace
 
     ws_dir, case, lab = small

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from ws_worker import make_label, make_volume, state
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.workspace import SCHEMA_VERSION, Workspace
 
 LABELS = ["prostate", "bladder", "rectum"]
@@ -247,7 +247,7 @@ def test_effort_against_prediction(ws, case, vol):
 
 
 def test_submit_seg_nrrd_matched_by_name(ws, case, vol, tmp_path):
-    from HILASegmentLib import segfile
+    from HILASegmentLib.formats import segfile
 
     arr = np.zeros(sitk.GetArrayViewFromImage(vol[1]).shape, np.uint8)
     arr[6:14, 8:20, 8:20] = 1   # will be named "Rectum"
@@ -499,7 +499,7 @@ def test_status_and_rank(ws, vol, tmp_path):
 
 
 def test_export(ws, vol, tmp_path):
-    from HILASegmentLib import segfile
+    from HILASegmentLib.formats import segfile
 
     c = ws.import_volume(vol[0])
     make_volume(tmp_path / "b.nrrd", seed=5)

@@ -1,9 +1,10 @@
-"""quality.py: the effort signal (Dice per label, voxels changed) and the review ranking."""
+"""quality/effort.py and quality/ranking.py: the effort signal (Dice per label, voxels changed) and the review ranking."""
 import numpy as np
 import pytest
 
-from HILASegmentLib import quality as q
-from HILASegmentLib.summary import PredictionSummary
+from HILASegmentLib.inference.summary import PredictionSummary
+from HILASegmentLib.quality import effort as q
+from HILASegmentLib.quality import ranking
 
 PAIRS = [(1, "prostate"), (2, "bladder")]
 
@@ -37,7 +38,7 @@ def test_dice_and_label_change():
     (PredictionSummary.from_dict({"expected_dice": 0.8, "entropy": 0.5}), None),
 ])
 def test_review_need(summary, need):
-    assert q.review_need(summary) == need
+    assert ranking.review_need(summary) == need
 
 
 def test_summary_round_trip_keeps_named_and_unknown_keys():
@@ -53,6 +54,6 @@ def test_rank_order():
     cases = [{"case_id": "a", "predicted": False}, {"case_id": "b", "predicted": True, "uncertainty": {"mean_uncertainty": 0.1}},
              {"case_id": "c", "predicted": True, "uncertainty": None}, {"case_id": "d", "predicted": True,
                                                                          "uncertainty": {"mean_uncertainty": 0.7}}]
-    ranked = q.rank_cases(cases)
+    ranked = ranking.rank_cases(cases)
     assert [r["case_id"] for r in ranked] == ["d", "b", "c", "a"]
     assert [r["rank"] for r in ranked] == [1, 2, 3, 4] and ranked[0]["review_need"] == 0.7

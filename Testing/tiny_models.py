@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from HILASegmentLib.modelcard import LabelInfo, ModelCard, write_card
+from HILASegmentLib.models.modelcard import LabelInfo, ModelCard, write_card
 
 
 def threshold_onnx(path: Path, activation: str = "sigmoid", level: float = 1.5, gain: float = 4.0,
@@ -65,7 +65,7 @@ def tiny_model(folder: Path, activation: str = "sigmoid", name: str = "tiny.onnx
     else:
         import dataclasses
 
-        from HILASegmentLib.modelcard import onnx_checksum
+        from HILASegmentLib.models.modelcard import onnx_checksum
 
         card = dataclasses.replace(card, checksum=onnx_checksum(path))
         (Path(folder) / (name[:-5] + ".card.json")).write_text(card.to_json(indent=1), encoding="utf-8")

@@ -107,8 +107,8 @@ def submit_loop(ws_path, case, label_file, count, quality, out):
 
 
 def forkserver(ws_path, case, label_file, quality):
-    import HILASegmentLib.imageio  # noqa: F401  (what a submission imports lazily, imported once here)
-    import HILASegmentLib.segfile  # noqa: F401
+    import HILASegmentLib.formats.imageio  # noqa: F401  (what a submission imports lazily, imported once here)
+    import HILASegmentLib.formats.segfile  # noqa: F401
     print("READY", flush=True)
     for line in sys.stdin:
         cmd, arg = line.split()

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HILASegment"))
 
-from HILASegmentLib import assist, weak  # noqa: E402
+from HILASegmentLib.formats import weak
+from HILASegmentLib.inference import boxassist as assist  # noqa: E402
 from HILASegmentLib.simulate import radiologist  # noqa: E402
 
 ORGANS = [(1, "prostate"), (2, "bladder"), (3, "rectum")]

@@ -174,11 +174,11 @@ def part_gate(trials: int, old_commit: str, steps: int, v1_steps: int) -> dict:
 def part_checkpoint(trials: int, steps: int) -> dict:
     import torch
 
-    from HILASegmentLib.modelcard import LabelInfo, ModelCard
+    from HILASegmentLib.models.modelcard import LabelInfo, ModelCard
     from HILASegmentLib.training import dataset as ds
-    from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training.loop import LoopConfig, train_loop
     from HILASegmentLib.training.plan import ct_window
 

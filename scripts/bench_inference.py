@@ -70,8 +70,8 @@ def last_json(text: str) -> dict:
 
 def worker_hila_warm(a) -> dict:
     sys.path.insert(0, str(ROOT / "HILASegment"))
-    from HILASegmentLib.imageio import read_image
-    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.formats.imageio import read_image
+    from HILASegmentLib.inference.segmenter import Segmenter
 
     t = time.perf_counter()
     seg = Segmenter(a.model)
@@ -156,7 +156,7 @@ def worker_monai(a) -> dict:
     import torch  # noqa: F401  (the import is part of what this pipeline costs)
 
     sys.path.insert(0, str(ROOT / "HILASegment"))
-    from HILASegmentLib.modelcard import resolve_model
+    from HILASegmentLib.models.modelcard import resolve_model
 
     t_import = time.perf_counter() - t0
     path, card = resolve_model(a.model)
@@ -196,7 +196,7 @@ def worker_build_unet(a) -> dict:
     from monai.networks.nets import UNet
 
     sys.path.insert(0, str(ROOT / "HILASegment"))
-    from HILASegmentLib.modelcard import LabelInfo, ModelCard, write_card
+    from HILASegmentLib.models.modelcard import LabelInfo, ModelCard, write_card
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)

@@ -2,9 +2,9 @@
 
 1. Suspect detection: the three CTs in one workspace with the CT starter as the parent model; one case's
    corrections replaced by its auto-contour set (`labels_dl` or `labels_mbs`), the others manual; which
-   corrections the peer rule (HILASegmentLib.suspects) flags. Plus all-manual (should flag nothing).
+   corrections the peer rule (HILASegmentLib.quality.suspectrule) flags. Plus all-manual (should flag nothing).
    Caveat: the starter was trained on these three CTs' manual contours, so it agrees with them in-sample.
-2. Weak labels: Dice of the box pseudo-mask (HILASegmentLib.weak.box_mask, tight box from the manual
+2. Weak labels: Dice of the box pseudo-mask (HILASegmentLib.formats.weak.box_mask, tight box from the manual
    label) against the manual prostate and bladder.
 
 3. ``--simulate-run RUN`` (repeatable): suspect precision/recall of a finished
@@ -51,10 +51,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_simulate import _ms, shapes_folder  # noqa: E402  (one mean ± sd, one synthetic cohort folder)
 
-from HILASegmentLib.durable import atomic_write_bytes  # noqa: E402
-from HILASegmentLib.metrics import dice  # noqa: E402
-from HILASegmentLib.training import suspects as tsus  # noqa: E402
-from HILASegmentLib.weak import box_mask  # noqa: E402
+from HILASegmentLib.formats.weak import box_mask  # noqa: E402
+from HILASegmentLib.ground.durable import atomic_write_bytes  # noqa: E402
+from HILASegmentLib.ground.metrics import dice  # noqa: E402
+from HILASegmentLib.training import suspectscan as tsus  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
@@ -223,8 +223,8 @@ def run_jobs(jobs: List[Tuple[Path, List[str]]], runs: Path, parallel: int) -> L
 
 def ct_one(data: Path, spec: str, steps: int) -> dict:
     """One real-CT training: the two other CTs (the first with ``source`` when given), test on ``test``."""
-    from HILASegmentLib.inference import Segmenter
-    from HILASegmentLib.metrics import per_label
+    from HILASegmentLib.ground.metrics import per_label
+    from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentLib.training.run import TrainOptions, train_workspace
 
     test, source, arm = spec.split(",")

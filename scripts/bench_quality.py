@@ -35,11 +35,11 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
 
-from HILASegmentLib.inference import Segmenter  # noqa: E402
-from HILASegmentLib.metrics import dice, spearman  # noqa: E402
-from HILASegmentLib.quality import REVIEW_SHARE, review_region  # noqa: E402
-from HILASegmentLib.qualitymodel import feature_vector, nested_loo  # noqa: E402
-from HILASegmentLib.simulate.run import SimConfig, simulate  # noqa: E402
+from HILASegmentLib.ground.metrics import dice, spearman  # noqa: E402
+from HILASegmentLib.inference.errormap import REVIEW_SHARE, review_region  # noqa: E402
+from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
+from HILASegmentLib.quality.learned import add_quality_features, feature_vector, nested_loo  # noqa: E402
+from HILASegmentLib.simulate.simulation import SimConfig, simulate  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -114,7 +114,7 @@ def synthetic_seed(seed: int, out: Path, a) -> dict:
         for n in names:
             img = sitk.ReadImage(str(run / "cases" / f"{n}_image.nii.gz"))
             ref = sitk.GetArrayFromImage(sitk.ReadImage(str(run / "cases" / f"{n}_ref.nii.gz")))
-            res = seg.segment(img)
+            res = add_quality_features(seg.segment(img), img)
             pred = sitk.GetArrayFromImage(res.label)
             s = res.summary
             rows.append({"case": n, "model_version": version, "true": dice(pred == 1, ref == 1),

@@ -33,8 +33,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HILASegment"))
 
-from HILASegmentLib.colors import default_color  # noqa: E402
-from HILASegmentLib.durable import atomic_write_bytes  # noqa: E402
+from HILASegmentLib.ground.colors import default_color  # noqa: E402
+from HILASegmentLib.ground.durable import atomic_write_bytes  # noqa: E402
 from HILASegmentLib.simulate import cohort as co  # noqa: E402
 from HILASegmentLib.simulate import synthesis  # noqa: E402
 
@@ -83,10 +83,10 @@ def run_one(config: str, train, test, modality: str, names, steps, seed: int, th
     import torch
 
     from HILASegmentLib.training import dataset as ds
-    from HILASegmentLib.training import export as ex
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training import plan as planner
-    from HILASegmentLib.training.card import Start, candidate_card
+    from HILASegmentLib.training.candidate import Start, candidate_card
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.loop import LoopConfig, train_loop
 

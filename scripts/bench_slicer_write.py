@@ -58,7 +58,7 @@ def measure(work: Path, mode: str) -> dict:
     import slicer
     from realscene import RealScene, import_module_file, load_volume, read_segmentation
 
-    from HILASegmentLib.colors import default_color
+    from HILASegmentLib.ground.colors import default_color
     from HILASegmentSlicerLib import segments
 
     scene = RealScene()  # kept: its application logic owns the logics the nodes use

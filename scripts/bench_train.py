@@ -64,7 +64,7 @@ def bench_steps(device: str, n: int = 20) -> dict:
 def bench_taps(steps: int = 2) -> dict:
     import torch
 
-    from HILASegmentLib.modelcard import resolve_model
+    from HILASegmentLib.models.modelcard import resolve_model
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training.loop import freeze_encoder
 
@@ -98,7 +98,7 @@ def bench_taps(steps: int = 2) -> dict:
 
 
 def bench_round(minutes: float, data: Path) -> dict:
-    from HILASegmentLib.labelio import read_label
+    from HILASegmentLib.formats.labelio import read_label
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.run import TrainOptions, train_workspace
     from HILASegmentLib.workspace import Workspace
@@ -136,7 +136,7 @@ def bench_prostatex(minutes: float, data: Path) -> dict:
     """The MRI loop from the TAPS preset: TAPS's own output stands in for the radiologist's corrections on the
     ProstateX series; the trainer trains the own U-Net on them and the gate compares it with TAPS on the same
     held-out correction; the current model afterwards is whichever validated better."""
-    from HILASegmentLib.labelio import read_label
+    from HILASegmentLib.formats.labelio import read_label
     from HILASegmentLib.training.run import TrainOptions, train_workspace
     from HILASegmentLib.workspace import Workspace
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HILASegment"))
 
-from HILASegmentLib import assist  # noqa: E402
-from HILASegmentLib.errors import HilaError  # noqa: E402
+from HILASegmentLib.ground.errors import HilaError  # noqa: E402
+from HILASegmentLib.inference import boxassist as assist  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         if args.parity_image:
             import SimpleITK as sitk
 
-            from HILASegmentLib.imageio import read_image
+            from HILASegmentLib.formats.imageio import read_image
             vol = read_image(args.parity_image)
             arr = sitk.GetArrayFromImage(vol)
             img = assist.intensity_0_255(arr[arr.shape[0] // 2], assist.guess_modality(vol))

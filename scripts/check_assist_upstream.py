@@ -39,7 +39,7 @@ import importlib.util
 spec = importlib.util.spec_from_file_location("up", os.path.join(UP, "CVPR24_LiteMedSAM_infer.py"))
 up = importlib.util.module_from_spec(spec); spec.loader.exec_module(up)
 up.save_overlay = False
-from HILASegmentLib import assist
+from HILASegmentLib.inference import boxassist as assist
 
 a = assist.Assistant(threads=1)
 os.makedirs(os.path.join(WORK, "in"), exist_ok=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Find import cycles in the engine, counting imports inside functions too (they hide layering, not fix it).
+"""The layer table of HILASegment, and the check that every import keeps to it: no cycle, nothing imported upward.
 
-    python scripts/check_imports.py [PACKAGE_DIR] [--inside]
+    python scripts/check_imports.py [--inside]            # the module folder: engine, Slicer library, module file
+    python scripts/check_imports.py PACKAGE_DIR [--inside]  # cycles of one package only (no layer table)
 
-Prints the strongly connected groups of modules that import each other (exit 1 if any) and, with
-``--inside``, every import that sits inside a function with the comment that gives its reason
-(heavy or optional imports are the only ones that belong there; one without a comment is marked).
-``if TYPE_CHECKING:`` imports are not counted: they never run.
+Every import counts: top level, inside functions (they hide layering, they do not fix it) and ``if TYPE_CHECKING:``
+ones (an annotation is still an arrow a reader follows). Prints the strongly connected groups of modules that import
+each other and every import that reaches a higher layer than its own module's (:data:`LAYERS`); exit 1 if any.
+``--inside`` also lists every import inside a function with the comment that gives its reason (heavy or optional
+imports are the only ones that belong there; one without a comment is marked). ``Testing/test_layers.py`` runs this
+check in ``make test``.
 """
 from __future__ import annotations
 
@@ -14,19 +17,68 @@ import argparse
 import ast
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "HILASegment"
+
+#: The layers, lowest first. A module may import its own layer and the layers below it, never one above; the most
+#: specific prefix names a module's layer. A new package gets its row here (the check refuses a module without one).
+LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("ground", ("HILASegmentLib", "HILASegmentLib.ground")),  # errors, durable writes, paths, progress, colours...
+    ("formats", ("HILASegmentLib.formats",)),                 # volumes, .seg.nrrd, segmentations, label files
+    ("dicom", ("HILASegmentLib.dicom",)),                     # SEG, RTSTRUCT, the series they refer to, DICOMweb
+    ("models", ("HILASegmentLib.models",)),                   # model cards, ONNX metadata, catalog, model input
+    ("inference", ("HILASegmentLib.inference",)),             # the Segmenter, its likely-error map, the assistant
+    ("quality", ("HILASegmentLib.quality",)),                 # effort, review ranking, learned quality model
+    ("workspace", ("HILASegmentLib.workspace",)),             # the ledger and its immutable files
+    ("training", ("HILASegmentLib.training",)),               # the trainer (torch only here)
+    ("simulate", ("HILASegmentLib.simulate",)),               # the simulated loop
+    ("cli", ("HILASegmentLib.cli", "HILASegmentLib.__main__")),  # the `hila` commands
+    ("Slicer library", ("HILASegmentSlicerLib",)),            # the glue's logic, Slicer objects passed in
+    ("Slicer module", ("HILASegment",)),                      # HILASegment.py: wiring only
+)
 
 
 def modules(pkg_dir: Path) -> Dict[str, Path]:
     """Dotted module name -> file, for every .py under the package folder."""
     out = {}
     for f in sorted(pkg_dir.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
         parts = list(f.relative_to(pkg_dir.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = f
+    return out
+
+
+def module_folder(folder: Path = MODULE_DIR) -> Dict[str, Path]:
+    """Every module of the Slicer module folder: the engine, the Slicer library and the module file."""
+    known = {**modules(folder / "HILASegmentLib"), **modules(folder / "HILASegmentSlicerLib")}
+    known["HILASegment"] = folder / "HILASegment.py"
+    return known
+
+
+def layer_of(mod: str, layers=LAYERS) -> Optional[int]:
+    """The index in ``layers`` of a module's layer (its most specific prefix), None when no row names it."""
+    best, best_len = None, -1
+    for i, (_, prefixes) in enumerate(layers):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = i, len(p)
+    return best
+
+
+def upward(edges: Dict[str, Set[str]], layers=LAYERS) -> List[str]:
+    """Every import that reaches a higher layer than its module's, and every module no layer names, as lines."""
+    out = [f"{m}: in no layer of the table" for m in sorted(edges) if layer_of(m, layers) is None]
+    for m in sorted(edges):
+        lm = layer_of(m, layers)
+        for t in sorted(edges[m]):
+            lt = layer_of(t, layers)
+            if lm is not None and lt is not None and lt > lm:
+                out.append(f"{m} ({layers[lm][0]}) imports {t} ({layers[lt][0]}): up a layer")
     return out
 
 
@@ -53,16 +105,12 @@ def graph(known: Dict[str, Path]):
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
         tree = ast.parse(text)
-        typing_only = {id(n) for b in ast.walk(tree) if isinstance(b, ast.If) and "TYPE_CHECKING" in ast.dump(b.test)
-                       for s in b.body for n in ast.walk(s)}
         in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                        for n in ast.walk(f)}
         imports = sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))), key=lambda n: n.lineno)
         for node in imports:
-            if id(node) in typing_only:
-                continue
             for t in targets(mod, path.name == "__init__.py", node, known):
-                # a package and its own submodules are one unit (an __init__ re-exports its rooms)
+                # a package and its own submodules are one unit (an __init__ may re-export its modules)
                 if t != mod and not mod.startswith(t + ".") and not t.startswith(mod + "."):
                     edges[mod].add(t)
             if id(node) in in_function:
@@ -122,21 +170,25 @@ def cycles(edges: Dict[str, Set[str]]) -> List[List[str]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("package", nargs="?", default=str(ROOT / "HILASegment" / "HILASegmentLib"))
+    ap.add_argument("package", nargs="?", default=None, help="one package folder: its cycles only (default: the "
+                    "whole module folder against the layer table)")
     ap.add_argument("--inside", action="store_true", help="list imports inside functions with their reasons")
     a = ap.parse_args(argv)
-    known = modules(Path(a.package))
+    known = modules(Path(a.package)) if a.package else module_folder()
     edges, inside = graph(known)
     found = cycles(edges)
+    up = [] if a.package else upward(edges)
     if a.inside:
         for mod, line, stmt, reason in inside:
             print(f"{mod}:{line}: {stmt}  # {reason or 'NO REASON GIVEN'}")
         print(f"{len(inside)} import(s) inside functions, {sum(1 for *_, r in inside if not r)} without a reason")
     for group in found:
         print("cycle: " + " <-> ".join(group))
+    for line in up:
+        print(line)
     print(f"{len(known)} modules, {sum(len(e) for e in edges.values())} import edges, "
-          f"{len(found)} cycle(s)")
-    return 1 if found else 0
+          f"{len(found)} cycle(s)" + ("" if a.package else f", {len(up)} upward import(s)"))
+    return 1 if found or up else 0
 
 
 if __name__ == "__main__":

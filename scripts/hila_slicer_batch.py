@@ -6,7 +6,7 @@
 Inside Slicer the volume is read with Slicer's own loader (``slicer.util.loadVolume``) and the
 result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node filled the way
 the panel's Segment fills it: ``HILASegmentSlicerLib.segments.write_engine_result``, one segment per label
-with the table's colours, the structures' terminology and the model version in the segment tags); the engine (``HILASegmentLib.inference.Segmenter``) does the inference. The script exits
+with the table's colours, the structures' terminology and the model version in the segment tags); the engine (``HILASegmentLib.inference.segmenter.Segmenter``) does the inference. The script exits
 with its own code (``sys.exit``, also under ``--testing``): 0 done, 2 a problem the user can fix
 (one line on stderr), 1 an unexpected failure.
 
@@ -55,16 +55,16 @@ def ensure_engine():
     except ImportError:
         sys.path.insert(0, MODULE_DIR)
         import HILASegmentLib  # noqa: F401
-    from HILASegmentLib import dependencies
+    from HILASegmentLib.ground import dependencies
     plan = dependencies.plan_install("inference")
     if plan.needed or plan.broken_slicer:
-        from HILASegmentLib.errors import HilaError
+        from HILASegmentLib.ground.errors import HilaError
         how = " ; ".join(dependencies.manual_command(plan)) or plan.message()
         raise HilaError("missing Python packages for inference; install them first: " + how)
 
 
 def check_paths(args):
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
     if not os.path.exists(args.image):
         raise HilaError(f"{args.image}: no such file or folder")
     if not args.out.endswith(".seg.nrrd"):
@@ -79,12 +79,12 @@ def run_in_slicer(slicer, args):
     import numpy as np
     import vtk
 
-    from HILASegmentLib.errors import HilaError
-    from HILASegmentLib.inference import Segmenter
+    from HILASegmentLib.ground.errors import HilaError
+    from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentSlicerLib import mrmlgeometry, segments
 
     if os.path.isdir(args.image):  # Slicer's DICOM loading needs its database; the engine reads series folders
-        from HILASegmentLib.imageio import read_image
+        from HILASegmentLib.formats.imageio import read_image
         image = read_image(args.image)
         array, ijkToRas = mrmlgeometry.image_to_array(image)
         volume = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRas, name="input")
@@ -110,9 +110,9 @@ def run_in_slicer(slicer, args):
 
 def run_plain(args):
     """No Slicer: the engine's own readers and writers (exactly `hila infer --image ... --out ...`)."""
-    from HILASegmentLib.imageio import read_image
-    from HILASegmentLib.inference import Segmenter
-    from HILASegmentLib.segfile import write_segmentation
+    from HILASegmentLib.formats.imageio import read_image
+    from HILASegmentLib.formats.segfile import write_segmentation
+    from HILASegmentLib.inference.segmenter import Segmenter
     result = Segmenter(args.model, threads=args.threads, device=args.device).segment(read_image(args.image), tta=args.tta)
     write_segmentation(result.to_segmentation(), args.out)
     return "%s: %d segments by %s v%s in %.1f s" % (args.out, len(result.card.labels), result.card.name,

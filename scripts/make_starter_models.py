@@ -32,7 +32,7 @@ OUT = ROOT / "HILASegment" / "HILASegmentLib" / "models" / "pelvic_ct_unet.onnx"
 
 
 def make_workspace(path: Path, data: Path, cases):
-    from HILASegmentLib.labelio import read_label
+    from HILASegmentLib.formats.labelio import read_label
     from HILASegmentLib.workspace import Workspace
 
     ws = Workspace.create(path, "CT", LABELS)
@@ -48,10 +48,10 @@ def untrained_dice(card: dict, data: Path, case: str) -> dict:
 
     import torch
 
-    from HILASegmentLib.modelcard import ModelCard
-    from HILASegmentLib.training import export as ex
+    from HILASegmentLib.models.modelcard import ModelCard
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
+    from HILASegmentLib.training import onnxexport as ex
 
     torch.manual_seed(0)
     arch = {k: v for k, v in card["architecture"].items() if k != "parameters"}
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     if not data.is_dir():
         print(f"no pelvic CT data at {data}", file=sys.stderr)
         return 2
-    from HILASegmentLib.modelcard import ModelCard, read_card, write_card
+    from HILASegmentLib.models.modelcard import ModelCard, read_card, write_card
     from HILASegmentLib.training.gate import evaluate_model
 
     folds = []

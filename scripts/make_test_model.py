@@ -50,7 +50,7 @@ def build_graph():
 
 
 def card():
-    from HILASegmentLib.modelcard import LabelInfo, ModelCard
+    from HILASegmentLib.models.modelcard import LabelInfo, ModelCard
     return ModelCard(
         name="hila-tiny-test", version=1, modality="MR",
         labels=[LabelInfo(1, "prostate", (0.902, 0.620, 0.412))],
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import onnx
 
-    from HILASegmentLib.modelcard import write_card
+    from HILASegmentLib.models.modelcard import write_card
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp.onnx")

@@ -13,8 +13,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
-from HILASegmentLib import catalog
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.models import catalog
 
 from . import mrmlgeometry, segments
 

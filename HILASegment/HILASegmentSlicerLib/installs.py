@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Optional
 
-from HILASegmentLib import dependencies
+from HILASegmentLib.ground import dependencies
 
 from .processrunner import SequenceRunner, python_executable
 

@@ -59,7 +59,7 @@ class ModuleLogic:
     def writeResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None, labels: Any = None) -> Any:
         """An engine .seg.nrrd into the volume's own segments (``segments.write_engine_result``); returns the report.
         ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
-        from HILASegmentLib.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
+        from HILASegmentLib.formats.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
         items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene)
@@ -80,7 +80,7 @@ class ModuleLogic:
         return volume
 
     def importVolumeNode(self, ws: Any, volume: Any) -> Any:
-        from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when a volume is imported
+        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when a volume is imported
         folder = tempfile.mkdtemp(prefix="hila-import-")
         path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", volume.GetName()) + ".nrrd")
         write_image(self.volumeToImage(volume), path)
@@ -91,7 +91,7 @@ class ModuleLogic:
 
     # jobs
     def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto") -> Tuple[ProcessRunner, Dict[str, str]]:
-        from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Segment is pressed
         folder = tempfile.mkdtemp(prefix="hila-infer-")
         image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
         write_image(self.volumeToImage(volume), image)

@@ -16,7 +16,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 
 __all__ = ["box_from_ras_bounds", "lines_from_ras_points", "marks_from_markups"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from HILASegmentLib.cli.pacs import describe, export_summary, sync_summary
-from HILASegmentLib.dicomweb import check_uid, check_url
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.cli.dicomio import describe, export_summary, sync_summary
+from HILASegmentLib.dicom.dicomweb import check_uid, check_url
+from HILASegmentLib.ground.errors import HilaError
 
 from . import segments
 from .jobs import Job

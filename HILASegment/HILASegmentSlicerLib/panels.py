@@ -130,8 +130,8 @@ def prediction_from_file(ws, seg_path, result: Optional[Mapping] = None):
     import numpy as np
     import SimpleITK as sitk
 
-    from HILASegmentLib.labelmatch import match_label
-    from HILASegmentLib.segfile import read_segmentation
+    from HILASegmentLib.formats.segfile import read_segmentation
+    from HILASegmentLib.ground.labelmatch import match_label
 
     seg = read_segmentation(seg_path)
     pairs = [(l.name, int(l.value)) for l in ws.settings.labels]
@@ -153,7 +153,7 @@ def model_for(ws, starter: str = "taps"):
     Without a workspace, or in an MR workspace with no model yet, the TAPS preset (prostate T2) is used;
     a CT workspace with no model gets a clear error instead of a model for the wrong modality.
     """
-    from HILASegmentLib.errors import HilaError
+    from HILASegmentLib.ground.errors import HilaError
 
     if ws is None:
         return starter, None

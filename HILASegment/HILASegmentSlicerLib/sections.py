@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from HILASegmentLib import dependencies
+from HILASegmentLib.ground import dependencies
 
 from . import cases, marks, panels, segments
 from .jobs import Job

@@ -11,7 +11,7 @@ Rules kept here:
 - the Segment Editor's masking is applied the way ``vtkMRMLSegmentationNode::GenerateEditMask``
   does it (inside modes use all/visible segments including the edited one; outside modes leave
   the edited segment out), and what it kept out is counted and reported, never silent;
-- Accept matches segments to labels with THE rule (``HILASegmentLib.labelmatch``) and refuses,
+- Accept matches segments to labels with THE rule (``HILASegmentLib.ground.labelmatch``) and refuses,
   naming it, a label no segment stands for (it would otherwise become background);
 - the engine's "Review: likely error" segment (tag ``hila_review``) is never anatomy: it becomes the
   segment ``hila_review`` in a layer of its own, drawn as an outline only (no fill, not in 3-D), which the
@@ -24,10 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from HILASegmentLib import labelmatch, terminology
-from HILASegmentLib.colors import REVIEW_COLOR, label_color
-from HILASegmentLib.errors import HilaError
-from HILASegmentLib.labelmatch import REVIEW_NAME, REVIEW_TAG
+from HILASegmentLib.formats import terminology
+from HILASegmentLib.ground import labelmatch
+from HILASegmentLib.ground.colors import REVIEW_COLOR, label_color
+from HILASegmentLib.ground.errors import HilaError
+from HILASegmentLib.ground.labelmatch import REVIEW_NAME, REVIEW_TAG
 
 from . import mrmlgeometry
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from HILASegmentLib import dependencies
+from HILASegmentLib.ground import dependencies
 
 from . import cases, marks, pacs, panels, segments
 from .jobs import Job, JobBoard

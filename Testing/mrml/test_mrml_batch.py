@@ -15,9 +15,9 @@ from tier import FIXTURES, ROOT, slicer_core
 slicer = slicer_core()
 from realscene import import_module_file, load_volume, save_segmentation  # noqa: E402
 
-from HILASegmentLib import segfile, terminology  # noqa: E402
-from HILASegmentLib.colors import label_color  # noqa: E402
-from HILASegmentLib.inference import Segmenter  # noqa: E402
+from HILASegmentLib.formats import segfile, terminology  # noqa: E402
+from HILASegmentLib.ground.colors import label_color  # noqa: E402
+from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
 from HILASegmentSlicerLib import mrmlgeometry  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "hila_slicer_batch.py"

@@ -19,8 +19,8 @@ slicer = slicer_core()
 import vtk  # noqa: E402
 from realscene import import_module_file, load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
 
-from HILASegmentLib import segfile, terminology  # noqa: E402
-from HILASegmentLib.colors import label_color  # noqa: E402
+from HILASegmentLib.formats import segfile, terminology  # noqa: E402
+from HILASegmentLib.ground.colors import label_color  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 from HILASegmentSlicerLib import cases, segments  # noqa: E402
 

@@ -16,8 +16,8 @@ import vtk  # noqa: E402
 from realscene import load_volume  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from HILASegmentLib import labelio  # noqa: E402
-from HILASegmentLib.errors import HilaError  # noqa: E402
+from HILASegmentLib.formats import labelio  # noqa: E402
+from HILASegmentLib.ground.errors import HilaError  # noqa: E402
 from HILASegmentSlicerLib import (  # noqa: E402
     marks,
     mrmlgeometry,  # noqa: E402

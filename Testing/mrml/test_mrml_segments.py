@@ -13,9 +13,9 @@ slicer = slicer_core()
 import vtk  # noqa: E402  (slicer-core's VTK, after the skip)
 from realscene import load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
 
-from HILASegmentLib import labelio, segfile, terminology  # noqa: E402
-from HILASegmentLib.colors import label_color  # noqa: E402
-from HILASegmentLib.segfile import Segmentation  # noqa: E402
+from HILASegmentLib.formats import labelio, segfile, terminology  # noqa: E402
+from HILASegmentLib.formats.segfile import Segmentation  # noqa: E402
+from HILASegmentLib.ground.colors import label_color  # noqa: E402
 from HILASegmentSlicerLib import mrmlgeometry, segments  # noqa: E402
 
 MRI, MRI_LABEL = FIXTURES / "prostate_mri_oblique_small.nrrd", FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"

@@ -40,6 +40,6 @@ def hila(*args: str) -> subprocess.CompletedProcess:
 
 def labels(*names: str) -> list:
     """Workspace-like labels (value, name, colour) as the glue reads them."""
-    from HILASegmentLib.colors import default_color
+    from HILASegmentLib.ground.colors import default_color
 
     return [SimpleNamespace(value=i + 1, name=n, color=default_color(n, i)) for i, n in enumerate(names)]

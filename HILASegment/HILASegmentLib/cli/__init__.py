@@ -14,13 +14,14 @@ import re
 import sys
 from typing import List, NoReturn, Optional
 
-from .. import __version__, envvars
-from ..dependencies import missing_package_message
-from ..errors import HilaError
-from ..progress import BarProgress, JsonLinesProgress, json_line
+from .. import __version__
+from ..ground import envvars
+from ..ground.errors import HilaError
+from ..ground.packages import missing_package_message
+from ..ground.progress import BarProgress, JsonLinesProgress, json_line
 
 # Modules (in this package) that register sub-commands, in help order.
-COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "pacs", "train", "simulate"]
+COMMAND_MODULES = ["convert", "infer", "assist", "workspace", "dicomio", "train", "simulate"]
 
 
 class HilaArgumentParser(argparse.ArgumentParser):

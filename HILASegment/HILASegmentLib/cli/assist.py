@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from . import argtypes, emit, progress_for
 
 
@@ -41,7 +41,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 def get_assistant(threads=None, log=None):
     """The assistant, its ONNX files built once from the installed package when absent (first use); a one-line
     HilaError saying how to install it when neither files nor package are there; wrong files are refused."""
-    from .. import assist
+    from ..inference import boxassist as assist
 
     folder = assist.assist_dir()
     if not (folder / assist.MANIFEST_FILE).exists():
@@ -57,8 +57,8 @@ def get_assistant(threads=None, log=None):
 
 def _checked_args(args):
     """Every argument checked before anything is read or built."""
-    from ..paths import check_outputs, check_readable
-    from ..weak import _to_lps, parse_numbers
+    from ..formats.weak import _to_lps, parse_numbers
+    from ..ground.paths import check_outputs, check_readable
 
     box = _to_lps(parse_numbers(args.box, 6, "--box"), args.ras).ravel()
     if not args.out.name.lower().endswith(".seg.nrrd"):
@@ -83,10 +83,10 @@ def cmd_assist(args) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from .. import assist
-    from ..imageio import grid_difference, read_image
-    from ..segfile import read_segmentation, write_segmentation
-    from ..segmentation import Segmentation
+    from ..formats.imageio import grid_difference, read_image
+    from ..formats.segfile import read_segmentation, write_segmentation
+    from ..formats.segmentation import Segmentation
+    from ..inference import boxassist as assist
 
     image = read_image(args.image)
     assist.check_image(image, str(args.image))

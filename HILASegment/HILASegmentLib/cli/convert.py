@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 
 
 def register(sub, parent) -> None:
@@ -49,7 +49,7 @@ def register(sub, parent) -> None:
 
 
 def _kind_of_output(path: str) -> str:
-    from ..imageio import VOLUME_SUFFIXES, volume_suffix
+    from ..formats.imageio import VOLUME_SUFFIXES, volume_suffix
 
     name = Path(path).name.lower()
     if name.endswith(".seg.nrrd"):
@@ -61,7 +61,7 @@ def _kind_of_output(path: str) -> str:
 
 def _read_dicom_object(src_p: Path, modality: str, series, structures: str | None):
     """A DICOM RTSTRUCT or SEG as a Segmentation on the series' grid."""
-    from .. import dicomseg, rtstruct
+    from ..dicom import dicomseg, rtstruct
 
     if modality == "RTSTRUCT":
         return rtstruct.to_segmentation(src_p, series, structures)
@@ -70,7 +70,8 @@ def _read_dicom_object(src_p: Path, modality: str, series, structures: str | Non
 
 def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: str, provenance) -> dict:
     """Write ``seg`` (or the label map at ``src_p``) as a DICOM SEG or RTSTRUCT of ``series``."""
-    from .. import dicomref, dicomseg, labelio, rtstruct, segfile
+    from ..dicom import dicomref, dicomseg, rtstruct
+    from ..formats import labelio, segfile
 
     if seg is None and segfile.is_seg_nrrd(src_p):
         seg = segfile.read_segmentation(src_p, table or None)
@@ -90,9 +91,10 @@ def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: st
 def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: str | None = None,
             structures: str | None = None, provenance=None) -> dict:
     """Convert ``src`` to ``dst`` (see the module doc); returns a JSON-able description of what was written."""
-    from .. import dicomref, imageio, labelio, segfile
-    from ..paths import check_outputs, check_readable
-    from ..segmentation import OVERLAP_REMEDY
+    from ..dicom import dicomref
+    from ..formats import imageio, labelio, segfile
+    from ..formats.segmentation import OVERLAP_REMEDY
+    from ..ground.paths import check_outputs, check_readable
 
     if fmt is None and dst.lower().endswith(".dcm"):
         raise HilaError(f"{dst}: say which DICOM object to write: --format seg or --format rtstruct")
@@ -180,7 +182,7 @@ def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicomref import Provenance
+    from ..dicom.dicomref import Provenance
     from . import emit
 
     provenance = Provenance(annotator=args.annotator, quality=args.quality)

@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import HilaError
-from ..labelmatch import match_label
+from ..ground.errors import HilaError
+from ..ground.labelmatch import match_label
 from . import argtypes, emit, progress_for
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
@@ -83,15 +83,16 @@ def _infer_file(args, t0: float) -> int:
     if not args.model:
         raise HilaError("--model is needed with --image (e.g. --model taps for axial T2 prostate MRI, a starter "
                         "model name, or a model .onnx file)")
-    from ..paths import check_outputs
+    from ..ground.paths import check_outputs
 
     model_file = args.model if Path(args.model).exists() else None
     check_outputs({"--image": args.image, "--model": model_file},
                   {"--out": args.out, "--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_out(args.out, "--out")
     _check_maps(args)
-    from ..imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
-    from ..inference import Segmenter
+    from ..formats.imageio import check_format_holds, read_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..inference.segmenter import Segmenter
+    from ..quality.learned import add_quality_features
 
     image = read_image(args.image)
     for out in (args.out, args.uncertainty, args.review_map):  # every output on the image's grid, before any work
@@ -99,7 +100,7 @@ def _infer_file(args, t0: float) -> int:
             check_format_holds(image, out)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
     with progress_for(args, "hila infer") as progress:
-        result = seg.segment(image, tta=args.tta, progress=progress, where=str(args.image))
+        result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=str(args.image)), image)
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
     written = _write_maps(result, args)  # the maps first: one that cannot be written leaves no --out behind
@@ -131,7 +132,7 @@ def _check_maps(args) -> None:
 
 def _write_maps(result, args) -> list:
     """Write --uncertainty/--review-map; returns the paths written (removed again if a later step fails)."""
-    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
     written = []
     try:
@@ -156,10 +157,10 @@ def sitk_review(result):
 
 
 def _write(result, out: Path, uncertainty_out) -> None:
-    from ..imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import write_image  # heavy (SimpleITK): `hila --help` stays fast
 
     if out.name.lower().endswith(".seg.nrrd"):
-        from ..segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
+        from ..formats.segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
 
         write_segmentation(result.to_segmentation(review=result.review_map is not None), out)
     else:
@@ -169,13 +170,14 @@ def _write(result, out: Path, uncertainty_out) -> None:
 
 
 def _infer_workspace(args, t0: float) -> int:
-    from ..imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
+    from ..formats.imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
+    from ..quality.learned import add_quality_features
     from ..workspace import Workspace
-    from ..workspace.room import as_int
+    from ..workspace.base import as_int
 
     if args.out is not None or args.image is not None:
         raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
-    from ..paths import check_outputs
+    from ..ground.paths import check_outputs
 
     check_outputs({"WORKSPACE": args.workspace}, {"--uncertainty": args.uncertainty, "--review-map": args.review_map})
     _check_maps(args)
@@ -195,7 +197,8 @@ def _infer_workspace(args, t0: float) -> int:
         seg = record.segmenter(threads=args.threads, device=args.device)
         card = seg.card
         with progress_for(args, "hila infer") as progress:
-            result = seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}")
+            result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}"),
+                                          image)
         label, dropped = _to_workspace_labels(result, card, ws)
         summary = dict(result.summary)
         summary["model_version"] = record.version

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..progress import json_line
+from ..ground.progress import json_line
 from . import argtypes as at
 
 
@@ -58,7 +58,7 @@ def register(sub, parent) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ..simulate.run import SimConfig, Simulation, prepare
+    from ..simulate.simulation import SimConfig, Simulation, prepare
     from . import emit, make_progress
 
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from . import argtypes as at
 
 _T0 = time.monotonic()

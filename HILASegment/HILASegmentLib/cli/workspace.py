@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 from . import argtypes, emit, make_progress
 
 
@@ -147,13 +147,13 @@ def cmd_init(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..progress import scaled
-    from . import pacs
+    from ..ground.progress import scaled
+    from . import dicomio
     if args.name and len(args.paths) > 1:
         raise HilaError("--name: only with one PATH")
     if args.dicomweb or args.study or args.series:
-        from . import pacs
-        return pacs.cmd_import_dicomweb(args)
+        from . import dicomio
+        return dicomio.cmd_import_dicomweb(args)
     if not args.paths:
         raise HilaError("import: give one or more PATHs, or --dicomweb URL --study UID")
     with _open(args.workspace) as ws:
@@ -162,19 +162,19 @@ def cmd_import(args) -> int:
         try:
             n = len(args.paths)
             for i, p in enumerate(args.paths):
-                cases.append(pacs.import_path(ws, p, args, scaled(prog, i / n, (i + 1) / n)))
+                cases.append(dicomio.import_path(ws, p, args, scaled(prog, i / n, (i + 1) / n)))
         finally:
             if hasattr(prog, "close"):
                 prog.close()
     res = {"case_id": cases[0]["case_id"], "existing": cases[0]["existing"], "cases": cases}
-    lines = [pacs.describe(c) for c in cases]
+    lines = [dicomio.describe(c) for c in cases]
     emit(args, res, "\n".join(lines))
     return 0
 
 
 def _weak_marks(args) -> dict:
     """The marks (``weak`` format) of --label with --box or --lines; every argument checked before the workspace."""
-    from .. import weak
+    from ..formats import weak
     if args.box and args.lines:
         raise HilaError("submit: --box or --lines, not both")
     if args.labelfile is not None:
@@ -202,10 +202,10 @@ def cmd_submit(args) -> int:
         else:
             if args.labelfile is None:
                 raise HilaError("submit: give LABELFILE, or --label NAME with --box/--lines")
-            from . import pacs
-            if pacs.is_dicom_object(args.labelfile):
-                res = pacs.submit_object(ws, args)
-                emit(args, res, pacs.describe(dict(res, source=str(args.labelfile))))
+            from . import dicomio
+            if dicomio.is_dicom_object(args.labelfile):
+                res = dicomio.submit_object(ws, args)
+                emit(args, res, dicomio.describe(dict(res, source=str(args.labelfile))))
                 return 0
             c = ws.submit(args.case, args.labelfile, quality=args.quality or "reviewed", annotator=args.annotator,
                           seconds=args.seconds, based_on=args.based_on, strict=args.strict,
@@ -263,14 +263,14 @@ def cmd_export(args) -> int:
     with _open(args.workspace, readonly=not (args.dicomweb or args.format)) as ws:  # DICOM exports are recorded
         prog = make_progress(args, "export")
         try:
-            from . import pacs
+            from . import dicomio
             if args.dicomweb:
-                res = pacs.export_dicomweb(ws, args, prog)
-                emit(args, res, pacs.export_summary(res))
+                res = dicomio.export_dicomweb(ws, args, prog)
+                emit(args, res, dicomio.export_summary(res))
                 return 0
             if args.directory is None:
                 raise HilaError("export: give the output folder, or --dicomweb URL")
-            res = pacs.export(ws, args, prog)
+            res = dicomio.export(ws, args, prog)
             if res is not None:
                 emit(args, res, "\n".join(f"{f['case_id']} {f['name']}: {Path(f['file']).name}" for f in res["files"]))
                 return 0
@@ -312,7 +312,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    from .. import quality  # heavy (numpy, SimpleITK): `hila --help` stays fast
+    from ..quality import ranking  # heavy (numpy, SimpleITK): `hila --help` stays fast
 
     if args.suspects:
         return _rank_suspects(args)
@@ -322,7 +322,7 @@ def cmd_rank(args) -> int:
         source = ws.quality_source(cur.version if cur else None)
     res = {"by": args.by, "quality_source": source, "cases": ranked}
     if args.review_budget is not None:
-        res["review_budget"] = budget = quality.review_budget(ranked, args.review_budget)
+        res["review_budget"] = budget = ranking.review_budget(ranked, args.review_budget)
         chosen = set(budget["cases"])
         ranked = [r for r in ranked if r["case_id"] in chosen]
     lines = []

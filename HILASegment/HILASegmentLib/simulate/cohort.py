@@ -9,8 +9,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..paths import name_component
+from ..ground.errors import HilaError
+from ..ground.paths import name_component
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 

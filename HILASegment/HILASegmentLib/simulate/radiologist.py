@@ -30,8 +30,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import metrics, weak
-from ..errors import HilaError
+from ..formats import weak
+from ..ground import metrics
+from ..ground.errors import HilaError
 from . import registrar
 
 FIXED_S = 30.0    # open, scroll through and accept a case (assumption)

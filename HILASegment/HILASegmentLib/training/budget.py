@@ -13,7 +13,7 @@ import os
 import resource
 from typing import Iterable, Optional, Sequence, Tuple
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 
 #: bytes of memory per activation value (batch x channels x voxels, summed over the U-Net's levels) at the peak
 #: of a step: measured for MONAI's UNet (residual units, instance norm) with AdamW on a CPU in float32 — 17 to

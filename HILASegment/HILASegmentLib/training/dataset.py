@@ -17,10 +17,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import read_image
-from ..labelio import read_label
-from ..modelgrid import extract, model_input
+from ..formats.imageio import read_image
+from ..formats.labelio import read_label
+from ..ground.errors import HilaError
+from ..models.modelgrid import extract, model_input
 
 #: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
@@ -96,7 +96,7 @@ def to_model_grid(image: sitk.Image, label: Optional[sitk.Image], prep: Preproce
                   where: str = "training image") -> tuple:
     """(image (1,X,Y,Z) float32, label (1,X,Y,Z) uint8 or None) exactly as the Segmenter prepares an image.
 
-    :func:`~HILASegmentLib.modelgrid.model_input` is the one definition of the network's input (grid, linear
+    :func:`~HILASegmentLib.models.modelgrid.model_input` is the one definition of the network's input (grid, linear
     resampling, normalisation, body box) for both paths; here it is cut to the body box as the Segmenter runs
     it (the part of the box outside the grid is zero-padded, as the Segmenter's windows are), and the label
     goes onto the same grid (nearest neighbour). An image with no body is refused, as inference refuses it.

@@ -28,12 +28,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import read_image
-from ..inference import Segmenter
-from ..labelio import read_label
-from ..metrics import dice
-from ..modelcard import ModelCard
+from ..formats.imageio import read_image
+from ..formats.labelio import read_label
+from ..ground.errors import HilaError
+from ..ground.metrics import dice
+from ..inference.segmenter import Segmenter
+from ..models.modelcard import ModelCard
 
 POLICIES = ("auto", "never", "always")
 

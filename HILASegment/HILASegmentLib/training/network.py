@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
 
 # Default recipes per modality. CT: coarse 2x2x3 mm grid, whole-pelvis patches, a small U-Net that a
 # 2-core CPU trains to a useful model in a few minutes. MR: the same family at the in-plane resolution

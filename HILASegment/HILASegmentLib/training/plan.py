@@ -25,8 +25,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..labelio import read_label
+from ..formats.labelio import read_label
+from ..ground.errors import HilaError
 
 #: surroundings (mm) a patch shows on each side of the labelled structures
 CONTEXT_MM = 24.0

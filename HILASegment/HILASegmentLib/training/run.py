@@ -22,15 +22,16 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import CancelledError, HilaError
-from ..modelcard import read_card
+from ..ground.errors import CancelledError, HilaError
+from ..models.modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
 from . import dataset as ds
-from . import ddp, gate, suspects
-from . import export as ex
+from . import ddp, gate
 from . import network as nw
-from .card import candidate_card, initial_network, recipe_batch, recipe_data_path
+from . import onnxexport as ex
+from . import suspectscan as suspects
+from .candidate import candidate_card, initial_network, recipe_batch, recipe_data_path
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Callable, Optional, Set, Tuple
 
-from ..errors import CancelledError, HilaError
+from ..ground.errors import CancelledError, HilaError
 from ..workspace import Workspace
 from ..workspace.runs import pid_alive
 from .run import StopFlag, TrainOptions, stop_on_signals, train_workspace

@@ -3,12 +3,13 @@ models and training runs, and the immutable files they point to.
 
 ``ledger`` owns the schema, migrations and transactions; ``files`` the atomic immutable file store;
 ``records`` the plain records handed out; ``api`` the :class:`Workspace` everyone uses, made of
-rooms with one job each: ``room`` (what they share, incl. the one stage-place-insert-undo write),
-``cases``, ``labels``, ``predictions``, ``corrections``, ``runs``, ``registry``, ``reports``;
-``check`` and ``export`` are the two whole-workspace jobs.
+parts with one job each: ``base`` (what they share, incl. the one stage-place-insert-undo write),
+``casestore``, ``labels``, ``predictions``, ``corrections``, ``runs``, ``registry``, ``reports``, ``dicom``,
+``qualitymodels``, ``suspectflags``; ``check``, ``export`` and ``sync`` (with a PACS) are whole-workspace jobs,
+functions of a workspace.
 """
 from .api import Workspace, parse_labels, parse_modality
-from .cases import content_hash
+from .casestore import content_hash
 from .ledger import LEDGER_NAME, SCHEMA_VERSION
 from .records import (
                       QUALITIES,

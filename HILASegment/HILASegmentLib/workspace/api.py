@@ -1,11 +1,11 @@
 """The workspace's one face, :class:`Workspace`, and how a workspace comes to be: creating one
 (recovering from an interrupted ``hila init``) and opening one.
 
-The work is done in rooms, one job each, that :class:`Workspace` combines: ``cases`` (import),
+The work is done in parts, one job each, that :class:`Workspace` combines: ``casestore`` (import),
 ``labels`` (validating what is handed in), ``predictions``, ``corrections`` (and effort),
 ``runs`` (training snapshots and runs), ``registry`` (model versions), ``reports`` (status, rank,
-check, export), ``qualitymodels`` (the learned quality model per model version), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``room`` holds what they share, including the one write pattern every stored file
-follows (stage, place, insert the row, undo on error; see :meth:`room.Room._store`).
+check, export), ``qualitymodels`` (the learned quality model per model version), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``base`` holds what they share, including the one write pattern every stored file
+follows (stage, place, insert the row, undo on error; see :meth:`base.WorkspaceBase._store`).
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from ..colors import default_color, label_color
-from ..durable import fsync_dir, fsync_file
-from ..errors import HilaError
-from ..modelcard import resolve_model
-from ..paths import check_readable
-from .cases import Cases
+from ..ground.colors import default_color, label_color
+from ..ground.durable import fsync_dir, fsync_file
+from ..ground.errors import HilaError
+from ..ground.paths import check_readable
+from ..models.modelcard import resolve_model
+from .base import PathLike, now, user
+from .casestore import Cases
 from .corrections import Corrections
 from .dicom import Dicom
 from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged
@@ -33,9 +34,8 @@ from .qualitymodels import QualityModels
 from .records import MODALITIES, dumps
 from .registry import Registry
 from .reports import Reports
-from .room import PathLike, now, user
 from .runs import Runs
-from .suspects import Suspects
+from .suspectflags import Suspects
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-.()/+]*$")
 
@@ -112,7 +112,7 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
             for d in MANAGED_DIRS + (TMP_DIR,):
                 (root / d).mkdir(exist_ok=True)
             fsync_dir(root)
-            # no ledger exists yet, so this is not Room._store: the undo is removing the whole folder
+            # no ledger exists yet, so this is not WorkspaceBase._store: the undo is removing the whole folder
             store = FileStore(root)
             staged_model: List[Staged] = []
             model_rows = []

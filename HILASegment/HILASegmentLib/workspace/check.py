@@ -13,15 +13,23 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Set
+from typing import List, Protocol, Set
 
-from ..errors import HilaError
-from .files import PLACED_NAME, stored_file_problem
+from ..ground.errors import HilaError
+from .files import PLACED_NAME, FileStore, stored_file_problem
+from .ledger import Ledger
 from .records import CheckReport, dumps
 from .runs import pid_alive
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import Workspace
+
+class CheckedWorkspace(Protocol):
+    """What ``check`` needs of a workspace (the :class:`~.api.Workspace` has it; api imports this module, not back)."""
+
+    root: Path
+    ledger: Ledger
+    files: FileStore
+
+    def recover_dead_runs(self, con: sqlite3.Connection, why: str) -> List[int]: ...
 
 _FILE_COLUMNS = (("cases", "case_id", "file", "sha256"), ("predictions", "prediction_id", "file", "sha256"),
                  ("corrections", "correction_id", "file", "sha256"), ("models", "version", "file", "sha256"),
@@ -42,7 +50,7 @@ def _readlink(path: Path) -> str:
         return "?"
 
 
-def check_workspace(ws: "Workspace", repair: bool = False) -> CheckReport:
+def check_workspace(ws: CheckedWorkspace, repair: bool = False) -> CheckReport:
     rep = CheckReport(ok=True)
     root = ws.root
     # 1. the ledger itself

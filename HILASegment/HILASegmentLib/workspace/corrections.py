@@ -1,4 +1,4 @@
-"""The corrections room: a radiologist's label for a case as its next version (earlier versions
+"""The workspace's corrections: a radiologist's label for a case as its next version (earlier versions
 stay), with the effort it took measured against what it corrected."""
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .. import assist as _assist
-from .. import quality as _quality
-from .. import weak
-from ..errors import HilaError
+from ..formats import weak
+from ..ground.errors import HilaError
+from ..inference import boxassist as _assist
+from ..quality import effort as _quality
+from .base import WorkspaceBase, image_writer, now, user
 from .files import Staged, read_stored
 from .records import QUALITIES, Case, Correction, dumps
-from .room import Room, image_writer, now, user
 
 
-class Corrections(Room):
+class Corrections(WorkspaceBase):
     def _corr_from_row(self, r: sqlite3.Row) -> Correction:
         return Correction(r["correction_id"], r["case_id"], r["version"], self.root / r["file"], r["sha256"], r["quality"],
                           r["annotator"], r["seconds"], r["based_on"], json.loads(r["effort"]), r["created_at"])

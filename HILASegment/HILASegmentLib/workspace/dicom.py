@@ -1,4 +1,4 @@
-"""The DICOM room: cases that came from a DICOM series, and SEG/RTSTRUCT objects in and out.
+"""The workspace's DICOM side: cases that came from a DICOM series, and SEG/RTSTRUCT objects in and out.
 
 A case imported from a DICOM folder keeps its series in the ledger (``case_series``: study,
 series and slice UIDs and one slice's header as a template), so SEG and RTSTRUCT can be read onto
@@ -22,15 +22,15 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import dicomref, dicomseg, rtstruct
-from ..errors import HilaError
-from ..labelmatch import MANUAL_SET, contour_set, match_label
-from ..progress import ProgressFn, null_progress
-from ..segmentation import first_overlap, overlap_error
+from ..dicom import dicomref, dicomseg, rtstruct
+from ..formats.segmentation import first_overlap, overlap_error
+from ..ground.errors import HilaError
+from ..ground.labelmatch import MANUAL_SET, contour_set, match_label
+from ..ground.progress import ProgressFn, null_progress
+from .base import PathLike, WorkspaceBase, now
 from .export import file_stems
 from .files import read_stored
 from .records import Case, dumps
-from .room import PathLike, Room, now
 
 
 class _AlreadyImported(Exception):
@@ -51,7 +51,7 @@ def referenced_series_uid(ds) -> Optional[str]:
     return None
 
 
-class Dicom(Room):
+class Dicom(WorkspaceBase):
     # -- series ----------------------------------------------------------------------------------
     def import_series(self, folder: PathLike, name: Optional[str] = None,
                       progress: Optional[ProgressFn] = None, modality_override: bool = False) -> Case:

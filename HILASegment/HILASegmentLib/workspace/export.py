@@ -13,22 +13,38 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Dict, List, Optional, Protocol
 
-from .. import segfile
-from ..durable import fsync_dir, staging_dir
-from ..errors import HilaError
-from ..gridcheck import shear
-from ..imageio import no_space, write_image
-from ..paths import check_outputs, name_component
-from ..progress import ProgressFn, null_progress
+from ..formats import segfile
+from ..formats.gridcheck import shear
+from ..formats.imageio import write_image
+from ..formats.itkcalls import no_space
+from ..ground.durable import fsync_dir, staging_dir
+from ..ground.errors import HilaError
+from ..ground.paths import check_outputs, name_component
+from ..ground.progress import ProgressFn, null_progress
 from .files import read_stored
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import Workspace
+from .records import Case, Correction, ModelRecord, Settings, SnapshotItem
 
 
-def export_workspace(ws: "Workspace", out: Path, include_unlabelled: bool = False,
+class ExportedWorkspace(Protocol):
+    """What ``export`` reads of a workspace (the :class:`~.api.Workspace` has it; api imports this module, not back)."""
+
+    root: Path
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def snapshot(self) -> List[SnapshotItem]: ...
+
+    def cases(self) -> List[Case]: ...
+
+    def corrections(self, case_id: Optional[str] = None) -> List[Correction]: ...
+
+    def current_model(self) -> Optional[ModelRecord]: ...
+
+
+def export_workspace(ws: ExportedWorkspace, out: Path, include_unlabelled: bool = False,
                      progress: Optional[ProgressFn] = None) -> dict:
     progress = progress or null_progress
     check_outputs({"WORKSPACE": ws.root}, {"OUT": out})
@@ -80,7 +96,7 @@ def _stored(root: Path, path: Path, what: str):
         raise HilaError(f"{what}: its stored file cannot be read ({exc}); nothing was exported") from None
 
 
-def _export_into(ws: "Workspace", out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
+def _export_into(ws: ExportedWorkspace, out: Path, include_unlabelled: bool, progress: ProgressFn) -> None:
     """Write the whole export into ``out`` (a fresh staging folder), manifest last."""
     settings = ws.settings
     snap = {s.case_id: s for s in ws.snapshot()}           # one consistent read

@@ -22,9 +22,9 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
-from ..durable import fsync_dir, fsync_file, sha256_file
-from ..errors import HilaError
-from ..imageio import read_image
+from ..formats.imageio import read_image
+from ..ground.durable import fsync_dir, fsync_file, sha256_file
+from ..ground.errors import HilaError
 from .ledger import LEDGER_NAME
 
 try:  # POSIX advisory locks tell live writers from dead ones

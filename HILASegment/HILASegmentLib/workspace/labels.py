@@ -1,4 +1,4 @@
-"""The labels room: turning what a user or a model hands in (a label map, a ``.seg.nrrd``, a
+"""The workspace's labels: turning what a user or a model hands in (a label map, a ``.seg.nrrd``, a
 ``Segmentation``) into a label map on the case's grid in workspace values, or a clear refusal."""
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import HilaError
-from ..imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
-from ..labelmatch import match_label
-from ..paths import check_readable
-from ..segfile import Segmentation, is_seg_nrrd, read_segmentation
-from .room import PathLike, Room
+from ..formats.imageio import as_label_image, describe_grid, grid_difference, read_image, volume_suffix
+from ..formats.segfile import Segmentation, is_seg_nrrd, read_segmentation
+from ..ground.errors import HilaError
+from ..ground.labelmatch import match_label
+from ..ground.paths import check_readable
+from .base import PathLike, WorkspaceBase
 
 
-class Labels(Room):
+class Labels(WorkspaceBase):
     def _label_from_segmentation(self, seg: Segmentation, reference: sitk.Image, where: str) -> sitk.Image:
         """A label map in workspace values from a Segmentation, matching segments to labels by the one
         rule (:func:`labelmatch.match_label`: tag, name, terminology, alias); segments matching no label are

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
 
-from .. import envvars
-from ..errors import HilaError
+from ..ground import envvars
+from ..ground.errors import HilaError
 
 LEDGER_NAME = "hila.sqlite"
 

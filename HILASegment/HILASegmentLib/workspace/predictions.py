@@ -1,4 +1,4 @@
-"""The predictions room: a model's label map for a case, stored immutably with its summary."""
+"""The workspace's predictions: a model's label map for a case, stored immutably with its summary."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,12 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .base import WorkspaceBase, image_writer, now
 from .files import Staged
 from .records import Prediction, dumps
-from .room import Room, image_writer, now
 
 
-class Predictions(Room):
+class Predictions(WorkspaceBase):
     def _pred_from_row(self, r: sqlite3.Row) -> Prediction:
         return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.root / r["file"], r["sha256"],
                           json.loads(r["uncertainty"]) if r["uncertainty"] else None, r["created_at"])

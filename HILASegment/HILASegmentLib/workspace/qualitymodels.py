@@ -1,4 +1,4 @@
-"""The quality-models room: the workspace's (prediction, accepted correction) pairs, the learned quality
+"""The workspace's quality models: its (prediction, accepted correction) pairs, the learned quality
 model fitted on them for a model version, and which source of predicted Dice is in use for each version.
 
 A fit is recorded as an event of the ledger (kind ``quality_model``, entity ``model vN``, the model as
@@ -12,15 +12,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..errors import HilaError
-from ..qualitymodel import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
-from ..summary import PredictionSummary
-from .room import Room
+from ..ground.errors import HilaError
+from ..inference.summary import PredictionSummary
+from ..quality.learned import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
+from .base import WorkspaceBase
 
 EVENT_KIND = "quality_model"
 
 
-class QualityModels(Room):
+class QualityModels(WorkspaceBase):
     def quality_pairs(self) -> List[dict]:
         """Every prediction with an accepted (reviewed) correction: its features, its expected soft Dice
         (source a) and the Dice the first such correction showed against it (the truth a quality model learns)."""
@@ -46,7 +46,7 @@ class QualityModels(Room):
     def fit_quality_model(self, model_version: Optional[int] = None) -> QualityModel:
         """Fit on every pair and record it for ``model_version`` (default: the current model)."""
         if model_version is None:
-            cur = self.current_model()  # type: ignore[attr-defined]  (the registry room)
+            cur = self.current_model()  # type: ignore[attr-defined]  (the registry part)
             if cur is None:
                 raise HilaError(f"{self.root}: no current model to fit a quality model for")
             model_version = cur.version

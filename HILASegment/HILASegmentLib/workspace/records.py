@@ -102,8 +102,8 @@ class ModelRecord(_Record):
     def segmenter(self, threads: Optional[int] = None, device: str = "auto"):
         """The Segmenter of this version with the registry's card (an imported model such as TAPS carries none
         inside its ONNX file, so a workspace model is always run with the card the registry keeps)."""
-        from ..inference import Segmenter  # onnxruntime: only when a model is run
-        from ..modelcard import ModelCard
+        from ..inference.segmenter import Segmenter  # onnxruntime: only when a model is run
+        from ..models.modelcard import ModelCard
 
         card = ModelCard.from_dict(dict(self.card), f"model v{self.version} card")
         return Segmenter(self.path, threads=threads, device=device, card=card)

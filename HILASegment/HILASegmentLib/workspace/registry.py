@@ -1,4 +1,4 @@
-"""The model registry room: model versions are added, never replaced; one is *current*; rollback
+"""The workspace's model registry: model versions are added, never replaced; one is *current*; rollback
 goes one step back along the history of current models.
 
 That history (``model_promotions``) is append-only like everything else: a promotion and a rollback
@@ -12,11 +12,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..errors import HilaError
-from ..modelcard import ModelCard
+from ..ground.errors import HilaError
+from ..models.modelcard import ModelCard
+from .base import PathLike, WorkspaceBase, as_int, copier, now
 from .files import Staged
 from .records import MODEL_STATUSES, ModelRecord, dumps
-from .room import PathLike, Room, as_int, copier, now
 
 
 class VersionTaken(HilaError):
@@ -41,7 +41,7 @@ def current_stack(rows: Sequence[Tuple[int, str]]) -> List[int]:
     return stack
 
 
-class Registry(Room):
+class Registry(WorkspaceBase):
     def _model_from_row(self, r: sqlite3.Row) -> ModelRecord:
         return ModelRecord(r["version"], self.root / r["file"], r["sha256"], json.loads(r["card"]), r["parent"], r["status"],
                            self.abspath(r["checkpoint_file"]), r["training_run"], r["created_at"])

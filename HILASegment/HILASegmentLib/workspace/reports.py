@@ -1,4 +1,4 @@
-"""The reports room: each case's state, the workspace's status and effort so far, the review
+"""The workspace's reports: each case's state, the workspace's status and effort so far, the review
 ranking, and the two whole-workspace jobs (``check``, ``export``) that live in their own modules."""
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import quality as _quality
-from ..progress import ProgressFn
+from ..ground.progress import ProgressFn
+from ..quality.ranking import rank_cases
+from .base import PathLike, WorkspaceBase
 from .check import check_workspace
 from .export import export_workspace
 from .ledger import SCHEMA_VERSION
 from .records import QUALITIES, CheckReport
-from .room import PathLike, Room
 
 
-class Reports(Room):
+class Reports(WorkspaceBase):
     def case_states(self) -> List[dict]:
         """Each case with its state: new, predicted, or the quality of its latest correction."""
         with self.ledger.read() as con:
@@ -71,7 +71,7 @@ class Reports(Room):
             "current_model": next((m.version for m in models if m.status == "current"), None),
             "training_runs": {r[0]: r[1] for r in runs},
             "effort": effort_summary(effort_rows, s.names()), "events": n_events,
-            "suspects": self.suspects(),  # type: ignore[attr-defined]  (the suspects room)
+            "suspects": self.suspects(),  # type: ignore[attr-defined]  (the suspects part)
             "quality": self.quality_source(next((m.version for m in models if m.status == "current"), None)),
         }
 
@@ -91,11 +91,11 @@ class Reports(Room):
             if v is None:
                 return None
             if v not in models:
-                models[v] = self.quality_model(int(v))  # type: ignore[attr-defined]  (the quality-models room)
+                models[v] = self.quality_model(int(v))  # type: ignore[attr-defined]  (the quality-models part)
             qm = models[v]
             return qm.score(summary) if qm is not None and qm.in_use else None
 
-        return _quality.rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
+        return rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
                                    rng=np.random.default_rng(seed))
 
     def check(self, repair: bool = False) -> CheckReport:

@@ -1,4 +1,4 @@
-"""The runs room: training snapshots (the exact correction versions a run trains on) and the runs.
+"""The workspace's runs: training snapshots (the exact correction versions a run trains on) and the runs.
 
 One training run at a time per workspace: the ``running`` row *is* the lock. ``start_training_run``
 looks for one inside its write transaction (``BEGIN IMMEDIATE``: two starts cannot both see none);
@@ -14,10 +14,10 @@ import socket
 import sqlite3
 from typing import Iterable, List, Optional, Sequence
 
-from ..errors import HilaError
+from ..ground.errors import HilaError
+from .base import WorkspaceBase, now
 from .files import link_escape
 from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
-from .room import Room, now
 
 
 def pid_alive(pid: int) -> bool:
@@ -34,7 +34,7 @@ _SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_
                  "k.name AS case_name FROM corrections c JOIN cases k ON k.case_id = c.case_id ")
 
 
-class Runs(Room):
+class Runs(WorkspaceBase):
     def _snap_item(self, r: sqlite3.Row) -> SnapshotItem:
         for what, rel in (("image", r["image_file"]), ("correction", r["label_file"])):
             why = link_escape(self.root, rel)  # what a snapshot names is read by training: never outside

@@ -14,7 +14,7 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from HILASegmentLib.errors import HilaError
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentSlicerLib import segments
 
 

@@ -1,0 +1,97 @@
+"""Review ranking: which unreviewed case to look at next, most likely wrong first (Zhang et al. 2023).
+
+How unsure the model was about a case (its predicted Dice, learned or expected, or its mean uncertainty) decides
+the order ``hila rank``, the workspace and Slicer's Next case use, so review effort goes where the model is most
+likely wrong; ``review_budget`` says what reviewing the first share of them should gain.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..ground.errors import HilaError
+from ..inference.summary import PredictionSummary
+
+#: What ``rank`` can order by: predicted Dice (lowest first), mean uncertainty (highest first), or at random.
+RANK_BY = ("quality", "uncertainty", "random")
+
+
+def review_need(summary: Optional[PredictionSummary], by: str = "quality",
+                predicted_dice: Optional[float] = None) -> Optional[float]:
+    """How much a prediction needs review (higher = look first); None when its summary says nothing.
+
+    ``quality``: ``1 - predicted Dice`` (``predicted_dice`` when given, e.g. the learned model's, else the
+    summary's expected Dice), falling back to the mean uncertainty for summaries without one;
+    ``uncertainty``: the mean voxel uncertainty of the labelled region.
+    """
+    if summary is None:
+        return None
+    d = predicted_dice if predicted_dice is not None else summary.predicted_dice
+    signals = [(summary.mean_uncertainty, lambda v: v)]
+    if by == "quality":
+        signals.insert(0, (d, lambda v: 1.0 - v))
+    for value, need in signals:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            return float(need(float(value)))
+    return None
+
+
+def rank_cases(cases: Iterable[Mapping], by: str = "quality",
+               scorer: Optional[Callable[[PredictionSummary], Optional[float]]] = None,
+               rng: Optional[np.random.Generator] = None) -> List[dict]:
+    """Order unreviewed cases, most in need of review first.
+
+    Each item has ``case_id``, ``predicted`` (bool) and ``uncertainty`` (the latest prediction's
+    stored summary, see :class:`PredictionSummary`, or None). ``scorer(summary)`` gives the learned
+    quality model's predicted Dice where one is in use for the prediction's model version (else None:
+    the summary's own expected Dice stands). Predicted cases with a known need come first (highest
+    need first; ``random``: in a random order), then predicted cases without a summary, then
+    unpredicted cases; ties by case id.
+    """
+    if by not in RANK_BY:
+        raise HilaError(f"--by {by!r}: use one of {', '.join(RANK_BY)}")
+    items = list(cases)
+    shuffle = (rng or np.random.default_rng(0)).permutation(len(items)) if by == "random" else None
+    ranked = []
+    for i, c in enumerate(items):
+        stored = c.get("uncertainty")
+        summary = PredictionSummary.from_dict(stored) if isinstance(stored, Mapping) else None
+        learned = scorer(summary) if (scorer is not None and summary is not None and c.get("predicted")) else None
+        need = review_need(summary, "uncertainty" if by == "uncertainty" else "quality", learned) \
+            if c.get("predicted") else None
+        tier = 0 if need is not None else (1 if c.get("predicted") else 2)
+        item = dict(c)
+        item["review_need"] = None if need is None else round(need, 6)
+        item["predicted_dice"] = learned if learned is not None else (summary.predicted_dice if summary else None)
+        item["predicted_dice_source"] = ("learned" if learned is not None else
+                                         (summary.predicted_dice_source if summary and summary.predicted_dice is not None
+                                          else None))
+        order = float(shuffle[i]) if shuffle is not None else -(need or 0.0)
+        item["_key"] = (tier, order, str(c.get("case_id")))
+        ranked.append(item)
+    ranked.sort(key=lambda it: it["_key"])
+    for i, it in enumerate(ranked, 1):
+        del it["_key"]
+        it["rank"] = i
+    return ranked
+
+
+def review_budget(ranked: Sequence[Mapping], fraction: float) -> dict:
+    """The first ``fraction`` (in (0, 1]) of the predicted cases of a ranking: the reviews that should raise
+    the cohort's mean Dice most when the ranking is by quality (a reviewed case is taken to reach Dice 1).
+
+    Returns the chosen case ids and the cohort's predicted mean Dice before and after those reviews.
+    """
+    if not (isinstance(fraction, (int, float)) and np.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise HilaError(f"--review-budget {fraction!r}: must be a fraction in (0, 1]")
+    predicted = [r for r in ranked if r.get("predicted")]
+    k = int(np.ceil(fraction * len(predicted) - 1e-9)) if predicted else 0
+    chosen = predicted[:k]
+    known = [r for r in predicted if r.get("predicted_dice") is not None]
+    before = float(np.mean([r["predicted_dice"] for r in known])) if known else None
+    ids = {r["case_id"] for r in chosen}
+    after = float(np.mean([1.0 if r["case_id"] in ids else r["predicted_dice"] for r in known])) if known else None
+    return {"fraction": fraction, "cases": [r["case_id"] for r in chosen], "of_predicted": len(predicted),
+            "predicted_cohort_dice": None if before is None else round(before, 4),
+            "predicted_cohort_dice_after": None if after is None else round(after, 4)}

@@ -1,0 +1,199 @@
+"""Where a round's weights start (:func:`initial_network`) and what the candidate's card says (:func:`candidate_card`).
+
+Kept apart from the run so the run reads as its steps, and so the card is built as a
+:class:`~HILASegmentLib.models.modelcard.ModelCard` (validated like any other card) rather than a loose dict.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..ground.errors import HilaError
+from ..models.modelcard import LabelInfo, ModelCard, read_card
+from . import budget
+from . import network as nw
+from . import plan as planner
+from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
+
+
+@dataclass
+class Start:
+    """What a round starts from: the weights, their architecture and the card the candidate inherits its grid from."""
+
+    init: str                      # "scratch" | "finetune vN" | "imported vN (...)"
+    base: dict                     # spacing, patch_size, normalization, orientation, activation, (inference, roi...)
+    arch: dict
+    net: object
+    sigmoid: bool = False
+    plan: Optional[dict] = None    # the planned recipe (fresh models only)
+    optimizer: Optional[dict] = None  # the parent round's optimiser state (fine-tuning its checkpoint)
+    origin: Optional[object] = None   # the model whose weights it continues (a ModelRecord), None for a fresh one
+    own: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.own = self.arch.get("name") in ("UNet", "DynUNet", "SliceUNet")
+
+
+def line_head(ws, current):
+    """The newest model of the current model's line: a candidate the gate kept back still holds the steps it
+    trained, so the next round continues from it rather than throwing them away (the gate still decides what
+    users get). A line runs through candidates only: a model retired by a rollback ends it."""
+    if current is None:
+        return None
+    models = {m.version: m for m in ws.models()}
+    for m in sorted(models.values(), key=lambda m: m.version, reverse=True):
+        if m.version <= current.version:
+            break
+        v, link = m.version, m
+        while link is not None and link.status == "candidate" and link.parent not in (None, v):
+            v = link.parent
+            if v == current.version:
+                if m.checkpoint_path is not None and Path(m.checkpoint_path).exists():
+                    return m
+                break
+            link = models.get(v)
+    return current
+
+
+def _label_names(card: dict) -> List[str]:
+    return [str(lab.get("name", "")).lower() for lab in card.get("labels", [])]
+
+
+def initial_network(ws, current, opts, snapshot) -> Start:
+    """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
+    (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
+    settings = ws.settings
+    names = [lab.name.lower() for lab in settings.labels]
+    if current is not None and opts.init == "auto":
+        current = line_head(ws, current)
+        cur_card = current.card or {}
+        if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
+                and _label_names(cur_card) == names:
+            arch0 = cur_card.get("architecture") or {}
+            onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
+            fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
+            net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
+            if not planner.CONTINUE_OPTIMIZER.get(str(cur_card.get("modality")), False):
+                opt_state = None
+            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
+                         optimizer=opt_state, origin=current)
+    if opts.init == "imported":
+        if current is None:
+            raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
+        cur_card = read_card(current.path).to_dict()
+        if _label_names(cur_card) != names:
+            raise HilaError(f"model v{current.version}: its labels differ from the workspace's; "
+                            "cannot fine-tune it on these corrections")
+        fits(ws, snapshot, {}, cur_card, opts)
+        net = nw.convert_onnx(current.path)
+        diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
+        arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
+                "source_architecture": cur_card.get("architecture", {})}
+        return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", dict(cur_card),
+                     arch, net, cur_card.get("activation") == "sigmoid")
+    configuration, why = planner.choose_configuration(opts.device, getattr(opts, "config", None))
+    arch = planner.architecture(configuration, nw.default_architecture(settings.modality, len(names)))
+    if opts.channels:
+        arch["channels"] = [int(c) for c in opts.channels]
+        arch["strides"] = [2] * (len(arch["channels"]) - 1)
+    div = 2 ** len(arch["strides"])
+    slice_net = arch["name"] == "SliceUNet"
+    if opts.patch_size and any(int(p) % div for p in (opts.patch_size[:2] if slice_net else opts.patch_size)):
+        raise HilaError(f"--patch {list(opts.patch_size)}: each size must be a multiple of {div} for this network")
+    fp = planner.fingerprint(snapshot, len(names))
+    rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size,
+                       configuration=configuration, why=why)
+    base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
+            "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    fits(ws, snapshot, arch, base, opts, spacing=opts.spacing, batch=rec["batch_size"])  # before the network is built: 4096 channels allocate gigabytes at once
+    return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+
+
+def recipe_batch(start: Start) -> int:
+    """Patches per step of the start's recipe: the plan's for a fresh model, the parent's loop for a fine-tune."""
+    return int(_recipe(start).get("batch_size", 2))
+
+
+def recipe_data_path(start: Start) -> str:
+    """The start's data path (``arrays`` or ``monai``): the plan's for a fresh model, the parent's for a fine-tune."""
+    return str(_recipe(start).get("data_path", "monai" if not start.plan else "arrays"))
+
+
+def _recipe(start: Start) -> dict:
+    if start.plan:
+        return start.plan
+    return (start.base.get("training") or {}).get("loop") or {}
+
+
+def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[float]] = None,
+         batch: Optional[int] = None) -> float:
+    """Refuse a round whose network (``arch``: channels; none for an imported model) and cases on the model grid
+    (``base``: spacing, patch size; ``spacing`` as the user gave it, before the plan rounds it) do not fit in
+    memory, before anything is built or recorded."""
+    patch = [int(p) for p in base.get("patch_size") or []]
+    spacing = [float(s) for s in (spacing or base.get("spacing") or [])]
+    if len(patch) != 3 or len(spacing) != 3:
+        return 0.0
+    batch = int(opts.batch_size or batch or (base.get("training") or {}).get("loop", {}).get("batch_size") or 2)
+    chans = arch.get("channels")
+    options = (f"hila train (patch {'x'.join(map(str, patch))}, batch {batch}"
+               + (f", channels {','.join(map(str, chans))}" if chans else "")
+               + f", spacing {','.join(f'{s:g}' for s in spacing)} mm)")
+    grids = [(it.case_id, ws.case(it.case_id).grid) for it in snapshot]
+    device = "cuda" if str(opts.device) in ("cuda", "auto") else "cpu"
+    return budget.check_round(arch, patch, spacing, batch, grids, device, options)
+
+
+def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
+                   opts, device: str) -> ModelCard:
+    """The new version's card: the start's grid/normalisation, the workspace's labels, the exact training set.
+
+    The gate's figures (validation, parent_validation, gate) and the timings are added by the run
+    once both models have been scored; ``extra["training"]`` records the recipe, the loop and the
+    corrections that trained, chose the checkpoint (none: the last weights) and gated.
+    """
+    base, arch = start.base, start.arch
+    patch = [int(p) for p in base["patch_size"]]
+    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") in ("UNet", "SliceUNet") else 16
+    # own nets: windows of the training patch size (instance-norm statistics as in training)
+    inference = {"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
+                 "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.get("inference") or {})
+    labels = [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]
+    training = {"init": start.init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
+                "optimizer_continued": bool(getattr(res, "resumed_optimizer", False)),
+                "precision": getattr(res, "precision", "float32"),
+                "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
+                "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
+                "device": device, "threads": int(opts.threads or os.cpu_count() or 1),
+                "quality_weights": dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
+                "ignore_band": dict(IGNORE_BAND) if opts.ignore_band else None,
+                "checkpoint": {"rule": "last weights (no checkpoint chosen on validation data)", "chosen_on": []},
+                "recipe": start.plan or {"inherited_from": start.init}}
+    return ModelCard(
+        name=f"hila-{settings.modality.lower()}-{'unet' if start.own else 'finetuned'}",
+        version=int(version),
+        parent_version=start.origin.version if start.origin is not None else (current.version if current else None),
+        description=(f"Trained by the HILASegment trainer on {len(snapshot)} correction(s) of this workspace "
+                     f"({start.init}); {settings.modality}, labels {', '.join(lab.name for lab in settings.labels)}."),
+        modality=settings.modality,
+        labels=labels,
+        spacing=tuple(float(s) for s in base["spacing"]),
+        orientation=base.get("orientation", "RAS"),
+        patch_size=tuple(patch),
+        in_channels=1,
+        activation=base.get("activation", "softmax"),
+        normalization=dict(base["normalization"]),
+        postprocess={"largest_component": True} if start.own else dict(base.get("postprocess") or {}),
+        inference=inference,
+        roi={} if start.own else dict(base.get("roi") or {}),
+        architecture=dict(arch, parameters=nw.count_parameters(start.net)),
+        training_set=[{"case_id": s.case_id, "case_name": getattr(s, "case_name", ""),
+                       "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
+        metrics={"parity": par},
+        licence="same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
+        extra={"training": training},
+    ).validate(f"candidate card v{version}")
