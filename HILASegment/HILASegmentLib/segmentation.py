@@ -267,6 +267,34 @@ class Segmentation:
                             reference_extent_offset=tuple(self.reference_extent_offset),
                             header=dict(self.header), source=self.source)
 
+    def cropped(self) -> "Segmentation":
+        """The same segments with every layer cut to the box holding all their voxels, as Slicer's writer crops: the
+        file's origin moves there and ``reference_extent_offset`` says where the box starts on the full grid (whose
+        description stays in the conversion parameters). Who reads it pays for the result, not for the volume."""
+        box = [None, None, None]  # per numpy axis (k, j, i): (first, last) voxel of any layer
+        for layer in self.layers:
+            arr = sitk.GetArrayViewFromImage(layer)
+            ks = np.flatnonzero(arr.any(axis=(1, 2)))
+            if not ks.size:
+                continue
+            slab = arr[ks[0]:ks[-1] + 1]  # the other two axes searched in the slab only
+            hits = (ks, np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1))))
+            for a, h in enumerate(hits):
+                lo, hi = int(h[0]), int(h[-1])
+                box[a] = (lo, hi) if box[a] is None else (min(box[a][0], lo), max(box[a][1], hi))
+        if box[0] is None:
+            box = [(0, 0)] * 3  # nothing segmented: one voxel keeps the grid
+        start = [box[2][0], box[1][0], box[0][0]]  # (i, j, k)
+        size = [box[2][1] - box[2][0] + 1, box[1][1] - box[1][0] + 1, box[0][1] - box[0][0] + 1]
+        out = self.copy()
+        if out.conversion_parameters is None:  # the full grid stays described where Slicer looks for it
+            out.conversion_parameters = DEFAULT_CONVERSION_PARAMETERS.replace("{geometry}", slicer_geometry_string(self.grid))
+        out.layers = [sitk.RegionOfInterest(layer, size, start) for layer in self.layers]
+        out.reference_extent_offset = tuple(int(o) + s for o, s in zip(self.reference_extent_offset, start))
+        for s in out.segments:
+            s.extent = None  # recomputed on write, in the cropped file's voxels
+        return out
+
     # -- checks ----------------------------------------------------------------------------------
     def validate(self, where: str = "segmentation") -> None:
         """Raise HilaError when segments and layers do not fit together (IDs, layers, values, grids)."""
