@@ -53,6 +53,8 @@ UNRECORDED_OK = {
     # the self-test's ROI; read in Slicer's source (main @ 583e9b37, v5.8.1): vtkMRMLMarkupsROINode.h declares both
     "SetCenterWorld": "vtkMRMLMarkupsROINode (the self-test places an ROI) is not recorded",
     "SetSizeWorld": "vtkMRMLMarkupsROINode (the self-test places an ROI) is not recorded",
+    # a segment's layer: vtkOrientedImageData (recorded) is a vtkImageData, whose GetExtent VTK declares (vtkImageData.h)
+    "GetExtent": "vtkImageData (base of the recorded vtkOrientedImageData) is not recorded",
 }
 
 

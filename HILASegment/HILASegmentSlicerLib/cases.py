@@ -19,7 +19,7 @@ from HILASegmentLib.errors import HilaError
 from . import mrmlgeometry, segments
 
 __all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
-           "reopen_case_segments", "output_path", "workspace_model"]
+           "reopen_case_segments", "output_path", "workspace_model", "own_case"]
 
 
 def reopen_workspace(path: str, open_fn: Callable[[str], Any], clear_setting: Callable[[], None]) -> Tuple[Any, str]:
@@ -86,7 +86,7 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     """
     if segNode is None:
         raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
-    case_id = _own_case(ws, volume)
+    case_id = own_case(ws, volume)
     version = None
     if ws is not None and case_id:
         array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
@@ -100,7 +100,7 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     return AcceptOutcome(case_id, version, saved)
 
 
-def _own_case(ws: Any, volume: Any) -> Optional[str]:
+def own_case(ws: Any, volume: Any) -> Optional[str]:
     """The volume's own case id (None for a volume that is no case); refused when it is another workspace's case."""
     case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume is not None else None
     home = volume.GetAttribute(segments.WORKSPACE_ATTRIBUTE) if volume is not None else None
@@ -113,7 +113,7 @@ def _own_case(ws: Any, volume: Any) -> Optional[str]:
 def accept_weak(ws: Any, volume: Any, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None):
     """Submit marks (``marks.marks_from_markups``) as a weak label of the volume's OWN case through
     ``Workspace.submit_marks`` (the path of ``hila submit --box/--lines``); returns the Correction."""
-    case_id = _own_case(ws, volume)
+    case_id = own_case(ws, volume)
     if ws is None or not case_id:
         raise HilaError("not a workspace case: open a workspace and import the volume (or load a case) first")
     return ws.submit_marks(case_id, marks, annotator=annotator, seconds=seconds)

@@ -56,13 +56,18 @@ class ModuleLogic:
         """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
         return mrmlgeometry.array_to_image(np.array(self.util.arrayFromVolume(volume)), self.ijkToRas(volume))
 
-    def writeResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None, labels: Any = None) -> Any:
-        """An engine .seg.nrrd into the volume's own segments (``segments.write_engine_result``); returns the report.
-        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
+    def loadResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
+        """A `hila infer` .seg.nrrd into the volume's own segments; returns the report (``segments.WriteReport``).
+
+        All the GUI thread does with an AI result: read it (the workspace form's file is cut to the result's voxels
+        and already in the workspace's labels; the child recorded the prediction), and write its segments, in the
+        region of the volume they cover, under the Segment Editor's masking (``segments.write_engine_result``)."""
         from HILASegmentLib.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
-        items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
+        items, region = segments.result_items(read_segmentation(segPath), self.ijkToRas(volume),
+                                              tuple(self.util.arrayFromVolume(volume).shape))
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene)
+        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene,
+                                            region=region)
 
     def saveSegmentation(self, segNode: Any, path: str) -> str:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +95,24 @@ class ModuleLogic:
         return case
 
     # jobs
-    def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto") -> Tuple[ProcessRunner, Dict[str, str]]:
-        from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+    def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto",
+                          case: Optional[Tuple[str, str]] = None) -> Tuple[ProcessRunner, Dict[str, str]]:
+        """``hila infer`` as a child, writing ``<folder>/result.seg.nrrd`` (``context["out"]``) for :meth:`loadResult`.
+
+        ``case``: (workspace folder, case id) of a workspace case: the child runs ``hila infer WS CASE`` on the case's
+        own image, maps the model's labels to the workspace's and records the prediction; ``model`` is then a model
+        version or a catalog name. Otherwise the volume is written out for the file form (no prediction recorded)."""
         folder = tempfile.mkdtemp(prefix="hila-infer-")
-        image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
-        write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
-                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
+        out = os.path.join(folder, "result.seg.nrrd")
+        if case is not None:
+            args = ["infer", str(case[0]), str(case[1])]
+        else:
+            from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+            image = os.path.join(folder, "image.nrrd")
+            write_image(self.volumeToImage(volume), image)
+            args = ["infer", "--image", image]
+        args += ["--out", out, "--model", str(model), "--device", device, "--json",
+                 "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 

@@ -120,18 +120,21 @@ class SegmentSection:
         choice = panel.currentModelChoice()
         if volume is None or choice is None or not panel.installs.ensure("inference", model=choice.model):
             return
-        try:
-            runner, context = panel.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
-                                                            device=self.ui.deviceComboBox.currentText)
+        try:  # a workspace case is segmented by `hila infer WS CASE`, which records the prediction (not this thread)
+            caseId = cases.own_case(panel.ws, volume)
+            case = (str(panel.ws.root), caseId) if panel.ws is not None and caseId else None
+            model = str(choice.version) if case and choice.key == "workspace" else choice.model
+            runner, context = panel.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked,
+                                                            device=self.ui.deviceComboBox.currentText, case=case)
         except Exception as exc:
             self.util.errorDisplay("Segmentation failed to start: %s" % exc)
             return
-        context.update(version=choice.version if choice.key == "workspace" else None, ws=panel.ws)
-        panel.startJob(Job("segment", runner, case_id=volume.GetAttribute(segments.CASE_ATTRIBUTE), volume_id=volume.GetID(),
+        panel.startJob(Job("segment", runner, case_id=case[1] if case else None, volume_id=volume.GetID(),
                            label=choice.label.split(" · ")[0], context=context))
 
     def finish(self, job: Job, outcome: Any) -> None:
-        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
+        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now; the child already
+        recorded the prediction of a workspace case, so this only draws."""
         volume = self.scene.GetNodeByID(job.volume_id)
         if volume is None:
             self.panel.status("The segmented volume was closed; its result was discarded.")
@@ -142,11 +145,8 @@ class SegmentSection:
         if shown is not None and shown.GetID() == volume.GetID():
             self.ui.segmentEditorWidget.setSegmentationNode(segNode)
             self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
-        report = self.panel.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
-        if ws is not None:
-            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
-            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
+        report = self.panel.logic.loadResult(job.context["out"], segNode, volume, editorNode)
+        if job.case_id:
             self.panel.refreshTables()
         self.panel.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
         if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):

@@ -58,7 +58,7 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     case.delayDisplay("Case A segments in the background while case B is opened (the A/B race)")
     board = JobBoard()
     modelPath, version = panels.model_for(ws)
-    runner, context = logic.startSegmentation(volA, modelPath)
+    runner, context = logic.startSegmentation(volA, str(version), case=(str(ws.root), caseA))  # the child records it
     board.start(Job("segment", runner, case_id=caseA, volume_id=volA.GetID(), context=context))
     segB = segments.segmentation_for(scene, volB)  # B is shown now
     finished = []
@@ -71,8 +71,9 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     target = scene.GetNodeByID(job.volume_id)
     case.assertIs(target, volA)
     segA = segments.segmentation_for(scene, target)
-    report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode(), ws.settings.labels)
+    report = logic.loadResult(context["out"], segA, target, logic.segmentEditorNode())
     case.assertEqual(report.names, ["prostate"])
+    case.assertEqual([p.model_version for p in ws.predictions(caseA)], [version])
     case.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
     logic.cleanupJob(context)
 

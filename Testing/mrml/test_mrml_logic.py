@@ -67,13 +67,21 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(model))
     volume = load_volume(source / "t2.nrrd", "t2")
     case = logic.importVolumeNode(ws, volume)
-    runner, context = logic.startSegmentation(volume, str(model))
+    runner, context = logic.startSegmentation(volume, "1", case=(str(ws.root), case.case_id))  # hila infer WS CASE
     outcome = runner.start().wait(timeout=300)
     assert outcome.ok, outcome.error
+    (prediction,) = ws.predictions(case.case_id)  # the child recorded it; the GUI thread only draws
+    assert prediction.model_version == 1
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-    report = logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode(), ws.settings.labels)
+    report = logic.loadResult(context["out"], segNode, volume, logic.segmentEditorNode())
+    assert report.names == ["prostate"] and report.predicted["prostate"] > 0 and report.review_voxels is not None
+    drawn = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction.path))) == 1
+    assert np.array_equal(drawn, stored)  # the cropped result lands on the voxels the ledger holds
+    child_file = read_segmentation(context["out"], "as Slicer reads it")  # the child's cropped file, Slicer's reader
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(child_file, "prostate", volume) > 0, stored)
+    slicer.mrmlScene.RemoveNode(child_file)
     logic.cleanupJob(context)
-    assert report.names == ["prostate"] and report.predicted["prostate"] > 0
     after_segment = segNode.GetSegmentation().GetSegment("hila_1")
     colour = after_segment.GetColor()
     assert np.allclose(colour, label_color("prostate"), atol=1e-6)
