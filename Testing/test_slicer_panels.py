@@ -162,3 +162,43 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
     assert {m.version for m in ws.models()} - before
     assert ws.check().ok
     ws.close()
+
+
+def _logic():
+    """The module's Logic with the one slicer.util call an import job makes (the child's environment)."""
+    import os
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib.logic import ModuleLogic
+    return ModuleLogic(SimpleNamespace(util=SimpleNamespace(startupEnvironment=lambda: dict(os.environ))), None)
+
+
+def test_the_import_job_imports_a_dicom_folder_and_a_cancelled_one_leaves_a_consistent_workspace(tmp_path):
+    """Import files/folders is a `hila import` child (the panel's progress bar reads its JSON progress): the real CT's
+    DICOM folder becomes a case; the same import cancelled mid-way leaves `hila check` clean and no half case."""
+    import time
+
+    from conftest import shared
+
+    from HILASegmentLib.workspace import Workspace
+    dicom = shared("pelvic_ct_dicom", "Pelvic-Ref002")
+    logic = _logic()
+    with Workspace.create(tmp_path / "ws", "CT", ["prostate"]) as ws:
+        runner = logic.startImport(ws, [str(dicom)]).start()
+        fractions = []
+        while not runner.finished:
+            runner.poll()
+            if runner.fraction is not None:
+                fractions.append(runner.fraction)
+            time.sleep(0.1)
+        outcome = runner.outcome()
+        assert outcome.ok, outcome.error
+        (case,) = outcome.result["cases"]
+        assert [c.case_id for c in ws.cases()] == [case["case_id"]] and fractions
+    with Workspace.create(tmp_path / "ws2", "CT", ["prostate"]) as ws:
+        runner = logic.startImport(ws, [str(dicom)]).start()
+        time.sleep(1.0)
+        runner.cancel()
+        outcome = runner.wait(timeout=60)
+        assert outcome.cancelled and not outcome.ok
+        assert ws.check().ok and all(c.path.exists() for c in ws.cases())

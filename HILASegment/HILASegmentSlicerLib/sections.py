@@ -23,8 +23,8 @@ __all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
 
 
 class CasesSection:
-    """Open a case (double-click, Next case), import volumes (the shown node, files, a DICOM folder), follow the
-    volume selector with the volume's own segmentation."""
+    """Open a case (double-click, Next case), import volumes (the shown node, files, a DICOM folder: a child with
+    progress and Cancel), follow the volume selector with the volume's own segmentation."""
 
     def __init__(self, panel: Any, ui: Any, util: Any, qt: Any, scene: Any) -> None:
         self.panel, self.ui, self.util, self.qt, self.scene = panel, ui, util, qt, scene
@@ -33,6 +33,7 @@ class CasesSection:
         ui.importVolumeButton.connect("clicked()", self.import_volume)
         ui.importFilesButton.connect("clicked()", self.import_files)
         ui.importFolderButton.connect("clicked()", self.import_folder)
+        ui.cancelImportButton.connect("clicked()", lambda: panel.cancelJob("import"))
         ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.volume_changed)
 
     def next_case(self) -> None:
@@ -57,16 +58,14 @@ class CasesSection:
                                       if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
 
     def import_volume(self) -> None:
+        """The shown volume node as a case: written out here, imported by a child (Import's progress and Cancel)."""
         volume = self.ui.inputVolumeSelector.currentNode()
         try:
-            with self.util.WaitCursor():
-                case = self.panel.logic.importVolumeNode(self.panel.ws, volume)
+            runner, context = self.panel.logic.startImportVolumeNode(self.panel.ws, volume)
         except Exception as exc:
             self.util.errorDisplay("Could not import the volume: %s" % exc)
             return
-        self.panel.openedAt[volume.GetID()] = time.monotonic()
-        self.panel.refreshTables()
-        self.panel.status("Imported %s as case %s" % (case.name, case.case_id))
+        self.panel.startJob(Job("import", runner, volume_id=volume.GetID(), label=volume.GetName(), context=context))
 
     def import_files(self) -> None:
         paths = self.qt.QFileDialog.getOpenFileNames(self.util.mainWindow(), "Import volumes", "",
@@ -79,16 +78,25 @@ class CasesSection:
             self.import_paths([folder])
 
     def import_paths(self, paths: list) -> None:
-        done, p = [], None
+        """Files and DICOM series folders, imported by a `hila import` child (progress, Cancel; the panel stays live)."""
+        if not paths:
+            return
         try:
-            with self.util.WaitCursor():
-                for p in paths:
-                    done.append(self.panel.ws.import_volume(p).case_id)
+            runner = self.panel.logic.startImport(self.panel.ws, paths)
         except Exception as exc:
-            self.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
+            self.util.errorDisplay("Could not start the import: %s" % exc)
+            return
+        self.panel.startJob(Job("import", runner, label="%d item(s)" % len(paths), context={"ws": self.panel.ws}))
+
+    def finish_import(self, job: Job, outcome: Any) -> None:
+        """The cases the child imported appear in the table; an imported volume node is tagged with its case."""
+        imported = (outcome.result or {}).get("cases") or []
+        volume = self.scene.GetNodeByID(job.volume_id) if job.volume_id else None
+        if volume is not None and imported:
+            self.panel.logic.tagCase(self.panel.ws, volume, imported[0]["case_id"])
+            self.panel.openedAt[volume.GetID()] = time.monotonic()
         self.panel.refreshTables()
-        if done:
-            self.panel.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
+        self.panel.status("Imported %d case(s): %s" % (len(imported), ", ".join(c["case_id"] for c in imported)))
 
     def volume_changed(self, volume: Any) -> None:
         """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
@@ -157,25 +165,36 @@ class SegmentSection:
         return time.monotonic() - opened if opened else None
 
     def accept(self) -> None:
-        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
+        """Submit the shown volume's own segmentation for the shown volume's own case (never another's): the label map
+        is exported here, the submit and the workspace's compressed copy run in a child (progress; Accept = Cancel)."""
         panel, volume = self.panel, self.ui.inputVolumeSelector.currentNode()
+        held = panel.jobs.get("accept")
+        if held is not None and volume is not None and held.volume_id == volume.GetID():
+            panel.cancelJob("accept")
+            return
         segNode = segments.segmentation_for(self.scene, volume, create=False) if volume else None
-        caseId = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume else None
         try:
             with self.util.WaitCursor():
-                outcome = cases.accept_case(
-                    panel.ws, self.util, volume, segNode, panel.logic.ijkToRas(volume) if volume else None, self.vtk.mutable,
-                    save=lambda node, version: panel.logic.saveSegmentation(node, cases.output_path(volume, panel.ws, caseId, version)),
-                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
-                    seconds=self._seconds(volume))
+                runner, context = panel.logic.startAccept(panel.ws, volume, segNode, quality=self.ui.qualityComboBox.currentText,
+                                                          annotator=self.ui.annotatorLineEdit.text or None,
+                                                          seconds=self._seconds(volume))
         except Exception as exc:
             self.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
             return
-        panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
-        panel.refreshTables()
-        panel.status(outcome.message())
-        if outcome.save_error:
-            self.util.warningDisplay(outcome.message())
+        panel.startJob(Job("accept", runner, case_id=context["case"], volume_id=volume.GetID(), label=volume.GetName(),
+                           context=context))
+
+    def finish_accept(self, job: Job, outcome: Any) -> None:
+        """The correction is in the ledger (the child's submit); the compressed copy gets its versioned name."""
+        volume = self.scene.GetNodeByID(job.volume_id)
+        result = cases.accept_outcome(job.case_id, job.runner.results, job.runner.errors, job.context["pending"],
+                                      lambda version: cases.output_path(volume, job.context["ws"], job.case_id, version))
+        if volume is not None:
+            self.panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
+        self.panel.refreshTables()
+        self.panel.status(result.message())
+        if result.save_error:
+            self.util.warningDisplay(result.message())
 
     def accept_weak(self) -> None:
         """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""

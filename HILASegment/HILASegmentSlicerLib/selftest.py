@@ -83,9 +83,7 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     edited[blobs[0]] = 1
     edited[12] = 0  # erase the middle slice: a real edit
     util.updateSegmentBinaryLabelmapFromArray(edited, segA, segId, volA)
-    outcome = cases.accept_case(ws, util, volA, segA, logic.ijkToRas(volA), logic.vtk.mutable,
-                                save=lambda n, v: logic.saveSegmentation(n, cases.output_path(volA, ws, caseA, v)),
-                                annotator="selftest", seconds=1.0)
+    outcome = logic.accept(ws, volA, segA, annotator="selftest", seconds=1.0)  # the panel's Accept job, waited for
     case.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
     case.assertTrue(os.path.exists(outcome.saved))
     case.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)

@@ -16,7 +16,6 @@ import SimpleITK as sitk
 from tier import FIXTURES, ROOT, hila, shared, slicer_core
 
 slicer = slicer_core()
-import vtk  # noqa: E402
 from realscene import import_module_file, load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
 
 from HILASegmentLib import segfile, terminology  # noqa: E402
@@ -37,10 +36,11 @@ def type_code(segment) -> tuple:
 
 @pytest.fixture
 def logic(monkeypatch):
-    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and saveNode (done here
-    # by the same storage node class that saveNode ends in)
+    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and exportNode (done here
+    # by the same storage node class that it ends in, honouring its useCompression property)
     monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
-    monkeypatch.setattr(slicer.util, "saveNode", lambda node, filename, properties=None: bool(save_segmentation(node, filename)))
+    monkeypatch.setattr(slicer.util, "exportNode", lambda node, filename, properties=None, world=False: bool(
+        save_segmentation(node, filename, compress=bool((properties or {}).get("useCompression", 1)))))
     return import_module_file().HILASegmentLogic()
 
 
@@ -66,7 +66,7 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
     ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(model))
     volume = load_volume(source / "t2.nrrd", "t2")
-    case = logic.importVolumeNode(ws, volume)
+    case = ws.case(logic.importVolumeNode(ws, volume))  # the panel's import job (a child), waited for
     runner, context = logic.startSegmentation(volume, "1", case=(str(ws.root), case.case_id))  # hila infer WS CASE
     outcome = runner.start().wait(timeout=300)
     assert outcome.ok, outcome.error
@@ -87,8 +87,7 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     assert np.allclose(colour, label_color("prostate"), atol=1e-6)
     assert type_code(after_segment)[:2] == ("SCT", "41216001")
 
-    accepted = cases.accept_case(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable,
-                                 save=lambda node, v: logic.saveSegmentation(node, cases.output_path(volume, ws, case.case_id, v)))
+    accepted = logic.accept(ws, volume, segNode)  # the panel's Accept job: submit and compressed copy in a child
     assert accepted.version == 1 and accepted.save_error is None
     copy = Path(accepted.saved)
     assert ws.root in copy.parents and source not in copy.parents
