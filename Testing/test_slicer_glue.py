@@ -416,11 +416,10 @@ def test_a_case_of_another_workspace_is_refused_at_accept(two_cases, tmp_path):
 def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     from types import SimpleNamespace
 
-    from HILASegmentLib import dependencies
-    from HILASegmentSlicerLib import installs
+    from HILASegmentSlicerLib import installplan, installs
     from HILASegmentSlicerLib.processrunner import SequenceRunner
     find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
-    plan = dependencies.plan_install("inference", find, lambda d: None, model="taps")
+    plan = installplan.plan_install("inference", find, lambda d: None, model="taps")
     calls = []
     slicer_512 = SimpleNamespace(packaging=SimpleNamespace(pip_install=lambda *a, **k: calls.append((a, k))))
     assert installs.run_plan(slicer_512, plan) is None

@@ -14,9 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from HILASegmentLib import dependencies
-
-from . import cases, marks, panels, segments
+from . import cases, installplan, marks, panels, segments
 from .jobs import Job
 
 __all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
@@ -304,7 +302,7 @@ class InstallsSection:
 
     def ensure(self, tier: str, always: bool = False, model: Optional[str] = None) -> bool:
         """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
-        plan = dependencies.plan_install(tier, model=model)
+        plan = installplan.plan_install(tier, model=model)
         if plan.broken_slicer or plan.old_slicer:
             self.util.errorDisplay(plan.message())
             return False
@@ -320,10 +318,10 @@ class InstallsSection:
         try:
             runner = self.panel.logic.install(plan)
         except Exception as exc:
-            self.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
+            self.util.errorDisplay(installplan.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
             return False
         if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
-            return not dependencies.plan_install(tier, model=model).needed
+            return not installplan.plan_install(tier, model=model).needed
         self.panel.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
         self.panel.status("Installing Python packages in the background; Segment or Train again when it is done.")
         return False

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from HILASegmentLib import dependencies
-
-from . import cases, marks, pacs, panels, segments
+from . import cases, installplan, marks, pacs, panels, segments
 from .jobs import Job, JobBoard
 
 __all__ = ["packages", "race_accept_and_train", "pacs_without_a_server"]
@@ -25,14 +23,14 @@ def packages(case: Any, slicer: Any, logic_class: Any) -> None:
     """Install what is missing (testing mode: no dialog, as agreed), then check nothing is missing."""
     logic = logic_class()
     for tier in ("inference", "training"):
-        plan = dependencies.plan_install(tier)
+        plan = installplan.plan_install(tier)
         case.assertFalse(plan.broken_slicer, plan.message())
         if plan.needed:
             case.delayDisplay("Installing: " + plan.message())
             runner = logic.install(plan)
             outcome = runner.start().wait(timeout=1800) if runner is not None else None
             case.assertTrue(outcome is None or outcome.ok, outcome and outcome.error)
-        case.assertFalse(dependencies.plan_install(tier).needed, "%s packages still missing" % tier)
+        case.assertFalse(installplan.plan_install(tier).needed, "%s packages still missing" % tier)
 
 
 def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
@@ -120,7 +118,7 @@ def pacs_without_a_server(case: Any, slicer: Any, logic_class: Any) -> None:
     from HILASegmentLib.workspace import Workspace  # the ledger: loaded when the test runs
 
     util = slicer.util
-    plan = dependencies.plan_install("dicom")
+    plan = installplan.plan_install("dicom")
     if plan.needed or plan.old_slicer or plan.broken_slicer:
         case.delayDisplay("PACS step skipped: " + plan.message())
         return
