@@ -55,6 +55,8 @@ UNRECORDED_OK = {
     "SetSizeWorld": "vtkMRMLMarkupsROINode (the self-test places an ROI) is not recorded",
     # a segment's layer: vtkOrientedImageData (recorded) is a vtkImageData, whose GetExtent VTK declares (vtkImageData.h)
     "GetExtent": "vtkImageData (base of the recorded vtkOrientedImageData) is not recorded",
+    # a volume's parent transform: vtkMRMLTransformNode.h declares it (main @ 583e9b37 and v5.8.1)
+    "IsTransformToWorldLinear": "vtkMRMLTransformNode (a volume's parent transform) is not recorded",
 }
 
 

@@ -38,6 +38,9 @@ class Segment:
     def GetName(self):
         return self.name
 
+    def SetName(self, name):
+        self.name = name
+
     def SetTag(self, k, v):
         self.tags[k] = v
 

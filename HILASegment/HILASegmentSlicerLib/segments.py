@@ -119,6 +119,11 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
     pairs = [(str(lab.name), int(lab.value)) for lab in labels]
     segs = [(i, n, t) for i, n, t in segment_list(segNode, [v for _, v in pairs], mutable)
             if i != REVIEW_ID and REVIEW_TAG not in t]  # the likely-error outline is never anatomy
+    for _, name, tags in segs:
+        renamed = labelmatch.renamed_to_another(name, tags, pairs)
+        if renamed:
+            raise HilaError(f"segment {name!r} was {renamed[0]!r} (its hila_label tag) and is now named like the label "
+                            f"{renamed[1]!r}: rename it back, or delete it and draw {renamed[1]!r} in a segment of its own")
     missing = labelmatch.missing_labels([(name, tags) for _, name, tags in segs], pairs)
     if missing:
         have = ", ".join(repr(name) for _, name, _ in segs) or "none"
@@ -358,6 +363,7 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
                 util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
                 del full
             segment = segmentation.GetSegment(segId)
+            segment.SetName(name)  # the result's structure, even where the user had renamed this segment of ours
             for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
                 segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
             if segId in cut or masking:
