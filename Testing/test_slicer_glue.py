@@ -106,6 +106,9 @@ class SegNode(Node):
     def GetSegmentation(self):
         return self.segmentation
 
+    def GetBinaryLabelmapInternalRepresentation(self, segId):
+        return None  # no layers here: segments are read through Util.arrayFromSegmentBinaryLabelmap
+
     def GetDisplayNode(self):
         return None
 

@@ -92,8 +92,10 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(work: Path, mode: str, again: bool = False) -> dict:
-    """One run in this process: set the scene up, then time loadResult alone with an RSS sampler running."""
+def measure(work: Path, mode: str, again: bool = False, accept: bool = False) -> dict:
+    """One run in this process: set the scene up, then time loadResult alone with an RSS sampler running (``accept``:
+    load the result first, then time the GUI-thread part of Accept, ``HILASegmentLogic.startAccept``: the checks, the
+    label map from the segments, the label file and Slicer's uncompressed copy; the child's part is not timed)."""
     sys.path.insert(0, str(ROOT / "Testing" / "mrml"))
     import slicer
     from realscene import RealScene, import_module_file, load_volume, read_segmentation
@@ -110,6 +112,16 @@ def measure(work: Path, mode: str, again: bool = False) -> dict:
     editor = logic.segmentEditorNode()
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    if accept:
+        from realscene import save_segmentation
+
+        from HILASegmentLib.workspace import Workspace
+        slicer.util.startupEnvironment = lambda: dict(os.environ)
+        slicer.util.exportNode = lambda node, path, properties=None, world=False: bool(
+            save_segmentation(node, path, compress=bool((properties or {}).get("useCompression", 1))))
+        ws = Workspace.open(work / "ws")
+        logic.tagCase(ws, volume, ws.cases()[0].case_id)
+        logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
     if again:  # the segments this result replaces exist (a second Segment of the case)
         logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
     before_segments = segNode.GetSegmentation().GetNumberOfSegments()
@@ -123,12 +135,18 @@ def measure(work: Path, mode: str, again: bool = False) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
-    seconds = time.perf_counter() - t0
+    if accept:
+        _runner, context = logic.startAccept(ws, volume, segNode)
+        seconds = time.perf_counter() - t0
+        report = type("R", (), dict(names=["accept"], clipped_total=0))
+        logic.cleanupJob(context)
+    else:
+        report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
+        seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
     peak[0] = max(peak[0], rss_mb())
-    return {"mode": mode, "again": again, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
+    return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
             "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0}
 
@@ -140,6 +158,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
     ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--accept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-file", action="store_true", help=argparse.SUPPRESS)  # internal: in the main environment
     args = ap.parse_args()
     work = Path(args.work)
@@ -147,7 +166,7 @@ def main() -> int:
         child_file(work)
         return 0
     if args.one:
-        print(json.dumps(measure(work, args.one, args.again)))
+        print(json.dumps(measure(work, args.one, args.again, args.accept)))
         return 0
     prepare(work)
     for mode in args.modes.split(","):
@@ -157,6 +176,10 @@ def main() -> int:
                                      + (["--again"] if again else []), capture_output=True, text=True)
                 print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}",
                       flush=True)
+    for _ in range(args.repeat):  # Accept's GUI-thread part, after one result
+        out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", "EditAllowedEverywhere", "--accept"],
+                             capture_output=True, text=True)
+        print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}", flush=True)
     return 0
 
 

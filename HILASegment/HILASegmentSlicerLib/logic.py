@@ -133,24 +133,31 @@ class ModuleLogic:
 
     def startAccept(self, ws: Any, volume: Any, segNode: Any, quality: str = "reviewed", annotator: Optional[str] = None,
                     seconds: Optional[float] = None) -> Tuple[SequenceRunner, Dict[str, Any]]:
-        """Accept as a child: the GUI thread checks and exports the label map and an uncompressed copy
-        (``cases.prepare_accept``); the child submits (``hila submit``: validation, effort, the ledger) and then
-        writes the compressed copy into the workspace (``hila convert``), never beside the volume's source file."""
+        """Accept as a child: the GUI thread checks and exports the label map (``cases.prepare_accept``), written
+        uncompressed; the child submits it (``hila submit``: validation, effort, the ledger) and then writes the
+        correction as a compressed .seg.nrrd in the workspace (``hila convert`` with the workspace's label names: the
+        one colour table, the structures' terminology), never beside the volume's source file. A volume that is no
+        case has no labels: its segmentation is written by Slicer uncompressed here and compressed by the child."""
         from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Accept is pressed
         caseId, label = cases.prepare_accept(ws, self.util, volume, segNode, self.ijkToRas(volume) if volume else None,
                                              self.vtk.mutable)
         folder = tempfile.mkdtemp(prefix="hila-accept-")
-        raw = self.saveSegmentation(segNode, os.path.join(folder, "raw.seg.nrrd"), compress=False)
         final = cases.output_path(volume, ws if caseId else None, caseId, None)
         pending = os.path.join(os.path.dirname(final), ".pending-%s.seg.nrrd" % os.path.basename(folder))
         os.makedirs(os.path.dirname(final), exist_ok=True)
+        env = self.util.startupEnvironment()
         commands = []
         if label is not None:
-            labelPath = write_image(label, os.path.join(folder, "label.nrrd"), compress=False)
-            args = ["submit", str(ws.root), caseId, str(labelPath), "--quality", quality, "--json"]
+            labelPath = str(write_image(label, os.path.join(folder, "label.nrrd"), compress=False))
+            args = ["submit", str(ws.root), caseId, labelPath, "--quality", quality, "--json"]
             args += (["--annotator", annotator] if annotator else []) + (["--seconds", "%.1f" % seconds] if seconds else [])
-            commands.append(engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())[0])
-        argv, env = engine_command("HILASegmentLib", ["convert", raw, pending, "--json"], env=self.util.startupEnvironment())
+            commands.append(engine_command("HILASegmentLib", args, env=env)[0])
+            names = ",".join("%d=%s" % (lab.value, lab.name) for lab in ws.settings.labels)
+            copy = ["convert", labelPath, pending, "--names", names, "--json"]
+        else:
+            copy = ["convert", self.saveSegmentation(segNode, os.path.join(folder, "raw.seg.nrrd"), compress=False), pending,
+                    "--json"]
+        argv, env = engine_command("HILASegmentLib", copy, env=env)
         commands.append(argv)
         runner = SequenceRunner(commands, env=env, optional=[False] * (len(commands) - 1) + [True])
         return runner, {"folder": folder, "case": caseId, "pending": pending, "ws": ws if caseId else None}

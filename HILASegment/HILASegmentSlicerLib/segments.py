@@ -130,14 +130,20 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
         raise HilaError(f"no segment stands for label {', '.join(repr(m) for m in missing)} (segments: {have}); "
                         "name a segment like the label, or add an empty one if the structure is absent")
     shape = util.arrayFromVolume(volume).shape
-    masks: Dict[int, np.ndarray] = {}
+    by_value: Dict[int, List[str]] = {}
     for segId, name, tags in segs:
         value = labelmatch.match_label(name, tags, pairs)
-        if value is None:
-            continue
-        arr = np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
-        masks[value] = masks[value] | arr if value in masks else arr
-    return mrmlgeometry.masks_to_label({v: m.astype(np.uint8) for v, m in masks.items()}, shape)
+        if value is not None:
+            by_value.setdefault(value, []).append(segId)
+    masks: Dict[int, np.ndarray] = {}
+    for value, ids in by_value.items():  # read from the segments' layers (no export) where Slicer has them there
+        union = _layer_union(util, segNode, ids, volume, tuple(slice(0, n) for n in shape))
+        if union is None:
+            union = np.zeros(shape, bool)
+            for segId in ids:
+                union |= np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
+        masks[value] = union
+    return mrmlgeometry.masks_to_label({v: m.view(np.uint8) for v, m in masks.items()}, shape)
 
 
 def _bbox(masks: Sequence[np.ndarray]) -> Tuple[slice, ...]:
