@@ -177,7 +177,7 @@ class ModuleLogic:
         else:
             from HILASegmentLib.imageio import write_image  # SimpleITK: loaded when Segment is pressed
             image = os.path.join(folder, "image.nrrd")
-            write_image(self.volumeToImage(volume), image)
+            write_image(self.volumeToImage(volume), image, compress=False)  # the child reads it once: no gzip here
             args = ["infer", "--image", image]
         args += ["--out", out, "--model", str(model), "--device", device, "--json",
                  "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
