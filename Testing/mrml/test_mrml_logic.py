@@ -132,3 +132,20 @@ def test_infer_and_an_rtstruct_conversion_read_by_slicer_carry_the_structures_no
         coded = {terminology.resolve(name).type[1] for name in names}
         assert {"41216001", "89837001", "34402009"} <= coded
         assert all(terminology.term_for(name) is not None for name in names), names  # no name falls back here
+
+
+def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
+    """Segment on a plain volume (no workspace case): the volume goes to `hila infer --image` uncompressed, nothing is
+    recorded anywhere, and the model's own labels come back as the volume's segments, on its voxels."""
+    model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
+    volume = load_volume(MRI, "mri")
+    runner, context = logic.startSegmentation(volume, str(model))
+    assert "--image" in runner.args and not any(a.endswith("ws") for a in runner.args)
+    outcome = runner.start().wait(timeout=300)
+    assert outcome.ok, outcome.error
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    report = logic.loadResult(context["out"], segNode, volume)
+    logic.cleanupJob(context)
+    assert report.names and report.predicted[report.names[0]] > 0
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume).sum() == report.predicted[report.names[0]]
+    assert not os.path.exists(context["folder"])
