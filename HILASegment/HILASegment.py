@@ -106,7 +106,9 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
         # THE table of job kinds: each kind's progress bar and finish handler (its label: Job.describe)
         self.kinds = {"segment": (self.ui.segmentProgressBar, self.segment.finish), "train": (self.ui.progressBar, self.models.finish),
-                      "install": (self.ui.installProgressBar, self.installs.finish), "pacs": (self.ui.pacsProgressBar, self.pacs.finish)}
+                      "install": (self.ui.installProgressBar, self.installs.finish), "pacs": (self.ui.pacsProgressBar, self.pacs.finish),
+                      "import": (self.ui.importProgressBar, self.cases.finish_import),
+                      "accept": (self.ui.acceptProgressBar, self.segment.finish_accept)}
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -185,18 +187,21 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self):
         volume = self.ui.inputVolumeSelector.currentNode()
         volumeId = volume.GetID() if volume else None
-        segmentJob = self.jobs.get("segment")
+        segmentJob, acceptJob = self.jobs.get("segment"), self.jobs.get("accept")
         state = panelstate.PanelState(
             has_workspace=self.ws is not None, has_volume=volume is not None,
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), installing=self.jobs.busy("install"),
             has_candidate=self.models.candidate is not None,
-            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1)
+            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1, importing=self.jobs.busy("import"),
+            accepting_shown=acceptJob is not None and acceptJob.volume_id == volumeId,
+            accepting_other=acceptJob is not None and acceptJob.volume_id != volumeId)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
         self.ui.cancelInstallButton.enabled = self.jobs.busy("install")
         choice = self.currentModelChoice()
+        self.ui.acceptButton.text = panelstate.accept_button_text(state.accepting_shown)
         self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
         self.pacs.update_buttons(volume, self.jobs.busy("pacs"))
 

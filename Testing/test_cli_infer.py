@@ -130,6 +130,46 @@ def test_workspace_form(case, tmp_path, capsys):
     assert rc != 0 and "unknown case" in err
 
 
+def test_workspace_form_out_is_the_stored_prediction_in_workspace_labels(case, tmp_path, capsys):
+    """`hila infer WS CASE --out R.seg.nrrd` (what the Slicer panel runs): the file holds the prediction the ledger
+    stored, in the workspace's names, values and colours, cut to its voxels; a catalog/.onnx --model is recorded
+    without a version; a --model that is none of these is refused with nothing stored."""
+    from HILASegmentLib.formats.segfile import read_segmentation
+    from HILASegmentLib.ground.labelmatch import TAG_KEY
+    from HILASegmentLib.workspace import Workspace
+
+    ws_path = tmp_path / "ws"
+    with Workspace.create(ws_path, "MR", ["other", "sphere"]) as ws:  # the model's "sphere" (1) is 2 here
+        c = ws.import_volume(case["image"])
+    out = tmp_path / "r.seg.nrrd"
+    rc, stdout, err = run(["infer", ws_path, c.case_id, "--model", case["model"], "--out", out,
+                           "--review-map", tmp_path / "rv.nrrd", "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(stdout.splitlines()[-1])
+    assert res["out"] == str(out) and res["model_version"] is None
+    seg = read_segmentation(out)
+    img = sitk.ReadImage(str(case["image"]))
+    assert seg.grid.GetSize() != img.GetSize() and any(seg.reference_extent_offset)  # cut to the result's voxels
+    with Workspace.open(ws_path) as ws:
+        (pred,) = ws.predictions(c.case_id)
+        stored = sitk.GetArrayFromImage(sitk.ReadImage(str(pred.path)))
+        ws_color = ws.settings.labels[1].color
+    assert pred.model_version is None and (stored == 2).sum() > 0 and not (stored == 1).any()
+    sphere = seg.segment("sphere")
+    assert sphere.label_value == 2 and sphere.tags[TAG_KEY] == "2" and np.allclose(sphere.color, ws_color, atol=1e-3)
+    assert seg.segment("other").tags[TAG_KEY] == "1"
+    placed = sitk.GetArrayFromImage(seg.to_label_image(reference=img, values={sphere.id: 2}))
+    assert np.array_equal(placed == 2, stored == 2)
+    assert any(s.tags.get("hila_review") for s in seg.segments)  # the likely-error outline, in its own layer
+    for bad in ("no-such-model", "1.5"):
+        rc, stdout, err = run(["infer", ws_path, c.case_id, "--model", bad], capsys)
+        assert rc != 0 and "neither a model version" in err and len(err.strip().splitlines()) == 1
+    rc, stdout, err = run(["infer", ws_path, c.case_id, "--out", tmp_path / "x.seg.nrrd"], capsys)
+    assert rc != 0 and "no current model" in err and not (tmp_path / "x.seg.nrrd").exists()
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.predictions(c.case_id)) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # the real model on a real series (end to end, as a user runs it)
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +210,6 @@ def test_workspace_form_maps_model_labels_by_the_one_rule(tmp_path):
     """A model's label names reach workspace values through labelmatch (aliases too); others are dropped."""
     from types import SimpleNamespace
 
-    from HILASegmentLib.cli.infer import _to_workspace_labels
     from HILASegmentLib.workspace import Workspace
 
     arr = np.zeros((4, 5, 6), np.uint8)
@@ -179,7 +218,7 @@ def test_workspace_form_maps_model_labels_by_the_one_rule(tmp_path):
     card = SimpleNamespace(labels=[SimpleNamespace(value=1, name="Prostata"), SimpleNamespace(value=2, name="RECTUM"),
                                    SimpleNamespace(value=3, name="femoral head")])
     with Workspace.create(tmp_path / "ws", "MR", ["rectum", "prostate"]) as ws:
-        img, dropped = _to_workspace_labels(SimpleNamespace(label=label), card, ws)
+        img, dropped = ws.workspace_label(label, card.labels)
     out = sitk.GetArrayFromImage(img)
     assert (out[0] == 2).all() and (out[1] == 1).all() and (out[2] == 0).all()  # prostate is 2, rectum 1 here
     assert dropped == ["femoral head"]

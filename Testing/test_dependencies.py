@@ -6,6 +6,7 @@ import shlex
 import pytest
 
 from HILASegmentLib.ground import dependencies as dep
+from HILASegmentSlicerLib import installplan as ip
 
 
 def fake_env(present, versions=None):
@@ -15,14 +16,14 @@ def fake_env(present, versions=None):
 
 def test_this_venv_needs_nothing():
     for tier in ("inference", "training", "dicom"):  # the dev venv has the dicom extra too
-        plan = dep.plan_install(tier)
+        plan = ip.plan_install(tier)
         assert not plan.needed, plan.message()
         assert plan.message() == ""
 
 
 def test_bare_slicer_plans_inference_packages_only():
     find, ver = fake_env({"numpy", "SimpleITK", "vtk", "scipy"})
-    plan = dep.plan_install("inference", find, ver)
+    plan = ip.plan_install("inference", find, ver)
     assert plan.pip_specs == ["onnxruntime>=1.16", "pynrrd>=1.0", "tqdm>=4.60"]
     assert not plan.torch_via_pytorchutils and plan.torch_pip_spec is None and not plan.no_deps_specs
     assert "onnxruntime>=1.16" in plan.message() and "segmenting" in plan.message()
@@ -30,15 +31,15 @@ def test_bare_slicer_plans_inference_packages_only():
 
 def test_training_uses_pytorchutils_when_present_and_no_deps_for_monai():
     find, ver = fake_env({"numpy", "SimpleITK", "onnxruntime", "nrrd", "tqdm", "PyTorchUtils"})
-    plan = dep.plan_install("training", find, ver)
+    plan = ip.plan_install("training", find, ver)
     assert plan.torch_via_pytorchutils and plan.torch_pip_spec is None
     assert plan.pip_specs == ["onnx>=1.14"]
     assert plan.no_deps_specs == ["monai>=1.3", "onnx2torch>=1.5"]
     assert "PyTorch extension" in plan.message()
     find, ver = fake_env({"numpy", "SimpleITK", "onnxruntime", "nrrd", "tqdm"})
-    plan = dep.plan_install("training", find, ver)
+    plan = ip.plan_install("training", find, ver)
     assert not plan.torch_via_pytorchutils and plan.torch_pip_spec == "torch>=2.1"
-    assert dep.plan_install("training", find, ver, pytorchutils_available=True).torch_via_pytorchutils
+    assert ip.plan_install("training", find, ver, pytorchutils_available=True).torch_via_pytorchutils
 
 
 def test_old_versions_count_as_missing():
@@ -54,51 +55,51 @@ def test_never_reinstalls_what_slicer_ships():
     dep.TIERS["inference"] = orig + shipped
     try:
         find, ver = fake_env({"onnxruntime", "nrrd", "tqdm"})
-        plan = dep.plan_install("inference", find, ver)
+        plan = ip.plan_install("inference", find, ver)
     finally:
         dep.TIERS["inference"] = orig
     assert plan.broken_slicer == ["numpy"] and "numpy>=1.0" not in plan.pip_specs
     assert "Reinstall 3D Slicer" in plan.message()
     for req in dep.INFERENCE + dep.TRAINING:
-        assert req.import_name not in dep.SLICER_SHIPS
+        assert req.import_name not in ip.SLICER_SHIPS
 
 
 def test_pip_argument_string_splits_back_into_the_specs():
-    s = dep.pip_argument_string(["onnxruntime>=1.16", "pynrrd>=1.0"])
+    s = ip.pip_argument_string(["onnxruntime>=1.16", "pynrrd>=1.0"])
     assert shlex.split(s) == ["onnxruntime>=1.16", "pynrrd>=1.0"]
-    assert shlex.split(dep.pip_argument_string(["monai>=1.3"], no_deps=True)) == ["--no-deps", "monai>=1.3"]
+    assert shlex.split(ip.pip_argument_string(["monai>=1.3"], no_deps=True)) == ["--no-deps", "monai>=1.3"]
 
 
 def test_offline_message_and_manual_commands():
     find, ver = fake_env(set())
-    plan = dep.plan_install("training", find, ver, pytorchutils_available=False)
+    plan = ip.plan_install("training", find, ver, pytorchutils_available=False)
     err = "ERROR: Could not find a version that satisfies the requirement onnxruntime>=1.16 (from versions: none)"
-    msg = dep.offline_message(err, plan)
+    msg = ip.offline_message(err, plan)
     assert msg and "offline" in msg and "PythonSlicer -m pip install" in msg and "--no-deps" in msg
     assert "\n" not in msg
-    assert dep.offline_message("ERROR: permission denied", plan) is None
+    assert ip.offline_message("ERROR: permission denied", plan) is None
 
 
 def test_unknown_tier_is_an_error():
     with pytest.raises(ValueError):
-        dep.plan_install("everything")
+        ip.plan_install("everything")
 
 
 def test_taps_joins_the_inference_plan_with_no_deps_only_when_taps_is_the_model():
     find, ver = fake_env({"numpy", "SimpleITK", "vtk"})
-    plan = dep.plan_install("inference", find, ver, model="taps")
+    plan = ip.plan_install("inference", find, ver, model="taps")
     assert plan.no_deps_specs == ["lavlab-taps>=1.1"] and "onnxruntime>=1.16" in plan.pip_specs
     assert "lavlab-taps>=1.1" in plan.message()  # one consent dialog for both
-    assert "--no-deps 'lavlab-taps>=1.1'" in " ".join(dep.manual_command(plan))
-    assert "lavlab-taps>=1.1" not in dep.plan_install("inference", find, ver, model="pelvic_ct_unet").no_deps_specs
+    assert "--no-deps 'lavlab-taps>=1.1'" in " ".join(ip.manual_command(plan))
+    assert "lavlab-taps>=1.1" not in ip.plan_install("inference", find, ver, model="pelvic_ct_unet").no_deps_specs
     find, ver = fake_env({"onnxruntime", "nrrd", "tqdm", "taps"})
-    assert not dep.plan_install("inference", find, ver, model="taps").needed
+    assert not ip.plan_install("inference", find, ver, model="taps").needed
 
 
 def test_pip_commands_for_the_background_install():
     find, ver = fake_env({"numpy", "SimpleITK", "vtk"})
-    plan = dep.plan_install("inference", find, ver, model="taps")
-    cmds = dep.pip_commands(plan, "/opt/Slicer/bin/PythonSlicer")
+    plan = ip.plan_install("inference", find, ver, model="taps")
+    cmds = ip.pip_commands(plan, "/opt/Slicer/bin/PythonSlicer")
     assert [c[:4] for c in cmds] == [["/opt/Slicer/bin/PythonSlicer", "-m", "pip", "install"]] * 2
     assert cmds[0][-3:] == ["onnxruntime>=1.16", "pynrrd>=1.0", "tqdm>=4.60"]
     assert cmds[1][-2:] == ["--no-deps", "lavlab-taps>=1.1"]

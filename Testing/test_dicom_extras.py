@@ -17,6 +17,7 @@ from conftest import shared
 from HILASegmentLib.cli import main
 from HILASegmentLib.ground import dependencies
 from HILASegmentLib.ground.errors import HilaError
+from HILASegmentSlicerLib import installplan
 
 pytest.importorskip("pydicom", reason="the optional dicom extra (pydicom) is not installed")
 
@@ -103,11 +104,11 @@ def test_dicom_tier_in_slicer_installs_highdicom_only_and_never_upgrades_pydicom
     shipped_5_8 = {"numpy", "SimpleITK", "onnxruntime", "nrrd", "tqdm", "pydicom", "dicomweb_client", "requests"}
     find = lambda name: object() if name in shipped_5_8 else None  # noqa: E731
     versions = {"pydicom": "2.4.4", "dicomweb-client": "0.59.1", "requests": "2.31.0"}
-    plan = dependencies.plan_install("dicom", find, versions.get)
+    plan = installplan.plan_install("dicom", find, versions.get)
     assert plan.old_slicer == ["pydicom 3.0"] and not plan.broken_slicer
     assert "pydicom" not in " ".join(plan.pip_specs) and "Slicer 5.12" in plan.message()
     versions["pydicom"] = "3.0.2"  # Slicer 5.12+ ships pydicom 3 (and highdicom; here: not yet installed)
-    plan = dependencies.plan_install("dicom", find, versions.get)
+    plan = installplan.plan_install("dicom", find, versions.get)
     assert plan.pip_specs == ["highdicom>=0.22"] and not plan.old_slicer and "DICOM and PACS" in plan.message()
 
 

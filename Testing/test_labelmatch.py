@@ -42,3 +42,15 @@ def test_the_review_segment_matches_no_label_even_when_named_like_one():
     assert match_label("prostate", {REVIEW_TAG: "1", "hila_label": "1"}, labels) is None
     assert match_label("prostate", {}, labels) == 1
     assert missing_labels([("prostate", {REVIEW_TAG: "1"})], [("prostate", 1)]) == ["prostate"]
+
+
+def test_a_segment_renamed_to_another_labels_name_is_flagged_not_matched_by_either():
+    """The AI's prostate (tag 1) renamed "bladder" by the user: tag and name stand for two labels; Accept asks."""
+    from HILASegmentLib.ground.labelmatch import renamed_to_another
+
+    pairs = [("prostate", 1), ("bladder", 2)]
+    assert renamed_to_another("bladder", {"hila_label": "1"}, pairs) == ("prostate", "bladder")
+    assert renamed_to_another("Bladder", {"hila_label": "2"}, pairs) is None  # name and tag agree
+    assert renamed_to_another("my prostate edit", {"hila_label": "1"}, pairs) is None  # a name of no label: the tag
+    assert renamed_to_another("bladder", {}, pairs) is None  # no tag: the name decides
+    assert renamed_to_another("bladder", {"hila_label": "1", "hila_review": "1"}, pairs) is None

@@ -375,6 +375,23 @@ def test_sequence_runner_runs_in_order_stops_at_the_first_failure_and_cancels(tm
     assert out.cancelled and not out.ok and "9" not in log.read_text()
 
 
+def test_sequence_runner_an_optional_last_step_may_fail_and_each_result_is_kept(tmp_path):
+    """Accept's job: the submit, then the compressed copy; a copy that fails leaves the sequence done (the submit
+    stood) with its error kept beside the submit's JSON result; a required step's failure still ends it."""
+    import json as _json
+
+    from HILASegmentSlicerLib.processrunner import SequenceRunner
+
+    ok = [sys.executable, "-c", "import json; print(json.dumps({'event': 'result', 'version': 3}))"]
+    bad = [sys.executable, "-c", "import sys; print('hila: error: disk full', file=sys.stderr); sys.exit(2)"]
+    seq = SequenceRunner([ok, bad], optional=[False, True]).start()
+    out = seq.wait(timeout=60)
+    assert out.ok and seq.results[0]["version"] == 3 and seq.errors[0] is None and "disk full" in seq.errors[1]
+    seq = SequenceRunner([bad, ok], optional=[False, True]).start()
+    out = seq.wait(timeout=60)
+    assert not out.ok and len(seq.results) == 1 and _json.dumps(seq.errors)
+
+
 def test_json_progress_thins_a_run_of_steps_but_writes_every_new_phase():
     import io
 

@@ -38,6 +38,9 @@ class Segment:
     def GetName(self):
         return self.name
 
+    def SetName(self, name):
+        self.name = name
+
     def SetTag(self, k, v):
         self.tags[k] = v
 
@@ -102,6 +105,9 @@ class SegNode(Node):
 
     def GetSegmentation(self):
         return self.segmentation
+
+    def GetBinaryLabelmapInternalRepresentation(self, segId):
+        return None  # no layers here: segments are read through Util.arrayFromSegmentBinaryLabelmap
 
     def GetDisplayNode(self):
         return None
@@ -416,11 +422,10 @@ def test_a_case_of_another_workspace_is_refused_at_accept(two_cases, tmp_path):
 def test_installs_use_slicer_packaging_on_5_12_and_a_background_pip_before():
     from types import SimpleNamespace
 
-    from HILASegmentLib.ground import dependencies
-    from HILASegmentSlicerLib import installs
+    from HILASegmentSlicerLib import installplan, installs
     from HILASegmentSlicerLib.processrunner import SequenceRunner
     find = lambda name: object() if name in {"numpy", "SimpleITK"} else None  # noqa: E731
-    plan = dependencies.plan_install("inference", find, lambda d: None, model="taps")
+    plan = installplan.plan_install("inference", find, lambda d: None, model="taps")
     calls = []
     slicer_512 = SimpleNamespace(packaging=SimpleNamespace(pip_install=lambda *a, **k: calls.append((a, k))))
     assert installs.run_plan(slicer_512, plan) is None
@@ -531,3 +536,28 @@ def test_the_models_section_takes_the_candidate_from_the_trainers_result(monkeyp
     assert models.candidate is None and ui.candidateLabel.text == "v4 vs current"
     models.finish(None, SimpleNamespace(result={"event": "result", "message": "not enough corrections"}))
     assert ui.candidateLabel.text == "No new model: not enough corrections"
+
+
+def test_import_and_accept_jobs_drive_their_buttons():
+    """Import and Accept run as jobs: the import buttons wait for the running import (Cancel import is live), and the
+    Accept button is Cancel for the shown volume's own Accept job and dead while another volume's Accept runs."""
+    base = dict(has_workspace=True, has_volume=True)
+    idle = panelstate.button_states(panelstate.PanelState(**base))
+    importing = panelstate.button_states(panelstate.PanelState(**base, importing=True))
+    assert idle["importFilesButton"] and not idle["cancelImportButton"]
+    assert not importing["importFilesButton"] and not importing["importVolumeButton"] and importing["cancelImportButton"]
+    assert importing["acceptButton"] and importing["segmentButton"]  # importing never blocks the case being corrected
+    shown = panelstate.PanelState(**base, accepting_shown=True)
+    assert panelstate.button_states(shown)["acceptButton"] and panelstate.accept_button_text(True) == "Cancel accept"
+    assert not panelstate.button_states(panelstate.PanelState(**base, accepting_other=True))["acceptButton"]
+
+
+def test_accept_outcome_names_the_copy_after_the_submitted_version_and_reports_a_failed_copy(tmp_path):
+    pending = tmp_path / "segmentations" / "c1" / ".pending-x.seg.nrrd"
+    pending.parent.mkdir(parents=True)
+    pending.write_bytes(b"NRRD0004")
+    final = lambda v: str(tmp_path / "segmentations" / "c1" / f"vol_v{v}.seg.nrrd")  # noqa: E731
+    out = cases.accept_outcome("c1", [{"version": 4}, {"out": str(pending)}], [None, None], str(pending), final)
+    assert (out.version, out.saved, out.save_error) == (4, final(4), None) and not pending.exists()
+    out = cases.accept_outcome("c1", [{"version": 5}, None], [None, "hila: error: disk full"], str(pending), final)
+    assert out.version == 5 and out.saved is None and "disk full" in out.message() and "v5" in out.message()

@@ -75,8 +75,9 @@ def test_empty_workspace(ws):
     assert panels.case_rows(ws) == [] and panels.next_case_id(ws) is None
 
 
-def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking(tmp_path):
-    """A model whose label values differ from the workspace's: matched by name, and the summary ranks the case."""
+def test_the_segment_child_records_workspace_values_that_feed_ranking(tmp_path):
+    """What Segment runs for a workspace case (`hila infer WS CASE --model ONNX --out`) with a model whose label values
+    differ from the workspace's: the child stores the prediction matched by name, and its summary ranks the case."""
     import json
     import subprocess
     import sys
@@ -85,17 +86,17 @@ def test_prediction_from_an_infer_output_uses_workspace_values_and_feeds_ranking
     ws = Workspace.create(tmp_path / "ws", "MR", ["bladder", "prostate"])  # prostate is 2 here, 1 in the model
     a = ws.import_volume(MRI)
     out = tmp_path / "pred.seg.nrrd"
-    r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "infer", "--image", str(MRI), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "infer", str(ws.root), a.case_id, "--out", str(out),
                         "--model", str(TINY), "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    label, summary = panels.prediction_from_file(ws, out, result)
-    arr = sitk.GetArrayFromImage(label)
-    assert set(np.unique(arr)) == {0, 2}
+    (prediction,) = ws.predictions(a.case_id)
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction.path)))
+    assert set(np.unique(arr)) == {0, 2} and prediction.model_version is None
+    summary = prediction.uncertainty
     assert summary["mean_uncertainty"] == result["mean_uncertainty"] and "labels" in summary
     # the predicted Dice and the features the learned quality model reads travel with it
     assert summary["predicted_dice"] == result["predicted_dice"] and summary["quality_features"]
-    ws.add_prediction(a.case_id, label, None, uncertainty=summary)
     ranked = ws.rank()
     assert ranked[0]["case_id"] == a.case_id and ranked[0]["review_need"] is not None
     assert panels.case_rows(ws)[0][4] == round(result["predicted_dice"], 3) == round(1 - ranked[0]["review_need"], 3)
@@ -139,13 +140,13 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
         case_id = ws.import_volume(tmp_path / f"HILATest{n}.nrrd").case_id
         model, version = panels.model_for(ws)
         out = tmp_path / f"result{n}.seg.nrrd"
-        argv, env = engine_command("HILASegmentLib", ["infer", "--image", str(tmp_path / f"HILATest{n}.nrrd"), "--out", str(out),
-                                                      "--model", model, "--device", "auto", "--json"], python=sys.executable)
+        argv, env = engine_command("HILASegmentLib", ["infer", str(ws.root), case_id, "--out", str(out), "--model", str(version),
+                                                      "--device", "auto", "--json"], python=sys.executable)
         outcome = ProcessRunner(argv, env=env).start().wait(timeout=300)
         assert outcome.ok, outcome.error
-        label, summary = panels.prediction_from_file(ws, out, outcome.result)
-        assert sitk.GetArrayFromImage(label)[blob].mean() > 0.9  # the tiny model finds the bright blob
-        ws.add_prediction(case_id, label, version, uncertainty=summary)
+        (prediction,) = ws.predictions(case_id)  # recorded by the child
+        label = sitk.ReadImage(str(prediction.path))
+        assert prediction.model_version == version and sitk.GetArrayFromImage(label)[blob].mean() > 0.9
         edited = sitk.GetArrayFromImage(label)
         edited[blob] = 1
         edited[12] = 0  # erase the middle slice: a real edit
@@ -161,3 +162,43 @@ def test_the_self_test_sequence_without_slicer(tmp_path):
     assert {m.version for m in ws.models()} - before
     assert ws.check().ok
     ws.close()
+
+
+def _logic():
+    """The module's Logic with the one slicer.util call an import job makes (the child's environment)."""
+    import os
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib.logic import ModuleLogic
+    return ModuleLogic(SimpleNamespace(util=SimpleNamespace(startupEnvironment=lambda: dict(os.environ))), None)
+
+
+def test_the_import_job_imports_a_dicom_folder_and_a_cancelled_one_leaves_a_consistent_workspace(tmp_path):
+    """Import files/folders is a `hila import` child (the panel's progress bar reads its JSON progress): the real CT's
+    DICOM folder becomes a case; the same import cancelled mid-way leaves `hila check` clean and no half case."""
+    import time
+
+    from conftest import shared
+
+    from HILASegmentLib.workspace import Workspace
+    dicom = shared("pelvic_ct_dicom", "Pelvic-Ref002")
+    logic = _logic()
+    with Workspace.create(tmp_path / "ws", "CT", ["prostate"]) as ws:
+        runner = logic.startImport(ws, [str(dicom)]).start()
+        fractions = []
+        while not runner.finished:
+            runner.poll()
+            if runner.fraction is not None:
+                fractions.append(runner.fraction)
+            time.sleep(0.1)
+        outcome = runner.outcome()
+        assert outcome.ok, outcome.error
+        (case,) = outcome.result["cases"]
+        assert [c.case_id for c in ws.cases()] == [case["case_id"]] and fractions
+    with Workspace.create(tmp_path / "ws2", "CT", ["prostate"]) as ws:
+        runner = logic.startImport(ws, [str(dicom)]).start()
+        time.sleep(1.0)
+        runner.cancel()
+        outcome = runner.wait(timeout=60)
+        assert outcome.cancelled and not outcome.ok
+        assert ws.check().ok and all(c.path.exists() for c in ws.cases())

@@ -34,6 +34,9 @@ class Transform:
     def __init__(self, to_world):
         self.to_world = np.asarray(to_world, float)
 
+    def IsTransformToWorldLinear(self):
+        return 1
+
 
 class ROI:
     """vtkMRMLMarkupsROINode's GetRASBounds: fills (xmin, xmax, ymin, ymax, zmin, zmax) in world RAS."""

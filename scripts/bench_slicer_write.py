@@ -6,10 +6,14 @@
 Set-up (cached in --work): the real pelvic CT (../shared/data/pelvic_ct_dicom/Pelvic-Ref002, 512x512x163) as a
 volume node; its RTSTRUCT converted with `hila convert --structures all` (16 structures) as the volume's existing
 segmentation; the RTSTRUCT's deep-learning contour set (`--structures DL`: prostate, bladder, rectum, femoral
-heads, on the full grid) as the AI result. Measured: what the panel's
-SegmentSection.finish runs on the GUI thread, ``HILASegmentLogic.writeResult`` (read the result, write it into the
-volume's segmentation under the Segment Editor's mask mode), per mask mode in a fresh process: seconds and the
-peak extra resident memory over the process before the call (RSS sampled every 5 ms). Prints one JSON line per run.
+heads) as the AI result, written the way the Segment child (`hila infer WS CASE --out`) writes its result: a
+workspace's labels, cut to the result's voxels (``Workspace.prediction_segmentation``, the child's own function).
+Measured: what the panel's SegmentSection.finish runs on the GUI thread, ``HILASegmentLogic.loadResult`` (read the
+result, write it into the volume's segmentation under the Segment Editor's mask mode; the child has recorded the
+prediction already), per mask mode in a fresh process: seconds and the peak extra resident memory over the process
+before the call (RSS sampled every 5 ms; SimpleITK and the engine's reader imported before, as after a session's
+first result: that import is a one-time ~0.3-0.5 s); ``again``: a second result onto the first (the segments it replaces exist).
+Prints one JSON line per run.
 """
 from __future__ import annotations
 
@@ -45,6 +49,42 @@ def prepare(work: Path) -> None:
     if not (work / "result.seg.nrrd").exists():  # the RTSTRUCT's deep-learning auto-contours: a real AI result
         rs = next(DICOM.glob("RS*.dcm"))
         engine("convert", str(rs), str(work / "result.seg.nrrd"), "--structures", "DL", "--reference", str(DICOM))
+    if not (work / "child.seg.nrrd").exists():
+        engine_python("scripts/bench_slicer_write.py", "--work", str(work), "--child-file")
+
+
+#: The DL contour set's structures -> the benchmark workspace's labels.
+LABELS = {"Prostate_DL": "prostate", "Bladder_DL": "bladder", "Anorectum_DL": "rectum",
+          "Femur_Head_L_DL": "femoral head left", "Femur_Head_R_DL": "femoral head right"}
+
+
+def child_file(work: Path) -> None:
+    """The result as the Segment child writes it (``Workspace.prediction_segmentation``), in a workspace of the CT."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from HILASegmentLib.formats.segfile import read_segmentation, write_segmentation
+    from HILASegmentLib.workspace import Workspace
+
+    ws_path = work / "ws"
+    ws = Workspace.open(ws_path) if ws_path.exists() else Workspace.create(ws_path, "CT", list(LABELS.values()))
+    with ws:
+        if not ws.cases():
+            ws.import_volume(work / "ct.nrrd")
+        dl = read_segmentation(work / "result.seg.nrrd")
+        values = {lab.name: lab.value for lab in ws.settings.labels}
+        label = np.zeros(sitk.GetArrayViewFromImage(dl.grid).shape, np.uint8)
+        for s in dl.segments:
+            label[dl.mask_array(s.id)] = values[LABELS[s.name]]
+        image = sitk.GetImageFromArray(label)
+        image.CopyInformation(dl.grid)
+        write_segmentation(ws.prediction_segmentation(image, {"HILA.model": "RTSTRUCT DL contours"}), work / "child.seg.nrrd")
+
+
+def engine_python(*args: str) -> None:
+    python = ROOT / ".venv" / "bin" / "python"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"))
+    subprocess.run([str(python if python.exists() else sys.executable), *args], check=True, env=env, cwd=ROOT)
 
 
 def rss_mb() -> float:
@@ -52,13 +92,15 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(work: Path, mode: str) -> dict:
-    """One run in this process: set the scene up, then time writeResult alone with an RSS sampler running."""
+def measure(work: Path, mode: str, again: bool = False, accept: bool = False) -> dict:
+    """One run in this process: set the scene up, then time loadResult alone with an RSS sampler running (``accept``:
+    load the result first, then time the GUI-thread part of Accept, ``HILASegmentLogic.startAccept``: the checks, the
+    label map from the segments, the label file and Slicer's uncompressed copy; the child's part is not timed)."""
     sys.path.insert(0, str(ROOT / "Testing" / "mrml"))
     import slicer
     from realscene import RealScene, import_module_file, load_volume, read_segmentation
 
-    from HILASegmentLib.ground.colors import default_color
+    from HILASegmentLib.formats import segfile  # noqa: F401  SimpleITK and the reader: loaded once a session, not per result
     from HILASegmentSlicerLib import segments
 
     scene = RealScene()  # kept: its application logic owns the logics the nodes use
@@ -69,9 +111,19 @@ def measure(work: Path, mode: str) -> dict:
     logic = import_module_file().HILASegmentLogic()
     editor = logic.segmentEditorNode()
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
-    labels = [type("L", (), dict(value=i + 1, name=n, color=default_color(n, i)))
-              for i, n in enumerate(["prostate", "bladder", "rectum", "femoral head left", "femoral head right"])]
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    if accept:
+        from realscene import save_segmentation
+
+        from HILASegmentLib.workspace import Workspace
+        slicer.util.startupEnvironment = lambda: dict(os.environ)
+        slicer.util.exportNode = lambda node, path, properties=None, world=False: bool(
+            save_segmentation(node, path, compress=bool((properties or {}).get("useCompression", 1))))
+        ws = Workspace.open(work / "ws")
+        logic.tagCase(ws, volume, ws.cases()[0].case_id)
+        logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
+    if again:  # the segments this result replaces exist (a second Segment of the case)
+        logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
     before_segments = segNode.GetSegmentation().GetNumberOfSegments()
     base, peak, stop = rss_mb(), [0.0], threading.Event()
 
@@ -83,12 +135,18 @@ def measure(work: Path, mode: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    report = logic.writeResult(str(work / "result.seg.nrrd"), segNode, volume, editor, labels)
-    seconds = time.perf_counter() - t0
+    if accept:
+        _runner, context = logic.startAccept(ws, volume, segNode)
+        seconds = time.perf_counter() - t0
+        report = type("R", (), dict(names=["accept"], clipped_total=0))
+        logic.cleanupJob(context)
+    else:
+        report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
+        seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
     peak[0] = max(peak[0], rss_mb())
-    return {"mode": mode, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
+    return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
             "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0}
 
@@ -99,17 +157,29 @@ def main() -> int:
     ap.add_argument("--modes", default="EditAllowedEverywhere,EditAllowedInsideAllSegments,EditAllowedOutsideVisibleSegments")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
+    ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--accept", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-file", action="store_true", help=argparse.SUPPRESS)  # internal: in the main environment
     args = ap.parse_args()
     work = Path(args.work)
+    if args.child_file:
+        child_file(work)
+        return 0
     if args.one:
-        print(json.dumps(measure(work, args.one)))
+        print(json.dumps(measure(work, args.one, args.again, args.accept)))
         return 0
     prepare(work)
     for mode in args.modes.split(","):
-        for _ in range(args.repeat):  # a fresh process per run: nothing cached, the peak is this run's
-            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", mode],
-                                 capture_output=True, text=True)
-            print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}", flush=True)
+        for again in (False, True):
+            for _ in range(args.repeat):  # a fresh process per run: nothing cached, the peak is this run's
+                out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", mode]
+                                     + (["--again"] if again else []), capture_output=True, text=True)
+                print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}",
+                      flush=True)
+    for _ in range(args.repeat):  # Accept's GUI-thread part, after one result
+        out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", "EditAllowedEverywhere", "--accept"],
+                             capture_output=True, text=True)
+        print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-500:]}", flush=True)
     return 0
 
 

@@ -55,11 +55,11 @@ def ensure_engine():
     except ImportError:
         sys.path.insert(0, MODULE_DIR)
         import HILASegmentLib  # noqa: F401
-    from HILASegmentLib.ground import dependencies
-    plan = dependencies.plan_install("inference")
+    from HILASegmentSlicerLib import installplan
+    plan = installplan.plan_install("inference")
     if plan.needed or plan.broken_slicer:
         from HILASegmentLib.ground.errors import HilaError
-        how = " ; ".join(dependencies.manual_command(plan)) or plan.message()
+        how = " ; ".join(installplan.manual_command(plan)) or plan.message()
         raise HilaError("missing Python packages for inference; install them first: " + how)
 
 

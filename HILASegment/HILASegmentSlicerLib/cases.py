@@ -19,7 +19,8 @@ from HILASegmentLib.models import catalog
 from . import mrmlgeometry, segments
 
 __all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
-           "reopen_case_segments", "output_path", "workspace_model"]
+           "reopen_case_segments", "output_path", "workspace_model", "own_case",
+           "prepare_accept", "accept_outcome"]
 
 
 def reopen_workspace(path: str, open_fn: Callable[[str], Any], clear_setting: Callable[[], None]) -> Tuple[Any, str]:
@@ -84,13 +85,9 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     reference: never from whatever else the panel last showed. A missing label refuses the submit
     (HilaError); a failure to save the extra .seg.nrrd copy after the submit is reported, not raised.
     """
-    if segNode is None:
-        raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
-    case_id = _own_case(ws, volume)
+    case_id, label = prepare_accept(ws, util, volume, segNode, ijk_to_ras, mutable)
     version = None
-    if ws is not None and case_id:
-        array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
-        label = mrmlgeometry.array_to_image(array, ijk_to_ras)
+    if label is not None:
         correction = ws.submit(case_id, label, quality=quality, annotator=annotator, seconds=seconds)
         version = correction.version
     try:
@@ -100,7 +97,36 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     return AcceptOutcome(case_id, version, saved)
 
 
-def _own_case(ws: Any, volume: Any) -> Optional[str]:
+def prepare_accept(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.ndarray,
+                   mutable: Callable[[str], Any]) -> Tuple[Optional[str], Any]:
+    """(case id, label image) of what Accept submits, or (case id or None, None) for a volume that is no case of
+    ``ws``: the part of Accept that needs the scene (its checks and the segments' label map); the submit and the
+    compressed copy run in a child (``ModuleLogic.startAccept``). Refuses (HilaError) what cannot be accepted."""
+    if segNode is None:
+        raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
+    case_id = own_case(ws, volume)
+    if ws is None or not case_id:
+        return case_id, None
+    array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
+    return case_id, mrmlgeometry.array_to_image(array, ijk_to_ras)
+
+
+def accept_outcome(case_id: Optional[str], results: List[Optional[dict]], errors: List[Optional[str]],
+                   pending: str, final: Callable[[Optional[int]], str]) -> AcceptOutcome:
+    """What an Accept job did, from its commands' results (``hila submit``'s, then the copy's): the compressed copy
+    written at ``pending`` gets its versioned name (``final(version)``); a failed copy is reported with the version
+    that was submitted, never as "nothing was submitted"."""
+    version = int(results[0]["version"]) if case_id and results and results[0] else None
+    copy_error = errors[-1] if errors else None
+    if copy_error or not Path(pending).exists():
+        return AcceptOutcome(case_id, version, None, copy_error or "the compressed copy was not written")
+    target = Path(final(version))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Path(pending).replace(target)
+    return AcceptOutcome(case_id, version, str(target))
+
+
+def own_case(ws: Any, volume: Any) -> Optional[str]:
     """The volume's own case id (None for a volume that is no case); refused when it is another workspace's case."""
     case_id = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume is not None else None
     home = volume.GetAttribute(segments.WORKSPACE_ATTRIBUTE) if volume is not None else None
@@ -113,7 +139,7 @@ def _own_case(ws: Any, volume: Any) -> Optional[str]:
 def accept_weak(ws: Any, volume: Any, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None):
     """Submit marks (``marks.marks_from_markups``) as a weak label of the volume's OWN case through
     ``Workspace.submit_marks`` (the path of ``hila submit --box/--lines``); returns the Correction."""
-    case_id = _own_case(ws, volume)
+    case_id = own_case(ws, volume)
     if ws is None or not case_id:
         raise HilaError("not a workspace case: open a workspace and import the volume (or load a case) first")
     return ws.submit_marks(case_id, marks, annotator=annotator, seconds=seconds)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Optional
 
-from HILASegmentLib.ground import dependencies
-
+from . import installplan
 from .processrunner import SequenceRunner, python_executable
 
 __all__ = ["run_plan"]
 
 
-def run_plan(slicer: Any, plan: dependencies.InstallPlan, env: Optional[Dict[str, str]] = None) -> Optional[SequenceRunner]:
+def run_plan(slicer: Any, plan: installplan.InstallPlan, env: Optional[Dict[str, str]] = None) -> Optional[SequenceRunner]:
     """Install ``plan``: returns None when it is done (5.12), else an unstarted background runner (5.8/5.10)."""
     if plan.torch_via_pytorchutils:
         import PyTorchUtils  # the PyTorch extension: picks the CUDA/CPU build that fits the machine
@@ -33,5 +32,5 @@ def run_plan(slicer: Any, plan: dependencies.InstallPlan, env: Optional[Dict[str
     if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_install") and plan.pip_specs and not plan.torch_pip_spec:
         slicer.packaging.pip_install(plan.pip_specs, no_deps_requirements=plan.no_deps_specs or None, requester="HILASegment")
         return None
-    commands = dependencies.pip_commands(plan, python_executable())
+    commands = installplan.pip_commands(plan, python_executable())
     return SequenceRunner(commands, env=env) if commands else None

@@ -1,8 +1,8 @@
 """Background jobs bound to their case: one slot per kind, so segmenting never waits for training.
 
 A radiologist segments, corrects, accepts and moves on while a training run takes its 20 minutes;
-so Segment, Train, Install and PACS (a DICOMweb import, export or sync) are separate slots, each
-holding at most one job. A segment job
+so Segment, Train, Install, PACS (a DICOMweb import, export or sync), Import (files, folders, a volume node)
+and Accept (the submit and the workspace's compressed copy) are separate slots, each holding at most one job. A segment job
 carries the case and the volume it was started for: its result goes to *that* volume's
 segmentation, whatever the panel shows when it arrives (the A/B race: segment A, open B, A's
 result must not become B's correction).
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["KINDS", "Job", "JobBoard", "JobError"]
 
-KINDS = ("segment", "train", "install", "pacs")
+KINDS = ("segment", "train", "install", "pacs", "import", "accept")
 
 
 class JobError(RuntimeError):
@@ -33,7 +33,8 @@ class Job:
     context: Dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        what = {"segment": "Segmenting", "train": "Training", "install": "Installing", "pacs": "PACS"}[self.kind]
+        what = {"segment": "Segmenting", "train": "Training", "install": "Installing", "pacs": "PACS", "import": "Importing",
+                "accept": "Accepting"}[self.kind]
         return what + (f" {self.label}" if self.label else "") + (f" (case {self.case_id})" if self.case_id else "")
 
 

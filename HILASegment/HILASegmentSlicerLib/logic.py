@@ -7,7 +7,6 @@ self-test and batch mode.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import installs, mrmlgeometry, segments
-from .processrunner import ProcessRunner, engine_command
+from . import cases, installs, mrmlgeometry, segments
+from .processrunner import ProcessRunner, SequenceRunner, engine_command
 
 __all__ = ["ModuleLogic"]
 
@@ -56,17 +55,24 @@ class ModuleLogic:
         """The volume as a SimpleITK image (its own, local geometry; the array copied, so later edits do not leak)."""
         return mrmlgeometry.array_to_image(np.array(self.util.arrayFromVolume(volume)), self.ijkToRas(volume))
 
-    def writeResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None, labels: Any = None) -> Any:
-        """An engine .seg.nrrd into the volume's own segments (``segments.write_engine_result``); returns the report.
-        ``labels``: the workspace's labels, so segments carry the workspace's values, not the model's."""
-        from HILASegmentLib.formats.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
-        items = segments.workspace_items(segments.items_from_segmentation(read_segmentation(segPath)), labels)
-        mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
-        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene)
+    def loadResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
+        """A `hila infer` .seg.nrrd into the volume's own segments; returns the report (``segments.WriteReport``).
 
-    def saveSegmentation(self, segNode: Any, path: str) -> str:
+        All the GUI thread does with an AI result: read it (the workspace form's file is cut to the result's voxels
+        and already in the workspace's labels; the child recorded the prediction), and write its segments, in the
+        region of the volume they cover, under the Segment Editor's masking (``segments.write_engine_result``)."""
+        from HILASegmentLib.formats.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
+        items, region = segments.result_items(read_segmentation(segPath), self.ijkToRas(volume),
+                                              tuple(self.util.arrayFromVolume(volume).shape))
+        mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
+        return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene,
+                                            region=region)
+
+    def saveSegmentation(self, segNode: Any, path: str, compress: bool = True) -> str:
+        """Slicer's own .seg.nrrd writer, through ``exportNode``: the node's own storage (where File > Save writes) is
+        left alone. Uncompressed (``compress`` False) it is fast enough for the GUI thread."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if not self.util.saveNode(segNode, path):
+        if not self.util.exportNode(segNode, path, {"useCompression": 1 if compress else 0}):
             raise OSError("Could not write %s" % path)
         return path
 
@@ -79,24 +85,102 @@ class ModuleLogic:
         volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
         return volume
 
-    def importVolumeNode(self, ws: Any, volume: Any) -> Any:
+    def startImport(self, ws: Any, paths: Sequence[str], name: Optional[str] = None) -> ProcessRunner:
+        """``hila import WS PATH...`` (volumes, DICOM series folders) as a child: its JSON result lists the cases."""
+        args = ["import", str(ws.root)] + [str(p) for p in paths] + (["--name", name] if name else []) + ["--json"]
+        argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
+        return ProcessRunner(argv, env=env)
+
+    def startImportVolumeNode(self, ws: Any, volume: Any) -> Tuple[ProcessRunner, Dict[str, str]]:
+        """A volume node into the workspace: written uncompressed (the GUI thread's part), imported by the child
+        (validation, the compressed copy, the ledger); the finish handler tags the node with its case."""
         from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when a volume is imported
+        from HILASegmentLib.ground.paths import name_component
         folder = tempfile.mkdtemp(prefix="hila-import-")
-        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", volume.GetName()) + ".nrrd")
-        write_image(self.volumeToImage(volume), path)
-        case = ws.import_volume(path)
-        volume.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+        path = os.path.join(folder, name_component(volume.GetName() or "volume") + ".nrrd")
+        write_image(self.volumeToImage(volume), path, compress=False)
+        return self.startImport(ws, [path], name=volume.GetName() or None), {"folder": folder}
+
+    def importVolumeNode(self, ws: Any, volume: Any, timeout: float = 600) -> str:
+        """The panel's import job, waited for (the self-test, scripts): returns the case id."""
+        runner, context = self.startImportVolumeNode(ws, volume)
+        try:
+            outcome = runner.start().wait(timeout=timeout)
+        finally:
+            self.cleanupJob(context)
+        if not outcome.ok:
+            raise RuntimeError("importing %s failed: %s" % (volume.GetName(), outcome.error))
+        caseId = outcome.result["cases"][0]["case_id"]
+        self.tagCase(ws, volume, caseId)
+        return caseId
+
+    def accept(self, ws: Any, volume: Any, segNode: Any, timeout: float = 600, **kwargs: Any) -> Any:
+        """The panel's Accept job, waited for (the self-test, scripts): returns ``cases.AcceptOutcome``."""
+        runner, context = self.startAccept(ws, volume, segNode, **kwargs)
+        try:
+            outcome = runner.start().wait(timeout=timeout)
+            if not outcome.ok:
+                raise RuntimeError("Accept failed: %s" % outcome.error)
+            return cases.accept_outcome(context["case"], runner.results, runner.errors, context["pending"],
+                                        lambda version: cases.output_path(volume, context["ws"], context["case"], version))
+        finally:
+            self.cleanupJob(context)
+
+    def tagCase(self, ws: Any, volume: Any, caseId: str) -> None:
+        """Mark a volume node as a workspace case (what Segment and Accept read to know the case)."""
+        volume.SetAttribute(segments.CASE_ATTRIBUTE, caseId)
         volume.SetAttribute(segments.WORKSPACE_ATTRIBUTE, str(ws.root))
-        return case
+
+    def startAccept(self, ws: Any, volume: Any, segNode: Any, quality: str = "reviewed", annotator: Optional[str] = None,
+                    seconds: Optional[float] = None) -> Tuple[SequenceRunner, Dict[str, Any]]:
+        """Accept as a child: the GUI thread checks and exports the label map (``cases.prepare_accept``), written
+        uncompressed; the child submits it (``hila submit``: validation, effort, the ledger) and then writes the
+        correction as a compressed .seg.nrrd in the workspace (``hila convert`` with the workspace's label names: the
+        one colour table, the structures' terminology), never beside the volume's source file. A volume that is no
+        case has no labels: its segmentation is written by Slicer uncompressed here and compressed by the child."""
+        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Accept is pressed
+        caseId, label = cases.prepare_accept(ws, self.util, volume, segNode, self.ijkToRas(volume) if volume else None,
+                                             self.vtk.mutable)
+        folder = tempfile.mkdtemp(prefix="hila-accept-")
+        final = cases.output_path(volume, ws if caseId else None, caseId, None)
+        pending = os.path.join(os.path.dirname(final), ".pending-%s.seg.nrrd" % os.path.basename(folder))
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        env = self.util.startupEnvironment()
+        commands = []
+        if label is not None:
+            labelPath = str(write_image(label, os.path.join(folder, "label.nrrd"), compress=False))
+            args = ["submit", str(ws.root), caseId, labelPath, "--quality", quality, "--json"]
+            args += (["--annotator", annotator] if annotator else []) + (["--seconds", "%.1f" % seconds] if seconds else [])
+            commands.append(engine_command("HILASegmentLib", args, env=env)[0])
+            names = ",".join("%d=%s" % (lab.value, lab.name) for lab in ws.settings.labels)
+            copy = ["convert", labelPath, pending, "--names", names, "--json"]
+        else:
+            copy = ["convert", self.saveSegmentation(segNode, os.path.join(folder, "raw.seg.nrrd"), compress=False), pending,
+                    "--json"]
+        argv, env = engine_command("HILASegmentLib", copy, env=env)
+        commands.append(argv)
+        runner = SequenceRunner(commands, env=env, optional=[False] * (len(commands) - 1) + [True])
+        return runner, {"folder": folder, "case": caseId, "pending": pending, "ws": ws if caseId else None}
 
     # jobs
-    def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto") -> Tuple[ProcessRunner, Dict[str, str]]:
-        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+    def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto",
+                          case: Optional[Tuple[str, str]] = None) -> Tuple[ProcessRunner, Dict[str, str]]:
+        """``hila infer`` as a child, writing ``<folder>/result.seg.nrrd`` (``context["out"]``) for :meth:`loadResult`.
+
+        ``case``: (workspace folder, case id) of a workspace case: the child runs ``hila infer WS CASE`` on the case's
+        own image, maps the model's labels to the workspace's and records the prediction; ``model`` is then a model
+        version or a catalog name. Otherwise the volume is written out for the file form (no prediction recorded)."""
         folder = tempfile.mkdtemp(prefix="hila-infer-")
-        image, out = os.path.join(folder, "image.nrrd"), os.path.join(folder, "result.seg.nrrd")
-        write_image(self.volumeToImage(volume), image)
-        args = ["infer", "--image", image, "--out", out, "--model", str(model), "--device", device, "--json",
-                "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
+        out = os.path.join(folder, "result.seg.nrrd")
+        if case is not None:
+            args = ["infer", str(case[0]), str(case[1])]
+        else:
+            from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Segment is pressed
+            image = os.path.join(folder, "image.nrrd")
+            write_image(self.volumeToImage(volume), image, compress=False)  # the child reads it once: no gzip here
+            args = ["infer", "--image", image]
+        args += ["--out", out, "--model", str(model), "--device", device, "--json",
+                 "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 
@@ -111,6 +195,9 @@ class ModuleLogic:
         folder = context.get("folder")
         if folder and os.path.isdir(folder):
             shutil.rmtree(folder, ignore_errors=True)
+        pending = context.get("pending")  # a copy a cancelled or failed Accept left unnamed
+        if pending and os.path.exists(pending):
+            os.remove(pending)
 
     def install(self, plan: Any) -> Optional[Any]:
         """Run an agreed plan (``installs.run_plan``): None when done (5.12), else a background runner to poll."""

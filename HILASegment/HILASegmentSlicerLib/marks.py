@@ -64,6 +64,9 @@ def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = 
     Exactly one of an ROI or a pair of lines; anything else is refused (HilaError): nothing is submitted.
     """
     parent = volume.GetParentTransformNode() if volume is not None else None
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise HilaError(f"the volume is under the non-linear transform {parent.GetName()!r}: marks cannot be mapped back "
+                        "to its voxels exactly; harden the transform on the volume (Transforms module) or remove it")
     to_world = util.arrayFromTransformMatrix(parent, toWorld=True) if parent is not None else None
     if not label:
         raise HilaError("pick the label the marks are for")

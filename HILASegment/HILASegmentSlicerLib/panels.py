@@ -1,9 +1,8 @@
-"""What the Slicer panel shows and records, computed from a Workspace: tables, curve, predictions.
+"""What the Slicer panel shows, computed from a Workspace: tables, curve, the model Segment uses.
 
-The widget only copies these rows into Qt tables and a Slicer plot, and hands the Segment
-button's output to :func:`prediction_from_file`; keeping the choices here (which figure is
-"effort", which case is next, how model labels map onto the
-workspace's) makes them testable on a real workspace without Slicer.
+The widget only copies these rows into Qt tables and a Slicer plot; keeping the choices here (which figure is
+"effort", which case is next) makes them testable on a real workspace without Slicer. A prediction is recorded by
+the Segment child (``hila infer WS CASE``, ``Workspace.record_prediction``), never here.
 """
 from __future__ import annotations
 
@@ -11,12 +10,7 @@ import math
 from typing import Any, List, Mapping, Optional, Tuple
 
 __all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
-           "model_dice", "learning_curve", "compare_text", "prediction_from_file", "model_for"]
-
-#: Keys of the `hila infer --json` result that are stored with a prediction (what ranking and the learned
-#: quality model read: the predicted Dice and the prediction's features among them).
-UNCERTAINTY_KEYS = ("model", "model_version", "mean_uncertainty", "uncertain_voxels", "uncertainty", "labels", "tta",
-                    "seconds", "predicted_dice", "predicted_dice_source", "quality_features")
+           "model_dice", "learning_curve", "compare_text", "model_for"]
 
 CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort", "Suspect"]
 MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
@@ -119,32 +113,6 @@ def compare_text(ws, version: int) -> str:
     if isinstance(gate, Mapping) and gate.get("reason"):
         text += f"; gate: {gate['reason']}"
     return text
-
-
-def prediction_from_file(ws, seg_path, result: Optional[Mapping] = None):
-    """(label image in the workspace's label values, uncertainty summary) from a `hila infer` output.
-
-    Segments are matched to workspace labels by THE rule (``labelmatch``: tag, name ignoring case,
-    terminology, aliases); model labels the workspace lacks are dropped. The summary is what ranking reads.
-    """
-    import numpy as np
-    import SimpleITK as sitk
-
-    from HILASegmentLib.formats.segfile import read_segmentation
-    from HILASegmentLib.ground.labelmatch import match_label
-
-    seg = read_segmentation(seg_path)
-    pairs = [(l.name, int(l.value)) for l in ws.settings.labels]
-    reference = seg.to_label_image()
-    out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
-    for segment in seg.segments:
-        v = match_label(segment.name, segment.tags, pairs)
-        if v is not None:
-            out[seg.mask_array(segment.name) > 0] = v
-    label = sitk.GetImageFromArray(out)
-    label.CopyInformation(reference)
-    summary = {k: result[k] for k in UNCERTAINTY_KEYS if result and k in result}
-    return label, (summary or None)
 
 
 def model_for(ws, starter: str = "taps"):

@@ -3,15 +3,16 @@
 Rules: training never blocks the case loop (Segment, Accept, Next case and Import stay live while a
 training job runs); while a segment job runs for the *shown* case, the case table and the volume
 selector are locked and Segment turns into Cancel (MONAIAuto3DSeg's pattern), so the case cannot
-change under the result; Accept needs a volume and no segment job on it; Promote/Discard need a
-candidate; Train and the dependency installer each have one slot.
+change under the result; Accept needs a volume and no segment job on it, and turns into Cancel while its
+own job runs; Promote/Discard need a candidate; Train, Import, Accept and the dependency installer each
+have one slot.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-__all__ = ["PanelState", "button_states", "segment_button_text"]
+__all__ = ["PanelState", "button_states", "segment_button_text", "accept_button_text"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class PanelState:
     installing: bool = False
     has_candidate: bool = False
     has_models: bool = False
+    importing: bool = False             # an import job runs
+    accepting_shown: bool = False       # an Accept job runs for the shown volume
+    accepting_other: bool = False       # an Accept job runs for another volume
 
 
 def button_states(s: PanelState) -> Dict[str, bool]:
@@ -32,14 +36,16 @@ def button_states(s: PanelState) -> Dict[str, bool]:
     return {
         # Segment doubles as Cancel for the shown case's job; it is dead while another case's job runs
         "segmentButton": s.segmenting_shown or (s.has_volume and not segment_busy and not s.installing),
-        "acceptButton": s.has_volume and not s.segmenting_shown,
+        # Accept doubles as Cancel for the shown case's Accept job; one Accept at a time
+        "acceptButton": s.accepting_shown or (s.has_volume and not s.segmenting_shown and not s.accepting_other),
         "acceptWeakButton": s.has_workspace and s.has_volume and not s.segmenting_shown,
         "inputVolumeSelector": not s.segmenting_shown,
         "caseTableWidget": s.has_workspace and not s.segmenting_shown,
         "nextCaseButton": s.has_workspace and not s.segmenting_shown,
-        "importVolumeButton": s.has_workspace and s.has_volume,
-        "importFilesButton": s.has_workspace,
-        "importFolderButton": s.has_workspace,
+        "importVolumeButton": s.has_workspace and s.has_volume and not s.importing,
+        "importFilesButton": s.has_workspace and not s.importing,
+        "importFolderButton": s.has_workspace and not s.importing,
+        "cancelImportButton": s.importing,
         "trainButton": s.has_workspace and not s.training and not s.installing,
         "cancelButton": s.training,
         "promoteButton": s.has_candidate and not s.training,
@@ -50,6 +56,10 @@ def button_states(s: PanelState) -> Dict[str, bool]:
         "openWorkspaceButton": not s.training,
         "createWorkspaceButton": not s.training,
     }
+
+
+def accept_button_text(accepting_shown: bool) -> str:
+    return "Cancel accept" if accepting_shown else "Accept"
 
 
 def segment_button_text(segmenting_shown: bool, model_label: Optional[str]) -> str:

@@ -400,8 +400,13 @@ class SequenceRunner:
     """
 
     def __init__(self, commands: Sequence[Sequence[str]], env: Optional[Dict[str, str]] = None,
-                 factory: ProcessFactory = popen_factory):
+                 factory: ProcessFactory = popen_factory, optional: Sequence[bool] = ()):
         self.commands = [list(c) for c in commands]
+        #: per command: may it fail without ending the sequence (Accept's copy after its submit)?
+        self.optional = list(optional) + [False] * (len(self.commands) - len(optional))
+        #: each finished command's JSON result and error (None where it had none), in order
+        self.results: List[Optional[dict]] = []
+        self.errors: List[Optional[str]] = []
         self.env = env
         self.factory = factory
         self.index = -1
@@ -431,7 +436,15 @@ class SequenceRunner:
                 self._message = line.text.strip()[:200]
         if self.current.finished:
             out = self.current.outcome()
-            if not out.ok or self.index + 1 >= len(self.commands):
+            self.results.append(out.result)
+            self.errors.append(None if out.ok else (out.error or "failed"))
+            if not out.ok and self.optional[self.index] and not out.cancelled and self.index + 1 >= len(self.commands):
+                out = RunOutcome(0, False, True, None)  # the optional last step failed: the sequence did its work
+                out.seconds = time.monotonic() - self._started_at
+                self._outcome = out
+            elif not out.ok and self.optional[self.index] and not out.cancelled:
+                self._next()
+            elif not out.ok or self.index + 1 >= len(self.commands):
                 out.seconds = time.monotonic() - self._started_at
                 self._outcome = out
             else:

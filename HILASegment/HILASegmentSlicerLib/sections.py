@@ -14,17 +14,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from HILASegmentLib.ground import dependencies
-
-from . import cases, marks, panels, segments
+from . import cases, installplan, marks, panels, segments
 from .jobs import Job
 
 __all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
 
 
 class CasesSection:
-    """Open a case (double-click, Next case), import volumes (the shown node, files, a DICOM folder), follow the
-    volume selector with the volume's own segmentation."""
+    """Open a case (double-click, Next case), import volumes (the shown node, files, a DICOM folder: a child with
+    progress and Cancel), follow the volume selector with the volume's own segmentation."""
 
     def __init__(self, panel: Any, ui: Any, util: Any, qt: Any, scene: Any) -> None:
         self.panel, self.ui, self.util, self.qt, self.scene = panel, ui, util, qt, scene
@@ -33,6 +31,7 @@ class CasesSection:
         ui.importVolumeButton.connect("clicked()", self.import_volume)
         ui.importFilesButton.connect("clicked()", self.import_files)
         ui.importFolderButton.connect("clicked()", self.import_folder)
+        ui.cancelImportButton.connect("clicked()", lambda: panel.cancelJob("import"))
         ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.volume_changed)
 
     def next_case(self) -> None:
@@ -57,16 +56,14 @@ class CasesSection:
                                       if loaded else "Case %s opened; Segment it, correct, then Accept." % caseId)
 
     def import_volume(self) -> None:
+        """The shown volume node as a case: written out here, imported by a child (Import's progress and Cancel)."""
         volume = self.ui.inputVolumeSelector.currentNode()
         try:
-            with self.util.WaitCursor():
-                case = self.panel.logic.importVolumeNode(self.panel.ws, volume)
+            runner, context = self.panel.logic.startImportVolumeNode(self.panel.ws, volume)
         except Exception as exc:
             self.util.errorDisplay("Could not import the volume: %s" % exc)
             return
-        self.panel.openedAt[volume.GetID()] = time.monotonic()
-        self.panel.refreshTables()
-        self.panel.status("Imported %s as case %s" % (case.name, case.case_id))
+        self.panel.startJob(Job("import", runner, volume_id=volume.GetID(), label=volume.GetName(), context=context))
 
     def import_files(self) -> None:
         paths = self.qt.QFileDialog.getOpenFileNames(self.util.mainWindow(), "Import volumes", "",
@@ -79,16 +76,25 @@ class CasesSection:
             self.import_paths([folder])
 
     def import_paths(self, paths: list) -> None:
-        done, p = [], None
+        """Files and DICOM series folders, imported by a `hila import` child (progress, Cancel; the panel stays live)."""
+        if not paths:
+            return
         try:
-            with self.util.WaitCursor():
-                for p in paths:
-                    done.append(self.panel.ws.import_volume(p).case_id)
+            runner = self.panel.logic.startImport(self.panel.ws, paths)
         except Exception as exc:
-            self.util.errorDisplay("Import stopped at %s: %s (imported before it: %s)" % (p, exc, ", ".join(done) or "none"))
+            self.util.errorDisplay("Could not start the import: %s" % exc)
+            return
+        self.panel.startJob(Job("import", runner, label="%d item(s)" % len(paths), context={"ws": self.panel.ws}))
+
+    def finish_import(self, job: Job, outcome: Any) -> None:
+        """The cases the child imported appear in the table; an imported volume node is tagged with its case."""
+        imported = (outcome.result or {}).get("cases") or []
+        volume = self.scene.GetNodeByID(job.volume_id) if job.volume_id else None
+        if volume is not None and imported:
+            self.panel.logic.tagCase(self.panel.ws, volume, imported[0]["case_id"])
+            self.panel.openedAt[volume.GetID()] = time.monotonic()
         self.panel.refreshTables()
-        if done:
-            self.panel.status("Imported %d case(s): %s" % (len(done), ", ".join(done)))
+        self.panel.status("Imported %d case(s): %s" % (len(imported), ", ".join(c["case_id"] for c in imported)))
 
     def volume_changed(self, volume: Any) -> None:
         """Show the volume's own segmentation (a workspace case gets one; a plain volume only when segmented)."""
@@ -120,18 +126,21 @@ class SegmentSection:
         choice = panel.currentModelChoice()
         if volume is None or choice is None or not panel.installs.ensure("inference", model=choice.model):
             return
-        try:
-            runner, context = panel.logic.startSegmentation(volume, choice.model, tta=self.ui.ttaCheckBox.checked,
-                                                            device=self.ui.deviceComboBox.currentText)
+        try:  # a workspace case is segmented by `hila infer WS CASE`, which records the prediction (not this thread)
+            caseId = cases.own_case(panel.ws, volume)
+            case = (str(panel.ws.root), caseId) if panel.ws is not None and caseId else None
+            model = str(choice.version) if case and choice.key == "workspace" else choice.model
+            runner, context = panel.logic.startSegmentation(volume, model, tta=self.ui.ttaCheckBox.checked,
+                                                            device=self.ui.deviceComboBox.currentText, case=case)
         except Exception as exc:
             self.util.errorDisplay("Segmentation failed to start: %s" % exc)
             return
-        context.update(version=choice.version if choice.key == "workspace" else None, ws=panel.ws)
-        panel.startJob(Job("segment", runner, case_id=volume.GetAttribute(segments.CASE_ATTRIBUTE), volume_id=volume.GetID(),
+        panel.startJob(Job("segment", runner, case_id=case[1] if case else None, volume_id=volume.GetID(),
                            label=choice.label.split(" · ")[0], context=context))
 
     def finish(self, job: Job, outcome: Any) -> None:
-        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now."""
+        """The result goes to the job's OWN volume's segmentation, whatever the panel shows now; the child already
+        recorded the prediction of a workspace case, so this only draws."""
         volume = self.scene.GetNodeByID(job.volume_id)
         if volume is None:
             self.panel.status("The segmented volume was closed; its result was discarded.")
@@ -142,11 +151,8 @@ class SegmentSection:
         if shown is not None and shown.GetID() == volume.GetID():
             self.ui.segmentEditorWidget.setSegmentationNode(segNode)
             self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
-        ws = job.context.get("ws") if job.case_id else None  # the workspace the job was started in
-        report = self.panel.logic.writeResult(job.context["out"], segNode, volume, editorNode, ws.settings.labels if ws else None)
-        if ws is not None:
-            label, summary = panels.prediction_from_file(ws, job.context["out"], outcome.result)
-            ws.add_prediction(job.case_id, label, job.context["version"], uncertainty=summary)
+        report = self.panel.logic.loadResult(job.context["out"], segNode, volume, editorNode)
+        if job.case_id:
             self.panel.refreshTables()
         self.panel.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
         if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
@@ -157,25 +163,36 @@ class SegmentSection:
         return time.monotonic() - opened if opened else None
 
     def accept(self) -> None:
-        """Submit the shown volume's own segmentation for the shown volume's own case (never another's)."""
+        """Submit the shown volume's own segmentation for the shown volume's own case (never another's): the label map
+        is exported here, the submit and the workspace's compressed copy run in a child (progress; Accept = Cancel)."""
         panel, volume = self.panel, self.ui.inputVolumeSelector.currentNode()
+        held = panel.jobs.get("accept")
+        if held is not None and volume is not None and held.volume_id == volume.GetID():
+            panel.cancelJob("accept")
+            return
         segNode = segments.segmentation_for(self.scene, volume, create=False) if volume else None
-        caseId = volume.GetAttribute(segments.CASE_ATTRIBUTE) if volume else None
         try:
             with self.util.WaitCursor():
-                outcome = cases.accept_case(
-                    panel.ws, self.util, volume, segNode, panel.logic.ijkToRas(volume) if volume else None, self.vtk.mutable,
-                    save=lambda node, version: panel.logic.saveSegmentation(node, cases.output_path(volume, panel.ws, caseId, version)),
-                    quality=self.ui.qualityComboBox.currentText, annotator=self.ui.annotatorLineEdit.text or None,
-                    seconds=self._seconds(volume))
+                runner, context = panel.logic.startAccept(panel.ws, volume, segNode, quality=self.ui.qualityComboBox.currentText,
+                                                          annotator=self.ui.annotatorLineEdit.text or None,
+                                                          seconds=self._seconds(volume))
         except Exception as exc:
             self.util.errorDisplay("Accept refused; nothing was submitted: %s" % exc)
             return
-        panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
-        panel.refreshTables()
-        panel.status(outcome.message())
-        if outcome.save_error:
-            self.util.warningDisplay(outcome.message())
+        panel.startJob(Job("accept", runner, case_id=context["case"], volume_id=volume.GetID(), label=volume.GetName(),
+                           context=context))
+
+    def finish_accept(self, job: Job, outcome: Any) -> None:
+        """The correction is in the ledger (the child's submit); the compressed copy gets its versioned name."""
+        volume = self.scene.GetNodeByID(job.volume_id)
+        result = cases.accept_outcome(job.case_id, job.runner.results, job.runner.errors, job.context["pending"],
+                                      lambda version: cases.output_path(volume, job.context["ws"], job.case_id, version))
+        if volume is not None:
+            self.panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
+        self.panel.refreshTables()
+        self.panel.status(result.message())
+        if result.save_error:
+            self.util.warningDisplay(result.message())
 
     def accept_weak(self) -> None:
         """Submit the picked ROI, or long and short line, as a weak label of the shown volume's own case."""
@@ -285,7 +302,7 @@ class InstallsSection:
 
     def ensure(self, tier: str, always: bool = False, model: Optional[str] = None) -> bool:
         """True when the tier's packages are there; otherwise asks, then installs (True only if done now)."""
-        plan = dependencies.plan_install(tier, model=model)
+        plan = installplan.plan_install(tier, model=model)
         if plan.broken_slicer or plan.old_slicer:
             self.util.errorDisplay(plan.message())
             return False
@@ -301,10 +318,10 @@ class InstallsSection:
         try:
             runner = self.panel.logic.install(plan)
         except Exception as exc:
-            self.util.errorDisplay(dependencies.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
+            self.util.errorDisplay(installplan.offline_message(str(exc), plan) or "Installing packages failed: %s" % exc)
             return False
         if runner is None:  # Slicer 5.12: slicer.packaging showed its own progress dialog
-            return not dependencies.plan_install(tier, model=model).needed
+            return not installplan.plan_install(tier, model=model).needed
         self.panel.startJob(Job("install", runner, label=", ".join(plan.pip_specs + plan.no_deps_specs), context={"plan": plan}))
         self.panel.status("Installing Python packages in the background; Segment or Train again when it is done.")
         return False

@@ -34,7 +34,7 @@ from . import mrmlgeometry
 
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
-           "workspace_items", "items_from_segmentation", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "workspace_items", "items_from_segmentation", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -43,6 +43,7 @@ OWN_PREFIX = "hila_"  # segment IDs this module creates; it never modifies any o
 CREATOR_TAG = "HILA.creator"
 TERMINOLOGY_TAG = "TerminologyEntry"  # vtkSegment::GetTerminologyEntryTagName()
 REVIEW_ID = OWN_PREFIX + "review"  # the likely-error outline; no label value is ever written under this ID
+UNION_ID = " user segments"  # write_result's stand-in for the union of the user's segments a mask reads (no segment ID)
 
 
 @dataclass
@@ -119,42 +120,151 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
     pairs = [(str(lab.name), int(lab.value)) for lab in labels]
     segs = [(i, n, t) for i, n, t in segment_list(segNode, [v for _, v in pairs], mutable)
             if i != REVIEW_ID and REVIEW_TAG not in t]  # the likely-error outline is never anatomy
+    for _, name, tags in segs:
+        renamed = labelmatch.renamed_to_another(name, tags, pairs)
+        if renamed:
+            raise HilaError(f"segment {name!r} was {renamed[0]!r} (its hila_label tag) and is now named like the label "
+                            f"{renamed[1]!r}: rename it back, or delete it and draw {renamed[1]!r} in a segment of its own")
     missing = labelmatch.missing_labels([(name, tags) for _, name, tags in segs], pairs)
     if missing:
         have = ", ".join(repr(name) for _, name, _ in segs) or "none"
         raise HilaError(f"no segment stands for label {', '.join(repr(m) for m in missing)} (segments: {have}); "
                         "name a segment like the label, or add an empty one if the structure is absent")
     shape = util.arrayFromVolume(volume).shape
-    masks: Dict[int, np.ndarray] = {}
+    by_value: Dict[int, List[str]] = {}
     for segId, name, tags in segs:
         value = labelmatch.match_label(name, tags, pairs)
-        if value is None:
-            continue
-        arr = np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
-        masks[value] = masks[value] | arr if value in masks else arr
-    return mrmlgeometry.masks_to_label({v: m.astype(np.uint8) for v, m in masks.items()}, shape)
+        if value is not None:
+            by_value.setdefault(value, []).append(segId)
+    masks: Dict[int, np.ndarray] = {}
+    for value, ids in by_value.items():  # read from the segments' layers (no export) where Slicer has them there
+        union = _layer_union(util, segNode, ids, volume, tuple(slice(0, n) for n in shape))
+        if union is None:
+            union = np.zeros(shape, bool)
+            for segId in ids:
+                union |= np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
+        masks[value] = union
+    return mrmlgeometry.masks_to_label({v: m.view(np.uint8) for v, m in masks.items()}, shape)
 
 
-def _bbox(masks: Sequence[np.ndarray], shape: Tuple[int, ...]) -> Tuple[slice, ...]:
+def _bbox(masks: Sequence[np.ndarray]) -> Tuple[slice, ...]:
     """The smallest (k, j, i) box holding every voxel of ``masks`` (one voxel at the corner when there is none)."""
-    lo, hi = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
-    for m in masks:
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            hit = np.flatnonzero(np.any(m, axis=other))
-            if hit.size:
-                lo[axis], hi[axis] = min(lo[axis], hit[0]), max(hi[axis], hit[-1])
-    if hi[0] < 0:
-        return (slice(0, 1),) * 3
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+    from HILASegmentLib.formats.segmentation import voxel_box  # SimpleITK: loaded when a result arrives
+
+    return voxel_box(masks) or (slice(0, 1),) * 3
+
+
+def _union(a: Tuple[slice, ...], b: Tuple[slice, ...]) -> Tuple[slice, ...]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _place(mask: np.ndarray, region: Tuple[slice, ...], into: Tuple[slice, ...]) -> np.ndarray:
+    """``mask`` (covering ``region``) as an array covering the larger box ``into``."""
+    out = np.zeros(tuple(sl.stop - sl.start for sl in into), bool)
+    out[tuple(slice(r.start - i.start, r.stop - i.start) for r, i in zip(region, into))] = mask
+    return out
+
+
+def _export(util: Any, segNode: Any, segId: str, reference: Any, volume: Any, region: Tuple[slice, ...]) -> np.ndarray:
+    """A segment's voxels in ``region`` (bool): exported through the region's volume node where there is one."""
+    if reference is not None:
+        return np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, reference)) > 0
+    return (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0)[region]
+
+
+def _layer_union(util: Any, segNode: Any, segmentIds: Sequence[str], volume: Any,
+                 region: Tuple[slice, ...]) -> Optional[np.ndarray]:
+    """Where any of ``segmentIds`` is in ``region`` of the volume (bool), read from their layers' own voxels (Slicer's
+    internal labelmaps, a view, nothing exported): per layer one cut and one comparison with its segments' label
+    values. None (the caller exports instead) when a segment has no labelmap yet or a layer is not on the volume's
+    lattice."""
+    segmentation = segNode.GetSegmentation()
+    layers: Dict[Any, Tuple[str, List[int]]] = {}
+    for segId in segmentIds:
+        image = segNode.GetBinaryLabelmapInternalRepresentation(segId)
+        if image is None:
+            return None
+        layers.setdefault(image, (segId, []))[1].append(int(segmentation.GetSegment(segId).GetLabelValue()))
+    to_volume = np.linalg.inv(_ijk_to_ras(util, volume))
+    out = np.zeros(tuple(sl.stop - sl.start for sl in region), bool)
+    for image, (first, values) in layers.items():
+        extent = image.GetExtent()
+        if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+            continue
+        matrix = util.vtkMatrixFromArray(np.eye(4))
+        image.GetImageToWorldMatrix(matrix)
+        step = to_volume @ util.arrayFromVTKMatrix(matrix)  # the layer's index -> the volume's index
+        if not np.allclose(step[:3, :3], np.eye(3), atol=1e-4) or np.abs(step[:3, 3] - np.round(step[:3, 3])).max() > 1e-3:
+            return None
+        start = np.round(step[:3, 3]).astype(int) + np.array(extent[0::2])  # the layer's first voxel in the volume (i, j, k)
+        array = util.arrayFromSegmentInternalBinaryLabelmap(segNode, first)  # (k, j, i) from that voxel
+        lo = [max(region[a].start, int(start[2 - a])) for a in range(3)]
+        hi = [min(region[a].stop, int(start[2 - a]) + array.shape[a]) for a in range(3)]
+        if any(h <= lo_ for lo_, h in zip(lo, hi)):
+            continue
+        part = array[tuple(slice(lo[a] - int(start[2 - a]), hi[a] - int(start[2 - a])) for a in range(3))]
+        out[tuple(slice(lo[a] - region[a].start, hi[a] - region[a].start) for a in range(3))] |= np.isin(part, values)
+    return out
+
+
+def _segment_box(util: Any, segNode: Any, segId: str, volume: Any, shape: Tuple[int, ...]) -> Optional[Tuple[slice, ...]]:
+    """The (k, j, i) box of ``volume`` that a segment's own labelmap covers (its layer's extent, read without touching a
+    voxel), or None when it has none; the segmentation lies in the volume's coordinates (``segmentation_for``)."""
+    segment = segNode.GetSegmentation().GetSegment(segId)
+    image = segment.GetRepresentation("Binary labelmap") if segment is not None else None
+    extent = image.GetExtent() if image is not None else (0, -1, 0, -1, 0, -1)
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return None
+    matrix = util.vtkMatrixFromArray(np.eye(4))
+    image.GetImageToWorldMatrix(matrix)
+    to_volume = np.linalg.solve(_ijk_to_ras(util, volume), util.arrayFromVTKMatrix(matrix))
+    corners = np.array([[extent[a], extent[b], extent[c], 1.0] for a in (0, 1) for b in (2, 3) for c in (4, 5)])
+    ijk = (to_volume @ corners.T)[:3]
+    lo = np.clip(np.floor(ijk.min(axis=1) + 1e-3).astype(int), 0, np.array(shape[::-1]) - 1)
+    hi = np.clip(np.ceil(ijk.max(axis=1) - 1e-3).astype(int), 0, np.array(shape[::-1]) - 1)
+    return tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0))
+
+
+def _ijk_to_ras(util: Any, volume: Any) -> np.ndarray:
+    matrix = util.vtkMatrixFromArray(np.eye(4))
+    volume.GetIJKToRASMatrix(matrix)
+    return util.arrayFromVTKMatrix(matrix)
+
+
+def result_items(seg: Any, ijk_to_ras: np.ndarray, shape: Tuple[int, ...]) -> Tuple[list, Tuple[slice, ...]]:
+    """(items, region): an engine result (``segfile.Segmentation``, e.g. the cropped .seg.nrrd of ``hila infer WS CASE
+    --out``) as the (value, name, colour, 0/1 array, tags) items :func:`write_result` takes, every array cut to
+    ``region``, the (k, j, i) box of the volume holding the result's voxels: the GUI thread handles the result, never
+    the volume. A result on another lattice than the volume's (``ijk_to_ras``, ``shape``) is refused (HilaError)."""
+    grid = mrmlgeometry.ijk_to_ras_matrix(seg.grid)
+    start = np.linalg.solve(ijk_to_ras, grid[:, 3])[:3]  # the file's first voxel, as an index of the volume (i, j, k)
+    if not np.allclose(grid[:3, :3], ijk_to_ras[:3, :3], atol=1e-4 * max(1.0, float(np.abs(ijk_to_ras[:3, :3]).max()))) \
+            or np.abs(start - np.round(start)).max() > 1e-3:
+        raise HilaError(f"the result {seg.source or ''} is not on the volume's voxel grid (the volume was resampled or "
+                        "moved since Segment was pressed); Segment again")
+    i0, j0, k0 = (int(round(x)) for x in start)
+    arrays = [np.asarray(layer_array) for layer_array in _layer_arrays(seg)]
+    box = _bbox(arrays)
+    region = (slice(k0 + box[0].start, k0 + box[0].stop), slice(j0 + box[1].start, j0 + box[1].stop),
+              slice(i0 + box[2].start, i0 + box[2].stop))
+    if any(sl.start < 0 or sl.stop > n for sl, n in zip(region, shape)):
+        raise HilaError(f"the result {seg.source or ''} reaches outside the volume ({shape[2]}x{shape[1]}x{shape[0]} voxels); "
+                        "Segment again")
+    items = [(s.label_value, s.name, s.color, (arrays[s.layer][box] == s.label_value).view(np.uint8), dict(s.tags))
+             for s in seg.segments]
+    return items, region
+
+
+def _layer_arrays(seg: Any) -> list:
+    import SimpleITK as sitk  # the engine's image library: loaded when a result arrives
+
+    return [sitk.GetArrayViewFromImage(layer) for layer in seg.layers]
 
 
 def _region_volume(util: Any, scene: Any, volume: Any, region: Tuple[slice, ...]) -> Any:
     """A small volume node on ``volume``'s lattice covering ``region`` (k, j, i) only, under the volume's transform:
     exported and imported through it, a segment costs the region, not the whole volume."""
-    matrix = util.vtkMatrixFromArray(np.eye(4))
-    volume.GetIJKToRASMatrix(matrix)
-    ijk_to_ras = util.arrayFromVTKMatrix(matrix)
+    ijk_to_ras = _ijk_to_ras(util, volume)
     ijk_to_ras[:3, 3] = mrmlgeometry.voxel_to_ras(ijk_to_ras, [region[2].start, region[1].start, region[0].start])
     regionVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "__hila_region__")
     util.updateVolumeFromArray(regionVolume, np.zeros(tuple(sl.stop - sl.start for sl in region), np.uint8))
@@ -164,12 +274,14 @@ def _region_volume(util: Any, scene: Any, volume: Any, region: Tuple[slice, ...]
 
 
 def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any, volume: Any,
-                 editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
+                 editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None,
+                 region: Optional[Tuple[slice, ...]] = None) -> WriteReport:
     """Write AI masks into this module's own segments only, inside the Segment Editor's mask.
 
-    ``segments``: (label value, name, colour, 0/1 array (k, j, i) on the volume's grid, tags) per label.
-    A ``hila_label`` tag belongs in ``tags`` only when ``value`` is a *workspace* label value
-    (:func:`workspace_items` does that); a model's own values may mean other labels in a workspace.
+    ``segments``: (label value, name, colour, 0/1 array (k, j, i), tags) per label; the arrays cover ``region`` (a
+    (k, j, i) box of the volume, :func:`result_items`) or, without it, the whole volume (cut here to their voxels).
+    A ``hila_label`` tag belongs in ``tags`` only when ``value`` is a *workspace* label value (the child's
+    ``hila infer WS CASE --out`` writes them so; :func:`workspace_items` for other callers).
     ``mask_mode``: the editor's mask mode name (``vtkMRMLSegmentationNode.ConvertMaskModeToString``).
 
     Work in proportion to the result, not to the segmentation (this runs on the GUI thread): only the segments
@@ -177,37 +289,61 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     and every array is cut to the region the result can change: its own voxels and those of the segments it
     replaces. Outside that region nothing changes (the result is empty there and so is what it replaces).
     With the ``scene`` (real Slicer), segments are exported and written through a volume node of that region
-    only (:func:`_region_volume`); without it, at the volume's full size (the same voxels, more memory).
+    only (:func:`_region_volume`); without it, at the volume's full size (the same voxels, more memory). The user's
+    segments the mask reads are never edited here, so only their union matters: with the scene it is read straight
+    from their layers' voxels in the region (:func:`_layer_union`, no export), else one export each. Layers are
+    not merged back here (Slicer's storage node does that when it writes, ``CollapseBinaryLabelmaps``).
     """
     segmentation = segNode.GetSegmentation()
     shape = tuple(util.arrayFromVolume(volume).shape)
     report = WriteReport(mask_mode=mask_mode or "")
+    expected = shape if region is None else tuple(sl.stop - sl.start for sl in region)
     news = {}
     for value, name, _color, mask, _tags in segments:
         new = np.asarray(mask) > 0
-        if new.shape != shape:
-            raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {shape}")
+        if new.shape != expected:
+            raise HilaError(f"the result for {name!r} has shape {new.shape}, the volume {expected}")
         news[f"{OWN_PREFIX}{int(value)}"] = new
+    if region is None:  # whole-volume masks: cut to their voxels
+        region = _bbox(list(news.values()))
+        news = {i: a[region] for i, a in news.items()}
     existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing
     masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
     intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
-    old = {}  # what the segments being replaced hold now: needed only where a mask keeps some of it
-    if masking or intensity_on:
-        old = {i: np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in news if i in existing}
-    region = _bbox(list(news.values()) + list(old.values()), shape)
+    replaced = [i for i in news if i in existing] if masking or intensity_on else []
+    if replaced:  # a mask keeps some of the segments being replaced: the region grows to hold them
+        if scene is not None:  # real Slicer: where their own labelmaps lie, no voxel read
+            boxes = [b for b in (_segment_box(util, segNode, i, volume, shape) for i in replaced) if b is not None]
+        else:
+            boxes = [_bbox([np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0 for i in replaced])]
+        grown = region
+        for box in boxes:
+            grown = _union(grown, box)
+        news = {i: _place(a, region, grown) for i, a in news.items()}
+        region = grown
     display = segNode.GetDisplayNode()
     visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
     mask_segment = editorNode.GetMaskSegmentID() if editorNode is not None else None
-    cut: Dict[str, np.ndarray] = {i: a[region] for i, a in old.items()}  # segment -> its voxels in the region
     reference = _region_volume(util, scene, volume, region) if scene is not None else None
+    cut = {}  # segment -> its voxels in the region
+    for i in replaced:
+        own = _layer_union(util, segNode, [i], volume, region) if reference is not None else None
+        cut[i] = own if own is not None else _export(util, segNode, i, reference, volume, region)
+    rule_visible, rule_mask = visible, mask_segment
     if masking:
         read = set()
         for segId in news:  # the other segments the rule reads for any of the edited ones
             read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
-        for i in sorted(read - set(cut)):  # one export alive at a time, of the region only where it can be
-            cut[i] = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, reference)) > 0) if reference is not None \
-                else (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, i, volume)) > 0)[region]
+        others = sorted(read - set(news))  # the user's segments: read whichever hila segment is edited
+        union = _layer_union(util, segNode, others, volume, region) if others and reference is not None else None
+        if union is not None:  # their union stands for them in the rule
+            cut[UNION_ID] = union
+            rule_visible = [i for i in visible if i not in others] + [UNION_ID]
+            rule_mask = UNION_ID if mask_segment in others else mask_segment
+        else:
+            for i in others:  # one export alive at a time, of the region only where it can be
+                cut[i] = _export(util, segNode, i, reference, volume, region)
     intensity = lohi = None
     if intensity_on:
         intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
@@ -216,12 +352,12 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     try:
         for value, name, color, _mask, tags in segments:
             segId = f"{OWN_PREFIX}{int(value)}"
-            new = news[segId][region]
+            new = news[segId]
             merged = new
             if masking or intensity_on:
                 allowed = mrmlgeometry.edit_allowed_mask(
-                    mask_mode if masking else "EditAllowedEverywhere", cropped_shape, cut, visible=visible,
-                    mask_segment=mask_segment, intensity=intensity, intensity_range=lohi, edited=segId)
+                    mask_mode if masking else "EditAllowedEverywhere", cropped_shape, cut, visible=rule_visible,
+                    mask_segment=rule_mask, intensity=intensity, intensity_range=lohi, edited=segId)
                 merged = np.where(allowed, new, cut.get(segId, np.zeros(cropped_shape, bool)))
             if segmentation.GetSegment(segId) is None:  # a known structure: the one table's colour (colors.label_color)
                 segmentation.AddEmptySegment(segId, name, mrmlgeometry.color_to_float(label_color(name, color)))
@@ -234,14 +370,14 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
                 util.updateSegmentBinaryLabelmapFromArray(full, segNode, segId, volume)
                 del full
             segment = segmentation.GetSegment(segId)
+            segment.SetName(name)  # the result's structure, even where the user had renamed this segment of ours
             for key, val in dict(terminology.with_entry(name, tags), **{CREATOR_TAG: "HILASegment"}).items():
                 segment.SetTag(str(key), str(val))  # the structure's TerminologyEntry, never Slicer's default "Tissue"
             if segId in cut or masking:
                 cut[segId] = merged  # later items of this result see it as the segment it now is
             report.names.append(name)
-            report.predicted[name] = int(news[segId].sum())
+            report.predicted[name] = int(np.count_nonzero(new))
             report.clipped[name] = int(np.count_nonzero(merged != new))
-        segmentation.CollapseBinaryLabelmaps(False)  # merge layers back where segments do not overlap
     finally:
         segNode.EndModify(wasModified)
         if reference is not None:
@@ -262,15 +398,22 @@ def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):
     return anatomy, (review[0][3] if review else None)
 
 
-def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: Optional[Dict[str, str]] = None) -> int:
+def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: Optional[Dict[str, str]] = None,
+                 scene: Any = None, region: Optional[Tuple[slice, ...]] = None) -> int:
     """The likely-error region as an outline the user can hide: segment ``hila_review`` in its own layer, replaced
-    by each new result, outline only in the slice views and hidden in 3-D. Returns its voxel count."""
+    by each new result, outline only in the slice views and hidden in 3-D. Returns its voxel count.
+    ``region`` (with the ``scene``): the box ``mask`` covers, written through a volume node of that box only."""
     segmentation = segNode.GetSegmentation()
     if segmentation.GetSegment(REVIEW_ID) is None:
         segmentation.AddEmptySegment(REVIEW_ID, REVIEW_NAME, mrmlgeometry.color_to_float(REVIEW_COLOR))
     segmentation.SeparateSegmentLabelmap(REVIEW_ID)  # never shares a layer with anatomy
     mask = (np.asarray(mask) > 0).astype(np.uint8)
-    util.updateSegmentBinaryLabelmapFromArray(mask, segNode, REVIEW_ID, volume)
+    reference = _region_volume(util, scene, volume, region) if scene is not None and region is not None else None
+    try:
+        util.updateSegmentBinaryLabelmapFromArray(mask, segNode, REVIEW_ID, reference or volume)
+    finally:
+        if reference is not None:
+            scene.RemoveNode(reference)
     segment = segmentation.GetSegment(REVIEW_ID)
     for key, val in dict(terminology.with_entry(REVIEW_NAME, tags), **{REVIEW_TAG: "1", CREATOR_TAG: "HILASegment"}).items():
         segment.SetTag(str(key), str(val))
@@ -283,12 +426,17 @@ def write_review(util: Any, segNode: Any, volume: Any, mask: np.ndarray, tags: O
 
 
 def write_engine_result(util: Any, items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]], segNode: Any,
-                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None) -> WriteReport:
-    """An engine result (anatomy and, when present, the review segment) into the volume's own segmentation."""
+                        volume: Any, editorNode: Any = None, mask_mode: Optional[str] = None, scene: Any = None,
+                        region: Optional[Tuple[slice, ...]] = None) -> WriteReport:
+    """An engine result (anatomy and, when present, the review segment) into the volume's own segmentation;
+    ``region``: the box the items' arrays cover (:func:`result_items`), None for whole-volume arrays."""
     anatomy, review = split_review(items)
-    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode, scene)
+    report = write_result(util, anatomy, segNode, volume, editorNode, mask_mode, scene, region)
     if review is not None:
-        report.review_voxels = write_review(util, segNode, volume, review)
+        if region is not None and scene is None:  # no region volume without a scene: the whole volume's array
+            review = _place(np.asarray(review) > 0, region, tuple(slice(0, n) for n in util.arrayFromVolume(volume).shape))
+            region = None
+        report.review_voxels = write_review(util, segNode, volume, review, scene=scene, region=region)
     return report
 
 

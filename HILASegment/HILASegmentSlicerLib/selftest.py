@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from HILASegmentLib.ground import dependencies
-
-from . import cases, marks, pacs, panels, segments
+from . import cases, installplan, marks, pacs, panels, segments
 from .jobs import Job, JobBoard
 
 __all__ = ["packages", "race_accept_and_train", "pacs_without_a_server"]
@@ -25,14 +23,14 @@ def packages(case: Any, slicer: Any, logic_class: Any) -> None:
     """Install what is missing (testing mode: no dialog, as agreed), then check nothing is missing."""
     logic = logic_class()
     for tier in ("inference", "training"):
-        plan = dependencies.plan_install(tier)
+        plan = installplan.plan_install(tier)
         case.assertFalse(plan.broken_slicer, plan.message())
         if plan.needed:
             case.delayDisplay("Installing: " + plan.message())
             runner = logic.install(plan)
             outcome = runner.start().wait(timeout=1800) if runner is not None else None
             case.assertTrue(outcome is None or outcome.ok, outcome and outcome.error)
-        case.assertFalse(dependencies.plan_install(tier).needed, "%s packages still missing" % tier)
+        case.assertFalse(installplan.plan_install(tier).needed, "%s packages still missing" % tier)
 
 
 def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
@@ -58,7 +56,7 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     case.delayDisplay("Case A segments in the background while case B is opened (the A/B race)")
     board = JobBoard()
     modelPath, version = panels.model_for(ws)
-    runner, context = logic.startSegmentation(volA, modelPath)
+    runner, context = logic.startSegmentation(volA, str(version), case=(str(ws.root), caseA))  # the child records it
     board.start(Job("segment", runner, case_id=caseA, volume_id=volA.GetID(), context=context))
     segB = segments.segmentation_for(scene, volB)  # B is shown now
     finished = []
@@ -71,8 +69,9 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     target = scene.GetNodeByID(job.volume_id)
     case.assertIs(target, volA)
     segA = segments.segmentation_for(scene, target)
-    report = logic.writeResult(context["out"], segA, target, logic.segmentEditorNode(), ws.settings.labels)
+    report = logic.loadResult(context["out"], segA, target, logic.segmentEditorNode())
     case.assertEqual(report.names, ["prostate"])
+    case.assertEqual([p.model_version for p in ws.predictions(caseA)], [version])
     case.assertEqual(segB.GetSegmentation().GetNumberOfSegments(), 0, "A's result reached B's segmentation")
     logic.cleanupJob(context)
 
@@ -82,9 +81,7 @@ def race_accept_and_train(case: Any, slicer: Any, logic_class: Any) -> None:
     edited[blobs[0]] = 1
     edited[12] = 0  # erase the middle slice: a real edit
     util.updateSegmentBinaryLabelmapFromArray(edited, segA, segId, volA)
-    outcome = cases.accept_case(ws, util, volA, segA, logic.ijkToRas(volA), logic.vtk.mutable,
-                                save=lambda n, v: logic.saveSegmentation(n, cases.output_path(volA, ws, caseA, v)),
-                                annotator="selftest", seconds=1.0)
+    outcome = logic.accept(ws, volA, segA, annotator="selftest", seconds=1.0)  # the panel's Accept job, waited for
     case.assertEqual((outcome.case_id, outcome.version), (caseA, 1))
     case.assertTrue(os.path.exists(outcome.saved))
     case.assertGreater(ws.corrections(caseA)[-1].effort["fraction_changed"], 0)
@@ -121,7 +118,7 @@ def pacs_without_a_server(case: Any, slicer: Any, logic_class: Any) -> None:
     from HILASegmentLib.workspace import Workspace  # the ledger: loaded when the test runs
 
     util = slicer.util
-    plan = dependencies.plan_install("dicom")
+    plan = installplan.plan_install("dicom")
     if plan.needed or plan.old_slicer or plan.broken_slicer:
         case.delayDisplay("PACS step skipped: " + plan.message())
         return

@@ -83,12 +83,14 @@ def read_segmentation(path: str, name: str = "seg") -> Any:
     return node
 
 
-def save_segmentation(node: Any, path: str) -> str:
-    """Write a segmentation node with Slicer's own storage node (what ``slicer.util.saveNode`` ends in)."""
+def save_segmentation(node: Any, path: str, compress: bool = True) -> str:
+    """Write a segmentation node with Slicer's own storage node (what ``slicer.util.saveNode`` ends in; its
+    ``useCompression`` property sets the storage node's compression)."""
     storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
     if storage.GetScene() is None:
         slicer.mrmlScene.AddNode(storage)
         node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetUseCompression(1 if compress else 0)
     storage.SetFileName(str(path))
     if not storage.WriteData(node):
         raise OSError(f"Slicer's segmentation storage node cannot write {path}")

@@ -16,7 +16,6 @@ import SimpleITK as sitk
 from tier import FIXTURES, ROOT, hila, shared, slicer_core
 
 slicer = slicer_core()
-import vtk  # noqa: E402
 from realscene import import_module_file, load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
 
 from HILASegmentLib.formats import segfile, terminology  # noqa: E402
@@ -37,10 +36,11 @@ def type_code(segment) -> tuple:
 
 @pytest.fixture
 def logic(monkeypatch):
-    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and saveNode (done here
-    # by the same storage node class that saveNode ends in)
+    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and exportNode (done here
+    # by the same storage node class that it ends in, honouring its useCompression property)
     monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
-    monkeypatch.setattr(slicer.util, "saveNode", lambda node, filename, properties=None: bool(save_segmentation(node, filename)))
+    monkeypatch.setattr(slicer.util, "exportNode", lambda node, filename, properties=None, world=False: bool(
+        save_segmentation(node, filename, compress=bool((properties or {}).get("useCompression", 1)))))
     return import_module_file().HILASegmentLogic()
 
 
@@ -66,21 +66,28 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
     ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(model))
     volume = load_volume(source / "t2.nrrd", "t2")
-    case = logic.importVolumeNode(ws, volume)
-    runner, context = logic.startSegmentation(volume, str(model))
+    case = ws.case(logic.importVolumeNode(ws, volume))  # the panel's import job (a child), waited for
+    runner, context = logic.startSegmentation(volume, "1", case=(str(ws.root), case.case_id))  # hila infer WS CASE
     outcome = runner.start().wait(timeout=300)
     assert outcome.ok, outcome.error
+    (prediction,) = ws.predictions(case.case_id)  # the child recorded it; the GUI thread only draws
+    assert prediction.model_version == 1
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
-    report = logic.writeResult(context["out"], segNode, volume, logic.segmentEditorNode(), ws.settings.labels)
+    report = logic.loadResult(context["out"], segNode, volume, logic.segmentEditorNode())
+    assert report.names == ["prostate"] and report.predicted["prostate"] > 0 and report.review_voxels is not None
+    drawn = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction.path))) == 1
+    assert np.array_equal(drawn, stored)  # the cropped result lands on the voxels the ledger holds
+    child_file = read_segmentation(context["out"], "as Slicer reads it")  # the child's cropped file, Slicer's reader
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(child_file, "prostate", volume) > 0, stored)
+    slicer.mrmlScene.RemoveNode(child_file)
     logic.cleanupJob(context)
-    assert report.names == ["prostate"] and report.predicted["prostate"] > 0
     after_segment = segNode.GetSegmentation().GetSegment("hila_1")
     colour = after_segment.GetColor()
     assert np.allclose(colour, label_color("prostate"), atol=1e-6)
     assert type_code(after_segment)[:2] == ("SCT", "41216001")
 
-    accepted = cases.accept_case(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable,
-                                 save=lambda node, v: logic.saveSegmentation(node, cases.output_path(volume, ws, case.case_id, v)))
+    accepted = logic.accept(ws, volume, segNode)  # the panel's Accept job: submit and compressed copy in a child
     assert accepted.version == 1 and accepted.save_error is None
     copy = Path(accepted.saved)
     assert ws.root in copy.parents and source not in copy.parents
@@ -125,3 +132,20 @@ def test_infer_and_an_rtstruct_conversion_read_by_slicer_carry_the_structures_no
         coded = {terminology.resolve(name).type[1] for name in names}
         assert {"41216001", "89837001", "34402009"} <= coded
         assert all(terminology.term_for(name) is not None for name in names), names  # no name falls back here
+
+
+def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
+    """Segment on a plain volume (no workspace case): the volume goes to `hila infer --image` uncompressed, nothing is
+    recorded anywhere, and the model's own labels come back as the volume's segments, on its voxels."""
+    model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
+    volume = load_volume(MRI, "mri")
+    runner, context = logic.startSegmentation(volume, str(model))
+    assert "--image" in runner.args and not any(a.endswith("ws") for a in runner.args)
+    outcome = runner.start().wait(timeout=300)
+    assert outcome.ok, outcome.error
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    report = logic.loadResult(context["out"], segNode, volume)
+    logic.cleanupJob(context)
+    assert report.names and report.predicted[report.names[0]] > 0
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume).sum() == report.predicted[report.names[0]]
+    assert not os.path.exists(context["folder"])

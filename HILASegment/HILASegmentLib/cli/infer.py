@@ -1,7 +1,7 @@
 """``hila infer``: segment a volume with an ONNX model (no workspace), or a workspace case.
 
     hila infer --image FILE --out FILE.seg.nrrd --model NAME|PATH [--tta] [--threads N] [--uncertainty FILE]
-    hila infer WORKSPACE CASE [--model VERSION]
+    hila infer WORKSPACE CASE [--model VERSION|NAME|PATH] [--out FILE.seg.nrrd]
 
 There is no default model for ``--image``: one model cannot be guessed from a file (the ``taps``
 preset is for axial T2 prostate MRI only), so ``--model`` is required there. In the workspace form
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from ..ground.errors import HilaError
-from ..ground.labelmatch import match_label
 from . import argtypes, emit, progress_for
 
 _LABEL_SUFFIXES = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
@@ -24,15 +23,17 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "infer", parents=[parent], help="segment a volume with an ONNX model (or a workspace case)",
         description="Segment a volume. File form: hila infer --image FILE --out FILE.seg.nrrd --model NAME|PATH. "
-        "Workspace form: hila infer WORKSPACE CASE [--model VERSION] (stores the prediction in the workspace; "
+        "Workspace form: hila infer WORKSPACE CASE [--model VERSION] [--out FILE.seg.nrrd] (stores the prediction in the "
+        "workspace; "
         "default: the current model). Models: the 'taps' preset (prostate T2 MRI; needs `pip install --no-deps "
         "lavlab-taps`), a starter model name, or an .onnx file with a model card.")
     p.add_argument("workspace", nargs="?", type=Path, help="workspace folder (workspace form)")
     p.add_argument("case", nargs="?", help="case id or name (workspace form)")
     p.add_argument("--image", type=Path, help="input volume (.nrrd .nii .nii.gz .mha) or DICOM series folder")
-    p.add_argument("--out", type=Path, help="output: .seg.nrrd (Slicer segmentation) or a label map (.nii.gz .nrrd ...)")
+    p.add_argument("--out", type=Path, help="output: .seg.nrrd (Slicer segmentation) or a label map (.nii.gz .nrrd ...); "
+                   "workspace form: also write the stored prediction (workspace labels) as a .seg.nrrd cut to its voxels")
     p.add_argument("--model", default=None, help="file form: preset name (taps), starter name or .onnx path; "
-                   "workspace form: model version (default: current)")
+                   "workspace form: model version (default: current), or a catalog name or .onnx path")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the compute; uncertainty = disagreement)")
     p.add_argument("--threads", type=argtypes.threads, default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
@@ -67,7 +68,7 @@ def cmd_infer(args) -> int:
     t0 = time.perf_counter()
     if args.threads is not None and args.threads < 1:
         raise HilaError(f"--threads must be 1 or more, got {args.threads}")
-    if args.image is not None or args.out is not None:
+    if args.image is not None or (args.out is not None and args.workspace is None):
         if args.workspace is not None or args.case is not None:
             raise HilaError("give either --image/--out (file form) or WORKSPACE CASE (workspace form), not both")
         return _infer_file(args, t0)
@@ -173,72 +174,72 @@ def _infer_workspace(args, t0: float) -> int:
     from ..formats.imageio import check_format_holds  # heavy (SimpleITK): `hila --help` stays fast
     from ..quality.learned import add_quality_features
     from ..workspace import Workspace
-    from ..workspace.base import as_int
 
-    if args.out is not None or args.image is not None:
-        raise HilaError("the workspace form takes no --image/--out; the prediction is stored in the workspace")
+    if args.image is not None:
+        raise HilaError("the workspace form takes no --image; the case's own image is segmented")
     from ..ground.paths import check_outputs
 
-    check_outputs({"WORKSPACE": args.workspace}, {"--uncertainty": args.uncertainty, "--review-map": args.review_map})
+    check_outputs({"WORKSPACE": args.workspace},
+                  {"--out": args.out, "--uncertainty": args.uncertainty, "--review-map": args.review_map})
+    if args.out is not None:
+        _check_out(args.out, "--out")
+        if not args.out.name.lower().endswith(".seg.nrrd"):
+            raise HilaError(f"{args.out}: in the workspace form --out is the prediction as a .seg.nrrd")
     _check_maps(args)
     with Workspace.open(args.workspace) as ws:
         case = ws.case(args.case)
-        if args.model is not None:
-            try:
-                version = as_int(args.model, "model version")
-            except HilaError:
-                raise HilaError(f"--model in the workspace form is a model version number, got {args.model!r}") from None
-            record = ws.model(version)
-        else:
-            record = ws.current_model()
-            if record is None:
-                raise HilaError(f"{args.workspace}: no current model; add one (hila init --model, or train) or give --model VERSION")
+        seg, version = _workspace_segmenter(ws, args)
         image = ws.case_image(case.case_id)
-        seg = record.segmenter(threads=args.threads, device=args.device)
-        card = seg.card
         with progress_for(args, "hila infer") as progress:
-            result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=f"case {case.case_id}"),
-                                          image)
-        label, dropped = _to_workspace_labels(result, card, ws)
-        summary = dict(result.summary)
-        summary["model_version"] = record.version
-        summary["model"] = card.name
-        if dropped:
-            summary["labels_not_in_workspace"] = dropped
+            result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress,
+                                                      where=f"case {case.case_id}"), image)
         for out in (args.uncertainty, args.review_map):  # every output on the image's grid, before anything is stored
             if out is not None:
                 check_format_holds(image, out)
-        # The maps first, the prediction last: a map that cannot be written (a read-only folder) fails the command
-        # before the workspace changes, so a retrying script does not add a prediction per try.
-        written = _write_maps(result, args)
-        try:
-            pred = ws.add_prediction(case.case_id, label, record.version, uncertainty=summary)  # a PredictionSummary
-        except BaseException:
-            for p in written:
-                p.unlink(missing_ok=True)
-            raise
+
+        def outputs(label, summary) -> list:
+            # The files first, the prediction last: one that cannot be written (a read-only folder) fails the command
+            # before the workspace changes, so a retrying script does not add a prediction per try.
+            written = _write_maps(result, args)
+            if args.out is not None:
+                from ..formats.segfile import write_segmentation  # heavy (SimpleITK): `hila --help` stays fast
+
+                try:
+                    review = result.review_map if args.review_map is not None else None
+                    write_segmentation(ws.prediction_segmentation(label, result.provenance_tags(), review), args.out)
+                except BaseException:
+                    for p in written:
+                        p.unlink(missing_ok=True)
+                    raise
+                written.append(Path(args.out))
+            return written
+
+        pred, _label, summary = ws.record_prediction(case.case_id, result, version, outputs)  # a PredictionSummary
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
-    res = {"workspace": str(args.workspace), "case": case.case_id,
-           "prediction_id": pred.prediction_id, **summary}
+    res = {"workspace": str(args.workspace), "case": case.case_id, "prediction_id": pred.prediction_id, **summary}
+    if args.out is not None:
+        res["out"] = str(args.out)
     emit(args, res, _summary_line(summary, f"{args.workspace} case {case.case_id}"))
     return 0
 
 
-def _to_workspace_labels(result, card, ws):
-    """The prediction in the workspace's label values (matched by ``labelmatch``); labels it lacks are dropped."""
-    import numpy as np  # heavy (SimpleITK): `hila --help` stays fast
-    import SimpleITK as sitk
+def _workspace_segmenter(ws, args):
+    """(Segmenter, model version or None): ``--model`` is a workspace model version (default: the current one), or a
+    catalog model name or .onnx file (a prediction from outside the registry, recorded without a version)."""
+    from ..workspace.base import as_int
 
-    pairs = [(l.name, l.value) for l in ws.settings.labels]
-    arr = sitk.GetArrayViewFromImage(result.label)
-    out = np.zeros(arr.shape, np.uint8)
-    dropped = []
-    for lab in card.labels:
-        v = match_label(lab.name, None, pairs)
-        if v is None:
-            dropped.append(lab.name)
-            continue
-        out[arr == lab.value] = v
-    img = sitk.GetImageFromArray(out)
-    img.CopyInformation(result.label)
-    return img, dropped
+    if args.model is None:
+        record = ws.current_model()
+        if record is None:
+            raise HilaError(f"{args.workspace}: no current model; add one (hila init --model, or train) or give --model VERSION")
+        return record.segmenter(threads=args.threads, device=args.device), record.version
+    if str(args.model).strip().isdigit():
+        record = ws.model(as_int(args.model, "model version"))
+        return record.segmenter(threads=args.threads, device=args.device), record.version
+    from ..inference.segmenter import Segmenter
+    from ..models.catalog import get as catalog_entry
+
+    if catalog_entry(args.model) is None and not Path(args.model).is_file():
+        raise HilaError(f"--model {args.model!r}: neither a model version of {args.workspace}, a catalog model, "
+                        "nor an .onnx file")
+    return Segmenter(args.model, threads=args.threads, device=args.device), None

@@ -267,6 +267,22 @@ class Segmentation:
                             reference_extent_offset=tuple(self.reference_extent_offset),
                             header=dict(self.header), source=self.source)
 
+    def cropped(self) -> "Segmentation":
+        """The same segments with every layer cut to the box holding all their voxels, as Slicer's writer crops: the
+        file's origin moves there and ``reference_extent_offset`` says where the box starts on the full grid (whose
+        description stays in the conversion parameters). Who reads it pays for the result, not for the volume."""
+        box = voxel_box([sitk.GetArrayViewFromImage(layer) for layer in self.layers]) or (slice(0, 1),) * 3
+        start = [box[2].start, box[1].start, box[0].start]  # (i, j, k); nothing segmented: one voxel keeps the grid
+        size = [box[2].stop - box[2].start, box[1].stop - box[1].start, box[0].stop - box[0].start]
+        out = self.copy()
+        if out.conversion_parameters is None:  # the full grid stays described where Slicer looks for it
+            out.conversion_parameters = DEFAULT_CONVERSION_PARAMETERS.replace("{geometry}", slicer_geometry_string(self.grid))
+        out.layers = [sitk.RegionOfInterest(layer, size, start) for layer in self.layers]
+        out.reference_extent_offset = tuple(int(o) + s for o, s in zip(self.reference_extent_offset, start))
+        for s in out.segments:
+            s.extent = None  # recomputed on write, in the cropped file's voxels
+        return out
+
     # -- checks ----------------------------------------------------------------------------------
     def validate(self, where: str = "segmentation") -> None:
         """Raise HilaError when segments and layers do not fit together (IDs, layers, values, grids)."""
@@ -341,6 +357,24 @@ def _normalise_label_specs(labels) -> List[LabelSpec]:
             raise HilaError(f"label value {v} is named twice")
         seen.add(v)
     return items
+
+
+def voxel_box(arrays: Sequence[np.ndarray]) -> Optional[Tuple[slice, slice, slice]]:
+    """The smallest (k, j, i) box holding every non-zero voxel of ``arrays`` (one shape), or None when all are empty;
+    the first axis is searched over the whole array, the other two only in the slab it found (small results are cheap
+    on big volumes)."""
+    box: List[Optional[Tuple[int, int]]] = [None, None, None]
+    for arr in arrays:
+        ks = np.flatnonzero(np.asarray(arr).any(axis=(1, 2)))
+        if not ks.size:
+            continue
+        slab = np.asarray(arr)[ks[0]:ks[-1] + 1]
+        for a, hit in enumerate((ks, np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1))))):
+            lo, hi = int(hit[0]), int(hit[-1])
+            box[a] = (lo, hi) if box[a] is None else (min(box[a][0], lo), max(box[a][1], hi))
+    if box[0] is None:
+        return None
+    return tuple(slice(lo, hi + 1) for lo, hi in box)  # type: ignore[return-value,misc]
 
 
 def onto_lattice(img: sitk.Image, reference: sitk.Image, where: str) -> sitk.Image:

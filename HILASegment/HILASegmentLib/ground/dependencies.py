@@ -1,45 +1,31 @@
-"""What to install on first use, so the Slicer module never breaks the Slicer it runs in.
+"""Which of the engine's optional packages are missing, or older than asked for.
 
-Three tiers: *inference* (first Segment: onnxruntime and two small helpers), *training* (first
-Train: PyTorch, MONAI, onnx) and *dicom* (first PACS action: pydicom, highdicom, dicomweb-client,
-which Slicer 5.12+ ships), listed in ``packages``. The rules, all decided here and tested without Slicer:
-
-- install only what does not import (or is older than asked for), after the user agreed;
-- never pip-install what Slicer ships (numpy, SimpleITK, VTK, ...): a missing one means a broken
-  Slicer, and reinstalling it is how installs break Slicer — say so instead;
-- PyTorch through the PyTorch extension (``PyTorchUtils``) when it is installed (it picks the
-  CUDA/CPU build that matches the machine), else plain pip; MONAI and onnx2torch with
-  ``--no-deps`` so pip never drags a second multi-GB torch build in behind them;
-- a clear one-line message when pip fails because the machine is offline.
+The package lists by tier and pip extra and the CLI's one line for a missing one live in :mod:`.packages`; the
+Slicer module plans its first-use installs from both (``HILASegmentSlicerLib.installplan``: what to install into
+Slicer's Python, never what Slicer ships).
 """
 from __future__ import annotations
 
 import importlib.util
 import re
-import shlex
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional
 
 from .packages import (
     DICOM,
     EXTRAS,
     INFERENCE,
     MODEL_REQUIREMENTS,
-    SLICER_SHIPS,
     TIERS,
     TRAINING,
     Requirement,
     missing_package_message,
 )
 
-__all__ = [
-    "Requirement", "InstallPlan", "INFERENCE", "TRAINING", "MODEL_REQUIREMENTS", "SLICER_SHIPS", "TIERS",
-    "missing", "plan_install", "pip_argument_string", "pip_commands", "offline_message", "manual_command",
-    "DICOM", "EXTRAS", "missing_package_message",
-]
+__all__ = ["Requirement", "INFERENCE", "TRAINING", "MODEL_REQUIREMENTS", "TIERS", "missing", "DICOM", "EXTRAS",
+           "missing_package_message", "version_tuple", "installed_version"]
 
 
-def _version_tuple(v: str) -> tuple:
+def version_tuple(v: str) -> tuple:
     parts = []
     for piece in re.split(r"[.+-]", v):
         m = re.match(r"\d+", piece)
@@ -49,7 +35,7 @@ def _version_tuple(v: str) -> tuple:
     return tuple(parts)
 
 
-def _installed_version(dist_name: str) -> Optional[str]:
+def installed_version(dist_name: str) -> Optional[str]:
     try:
         from importlib.metadata import PackageNotFoundError, version
     except ImportError:  # pragma: no cover - Python < 3.8
@@ -62,7 +48,7 @@ def _installed_version(dist_name: str) -> Optional[str]:
 
 def missing(requirements: Iterable[Requirement],
             find_spec: Callable[[str], object] = importlib.util.find_spec,
-            get_version: Callable[[str], Optional[str]] = _installed_version) -> List[Requirement]:
+            get_version: Callable[[str], Optional[str]] = installed_version) -> List[Requirement]:
     """The requirements that do not import, or whose installed version is older than asked."""
     out = []
     for req in requirements:
@@ -72,135 +58,8 @@ def missing(requirements: Iterable[Requirement],
             found = False
         if found and req.min_version:
             have = get_version(req.dist_name)
-            if have and _version_tuple(have) < _version_tuple(req.min_version):
+            if have and version_tuple(have) < version_tuple(req.min_version):
                 found = False
         if not found:
             out.append(req)
     return out
-
-
-@dataclass
-class InstallPlan:
-    """What the module will install for a tier, and the sentence the user is asked to agree to."""
-
-    tier: str
-    pip_specs: List[str] = field(default_factory=list)        # installed together, with dependencies
-    no_deps_specs: List[str] = field(default_factory=list)    # installed with --no-deps
-    torch_via_pytorchutils: bool = False                     # PyTorchUtils.installTorch(...)
-    torch_pip_spec: Optional[str] = None                     # plain pip fallback for torch
-    broken_slicer: List[str] = field(default_factory=list)   # shipped packages that do not import
-    old_slicer: List[str] = field(default_factory=list)      # shipped packages older than needed ("pydicom 3.0")
-
-    @property
-    def needed(self) -> bool:
-        return bool(self.pip_specs or self.no_deps_specs or self.torch_via_pytorchutils or self.torch_pip_spec)
-
-    def message(self) -> str:
-        """The confirmation text (empty when nothing is needed)."""
-        if self.broken_slicer:
-            return ("These packages ship with 3D Slicer but do not import: " + ", ".join(self.broken_slicer)
-                    + ". Reinstall 3D Slicer; HILASegment will not reinstall them.")
-        if self.old_slicer:  # upgrading what Slicer ships is how installs break Slicer: say which Slicer has it
-            return ("This 3D Slicer ships packages older than HILASegment needs for this: " + ", ".join(self.old_slicer)
-                    + " or newer. Use 3D Slicer 5.12 or later; HILASegment will not upgrade them.")
-        if not self.needed:
-            return ""
-        items = self.pip_specs + self.no_deps_specs
-        if self.torch_via_pytorchutils:
-            items = ["PyTorch (through the PyTorch extension)"] + items
-        elif self.torch_pip_spec:
-            items = [self.torch_pip_spec] + items
-        what = {"inference": "segmenting", "dicom": "DICOM and PACS"}.get(self.tier, "training")
-        return (f"HILASegment needs these Python packages for {what}, installed into Slicer's Python once: "
-                + ", ".join(items) + ". This downloads from the internet and may take a few minutes. Install now?")
-
-
-def plan_install(tier: str, find_spec: Callable[[str], object] = importlib.util.find_spec,
-                 get_version: Callable[[str], Optional[str]] = _installed_version,
-                 pytorchutils_available: Optional[bool] = None, model: Optional[str] = None) -> InstallPlan:
-    """The install plan for ``tier`` ("inference", "training" or "dicom") on this Python.
-
-    ``model``: the catalog model about to run; packages only that model needs (``for_model``, e.g.
-    lavlab-taps for ``taps``) join the plan, so they are asked for in the same one consent dialog.
-    """
-    if tier not in TIERS:
-        raise ValueError(f"unknown dependency tier {tier!r} (use one of {', '.join(TIERS)})")
-    plan = InstallPlan(tier)
-    wanted = list(TIERS[tier]) + [r for r in MODEL_REQUIREMENTS if model is not None and r.for_model == model]
-    for req in missing(wanted, find_spec, get_version):
-        if req.import_name in SLICER_SHIPS:
-            try:
-                present = find_spec(req.import_name) is not None
-            except (ImportError, ValueError):
-                present = False
-            if present:  # it imports: only too old
-                plan.old_slicer.append(f"{req.dist_name} {req.min_version}")
-            else:
-                plan.broken_slicer.append(req.import_name)
-        elif req.is_torch:
-            if pytorchutils_available is None:
-                try:
-                    pytorchutils_available = find_spec("PyTorchUtils") is not None
-                except (ImportError, ValueError):
-                    pytorchutils_available = False
-            if pytorchutils_available:
-                plan.torch_via_pytorchutils = True
-            else:
-                plan.torch_pip_spec = req.pip_spec
-        elif req.no_deps:
-            plan.no_deps_specs.append(req.pip_spec)
-        else:
-            plan.pip_specs.append(req.pip_spec)
-    return plan
-
-
-def pip_argument_string(specs: Sequence[str], no_deps: bool = False) -> str:
-    """One string for ``slicer.util.pip_install`` (which splits it like a shell would)."""
-    args = (["--no-deps"] if no_deps else []) + [shlex.quote(s) for s in specs]
-    return " ".join(args)
-
-
-def pip_commands(plan: InstallPlan, python: str) -> List[List[str]]:
-    """The plan as argv lists (``python -m pip install ...``), for a background install with progress and Cancel.
-
-    Slicer 5.8/5.10 have no non-blocking installer; running these in a child process keeps the GUI
-    live. PyTorch through PyTorchUtils is not in here (that extension installs it itself).
-    """
-    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-    cmds = []
-    if plan.torch_pip_spec:
-        cmds.append(base + [plan.torch_pip_spec])
-    if plan.pip_specs:
-        cmds.append(base + list(plan.pip_specs))
-    if plan.no_deps_specs:
-        cmds.append(base + ["--no-deps"] + list(plan.no_deps_specs))
-    return cmds
-
-
-def manual_command(plan: InstallPlan, python: str = "PythonSlicer") -> List[str]:
-    """The commands a user can run by hand (offline machines, proxies): shown in the error message."""
-    cmds = []
-    if plan.torch_pip_spec:
-        cmds.append(f"{python} -m pip install {shlex.quote(plan.torch_pip_spec)}")
-    if plan.pip_specs:
-        cmds.append(f"{python} -m pip install {pip_argument_string(plan.pip_specs)}")
-    if plan.no_deps_specs:
-        cmds.append(f"{python} -m pip install {pip_argument_string(plan.no_deps_specs, no_deps=True)}")
-    return cmds
-
-
-_OFFLINE = re.compile(r"(Temporary failure in name resolution|Failed to establish a new connection|"
-                      r"Network is unreachable|No matching distribution found|Could not find a version|"
-                      r"ConnectionError|ReadTimeoutError|Name or service not known|getaddrinfo failed)", re.I)
-
-
-def offline_message(error_text: str, plan: Optional[InstallPlan] = None) -> Optional[str]:
-    """A one-line explanation when pip's failure looks like no network; None when it does not."""
-    if not _OFFLINE.search(error_text or ""):
-        return None
-    msg = "Could not download the Python packages HILASegment needs: this computer seems to be offline (or behind a proxy)."
-    if plan is not None:
-        cmds = manual_command(plan)
-        if cmds:
-            msg += " Install them on a connected machine or with a local wheel: " + " ; ".join(cmds)
-    return msg

@@ -93,6 +93,21 @@ def match_label(name, tags: dict | None, labels) -> int | None:
     return None
 
 
+def renamed_to_another(name, tags: dict | None, labels) -> tuple[str, str] | None:
+    """(the label its tag says, the label its name says) for a segment whose ``hila_label`` tag and name stand for two
+    different labels (a user renamed "prostate" to "bladder"): which one is meant cannot be told, so Accept asks."""
+    labels = [(str(n), int(v)) for n, v in labels]
+    tags = tags or {}
+    if TAG_KEY not in tags or REVIEW_TAG in tags:
+        return None
+    by_tag = match_label(name, {TAG_KEY: tags[TAG_KEY]}, labels)
+    by_name = match_label(name, None, labels)
+    if by_tag is None or by_name is None or by_tag == by_name:
+        return None
+    names = {v: n for n, v in labels}
+    return names[by_tag], names[by_name]
+
+
 def missing_labels(segments, labels) -> list[str]:
     """Label names no segment ((name, tags) pairs) matches; Accept refuses when this is not empty."""
     labels = [(str(n), int(v)) for n, v in labels]

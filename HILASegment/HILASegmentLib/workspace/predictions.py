@@ -1,19 +1,21 @@
-"""The workspace's predictions: a model's label map for a case, stored immutably with its summary."""
+"""The predictions room: a model's label map for a case, stored immutably with its summary."""
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .base import WorkspaceBase, image_writer, now
+from ..ground.errors import HilaError
+from ..ground.labelmatch import TAG_KEY, match_label
+from .base import Room, image_writer, now
 from .files import Staged
 from .records import Prediction, dumps
 
 
-class Predictions(WorkspaceBase):
+class Predictions(Room):
     def _pred_from_row(self, r: sqlite3.Row) -> Prediction:
         return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.root / r["file"], r["sha256"],
                           json.loads(r["uncertainty"]) if r["uncertainty"] else None, r["created_at"])
@@ -38,6 +40,60 @@ class Predictions(WorkspaceBase):
             return int(cur.lastrowid)
 
         return self.prediction(self._store([(image_writer(img), ".nrrd")], record))
+
+    def record_prediction(self, case_id: str, result: Any, model_version: Optional[int],
+                          outputs: Optional[Callable[[sitk.Image, dict], Sequence[Any]]] = None
+                          ) -> Tuple[Prediction, sitk.Image, dict]:
+        """Store a model's result (``inference.InferenceResult``) for a case in this workspace's label values: the one
+        place where a prediction is recorded and model labels become workspace labels (THE rule, ``labelmatch``; the
+        model's labels the workspace lacks are dropped and named in the summary). ``hila infer WS CASE`` and the
+        Slicer panel (through it) come here. ``outputs(label, summary)`` writes files before the ledger changes and
+        returns their paths, removed again if recording fails: a retry never adds a prediction per try.
+        Returns (the prediction, its label image, its summary)."""
+        label, dropped = self.workspace_label(result.label, result.card.labels)
+        summary = dict(result.summary, model_version=model_version, model=result.card.name)
+        if dropped:
+            summary["labels_not_in_workspace"] = dropped
+        written = list(outputs(label, summary) if outputs is not None else [])
+        try:
+            return self.add_prediction(case_id, label, model_version, uncertainty=summary), label, summary
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+
+    def workspace_label(self, label: sitk.Image, model_labels: Sequence[Any]) -> Tuple[sitk.Image, List[str]]:
+        """(``label`` in this workspace's values, the model label names it has no label for) by ``labelmatch``."""
+        pairs = [(lab.name, lab.value) for lab in self.settings.labels]
+        arr = sitk.GetArrayViewFromImage(label)
+        out = np.zeros(arr.shape, np.uint8)
+        dropped = []
+        for lab in model_labels:
+            value = match_label(lab.name, None, pairs)
+            if value is None:
+                dropped.append(lab.name)
+                continue
+            out[arr == lab.value] = value
+        img = sitk.GetImageFromArray(out)
+        img.CopyInformation(label)
+        return img, dropped
+
+    def prediction_segmentation(self, label: sitk.Image, tags: Optional[dict] = None, review_map: Any = None) -> Any:
+        """A workspace-label prediction as the segments Slicer shows: one per workspace label (its name, the one colour
+        table's colour, its terminology, tagged ``hila_label`` with its value), plus the likely-error segment when a
+        review map is given; cut to the voxels it holds (``Segmentation.cropped``), so reading it costs the result."""
+        from ..formats.segmentation import Segmentation
+        from ..quality import add_review_segment
+
+        if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != 3:
+            raise HilaError("a prediction is a scalar 3-D label image")
+        seg = Segmentation.from_label_image(label, [(lab.value, lab.name, tuple(lab.color)) for lab in self.settings.labels],
+                                            tags=tags)
+        for s in seg.segments:
+            s.tags[TAG_KEY] = str(s.label_value)
+        if review_map is not None:
+            add_review_segment(seg, review_map, label, tags)
+        return seg.cropped()
 
     def prediction(self, prediction_id: int) -> Prediction:
         return self._pred_from_row(self._row_by_id("predictions", "prediction_id", prediction_id, "prediction"))
