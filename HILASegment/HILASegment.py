@@ -192,14 +192,14 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             has_workspace=self.ws is not None, has_volume=volume is not None,
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
-            training=self.jobs.busy("train"), installing=self.jobs.busy("install"),
+            training=self.jobs.busy("train"), learning=self.models.learning(), installing=self.jobs.busy("install"),
             has_candidate=self.models.candidate is not None,
             has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1, importing=self.jobs.busy("import"),
             accepting_shown=acceptJob is not None and acceptJob.volume_id == volumeId,
             accepting_other=acceptJob is not None and acceptJob.volume_id != volumeId)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
-        self.ui.cancelInstallButton.enabled = self.jobs.busy("install")
+        self.models.show_learning()
         choice = self.currentModelChoice()
         self.ui.acceptButton.text = panelstate.accept_button_text(state.accepting_shown)
         self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
@@ -295,15 +295,20 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self):
         for job, lines, done in self.jobs.poll():
-            for line in lines:
-                if line.record is None or line.record.get("event") != "progress":
-                    self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
+            self.logLines(job, lines)
             if job.runner.fraction is not None:
                 self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
             if done:
                 self.finishJob(job)
         if not self.jobs.running:
             self.timer.stop()
+
+    def logLines(self, job, lines):
+        for line in lines:
+            if line.record is None or line.record.get("event") != "progress":
+                self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
+            if line.record is not None and line.record.get("event") == "round":  # Keep learning: a round ended
+                self.models.on_round(line.record)
 
     def finishJob(self, job):
         self.kinds[job.kind][0].hide()

@@ -508,6 +508,9 @@ class _Widget:  # a Qt widget's properties and signals, as the sections use them
     def clear(self):
         self.text = ""
 
+    def blockSignals(self, block):
+        self.blocked = block
+
 
 class _UI:
     def __getattr__(self, name):
@@ -536,6 +539,63 @@ def test_the_models_section_takes_the_candidate_from_the_trainers_result(monkeyp
     assert models.candidate is None and ui.candidateLabel.text == "v4 vs current"
     models.finish(None, SimpleNamespace(result={"event": "result", "message": "not enough corrections"}))
     assert ui.candidateLabel.text == "No new model: not enough corrections"
+
+
+def test_keep_learning_runs_one_watching_trainer_reports_its_rounds_and_stops_on_untick():
+    """Keep learning: ticking starts one `hila train --watch` child in the training slot (the gate promotes); a second
+    tick starts nothing; each round's line updates the tables and says what the gate did; Train is dead meanwhile and
+    the box stays live; unticking cancels the trainer; its end is reported and the box follows the slot."""
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib import sections
+
+    calls, started, board = [], [], JobBoard()
+
+    class Runner:
+        finished = False
+
+        def start(self):
+            calls.append("start")
+
+        def cancel(self):
+            self.finished = True
+            calls.append("cancel")
+
+        def poll(self):
+            return []
+
+    def start_training(ws, minutes, device, autoPromote=False, watch=False):
+        started.append({"minutes": minutes, "device": device, "autoPromote": autoPromote, "watch": watch})
+        return Runner()
+
+    panel = SimpleNamespace(ws=object(), jobs=board, refreshTables=lambda: calls.append("refresh"), status=calls.append,
+                            updateButtons=lambda: None, startJob=board.start, cancelJob=board.cancel,
+                            logic=SimpleNamespace(startTraining=start_training),
+                            installs=SimpleNamespace(ensure=lambda tier: tier == "training"))
+    ui = _UI()
+    ui.maxMinutesSpinBox.value, ui.deviceComboBox.currentText = 5, "cpu"
+    models = sections.ModelsSection(panel, ui, util=None)
+    toggle = ui.keepLearningCheckBox.connected["toggled(bool)"]
+    toggle(True)
+    assert started == [{"minutes": 5, "device": "cpu", "autoPromote": True, "watch": True}]
+    assert models.learning() and ui.keepLearningCheckBox.checked and board.get("train").context == {"watch": True}
+    toggle(True)  # one trainer at a time
+    assert calls.count("start") == 1
+    models.on_round({"event": "round", "model_version": 5, "promoted": True, "reason": "it gains 0.03"})
+    assert calls[-2:] == ["refresh", "Keep learning: model v5 is now current: it gains 0.03"]
+    models.on_round({"event": "round", "model_version": 6, "promoted": False, "reason": "no gain"})
+    assert calls[-1] == "Keep learning: model v6 kept as a candidate: no gain"
+    state = dict(has_workspace=True, has_volume=True, training=True)
+    live = panelstate.button_states(panelstate.PanelState(learning=True, **state))
+    assert not live["trainButton"] and live["keepLearningCheckBox"] and live["cancelButton"]
+    assert not panelstate.button_states(panelstate.PanelState(**state))["keepLearningCheckBox"]  # a manual Train runs
+    toggle(False)
+    assert calls[-1] == "cancel"
+    job, = [j for j, _, done in board.poll() if done]
+    models.finish(job, SimpleNamespace(result={"rounds": 2, "promoted": 1, "stopped": "signal"}))
+    assert calls[-1] == "Keep learning stopped: 2 round(s), 1 promoted."
+    models.show_learning()
+    assert not ui.keepLearningCheckBox.checked and not models.learning()
 
 
 def test_import_and_accept_jobs_drive_their_buttons():

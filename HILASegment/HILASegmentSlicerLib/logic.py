@@ -184,10 +184,12 @@ class ModuleLogic:
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
 
-    def startTraining(self, ws: Any, maxMinutes: int, device: str, autoPromote: bool = False) -> ProcessRunner:
-        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on."""
+    def startTraining(self, ws: Any, maxMinutes: int, device: str, autoPromote: bool = False,
+                      watch: bool = False) -> ProcessRunner:
+        """The trainer as a child; ``auto`` trains on CUDA when torch sees a GPU; its gate promotes only with auto-promote on.
+        ``watch`` (Keep learning): ``hila train --watch``, a round whenever corrections land, until cancelled."""
         args = ["train", str(ws.root), "--json", "--max-minutes", str(maxMinutes), "--device", device,
-                "--promote", "auto" if autoPromote else "never"]
+                "--promote", "auto" if autoPromote else "never"] + (["--watch"] if watch else [])
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
 

@@ -5,7 +5,7 @@ training job runs); while a segment job runs for the *shown* case, the case tabl
 selector are locked and Segment turns into Cancel (MONAIAuto3DSeg's pattern), so the case cannot
 change under the result; Accept needs a volume and no segment job on it, and turns into Cancel while its
 own job runs; Promote/Discard need a candidate; Train, Import, Accept and the dependency installer each
-have one slot.
+have one slot; Keep learning's trainer holds the Train slot while it runs.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class PanelState:
     importing: bool = False             # an import job runs
     accepting_shown: bool = False       # an Accept job runs for the shown volume
     accepting_other: bool = False       # an Accept job runs for another volume
+    learning: bool = False              # the training slot holds Keep learning's watching trainer
 
 
 def button_states(s: PanelState) -> Dict[str, bool]:
@@ -47,12 +48,15 @@ def button_states(s: PanelState) -> Dict[str, bool]:
         "importFolderButton": s.has_workspace and not s.importing,
         "cancelImportButton": s.importing,
         "trainButton": s.has_workspace and not s.training and not s.installing,
+        # Keep learning: on while its trainer runs (unticking stops it); off, it waits for a free training slot
+        "keepLearningCheckBox": s.learning or (s.has_workspace and not s.training and not s.installing),
         "cancelButton": s.training,
         "promoteButton": s.has_candidate and not s.training,
         "discardButton": s.has_candidate and not s.training,
         "rollbackButton": s.has_workspace and s.has_models and not s.training,
         "plotButton": s.has_workspace,
         "installDependenciesButton": not s.installing and not s.training,
+        "cancelInstallButton": s.installing,
         "openWorkspaceButton": not s.training,
         "createWorkspaceButton": not s.training,
     }

@@ -221,6 +221,7 @@ class ModelsSection:
         self.panel, self.ui, self.util = panel, ui, util
         self.candidate: Optional[int] = None
         ui.trainButton.connect("clicked()", self.train)
+        ui.keepLearningCheckBox.connect("toggled(bool)", self.keep_learning)
         ui.cancelButton.connect("clicked()", lambda: panel.cancelJob("train"))
         ui.promoteButton.connect("clicked()", self.promote)
         ui.discardButton.connect("clicked()", self.discard)
@@ -240,11 +241,61 @@ class ModelsSection:
         self.ui.logTextEdit.clear()
         panel.startJob(Job("train", runner, label="a new model"))
 
+    def keep_learning(self, on: bool) -> None:
+        """Keep learning: one watching trainer (``hila train --watch``) that trains a gated round whenever accepted
+        corrections land, so the next Segment uses whatever the gate made current; unticking stops it. A round in
+        progress is finished, not restarted, when another Accept lands: the next round takes the new correction and
+        continues from this round's weights (no optimisation thrown away)."""
+        panel = self.panel
+        if not on:
+            if self.learning():
+                panel.cancelJob("train")
+            return
+        if self.learning() or not panel.installs.ensure("training"):
+            self.show_learning()
+            return
+        try:
+            runner = panel.logic.startTraining(panel.ws, self.ui.maxMinutesSpinBox.value,
+                                               self.ui.deviceComboBox.currentText, autoPromote=True, watch=True)
+        except Exception as exc:
+            self.util.errorDisplay("Keep learning failed to start: %s" % exc)
+            return self.show_learning()
+        panel.startJob(Job("train", runner, label="keep learning", context={"watch": True}))
+        self.show_learning()
+
+    def learning(self) -> bool:
+        """Does the training slot hold Keep learning's trainer?"""
+        job = self.panel.jobs.get("train")
+        return job is not None and bool(job.context.get("watch"))
+
+    def show_learning(self) -> None:
+        """The checkbox says whether Keep learning runs (after a stop, a cancel or a refused start), without
+        toggling it again."""
+        box = self.ui.keepLearningCheckBox
+        box.blockSignals(True)
+        box.checked = self.learning()
+        box.blockSignals(False)
+
+    def on_round(self, record: dict) -> None:
+        """One round of Keep learning ended (the watching trainer's ``round`` line): the tables and the status say
+        what the gate did, while the radiologist keeps working."""
+        self.panel.refreshTables()
+        if record.get("model_version") is None:
+            self.panel.status("Keep learning: round not trained: %s" % record.get("error", "see the log"))
+            return
+        self.panel.status("Keep learning: model v%d %s: %s" % (int(record["model_version"]),
+                          "is now current" if record.get("promoted") else "kept as a candidate",
+                          record.get("reason", "")))
+
     def finish(self, job: Job, outcome: Any) -> None:
         """Offer the candidate the trainer registered (its result names it) in the panel, without interrupting the
         case being corrected."""
         self.panel.refreshTables()
         result = outcome.result or {}
+        if getattr(job, "context", {}).get("watch"):
+            self.panel.status("Keep learning stopped: %s round(s), %s promoted." % (result.get("rounds", 0),
+                                                                                    result.get("promoted", 0)))
+            return
         if result.get("model_version") is None:
             self.ui.candidateLabel.text = "No new model: %s" % (result.get("message") or "see the log")
             return

@@ -1,4 +1,4 @@
-"""The predictions room: a model's label map for a case, stored immutably with its summary."""
+"""The workspace's predictions: a model's label map for a case, stored immutably with its summary."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,12 @@ import SimpleITK as sitk
 
 from ..ground.errors import HilaError
 from ..ground.labelmatch import TAG_KEY, match_label
-from .base import Room, image_writer, now
+from .base import WorkspaceBase, image_writer, now
 from .files import Staged
 from .records import Prediction, dumps
 
 
-class Predictions(Room):
+class Predictions(WorkspaceBase):
     def _pred_from_row(self, r: sqlite3.Row) -> Prediction:
         return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.root / r["file"], r["sha256"],
                           json.loads(r["uncertainty"]) if r["uncertainty"] else None, r["created_at"])
@@ -83,7 +83,7 @@ class Predictions(Room):
         table's colour, its terminology, tagged ``hila_label`` with its value), plus the likely-error segment when a
         review map is given; cut to the voxels it holds (``Segmentation.cropped``), so reading it costs the result."""
         from ..formats.segmentation import Segmentation
-        from ..quality import add_review_segment
+        from ..inference.errormap import add_review_segment
 
         if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != 3:
             raise HilaError("a prediction is a scalar 3-D label image")
