@@ -215,7 +215,8 @@ def figure(aggs: List[dict], path: Path) -> None:
         if not agg["table"]:
             continue
         x = [r["round"] for r in agg["table"]]
-        for ax, key in ((ax1, "dice"), (ax2, "effort_per_case_s")):
+        key2 = "vs_scratch" if all(r.get("vs_scratch") for r in agg["table"]) else "effort_per_case_s"
+        for ax, key in ((ax1, "dice"), (ax2, key2)):
             m = [statistics.mean(r[key]) for r in agg["table"]]
             sd = [statistics.stdev(r[key]) if len(r[key]) > 1 else 0.0 for r in agg["table"]]
             ax.errorbar(x, m, yerr=sd, capsize=3, marker="o", label=agg["name"])
@@ -226,8 +227,10 @@ def figure(aggs: List[dict], path: Path) -> None:
             if b is not None:
                 ax1.axhline(b, ls="--", lw=0.8, color="grey")
                 ax3.axhline(b, ls="--", lw=0.8, color="grey")
-    ax1.set(xlabel="round", ylabel="mean test Dice (± sd over seeds)", title="test Dice (dashed: baselines)")
-    ax2.set(xlabel="round", ylabel="radiologist s per case (± sd)", title="effort per case")
+    ax1.set(xlabel="round", ylabel="mean test Dice (± sd over seeds)", title="test Dice (dashed: full supervision)")
+    vs = all(r.get("vs_scratch") for g in aggs for r in g["table"])
+    ax2.set(xlabel="round", ylabel="effort / the same cases from scratch (± sd)" if vs else "radiologist s per case (± sd)",
+            title="effort per case")
     ax3.set(xlabel="cumulative effort / full annotation", ylabel="test Dice", title="Dice vs effort, per seed")
     ax1.legend(fontsize=7)
     ax3.legend(fontsize=6)
