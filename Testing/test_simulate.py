@@ -380,7 +380,8 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     """The gate refuses a first candidate that segments nothing (no model is current). The simulation must not
     crash: that round scores Dice 0 (nothing is segmented), and the next round's cases are drawn from scratch
     (no proposal to correct) and trained from scratch."""
-    from HILASegmentLib.simulate.simulation import SimConfig, Simulation, prepare
+    from HILASegmentLib.simulate.prepare import SimConfig, prepare
+    from HILASegmentLib.simulate.simulation import Simulation
 
     args = _tiny_args(tmp_path)
     cfg = SimConfig(out=str(tmp_path / "run"), synthetic=args[args.index("--synthetic") + 1], labels="prostate=1+2", test=1, initial=2,

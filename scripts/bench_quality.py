@@ -39,7 +39,8 @@ from HILASegmentLib.ground.metrics import dice, spearman  # noqa: E402
 from HILASegmentLib.inference.errormap import REVIEW_SHARE, review_region  # noqa: E402
 from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
 from HILASegmentLib.quality.learned import add_quality_features, feature_vector, nested_loo  # noqa: E402
-from HILASegmentLib.simulate.simulation import SimConfig, simulate  # noqa: E402
+from HILASegmentLib.simulate.prepare import SimConfig  # noqa: E402
+from HILASegmentLib.simulate.simulation import simulate  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

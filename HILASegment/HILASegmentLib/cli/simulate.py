@@ -58,7 +58,8 @@ def register(sub, parent) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ..simulate.simulation import SimConfig, Simulation, prepare
+    from ..simulate.prepare import SimConfig, prepare
+    from ..simulate.simulation import Simulation
     from . import emit, make_progress
 
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
