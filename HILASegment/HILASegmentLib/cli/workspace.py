@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..ground.errors import HilaError
+from ..quality import strategies  # the ranking registry (light: names and need functions)
 from . import argtypes, emit, make_progress
 
 
@@ -103,8 +104,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        "predicted Dice (the learned quality model's where `hila status` says it is in use, else the "
                        "expected soft Dice of the model's own probabilities).")
     p.add_argument("workspace", type=Path)
-    p.add_argument("--by", default="quality", choices=["quality", "uncertainty", "random"],
-                   help="order by predicted Dice (lowest first; default), mean uncertainty, or at random")
+    p.add_argument("--by", default=strategies.DEFAULT, choices=list(strategies.STRATEGIES),
+                   help="; ".join(f"{s.name}: {s.help}" for s in strategies.STRATEGIES.values()))
     p.add_argument("--review-budget", type=argtypes.real(0.0, 1.0, lo_open=True), default=None, metavar="F",
                    help="list only the first fraction F (0 < F <= 1) of the predicted cases: by quality, the reviews "
                    "that should raise the cohort's mean Dice most")

@@ -8,7 +8,7 @@ RUN/baseline/, baseline.json   full supervision on every pool reference, same to
 RUN/summary.json, curves.png   see report.py
 
 Length (~490 lines): one job, a round and its exact resume (replaying a killed round without double
-submits or a second training run is most of it); cohort, synthesis, the radiologist, strategies and the
+submits or a second training run is most of it); cohort, synthesis, the radiologist, case selection and the
 report already live in their own modules.
 """
 from __future__ import annotations
@@ -25,13 +25,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..ground import metrics
+from ..ground.durable import atomic_write_text
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
+from ..models.normalize import guess_modality
 from ..quality.learned import add_quality_features
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 from . import cohort as co
 from . import radiologist as rad
-from . import report, synthesis
-from .strategies import STRATEGIES
+from . import report, selection, synthesis
 
 #: Where a run's wall time goes (summary.json's time_split): synthesis once, then per round the test-split
 #: evaluation, training (incl. the trainer's own validation and export), inference on pool cases (strategy
@@ -66,8 +68,8 @@ class SimConfig:
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
-    gate_margin: float = 0.01        # hila train --gate-margin
-    gate_min_cases: int = 2          # hila train --gate-min-cases
+    gate_margin: float = GATE_MARGIN        # hila train --gate-margin
+    gate_min_cases: int = GATE_MIN_CASES    # hila train --gate-min-cases
     promote: str = "auto"            # hila train --promote: always for a pool too small to gate (2 cases)
     extra: Dict[str, object] = field(default_factory=dict)
 
@@ -77,7 +79,7 @@ class SimConfig:
         for k in ("out", "threads"):
             d.pop(k)
         # options added later drop out at their default, so runs made before them still resume
-        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
+        for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
                            ("train_budget", "fixed"), ("config", "auto")):
             if d[k] == default:
@@ -91,9 +93,7 @@ class SimConfig:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))  # the engine's durable write (fsync, one rename)
 
 
 def prepare(cfg: SimConfig) -> dict:
@@ -121,8 +121,8 @@ def prepare(cfg: SimConfig) -> dict:
     budget_factor(cfg.train_budget)
     if cfg.promote not in ("auto", "always"):
         raise HilaError(f"--promote {cfg.promote}: use auto or always")
-    if cfg.strategy not in STRATEGIES:
-        raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(STRATEGIES)}")
+    if cfg.strategy not in selection.strategies():
+        raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(selection.strategies())}")
     if cfg.corrector not in rad.CORRECTORS:
         raise HilaError(f"--corrector {cfg.corrector}: use one of {', '.join(rad.CORRECTORS)}")
     if cfg.weak_marks not in rad.WEAK_MARKS:
@@ -178,8 +178,10 @@ def budget_factor(spec: str) -> Optional[float]:
 
 
 def _guess_modality(path: Path) -> str:
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    return "CT" if float(arr.min()) < -500 else "MR"
+    """The product's guess (``normalize.guess_modality``, as ``hila import`` checks it); MR when it cannot tell."""
+    img = sitk.ReadImage(str(path))
+    meta = img.GetMetaData("0008|0060") if img.HasMetaDataKey("0008|0060") else None
+    return guess_modality(sitk.GetArrayViewFromImage(img), meta) or "MR"
 
 
 def materialise(run: Path, cfg: SimConfig, plan: dict) -> float:
@@ -442,15 +444,15 @@ class Simulation:
         self.progress(rnd / total, f"round {rnd}: choosing")
         ctx, chosen = None, []
         if rnd == 0 and not cfg.model:
-            chosen = STRATEGIES["random"](cand, cfg.initial, rng, None)
+            chosen = selection.draw(cand, cfg.initial, rng)
         elif rnd > 0:
             if not cand:
                 return None
             if ws.current_model() is None:  # the gate has kept no model yet (round 0's segmented nothing)
-                chosen = STRATEGIES["random"](cand, cfg.per_round, rng, None)
+                chosen = selection.draw(cand, cfg.per_round, rng)
             else:
                 ctx = _Context(self)
-                chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
+                chosen = selection.strategies()[cfg.strategy](cand, cfg.per_round, rng, ctx)
         efforts = [self.correct_and_submit(n, ids[n], rnd, ctx) for n in chosen]
         tr = None
         if chosen:

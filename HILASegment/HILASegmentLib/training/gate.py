@@ -34,6 +34,7 @@ from ..ground.errors import HilaError
 from ..ground.metrics import dice
 from ..inference.segmenter import Segmenter
 from ..models.modelcard import ModelCard
+from .gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 
 POLICIES = ("auto", "never", "always")
 
@@ -47,8 +48,8 @@ class GateRule:
     does not replace a model), and 20 % of the corrections held out once there are more than 10.
     """
 
-    margin: float = 0.01
-    min_cases: int = 2
+    margin: float = GATE_MARGIN
+    min_cases: int = GATE_MIN_CASES
     fraction: float = 0.2
     min_train: int = 2          # never hold out so many that fewer than this many are left to train on
 

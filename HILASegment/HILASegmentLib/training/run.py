@@ -35,6 +35,7 @@ from .candidate import candidate_card, initial_network, recipe_batch, recipe_dat
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
+from .plan import family as plan_family
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
@@ -49,6 +50,7 @@ class TrainOptions:
     promote: str = "auto"
     init: str = "auto"                 # auto (current checkpoint, else scratch) | scratch | imported (onnx2torch)
     config: str = "auto"               # a fresh model's configuration (plan.CONFIGURATIONS); auto: by device
+    arch: Optional[str] = None         # a fresh model's network (architectures registry); None: the configuration's
     steps: Optional[int] = None        # cap on optimisation steps (tests, benchmarks)
     train_minutes: Optional[float] = None  # the optimisation's own budget (hila simulate): preparing, export and
                                            # validation come on top instead of out of it, as they do of --max-minutes
@@ -80,7 +82,8 @@ class TrainOptions:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
         if self.init not in ("auto", "scratch", "imported"):
             raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
-        plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
+        configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
+        plan_family(configuration, self.arch)  # an --arch unknown or unfit for it, too
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
 
 
