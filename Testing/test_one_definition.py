@@ -249,3 +249,29 @@ def test_no_architecture_is_decided_by_name_outside_its_registry():
     hits = [f"{rel}: {line.strip()}" for rel, src in _sources("training/architectures.py")
             for line in src.splitlines() if pat.search(line)]
     assert hits == []
+
+
+def test_an_export_format_registered_once_is_a_choice_of_export_and_convert(monkeypatch, tmp_path):
+    """One ``register`` line makes a DICOM object a ``hila export --format`` and a ``hila convert --format``
+    choice; the workspace and convert write and record it through the registry's entry."""
+    from HILASegmentLib.cli import build_parser
+    from HILASegmentLib.dicom import exportformats
+    from HILASegmentLib.ground.errors import HilaError
+
+    mine = exportformats.ExportFormat("sr", "DICOM SR", "SR", "a structured report", lambda *a, **k: None)
+    monkeypatch.setitem(exportformats.EXPORT_FORMATS, "sr", mine)
+    p = build_parser()
+    assert p.parse_args(["export", str(tmp_path), str(tmp_path / "o"), "--format", "sr"]).format == "sr"
+    assert p.parse_args(["convert", "in.nrrd", "out.dcm", "--format", "sr"]).dicom_format == "sr"
+    assert exportformats.get("sr") is mine
+    with pytest.raises(HilaError, match="--format png: use seg or rtstruct or sr"):
+        exportformats.get("png")
+
+
+def test_no_export_format_is_decided_by_name_outside_its_registry():
+    """Writer, title and recorded modality of an export format come from its registry entry; no module picks them
+    by comparing the format's name (convert and the workspace's DICOM export each did)."""
+    pat = re.compile(r"==\s*\"(seg|rtstruct)\"|\(\"seg\", \"rtstruct\"\)")
+    hits = [f"{rel}: {line.strip()}" for rel, src in _sources("dicom/exportformats.py")
+            for line in src.splitlines() if pat.search(line)]
+    assert hits == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..dicom import exportformats  # the export format registry (light)
 from ..ground.errors import HilaError
 from ..quality import strategies  # the ranking registry (light: names and need functions)
 from . import argtypes, emit, make_progress
@@ -85,8 +86,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="also export images of cases without a correction")
     p.add_argument("--dicomweb", metavar="URL", help="store the latest corrections as DICOM SEG on a DICOMweb "
                    "server (STOW-RS; idempotent by UID) instead of writing a folder")
-    p.add_argument("--format", choices=("seg", "rtstruct"), default=None,
-                   help="write each DICOM case's latest correction as a DICOM SEG or RTSTRUCT referencing its series")
+    p.add_argument("--format", choices=list(exportformats.EXPORT_FORMATS), default=None,
+                   help="write each DICOM case's latest correction as a DICOM object referencing its series: "
+                        + exportformats.help_text())
     p.add_argument("--case", action="append", default=None, metavar="CASE", help="with --format: only this case "
                    "(repeatable)")
     p.add_argument("--prediction", action="store_true", help="with --format: the latest prediction (AI output, "

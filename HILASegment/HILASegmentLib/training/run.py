@@ -331,15 +331,17 @@ class _Round:
         scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
         cases = [{"case_id": s.case_id, "correction_version": int(s.correction_version),
                   "image_path": str(s.image_path), "label_path": str(s.label_path)} for s in scored]
-        probe = ex.embed_card(raw_onnx, card, tmp / "probe.onnx")  # the engine reads the card from the file
-        cand = gate.evaluate_model(probe, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
-        cur = None
-        if self.current is not None and gate_items and not self.flag():
-            try:
-                cur = gate.evaluate_model(self.current.path, cases, self.labels, threads=self.opts.threads,
-                                          should_stop=self.flag, card=self.current.card or None)
-            except HilaError as exc:
-                self.log.append(f"current model v{self.current.version} could not be validated: {exc}")
+        # one pass: each case read once, scored by the candidate (its card passed, no probe copy) and the current
+        models = [(raw_onnx, card)]
+        if self.current is not None and gate_items:
+            models.append((self.current.path, self.current.card or None))
+        cand, *rest = gate.evaluate_models(models, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
+        if isinstance(cand, HilaError):
+            raise cand
+        cur = rest[0] if rest and not self.flag() else None
+        if isinstance(cur, HilaError):
+            self.log.append(f"current model v{self.current.version} could not be validated: {cur}")
+            cur = None
         self._tick("validate_s", t)
         self.parent_eval = cur
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
