@@ -274,12 +274,12 @@ def test_uncertainty_strategy_reads_the_prediction_summary_most_uncertain_first(
     from types import SimpleNamespace
 
     from HILASegmentLib.inference.summary import PredictionSummary
-    from HILASegmentLib.simulate.strategies import STRATEGIES
+    from HILASegmentLib.simulate.selection import strategies
 
     unc = {"a": 0.1, "b": 0.7, "c": 0.4}
     ctx = SimpleNamespace(has_model=lambda: True, predict=lambda n: SimpleNamespace(
         summary=PredictionSummary(mean_uncertainty=unc[n]).to_dict()))
-    assert STRATEGIES["uncertainty"](["a", "b", "c"], 2, np.random.default_rng(0), ctx) == ["b", "c"]
+    assert strategies()["uncertainty"](["a", "b", "c"], 2, np.random.default_rng(0), ctx) == ["b", "c"]
 
 
 def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_version():
@@ -287,7 +287,7 @@ def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_versi
 
     from HILASegmentLib.inference.summary import PredictionSummary
     from HILASegmentLib.quality.learned import FEATURES, fit_quality_model
-    from HILASegmentLib.simulate.strategies import STRATEGIES
+    from HILASegmentLib.simulate.selection import strategies
 
     soft = {"a": 0.9, "b": 0.6, "c": 0.75}
     err = {"a": 0.9, "b": 0.1, "c": 0.5}  # the learned model reads this feature, the soft Dice does not
@@ -306,8 +306,8 @@ def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_versi
             summary=PredictionSummary(model_version=1, predicted_dice=soft[n],
                                       quality_features={k: (err[n] if k == "err_mass_ratio" else 0.5)
                                                         for k in FEATURES}).to_dict()))
-    assert STRATEGIES["quality"](["a", "b", "c"], 2, rng, ctx(None)) == ["b", "c"]  # the soft Dice: none fitted
-    assert STRATEGIES["quality"](["a", "b", "c"], 2, rng, ctx(qm)) == ["a", "c"]    # the learned model's
+    assert strategies()["quality"](["a", "b", "c"], 2, rng, ctx(None)) == ["b", "c"]  # the soft Dice: none fitted
+    assert strategies()["quality"](["a", "b", "c"], 2, rng, ctx(qm)) == ["a", "c"]    # the learned model's
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
+from ..dicom import exportformats  # the export format registry (light: names, writers import inside)
 from ..ground.errors import HilaError
 
 
@@ -37,8 +38,8 @@ def register(sub, parent) -> None:
                    help="the image the labels belong to: the label map must lie on its grid, and the output "
                         "gets exactly the image's geometry; for DICOM SEG/RTSTRUCT in or out, the image series' "
                         "DICOM folder (a label map may lie on a crop of its grid)")
-    p.add_argument("--format", choices=("seg", "rtstruct"), dest="dicom_format",
-                   help="write a DICOM object: seg (DICOM Segmentation) or rtstruct (RT Structure Set)")
+    p.add_argument("--format", choices=list(exportformats.EXPORT_FORMATS), dest="dicom_format",
+                   help="write a DICOM object: " + exportformats.help_text())
     p.add_argument("--structures", metavar="WHICH",
                    help="RTSTRUCT input: 'manual' (default: structures without an auto-contour suffix such as "
                         "_DL/_MBS, not the body outline), 'all' (overlapping ones in extra layers), a contour set "
@@ -70,7 +71,7 @@ def _read_dicom_object(src_p: Path, modality: str, series, structures: str | Non
 
 def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: str, provenance) -> dict:
     """Write ``seg`` (or the label map at ``src_p``) as a DICOM SEG or RTSTRUCT of ``series``."""
-    from ..dicom import dicomref, dicomseg, rtstruct
+    from ..dicom import dicomref
     from ..formats import labelio, segfile
 
     if seg is None and segfile.is_seg_nrrd(src_p):
@@ -80,10 +81,10 @@ def _write_dicom_object(fmt: str, src_p: Path, seg, table: dict, series, dst: st
     else:
         label = dicomref.onto_series(labelio.read_label(src_p), series, src_p)
         masks = dicomref.masks_from_label(label, table)
-    writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
-    writer(masks, series, dst, provenance)
+    form = exportformats.get(fmt)
+    form.write(masks, series, dst, provenance)
     kept = [m for m in masks if m[1].any()]
-    what = "DICOM SEG" if fmt == "seg" else "RTSTRUCT"
+    what = form.title
     return {"result": {"segments": [m[0] for m in kept], "format": fmt, "series_uid": series.series_uid},
             "summary": f"wrote {dst}: {what} of {len(kept)} segment(s) referencing series {series.series_uid}"}
 
@@ -97,7 +98,8 @@ def convert(src: str, dst: str, names=None, reference: str | None = None, fmt: s
     from ..ground.paths import check_outputs, check_readable
 
     if fmt is None and dst.lower().endswith(".dcm"):
-        raise HilaError(f"{dst}: say which DICOM object to write: --format seg or --format rtstruct")
+        raise HilaError(f"{dst}: say which DICOM object to write: "
+                        + " or ".join(f"--format {n}" for n in exportformats.EXPORT_FORMATS))
     out_kind = "dicom" if fmt else _kind_of_output(dst)
     src_p = Path(src)
     check_readable(src_p)

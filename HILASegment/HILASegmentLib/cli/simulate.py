@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..ground.progress import json_line
+from ..quality import strategies  # the ranking registry (light)
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES  # light: two numbers
 from . import argtypes as at
 
 
@@ -29,7 +31,8 @@ def register(sub, parent) -> None:
                         "simulated radiologist spent on that round's cases, times F (default 1): learning while they work")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="as hila train: a new model's configuration (auto: by device)")
-    p.add_argument("--strategy", default="random", help="random | sequential | uncertainty | quality (lowest predicted Dice first)")
+    p.add_argument("--strategy", default="random", help="sequential (the pool in order) or a strategy of hila rank --by: "
+                   + " | ".join(strategies.STRATEGIES))
     p.add_argument("--corrector", default="tolerant", help="tolerant (correct slices off by > tolerance: "
                    "the off part of the contour is redrawn) | redraw (the whole contour of such slices) | exact | weak "
                    "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
@@ -45,10 +48,10 @@ def register(sub, parent) -> None:
                    help="--baseline's training minutes (default: the loop's total training time; give more for a "
                    "full-supervision ceiling trained to convergence)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
-    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
-                   help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default 0.01)")
-    p.add_argument("--gate-min-cases", type=at.integer(1), default=2,
-                   help="as hila train: gate corrections (unseen by both models) needed to promote (default 2)")
+    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
+                   help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default %(default)s)")
+    p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
+                   help="as hila train: gate corrections (unseen by both models) needed to promote (default %(default)s)")
     p.add_argument("--promote", choices=["auto", "always"], default="auto",
                    help="as hila train: auto (the gate decides) or always (for a pool too small to gate, e.g. 2 cases)")
     p.add_argument("--seed", type=at.integer(0), default=0)

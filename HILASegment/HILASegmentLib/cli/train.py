@@ -9,6 +9,8 @@ import argparse
 import time
 
 from ..ground.errors import HilaError
+from ..training import architectures  # the network registry (light: names, builders import torch inside)
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES  # light: two numbers
 from . import argtypes as at
 
 _T0 = time.monotonic()
@@ -23,18 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
                    help="auto (default): make the new version current only when it beats the current model on "
                         "gate corrections neither was trained on (see --gate-margin, --gate-min-cases)")
-    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=0.01,
+    p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
                    help="auto promotes when the mean per-case Dice gain over the current model is more than this "
-                        "(default 0.01)")
-    p.add_argument("--gate-min-cases", type=at.integer(1), default=2,
+                        "(default %(default)s)")
+    p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
                    help="auto promotes only with at least this many gate corrections that neither model was "
-                        "trained on (default 2; held out from training, about 20%% once there are more than 10)")
+                        "trained on (default %(default)s; held out from training, about 20%% once there are more than 10)")
     p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],
                    help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="a new model's configuration: auto (default) plans 3d_lowres on a CPU and 3d_fullres on a GPU, "
                         "as measured by scripts/bench_recipe.py; fine-tuning keeps the current model's")
+    p.add_argument("--arch", default=None, choices=architectures.choices(),
+                   help="a new model's network (default: the configuration's): "
+                        + "; ".join(f"{a}: {architectures.get(a).help}" for a in architectures.choices()))
     p.add_argument("--freeze", default="", choices=["", "encoder"], help="freeze the encoder half (big imported models on CPU)")
     p.add_argument("--steps", type=at.integer(1), default=None, help="stop after this many optimisation steps")
     p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
@@ -79,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
     from . import emit, make_progress
 
-    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, config=args.config,
+    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, config=args.config, arch=args.arch,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
                         lr=args.lr, batch_size=args.batch, freeze=args.freeze,
                         gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..dicom import exportformats  # the export format registry (light)
 from ..ground.errors import HilaError
+from ..quality import strategies  # the ranking registry (light: names and need functions)
 from . import argtypes, emit, make_progress
 
 
@@ -84,8 +86,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="also export images of cases without a correction")
     p.add_argument("--dicomweb", metavar="URL", help="store the latest corrections as DICOM SEG on a DICOMweb "
                    "server (STOW-RS; idempotent by UID) instead of writing a folder")
-    p.add_argument("--format", choices=("seg", "rtstruct"), default=None,
-                   help="write each DICOM case's latest correction as a DICOM SEG or RTSTRUCT referencing its series")
+    p.add_argument("--format", choices=list(exportformats.EXPORT_FORMATS), default=None,
+                   help="write each DICOM case's latest correction as a DICOM object referencing its series: "
+                        + exportformats.help_text())
     p.add_argument("--case", action="append", default=None, metavar="CASE", help="with --format: only this case "
                    "(repeatable)")
     p.add_argument("--prediction", action="store_true", help="with --format: the latest prediction (AI output, "
@@ -103,8 +106,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        "predicted Dice (the learned quality model's where `hila status` says it is in use, else the "
                        "expected soft Dice of the model's own probabilities).")
     p.add_argument("workspace", type=Path)
-    p.add_argument("--by", default="quality", choices=["quality", "uncertainty", "random"],
-                   help="order by predicted Dice (lowest first; default), mean uncertainty, or at random")
+    p.add_argument("--by", default=strategies.DEFAULT, choices=list(strategies.STRATEGIES),
+                   help="; ".join(f"{s.name}: {s.help}" for s in strategies.STRATEGIES.values()))
     p.add_argument("--review-budget", type=argtypes.real(0.0, 1.0, lo_open=True), default=None, metavar="F",
                    help="list only the first fraction F (0 < F <= 1) of the predicted cases: by quality, the reviews "
                    "that should raise the cohort's mean Dice most")

@@ -22,28 +22,22 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..formats.voxelgrid import index_to_lps, lps_to_index
+
 # How far (in voxels) a contour may lie from a slice centre and still belong to that slice, or beyond
 # the image's outer voxel faces (planning systems clip the body outline there, rounding the
 # coordinates they store: 4e-5 voxel on the real pelvic CT).
 SLICE_TOLERANCE = 0.01
 
 
-def index_to_point_matrix(img: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
-    """(M, origin) with ``point = M @ index + origin`` for ``img``'s grid."""
-    m = np.asarray(img.GetDirection(), float).reshape(3, 3) * np.asarray(img.GetSpacing(), float)
-    return m, np.asarray(img.GetOrigin(), float)
-
-
 def points_to_index(points: np.ndarray, img: sitk.Image) -> np.ndarray:
     """Physical points (N, 3) -> continuous voxel indices (N, 3) on ``img``'s grid."""
-    m, origin = index_to_point_matrix(img)
-    return (np.asarray(points, float) - origin) @ np.linalg.inv(m).T
+    return lps_to_index(img, points)
 
 
 def index_to_points(index: np.ndarray, img: sitk.Image) -> np.ndarray:
     """Continuous voxel indices (N, 3) -> physical points (N, 3) on ``img``'s grid."""
-    m, origin = index_to_point_matrix(img)
-    return np.asarray(index, float) @ m.T + origin
+    return index_to_lps(img, index)
 
 
 def contour_slice(index: np.ndarray, size: Sequence[int]) -> Tuple[int | None, str | None]:

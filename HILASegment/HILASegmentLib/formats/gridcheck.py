@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..ground.errors import HilaError
+from .voxelgrid import ijk_to_lps, index_to_lps
 
 #: corners may move by float rounding only (NIfTI stores float32), never by a geometry change
 CORNER_TOLERANCE_MM = 1e-3
@@ -29,25 +30,23 @@ CORNER_TOLERANCE_MM = 1e-3
 SLICE_TOLERANCE = 0.05
 
 
-def corner_points(size: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
-                  direction: Sequence[float]) -> np.ndarray:
-    """The physical (LPS) centres of the 8 corner voxels of a grid, shape (8, 3)."""
-    D = np.asarray(direction, float).reshape(3, 3)
-    s = np.asarray(spacing, float)
-    n = np.asarray(size, float) - 1
+def corner_points(grid) -> np.ndarray:
+    """The physical (LPS) centres of the 8 corner voxels of a grid (an image, or a reader that read the header),
+    shape (8, 3)."""
+    n = np.asarray(grid.GetSize(), float) - 1
     idx = np.array([np.array(bits) * n for bits in np.ndindex(2, 2, 2)], float)
-    return np.asarray(origin, float) + (idx * s) @ D.T
+    return index_to_lps(grid, idx)
 
 
 def image_corners(img: sitk.Image) -> np.ndarray:
-    return corner_points(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    return corner_points(img)
 
 
 def corner_shift_mm(a: sitk.Image, reader: sitk.ImageFileReader) -> float:
     """How far (mm) the corners of the grid ``reader`` reports lie from those of ``a`` (inf if sizes differ)."""
     if tuple(reader.GetSize()) != tuple(a.GetSize()):
         return float("inf")
-    b = corner_points(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    b = corner_points(reader)
     return float(np.abs(image_corners(a) - b).max())
 
 
@@ -282,8 +281,8 @@ def check_read_exactly(folder: Path, img: sitk.Image, slices: Sequence[SliceGeom
     else a HilaError naming the slice (whatever the reader did with the tags, nothing is drawn elsewhere)."""
     if img.GetDimension() != 3 or len(slices) != img.GetSize()[2]:
         return
-    m = np.asarray(img.GetDirection(), float).reshape(3, 3) * np.asarray(img.GetSpacing(), float)
-    origin = np.asarray(img.GetOrigin(), float)
+    grid = ijk_to_lps(img)
+    m, origin = grid[:3, :3], grid[:3, 3]
     step = float(np.linalg.norm(m[:, 2])) if len(slices) > 1 else float(min(img.GetSpacing()[:2]))
     for k, sl in enumerate(slices):
         iop, (dr, dc) = sl.numbers("orientation", 6), sl.numbers("spacing", 2)

@@ -20,6 +20,7 @@ from ..ground.colors import Color, label_color
 from ..ground.errors import HilaError
 from .imageio import as_label_image, describe_grid, grid_difference
 from .terminology import with_entry
+from .voxelgrid import ijk_to_lps
 
 LabelSpec = Tuple[int, str, Optional[Color]]
 
@@ -469,11 +470,3 @@ def slicer_geometry_string(img: sitk.Image) -> str:
     size = img.GetSize()
     ext = [0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1]
     return ";".join(vals + [str(e) for e in ext]) + ";"
-
-
-def ijk_to_lps(img: sitk.Image) -> np.ndarray:
-    m = np.eye(4)
-    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
-    m[:3, :3] = d * np.asarray(img.GetSpacing(), float)[None, :]
-    m[:3, 3] = img.GetOrigin()
-    return m

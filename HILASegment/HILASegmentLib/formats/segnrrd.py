@@ -35,10 +35,10 @@ from .segmentation import (
     EMPTY_EXTENT,
     Segment,
     Segmentation,
-    ijk_to_lps,
     slicer_geometry_string,
 )
 from .terminology import with_entry
+from .voxelgrid import ijk_to_lps
 
 # Header fields that describe the axes; they are recomputed from the voxels, never copied through.
 _AXIS_FIELDS = {

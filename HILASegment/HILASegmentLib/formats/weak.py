@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..ground.errors import HilaError
+from .voxelgrid import index_to_lps
 
 
 def parse_numbers(value, n: int, what: str) -> np.ndarray:
@@ -57,10 +58,7 @@ def _physical_grid(image: sitk.Image, lo_idx: np.ndarray, hi_idx: np.ndarray) ->
     """Physical points (z, y, x, 3) of the index sub-block [lo, hi] (ITK i, j, k order)."""
     ii, jj, kk = (np.arange(lo_idx[a], hi_idx[a] + 1) for a in range(3))
     K, J, I = np.meshgrid(kk, jj, ii, indexing="ij")
-    idx = np.stack([I, J, K], -1).astype(float)
-    d = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    sp = np.asarray(image.GetSpacing(), float)
-    return np.asarray(image.GetOrigin(), float) + (idx * sp) @ d.T
+    return index_to_lps(image, np.stack([I, J, K], -1).astype(float))
 
 
 def _index_block(image: sitk.Image, corners: np.ndarray, what: str):

@@ -66,6 +66,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` all or nothing, as :func:`atomic_write_bytes` (JSON records, CSV tables)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 # -- staging folders beside an output ----------------------------------------------------------------------------
 
 def _staging_pattern(name: str, kind: str) -> "re.Pattern[str]":

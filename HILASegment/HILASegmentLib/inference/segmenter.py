@@ -23,7 +23,7 @@ from ..formats.imageio import check_finite
 from ..formats.segfile import Segmentation
 from ..ground.errors import HilaError
 from ..ground.progress import ProgressFn, null_progress
-from ..models.modelcard import ModelCard, inspect_onnx, resolve_model, verify_checksum
+from ..models.modelcard import ModelCard, inspect_onnx, resolve, verify_checksum
 from ..models.modelgrid import Grid, extract, largest_components, model_input, touches
 from ..models.normalize import guess_modality, offset_ct_reason
 from .errormap import add_review_segment, cohort_dice, error_probability
@@ -99,8 +99,9 @@ class Segmenter:
         import onnxruntime as ort  # heavy: see _providers
 
         if card is None:
-            path, card = resolve_model(model)
-            info = inspect_onnx(path)
+            found = resolve(model)  # what it streamed to find the card serves the checksum check too
+            path, card = found.path, found.card
+            info = found.info or inspect_onnx(path)
         else:
             path = Path(model)
             info = inspect_onnx(path)

@@ -304,7 +304,18 @@ def _package_resource(spec: Dict[str, Any], where: str) -> Path:
     return path
 
 
-def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model found by name or path: its file, its card, and what was read of the file to find them (``info``:
+    metadata and checksum, streamed once; None for a preset, whose card is a JSON file), so no caller streams and
+    hashes the ONNX file again before onnxruntime reads it."""
+
+    path: Path
+    card: ModelCard
+    info: Optional[OnnxInfo] = None
+
+
+def resolve(name_or_path: Union[str, PathLike]) -> ResolvedModel:
     """A model by preset name (``taps``), starter name (``<name>.onnx`` in ``catalog.model_dirs()``) or ONNX path."""
     s = str(name_or_path)
     preset = PRESETS_DIR / f"{s}.json"
@@ -312,32 +323,43 @@ def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
         card = ModelCard.from_json(preset.read_text(encoding="utf-8"), f"preset {preset.name}")
         if not card.model_file:
             raise HilaError(f"preset {preset.name}: no model_file entry")
-        return _package_resource(card.model_file, s), card
+        return ResolvedModel(_package_resource(card.model_file, s), card)
     p = Path(s).expanduser()
+    info = None
     if not p.exists() and not s.lower().endswith(".onnx"):
         cand = catalog.find_model_file(s)
         if cand is not None:
-            _check_catalog_checksum(s, cand)
+            info = _check_catalog_checksum(s, cand)
             p = cand
         else:
             known = sorted(set(preset_names()) | {e.name for e in catalog.entries(include_tests=True)})
             raise HilaError(f"model '{s}': no such model file, preset or starter model (known: {', '.join(known) or 'none'})")
     if p.is_dir():
         raise HilaError(f"{p}: is a folder; give the .onnx model file")
-    return p, read_card(p)
+    info = info or inspect_onnx(p)
+    return ResolvedModel(p, read_card(p, info), info)
 
 
-def _check_catalog_checksum(name: str, path: Path) -> None:
+def resolve_model(name_or_path: Union[str, PathLike]) -> Tuple[Path, ModelCard]:
+    """(file, card) of a model by preset name, starter name or ONNX path (:func:`resolve`)."""
+    r = resolve(name_or_path)
+    return r.path, r.card
+
+
+def _check_catalog_checksum(name: str, path: Path) -> Optional[OnnxInfo]:
     """A file found by a catalog model's name (``HILA_MODELS_DIR`` first) must be that model: another network saved
-    under the name would run, and start workspaces, as if it were the catalog's (its own card cannot tell)."""
+    under the name would run, and start workspaces, as if it were the catalog's (its own card cannot tell).
+    Returns what it read of the file (None when the catalog states no checksum)."""
     entry = next((e for e in catalog.entries(include_tests=True) if e.name == name and e.kind == "file"), None)
     if entry is None or not entry.checksum:
-        return
-    actual = inspect_onnx(path).checksum
+        return None
+    info = inspect_onnx(path)
+    actual = info.checksum
     if actual != entry.checksum:
         raise HilaError(f"{path}: found as model '{name}', but it is not the catalog's {name} v{entry.version} (its "
                         f"checksum is {actual[:19]}..., the catalog's {entry.checksum[:19]}...); rename your own "
                         "model or give its path")
+    return info
 
 
 def verify_checksum(card: ModelCard, info: OnnxInfo) -> None:

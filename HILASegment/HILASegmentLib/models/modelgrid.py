@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..formats.voxelgrid import index_to_lps
 from ..ground.errors import HilaError
 from .normalize import bounding_box, foreground_mask, normalize
 
@@ -68,7 +69,7 @@ def model_grid(image: sitk.Image, spacing: Sequence[float], orientation: str = "
         new_dir[:, k] = sign * D[:, j]
         corner[j] = 0 if sign > 0 else n[j] - 1
         new_size.append(max(1, int(round((n[j] - 1) * s[j] / float(spacing[k]) + 1.0))))
-    origin = np.asarray(image.GetOrigin(), float) + D @ (corner * s)
+    origin = index_to_lps(image, corner)  # the first voxel centre of the new grid
     if float(np.prod(new_size, dtype=float)) > MAX_GRID_VOXELS:  # before anything is allocated for it
         shape = "x".join(map(str, new_size))
         mm = ",".join(f"{float(v):g}" for v in spacing)

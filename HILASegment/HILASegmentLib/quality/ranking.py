@@ -1,65 +1,70 @@
 """Review ranking: which unreviewed case to look at next, most likely wrong first (Zhang et al. 2023).
 
+The strategies (``--by``) are a registry by name in ``strategies``; this module orders cases by one of them.
+
 How unsure the model was about a case (its predicted Dice, learned or expected, or its mean uncertainty) decides
 the order ``hila rank``, the workspace and Slicer's Next case use, so review effort goes where the model is most
 likely wrong; ``review_budget`` says what reviewing the first share of them should gain.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..ground.errors import HilaError
 from ..inference.summary import PredictionSummary
+from . import strategies
 
-#: What ``rank`` can order by: predicted Dice (lowest first), mean uncertainty (highest first), or at random.
-RANK_BY = ("quality", "uncertainty", "random")
+#: What ``rank`` can order by (the registry's names: ``strategies.STRATEGIES``).
+RANK_BY = tuple(strategies.STRATEGIES)
 
 
-def review_need(summary: Optional[PredictionSummary], by: str = "quality",
+def review_need(summary: Optional[PredictionSummary], by: str = strategies.DEFAULT,
                 predicted_dice: Optional[float] = None) -> Optional[float]:
-    """How much a prediction needs review (higher = look first); None when its summary says nothing.
-
-    ``quality``: ``1 - predicted Dice`` (``predicted_dice`` when given, e.g. the learned model's, else the
-    summary's expected Dice), falling back to the mean uncertainty for summaries without one;
-    ``uncertainty``: the mean voxel uncertainty of the labelled region.
-    """
-    if summary is None:
-        return None
-    d = predicted_dice if predicted_dice is not None else summary.predicted_dice
-    signals = [(summary.mean_uncertainty, lambda v: v)]
-    if by == "quality":
-        signals.insert(0, (d, lambda v: 1.0 - v))
-    for value, need in signals:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            return float(need(float(value)))
-    return None
+    """How much a prediction needs review by strategy ``by`` (higher = look first); None when its summary says nothing."""
+    return strategies.get(by).need(summary, predicted_dice)
 
 
-def rank_cases(cases: Iterable[Mapping], by: str = "quality",
+def learned_scorer(quality_model: Callable[[int], object]) -> Callable[[PredictionSummary], Optional[float]]:
+    """``scorer`` for :func:`rank_cases`: the learned quality model of a summary's own model version where one is
+    in use (``quality_model(version)``, loaded once per version), else None (the summary's expected Dice stands)."""
+    models: Dict[int, object] = {}
+
+    def score(summary: PredictionSummary) -> Optional[float]:
+        v = summary.model_version
+        if v is None:
+            return None
+        if int(v) not in models:
+            models[int(v)] = quality_model(int(v))
+        qm = models[int(v)]
+        return qm.score(summary) if qm is not None and qm.in_use else None  # type: ignore[attr-defined]
+
+    return score
+
+
+def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
                scorer: Optional[Callable[[PredictionSummary], Optional[float]]] = None,
                rng: Optional[np.random.Generator] = None) -> List[dict]:
-    """Order unreviewed cases, most in need of review first.
+    """Order unreviewed cases, most in need of review first, by the registered strategy ``by``.
 
     Each item has ``case_id``, ``predicted`` (bool) and ``uncertainty`` (the latest prediction's
     stored summary, see :class:`PredictionSummary`, or None). ``scorer(summary)`` gives the learned
     quality model's predicted Dice where one is in use for the prediction's model version (else None:
-    the summary's own expected Dice stands). Predicted cases with a known need come first (highest
-    need first; ``random``: in a random order), then predicted cases without a summary, then
-    unpredicted cases; ties by case id.
+    the summary's own expected Dice stands); only strategies marked ``learned`` ask it. Predicted cases
+    with a known need come first (highest need first; a ``shuffled`` strategy: in a random order), then
+    predicted cases without a summary, then unpredicted cases; ties by case id.
     """
-    if by not in RANK_BY:
-        raise HilaError(f"--by {by!r}: use one of {', '.join(RANK_BY)}")
+    strategy = strategies.get(by)
     items = list(cases)
-    shuffle = (rng or np.random.default_rng(0)).permutation(len(items)) if by == "random" else None
+    shuffle = (rng or np.random.default_rng(0)).permutation(len(items)) if strategy.shuffled else None
     ranked = []
     for i, c in enumerate(items):
         stored = c.get("uncertainty")
         summary = PredictionSummary.from_dict(stored) if isinstance(stored, Mapping) else None
-        learned = scorer(summary) if (scorer is not None and summary is not None and c.get("predicted")) else None
-        need = review_need(summary, "uncertainty" if by == "uncertainty" else "quality", learned) \
-            if c.get("predicted") else None
+        learned = scorer(summary) if (strategy.learned and scorer is not None and summary is not None
+                                      and c.get("predicted")) else None
+        need = strategy.need(summary, learned) if c.get("predicted") else None
         tier = 0 if need is not None else (1 if c.get("predicted") else 2)
         item = dict(c)
         item["review_need"] = None if need is None else round(need, 6)

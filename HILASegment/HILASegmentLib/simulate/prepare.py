@@ -16,10 +16,11 @@ import SimpleITK as sitk
 
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
+from ..models.normalize import guess_modality
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 from . import cohort as co
 from . import radiologist as rad
-from . import synthesis
-from .strategies import STRATEGIES
+from . import selection, synthesis
 
 
 @dataclass
@@ -50,8 +51,8 @@ class SimConfig:
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
-    gate_margin: float = 0.01        # hila train --gate-margin
-    gate_min_cases: int = 2          # hila train --gate-min-cases
+    gate_margin: float = GATE_MARGIN        # hila train --gate-margin
+    gate_min_cases: int = GATE_MIN_CASES    # hila train --gate-min-cases
     promote: str = "auto"            # hila train --promote: always for a pool too small to gate (2 cases)
     extra: Dict[str, object] = field(default_factory=dict)
 
@@ -61,7 +62,7 @@ class SimConfig:
         for k in ("out", "threads"):
             d.pop(k)
         # options added later drop out at their default, so runs made before them still resume
-        for k, default in (("gate_margin", 0.01), ("gate_min_cases", 2), ("rough_unmarked", False),
+        for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
                            ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None)):
             if d[k] == default:
@@ -99,8 +100,8 @@ def prepare(cfg: SimConfig) -> dict:
     budget_factor(cfg.train_budget)
     if cfg.promote not in ("auto", "always"):
         raise HilaError(f"--promote {cfg.promote}: use auto or always")
-    if cfg.strategy not in STRATEGIES:
-        raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(STRATEGIES)}")
+    if cfg.strategy not in selection.strategies():
+        raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(selection.strategies())}")
     if cfg.corrector not in rad.CORRECTORS:
         raise HilaError(f"--corrector {cfg.corrector}: use one of {', '.join(rad.CORRECTORS)}")
     if cfg.weak_marks not in rad.WEAK_MARKS:
@@ -158,8 +159,10 @@ def budget_factor(spec: str) -> Optional[float]:
 
 
 def _guess_modality(path: Path) -> str:
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    return "CT" if float(arr.min()) < -500 else "MR"
+    """The product's guess (``normalize.guess_modality``, as ``hila import`` checks it); MR when it cannot tell."""
+    img = sitk.ReadImage(str(path))
+    meta = img.GetMetaData("0008|0060") if img.HasMetaDataKey("0008|0060") else None
+    return guess_modality(sitk.GetArrayViewFromImage(img), meta) or "MR"
 
 
 def materialise(run: Path, cfg: SimConfig, plan: dict) -> float:

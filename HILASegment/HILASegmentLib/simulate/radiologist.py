@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..formats import weak
+from ..formats.voxelgrid import index_to_lps
 from ..ground import metrics
 from ..ground.errors import HilaError
 from . import registrar
@@ -206,17 +207,11 @@ def weak_marks(pred, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0, *,
                  "seconds": round(FIXED_S + BOX_S * boxes + LINE_S * lines, 1), "marks": recorded, "pseudo_dice": dice}
 
 
-def _index_to_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
-    """Physical LPS points of (n, 3) continuous ITK indices (i, j, k)."""
-    d = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    return np.asarray(image.GetOrigin(), float) + (np.asarray(ijk, float) * np.asarray(image.GetSpacing())) @ d.T
-
-
 def place_box(mask: np.ndarray, image: sitk.Image, rng: np.random.Generator) -> List[float]:
     """Two opposite corners (LPS mm) of the organ's extent (voxel centres, axis-aligned in LPS), each face moved
     outwards by N(0, BOX_JITTER_MM); never thinner than one voxel."""
     k, j, i = np.nonzero(mask)
-    corners = _index_to_lps(image, [(x, y, z) for x in (i.min(), i.max()) for y in (j.min(), j.max())
+    corners = index_to_lps(image, [(x, y, z) for x in (i.min(), i.max()) for y in (j.min(), j.max())
                                     for z in (k.min(), k.max())])
     lo = corners.min(0) - rng.normal(0.0, BOX_JITTER_MM, 3)
     hi = corners.max(0) + rng.normal(0.0, BOX_JITTER_MM, 3)
@@ -234,7 +229,7 @@ def place_lines(mask: np.ndarray, image: sitk.Image, spacing_zyx, rng: np.random
 
     def lps(rc: np.ndarray) -> np.ndarray:  # in-slice (row, col) -> LPS, through the 3-D index (k, j, i)
         zyx = np.insert(rc, ax, k, axis=1)
-        return _index_to_lps(image, zyx[:, ::-1])
+        return index_to_lps(image, zyx[:, ::-1])
 
     pts = lps(np.argwhere(m2))
     edge = lps(np.argwhere(m2 & ~ndimage.binary_erosion(m2)))

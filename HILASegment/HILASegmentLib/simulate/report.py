@@ -2,37 +2,33 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import List, Optional
 
+from ..ground.durable import atomic_write_text
+
 PLATEAU_GAIN = 0.01   # a round is the plateau when no later round's Dice is more than this above it
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_rounds(run: Path, rounds: List[dict]) -> None:
-    _atomic(run / "rounds.json", json.dumps(rounds, indent=1))
+    atomic_write_text(run / "rounds.json", json.dumps(rounds, indent=1))
     names = list(rounds[0]["test_dice"]) if rounds else []
     cols = (["round", "model_version", "cases", "effort_per_case_s", "effort_s", "cumulative_effort_s",
              "effort_fraction"] + [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names]
             + ["mean_dice", "mean_hd95", "train_s", "promoted"])
-    tmp = run / "rounds.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for r in rounds:
-            tr = r["train"] or {}
-            w.writerow([r["round"], r["model_version"], " ".join(r["cases"]), r["effort_per_case_s"], r["effort_s"],
-                        r["cumulative_effort_s"], r["effort_fraction"]]
-                       + [r["test_dice"][n] for n in names] + [r["test_hd95"][n] for n in names]
-                       + [r["mean_dice"], r["mean_hd95"], round(tr.get("seconds", 0.0), 1), tr.get("promoted")])
-    os.replace(tmp, run / "rounds.csv")
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(cols)
+    for r in rounds:
+        tr = r["train"] or {}
+        w.writerow([r["round"], r["model_version"], " ".join(r["cases"]), r["effort_per_case_s"], r["effort_s"],
+                    r["cumulative_effort_s"], r["effort_fraction"]]
+                   + [r["test_dice"][n] for n in names] + [r["test_hd95"][n] for n in names]
+                   + [r["mean_dice"], r["mean_hd95"], round(tr.get("seconds", 0.0), 1), tr.get("promoted")])
+    atomic_write_text(run / "rounds.csv", f.getvalue())
 
 
 def plateau_round(dice: List[float]) -> Optional[int]:
@@ -77,7 +73,7 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
          "train_budget": plan["key"].get("train_budget", "fixed"),
          "train_minutes_per_round": [((r.get("train") or {}).get("budget_minutes")) for r in rounds],
          "baseline": base}
-    _atomic(run / "summary.json", json.dumps(s, indent=1))
+    atomic_write_text(run / "summary.json", json.dumps(s, indent=1))
     curves(run, rounds, bdice)
     return s
 

@@ -9,12 +9,11 @@ RUN/summary.json, curves.png   see report.py
 
 One job: a round and its exact resume (replaying a killed round without double submits or a second training
 run is most of it); the run's configuration and checks (``prepare``), cohort, synthesis, the radiologist,
-strategies and the report live in their own modules.
+case selection and the report live in their own modules.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,11 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..ground import metrics
+from ..ground.durable import atomic_write_text
 from ..quality.learned import add_quality_features
 from . import radiologist as rad
-from . import report
+from . import report, selection
 from .prepare import SimConfig, budget_factor, materialise, prepare
-from .strategies import STRATEGIES
 
 #: Where a run's wall time goes (summary.json's time_split): synthesis once, then per round the test-split
 #: evaluation, training (incl. the trainer's own validation and export), inference on pool cases (strategy
@@ -37,9 +36,7 @@ TIMING_KEYS = ("synthesis_s", "evaluation_s", "training_s", "inference_s", "corr
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))  # the engine's durable write (fsync, one rename)
 
 
 class _Context:
@@ -279,15 +276,15 @@ class Simulation:
         self.progress(rnd / total, f"round {rnd}: choosing")
         ctx, chosen = None, []
         if rnd == 0 and not cfg.model:
-            chosen = STRATEGIES["random"](cand, cfg.initial, rng, None)
+            chosen = selection.draw(cand, cfg.initial, rng)
         elif rnd > 0:
             if not cand:
                 return None
             if ws.current_model() is None:  # the gate has kept no model yet (round 0's segmented nothing)
-                chosen = STRATEGIES["random"](cand, cfg.per_round, rng, None)
+                chosen = selection.draw(cand, cfg.per_round, rng)
             else:
                 ctx = _Context(self)
-                chosen = STRATEGIES[cfg.strategy](cand, cfg.per_round, rng, ctx)
+                chosen = selection.strategies()[cfg.strategy](cand, cfg.per_round, rng, ctx)
         efforts = [self.correct_and_submit(n, ids[n], rnd, ctx) for n in chosen]
         tr = None
         if chosen:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ground.errors import HilaError
 from ..models.modelcard import LabelInfo, ModelCard, read_card
-from . import budget
+from . import architectures, budget
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
@@ -35,7 +35,8 @@ class Start:
     own: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
-        self.own = self.arch.get("name") in ("UNet", "DynUNet", "SliceUNet")
+        family = architectures.ARCHITECTURES.get(self.arch.get("name"))
+        self.own = family is not None and family.own
 
 
 def line_head(ws, current):
@@ -74,7 +75,8 @@ def initial_network(ws, current, opts, snapshot) -> Start:
         if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
                 and _label_names(cur_card) == names:
             arch0 = cur_card.get("architecture") or {}
-            onnx_src = ws.model(int(arch0["onnx_from_version"])).path if arch0.get("name") == "onnx2torch" else None
+            family = architectures.ARCHITECTURES.get(arch0.get("name"))  # a converted one rebuilds from its ONNX
+            onnx_src = ws.model(int(arch0["onnx_from_version"])).path if family is not None and not family.own else None
             fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
             net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
             if not planner.CONTINUE_OPTIMIZER.get(str(cur_card.get("modality")), False):
@@ -96,12 +98,13 @@ def initial_network(ws, current, opts, snapshot) -> Start:
         return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", dict(cur_card),
                      arch, net, cur_card.get("activation") == "sigmoid")
     configuration, why = planner.choose_configuration(opts.device, getattr(opts, "config", None))
-    arch = planner.architecture(configuration, nw.default_architecture(settings.modality, len(names)))
+    base_arch = nw.default_architecture(settings.modality, len(names))
     if opts.channels:
-        arch["channels"] = [int(c) for c in opts.channels]
-        arch["strides"] = [2] * (len(arch["channels"]) - 1)
-    div = 2 ** len(arch["strides"])
-    slice_net = arch["name"] == "SliceUNet"
+        base_arch["channels"] = [int(c) for c in opts.channels]
+        base_arch["strides"] = [2] * (len(base_arch["channels"]) - 1)
+    arch = planner.architecture(configuration, base_arch, getattr(opts, "arch", None))
+    div = architectures.get(arch["name"]).divisor(arch)
+    slice_net = architectures.get(arch["name"]).per_slice
     if opts.patch_size and any(int(p) % div for p in (opts.patch_size[:2] if slice_net else opts.patch_size)):
         raise HilaError(f"--patch {list(opts.patch_size)}: each size must be a multiple of {div} for this network")
     fp = planner.fingerprint(snapshot, len(names))
@@ -158,7 +161,8 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
     """
     base, arch = start.base, start.arch
     patch = [int(p) for p in base["patch_size"]]
-    div = 2 ** len(arch.get("strides", [2, 2, 2])) if arch.get("name") in ("UNet", "SliceUNet") else 16
+    family = architectures.ARCHITECTURES.get(arch.get("name"))
+    div = family.divisor(arch) if family is not None else 16
     # own nets: windows of the training patch size (instance-norm statistics as in training)
     inference = {"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
                  "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.get("inference") or {})

@@ -23,7 +23,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +34,7 @@ from ..ground.errors import HilaError
 from ..ground.metrics import dice
 from ..inference.segmenter import Segmenter
 from ..models.modelcard import ModelCard
+from .gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 
 POLICIES = ("auto", "never", "always")
 
@@ -47,8 +48,8 @@ class GateRule:
     does not replace a model), and 20 % of the corrections held out once there are more than 10.
     """
 
-    margin: float = 0.01
-    min_cases: int = 2
+    margin: float = GATE_MARGIN
+    min_cases: int = GATE_MIN_CASES
     fraction: float = 0.2
     min_train: int = 2          # never hold out so many that fewer than this many are left to train on
 
@@ -126,35 +127,77 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
 
     ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
     """
+    res = evaluate_models([(model_path, card)], cases, labels, threads, progress, should_stop)[0]
+    if isinstance(res, HilaError):
+        raise res
+    return res
+
+
+def evaluate_models(models: Sequence[Tuple[Path, Union[None, dict, ModelCard]]], cases: Sequence[dict],
+                    labels: Sequence[Tuple[int, str]], threads: Optional[int] = None,
+                    progress: Optional[Callable] = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> List[Union[dict, HilaError]]:
+    """:func:`evaluate_model` of several models on the same ``cases``, each case read once and scored by every one
+    (the gate's candidate and current model). ``models``: (ONNX path, its card or None: the card inside the file).
+    A model that does not load or run gets its HilaError in its place; the others are still scored."""
     t0 = time.monotonic()
-    if card is not None:
-        seg = Segmenter(model_path, threads=threads, device="cpu", card=ModelCard.from_dict(card, f"{model_path} (registry card)"))
-    else:
-        seg = Segmenter(model_path, threads=threads, device="cpu")
-    by_name = {lab.name.lower(): lab.value for lab in seg.card.labels}
-    per_case: List[dict] = []
+    segs: List[Union[Segmenter, HilaError]] = []
+    spent = []
+    for path, card in models:
+        t = time.monotonic()
+        try:
+            if isinstance(card, dict):
+                card = ModelCard.from_dict(card, f"{path} (registry card)")
+            segs.append(Segmenter(path, threads=threads, device="cpu", card=card) if card is not None
+                        else Segmenter(path, threads=threads, device="cpu"))
+        except HilaError as exc:
+            segs.append(exc)
+        spent.append(time.monotonic() - t)
+    per_case: List[List[dict]] = [[] for _ in models]
     for i, c in enumerate(cases):
-        if should_stop():
+        live = [k for k, seg in enumerate(segs) if not isinstance(seg, HilaError)]
+        if should_stop() or not live:
             break
         if progress:
             progress(i / max(1, len(cases)), f"validating on {c['case_id']}")
+        t = time.monotonic()
         img = read_image(c["image_path"])
         ref = sitk.GetArrayFromImage(read_label(c["label_path"]))
-        res = seg.segment(img, where=str(c["image_path"]))
-        pred = sitk.GetArrayFromImage(res.label)
-        d = {}
-        for value, name in labels:
-            mv = by_name.get(name.lower())
-            d[name] = round(dice(pred == mv, ref == value), 4) if mv is not None else 0.0
-        per_case.append({"case_id": c["case_id"], "correction_version": c.get("correction_version"),
-                         "dice": d, "mean_dice": round(float(np.mean(list(d.values()))), 4),
-                         "seconds": round(res.seconds, 2)})
+        for k in live:
+            spent[k] += time.monotonic() - t  # each model's figure includes reading the case, as when it read it
+        for k in live:
+            seg = segs[k]
+            t = time.monotonic()
+            try:
+                res = seg.segment(img, where=str(c["image_path"]))  # type: ignore[union-attr]
+            except HilaError as exc:
+                segs[k] = exc
+                continue
+            by_name = {lab.name.lower(): lab.value for lab in seg.card.labels}  # type: ignore[union-attr]
+            pred = sitk.GetArrayFromImage(res.label)
+            d = {}
+            for value, name in labels:
+                mv = by_name.get(name.lower())
+                d[name] = round(dice(pred == mv, ref == value), 4) if mv is not None else 0.0
+            per_case[k].append({"case_id": c["case_id"], "correction_version": c.get("correction_version"),
+                                "dice": d, "mean_dice": round(float(np.mean(list(d.values()))), 4),
+                                "seconds": round(res.seconds, 2)})
+            spent[k] += time.monotonic() - t
     names = [n for _, n in labels]
-    mean = {n: round(float(np.mean([pc["dice"][n] for pc in per_case])), 4) for n in names} if per_case else {}
-    return {"model": str(model_path), "dice": mean,
-            "mean_dice": round(float(np.mean(list(mean.values()))), 4) if mean else None,
-            "cases": per_case, "seconds": round(time.monotonic() - t0, 2),
-            "labels_missing": [n for n in names if n.lower() not in by_name]}
+    out: List[Union[dict, HilaError]] = []
+    for k, (path, _) in enumerate(models):
+        seg = segs[k]
+        if isinstance(seg, HilaError):
+            out.append(seg)
+            continue
+        by_name = {lab.name.lower(): lab.value for lab in seg.card.labels}
+        rows = per_case[k]
+        mean = {n: round(float(np.mean([pc["dice"][n] for pc in rows])), 4) for n in names} if rows else {}
+        out.append({"model": str(path), "dice": mean,
+                    "mean_dice": round(float(np.mean(list(mean.values()))), 4) if mean else None,
+                    "cases": rows, "seconds": round(spent[k] if len(models) > 1 else time.monotonic() - t0, 2),
+                    "labels_missing": [n for n in names if n.lower() not in by_name]})
+    return out
 
 
 # --------------------------------------------------------------------------- the rule

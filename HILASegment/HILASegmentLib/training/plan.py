@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from ..formats.labelio import read_label
 from ..ground.errors import HilaError
+from . import architectures
 
 #: surroundings (mm) a patch shows on each side of the labelled structures
 CONTEXT_MM = 24.0
@@ -134,7 +135,7 @@ def plan(modality: str, fp: dict, divisor: int, spacing: Optional[Sequence[float
     med = np.array(fp.get("median_spacing") or floor, float)
     sp = np.array(spacing, float) if spacing else np.maximum(floor, med)
     budget = int(conf["budget"][mod])
-    slice_net = conf["arch"] == "SliceUNet"
+    slice_net = architectures.get(conf["arch"]).per_slice
     if patch:
         ps: List[int] = [int(p) for p in patch]
     else:
@@ -169,13 +170,22 @@ def _by_modality(value, modality: str):
     return value.get(modality, value.get("MR")) if isinstance(value, dict) else value
 
 
-def architecture(configuration: str, base_arch: dict) -> dict:
-    """The network dict of a fresh model of ``configuration`` (``base_arch``: the modality's 3-D U-Net)."""
-    conf = CONFIGURATIONS[configuration]
-    arch = dict(base_arch)
-    if conf["arch"] == "SliceUNet":
-        arch.update(name="SliceUNet", spatial_dims=2, context=int(conf["context"]))
-    return arch
+def architecture(configuration: str, base_arch: dict, name: Optional[str] = None) -> dict:
+    """The network dict of a fresh model of ``configuration`` (``base_arch``: the modality's 3-D U-Net; ``name``:
+    ``--arch``, else the configuration's own family), as the architecture registry makes it."""
+    return family(configuration, name).fresh(base_arch, CONFIGURATIONS[configuration])  # type: ignore[misc]
+
+
+def family(configuration: str, name: Optional[str] = None) -> architectures.Architecture:
+    """The registry's architecture for a fresh model of ``configuration``; ``--arch NAME`` must fit its patches
+    (a per-slice network for 2d/2.5d, a 3-D one for 3d_*)."""
+    own = architectures.get(CONFIGURATIONS[configuration]["arch"])
+    chosen = architectures.get(name) if name else own
+    if chosen.fresh is None or chosen.per_slice != own.per_slice:
+        raise HilaError(f"--arch {name}: use one of "
+                        f"{', '.join(a for a in architectures.choices() if architectures.get(a).per_slice == own.per_slice)}"
+                        f" with --config {configuration}")
+    return chosen
 
 
 def _check_supported(configuration: str, fp: dict, sp: np.ndarray, ps: Sequence[int], slice_net: bool,

@@ -35,6 +35,7 @@ from .candidate import candidate_card, initial_network, recipe_batch, recipe_dat
 from .gate import POLICIES, GateRule
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
+from .plan import family as plan_family
 from .plan import finetune_lr
 
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
@@ -50,6 +51,7 @@ class TrainOptions:
     promote: str = "auto"
     init: str = "auto"                 # auto (current checkpoint, else scratch) | scratch | imported (onnx2torch)
     config: str = "auto"               # a fresh model's configuration (plan.CONFIGURATIONS); auto: by device
+    arch: Optional[str] = None         # a fresh model's network (architectures registry); None: the configuration's
     steps: Optional[int] = None        # cap on optimisation steps (tests, benchmarks)
     train_minutes: Optional[float] = None  # the optimisation's own budget (hila simulate): preparing, export and
                                            # validation come on top instead of out of it, as they do of --max-minutes
@@ -81,7 +83,8 @@ class TrainOptions:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
         if self.init not in ("auto", "scratch", "imported"):
             raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
-        plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
+        configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
+        plan_family(configuration, self.arch)  # an --arch unknown or unfit for it, too
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
 
 
@@ -331,15 +334,17 @@ class _Round:
         scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
         cases = [{"case_id": s.case_id, "correction_version": int(s.correction_version),
                   "image_path": str(s.image_path), "label_path": str(s.label_path)} for s in scored]
-        probe = ex.embed_card(raw_onnx, card, tmp / "probe.onnx")  # the engine reads the card from the file
-        cand = gate.evaluate_model(probe, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
-        cur = None
-        if self.current is not None and gate_items and not self.flag():
-            try:
-                cur = gate.evaluate_model(self.current.path, cases, self.labels, threads=self.opts.threads,
-                                          should_stop=self.flag, card=self.current.card or None)
-            except HilaError as exc:
-                self.log.append(f"current model v{self.current.version} could not be validated: {exc}")
+        # one pass: each case read once, scored by the candidate (its card passed, no probe copy) and the current
+        models = [(raw_onnx, card)]
+        if self.current is not None and gate_items:
+            models.append((self.current.path, self.current.card or None))
+        cand, *rest = gate.evaluate_models(models, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
+        if isinstance(cand, HilaError):
+            raise cand
+        cur = rest[0] if rest and not self.flag() else None
+        if isinstance(cur, HilaError):
+            self.log.append(f"current model v{self.current.version} could not be validated: {cur}")
+            cur = None
         self._tick("validate_s", t)
         self.parent_eval = cur
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,

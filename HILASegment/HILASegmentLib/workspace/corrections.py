@@ -28,7 +28,7 @@ class Corrections(WorkspaceBase):
                seconds: Optional[float] = None, based_on: Optional[int] = None, strict: bool = False,
                source: Optional[str] = None, marks: Optional[dict] = None,
                also: Optional[Callable[[sqlite3.Connection, int], None]] = None,
-               modality_override: bool = False) -> Correction:
+               modality_override: bool = False, image: Optional[sitk.Image] = None) -> Correction:
         """Record a corrected label for a case as its next version (earlier versions stay).
 
         ``marks`` (weak labels): the box/lines the pseudo-mask was made from, kept in the effort JSON.
@@ -37,7 +37,8 @@ class Corrections(WorkspaceBase):
 
         ``label`` is a SimpleITK label map on the case's grid or a segfile ``Segmentation``. The
         effort (Dice per label, voxels changed) is measured against the prediction it corrects
-        (``based_on``, else the case's latest), else against the previous version.
+        (``based_on``, else the case's latest), else against the previous version. ``image``: the case's stored
+        image when the caller has read it already (read once here otherwise, for every check).
         """
         if quality not in QUALITIES:
             raise HilaError(f"quality {quality!r}: use one of {', '.join(QUALITIES)}")
@@ -50,12 +51,13 @@ class Corrections(WorkspaceBase):
                 raise HilaError(f"seconds {seconds!r}: must be a non-negative number")
         case = self.case(case_id)
         # a label of an image of another modality must not become a training correction unnoticed
-        self.check_modality(self.case_image(case.case_id), f"case {case.case_id}", modality_override)
+        image = image if image is not None else self.case_image(case.case_id)
+        self.check_modality(image, f"case {case.case_id}", modality_override)
         if isinstance(label, (str, os.PathLike)):
-            arr, img, notes = self.read_label_file(case.case_id, label, strict=strict)
+            arr, img, notes = self.read_label_file(case.case_id, label, strict=strict, reference=image)
             source = source or str(label)
         else:
-            arr, img, notes = self.validate_label(case.case_id, label, strict=strict)
+            arr, img, notes = self.validate_label(case.case_id, label, strict=strict, reference=image)
         effort = self._effort(case, arr, based_on)
         based_on = effort.get("prediction_id")
         effort.update(notes)
@@ -114,7 +116,8 @@ class Corrections(WorkspaceBase):
                                 "submitted, mark again")
 
         return self.submit(case.case_id, label, quality="weak", annotator=annotator, seconds=seconds, based_on=based_on,
-                           source="marks", marks=recorded, also=unchanged, modality_override=modality_override)
+                           source="marks", marks=recorded, also=unchanged, modality_override=modality_override,
+                           image=image)
 
     def _latest_marks(self, case_id: str) -> Tuple[Optional[int], Optional[dict]]:
         """(the case's latest correction version or None, its recorded marks when it is weak, else None)."""

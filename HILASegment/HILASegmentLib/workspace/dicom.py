@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..dicom import dicomref, dicomseg, rtstruct
+from ..dicom import dicomref, dicomseg, exportformats, rtstruct
 from ..formats.segmentation import first_overlap, overlap_error
 from ..ground.errors import HilaError
 from ..ground.labelmatch import MANUAL_SET, contour_set, match_label
@@ -240,8 +240,7 @@ class Dicom(WorkspaceBase):
         from a PACS (they are there already); ``skip``: correction ids to leave out; ``record``:
         record the files as exported (a push records only once stored).
         """
-        if fmt not in ("seg", "rtstruct"):
-            raise HilaError(f"--format {fmt}: use seg or rtstruct")
+        form = exportformats.get(fmt)
         dicomref.require()
         progress = progress or null_progress
         folder = Path(out)
@@ -284,12 +283,11 @@ class Dicom(WorkspaceBase):
             ser = self._uid(case.case_id, key, fmt, "series")
             tag = f"v{meta['correction_version']}" if not prediction else f"prediction{meta['prediction_id']}"
             path = folder / f"{stems[case.case_id]}_{tag}.{fmt}.dcm"
-            writer = dicomseg.write_seg if fmt == "seg" else rtstruct.write_rtstruct
-            writer(masks, series, path, prov, uids=(ser, sop))
+            form.write(masks, series, path, prov, uids=(ser, sop))
             if record:
                 with self.ledger.write() as con:
                     con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
-                                (sop, "", "exported", "SEG" if fmt == "seg" else "RTSTRUCT", case.case_id,
+                                (sop, "", "exported", form.modality, case.case_id,
                                  meta["correction_id"], ser, now()))
             results.append(dict(meta, case_id=case.case_id, name=case.name, file=str(path), sop_uid=sop,
                                 series_uid=ser))

@@ -30,16 +30,17 @@ class Labels(WorkspaceBase):
         return seg.to_label_image(reference=reference, values=values)
 
     def validate_label(self, case_id: str, label: Any, where: Optional[str] = None,
-                       strict: bool = False) -> Tuple[np.ndarray, sitk.Image, dict]:
+                       strict: bool = False, reference: Optional[sitk.Image] = None) -> Tuple[np.ndarray, sitk.Image, dict]:
         """Check a label against a case: same grid, known values, not empty.
 
         Returns ``(array uint8, image, notes)``. Values above the workspace's labels (e.g. femoral
         heads in a radiotherapy structure set) are dropped and listed in ``notes["ignored_values"]``,
-        or refused with ``strict``; a label with no workspace value at all is refused.
+        or refused with ``strict``; a label with no workspace value at all is refused. ``reference``: the
+        case's image when the caller has read it already (it is read here otherwise).
         """
         case = self.case(case_id)
         where = where or f"label for case {case.case_id}"
-        reference = self.case_image(case.case_id)
+        reference = reference if reference is not None else self.case_image(case.case_id)
         if isinstance(label, Segmentation):
             label = self._label_from_segmentation(label, reference, where)
         if not isinstance(label, sitk.Image):
@@ -70,8 +71,10 @@ class Labels(WorkspaceBase):
         img.CopyInformation(reference)
         return arr, img, notes
 
-    def read_label_file(self, case_id: str, path: PathLike, strict: bool = False) -> Tuple[np.ndarray, sitk.Image, dict]:
-        """Read a label map or a Slicer .seg.nrrd (segments matched to workspace labels by name) for a case."""
+    def read_label_file(self, case_id: str, path: PathLike, strict: bool = False,
+                        reference: Optional[sitk.Image] = None) -> Tuple[np.ndarray, sitk.Image, dict]:
+        """Read a label map or a Slicer .seg.nrrd (segments matched to workspace labels by name) for a case
+        (``reference``: its image, when read already)."""
         p = Path(path)
         case = self.case(case_id)
         check_readable(p)
@@ -81,7 +84,7 @@ class Labels(WorkspaceBase):
             if p.is_file() and volume_suffix(p) is None:
                 raise HilaError(f"{p}: unsupported label file type; use .nii.gz, .nrrd, .seg.nrrd, .mha")
             label = read_image(p)
-        return self.validate_label(case.case_id, label, where=str(p), strict=strict)
+        return self.validate_label(case.case_id, label, where=str(p), strict=strict, reference=reference)
 
 
 def _refuse_overlaps(seg: Segmentation, values: Dict[str, int], where: str) -> None:

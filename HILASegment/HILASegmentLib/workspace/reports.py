@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..ground.progress import ProgressFn
-from ..quality.ranking import rank_cases
+from ..quality.ranking import learned_scorer, rank_cases
+from ..quality.strategies import DEFAULT as DEFAULT_STRATEGY
 from .base import PathLike, WorkspaceBase
 from .check import check_workspace
 from .export import export_workspace
@@ -75,8 +76,9 @@ class Reports(WorkspaceBase):
             "quality": self.quality_source(next((m.version for m in models if m.status == "current"), None)),
         }
 
-    def rank(self, by: str = "quality", seed: int = 0) -> List[dict]:
-        """Cases without a reviewed correction, most in need of review first (see ``quality.rank_cases``).
+    def rank(self, by: str = DEFAULT_STRATEGY, seed: int = 0) -> List[dict]:
+        """Cases without a reviewed correction, most in need of review first, by the registered strategy ``by``
+        (``quality.strategies``; see ``quality.rank_cases``).
 
         By quality, a prediction is scored by the learned quality model of its own model version where one
         is in use (``qualitymodels``), else by its expected soft Dice."""
@@ -84,19 +86,8 @@ class Reports(WorkspaceBase):
         for c in todo:  # the ledger's model version is the one a quality model is filed under
             if isinstance(c["uncertainty"], dict):
                 c["uncertainty"] = dict(c["uncertainty"], model_version=c["latest_model_version"])
-        models: Dict[int, object] = {}
-
-        def learned(summary) -> Optional[float]:
-            v = summary.model_version
-            if v is None:
-                return None
-            if v not in models:
-                models[v] = self.quality_model(int(v))  # type: ignore[attr-defined]  (the quality-models part)
-            qm = models[v]
-            return qm.score(summary) if qm is not None and qm.in_use else None
-
-        return rank_cases(todo, by=by, scorer=learned if by == "quality" else None,
-                                   rng=np.random.default_rng(seed))
+        scorer = learned_scorer(self.quality_model)  # type: ignore[attr-defined]  (the quality-models part)
+        return rank_cases(todo, by=by, scorer=scorer, rng=np.random.default_rng(seed))
 
     def check(self, repair: bool = False) -> CheckReport:
         return check_workspace(self, repair=repair)

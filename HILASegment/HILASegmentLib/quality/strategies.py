@@ -1,0 +1,78 @@
+"""Review strategies by name: the one registry behind ``hila rank --by``, the workspace's ``rank``, Slicer's Next
+case and ``hila simulate --strategy`` (MONAI Label's ``Strategy`` idea), so the simulator measures the ranking users run.
+
+A strategy says how much a prediction needs review (higher = look first) from its stored summary and, where one is
+in use for its model version, the learned quality model's predicted Dice. ``ranking.rank_cases`` orders by it (cases
+whose need is unknown after those with one, unpredicted cases last). To add one: a ``need`` function and one
+``register(Strategy(...))`` line here, plus its test; the CLI's ``--by`` and simulate's ``--strategy`` list it.
+Light on purpose (no numpy): the command line reads the names when it builds its parser.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Optional
+
+from ..ground.errors import HilaError
+
+if TYPE_CHECKING:  # annotations only
+    from ..inference.summary import PredictionSummary
+
+NeedFn = Callable[["PredictionSummary", Optional[float]], Optional[float]]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to order unreviewed cases (see the module docstring)."""
+
+    name: str
+    help: str
+    #: ``need(summary, predicted_dice)``: how much the prediction needs review (higher first), None when unknown;
+    #: ``predicted_dice`` is the learned quality model's where ``learned`` and one is in use, else None.
+    need: NeedFn
+    learned: bool = False    # scored by the learned quality model of the prediction's own version, where in use
+    shuffled: bool = False   # in a random order (seeded) within each tier instead of by need
+    reads_predictions: bool = True  # False: needs no prediction at all (the simulator predicts nothing for it)
+
+
+STRATEGIES: Dict[str, Strategy] = {}
+#: What ``hila rank``, the workspace and Slicer's Next case use unless told otherwise.
+DEFAULT = "quality"
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` to the registry under its name (one line per strategy, below)."""
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+def get(name: str) -> Strategy:
+    """The strategy called ``name``; a HilaError naming the known ones otherwise."""
+    if name not in STRATEGIES:
+        raise HilaError(f"--by {name!r}: use one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def uncertainty_need(summary: Optional["PredictionSummary"], predicted_dice: Optional[float] = None) -> Optional[float]:
+    """The mean voxel uncertainty of the labelled region."""
+    if summary is None or not _finite(summary.mean_uncertainty):
+        return None
+    return float(summary.mean_uncertainty)
+
+
+def quality_need(summary: Optional["PredictionSummary"], predicted_dice: Optional[float] = None) -> Optional[float]:
+    """``1 - predicted Dice`` (``predicted_dice`` when given, e.g. the learned model's, else the summary's expected
+    Dice), falling back to the mean uncertainty for summaries without one."""
+    if summary is None:
+        return None
+    d = predicted_dice if predicted_dice is not None else summary.predicted_dice
+    return 1.0 - float(d) if _finite(d) else uncertainty_need(summary)
+
+
+register(Strategy("quality", "order by predicted Dice (lowest first; default)", quality_need, learned=True))
+register(Strategy("uncertainty", "mean uncertainty (highest first)", uncertainty_need))
+register(Strategy("random", "at random (--seed)", quality_need, shuffled=True, reads_predictions=False))

@@ -1,0 +1,9 @@
+"""The gate's default promotion rule, defined once: ``gate.GateRule``, ``hila train``, ``hila simulate`` and the
+simulate run's key read these (why these values: ``gate.GateRule``). Light on purpose (no numpy, no torch): the
+command line reads them when it builds its parser.
+"""
+
+#: The mean per-case Dice gain a candidate must exceed to be promoted (``--gate-margin``).
+GATE_MARGIN = 0.01
+#: Gate corrections, unseen by both models, needed before ``auto`` promotes (``--gate-min-cases``).
+GATE_MIN_CASES = 2
