@@ -390,6 +390,15 @@ def test_sequence_runner_an_optional_last_step_may_fail_and_each_result_is_kept(
     seq = SequenceRunner([bad, ok], optional=[False, True]).start()
     out = seq.wait(timeout=60)
     assert not out.ok and len(seq.results) == 1 and _json.dumps(seq.errors)
+    # Cancel while the copy runs: the submit stood, so the job is not "cancelled" (Accept again would submit twice)
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    seq = SequenceRunner([ok, slow], optional=[False, True]).start()
+    while seq.index < 1:
+        seq.poll()
+        time.sleep(0.05)
+    seq.cancel()
+    out = seq.wait(timeout=60)
+    assert out.ok and seq.results[0]["version"] == 3 and seq.errors[1] == "cancelled"
 
 
 def test_json_progress_thins_a_run_of_steps_but_writes_every_new_phase():

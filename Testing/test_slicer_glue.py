@@ -591,11 +591,12 @@ def test_keep_learning_runs_one_watching_trainer_reports_its_rounds_and_stops_on
     assert not panelstate.button_states(panelstate.PanelState(**state))["keepLearningCheckBox"]  # a manual Train runs
     toggle(False)
     assert calls[-1] == "cancel"
-    job, = [j for j, _, done in board.poll() if done]
-    models.finish(job, SimpleNamespace(result={"rounds": 2, "promoted": 1, "stopped": "signal"}))
-    assert calls[-1] == "Keep learning stopped: 2 round(s), 1 promoted."
-    models.show_learning()
+    job, = [j for j, _, done in board.poll() if done]  # cancelled: the panel's finishJob says so, no handler runs
+    models.show_learning()  # what updateButtons does after every job: the box follows the free slot
     assert not ui.keepLearningCheckBox.checked and not models.learning()
+    # a watch that ended by itself (not cancelled) reports its rounds rather than offering a candidate
+    models.finish(job, SimpleNamespace(result={"rounds": 2, "promoted": 1, "stopped": "max_rounds"}))
+    assert calls[-1] == "Keep learning stopped: 2 round(s), 1 promoted." and models.candidate is None
 
 
 def test_import_and_accept_jobs_drive_their_buttons():

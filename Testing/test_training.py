@@ -229,6 +229,37 @@ def test_gate_set_is_unseen_by_the_current_model_and_stable():
     assert split_for_gate(cases[:4], None, GateRule())[1] == []              # no current model: nothing to compare
 
 
+def test_a_kept_back_line_is_continued_only_while_it_can_still_be_gated_and_ends_at_a_rollback(tmp_path):
+    """Rounds continue the newest kept-back candidate of the current model's line (line_head), except where that would
+    leave no gate set the current model alone would have (one new correction a round after a head that trained on
+    everything: nothing would ever be promoted again), and never through a model retired after the current one."""
+    from types import SimpleNamespace
+
+    from HILASegmentLib.training.candidate import line_head
+    from HILASegmentLib.training.gate import GateRule, line_keeps_gate
+
+    ck = tmp_path / "w.pt"
+    ck.write_bytes(b"x")
+
+    def ws(*rows):
+        models = [SimpleNamespace(version=v, status=st, parent=p, checkpoint_path=ck, card={}) for v, st, p in rows]
+        return SimpleNamespace(models=lambda: models), {m.version: m for m in models}
+
+    w, m = ws((1, "current", None), (2, "candidate", 1), (3, "candidate", 2))
+    assert line_head(w, m[1]) is m[3] and line_head(w, m[1], gateable=lambda head: False) is m[1]
+    w, m = ws((1, "current", None), (2, "candidate", 1), (3, "retired", 2))  # v3 continued v2, was promoted, rolled back
+    assert line_head(w, m[1]) is m[1]
+    w, m = ws((1, "current", None), (2, "retired", 1), (3, "candidate", 1))  # a line begun after the rollback
+    assert line_head(w, m[1]) is m[3]
+    # one correction a round: current trained on a, b (no gate set); the kept-back head on a, b, c1; now c2 lands
+    cards = {"current": {"training_set": [{"case_id": c} for c in ("a", "b")]},
+             "head": {"training_set": [{"case_id": c} for c in ("a", "b", "c1")]}}
+    snap = [{"case_id": c} for c in ("a", "b", "c1", "c2")]
+    assert not line_keeps_gate(snap, cards["current"], cards["head"], GateRule())   # -> continue the current model
+    assert line_keeps_gate(snap + [{"case_id": "c3"}], cards["current"], cards["head"], GateRule())  # c2, c3 gate
+    assert line_keeps_gate(snap[:3], cards["current"], cards["head"], GateRule())   # no gate either way: continue
+
+
 def test_quality_weights():
     from HILASegmentLib.training.dataset import quality_weight
 

@@ -438,8 +438,12 @@ class SequenceRunner:
             out = self.current.outcome()
             self.results.append(out.result)
             self.errors.append(None if out.ok else (out.error or "failed"))
-            if not out.ok and self.optional[self.index] and not out.cancelled and self.index + 1 >= len(self.commands):
-                out = RunOutcome(0, False, True, None)  # the optional last step failed: the sequence did its work
+            if not out.ok and self.optional[self.index] and self.index + 1 >= len(self.commands):
+                # the optional last step failed or was cancelled: the steps before it stood (Accept's submit is in
+                # the ledger), so the sequence did its work and says what happened to the last step
+                if out.cancelled:
+                    self.errors[-1] = "cancelled"
+                out = RunOutcome(0, False, True, None)
                 out.seconds = time.monotonic() - self._started_at
                 self._outcome = out
             elif not out.ok and self.optional[self.index] and not out.cancelled:

@@ -300,31 +300,22 @@ class Assistant:
             self._cache.popitem(last=False)
         return prep, emb
 
-    def segment_slice(self, slice_255: np.ndarray, box_xyxy: Sequence[int],
-                      view: Optional[Tuple[int, int, int, int]] = None) -> np.ndarray:
-        """The boolean mask (the slice's shape) of one box (first/last column, first/last row), inside the box.
-        ``view`` (x0, y0, x1, y1, inclusive): the part of the slice the network sees (default: all of it)."""
-        h, w = slice_255.shape
-        vx0, vy0, vx1, vy1 = view if view is not None else (0, 0, w - 1, h - 1)
-        prep, emb = self._embedding(slice_255[vy0:vy1 + 1, vx0:vx1 + 1])
-        box = np.asarray(box_xyxy, np.float64) - (vx0, vy0, vx0, vy0)
-        mask = np.zeros((h, w), bool)
-        mask[vy0:vy1 + 1, vx0:vx1 + 1] = postprocess(self.sessions.decode(emb, box_to_256(prep, box)), prep)
+    def segment_slice(self, slice_255: np.ndarray, box_xyxy: Sequence[int]) -> np.ndarray:
+        """The boolean mask (the slice's shape) of one box (first/last column, first/last row), inside the box."""
+        prep, emb = self._embedding(slice_255)
+        mask = postprocess(self.sessions.decode(emb, box_to_256(prep, box_xyxy)), prep)
         x0, y0, x1, y1 = (int(v) for v in box_xyxy)
         keep = np.zeros_like(mask)
         keep[y0:y1 + 1, x0:x1 + 1] = True
         return mask & keep
 
     def segment(self, image: sitk.Image, box_lps: Sequence[float], modality: str = "auto", prompt: str = "box",
-                progress: Optional[Callable[[float, str], None]] = None, where: str = "image",
-                zoom: Optional[float] = None) -> np.ndarray:
+                progress: Optional[Callable[[float, str], None]] = None, where: str = "image") -> np.ndarray:
         """The (z, y, x) boolean mask on ``image``'s grid of the structure inside the 3-D box (LPS mm), one slice at
         a time. ``prompt``: ``box`` prompts every slice with the box's rectangle; ``propagate`` (upstream's 3-D
         recipe) prompts the middle slice with it and each further slice with its neighbour's mask's bounding
         rectangle grown by 3 pixels of the 256 frame (kept inside the box; the box's rectangle where the
-        neighbour is empty). ``zoom``: the network sees a square of ``zoom`` times the box's longer side around it
-        (:func:`zoom_view`) instead of the whole slice, so a small organ keeps its detail in the 256 frame
-        (default :data:`ZOOM`; ``0`` for the whole slice, upstream's recipe)."""
+        neighbour is empty)."""
         if prompt not in PROMPTS:
             raise HilaError(f"prompt {prompt!r}: use {' or '.join(PROMPTS)}")
         check_image(image, where)
@@ -334,14 +325,13 @@ class Assistant:
         norm = _normalised(arr, mod, lo, hi)
         out = np.zeros(arr.shape, bool)
         rect = (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
-        view = zoom_view(rect, arr.shape[1:], ZOOM if zoom is None else zoom)
         k0, k1 = int(lo[2]), int(hi[2])
         mid = (k0 + k1) // 2
         order = [(k, None) for k in range(k0, k1 + 1)] if prompt == "box" else \
             [(mid, None)] + [(k, k - 1) for k in range(mid + 1, k1 + 1)] + [(k, k + 1) for k in range(mid - 1, k0 - 1, -1)]
         for n, (k, prev) in enumerate(order):
             box = rect if prev is None else _grown_rect(out[prev], rect, norm[k].shape)
-            out[k] = self.segment_slice(norm[k], box, view)
+            out[k] = self.segment_slice(norm[k], box)
             if progress:
                 progress((n + 1) / len(order), f"slice {k}")
         return out
@@ -349,24 +339,6 @@ class Assistant:
 
 #: ``box`` first: the default (measured, scripts/bench_assist.py: propagation drifts at the organ's ends)
 PROMPTS = ("box", "propagate")
-#: the square the network sees, in multiples of the box's longer side (0: the whole slice). Measured: see zoom_view
-ZOOM = 0.0
-
-
-def zoom_view(rect: Tuple[int, int, int, int], shape: Tuple[int, int], zoom: float) -> Optional[Tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1), inclusive: a square of ``zoom`` times the box's longer side (at least 64 pixels) centred on
-    the box and moved inside the slice (``shape``: rows, columns); None (the whole slice) for ``zoom`` 0 or a square
-    as large as the slice."""
-    if not zoom:
-        return None
-    h, w = int(shape[0]), int(shape[1])
-    side = int(np.ceil(max(64.0, zoom * max(rect[2] - rect[0] + 1, rect[3] - rect[1] + 1))))
-    if side >= max(h, w):
-        return None
-    sx, sy = min(side, w), min(side, h)
-    x0 = int(np.clip(round((rect[0] + rect[2]) / 2 - sx / 2), 0, w - sx))
-    y0 = int(np.clip(round((rect[1] + rect[3]) / 2 - sy / 2), 0, h - sy))
-    return x0, y0, x0 + sx - 1, y0 + sy - 1
 
 
 def _grown_rect(mask: np.ndarray, rect: Tuple[int, int, int, int], shape: Tuple[int, int]) -> Tuple[int, int, int, int]:

@@ -6,7 +6,8 @@ scratch on ~15 slices of T2 MRI costs about 5-7 minutes, the order of magnitude 
 prostate contouring; a case accepted as predicted still costs FIXED_S for opening and reviewing it.
 The ``tolerant`` radiologist corrects a touched slice, as one does with Segment Editor's paint and erase: the
 contour redrawn is the part of the reference's boundary that lies more than the tolerance from the proposal's
-(the missing part drawn, the excess cut off along it); the rest of the proposal's contour is kept. (Until
+(the missing part drawn, the excess cut off along it). The corrected slice is then submitted as the reference's
+(a simplification: the kept part of the proposal lay within the tolerance of it). (Until
 2026-12 a touched slice cost its whole contour, so correcting a slice cost as much as drawing it and only
 slices accepted untouched saved time; ``--corrector redraw`` keeps that model for comparison.) Drawing from
 scratch and the ``exact`` corrector count the whole contour of every slice they draw. A slice that only

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -39,23 +39,27 @@ class Start:
         self.own = family is not None and family.own
 
 
-def line_head(ws, current):
+def line_head(ws, current, gateable: Optional[Callable[[object], bool]] = None):
     """The newest model of the current model's line: a candidate the gate kept back still holds the steps it
     trained, so the next round continues from it rather than throwing them away (the gate still decides what
-    users get). A line runs through candidates only: a model retired by a rollback ends it."""
+    users get). A line runs through candidates only, and any model retired after the current one (a rollback:
+    the user rejected what came after it) ends every line before it. ``gateable(head)``: whether continuing
+    ``head`` still leaves enough corrections to gate with; when it would not (a head that trained on every
+    correction, with one new correction a round) the round starts from the current model again, so the gate can
+    promote."""
     if current is None:
         return None
     models = {m.version: m for m in ws.models()}
+    rejected = max((v for v, m in models.items() if v > current.version and m.status == "retired"), default=0)
     for m in sorted(models.values(), key=lambda m: m.version, reverse=True):
-        if m.version <= current.version:
+        if m.version <= max(current.version, rejected):
             break
         v, link = m.version, m
         while link is not None and link.status == "candidate" and link.parent not in (None, v):
             v = link.parent
             if v == current.version:
-                if m.checkpoint_path is not None and Path(m.checkpoint_path).exists():
-                    return m
-                break
+                usable = m.checkpoint_path is not None and Path(m.checkpoint_path).exists()
+                return m if usable and (gateable is None or gateable(m)) else current
             link = models.get(v)
     return current
 
@@ -64,13 +68,13 @@ def _label_names(card: dict) -> List[str]:
     return [str(lab.get("name", "")).lower() for lab in card.get("labels", [])]
 
 
-def initial_network(ws, current, opts, snapshot) -> Start:
+def initial_network(ws, current, opts, snapshot, gateable: Optional[Callable[[object], bool]] = None) -> Start:
     """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
     (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
     settings = ws.settings
     names = [lab.name.lower() for lab in settings.labels]
     if current is not None and opts.init == "auto":
-        current = line_head(ws, current)
+        current = line_head(ws, current, gateable)
         cur_card = current.card or {}
         if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
                 and _label_names(cur_card) == names:

@@ -109,13 +109,25 @@ def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule
     want = max(rule.min_cases, int(round(rule.fraction * len(cases))))
     k = min(want, len(order), len(cases) - rule.min_train)
     if k < rule.min_cases:
-        return cases, [], (f"{len(eligible)} correction(s) of cases the current model has not seen "
+        return cases, [], (f"{len(eligible)} correction(s) of cases the current model "
+                           f"{'and the continued candidate have' if also_seen else 'has'} not seen "
                            f"({len(cases)} in all); the gate needs {rule.min_cases} while leaving "
                            f"{rule.min_train} to train on (--gate-min-cases)")
     gate = order[:k]
     ids = {_cid(c) for c in gate}
     return [c for c in cases if _cid(c) not in ids], gate, \
         f"{k} correction(s) neither model was trained on gate the candidate"
+
+
+def line_keeps_gate(cases: Sequence, current_card: Optional[dict], head_card: Optional[dict], rule: GateRule,
+                    seed: int = 0) -> bool:
+    """Whether a round may continue a kept-back candidate (``head_card``) rather than the current model: only when
+    that leaves a gate set wherever the current model alone would have one. A head that trained on every correction
+    (it had too few to gate with) would otherwise leave only the newest correction to gate with, one a round, and
+    nothing would ever be promoted again."""
+    def n(card):
+        return len(split_for_gate(cases, current_card, rule, seed=seed, also_seen=card)[1])
+    return n(head_card) >= rule.min_cases or n(None) < rule.min_cases
 
 
 # --------------------------------------------------------------------------- the one evaluator

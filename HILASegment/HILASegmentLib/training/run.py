@@ -190,7 +190,8 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
         raise HilaError(f"{ws.root}: no corrections to train on yet; submit some with `hila submit`")
     current = ws.current_model()
     torch.manual_seed(opts.seed)  # a fresh network's initial weights too: same corrections + seed, same model
-    start = initial_network(ws, current, opts, snapshot)
+    start = initial_network(ws, current, opts, snapshot, gateable=lambda head: gate.line_keeps_gate(
+        snapshot, current.card, head.card, rule, seed=opts.seed))
     train_items, gate_items, split_why = gate.split_for_gate(
         snapshot, current.card if current else None, rule, seed=opts.seed,
         also_seen=start.origin.card if start.origin is not None else None)
