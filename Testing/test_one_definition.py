@@ -143,7 +143,7 @@ def test_simulate_guesses_modality_as_the_product_does(tmp_path):
     import SimpleITK as sitk
 
     from HILASegmentLib.models.normalize import guess_modality
-    from HILASegmentLib.simulate.simulation import _guess_modality
+    from HILASegmentLib.simulate.prepare import _guess_modality
 
     arr = np.full((12, 16, 16), 40, np.int16)
     arr[:, :4] = -300  # fat and some air, but nothing below -500

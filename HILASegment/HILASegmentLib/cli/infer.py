@@ -234,7 +234,7 @@ def _workspace_segmenter(ws, args):
             raise HilaError(f"{args.workspace}: no current model; add one (hila init --model, or train) or give --model VERSION")
         return record.segmenter(threads=args.threads, device=args.device), record.version
     if str(args.model).strip().isdigit():
-        record = ws.model(as_int(args.model, "model version"))
+        record = ws.model(as_int(args.model, "--model: model version"))
         return record.segmenter(threads=args.threads, device=args.device), record.version
     from ..inference.segmenter import Segmenter
     from ..models.catalog import get as catalog_entry
