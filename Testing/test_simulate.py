@@ -184,6 +184,24 @@ def test_existing_run_with_another_config_is_refused_untouched(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_a_run_made_under_the_older_effort_model_is_not_resumed_under_the_new_one(tmp_path):
+    """`tolerant` changed what it charges (rad.TOLERANT_MODEL, recorded in config.json): a run whose config lacks it
+    (made before) is refused on resume instead of mixing two effort models; --corrector redraw is the old one."""
+    from HILASegmentLib.simulate.prepare import SimConfig
+
+    cfg = SimConfig(out=str(tmp_path / "run"), synthetic=str(shared("prostate_shapes", "msd")), labels="prostate=1+2")
+    key = json.loads(json.dumps(cfg.key(), default=str))
+    assert key["effort_model"] == rad.TOLERANT_MODEL and "effort_model" not in SimConfig(**dict(
+        cfg.__dict__, corrector="redraw")).key()
+    run = tmp_path / "run"
+    run.mkdir()
+    old = dict(key)
+    old.pop("effort_model")
+    (run / "config.json").write_text(json.dumps(old))
+    r = _hila("--out", str(run), "--synthetic", str(shared("prostate_shapes", "msd")), "--labels", "prostate=1+2")
+    assert r.returncode == 2 and "effort_model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def _rounds(run):
     return json.loads((run / "rounds.json").read_text())
 

@@ -72,6 +72,8 @@ class SimConfig:
                 d[k] = str(Path(d[k]).resolve())
         if d["appearance"] and Path(d["appearance"]).is_file():
             d["appearance"] = synthesis.load_appearance(d["appearance"])
+        if d["corrector"] == "tolerant":  # its effort model changed (rad.TOLERANT_MODEL): an older run is not resumed
+            d["effort_model"] = rad.TOLERANT_MODEL  # under the new one halfway
         return d
 
 

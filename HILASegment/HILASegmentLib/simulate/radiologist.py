@@ -37,6 +37,10 @@ from ..ground import metrics
 from ..ground.errors import HilaError
 from . import registrar
 
+#: what ``tolerant`` charges for a touched slice, recorded in a run's config.json (a run made under the older
+#: whole-contour model, now ``redraw``, is refused on resume rather than continued under another effort model)
+TOLERANT_MODEL = "off part of a touched slice's contour (2026-12)"
+
 FIXED_S = 30.0    # open, scroll through and accept a case (assumption)
 SLICE_S = 8.0     # select a slice, pick the segment and the tool (assumption)
 MM_S = 0.1        # per mm of contour redrawn: ~10 mm/s with a brush or pen (assumption)
