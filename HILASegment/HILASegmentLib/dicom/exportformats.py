@@ -8,9 +8,9 @@ reads the names when it builds its parser.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
-from ..ground.errors import HilaError
+from ..ground.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,13 @@ class ExportFormat:
     write: Callable[..., Any]
 
 
-EXPORT_FORMATS: Dict[str, ExportFormat] = {}
-
-
-def register(fmt: ExportFormat) -> ExportFormat:
-    """Add ``fmt`` to the registry under its name (one line per format, below)."""
-    EXPORT_FORMATS[fmt.name] = fmt
-    return fmt
+EXPORT_FORMATS: Registry[ExportFormat] = Registry()
+register = EXPORT_FORMATS.register  # one line per format, below
 
 
 def get(name: str) -> ExportFormat:
     """The export format called ``name``; a HilaError naming the known ones otherwise."""
-    if name not in EXPORT_FORMATS:
-        raise HilaError(f"--format {name}: use {' or '.join(EXPORT_FORMATS)}")
-    return EXPORT_FORMATS[name]
+    return EXPORT_FORMATS.lookup(name, lambda known: f"--format {name}: use {' or '.join(known)}")
 
 
 def help_text() -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from ..ground.errors import HilaError
+from ..ground.registry import Registry
 
 if TYPE_CHECKING:  # annotations only
     from ..inference.summary import PredictionSummary
@@ -35,22 +35,17 @@ class Strategy:
     reads_predictions: bool = True  # False: needs no prediction at all (the simulator predicts nothing for it)
 
 
-STRATEGIES: Dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry()
 #: What ``hila rank``, the workspace and Slicer's Next case use unless told otherwise.
 DEFAULT = "quality"
 
 
-def register(strategy: Strategy) -> Strategy:
-    """Add ``strategy`` to the registry under its name (one line per strategy, below)."""
-    STRATEGIES[strategy.name] = strategy
-    return strategy
+register = STRATEGIES.register  # one line per strategy, below
 
 
 def get(name: str) -> Strategy:
     """The strategy called ``name``; a HilaError naming the known ones otherwise."""
-    if name not in STRATEGIES:
-        raise HilaError(f"--by {name!r}: use one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    return STRATEGIES.lookup(name, lambda known: f"--by {name!r}: use one of {', '.join(known)}")
 
 
 def _finite(value) -> bool:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from ..ground.errors import HilaError
+from ..ground.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,21 +34,14 @@ class Architecture:
     divisor: Callable[[dict], int] = lambda arch: 2 ** len(arch.get("strides", [2, 2, 2]))
 
 
-ARCHITECTURES: Dict[str, Architecture] = {}
-
-
-def register(architecture: Architecture) -> Architecture:
-    """Add ``architecture`` to the registry under its name (one line per architecture, below)."""
-    ARCHITECTURES[architecture.name] = architecture
-    return architecture
+ARCHITECTURES: Registry[Architecture] = Registry()
+register = ARCHITECTURES.register  # one line per architecture, below
 
 
 def get(name: Optional[str], where: str = "") -> Architecture:
     """The architecture called ``name``; a HilaError naming the known ones otherwise."""
-    if name not in ARCHITECTURES:
-        raise HilaError(f"unknown network architecture {name!r}{' ' + where if where else ''}; "
-                        f"known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+    return ARCHITECTURES.lookup(name, lambda known: f"unknown network architecture {name!r}"
+                                f"{' ' + where if where else ''}; known: {', '.join(known)}")
 
 
 def choices() -> list:
