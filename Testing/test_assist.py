@@ -14,6 +14,7 @@ from conftest import shared
 
 from HILASegmentLib.cli import assist as cli_assist
 from HILASegmentLib.cli import main
+from HILASegmentLib.formats import weak
 from HILASegmentLib.formats.segfile import read_segmentation, write_segmentation
 from HILASegmentLib.formats.segmentation import Segmentation
 from HILASegmentLib.ground import metrics
@@ -156,6 +157,43 @@ def test_replace_redraws_one_segment_inside_the_box_only(tmp_path, monkeypatch, 
     p0, p1 = before.mask_array("prostate"), after.mask_array("prostate")
     assert np.array_equal(p1[~inside], p0[~inside])
     assert np.array_equal(p1[inside], Square().segment(sitk.ReadImage(str(image)), box)[inside])
+
+
+def test_ellipse_prompt_gives_each_slice_its_section_of_the_box_ellipsoid(monkeypatch):
+    """``--prompt ellipse``: each slice is prompted with the bounding rectangle of the box's inscribed ellipsoid on
+    that slice (2 pixels grown, inside the box), so the organ's end slices get small boxes and the middle slice the
+    whole box; ``box`` prompts every slice with the whole rectangle. The networks are a recording stand-in."""
+    image = sitk.ReadImage(str(DATA / "pelvic_ct_small.nrrd"))
+    lab = sitk.ReadImage(str(DATA / "pelvic_ct_small_labels.nii.gz"))
+    box = corner_box(lab, 2)
+    lo, hi = assist.box_block(image, box)
+    seen = {}
+
+    a = assist.Assistant.__new__(assist.Assistant)
+    a.segment_slice = lambda sl, rect: seen.setdefault(len(seen), tuple(int(v) for v in rect)) and \
+        np.zeros(sl.shape, bool)
+    a.segment(image, box, prompt="ellipse")
+    ell = weak.box_mask(image, box, refine=False)
+    ks = [k for k in range(int(lo[2]), int(hi[2]) + 1) if ell[k].any()]
+    assert len(seen) == len(ks) >= 3
+    whole = (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
+    for n, k in enumerate(ks):
+        ys, xs = np.nonzero(ell[k])
+        want = (max(whole[0], xs.min() - 2), max(whole[1], ys.min() - 2), min(whole[2], xs.max() + 2),
+                min(whole[3], ys.max() + 2))
+        assert seen[n] == want, k
+    area = [(r[2] - r[0]) * (r[3] - r[1]) for r in seen.values()]
+    assert area[0] < max(area) and area[-1] < max(area)  # the ends are prompted with smaller boxes
+    seen.clear()
+    a.segment(image, box)  # the default
+    assert set(seen.values()) == {whole} and len(seen) == int(hi[2] - lo[2] + 1)
+
+
+def test_unknown_prompt_is_refused_before_the_assistant_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli_assist, "get_assistant", lambda *a, **k: pytest.fail("loaded the assistant"))
+    lab = sitk.ReadImage(str(DATA / "pelvic_ct_small_labels.nii.gz"))
+    _refused(capsys, tmp_path, DATA / "pelvic_ct_small.nrrd", box_arg(corner_box(lab, 2)), "--prompt", "circle",
+             expect="--prompt 'circle'")
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the assistant's speed per slice.
 Marks per case and organ (prostate, bladder, rectum): a tight box (the organ's voxel corners), jittered boxes
 and RECIST lines placed by the simulated radiologist (``simulate.radiologist.place_box`` / ``place_lines``,
 their documented jitter) over --seeds seeds. Builders: the ellipsoid (``weak.box_mask``), the assistant
-prompting every slice with the box (``box``), and, from the tight box only, the assistant propagating
+prompting each slice with the rectangle of the box's inscribed ellipsoid on it (``ellipse``) or with the box
+(``box``), and, from the tight box only, the assistant propagating
 from the middle slice (``propagate``, upstream's 3-D recipe). Prints mean ± sd Dice per organ and mark, the speed (first box on a slice: encoder + decoder;
 a second box on the same slice: decoder only, the encoding cached), the ellipsoid's time, and the drawing time
 of the effort model for comparison. State the machine's load with the figures: ``uptime`` is printed.
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
                 ell = weak.box_mask(image, box)
                 speed["ellipsoid_s"].append(time.perf_counter() - t)
                 rows.append({"case": case, "organ": organ, "marks": kind, "builder": "ellipsoid", "dice": dice(ell, ref)})
-                for prompt in (assist.PROMPTS if kind == "tight box" else ("box",)):
+                for prompt in (assist.PROMPTS if kind == "tight box" else ("ellipse", "box")):
                     enc0, t = a.encoded, time.perf_counter()
                     m = a.segment(image, box, prompt=prompt)
                     dt, n_enc = time.perf_counter() - t, a.encoded - enc0
@@ -95,12 +96,13 @@ def main(argv=None) -> int:
             last = [r for r in rows if r["case"] == case and r["organ"] == organ and r["marks"] == "tight box"]
             print(f"{case} {organ} tight box: " + ", ".join(f"{r['builder']} {r['dice']:.3f}" for r in last), flush=True)
     print()
-    print("| organ | marks | ellipsoid | assistant (box) | assistant (propagate) |")
-    print("|---|---|---|---|---|")
+    builders = ["ellipsoid"] + [f"assistant ({p})" for p in assist.PROMPTS]
+    print("| organ | marks | " + " | ".join(builders) + " |")
+    print("|---" * (len(builders) + 2) + "|")
     for _, organ in ORGANS:
         for kind in ("tight box", "jittered box", "lines"):
             cells = []
-            for b in ("ellipsoid", "assistant (box)", "assistant (propagate)"):
+            for b in builders:
                 d = [r["dice"] for r in rows if r["organ"] == organ and r["marks"] == kind and r["builder"] == b]
                 cells.append(f"{np.mean(d):.3f} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3f} (n={len(d)})" if d else "–")
             print(f"| {organ} | {kind} | " + " | ".join(cells) + " |")

@@ -1,6 +1,6 @@
 """``hila assist``: a box becomes a mask (LiteMedSAM, box-prompted, slice by slice, on the exact input grid).
 
-    hila assist IMAGE --box X0,Y0,Z0,X1,Y1,Z1 --out OUT.seg.nrrd [--label NAME] [--prompt box|propagate]
+    hila assist IMAGE --box X0,Y0,Z0,X1,Y1,Z1 --out OUT.seg.nrrd [--label NAME] [--prompt box|ellipse|propagate]
     hila assist IMAGE --box ... --seg IN.seg.nrrd --replace NAME --out OUT.seg.nrrd   # redraw NAME inside the box
 
 The box is two opposite corners in mm, LPS (as ``hila submit --box``; RAS with ``--ras``). With ``--seg`` and
@@ -30,9 +30,11 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default=None, help="name of the new segment (default: assist; with --replace: NAME)")
     p.add_argument("--seg", type=Path, default=None, help="an existing .seg.nrrd on the image's grid to edit")
     p.add_argument("--replace", default=None, metavar="NAME", help="with --seg: redraw this segment inside the box")
-    p.add_argument("--prompt", default="box", choices=["box", "propagate"],
-                   help="box (default: every slice prompted with the box's rectangle) or propagate (upstream's 3-D "
-                   "recipe: the middle slice from the box, each further slice from its neighbour's mask; measured worse)")
+    p.add_argument("--prompt", default=None, metavar="box|ellipse|propagate",
+                   help="box (default: every slice prompted with the box's rectangle), ellipse (each slice with the "
+                   "rectangle of the box's inscribed ellipsoid on it: better from tight boxes) or propagate (upstream's "
+                   "3-D recipe: the middle slice from the box, each further slice from its neighbour's mask); "
+                   "measured by scripts/bench_assist.py")
     p.add_argument("--ras", action="store_true", help="--box points are RAS (Slicer) instead of LPS")
     p.add_argument("--threads", type=argtypes.integer(1), default=None, help="onnxruntime threads (default: up to 4)")
     p.set_defaults(func=cmd_assist)
@@ -91,6 +93,9 @@ def cmd_assist(args) -> int:
     image = read_image(args.image)
     assist.check_image(image, str(args.image))
     lo, hi = assist.box_block(image, box, "--box")
+    prompt = args.prompt or assist.PROMPTS[0]
+    if prompt not in assist.PROMPTS:
+        raise HilaError(f"--prompt {prompt!r}: use {', '.join(assist.PROMPTS)}")
     seg = None
     if args.seg is not None:
         seg = read_segmentation(args.seg)
@@ -100,7 +105,7 @@ def cmd_assist(args) -> int:
         old = seg.segment(args.replace)  # HilaError naming the segments when there is no such one
     a = get_assistant(args.threads)
     with progress_for(args, "assist") as prog:
-        mask = a.segment(image, box, prompt=args.prompt, progress=prog, where=str(args.image))
+        mask = a.segment(image, box, prompt=prompt, progress=prog, where=str(args.image))
     tags = {"HILA.Assistant": a.name, "HILA.AssistBox": ",".join(f"{v:.2f}" for v in box)}
     if seg is None:
         name = args.label or "assist"
