@@ -55,6 +55,9 @@ REAL = {"ct": [(d.name, d / "ct.nii.gz", d / "labels_manual.nii.gz") for d in so
 CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              "synth_uncertainty": ["--strategy", "uncertainty"],
              "synth_quality": ["--strategy", "quality"],
+             # the tolerant radiologist with the box assistant; the models are synth_random's own (both submit the
+             # reference's slices), and each case's effort carries what tolerant charges for the same proposal
+             "synth_box": ["--strategy", "random", "--corrector", "box"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
              "prostatex_rotations": ["--labels", "prostate=1", *TINY]}
 
@@ -166,6 +169,7 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
                       "effort_fraction": [r["effort_fraction"] for r in at],
                       "cleared": [sum(bool(e.get("cleared")) for e in r["efforts"]) / max(1, len(r["efforts"])) for r in at],
                       "steps": [float((r.get("train") or {}).get("steps") or 0) for r in at],
+                      "vs_tolerant": [r["effort_vs_tolerant"] for r in at if r.get("effort_vs_tolerant") is not None],
                       "vs_scratch": [v for s, d in seeds.items() if len(d["rounds"]) > i
                                      for v in [_vs_scratch(runs / f"{name}_s{s}", d["rounds"][i])] if v is not None]})
     return {"name": name, "seeds": seeds, "table": table}
@@ -173,13 +177,14 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
 
 def print_campaign(agg: dict) -> None:
     print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
+    paired = any(row["vs_tolerant"] for row in agg["table"])
     print("| round | seeds | test Dice | s per case | effort / same cases from scratch | proposals cleared | "
-          "cumulative effort / full | training steps |")
-    print("|---:|---:|---|---|---|---|---|---|")
+          "cumulative effort / full | training steps |" + (" effort / tolerant on the same proposals |" if paired else ""))
+    print("|---:|---:|---|---|---|---|---|---|" + ("---|" if paired else ""))
     for row in agg["table"]:
         print(f"| {row['round']} | {row['n']} | {_ms(row['dice'])} | {_ms(row['effort_per_case_s'])} | "
               f"{_ms(row['vs_scratch'], 2)} | {_ms(row['cleared'])} | {_ms(row['effort_fraction'])} | "
-              f"{_ms(row['steps'], 0)} |")
+              f"{_ms(row['steps'], 0)} |" + (f" {_ms(row['vs_tolerant'], 2)} |" if paired else ""))
     late = [r for r in agg["table"] if r["round"] >= 3]
     if late:
         cleared = [c for r in late for c in r["cleared"]]

@@ -34,7 +34,8 @@ def register(sub, parent) -> None:
     p.add_argument("--strategy", default="random", help="sequential (the pool in order) or a strategy of hila rank --by: "
                    + " | ".join(strategies.STRATEGIES))
     p.add_argument("--corrector", default="tolerant", help="tolerant (correct slices off by > tolerance: "
-                   "the off part of the contour is redrawn) | redraw (the whole contour of such slices) | exact | weak "
+                   "the off part of the contour is redrawn) | redraw (the whole contour of such slices) | exact | box (as tolerant, "
+                   "each off slice first redrawn by the box assistant from a 2-D box; needs hila assist installed) | weak "
                    "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
     p.add_argument("--weak-marks", default="box", help="--corrector weak: box | lines | mixed (a coin per label)")
     p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)

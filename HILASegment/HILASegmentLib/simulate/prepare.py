@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
+from ..inference import boxassist
 from ..models.normalize import guess_modality
 from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 from . import cohort as co
@@ -106,6 +107,8 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(selection.strategies())}")
     if cfg.corrector not in rad.CORRECTORS:
         raise HilaError(f"--corrector {cfg.corrector}: use one of {', '.join(rad.CORRECTORS)}")
+    if cfg.corrector == "box":
+        boxassist.verify(boxassist.assist_dir())  # not installed: one line saying how, before any run row
     if cfg.weak_marks not in rad.WEAK_MARKS:
         raise HilaError(f"--weak-marks {cfg.weak_marks}: use one of {', '.join(rad.WEAK_MARKS)}")
     if cfg.corrector == "weak" and cfg.rough_rate:

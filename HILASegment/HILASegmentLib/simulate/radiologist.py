@@ -1,4 +1,4 @@
-"""The simulated radiologist: a corrector (tolerant | exact | weak, registered by name) and the effort model.
+"""The simulated radiologist: a corrector (tolerant, redraw, exact, box, weak; registered by name), the effort model.
 
 Effort model (seconds = FIXED_S per case + SLICE_S per touched slice + MM_S per mm of contour redrawn).
 The constants are ASSUMPTIONS, not fitted to a study: they are set so that drawing a prostate gland from
@@ -15,6 +15,12 @@ needs erasing (nothing to draw) costs SLICE_S alone (select the segment on the s
 would cost more than clearing it (one SLICE_S) and drawing the case from scratch, the radiologist does
 that instead: a useless proposal never costs more than no proposal.
 
+The ``box`` corrector is ``tolerant`` with the box assistant (``hila assist``): on a touched slice a label whose
+off part would take longer to draw than a box (MM_S per mm vs SLICE_BOX_S) is first redrawn by the assistant from
+a 2-D box around the reference (jittered as the weak corrector's boxes), then by hand where it is still off;
+each box costs SLICE_BOX_S (an assumption). The assistant's slice may be worse than the proposal's: the box
+was spent anyway.
+
 The ``weak`` corrector draws nothing: per label it places a box or RECIST lines (a long and a short
 diameter) from the reference, with jitter, and the pseudo-mask is built from them by ``weak.pseudo_label``,
 the builder of ``hila submit --box/--lines``. It costs FIXED_S + BOX_S per box + LINE_S per line, ignores
@@ -25,7 +31,7 @@ the longest chord perpendicular to it) in the slice where the organ is largest, 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +41,7 @@ from ..formats import weak
 from ..formats.voxelgrid import index_to_lps
 from ..ground import metrics
 from ..ground.errors import HilaError
+from ..inference import boxassist
 from . import registrar
 
 #: what ``tolerant`` charges for a touched slice, recorded in a run's config.json (a run made under the older
@@ -46,6 +53,7 @@ SLICE_S = 8.0     # select a slice, pick the segment and the tool (assumption)
 MM_S = 0.1        # per mm of contour redrawn: ~10 mm/s with a brush or pen (assumption)
 
 BOX_S = 15.0           # one box: find an organ's first and last slice and drag a 3-D ROI around it (assumption)
+SLICE_BOX_S = 4.0      # one 2-D box on a slice for the box assistant (--corrector box): drag it, wait (assumption)
 LINE_S = 8.0           # one diameter line on the organ's largest slice; RECIST takes two per organ (assumption)
 BOX_JITTER_MM = 2.0    # sd of each box face around the organ's extent (assumption)
 LINE_JITTER_MM = 1.5   # sd of each line end point, in the slice plane (assumption)
@@ -90,12 +98,13 @@ def boundary_distance_mm(a: np.ndarray, b: np.ndarray, sp2d) -> float:
     return float(max(da[ea].max(), db[eb].max()))
 
 
-def seconds(slices: int, mm: float) -> float:
-    return FIXED_S + SLICE_S * slices + MM_S * mm
+def seconds(slices: int, mm: float, boxes: int = 0) -> float:
+    return FIXED_S + SLICE_S * slices + MM_S * mm + SLICE_BOX_S * boxes
 
 
-def _effort(slices: int, mm: float) -> dict:
-    return {"slices": int(slices), "contour_mm": round(mm, 1), "seconds": round(seconds(slices, mm), 1)}
+def _effort(slices: int, mm: float, boxes: int = 0) -> dict:
+    out = {"slices": int(slices), "contour_mm": round(mm, 1), "seconds": round(seconds(slices, mm, boxes), 1)}
+    return dict(out, slice_boxes=int(boxes)) if boxes else out
 
 
 def draw_from_scratch(ref: np.ndarray, spacing_zyx) -> dict:
@@ -147,17 +156,23 @@ def redraw(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float =
     return _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=True)
 
 
-def _tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float, whole: bool) -> Tuple[np.ndarray, dict]:
+#: (slice index along the slice axis, the reference's 2-D mask of one label) -> the box assistant's 2-D mask
+SliceBoxer = Callable[[int, np.ndarray], np.ndarray]
+
+
+def _tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float, whole: bool,
+              boxer: Optional[SliceBoxer] = None) -> Tuple[np.ndarray, dict]:
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
     out = pred.copy()
     values = [int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v]
-    slices, mm = 0, 0.0
+    slices, mm, boxes = 0, 0.0, 0
     for k in range(ref.shape[ax]):
         p, r = np.take(pred, k, axis=ax), np.take(ref, k, axis=ax)
         if not p.any() and not r.any():
             continue
-        if all(boundary_distance_mm(p == v, r == v, sp2d) <= tolerance_mm for v in values):
+        off = [v for v in values if boundary_distance_mm(p == v, r == v, sp2d) > tolerance_mm]
+        if not off:
             continue
         idx = [slice(None)] * ref.ndim
         idx[ax] = k
@@ -165,9 +180,42 @@ def _tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: floa
         slices += 1
         if whole:  # erasing a slice: select + delete, no drawing
             mm += sum(contour_mm(r == v, sp2d) for v in values)
-        else:
-            mm += sum(off_contour_mm(p == v, r == v, sp2d, tolerance_mm) for v in values)
-    return _or_from_scratch((out, _effort(slices, mm)), ref, spacing_zyx)
+            continue
+        for v in values:
+            by_hand = off_contour_mm(p == v, r == v, sp2d, tolerance_mm)
+            if boxer is not None and v in off and MM_S * by_hand > SLICE_BOX_S:  # a box, then the hand where still off
+                by_hand, boxes = off_contour_mm(boxer(k, r == v), r == v, sp2d, tolerance_mm), boxes + 1
+            mm += by_hand
+    return _or_from_scratch((out, _effort(slices, mm, boxes)), ref, spacing_zyx)
+
+
+@register_corrector("box")
+def box_assisted(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0, *, image: sitk.Image,
+                 rng: np.random.Generator, **_) -> Tuple[np.ndarray, dict]:
+    """As ``tolerant``, but a label off on a touched slice by more contour than a box is worth (MM_S per mm against
+    SLICE_BOX_S: the radiologist sees how far off it is) is first redrawn by the box assistant from a 2-D box around
+    the reference on that slice (each side N(0, BOX_JITTER_MM) outwards); by hand then only the part of the contour
+    still off by more than the tolerance. Costs SLICE_BOX_S per box on top of ``tolerant``'s model; the effort also
+    carries ``tolerant_s``, what ``tolerant`` charges for the same proposal."""
+    assistant = boxassist.shared_assistant()  # HilaError with the install line when it is not installed
+    ax = slice_axis(spacing_zyx)
+    sp2d = _inplane(spacing_zyx, ax)
+    arr = sitk.GetArrayViewFromImage(image)
+    norm = boxassist.intensity_0_255(arr, boxassist.guess_modality(image))
+
+    def boxer(k: int, r2d: np.ndarray) -> np.ndarray:
+        rows, cols = np.nonzero(r2d)
+        step = np.asarray([sp2d[1], sp2d[0], sp2d[1], sp2d[0]], float)  # x (columns), y (rows) pixel sizes
+        grow = rng.normal(0.0, BOX_JITTER_MM, 4) / step  # as place_box: each side moved outwards by N(0, sd)
+        h, w = r2d.shape
+        rect = (max(0, int(round(cols.min() - grow[0]))), max(0, int(round(rows.min() - grow[1]))),
+                min(w - 1, int(round(cols.max() + grow[2]))), min(h - 1, int(round(rows.max() + grow[3]))))
+        return assistant.segment_slice(np.take(norm, k, axis=ax), rect)
+
+    label, eff = _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=False, boxer=boxer)
+    # paired: what ``tolerant`` charges for the same proposal (both submit the reference's slices, so a run's
+    # models are the same either way and this ratio is the box's saving alone)
+    return label, dict(eff, tolerant_s=_tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=False)[1]["seconds"])
 
 
 @register_corrector("exact")

@@ -66,6 +66,8 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
          "effort_fraction_at_95pct_baseline": frac95, "plateau_round": plateau_round(dice),
          "effort_per_case_per_round": [r["effort_per_case_s"] for r in rounds],
          "effort_vs_scratch_per_round": [r.get("effort_vs_scratch") for r in rounds],
+         **({"effort_vs_tolerant_per_round": [r.get("effort_vs_tolerant") for r in rounds]}
+            if any("effort_vs_tolerant" in r for r in rounds) else {}),
          "effort_fraction_per_round": [r["effort_fraction"] for r in rounds],
          "full_annotation_effort_s": round(full_s, 1), "rounds": len(rounds),
          "test_cases": [c.case for c in plan["test"]], "pool_size": len(plan["pool"]),

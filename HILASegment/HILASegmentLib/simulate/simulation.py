@@ -299,10 +299,12 @@ class Simulation:
         ev = self.evaluate(ws, rounds[-1] if rounds else None)
         sec = [e["seconds"] for e in efforts]
         rel = [e["seconds"] / e["scratch_s"] for e in efforts if e.get("scratch_s")]
+        vs_tol = [e["seconds"] / e["tolerant_s"] for e in efforts if e.get("tolerant_s")]  # --corrector box
         cum = (rounds[-1]["cumulative_effort_s"] if rounds else 0.0) + sum(sec)
         return {"round": rnd, "model_version": ev["model_version"], "cases": chosen, "efforts": efforts,
                 "effort_s": round(sum(sec), 1), "effort_per_case_s": round(float(np.mean(sec)), 1) if sec else None,
                 "effort_vs_scratch": round(float(np.mean(rel)), 3) if rel else None,
+                **({"effort_vs_tolerant": round(float(np.mean(vs_tol)), 3)} if vs_tol else {}),
                 "cumulative_effort_s": round(cum, 1), "effort_fraction": round(cum / full, 4) if full else None,
                 "test_dice": ev["dice"], "test_hd95": ev["hd95"], "mean_dice": ev["mean_dice"],
                 "mean_hd95": ev["mean_hd95"], "train": tr,
