@@ -17,9 +17,9 @@ that instead: a useless proposal never costs more than no proposal.
 
 The ``box`` corrector is ``tolerant`` with the box assistant (``hila assist``): on a touched slice a label whose
 off part would take longer to draw than a box (MM_S per mm vs SLICE_BOX_S) is first redrawn by the assistant from
-a 2-D box around the reference (jittered as the weak corrector's boxes), then by hand where it is still off;
-each box costs SLICE_BOX_S (an assumption). The assistant's slice may be worse than the proposal's: the box
-was spent anyway.
+a 2-D box around the reference (jittered as the weak corrector's boxes); where the assistant's slice is off by
+more than the proposal's the radiologist undoes it (the box was spent anyway), then redraws by hand what is still
+off; each box costs SLICE_BOX_S (an assumption).
 
 The ``weak`` corrector draws nothing: per label it places a box or RECIST lines (a long and a short
 diameter) from the reference, with jitter, and the pseudo-mask is built from them by ``weak.pseudo_label``,
@@ -183,8 +183,8 @@ def _tolerant(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: floa
             continue
         for v in values:
             by_hand = off_contour_mm(p == v, r == v, sp2d, tolerance_mm)
-            if boxer is not None and v in off and MM_S * by_hand > SLICE_BOX_S:  # a box, then the hand where still off
-                by_hand, boxes = off_contour_mm(boxer(k, r == v), r == v, sp2d, tolerance_mm), boxes + 1
+            if boxer is not None and v in off and MM_S * by_hand > SLICE_BOX_S:  # a box; its slice kept if closer
+                by_hand, boxes = min(by_hand, off_contour_mm(boxer(k, r == v), r == v, sp2d, tolerance_mm)), boxes + 1
             mm += by_hand
     return _or_from_scratch((out, _effort(slices, mm, boxes)), ref, spacing_zyx)
 
@@ -194,9 +194,10 @@ def box_assisted(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: f
                  rng: np.random.Generator, **_) -> Tuple[np.ndarray, dict]:
     """As ``tolerant``, but a label off on a touched slice by more contour than a box is worth (MM_S per mm against
     SLICE_BOX_S: the radiologist sees how far off it is) is first redrawn by the box assistant from a 2-D box around
-    the reference on that slice (each side N(0, BOX_JITTER_MM) outwards); by hand then only the part of the contour
-    still off by more than the tolerance. Costs SLICE_BOX_S per box on top of ``tolerant``'s model; the effort also
-    carries ``tolerant_s``, what ``tolerant`` charges for the same proposal."""
+    the reference on that slice (each side N(0, BOX_JITTER_MM) outwards); the radiologist keeps the assistant's
+    slice where it is off by less than the proposal's (undoes it otherwise) and then redraws by hand the part of the
+    contour still off by more than the tolerance. Costs SLICE_BOX_S per box on top of ``tolerant``'s model; the
+    effort also carries ``tolerant_s``, what ``tolerant`` charges for the same proposal."""
     assistant = boxassist.shared_assistant()  # HilaError with the install line when it is not installed
     ax = slice_axis(spacing_zyx)
     sp2d = _inplane(spacing_zyx, ax)
