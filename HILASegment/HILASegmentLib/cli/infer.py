@@ -41,7 +41,18 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--review-map", type=Path, default=None,
                    help="also write the likely-error map (per-voxel probability the label is wrong, 0..1) here; "
                    "the .seg.nrrd then holds a 'Review: likely error' segment in its own layer")
+    p.add_argument("--second-opinion", action="store_true",
+                   help="also redraw each predicted label with the box assistant (hila assist) from the prediction's "
+                   "own per-slice rectangles and record its agreement as a quality feature (~1 s per slice on a CPU)")
     p.set_defaults(func=cmd_infer)
+
+
+def _second_opinion(args):
+    """The box assistant for ``--second-opinion`` (checked before any work: not installed is one line), else None."""
+    if not args.second_opinion:
+        return None
+    from ..inference import boxassist
+    return boxassist.shared_assistant()
 
 
 def _check_out(path: Path, what: str, seg_ok: bool = True) -> None:
@@ -99,9 +110,11 @@ def _infer_file(args, t0: float) -> int:
     for out in (args.out, args.uncertainty, args.review_map):  # every output on the image's grid, before any work
         if out is not None:
             check_format_holds(image, out)
+    assistant = _second_opinion(args)
     seg = Segmenter(args.model, threads=args.threads, device=args.device)
     with progress_for(args, "hila infer") as progress:
-        result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=str(args.image)), image)
+        result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress, where=str(args.image)), image,
+                                      assistant, progress)
     if args.review_map is None:
         result.review_map = None  # the review segment only when asked for
     written = _write_maps(result, args)  # the maps first: one that cannot be written leaves no --out behind
@@ -186,13 +199,14 @@ def _infer_workspace(args, t0: float) -> int:
         if not args.out.name.lower().endswith(".seg.nrrd"):
             raise HilaError(f"{args.out}: in the workspace form --out is the prediction as a .seg.nrrd")
     _check_maps(args)
+    assistant = _second_opinion(args)
     with Workspace.open(args.workspace) as ws:
         case = ws.case(args.case)
         seg, version = _workspace_segmenter(ws, args)
         image = ws.case_image(case.case_id)
         with progress_for(args, "hila infer") as progress:
             result = add_quality_features(seg.segment(image, tta=args.tta, progress=progress,
-                                                      where=f"case {case.case_id}"), image)
+                                                      where=f"case {case.case_id}"), image, assistant, progress)
         for out in (args.uncertainty, args.review_map):  # every output on the image's grid, before anything is stored
             if out is not None:
                 check_format_holds(image, out)

@@ -332,7 +332,7 @@ class Assistant:
         lo, hi = box_block(image, box_lps)
         mod = guess_modality(image) if modality == "auto" else modality.upper()
         arr = sitk.GetArrayViewFromImage(image)
-        norm = _normalised(arr, mod, lo, hi)
+        norm = normalised(arr, mod, int(lo[2]), int(hi[2]))
         out = np.zeros(arr.shape, bool)
         rect = (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
         k0, k1 = int(lo[2]), int(hi[2])
@@ -342,11 +342,11 @@ class Assistant:
         sections = _ellipsoid_sections(image, box_lps) if prompt == "ellipse" else None
         for n, (k, prev) in enumerate(order):
             if sections is not None:
-                box = _grown_rect(sections[k], rect, norm[k].shape, grow=2)
+                box = grown_rect(sections[k], rect, norm[k].shape, grow=2)
                 if sections[k].any():
                     out[k] = self.segment_slice(norm[k], box)
             else:
-                box = rect if prev is None else _grown_rect(out[prev], rect, norm[k].shape)
+                box = rect if prev is None else grown_rect(out[prev], rect, norm[k].shape)
                 out[k] = self.segment_slice(norm[k], box)
             if progress:
                 progress((n + 1) / len(order), f"slice {k}")
@@ -362,7 +362,7 @@ def _ellipsoid_sections(image: sitk.Image, box_lps: Sequence[float]) -> Optional
         return None
 
 
-def _grown_rect(mask: np.ndarray, rect: Tuple[int, int, int, int], shape: Tuple[int, int],
+def grown_rect(mask: np.ndarray, rect: Tuple[int, int, int, int], shape: Tuple[int, int],
                 grow: Optional[int] = None) -> Tuple[int, int, int, int]:
     """The bounding rectangle of ``mask`` grown by ``grow`` pixels (default: 3 pixels of the 256 frame), inside
     ``rect``; ``rect`` when empty."""
@@ -374,11 +374,11 @@ def _grown_rect(mask: np.ndarray, rect: Tuple[int, int, int, int], shape: Tuple[
             min(rect[2], int(xs.max()) + g), min(rect[3], int(ys.max()) + g))
 
 
-def _normalised(arr: np.ndarray, modality: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """0..255 intensities of the slices the box spans (others left zero; MR percentiles over the whole volume)."""
+def normalised(arr: np.ndarray, modality: str, k0: int, k1: int) -> np.ndarray:
+    """0..255 intensities (z, y, x) of slices k0..k1 (others left zero; MR percentiles over the whole volume)."""
     out = np.zeros(arr.shape, np.float32)
     if modality == "CT":
-        out[lo[2]:hi[2] + 1] = intensity_0_255(arr[lo[2]:hi[2] + 1], "CT")
+        out[k0:k1 + 1] = intensity_0_255(arr[k0:k1 + 1], "CT")
     else:
         out[:] = intensity_0_255(arr, "MR")
     return out

@@ -96,10 +96,14 @@ def prediction_features(err: np.ndarray, label: np.ndarray, image: np.ndarray, s
     return {k: round(float(v), 6) for k, v in out.items()}
 
 
-def add_quality_features(result: InferenceResult, image: sitk.Image) -> InferenceResult:
+def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: Optional[Any] = None,
+                         progress: Optional[Any] = None) -> InferenceResult:
     """Add a fresh prediction's features (``summary["quality_features"]``) and return it: computed here, after
     inference, from what the Segmenter returned (review map, label map, expected Dice per label) and the image, so
-    the inference layer never needs the quality layer. Every prediction that is stored or ranked goes through it."""
+    the inference layer never needs the quality layer. Every prediction that is stored or ranked goes through it.
+    With the box ``assistant`` (``hila infer --second-opinion``) the features also hold ``assistant_agreement``
+    (mean over the predicted labels, ``secondopinion``) and each label's ``assistant_agreement:<name>``; they are
+    recorded, not (yet) read by the regressor."""
     if result.review_map is None or result.box is None:
         raise ValueError("quality features need the prediction's review map and box (a fresh Segmenter result)")
     low, high = result.box
@@ -110,6 +114,13 @@ def add_quality_features(result: InferenceResult, image: sitk.Image) -> Inferenc
         sitk.GetArrayViewFromImage(result.review_map)[sl], sitk.GetArrayViewFromImage(result.label)[sl],
         sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(), [lab.value for lab in labels],
         [pdice.get(lab.name) for lab in labels])
+    if assistant is not None:
+        from .secondopinion import assistant_agreement
+        per = assistant_agreement(sitk.GetArrayViewFromImage(result.label), image,
+                                  [(lab.value, lab.name) for lab in labels], assistant, progress)
+        feats = result.summary["quality_features"]
+        feats["assistant_agreement"] = round(float(np.mean(list(per.values()))), 4) if per else 0.0
+        feats.update({f"assistant_agreement:{n}": d for n, d in per.items()})
     return result
 
 
