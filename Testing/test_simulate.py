@@ -165,6 +165,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path):
         (["--synthetic", str(msd), "--baseline-minutes", "0"] + base, "--baseline-minutes"),
         (["--synthetic", str(msd), "--baseline-minutes", "nan"] + base, "--baseline-minutes"),
         (["--synthetic", str(msd), "--corrector", "lenient"] + base, "--corrector lenient"),
+        (["--synthetic", str(msd), "--config", "3d_lowres", "--arch", "SliceUNet"] + base, "--arch SliceUNet"),
     ]
     for i, (args, word) in enumerate(cases):
         out = tmp_path / f"run{i}"
@@ -392,6 +393,28 @@ def test_ignore_band_reaches_the_trainer_and_a_changed_choice_does_not_resume(tm
     r = _hila("--out", str(tmp_path / "plain"), *args, "--rough-rate", "1", "--ignore-band")
     assert r.returncode == 2 and "another config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()} == before
+
+
+def test_arch_reaches_the_trainer_as_hila_train_arch_and_a_changed_choice_does_not_resume(tmp_path):
+    """``simulate --arch`` is hila train's network registry: the round's model is that network (its card says so);
+    a rerun of the same RUN with another network is another config, refused with nothing touched."""
+    from HILASegmentLib.models.modelcard import read_card
+    from HILASegmentLib.workspace import Workspace
+
+    args = _tiny_args(tmp_path)
+    args[args.index("--rounds") + 1] = "0"
+    names = {}
+    for arch in ("DynUNet", "UNet"):
+        run = tmp_path / arch
+        r = _hila("--out", str(run), *args, "--config", "3d_lowres", "--arch", arch)
+        assert r.returncode == 0, r.stderr
+        with Workspace.open(run / "workspace", readonly=True) as ws:
+            names[arch] = read_card(ws.current_model().path).architecture.get("name")
+    assert names == {"DynUNet": "DynUNet", "UNet": "UNet"}
+    before = {p: p.read_bytes() for p in (tmp_path / "UNet").rglob("*") if p.is_file()}
+    r = _hila("--out", str(tmp_path / "UNet"), *args, "--config", "3d_lowres", "--arch", "DynUNet")
+    assert r.returncode == 2 and "another config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "UNet").rglob("*") if p.is_file()} == before
 
 
 def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_draws_from_scratch(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import argparse
 
 from ..ground.progress import json_line
 from ..quality import strategies  # the ranking registry (light)
+from ..training import architectures  # the network registry (light: names, builders import torch inside)
 from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES  # light: two numbers
 from . import argtypes as at
 
@@ -31,6 +32,9 @@ def register(sub, parent) -> None:
                         "simulated radiologist spent on that round's cases, times F (default 1): learning while they work")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="as hila train: a new model's configuration (auto: by device)")
+    p.add_argument("--arch", default=None, choices=architectures.choices(),
+                   help="as hila train: a new model's network (default: the configuration's): "
+                        + ", ".join(architectures.choices()))
     p.add_argument("--strategy", default="random", help="sequential (the pool in order) or a strategy of hila rank --by: "
                    + " | ".join(strategies.STRATEGIES))
     p.add_argument("--corrector", default="tolerant", help="tolerant (correct slices off by > tolerance: "
@@ -69,7 +73,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
                     labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
-                    train_budget=args.train_budget, config=args.config,
+                    train_budget=args.train_budget, config=args.config, arch=args.arch,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
                     ignore_band=args.ignore_band,

@@ -18,6 +18,7 @@ from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
 from ..inference import boxassist
 from ..models.normalize import guess_modality
+from ..training import plan
 from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 from . import cohort as co
 from . import radiologist as rad
@@ -39,6 +40,7 @@ class SimConfig:
     train_steps: Optional[int] = None
     train_budget: str = "fixed"      # fixed (train_minutes) | effort[:F] (the round's radiologist seconds x F)
     config: str = "auto"             # hila train --config (a new model's configuration)
+    arch: Optional[str] = None       # hila train --arch (a new model's network; None: the configuration's)
     strategy: str = "random"
     corrector: str = "tolerant"
     tolerance_mm: float = 2.0
@@ -65,7 +67,8 @@ class SimConfig:
         # options added later drop out at their default, so runs made before them still resume
         for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
-                           ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None)):
+                           ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None),
+                           ("arch", None)):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):
@@ -107,6 +110,8 @@ def prepare(cfg: SimConfig) -> dict:
         raise HilaError(f"--strategy {cfg.strategy}: use one of {', '.join(selection.strategies())}")
     if cfg.corrector not in rad.CORRECTORS:
         raise HilaError(f"--corrector {cfg.corrector}: use one of {', '.join(rad.CORRECTORS)}")
+    configuration, _ = plan.choose_configuration(cfg.device, cfg.config)  # as hila train: an unknown --config or
+    plan.family(configuration, cfg.arch)  # an --arch unknown or unfit for it refused before anything is written
     if cfg.corrector == "box":
         boxassist.verify(boxassist.assist_dir())  # not installed: one line saying how, before any run row
     if cfg.weak_marks not in rad.WEAK_MARKS:

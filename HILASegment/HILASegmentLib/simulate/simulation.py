@@ -127,7 +127,7 @@ class Simulation:
         # parity and validation come on top of it. A step count alone (tests) depends on no clock.
         steps = self.cfg.train_steps
         opts = TrainOptions(max_minutes=None, train_minutes=None if steps else minutes, device=self.cfg.device,
-                            promote=promote, init=init, config=self.cfg.config, steps=steps, threads=self.cfg.threads,
+                            promote=promote, init=init, config=self.cfg.config, arch=self.cfg.arch, steps=steps, threads=self.cfg.threads,
                             seed=self.cfg.seed + rnd, gate_margin=self.cfg.gate_margin,
                             gate_min_cases=self.cfg.gate_min_cases, ignore_band=self.cfg.ignore_band)
         total = self.cfg.rounds + 1
