@@ -410,6 +410,23 @@ def test_fresh_model_card_records_the_planned_recipe(tmp_path):
     assert card["patch_size"] == recipe["patch_size"] and "overridden" not in recipe["rule"]
 
 
+def test_precision_float32_turns_mixed_precision_off_and_the_card_says_which_ran(tiny_ws):
+    """--precision auto uses bfloat16 autocast on a CPU that runs it natively (this project's CI CPU does) and
+    float32 elsewhere; --precision float32 is the off switch. The card records what the forward pass ran in."""
+    from HILASegmentLib.training.loop import cpu_bf16
+    from HILASegmentLib.training.run import train_workspace
+
+    ran = {}
+    for precision in ("float32", "auto"):
+        v = train_workspace(tiny_ws, opts(precision=precision, promote="always"))["model_version"]
+        ran[precision] = read_card(tiny_ws.model(v).path).to_dict()["training"]["precision"]
+    assert ran == {"float32": "float32", "auto": "bfloat16" if cpu_bf16() else "float32"}
+    before = ledger_rows(tiny_ws)
+    with pytest.raises(HilaError, match="--precision 'half'"):
+        train_workspace(tiny_ws, opts(precision="half"))
+    assert ledger_rows(tiny_ws) == before
+
+
 def test_training_imports_nothing_from_the_cli():
     import ast
 

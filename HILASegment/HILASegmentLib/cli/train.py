@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, choices=architectures.choices(),
                    help="a new model's network (default: the configuration's): "
                         + "; ".join(f"{a}: {architectures.get(a).help}" for a in architectures.choices()))
+    p.add_argument("--precision", default="auto", metavar="auto|float32",
+                   help="auto (default): mixed precision where the hardware runs it natively (float16 on CUDA, "
+                   "bfloat16 on a CPU with AVX512-BF16 or AMX; the card records which); float32: never")
     p.add_argument("--freeze", default="", choices=["", "encoder"], help="freeze the encoder half (big imported models on CPU)")
     p.add_argument("--steps", type=at.integer(1), default=None, help="stop after this many optimisation steps")
     p.add_argument("--patch", type=at.int_list(3, lo=1), default=None, help="patch size X,Y,Z in voxels (new models only)")
@@ -86,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, config=args.config, arch=args.arch,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
-                        lr=args.lr, batch_size=args.batch, freeze=args.freeze,
+                        lr=args.lr, batch_size=args.batch, freeze=args.freeze, precision=args.precision,
                         gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,
                         quality_weights=args.quality_weights or {}, ignore_band=args.ignore_band, threads=args.threads, seed=args.seed,
                         started=getattr(args, "started", None) or _T0)

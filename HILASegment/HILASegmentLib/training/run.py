@@ -38,6 +38,8 @@ from .plan import choose_configuration as plan_config
 from .plan import family as plan_family
 from .plan import finetune_lr
 
+#: --precision choices (TrainOptions.precision)
+PRECISIONS = ("auto", "float32")
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
 RESERVE_BASE_S = 12.0
 
@@ -66,6 +68,9 @@ class TrainOptions:
     # by measurement (scripts/bench_labels.py --rough): no gain on rough labels, 6 Dice points lost on a weak cold start
     ignore_band: bool = False
     threads: Optional[int] = None
+    # auto: mixed precision where it is native (float16 on CUDA, bfloat16 on a CPU with AVX512-BF16/AMX: loop.cpu_bf16);
+    # float32: never (the off switch, e.g. to compare or where a kernel misbehaves under autocast)
+    precision: str = "auto"
     seed: int = 0
     gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (auto)
     gate_min_cases: int = GateRule.min_cases      # gate corrections needed before auto promotes
@@ -81,6 +86,8 @@ class TrainOptions:
                             f"{RESERVE_BASE_S:g} s)")
         if self.promote not in POLICIES:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
+        if self.precision not in PRECISIONS:
+            raise HilaError(f"--precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.init not in ("auto", "scratch", "imported"):
             raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
         configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
@@ -314,7 +321,7 @@ class _Round:
                           max_steps=int(opts.steps) if opts.steps else 10**9,
                           lr=float(opts.lr or (finetune_lr(self.start.base.get("modality")) if fine else 3e-3)),
                           batch_size=batch,
-                          samples_per_case=min(2, batch), freeze=opts.freeze,
+                          samples_per_case=min(2, batch), freeze=opts.freeze, amp=opts.precision == "auto",
                           data_path=recipe_data_path(self.start) if self.start.own else "monai")
 
     def _train(self, train: List[dict], cfg):
