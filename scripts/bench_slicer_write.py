@@ -13,7 +13,9 @@ result, write it into the volume's segmentation under the Segment Editor's mask 
 prediction already), per mask mode in a fresh process: seconds and the peak extra resident memory over the process
 before the call (RSS sampled every 5 ms; SimpleITK and the engine's reader imported before, as after a session's
 first result: that import is a one-time ~0.3-0.5 s); ``again``: a second result onto the first (the segments it replaces exist).
-Prints one JSON line per run.
+Accept's run also times, in the same process, what Accept did on the GUI thread before its label export moved into
+the job (``before_seconds``; ``ratio_wall``/``ratio_cpu``: the GUI-thread part now over then, wall and this thread's
+CPU time, which contention on a shared machine does not inflate). Prints one JSON line per run.
 """
 from __future__ import annotations
 
@@ -135,11 +137,15 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()
+    extra = {}
     if accept:
         _runner, context = logic.startAccept(ws, volume, segNode)
         seconds = time.perf_counter() - t0
+        extra["gui_cpu_seconds"] = round(time.thread_time() - cpu0, 3)
         report = type("R", (), dict(names=["accept"], clipped_total=0))
         logic.cleanupJob(context)
+        extra.update(before_in_this_process(logic, ws, volume, segNode, seconds, extra["gui_cpu_seconds"]))
     else:
         report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
         seconds = time.perf_counter() - t0
@@ -148,7 +154,30 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     peak[0] = max(peak[0], rss_mb())
     return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
-            "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0}
+            "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0,
+            **extra}
+
+
+def before_in_this_process(logic, ws, volume, segNode, seconds: float, cpu: float) -> dict:
+    """What Accept did on the GUI thread before its label export moved into the job, timed in this same process
+    (the same scene, right after the new part, so contention hits both alike): the checks and the merged label map
+    (``segments.label_array_from_segmentation``, the layers merged at the volume's size), the image and its
+    uncompressed write. Returns those seconds and the ratios new/before (wall and this thread's CPU)."""
+    import tempfile
+
+    import vtk
+
+    from HILASegmentLib.formats.imageio import write_image
+    from HILASegmentSlicerLib import cases, mrmlgeometry, segments
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    cases.own_case(ws, volume)
+    array = segments.label_array_from_segmentation(logic.util, segNode, volume, ws.settings.labels, vtk.mutable)
+    with tempfile.TemporaryDirectory() as folder:
+        write_image(mrmlgeometry.array_to_image(array, logic.ijkToRas(volume)), os.path.join(folder, "label.nrrd"),
+                    compress=False)
+    before, before_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    return {"before_seconds": round(before, 3), "before_gui_cpu_seconds": round(before_cpu, 3),
+            "ratio_wall": round(seconds / before, 3), "ratio_cpu": round(cpu / before_cpu, 3)}
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # SimpleITK is imported where an image is made, not when Slic
 
 __all__ = [
     "LPS_TO_RAS", "lps_to_ras", "ras_to_lps", "ijk_to_ras_matrix", "geometry_from_ijk_to_ras",
-    "image_to_array", "array_to_image", "voxel_to_ras", "same_geometry", "label_masks",
+    "image_to_array", "array_to_image", "grid_image", "voxel_to_ras", "same_geometry", "label_masks",
     "masks_to_label", "edit_allowed_mask", "mask_segment_ids", "color_to_float",
 ]
 
@@ -86,6 +86,18 @@ def array_to_image(array: np.ndarray, ijk_to_ras: np.ndarray, reference: Optiona
     img.SetDirection(direction)
     if reference is not None and reference.GetSize() != img.GetSize():
         raise ValueError(f"array size {img.GetSize()} differs from the reference {reference.GetSize()}")
+    return img
+
+
+def grid_image(shape: Sequence[int], ijk_to_ras: np.ndarray) -> sitk.Image:
+    """An empty (zero, uint8) SimpleITK image of the grid of ``shape`` (k, j, i) and ``ijk_to_ras``."""
+    import SimpleITK as sitk  # lazily: importing the Slicer module must not load SimpleITK
+
+    img = sitk.Image([int(shape[2]), int(shape[1]), int(shape[0])], sitk.sitkUInt8)
+    origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras)
+    img.SetOrigin(origin)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
     return img
 
 

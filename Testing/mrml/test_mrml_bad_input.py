@@ -91,7 +91,7 @@ def test_a_volume_under_a_non_linear_transform(rs, logic, tmp_path):
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0, masks["prostate"])
     volume.SetAttribute(segments.CASE_ATTRIBUTE, ws.import_volume(MRI).case_id)
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    arr = sitk.GetArrayFromImage(label)
+    arr = sitk.GetArrayFromImage(label.image())
     assert np.array_equal(arr == 1, masks["prostate"]) and np.array_equal(arr == 2, masks["bladder"])
     roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "R")
     roi.SetCenterWorld(0.0, 0.0, 0.0)
@@ -118,7 +118,7 @@ def test_a_segment_renamed_to_another_labels_name_is_asked_about_not_guessed(rs,
     logic.loadResult(str(out), segNode, volume, logic.segmentEditorNode())
     assert segNode.GetSegmentation().GetSegment("hila_1").GetName() == "prostate"
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    assert np.array_equal(sitk.GetArrayFromImage(label) == 1, masks["prostate"])
+    assert np.array_equal(sitk.GetArrayFromImage(label.image()) == 1, masks["prostate"])
     ws.close()
 
 
@@ -157,5 +157,5 @@ def test_a_segmentation_with_100_segments(rs, logic, tmp_path, mode):
         assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segNode, name, volume) > 0, mask), name
     volume.SetAttribute(segments.CASE_ATTRIBUTE, ws.import_volume(MRI).case_id)
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    assert set(np.unique(sitk.GetArrayFromImage(label))) <= {0, 1, 2}
+    assert set(np.unique(sitk.GetArrayFromImage(label.image()))) <= {0, 1, 2}
     ws.close()

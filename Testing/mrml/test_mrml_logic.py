@@ -140,7 +140,9 @@ def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
     model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
     volume = load_volume(MRI, "mri")
     runner, context = logic.startSegmentation(volume, str(model))
-    assert "--image" in runner.args and not any(a.endswith("ws") for a in runner.args)
+    child = runner.commands[-1]  # the volume is written by the job's worker first, then `hila infer --image`
+    assert callable(runner.commands[0]) and not os.listdir(context["folder"])  # nothing written on the GUI thread
+    assert "--image" in child and not any(a.endswith("ws") for a in child)
     outcome = runner.start().wait(timeout=300)
     assert outcome.ok, outcome.error
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
