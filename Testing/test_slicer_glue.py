@@ -527,7 +527,7 @@ def test_the_models_section_takes_the_candidate_from_the_trainers_result(monkeyp
     from HILASegmentSlicerLib import sections
 
     calls = []
-    panel = SimpleNamespace(ws=object(), refreshTables=lambda: calls.append("refresh"), status=calls.append,
+    panel = SimpleNamespace(ws=object(), refreshTables=lambda tables=None: calls.append("refresh"), status=calls.append,
                             updateButtons=lambda: None, cancelJob=lambda kind: None)
     monkeypatch.setattr(sections.panels, "compare_text", lambda ws, version: f"v{version} vs current")
     ui = _UI()
@@ -622,3 +622,46 @@ def test_accept_outcome_names_the_copy_after_the_submitted_version_and_reports_a
     assert (out.version, out.saved, out.save_error) == (4, final(4), None) and not pending.exists()
     out = cases.accept_outcome("c1", [{"version": 5}, None], [None, "hila: error: disk full"], str(pending), final)
     assert out.version == 5 and out.saved is None and "disk full" in out.message() and "v5" in out.message()
+
+
+def test_a_finished_job_reads_the_tables_on_a_worker_and_one_table_defines_the_kinds(tmp_path):
+    """When a job's run ends, the job reads the panel's tables from the ledger on a worker thread (a read-only
+    connection of its own) before it finishes, so the finish handler only draws them; every kind's progress text,
+    progress bar (a widget of the .ui) and finish handler come from one table, jobs.KINDS."""
+    import threading
+    import time
+    import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from conftest import ROOT
+
+    from HILASegmentSlicerLib import jobs, panels
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"])
+    sitk.WriteImage(_image(0), str(tmp_path / "case0.nrrd"))
+    case = ws.import_volume(tmp_path / "case0.nrrd")
+    readers = []
+
+    def read():
+        readers.append(threading.get_ident())
+        return panels.read_tables(str(ws.root))
+    board, runner = JobBoard(), Runner()
+    job = board.start(Job("import", runner, label="1 item(s)", tables=read))
+    assert board.poll() == [(job, [], False)] and readers == []  # the child still runs: nothing read yet
+    runner.finished = True
+    deadline = time.monotonic() + 30
+    while not any(done for _, _, done in board.poll()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert readers and readers[0] != threading.get_ident() and not board.busy("import")
+    tables = job.tables_read
+    assert tables.root == str(ws.root) and [row[0] for row in tables.cases] == [case.case_id]
+    assert tables.labels == ["prostate"] and tables.modality == "MR"
+    names = {w.get("name") for w in ET.parse(ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui").iter("widget")}
+    assert {k.bar for k in jobs.KINDS.values()} <= names and job.describe() == "Importing 1 item(s)"
+    sections = {name: SimpleNamespace(**{m: (lambda j, o, n=f"{name}.{m}": n) for m in ("finish", "finish_import",
+                                                                                        "finish_accept")})
+                for name in ("segment", "models", "installs", "pacs", "cases")}
+    bound = jobs.bind_kinds(SimpleNamespace(**sections), SimpleNamespace(**{n: n for n in names}))
+    assert {kind: (bar, handler(None, None)) for kind, (bar, handler) in bound.items()} == {
+        kind: (k.bar, k.finish) for kind, k in jobs.KINDS.items()}
+    ws.close()

@@ -56,13 +56,16 @@ class ModuleLogic:
 
     def loadResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
         """A `hila infer` .seg.nrrd into the volume's own segments; returns the report (``segments.WriteReport``).
-
-        All the GUI thread does with an AI result: read it (the workspace form's file is cut to the result's voxels
-        and already in the workspace's labels; the child recorded the prediction), and write its segments, in the
-        region of the volume they cover, under the Segment Editor's masking (``segments.write_engine_result``)."""
+        All the GUI thread does with an AI result: read it and :meth:`loadSegmentation` (the workspace form's file is
+        cut to the result's voxels and already in the workspace's labels; the child recorded the prediction)."""
         from HILASegmentLib.formats.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
-        items, region = segments.result_items(read_segmentation(segPath), self.ijkToRas(volume),
-                                              tuple(self.util.arrayFromVolume(volume).shape))
+        return self.loadSegmentation(read_segmentation(segPath), segNode, volume, editorNode)
+
+    def loadSegmentation(self, seg: Any, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
+        """THE way an engine result (``segfile.Segmentation`` on the volume's lattice) becomes segments, for the panel
+        and for batch mode: its segments are written in the region of the volume they cover, under the Segment
+        Editor's masking (``segments.write_engine_result``)."""
+        items, region = segments.result_items(seg, self.ijkToRas(volume), tuple(self.util.arrayFromVolume(volume).shape))
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene,
                                             region=region)

@@ -35,7 +35,7 @@ from . import mrmlgeometry
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
            "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers", "LabelExport",
            "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
-           "workspace_items", "items_from_segmentation", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -541,12 +541,6 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         if reference is not None:
             scene.RemoveNode(reference)
     return report
-
-
-def items_from_segmentation(seg: Any) -> list:
-    """An engine Segmentation (``segfile``) as the (value, name, colour, 0/1 array (k, j, i), tags) items the writers
-    here take: one way from an engine result to segments, for the panel and for batch mode."""
-    return [(s.label_value, s.name, s.color, seg.mask_array(s.id), dict(s.tags)) for s in seg.segments]
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):

@@ -151,3 +151,24 @@ def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
     assert report.names and report.predicted[report.names[0]] > 0
     assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume).sum() == report.predicted[report.names[0]]
     assert not os.path.exists(context["folder"])
+
+
+def test_the_glue_converts_geometry_through_the_engines_one_ijk_to_lps_on_an_oblique_node(rs, logic, monkeypatch):
+    """mrmlgeometry asks the engine's voxelgrid (IJK -> LPS and back) rather than keeping a second matrix: on the oblique
+    MRI node, the node's own IJKToRAS, the file's image and the Logic's image of the node agree both ways."""
+    from HILASegmentLib.formats import voxelgrid
+    from HILASegmentSlicerLib import mrmlgeometry
+    calls = []
+    for name in ("ijk_to_lps", "grid_of"):
+        real = getattr(voxelgrid, name)
+        monkeypatch.setattr(voxelgrid, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    volume = load_volume(MRI, "mri")
+    node, ref = logic.ijkToRas(volume), sitk.ReadImage(str(MRI))
+    axes = node[:3, :3] / np.linalg.norm(node[:3, :3], axis=0)
+    assert np.abs(axes - np.round(axes)).max() > 1e-3  # oblique: no axis along a patient axis
+    assert np.allclose(mrmlgeometry.ijk_to_ras_matrix(ref), node, atol=1e-6)
+    image = logic.volumeToImage(volume)
+    assert np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+    assert np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-9)
+    assert np.allclose(mrmlgeometry.ijk_to_ras_matrix(image), node, atol=1e-9)
+    assert {"ijk_to_lps", "grid_of"} <= set(calls)
