@@ -1,9 +1,9 @@
 """HILASegment: human-in-the-loop segmentation of prostate MRI and pelvic CT in 3D Slicer.
 
 Thin glue: every decision lives in the engine (``HILASegmentLib``) or in ``HILASegmentSlicerLib``
-(the glue's own logic with the Slicer objects passed in, tested with stand-ins). This file wires
-widgets to them and runs long work (inference, training, installs) in child processes watched by
-a QTimer, one slot per kind, so the GUI never blocks and training never stops the case loop.
+(the glue's own logic with the Slicer objects passed in, tested on real MRML nodes and Qt stand-ins). This file
+wires widgets to the sections there; long work (inference, training, installs, import, Accept) runs as jobs (child
+processes and worker threads, one slot per kind of ``jobs.KINDS``, ``sections.JobsSection``), so the GUI only draws.
 """
 import os
 
@@ -93,8 +93,8 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segment = sections.SegmentSection(self, self.ui, slicer.util, slicer.mrmlScene, vtk)
         self.models = sections.ModelsSection(self, self.ui, slicer.util)
         self.installs = sections.InstallsSection(self, self.ui, slicer.util)
-        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
-                                   lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
+        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables,
+                                   self.status, lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
                                    _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
         self.runs = sections.JobsSection(self, self.ui, slicer.util, qt)  # THE table of job kinds: jobs.KINDS
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -179,16 +179,16 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), learning=self.models.learning(), installing=self.jobs.busy("install"),
-            has_candidate=self.models.candidate is not None,
-            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1, importing=self.jobs.busy("import"),
+            has_candidate=self.models.candidate is not None, importing=self.jobs.busy("import"),
+            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1,
             accepting_shown=acceptJob is not None and acceptJob.volume_id == volumeId,
             accepting_other=acceptJob is not None and acceptJob.volume_id != volumeId)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
         self.models.show_learning()
-        choice = self.currentModelChoice()
         self.ui.acceptButton.text = panelstate.accept_button_text(state.accepting_shown)
-        self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
+        shortName = choice.label.split(" · ")[0] if (choice := self.currentModelChoice()) else None
+        self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, shortName)
         self.pacs.update_buttons(volume, self.jobs.busy("pacs"))
 
     # -- workspace ------------------------------------------------------------------------

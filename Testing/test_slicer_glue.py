@@ -656,7 +656,8 @@ def test_a_finished_job_reads_the_tables_on_a_worker_and_one_table_defines_the_k
     tables = job.tables_read
     assert tables.root == str(ws.root) and [row[0] for row in tables.cases] == [case.case_id]
     assert tables.labels == ["prostate"] and tables.modality == "MR"
-    names = {w.get("name") for w in ET.parse(ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui").iter("widget")}
+    ui_file = ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui"
+    names = {w.get("name") for w in ET.parse(ui_file).iter("widget")}
     assert {k.bar for k in jobs.KINDS.values()} <= names and job.describe() == "Importing 1 item(s)"
     sections = {name: SimpleNamespace(**{m: (lambda j, o, n=f"{name}.{m}": n) for m in ("finish", "finish_import",
                                                                                         "finish_accept")})

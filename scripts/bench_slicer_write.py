@@ -154,8 +154,8 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     peak[0] = max(peak[0], rss_mb())
     return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
-            "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0,
-            **extra}
+            "written": report.names, "clipped_voxels": report.clipped_total,
+            "scene": scene.scene.GetNumberOfNodes() > 0, **extra}
 
 
 def before_in_this_process(logic, ws, volume, segNode, seconds: float, cpu: float) -> dict:

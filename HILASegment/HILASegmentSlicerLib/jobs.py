@@ -69,7 +69,8 @@ class Job:
     reader: Any = None
 
     def describe(self) -> str:
-        return KINDS[self.kind].label + (f" {self.label}" if self.label else "") + (f" (case {self.case_id})" if self.case_id else "")
+        case = f" (case {self.case_id})" if self.case_id else ""
+        return KINDS[self.kind].label + (f" {self.label}" if self.label else "") + case
 
 
 class JobBoard:

@@ -65,7 +65,8 @@ class ModuleLogic:
         """THE way an engine result (``segfile.Segmentation`` on the volume's lattice) becomes segments, for the panel
         and for batch mode: its segments are written in the region of the volume they cover, under the Segment
         Editor's masking (``segments.write_engine_result``)."""
-        items, region = segments.result_items(seg, self.ijkToRas(volume), tuple(self.util.arrayFromVolume(volume).shape))
+        shape = tuple(self.util.arrayFromVolume(volume).shape)
+        items, region = segments.result_items(seg, self.ijkToRas(volume), shape)
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene,
                                             region=region)

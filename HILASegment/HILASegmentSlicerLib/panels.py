@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
 
-__all__ = ["Tables", "tables", "read_tables", "CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
+__all__ = ["Tables", "tables", "read_tables",
+           "CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
            "model_dice", "learning_curve", "compare_text", "model_for"]
 
 CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort", "Suspect"]

@@ -33,7 +33,8 @@ from HILASegmentLib.ground.labelmatch import REVIEW_NAME, REVIEW_TAG
 from . import mrmlgeometry
 
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
-           "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers", "LabelExport",
+           "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers",
+           "LabelExport",
            "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
            "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 

@@ -46,7 +46,8 @@ def test_the_scripts_slicer_path_writes_real_nodes_like_the_panel(rs, tmp_path, 
     through = []  # batch mode turns the engine's result into segments the panel's way: the Logic's one path
     logic_class = import_module_file().HILASegmentLogic().impl.__class__
     original = logic_class.loadSegmentation
-    monkeypatch.setattr(logic_class, "loadSegmentation", lambda self, *a, **k: through.append(a) or original(self, *a, **k))
+    monkeypatch.setattr(logic_class, "loadSegmentation",
+                        lambda self, *a, **k: through.append(a) or original(self, *a, **k))
     assert batch.run_in_slicer(slicer, args).startswith(args.out)
     (call,) = through
     assert call[2] is slicer.mrmlScene.GetFirstNodeByName("input") and call[1] is segments.segmentation_for(

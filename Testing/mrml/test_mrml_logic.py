@@ -154,8 +154,8 @@ def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
 
 
 def test_the_glue_converts_geometry_through_the_engines_one_ijk_to_lps_on_an_oblique_node(rs, logic, monkeypatch):
-    """mrmlgeometry asks the engine's voxelgrid (IJK -> LPS and back) rather than keeping a second matrix: on the oblique
-    MRI node, the node's own IJKToRAS, the file's image and the Logic's image of the node agree both ways."""
+    """mrmlgeometry asks the engine's voxelgrid (IJK -> LPS and back) rather than keeping a second matrix: on the
+    oblique MRI node, the node's own IJKToRAS, the file's image and the Logic's image of the node agree both ways."""
     from HILASegmentLib.formats import voxelgrid
     from HILASegmentSlicerLib import mrmlgeometry
     calls = []
