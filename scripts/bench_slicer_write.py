@@ -115,12 +115,8 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
     if accept:
-        from realscene import save_segmentation
-
         from HILASegmentLib.workspace import Workspace
         slicer.util.startupEnvironment = lambda: dict(os.environ)
-        slicer.util.exportNode = lambda node, path, properties=None, world=False: bool(
-            save_segmentation(node, path, compress=bool((properties or {}).get("useCompression", 1))))
         ws = Workspace.open(work / "ws")
         logic.tagCase(ws, volume, ws.cases()[0].case_id)
         logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)

@@ -1,7 +1,8 @@
 """The issue's bad input, on real MRML nodes: a segmentation deleted while its volume segments, a volume under a
 non-linear transform, a segment renamed to another label's name, a segmentation with 100 segments. Each ends in one
 line (a HilaError the panel shows) or in the result where it belongs; nothing the user drew is lost. (Accept on a
-read-only source folder: test_mrml_logic.py::test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen.)"""
+read-only source folder: test_mrml_logic.py::test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen
+and test_mrml_jobs.py::test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ from tier import FIXTURES, slicer_core
 
 slicer = slicer_core()
 import vtk  # noqa: E402
-from realscene import import_module_file, load_volume  # noqa: E402
+from realscene import load_volume  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from HILASegmentLib.formats import labelio  # noqa: E402
@@ -21,11 +22,6 @@ from HILASegmentLib.workspace import Workspace  # noqa: E402
 from HILASegmentSlicerLib import cases, marks, segments  # noqa: E402
 
 MRI, MRI_LABEL = FIXTURES / "prostate_mri_oblique_small.nrrd", FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"
-
-
-@pytest.fixture
-def logic():
-    return import_module_file().HILASegmentLogic()
 
 
 def child_result(tmp_path, names=("prostate", "bladder")):

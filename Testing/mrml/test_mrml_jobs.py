@@ -11,25 +11,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from test_mrml_bad_input import child_result
-from tier import FIXTURES, slicer_core
+from tier import FIXTURES, read_only_folder, slicer_core
 
 slicer = slicer_core()
 import vtk  # noqa: E402
-from realscene import import_module_file, load_volume, read_segmentation, save_segmentation  # noqa: E402
+from realscene import load_volume, read_segmentation  # noqa: E402
 
 from HILASegmentLib.ground.colors import label_color  # noqa: E402
 from HILASegmentLib.ground.errors import HilaError  # noqa: E402
 from HILASegmentSlicerLib import cases, segments  # noqa: E402
 
 MRI = FIXTURES / "prostate_mri_oblique_small.nrrd"
-
-
-@pytest.fixture
-def logic(monkeypatch):
-    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
-    monkeypatch.setattr(slicer.util, "exportNode", lambda node, filename, properties=None, world=False: bool(
-        save_segmentation(node, filename, compress=bool((properties or {}).get("useCompression", 1)))))
-    return import_module_file().HILASegmentLogic()
 
 
 def _user_block(segNode, volume, name, box):
@@ -79,7 +71,7 @@ def test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace(rs, 
     source = tmp_path / "user_data"
     source.mkdir()
     (source / "t2.nrrd").write_bytes(MRI.read_bytes())
-    source.chmod(0o555)
+    untouched = read_only_folder(source)
     _, ws, _ = child_result(tmp_path)
     volume = load_volume(source / "t2.nrrd", "t2")
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
@@ -98,7 +90,8 @@ def test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace(rs, 
     assert outcome.saved, outcome.save_error
     copy = Path(outcome.saved)
     assert outcome.version is None and outcome.save_error is None and ws.root in copy.parents, outcome
-    assert sorted(p.name for p in source.iterdir()) == ["t2.nrrd"] and list(home.iterdir()) == []
+    untouched()
+    assert list(home.iterdir()) == []
     back = read_segmentation(copy, "copy")
     for name, mask in (("prostate", prostate), ("my note", mine)):
         segment = back.GetSegmentation().GetSegment(back.GetSegmentation().GetSegmentIdBySegmentName(name))
