@@ -150,11 +150,11 @@ class ModuleLogic:
         folder = tempfile.mkdtemp(prefix="hila-accept-")
         final = cases.output_path(volume, ws, caseId, None)
         pending = os.path.join(os.path.dirname(final), ".pending-%s.seg.nrrd" % os.path.basename(folder))
-        os.makedirs(os.path.dirname(final), exist_ok=True)
         env = self.util.startupEnvironment()
         if caseId is None:
             def write_copy(cancelled: Any) -> None:
                 from HILASegmentLib.formats.segfile import write_segmentation  # the engine's writer, in the worker
+                os.makedirs(os.path.dirname(pending), exist_ok=True)
                 write_segmentation(export.segmentation(), pending)
             return SequenceRunner([write_copy], env=env, optional=[True]), {"folder": folder, "case": None,
                                                                             "pending": pending, "ws": ws}
@@ -163,6 +163,7 @@ class ModuleLogic:
         def write_label(cancelled: Any) -> None:
             from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded in the worker
             write_image(export.image(), labelPath, compress=False)
+            os.makedirs(os.path.dirname(pending), exist_ok=True)  # where the child's compressed copy goes
         args = ["submit", str(ws.root), caseId, labelPath, "--quality", quality, "--json"]
         args += (["--annotator", annotator] if annotator else []) + (["--seconds", "%.1f" % seconds] if seconds else [])
         names = ",".join("%d=%s" % (lab.value, lab.name) for lab in ws.settings.labels)
