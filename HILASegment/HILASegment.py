@@ -220,6 +220,9 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshTables(self, tables=None):
         self.tables.refresh(tables)
 
+    def readTables(self):
+        self.runs.read_tables()
+
     def currentModelChoice(self):
         return self.tables.current() if hasattr(self, "tables") else None
 

@@ -511,6 +511,12 @@ class _Widget:  # a Qt widget's properties and signals, as the sections use them
     def blockSignals(self, block):
         self.blocked = block
 
+    def hide(self):
+        self.visible = False
+
+    def show(self):
+        self.visible = True
+
 
 class _UI:
     def __getattr__(self, name):
@@ -568,7 +574,8 @@ def test_keep_learning_runs_one_watching_trainer_reports_its_rounds_and_stops_on
         started.append({"minutes": minutes, "device": device, "autoPromote": autoPromote, "watch": watch})
         return Runner()
 
-    panel = SimpleNamespace(ws=object(), jobs=board, refreshTables=lambda: calls.append("refresh"), status=calls.append,
+    panel = SimpleNamespace(ws=object(), jobs=board, refreshTables=lambda tables=None: calls.append("refresh"),
+                            readTables=lambda: calls.append("refresh"), status=calls.append,
                             updateButtons=lambda: None, startJob=board.start, cancelJob=board.cancel,
                             logic=SimpleNamespace(startTraining=start_training),
                             installs=SimpleNamespace(ensure=lambda tier: tier == "training"))
@@ -665,4 +672,48 @@ def test_a_finished_job_reads_the_tables_on_a_worker_and_one_table_defines_the_k
     bound = jobs.bind_kinds(SimpleNamespace(**sections), SimpleNamespace(**{n: n for n in names}))
     assert {kind: (bar, handler(None, None)) for kind, (bar, handler) in bound.items()} == {
         kind: (k.bar, k.finish) for kind, k in jobs.KINDS.items()}
+    ws.close()
+
+
+def test_a_keep_learning_round_has_its_tables_read_on_a_worker_then_drawn(tmp_path):
+    """A round of Keep learning ends while its trainer still runs: the jobs section reads the tables on a worker
+    thread and its next poll (the QTimer's) draws them; the GUI thread never opens the ledger for it."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib import panels, sections
+
+    class Timer(_Widget):  # qt.QTimer: the calls the section makes
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"])
+    drawn, opened_on = [], []
+    real_read = panels.read_tables
+    section_module_read = sections.panels.read_tables
+    assert section_module_read is real_read
+    panels.read_tables = lambda root: opened_on.append(threading.get_ident()) or real_read(root)
+    try:
+        panel = SimpleNamespace(ws=ws, jobs=JobBoard(), refreshTables=drawn.append, **{
+            n: SimpleNamespace(finish=None, finish_import=None, finish_accept=None)
+            for n in ("segment", "models", "installs", "pacs", "cases")})
+        runs = sections.JobsSection(panel, _UI(), util=None, qt=SimpleNamespace(QTimer=Timer))
+        runs.read_tables()
+        assert runs.timer.active and drawn == []
+        deadline = time.monotonic() + 30
+        while not drawn:
+            assert time.monotonic() < deadline
+            runs.poll()
+            time.sleep(0.01)
+    finally:
+        panels.read_tables = real_read
+    assert opened_on and opened_on[0] != threading.get_ident()
+    assert drawn[0].root == str(ws.root) and drawn[0].labels == ["prostate"] and not runs.timer.active
     ws.close()

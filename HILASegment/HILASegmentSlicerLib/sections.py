@@ -3,7 +3,7 @@
 
 ``panel`` is the module's widget; a section reads from it only the shared state of the panel: ``ws`` (the open
 workspace), ``logic``, ``jobs``, ``openedAt`` (volume ID -> when its case was shown), ``currentModelChoice()``, and
-calls its shared hooks ``status``, ``refreshTables``, ``updateButtons``, ``startJob``, ``cancelJob`` and
+calls its shared hooks ``status``, ``refreshTables``, ``readTables``, ``updateButtons``, ``startJob``, ``cancelJob`` and
 ``installs.ensure``. The decisions stay in the library's rules (cases, segments, marks, panelstate, dependencies).
 Nothing here imports slicer, qt or vtk: ``qt`` and ``vtk`` are passed in where a section needs them.
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 from . import cases, installplan, marks, panels, segments
 from .jobs import KINDS, Job, JobError, bind_kinds
+from .processrunner import ThreadRunner
 
 __all__ = ["TablesSection", "JobsSection", "CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
 
@@ -91,6 +92,7 @@ class JobsSection:
     def __init__(self, panel: Any, ui: Any, util: Any, qt: Any) -> None:
         self.panel, self.ui, self.util = panel, ui, util
         self.kinds = bind_kinds(panel, ui)
+        self.reading: Optional[ThreadRunner] = None  # tables read mid-job (a Keep-learning round ended)
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.poll)
@@ -120,8 +122,20 @@ class JobsSection:
                 self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
             if done:
                 self.finish(job)
-        if not self.panel.jobs.running:
+        if self.reading is not None and self.reading.finished:
+            self.panel.refreshTables((self.reading.outcome().result or {}).get("tables"))
+            self.reading = None
+        if not self.panel.jobs.running and self.reading is None:
             self.timer.stop()
+
+    def read_tables(self) -> None:
+        """Read the tables on a worker thread while jobs run (a round of Keep learning ended); :meth:`poll` draws
+        them when read."""
+        ws = self.panel.ws
+        if ws is not None and self.reading is None:
+            read = functools.partial(panels.read_tables, str(ws.root))
+            self.reading = ThreadRunner(lambda cancelled: {"tables": read()}, "tables").start()
+            self.timer.start()
 
     def log(self, job: Job, lines: list) -> None:
         for line in lines:
@@ -411,8 +425,8 @@ class ModelsSection:
 
     def on_round(self, record: dict) -> None:
         """One round of Keep learning ended (the watching trainer's ``round`` line): the tables and the status say
-        what the gate did, while the radiologist keeps working."""
-        self.panel.refreshTables()
+        what the gate did, while the radiologist keeps working (the tables are read by a worker, then drawn)."""
+        self.panel.readTables()
         if record.get("model_version") is None:
             self.panel.status("Keep learning: round not trained: %s" % record.get("error", "see the log"))
             return
