@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GUI-thread part of one AI result in Slicer, measured on real MRML nodes (slicer-core, the real-MRML tier).
 
-    .venv-slicer/bin/python scripts/bench_slicer_write.py [--work DIR] [--modes M,M] [--repeat N]
+    .venv-slicer/bin/python scripts/bench_slicer_write.py [--work DIR] [--modes M,M] [--repeat N] [--starts]
 
 Set-up (cached in --work): the real pelvic CT (../shared/data/pelvic_ct_dicom/Pelvic-Ref002, 512x512x163) as a
 volume node; its RTSTRUCT converted with `hila convert --structures all` (16 structures) as the volume's existing
@@ -15,7 +15,9 @@ before the call (RSS sampled every 5 ms; SimpleITK and the engine's reader impor
 first result: that import is a one-time ~0.3-0.5 s); ``again``: a second result onto the first (the segments it replaces exist).
 Accept's run also times, in the same process, what Accept did on the GUI thread before its label export moved into
 the job (``before_seconds``; ``ratio_wall``/``ratio_cpu``: the GUI-thread part now over then, wall and this thread's
-CPU time, which contention on a shared machine does not inflate). Prints one JSON line per run.
+CPU time, which contention on a shared machine does not inflate). ``--starts``: only the GUI-thread part of starting
+Segment and Accept on a volume that is no case, against the uncompressed writes the GUI thread did before
+(``measure_starts``). Prints one JSON line per run.
 """
 from __future__ import annotations
 
@@ -176,6 +178,54 @@ def before_in_this_process(logic, ws, volume, segNode, seconds: float, cpu: floa
             "ratio_wall": round(seconds / before, 3), "ratio_cpu": round(cpu / before_cpu, 3)}
 
 
+def measure_starts(work: Path) -> dict:
+    """The GUI-thread part of starting Segment and Accept on a volume that is no workspace case (the CT, its 16
+    existing segments), and, in this same process, what the GUI thread did before that work moved into the job:
+    the volume written uncompressed for `hila infer --image`, the segmentation written uncompressed by Slicer's
+    storage node for the copy. Seconds (wall and this thread's CPU) and the ratios now/before."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "Testing" / "mrml"))
+    import slicer
+    from realscene import RealScene, import_module_file, load_volume, read_segmentation, save_segmentation
+
+    from HILASegmentLib.formats.imageio import write_image
+    from HILASegmentLib.workspace import Workspace
+    from HILASegmentSlicerLib import segments
+
+    scene = RealScene()
+    slicer.util.startupEnvironment = lambda: dict(os.environ)
+    volume = load_volume(work / "ct.nrrd", "ct")
+    existing = read_segmentation(work / "existing.seg.nrrd", "ct segmentation")
+    volume.SetNodeReferenceID(segments.SEGMENTATION_REFERENCE, existing.GetID())
+    logic = import_module_file().HILASegmentLogic()
+    ws = Workspace.open(work / "ws")
+
+    def timed(fn):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        return time.perf_counter() - t0, time.thread_time() - c0
+    out = {"scene": scene.scene.GetNumberOfNodes() > 0}
+    now, before, contexts = {}, {}, []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(3):  # alternating, the fastest of three each: a shared machine's stalls hit both alike
+            for key, fn, old in (
+                    ("segment", lambda: contexts.append(logic.startSegmentation(volume, "pelvic_ct_unet")[1]),
+                     lambda: write_image(logic.volumeToImage(volume), os.path.join(folder, "i.nrrd"), compress=False)),
+                    ("accept", lambda: contexts.append(logic.startAccept(ws, volume, existing)[1]),
+                     lambda: save_segmentation(existing, os.path.join(folder, "raw.seg.nrrd"), compress=False))):
+                before[key] = min(before.get(key, (1e9, 1e9)), timed(old))
+                now[key] = min(now.get(key, (1e9, 1e9)), timed(fn))
+                for context in contexts:
+                    logic.cleanupJob(context)
+                contexts.clear()
+    for key in now:
+        out[key] = {"seconds": round(now[key][0], 3), "gui_cpu_seconds": round(now[key][1], 3),
+                    "before_seconds": round(before[key][0], 3), "before_gui_cpu_seconds": round(before[key][1], 3),
+                    "ratio_wall": round(now[key][0] / before[key][0], 3)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/hila-bench-slicer-write")
@@ -185,6 +235,8 @@ def main() -> int:
     ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--accept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-file", action="store_true", help=argparse.SUPPRESS)  # internal: in the main environment
+    ap.add_argument("--starts", action="store_true",
+                    help="only: the GUI-thread part of starting Segment and Accept on a volume that is no case")
     args = ap.parse_args()
     work = Path(args.work)
     if args.child_file:
@@ -194,6 +246,9 @@ def main() -> int:
         print(json.dumps(measure(work, args.one, args.again, args.accept)))
         return 0
     prepare(work)
+    if args.starts:
+        print(json.dumps(measure_starts(work)))
+        return 0
     for mode in args.modes.split(","):
         for again in (False, True):
             for _ in range(args.repeat):  # a fresh process per run: nothing cached, the peak is this run's
