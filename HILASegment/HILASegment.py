@@ -1,11 +1,10 @@
 """HILASegment: human-in-the-loop segmentation of prostate MRI and pelvic CT in 3D Slicer.
 
 Thin glue: every decision lives in the engine (``HILASegmentLib``) or in ``HILASegmentSlicerLib``
-(the glue's own logic with the Slicer objects passed in, tested with stand-ins). This file wires
-widgets to them and runs long work (inference, training, installs) in child processes watched by
-a QTimer, one slot per kind, so the GUI never blocks and training never stops the case loop.
+(the glue's own logic with the Slicer objects passed in, tested on real MRML nodes and Qt stand-ins). This file
+wires widgets to the sections there; long work (inference, training, installs, import, Accept) runs as jobs (child
+processes and worker threads, one slot per kind of ``jobs.KINDS``, ``sections.JobsSection``), so the GUI only draws.
 """
-import logging
 import os
 
 import qt
@@ -19,8 +18,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HILASegmentSlicerLib import cases, pacs, panels, panelstate, sections, segments, selftest
-from HILASegmentSlicerLib.jobs import JobBoard, JobError
+from HILASegmentSlicerLib import cases, pacs, panelstate, sections, segments, selftest
+from HILASegmentSlicerLib.jobs import JobBoard
 from HILASegmentSlicerLib.logic import ModuleLogic
 
 SETTINGS = "HILASegment/"
@@ -60,7 +59,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ws = None
         self.jobs = JobBoard()
         self.openedAt = {}  # volume ID -> when its case was opened (the correction's seconds)
-        self.modelChoices = []
         self.parameterNode = None
         self._updatingGUI = False
 
@@ -73,19 +71,13 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HILASegmentLogic()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
-        for table, headers in ((self.ui.caseTableWidget, panels.CASE_COLUMNS),
-                               (self.ui.modelTableWidget, panels.MODEL_COLUMNS)):
-            table.setColumnCount(len(headers))
-            table.setHorizontalHeaderLabels(headers)
+        self.tables = sections.TablesSection(self, self.ui, qt)
         # restore settings before connecting their signals, so restoring one cannot overwrite the others
         self.ui.annotatorLineEdit.text = _setting("annotator", os.environ.get("USER", os.environ.get("USERNAME", "")))
         self.ui.deviceComboBox.currentText = _setting("device", "auto")
         self.ui.autoPromoteCheckBox.checked = _setting("autoPromote", False, converter=slicer.util.toBool)
         self.ui.maxMinutesSpinBox.value = _setting("maxMinutes", 20, converter=int)
         self.ui.workspacePathLineEdit.currentPath = _setting("workspace", "")
-        self.timer = qt.QTimer()
-        self.timer.setInterval(200)
-        self.timer.connect("timeout()", self.onPoll)
 
         self.ui.openWorkspaceButton.connect("clicked()", self.onOpenWorkspace)
         self.ui.createWorkspaceButton.connect("clicked()", self.onCreateWorkspace)
@@ -101,14 +93,10 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segment = sections.SegmentSection(self, self.ui, slicer.util, slicer.mrmlScene, vtk)
         self.models = sections.ModelsSection(self, self.ui, slicer.util)
         self.installs = sections.InstallsSection(self, self.ui, slicer.util)
-        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables, self.status,
-                                   lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
+        self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables,
+                                   self.status, lambda: self.installs.ensure("dicom"), slicer.util.startupEnvironment,
                                    _setting, _setSetting, cancel=lambda: self.cancelJob("pacs"))
-        # THE table of job kinds: each kind's progress bar and finish handler (its label: Job.describe)
-        self.kinds = {"segment": (self.ui.segmentProgressBar, self.segment.finish), "train": (self.ui.progressBar, self.models.finish),
-                      "install": (self.ui.installProgressBar, self.installs.finish), "pacs": (self.ui.pacsProgressBar, self.pacs.finish),
-                      "import": (self.ui.importProgressBar, self.cases.finish_import),
-                      "accept": (self.ui.acceptProgressBar, self.segment.finish_accept)}
+        self.runs = sections.JobsSection(self, self.ui, slicer.util, qt)  # THE table of job kinds: jobs.KINDS
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -118,8 +106,6 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message:
             self.ui.workspacePathLineEdit.currentPath = ""
             self.status(message)
-        for bar, _ in self.kinds.values():
-            bar.hide()
         self.refreshTables()
         self.initializeParameterNode()
         self.updateButtons()
@@ -127,7 +113,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.removeObservers()
         self.jobs.cancel_all()
-        self.timer.stop()
+        self.runs.timer.stop()
 
     # -- module enter/exit: the embedded Segment Editor as Slicer's own Segment Editor module does it --
     def enter(self):
@@ -156,7 +142,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.ttaCheckBox.checked = self.parameterNode.GetParameter("TTA") == "true"
             if self.parameterNode.GetParameter("Quality"):
                 self.ui.qualityComboBox.currentText = self.parameterNode.GetParameter("Quality")
-            keys = [c.key for c in self.modelChoices]
+            keys = [c.key for c in self.tables.choices]
             if self.parameterNode.GetParameter("Model") in keys:
                 self.ui.modelComboBox.currentIndex = keys.index(self.parameterNode.GetParameter("Model"))
         finally:
@@ -193,16 +179,16 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmenting_shown=self.jobs.segmenting(volumeId),
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), learning=self.models.learning(), installing=self.jobs.busy("install"),
-            has_candidate=self.models.candidate is not None,
-            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1, importing=self.jobs.busy("import"),
+            has_candidate=self.models.candidate is not None, importing=self.jobs.busy("import"),
+            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1,
             accepting_shown=acceptJob is not None and acceptJob.volume_id == volumeId,
             accepting_other=acceptJob is not None and acceptJob.volume_id != volumeId)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
         self.models.show_learning()
-        choice = self.currentModelChoice()
         self.ui.acceptButton.text = panelstate.accept_button_text(state.accepting_shown)
-        self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, choice.label.split(" · ")[0] if choice else None)
+        shortName = choice.label.split(" · ")[0] if (choice := self.currentModelChoice()) else None
+        self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, shortName)
         self.pacs.update_buttons(volume, self.jobs.busy("pacs"))
 
     # -- workspace ------------------------------------------------------------------------
@@ -231,105 +217,25 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshTables()
         self.updateButtons()
 
-    def refreshTables(self):
-        self.refreshModelChoices()
-        self.ui.weakLabelComboBox.clear()
-        if self.ws is None:
-            self.ui.workspaceStatusLabel.text = "No workspace: open or create one (Segment works without one)."
-            return
-        for _, name in self.ws.settings.label_pairs():
-            self.ui.weakLabelComboBox.addItem(name)
-        self._fill(self.ui.caseTableWidget, panels.case_rows(self.ws))
-        self._fill(self.ui.modelTableWidget, panels.model_rows(self.ws))
-        current = self.ws.current_model()
-        self.ui.workspaceStatusLabel.text = "{}: {} cases, {} models, current model {}".format(
-            self.ws.settings.modality, self.ui.caseTableWidget.rowCount, self.ui.modelTableWidget.rowCount,
-            "v%d" % current.version if current else "none (pick a catalog model)")
+    def refreshTables(self, tables=None):
+        self.tables.refresh(tables)
 
-    def refreshModelChoices(self):
-        previous = self.currentModelChoice()
-        self.modelChoices = cases.model_choices(self.ws)
-        self._updatingGUI = True
-        try:
-            self.ui.modelComboBox.clear()
-            for c in self.modelChoices:
-                self.ui.modelComboBox.addItem(c.label)
-            keys = [c.key for c in self.modelChoices]
-            if previous is not None and previous.key in keys:
-                self.ui.modelComboBox.currentIndex = keys.index(previous.key)
-        finally:
-            self._updatingGUI = False
+    def readTables(self):
+        self.runs.read_tables()
 
     def currentModelChoice(self):
-        i = self.ui.modelComboBox.currentIndex if hasattr(self, "ui") else -1
-        return self.modelChoices[i] if 0 <= i < len(self.modelChoices) else None
+        return self.tables.current() if hasattr(self, "tables") else None
 
     def onModelChanged(self, index):
         self.updateParameterNodeFromGUI()
         self.updateButtons()
 
-    def _fill(self, table, rows):
-        table.setSortingEnabled(False)
-        table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, value in enumerate(row):
-                item = qt.QTableWidgetItem()
-                item.setData(qt.Qt.DisplayRole, value if isinstance(value, (int, float)) else str(value))
-                table.setItem(r, c, item)
-        table.setSortingEnabled(True)
-        table.resizeColumnsToContents()
-
-    # -- background jobs: one slot per kind --------------------------------------------------
+    # -- background jobs: one slot per kind (sections.JobsSection) -----------------------------
     def startJob(self, job):
-        try:
-            self.jobs.start(job)
-        except (JobError, OSError) as exc:
-            self.logic.cleanupJob(job.context)
-            slicer.util.errorDisplay("Could not start: %s" % exc)
-            return
-        self.kinds[job.kind][0].value = 0
-        self.kinds[job.kind][0].show()
-        self.timer.start()
-        self.status(job.describe() + "...")
-        self.updateButtons()
-
-    def onPoll(self):
-        for job, lines, done in self.jobs.poll():
-            self.logLines(job, lines)
-            if job.runner.fraction is not None:
-                self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
-            if done:
-                self.finishJob(job)
-        if not self.jobs.running:
-            self.timer.stop()
-
-    def logLines(self, job, lines):
-        for line in lines:
-            if line.record is None or line.record.get("event") != "progress":
-                self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
-            if line.record is not None and line.record.get("event") == "round":  # Keep learning: a round ended
-                self.models.on_round(line.record)
-
-    def finishJob(self, job):
-        self.kinds[job.kind][0].hide()
-        outcome = job.runner.outcome()
-        try:
-            if outcome.ok:
-                self.kinds[job.kind][1](job, outcome)
-            elif outcome.cancelled:
-                self.status("%s cancelled." % job.describe())
-            else:
-                slicer.util.errorDisplay("%s failed: %s" % (job.describe(), outcome.error), detailedText="\n".join(job.runner.stderr_tail))
-        except Exception as exc:  # a result that cannot be used must not leave the panel half-updated
-            logging.exception("HILASegment: could not use the %s result", job.kind)
-            slicer.util.errorDisplay("Could not use the %s result: %s" % (job.kind, exc))
-        finally:
-            self.logic.cleanupJob(job.context)
-            self.updateButtons()
+        self.runs.start(job)
 
     def cancelJob(self, kind):
-        if self.jobs.cancel(kind):
-            self.status("Cancelling...")
+        self.runs.cancel(kind)
 
     def onSceneStartClose(self, caller, event):
         self.jobs.cancel("segment")  # its volume is going away; training and installs do not depend on the scene

@@ -140,8 +140,8 @@ def test_slicer_python_api_calls_exist_in_main_and_5_8_and_take_these_arguments(
             if not guarded_by_hasattr(tree, call):
                 problems.append(f"{path.name}:{call.lineno}: {dotted} exists only from Slicer 5.12: guard it with hasattr")
     assert not problems, "\n".join(problems)
-    if path in (GLUE, BATCH):
-        assert checked >= 5
+    if path in (GLUE, BATCH):  # the parser saw the calls (batch mode: load, add, save; the rest is the Logic's)
+        assert checked >= (5 if path == GLUE else 3)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

@@ -511,6 +511,12 @@ class _Widget:  # a Qt widget's properties and signals, as the sections use them
     def blockSignals(self, block):
         self.blocked = block
 
+    def hide(self):
+        self.visible = False
+
+    def show(self):
+        self.visible = True
+
 
 class _UI:
     def __getattr__(self, name):
@@ -527,7 +533,7 @@ def test_the_models_section_takes_the_candidate_from_the_trainers_result(monkeyp
     from HILASegmentSlicerLib import sections
 
     calls = []
-    panel = SimpleNamespace(ws=object(), refreshTables=lambda: calls.append("refresh"), status=calls.append,
+    panel = SimpleNamespace(ws=object(), refreshTables=lambda tables=None: calls.append("refresh"), status=calls.append,
                             updateButtons=lambda: None, cancelJob=lambda kind: None)
     monkeypatch.setattr(sections.panels, "compare_text", lambda ws, version: f"v{version} vs current")
     ui = _UI()
@@ -568,7 +574,8 @@ def test_keep_learning_runs_one_watching_trainer_reports_its_rounds_and_stops_on
         started.append({"minutes": minutes, "device": device, "autoPromote": autoPromote, "watch": watch})
         return Runner()
 
-    panel = SimpleNamespace(ws=object(), jobs=board, refreshTables=lambda: calls.append("refresh"), status=calls.append,
+    panel = SimpleNamespace(ws=object(), jobs=board, refreshTables=lambda tables=None: calls.append("refresh"),
+                            readTables=lambda: calls.append("refresh"), status=calls.append,
                             updateButtons=lambda: None, startJob=board.start, cancelJob=board.cancel,
                             logic=SimpleNamespace(startTraining=start_training),
                             installs=SimpleNamespace(ensure=lambda tier: tier == "training"))
@@ -622,3 +629,91 @@ def test_accept_outcome_names_the_copy_after_the_submitted_version_and_reports_a
     assert (out.version, out.saved, out.save_error) == (4, final(4), None) and not pending.exists()
     out = cases.accept_outcome("c1", [{"version": 5}, None], [None, "hila: error: disk full"], str(pending), final)
     assert out.version == 5 and out.saved is None and "disk full" in out.message() and "v5" in out.message()
+
+
+def test_a_finished_job_reads_the_tables_on_a_worker_and_one_table_defines_the_kinds(tmp_path):
+    """When a job's run ends, the job reads the panel's tables from the ledger on a worker thread (a read-only
+    connection of its own) before it finishes, so the finish handler only draws them; every kind's progress text,
+    progress bar (a widget of the .ui) and finish handler come from one table, jobs.KINDS."""
+    import threading
+    import time
+    import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from conftest import ROOT
+
+    from HILASegmentSlicerLib import jobs, panels
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"])
+    sitk.WriteImage(_image(0), str(tmp_path / "case0.nrrd"))
+    case = ws.import_volume(tmp_path / "case0.nrrd")
+    readers = []
+
+    def read():
+        readers.append(threading.get_ident())
+        return panels.read_tables(str(ws.root))
+    board, runner = JobBoard(), Runner()
+    job = board.start(Job("import", runner, label="1 item(s)", tables=read))
+    assert board.poll() == [(job, [], False)] and readers == []  # the child still runs: nothing read yet
+    runner.finished = True
+    deadline = time.monotonic() + 30
+    while not any(done for _, _, done in board.poll()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert readers and readers[0] != threading.get_ident() and not board.busy("import")
+    tables = job.tables_read
+    assert tables.root == str(ws.root) and [row[0] for row in tables.cases] == [case.case_id]
+    assert tables.labels == ["prostate"] and tables.modality == "MR"
+    ui_file = ROOT / "HILASegment" / "Resources" / "UI" / "HILASegment.ui"
+    names = {w.get("name") for w in ET.parse(ui_file).iter("widget")}
+    assert {k.bar for k in jobs.KINDS.values()} <= names and job.describe() == "Importing 1 item(s)"
+    sections = {name: SimpleNamespace(**{m: (lambda j, o, n=f"{name}.{m}": n) for m in ("finish", "finish_import",
+                                                                                        "finish_accept")})
+                for name in ("segment", "models", "installs", "pacs", "cases")}
+    bound = jobs.bind_kinds(SimpleNamespace(**sections), SimpleNamespace(**{n: n for n in names}))
+    assert {kind: (bar, handler(None, None)) for kind, (bar, handler) in bound.items()} == {
+        kind: (k.bar, k.finish) for kind, k in jobs.KINDS.items()}
+    ws.close()
+
+
+def test_a_keep_learning_round_has_its_tables_read_on_a_worker_then_drawn(tmp_path):
+    """A round of Keep learning ends while its trainer still runs: the jobs section reads the tables on a worker
+    thread and its next poll (the QTimer's) draws them; the GUI thread never opens the ledger for it."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from HILASegmentSlicerLib import panels, sections
+
+    class Timer(_Widget):  # qt.QTimer: the calls the section makes
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"])
+    drawn, opened_on = [], []
+    real_read = panels.read_tables
+    section_module_read = sections.panels.read_tables
+    assert section_module_read is real_read
+    panels.read_tables = lambda root: opened_on.append(threading.get_ident()) or real_read(root)
+    try:
+        panel = SimpleNamespace(ws=ws, jobs=JobBoard(), refreshTables=drawn.append, **{
+            n: SimpleNamespace(finish=None, finish_import=None, finish_accept=None)
+            for n in ("segment", "models", "installs", "pacs", "cases")})
+        runs = sections.JobsSection(panel, _UI(), util=None, qt=SimpleNamespace(QTimer=Timer))
+        runs.read_tables()
+        assert runs.timer.active and drawn == []
+        deadline = time.monotonic() + 30
+        while not drawn:
+            assert time.monotonic() < deadline
+            runs.poll()
+            time.sleep(0.01)
+    finally:
+        panels.read_tables = real_read
+    assert opened_on and opened_on[0] != threading.get_ident()
+    assert drawn[0].root == str(ws.root) and drawn[0].labels == ["prostate"] and not runs.timer.active
+    ws.close()

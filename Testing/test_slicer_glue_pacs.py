@@ -120,7 +120,8 @@ def panel(ws, factory, ensure=True, saved=""):
         except JobError as exc:
             util.errorDisplay(str(exc))
 
-    p = pacs.PacsPanel(ui, util, lambda: ws, start_job, lambda: events.__setitem__("refresh", events["refresh"] + 1),
+    p = pacs.PacsPanel(ui, util, lambda: ws, start_job,
+                       lambda tables=None: events.__setitem__("refresh", events["refresh"] + 1),
                        events["status"].append, lambda: ensure, lambda: dict(SECRETS, HOME="/home/alice"),
                        lambda k, d: settings.get(k, d), settings.__setitem__,
                        cancel=lambda: board.cancel("pacs"), factory=factory)

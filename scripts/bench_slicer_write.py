@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GUI-thread part of one AI result in Slicer, measured on real MRML nodes (slicer-core, the real-MRML tier).
 
-    .venv-slicer/bin/python scripts/bench_slicer_write.py [--work DIR] [--modes M,M] [--repeat N]
+    .venv-slicer/bin/python scripts/bench_slicer_write.py [--work DIR] [--modes M,M] [--repeat N] [--starts]
 
 Set-up (cached in --work): the real pelvic CT (../shared/data/pelvic_ct_dicom/Pelvic-Ref002, 512x512x163) as a
 volume node; its RTSTRUCT converted with `hila convert --structures all` (16 structures) as the volume's existing
@@ -13,7 +13,11 @@ result, write it into the volume's segmentation under the Segment Editor's mask 
 prediction already), per mask mode in a fresh process: seconds and the peak extra resident memory over the process
 before the call (RSS sampled every 5 ms; SimpleITK and the engine's reader imported before, as after a session's
 first result: that import is a one-time ~0.3-0.5 s); ``again``: a second result onto the first (the segments it replaces exist).
-Prints one JSON line per run.
+Accept's run also times, in the same process, what Accept did on the GUI thread before its label export moved into
+the job (``before_seconds``; ``ratio_wall``/``ratio_cpu``: the GUI-thread part now over then, wall and this thread's
+CPU time, which contention on a shared machine does not inflate). ``--starts``: only the GUI-thread part of starting
+Segment and Accept on a volume that is no case, against the uncompressed writes the GUI thread did before
+(``measure_starts``). Prints one JSON line per run.
 """
 from __future__ import annotations
 
@@ -113,12 +117,8 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
     if accept:
-        from realscene import save_segmentation
-
         from HILASegmentLib.workspace import Workspace
         slicer.util.startupEnvironment = lambda: dict(os.environ)
-        slicer.util.exportNode = lambda node, path, properties=None, world=False: bool(
-            save_segmentation(node, path, compress=bool((properties or {}).get("useCompression", 1))))
         ws = Workspace.open(work / "ws")
         logic.tagCase(ws, volume, ws.cases()[0].case_id)
         logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
@@ -135,11 +135,15 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()
+    extra = {}
     if accept:
         _runner, context = logic.startAccept(ws, volume, segNode)
         seconds = time.perf_counter() - t0
+        extra["gui_cpu_seconds"] = round(time.thread_time() - cpu0, 3)
         report = type("R", (), dict(names=["accept"], clipped_total=0))
         logic.cleanupJob(context)
+        extra.update(before_in_this_process(logic, ws, volume, segNode, seconds, extra["gui_cpu_seconds"]))
     else:
         report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
         seconds = time.perf_counter() - t0
@@ -148,7 +152,78 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     peak[0] = max(peak[0], rss_mb())
     return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
-            "written": report.names, "clipped_voxels": report.clipped_total, "scene": scene.scene.GetNumberOfNodes() > 0}
+            "written": report.names, "clipped_voxels": report.clipped_total,
+            "scene": scene.scene.GetNumberOfNodes() > 0, **extra}
+
+
+def before_in_this_process(logic, ws, volume, segNode, seconds: float, cpu: float) -> dict:
+    """What Accept did on the GUI thread before its label export moved into the job, timed in this same process
+    (the same scene, right after the new part, so contention hits both alike): the checks and the merged label map
+    (``segments.label_array_from_segmentation``, the layers merged at the volume's size), the image and its
+    uncompressed write. Returns those seconds and the ratios new/before (wall and this thread's CPU)."""
+    import tempfile
+
+    import vtk
+
+    from HILASegmentLib.formats.imageio import write_image
+    from HILASegmentSlicerLib import cases, mrmlgeometry, segments
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    cases.own_case(ws, volume)
+    array = segments.label_array_from_segmentation(logic.util, segNode, volume, ws.settings.labels, vtk.mutable)
+    with tempfile.TemporaryDirectory() as folder:
+        write_image(mrmlgeometry.array_to_image(array, logic.ijkToRas(volume)), os.path.join(folder, "label.nrrd"),
+                    compress=False)
+    before, before_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    return {"before_seconds": round(before, 3), "before_gui_cpu_seconds": round(before_cpu, 3),
+            "ratio_wall": round(seconds / before, 3), "ratio_cpu": round(cpu / before_cpu, 3)}
+
+
+def measure_starts(work: Path) -> dict:
+    """The GUI-thread part of starting Segment and Accept on a volume that is no workspace case (the CT, its 16
+    existing segments), and, in this same process, what the GUI thread did before that work moved into the job:
+    the volume written uncompressed for `hila infer --image`, the segmentation written uncompressed by Slicer's
+    storage node for the copy. Seconds (wall and this thread's CPU) and the ratios now/before."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "Testing" / "mrml"))
+    import slicer
+    from realscene import RealScene, import_module_file, load_volume, read_segmentation, save_segmentation
+
+    from HILASegmentLib.formats.imageio import write_image
+    from HILASegmentLib.workspace import Workspace
+    from HILASegmentSlicerLib import segments
+
+    scene = RealScene()
+    slicer.util.startupEnvironment = lambda: dict(os.environ)
+    volume = load_volume(work / "ct.nrrd", "ct")
+    existing = read_segmentation(work / "existing.seg.nrrd", "ct segmentation")
+    volume.SetNodeReferenceID(segments.SEGMENTATION_REFERENCE, existing.GetID())
+    logic = import_module_file().HILASegmentLogic()
+    ws = Workspace.open(work / "ws")
+
+    def timed(fn):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        return time.perf_counter() - t0, time.thread_time() - c0
+    out = {"scene": scene.scene.GetNumberOfNodes() > 0}
+    now, before, contexts = {}, {}, []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(3):  # alternating, the fastest of three each: a shared machine's stalls hit both alike
+            for key, fn, old in (
+                    ("segment", lambda: contexts.append(logic.startSegmentation(volume, "pelvic_ct_unet")[1]),
+                     lambda: write_image(logic.volumeToImage(volume), os.path.join(folder, "i.nrrd"), compress=False)),
+                    ("accept", lambda: contexts.append(logic.startAccept(ws, volume, existing)[1]),
+                     lambda: save_segmentation(existing, os.path.join(folder, "raw.seg.nrrd"), compress=False))):
+                before[key] = min(before.get(key, (1e9, 1e9)), timed(old))
+                now[key] = min(now.get(key, (1e9, 1e9)), timed(fn))
+                for context in contexts:
+                    logic.cleanupJob(context)
+                contexts.clear()
+    for key in now:
+        out[key] = {"seconds": round(now[key][0], 3), "gui_cpu_seconds": round(now[key][1], 3),
+                    "before_seconds": round(before[key][0], 3), "before_gui_cpu_seconds": round(before[key][1], 3),
+                    "ratio_wall": round(now[key][0] / before[key][0], 3)}
+    return out
 
 
 def main() -> int:
@@ -160,6 +235,8 @@ def main() -> int:
     ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--accept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-file", action="store_true", help=argparse.SUPPRESS)  # internal: in the main environment
+    ap.add_argument("--starts", action="store_true",
+                    help="only: the GUI-thread part of starting Segment and Accept on a volume that is no case")
     args = ap.parse_args()
     work = Path(args.work)
     if args.child_file:
@@ -169,6 +246,9 @@ def main() -> int:
         print(json.dumps(measure(work, args.one, args.again, args.accept)))
         return 0
     prepare(work)
+    if args.starts:
+        print(json.dumps(measure_starts(work)))
+        return 0
     for mode in args.modes.split(","):
         for again in (False, True):
             for _ in range(args.repeat):  # a fresh process per run: nothing cached, the peak is this run's

@@ -4,9 +4,10 @@
     Slicer --no-main-window --python-script scripts/hila_slicer_batch.py --image F --out F.seg.nrrd [--model M]
 
 Inside Slicer the volume is read with Slicer's own loader (``slicer.util.loadVolume``) and the
-result written with Slicer's own writer (``slicer.util.saveNode`` on a segmentation node filled the way
-the panel's Segment fills it: ``HILASegmentSlicerLib.segments.write_engine_result``, one segment per label
-with the table's colours, the structures' terminology and the model version in the segment tags); the engine (``HILASegmentLib.inference.segmenter.Segmenter``) does the inference. The script exits
+result written with Slicer's own writer (``slicer.util.saveNode`` on the volume's segmentation node, filled by the
+module's Logic exactly as the panel's Segment fills it: ``ModuleLogic.loadSegmentation``, one segment per label
+with the table's colours, the structures' terminology and the model version in the segment tags); the engine
+(``HILASegmentLib.inference.segmenter.Segmenter``) does the inference. The script exits
 with its own code (``sys.exit``, also under ``--testing``): 0 done, 2 a problem the user can fix
 (one line on stderr), 1 an unexpected failure.
 
@@ -75,14 +76,16 @@ def check_paths(args):
 
 
 def run_in_slicer(slicer, args):
-    """Slicer's loader -> engine -> segmentation node -> Slicer's writer. Returns a one-line summary."""
-    import numpy as np
+    """Slicer's loader -> engine -> the module's Logic (the panel's one way from an engine result to segments) ->
+    Slicer's writer. Returns a one-line summary."""
     import vtk
 
     from HILASegmentLib.ground.errors import HilaError
     from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentSlicerLib import mrmlgeometry, segments
+    from HILASegmentSlicerLib.logic import ModuleLogic
 
+    logic = ModuleLogic(slicer, vtk)
     if os.path.isdir(args.image):  # Slicer's DICOM loading needs its database; the engine reads series folders
         from HILASegmentLib.formats.imageio import read_image
         image = read_image(args.image)
@@ -93,15 +96,11 @@ def run_in_slicer(slicer, args):
             volume = slicer.util.loadVolume(args.image)
         except RuntimeError as exc:
             raise HilaError(f"{args.image}: Slicer could not load it as a volume ({exc})") from None
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(matrix)
-        image = mrmlgeometry.array_to_image(np.array(slicer.util.arrayFromVolume(volume)), slicer.util.arrayFromVTKMatrix(matrix))
+        image = logic.volumeToImage(volume)
     result = Segmenter(args.model, threads=args.threads, device=args.device).segment(image, tta=args.tta)
-    segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", os.path.basename(args.out)[:-len(".seg.nrrd")])
-    segNode.CreateDefaultDisplayNodes()
-    segNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    # the module's one way from an engine result to segments (the panel's Segment writes through it too)
-    segments.write_engine_result(slicer.util, segments.items_from_segmentation(result.to_segmentation()), segNode, volume)
+    segNode = segments.segmentation_for(slicer.mrmlScene, volume)
+    segNode.SetName(os.path.basename(args.out)[:-len(".seg.nrrd")])
+    logic.loadSegmentation(result.to_segmentation(), segNode, volume)  # what the panel's Segment does with a result
     if not slicer.util.saveNode(segNode, args.out):
         raise HilaError(f"{args.out}: Slicer could not write the segmentation")
     return "%s: %d segments by %s v%s in %.1f s" % (args.out, len(result.card.labels), result.card.name,

@@ -16,7 +16,7 @@ import numpy as np
 from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.models import catalog
 
-from . import mrmlgeometry, segments
+from . import segments
 
 __all__ = ["reopen_workspace", "ModelChoice", "model_choices", "AcceptOutcome", "accept_case", "accept_weak",
            "reopen_case_segments", "output_path", "workspace_model", "own_case",
@@ -85,10 +85,10 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
     reference: never from whatever else the panel last showed. A missing label refuses the submit
     (HilaError); a failure to save the extra .seg.nrrd copy after the submit is reported, not raised.
     """
-    case_id, label = prepare_accept(ws, util, volume, segNode, ijk_to_ras, mutable)
+    case_id, export = prepare_accept(ws, util, volume, segNode, ijk_to_ras, mutable)
     version = None
-    if label is not None:
-        correction = ws.submit(case_id, label, quality=quality, annotator=annotator, seconds=seconds)
+    if isinstance(export, segments.LabelExport):
+        correction = ws.submit(case_id, export.image(), quality=quality, annotator=annotator, seconds=seconds)
         version = correction.version
     try:
         saved = save(segNode, version)
@@ -99,16 +99,19 @@ def accept_case(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.nd
 
 def prepare_accept(ws: Any, util: Any, volume: Any, segNode: Any, ijk_to_ras: np.ndarray,
                    mutable: Callable[[str], Any]) -> Tuple[Optional[str], Any]:
-    """(case id, label image) of what Accept submits, or (case id or None, None) for a volume that is no case of
-    ``ws``: the part of Accept that needs the scene (its checks and the segments' label map); the submit and the
-    compressed copy run in a child (``ModuleLogic.startAccept``). Refuses (HilaError) what cannot be accepted."""
+    """(case id, ``segments.LabelExport``) of what Accept submits, or (None, ``segments.SegmentsExport``) for a volume
+    that is no case of ``ws`` (only its copy is written): the part of Accept that needs the scene, its checks and the
+    segments' layers copied out; merging, writing, the submit and the compressed copy run in the job
+    (``ModuleLogic.startAccept``). Refuses (HilaError) what cannot be accepted, and Accept without a workspace: its
+    copy goes into a workspace, never beside the user's file or into the home folder."""
     if segNode is None:
         raise HilaError("there is no segmentation to accept: Segment first, or draw in the Segment Editor")
+    if ws is None:
+        raise HilaError("Accept keeps its work in a workspace: open or create one first (nothing was written)")
     case_id = own_case(ws, volume)
-    if ws is None or not case_id:
-        return case_id, None
-    array = segments.label_array_from_segmentation(util, segNode, volume, ws.settings.labels, mutable)
-    return case_id, mrmlgeometry.array_to_image(array, ijk_to_ras)
+    if not case_id:
+        return None, segments.segments_export(util, segNode, volume, mutable, ijk_to_ras)
+    return case_id, segments.label_export(util, segNode, volume, ws.settings.labels, mutable, ijk_to_ras)
 
 
 def accept_outcome(case_id: Optional[str], results: List[Optional[dict]], errors: List[Optional[str]],
@@ -116,7 +119,8 @@ def accept_outcome(case_id: Optional[str], results: List[Optional[dict]], errors
     """What an Accept job did, from its commands' results (``hila submit``'s, then the copy's): the compressed copy
     written at ``pending`` gets its versioned name (``final(version)``); a failed copy is reported with the version
     that was submitted, never as "nothing was submitted"."""
-    version = int(results[0]["version"]) if case_id and results and results[0] else None
+    submitted = results[-2] if case_id and len(results) >= 2 else None  # the steps end in the submit, then the copy
+    version = int(submitted["version"]) if submitted else None
     copy_error = errors[-1] if errors else None
     if copy_error or not Path(pending).exists():
         return AcceptOutcome(case_id, version, None, copy_error or "the compressed copy was not written")
@@ -167,17 +171,19 @@ def reopen_case_segments(ws: Any, util: Any, volume: Any, segNode: Any) -> Optio
 COPIES_DIR = "segmentations"
 
 
-def output_path(volume: Any, ws: Any = None, case_id: Optional[str] = None, version: Optional[int] = None) -> str:
-    """Where Accept's .seg.nrrd copy goes: ``<workspace>/segmentations/<case>/<volume>_v<n>.seg.nrrd``.
+def output_path(volume: Any, ws: Any, case_id: Optional[str] = None, version: Optional[int] = None) -> str:
+    """Where Accept's .seg.nrrd copy goes: ``<workspace>/segmentations/<case>/<volume>_v<n>.seg.nrrd`` (a volume that
+    is no case: ``<workspace>/segmentations/<volume>.seg.nrrd``).
 
     Never beside the volume's source file (a user's data folder, a read-only mount: Accept must not write
-    there) and never into the ledger's own folders; without a workspace, ``~/HILASegment``.
+    there), never into the ledger's own folders, never into the home folder: without a workspace, HilaError.
     """
+    if ws is None:
+        raise HilaError("Accept keeps its work in a workspace: open or create one first (nothing was written)")
     raw = (volume.GetName() if volume is not None else "") or "segmentation"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "segmentation"
     name += f"_v{version}" if version else ""
-    base = Path(ws.root) / COPIES_DIR if ws is not None else Path.home() / "HILASegment"
-    return str(base / re.sub(r"[^A-Za-z0-9._-]+", "_", case_id or "") / (name + ".seg.nrrd"))
+    return str(Path(ws.root) / COPIES_DIR / re.sub(r"[^A-Za-z0-9._-]+", "_", case_id or "") / (name + ".seg.nrrd"))
 
 
 def workspace_model(modality: str, preferred: Optional[str] = None) -> Tuple[Optional[str], str]:

@@ -10,11 +10,41 @@ result must not become B's correction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["KINDS", "Job", "JobBoard", "JobError"]
+from .processrunner import ThreadRunner
 
-KINDS = ("segment", "train", "install", "pacs", "import", "accept")
+__all__ = ["JobKind", "KINDS", "bind_kinds", "Job", "JobBoard", "JobError"]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of background job: its progress text, the panel's progress bar, its finish handler, and whether its
+    end changes what the panel's tables show (then the job reads the ledger for them, not the GUI thread)."""
+
+    label: str   # the progress text: "Segmenting <what> (case <id>)..."
+    bar: str     # the progress bar in the .ui
+    finish: str  # the panel's handler of a finished job, "<section>.<method>"
+    tables: bool = True
+
+
+#: THE table of job kinds (one slot each).
+KINDS: Dict[str, JobKind] = {
+    "segment": JobKind("Segmenting", "segmentProgressBar", "segment.finish"),
+    "train": JobKind("Training", "progressBar", "models.finish"),
+    "install": JobKind("Installing", "installProgressBar", "installs.finish", tables=False),
+    "pacs": JobKind("PACS", "pacsProgressBar", "pacs.finish"),
+    "import": JobKind("Importing", "importProgressBar", "cases.finish_import"),
+    "accept": JobKind("Accepting", "acceptProgressBar", "segment.finish_accept"),
+}
+
+
+def bind_kinds(panel: Any, ui: Any) -> Dict[str, Tuple[Any, Callable[[Any, Any], None]]]:
+    """kind -> (its progress bar, its finish handler) of this panel, from :data:`KINDS`."""
+    def handler(path: str) -> Callable[[Any, Any], None]:
+        section, method = path.split(".")
+        return getattr(getattr(panel, section), method)
+    return {kind: (getattr(ui, k.bar), handler(k.finish)) for kind, k in KINDS.items()}
 
 
 class JobError(RuntimeError):
@@ -23,7 +53,10 @@ class JobError(RuntimeError):
 
 @dataclass
 class Job:
-    """One background run (a :class:`HILASegmentSlicerLib.processrunner.ProcessRunner`) and what it is for."""
+    """One background run (a :class:`HILASegmentSlicerLib.processrunner.ProcessRunner`) and what it is for.
+
+    ``tables``: what reads the panel's tables from the ledger once the run has ended (``panels.read_tables`` of the
+    workspace), run by the job on a worker thread; its result is ``tables_read`` for the finish handler to draw."""
 
     kind: str
     runner: Any
@@ -31,11 +64,13 @@ class Job:
     volume_id: Optional[str] = None
     label: str = ""
     context: Dict[str, Any] = field(default_factory=dict)
+    tables: Optional[Callable[[], Any]] = None
+    tables_read: Any = None
+    reader: Any = None
 
     def describe(self) -> str:
-        what = {"segment": "Segmenting", "train": "Training", "install": "Installing", "pacs": "PACS", "import": "Importing",
-                "accept": "Accepting"}[self.kind]
-        return what + (f" {self.label}" if self.label else "") + (f" (case {self.case_id})" if self.case_id else "")
+        case = f" (case {self.case_id})" if self.case_id else ""
+        return KINDS[self.kind].label + (f" {self.label}" if self.label else "") + case
 
 
 class JobBoard:
@@ -71,13 +106,17 @@ class JobBoard:
         return job is not None and volume_id is not None and job.volume_id == volume_id
 
     def poll(self) -> List[Tuple[Job, list, bool]]:
-        """(job, its new output lines, finished?) for every job; finished jobs leave their slot."""
+        """(job, its new output lines, finished?) for every job; finished jobs leave their slot. A job whose run ended
+        and that has ``tables`` to read first reads them on a worker thread (``tables_read``), then finishes."""
         out = []
         for kind in list(self._jobs):
             job = self._jobs[kind]
-            lines = job.runner.poll()
-            done = bool(job.runner.finished)
+            lines = job.runner.poll() if job.reader is None else []
+            if job.runner.finished and job.tables is not None and job.reader is None:
+                job.reader = ThreadRunner(lambda cancelled, read=job.tables: {"tables": read()}, "tables").start()
+            done = bool(job.runner.finished) and (job.reader is None or job.reader.finished)
             if done:
+                job.tables_read = (job.reader.outcome().result or {}).get("tables") if job.reader is not None else None
                 del self._jobs[kind]
             out.append((job, lines, done))
         return out

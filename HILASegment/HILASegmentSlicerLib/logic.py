@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,24 +56,20 @@ class ModuleLogic:
 
     def loadResult(self, segPath: str, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
         """A `hila infer` .seg.nrrd into the volume's own segments; returns the report (``segments.WriteReport``).
-
-        All the GUI thread does with an AI result: read it (the workspace form's file is cut to the result's voxels
-        and already in the workspace's labels; the child recorded the prediction), and write its segments, in the
-        region of the volume they cover, under the Segment Editor's masking (``segments.write_engine_result``)."""
+        All the GUI thread does with an AI result: read it and :meth:`loadSegmentation` (the workspace form's file is
+        cut to the result's voxels and already in the workspace's labels; the child recorded the prediction)."""
         from HILASegmentLib.formats.segfile import read_segmentation  # SimpleITK: loaded when a result arrives
-        items, region = segments.result_items(read_segmentation(segPath), self.ijkToRas(volume),
-                                              tuple(self.util.arrayFromVolume(volume).shape))
+        return self.loadSegmentation(read_segmentation(segPath), segNode, volume, editorNode)
+
+    def loadSegmentation(self, seg: Any, segNode: Any, volume: Any, editorNode: Any = None) -> Any:
+        """THE way an engine result (``segfile.Segmentation`` on the volume's lattice) becomes segments, for the panel
+        and for batch mode: its segments are written in the region of the volume they cover, under the Segment
+        Editor's masking (``segments.write_engine_result``)."""
+        shape = tuple(self.util.arrayFromVolume(volume).shape)
+        items, region = segments.result_items(seg, self.ijkToRas(volume), shape)
         mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
         return segments.write_engine_result(self.util, items, segNode, volume, editorNode, mode, self.slicer.mrmlScene,
                                             region=region)
-
-    def saveSegmentation(self, segNode: Any, path: str, compress: bool = True) -> str:
-        """Slicer's own .seg.nrrd writer, through ``exportNode``: the node's own storage (where File > Save writes) is
-        left alone. Uncompressed (``compress`` False) it is fast enough for the GUI thread."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if not self.util.exportNode(segNode, path, {"useCompression": 1 if compress else 0}):
-            raise OSError("Could not write %s" % path)
-        return path
 
     # workspace
     def loadCase(self, ws: Any, caseId: str) -> Any:
@@ -91,15 +86,26 @@ class ModuleLogic:
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
 
-    def startImportVolumeNode(self, ws: Any, volume: Any) -> Tuple[ProcessRunner, Dict[str, str]]:
-        """A volume node into the workspace: written uncompressed (the GUI thread's part), imported by the child
-        (validation, the compressed copy, the ledger); the finish handler tags the node with its case."""
-        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when a volume is imported
+    def startImportVolumeNode(self, ws: Any, volume: Any) -> Tuple[SequenceRunner, Dict[str, str]]:
+        """A volume node into the workspace: its voxels copied here (the GUI thread's part), written uncompressed by
+        the job's worker, imported by the child (validation, the compressed copy, the ledger); the finish handler
+        tags the node with its case."""
         from HILASegmentLib.ground.paths import name_component
         folder = tempfile.mkdtemp(prefix="hila-import-")
         path = os.path.join(folder, name_component(volume.GetName() or "volume") + ".nrrd")
-        write_image(self.volumeToImage(volume), path, compress=False)
-        return self.startImport(ws, [path], name=volume.GetName() or None), {"folder": folder}
+        args = ["import", str(ws.root), path] + (["--name", volume.GetName()] if volume.GetName() else []) + ["--json"]
+        argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
+        return SequenceRunner([self.volumeWriter(volume, path), argv], env=env), {"folder": folder}
+
+    def volumeWriter(self, volume: Any, path: str) -> Callable[[Any], None]:
+        """The job step that writes ``volume`` to ``path`` (uncompressed: the child reads it once) on the worker
+        thread; here only its voxels and matrix are copied (a later edit of the node does not leak into the file)."""
+        array, ijkToRas = np.array(self.util.arrayFromVolume(volume)), self.ijkToRas(volume)
+
+        def write_volume(cancelled: Any) -> None:
+            from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded in the worker
+            write_image(mrmlgeometry.array_to_image(array, ijkToRas), path, compress=False)
+        return write_volume
 
     def importVolumeNode(self, ws: Any, volume: Any, timeout: float = 600) -> str:
         """The panel's import job, waited for (the self-test, scripts): returns the case id."""
@@ -122,7 +128,7 @@ class ModuleLogic:
             if not outcome.ok:
                 raise RuntimeError("Accept failed: %s" % outcome.error)
             return cases.accept_outcome(context["case"], runner.results, runner.errors, context["pending"],
-                                        lambda version: cases.output_path(volume, context["ws"], context["case"], version))
+                                        lambda version: cases.output_path(volume, ws, context["case"], version))
         finally:
             self.cleanupJob(context)
 
@@ -133,34 +139,38 @@ class ModuleLogic:
 
     def startAccept(self, ws: Any, volume: Any, segNode: Any, quality: str = "reviewed", annotator: Optional[str] = None,
                     seconds: Optional[float] = None) -> Tuple[SequenceRunner, Dict[str, Any]]:
-        """Accept as a child: the GUI thread checks and exports the label map (``cases.prepare_accept``), written
-        uncompressed; the child submits it (``hila submit``: validation, effort, the ledger) and then writes the
-        correction as a compressed .seg.nrrd in the workspace (``hila convert`` with the workspace's label names: the
-        one colour table, the structures' terminology), never beside the volume's source file. A volume that is no
-        case has no labels: its segmentation is written by Slicer uncompressed here and compressed by the child."""
-        from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Accept is pressed
-        caseId, label = cases.prepare_accept(ws, self.util, volume, segNode, self.ijkToRas(volume) if volume else None,
-                                             self.vtk.mutable)
+        """Accept as a job. The GUI thread checks and copies the segments' layers out of the scene at their own extent
+        (``cases.prepare_accept``); the job's worker merges them into the label map and writes it, the child submits
+        it (``hila submit``: validation, effort, the ledger) and writes the correction as a compressed .seg.nrrd in the
+        workspace (``hila convert`` with the workspace's label names: the one colour table, the structures'
+        terminology), never beside the volume's source file. A volume that is no case has no labels: the worker
+        writes its segments' compressed copy into the workspace. No workspace: refused (HilaError), nothing written."""
+        caseId, export = cases.prepare_accept(ws, self.util, volume, segNode, self.ijkToRas(volume) if volume else None,
+                                              self.vtk.mutable)
         folder = tempfile.mkdtemp(prefix="hila-accept-")
-        final = cases.output_path(volume, ws if caseId else None, caseId, None)
+        final = cases.output_path(volume, ws, caseId, None)
         pending = os.path.join(os.path.dirname(final), ".pending-%s.seg.nrrd" % os.path.basename(folder))
-        os.makedirs(os.path.dirname(final), exist_ok=True)
         env = self.util.startupEnvironment()
-        commands = []
-        if label is not None:
-            labelPath = str(write_image(label, os.path.join(folder, "label.nrrd"), compress=False))
-            args = ["submit", str(ws.root), caseId, labelPath, "--quality", quality, "--json"]
-            args += (["--annotator", annotator] if annotator else []) + (["--seconds", "%.1f" % seconds] if seconds else [])
-            commands.append(engine_command("HILASegmentLib", args, env=env)[0])
-            names = ",".join("%d=%s" % (lab.value, lab.name) for lab in ws.settings.labels)
-            copy = ["convert", labelPath, pending, "--names", names, "--json"]
-        else:
-            copy = ["convert", self.saveSegmentation(segNode, os.path.join(folder, "raw.seg.nrrd"), compress=False), pending,
-                    "--json"]
-        argv, env = engine_command("HILASegmentLib", copy, env=env)
-        commands.append(argv)
-        runner = SequenceRunner(commands, env=env, optional=[False] * (len(commands) - 1) + [True])
-        return runner, {"folder": folder, "case": caseId, "pending": pending, "ws": ws if caseId else None}
+        if caseId is None:
+            def write_copy(cancelled: Any) -> None:
+                from HILASegmentLib.formats.segfile import write_segmentation  # the engine's writer, in the worker
+                os.makedirs(os.path.dirname(pending), exist_ok=True)
+                write_segmentation(export.segmentation(), pending)
+            return SequenceRunner([write_copy], env=env, optional=[True]), {"folder": folder, "case": None,
+                                                                            "pending": pending, "ws": ws}
+        labelPath = os.path.join(folder, "label.nrrd")
+
+        def write_label(cancelled: Any) -> None:
+            from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded in the worker
+            write_image(export.image(), labelPath, compress=False)
+            os.makedirs(os.path.dirname(pending), exist_ok=True)  # where the child's compressed copy goes
+        args = ["submit", str(ws.root), caseId, labelPath, "--quality", quality, "--json"]
+        args += (["--annotator", annotator] if annotator else []) + (["--seconds", "%.1f" % seconds] if seconds else [])
+        names = ",".join("%d=%s" % (lab.value, lab.name) for lab in ws.settings.labels)
+        submit, childEnv = engine_command("HILASegmentLib", args, env=env)
+        copy, _ = engine_command("HILASegmentLib", ["convert", labelPath, pending, "--names", names, "--json"], env=env)
+        runner = SequenceRunner([write_label, submit, copy], env=childEnv, optional=[False, False, True])
+        return runner, {"folder": folder, "case": caseId, "pending": pending, "ws": ws}
 
     # jobs
     def startSegmentation(self, volume: Any, model: str, tta: bool = False, device: str = "auto",
@@ -169,20 +179,17 @@ class ModuleLogic:
 
         ``case``: (workspace folder, case id) of a workspace case: the child runs ``hila infer WS CASE`` on the case's
         own image, maps the model's labels to the workspace's and records the prediction; ``model`` is then a model
-        version or a catalog name. Otherwise the volume is written out for the file form (no prediction recorded)."""
+        version or a catalog name. Otherwise the file form: the volume's voxels are copied here and written by the job's
+        worker (:meth:`volumeWriter`) before the child runs (no prediction recorded)."""
         folder = tempfile.mkdtemp(prefix="hila-infer-")
-        out = os.path.join(folder, "result.seg.nrrd")
-        if case is not None:
-            args = ["infer", str(case[0]), str(case[1])]
-        else:
-            from HILASegmentLib.formats.imageio import write_image  # SimpleITK: loaded when Segment is pressed
-            image = os.path.join(folder, "image.nrrd")
-            write_image(self.volumeToImage(volume), image, compress=False)  # the child reads it once: no gzip here
-            args = ["infer", "--image", image]
+        out, image = os.path.join(folder, "result.seg.nrrd"), os.path.join(folder, "image.nrrd")
+        args = ["infer", str(case[0]), str(case[1])] if case is not None else ["infer", "--image", image]
         args += ["--out", out, "--model", str(model), "--device", device, "--json",
                  "--review-map", os.path.join(folder, "review.nrrd")] + (["--tta"] if tta else [])
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
-        return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
+        if case is not None:
+            return ProcessRunner(argv, env=env), {"folder": folder, "out": out}
+        return SequenceRunner([self.volumeWriter(volume, image), argv], env=env), {"folder": folder, "out": out}
 
     def startTraining(self, ws: Any, maxMinutes: int, device: str, autoPromote: bool = False,
                       watch: bool = False) -> ProcessRunner:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # SimpleITK is imported where an image is made, not when Slic
 
 __all__ = [
     "LPS_TO_RAS", "lps_to_ras", "ras_to_lps", "ijk_to_ras_matrix", "geometry_from_ijk_to_ras",
-    "image_to_array", "array_to_image", "voxel_to_ras", "same_geometry", "label_masks",
+    "image_to_array", "array_to_image", "grid_image", "voxel_to_ras", "same_geometry", "label_masks",
     "masks_to_label", "edit_allowed_mask", "mask_segment_ids", "color_to_float",
 ]
 
@@ -37,28 +37,27 @@ ras_to_lps = lps_to_ras
 
 
 def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
-    """The 4x4 IJKToRAS matrix of a SimpleITK image (what ``volumeNode.SetIJKToRASMatrix`` takes)."""
+    """The 4x4 IJKToRAS matrix of a SimpleITK image (what ``volumeNode.SetIJKToRASMatrix`` takes): the engine's one
+    IJK -> LPS (``HILASegmentLib.formats.voxelgrid.ijk_to_lps``), flipped to RAS."""
+    from HILASegmentLib.formats.voxelgrid import ijk_to_lps  # SimpleITK: loaded where an image is handled
+
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3-D image, got {image.GetDimension()}-D")
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    ijk_to_lps = np.eye(4)
-    ijk_to_lps[:3, :3] = direction @ np.diag(image.GetSpacing())
-    ijk_to_lps[:3, 3] = image.GetOrigin()
-    return _FLIP4 @ ijk_to_lps
+    return _FLIP4 @ ijk_to_lps(image)
 
 
 def geometry_from_ijk_to_ras(matrix: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
-    """(origin, spacing, direction) in SimpleITK's LPS terms from a 4x4 IJKToRAS matrix."""
+    """(origin, spacing, direction) in SimpleITK's LPS terms from a 4x4 IJKToRAS matrix (the RAS flip of the engine's
+    ``voxelgrid.grid_of``)."""
+    from HILASegmentLib.formats.voxelgrid import grid_of  # SimpleITK: loaded where an image is handled
+
     m = np.asarray(matrix, dtype=float)
     if m.shape != (4, 4):
         raise ValueError(f"IJKToRAS must be 4x4, got {m.shape}")
-    ijk_to_lps = _FLIP4 @ m
-    cols = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(cols, axis=0)
-    if np.any(spacing <= 0) or not np.all(np.isfinite(cols)):
-        raise ValueError("IJKToRAS has a zero or non-finite axis")
-    direction = cols / spacing
-    return tuple(ijk_to_lps[:3, 3].tolist()), tuple(spacing.tolist()), tuple(direction.flatten().tolist())
+    try:
+        return grid_of(_FLIP4 @ m)
+    except ValueError:
+        raise ValueError("IJKToRAS has a zero or non-finite axis") from None
 
 
 def image_to_array(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
@@ -86,6 +85,18 @@ def array_to_image(array: np.ndarray, ijk_to_ras: np.ndarray, reference: Optiona
     img.SetDirection(direction)
     if reference is not None and reference.GetSize() != img.GetSize():
         raise ValueError(f"array size {img.GetSize()} differs from the reference {reference.GetSize()}")
+    return img
+
+
+def grid_image(shape: Sequence[int], ijk_to_ras: np.ndarray) -> sitk.Image:
+    """An empty (zero, uint8) SimpleITK image of the grid of ``shape`` (k, j, i) and ``ijk_to_ras``."""
+    import SimpleITK as sitk  # lazily: importing the Slicer module must not load SimpleITK
+
+    img = sitk.Image([int(shape[2]), int(shape[1]), int(shape[0])], sitk.sitkUInt8)
+    origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras)
+    img.SetOrigin(origin)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
     return img
 
 

@@ -129,7 +129,7 @@ class PacsPanel:
     widget's own (its job slots, status line, table refresh, consent install, settings)."""
 
     def __init__(self, ui: Any, util: Any, workspace: Callable[[], Any], start_job: Callable[[Job], None],
-                 refresh: Callable[[], None], status: Callable[[str], None], ensure_packages: Callable[[], bool],
+                 refresh: Callable[..., None], status: Callable[[str], None], ensure_packages: Callable[[], bool],
                  environment: Callable[[], Dict[str, str]], get_setting: Callable[[str, str], str],
                  set_setting: Callable[[str, str], None], cancel: Callable[[], None] = lambda: None,
                  factory: Callable = popen_factory):
@@ -198,5 +198,5 @@ class PacsPanel:
         action = job.context["pacs"]
         ws = self.workspace()
         if ws is not None and Path(ws.root) == Path(action.workspace):
-            self.refresh()
+            self.refresh(job.tables_read)  # read by the job's worker (None: read now)
         self.status(result_message(action, outcome.result))

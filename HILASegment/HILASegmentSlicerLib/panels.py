@@ -7,9 +7,11 @@ the Segment child (``hila infer WS CASE``, ``Workspace.record_prediction``), nev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
 
-__all__ = ["CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
+__all__ = ["Tables", "tables", "read_tables",
+           "CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
            "model_dice", "learning_curve", "compare_text", "model_for"]
 
 CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Corrections", "Effort", "Suspect"]
@@ -38,6 +40,43 @@ def model_dice(card: Optional[Mapping]) -> Optional[float]:
             if vals:
                 return round(sum(vals) / len(vals), 4)
     return None
+
+
+@dataclass
+class Tables:
+    """What the panel's tables, model selector and workspace line show, read from the ledger at one moment: by a
+    job's worker thread when a job ends (``read_tables``), so the GUI thread only draws them."""
+
+    root: Optional[str] = None
+    modality: str = ""
+    labels: List[str] = field(default_factory=list)
+    cases: List[list] = field(default_factory=list)
+    models: List[list] = field(default_factory=list)
+    current: Optional[int] = None
+    choices: list = field(default_factory=list)  # cases.ModelChoice
+
+
+def tables(ws) -> Tables:
+    """The :class:`Tables` of ``ws`` (None: no workspace, the catalog's models only)."""
+    from .cases import model_choices  # the model selector's rows
+
+    if ws is None:
+        return Tables(choices=model_choices(None))
+    current = ws.current_model()
+    return Tables(str(ws.root), ws.settings.modality, [name for _, name in ws.settings.label_pairs()], case_rows(ws),
+                  model_rows(ws), current.version if current else None, model_choices(ws))
+
+
+def read_tables(root: str) -> Tables:
+    """:func:`tables` of the workspace at ``root`` through a read-only connection of its own (a job's worker thread
+    runs it: the panel's workspace object stays with the GUI thread)."""
+    from HILASegmentLib.workspace import Workspace  # the ledger
+
+    ws = Workspace.open(root, readonly=True)
+    try:
+        return tables(ws)
+    finally:
+        ws.close()
 
 
 def case_rows(ws) -> List[list]:

@@ -8,9 +8,10 @@ Cancel kills the whole process tree: the child starts in its own session (POSIX)
 group (Windows), so grandchildren (data-loader workers, ...) die with it.
 
 The process itself comes from an injectable factory, so tests (and other hosts) can fake it.
-No Qt, no Slicer: this module is plain Python. Length (~470 lines): one job, watching child
-processes; :class:`SequenceRunner` (a background pip install on Slicer 5.8/5.10) is a few
-ProcessRunners in a row and shares the runner's whole contract, so it stays beside it.
+No Qt, no Slicer: this module is plain Python. Length (~540 lines): one job, watching child
+processes; :class:`SequenceRunner` (a background pip install on Slicer 5.8/5.10, Segment, Import, Accept) is a few
+steps in a row and shares the runner's whole contract, so it stays beside it; :class:`ThreadRunner` is a step that
+runs in this process on a worker thread (writing what the GUI thread copied out of the scene), watched the same way.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Union
 
 __all__ = [
     "ChildProcess", "PopenChild", "popen_factory", "OutputLine", "RunOutcome", "ProcessRunner",
-    "python_executable", "engine_command", "SequenceRunner",
+    "python_executable", "engine_command", "SequenceRunner", "ThreadRunner",
 ]
 
 
@@ -390,18 +391,100 @@ def engine_command(module: str, args: Sequence[str], python: Optional[str] = Non
     return argv, child_env
 
 
+class ThreadRunner:
+    """One step of a job run in this process on a worker thread, watched and cancelled like a :class:`ProcessRunner`.
+
+    What the GUI thread hands it is plain data it copied out of the scene (numpy arrays, names, a matrix), never an
+    MRML node: ``fn(cancelled)`` merges and writes it (disk I/O, compression) off the GUI thread and returns a dict
+    or None (its result). ``cancelled`` is a ``threading.Event`` the step may look at between writes; a cancelled
+    step's result is dropped. An exception is the step's error line (its message, whitespace folded)."""
+
+    def __init__(self, fn: Callable[[threading.Event], Optional[dict]], name: str = "worker") -> None:
+        self.fn = fn
+        self.args = [name]
+        self.cancelled = False
+        self._event = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._result: Optional[dict] = None
+        self._error: Optional[str] = None
+        self._done = threading.Event()
+        self._started_at = 0.0
+        self._ended_at: Optional[float] = None
+
+    def start(self) -> "ThreadRunner":
+        if self._thread is not None:
+            raise RuntimeError("this runner was already started")
+        self._started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"hila-{self.args[0]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            if not self._event.is_set():
+                self._result = self.fn(self._event)
+        except Exception as exc:  # the step's error, shown as one line
+            self._error = " ".join(str(exc).split()) or type(exc).__name__
+        finally:
+            self._ended_at = time.monotonic()
+            self._done.set()
+
+    def poll(self) -> List[OutputLine]:
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def fraction(self) -> Optional[float]:
+        return 1.0 if self.finished else None
+
+    @property
+    def message(self) -> str:
+        return ""
+
+    @property
+    def result(self) -> Optional[dict]:
+        return self._result
+
+    @property
+    def stderr_tail(self) -> List[str]:
+        return [self._error] if self._error else []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._event.set()
+
+    def outcome(self) -> RunOutcome:
+        ok = self.finished and self._error is None and not self.cancelled
+        error = "cancelled" if self.cancelled else self._error
+        seconds = ((self._ended_at or time.monotonic()) - self._started_at) if self._started_at else 0.0
+        return RunOutcome(0 if ok else 1, self.cancelled, ok, error, self._result if ok else None, seconds)
+
+    def wait(self, timeout: Optional[float] = None) -> RunOutcome:
+        """Block until the step ends (scripts and tests; the GUI polls instead)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.args[0]} still running after {timeout} s")
+        return self.outcome()
+
+
+Step = Union[Sequence[str], Callable[[threading.Event], Optional[dict]]]
+
+
 class SequenceRunner:
-    """Several commands run one after another, watched and cancelled like one :class:`ProcessRunner`.
+    """Several steps run one after another, watched and cancelled like one :class:`ProcessRunner`.
 
     What the Slicer module's background ``pip install`` needs on Slicer 5.8/5.10 (no
     non-blocking installer there): the plan's commands in order, a fraction per finished
     command, the last output line as the message, Cancel that kills the running one and
-    starts no more, and the first failure ending the sequence.
+    starts no more, and the first failure ending the sequence. A step is a command (a child process) or a
+    callable (a :class:`ThreadRunner` step: Segment, Import and Accept write what the GUI thread copied out first).
     """
 
-    def __init__(self, commands: Sequence[Sequence[str]], env: Optional[Dict[str, str]] = None,
+    def __init__(self, commands: Sequence[Step], env: Optional[Dict[str, str]] = None,
                  factory: ProcessFactory = popen_factory, optional: Sequence[bool] = ()):
-        self.commands = [list(c) for c in commands]
+        self.commands = [c if callable(c) else list(c) for c in commands]
         #: per command: may it fail without ending the sequence (Accept's copy after its submit)?
         self.optional = list(optional) + [False] * (len(self.commands) - len(optional))
         #: each finished command's JSON result and error (None where it had none), in order
@@ -410,7 +493,7 @@ class SequenceRunner:
         self.env = env
         self.factory = factory
         self.index = -1
-        self.current: Optional[ProcessRunner] = None
+        self.current: Optional[Union[ProcessRunner, ThreadRunner]] = None
         self.cancelled = False
         self._outcome: Optional[RunOutcome] = None
         self._message = ""
@@ -418,7 +501,9 @@ class SequenceRunner:
 
     def _next(self) -> None:
         self.index += 1
-        self.current = ProcessRunner(self.commands[self.index], env=self.env, factory=self.factory).start()
+        step = self.commands[self.index]
+        self.current = (ThreadRunner(step, getattr(step, "__name__", "worker")) if callable(step)
+                        else ProcessRunner(step, env=self.env, factory=self.factory)).start()
 
     def start(self) -> "SequenceRunner":
         if not self.commands:
@@ -463,7 +548,10 @@ class SequenceRunner:
     def fraction(self) -> Optional[float]:
         if self._outcome is not None:
             return 1.0
-        return max(0, self.index) / len(self.commands) if self.commands else None
+        if not self.commands:
+            return None
+        within = (self.current.fraction or 0.0) if self.current is not None and not self.current.finished else 0.0
+        return (max(0, self.index) + within) / len(self.commands)
 
     @property
     def message(self) -> str:
@@ -487,6 +575,7 @@ class SequenceRunner:
         while not self.finished:
             self.poll()
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.commands[self.index][0]} still running after {timeout} s")
+                step = self.commands[self.index]
+                raise TimeoutError(f"{getattr(step, '__name__', None) or step[0]} still running after {timeout} s")
             time.sleep(interval)
         return self.outcome()

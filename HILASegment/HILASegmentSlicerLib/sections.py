@@ -3,21 +3,168 @@
 
 ``panel`` is the module's widget; a section reads from it only the shared state of the panel: ``ws`` (the open
 workspace), ``logic``, ``jobs``, ``openedAt`` (volume ID -> when its case was shown), ``currentModelChoice()``, and
-calls its shared hooks ``status``, ``refreshTables``, ``updateButtons``, ``startJob``, ``cancelJob`` and
+calls its shared hooks ``status``, ``refreshTables``, ``readTables``, ``updateButtons``, ``startJob``, ``cancelJob`` and
 ``installs.ensure``. The decisions stay in the library's rules (cases, segments, marks, panelstate, dependencies).
 Nothing here imports slicer, qt or vtk: ``qt`` and ``vtk`` are passed in where a section needs them.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from typing import Any, Optional
 
 import numpy as np
 
 from . import cases, installplan, marks, panels, segments
-from .jobs import Job
+from .jobs import KINDS, Job, JobError, bind_kinds
+from .processrunner import ThreadRunner
 
-__all__ = ["CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
+__all__ = ["TablesSection", "JobsSection", "CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
+
+
+class TablesSection:
+    """The case and model tables, the model selector and the workspace line, drawn from ``panels.Tables``: read by a
+    job's worker when a job ends (``Job.tables_read``), or here after opening a workspace, a promote or a rollback."""
+
+    def __init__(self, panel: Any, ui: Any, qt: Any) -> None:
+        self.panel, self.ui, self.qt = panel, ui, qt
+        self.choices: list = []  # cases.ModelChoice, one per row of the model selector
+        for table, headers in ((ui.caseTableWidget, panels.CASE_COLUMNS), (ui.modelTableWidget, panels.MODEL_COLUMNS)):
+            table.setColumnCount(len(headers))
+            table.setHorizontalHeaderLabels(headers)
+
+    def refresh(self, tables: Optional[panels.Tables] = None) -> None:
+        """Draw ``tables`` when they are of the open workspace; else read them now (the ledger, on this thread)."""
+        ws = self.panel.ws
+        if tables is None or tables.root != (str(ws.root) if ws is not None else None):
+            tables = panels.tables(ws)
+        self.draw_choices(tables.choices)
+        self.ui.weakLabelComboBox.clear()
+        if ws is None:
+            self.ui.workspaceStatusLabel.text = "No workspace: open or create one (Segment works without one)."
+            return
+        for name in tables.labels:
+            self.ui.weakLabelComboBox.addItem(name)
+        self._fill(self.ui.caseTableWidget, tables.cases)
+        self._fill(self.ui.modelTableWidget, tables.models)
+        self.ui.workspaceStatusLabel.text = "{}: {} cases, {} models, current model {}".format(
+            tables.modality, len(tables.cases), len(tables.models),
+            "v%d" % tables.current if tables.current else "none (pick a catalog model)")
+
+    def draw_choices(self, choices: list) -> None:
+        """The model selector's rows, keeping the picked model when it is still offered."""
+        previous = self.current()
+        self.choices = list(choices)
+        self.panel._updatingGUI = True
+        try:
+            self.ui.modelComboBox.clear()
+            for c in self.choices:
+                self.ui.modelComboBox.addItem(c.label)
+            keys = [c.key for c in self.choices]
+            if previous is not None and previous.key in keys:
+                self.ui.modelComboBox.currentIndex = keys.index(previous.key)
+        finally:
+            self.panel._updatingGUI = False
+
+    def current(self) -> Any:
+        """The picked ``cases.ModelChoice``, or None."""
+        i = self.ui.modelComboBox.currentIndex
+        return self.choices[i] if 0 <= i < len(self.choices) else None
+
+    def _fill(self, table: Any, rows: list) -> None:
+        table.setSortingEnabled(False)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                item = self.qt.QTableWidgetItem()
+                item.setData(self.qt.Qt.DisplayRole, value if isinstance(value, (int, float)) else str(value))
+                table.setItem(r, c, item)
+        table.setSortingEnabled(True)
+        table.resizeColumnsToContents()
+
+
+class JobsSection:
+    """The panel's background jobs: one slot per kind (``jobs.KINDS``: progress text, progress bar, finish handler),
+    polled by a QTimer every 200 ms; when a job's run ends, the job reads the tables (``Job.tables``) on a worker
+    thread, and its finish handler only draws."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any, qt: Any) -> None:
+        self.panel, self.ui, self.util = panel, ui, util
+        self.kinds = bind_kinds(panel, ui)
+        self.reading: Optional[ThreadRunner] = None  # tables read mid-job (a Keep-learning round ended)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.poll)
+        for bar, _ in self.kinds.values():
+            bar.hide()
+
+    def start(self, job: Job) -> None:
+        panel = self.panel
+        if KINDS[job.kind].tables and panel.ws is not None:
+            job.tables = functools.partial(panels.read_tables, str(panel.ws.root))
+        try:
+            panel.jobs.start(job)
+        except (JobError, OSError) as exc:
+            panel.logic.cleanupJob(job.context)
+            self.util.errorDisplay("Could not start: %s" % exc)
+            return
+        self.kinds[job.kind][0].value = 0
+        self.kinds[job.kind][0].show()
+        self.timer.start()
+        panel.status(job.describe() + "...")
+        panel.updateButtons()
+
+    def poll(self) -> None:
+        for job, lines, done in self.panel.jobs.poll():
+            self.log(job, lines)
+            if job.runner.fraction is not None:
+                self.kinds[job.kind][0].value = int(100 * job.runner.fraction)
+            if done:
+                self.finish(job)
+        if self.reading is not None and self.reading.finished:
+            self.panel.refreshTables((self.reading.outcome().result or {}).get("tables"))
+            self.reading = None
+        if not self.panel.jobs.running and self.reading is None:
+            self.timer.stop()
+
+    def read_tables(self) -> None:
+        """Read the tables on a worker thread while jobs run (a round of Keep learning ended); :meth:`poll` draws
+        them when read."""
+        ws = self.panel.ws
+        if ws is not None and self.reading is None:
+            read = functools.partial(panels.read_tables, str(ws.root))
+            self.reading = ThreadRunner(lambda cancelled: {"tables": read()}, "tables").start()
+            self.timer.start()
+
+    def log(self, job: Job, lines: list) -> None:
+        for line in lines:
+            if line.record is None or line.record.get("event") != "progress":
+                self.ui.logTextEdit.appendPlainText("[%s] %s" % (job.kind, line.text))
+            if line.record is not None and line.record.get("event") == "round":  # Keep learning: a round ended
+                self.panel.models.on_round(line.record)
+
+    def finish(self, job: Job) -> None:
+        self.kinds[job.kind][0].hide()
+        outcome = job.runner.outcome()
+        try:
+            if outcome.ok:
+                self.kinds[job.kind][1](job, outcome)
+            elif outcome.cancelled:
+                self.panel.status("%s cancelled." % job.describe())
+            else:
+                self.util.errorDisplay("%s failed: %s" % (job.describe(), outcome.error),
+                                       detailedText="\n".join(job.runner.stderr_tail))
+        except Exception as exc:  # a result that cannot be used must not leave the panel half-updated
+            logging.exception("HILASegment: could not use the %s result", job.kind)
+            self.util.errorDisplay("Could not use the %s result: %s" % (job.kind, exc))
+        finally:
+            self.panel.logic.cleanupJob(job.context)
+            self.panel.updateButtons()
+
+    def cancel(self, kind: str) -> None:
+        if self.panel.jobs.cancel(kind):
+            self.panel.status("Cancelling...")
 
 
 class CasesSection:
@@ -93,7 +240,7 @@ class CasesSection:
         if volume is not None and imported:
             self.panel.logic.tagCase(self.panel.ws, volume, imported[0]["case_id"])
             self.panel.openedAt[volume.GetID()] = time.monotonic()
-        self.panel.refreshTables()
+        self.panel.refreshTables(job.tables_read)
         self.panel.status("Imported %d case(s): %s" % (len(imported), ", ".join(c["case_id"] for c in imported)))
 
     def volume_changed(self, volume: Any) -> None:
@@ -153,7 +300,7 @@ class SegmentSection:
             self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole AI result
         report = self.panel.logic.loadResult(job.context["out"], segNode, volume, editorNode)
         if job.case_id:
-            self.panel.refreshTables()
+            self.panel.refreshTables(job.tables_read)
         self.panel.status("%s — %s (%.0f s)" % (volume.GetName(), report.message(), outcome.seconds))
         if report.clipped_total and not any(report.predicted[n] > report.clipped[n] for n in report.names):
             self.util.warningDisplay(report.message())
@@ -189,7 +336,7 @@ class SegmentSection:
                                       lambda version: cases.output_path(volume, job.context["ws"], job.case_id, version))
         if volume is not None:
             self.panel.openedAt[volume.GetID()] = time.monotonic()  # the next Accept's seconds count from this one
-        self.panel.refreshTables()
+        self.panel.refreshTables(job.tables_read)
         self.panel.status(result.message())
         if result.save_error:
             self.util.warningDisplay(result.message())
@@ -278,8 +425,8 @@ class ModelsSection:
 
     def on_round(self, record: dict) -> None:
         """One round of Keep learning ended (the watching trainer's ``round`` line): the tables and the status say
-        what the gate did, while the radiologist keeps working."""
-        self.panel.refreshTables()
+        what the gate did, while the radiologist keeps working (the tables are read by a worker, then drawn)."""
+        self.panel.readTables()
         if record.get("model_version") is None:
             self.panel.status("Keep learning: round not trained: %s" % record.get("error", "see the log"))
             return
@@ -290,7 +437,7 @@ class ModelsSection:
     def finish(self, job: Job, outcome: Any) -> None:
         """Offer the candidate the trainer registered (its result names it) in the panel, without interrupting the
         case being corrected."""
-        self.panel.refreshTables()
+        self.panel.refreshTables(getattr(job, "tables_read", None))
         result = outcome.result or {}
         if getattr(job, "context", {}).get("watch"):
             self.panel.status("Keep learning stopped: %s round(s), %s promoted." % (result.get("rounds", 0),

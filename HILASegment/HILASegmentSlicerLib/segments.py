@@ -33,8 +33,10 @@ from HILASegmentLib.ground.labelmatch import REVIEW_NAME, REVIEW_TAG
 from . import mrmlgeometry
 
 __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "OWN_PREFIX", "CREATOR_TAG", "WriteReport",
-           "segmentation_for", "segment_list", "label_array_from_segmentation", "write_result", "load_label_array",
-           "workspace_items", "items_from_segmentation", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers",
+           "LabelExport",
+           "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
+           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -110,9 +112,86 @@ def segment_list(segNode: Any, label_values: Sequence[int], mutable: Callable[[s
     return out
 
 
-def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: Sequence[Any],
-                                  mutable: Callable[[str], Any]) -> np.ndarray:
-    """The label array (k, j, i) of the volume, value per workspace label, from the segments that stand for them.
+@dataclass
+class LayerPart:
+    """A copy of one Slicer layer's voxels at its own extent (not the volume's), and where it lies on the volume."""
+
+    start: Tuple[int, int, int]  # (k, j, i) of its first voxel in the volume (may lie outside it: cut on use)
+    array: np.ndarray  # (k, j, i), the layer's voxel values (each segment of the layer has its own value)
+
+    def cut(self, shape: Tuple[int, ...]) -> Optional[Tuple[Tuple[slice, ...], Tuple[slice, ...]]]:
+        """(box of the volume, box of this part) where they overlap, or None."""
+        lo = [max(0, s) for s in self.start]
+        hi = [min(n, s + m) for s, m, n in zip(self.start, self.array.shape, shape)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            return None
+        return (tuple(slice(a, b) for a, b in zip(lo, hi)),
+                tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, self.start)))
+
+
+def export_layers(util: Any, segNode: Any, segmentIds: Sequence[str], volume: Any,
+                  ijk_to_ras: Optional[np.ndarray] = None) -> Tuple[List[LayerPart], Dict[str, Tuple[int, int]]]:
+    """The GUI thread's part of taking segments out of the scene: every layer holding one of ``segmentIds`` copied
+    once, at its own extent (Slicer's internal labelmap, nothing exported), with where it lies on the volume. Returns
+    (parts, {segment ID: (part index, its voxel value there)}); an empty segment is not in the map. A segment without
+    a labelmap of its own on the volume's lattice is exported by Slicer onto the volume (one full part, value 1).
+    Merging and writing are the worker's (:class:`LabelExport`, :class:`SegmentsExport`)."""
+    segmentation = segNode.GetSegmentation()
+    to_volume = None
+    parts: List[LayerPart] = []
+    where: Dict[str, Tuple[int, int]] = {}
+    seen: Dict[Any, int] = {}
+    for segId in segmentIds:
+        image = segNode.GetBinaryLabelmapInternalRepresentation(segId)
+        if image is not None and _empty(image.GetExtent()):
+            continue
+        if image is not None and to_volume is None:
+            to_volume = np.linalg.inv(ijk_to_ras if ijk_to_ras is not None else _ijk_to_ras(util, volume))
+        start = _layer_start(util, image, to_volume) if image is not None else None
+        if start is None:  # no layer on the volume's lattice: Slicer resamples it onto the volume
+            exported = (np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0).view(np.uint8)
+            parts.append(LayerPart((0, 0, 0), exported))
+            where[segId] = (len(parts) - 1, 1)
+            continue
+        if image not in seen:
+            seen[image] = len(parts)
+            layer = np.array(util.arrayFromSegmentInternalBinaryLabelmap(segNode, segId))  # a copy: edits may follow
+            parts.append(LayerPart((int(start[2]), int(start[1]), int(start[0])), layer))
+        where[segId] = (seen[image], int(segmentation.GetSegment(segId).GetLabelValue()))
+    return parts, where
+
+
+@dataclass
+class LabelExport:
+    """Accept's label map as the GUI thread hands it to the worker: the layers of the segments standing for the
+    workspace's labels (:func:`export_layers`) and which voxel values are which label; :meth:`array` merges them
+    (off the GUI thread), later label values winning where segments overlap (``mrmlgeometry.masks_to_label``)."""
+
+    shape: Tuple[int, ...]
+    ijk_to_ras: Optional[np.ndarray]
+    parts: List[LayerPart]
+    by_value: Dict[int, List[Tuple[int, int]]]  # label value -> (part index, voxel value) of each of its segments
+
+    def array(self) -> np.ndarray:
+        top = max(self.by_value, default=0)
+        out = np.zeros(self.shape, np.uint8 if top < 256 else np.uint16)
+        for value in sorted(self.by_value):
+            for index, voxel in self.by_value[value]:
+                part = self.parts[index]
+                box = part.cut(self.shape)
+                if box is not None:
+                    out[box[0]][part.array[box[1]] == voxel] = value
+        return out
+
+    def image(self) -> Any:
+        """The label map as a SimpleITK image on the volume's grid (what ``hila submit`` takes)."""
+        return mrmlgeometry.array_to_image(self.array(), self.ijk_to_ras)
+
+
+def label_export(util: Any, segNode: Any, volume: Any, labels: Sequence[Any], mutable: Callable[[str], Any],
+                 ijk_to_ras: Optional[np.ndarray] = None) -> LabelExport:
+    """The GUI thread's part of Accept's label map: the checks and the layers (:func:`export_layers`) of the segments
+    that stand for ``labels``; the worker merges them (:meth:`LabelExport.array`).
 
     Refuses (HilaError naming them) labels no segment matches: a correction without them would
     say "background" where the radiologist said nothing. An empty segment counts as present.
@@ -130,21 +209,105 @@ def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: 
         have = ", ".join(repr(name) for _, name, _ in segs) or "none"
         raise HilaError(f"no segment stands for label {', '.join(repr(m) for m in missing)} (segments: {have}); "
                         "name a segment like the label, or add an empty one if the structure is absent")
-    shape = util.arrayFromVolume(volume).shape
-    by_value: Dict[int, List[str]] = {}
-    for segId, name, tags in segs:
-        value = labelmatch.match_label(name, tags, pairs)
-        if value is not None:
-            by_value.setdefault(value, []).append(segId)
-    masks: Dict[int, np.ndarray] = {}
-    for value, ids in by_value.items():  # read from the segments' layers (no export) where Slicer has them there
-        union = _layer_union(util, segNode, ids, volume, tuple(slice(0, n) for n in shape))
-        if union is None:
-            union = np.zeros(shape, bool)
-            for segId in ids:
-                union |= np.asarray(util.arrayFromSegmentBinaryLabelmap(segNode, segId, volume)) > 0
-        masks[value] = union
-    return mrmlgeometry.masks_to_label({v: m.view(np.uint8) for v, m in masks.items()}, shape)
+    values = {segId: labelmatch.match_label(name, tags, pairs) for segId, name, tags in segs}
+    values = {segId: v for segId, v in values.items() if v is not None}
+    parts, where = export_layers(util, segNode, list(values), volume, ijk_to_ras)
+    by_value: Dict[int, List[Tuple[int, int]]] = {}
+    for segId, value in values.items():
+        if segId in where:
+            by_value.setdefault(value, []).append(where[segId])
+    return LabelExport(tuple(util.arrayFromVolume(volume).shape), ijk_to_ras, parts, by_value)
+
+
+def label_array_from_segmentation(util: Any, segNode: Any, volume: Any, labels: Sequence[Any],
+                                  mutable: Callable[[str], Any]) -> np.ndarray:
+    """The label array (k, j, i) of the volume, value per workspace label, from the segments that stand for them
+    (:func:`label_export` merged at once: scripts and tests; the panel's Accept merges in its worker)."""
+    return label_export(util, segNode, volume, labels, mutable).array()
+
+
+#: The tags a segment's copy keeps (``SegmentsExport``): what label matching, terminology and provenance read.
+COPY_TAGS = (labelmatch.TAG_KEY, TERMINOLOGY_TAG, REVIEW_TAG, CREATOR_TAG, "HILA.model", "HILA.source")
+
+
+@dataclass
+class SegmentsExport:
+    """A segmentation as the GUI thread hands it to the worker for a .seg.nrrd copy (a volume that is no case):
+    its layers at their extents and each segment's (ID, name, colour, tags, part index or None, voxel value)."""
+
+    shape: Tuple[int, ...]
+    ijk_to_ras: np.ndarray
+    parts: List[LayerPart]
+    segments: List[Tuple[str, str, tuple, Dict[str, str], Optional[int], int]]
+
+    def segmentation(self) -> Any:
+        """The engine's Segmentation of it (off the GUI thread): layers on the box holding every part, the volume's
+        full grid kept where Slicer looks for it (the conversion parameters, the extent offset)."""
+        from HILASegmentLib.formats.segmentation import (
+            DEFAULT_CONVERSION_PARAMETERS,
+            Segment,
+            Segmentation,
+            slicer_geometry_string,
+        )
+        boxes = [b[0] for b in (p.cut(self.shape) for p in self.parts) if b is not None] or [(slice(0, 1),) * 3]
+        box = boxes[0]
+        for other in boxes[1:]:
+            box = _union(box, other)
+        origin = mrmlgeometry.voxel_to_ras(self.ijk_to_ras, [box[2].start, box[1].start, box[0].start])
+        on_box = np.array(self.ijk_to_ras, float)
+        on_box[:3, 3] = origin
+        layers = []
+        for part in self.parts or [LayerPart((0, 0, 0), np.zeros((1, 1, 1), np.uint8))]:
+            arr = np.zeros(tuple(sl.stop - sl.start for sl in box), part.array.dtype)
+            cut = part.cut(self.shape)
+            if cut is not None:
+                arr[tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(cut[0], box))] = part.array[cut[1]]
+            layers.append(mrmlgeometry.array_to_image(arr, on_box))
+        free = int(max((v for *_, i, v in self.segments if i == 0), default=0))
+        out = []
+        for segId, name, color, tags, index, value in self.segments:
+            if index is None:  # empty: a value no voxel of layer 0 has
+                free += 1
+                index, value = 0, free
+            out.append(Segment(id=segId, name=name, color=tuple(mrmlgeometry.color_to_float(label_color(name, color))),
+                               label_value=int(value), layer=int(index), tags=terminology.with_entry(name, tags)))
+        full = mrmlgeometry.grid_image(self.shape, self.ijk_to_ras)
+        seg = Segmentation(segments=out, layers=layers)
+        seg.conversion_parameters = DEFAULT_CONVERSION_PARAMETERS.replace("{geometry}", slicer_geometry_string(full))
+        seg.reference_extent_offset = (box[2].start, box[1].start, box[0].start)
+        return seg
+
+
+def segments_export(util: Any, segNode: Any, volume: Any, mutable: Callable[[str], Any],
+                    ijk_to_ras: np.ndarray) -> SegmentsExport:
+    """The GUI thread's part of a copy of the volume's segmentation: names, colours, tags and layers (no export
+    where Slicer has them on the volume's lattice); the likely-error outline is left out, as at Accept."""
+    segmentation = segNode.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    meta = []
+    for segId in ids:
+        segment = segmentation.GetSegment(segId)
+        tags = _tags(segment, COPY_TAGS, mutable)
+        if segId != REVIEW_ID and REVIEW_TAG not in tags:
+            meta.append((segId, segment.GetName(), tuple(segment.GetColor()), tags))
+    parts, where = export_layers(util, segNode, [m[0] for m in meta], volume, ijk_to_ras)
+    return SegmentsExport(tuple(util.arrayFromVolume(volume).shape), ijk_to_ras, parts,
+                          [m + where.get(m[0], (None, 0)) for m in meta])
+
+
+def _empty(extent: Sequence[int]) -> bool:
+    return extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]
+
+
+def _layer_start(util: Any, image: Any, to_volume: np.ndarray) -> Optional[np.ndarray]:
+    """The (i, j, k) of a layer's first voxel in the volume, or None when the layer is not on the volume's lattice
+    (``to_volume``: the volume's RAS -> IJK)."""
+    matrix = util.vtkMatrixFromArray(np.eye(4))
+    image.GetImageToWorldMatrix(matrix)
+    step = to_volume @ util.arrayFromVTKMatrix(matrix)  # the layer's index -> the volume's index
+    if not np.allclose(step[:3, :3], np.eye(3), atol=1e-4) or np.abs(step[:3, 3] - np.round(step[:3, 3])).max() > 1e-3:
+        return None
+    return np.round(step[:3, 3]).astype(int) + np.array(image.GetExtent()[0::2])
 
 
 def _bbox(masks: Sequence[np.ndarray]) -> Tuple[slice, ...]:
@@ -188,15 +351,11 @@ def _layer_union(util: Any, segNode: Any, segmentIds: Sequence[str], volume: Any
     to_volume = np.linalg.inv(_ijk_to_ras(util, volume))
     out = np.zeros(tuple(sl.stop - sl.start for sl in region), bool)
     for image, (first, values) in layers.items():
-        extent = image.GetExtent()
-        if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        if _empty(image.GetExtent()):
             continue
-        matrix = util.vtkMatrixFromArray(np.eye(4))
-        image.GetImageToWorldMatrix(matrix)
-        step = to_volume @ util.arrayFromVTKMatrix(matrix)  # the layer's index -> the volume's index
-        if not np.allclose(step[:3, :3], np.eye(3), atol=1e-4) or np.abs(step[:3, 3] - np.round(step[:3, 3])).max() > 1e-3:
+        start = _layer_start(util, image, to_volume)  # the layer's first voxel in the volume (i, j, k)
+        if start is None:
             return None
-        start = np.round(step[:3, 3]).astype(int) + np.array(extent[0::2])  # the layer's first voxel in the volume (i, j, k)
         array = util.arrayFromSegmentInternalBinaryLabelmap(segNode, first)  # (k, j, i) from that voxel
         lo = [max(region[a].start, int(start[2 - a])) for a in range(3)]
         hi = [min(region[a].stop, int(start[2 - a]) + array.shape[a]) for a in range(3)]
@@ -383,12 +542,6 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         if reference is not None:
             scene.RemoveNode(reference)
     return report
-
-
-def items_from_segmentation(seg: Any) -> list:
-    """An engine Segmentation (``segfile``) as the (value, name, colour, 0/1 array (k, j, i), tags) items the writers
-    here take: one way from an engine result to segments, for the panel and for batch mode."""
-    return [(s.label_value, s.name, s.color, seg.mask_array(s.id), dict(s.tags)) for s in seg.segments]
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):

@@ -41,6 +41,17 @@ def rs():
     scene.close()
 
 
+@pytest.fixture
+def logic(rs, monkeypatch):
+    """HILASegment.py's own Logic on slicer-core (the module file imported, Qt stood in). The one slicer.util call of
+    it that needs ``slicer.app``, the children's environment (``startupEnvironment``), is this process's."""
+    slicer = need_slicer_core()
+    from realscene import import_module_file
+
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    return import_module_file().HILASegmentLogic()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

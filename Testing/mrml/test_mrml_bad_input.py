@@ -1,7 +1,8 @@
 """The issue's bad input, on real MRML nodes: a segmentation deleted while its volume segments, a volume under a
 non-linear transform, a segment renamed to another label's name, a segmentation with 100 segments. Each ends in one
 line (a HilaError the panel shows) or in the result where it belongs; nothing the user drew is lost. (Accept on a
-read-only source folder: test_mrml_logic.py::test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen.)"""
+read-only source folder: test_mrml_logic.py::test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen
+and test_mrml_jobs.py::test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ from tier import FIXTURES, slicer_core
 
 slicer = slicer_core()
 import vtk  # noqa: E402
-from realscene import import_module_file, load_volume  # noqa: E402
+from realscene import load_volume  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from HILASegmentLib.formats import labelio  # noqa: E402
@@ -21,11 +22,6 @@ from HILASegmentLib.workspace import Workspace  # noqa: E402
 from HILASegmentSlicerLib import cases, marks, segments  # noqa: E402
 
 MRI, MRI_LABEL = FIXTURES / "prostate_mri_oblique_small.nrrd", FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"
-
-
-@pytest.fixture
-def logic():
-    return import_module_file().HILASegmentLogic()
 
 
 def child_result(tmp_path, names=("prostate", "bladder")):
@@ -91,7 +87,7 @@ def test_a_volume_under_a_non_linear_transform(rs, logic, tmp_path):
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0, masks["prostate"])
     volume.SetAttribute(segments.CASE_ATTRIBUTE, ws.import_volume(MRI).case_id)
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    arr = sitk.GetArrayFromImage(label)
+    arr = sitk.GetArrayFromImage(label.image())
     assert np.array_equal(arr == 1, masks["prostate"]) and np.array_equal(arr == 2, masks["bladder"])
     roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "R")
     roi.SetCenterWorld(0.0, 0.0, 0.0)
@@ -118,7 +114,7 @@ def test_a_segment_renamed_to_another_labels_name_is_asked_about_not_guessed(rs,
     logic.loadResult(str(out), segNode, volume, logic.segmentEditorNode())
     assert segNode.GetSegmentation().GetSegment("hila_1").GetName() == "prostate"
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    assert np.array_equal(sitk.GetArrayFromImage(label) == 1, masks["prostate"])
+    assert np.array_equal(sitk.GetArrayFromImage(label.image()) == 1, masks["prostate"])
     ws.close()
 
 
@@ -157,5 +153,5 @@ def test_a_segmentation_with_100_segments(rs, logic, tmp_path, mode):
         assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segNode, name, volume) > 0, mask), name
     volume.SetAttribute(segments.CASE_ATTRIBUTE, ws.import_volume(MRI).case_id)
     _, label = cases.prepare_accept(ws, slicer.util, volume, segNode, logic.ijkToRas(volume), vtk.mutable)
-    assert set(np.unique(sitk.GetArrayFromImage(label))) <= {0, 1, 2}
+    assert set(np.unique(sitk.GetArrayFromImage(label.image()))) <= {0, 1, 2}
     ws.close()

@@ -1,5 +1,6 @@
 """Batch mode (scripts/hila_slicer_batch.py) beside slicer-core: plain Python that can `import slicer` is still not
-Slicer (no ``slicer.app``), and the script's Slicer path fills real nodes through the panel's own writer.
+Slicer (no ``slicer.app``), and the script's Slicer path fills real nodes through the module's Logic, the panel's one
+way from an engine result to segments (``ModuleLogic.loadSegmentation``).
 
 Adds to test_slicer_batch.py (which runs the script where `import slicer` fails)."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ from realscene import import_module_file, load_volume, save_segmentation  # noqa
 from HILASegmentLib.formats import segfile, terminology  # noqa: E402
 from HILASegmentLib.ground.colors import label_color  # noqa: E402
 from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
-from HILASegmentSlicerLib import mrmlgeometry  # noqa: E402
+from HILASegmentSlicerLib import mrmlgeometry, segments  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "hila_slicer_batch.py"
 MRI = FIXTURES / "prostate_mri_oblique_small.nrrd"
@@ -42,7 +43,15 @@ def test_the_scripts_slicer_path_writes_real_nodes_like_the_panel(rs, tmp_path, 
     monkeypatch.setattr(slicer.util, "saveNode", lambda node, path: bool(save_segmentation(node, path)))
     args = SimpleNamespace(image=str(MRI), out=str(tmp_path / "slicer.seg.nrrd"), model=str(MODEL), tta=False,
                            threads=1, device="cpu")
+    through = []  # batch mode turns the engine's result into segments the panel's way: the Logic's one path
+    logic_class = import_module_file().HILASegmentLogic().impl.__class__
+    original = logic_class.loadSegmentation
+    monkeypatch.setattr(logic_class, "loadSegmentation",
+                        lambda self, *a, **k: through.append(a) or original(self, *a, **k))
     assert batch.run_in_slicer(slicer, args).startswith(args.out)
+    (call,) = through
+    assert call[2] is slicer.mrmlScene.GetFirstNodeByName("input") and call[1] is segments.segmentation_for(
+        slicer.mrmlScene, call[2], create=False)  # the volume's own segmentation, as Segment fills it
     # the engine on the image exactly as Slicer's node holds it (the file read by SimpleITK differs from it in the
     # 16th digit of the spacing, which moves this tiny threshold model's boundary voxels)
     volume = slicer.mrmlScene.GetFirstNodeByName("input")

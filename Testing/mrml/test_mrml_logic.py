@@ -11,15 +11,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
-from tier import FIXTURES, ROOT, hila, shared, slicer_core
+from tier import FIXTURES, ROOT, hila, read_only_folder, roi_display_colours, shared, slicer_core
 
 slicer = slicer_core()
-from realscene import import_module_file, load_volume, read_segmentation, save_segmentation, tag  # noqa: E402
+from realscene import load_volume, read_segmentation, tag  # noqa: E402
 
 from HILASegmentLib.formats import segfile, terminology  # noqa: E402
-from HILASegmentLib.ground.colors import label_color  # noqa: E402
+from HILASegmentLib.ground.colors import known_color, label_color  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
 from HILASegmentSlicerLib import cases, segments  # noqa: E402
 
@@ -32,16 +31,6 @@ def type_code(segment) -> tuple:
     assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
     t = entry.GetTypeObject()
     return t.GetCodingSchemeDesignator(), t.GetCodeValue(), t.GetCodeMeaning()
-
-
-@pytest.fixture
-def logic(monkeypatch):
-    # the two slicer.util calls of the Logic that need slicer.app: the child's environment, and exportNode (done here
-    # by the same storage node class that it ends in, honouring its useCompression property)
-    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
-    monkeypatch.setattr(slicer.util, "exportNode", lambda node, filename, properties=None, world=False: bool(
-        save_segmentation(node, filename, compress=bool((properties or {}).get("useCompression", 1)))))
-    return import_module_file().HILASegmentLogic()
 
 
 def test_the_logic_turns_the_oblique_mri_node_into_the_files_image(rs, logic):
@@ -62,7 +51,7 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     source = tmp_path / "user_data"
     source.mkdir()
     shutil.copy(MRI, source / "t2.nrrd")
-    source.chmod(0o555)
+    untouched = read_only_folder(source)
     model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
     ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(model))
     volume = load_volume(source / "t2.nrrd", "t2")
@@ -91,7 +80,7 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     assert accepted.version == 1 and accepted.save_error is None
     copy = Path(accepted.saved)
     assert ws.root in copy.parents and source not in copy.parents
-    assert sorted(p.name for p in source.iterdir()) == ["t2.nrrd"]  # nothing written beside the source
+    untouched()  # nothing written beside the source, not even a file made and removed again
     assert ws.check().ok  # the copy is in a folder the ledger does not manage
     written = segfile.read_segmentation(copy).segment("prostate")
     assert np.allclose(written.color, colour, atol=1e-4)
@@ -116,8 +105,14 @@ def test_infer_and_an_rtstruct_conversion_read_by_slicer_carry_the_structures_no
     hila("infer", "--image", str(ct / "ct.nii.gz"), "--out", str(tmp_path / "infer.seg.nrrd"), "--model", "pelvic_ct_unet")
     hila("convert", str(dicom), str(tmp_path / "ct.nrrd"))
     hila("convert", str(rtstruct), str(tmp_path / "rt.seg.nrrd"), "--structures", "all", "--reference", str(dicom))
-    for volume_path, seg_path, at_least in ((ct / "ct.nii.gz", tmp_path / "infer.seg.nrrd", {"prostate", "bladder", "rectum"}),
-                                            (tmp_path / "ct.nrrd", tmp_path / "rt.seg.nrrd", {"Prostata", "Vescica", "Retto", "Prostate_DL", "Femur_Head_L_DL"})):
+    # a name outside the colour table keeps the colour its RTSTRUCT gives it (read here by pydicom, not by hila)
+    outside = {name: np.array(rgb) / 255.0 for name, rgb in roi_display_colours(rtstruct).items()
+               if known_color(name) is None}
+    assert set(outside) == {"External"}  # the body outline: the one structure of this RTSTRUCT not in the table
+    for volume_path, seg_path, at_least, others in (
+            (ct / "ct.nii.gz", tmp_path / "infer.seg.nrrd", {"prostate", "bladder", "rectum"}, {}),
+            (tmp_path / "ct.nrrd", tmp_path / "rt.seg.nrrd",
+             {"Prostata", "Vescica", "Retto", "Prostate_DL", "Femur_Head_L_DL", "External"}, outside)):
         load_volume(volume_path, "ct")
         segmentation = read_segmentation(seg_path).GetSegmentation()
         names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
@@ -127,7 +122,9 @@ def test_infer_and_an_rtstruct_conversion_read_by_slicer_carry_the_structures_no
             code = type_code(s)
             assert code[:2] != TISSUE, (s.GetName(), s.GetTerminology())
             assert code == terminology.resolve(s.GetName()).type, s.GetName()
-            assert np.allclose(s.GetColor(), label_color(s.GetName(), s.GetColor()), atol=1e-4), s.GetName()
+            known = known_color(s.GetName())  # the table's colour; outside it, the source's own (KeyError if none)
+            expected = known if known is not None else others[s.GetName()]
+            assert np.allclose(s.GetColor(), expected, atol=1e-4), (s.GetName(), s.GetColor(), expected)
             assert tag(s, "TerminologyEntry") == s.GetTerminology()
         coded = {terminology.resolve(name).type[1] for name in names}
         assert {"41216001", "89837001", "34402009"} <= coded
@@ -140,7 +137,9 @@ def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
     model = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
     volume = load_volume(MRI, "mri")
     runner, context = logic.startSegmentation(volume, str(model))
-    assert "--image" in runner.args and not any(a.endswith("ws") for a in runner.args)
+    child = runner.commands[-1]  # the volume is written by the job's worker first, then `hila infer --image`
+    assert callable(runner.commands[0]) and not os.listdir(context["folder"])  # nothing written on the GUI thread
+    assert "--image" in child and not any(a.endswith("ws") for a in child)
     outcome = runner.start().wait(timeout=300)
     assert outcome.ok, outcome.error
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
@@ -149,3 +148,24 @@ def test_a_volume_that_is_no_case_is_segmented_by_the_file_form(rs, logic):
     assert report.names and report.predicted[report.names[0]] > 0
     assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume).sum() == report.predicted[report.names[0]]
     assert not os.path.exists(context["folder"])
+
+
+def test_the_glue_converts_geometry_through_the_engines_one_ijk_to_lps_on_an_oblique_node(rs, logic, monkeypatch):
+    """mrmlgeometry asks the engine's voxelgrid (IJK -> LPS and back) rather than keeping a second matrix: on the
+    oblique MRI node, the node's own IJKToRAS, the file's image and the Logic's image of the node agree both ways."""
+    from HILASegmentLib.formats import voxelgrid
+    from HILASegmentSlicerLib import mrmlgeometry
+    calls = []
+    for name in ("ijk_to_lps", "grid_of"):
+        real = getattr(voxelgrid, name)
+        monkeypatch.setattr(voxelgrid, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    volume = load_volume(MRI, "mri")
+    node, ref = logic.ijkToRas(volume), sitk.ReadImage(str(MRI))
+    axes = node[:3, :3] / np.linalg.norm(node[:3, :3], axis=0)
+    assert np.abs(axes - np.round(axes)).max() > 1e-3  # oblique: no axis along a patient axis
+    assert np.allclose(mrmlgeometry.ijk_to_ras_matrix(ref), node, atol=1e-6)
+    image = logic.volumeToImage(volume)
+    assert np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+    assert np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-9)
+    assert np.allclose(mrmlgeometry.ijk_to_ras_matrix(image), node, atol=1e-9)
+    assert {"ijk_to_lps", "grid_of"} <= set(calls)

@@ -43,3 +43,33 @@ def labels(*names: str) -> list:
     from HILASegmentLib.ground.colors import default_color
 
     return [SimpleNamespace(value=i + 1, name=n, color=default_color(n, i)) for i, n in enumerate(names)]
+
+
+def read_only_folder(folder: Path):
+    """Make ``folder`` read-only and return a check that nothing in it changed. Run as root (CI containers), chmod
+    stops no write, so the check does not rest on it: the folder's entries and its modification time (which any file
+    created or removed in it moves, even one removed again) must be as they were."""
+    folder = Path(folder)
+    folder.chmod(0o555)
+    before = (sorted(p.name for p in folder.iterdir()), folder.stat().st_mtime_ns)
+
+    def untouched() -> None:
+        after = (sorted(p.name for p in folder.iterdir()), folder.stat().st_mtime_ns)
+        assert after == before, f"{folder} was written to: {before} -> {after}"
+    return untouched
+
+
+def roi_display_colours(rtstruct: Path) -> dict:
+    """{ROI name: its ROI Display Color (0-255)} of an RTSTRUCT, read by pydicom in the main environment (an
+    independent reading of what the converter was given)."""
+    import json
+
+    python = ROOT / ".venv" / "bin" / "python"
+    code = ("import json, sys, pydicom; d = pydicom.dcmread(sys.argv[1]); "
+            "names = {r.ROINumber: r.ROIName for r in d.StructureSetROISequence}; "
+            "print(json.dumps({names[c.ReferencedROINumber]: [int(v) for v in c.ROIDisplayColor] "
+            "for c in d.ROIContourSequence if 'ROIDisplayColor' in c}))")
+    proc = subprocess.run([str(python if python.exists() else sys.executable), "-c", code, str(rtstruct)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)

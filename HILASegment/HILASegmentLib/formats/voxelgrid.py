@@ -28,3 +28,17 @@ def lps_to_index(img: sitk.Image, points) -> np.ndarray:
     """Continuous voxel indices (N, 3) (i, j, k) of physical LPS points (N, 3) on ``img``'s grid."""
     m = ijk_to_lps(img)
     return (np.asarray(points, float) - m[:3, 3]) @ np.linalg.inv(m[:3, :3]).T
+
+
+def grid_of(ijk_to_lps_matrix) -> tuple:
+    """(origin, spacing, direction) of an image whose IJK -> LPS matrix is ``ijk_to_lps_matrix`` (4x4): the inverse of
+    :func:`ijk_to_lps`, for grids that arrive as a matrix (a Slicer volume node's). A zero or non-finite axis is
+    refused (ValueError)."""
+    m = np.asarray(ijk_to_lps_matrix, dtype=float)
+    if m.shape != (4, 4):
+        raise ValueError(f"an IJK matrix must be 4x4, got {m.shape}")
+    cols = m[:3, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(cols)):
+        raise ValueError("the IJK matrix has a zero or non-finite axis")
+    return tuple(m[:3, 3].tolist()), tuple(spacing.tolist()), tuple((cols / spacing).flatten().tolist())
