@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from ..ground.errors import HilaError
 from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord
 from ..models.modelcard import LabelInfo, ModelCard, read_card
+from ..workspace.records import SnapshotItem
 from . import architectures, budget
 from . import network as nw
 from . import plan as planner
@@ -70,7 +71,7 @@ def _label_names(card: ModelCard) -> List[str]:
     return [n.lower() for n in card.label_names()]
 
 
-def initial_network(ws, current, opts, snapshot, gateable: Optional[Callable[[object], bool]] = None) -> Start:
+def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateable: Optional[Callable[[object], bool]] = None) -> Start:
     """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
     (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
     settings = ws.settings
@@ -145,7 +146,7 @@ def _recipe(start: Start) -> dict:
     return start.base.training_loop()
 
 
-def fits(ws, snapshot, arch: dict, base: ModelCard, opts, spacing: Optional[List[float]] = None,
+def fits(ws, snapshot: Sequence[SnapshotItem], arch: dict, base: ModelCard, opts, spacing: Optional[List[float]] = None,
          batch: Optional[int] = None) -> float:
     """Refuse a round whose network (``arch``: channels; none for an imported model) and cases on the model grid
     (``base``: spacing, patch size; ``spacing`` as the user gave it, before the plan rounds it) do not fit in
@@ -164,7 +165,7 @@ def fits(ws, snapshot, arch: dict, base: ModelCard, opts, spacing: Optional[List
     return budget.check_round(arch, patch, spacing, batch, grids, device, options)
 
 
-def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
+def candidate_card(start: Start, settings, version: int, current, snapshot: Sequence[SnapshotItem], cfg, res, par: dict,
                    opts, device: str) -> ModelCard:
     """The new version's card: the start's grid/normalisation, the workspace's labels, the exact training set.
 
@@ -208,7 +209,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
         inference=inference,
         roi={} if start.own else dict(base.roi or {}),
         architecture=dict(arch, parameters=nw.count_parameters(start.net)),
-        training_set=[{"case_id": s.case_id, "case_name": getattr(s, "case_name", ""),
+        training_set=[{"case_id": s.case_id, "case_name": s.case_name,
                        "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
         metrics=Metrics(parity=par),
         licence="same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
