@@ -150,19 +150,21 @@ class GateVerdict(_Section):
 
 @dataclass
 class Metrics(_Section):
-    """``metrics``: the ONNX export's parity, the model's validation, its parent's on the same corrections, the gate.
+    """``metrics``: the ONNX export's parity, the model's validation, its parent's on the same corrections, the gate;
+    for a starter model, its leave-one-out folds (``scripts/make_starter_models.py``).
 
-    Other figures (a starter's ``leave_one_out``) stay in ``extra``. ``legacy_dice`` is not stored: it is the Dice an
+    Other figures stay in ``extra``. ``legacy_dice`` is not stored: it is the Dice an
     old card gives under one of :data:`LEGACY_DICE_KEYS`, mapped once by :meth:`from_dict`."""
 
     parity: Optional[dict] = None
     validation: Optional[Evaluation] = None
     parent_validation: Optional[Evaluation] = None
     gate: Optional[GateVerdict] = None
+    leave_one_out: Optional[dict] = None           # {"folds": [{held_out, trained_on, dice, ...}], "mean_dice", ...}
     extra: Dict[str, Any] = field(default_factory=dict)
     legacy_dice: Optional[float] = field(default=None, compare=False, metadata={"card": False})
 
-    _CHECKS = {"parity": "object"}
+    _CHECKS = {"parity": "object", "leave_one_out": "object"}
     _NESTED = {"validation": Evaluation, "parent_validation": Evaluation, "gate": GateVerdict}
 
     @classmethod
