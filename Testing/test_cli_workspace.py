@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 from conftest import shared
+from tiny_models import card_json
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.cli import main
@@ -160,8 +161,8 @@ def test_models_commands(wsdir, tmp_path, capsys):
     for i in (1, 2):
         (tmp_path / f"m{i}.onnx").write_bytes(b"model%d" % i)
     with Workspace.open(wsdir) as w:
-        w.add_model(tmp_path / "m1.onnx", {"name": "one", "metrics": {"dice": 0.7}}, status="current")
-        w.add_model(tmp_path / "m2.onnx", {"name": "two"}, parent=1)
+        w.add_model(tmp_path / "m1.onnx", card_json("one", metrics={"dice": 0.7}), status="current")
+        w.add_model(tmp_path / "m2.onnx", card_json("two"), parent=1)
     rc, out, _ = run(capsys, "models", wsdir)
     assert rc == 0 and "v1 current" in out and "v2 candidate" in out
     rc, out, _ = run(capsys, "models", wsdir, "promote", "2", "--json")

@@ -40,7 +40,7 @@ def test_two_cpu_processes_one_candidate_same_card_fields(tmp_path):
     # the loss of 2 x the patches per step stays near the one-process loss (different random patches)
     assert abs(r2["final_loss"] - r1["final_loss"]) <= 0.15 * r1["final_loss"], (r2["final_loss"], r1["final_loss"])
     with Workspace.open(tmp_path / "ws") as a, Workspace.open(tmp_path / "ws1") as b:
-        ca, cb = a.current_model().card, b.current_model().card
+        ca, cb = a.current_model().card.to_dict(), b.current_model().card.to_dict()
         assert sorted(ca) == sorted(cb)
         assert sorted(ca["training"]) == sorted(cb["training"]) and sorted(ca["metrics"]) == sorted(cb["metrics"])
         assert ca["training"]["loop"]["processes"] == 2 and cb["training"]["loop"]["processes"] == 1

@@ -44,7 +44,7 @@ def test_training_input_equals_segmenter_input(case, tmp_path, monkeypatch):
         label = sitk.ReadImage(str(FIXTURES / "prostate_mri_oblique_small_taps.nii.gz"))
         seg = Segmenter(tiny_model(tmp_path, "softmax", spacing=(1.5, 1.5, 3.0), patch=(32, 32, 16)))
     fed = _segmenter_input(seg, image, monkeypatch)
-    prep = ds.Preprocessing.from_card(seg.card.to_dict())
+    prep = ds.Preprocessing.from_card(seg.card)
     x, y = ds.to_model_grid(image, label, prep)
     assert x.shape[1:] == fed.shape
     assert np.array_equal(x[0], fed), f"max difference {np.abs(x[0] - fed).max()}"
@@ -55,7 +55,7 @@ def test_no_body_refused_by_both_paths(tmp_path):
     image = sitk.Image([40, 40, 12], sitk.sitkFloat32)  # all zero: nothing to segment, nothing to learn from
     image.SetSpacing([1.0, 1.0, 2.0])
     seg = Segmenter(tiny_model(tmp_path, "softmax"))
-    prep = ds.Preprocessing.from_card(seg.card.to_dict())
+    prep = ds.Preprocessing.from_card(seg.card)
     with pytest.raises(HilaError, match="no body"):
         seg.segment(image)
     with pytest.raises(HilaError, match="no body"):

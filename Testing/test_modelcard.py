@@ -11,6 +11,7 @@ from tiny_models import threshold_onnx, tiny_card, tiny_model
 from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.inference.windows import gaussian_importance, gaussian_smooth, window_slices
 from HILASegmentLib.models import modelcard as mc
+from HILASegmentLib.models.cardsections import Metrics
 from HILASegmentLib.models.modelcard import ModelCard, read_card, resolve_model, write_card
 
 
@@ -21,7 +22,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def test_card_json_round_trip():
-    card = tiny_card(postprocess={"threshold": 0.6, "largest_component": True}, metrics={"dice": {"sphere": 0.9}},
+    card = tiny_card(postprocess={"threshold": 0.6, "largest_component": True}, metrics=Metrics.from_dict({"dice": {"sphere": 0.9}}),
                      training_set=[{"case": "a", "correction": 2}], parent_version=1)
     card.extra["custom_field"] = {"kept": True}
     again = ModelCard.from_json(card.to_json())
@@ -123,6 +124,14 @@ BAD_CARDS = [
     ({"checksum": "md5:abc"}, "checksum"),
     ({"schema_version": 99}, "newer"),
     ({"name": ""}, "name"),
+    # the typed sections (issue 25 item 4): checked once, where the card is read, naming the field
+    ({"metrics": {"validation": {"mean_dice": "high"}}}, "metrics.validation.mean_dice must be a number"),
+    ({"metrics": {"gate": {"promote": "yes"}}}, "metrics.gate.promote must be true or false"),
+    ({"metrics": {"validation": []}}, "metrics.validation must be an object"),
+    ({"training": {"steps": 2.5}}, "training.steps must be a whole number"),
+    ({"training": {"gate_set": ["c1"]}}, "training.gate_set must be a list of objects"),
+    ({"training": {"checkpoint": {"chosen_on": "c1"}}}, "training.checkpoint.chosen_on must be a list"),
+    ({"training": "fast"}, "training must be an object"),
 ]
 
 
@@ -216,3 +225,67 @@ def test_normalization_schemes_are_one_registry(monkeypatch):
     monkeypatch.setitem(nz.NORMALIZATIONS, "minmax", nz.Normalization(minmax, lambda spec, modality: None))
     card = ModelCard.from_dict(d)
     assert np.allclose(nz.normalize(np.arange(5.0), card.normalization), [0, 0.25, 0.5, 0.75, 1])
+
+
+# --------------------------------------------------------------------------- typed sections (issue 25, item 4)
+
+SHIPPED_ONNX = [mc.PRESETS_DIR.parent / "models" / "pelvic_ct_unet.onnx",
+                mc.PRESETS_DIR.parents[1] / "Resources" / "Models" / "hila_tiny_test.onnx"]
+
+
+@pytest.mark.parametrize("path", SHIPPED_ONNX, ids=lambda p: p.name)
+def test_shipped_model_cards_round_trip_to_the_same_json_text(path):
+    """The cards inside the shipped models (the CT starter was written by an older trainer: ``held_out_cases``,
+    ``metrics.training_cases_dice``) read into the typed sections and write back to exactly the same JSON text."""
+    text = mc.inspect_onnx(path).metadata[mc.METADATA_KEY]
+    card = ModelCard.from_json(text)
+    assert card.to_json() == text
+    assert ModelCard.from_json(card.to_json()) == card
+
+
+def test_the_starter_card_reads_through_named_fields():
+    card = read_card(SHIPPED_ONNX[0])
+    assert card.training is not None and card.training.init == "scratch" and card.training.steps == 624
+    assert card.training.chosen_on() == ["c0001"]          # an old card's held-out cases, mapped where it is read
+    assert "c0001" in card.seen_cases() and card.gated_cases() == set()
+    assert card.metrics.parity["max_abs_diff"] < card.metrics.parity["tolerance"]
+    assert card.metrics.validation is None and card.mean_dice() is None  # leave-one-out is not a validation Dice
+    assert card.training_loop()["batch_size"] == 2
+
+
+def test_taps_preset_round_trips_with_only_the_defaults_added():
+    d = json.loads((mc.PRESETS_DIR / "taps.json").read_text(encoding="utf-8"))
+    out = ModelCard.from_dict(d).to_dict()
+    assert {k: out[k] for k in d} == d
+    assert {k: v for k, v in out.items() if k not in d} == {"parent_version": None, "training_set": [], "metrics": {}}
+    assert "training" not in out  # a model the trainer did not make has no training section
+
+
+@pytest.mark.parametrize("key", mc.LEGACY_DICE_KEYS)
+def test_old_cards_dice_keys_are_mapped_once_where_the_card_is_read(key):
+    """Cards from before ``metrics.validation`` name their Dice five ways; from_dict maps them (a number, or the mean
+    of numbers per label), the card keeps them verbatim, and the trainer's figure wins when both are there."""
+    for value, expect in ((0.91234, 0.91234), ({"prostate": 0.8, "rectum": 0.6, "none": None}, 0.7),
+                          (float("nan"), None), ("high", None)):
+        d = json.loads(tiny_card(metrics=mc.Metrics.from_dict({key: value})).to_json())
+        card = ModelCard.from_dict(d)
+        assert card.mean_dice() == (pytest.approx(expect) if expect is not None else None), (key, value)
+        assert json.dumps(card.to_dict()["metrics"]) == json.dumps(d["metrics"])
+    both = ModelCard.from_dict(dict(d, metrics={key: 0.5, "validation": {"mean_dice": 0.8}}))
+    assert both.mean_dice() == 0.8
+    assert ModelCard.from_dict(dict(d, metrics={})).mean_dice() is None
+
+
+def test_section_nulls_and_unknown_keys_survive_and_new_fields_are_written():
+    d = json.loads(tiny_card().to_json())
+    d["metrics"] = {"validation": {"mean_dice": None, "set": "gate", "note": "kept"}, "hd95": 3.2}
+    d["training"] = {"init": "scratch", "ignore_band": None, "custom": [1]}
+    card = ModelCard.from_dict(d)
+    assert card.to_dict() == d and card.mean_dice() is None
+    card.training.timings = {"total_s": 1.0}
+    card.metrics.gate = mc.GateVerdict(policy="auto", promote=False, reason="r", rule={}, split="s", comparison={})
+    out = card.to_dict()
+    assert out["training"]["timings"] == {"total_s": 1.0} and out["metrics"]["gate"]["reason"] == "r"
+    # a record the trainer builds states every field (null when off), except those a later step sets
+    fresh = mc.TrainingRecord(init="scratch").to_dict()
+    assert fresh["ignore_band"] is None and "gate_set" not in fresh and "timings" not in fresh

@@ -275,3 +275,24 @@ def test_no_export_format_is_decided_by_name_outside_its_registry():
     hits = [f"{rel}: {line.strip()}" for rel, src in _sources("dicom/exportformats.py")
             for line in src.splitlines() if pat.search(line)]
     assert hits == []
+
+
+# --------------------------------------------------------------------------- issue 25 item 4: one typed model card
+
+def test_no_module_outside_models_probes_a_model_card_as_a_dict():
+    """A card is read once (``ModelCard.from_dict``: its sections checked, old key names mapped) and then read by
+    name: no engine or Slicer-glue module outside ``models/`` does ``card.get(``/``card["..."]`` or guesses among Dice
+    keys (the panel once tried five)."""
+    from HILASegmentLib.models.cardsections import LEGACY_DICE_KEYS
+
+    probe = re.compile(r"\w*card\w*\s*(\.get\(|\[\s*[\"'])")
+    guess = re.compile("|".join(rf"[\"']{k}[\"']" for k in LEGACY_DICE_KEYS if k not in ("dice", "mean_dice")))
+    glue = ROOT / "HILASegment" / "HILASegmentSlicerLib"
+    files = [(rel, src) for rel, src in _sources() if not rel.startswith("models/")]
+    files += [(f"HILASegmentSlicerLib/{f.name}", f.read_text(encoding="utf-8")) for f in sorted(glue.glob("*.py"))]
+    hits = [f"{rel}: {line.strip()}" for rel, src in files for line in src.splitlines()
+            if (probe.search(line) or guess.search(line)) and not line.lstrip().startswith("#")]
+    assert hits == []
+    # the check sees what it forbids
+    assert probe.search('name = m.card.get("name")') and probe.search('p = cur_card["patch_size"]')
+    assert guess.search('for key in ("dice", "val_dice", "mean_dice"):')

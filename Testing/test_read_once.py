@@ -107,8 +107,8 @@ def test_a_training_run_reads_each_gate_case_once_and_writes_the_candidate_once(
     monkeypatch.setattr(onnxexport, "embed_card", lambda i, c, o: (written.append(Path(o).name), real_embed(i, c, o))[1])
     r2 = train_workspace(ws, TrainOptions(**tiny))
     card = ws.model(r2["model_version"]).card
-    gate_ids = [g["case_id"] for g in card["training"]["gate_set"]]
-    assert r2["held_out"] and len(gate_ids) == 2 and card["metrics"]["parent_validation"]["cases"]
+    gate_ids = [g["case_id"] for g in card.training.gate_set]
+    assert r2["held_out"] and len(gate_ids) == 2 and card.metrics.parent_validation.cases
     gate_images = [str(ws.case(c).path) for c in gate_ids]
     assert sorted(r for r in reads if r in gate_images) == sorted(gate_images)   # was each twice
     assert written == [f"model_v{r2['model_version']}.onnx"]                     # was probe.onnx, then this

@@ -42,7 +42,7 @@ def _history(ws) -> list:
 def test_rollback_is_a_new_event_and_history_is_append_only(tmp_path):
     ws = Workspace.create(tmp_path / "ws", "CT", ["bladder"])
     for i in (1, 2, 3):
-        ws.add_model(_fake_model(tmp_path, f"m{i}"), {"name": f"m{i}"}, status="current" if i == 1 else "candidate")
+        ws.add_model(_fake_model(tmp_path, f"m{i}"), card_json(f"m{i}"), status="current" if i == 1 else "candidate")
     ws.promote(2)
     ws.promote(3)
     before = _history(ws)
@@ -76,7 +76,7 @@ def test_current_stack_replays_history():
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from tiny_models import synthetic_workspace  # noqa: E402
+from tiny_models import card_json, synthetic_workspace  # noqa: E402
 
 
 @pytest.fixture
@@ -137,5 +137,5 @@ def test_card_names_the_version_the_registry_assigned(tiny_ws, tmp_path):
 
     res = train_workspace(ws, TrainOptions(steps=2, promote="never", **tiny), progress=progress)
     assert [m.version for m in ws.models()] == [1, 2, 3] and res["model_version"] == 3
-    assert read_card(ws.model(3).path).version == 3 and ws.model(3).card["version"] == 3
+    assert read_card(ws.model(3).path).version == 3 and ws.model(3).card.version == 3
     assert ws.training_runs()[-1].model_version == 3

@@ -52,7 +52,7 @@ def test_case_rows_next_case_and_learning_curve(ws, tmp_path):
 def test_model_rows_compare_text_and_dice_from_cards(ws, tmp_path):
     current = ws.current_model()
     assert current is not None and current.version == 1
-    card = dict(current.card)
+    card = current.card.to_dict()
     card["metrics"] = {"dice": {"prostate": 0.8, "other": 0.6}}
     new = ws.add_model(current.path, card, parent=1)
     rows = {r[0]: r for r in panels.model_rows(ws)}
@@ -63,11 +63,16 @@ def test_model_rows_compare_text_and_dice_from_cards(ws, tmp_path):
     assert "(now current)" in panels.compare_text(ws, new.version)
 
 
-def test_dice_keys():
-    card = {"metrics": {"validation": {"mean_dice": 0.8123, "dice": {"prostate": 0.8123}}}}
-    assert panels.model_dice(card) == 0.8123
-    assert panels.model_dice({"metrics": {"val_dice": 0.91234}}) == 0.9123
-    assert panels.model_dice({"metrics": {"dice": float("nan")}}) is None
+def test_dice_keys(ws):
+    """The panel reads the card's one accessor; old cards' Dice keys are mapped where a card is read (ModelCard)."""
+    from HILASegmentLib.models.modelcard import ModelCard
+
+    def card(metrics):
+        return ModelCard.from_dict(dict(ws.current_model().card.to_dict(), metrics=metrics))
+
+    assert panels.model_dice(card({"validation": {"mean_dice": 0.8123, "dice": {"prostate": 0.8123}}})) == 0.8123
+    assert panels.model_dice(card({"val_dice": 0.91234})) == 0.9123
+    assert panels.model_dice(card({"dice": float("nan")})) is None
     assert panels.model_dice(None) is None
 
 

@@ -35,7 +35,7 @@ def test_ct_starter_card_records_disjoint_leave_one_out_folds():
     script's, so the test below recomputes what it asserts instead of reading them."""
     _, card = resolve_model("pelvic_ct_unet")
     assert card.modality == "CT" and [l.name for l in card.labels] == list(ORGANS.values())
-    folds = card.metrics["leave_one_out"]["folds"]
+    folds = card.metrics.leave_one_out["folds"]
     assert sorted(f["held_out"] for f in folds) == ["Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005"]
     for f in folds:
         assert f["held_out"] not in f["trained_on"]

@@ -145,7 +145,7 @@ def test_config_recorded_in_card_and_refused_before_a_run_row(tmp_path):
                         "--config", "2d", "--spacing", "3,3,3", "--channels", "8,16,32", "--threads", "1"],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    card = Workspace.open(ws.root).models()[0].card
+    card = Workspace.open(ws.root).models()[0].card.to_dict()
     recipe = card["training"]["recipe"]
     assert recipe["configuration"] == "2d" and card["architecture"]["name"] == "SliceUNet"
     img, _ = synthetic_ct(9, size=(40, 40, 1))

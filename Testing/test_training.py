@@ -25,11 +25,12 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"), OMP_NUM_THREADS="1"
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from tiny_models import synthetic_workspace  # noqa: E402
+from tiny_models import card_json, synthetic_workspace  # noqa: E402
 
 from HILASegmentLib.ground.errors import CancelledError, HilaError  # noqa: E402
-from HILASegmentLib.models.modelcard import read_card  # noqa: E402
+from HILASegmentLib.models.modelcard import METADATA_KEY, ModelCard, inspect_onnx, read_card  # noqa: E402
 from HILASegmentLib.workspace import Workspace  # noqa: E402
+from HILASegmentLib.workspace.records import SnapshotItem, dumps  # noqa: E402
 
 TINY = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64], steps=3, max_minutes=5,
             threads=1)
@@ -142,13 +143,18 @@ def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
         ws.submit(cid, labels[cid])
     r2 = train_workspace(ws, opts(steps=6, lr=1e-2))
     card = ws.model(r2["model_version"]).card
-    gate_ids = [g["case_id"] for g in card["training"]["gate_set"]]
-    trained = {t["case_id"] for t in card["training_set"]}
+    # the card the trainer wrote reads back to exactly its JSON, in the ONNX metadata and in the ledger
+    embedded = inspect_onnx(ws.model(r2["model_version"]).path).metadata[METADATA_KEY]
+    assert ModelCard.from_json(embedded).to_json() == embedded
+    (stored,) = ws.ledger.con.execute("SELECT card FROM models WHERE version = ?", (r2["model_version"],)).fetchone()
+    assert dumps(card.to_dict()) == stored and json.loads(stored)["training"]["gate_set"]
+    gate_ids = [g["case_id"] for g in card.training.gate_set]
+    trained = {t["case_id"] for t in card.training_set}
     assert len(gate_ids) == 2 and set(gate_ids) <= set(ids[2:]) and not trained & set(gate_ids)
     assert trained >= set(ids[:2]) and len(trained) == 3
-    assert card["training"]["checkpoint"]["chosen_on"] == []
-    assert [c["case_id"] for c in card["metrics"]["validation"]["cases"]] == gate_ids
-    assert [c["case_id"] for c in card["metrics"]["parent_validation"]["cases"]] == gate_ids
+    assert card.training.checkpoint.chosen_on == [] and card.seen_cases() == trained
+    assert [c["case_id"] for c in card.metrics.validation.cases] == gate_ids
+    assert [c["case_id"] for c in card.metrics.parent_validation.cases] == gate_ids
 
     # recompute both models' Dice on the gate corrections with the engine users run, and the rule's verdict
     def engine_dice(version, cid):
@@ -158,7 +164,7 @@ def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
 
     cand = {c: engine_dice(r2["model_version"], c) for c in gate_ids}
     cur = {c: engine_dice(1, c) for c in gate_ids}
-    for row in card["metrics"]["validation"]["cases"]:
+    for row in card.metrics.validation.cases:
         assert row["mean_dice"] == pytest.approx(cand[row["case_id"]], abs=1e-3)
     gain = float(np.mean([cand[c] - cur[c] for c in gate_ids]))
     if abs(gain - 0.01) > 1e-3:
@@ -208,23 +214,34 @@ def test_gate_rule_per_case_margin_and_minimum_count():
             GateRule(**bad).check()
 
 
+def _items(*case_ids):
+    """Snapshot items of these cases (the gate reads only their ids here)."""
+    return [SnapshotItem(c, 1, Path(f"{c}.nrrd"), Path(f"{c}_label.nrrd"), "reviewed") for c in case_ids]
+
+
+def _card(**fields):
+    """A registry card with these JSON fields (training_set, training), read as the registry reads it."""
+    return ModelCard.from_dict(card_json("m", **fields))
+
+
 def test_gate_set_is_unseen_by_the_current_model_and_stable():
     from HILASegmentLib.training.gate import GateRule, split_for_gate
 
-    cases = [{"case_id": f"c{i}"} for i in range(8)]
-    card = {"training_set": [{"case_id": c} for c in ("c0", "c1", "c2")], "training": {"gate_set": [{"case_id": "c6"}]}}
+    cases = _items(*(f"c{i}" for i in range(8)))
+    card = _card(training_set=[{"case_id": c} for c in ("c0", "c1", "c2")], training={"gate_set": [{"case_id": "c6"}]})
     train, gate, why = split_for_gate(cases, card, GateRule())
-    g = {c["case_id"] for c in gate}
+    g = {c.case_id for c in gate}
     assert len(gate) == 2 and "c6" in g and not g & {"c0", "c1", "c2"}     # the old gate case stays, seen ones never gate
-    assert not g & {c["case_id"] for c in train} and len(train) + len(gate) == 8
-    more = cases + [{"case_id": f"c{i}"} for i in range(8, 20)]
-    card2 = {"training_set": [{"case_id": c["case_id"]} for c in train], "training": {"gate_set": list(gate)}}
+    assert not g & {c.case_id for c in train} and len(train) + len(gate) == 8
+    more = cases + _items(*(f"c{i}" for i in range(8, 20)))
+    card2 = _card(training_set=[{"case_id": c.case_id} for c in train],
+                  training={"gate_set": [{"case_id": c.case_id} for c in gate]})
     _, gate2, _ = split_for_gate(more, card2, GateRule())
-    assert g <= {c["case_id"] for c in gate2} and len(gate2) == 4            # 20 % of 20, the earlier gate kept
+    assert g <= {c.case_id for c in gate2} and len(gate2) == 4            # 20 % of 20, the earlier gate kept
     # an old card: the held-out cases its checkpoint was chosen on count as seen
-    old = {"training_set": [{"case_id": "c0"}], "training": {"held_out_cases": ["c1", "c2"]}}
+    old = _card(training_set=[{"case_id": "c0"}], training={"held_out_cases": ["c1", "c2"]})
     _, gate3, _ = split_for_gate(cases[:5], old, GateRule())
-    assert {c["case_id"] for c in gate3} <= {"c3", "c4"}
+    assert {c.case_id for c in gate3} <= {"c3", "c4"}
     # too few unseen corrections: nothing held out, and the reason names the option
     train, gate, why = split_for_gate(cases[:4], card, GateRule())
     assert gate == [] and len(train) == 4 and "--gate-min-cases" in why
@@ -244,7 +261,7 @@ def test_a_kept_back_line_is_continued_only_while_it_can_still_be_gated_and_ends
     ck.write_bytes(b"x")
 
     def ws(*rows):
-        models = [SimpleNamespace(version=v, status=st, parent=p, checkpoint_path=ck, card={}) for v, st, p in rows]
+        models = [SimpleNamespace(version=v, status=st, parent=p, checkpoint_path=ck, card=_card()) for v, st, p in rows]
         return SimpleNamespace(models=lambda: models), {m.version: m for m in models}
 
     w, m = ws((1, "current", None), (2, "candidate", 1), (3, "candidate", 2))
@@ -254,11 +271,11 @@ def test_a_kept_back_line_is_continued_only_while_it_can_still_be_gated_and_ends
     w, m = ws((1, "current", None), (2, "retired", 1), (3, "candidate", 1))  # a line begun after the rollback
     assert line_head(w, m[1]) is m[3]
     # one correction a round: current trained on a, b (no gate set); the kept-back head on a, b, c1; now c2 lands
-    cards = {"current": {"training_set": [{"case_id": c} for c in ("a", "b")]},
-             "head": {"training_set": [{"case_id": c} for c in ("a", "b", "c1")]}}
-    snap = [{"case_id": c} for c in ("a", "b", "c1", "c2")]
+    cards = {"current": _card(training_set=[{"case_id": c} for c in ("a", "b")]),
+             "head": _card(training_set=[{"case_id": c} for c in ("a", "b", "c1")])}
+    snap = _items("a", "b", "c1", "c2")
     assert not line_keeps_gate(snap, cards["current"], cards["head"], GateRule())   # -> continue the current model
-    assert line_keeps_gate(snap + [{"case_id": "c3"}], cards["current"], cards["head"], GateRule())  # c2, c3 gate
+    assert line_keeps_gate(snap + _items("c3"), cards["current"], cards["head"], GateRule())  # c2, c3 gate
     assert line_keeps_gate(snap[:3], cards["current"], cards["head"], GateRule())   # no gate either way: continue
 
 
@@ -403,7 +420,7 @@ def test_fresh_model_card_records_the_planned_recipe(tmp_path):
     ws, _, _ = synthetic_workspace(tmp_path, (20, 21), corrected=2)
     o = opts(steps=2)
     o.patch_size = o.spacing = None
-    card = ws.model(train_workspace(ws, o)["model_version"]).card
+    card = ws.model(train_workspace(ws, o)["model_version"]).card.to_dict()
     recipe = card["training"]["recipe"]
     assert recipe["fingerprint"]["median_spacing"] == [2.0, 2.0, 3.0] and recipe["fingerprint"]["cases"] == 2
     assert card["spacing"] == recipe["spacing"] == [3.0, 3.0, 3.0]

@@ -55,8 +55,7 @@ def test_leave_one_out_fine_tuning_beats_a_real_baseline_parent(tmp_path):
     v1, v2 = models[parent["model_version"]], models[child["model_version"]]
     assert v2.parent == v1.version
 
-    card = v2.card
-    listed = sorted((item["case_id"], item["correction_version"]) for item in card["training_set"])
+    listed = sorted(v2.card.trained_corrections())
     assert listed == sorted(submitted), f"card lists {listed}, trained on {submitted}"
 
     image = read_image(shared("pelvic_ct", held, "ct.nii.gz"))

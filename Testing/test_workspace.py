@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tiny_models import card_json
 from ws_worker import make_label, make_volume, state
 
 from HILASegmentLib.ground.errors import HilaError
@@ -326,7 +327,7 @@ def test_failed_commit_leaves_no_file(ws, case, vol, tmp_path, monkeypatch, writ
         "submit": lambda: ws.submit(case.case_id, lab(vol[1])),
         "add_prediction": lambda: ws.add_prediction(case.case_id, lab(vol[1]), None),
         "import_volume": lambda: ws.import_volume(tmp_path / "other.nrrd"),
-        "add_model": lambda: ws.add_model(tmp_path / "m.onnx", {"name": "m"}),
+        "add_model": lambda: ws.add_model(tmp_path / "m.onnx", card_json("m")),
     }
     before = state(ws.root)
 
@@ -383,10 +384,10 @@ def _fake_model(tmp_path, name, payload=b"onnx"):
 
 def test_models_add_promote_rollback(ws, tmp_path):
     m1, k1 = _fake_model(tmp_path, "m1")
-    r1 = ws.add_model(m1, {"name": "m1", "metrics": {"dice": 0.7}}, status="current", checkpoint_path=k1)
+    r1 = ws.add_model(m1, card_json("m1", metrics={"dice": 0.7}), status="current", checkpoint_path=k1)
     assert r1.version == 1 and r1.status == "current" and r1.checkpoint_path.read_bytes() == k1.read_bytes()
     m2, _ = _fake_model(tmp_path, "m2")
-    r2 = ws.add_model(m2, {"name": "m2"}, parent=1)
+    r2 = ws.add_model(m2, card_json("m2"), parent=1)
     assert (r2.version, r2.status, r2.parent) == (2, "candidate", 1)
     assert ws.current_model().version == 1
     ws.promote(2)
@@ -396,7 +397,7 @@ def test_models_add_promote_rollback(ws, tmp_path):
     with pytest.raises(HilaError, match="nothing to roll back"):
         ws.rollback()
     m3, _ = _fake_model(tmp_path, "m3")
-    ws.add_model(m3, {"name": "m3"}, parent=1, status="current")
+    ws.add_model(m3, card_json("m3"), parent=1, status="current")
     assert ws.current_model().version == 3
     assert ws.rollback().version == 1
     # files are copies, immutable, never overwritten
@@ -405,8 +406,9 @@ def test_models_add_promote_rollback(ws, tmp_path):
     with pytest.raises(sqlite3.DatabaseError, match="immutable"):
         ws.ledger.con.execute("UPDATE models SET file = 'x' WHERE version = 1")
     before = state(ws.root)
-    for bad in (lambda: ws.promote(9), lambda: ws.promote("x"), lambda: ws.add_model(tmp_path / "no.onnx", {}),
-                lambda: ws.add_model(m2, {}, parent=42), lambda: ws.add_model(m2, {}, status="best")):
+    for bad in (lambda: ws.promote(9), lambda: ws.promote("x"), lambda: ws.add_model(tmp_path / "no.onnx", card_json("x")),
+                lambda: ws.add_model(m2, card_json("x"), parent=42), lambda: ws.add_model(m2, card_json("x"), status="best"),
+                lambda: ws.add_model(m2, {"name": "no grid, no labels"})):  # a card is checked when it is added
         with pytest.raises(HilaError):
             bad()
     assert state(ws.root) == before

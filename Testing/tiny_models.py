@@ -55,6 +55,11 @@ def tiny_card(activation: str = "sigmoid", patch: Tuple[int, int, int] = (32, 32
     return ModelCard(**fields)
 
 
+def card_json(name: str, **fields) -> dict:
+    """A valid card's JSON form named ``name`` with ``fields`` replaced (e.g. ``metrics``): what the registry stores."""
+    return dict(tiny_card(name=name).to_dict(), **fields)
+
+
 def tiny_model(folder: Path, activation: str = "sigmoid", name: str = "tiny.onnx", embed: bool = True,
                fixed: Optional[Sequence[int]] = None, **card_kw) -> Path:
     """A threshold network with its card embedded (or, with ``embed=False``, in a sidecar JSON)."""

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "Testing"))
 from tiny_models import synthetic_ct  # noqa: E402
 
 import HILASegmentLib.training  # noqa: E402,F401  (OpenMP wait policy before torch loads)
+from HILASegmentLib.workspace.records import SnapshotItem  # noqa: E402
 
 LABELS = [(1, "bladder"), (2, "rectum")]
 
@@ -69,14 +70,14 @@ def write_cases(folder: Path, seeds) -> list:
         p, q = folder / f"ct{s}.nii.gz", folder / f"lab{s}.nii.gz"
         sitk.WriteImage(img, str(p))
         sitk.WriteImage(lab, str(q))
-        out.append({"case_id": f"fresh{s}", "image_path": str(p), "label_path": str(q), "label": lab})
+        out.append((SnapshotItem(f"fresh{s}", 1, p, q, "reviewed"), lab))
     return out
 
 
 def fresh_dice(model: Path, fresh: list) -> float:
     from HILASegmentLib.training import gate
 
-    return gate.evaluate_model(model, fresh, LABELS, threads=1)["mean_dice"]
+    return gate.evaluate_model(model, [c for c, _ in fresh], LABELS, threads=1)["mean_dice"]
 
 
 def old_tree(commit: str, dest: Path) -> Path:
@@ -176,7 +177,6 @@ def part_checkpoint(trials: int, steps: int) -> dict:
 
     from HILASegmentLib.models.modelcard import LabelInfo, ModelCard
     from HILASegmentLib.training import dataset as ds
-    from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training.loop import LoopConfig, train_loop
@@ -187,7 +187,7 @@ def part_checkpoint(trials: int, steps: int) -> dict:
                      patch_size=(32, 32, 16), normalization=ct_window(), modality="CT",
                      inference={"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": 8,
                                 "max_window_voxels": 32 * 32 * 16}, postprocess={"largest_component": True})
-    prep = ds.Preprocessing.from_card(card.to_dict())
+    prep = ds.Preprocessing.from_card(card)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmpd:
         tmp = Path(tmpd)
@@ -197,8 +197,8 @@ def part_checkpoint(trials: int, steps: int) -> dict:
             cases = write_cases(d, [7000 + 10 * t + i for i in range(10)])
             train, select, fresh = cases[:3], cases[3:4], cases[4:]
             arrays = []
-            for c in train:
-                x, y = ds.to_model_grid(sitk.ReadImage(c["image_path"]), c["label"], prep)
+            for c, label in train:
+                x, y = ds.to_model_grid(sitk.ReadImage(str(c.image_path)), label, prep)
                 x, y = ds.pad_to(x, y, prep.patch_size)
                 flat = y[0].ravel()
                 arrays.append({"image": x, "label": y, "weight": 1.0, "fg_indices": np.flatnonzero(flat > 0),
@@ -216,8 +216,7 @@ def part_checkpoint(trials: int, steps: int) -> dict:
                 net.load_state_dict(state)
                 raw = ex.export_onnx(net, d / "raw.onnx", [32, 32, 16])
                 path = ex.embed_card(raw, card, d / f"s{s}.onnx")
-                scores[s] = (gate.evaluate_model(path, select, LABELS, threads=1)["mean_dice"],
-                             gate.evaluate_model(path, fresh, LABELS, threads=1)["mean_dice"])
+                scores[s] = (fresh_dice(path, select), fresh_dice(path, fresh))
             last = max(scores)
             chosen = max(scores, key=lambda s: (scores[s][0], s))
             oracle = max(scores, key=lambda s: scores[s][1])

@@ -86,9 +86,10 @@ def run_one(config: str, train, test, modality: str, names, steps, seed: int, th
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training import onnxexport as ex
     from HILASegmentLib.training import plan as planner
-    from HILASegmentLib.training.candidate import Start, candidate_card
+    from HILASegmentLib.training.candidate import Start, candidate_card, planned_base
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.loop import LoopConfig, train_loop
+    from HILASegmentLib.workspace.records import SnapshotItem
 
     name, _, variant = config.partition(":")
     extra = VARIANTS.get(variant, {})
@@ -99,24 +100,22 @@ def run_one(config: str, train, test, modality: str, names, steps, seed: int, th
         arch["channels"] = list(extra["channels"])
         arch["strides"] = [2] * (len(arch["channels"]) - 1)
     div = 2 ** len(arch["strides"])
-    items = [SimpleNamespace(case_id=c, correction_version=1, image_path=i, label_path=r, quality="reviewed")
-             for c, i, r in train]
+    items = [SnapshotItem(c, 1, Path(i), Path(r), "reviewed") for c, i, r in train]
     rec = planner.plan(modality, planner.fingerprint(items, len(names)), div, configuration=name, why="benchmark")
-    base = {"modality": modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
-            "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    labels = [(i + 1, n) for i, n in enumerate(names)]
+    settings = SimpleNamespace(modality=modality, labels=[SimpleNamespace(value=v, name=n, color=default_color(n, v))
+                                                          for v, n in labels])
+    base = planned_base(settings, rec)
     prep = ds.Preprocessing.from_card(base)
     t0 = time.monotonic()
     cases = ds.cases_from_snapshot(items, prep, len(names), cache_dir=tmp / "cache")
     prep_s = time.monotonic() - t0
     net = nw.build_network(arch)
     start = Start("scratch", base, arch, net, False, plan=rec)
-    labels = [(i + 1, n) for i, n in enumerate(names)]
-    settings = SimpleNamespace(modality=modality, labels=[SimpleNamespace(value=v, name=n, color=default_color(n, v))
-                                                          for v, n in labels])
     cfg = LoopConfig(patch_size=rec["patch_size"], batch_size=rec["batch_size"], samples_per_case=min(2, rec["batch_size"]),
                      lr=3e-3, max_steps=max(steps), max_seconds=1e9, seed=seed,
                      data_path=extra.get("data_path", rec["data_path"]))
-    test_cases = [{"case_id": c, "image_path": str(i), "label_path": str(r)} for c, i, r in test]
+    test_cases = [SnapshotItem(c, 1, Path(i), Path(r), "reviewed") for c, i, r in test]
     points, clock = [], {"train_s": 0.0, "t": time.monotonic()}
 
     def on_step(step, model):

@@ -101,14 +101,14 @@ def bench_round(minutes: float, data: Path) -> dict:
     from HILASegmentLib.formats.labelio import read_label
     from HILASegmentLib.training.gate import evaluate_model
     from HILASegmentLib.training.run import TrainOptions, train_workspace
-    from HILASegmentLib.workspace import Workspace
+    from HILASegmentLib.workspace import SnapshotItem, Workspace
 
     ct = data / "pelvic_ct"
     if not ct.is_dir():
         return {"skipped": f"no data at {ct}"}
     labels = ["prostate", "bladder", "rectum"]
     held = "Pelvic-Ref005"
-    test = [{"case_id": held, "image_path": ct / held / "ct.nii.gz", "label_path": ct / held / "labels_manual.nii.gz"}]
+    test = [SnapshotItem(held, 1, ct / held / "ct.nii.gz", ct / held / "labels_manual.nii.gz", "reviewed")]
     with tempfile.TemporaryDirectory(prefix="hila-bench-") as tmp:
         ws = Workspace.create(Path(tmp) / "ws", "CT", labels)
         ids = {}
@@ -154,7 +154,7 @@ def bench_prostatex(minutes: float, data: Path) -> dict:
         cur = ws.current_model()
         return {"series": [p.name for p in series], "seconds": round(time.monotonic() - t, 1), "init": r["init"],
                 "own_unet": r["validation"], "taps": r["parent_validation"], "gate": r["reason"],
-                "promoted": r["promoted"], "current_after": {"version": cur.version, "name": cur.card.get("name")}}
+                "promoted": r["promoted"], "current_after": {"version": cur.version, "name": cur.card.name}}
 
 
 def main(argv=None) -> int:

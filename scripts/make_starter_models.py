@@ -42,26 +42,26 @@ def make_workspace(path: Path, data: Path, cases):
     return ws
 
 
-def untrained_dice(card: dict, data: Path, case: str) -> dict:
+def untrained_dice(card, data: Path, case: str) -> dict:
     """Dice of the same network with its initial (untrained) weights on the held-out case (the inference engine)."""
+    import dataclasses
     import tempfile
 
     import torch
 
-    from HILASegmentLib.models.modelcard import ModelCard
     from HILASegmentLib.training import gate
     from HILASegmentLib.training import network as nw
     from HILASegmentLib.training import onnxexport as ex
+    from HILASegmentLib.workspace import SnapshotItem
 
     torch.manual_seed(0)
-    arch = {k: v for k, v in card["architecture"].items() if k != "parameters"}
+    arch = {k: v for k, v in card.architecture.items() if k != "parameters"}
     net = nw.build_network(arch)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = ex.export_onnx(net, Path(tmp) / "raw.onnx", card["patch_size"])
-        path = ex.embed_card(raw, ModelCard.from_dict(dict(card, checksum=None), "starter card"),
-                             Path(tmp) / "untrained.onnx")
-        ev = gate.evaluate_model(path, [{"case_id": case, "image_path": data / case / "ct.nii.gz",
-                                         "label_path": data / case / "labels_manual.nii.gz"}],
+        raw = ex.export_onnx(net, Path(tmp) / "raw.onnx", list(card.patch_size))
+        path = ex.embed_card(raw, dataclasses.replace(card, checksum=None), Path(tmp) / "untrained.onnx")
+        ev = gate.evaluate_model(path, [SnapshotItem(case, 1, data / case / "ct.nii.gz",
+                                                     data / case / "labels_manual.nii.gz", "reviewed")],
                                  list(enumerate(LABELS, start=1)))
     return ev["dice"]
 
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
         return 2
     from HILASegmentLib.models.modelcard import ModelCard, read_card, write_card
     from HILASegmentLib.training.gate import evaluate_model
+    from HILASegmentLib.workspace import SnapshotItem
 
     folds = []
     with tempfile.TemporaryDirectory(prefix="hila-starter-") as tmp:
@@ -96,8 +97,8 @@ def main(argv=None) -> int:
             t = time.monotonic()
             res = train(ws, a.minutes)
             model = ws.model(res["model_version"])
-            ev = evaluate_model(model.path, [{"case_id": held, "image_path": data / held / "ct.nii.gz",
-                                              "label_path": data / held / "labels_manual.nii.gz"}],
+            ev = evaluate_model(model.path, [SnapshotItem(held, 1, data / held / "ct.nii.gz",
+                                                          data / held / "labels_manual.nii.gz", "reviewed")],
                                 [(i + 1, n) for i, n in enumerate(LABELS)])
             base = untrained_dice(model.card, data, held)
             fold = {"held_out": held, "trained_on": train_cases, "dice": ev["dice"], "mean_dice": ev["mean_dice"],
@@ -129,8 +130,9 @@ def main(argv=None) -> int:
             "licence": "CC BY 4.0 (trained on TCIA Pelvic-Reference-Data); code Apache-2.0",
             "source": {"script": "scripts/make_starter_models.py", "minutes": a.minutes},
         })
-        card["metrics"] = {"leave_one_out": loo, "parity": card["metrics"].get("parity"),
-                           "training_cases_dice": card["metrics"].get("validation")}
+        trained = model.card.metrics
+        card["metrics"] = {"leave_one_out": loo, "parity": trained.parity,
+                           "training_cases_dice": trained.validation.to_dict() if trained.validation else None}
         a.out.parent.mkdir(parents=True, exist_ok=True)
         write_card(model.path, ModelCard.from_dict(card), a.out)
     size = a.out.stat().st_size / 1e6

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from HILASegmentLib.models.modelcard import ModelCard
 
 __all__ = ["Tables", "tables", "read_tables",
            "CASE_COLUMNS", "MODEL_COLUMNS", "CURVE_COLUMNS", "case_rows", "model_rows", "next_case_id",
@@ -18,28 +21,14 @@ CASE_COLUMNS = ["Case", "Name", "State", "Last model", "Predicted Dice", "Correc
 MODEL_COLUMNS = ["Version", "Status", "Parent", "Dice", "Created"]
 CURVE_COLUMNS = ["Model version", "Validation Dice", "Correction effort (1 - Dice vs prediction)"]
 
-_DICE_KEYS = ("dice", "val_dice", "mean_dice", "dice_mean", "validation_dice")
-
-
 def _num(x: Any) -> Optional[float]:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def model_dice(card: Optional[Mapping]) -> Optional[float]:
-    """The model's validation Dice from its card's metrics (mean over labels when given per label)."""
-    metrics = (card or {}).get("metrics") or {}
-    validation = metrics.get("validation")  # the trainer's cards: metrics.validation.mean_dice
-    if isinstance(validation, Mapping) and _num(validation.get("mean_dice")) is not None:
-        return round(float(validation["mean_dice"]), 4)
-    for key in _DICE_KEYS:
-        v = metrics.get(key)
-        if _num(v) is not None:
-            return round(float(v), 4)
-        if isinstance(v, Mapping):
-            vals = [float(x) for x in v.values() if _num(x) is not None]
-            if vals:
-                return round(sum(vals) / len(vals), 4)
-    return None
+def model_dice(card: Optional["ModelCard"]) -> Optional[float]:
+    """The model's validation Dice (its card's one accessor, ``ModelCard.mean_dice``), to 4 decimals."""
+    d = None if card is None else card.mean_dice()
+    return None if d is None else round(d, 4)
 
 
 @dataclass
@@ -139,18 +128,18 @@ def compare_text(ws, version: int) -> str:
     cand = models[version]
     current = ws.current_model()
     fmt = lambda d: "n/a" if d is None else f"{d:.3f}"  # noqa: E731
-    metrics = (cand.card or {}).get("metrics") or {}
+    metrics = cand.card.metrics
     text = f"Candidate v{version}: Dice {fmt(model_dice(cand.card))}"
-    parent = metrics.get("parent_validation")
-    if isinstance(parent, Mapping) and _num(parent.get("mean_dice")) is not None:  # same validation cases
-        text += f" vs v{parent.get('version')}: Dice {fmt(float(parent['mean_dice']))} on the same cases"
+    parent = metrics.parent_validation
+    if parent is not None and parent.mean() is not None:  # same validation cases
+        text += f" vs v{parent.version}: Dice {fmt(parent.mean())} on the same cases"
     elif current is not None and current.version != version:
         text += f" vs current v{current.version}: Dice {fmt(model_dice(current.card))}"
     if current is not None and current.version == version:
         text += " (now current)"
-    gate = metrics.get("gate")
-    if isinstance(gate, Mapping) and gate.get("reason"):
-        text += f"; gate: {gate['reason']}"
+    gate = metrics.gate
+    if gate is not None and gate.reason:
+        text += f"; gate: {gate.reason}"
     return text
 
 

@@ -142,7 +142,7 @@ def cmd_init(args) -> int:
         m = ws.current_model()
         res = {"workspace": str(ws.root), "modality": s.modality,
                "labels": [{"value": l.value, "name": l.name, "color": list(l.color)} for l in s.labels],
-               "model": None if m is None else {"version": m.version, "name": m.card.get("name")}}
+               "model": None if m is None else {"version": m.version, "name": m.card.name}}
     labels = ", ".join(f"{l['value']} {l['name']}" for l in res["labels"])
     model = f"; model v1 {res['model']['name']}" if res["model"] else ""
     emit(args, res, f"workspace {res['workspace']}: {res['modality']}, labels {labels}{model}")
@@ -306,9 +306,9 @@ def cmd_models(args) -> int:
                    "models": [m.to_dict() for m in ms]}
             lines = []
             for m in ms:
-                met = m.card.get("metrics") or {}
-                metric = next((f"{k} {v}" for k, v in met.items() if isinstance(v, (int, float))), "")
-                lines.append(f"v{m.version} {m.status:9s} {m.card.get('name', '')} parent={m.parent} {metric}".rstrip())
+                d = m.card.mean_dice()
+                metric = "" if d is None else f"dice {round(d, 4)}"
+                lines.append(f"v{m.version} {m.status:9s} {m.card.name} parent={m.parent} {metric}".rstrip())
             summary = "\n".join(lines) or "no models"
     emit(args, res, summary)
     return 0

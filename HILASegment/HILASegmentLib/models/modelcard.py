@@ -23,11 +23,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from ..ground.durable import atomic_write_bytes
 from ..ground.errors import HilaError
 from . import catalog
+from .cardsections import LEGACY_DICE_KEYS, Evaluation, GateVerdict, Metrics, TrainingRecord, case_ids  # noqa: F401 - re-exported: the card's sections are read here
 from .normalize import finite_number, normalization_problem
 from .onnxfile import OnnxInfo, inspect_onnx, onnx_checksum, with_metadata  # noqa: F401 - re-exported: callers read cards and checksums here
 
@@ -53,8 +54,12 @@ class LabelInfo:
     name: str
     color: Tuple[float, float, float] = (0.9, 0.6, 0.3)
 
+    def stored_color(self) -> List[float]:
+        """The colour as the card stores it (4 decimals)."""
+        return [round(float(c), 4) for c in self.color]
+
     def to_dict(self) -> Dict[str, Any]:
-        return {"value": int(self.value), "name": self.name, "color": [round(float(c), 4) for c in self.color]}
+        return {"value": int(self.value), "name": self.name, "color": self.stored_color()}
 
 
 @dataclass
@@ -89,7 +94,8 @@ class ModelCard:
     roi: Dict[str, Any] = field(default_factory=dict)
     architecture: Dict[str, Any] = field(default_factory=dict)
     training_set: List[Any] = field(default_factory=list)
-    metrics: Dict[str, Any] = field(default_factory=dict)
+    #: parity, validation, parent_validation, gate (:class:`~.cardsections.Metrics`); read ``mean_dice()``
+    metrics: Metrics = field(default_factory=Metrics)
     licence: str = ""
     checksum: Optional[str] = None
     description: str = ""
@@ -98,6 +104,8 @@ class ModelCard:
     model_file: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: how the trainer made it (:class:`~.cardsections.TrainingRecord`); None: not made by the trainer (no key)
+    training: Optional[TrainingRecord] = None
 
     # ---- conversions -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -108,7 +116,9 @@ class ModelCard:
                 v = [lab.to_dict() for lab in v]
             elif isinstance(v, tuple):
                 v = list(v)
-            if f.name == "extra":
+            elif isinstance(v, (Metrics, TrainingRecord)):
+                v = v.to_dict()
+            if f.name == "extra" or (f.name == "training" and v is None):
                 continue
             d[f.name] = v
         d.update(self.extra)
@@ -133,6 +143,12 @@ class ModelCard:
             raise HilaError(f"{where}: model card lacks {', '.join(missing)}")
         kw = {k: v for k, v in d.items() if k in names}
         kw["extra"] = {k: v for k, v in d.items() if k not in names}
+        # the typed sections, read and checked once (their unknown keys kept verbatim: to_dict gives back d)
+        kw["metrics"] = Metrics.from_dict(d.get("metrics") or {}, f"{where}: metrics")
+        if d.get("training") is not None:
+            kw["training"] = TrainingRecord.from_dict(d["training"], f"{where}: training")
+        elif "training" in d:
+            kw["extra"]["training"] = kw.pop("training")
         labels = d["labels"]
         if not isinstance(labels, list) or not labels:
             raise HilaError(f"{where}: labels must be a non-empty list of {{value, name, color}}")
@@ -232,6 +248,10 @@ class ModelCard:
                 raise bad(f"roi.size must be three positive integers (voxels on the model grid), got {size!r}")
             if roi.get("fallback", "body") not in ("body", "none"):
                 raise bad(f"roi.fallback must be body or none, got {roi.get('fallback')!r}")
+        if not isinstance(self.metrics, Metrics):
+            raise bad(f"metrics must be read with Metrics.from_dict, got {type(self.metrics).__name__}")
+        if self.training is not None and not isinstance(self.training, TrainingRecord):
+            raise bad(f"training must be read with TrainingRecord.from_dict, got {type(self.training).__name__}")
         if not isinstance(self.licence, str):
             raise bad("licence must be a string")
         if self.checksum is not None and not (isinstance(self.checksum, str) and self.checksum.startswith("sha256:")
@@ -243,6 +263,32 @@ class ModelCard:
     @property
     def out_channels(self) -> int:
         return len(self.labels) + (1 if self.activation == "softmax" else 0)
+
+    # ---- what readers ask (named, so no reader probes the card's JSON) -------------------------
+    def label_names(self) -> List[str]:
+        return [lab.name for lab in self.labels]
+
+    def mean_dice(self) -> Optional[float]:
+        """The model's validation Dice (mean over labels), or None when its card states none."""
+        return self.metrics.mean_dice()
+
+    def training_loop(self) -> Dict[str, Any]:
+        """The trainer's loop settings (``training.loop``); empty for a model the trainer did not make."""
+        return dict(self.training.loop or {}) if self.training is not None else {}
+
+    def seen_cases(self) -> Set[str]:
+        """Case ids the model trained on or had a checkpoint chosen on (its training set, the checkpoint's cases)."""
+        chosen = self.training.chosen_on() if self.training is not None else []
+        return case_ids(self.training_set) | {str(c) for c in chosen}
+
+    def gated_cases(self) -> Set[str]:
+        """Case ids whose corrections gated the model (``training.gate_set``)."""
+        return case_ids(self.training.gate_set) if self.training is not None else set()
+
+    def trained_corrections(self) -> Set[Tuple[str, int]]:
+        """(case id, correction version) of each correction in the training set."""
+        return {(str(t.get("case_id")), int(t.get("correction_version", 0))) for t in self.training_set
+                if isinstance(t, dict)}
 
 
 def sidecar_paths(onnx_path: PathLike) -> List[Path]:

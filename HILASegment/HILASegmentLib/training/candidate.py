@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from ..ground.errors import HilaError
+from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord
 from ..models.modelcard import LabelInfo, ModelCard, read_card
+from ..workspace.records import SnapshotItem
 from . import architectures, budget
 from . import network as nw
 from . import plan as planner
@@ -25,7 +27,8 @@ class Start:
     """What a round starts from: the weights, their architecture and the card the candidate inherits its grid from."""
 
     init: str                      # "scratch" | "finetune vN" | "imported vN (...)"
-    base: dict                     # spacing, patch_size, normalization, orientation, activation, (inference, roi...)
+    base: ModelCard                # the grid, normalisation, activation (inference, roi...): the parent's card, or
+                                   # for a fresh model one holding the planned grid
     arch: dict
     net: object
     sigmoid: bool = False
@@ -64,43 +67,43 @@ def line_head(ws, current, gateable: Optional[Callable[[object], bool]] = None):
     return current
 
 
-def _label_names(card: dict) -> List[str]:
-    return [str(lab.get("name", "")).lower() for lab in card.get("labels", [])]
+def _label_names(card: ModelCard) -> List[str]:
+    return [n.lower() for n in card.label_names()]
 
 
-def initial_network(ws, current, opts, snapshot, gateable: Optional[Callable[[object], bool]] = None) -> Start:
+def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateable: Optional[Callable[[object], bool]] = None) -> Start:
     """Fine-tune the current model's checkpoint (``--init auto``), convert an imported ONNX model
     (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
     settings = ws.settings
     names = [lab.name.lower() for lab in settings.labels]
     if current is not None and opts.init == "auto":
         current = line_head(ws, current, gateable)
-        cur_card = current.card or {}
+        cur_card = current.card
         if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
                 and _label_names(cur_card) == names:
-            arch0 = cur_card.get("architecture") or {}
+            arch0 = cur_card.architecture or {}
             family = architectures.ARCHITECTURES.get(arch0.get("name"))  # a converted one rebuilds from its ONNX
             onnx_src = ws.model(int(arch0["onnx_from_version"])).path if family is not None and not family.own else None
             fits(ws, snapshot, arch0 or {}, cur_card, opts)  # before the checkpoint is loaded
             net, arch, opt_state = nw.load_checkpoint(current.checkpoint_path, onnx_path=onnx_src, with_optimizer=True)
-            if not planner.CONTINUE_OPTIMIZER.get(str(cur_card.get("modality")), False):
+            if not planner.CONTINUE_OPTIMIZER.get(cur_card.modality, False):
                 opt_state = None
-            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.get("activation") == "sigmoid",
+            return Start(f"finetune v{current.version}", cur_card, arch, net, cur_card.activation == "sigmoid",
                          optimizer=opt_state, origin=current)
     if opts.init == "imported":
         if current is None:
             raise HilaError(f"{ws.root}: --init imported needs a current (imported) model to fine-tune")
-        cur_card = read_card(current.path).to_dict()
+        cur_card = read_card(current.path)
         if _label_names(cur_card) != names:
             raise HilaError(f"model v{current.version}: its labels differ from the workspace's; "
                             "cannot fine-tune it on these corrections")
         fits(ws, snapshot, {}, cur_card, opts)
         net = nw.convert_onnx(current.path)
-        diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card["patch_size"]]))
+        diff = nw.check_conversion(net, current.path, shape=(1, 1, *[int(p) for p in cur_card.patch_size]))
         arch = {"name": "onnx2torch", "onnx_from_version": current.version, "conversion_max_abs_diff": diff,
-                "source_architecture": cur_card.get("architecture", {})}
-        return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", dict(cur_card),
-                     arch, net, cur_card.get("activation") == "sigmoid")
+                "source_architecture": cur_card.architecture}
+        return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", cur_card,
+                     arch, net, cur_card.activation == "sigmoid")
     configuration, why = planner.choose_configuration(opts.device, getattr(opts, "config", None))
     base_arch = nw.default_architecture(settings.modality, len(names))
     if opts.channels:
@@ -114,10 +117,17 @@ def initial_network(ws, current, opts, snapshot, gateable: Optional[Callable[[ob
     fp = planner.fingerprint(snapshot, len(names))
     rec = planner.plan(settings.modality, fp, div, spacing=opts.spacing, patch=opts.patch_size,
                        configuration=configuration, why=why)
-    base = {"modality": settings.modality, "spacing": rec["spacing"], "patch_size": rec["patch_size"],
-            "normalization": rec["normalization"], "orientation": "RAS", "activation": "softmax"}
+    base = planned_base(settings, rec)
     fits(ws, snapshot, arch, base, opts, spacing=opts.spacing, batch=rec["batch_size"])  # before the network is built: 4096 channels allocate gigabytes at once
     return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+
+
+def planned_base(settings, rec: dict) -> ModelCard:
+    """What a fresh model starts from: a card holding the planned grid (``plan.plan``'s spacing, patch size,
+    normalisation) with the workspace's modality and labels; :func:`candidate_card` builds the real card on it."""
+    return ModelCard(name="planned grid", labels=_labels(settings), spacing=tuple(float(s) for s in rec["spacing"]),
+                     patch_size=tuple(int(p) for p in rec["patch_size"]), normalization=dict(rec["normalization"]),
+                     modality=settings.modality, orientation="RAS", activation="softmax")
 
 
 def recipe_batch(start: Start) -> int:
@@ -133,19 +143,19 @@ def recipe_data_path(start: Start) -> str:
 def _recipe(start: Start) -> dict:
     if start.plan:
         return start.plan
-    return (start.base.get("training") or {}).get("loop") or {}
+    return start.base.training_loop()
 
 
-def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[float]] = None,
+def fits(ws, snapshot: Sequence[SnapshotItem], arch: dict, base: ModelCard, opts, spacing: Optional[List[float]] = None,
          batch: Optional[int] = None) -> float:
     """Refuse a round whose network (``arch``: channels; none for an imported model) and cases on the model grid
     (``base``: spacing, patch size; ``spacing`` as the user gave it, before the plan rounds it) do not fit in
     memory, before anything is built or recorded."""
-    patch = [int(p) for p in base.get("patch_size") or []]
-    spacing = [float(s) for s in (spacing or base.get("spacing") or [])]
+    patch = [int(p) for p in base.patch_size]
+    spacing = [float(s) for s in (spacing or base.spacing)]
     if len(patch) != 3 or len(spacing) != 3:
         return 0.0
-    batch = int(opts.batch_size or batch or (base.get("training") or {}).get("loop", {}).get("batch_size") or 2)
+    batch = int(opts.batch_size or batch or base.training_loop().get("batch_size") or 2)
     chans = arch.get("channels")
     options = (f"hila train (patch {'x'.join(map(str, patch))}, batch {batch}"
                + (f", channels {','.join(map(str, chans))}" if chans else "")
@@ -155,32 +165,32 @@ def fits(ws, snapshot, arch: dict, base: dict, opts, spacing: Optional[List[floa
     return budget.check_round(arch, patch, spacing, batch, grids, device, options)
 
 
-def candidate_card(start: Start, settings, version: int, current, snapshot, cfg, res, par: dict,
+def candidate_card(start: Start, settings, version: int, current, snapshot: Sequence[SnapshotItem], cfg, res, par: dict,
                    opts, device: str) -> ModelCard:
     """The new version's card: the start's grid/normalisation, the workspace's labels, the exact training set.
 
-    The gate's figures (validation, parent_validation, gate) and the timings are added by the run
-    once both models have been scored; ``extra["training"]`` records the recipe, the loop and the
+    The gate's figures (``metrics.validation``, ``parent_validation``, ``gate``) and the timings are added by the run
+    once both models have been scored; ``training`` records the recipe, the loop and the
     corrections that trained, chose the checkpoint (none: the last weights) and gated.
     """
     base, arch = start.base, start.arch
-    patch = [int(p) for p in base["patch_size"]]
+    patch = [int(p) for p in base.patch_size]
     family = architectures.ARCHITECTURES.get(arch.get("name"))
     div = family.divisor(arch) if family is not None else 16
     # own nets: windows of the training patch size (instance-norm statistics as in training)
     inference = {"overlap": 0.5, "mode": "gaussian", "margin_vox": 5, "size_divisor": div,
-                 "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.get("inference") or {})
-    labels = [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]
-    training = {"init": start.init, "loop": cfg.to_dict(), "steps": res.steps, "epochs": res.epochs,
-                "optimizer_continued": bool(getattr(res, "resumed_optimizer", False)),
-                "precision": getattr(res, "precision", "float32"),
-                "seconds_per_step": res.seconds_per_step, "stopped": res.stopped, "final_loss": res.final_loss,
-                "loss_history": res.history[-20:], "trainable_parameters": res.trainable_parameters,
-                "device": device, "threads": int(opts.threads or os.cpu_count() or 1),
-                "quality_weights": dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
-                "ignore_band": dict(IGNORE_BAND) if opts.ignore_band else None,
-                "checkpoint": {"rule": "last weights (no checkpoint chosen on validation data)", "chosen_on": []},
-                "recipe": start.plan or {"inherited_from": start.init}}
+                 "max_window_voxels": int(np.prod(patch))} if start.own else dict(base.inference or {})
+    training = TrainingRecord(
+        init=start.init, loop=cfg.to_dict(), steps=res.steps, epochs=res.epochs,
+        optimizer_continued=bool(getattr(res, "resumed_optimizer", False)),
+        precision=getattr(res, "precision", "float32"),
+        seconds_per_step=res.seconds_per_step, stopped=res.stopped, final_loss=res.final_loss,
+        loss_history=res.history[-20:], trainable_parameters=res.trainable_parameters,
+        device=device, threads=int(opts.threads or os.cpu_count() or 1),
+        quality_weights=dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
+        ignore_band=dict(IGNORE_BAND) if opts.ignore_band else None,
+        checkpoint=CheckpointChoice(rule="last weights (no checkpoint chosen on validation data)", chosen_on=[]),
+        recipe=start.plan or {"inherited_from": start.init})
     return ModelCard(
         name=f"hila-{settings.modality.lower()}-{'unet' if start.own else 'finetuned'}",
         version=int(version),
@@ -188,20 +198,25 @@ def candidate_card(start: Start, settings, version: int, current, snapshot, cfg,
         description=(f"Trained by the HILASegment trainer on {len(snapshot)} correction(s) of this workspace "
                      f"({start.init}); {settings.modality}, labels {', '.join(lab.name for lab in settings.labels)}."),
         modality=settings.modality,
-        labels=labels,
-        spacing=tuple(float(s) for s in base["spacing"]),
-        orientation=base.get("orientation", "RAS"),
+        labels=_labels(settings),
+        spacing=tuple(float(s) for s in base.spacing),
+        orientation=base.orientation,
         patch_size=tuple(patch),
         in_channels=1,
-        activation=base.get("activation", "softmax"),
-        normalization=dict(base["normalization"]),
-        postprocess={"largest_component": True} if start.own else dict(base.get("postprocess") or {}),
+        activation=base.activation,
+        normalization=dict(base.normalization),
+        postprocess={"largest_component": True} if start.own else dict(base.postprocess or {}),
         inference=inference,
-        roi={} if start.own else dict(base.get("roi") or {}),
+        roi={} if start.own else dict(base.roi or {}),
         architecture=dict(arch, parameters=nw.count_parameters(start.net)),
-        training_set=[{"case_id": s.case_id, "case_name": getattr(s, "case_name", ""),
+        training_set=[{"case_id": s.case_id, "case_name": s.case_name,
                        "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
-        metrics={"parity": par},
+        metrics=Metrics(parity=par),
         licence="same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
-        extra={"training": training},
+        training=training,
     ).validate(f"candidate card v{version}")
+
+
+def _labels(settings) -> List[LabelInfo]:
+    """The workspace's labels as a card lists them (colours to the card's 4 decimals)."""
+    return [LabelInfo(lab.value, lab.name, tuple(round(float(c), 4) for c in lab.color)) for lab in settings.labels]

@@ -20,7 +20,9 @@ import SimpleITK as sitk
 from ..formats.imageio import read_image
 from ..formats.labelio import read_label
 from ..ground.errors import HilaError
+from ..models.modelcard import ModelCard
 from ..models.modelgrid import extract, model_input
+from ..workspace.records import SnapshotItem
 
 #: default sampling weight per correction quality (reviewed > rough > weak); ``--quality-weights`` overrides
 QUALITY_WEIGHTS: Dict[str, float] = {"reviewed": 1.0, "rough": 0.5, "weak": 0.25}
@@ -51,11 +53,11 @@ class Preprocessing:
     crop_body: bool = True
 
     @classmethod
-    def from_card(cls, card: dict) -> "Preprocessing":
-        inf = card.get("inference") or {}
-        return cls(spacing=list(card["spacing"]), normalization=dict(card["normalization"]),
-                   patch_size=list(card["patch_size"]), modality=card.get("modality", "CT"),
-                   orientation=card.get("orientation", "RAS"), foreground=inf.get("foreground"),
+    def from_card(cls, card: ModelCard) -> "Preprocessing":
+        inf = card.inference or {}
+        return cls(spacing=list(card.spacing), normalization=dict(card.normalization),
+                   patch_size=list(card.patch_size), modality=card.modality,
+                   orientation=card.orientation, foreground=inf.get("foreground"),
                    margin_vox=int(inf.get("margin_vox", 5)))
 
     def key(self) -> str:
@@ -165,7 +167,7 @@ def load_case(image_path: Path, label_path: Path, prep: Preprocessing, n_labels:
     return case
 
 
-def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
+def cases_from_snapshot(items: Sequence[SnapshotItem], prep: Preprocessing, n_labels: int, cache_dir: Optional[Path] = None,
                         quality_weights: Optional[Dict[str, float]] = None,
                         progress: Optional[Callable] = None, suspects: Optional[set] = None,
                         bands: Optional[Dict[str, int]] = None, seen: Optional[set] = None) -> List[dict]:
@@ -184,13 +186,14 @@ def cases_from_snapshot(items: Sequence, prep: Preprocessing, n_labels: int, cac
         if not case["fg_indices"].size:
             raise HilaError(f"correction {it.case_id} v{it.correction_version}: no labelled voxel left on the model grid")
         suspect = (str(it.case_id), int(it.correction_version)) in (suspects or set())
-        radius = int((bands or {}).get(str(getattr(it, "quality", "reviewed") or "reviewed"), 0))
+        quality = str(it.quality or "reviewed")
+        radius = int((bands or {}).get(quality, 0))
         if radius:
             case = dict(case, label=ignore_band(case["label"], radius))
         new = seen is not None and (str(it.case_id), int(it.correction_version)) not in seen
         case.update(case_id=it.case_id, correction_version=int(it.correction_version), new=new,
-                    quality=str(getattr(it, "quality", "reviewed") or "reviewed"), suspect=suspect,
-                    weight=quality_weight(getattr(it, "quality", None), quality_weights) * (SUSPECT_FACTOR if suspect else 1.0)
+                    quality=quality, suspect=suspect,
+                    weight=quality_weight(quality, quality_weights) * (SUSPECT_FACTOR if suspect else 1.0)
                     * (NEW_FACTOR if new else 1.0),
                     image_path=str(it.image_path), label_path=str(it.label_path))
         out.append(case)

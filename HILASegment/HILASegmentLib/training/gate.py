@@ -34,6 +34,7 @@ from ..ground.errors import HilaError
 from ..ground.metrics import dice
 from ..inference.segmenter import Segmenter
 from ..models.modelcard import ModelCard
+from ..workspace.records import SnapshotItem
 from .gatedefaults import GATE_MARGIN, GATE_MIN_CASES
 
 POLICIES = ("auto", "never", "always")
@@ -68,27 +69,23 @@ class GateRule:
 
 # --------------------------------------------------------------------------- which corrections gate
 
-def _seen_by(card: Optional[dict]) -> Tuple[set, set]:
+def _seen_by(card: Optional[ModelCard]) -> Tuple[set, set]:
     """(case ids the model trained or chose a checkpoint on, case ids that gated it) from its card."""
-    if not card:
+    if card is None:
         return set(), set()
-    training = card.get("training") or {}
-    seen = {str(t.get("case_id")) for t in card.get("training_set") or [] if isinstance(t, dict)}
-    seen |= {str(c) for c in (training.get("checkpoint") or {}).get("chosen_on") or []}
-    seen |= {str(c) for c in training.get("held_out_cases") or []}  # old cards: their checkpoint was chosen on these
-    gated = {str(g.get("case_id")) for g in training.get("gate_set") or [] if isinstance(g, dict)}
-    return seen, gated - seen
+    seen = card.seen_cases()
+    return seen, card.gated_cases() - seen
 
 
-def _cid(c) -> str:
-    return str(c["case_id"] if isinstance(c, dict) else c.case_id)
+def _cid(c: SnapshotItem) -> str:
+    return str(c.case_id)
 
 
-def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule,
-                   seed: int = 0, also_seen: Optional[dict] = None) -> Tuple[list, list, str]:
+def split_for_gate(cases: Sequence[SnapshotItem], current_card: Optional[ModelCard], rule: GateRule,
+                   seed: int = 0, also_seen: Optional[ModelCard] = None) -> Tuple[list, list, str]:
     """(train, gate, why): the corrections to train on and those that gate, never overlapping.
 
-    ``cases``: snapshot items (or dicts) with a ``case_id``; the latest correction of each case.
+    ``cases``: snapshot items; the latest correction of each case.
 
     Gate candidates are corrections of cases the current model never trained on and no checkpoint
     was chosen on; the ones that gated the current model come first (a stable gate set), then the
@@ -119,8 +116,8 @@ def split_for_gate(cases: Sequence, current_card: Optional[dict], rule: GateRule
         f"{k} correction(s) neither model was trained on gate the candidate"
 
 
-def line_keeps_gate(cases: Sequence, current_card: Optional[dict], head_card: Optional[dict], rule: GateRule,
-                    seed: int = 0) -> bool:
+def line_keeps_gate(cases: Sequence[SnapshotItem], current_card: Optional[ModelCard], head_card: Optional[ModelCard],
+                    rule: GateRule, seed: int = 0) -> bool:
     """Whether a round may continue a kept-back candidate (``head_card``) rather than the current model: only when
     that leaves a gate set wherever the current model alone would have one. A head that trained on every correction
     (it had too few to gate with) would otherwise leave only the newest correction to gate with, one a round, and
@@ -132,10 +129,11 @@ def line_keeps_gate(cases: Sequence, current_card: Optional[dict], head_card: Op
 
 # --------------------------------------------------------------------------- the one evaluator
 
-def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tuple[int, str]],
+def evaluate_model(model_path: Path, cases: Sequence[SnapshotItem], labels: Sequence[Tuple[int, str]],
                    threads: Optional[int] = None, progress: Optional[Callable] = None,
-                   should_stop: Callable[[], bool] = lambda: False, card: Optional[dict] = None) -> dict:
-    """Dice per workspace label of ``model_path`` on ``cases`` (dicts with case_id, image_path, label_path).
+                   should_stop: Callable[[], bool] = lambda: False, card: Optional[ModelCard] = None) -> dict:
+    """Dice per workspace label of ``model_path`` on ``cases`` (snapshot items: case_id, correction_version,
+    image_path, label_path).
 
     ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
     """
@@ -145,7 +143,7 @@ def evaluate_model(model_path: Path, cases: Sequence[dict], labels: Sequence[Tup
     return res
 
 
-def evaluate_models(models: Sequence[Tuple[Path, Union[None, dict, ModelCard]]], cases: Sequence[dict],
+def evaluate_models(models: Sequence[Tuple[Path, Optional[ModelCard]]], cases: Sequence[SnapshotItem],
                     labels: Sequence[Tuple[int, str]], threads: Optional[int] = None,
                     progress: Optional[Callable] = None,
                     should_stop: Callable[[], bool] = lambda: False) -> List[Union[dict, HilaError]]:
@@ -158,8 +156,6 @@ def evaluate_models(models: Sequence[Tuple[Path, Union[None, dict, ModelCard]]],
     for path, card in models:
         t = time.monotonic()
         try:
-            if isinstance(card, dict):
-                card = ModelCard.from_dict(card, f"{path} (registry card)")
             segs.append(Segmenter(path, threads=threads, device="cpu", card=card) if card is not None
                         else Segmenter(path, threads=threads, device="cpu"))
         except HilaError as exc:
@@ -171,17 +167,17 @@ def evaluate_models(models: Sequence[Tuple[Path, Union[None, dict, ModelCard]]],
         if should_stop() or not live:
             break
         if progress:
-            progress(i / max(1, len(cases)), f"validating on {c['case_id']}")
+            progress(i / max(1, len(cases)), f"validating on {c.case_id}")
         t = time.monotonic()
-        img = read_image(c["image_path"])
-        ref = sitk.GetArrayFromImage(read_label(c["label_path"]))
+        img = read_image(c.image_path)
+        ref = sitk.GetArrayFromImage(read_label(c.label_path))
         for k in live:
             spent[k] += time.monotonic() - t  # each model's figure includes reading the case, as when it read it
         for k in live:
             seg = segs[k]
             t = time.monotonic()
             try:
-                res = seg.segment(img, where=str(c["image_path"]))  # type: ignore[union-attr]
+                res = seg.segment(img, where=str(c.image_path))  # type: ignore[union-attr]
             except HilaError as exc:
                 segs[k] = exc
                 continue
@@ -191,7 +187,7 @@ def evaluate_models(models: Sequence[Tuple[Path, Union[None, dict, ModelCard]]],
             for value, name in labels:
                 mv = by_name.get(name.lower())
                 d[name] = round(dice(pred == mv, ref == value), 4) if mv is not None else 0.0
-            per_case[k].append({"case_id": c["case_id"], "correction_version": c.get("correction_version"),
+            per_case[k].append({"case_id": c.case_id, "correction_version": c.correction_version,
                                 "dice": d, "mean_dice": round(float(np.mean(list(d.values()))), 4),
                                 "seconds": round(res.seconds, 2)})
             spent[k] += time.monotonic() - t

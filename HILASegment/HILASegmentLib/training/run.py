@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..ground.errors import CancelledError, HilaError
+from ..models.cardsections import Evaluation, GateVerdict
 from ..models.modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
@@ -208,7 +209,7 @@ def _train_workspace(workspace, opts: TrainOptions, progress, rule: GateRule, de
         if worker:  # trains with rank 0, records nothing
             return rnd.execute(train_items, gate_items, split_why)
         # the budget checked before the run row: a --max-minutes too short for this round is refused, not failed
-        rnd._loop_config([int(p) for p in start.base["patch_size"]], n_scored=len(gate_items) or len(train_items))
+        rnd._loop_config([int(p) for p in start.base.patch_size], n_scored=len(gate_items) or len(train_items))
         rnd.run_id = ws.start_training_run(snapshot, parent_model=current.version if current else None)
         rnd.log += [f"init: {start.init}", f"gate: {split_why}",
                     f"train on: {[(s.case_id, s.correction_version, s.quality) for s in train_items]}",
@@ -252,7 +253,7 @@ class _Round:
     def execute(self, train_items, gate_items, split_why: str) -> dict:
 
         prep = ds.Preprocessing.from_card(self.start.base)
-        patch = [int(p) for p in self.start.base["patch_size"]]
+        patch = [int(p) for p in self.start.base.patch_size]
         with tempfile.TemporaryDirectory(prefix="hila-train-") as tmpdir:
             tmp = Path(tmpdir)
             t = time.monotonic()
@@ -290,7 +291,7 @@ class _Round:
 
             promote, why, verdict = self._gate(raw_onnx, card, tmp, train_items, gate_items, split_why)
             self.timings["total_s"] = round(time.monotonic() - self.t_start, 2)
-            card.extra["training"]["timings"] = dict(self.timings)
+            card.training.timings = dict(self.timings)
             registered = self._register(raw_onnx, card, ck, promote, dict(verdict, parity=par, steps=res.steps), tmp)
         return {"run_id": self.run_id, "model_version": registered.version, "promoted": promote, "reason": why,
                 "status": "current" if promote else "candidate", "path": str(registered.path),
@@ -302,8 +303,7 @@ class _Round:
         """The corrections the round's starting weights were trained on (None for a fresh network)."""
         if not self.start.init.startswith("finetune") or self.start.origin is None:
             return None
-        return {(str(t.get("case_id")), int(t.get("correction_version", 0)))
-                for t in (self.start.origin.card or {}).get("training_set") or []}
+        return self.start.origin.card.trained_corrections()
 
     def _loop_config(self, patch: List[int], n_scored: int):
         """The loop's budget: what is left of --max-minutes after startup, minus export/validation/registration."""
@@ -319,7 +319,7 @@ class _Round:
         batch = int(opts.batch_size or (recipe_batch(self.start) if self.start.own else 2))
         return LoopConfig(patch_size=patch, device=self.device, seed=opts.seed, max_seconds=train_s,
                           max_steps=int(opts.steps) if opts.steps else 10**9,
-                          lr=float(opts.lr or (finetune_lr(self.start.base.get("modality")) if fine else 3e-3)),
+                          lr=float(opts.lr or (finetune_lr(self.start.base.modality) if fine else 3e-3)),
                           batch_size=batch,
                           samples_per_case=min(2, batch), freeze=opts.freeze, amp=opts.precision == "auto",
                           data_path=recipe_data_path(self.start) if self.start.own else "monai")
@@ -340,13 +340,11 @@ class _Round:
         _emit(self.progress, 0.9, "validating", phase="validate", epoch=None, step=None, loss=None, val_dice=None,
               seconds_left=None)
         scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
-        cases = [{"case_id": s.case_id, "correction_version": int(s.correction_version),
-                  "image_path": str(s.image_path), "label_path": str(s.label_path)} for s in scored]
         # one pass: each case read once, scored by the candidate (its card passed, no probe copy) and the current
         models = [(raw_onnx, card)]
         if self.current is not None and gate_items:
-            models.append((self.current.path, self.current.card or None))
-        cand, *rest = gate.evaluate_models(models, cases, self.labels, threads=self.opts.threads, should_stop=self.flag)
+            models.append((self.current.path, self.current.card))
+        cand, *rest = gate.evaluate_models(models, scored, self.labels, threads=self.opts.threads, should_stop=self.flag)
         if isinstance(cand, HilaError):
             raise cand
         cur = rest[0] if rest and not self.flag() else None
@@ -358,15 +356,18 @@ class _Round:
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
                                         len(gate_items))
         where = "gate" if gate_items else f"training corrections (no gate set: {split_why})"
-        card.metrics["validation"] = _slim(cand, where)
+        met = card.metrics
+        met.validation = Evaluation.from_dict(_slim(cand, where), "metrics.validation")
         if cur is not None:
-            card.metrics["parent_validation"] = dict(_slim(cur, where), version=self.current.version)
-        card.metrics["gate"] = {"policy": self.opts.promote, "promote": promote, "reason": why,
-                                "rule": self.rule.to_dict(), "split": split_why, "comparison": cmp}
-        card.extra["training"]["gate_set"] = [{"case_id": s.case_id, "correction_version": int(s.correction_version)}
-                                              for s in gate_items]
-        verdict = {"validation": card.metrics["validation"], "parent_validation": card.metrics.get("parent_validation"),
-                   "gate": card.metrics["gate"]}
+            met.parent_validation = Evaluation.from_dict(dict(_slim(cur, where), version=self.current.version),
+                                                         "metrics.parent_validation")
+        met.gate = GateVerdict(policy=self.opts.promote, promote=promote, reason=why, rule=self.rule.to_dict(),
+                               split=split_why, comparison=cmp)
+        card.training.gate_set = [{"case_id": s.case_id, "correction_version": int(s.correction_version)}
+                                  for s in gate_items]
+        verdict = {"validation": met.validation.to_dict(),
+                   "parent_validation": met.parent_validation.to_dict() if met.parent_validation else None,
+                   "gate": met.gate.to_dict()}
         return promote, why, verdict
 
     def _register(self, raw_onnx: Path, card, ck: Path, promote: bool, metrics: dict, tmp: Path):

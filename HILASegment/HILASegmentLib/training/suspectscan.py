@@ -15,31 +15,31 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..ground.errors import HilaError
 from ..quality.suspectrule import find_suspects
+from ..workspace.records import SnapshotItem
 from . import gate
 
 
-def scan(ws, run_id: Optional[int], parent, items: Sequence, labels: Sequence[Tuple[int, str]],
+def scan(ws, run_id: Optional[int], parent, items: Sequence[SnapshotItem], labels: Sequence[Tuple[int, str]],
          parent_eval: Optional[dict] = None, threads: Optional[int] = None,
          should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Score ``items`` (snapshot items) unseen by ``parent`` (a registry model or None); record flags."""
     if parent is None:
         return {"scored": 0, "flagged": [], "why": "no parent model: nothing that has not trained on them"}
-    seen, _ = gate._seen_by(parent.card) if parent.training_run is not None else (set(), set())
+    seen = parent.card.seen_cases() if parent.training_run is not None else set()
     todo = [s for s in items if str(s.case_id) not in seen]
     known = {(c["case_id"], c.get("correction_version")): c for c in (parent_eval or {}).get("cases", [])}
     scored: List[dict] = []
-    rest = []
+    rest: List[SnapshotItem] = []
     for s in todo:
         hit = known.get((s.case_id, int(s.correction_version)))
         if hit is not None:
             scored.append({"case_id": s.case_id, "correction_version": int(s.correction_version), "dice": hit["dice"]})
         else:
-            rest.append({"case_id": s.case_id, "correction_version": int(s.correction_version),
-                         "image_path": str(s.image_path), "label_path": str(s.label_path)})
+            rest.append(s)
     if rest:
         try:
             ev = gate.evaluate_model(parent.path, rest, labels, threads=threads, should_stop=should_stop,
-                                     card=parent.card or None)
+                                     card=parent.card)
         except HilaError as exc:
             return {"scored": len(scored), "flagged": [], "why": f"parent model v{parent.version}: {exc}"}
         scored += [{"case_id": c["case_id"], "correction_version": c["correction_version"], "dice": c["dice"]}

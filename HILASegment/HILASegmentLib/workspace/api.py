@@ -21,7 +21,7 @@ from ..ground.colors import default_color, label_color
 from ..ground.durable import fsync_dir, fsync_file
 from ..ground.errors import HilaError
 from ..ground.paths import check_readable
-from ..models.modelcard import resolve_model
+from ..models.modelcard import ModelCard, resolve_model
 from .base import PathLike, now, user
 from .casestore import Cases
 from .corrections import Corrections
@@ -101,11 +101,11 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         if names is None:
             if resolved is None:
                 raise HilaError("labels: give --labels NAME[,NAME...] (or --model with a model card)")
-            names = [l["name"] for l in resolved[1]["labels"]]
+            names = resolved[1].label_names()
         specs = [(i + 1, n, default_color(n, i)) for i, n in enumerate(names)]
         if resolved is not None:  # the model's own label values; colours of known structures from the one table
-            specs = [(int(l["value"]), str(l["name"]), tuple(label_color(str(l["name"]), l.get("color"), i)))
-                     for i, l in enumerate(resolved[1].get("labels", []))]
+            specs = [(int(l.value), l.name, tuple(label_color(l.name, l.stored_color(), i)))
+                     for i, l in enumerate(resolved[1].labels)]
         created_root = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
                     ck_rel = f"models/{c.name('v0001')}"
                     c.place(ck_rel)
                     ck_sha = c.sha256
-                model_rows.append((1, rel, s.sha256, dumps(card), None, "current", ck_rel, ck_sha, None, now()))
+                model_rows.append((1, rel, s.sha256, dumps(card.to_dict()), None, "current", ck_rel, ck_sha, None, now()))
             tmp_ledger = root / f".{LEDGER_NAME}.init-{uuid.uuid4().hex[:8]}"
             led = Ledger(tmp_ledger, create=True, journal_mode="DELETE" if shared_disk else "WAL")
             try:
@@ -216,15 +216,14 @@ def _interrupted_init(root: Path) -> bool:
     return True
 
 
-def _resolve_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, dict]:
-    """The model file and its card as a dict, refused when its modality or labels differ from the workspace's."""
+def _resolve_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, ModelCard]:
+    """The model file and its card, refused when its modality or labels differ from the workspace's."""
     onnx_path, card = resolve_model(model)
-    card_d = card.to_dict()
-    card_mod = str(card_d.get("modality", modality)).upper()
+    card_mod = card.modality.upper()
     if card_mod != modality:
         raise HilaError(f"--model {model}: a {card_mod} model, but the workspace is {modality}")
-    card_names = [str(l.get("name")) for l in card_d.get("labels", [])]
+    card_names = card.label_names()
     if names is not None and [n.lower() for n in card_names] != [n.lower() for n in names]:
         raise HilaError(f"--model {model}: its labels ({', '.join(card_names)}) differ from --labels "
                         f"({', '.join(names)}); leave out --labels to use the model's")
-    return Path(onnx_path), card_d
+    return Path(onnx_path), card

@@ -135,7 +135,7 @@ def _export_into(ws: ExportedWorkspace, out: Path, include_unlabelled: bool, pro
         "format": "hilasegment-export", "format_version": 1, "workspace": str(ws.root),
         "modality": settings.modality,
         "labels": [{"value": l.value, "name": l.name, "color": list(l.color)} for l in settings.labels],
-        "current_model": (lambda m: None if m is None else {"version": m.version, "name": m.card.get("name")})(ws.current_model()),
+        "current_model": (lambda m: None if m is None else {"version": m.version, "name": m.card.name})(ws.current_model()),
         "cases": entries,
     }
     tmp = out / ".manifest.json.tmp"

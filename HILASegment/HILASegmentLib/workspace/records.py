@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models.modelcard import ModelCard
 
 QUALITIES = ("reviewed", "rough", "weak")
 MODALITIES = ("MR", "CT")
@@ -89,24 +92,29 @@ class Correction(_Record):
 
 @dataclass
 class ModelRecord(_Record):
+    """A registered model version; ``card`` is read and checked once, when the registry reads its row."""
+
     version: int
     path: Path
     sha256: str
-    card: dict
+    card: "ModelCard"
     parent: Optional[int]
     status: str
     checkpoint_path: Optional[Path]
     training_run: Optional[int]
     created_at: str
 
+    def to_dict(self) -> dict:
+        """The record as JSON (``hila models --json``), its card in the card's own JSON form."""
+        return {k: (self.card.to_dict() if k == "card" else _plain(getattr(self, k)))
+                for k in self.__dataclass_fields__}
+
     def segmenter(self, threads: Optional[int] = None, device: str = "auto"):
         """The Segmenter of this version with the registry's card (an imported model such as TAPS carries none
         inside its ONNX file, so a workspace model is always run with the card the registry keeps)."""
         from ..inference.segmenter import Segmenter  # onnxruntime: only when a model is run
-        from ..models.modelcard import ModelCard
 
-        card = ModelCard.from_dict(dict(self.card), f"model v{self.version} card")
-        return Segmenter(self.path, threads=threads, device=device, card=card)
+        return Segmenter(self.path, threads=threads, device=device, card=self.card)
 
 
 @dataclass(frozen=True)

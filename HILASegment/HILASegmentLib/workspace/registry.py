@@ -43,7 +43,8 @@ def current_stack(rows: Sequence[Tuple[int, str]]) -> List[int]:
 
 class Registry(WorkspaceBase):
     def _model_from_row(self, r: sqlite3.Row) -> ModelRecord:
-        return ModelRecord(r["version"], self.root / r["file"], r["sha256"], json.loads(r["card"]), r["parent"], r["status"],
+        card = ModelCard.from_dict(json.loads(r["card"]), f"{self.root}: model v{r['version']} card")
+        return ModelRecord(r["version"], self.root / r["file"], r["sha256"], card, r["parent"], r["status"],
                            self.abspath(r["checkpoint_file"]), r["training_run"], r["created_at"])
 
     def models(self) -> List[ModelRecord]:
@@ -72,8 +73,7 @@ class Registry(WorkspaceBase):
                   training_run: Optional[int] = None, version: Optional[int] = None) -> ModelRecord:
         """Copy a model (ONNX, and its torch checkpoint) in as the next version; files are never replaced.
 
-        ``card``: the model's ModelCard (or a plain mapping, e.g. a registry card copied from another
-        version). ``version``: the version the model's card already names (the trainer embeds it before
+        ``card``: the model's ModelCard (or its JSON form, read and checked here). ``version``: the version the model's card already names (the trainer embeds it before
         registering); if the registry would assign another, nothing is added and :class:`VersionTaken`
         is raised, so a card never names a version other than its own.
         """
@@ -84,7 +84,9 @@ class Registry(WorkspaceBase):
             raise HilaError(f"{src}: no such model file")
         if checkpoint_path is not None and not Path(checkpoint_path).is_file():
             raise HilaError(f"{checkpoint_path}: no such checkpoint file")
-        card_d = card.to_dict() if isinstance(card, ModelCard) else dict(card or {})
+        if not isinstance(card, ModelCard):
+            card = ModelCard.from_dict(dict(card or {}), f"{src} (model card)")
+        card_d = card.to_dict()
         files = [(copier(src), ".onnx")]
         if checkpoint_path is not None:
             ck = Path(checkpoint_path)
@@ -109,7 +111,7 @@ class Registry(WorkspaceBase):
             if status == "current":
                 con.execute("INSERT INTO model_promotions (version, action, time) VALUES (?, 'promote', ?)",
                             (assigned, now()))
-            self._event(con, "model_add", f"v{assigned}", {"status": status, "parent": parent, "name": card_d.get("name")})
+            self._event(con, "model_add", f"v{assigned}", {"status": status, "parent": parent, "name": card.name})
             return int(assigned)
 
         return self.model(self._store(files, record))
