@@ -117,6 +117,39 @@ def test_roi_placed_unplaced_and_under_a_rotating_parent_transform(rs):
     assert np.allclose(local, box, atol=1e-6)
 
 
+def test_roi_under_a_33_degree_parent_transform_is_the_drawn_size_and_a_turned_or_inverted_roi_is_refused(rs):
+    """An 8 x 6 x 4 mm ROI drawn on a volume, both under a parent transform turning 33 degrees: the weak box is the
+    drawn box in the volume's own space, exactly (the world bounds mapped back gave 13.5 x 13.3 x 4 mm)."""
+    volume = load_volume(MRI, "mri")
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "R")
+    parent = _transform(rotation_deg=33.0)
+    for node in (volume, roi):
+        node.SetAndObserveTransformNodeID(parent.GetID())
+    roi.SetCenter(10.0, 20.0, -30.0)  # the ROI's own (node) coordinates = the volume's local RAS here
+    roi.SetSize(8.0, 6.0, 4.0)
+    bounds = [0.0] * 6
+    roi.GetRASBounds(bounds)
+    assert np.ptp(np.reshape(bounds, (3, 2)), axis=1)[0] > 9.9  # Slicer's world bounds really are bigger (8 mm drawn)
+    box = marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)["items"][0]["box"]
+    assert np.allclose(box, [-14.0, -23.0, -32.0, -6.0, -17.0, -28.0], atol=1e-9)
+    # the ROI alone under a 90-degree turn: still in line with the volume's axes, its sides swap x and y
+    volume.SetAndObserveTransformNodeID(None)
+    roi.SetAndObserveTransformNodeID(_transform(rotation_deg=90.0, shift=(0.0, 0.0, 0.0)).GetID())
+    box = marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)["items"][0]["box"]
+    assert np.allclose(np.subtract(box[3:], box[:3]), [6.0, 8.0, 4.0], atol=1e-9)
+    assert np.allclose(np.add(box[3:], box[:3]) / 2, [20.0, -10.0, -30.0], atol=1e-9)  # RAS (-20, 10, -30)
+    # the ROI alone under the 33-degree turn: turned against the volume, refused in one line
+    roi.SetAndObserveTransformNodeID(parent.GetID())
+    with pytest.raises(HilaError, match=r"ROI 'R' is turned against the volume's axes: .* 4\.4 mm bigger") as info:
+        marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)
+    assert "\n" not in str(info.value)
+    roi.SetAndObserveTransformNodeID(None)
+    roi.SetSize(-8.0, 6.0, 4.0)  # an inverted ROI
+    with pytest.raises(HilaError, match=r"ROI 'R' has size \[-8.0, 6.0, 4.0\] mm \(a side <= 0") as info:
+        marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)
+    assert "\n" not in str(info.value)
+
+
 def test_lines_placed_and_unplaced_under_a_parent_transform(rs):
     volume = load_volume(MRI, "mri")
     long_line, short_line = (slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode") for _ in range(2))
