@@ -83,10 +83,39 @@ def test_the_glues_masking_is_slicers_generate_edit_mask_in_every_mode(rs, mode,
     written = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0
     expected = np.where(allowed, prostate, earlier)
     assert np.array_equal(written, expected)
-    assert report.clipped["prostate"] == int(np.count_nonzero(expected != prostate))
+    clipped = int(np.count_nonzero(expected != prostate))
+    assert report.clipped["prostate"] == clipped
+    message = report.message()  # one line: what the masking kept out, and whether nothing of prostate was written
+    assert (f"masking ({mode}) kept {clipped} voxels" in message) if clipped else "masking" not in message
+    assert ("nothing written for prostate" in message) == (clipped >= int(prostate.sum()))
     for name in ("gland", "hidden"):  # the user's segments are never touched
         assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, name, volume).any()
     assert slicer.mrmlScene.GetFirstNodeByName("__hila_region__") is None  # the region node is gone again
+
+
+def test_a_mask_that_keeps_the_whole_result_out_says_nothing_was_written(rs):
+    """Masking inside a segment that the AI result does not touch: Slicer allows none of it (no earlier result this
+    time), and the status line says nothing of the prostate was written."""
+    volume, segNode, prostate, _ = _scene_with_segments()
+    segNode.GetSegmentation().RemoveSegment("hila_1")
+    far = np.zeros_like(prostate)
+    far[0, 0, :2] = True
+    assert not (far & prostate).any()
+    segNode.GetSegmentation().AddEmptySegment("far", "far")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(far.astype(np.uint8), segNode, "far", volume)
+    mode = "EditAllowedInsideSingleSegment"
+    editor = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
+    editor.SetMaskSegmentID("far")
+    assert not (real_allowed(segNode, volume, mode, "gland", "far") & prostate).any()
+    report = segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), prostate, {})], segNode, volume, editor, mode,
+                                   scene=slicer.mrmlScene)
+    written = segNode.GetSegmentation().GetSegment("hila_1")  # made, but empty: its layer holds none of its value
+    layer = written.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    scalars = layer.GetPointData().GetScalars()
+    assert scalars is None or not (vtk_to_numpy(scalars) == written.GetLabelValue()).any()
+    assert report.clipped["prostate"] == int(prostate.sum())
+    assert f"masking ({mode}) kept" in report.message() and "nothing written for prostate" in report.message()
 
 
 def _transform(rotation_deg=90.0, shift=(12.0, -7.0, 30.0)):
