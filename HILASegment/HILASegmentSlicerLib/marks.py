@@ -3,7 +3,8 @@
 Slicer gives world RAS; a case's image is the volume's own (local) geometry in LPS, so points go
 world RAS -> the volume's local RAS (the inverse of its parent transform's to-world matrix; a volume
 without one: identity) -> LPS (x and y negated). What is read from Slicer, checked in Slicer's source
-(vtkMRMLMarkupsROINode.h, main and v5.8.1) and on slicer-core 5.12: the ROI's own box, not its world bounds
+(vtkMRMLMarkupsROINode.h: main @ 583e9b37 in Libs/MRML/Core, v5.8.1 in Modules/Loadable/Markups/MRML) and on
+slicer-core 5.12.4: the ROI's own box, not its world bounds
 (``GetRASBounds`` is the axis-aligned box around the ROI in world RAS, which under a rotating parent transform
 is bigger than the box drawn): ``GetSize()`` (side lengths in the ROI's object axes; (0, 0, 0) for a
 never-placed ROI and one with only a centre) and ``GetObjectToNodeMatrix()`` (its centre and axes in the
@@ -80,12 +81,12 @@ def lines_from_ras_points(long_ras: np.ndarray, short_ras: np.ndarray,
     return out
 
 
-def _node_to_volume(util: Any, node: Any, volume_to_world: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The 4x4 from ``node``'s own coordinates to the volume's local RAS: its parent's to-world, then the volume's
-    inverse (None where neither has a parent transform); a non-linear parent of the node is refused."""
-    parent = node.GetParentTransformNode()
+def _node_to_volume(util: Any, roi: Any, volume_to_world: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The 4x4 from ``roi``'s own (node) coordinates to the volume's local RAS: its parent's to-world, then the
+    volume's inverse (None where neither has a parent transform); a non-linear parent of the ROI is refused."""
+    parent = roi.GetParentTransformNode()
     if parent is not None and not parent.IsTransformToWorldLinear():
-        raise HilaError(f"the ROI {node.GetName()!r} is under the non-linear transform {parent.GetName()!r}: "
+        raise HilaError(f"the ROI {roi.GetName()!r} is under the non-linear transform {parent.GetName()!r}: "
                         "harden the transform on it (Transforms module) or remove it")
     node_to_world = util.arrayFromTransformMatrix(parent, toWorld=True) if parent is not None else None
     if node_to_world is None and volume_to_world is None:
