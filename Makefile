@@ -46,8 +46,9 @@ test: $(STAMP) $(SSTAMP)
 	$(BIN)/python -m pytest -q Testing
 	$(MAKE) --no-print-directory test-mrml
 
-# The real-MRML tier alone (Testing/mrml, run by make test too).
-test-mrml: $(SSTAMP)
+# The real-MRML tier alone (Testing/mrml, run by make test too). Its engine children (`hila convert` of an RTSTRUCT)
+# and its pydicom reads run in the main environment, so it needs both.
+test-mrml: $(STAMP) $(SSTAMP)
 	if [ -s $(SSTAMP) ]; then \
 	  HILA_NO_SLICER_CORE="$$(cat $(SSTAMP))" $(BIN)/python -m pytest -q Testing/mrml; \
 	else \

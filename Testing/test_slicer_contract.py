@@ -53,6 +53,10 @@ UNRECORDED_OK = {
     # the self-test's ROI; read in Slicer's source (main @ 583e9b37, v5.8.1): vtkMRMLMarkupsROINode.h declares both
     "SetCenterWorld": "vtkMRMLMarkupsROINode (the self-test places an ROI) is not recorded",
     "SetSizeWorld": "vtkMRMLMarkupsROINode (the self-test places an ROI) is not recorded",
+    # the weak ROI's own box (marks.py); vtkMRMLMarkupsROINode.h (main @ 583e9b37: Libs/MRML/Core; v5.8.1) declares
+    # vtkGetVector3Macro(Size) and GetObjectToNodeMatrix(); both read on slicer-core 5.12.4 (Testing/mrml)
+    "GetSize": "vtkMRMLMarkupsROINode (the weak label's ROI) is not recorded",
+    "GetObjectToNodeMatrix": "vtkMRMLMarkupsROINode (the weak label's ROI) is not recorded",
     # a segment's layer: vtkOrientedImageData (recorded) is a vtkImageData, whose GetExtent VTK declares (vtkImageData.h)
     "GetExtent": "vtkImageData (base of the recorded vtkOrientedImageData) is not recorded",
     # a volume's parent transform: vtkMRMLTransformNode.h declares it (main @ 583e9b37 and v5.8.1)

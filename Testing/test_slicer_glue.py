@@ -327,47 +327,6 @@ def test_a_failed_save_after_submit_reports_the_submitted_version(two_cases):
     assert out.version == 1 and "correction v1" in out.message() and "disk full" in out.message()
 
 
-def test_masking_clips_are_counted_and_follow_generate_edit_mask(two_cases):
-    ws, scene, (volA, _) = two_cases
-    segNode = segments.segmentation_for(scene, volA)
-    mask = (volA.array > 200).astype(np.uint8)
-    segNode.GetSegmentation().AddEmptySegment("user", "my drawing")
-    Util.updateSegmentBinaryLabelmapFromArray(mask, segNode, "user", volA)
-
-    class Editor:
-        def GetSourceVolumeIntensityMask(self):
-            return False
-
-        def GetMaskSegmentID(self):
-            return None
-    report = segments.write_result(Util, [(1, "prostate", (1, 0, 0), mask, {})], segNode, volA, Editor(),
-                                   "EditAllowedOutsideAllSegments")
-    assert report.clipped["prostate"] == int(mask.sum()) and "nothing written for prostate" in report.message()
-    assert segNode.GetSegmentation().arrays["user"].sum() == mask.sum()  # the user's segment untouched
-    # inside-all: the union includes the user's segment, so the whole result lands
-    report = segments.write_result(Util, [(1, "prostate", (1, 0, 0), mask, {})], segNode, volA, Editor(),
-                                   "EditAllowedInsideAllSegments")
-    assert report.clipped_total == 0 and "masking" not in report.message()
-
-
-def test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_transform(two_cases):
-    ws, scene, (volA, _) = two_cases
-    volA.SetAndObserveTransformNodeID("vtkMRMLLinearTransformNode7")
-    segA = segments.segmentation_for(scene, volA)
-    assert segA.GetTransformNodeID() == "vtkMRMLLinearTransformNode7"
-    segA.GetSegmentation().AddEmptySegment("s", "prostate")
-    mask = (volA.array > 200).astype(np.uint8)
-    Util.updateSegmentBinaryLabelmapFromArray(mask, segA, "s", volA)
-    _accept(ws, volA, segA)
-    again = Volume("again", sitk.GetImageFromArray(volA.array), scene)
-    again.SetAttribute(segments.CASE_ATTRIBUTE, volA.GetAttribute(segments.CASE_ATTRIBUTE))
-    segAgain = segments.segmentation_for(scene, again)
-    assert cases.reopen_case_segments(ws, Util, again, segAgain) == 1
-    assert np.array_equal(segAgain.GetSegmentation().arrays["hila_1"] > 0, mask > 0)
-    assert segAgain.GetSegmentation().GetSegment("hila_1").tags["hila_label"] == "1"
-    assert cases.reopen_case_segments(ws, Util, again, segAgain) is None  # never over segments already there
-
-
 def test_ai_segments_carry_the_workspace_value_not_the_models(two_cases):
     """A CT model's prostate is 1, bladder 2; in a workspace listing bladder first, bladder must not become prostate."""
     _, scene, (volA, _) = two_cases

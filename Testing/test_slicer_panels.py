@@ -123,52 +123,6 @@ def test_model_for_segment(ws, tmp_path):
     ct.close()
 
 
-def test_the_self_test_sequence_without_slicer(tmp_path):
-    """HILASegmentTest's engine calls in the same order, with SimpleITK images standing in for MRML volumes.
-
-    (The MRML parts — writing segments, editing them — run only inside Slicer; this checks the rest:
-    numpy volumes -> workspace -> tiny model in a child -> prediction -> edited correction -> training.)
-    """
-    import sys
-
-    from HILASegmentLib.formats.imageio import write_image
-    from HILASegmentLib.workspace import Workspace
-    from HILASegmentSlicerLib.mrmlgeometry import array_to_image
-    from HILASegmentSlicerLib.processrunner import ProcessRunner, engine_command
-    ws = Workspace.create(tmp_path / "ws", "MR", ["prostate"], model=str(TINY))
-    for n, shift in enumerate((0, 6)):
-        k, j, i = np.mgrid[0:24, 0:48, 0:48]
-        blob = ((i - 24 - shift) ** 2 + (j - 24) ** 2 + ((k - 12) * 2) ** 2) < 12 ** 2
-        array = (100 + 300 * blob + np.random.default_rng(n).normal(0, 10, blob.shape)).astype(np.int16)
-        image = array_to_image(array, np.diag([-1.0, -1.0, 3.0, 1.0]))
-        write_image(image, tmp_path / f"HILATest{n}.nrrd")
-        case_id = ws.import_volume(tmp_path / f"HILATest{n}.nrrd").case_id
-        model, version = panels.model_for(ws)
-        out = tmp_path / f"result{n}.seg.nrrd"
-        argv, env = engine_command("HILASegmentLib", ["infer", str(ws.root), case_id, "--out", str(out), "--model", str(version),
-                                                      "--device", "auto", "--json"], python=sys.executable)
-        outcome = ProcessRunner(argv, env=env).start().wait(timeout=300)
-        assert outcome.ok, outcome.error
-        (prediction,) = ws.predictions(case_id)  # recorded by the child
-        label = sitk.ReadImage(str(prediction.path))
-        assert prediction.model_version == version and sitk.GetArrayFromImage(label)[blob].mean() > 0.9
-        edited = sitk.GetArrayFromImage(label)
-        edited[blob] = 1
-        edited[12] = 0  # erase the middle slice: a real edit
-        corrected = sitk.GetImageFromArray(edited)
-        corrected.CopyInformation(label)
-        correction = ws.submit(case_id, corrected, quality="reviewed", annotator="selftest", seconds=1.0)
-        assert correction.version == 1 and correction.effort["fraction_changed"] > 0
-    before = {m.version for m in ws.models()}
-    argv, env = engine_command("HILASegmentLib", ["train", str(ws.root), "--json", "--max-minutes", "1", "--promote", "never",
-                                                  "--steps", "4"], python=sys.executable)
-    outcome = ProcessRunner(argv, env=env).start().wait(timeout=600)
-    assert outcome.ok, outcome.error
-    assert {m.version for m in ws.models()} - before
-    assert ws.check().ok
-    ws.close()
-
-
 def _logic():
     """The module's Logic with the one slicer.util call an import job makes (the child's environment)."""
     import os

@@ -10,11 +10,12 @@ heads) as the AI result, written the way the Segment child (`hila infer WS CASE 
 workspace's labels, cut to the result's voxels (``Workspace.prediction_segmentation``, the child's own function).
 Measured: what the panel's SegmentSection.finish runs on the GUI thread, ``HILASegmentLogic.loadResult`` (read the
 result, write it into the volume's segmentation under the Segment Editor's mask mode; the child has recorded the
-prediction already), per mask mode in a fresh process: seconds and the peak extra resident memory over the process
+prediction already), per mask mode in a fresh process: seconds, the GUI thread's own CPU seconds (``gui_cpu_seconds``, time.thread_time,
+which contention on a shared machine does not inflate) and the peak extra resident memory over the process
 before the call (RSS sampled every 5 ms; SimpleITK and the engine's reader imported before, as after a session's
 first result: that import is a one-time ~0.3-0.5 s); ``again``: a second result onto the first (the segments it replaces exist).
 Accept's run also times, in the same process, what Accept did on the GUI thread before its label export moved into
-the job (``before_seconds``; ``ratio_wall``/``ratio_cpu``: the GUI-thread part now over then, wall and this thread's
+the job (``before_seconds``, ``before_gui_cpu_seconds``, ``before_peak_extra_mb``; ``ratio_wall``/``ratio_cpu``: the GUI-thread part now over then, wall and this thread's
 CPU time, which contention on a shared machine does not inflate). ``--starts``: only the GUI-thread part of starting
 Segment and Accept on a volume that is no case, against the uncompressed writes the GUI thread did before
 (``measure_starts``). Prints one JSON line per run.
@@ -96,6 +97,30 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class PeakRss:
+    """The peak extra resident memory (MB) over the process while the ``with`` block runs (RSS sampled every 5 ms)."""
+
+    def __enter__(self) -> "PeakRss":
+        self.base, self.peak, self._stop = rss_mb(), rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+    @property
+    def extra_mb(self) -> float:
+        return round(self.peak - self.base, 1)
+
+
 def measure(work: Path, mode: str, again: bool = False, accept: bool = False) -> dict:
     """One run in this process: set the scene up, then time loadResult alone with an RSS sampler running (``accept``:
     load the result first, then time the GUI-thread part of Accept, ``HILASegmentLogic.startAccept``: the checks, the
@@ -125,32 +150,20 @@ def measure(work: Path, mode: str, again: bool = False, accept: bool = False) ->
     if again:  # the segments this result replaces exist (a second Segment of the case)
         logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
     before_segments = segNode.GetSegmentation().GetNumberOfSegments()
-    base, peak, stop = rss_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    cpu0 = time.thread_time()
     extra = {}
+    with PeakRss() as memory:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        if accept:
+            _runner, context = logic.startAccept(ws, volume, segNode)
+        else:
+            report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    extra["gui_cpu_seconds"] = round(cpu, 3)
     if accept:
-        _runner, context = logic.startAccept(ws, volume, segNode)
-        seconds = time.perf_counter() - t0
-        extra["gui_cpu_seconds"] = round(time.thread_time() - cpu0, 3)
         report = type("R", (), dict(names=["accept"], clipped_total=0))
         logic.cleanupJob(context)
-        extra.update(before_in_this_process(logic, ws, volume, segNode, seconds, extra["gui_cpu_seconds"]))
-    else:
-        report = logic.loadResult(str(work / "child.seg.nrrd"), segNode, volume, editor)
-        seconds = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    peak[0] = max(peak[0], rss_mb())
-    return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": round(peak[0] - base, 1),
+        extra.update(before_in_this_process(logic, ws, volume, segNode, seconds, cpu))
+    return {"mode": mode, "again": again, "accept": accept, "seconds": round(seconds, 2), "peak_extra_mb": memory.extra_mb,
             "existing_segments": before_segments, "shape": list(slicer.util.arrayFromVolume(volume).shape),
             "written": report.names, "clipped_voxels": report.clipped_total,
             "scene": scene.scene.GetNumberOfNodes() > 0, **extra}
@@ -160,21 +173,26 @@ def before_in_this_process(logic, ws, volume, segNode, seconds: float, cpu: floa
     """What Accept did on the GUI thread before its label export moved into the job, timed in this same process
     (the same scene, right after the new part, so contention hits both alike): the checks and the merged label map
     (``segments.label_array_from_segmentation``, the layers merged at the volume's size), the image and its
-    uncompressed write. Returns those seconds and the ratios new/before (wall and this thread's CPU)."""
+    uncompressed write. Returns those seconds, this thread's CPU seconds, the peak extra resident memory
+    (``before_peak_extra_mb``: a floor, since memory the new part freed may be reused without growing the RSS) and the
+    ratios new/before (wall and this thread's CPU)."""
     import tempfile
 
     import vtk
 
     from HILASegmentLib.formats.imageio import write_image
     from HILASegmentSlicerLib import cases, mrmlgeometry, segments
-    t0, cpu0 = time.perf_counter(), time.thread_time()
-    cases.own_case(ws, volume)
-    array = segments.label_array_from_segmentation(logic.util, segNode, volume, ws.settings.labels, vtk.mutable)
-    with tempfile.TemporaryDirectory() as folder:
-        write_image(mrmlgeometry.array_to_image(array, logic.ijkToRas(volume)), os.path.join(folder, "label.nrrd"),
-                    compress=False)
-    before, before_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    with PeakRss() as memory:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        cases.own_case(ws, volume)
+        array = segments.label_array_from_segmentation(logic.util, segNode, volume, ws.settings.labels, vtk.mutable)
+        with tempfile.TemporaryDirectory() as folder:
+            write_image(mrmlgeometry.array_to_image(array, logic.ijkToRas(volume)), os.path.join(folder, "label.nrrd"),
+                        compress=False)
+        before, before_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        del array
     return {"before_seconds": round(before, 3), "before_gui_cpu_seconds": round(before_cpu, 3),
+            "before_peak_extra_mb": memory.extra_mb,
             "ratio_wall": round(seconds / before, 3), "ratio_cpu": round(cpu / before_cpu, 3)}
 
 

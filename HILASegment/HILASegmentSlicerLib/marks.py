@@ -3,12 +3,15 @@
 Slicer gives world RAS; a case's image is the volume's own (local) geometry in LPS, so points go
 world RAS -> the volume's local RAS (the inverse of its parent transform's to-world matrix; a volume
 without one: identity) -> LPS (x and y negated). What is read from Slicer, checked in Slicer's source
-(main @ 583e9b37 and v5.8.1): ``vtkMRMLMarkupsROINode::GetRASBounds`` fills (xmin, xmax, ymin, ymax,
-zmin, zmax), the axis-aligned world bounds of the ROI box from its world centre, size and axes (a
-rotated ROI gives the box around it); a never-placed ROI gives all-zero bounds and one with only a centre
-zero-size bounds (measured with slicer-core 5.12.4), both refused; ``slicer.util.arrayFromMarkupsControlPoints(node, world=True)``
-reads each control point's ``GetNthControlPointPositionWorld``. A line markup has its two ends as
-control points; one still being placed has fewer and is refused.
+(vtkMRMLMarkupsROINode.h: main @ 583e9b37 in Libs/MRML/Core, v5.8.1 in Modules/Loadable/Markups/MRML) and on
+slicer-core 5.12.4: the ROI's own box, not its world bounds
+(``GetRASBounds`` is the axis-aligned box around the ROI in world RAS, which under a rotating parent transform
+is bigger than the box drawn): ``GetSize()`` (side lengths in the ROI's object axes; (0, 0, 0) for a
+never-placed ROI and one with only a centre) and ``GetObjectToNodeMatrix()`` (its centre and axes in the
+node's coordinates), taken to world by the ROI's own parent transform.
+``slicer.util.arrayFromMarkupsControlPoints(node, world=True)`` reads each control point's
+``GetNthControlPointPositionWorld``. A line markup has its two ends as control points; one still being placed
+has fewer and is refused.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import numpy as np
 
 from HILASegmentLib.ground.errors import HilaError
 
-__all__ = ["box_from_ras_bounds", "lines_from_ras_points", "marks_from_markups"]
+__all__ = ["box_from_roi", "lines_from_ras_points", "marks_from_markups"]
+
+#: How much (mm, any axis) the axis-aligned box around an ROI turned against the volume may exceed the drawn box.
+ROI_TURN_TOLERANCE_MM = 0.5
 
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
@@ -31,15 +37,36 @@ def _to_local_lps(points_ras: np.ndarray, to_world: Optional[np.ndarray]) -> np.
     return p * _RAS_TO_LPS
 
 
-def box_from_ras_bounds(bounds: Sequence[float], to_world: Optional[np.ndarray] = None) -> List[float]:
-    """Two opposite LPS corners (X0,Y0,Z0,X1,Y1,Z1, mm, the volume's own space) of world RAS bounds
-    (xmin, xmax, ymin, ymax, zmin, zmax); under a rotating parent transform, the box around the mapped corners."""
-    b = np.asarray(bounds, float)
-    if b.size != 6 or not np.all(np.isfinite(b)) or np.any(b[1::2] < b[0::2]):
-        raise HilaError(f"ROI bounds {np.round(b, 2).tolist()}: not a placed box")
-    corners = np.array([(x, y, z) for x in b[0:2] for y in b[2:4] for z in b[4:6]])
-    lps = _to_local_lps(corners, to_world)
-    return [float(v) for v in np.concatenate([lps.min(0), lps.max(0)])]
+def box_from_roi(name: str, size: Sequence[float], object_to_node: np.ndarray,
+                 node_to_volume: Optional[np.ndarray] = None) -> List[float]:
+    """Two opposite LPS corners (X0,Y0,Z0,X1,Y1,Z1, mm, the volume's own space) of an ROI's own box: ``size`` along
+    its object axes, ``object_to_node`` (4x4) its centre and axes, ``node_to_volume`` (4x4) the ROI's node
+    coordinates -> the volume's local RAS (None: the same).
+
+    A box that is axis-aligned with the volume's own LPS axes comes out at exactly the drawn size. An ROI turned
+    against those axes is refused (HilaError) when the axis-aligned box around it, which the engine's weak box must
+    be, would be more than ``ROI_TURN_TOLERANCE_MM`` bigger on an axis: a weak label silently bigger than what the
+    user drew would teach the model wrong edges, and turning the ROI back is one click for the user.
+    """
+    s = np.asarray(size, float).reshape(-1)
+    if s.size != 3 or not np.all(np.isfinite(s)) or np.all(s == 0):
+        raise HilaError(f"the ROI {name!r} is not placed (its box has no size): draw it around the structure first")
+    if np.any(s <= 0):
+        raise HilaError(f"the ROI {name!r} has size {np.round(s, 2).tolist()} mm (a side <= 0, inverted or flat): "
+                        "redraw it around the structure")
+    m = np.asarray(object_to_node, float).reshape(4, 4)
+    if node_to_volume is not None:
+        m = np.asarray(node_to_volume, float).reshape(4, 4) @ m
+    lin = np.diag(_RAS_TO_LPS) @ m[:3, :3]  # object axes (scaled) in the volume's LPS
+    reach = np.abs(lin)
+    along = reach.argmax(1)  # the ROI axis nearest each LPS axis
+    half = reach @ s / 2  # half extents of the axis-aligned box around the ROI
+    grow = 2 * half - reach[np.arange(3), along] * s[along]
+    if np.max(grow) > ROI_TURN_TOLERANCE_MM:
+        raise HilaError(f"the ROI {name!r} is turned against the volume's axes: the weak box (axis-aligned) would be "
+                        f"{np.max(grow):.1f} mm bigger than drawn; turn it back in line with the volume or redraw it")
+    centre = m[:3, 3] * _RAS_TO_LPS
+    return [float(v) for v in np.concatenate([centre - half, centre + half])]
 
 
 def lines_from_ras_points(long_ras: np.ndarray, short_ras: np.ndarray,
@@ -52,6 +79,20 @@ def lines_from_ras_points(long_ras: np.ndarray, short_ras: np.ndarray,
             raise HilaError(f"the {name} diameter line has {len(p)} control point(s); place both ends")
         out.append([float(v) for v in _to_local_lps(p, to_world).ravel()])
     return out
+
+
+def _node_to_volume(util: Any, roi: Any, volume_to_world: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The 4x4 from ``roi``'s own (node) coordinates to the volume's local RAS: its parent's to-world, then the
+    volume's inverse (None where neither has a parent transform); a non-linear parent of the ROI is refused."""
+    parent = roi.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise HilaError(f"the ROI {roi.GetName()!r} is under the non-linear transform {parent.GetName()!r}: "
+                        "harden the transform on it (Transforms module) or remove it")
+    node_to_world = util.arrayFromTransformMatrix(parent, toWorld=True) if parent is not None else None
+    if node_to_world is None and volume_to_world is None:
+        return None
+    out = np.eye(4) if node_to_world is None else np.asarray(node_to_world, float)
+    return out if volume_to_world is None else np.linalg.inv(np.asarray(volume_to_world, float)) @ out
 
 
 def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = None, short_line: Any = None,
@@ -74,13 +115,9 @@ def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = 
     if roi is not None and lines:
         raise HilaError("an ROI and lines are both picked; pick one of them")
     if roi is not None:
-        bounds = [0.0] * 6
-        roi.GetRASBounds(bounds)
-        if np.any(np.diff(np.asarray(bounds, float).reshape(3, 2), axis=1) == 0):
-            # Slicer's never-placed ROI: all-zero bounds; one with only a centre: zero size
-            raise HilaError(f"the ROI {roi.GetName()!r} is not placed (its box has no size): "
-                            "draw it around the structure first")
-        return {"space": "LPS", "items": [{"label": label, "box": box_from_ras_bounds(bounds, to_world)}]}
+        return {"space": "LPS", "items": [{"label": label, "box": box_from_roi(
+            roi.GetName(), roi.GetSize(), util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix()),
+            _node_to_volume(util, roi, to_world))}]}
     if long_line is None or short_line is None:
         raise HilaError("pick an ROI, or a long and a short diameter line")
     if long_line is short_line:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import unittest
 from pathlib import Path
 from typing import Any, Dict
 
@@ -131,10 +132,14 @@ def _stand_in_scripted() -> types.ModuleType:
         def getParameterNode(self):
             return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
 
+    class ScriptedLoadableModuleTest(unittest.TestCase):  # the real one: a TestCase whose delayDisplay shows a message
+        def delayDisplay(self, message, requestedDelay=None, msec=None):
+            self.__dict__.setdefault("displayed", []).append(message)
+
     mod.ScriptedLoadableModule = ScriptedLoadableModule
     mod.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
     mod.ScriptedLoadableModuleWidget = ScriptedLoadableModule
-    mod.ScriptedLoadableModuleTest = ScriptedLoadableModule
+    mod.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     return mod
 
 

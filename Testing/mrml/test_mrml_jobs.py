@@ -77,6 +77,9 @@ def test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace(rs, 
     segNode = segments.segmentation_for(slicer.mrmlScene, volume)
     prostate = _user_block(segNode, volume, "prostate", (slice(4, 9), slice(10, 30), slice(12, 28)))
     mine = _user_block(segNode, volume, "my note", (slice(6, 8), slice(0, 12), slice(0, 12)))  # overlaps nothing
+    my_colour = (0.2, 0.6, 0.9)  # the user's own colour for a name outside the colour table
+    segNode.GetSegmentation().GetSegment("my note").SetColor(*my_colour)
+    segNode.GetSegmentation().GetSegment("prostate").SetColor(0.5, 0.5, 0.5)  # not the table's colour
     with pytest.raises(HilaError, match="open or create one") as info:
         logic.startAccept(None, volume, segNode)
     assert "\n" not in str(info.value) and list(home.iterdir()) == []
@@ -93,13 +96,10 @@ def test_accept_of_a_volume_that_is_no_case_keeps_its_copy_in_the_workspace(rs, 
     untouched()
     assert list(home.iterdir()) == []
     back = read_segmentation(copy, "copy")
-    for name, mask in (("prostate", prostate), ("my note", mine)):
-        segment = back.GetSegmentation().GetSegment(back.GetSegmentation().GetSegmentIdBySegmentName(name))
-        assert np.allclose(segment.GetColor(), label_color(name, segment.GetColor()), atol=1e-4)
+    for name, mask, colour in (("prostate", prostate, label_color("prostate")), ("my note", mine, my_colour)):
         segId = back.GetSegmentation().GetSegmentIdBySegmentName(name)
+        assert np.allclose(back.GetSegmentation().GetSegment(segId).GetColor(), colour, atol=1e-4), name
         assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(back, segId, volume) > 0, mask), name
-    assert np.allclose(back.GetSegmentation().GetSegment(back.GetSegmentation().GetSegmentIdBySegmentName("prostate"))
-                       .GetColor(), label_color("prostate"), atol=1e-4)
     ws.close()
 
 

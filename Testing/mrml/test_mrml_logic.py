@@ -2,8 +2,8 @@
 self-test's MRML steps (import a volume, segment it in a child process, write the result, accept, reopen), and the
 engine's outputs (`hila infer`, an RTSTRUCT converted with `--structures all`) read by Slicer's storage node.
 
-Replaces test_slicer_panels.py::test_the_self_test_sequence_without_slicer's MRML half and the stand-in colour and
-tag checks of test_slicer_glue.py::test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_transform."""
+Replaces the stand-in test_slicer_glue.py::test_reopening_a_case_loads_its_latest_correction_and_follows_the_parent_transform
+(reopen under a parent transform, the tag, never twice); the self-test's own code runs in test_mrml_selftest.py."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from tier import FIXTURES, ROOT, hila, read_only_folder, roi_display_colours, shared, slicer_core
 
 slicer = slicer_core()
+import vtk  # noqa: E402
 from realscene import load_volume, read_segmentation, tag  # noqa: E402
 
 from HILASegmentLib.formats import segfile, terminology  # noqa: E402
@@ -86,12 +87,23 @@ def test_self_test_mrml_steps_one_colour_and_terminology_from_segment_to_reopen(
     assert np.allclose(written.color, colour, atol=1e-4)
     assert written.tags["TerminologyEntry"] == terminology.entry_for("prostate")
 
-    slicer.mrmlScene.Clear(0)  # reopen the case in an empty scene, as loadCase does
+    slicer.mrmlScene.Clear(0)  # reopen the case in an empty scene, as loadCase does, under a parent transform
     reopened = load_volume(ws.case(case.case_id).path, case.name)
     reopened.SetAttribute(segments.CASE_ATTRIBUTE, case.case_id)
+    moved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkTransform()
+    shift.Translate(7.0, -3.0, 12.0)
+    shift.RotateZ(33.0)
+    moved.SetMatrixTransformToParent(shift.GetMatrix())
+    reopened.SetAndObserveTransformNodeID(moved.GetID())
     reopenedSeg = segments.segmentation_for(slicer.mrmlScene, reopened)
+    assert reopenedSeg.GetTransformNodeID() == moved.GetID()  # the segmentation follows the volume's transform
     assert cases.reopen_case_segments(ws, slicer.util, reopened, reopenedSeg) == 1
     segment = reopenedSeg.GetSegmentation().GetSegment("hila_1")
+    assert tag(segment, "hila_label") == "1"
+    latest = sitk.GetArrayFromImage(ws.correction_label(case.case_id)) == 1
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(reopenedSeg, "hila_1", reopened) > 0, latest)
+    assert latest.any() and cases.reopen_case_segments(ws, slicer.util, reopened, reopenedSeg) is None  # never twice
     assert np.allclose(segment.GetColor(), colour, atol=1e-6)
     assert segment.GetTerminology() == after_segment.GetTerminology() or type_code(segment)[:2] == ("SCT", "41216001")
 

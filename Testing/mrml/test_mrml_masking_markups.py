@@ -83,10 +83,39 @@ def test_the_glues_masking_is_slicers_generate_edit_mask_in_every_mode(rs, mode,
     written = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "hila_1", volume) > 0
     expected = np.where(allowed, prostate, earlier)
     assert np.array_equal(written, expected)
-    assert report.clipped["prostate"] == int(np.count_nonzero(expected != prostate))
+    clipped = int(np.count_nonzero(expected != prostate))
+    assert report.clipped["prostate"] == clipped
+    message = report.message()  # one line: what the masking kept out, and whether nothing of prostate was written
+    assert (f"masking ({mode}) kept {clipped} voxels" in message) if clipped else "masking" not in message
+    assert ("nothing written for prostate" in message) == (clipped >= int(prostate.sum()))
     for name in ("gland", "hidden"):  # the user's segments are never touched
         assert slicer.util.arrayFromSegmentBinaryLabelmap(segNode, name, volume).any()
     assert slicer.mrmlScene.GetFirstNodeByName("__hila_region__") is None  # the region node is gone again
+
+
+def test_a_mask_that_keeps_the_whole_result_out_says_nothing_was_written(rs):
+    """Masking inside a segment that the AI result does not touch: Slicer allows none of it (no earlier result this
+    time), and the status line says nothing of the prostate was written."""
+    volume, segNode, prostate, _ = _scene_with_segments()
+    segNode.GetSegmentation().RemoveSegment("hila_1")
+    far = np.zeros_like(prostate)
+    far[0, 0, :2] = True
+    assert not (far & prostate).any()
+    segNode.GetSegmentation().AddEmptySegment("far", "far")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(far.astype(np.uint8), segNode, "far", volume)
+    mode = "EditAllowedInsideSingleSegment"
+    editor = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode))
+    editor.SetMaskSegmentID("far")
+    assert not (real_allowed(segNode, volume, mode, "gland", "far") & prostate).any()
+    report = segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), prostate, {})], segNode, volume, editor, mode,
+                                   scene=slicer.mrmlScene)
+    written = segNode.GetSegmentation().GetSegment("hila_1")  # made, but empty: its layer holds none of its value
+    layer = written.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    scalars = layer.GetPointData().GetScalars()
+    assert scalars is None or not (vtk_to_numpy(scalars) == written.GetLabelValue()).any()
+    assert report.clipped["prostate"] == int(prostate.sum())
+    assert f"masking ({mode}) kept" in report.message() and "nothing written for prostate" in report.message()
 
 
 def _transform(rotation_deg=90.0, shift=(12.0, -7.0, 30.0)):
@@ -115,6 +144,39 @@ def test_roi_placed_unplaced_and_under_a_rotating_parent_transform(rs):
     roi.SetAndObserveTransformNodeID(parent.GetID())
     local = marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)["items"][0]["box"]
     assert np.allclose(local, box, atol=1e-6)
+
+
+def test_roi_under_a_33_degree_parent_transform_is_the_drawn_size_and_a_turned_or_inverted_roi_is_refused(rs):
+    """An 8 x 6 x 4 mm ROI drawn on a volume, both under a parent transform turning 33 degrees: the weak box is the
+    drawn box in the volume's own space, exactly (the world bounds mapped back gave 13.5 x 13.3 x 4 mm)."""
+    volume = load_volume(MRI, "mri")
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "R")
+    parent = _transform(rotation_deg=33.0)
+    for node in (volume, roi):
+        node.SetAndObserveTransformNodeID(parent.GetID())
+    roi.SetCenter(10.0, 20.0, -30.0)  # the ROI's own (node) coordinates = the volume's local RAS here
+    roi.SetSize(8.0, 6.0, 4.0)
+    bounds = [0.0] * 6
+    roi.GetRASBounds(bounds)
+    assert np.ptp(np.reshape(bounds, (3, 2)), axis=1)[0] > 9.9  # Slicer's world bounds really are bigger (8 mm drawn)
+    box = marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)["items"][0]["box"]
+    assert np.allclose(box, [-14.0, -23.0, -32.0, -6.0, -17.0, -28.0], atol=1e-9)
+    # the ROI alone under a 90-degree turn: still in line with the volume's axes, its sides swap x and y
+    volume.SetAndObserveTransformNodeID(None)
+    roi.SetAndObserveTransformNodeID(_transform(rotation_deg=90.0, shift=(0.0, 0.0, 0.0)).GetID())
+    box = marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)["items"][0]["box"]
+    assert np.allclose(np.subtract(box[3:], box[:3]), [6.0, 8.0, 4.0], atol=1e-9)
+    assert np.allclose(np.add(box[3:], box[:3]) / 2, [20.0, -10.0, -30.0], atol=1e-9)  # RAS (-20, 10, -30)
+    # the ROI alone under the 33-degree turn: turned against the volume, refused in one line
+    roi.SetAndObserveTransformNodeID(parent.GetID())
+    with pytest.raises(HilaError, match=r"ROI 'R' is turned against the volume's axes: .* 4\.4 mm bigger") as info:
+        marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)
+    assert "\n" not in str(info.value)
+    roi.SetAndObserveTransformNodeID(None)
+    roi.SetSize(-8.0, 6.0, 4.0)  # an inverted ROI
+    with pytest.raises(HilaError, match=r"ROI 'R' has size \[-8.0, 6.0, 4.0\] mm \(a side <= 0") as info:
+        marks.marks_from_markups(slicer.util, "prostate", roi=roi, volume=volume)
+    assert "\n" not in str(info.value)
 
 
 def test_lines_placed_and_unplaced_under_a_parent_transform(rs):

@@ -27,12 +27,17 @@ def slicer_core():
     return slicer
 
 
+def main_python() -> str:
+    """The main environment's Python (.venv: the dicom extra, pydicom; `make test-mrml` builds it), else this one."""
+    python = ROOT / ".venv" / "bin" / "python"
+    return str(python if python.exists() else sys.executable)
+
+
 def hila(*args: str) -> subprocess.CompletedProcess:
     """The engine's CLI as the Slicer module runs it: a child process, here the main environment's Python (it has
     the dicom extra; .venv-slicer keeps the inference tier only)."""
-    python = ROOT / ".venv" / "bin" / "python"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "HILASegment"))
-    proc = subprocess.run([str(python if python.exists() else sys.executable), "-m", "HILASegmentLib", *args],
+    proc = subprocess.run([main_python(), "-m", "HILASegmentLib", *args],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -64,12 +69,11 @@ def roi_display_colours(rtstruct: Path) -> dict:
     independent reading of what the converter was given)."""
     import json
 
-    python = ROOT / ".venv" / "bin" / "python"
     code = ("import json, sys, pydicom; d = pydicom.dcmread(sys.argv[1]); "
             "names = {r.ROINumber: r.ROIName for r in d.StructureSetROISequence}; "
             "print(json.dumps({names[c.ReferencedROINumber]: [int(v) for v in c.ROIDisplayColor] "
             "for c in d.ROIContourSequence if 'ROIDisplayColor' in c}))")
-    proc = subprocess.run([str(python if python.exists() else sys.executable), "-c", code, str(rtstruct)],
+    proc = subprocess.run([main_python(), "-c", code, str(rtstruct)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
