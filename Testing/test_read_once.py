@@ -82,6 +82,20 @@ def test_the_next_operation_on_a_case_is_served_from_the_read_cache(ws_case, cou
     assert counted_case_reads == [case.path, other.path]
 
 
+def test_an_rtstruct_of_three_contour_sets_reads_the_real_ct_once(tmp_path, counted_case_reads):
+    """The real pelvic CT with its RTSTRUCT (manual, DL and MBS sets: three corrections): the case's stored image is
+    read once for the series and the three submits (was 4: the series, then one per submit)."""
+    pytest.importorskip("pydicom", reason="the optional dicom extra (pydicom) is not installed")
+    from conftest import shared
+
+    ct_dir = shared("pelvic_ct_dicom", "Pelvic-Ref002")
+    with Workspace.create(tmp_path / "ws", "CT", ["prostate", "bladder", "rectum"]) as ws:
+        case = ws.import_series(ct_dir)
+        done = ws.import_dicom_object(next(ct_dir.glob("RS*.dcm")), case_id=case.case_id, sets="all")
+    assert [d["part"] for d in done] == ["DL", "MBS", "manual"] and not any(d["existing"] for d in done)
+    assert counted_case_reads == [case.path]
+
+
 def test_a_caller_changing_its_image_never_changes_the_cached_one(ws_case, counted_case_reads):
     """The cache hands out copies: voxels, geometry and metadata changed by one caller are not what the next gets."""
     ws, case, img = ws_case
