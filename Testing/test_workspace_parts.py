@@ -7,6 +7,8 @@ import ast
 import inspect
 from pathlib import Path
 
+from ws_worker import make_volume
+
 from HILASegmentLib.workspace import Workspace
 
 WORKSPACE = Path(__file__).resolve().parents[1] / "HILASegment" / "HILASegmentLib" / "workspace"
@@ -97,7 +99,8 @@ def test_every_public_method_is_a_thin_delegate_to_its_one_definition():
 
 
 def test_the_workspace_builds_each_part_once_and_shares_it(tmp_path):
-    """The parts a part was given are the workspace's own (one cases part, one read cache, one core)."""
+    """The parts a part was given are the workspace's own (one cases part, one read cache, one core); closing the
+    workspace lets go of its cached images."""
     ws = Workspace.create(tmp_path / "ws", "CT", ["prostate"])
     try:
         p = ws.parts
@@ -105,5 +108,9 @@ def test_the_workspace_builds_each_part_once_and_shares_it(tmp_path):
         assert p.dicom.corrections is p.corrections and p.quality.registry is p.registry
         assert p.cases.images is p.images
         assert all(getattr(p, f).core is ws.core for f in p.__dataclass_fields__ if f not in ("core", "images"))
+        make_volume(tmp_path / "vol.nrrd")
+        ws.case_image(ws.import_volume(tmp_path / "vol.nrrd").case_id)
+        assert len(p.images) == 1
     finally:
         ws.close()
+    assert len(p.images) == 0

@@ -139,6 +139,7 @@ class Workspace:
 
     def close(self) -> None:
         self.core.close()
+        self.parts.images.clear()  # the cached images go with the workspace, not with the object
 
     def __enter__(self) -> "Workspace":
         return self

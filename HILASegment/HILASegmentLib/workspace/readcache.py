@@ -17,9 +17,10 @@ from typing import Callable, Optional, Tuple
 
 import SimpleITK as sitk
 
-#: How many images stay cached, and how many bytes of voxels at most (an image larger than that is not kept).
+#: How many images stay cached, and how many bytes of voxels at most (an image larger than that is not kept): three
+#: pelvic CTs of 512x512x300 int16 (150 MB each) fit, in a Slicer session that keeps a workspace open.
 MAX_ENTRIES = 3
-MAX_BYTES = 1 << 30
+MAX_BYTES = 512 << 20
 
 _Stamp = Tuple[int, int, int]
 
