@@ -31,8 +31,8 @@ def test_the_public_face_of_workspace_is_kept():
 
 
 def _part_classes():
-    """class name -> (its method and property names, its constructor's collaborators: attribute -> class name),
-    for every class of the workspace package whose constructor takes typed collaborators."""
+    """class name -> (its method and property names, its constructor's collaborators: attribute -> class name, the
+    class), for every class of the workspace package."""
     out = {}
     for f in sorted(WORKSPACE.glob("*.py")):
         for node in ast.parse(f.read_text(encoding="utf-8")).body:
@@ -40,7 +40,11 @@ def _part_classes():
                 continue
             methods = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
             init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-            needs = {a.arg: ast.unparse(a.annotation) for a in (init.args.args[1:] if init else []) if a.annotation}
+            if init is not None:
+                needs = {a.arg: ast.unparse(a.annotation) for a in init.args.args[1:] if a.annotation}
+            else:  # a dataclass: its typed fields are its constructor's arguments
+                needs = {n.target.id: ast.unparse(n.annotation) for n in node.body
+                         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
             out[node.name] = (methods, needs, node)
     return out
 

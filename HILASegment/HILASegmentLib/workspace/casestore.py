@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -69,13 +70,13 @@ def check_case_name(name: Optional[str]) -> Optional[str]:
 _CONTROL_OR_SEP = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+@dataclass(eq=False)
 class Cases:
     """The cases of a workspace; their stored images are read through ``images`` (read once, then served
     from memory while the file is unchanged)."""
 
-    def __init__(self, core: Core, images: ImageCache):
-        self.core = core
-        self.images = images
+    core: Core
+    images: ImageCache
 
     def _case_from_row(self, r: sqlite3.Row, existing: bool = False) -> Case:
         return Case(r["case_id"], r["name"], r["content_hash"], self.core.root / r["file"], r["sha256"], r["source_path"],

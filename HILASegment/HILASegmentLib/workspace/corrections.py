@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,13 +22,13 @@ from .labels import Labels
 from .records import QUALITIES, Case, Correction, dumps
 
 
+@dataclass(eq=False)
 class Corrections:
     """The corrections of the cases of ``cases``: labels checked by ``labels``, stored as each case's next version."""
 
-    def __init__(self, core: Core, cases: Cases, labels: Labels):
-        self.core = core
-        self.cases = cases
-        self.labels = labels
+    core: Core
+    cases: Cases
+    labels: Labels
 
     def _corr_from_row(self, r: sqlite3.Row) -> Correction:
         return Correction(r["correction_id"], r["case_id"], r["version"], self.core.root / r["file"], r["sha256"], r["quality"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -54,14 +55,14 @@ def referenced_series_uid(ds) -> Optional[str]:
     return None
 
 
+@dataclass(eq=False)
 class Dicom:
     """DICOM series of the cases of ``cases``; SEG/RTSTRUCT in as ``corrections``, out from them or from ``predictions``."""
 
-    def __init__(self, core: Core, cases: Cases, predictions: Predictions, corrections: Corrections):
-        self.core = core
-        self.cases = cases
-        self.predictions = predictions
-        self.corrections = corrections
+    core: Core
+    cases: Cases
+    predictions: Predictions
+    corrections: Corrections
 
     # -- series ----------------------------------------------------------------------------------
     def import_series(self, folder: PathLike, name: Optional[str] = None,

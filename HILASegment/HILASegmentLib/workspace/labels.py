@@ -2,6 +2,7 @@
 ``Segmentation``) into a label map on the case's grid in workspace values, or a clear refusal."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -17,12 +18,12 @@ from .base import Core, PathLike
 from .casestore import Cases
 
 
+@dataclass(eq=False)
 class Labels:
     """Checks what is handed in against a case of ``cases`` (its grid, the workspace's label values)."""
 
-    def __init__(self, core: Core, cases: Cases):
-        self.core = core
-        self.cases = cases
+    core: Core
+    cases: Cases
 
     def _label_from_segmentation(self, seg: Segmentation, reference: sitk.Image, where: str) -> sitk.Image:
         """A label map in workspace values from a Segmentation, matching segments to labels by the one

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,13 +18,13 @@ from .labels import Labels
 from .records import Prediction, dumps
 
 
+@dataclass(eq=False)
 class Predictions:
     """A model's label maps for the cases of ``cases``, checked by ``labels`` like a submission."""
 
-    def __init__(self, core: Core, cases: Cases, labels: Labels):
-        self.core = core
-        self.cases = cases
-        self.labels = labels
+    core: Core
+    cases: Cases
+    labels: Labels
 
     def _pred_from_row(self, r: sqlite3.Row) -> Prediction:
         return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.core.root / r["file"], r["sha256"],

@@ -8,6 +8,7 @@ version is the one in use. No schema change was needed for it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -21,12 +22,12 @@ from .registry import Registry
 EVENT_KIND = "quality_model"
 
 
+@dataclass(eq=False)
 class QualityModels:
     """The learned quality model per model version (the current one from ``registry``)."""
 
-    def __init__(self, core: Core, registry: Registry):
-        self.core = core
-        self.registry = registry
+    core: Core
+    registry: Registry
 
     def quality_pairs(self) -> List[dict]:
         """Every prediction with an accepted (reviewed) correction: its features, its expected soft Dice

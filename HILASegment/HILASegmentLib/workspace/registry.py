@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -41,11 +42,11 @@ def current_stack(rows: Sequence[Tuple[int, str]]) -> List[int]:
     return stack
 
 
+@dataclass(eq=False)
 class Registry:
     """Model versions: added, never replaced; one current; rollback one step back."""
 
-    def __init__(self, core: Core):
-        self.core = core
+    core: Core
 
     def _model_from_row(self, r: sqlite3.Row) -> ModelRecord:
         return ModelRecord(r["version"], self.core.root / r["file"], r["sha256"], json.loads(r["card"]), r["parent"], r["status"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,14 +19,14 @@ from .registry import Registry
 from .suspectflags import Suspects
 
 
+@dataclass(eq=False)
 class Reports:
     """Case states, the workspace's status and the review ranking, from the ledger and the parts named."""
 
-    def __init__(self, core: Core, registry: Registry, quality: QualityModels, suspects: Suspects):
-        self.core = core
-        self.registry = registry
-        self.quality = quality
-        self.suspects = suspects
+    core: Core
+    registry: Registry
+    quality: QualityModels
+    suspects: Suspects
 
     def case_states(self) -> List[dict]:
         """Each case with its state: new, predicted, or the quality of its latest correction."""

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sqlite3
+from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
 from ..ground.errors import HilaError
@@ -34,11 +35,11 @@ _SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_
                  "k.name AS case_name FROM corrections c JOIN cases k ON k.case_id = c.case_id ")
 
 
+@dataclass(eq=False)
 class Runs:
     """Training snapshots and runs (the ``running`` row is the one-run-at-a-time lock)."""
 
-    def __init__(self, core: Core):
-        self.core = core
+    core: Core
 
     def _snap_item(self, r: sqlite3.Row) -> SnapshotItem:
         for what, rel in (("image", r["image_file"]), ("correction", r["label_file"])):

@@ -7,17 +7,18 @@ case's latest correction count (:meth:`Suspects.suspects`), so re-reviewing a ca
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import List, Sequence, Set, Tuple
 
 from .base import Core, now
 from .records import dumps
 
 
+@dataclass(eq=False)
 class Suspects:
     """Flags on corrections that disagree far more than their peers."""
 
-    def __init__(self, core: Core):
-        self.core = core
+    core: Core
 
     def flag_suspects(self, flagged: Sequence[dict], run_id=None, model_version=None) -> int:
         """Record flags for ``flagged`` (dicts with case_id, correction_version, dice, reason); returns how many."""
