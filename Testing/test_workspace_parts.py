@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 from ws_worker import make_volume
@@ -118,3 +119,13 @@ def test_the_workspace_builds_each_part_once_and_shares_it(tmp_path):
     finally:
         ws.close()
     assert len(p.images) == 0
+
+
+def test_nothing_reaches_into_a_workspace_by_a_private_name():
+    """Code that holds a workspace calls its public face or a part's (``ws.parts.dicom.uid``), never a private name
+    (``ws._uid`` broke ``hila sync`` when the parts became explicit, and a test for it had to run a PACS to see it)."""
+    engine = WORKSPACE.parents[1]
+    private = re.compile(r"\b(ws|workspace|self\.ws|self\.workspace)\._[a-z]\w*")
+    found = [f"{f.relative_to(engine)}:{i}: {m.group(0)}" for f in sorted(engine.rglob("*.py"))
+             for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if (m := private.search(line))]
+    assert not found, "\n".join(found)

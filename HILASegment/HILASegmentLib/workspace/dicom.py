@@ -233,7 +233,7 @@ class Dicom:
         return results
 
     # -- export ----------------------------------------------------------------------------------
-    def _uid(self, *parts: str) -> str:
+    def uid(self, *parts: str) -> str:
         """A UID that is the same every time for the same workspace and parts (idempotent exports)."""
         from pydicom.uid import generate_uid  # optional `dicom` extra
 
@@ -291,8 +291,8 @@ class Dicom:
             series = self.series(case.case_id)
             masks = dicomref.masks_from_label(read_stored(self.core.root, label_path, f"case {case.case_id}"), {l.value: l.name for l in labels},
                                               {l.value: l.color for l in labels})
-            sop = self._uid(case.case_id, key, fmt, "instance")
-            ser = self._uid(case.case_id, key, fmt, "series")
+            sop = self.uid(case.case_id, key, fmt, "instance")
+            ser = self.uid(case.case_id, key, fmt, "series")
             tag = f"v{meta['correction_version']}" if not prediction else f"prediction{meta['prediction_id']}"
             path = folder / f"{stems[case.case_id]}_{tag}.{fmt}.dcm"
             form.write(masks, series, path, prov, uids=(ser, sop))
