@@ -1,5 +1,7 @@
 """Each file is read once per operation and passed on as an object (issue 25, item 5), counted here, not claimed:
-a submit reads the case's stored image once (for the modality check, the grid check and the pseudo-mask alike);
+a submit reads the case's stored image once (for the modality check, the grid check and the pseudo-mask alike), and
+the next operation on the same case of the same open workspace not at all (the read cache, keyed by the checksum the
+ledger keeps; issue 25, third pass, item 3);
 ``hila infer`` streams the ONNX file once before onnxruntime loads it; the gate reads each gate case once for both
 models; a training run writes the candidate ONNX once (no probe copy)."""
 from __future__ import annotations
@@ -12,7 +14,9 @@ import pytest
 import SimpleITK as sitk
 from ws_worker import make_label, make_volume
 
+from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.workspace import Workspace, casestore
+from HILASegmentLib.workspace.readcache import ImageCache
 
 
 @pytest.fixture
@@ -46,7 +50,8 @@ def test_a_submit_reads_the_case_image_once(ws_case, counted_case_reads, tmp_pat
     counted_case_reads.clear()
     f = tmp_path / "label.nrrd"
     sitk.WriteImage(label, str(f), True)
-    ws.submit(case.case_id, f)
+    with Workspace.open(ws.root) as fresh:       # nothing cached: the read a submit of a label file makes
+        fresh.submit(case.case_id, f)
     assert len(counted_case_reads) == 1          # a label file: was 2
 
 
@@ -57,6 +62,84 @@ def test_a_submit_of_marks_reads_the_case_image_once(ws_case, counted_case_reads
     c = ws.submit_marks(case.case_id, {"space": "LPS", "items": [{"label": "prostate", "box": box}]})
     assert c.quality == "weak" and sitk.GetArrayFromImage(ws.correction_label(c.case_id)).any()
     assert len(counted_case_reads) == 1          # was 3: the pseudo-mask, the modality check, the grid check
+
+
+def test_the_next_operation_on_a_case_is_served_from_the_read_cache(ws_case, counted_case_reads, tmp_path):
+    """A submit then a prediction of the same case read its stored image once between them (was once each); another
+    case (another file, another checksum) is read, not served the first one's image."""
+    ws, case, img = ws_case
+    label = make_label(img)
+    ws.submit(case.case_id, label)
+    ws.add_prediction(case.case_id, label, None)
+    assert counted_case_reads == [case.path]     # was [case.path, case.path]: one read per operation
+    make_volume(tmp_path / "other.nrrd", seed=5)
+    other = ws.import_volume(tmp_path / "other.nrrd")
+    assert other.sha256 != case.sha256
+    got = ws.case_image(other.case_id)
+    assert counted_case_reads == [case.path, other.path]
+    assert np.array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(sitk.ReadImage(str(other.path))))
+    ws.submit(case.case_id, label)               # still cached (the cache holds a few images)
+    assert counted_case_reads == [case.path, other.path]
+
+
+def test_an_rtstruct_of_three_contour_sets_reads_the_real_ct_once(tmp_path, counted_case_reads):
+    """The real pelvic CT with its RTSTRUCT (manual, DL and MBS sets: three corrections): the case's stored image is
+    read once for the series and the three submits (was 4: the series, then one per submit)."""
+    pytest.importorskip("pydicom", reason="the optional dicom extra (pydicom) is not installed")
+    from conftest import shared
+
+    ct_dir = shared("pelvic_ct_dicom", "Pelvic-Ref002")
+    with Workspace.create(tmp_path / "ws", "CT", ["prostate", "bladder", "rectum"]) as ws:
+        case = ws.import_series(ct_dir)
+        done = ws.import_dicom_object(next(ct_dir.glob("RS*.dcm")), case_id=case.case_id, sets="all")
+    assert [d["part"] for d in done] == ["DL", "MBS", "manual"] and not any(d["existing"] for d in done)
+    assert counted_case_reads == [case.path]
+
+
+def test_a_caller_changing_its_image_never_changes_the_cached_one(ws_case, counted_case_reads):
+    """The cache hands out copies: voxels, geometry and metadata changed by one caller are not what the next gets."""
+    ws, case, img = ws_case
+    first = ws.case_image(case.case_id)
+    want = sitk.GetArrayFromImage(first)
+    first.SetPixel(0, 0, 0, 12345)
+    first.SetOrigin((99.0, 99.0, 99.0))
+    first.SetMetaData("0008|0060", "MR")
+    again = ws.case_image(case.case_id)
+    assert len(counted_case_reads) == 1
+    assert np.array_equal(sitk.GetArrayViewFromImage(again), want)
+    assert again.GetOrigin() == img.GetOrigin() and not again.HasMetaDataKey("0008|0060")
+
+
+def test_a_cached_case_file_changed_outside_hila_is_read_again_and_reported(ws_case, counted_case_reads):
+    """The cache never hides what became of the file: a removed case file is the same one line as without a cache,
+    and a file put in its place is read again (``hila check`` says it differs from the ledger's checksum)."""
+    ws, case, img = ws_case
+    ws.case_image(case.case_id)
+    saved = case.path.read_bytes()
+    case.path.unlink()
+    with pytest.raises(HilaError, match="is missing"):
+        ws.case_image(case.case_id)
+    case.path.write_bytes(saved)
+    ws.case_image(case.case_id)
+    assert counted_case_reads == [case.path, case.path]
+
+
+def test_the_read_cache_is_bounded():
+    """A few images at most, the least recently used leaving first; an image larger than the byte bound is not kept."""
+    cache = ImageCache(max_entries=2, max_bytes=10_000)
+    reads = []
+
+    def reader(n):
+        return lambda: (reads.append(n), sitk.Image(10, 10, 10, sitk.sitkUInt8))[1]  # 1000 bytes each
+
+    path = Path(__file__)
+    for key in ("a", "b", "a", "c", "a", "b"):
+        cache.get(key, path, reader(key))
+    assert reads == ["a", "b", "c", "b"] and len(cache) == 2      # b left when c came (a was used after b)
+    big = ImageCache(max_entries=2, max_bytes=500)
+    big.get("a", path, reader("A"))
+    big.get("a", path, reader("A"))
+    assert reads[-2:] == ["A", "A"] and len(big) == 0
 
 
 def test_hila_infer_streams_the_onnx_file_once(tmp_path, monkeypatch, capsys):

@@ -333,7 +333,7 @@ def test_failed_commit_leaves_no_file(ws, case, vol, tmp_path, monkeypatch, writ
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(ws, "_event", boom)
+    monkeypatch.setattr(ws.core, "event", boom)  # the event log of the parts' shared core
     with pytest.raises(RuntimeError):
         calls[write]()
     files = lambda st: (st[0], {k: v for k, v in st[1].items() if v != "dir"})  # noqa: E731 (an empty case folder may stay)

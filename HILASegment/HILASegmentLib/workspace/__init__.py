@@ -2,11 +2,12 @@
 models and training runs, and the immutable files they point to.
 
 ``ledger`` owns the schema, migrations and transactions; ``files`` the atomic immutable file store;
-``records`` the plain records handed out; ``api`` the :class:`Workspace` everyone uses, made of
-parts with one job each: ``base`` (what they share, incl. the one stage-place-insert-undo write),
-``casestore``, ``labels``, ``predictions``, ``corrections``, ``runs``, ``registry``, ``reports``, ``dicom``,
-``qualitymodels``, ``suspectflags``; ``check``, ``export`` and ``sync`` (with a PACS) are whole-workspace jobs,
-functions of a workspace.
+``records`` the plain records handed out; ``api`` the :class:`Workspace` everyone uses, which builds
+parts with one job each, each handed in its constructor the parts it uses: ``base.Core`` (what they all
+share, incl. the one stage-place-insert-undo write), ``casestore`` (case images read through ``readcache``),
+``labels``, ``predictions``, ``corrections``, ``runs``, ``registry``, ``reports``, ``dicom``, ``qualitymodels``,
+``suspectflags``; ``check``, ``export`` and ``sync`` (with a PACS) are whole-workspace jobs, functions of a
+workspace.
 """
 from .api import Workspace, parse_labels, parse_modality
 from .casestore import content_hash

@@ -1,11 +1,15 @@
 """The workspace's one face, :class:`Workspace`, and how a workspace comes to be: creating one
 (recovering from an interrupted ``hila init``) and opening one.
 
-The work is done in parts, one job each, that :class:`Workspace` combines: ``casestore`` (import),
-``labels`` (validating what is handed in), ``predictions``, ``corrections`` (and effort),
-``runs`` (training snapshots and runs), ``registry`` (model versions), ``reports`` (status, rank,
-check, export), ``qualitymodels`` (the learned quality model per model version), ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out). ``base`` holds what they share, including the one write pattern every stored file
-follows (stage, place, insert the row, undo on error; see :meth:`base.WorkspaceBase._store`).
+The work is done in parts, one job each, that :class:`Workspace` builds once, in dependency order, each
+handed what it needs in its constructor (:class:`Parts`): ``base.Core`` (the folder, ledger, file store,
+settings, event log and the one write pattern every stored file follows: stage, place, insert the row, undo on
+error, :meth:`base.Core.store`), ``casestore`` (import; case images read through ``readcache``), ``labels``
+(validating what is handed in), ``predictions``, ``corrections`` (and effort), ``runs`` (training snapshots and
+runs), ``registry`` (model versions), ``qualitymodels`` (the learned quality model per model version),
+``suspectflags``, ``reports`` (status, rank) and ``dicom`` (DICOM series of cases, SEG/RTSTRUCT in and out).
+``check`` and ``export`` are functions of a workspace. Every public method of :class:`Workspace` is a thin
+delegate to the one definition in its part.
 """
 from __future__ import annotations
 
@@ -14,24 +18,30 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 from ..ground.colors import default_color, label_color
 from ..ground.durable import fsync_dir, fsync_file
 from ..ground.errors import HilaError
 from ..ground.paths import check_readable
+from ..ground.progress import ProgressFn
 from ..models.modelcard import ModelCard, resolve_model
-from .base import PathLike, now, user
+from .base import Core, PathLike, now, user
 from .casestore import Cases
+from .check import check_workspace
 from .corrections import Corrections
 from .dicom import Dicom
+from .export import export_workspace
 from .files import MANAGED_DIRS, TMP_DIR, FileStore, Staged
 from .labels import Labels
 from .ledger import LEDGER_NAME, Ledger
 from .predictions import Predictions
 from .qualitymodels import QualityModels
-from .records import MODALITIES, dumps
+from .readcache import ImageCache
+from .records import MODALITIES, CheckReport, Settings, dumps
 from .registry import Registry
 from .reports import Reports
 from .runs import Runs
@@ -69,8 +79,146 @@ def parse_modality(modality: str) -> str:
     return m
 
 
-class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports, Dicom, QualityModels, Suspects):
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _delegate(part: str, method: F) -> F:
+    """``Workspace.<name>``: the part's ``method``, called on the workspace's instance of that part (one
+    definition, in the part; the workspace keeps its name so callers need not know the parts)."""
+    name = method.__name__
+
+    @wraps(method)
+    def call(self: "Workspace", *args: Any, **kwargs: Any) -> Any:
+        return getattr(getattr(self.parts, part), name)(*args, **kwargs)
+
+    return cast(F, call)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The parts of one open workspace, each built with the parts it uses (the order below is the order
+    they are built in: a part needs only parts above it)."""
+
+    core: Core
+    images: ImageCache
+    cases: Cases
+    labels: Labels
+    predictions: Predictions
+    corrections: Corrections
+    runs: Runs
+    registry: Registry
+    quality: QualityModels
+    suspects: Suspects
+    reports: Reports
+    dicom: Dicom
+
+    @classmethod
+    def build(cls, root: Path, ledger: Ledger) -> "Parts":
+        core = Core(root, ledger)
+        images = ImageCache()
+        cases = Cases(core, images)
+        labels = Labels(core, cases)
+        predictions = Predictions(core, cases, labels)
+        corrections = Corrections(core, cases, labels)
+        registry = Registry(core)
+        quality = QualityModels(core, registry)
+        suspects = Suspects(core)
+        return cls(core, images, cases, labels, predictions, corrections, Runs(core), registry, quality, suspects,
+                   Reports(core, registry, quality, suspects), Dicom(core, cases, predictions, corrections))
+
+
+class Workspace:
     """A HILASegment workspace folder: ``hila.sqlite`` (the ledger) and immutable files beside it."""
+
+    def __init__(self, root: Path, ledger: Ledger):
+        self.parts = Parts.build(root, ledger)
+        self.core = self.parts.core
+        self.root = self.core.root
+        self.ledger = self.core.ledger
+        self.files = self.core.files
+
+    def close(self) -> None:
+        self.core.close()
+        self.parts.images.clear()  # the cached images go with the workspace, not with the object
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def settings(self) -> Settings:
+        """Modality and labels (read once; they never change after ``create``)."""
+        return self.core.settings
+
+    abspath = _delegate("core", Core.abspath)
+    events = _delegate("core", Core.events)
+    # cases
+    cases = _delegate("cases", Cases.cases)
+    case = _delegate("cases", Cases.case)
+    case_image = _delegate("cases", Cases.case_image)
+    check_modality = _delegate("cases", Cases.check_modality)
+    import_volume = _delegate("cases", Cases.import_volume)
+    # labels handed in
+    validate_label = _delegate("labels", Labels.validate_label)
+    read_label_file = _delegate("labels", Labels.read_label_file)
+    # predictions
+    add_prediction = _delegate("predictions", Predictions.add_prediction)
+    record_prediction = _delegate("predictions", Predictions.record_prediction)
+    workspace_label = _delegate("predictions", Predictions.workspace_label)
+    prediction_segmentation = _delegate("predictions", Predictions.prediction_segmentation)
+    prediction = _delegate("predictions", Predictions.prediction)
+    predictions = _delegate("predictions", Predictions.predictions)
+    # corrections
+    submit = _delegate("corrections", Corrections.submit)
+    submit_marks = _delegate("corrections", Corrections.submit_marks)
+    correction = _delegate("corrections", Corrections.correction)
+    corrections = _delegate("corrections", Corrections.corrections)
+    correction_label = _delegate("corrections", Corrections.correction_label)
+    # training snapshots and runs
+    snapshot = _delegate("runs", Runs.snapshot)
+    recover_dead_runs = _delegate("runs", Runs.recover_dead_runs)
+    start_training_run = _delegate("runs", Runs.start_training_run)
+    training_run = _delegate("runs", Runs.training_run)
+    training_runs = _delegate("runs", Runs.training_runs)
+    finish_training_run = _delegate("runs", Runs.finish_training_run)
+    # model versions
+    models = _delegate("registry", Registry.models)
+    model = _delegate("registry", Registry.model)
+    current_model = _delegate("registry", Registry.current_model)
+    next_model_version = _delegate("registry", Registry.next_model_version)
+    add_model = _delegate("registry", Registry.add_model)
+    promote = _delegate("registry", Registry.promote)
+    rollback = _delegate("registry", Registry.rollback)
+    # quality models and suspects
+    quality_pairs = _delegate("quality", QualityModels.quality_pairs)
+    fit_quality_model = _delegate("quality", QualityModels.fit_quality_model)
+    quality_model = _delegate("quality", QualityModels.quality_model)
+    quality_source = _delegate("quality", QualityModels.quality_source)
+    flag_suspects = _delegate("suspects", Suspects.flag_suspects)
+    suspects = _delegate("suspects", Suspects.suspects)
+    suspect_keys = _delegate("suspects", Suspects.suspect_keys)
+    # reports
+    case_states = _delegate("reports", Reports.case_states)
+    status = _delegate("reports", Reports.status)
+    rank = _delegate("reports", Reports.rank)
+    # DICOM
+    import_series = _delegate("dicom", Dicom.import_series)
+    case_of_series = _delegate("dicom", Dicom.case_of_series)
+    case_series = _delegate("dicom", Dicom.case_series)
+    series = _delegate("dicom", Dicom.series)
+    dicom_objects = _delegate("dicom", Dicom.dicom_objects)
+    known_sop_uids = _delegate("dicom", Dicom.known_sop_uids)
+    import_dicom_object = _delegate("dicom", Dicom.import_dicom_object)
+    export_dicom = _delegate("dicom", Dicom.export_dicom)
+
+    # the two whole-workspace jobs: functions of a workspace (they import nothing of this module)
+    def check(self, repair: bool = False) -> CheckReport:
+        return check_workspace(self, repair=repair)
+
+    def export(self, directory: PathLike, include_unlabelled: bool = False, progress: Optional[ProgressFn] = None) -> dict:
+        return export_workspace(self, Path(directory), include_unlabelled=include_unlabelled, progress=progress)
 
     @classmethod
     def create(cls, path: PathLike, modality: str, labels: Union[str, Sequence[str], None],
@@ -112,7 +260,7 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
             for d in MANAGED_DIRS + (TMP_DIR,):
                 (root / d).mkdir(exist_ok=True)
             fsync_dir(root)
-            # no ledger exists yet, so this is not WorkspaceBase._store: the undo is removing the whole folder
+            # no ledger exists yet, so this is not Core.store: the undo is removing the whole folder
             store = FileStore(root)
             staged_model: List[Staged] = []
             model_rows = []
@@ -184,9 +332,6 @@ class Workspace(Cases, Labels, Predictions, Corrections, Runs, Registry, Reports
         if not ledger_path.is_file():
             raise HilaError(f"{root}: not a HILASegment workspace (no {LEDGER_NAME}); create one with `hila init`")
         return cls(root, Ledger(ledger_path, readonly=readonly))
-
-    def __enter__(self) -> "Workspace":
-        return self
 
 
 def enclosing_workspace(folder: PathLike) -> Optional[Path]:

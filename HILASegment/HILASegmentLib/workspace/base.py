@@ -1,7 +1,7 @@
 """What every part of the workspace stands on: the folder, its ledger, its file store, its settings,
 the event log, and the one write pattern all stored files follow.
 
-The write pattern (:meth:`WorkspaceBase._store`): stage each file completely (fsync'ed, hashed) with nothing
+The write pattern (:meth:`Core.store`): stage each file completely (fsync'ed, hashed) with nothing
 in the ledger touched; then, inside one ``BEGIN IMMEDIATE`` transaction, allocate the version, place
 the files under never-reused names and insert the row; if anything fails before the commit, the
 placed files go back to staging; the staging folders are always removed. The commit is the moment
@@ -73,8 +73,10 @@ def copier(src: Path) -> Writer:
     return lambda path: shutil.copyfile(src, path)
 
 
-class WorkspaceBase:
-    """The state every part shares; :class:`~.api.Workspace` combines the parts into one object."""
+class Core:
+    """What every part of the workspace is handed: the folder, its ledger, its file store, its settings, the
+    event log and the one write pattern (:meth:`store`). :class:`~.api.Workspace` makes one and gives it to
+    each part it builds."""
 
     def __init__(self, root: Path, ledger: Ledger):
         self.root = Path(root)
@@ -84,12 +86,6 @@ class WorkspaceBase:
 
     def close(self) -> None:
         self.ledger.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @property
     def settings(self) -> Settings:
@@ -106,7 +102,8 @@ class WorkspaceBase:
         return None if rel is None else self.root / rel
 
     # -- the event log -------------------------------------------------------------------------
-    def _event(self, con: sqlite3.Connection, kind: str, entity: Optional[str], details: dict) -> None:
+    def event(self, con: sqlite3.Connection, kind: str, entity: Optional[str], details: dict) -> None:
+        """Log who did what (inside the caller's write transaction ``con``)."""
         con.execute("INSERT INTO events (time, kind, entity, actor, details) VALUES (?,?,?,?,?)",
                     (now(), kind, entity, user(), dumps(details)))
 
@@ -117,8 +114,8 @@ class WorkspaceBase:
         return [dict(r, details=json.loads(r["details"] or "null")) for r in rows]
 
     # -- the one write pattern -----------------------------------------------------------------
-    def _store(self, files: Sequence[Tuple[Writer, str]],
-               record: Callable[[sqlite3.Connection, Sequence[Staged]], T]) -> T:
+    def store(self, files: Sequence[Tuple[Writer, str]],
+              record: Callable[[sqlite3.Connection, Sequence[Staged]], T]) -> T:
         """Stage ``files`` (``(writer, suffix)`` pairs), then run ``record(con, staged)`` in one write
         transaction: it allocates names, calls ``staged[i].place(rel)`` and inserts the rows.
 
@@ -142,7 +139,7 @@ class WorkspaceBase:
                 s.cleanup()
 
     # -- reading rows --------------------------------------------------------------------------
-    def _row_by_id(self, table: str, key: str, value: int, what: str) -> sqlite3.Row:
+    def row_by_id(self, table: str, key: str, value: int, what: str) -> sqlite3.Row:
         """One ledger row by its id (table and key are this package's constants, never user input)."""
         with self.ledger.read() as con:
             r = con.execute(f"SELECT * FROM {table} WHERE {key} = ?", (int(value),)).fetchone()

@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -16,8 +17,9 @@ from ..ground.errors import HilaError
 from ..ground.paths import name_component
 from ..ground.progress import ProgressFn, null_progress
 from ..models.normalize import guess_modality, offset_ct_reason
-from .base import PathLike, WorkspaceBase, image_writer, now
-from .files import Staged, read_stored
+from .base import Core, PathLike, image_writer, now
+from .files import Staged, check_stored, read_stored
+from .readcache import ImageCache
 from .records import Case, dumps
 
 #: File stems that say nothing about the case; the folder's name is used instead.
@@ -68,19 +70,26 @@ def check_case_name(name: Optional[str]) -> Optional[str]:
 _CONTROL_OR_SEP = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-class Cases(WorkspaceBase):
+@dataclass(eq=False)
+class Cases:
+    """The cases of a workspace; their stored images are read through ``images`` (read once, then served
+    from memory while the file is unchanged)."""
+
+    core: Core
+    images: ImageCache
+
     def _case_from_row(self, r: sqlite3.Row, existing: bool = False) -> Case:
-        return Case(r["case_id"], r["name"], r["content_hash"], self.root / r["file"], r["sha256"], r["source_path"],
+        return Case(r["case_id"], r["name"], r["content_hash"], self.core.root / r["file"], r["sha256"], r["source_path"],
                     json.loads(r["grid"]), r["imported_at"], existing)
 
     def cases(self) -> List[Case]:
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             return [self._case_from_row(r) for r in con.execute("SELECT * FROM cases ORDER BY seq")]
 
     def case(self, case_id: str) -> Case:
         """A case by id (or by its unique name); HilaError naming the workspace when unknown."""
         key = str(case_id)
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT * FROM cases WHERE case_id = ?", (key,)).fetchone()
             if r is None:
                 rows = con.execute("SELECT * FROM cases WHERE name = ?", (key,)).fetchall()
@@ -88,14 +97,16 @@ class Cases(WorkspaceBase):
             if r is None:
                 n = con.execute("SELECT count(*) FROM cases").fetchone()[0]
         if r is None:
-            raise HilaError(f"{self.root}: unknown case {key!r} ({n} case(s); `hila status {self.root}` lists them)")
+            raise HilaError(f"{self.core.root}: unknown case {key!r} ({n} case(s); `hila status {self.core.root}` lists them)")
         return self._case_from_row(r)
 
     def case_image(self, case_id: str) -> sitk.Image:
         """The case's stored image; one line when the store file is gone or damaged (changed outside hila)."""
         case = self.case(case_id)
-        return read_stored(self.root, case.path, f"case {case.case_id}", "image",
-                           "importing the same volume again restores it")
+        what, hint = f"case {case.case_id}", "importing the same volume again restores it"
+        check_stored(self.core.root, case.path, what, "image", hint)  # a cached image is served only for a file still there
+        return self.images.get(case.sha256, case.path,
+                               lambda: read_stored(self.core.root, case.path, what, "image", hint))
 
     def check_modality(self, img: sitk.Image, where: str, override: bool = False) -> Optional[str]:
         """Refuse an image that looks like another modality than the workspace's (an MR volume in a CT
@@ -105,7 +116,7 @@ class Cases(WorkspaceBase):
         if meta is None and (arr.size == 0 or arr.min() == arr.max()):
             return None  # a blank volume says nothing about its modality
         guess = guess_modality(arr, meta)
-        want = self.settings.modality
+        want = self.core.settings.modality
         offset = None if meta is not None or override else offset_ct_reason(arr)
         if offset:
             raise HilaError(f"{where}: {offset}" + ("; if it really is MR, give --modality-override" if want == "MR"
@@ -117,9 +128,9 @@ class Cases(WorkspaceBase):
                             "belongs here, give --modality-override")
         return guess
 
-    def _rows_of_case(self, table: str, order_all: str, order_case: str, case_id: Optional[str]) -> List[sqlite3.Row]:
+    def rows_of_case(self, table: str, order_all: str, order_case: str, case_id: Optional[str]) -> List[sqlite3.Row]:
         """All rows of a table, or one case's (the case resolved by id or name), in ledger order."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             if case_id is None:
                 return con.execute(f"SELECT * FROM {table} ORDER BY {order_all}").fetchall()
             return con.execute(f"SELECT * FROM {table} WHERE case_id = ? ORDER BY {order_case}",
@@ -137,7 +148,7 @@ class Cases(WorkspaceBase):
         img = read_image(src)
         guess = self.check_modality(img, str(src), modality_override)
         chash = content_hash(img)
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT * FROM cases WHERE content_hash = ?", (chash,)).fetchone()
         if r is not None:
             case = self._case_from_row(r, existing=True)
@@ -165,12 +176,12 @@ class Cases(WorkspaceBase):
             con.execute("INSERT INTO cases VALUES (?,?,?,?,?,?,?,?,?)",
                         (case_id, seq, cname, chash, rel, staged[0].sha256, str(src.resolve()), dumps(grid_of(img)), now()))
             details = {"name": cname, "source": str(src)}
-            if guess is not None and guess != self.settings.modality:
+            if guess is not None and guess != self.core.settings.modality:
                 details["modality_override"] = guess
-            self._event(con, "import", case_id, details)
+            self.core.event(con, "import", case_id, details)
             return case_id, False
 
-        case_id, existing = self._store([(image_writer(img), ".nrrd")], record)
+        case_id, existing = self.core.store([(image_writer(img), ".nrrd")], record)
         case = self.case(case_id)
         case.existing = existing
         if not existing:
@@ -179,13 +190,13 @@ class Cases(WorkspaceBase):
 
     def _restore(self, case: Case, img: sitk.Image, sha256: str, src: Path) -> None:
         """Put a lost case file back from the same volume, only if it comes out byte-identical."""
-        rel = Path(case.path).relative_to(self.root).as_posix()
+        rel = Path(case.path).relative_to(self.core.root).as_posix()
 
         def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> None:
             if staged[0].sha256 != sha256:
                 raise HilaError(f"{src}: the same volume, but it no longer writes the bytes case {case.case_id} "
                                 "was stored with; its file cannot be restored")
             staged[0].place(rel)
-            self._event(con, "restore", case.case_id, {"file": rel, "source": str(src)})
+            self.core.event(con, "restore", case.case_id, {"file": rel, "source": str(src)})
 
-        self._store([(image_writer(img), ".nrrd")], record)
+        self.core.store([(image_writer(img), ".nrrd")], record)

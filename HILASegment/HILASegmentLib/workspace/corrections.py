@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,14 +15,23 @@ from ..formats import weak
 from ..ground.errors import HilaError
 from ..inference import boxassist as _assist
 from ..quality import effort as _quality
-from .base import WorkspaceBase, image_writer, now, user
+from .base import Core, image_writer, now, user
+from .casestore import Cases
 from .files import Staged, read_stored
+from .labels import Labels
 from .records import QUALITIES, Case, Correction, dumps
 
 
-class Corrections(WorkspaceBase):
+@dataclass(eq=False)
+class Corrections:
+    """The corrections of the cases of ``cases``: labels checked by ``labels``, stored as each case's next version."""
+
+    core: Core
+    cases: Cases
+    labels: Labels
+
     def _corr_from_row(self, r: sqlite3.Row) -> Correction:
-        return Correction(r["correction_id"], r["case_id"], r["version"], self.root / r["file"], r["sha256"], r["quality"],
+        return Correction(r["correction_id"], r["case_id"], r["version"], self.core.root / r["file"], r["sha256"], r["quality"],
                           r["annotator"], r["seconds"], r["based_on"], json.loads(r["effort"]), r["created_at"])
 
     def submit(self, case_id: str, label: Any, quality: str = "reviewed", annotator: Optional[str] = None,
@@ -49,15 +59,15 @@ class Corrections(WorkspaceBase):
                 raise HilaError(f"seconds {seconds!r}: not a number") from None
             if not np.isfinite(seconds) or seconds < 0:
                 raise HilaError(f"seconds {seconds!r}: must be a non-negative number")
-        case = self.case(case_id)
+        case = self.cases.case(case_id)
         # a label of an image of another modality must not become a training correction unnoticed
-        image = image if image is not None else self.case_image(case.case_id)
-        self.check_modality(image, f"case {case.case_id}", modality_override)
+        image = image if image is not None else self.cases.case_image(case.case_id)
+        self.cases.check_modality(image, f"case {case.case_id}", modality_override)
         if isinstance(label, (str, os.PathLike)):
-            arr, img, notes = self.read_label_file(case.case_id, label, strict=strict, reference=image)
+            arr, img, notes = self.labels.read_label_file(case.case_id, label, strict=strict, reference=image)
             source = source or str(label)
         else:
-            arr, img, notes = self.validate_label(case.case_id, label, strict=strict, reference=image)
+            arr, img, notes = self.labels.validate_label(case.case_id, label, strict=strict, reference=image)
         effort = self._effort(case, arr, based_on)
         based_on = effort.get("prediction_id")
         effort.update(notes)
@@ -76,13 +86,13 @@ class Corrections(WorkspaceBase):
                               "based_on, effort, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                               (case.case_id, version, rel, staged[0].sha256, quality, annotator, seconds, based_on,
                                dumps(effort), now()))
-            self._event(con, "submit", case.case_id, {"correction_id": cur.lastrowid, "version": version,
+            self.core.event(con, "submit", case.case_id, {"correction_id": cur.lastrowid, "version": version,
                                                      "quality": quality, "voxels_changed": effort.get("voxels_changed")})
             if also is not None:
                 also(con, int(cur.lastrowid))
             return int(cur.lastrowid)
 
-        return self.correction(self._store([(image_writer(img), ".nrrd")], record))
+        return self.correction(self.core.store([(image_writer(img), ".nrrd")], record))
 
     def submit_marks(self, case_id: str, marks: dict, annotator: Optional[str] = None, seconds: Optional[float] = None,
                      based_on: Optional[int] = None, modality_override: bool = False, builder: str = "ellipsoid") -> Correction:
@@ -98,14 +108,14 @@ class Corrections(WorkspaceBase):
         keeps the prostate. A correction of the case submitted meanwhile by someone else refuses the submit
         (its marks would otherwise be lost from the latest version).
         """
-        case = self.case(case_id)
+        case = self.cases.case(case_id)
         seen, earlier = self._latest_marks(case.case_id)
         marks = weak.carry_marks(marks, earlier)
-        image = self.case_image(case.case_id)
+        image = self.cases.case_image(case.case_id)
         # ``builder``: the ellipsoid by default (measured as good or better than the box assistant from a tight box on
         # the real CT, scripts/bench_assist.py), the assistant on request (``auto``: when installed); recorded.
         _, build = _assist.box_builder(builder)
-        label, recorded = weak.pseudo_label(image, marks, self.settings.label_pairs(), builder=build,
+        label, recorded = weak.pseudo_label(image, marks, self.core.settings.label_pairs(), builder=build,
                                             builder_name=_assist.CATALOG_NAME if build else "ellipsoid")
 
         def unchanged(con: sqlite3.Connection, correction_id: int) -> None:
@@ -128,8 +138,8 @@ class Corrections(WorkspaceBase):
 
     def _effort(self, case: Case, arr: np.ndarray, based_on: Optional[int]) -> dict:
         """Dice per label and voxels changed against the prediction corrected, else the previous version."""
-        pairs = self.settings.label_pairs()
-        with self.ledger.read() as con:
+        pairs = self.core.settings.label_pairs()
+        with self.core.ledger.read() as con:
             if based_on is not None:
                 p = con.execute("SELECT * FROM predictions WHERE prediction_id = ? AND case_id = ?",
                                 (int(based_on), case.case_id)).fetchone()
@@ -140,15 +150,15 @@ class Corrections(WorkspaceBase):
                                 (case.case_id,)).fetchone()
             prev = None if p is not None else con.execute(
                 "SELECT * FROM corrections WHERE case_id = ? ORDER BY version DESC LIMIT 1", (case.case_id,)).fetchone()
-        again = f"`hila infer {self.root} {case.case_id}` makes a new prediction to measure against"
+        again = f"`hila infer {self.core.root} {case.case_id}` makes a new prediction to measure against"
         if p is not None:
-            ref = sitk.GetArrayFromImage(read_stored(self.root, self.root / p["file"], f"case {case.case_id} "
+            ref = sitk.GetArrayFromImage(read_stored(self.core.root, self.core.root / p["file"], f"case {case.case_id} "
                                                      f"prediction {p['prediction_id']}", hint=again))
             out = _quality.label_change(arr, ref, pairs)
             out.update(against=f"prediction {p['prediction_id']}", prediction_id=p["prediction_id"],
                        model_version=p["model_version"])
         elif prev is not None:
-            ref = sitk.GetArrayFromImage(read_stored(self.root, self.root / prev["file"],
+            ref = sitk.GetArrayFromImage(read_stored(self.core.root, self.core.root / prev["file"],
                                                      f"case {case.case_id} correction v{prev['version']}"))
             out = _quality.label_change(arr, ref, pairs)
             out.update(against=f"correction v{prev['version']}", prediction_id=None, model_version=None)
@@ -159,10 +169,10 @@ class Corrections(WorkspaceBase):
         return out
 
     def correction(self, correction_id: int) -> Correction:
-        return self._corr_from_row(self._row_by_id("corrections", "correction_id", correction_id, "correction"))
+        return self._corr_from_row(self.core.row_by_id("corrections", "correction_id", correction_id, "correction"))
 
     def corrections(self, case_id: Optional[str] = None) -> List[Correction]:
-        return [self._corr_from_row(r) for r in self._rows_of_case("corrections", "correction_id", "version", case_id)]
+        return [self._corr_from_row(r) for r in self.cases.rows_of_case("corrections", "correction_id", "version", case_id)]
 
     def correction_label(self, case_id: str, version: Optional[int] = None) -> sitk.Image:
         """A correction's label map (the latest version unless one is named)."""
@@ -170,5 +180,5 @@ class Corrections(WorkspaceBase):
         if version is not None:
             corrs = [c for c in corrs if c.version == int(version)]
         if not corrs:
-            raise HilaError(f"{self.root}: case {case_id} has no correction" + (f" version {version}" if version else ""))
-        return read_stored(self.root, corrs[-1].path, f"case {corrs[-1].case_id} correction v{corrs[-1].version}")
+            raise HilaError(f"{self.core.root}: case {case_id} has no correction" + (f" version {version}" if version else ""))
+        return read_stored(self.core.root, corrs[-1].path, f"case {corrs[-1].case_id} correction v{corrs[-1].version}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -27,9 +28,12 @@ from ..formats.segmentation import first_overlap, overlap_error
 from ..ground.errors import HilaError
 from ..ground.labelmatch import MANUAL_SET, contour_set, match_label
 from ..ground.progress import ProgressFn, null_progress
-from .base import PathLike, WorkspaceBase, now
+from .base import Core, PathLike, now
+from .casestore import Cases
+from .corrections import Corrections
 from .export import file_stems
 from .files import read_stored
+from .predictions import Predictions
 from .records import Case, dumps
 
 
@@ -51,27 +55,35 @@ def referenced_series_uid(ds) -> Optional[str]:
     return None
 
 
-class Dicom(WorkspaceBase):
+@dataclass(eq=False)
+class Dicom:
+    """DICOM series of the cases of ``cases``; SEG/RTSTRUCT in as ``corrections``, out from them or from ``predictions``."""
+
+    core: Core
+    cases: Cases
+    predictions: Predictions
+    corrections: Corrections
+
     # -- series ----------------------------------------------------------------------------------
     def import_series(self, folder: PathLike, name: Optional[str] = None,
                       progress: Optional[ProgressFn] = None, modality_override: bool = False) -> Case:
         """Import a DICOM series folder as a case (see ``import_volume``) and keep its series in the ledger."""
         series = dicomref.read_series(folder)
-        case = self.import_volume(folder, name=name, progress=progress, modality_override=modality_override)
-        with self.ledger.write() as con:
+        case = self.cases.import_volume(folder, name=name, progress=progress, modality_override=modality_override)
+        with self.core.ledger.write() as con:
             con.execute("INSERT OR IGNORE INTO case_series VALUES (?,?,?,?)",
                         (case.case_id, series.study_uid, series.series_uid, dumps(dicomref.series_record(series))))
         return case
 
     def case_of_series(self, series_uid: str) -> Optional[str]:
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT case_id FROM case_series WHERE series_uid = ?", (str(series_uid),)).fetchone()
         return None if r is None else r["case_id"]
 
     def case_series(self, case_id: str) -> Optional[dict]:
         """The recorded series of a case (UIDs and the slice record), or None for a case not from DICOM."""
-        case = self.case(case_id)
-        with self.ledger.read() as con:
+        case = self.cases.case(case_id)
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT * FROM case_series WHERE case_id = ?", (case.case_id,)).fetchone()
         return None if r is None else json.loads(r["record"])
 
@@ -79,22 +91,22 @@ class Dicom(WorkspaceBase):
         """The case's DICOM series (headers rebuilt from the ledger) on the case's grid."""
         record = self.case_series(case_id)
         if record is None:
-            raise HilaError(f"{self.root}: case {case_id} was not imported from a DICOM series; SEG and RTSTRUCT "
+            raise HilaError(f"{self.core.root}: case {case_id} was not imported from a DICOM series; SEG and RTSTRUCT "
                             "need its series (import the DICOM folder)")
-        return dicomref.series_from_record(self.case_image(case_id), record, f"{self.root} case {case_id}")
+        return dicomref.series_from_record(self.cases.case_image(case_id), record, f"{self.core.root} case {case_id}")
 
     def dicom_objects(self, case_id: Optional[str] = None) -> List[dict]:
         """Every SEG/RTSTRUCT instance imported or exported (of one case when given)."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             if case_id is None:
                 rows = con.execute("SELECT * FROM dicom_objects ORDER BY created_at").fetchall()
             else:
                 rows = con.execute("SELECT * FROM dicom_objects WHERE case_id = ? ORDER BY created_at",
-                                   (self.case(case_id).case_id,)).fetchall()
+                                   (self.cases.case(case_id).case_id,)).fetchall()
         return [dict(r) for r in rows]
 
     def known_sop_uids(self) -> set:
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             return {r[0] for r in con.execute("SELECT sop_uid FROM dicom_objects")}
 
     # -- import ----------------------------------------------------------------------------------
@@ -106,7 +118,7 @@ class Dicom(WorkspaceBase):
         label, and letting the later structure win would erase part of an organ without a word, as an
         overlapping .seg.nrrd is refused); for a rough set (a planning system's auto-contours) the later
         structure wins and ``note`` says where."""
-        pairs = [(n, v) for v, n in self.settings.label_pairs()]
+        pairs = [(n, v) for v, n in self.core.settings.label_pairs()]
         arr = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, np.uint8)
         matched, ignored, by_value = [], [], {}
         for name, mask, _ in masks:
@@ -118,9 +130,9 @@ class Dicom(WorkspaceBase):
             matched.append(name)
         if strict and ignored:
             raise HilaError(f"{where}: structure(s) {', '.join(ignored)} match no workspace label "
-                            f"({', '.join(self.settings.names())})")
+                            f"({', '.join(self.core.settings.names())})")
         if not matched:
-            raise HilaError(f"{where}: no structure matches a workspace label ({', '.join(self.settings.names())}); "
+            raise HilaError(f"{where}: no structure matches a workspace label ({', '.join(self.core.settings.names())}); "
                             f"structures: {', '.join(n for n, _, _ in masks) or 'none'}")
         unions = [(" + ".join(n for n, _ in items), lambda items=items: np.logical_or.reduce([m for _, m in items]))
                   for items in by_value.values()]
@@ -148,7 +160,7 @@ class Dicom(WorkspaceBase):
                         (sop_uid, part, role, modality, case_id, correction_id, obj_series_uid, now()))
 
         try:
-            c = self.submit(case_id, label, quality=quality, annotator=annotator, source=source, also=also)
+            c = self.corrections.submit(case_id, label, quality=quality, annotator=annotator, source=source, also=also)
         except _AlreadyImported as exc:
             return {"case_id": case_id, "part": part, "existing": True, "correction_id": exc.correction_id}
         return {"case_id": case_id, "part": part, "existing": False, "correction_id": c.correction_id,
@@ -176,13 +188,13 @@ class Dicom(WorkspaceBase):
         ref_uid = referenced_series_uid(head)
         target = self.case_of_series(ref_uid) if ref_uid else None
         if case_id is not None:
-            want = self.case(case_id).case_id
+            want = self.cases.case(case_id).case_id
             if target != want:
                 rec = self.case_series(want)
                 raise HilaError(f"{p}: the {modality} references series {ref_uid}, not case {want}'s "
                                 f"({rec['series_uid'] if rec else 'not from DICOM'})")
         if target is None:
-            raise HilaError(f"{p}: the {modality} references series {ref_uid}, which no case of {self.root} came "
+            raise HilaError(f"{p}: the {modality} references series {ref_uid}, which no case of {self.core.root} came "
                             "from; import that DICOM series first")
         series = self.series(target)
         progress(0.1, f"reading {p.name}")
@@ -221,13 +233,13 @@ class Dicom(WorkspaceBase):
         return results
 
     # -- export ----------------------------------------------------------------------------------
-    def _uid(self, *parts: str) -> str:
+    def uid(self, *parts: str) -> str:
         """A UID that is the same every time for the same workspace and parts (idempotent exports)."""
         from pydicom.uid import generate_uid  # optional `dicom` extra
 
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT value FROM settings WHERE key = 'workspace_id'").fetchone()
-        return str(generate_uid(entropy_srcs=[json.loads(r["value"]) if r else str(self.root), *parts]))
+        return str(generate_uid(entropy_srcs=[json.loads(r["value"]) if r else str(self.core.root), *parts]))
 
     def export_dicom(self, out: PathLike, fmt: str, cases: Optional[Sequence[str]] = None,
                      skip_pulled: bool = False, record: bool = True, skip: Sequence[int] = (),
@@ -249,12 +261,12 @@ class Dicom(WorkspaceBase):
         what = "prediction" if prediction else "correction"
         pulled = {r["correction_id"] for r in self.dicom_objects() if r["role"] == "pulled"} if skip_pulled else set()
         todo = []
-        for case in [self.case(c) for c in cases] if cases else self.cases():
-            items = self.predictions(case.case_id) if prediction else self.corrections(case.case_id)
+        for case in [self.cases.case(c) for c in cases] if cases else self.cases.cases():
+            items = self.predictions.predictions(case.case_id) if prediction else self.corrections.corrections(case.case_id)
             if not items or self.case_series(case.case_id) is None:
                 if cases:
                     why = f"has no {what}" if not items else "was not imported from a DICOM series"
-                    raise HilaError(f"{self.root}: case {case.case_id} {why}; nothing to export as DICOM")
+                    raise HilaError(f"{self.core.root}: case {case.case_id} {why}; nothing to export as DICOM")
                 continue
             item = items[-1]
             if prediction:
@@ -271,21 +283,21 @@ class Dicom(WorkspaceBase):
                 meta = {"correction_id": item.correction_id, "correction_version": item.version, "quality": item.quality}
             todo.append((case, item.path, prov, key, meta))
         folder.mkdir(parents=True, exist_ok=True)
-        labels = self.settings.labels
+        labels = self.core.settings.labels
         results = []
         stems = file_stems([t[0] for t in todo])
         for i, (case, label_path, prov, key, meta) in enumerate(todo):
             progress(i / max(1, len(todo)), f"writing {case.name}")
             series = self.series(case.case_id)
-            masks = dicomref.masks_from_label(read_stored(self.root, label_path, f"case {case.case_id}"), {l.value: l.name for l in labels},
+            masks = dicomref.masks_from_label(read_stored(self.core.root, label_path, f"case {case.case_id}"), {l.value: l.name for l in labels},
                                               {l.value: l.color for l in labels})
-            sop = self._uid(case.case_id, key, fmt, "instance")
-            ser = self._uid(case.case_id, key, fmt, "series")
+            sop = self.uid(case.case_id, key, fmt, "instance")
+            ser = self.uid(case.case_id, key, fmt, "series")
             tag = f"v{meta['correction_version']}" if not prediction else f"prediction{meta['prediction_id']}"
             path = folder / f"{stems[case.case_id]}_{tag}.{fmt}.dcm"
             form.write(masks, series, path, prov, uids=(ser, sop))
             if record:
-                with self.ledger.write() as con:
+                with self.core.ledger.write() as con:
                     con.execute("INSERT OR IGNORE INTO dicom_objects VALUES (?,?,?,?,?,?,?,?)",
                                 (sop, "", "exported", form.modality, case.case_id,
                                  meta["correction_id"], ser, now()))

@@ -99,15 +99,22 @@ def stored_file_problem(root: Path, rel: str, sha256: Optional[str] = None) -> O
     return None
 
 
-def read_stored(root: Path, path: Union[str, Path], what: str, noun: str = "file", hint: str = "") -> sitk.Image:
-    """The one reader of the images a ledger row names (cases, predictions, corrections): a file outside the
-    workspace is refused unread, a missing, unreadable or damaged one is one line naming ``what`` (e.g. ``case
-    c0001``) and the file; ``hint`` says how to get it back."""
+def check_stored(root: Path, path: Union[str, Path], what: str, noun: str = "file", hint: str = "") -> str:
+    """``path``'s name in the workspace when it may be read (inside it, present, readable), else the one line
+    :func:`read_stored` gives; nothing is opened (what a cached read checks before it serves the file's image)."""
     rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
     problem = stored_file_problem(Path(root), rel)
     if problem:
         raise HilaError(f"{what}: its stored {noun} {rel} {problem}; {hint or 'nothing was changed'}; "
                         f"`hila check {root}` lists what else is")
+    return rel
+
+
+def read_stored(root: Path, path: Union[str, Path], what: str, noun: str = "file", hint: str = "") -> sitk.Image:
+    """The one reader of the images a ledger row names (cases, predictions, corrections): a file outside the
+    workspace is refused unread, a missing, unreadable or damaged one is one line naming ``what`` (e.g. ``case
+    c0001``) and the file; ``hint`` says how to get it back."""
+    rel = check_stored(root, path, what, noun, hint)
     try:
         return read_image(Path(root) / rel)
     except HilaError as exc:

@@ -2,6 +2,7 @@
 ``Segmentation``) into a label map on the case's grid in workspace values, or a clear refusal."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -13,18 +14,25 @@ from ..formats.segfile import Segmentation, is_seg_nrrd, read_segmentation
 from ..ground.errors import HilaError
 from ..ground.labelmatch import match_label
 from ..ground.paths import check_readable
-from .base import PathLike, WorkspaceBase
+from .base import Core, PathLike
+from .casestore import Cases
 
 
-class Labels(WorkspaceBase):
+@dataclass(eq=False)
+class Labels:
+    """Checks what is handed in against a case of ``cases`` (its grid, the workspace's label values)."""
+
+    core: Core
+    cases: Cases
+
     def _label_from_segmentation(self, seg: Segmentation, reference: sitk.Image, where: str) -> sitk.Image:
         """A label map in workspace values from a Segmentation, matching segments to labels by the one
         rule (:func:`labelmatch.match_label`: tag, name, terminology, alias); segments matching no label are
         left out; a segmentation on a cropped extent is placed on the case grid."""
-        pairs = [(l.name, l.value) for l in self.settings.labels]
+        pairs = [(l.name, l.value) for l in self.core.settings.labels]
         values = {s.id: v for s in seg.segments if (v := match_label(s.name, s.tags, pairs)) is not None}
         if not values:
-            raise HilaError(f"{where}: no segment named like a workspace label ({', '.join(self.settings.names())}); "
+            raise HilaError(f"{where}: no segment named like a workspace label ({', '.join(self.core.settings.names())}); "
                             f"segments: {', '.join(str(s.name) for s in seg.segments) or 'none'}")
         _refuse_overlaps(seg, values, where)
         return seg.to_label_image(reference=reference, values=values)
@@ -38,9 +46,9 @@ class Labels(WorkspaceBase):
         or refused with ``strict``; a label with no workspace value at all is refused. ``reference``: the
         case's image when the caller has read it already (it is read here otherwise).
         """
-        case = self.case(case_id)
+        case = self.cases.case(case_id)
         where = where or f"label for case {case.case_id}"
-        reference = reference if reference is not None else self.case_image(case.case_id)
+        reference = reference if reference is not None else self.cases.case_image(case.case_id)
         if isinstance(label, Segmentation):
             label = self._label_from_segmentation(label, reference, where)
         if not isinstance(label, sitk.Image):
@@ -54,9 +62,9 @@ class Labels(WorkspaceBase):
         label = as_label_image(label, where)
         arr = sitk.GetArrayFromImage(label)
         values = [int(v) for v in np.unique(arr) if v != 0]
-        known = {l.value for l in self.settings.labels}
+        known = {l.value for l in self.core.settings.labels}
         unknown = [v for v in values if v not in known]
-        legend = ", ".join(f"{l.value} {l.name}" for l in self.settings.labels)
+        legend = ", ".join(f"{l.value} {l.name}" for l in self.core.settings.labels)
         notes: Dict[str, Any] = {}
         if not values:
             raise HilaError(f"{where}: empty label map (no labelled voxel); nothing to submit")
@@ -76,7 +84,7 @@ class Labels(WorkspaceBase):
         """Read a label map or a Slicer .seg.nrrd (segments matched to workspace labels by name) for a case
         (``reference``: its image, when read already)."""
         p = Path(path)
-        case = self.case(case_id)
+        case = self.cases.case(case_id)
         check_readable(p)
         if p.is_file() and p.name.lower().endswith((".nrrd", ".nhdr")) and is_seg_nrrd(p):
             label: Any = read_segmentation(p)

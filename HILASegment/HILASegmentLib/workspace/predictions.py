@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,25 +11,34 @@ import SimpleITK as sitk
 
 from ..ground.errors import HilaError
 from ..ground.labelmatch import TAG_KEY, match_label
-from .base import WorkspaceBase, image_writer, now
+from .base import Core, image_writer, now
+from .casestore import Cases
 from .files import Staged
+from .labels import Labels
 from .records import Prediction, dumps
 
 
-class Predictions(WorkspaceBase):
+@dataclass(eq=False)
+class Predictions:
+    """A model's label maps for the cases of ``cases``, checked by ``labels`` like a submission."""
+
+    core: Core
+    cases: Cases
+    labels: Labels
+
     def _pred_from_row(self, r: sqlite3.Row) -> Prediction:
-        return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.root / r["file"], r["sha256"],
+        return Prediction(r["prediction_id"], r["case_id"], r["model_version"], self.core.root / r["file"], r["sha256"],
                           json.loads(r["uncertainty"]) if r["uncertainty"] else None, r["created_at"])
 
     def add_prediction(self, case_id: str, label: Any, model_version: Optional[int],
                        uncertainty: Optional[dict] = None) -> Prediction:
         """Record a model's label map for a case (validated like a submission, stored immutably)."""
-        case = self.case(case_id)
+        case = self.cases.case(case_id)
         if _nonempty(label):
-            _arr, img, _notes = self.validate_label(case.case_id, label, where=f"prediction for case {case.case_id}",
+            _arr, img, _notes = self.labels.validate_label(case.case_id, label, where=f"prediction for case {case.case_id}",
                                                     strict=True)
         else:
-            img = _empty_label(self.case_image(case.case_id))
+            img = _empty_label(self.cases.case_image(case.case_id))
 
         def record(con: sqlite3.Connection, staged: Sequence[Staged]) -> int:
             rel = f"predictions/{case.case_id}/{staged[0].name('pred')}"
@@ -36,10 +46,10 @@ class Predictions(WorkspaceBase):
             cur = con.execute("INSERT INTO predictions (case_id, model_version, file, sha256, uncertainty, created_at) "
                               "VALUES (?,?,?,?,?,?)", (case.case_id, model_version, rel, staged[0].sha256,
                                                         dumps(uncertainty) if uncertainty is not None else None, now()))
-            self._event(con, "predict", case.case_id, {"prediction_id": cur.lastrowid, "model_version": model_version})
+            self.core.event(con, "predict", case.case_id, {"prediction_id": cur.lastrowid, "model_version": model_version})
             return int(cur.lastrowid)
 
-        return self.prediction(self._store([(image_writer(img), ".nrrd")], record))
+        return self.prediction(self.core.store([(image_writer(img), ".nrrd")], record))
 
     def record_prediction(self, case_id: str, result: Any, model_version: Optional[int],
                           outputs: Optional[Callable[[sitk.Image, dict], Sequence[Any]]] = None
@@ -64,7 +74,7 @@ class Predictions(WorkspaceBase):
 
     def workspace_label(self, label: sitk.Image, model_labels: Sequence[Any]) -> Tuple[sitk.Image, List[str]]:
         """(``label`` in this workspace's values, the model label names it has no label for) by ``labelmatch``."""
-        pairs = [(lab.name, lab.value) for lab in self.settings.labels]
+        pairs = [(lab.name, lab.value) for lab in self.core.settings.labels]
         arr = sitk.GetArrayViewFromImage(label)
         out = np.zeros(arr.shape, np.uint8)
         dropped = []
@@ -87,7 +97,7 @@ class Predictions(WorkspaceBase):
 
         if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != 3:
             raise HilaError("a prediction is a scalar 3-D label image")
-        seg = Segmentation.from_label_image(label, [(lab.value, lab.name, tuple(lab.color)) for lab in self.settings.labels],
+        seg = Segmentation.from_label_image(label, [(lab.value, lab.name, tuple(lab.color)) for lab in self.core.settings.labels],
                                             tags=tags)
         for s in seg.segments:
             s.tags[TAG_KEY] = str(s.label_value)
@@ -96,10 +106,10 @@ class Predictions(WorkspaceBase):
         return seg.cropped()
 
     def prediction(self, prediction_id: int) -> Prediction:
-        return self._pred_from_row(self._row_by_id("predictions", "prediction_id", prediction_id, "prediction"))
+        return self._pred_from_row(self.core.row_by_id("predictions", "prediction_id", prediction_id, "prediction"))
 
     def predictions(self, case_id: Optional[str] = None) -> List[Prediction]:
-        rows = self._rows_of_case("predictions", "prediction_id", "prediction_id", case_id)
+        rows = self.cases.rows_of_case("predictions", "prediction_id", "prediction_id", case_id)
         return [self._pred_from_row(r) for r in rows]
 
 

@@ -8,6 +8,7 @@ version is the one in use. No schema change was needed for it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -15,16 +16,23 @@ import numpy as np
 from ..ground.errors import HilaError
 from ..inference.summary import PredictionSummary
 from ..quality.learned import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
-from .base import WorkspaceBase
+from .base import Core
+from .registry import Registry
 
 EVENT_KIND = "quality_model"
 
 
-class QualityModels(WorkspaceBase):
+@dataclass(eq=False)
+class QualityModels:
+    """The learned quality model per model version (the current one from ``registry``)."""
+
+    core: Core
+    registry: Registry
+
     def quality_pairs(self) -> List[dict]:
         """Every prediction with an accepted (reviewed) correction: its features, its expected soft Dice
         (source a) and the Dice the first such correction showed against it (the truth a quality model learns)."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             rows = con.execute(
                 "SELECT p.prediction_id, p.model_version, p.case_id, p.uncertainty, c.effort FROM corrections c "
                 "JOIN predictions p ON p.prediction_id = c.based_on WHERE c.quality = 'reviewed' "
@@ -46,24 +54,24 @@ class QualityModels(WorkspaceBase):
     def fit_quality_model(self, model_version: Optional[int] = None) -> QualityModel:
         """Fit on every pair and record it for ``model_version`` (default: the current model)."""
         if model_version is None:
-            cur = self.current_model()  # type: ignore[attr-defined]  (the registry part)
+            cur = self.registry.current_model()
             if cur is None:
-                raise HilaError(f"{self.root}: no current model to fit a quality model for")
+                raise HilaError(f"{self.core.root}: no current model to fit a quality model for")
             model_version = cur.version
         qm = fit_quality_model(self.quality_pairs(), int(model_version))
-        with self.ledger.write() as con:
-            self._event(con, EVENT_KIND, f"model v{qm.model_version}", qm.to_dict())
+        with self.core.ledger.write() as con:
+            self.core.event(con, EVENT_KIND, f"model v{qm.model_version}", qm.to_dict())
         return qm
 
     def quality_model(self, model_version: int) -> Optional[QualityModel]:
         """The latest quality model fitted for ``model_version`` (None if none was); a record whose own
         version differs from the one it is filed under is refused, never used for another version."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT details FROM events WHERE kind = ? AND entity = ? ORDER BY event_id DESC LIMIT 1",
                             (EVENT_KIND, f"model v{int(model_version)}")).fetchone()
         if r is None:
             return None
-        where = f"{self.root}: quality model of model v{int(model_version)}"
+        where = f"{self.core.root}: quality model of model v{int(model_version)}"
         try:
             d = json.loads(r["details"])
         except (TypeError, ValueError):

@@ -1,28 +1,36 @@
-"""The workspace's reports: each case's state, the workspace's status and effort so far, the review
-ranking, and the two whole-workspace jobs (``check``, ``export``) that live in their own modules."""
+"""The workspace's reports: each case's state, the workspace's status and effort so far, and the review
+ranking (the two whole-workspace jobs, ``check`` and ``export``, are functions of a workspace in their own modules)."""
 from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..ground.progress import ProgressFn
 from ..quality.ranking import learned_scorer, rank_cases
 from ..quality.strategies import DEFAULT as DEFAULT_STRATEGY
-from .base import PathLike, WorkspaceBase
-from .check import check_workspace
-from .export import export_workspace
+from .base import Core
 from .ledger import SCHEMA_VERSION
-from .records import QUALITIES, CheckReport
+from .qualitymodels import QualityModels
+from .records import QUALITIES
+from .registry import Registry
+from .suspectflags import Suspects
 
 
-class Reports(WorkspaceBase):
+@dataclass(eq=False)
+class Reports:
+    """Case states, the workspace's status and the review ranking, from the ledger and the parts named."""
+
+    core: Core
+    registry: Registry
+    quality: QualityModels
+    suspects: Suspects
+
     def case_states(self) -> List[dict]:
         """Each case with its state: new, predicted, or the quality of its latest correction."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             rows = con.execute(
                 "SELECT k.case_id, k.name, k.seq, "
                 " (SELECT COUNT(*) FROM predictions p WHERE p.case_id = k.case_id) AS n_pred, "
@@ -42,8 +50,8 @@ class Reports(WorkspaceBase):
 
     def status(self) -> dict:
         """Cases by state, corrections per quality, models, training runs and the effort so far."""
-        s = self.settings
-        with self.ledger.read() as con:
+        s = self.core.settings
+        with self.core.ledger.read() as con:
             states = self.case_states()
             corr = con.execute("SELECT quality, COUNT(*) AS n, SUM(seconds) AS s FROM corrections GROUP BY quality").fetchall()
             latest_q = con.execute("SELECT c.quality, COUNT(*) FROM corrections c WHERE c.version = (SELECT MAX(version) "
@@ -52,7 +60,7 @@ class Reports(WorkspaceBase):
                                       "LEFT JOIN predictions p ON p.prediction_id = c.based_on ORDER BY c.correction_id").fetchall()
             n_pred = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
             runs = con.execute("SELECT status, COUNT(*) FROM training_runs GROUP BY status").fetchall()
-            models = self.models()
+            models = self.registry.models()
             n_events = con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         by_state: Dict[str, int] = {k: 0 for k in ("new", "predicted", "weak", "rough", "reviewed")}
         for c in states:
@@ -60,8 +68,8 @@ class Reports(WorkspaceBase):
         per_q = {q: 0 for q in QUALITIES}
         per_q.update({r["quality"]: r["n"] for r in corr})
         return {
-            "workspace": str(self.root), "schema_version": SCHEMA_VERSION, "modality": s.modality,
-            "journal_mode": self.ledger.journal_mode(),
+            "workspace": str(self.core.root), "schema_version": SCHEMA_VERSION, "modality": s.modality,
+            "journal_mode": self.core.ledger.journal_mode(),
             "labels": [{"value": l.value, "name": l.name, "color": list(l.color)} for l in s.labels],
             "cases": {"total": len(states), "by_state": by_state, "list": states},
             "predictions": n_pred,
@@ -72,8 +80,8 @@ class Reports(WorkspaceBase):
             "current_model": next((m.version for m in models if m.status == "current"), None),
             "training_runs": {r[0]: r[1] for r in runs},
             "effort": effort_summary(effort_rows, s.names()), "events": n_events,
-            "suspects": self.suspects(),  # type: ignore[attr-defined]  (the suspects part)
-            "quality": self.quality_source(next((m.version for m in models if m.status == "current"), None)),
+            "suspects": self.suspects.suspects(),
+            "quality": self.quality.quality_source(next((m.version for m in models if m.status == "current"), None)),
         }
 
     def rank(self, by: str = DEFAULT_STRATEGY, seed: int = 0) -> List[dict]:
@@ -86,14 +94,8 @@ class Reports(WorkspaceBase):
         for c in todo:  # the ledger's model version is the one a quality model is filed under
             if isinstance(c["uncertainty"], dict):
                 c["uncertainty"] = dict(c["uncertainty"], model_version=c["latest_model_version"])
-        scorer = learned_scorer(self.quality_model)  # type: ignore[attr-defined]  (the quality-models part)
+        scorer = learned_scorer(self.quality.quality_model)
         return rank_cases(todo, by=by, scorer=scorer, rng=np.random.default_rng(seed))
-
-    def check(self, repair: bool = False) -> CheckReport:
-        return check_workspace(self, repair=repair)
-
-    def export(self, directory: PathLike, include_unlabelled: bool = False, progress: Optional[ProgressFn] = None) -> dict:
-        return export_workspace(self, Path(directory), include_unlabelled=include_unlabelled, progress=progress)
 
 
 def effort_summary(rows: Sequence[sqlite3.Row], names: List[str]) -> dict:

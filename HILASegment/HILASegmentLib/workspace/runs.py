@@ -12,10 +12,11 @@ import json
 import os
 import socket
 import sqlite3
+from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
 from ..ground.errors import HilaError
-from .base import WorkspaceBase, now
+from .base import Core, now
 from .files import link_escape
 from .records import QUALITIES, RUN_STATUSES, SnapshotItem, TrainingRun, dumps
 
@@ -34,20 +35,25 @@ _SNAPSHOT_SQL = ("SELECT c.correction_id, c.case_id, c.version, c.file AS label_
                  "k.name AS case_name FROM corrections c JOIN cases k ON k.case_id = c.case_id ")
 
 
-class Runs(WorkspaceBase):
+@dataclass(eq=False)
+class Runs:
+    """Training snapshots and runs (the ``running`` row is the one-run-at-a-time lock)."""
+
+    core: Core
+
     def _snap_item(self, r: sqlite3.Row) -> SnapshotItem:
         for what, rel in (("image", r["image_file"]), ("correction", r["label_file"])):
-            why = link_escape(self.root, rel)  # what a snapshot names is read by training: never outside
+            why = link_escape(self.core.root, rel)  # what a snapshot names is read by training: never outside
             if why:
                 raise HilaError(f"case {r['case_id']}: its stored {what} {rel} is outside the workspace ({why}); "
-                                f"nothing was read; `hila check {self.root}` lists what else is")
-        return SnapshotItem(r["case_id"], r["version"], self.root / r["image_file"], self.root / r["label_file"],
+                                f"nothing was read; `hila check {self.core.root}` lists what else is")
+        return SnapshotItem(r["case_id"], r["version"], self.core.root / r["image_file"], self.core.root / r["label_file"],
                             r["quality"], r["correction_id"], r["case_name"])
 
     def snapshot(self, qualities: Iterable[str] = QUALITIES) -> List[SnapshotItem]:
         """The latest correction of every case, read in one consistent transaction."""
         qs = list(qualities)
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             rows = con.execute(_SNAPSHOT_SQL + "WHERE c.version = (SELECT MAX(version) FROM corrections c2 "
                                "WHERE c2.case_id = c.case_id) ORDER BY k.seq").fetchall()
         return [self._snap_item(r) for r in rows if r["quality"] in qs]
@@ -60,7 +66,7 @@ class Runs(WorkspaceBase):
         for run_id in dead:
             con.execute("UPDATE training_runs SET status = 'failed', finished_at = ?, log = log || ? WHERE run_id = ?",
                         (now(), f"\n[{why}] its process is gone (killed or crashed)", run_id))
-            self._event(con, "train_recovered", f"run {run_id}", {"status": "failed", "by": why})
+            self.core.event(con, "train_recovered", f"run {run_id}", {"status": "failed", "by": why})
         return dead
 
     def start_training_run(self, snapshot: Optional[Sequence[SnapshotItem]] = None, parent_model: Optional[int] = None) -> int:
@@ -69,11 +75,11 @@ class Runs(WorkspaceBase):
         Refuses (one line) while another run on this workspace is alive; closes a dead holder first.
         """
         snapshot = self.snapshot() if snapshot is None else list(snapshot)
-        with self.ledger.write() as con:
+        with self.core.ledger.write() as con:
             self.recover_dead_runs(con, "recovery at the next run's start")
             held = con.execute("SELECT run_id, host, pid, started_at FROM training_runs WHERE status = 'running'").fetchone()
             if held is not None:
-                raise HilaError(f"{self.root}: training run {held[0]} (process {held[2]} on {held[1]}, started "
+                raise HilaError(f"{self.core.root}: training run {held[0]} (process {held[2]} on {held[1]}, started "
                                 f"{held[3][:19]}) is still running; one training run at a time per workspace")
             ids = []
             for it in snapshot:
@@ -90,14 +96,14 @@ class Runs(WorkspaceBase):
             run_id = cur.lastrowid
             for cid in sorted(set(ids)):
                 con.execute("INSERT INTO training_snapshot VALUES (?, ?)", (run_id, cid))
-            self._event(con, "train_start", f"run {run_id}", {"corrections": sorted(set(ids)), "parent_model": parent_model})
+            self.core.event(con, "train_start", f"run {run_id}", {"corrections": sorted(set(ids)), "parent_model": parent_model})
         return int(run_id)
 
     def training_run(self, run_id: int) -> TrainingRun:
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             r = con.execute("SELECT * FROM training_runs WHERE run_id = ?", (int(run_id),)).fetchone()
             if r is None:
-                raise HilaError(f"{self.root}: unknown training run {run_id}")
+                raise HilaError(f"{self.core.root}: unknown training run {run_id}")
             items = con.execute(_SNAPSHOT_SQL + "JOIN training_snapshot s ON s.correction_id = c.correction_id "
                                 "WHERE s.run_id = ? ORDER BY k.seq, c.version", (int(run_id),)).fetchall()
         return TrainingRun(r["run_id"], r["status"], [self._snap_item(i) for i in items], r["parent_model"],
@@ -105,7 +111,7 @@ class Runs(WorkspaceBase):
                            r["started_at"], r["finished_at"], r["host"], r["pid"])
 
     def training_runs(self) -> List[TrainingRun]:
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             ids = [r[0] for r in con.execute("SELECT run_id FROM training_runs ORDER BY run_id")]
         return [self.training_run(i) for i in ids]
 
@@ -114,15 +120,15 @@ class Runs(WorkspaceBase):
         """Close a running training run as done, cancelled or failed, with its metrics and log."""
         if status not in RUN_STATUSES or status == "running":
             raise HilaError(f"training run status {status!r}: use done, cancelled or failed")
-        with self.ledger.write() as con:
+        with self.core.ledger.write() as con:
             r = con.execute("SELECT status FROM training_runs WHERE run_id = ?", (int(run_id),)).fetchone()
             if r is None:
-                raise HilaError(f"{self.root}: unknown training run {run_id}")
+                raise HilaError(f"{self.core.root}: unknown training run {run_id}")
             if r[0] != "running":
                 raise HilaError(f"training run {run_id} is already {r[0]}")
             if model_version is not None and not con.execute("SELECT 1 FROM models WHERE version = ?",
                                                              (int(model_version),)).fetchone():
-                raise HilaError(f"{self.root}: unknown model version {model_version}")
+                raise HilaError(f"{self.core.root}: unknown model version {model_version}")
             con.execute("UPDATE training_runs SET status = ?, metrics = ?, model_version = ?, log = ?, finished_at = ? "
                         "WHERE run_id = ?", (status, dumps(metrics or {}), model_version, log or "", now(), int(run_id)))
-            self._event(con, "train_end", f"run {run_id}", {"status": status, "model_version": model_version})
+            self.core.event(con, "train_end", f"run {run_id}", {"status": status, "model_version": model_version})

@@ -7,17 +7,23 @@ case's latest correction count (:meth:`Suspects.suspects`), so re-reviewing a ca
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import List, Sequence, Set, Tuple
 
-from .base import WorkspaceBase, now
+from .base import Core, now
 from .records import dumps
 
 
-class Suspects(WorkspaceBase):
+@dataclass(eq=False)
+class Suspects:
+    """Flags on corrections that disagree far more than their peers."""
+
+    core: Core
+
     def flag_suspects(self, flagged: Sequence[dict], run_id=None, model_version=None) -> int:
         """Record flags for ``flagged`` (dicts with case_id, correction_version, dice, reason); returns how many."""
         n = 0
-        with self.ledger.write() as con:
+        with self.core.ledger.write() as con:
             for f in flagged:
                 row = con.execute("SELECT correction_id FROM corrections WHERE case_id = ? AND version = ?",
                                   (str(f["case_id"]), int(f["correction_version"]))).fetchone()
@@ -27,14 +33,14 @@ class Suspects(WorkspaceBase):
                             "scores, reason, created_at) VALUES (?,?,?,?,?,?,?,?)",
                             (row[0], str(f["case_id"]), int(f["correction_version"]), run_id, model_version,
                              dumps(f.get("dice") or {}), str(f.get("reason", "")), now()))
-                self._event(con, "suspect", f"{f['case_id']} v{f['correction_version']}",
+                self.core.event(con, "suspect", f"{f['case_id']} v{f['correction_version']}",
                             {"run_id": run_id, "model_version": model_version, "reason": f.get("reason")})
                 n += 1
         return n
 
     def suspects(self) -> List[dict]:
         """Flags standing on each case's latest correction (one per case: the latest flag), by case order."""
-        with self.ledger.read() as con:
+        with self.core.ledger.read() as con:
             rows = con.execute(
                 "SELECT s.*, c.quality, k.name FROM suspects s JOIN corrections c ON c.correction_id = s.correction_id "
                 "JOIN cases k ON k.case_id = s.case_id WHERE s.correction_version = (SELECT MAX(version) FROM "

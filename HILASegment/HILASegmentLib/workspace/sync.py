@@ -108,7 +108,7 @@ def _pull_objects(ws: "Workspace", server: Server, study_uid: str, objects: Sequ
 
 def own_sop_uids(ws: "Workspace") -> set:
     """The SOP UIDs of the SEGs this workspace writes for its corrections (see ``Dicom.export_dicom``)."""
-    return {ws._uid(c.case_id, str(c.correction_id), "seg", "instance") for c in ws.corrections()}
+    return {ws.parts.dicom.uid(c.case_id, str(c.correction_id), "seg", "instance") for c in ws.corrections()}
 
 
 def push(ws: "Workspace", url: str, cases: Optional[Sequence[str]] = None,
