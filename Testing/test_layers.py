@@ -45,6 +45,25 @@ def test_the_check_finds_an_upward_import_an_annotation_cycle_and_an_unplaced_mo
     assert "HILASegmentLib.newpart: in no layer of the table" in check_imports.upward(edges, layers)
 
 
+def test_a_loop_through_a_packages_init_is_a_cycle(tmp_path):
+    """``export`` names the package's ``Workspace`` for an annotation while the package's ``__init__`` re-exports
+    ``api``, which imports ``export``: a loop through the ``__init__``, the annotation loop the house pass removed."""
+    pkg = tmp_path / "HILASegmentLib"
+    files = {
+        "__init__.py": "",
+        "workspace/__init__.py": "from .api import Workspace\n",
+        "workspace/api.py": "from .export import run\nclass Workspace:\n    pass\n",
+        "workspace/export.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import Workspace\n"
+                               "def run(ws: 'Workspace'):\n    pass\n",
+    }
+    for rel, text in files.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    edges, _ = check_imports.graph(check_imports.modules(pkg))
+    assert check_imports.cycles(edges) == [["HILASegmentLib.workspace", "HILASegmentLib.workspace.api",
+                                            "HILASegmentLib.workspace.export"]]
+
+
 def test_the_script_runs_as_ci_runs_it():
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_imports.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,4 +1,4 @@
-"""The learned quality model (qualitymodel.py, workspace/qualitymodels.py) and `hila rank --by/--review-budget`.
+"""The learned quality model (quality/learned.py, workspace/qualitymodels.py) and `hila rank --by/--review-budget`.
 
 Real data: the three pelvic CTs predicted by the CT starter and corrected with their manual contours.
 """

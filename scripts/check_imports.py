@@ -110,8 +110,9 @@ def graph(known: Dict[str, Path]):
         imports = sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))), key=lambda n: n.lineno)
         for node in imports:
             for t in targets(mod, path.name == "__init__.py", node, known):
-                # a package and its own submodules are one unit (an __init__ may re-export its modules)
-                if t != mod and not mod.startswith(t + ".") and not t.startswith(mod + "."):
+                # every import is an edge, a package's __init__ importing its own submodules and a submodule
+                # importing its package's __init__ included: a loop through an __init__ is a loop too
+                if t != mod:
                     edges[mod].add(t)
             if id(node) in in_function:
                 line = lines[node.lineno - 1]

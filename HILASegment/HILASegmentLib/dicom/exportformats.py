@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..ground.registry import Registry
+from ..ground.namedregistry import NamedRegistry
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ExportFormat:
     write: Callable[..., Any]
 
 
-EXPORT_FORMATS: Registry[ExportFormat] = Registry()
+EXPORT_FORMATS: NamedRegistry[ExportFormat] = NamedRegistry()
 register = EXPORT_FORMATS.register  # one line per format, below
 
 

@@ -38,7 +38,7 @@ from .segmentation import (
     slicer_geometry_string,
 )
 from .terminology import with_entry
-from .voxelgrid import ijk_to_lps
+from .voxelgrid import grid_of, ijk_to_lps
 
 # Header fields that describe the axes; they are recomputed from the voxels, never copied through.
 _AXIS_FIELDS = {
@@ -181,12 +181,14 @@ def read_seg_nrrd(path: Path) -> Segmentation:
     else:
         sp = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), float)[-3:]
         sd = np.diag(np.where(np.isfinite(sp), sp, 1.0))
-    sd = sd * flip[None, :]
-    origin = np.asarray(header.get("space origin", [0.0, 0.0, 0.0]), float) * flip
-    spacing = np.linalg.norm(sd, axis=1)
-    if np.any(spacing <= 0):
-        raise HilaError(f"{path}: a zero-length axis in space directions")
-    direction = (sd / spacing[:, None]).T  # columns = axis directions
+    m = np.eye(4)  # the IJK -> LPS matrix the header states (space directions rows are the axis vectors)
+    m[:3, :3] = (sd * flip[None, :]).T
+    m[:3, 3] = np.asarray(header.get("space origin", [0.0, 0.0, 0.0]), float) * flip
+    try:
+        origin, spacing, direction = grid_of(m)  # the engine's one IJK <-> LPS
+    except ValueError:
+        raise HilaError(f"{path}: a zero-length axis in space directions") from None
+    direction = np.asarray(direction).reshape(3, 3)
     layers = []
     for arr in layers_arr:
         top = int(arr.max()) if arr.size else 0

@@ -47,7 +47,7 @@ class PredictionSummary:
     #: Expected Dice of the whole prediction (mean over labels); higher means less need of review.
     predicted_dice: Optional[float] = None
     predicted_dice_source: Optional[str] = None
-    #: The prediction's features for the learned quality model (``qualitymodel.prediction_features``).
+    #: The prediction's features for the learned quality model (``quality.learned.prediction_features``).
     quality_features: Optional[Dict[str, float]] = None
     providers: Optional[List[str]] = None
     extra: Dict[str, Any] = field(default_factory=dict)

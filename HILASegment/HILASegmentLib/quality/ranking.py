@@ -16,9 +16,6 @@ from ..ground.errors import HilaError
 from ..inference.summary import PredictionSummary
 from . import strategies
 
-#: What ``rank`` can order by (the registry's names: ``strategies.STRATEGIES``).
-RANK_BY = tuple(strategies.STRATEGIES)
-
 
 def review_need(summary: Optional[PredictionSummary], by: str = strategies.DEFAULT,
                 predicted_dice: Optional[float] = None) -> Optional[float]:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ..ground.registry import Registry
+from ..ground.namedregistry import NamedRegistry
 
 if TYPE_CHECKING:  # annotations only
     from ..inference.summary import PredictionSummary
@@ -35,7 +35,7 @@ class Strategy:
     reads_predictions: bool = True  # False: needs no prediction at all (the simulator predicts nothing for it)
 
 
-STRATEGIES: Registry[Strategy] = Registry()
+STRATEGIES: NamedRegistry[Strategy] = NamedRegistry()
 #: What ``hila rank``, the workspace and Slicer's Next case use unless told otherwise.
 DEFAULT = "quality"
 

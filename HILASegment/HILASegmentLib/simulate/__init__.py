@@ -5,12 +5,3 @@ effort model) -> selection (which cases next: the product's ranking strategies +
 resume, baseline) -> report (files, figure).
 """
 
-
-def registrar(table: dict):
-    """``register = registrar(TABLE)``; then ``@register("name")`` adds a function to TABLE under that name."""
-    def register(name: str):
-        def deco(fn):
-            table[name] = fn
-            return fn
-        return deco
-    return register

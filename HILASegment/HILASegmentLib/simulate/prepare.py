@@ -5,7 +5,6 @@ the cohort's images and merged references written into RUN/cases (``materialise`
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..formats.imageio import write_image
 from ..ground.errors import HilaError
 from ..ground.paths import check_outputs
 from ..inference import boxassist
@@ -142,9 +142,9 @@ def prepare(cfg: SimConfig) -> dict:
         resume = True
     modality = appearance["modality"] if appearance else _guess_modality(cases[0].image)
     if cfg.model:  # the run's workspace starts from it: a model of another modality or labels is refused now
-        from ..workspace.api import _resolve_model  # the workspace tier, as open_workspace imports it
+        from ..workspace.api import resolve_workspace_model  # the workspace tier, loaded only with --model
 
-        _resolve_model(str(cfg.model), modality, [name for name, _ in spec])
+        resolve_workspace_model(str(cfg.model), modality, [name for name, _ in spec])
     rng = np.random.default_rng(cfg.seed)
     order = [cases[i] for i in rng.permutation(len(cases))]
     test = sorted(order[: cfg.test], key=lambda c: c.case)
@@ -193,7 +193,5 @@ def materialise(run: Path, cfg: SimConfig, plan: dict) -> float:
         ref = sitk.GetImageFromArray(co.merge_labels(sitk.GetArrayFromImage(lab), plan["spec"]))
         ref.CopyInformation(lab)
         for im, p in ((ref, ref_p), (img, img_p)):
-            tmp = p.with_name("tmp_" + p.name)
-            sitk.WriteImage(im, str(tmp), True)
-            os.replace(tmp, p)
+            write_image(im, p)  # the product's one durable image write
     return time.perf_counter() - t0

@@ -31,7 +31,7 @@ the longest chord perpendicular to it) in the slice where the organ is largest, 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,8 +41,8 @@ from ..formats import weak
 from ..formats.voxelgrid import index_to_lps
 from ..ground import metrics
 from ..ground.errors import HilaError
+from ..ground.namedregistry import NamedRegistry
 from ..inference import boxassist
-from . import registrar
 
 #: what ``tolerant`` charges for a touched slice, recorded in a run's config.json (a run made under the older
 #: whole-contour model, now ``redraw``, is refused on resume rather than continued under another effort model)
@@ -63,10 +63,10 @@ WEAK_MARKS = ("box", "lines", "mixed")  # --weak-marks: every label boxed, every
 #: image (SimpleITK, the reference's grid), labels ((value, name) pairs), rng and marks (WEAK_MARKS), which
 #: only the weak corrector reads. A corrector whose effort has ``marks`` is submitted by its marks
 #: (Workspace.submit_marks, quality weak).
-CORRECTORS: Dict[str, Callable] = {}
+CORRECTORS: NamedRegistry[Callable] = NamedRegistry()
 
 
-register_corrector = registrar(CORRECTORS)  # ``@register_corrector("weak")`` makes ``--corrector weak`` available
+register_corrector = CORRECTORS.under  # ``@register_corrector("weak")`` makes ``--corrector weak`` available
 
 
 def slice_axis(spacing_zyx) -> int:

@@ -17,14 +17,14 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from ..ground.namedregistry import NamedRegistry
 from ..quality import strategies as ranking_strategies
 from ..quality.ranking import learned_scorer, rank_cases
-from . import registrar
 
 #: The simulator's own choices (no user runs them); every other name comes from the product's registry.
-OWN: Dict[str, Callable] = {}
+OWN: NamedRegistry[Callable] = NamedRegistry()
 
-register = registrar(OWN)
+register = OWN.under
 
 
 def draw(candidates: List[str], k: int, rng: np.random.Generator, ctx=None) -> List[str]:

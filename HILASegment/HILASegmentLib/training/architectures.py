@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..ground.errors import HilaError
-from ..ground.registry import Registry
+from ..ground.namedregistry import NamedRegistry
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Architecture:
     divisor: Callable[[dict], int] = lambda arch: 2 ** len(arch.get("strides", [2, 2, 2]))
 
 
-ARCHITECTURES: Registry[Architecture] = Registry()
+ARCHITECTURES: NamedRegistry[Architecture] = NamedRegistry()
 register = ARCHITECTURES.register  # one line per architecture, below
 
 

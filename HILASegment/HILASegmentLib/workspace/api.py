@@ -245,7 +245,7 @@ class Workspace:
                 raise HilaError(f"{root}: folder is not empty and not a workspace; give a new or empty folder")
             for entry in root.iterdir():  # only what an interrupted `hila init` writes: start over
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        resolved = _resolve_model(model, modality, names) if model else None
+        resolved = resolve_workspace_model(model, modality, names) if model else None
         if names is None:
             if resolved is None:
                 raise HilaError("labels: give --labels NAME[,NAME...] (or --model with a model card)")
@@ -361,7 +361,7 @@ def _interrupted_init(root: Path) -> bool:
     return True
 
 
-def _resolve_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, ModelCard]:
+def resolve_workspace_model(model: str, modality: str, names: Optional[List[str]]) -> Tuple[Path, ModelCard]:
     """The model file and its card, refused when its modality or labels differ from the workspace's."""
     onnx_path, card = resolve_model(model)
     card_mod = card.modality.upper()

@@ -9,13 +9,20 @@ from .errors import HilaError
 T = TypeVar("T")
 
 
-class Registry(Dict[str, T]):
+class NamedRegistry(Dict[str, T]):
     """``name -> entry`` (an entry has a ``name``); a plain dict to read, in registration order."""
 
     def register(self, entry: T) -> T:
         """Add ``entry`` under its name (one line per entry in the registry's module)."""
         self[getattr(entry, "name")] = entry
         return entry
+
+    def under(self, name: str) -> Callable[[T], T]:
+        """``@TABLE.under("name")``: a decorator adding a function (which has no ``name`` of its own) under ``name``."""
+        def deco(fn: T) -> T:
+            self[name] = fn
+            return fn
+        return deco
 
     def lookup(self, name, refusal: Callable[[List[str]], str]) -> T:
         """The entry called ``name``; otherwise a HilaError whose line ``refusal(known names)`` writes."""
