@@ -19,8 +19,9 @@ from HILASegmentSlicerLib import logic as logicmodule  # noqa: E402
 from HILASegmentSlicerLib.processrunner import ProcessRunner  # noqa: E402
 
 MODEL = ROOT / "HILASegment" / "Resources" / "Models" / "hila_tiny_test.onnx"
-_REGISTER = ("import sys\nfrom HILASegmentLib.workspace import Workspace\nws = Workspace.open(sys.argv[1])\n"
-             "ws.add_model(sys.argv[2], {'name': 'selftest-stand-in'}, parent=ws.current_model().version)\nws.close()\n")
+_REGISTER = ("import sys\nfrom HILASegmentLib.models.modelcard import read_card\n"
+             "from HILASegmentLib.workspace import Workspace\nws = Workspace.open(sys.argv[1])\n"
+             "ws.add_model(sys.argv[2], read_card(sys.argv[2]), parent=ws.current_model().version)\nws.close()\n")
 
 
 def test_the_self_tests_race_accept_weak_and_train_steps_pass_on_real_nodes(rs, logic, tmp_path, monkeypatch):
