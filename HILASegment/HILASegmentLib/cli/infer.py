@@ -71,6 +71,9 @@ def _summary_line(summary: dict, out: str) -> str:
     w = summary["windows"]
     if not any(lab["voxels"] for lab in summary["labels"]):
         parts = ["empty result: the model found none of its labels in this image"]
+    agree = (summary.get("quality_features") or {}).get("assistant_agreement")
+    if agree is not None:  # --second-opinion
+        parts.append(f"second opinion (box assistant) agrees {agree:.2f}")
     return (f"{'; '.join(parts)} | model {summary['model']} v{summary['model_version']}, {w} window{'s' * (w != 1)}, "
             f"{summary['seconds']:.1f} s (ONNX {summary['seconds_onnx']:.1f} s) -> {out}")
 

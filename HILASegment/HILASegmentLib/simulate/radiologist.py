@@ -209,8 +209,10 @@ def box_assisted(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: f
         step = np.asarray([sp2d[1], sp2d[0], sp2d[1], sp2d[0]], float)  # x (columns), y (rows) pixel sizes
         grow = rng.normal(0.0, BOX_JITTER_MM, 4) / step  # as place_box: each side moved outwards by N(0, sd)
         h, w = r2d.shape
-        rect = (max(0, int(round(cols.min() - grow[0]))), max(0, int(round(rows.min() - grow[1]))),
-                min(w - 1, int(round(cols.max() + grow[2]))), min(h - 1, int(round(rows.max() + grow[3]))))
+        x0, y0 = max(0, int(round(cols.min() - grow[0]))), max(0, int(round(rows.min() - grow[1])))
+        x1, y1 = min(w - 1, int(round(cols.max() + grow[2]))), min(h - 1, int(round(rows.max() + grow[3])))
+        # as place_box: never thinner than one pixel (sides jittered inwards past each other on a tiny slice)
+        rect = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         return assistant.segment_slice(np.take(norm, k, axis=ax), rect)
 
     label, eff = _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=False, boxer=boxer)
