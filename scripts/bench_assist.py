@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                 ell = weak.box_mask(image, box)
                 speed["ellipsoid_s"].append(time.perf_counter() - t)
                 rows.append({"case": case, "organ": organ, "marks": kind, "builder": "ellipsoid", "dice": dice(ell, ref)})
-                for prompt in (assist.PROMPTS if kind == "tight box" else ("ellipse", "box")):
+                for prompt in (assist.PROMPTS if kind == "tight box" else ("box", "ensemble", "ellipse")):
                     enc0, t = a.encoded, time.perf_counter()
                     m = a.segment(image, box, prompt=prompt)
                     dt, n_enc = time.perf_counter() - t, a.encoded - enc0

@@ -174,11 +174,15 @@ def box_to_256(prep: Prepared, box_xyxy: Sequence[float]) -> np.ndarray:
     return np.floor(np.asarray(box_xyxy, np.float64) * prep.ratio).astype(np.float32)
 
 
-def postprocess(logits256: np.ndarray, prep: Prepared) -> np.ndarray:
-    """The decoder's 256x256 logits -> a boolean mask of the slice (crop, bilinear resize, logit > 0)."""
+def postprocess_logits(logits256: np.ndarray, prep: Prepared) -> np.ndarray:
+    """The decoder's 256x256 logits on the slice's grid (crop, bilinear resize)."""
     crop = np.asarray(logits256, np.float64)[:prep.new_h, :prep.new_w]
-    full = _linear_matrix(prep.new_h, prep.height) @ crop @ _linear_matrix(prep.new_w, prep.width).T
-    return full > 0
+    return _linear_matrix(prep.new_h, prep.height) @ crop @ _linear_matrix(prep.new_w, prep.width).T
+
+
+def postprocess(logits256: np.ndarray, prep: Prepared) -> np.ndarray:
+    """The decoder's 256x256 logits -> a boolean mask of the slice (logit > 0, as upstream)."""
+    return postprocess_logits(logits256, prep) > 0
 
 
 def intensity_0_255(volume: np.ndarray, modality: str) -> np.ndarray:
@@ -248,7 +252,7 @@ def block_mask(image: sitk.Image, box_lps: Sequence[float]) -> np.ndarray:
 #: tight boxes on every organ and from jittered boxes on bladder and rectum, but loses on jittered prostate boxes and
 #: on lines; over all nine organ x mark rows the two are level (mean 0.665 vs 0.668), so ``box`` stays the default.
 #: Propagation drifts at the organ's ends.
-PROMPTS = ("box", "ellipse", "propagate")
+PROMPTS = ("box", "ensemble", "ellipse", "propagate")
 
 
 class Sessions:
@@ -308,10 +312,19 @@ class Assistant:
             self._cache.popitem(last=False)
         return prep, emb
 
-    def segment_slice(self, slice_255: np.ndarray, box_xyxy: Sequence[int]) -> np.ndarray:
-        """The boolean mask (the slice's shape) of one box (first/last column, first/last row), inside the box."""
+    def slice_logits(self, slice_255: np.ndarray, box_xyxy: Sequence[int]) -> np.ndarray:
+        """The decoder's logits of one box (first/last column, first/last row) on the slice's own grid."""
         prep, emb = self._embedding(slice_255)
-        mask = postprocess(self.sessions.decode(emb, box_to_256(prep, box_xyxy)), prep)
+        return postprocess_logits(self.sessions.decode(emb, box_to_256(prep, box_xyxy)), prep)
+
+    def segment_slice(self, slice_255: np.ndarray, box_xyxy: Sequence[int],
+                      also: Optional[Sequence[int]] = None) -> np.ndarray:
+        """The boolean mask (the slice's shape) of one box, inside the box; with ``also`` (a second box on the same
+        slice), the mean of the two prompts' logits (one encoding, two decoder runs), kept inside the first."""
+        logits = self.slice_logits(slice_255, box_xyxy)
+        if also is not None:
+            logits = (logits + self.slice_logits(slice_255, also)) / 2
+        mask = logits > 0
         x0, y0, x1, y1 = (int(v) for v in box_xyxy)
         keep = np.zeros_like(mask)
         keep[y0:y1 + 1, x0:x1 + 1] = True
@@ -323,7 +336,8 @@ class Assistant:
         a time. ``prompt``: ``ellipse`` prompts each slice with the bounding rectangle of the section of the
         ellipsoid inscribed in the box (the ellipsoid builder's), grown by 2 pixels, so that the organ's end
         slices get the small box an organ's end needs (slices the ellipsoid misses stay empty); ``box`` prompts
-        every slice with the box's rectangle; ``propagate`` (upstream's 3-D recipe) prompts the middle slice with
+        every slice with the box's rectangle; ``ensemble`` averages the logits of those two prompts on each slice
+        (one encoding, two decoder runs; slices the ellipsoid misses stay empty); ``propagate`` (upstream's 3-D recipe) prompts the middle slice with
         it and each further slice with its neighbour's mask's bounding rectangle grown by 3 pixels of the 256
         frame (kept inside the box; the box's rectangle where the neighbour is empty)."""
         if prompt not in PROMPTS:
@@ -339,12 +353,13 @@ class Assistant:
         mid = (k0 + k1) // 2
         order = [(mid, None)] + [(k, k - 1) for k in range(mid + 1, k1 + 1)] + \
             [(k, k + 1) for k in range(mid - 1, k0 - 1, -1)] if prompt == "propagate" else [(k, None) for k in range(k0, k1 + 1)]
-        sections = _ellipsoid_sections(image, box_lps) if prompt == "ellipse" else None
+        sections = _ellipsoid_sections(image, box_lps) if prompt in ("ellipse", "ensemble") else None
         for n, (k, prev) in enumerate(order):
             if sections is not None:
                 box = grown_rect(sections[k], rect, norm[k].shape, grow=2)
                 if sections[k].any():
-                    out[k] = self.segment_slice(norm[k], box)
+                    out[k] = self.segment_slice(norm[k], rect, also=box) if prompt == "ensemble" else \
+                        self.segment_slice(norm[k], box)
             else:
                 box = rect if prev is None else grown_rect(out[prev], rect, norm[k].shape)
                 out[k] = self.segment_slice(norm[k], box)
