@@ -53,6 +53,9 @@ def register(sub, parent) -> None:
                    help="--baseline's training minutes (default: the loop's total training time; give more for a "
                    "full-supervision ceiling trained to convergence)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
+    p.add_argument("--warm-start", default="auto", choices=["auto", "none"],
+                   help="auto: the first own network distils a --model preset (e.g. taps) on the imported cases "
+                        "before the corrections (hila train --init distill); none: it trains on the corrections alone")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
                    help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default %(default)s)")
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
@@ -73,7 +76,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(out=args.out, cohort=args.cohort, synthetic=args.synthetic, appearance=args.appearance,
                     labels=args.labels, test=args.test, initial=args.initial, per_round=args.per_round,
                     rounds=args.rounds, train_minutes=args.train_minutes, train_steps=args.train_steps,
-                    train_budget=args.train_budget, config=args.config, arch=args.arch,
+                    train_budget=args.train_budget, config=args.config, arch=args.arch, warm_start=args.warm_start,
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
                     ignore_band=args.ignore_band,

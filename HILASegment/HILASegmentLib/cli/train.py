@@ -31,8 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
                    help="auto promotes only with at least this many gate corrections that neither model was "
                         "trained on (default %(default)s; held out from training, about 20%% once there are more than 10)")
-    p.add_argument("--init", default="auto", choices=["auto", "scratch", "imported"],
-                   help="auto: fine-tune the current version's weights, or train from scratch when there are none; "
+    p.add_argument("--init", default="auto",  # checked by TrainOptions (training.run.INITS)
+                   help="auto: fine-tune the current version's weights; where there are none, distil an imported "
+                        "preset (e.g. taps) whose labels and modality fit, else train from scratch; "
+                        "distill: a fresh network first learns the current model's predictions on every imported "
+                        "case, then the corrections; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="a new model's configuration: auto (default) plans 3d_lowres on a CPU and 3d_fullres on a GPU, "

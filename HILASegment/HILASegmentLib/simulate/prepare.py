@@ -51,6 +51,7 @@ class SimConfig:
     baseline: bool = False
     baseline_minutes: Optional[float] = None  # None: the loop's total training time (time-matched)
     model: Optional[str] = None
+    warm_start: str = "auto"         # hila train's teacher: auto (a --model preset is distilled) | none (it never is)
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
@@ -68,7 +69,7 @@ class SimConfig:
         for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
                            ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None),
-                           ("arch", None)):
+                           ("arch", None), ("warm_start", "auto")):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):

@@ -79,6 +79,7 @@ class Simulation:
         self._images: Dict[str, sitk.Image] = {}
         self._refs: Dict[str, np.ndarray] = {}
         self.spacing_zyx: Dict[str, tuple] = {}
+        self.teach_on: Optional[List[str]] = None  # the case IDs a teacher (--model preset) may label
 
     # ---------------------------------------------------------------- data (read once, kept in memory)
     def image(self, name: str) -> sitk.Image:
@@ -128,6 +129,7 @@ class Simulation:
         steps = self.cfg.train_steps
         opts = TrainOptions(max_minutes=None, train_minutes=None if steps else minutes, device=self.cfg.device,
                             promote=promote, init=init, config=self.cfg.config, arch=self.cfg.arch, steps=steps, threads=self.cfg.threads,
+                            teacher=self.cfg.warm_start, teacher_cases=self.teach_on,
                             seed=self.cfg.seed + rnd, gate_margin=self.cfg.gate_margin,
                             gate_min_cases=self.cfg.gate_min_cases, ignore_band=self.cfg.ignore_band)
         total = self.cfg.rounds + 1
@@ -245,6 +247,7 @@ class Simulation:
         full = sum(rad.draw_from_scratch(self.reference(n), self.spacing_zyx[n])["seconds"] for n in pool)
         self.ws = ws = self.open_workspace(run / "workspace", cfg.model)
         ids = self.import_cases(ws, pool + [c.case for c in plan["test"]])
+        self.teach_on = [ids[n] for n in pool]  # a teacher labels the pool only: the test cases stay unseen
         for rnd in range(len(rounds), cfg.rounds + 1):
             rec = self.one_round(rnd, rounds, pool, ids, full)
             if rec is None:

@@ -16,7 +16,7 @@ from ..ground.errors import HilaError
 from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord
 from ..models.modelcard import LabelInfo, ModelCard, read_card
 from ..workspace.records import SnapshotItem
-from . import architectures, budget
+from . import architectures, budget, distill
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
@@ -35,6 +35,7 @@ class Start:
     plan: Optional[dict] = None    # the planned recipe (fresh models only)
     optimizer: Optional[dict] = None  # the parent round's optimiser state (fine-tuning its checkpoint)
     origin: Optional[object] = None   # the model whose weights it continues (a ModelRecord), None for a fresh one
+    teacher: Optional[object] = None  # a fresh network's teacher (distill.Teacher): its labels first, then corrections
     own: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateabl
     (``--init imported``), or start a fresh U-Net on a recipe planned from the corrections."""
     settings = ws.settings
     names = [lab.name.lower() for lab in settings.labels]
-    if current is not None and opts.init == "auto":
+    if current is not None and opts.init == "auto":  # (a model with no checkpoint of its own falls through)
         current = line_head(ws, current, gateable)
         cur_card = current.card
         if current.checkpoint_path is not None and Path(current.checkpoint_path).exists() \
@@ -119,7 +120,30 @@ def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateabl
                        configuration=configuration, why=why)
     base = planned_base(settings, rec)
     fits(ws, snapshot, arch, base, opts, spacing=opts.spacing, batch=rec["batch_size"])  # before the network is built: 4096 channels allocate gigabytes at once
-    return Start("scratch", base, arch, nw.build_network(arch), False, plan=rec)
+    teacher = _teacher(current, settings, opts.init, getattr(opts, "teacher", "auto"))
+    init = "scratch" if teacher is None else \
+        f"distill v{teacher.version} ({teacher.record.card.name}), then the corrections"
+    return Start(init, base, arch, nw.build_network(arch), False, plan=rec, teacher=teacher)
+
+
+def _teacher(current, settings, init: str, teacher: str = "auto") -> Optional[distill.Teacher]:
+    """The current model as a fresh network's teacher: always for ``--init distill`` (HilaError naming a card that
+    does not fit), for ``auto`` when it is a pretrained model of another family (an imported preset such as TAPS,
+    which cannot be fine-tuned in CPU minutes) whose card fits, unless ``teacher`` is ``none``; never for
+    ``scratch``."""
+    if init == "distill":
+        if current is None:
+            raise HilaError("--init distill needs a current model to learn from (hila init --model, e.g. taps)")
+        return distill.teacher_of(current, settings)
+    if init != "auto" or current is None or teacher == "none":
+        return None
+    family = architectures.ARCHITECTURES.get((current.card.architecture or {}).get("name"))
+    if family is not None and family.own:
+        return None
+    try:
+        return distill.teacher_of(current, settings)
+    except HilaError:
+        return None
 
 
 def planned_base(settings, rec: dict) -> ModelCard:
@@ -190,7 +214,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot: Sequ
         quality_weights=dict(QUALITY_WEIGHTS, **(opts.quality_weights or {})),
         ignore_band=dict(IGNORE_BAND) if opts.ignore_band else None,
         checkpoint=CheckpointChoice(rule="last weights (no checkpoint chosen on validation data)", chosen_on=[]),
-        recipe=start.plan or {"inherited_from": start.init})
+        recipe=start.plan or {"inherited_from": start.init}, distill=getattr(res, "distill", None))
     return ModelCard(
         name=f"hila-{settings.modality.lower()}-{'unet' if start.own else 'finetuned'}",
         version=int(version),

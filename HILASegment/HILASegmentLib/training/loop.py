@@ -64,6 +64,7 @@ class LoopResult:
     precision: str = "float32"          # what the forward pass ran in (float16 / bfloat16 under autocast)
     history: List[dict] = field(default_factory=list)
     trainable_parameters: int = 0
+    distill: Optional[dict] = None      # a distilled start's teacher phase (training.run), recorded in the card
 
 
 def freeze_encoder(net: nn.Module) -> int:

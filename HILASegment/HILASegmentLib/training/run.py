@@ -15,9 +15,9 @@ import signal
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..models.modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
 from . import dataset as ds
-from . import ddp, gate
+from . import ddp, distill, gate
 from . import network as nw
 from . import onnxexport as ex
 from . import suspectscan as suspects
@@ -39,6 +39,8 @@ from .plan import choose_configuration as plan_config
 from .plan import family as plan_family
 from .plan import finetune_lr
 
+#: --init choices (TrainOptions.init)
+INITS = ("auto", "scratch", "imported", "distill")
 #: --precision choices (TrainOptions.precision)
 PRECISIONS = ("auto", "float32")
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
@@ -52,7 +54,10 @@ class TrainOptions:
     max_minutes: Optional[float] = 10.0
     device: str = "cpu"
     promote: str = "auto"
-    init: str = "auto"                 # auto (current checkpoint, else scratch) | scratch | imported (onnx2torch)
+    init: str = "auto"                 # auto (current checkpoint, else distil a preset, else scratch) | scratch |
+                                       # imported (onnx2torch) | distill (training.distill)
+    teacher: str = "auto"              # auto: ``init auto`` distils an imported preset; none: it never does
+    teacher_cases: Optional[List[str]] = None  # the cases a teacher labels (None: every imported case)
     config: str = "auto"               # a fresh model's configuration (plan.CONFIGURATIONS); auto: by device
     arch: Optional[str] = None         # a fresh model's network (architectures registry); None: the configuration's
     steps: Optional[int] = None        # cap on optimisation steps (tests, benchmarks)
@@ -89,8 +94,10 @@ class TrainOptions:
             raise HilaError(f"--promote {self.promote!r}: use auto, never or always")
         if self.precision not in PRECISIONS:
             raise HilaError(f"--precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
-        if self.init not in ("auto", "scratch", "imported"):
-            raise HilaError(f"--init {self.init!r}: use auto, scratch or imported")
+        if self.init not in INITS:
+            raise HilaError(f"--init {self.init!r}: use {', '.join(INITS)}")
+        if self.teacher not in ("auto", "none"):
+            raise HilaError(f"teacher {self.teacher!r}: use auto or none")
         configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
         plan_family(configuration, self.arch)  # an --arch unknown or unfit for it, too
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
@@ -270,11 +277,22 @@ class _Round:
             if group is not None and group.is_main:
                 group.barrier()
             self._tick("prepare_s", t)
+            teach: List[dict] = []
+            if self.start.teacher is not None:
+                t = time.monotonic()
+                teach = distill.teacher_cases(self.ws, self.start.teacher, prep, len(self.labels), cache,
+                                              threads=self.opts.threads, should_stop=self.flag,
+                                              case_ids=self.opts.teacher_cases,
+                                              progress=lambda f, m: _emit(self.progress, 0.01 * f, m, phase="prepare",
+                                                                          epoch=0, step=0, loss=None, val_dice=None,
+                                                                          seconds_left=None))
+                self.log.append(f"teacher v{self.start.teacher.version}: {len(teach)} case(s) labelled")
+                self._tick("teacher_s", t)
             cfg = self._loop_config(patch, n_scored=len(gate_items) or len(train_items))
             if group is not None:
                 cfg.processes = group.world
                 cfg.max_seconds = group.mean(cfg.max_seconds)  # one budget for all (startup times differ a little)
-            res = self._train(train, cfg)
+            res = self._train(train, cfg, teach)
             if group is not None and not group.is_main:
                 return {"worker": True, "rank": group.rank, "steps": res.steps, "final_loss": res.final_loss}
 
@@ -324,12 +342,30 @@ class _Round:
                           samples_per_case=min(2, batch), freeze=opts.freeze, amp=opts.precision == "auto",
                           data_path=recipe_data_path(self.start) if self.start.own else "monai")
 
-    def _train(self, train: List[dict], cfg):
+    def _train(self, train: List[dict], cfg, teach: Sequence[dict] = ()):
+        """The loop on the corrections; with a teacher's cases, first on those for :data:`distill.SHARE` of the
+        budget (and of a step cap), then on the corrections with the rest."""
         t = time.monotonic()
-        res = train_loop(self.start.net, train, len(self.labels) + 1, cfg,
-                         progress=lambda f, m, **rec: _emit(self.progress, 0.02 + 0.83 * f, m, **rec),
-                         should_stop=self.flag, sigmoid_single=self.start.sigmoid, group=self.group,
-                         optimizer_state=self.start.optimizer)
+        phases = [(train, cfg, 0.02, 0.83)]
+        first = None
+        if teach:
+            share = distill.SHARE
+            c1 = replace(cfg, max_seconds=cfg.max_seconds * share, max_steps=max(1, int(cfg.max_steps * share)))
+            c2 = replace(cfg, max_seconds=cfg.max_seconds * (1 - share), max_steps=max(1, cfg.max_steps - c1.max_steps))
+            phases = [(list(teach), c1, 0.02, 0.41), (train, c2, 0.43, 0.42)]
+        for cases, c, at, width in phases:
+            res = train_loop(self.start.net, cases, len(self.labels) + 1, c,
+                             progress=lambda f, m, **rec: _emit(self.progress, at + width * f, m, **rec),
+                             should_stop=self.flag, sigmoid_single=self.start.sigmoid, group=self.group,
+                             optimizer_state=self.start.optimizer)
+            if first is None and len(phases) > 1:
+                first = res
+                self.log.append(f"distilled {res.steps} steps in {res.seconds:.0f} s on {len(cases)} teacher case(s)")
+        if self.start.teacher is not None:  # a teacher that labelled nothing is said so, not passed over
+            res.distill = {"teacher_version": self.start.teacher.version, "cases": len(teach),
+                           "steps": first.steps if first else 0, "seconds": round(first.seconds, 1) if first else 0.0,
+                           "share": distill.SHARE if first else 0.0}
+            res.steps += first.steps if first else 0
         self.log.append(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stopped})")
         self._tick("train_s", t)
         return res
