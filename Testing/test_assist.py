@@ -185,8 +185,18 @@ def test_ellipse_prompt_gives_each_slice_its_section_of_the_box_ellipsoid(monkey
     area = [(r[2] - r[0]) * (r[3] - r[1]) for r in seen.values()]
     assert area[0] < max(area) and area[-1] < max(area)  # the ends are prompted with smaller boxes
     seen.clear()
-    a.segment(image, box)  # the default
+    a.segment(image, box, prompt="box")
     assert set(seen.values()) == {whole} and len(seen) == int(hi[2] - lo[2] + 1)
+    # the default, ensemble: each slice the ellipse prompts gets both prompts (the box's rectangle and its section's)
+    both = []
+    a.segment_slice = lambda sl, rect, also=None: both.append((tuple(int(v) for v in rect), also)) or \
+        np.zeros(sl.shape, bool)
+    seen.clear()
+    a.segment(image, box, prompt="ellipse")
+    ellipse_rects = [r for r, _ in both]
+    both.clear()
+    a.segment(image, box)
+    assert [r for r, _ in both] == [whole] * len(ks) and [tuple(int(v) for v in e) for _, e in both] == ellipse_rects
 
 
 def test_unknown_prompt_is_refused_before_the_assistant_loads(tmp_path, monkeypatch, capsys):

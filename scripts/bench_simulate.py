@@ -8,7 +8,9 @@ its runs must live outside the repository (only the table and one small figure a
     python scripts/bench_simulate.py report --runs /tmp/runs --figure docs/simulate_campaign.png
 
 Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below) and
-`ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts).
+`ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts), and
+`conv_warm_rotations` / `conv_scratch_rotations` (the convention shift: ProstateX whose reference is TAPS's output
+grown by 3 mm, from the TAPS preset, rounds of one corrected case; the first own network distils TAPS first, or not).
 
 `run` starts every run of a campaign that has no summary.json yet, one after another by default (learning
 figures are measured alone on the machine: parallel runs make a time budget lie; `--jobs N` runs N at once under
@@ -47,6 +49,9 @@ SYNTH = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--i
 #: Tiny real cohorts, one run per rotation (each case the test case once): rounds over the 2-case pool.
 TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "--strategy", "random", "--baseline",
         "--promote", "always"]  # a 2-case pool leaves nothing to gate with
+#: From the TAPS preset, 1 test case, rounds of 1 corrected case over the 2-case pool.
+CONV = ["--model", "taps", "--test", "1", "--initial", "0", "--per-round", "1", "--rounds", "2", "--strategy", "random",
+        "--promote", "always"]
 #: The real pelvic CTs (manual labels) and ProstateX T2 with TAPS's output as the reference (one series per
 #: patient: ProstateX-0001's two series would put the same prostate in the pool and the test split).
 REAL = {"ct": [(d.name, d / "ct.nii.gz", d / "labels_manual.nii.gz") for d in sorted((DATA / "pelvic_ct").glob("Pelvic-*"))],
@@ -59,7 +64,12 @@ CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              # reference's slices), and each case's effort carries what tolerant charges for the same proposal
              "synth_box": ["--strategy", "random", "--corrector", "box"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
-             "prostatex_rotations": ["--labels", "prostate=1", *TINY]}
+             "prostatex_rotations": ["--labels", "prostate=1", *TINY],
+             # the convention shift: ProstateX with TAPS's output grown by 3 mm as the reference (constructed,
+             # scripts/make_convention_cohort.py), starting from the TAPS preset, rounds of one corrected case;
+             # warm: the first own network distils TAPS on the pool first; scratch: the corrections alone
+             "conv_warm_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "auto"],
+             "conv_scratch_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "none"]}
 
 
 def rotation_seeds(n: int) -> List[int]:
@@ -69,7 +79,8 @@ def rotation_seeds(n: int) -> List[int]:
 
 
 def seeds_of(name: str) -> List[int]:
-    return rotation_seeds(len(REAL[name.split("_")[0]])) if name.endswith("_rotations") else list(SEEDS)
+    return rotation_seeds(len(REAL.get(name.split("_")[0], REAL["prostatex"]))) if name.endswith("_rotations") \
+        else list(SEEDS)
 
 
 def shapes_folder(runs: Path) -> Path:
@@ -85,6 +96,10 @@ def shapes_folder(runs: Path) -> Path:
 
 def manifest(runs: Path, kind: str) -> Path:
     """A ``--cohort`` CSV for a real cohort (absolute paths; simulate resolves relative ones against the CSV)."""
+    if kind == "conv":
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_convention_cohort.py"), str(runs / "conv")],
+                       check=True, stdout=subprocess.DEVNULL)
+        return runs / "conv" / "manifest.csv"
     path = runs / f"{kind}.csv"
     path.write_text("case,image,reference\n" + "".join(f"{c},{i},{r}\n" for c, i, r in REAL[kind]), encoding="utf-8")
     return path

@@ -30,11 +30,11 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default=None, help="name of the new segment (default: assist; with --replace: NAME)")
     p.add_argument("--seg", type=Path, default=None, help="an existing .seg.nrrd on the image's grid to edit")
     p.add_argument("--replace", default=None, metavar="NAME", help="with --seg: redraw this segment inside the box")
-    p.add_argument("--prompt", default=None, metavar="box|ellipse|propagate",
-                   help="box (default: every slice prompted with the box's rectangle), ellipse (each slice with the "
-                   "rectangle of the box's inscribed ellipsoid on it: better from tight boxes) or propagate (upstream's "
-                   "3-D recipe: the middle slice from the box, each further slice from its neighbour's mask); "
-                   "measured by scripts/bench_assist.py")
+    p.add_argument("--prompt", default=None, metavar="ensemble|box|ellipse|propagate",
+                   help="ensemble (default: the mean of the box and ellipse prompts' logits on each slice), box (every "
+                   "slice prompted with the box's rectangle), ellipse (each slice with the rectangle of the box's "
+                   "inscribed ellipsoid on it) or propagate (upstream's 3-D recipe: the middle slice from the box, each "
+                   "further slice from its neighbour's mask); measured by scripts/bench_assist.py")
     p.add_argument("--ras", action="store_true", help="--box points are RAS (Slicer) instead of LPS")
     p.add_argument("--threads", type=argtypes.integer(1), default=None, help="onnxruntime threads (default: up to 4)")
     p.set_defaults(func=cmd_assist)
