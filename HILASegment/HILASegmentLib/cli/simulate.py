@@ -6,7 +6,7 @@ import argparse
 from ..ground.progress import json_line
 from ..quality import strategies  # the ranking registry (light)
 from ..training import architectures  # the network registry (light: names, builders import torch inside)
-from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES  # light: two numbers
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES, WARM_STARTS  # light: no torch
 from . import argtypes as at
 
 
@@ -53,9 +53,8 @@ def register(sub, parent) -> None:
                    help="--baseline's training minutes (default: the loop's total training time; give more for a "
                    "full-supervision ceiling trained to convergence)")
     p.add_argument("--model", default=None, help="start from this model instead of drawing --initial cases")
-    p.add_argument("--warm-start", default="auto", choices=["auto", "none"],
-                   help="auto: the first own network distils a --model preset (e.g. taps) on the imported cases "
-                        "before the corrections (hila train --init distill); none: it trains on the corrections alone")
+    p.add_argument("--warm-start", default="auto", choices=WARM_STARTS,
+                   help="as hila train --warm-start: how a round starts from a --model preset (e.g. taps)")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
                    help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default %(default)s)")
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,

@@ -10,7 +10,7 @@ import time
 
 from ..ground.errors import HilaError
 from ..training import architectures  # the network registry (light: names, builders import torch inside)
-from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES  # light: two numbers
+from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES, INITS, WARM_STARTS  # light: no torch
 from . import argtypes as at
 
 _T0 = time.monotonic()
@@ -31,12 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
                    help="auto promotes only with at least this many gate corrections that neither model was "
                         "trained on (default %(default)s; held out from training, about 20%% once there are more than 10)")
-    p.add_argument("--init", default="auto",  # checked by TrainOptions (training.run.INITS)
-                   help="auto: fine-tune the current version's weights; where there are none, distil an imported "
-                        "preset (e.g. taps) whose labels and modality fit, else train from scratch; "
+    p.add_argument("--init", default="auto", choices=INITS,
+                   help="auto: fine-tune the current version's weights; where there are none (an imported preset "
+                        "such as taps whose labels and modality fit), as --warm-start says; else from scratch; "
+                        "calibrate: the current sigmoid model's threshold fitted to the corrections (no weights change); "
                         "distill: a fresh network first learns the current model's predictions on every imported "
                         "case, then the corrections; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
+    p.add_argument("--warm-start", default="auto", choices=WARM_STARTS,
+                   help="how --init auto starts from an imported preset: auto (calibrate a sigmoid model with a "
+                        "threshold, else distill), calibrate, distill, or none (a fresh network on the corrections)")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="a new model's configuration: auto (default) plans 3d_lowres on a CPU and 3d_fullres on a GPU, "
                         "as measured by scripts/bench_recipe.py; fine-tuning keeps the current model's")
@@ -90,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.run import TrainOptions, train_workspace  # torch: only when training runs
     from . import emit, make_progress
 
-    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, config=args.config, arch=args.arch,
+    opts = TrainOptions(max_minutes=args.max_minutes, device=args.device, promote=args.promote, init=args.init, warm_start=args.warm_start, config=args.config, arch=args.arch,
                         steps=args.steps, patch_size=args.patch, spacing=args.spacing, channels=args.channels,
                         lr=args.lr, batch_size=args.batch, freeze=args.freeze, precision=args.precision,
                         gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases,

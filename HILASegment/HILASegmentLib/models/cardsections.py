@@ -228,6 +228,7 @@ class TrainingRecord(_Section):
     checkpoint: Optional[CheckpointChoice] = None
     recipe: Optional[dict] = None
     distill: Optional[dict] = None                 # a distilled start: teacher version, cases, steps, seconds, share
+    calibration: Optional[dict] = None             # a calibrated preset: threshold chosen, was, Dice per threshold
     gate_set: Optional[List[dict]] = None          # {case_id, correction_version} that gated the model
     timings: Optional[dict] = None
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -236,7 +237,7 @@ class TrainingRecord(_Section):
     _CHECKS = {"init": "str", "loop": "object", "steps": "int", "epochs": "number", "optimizer_continued": "bool",
                "precision": "str", "seconds_per_step": "number", "stopped": "str", "final_loss": "number",
                "loss_history": "list", "trainable_parameters": "int", "device": "str", "threads": "int",
-               "quality_weights": "object", "ignore_band": "object", "recipe": "object", "distill": "object",
+               "quality_weights": "object", "ignore_band": "object", "recipe": "object", "distill": "object", "calibration": "object",
                "gate_set": "objects",
                "timings": "object"}
     _NESTED = {"checkpoint": CheckpointChoice}

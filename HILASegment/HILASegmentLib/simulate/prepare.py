@@ -51,7 +51,7 @@ class SimConfig:
     baseline: bool = False
     baseline_minutes: Optional[float] = None  # None: the loop's total training time (time-matched)
     model: Optional[str] = None
-    warm_start: str = "auto"         # hila train's teacher: auto (a --model preset is distilled) | none (it never is)
+    warm_start: str = "auto"         # hila train's --warm-start: auto | calibrate | distill | none (a --model preset)
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None

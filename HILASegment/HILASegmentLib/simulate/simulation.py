@@ -129,7 +129,7 @@ class Simulation:
         steps = self.cfg.train_steps
         opts = TrainOptions(max_minutes=None, train_minutes=None if steps else minutes, device=self.cfg.device,
                             promote=promote, init=init, config=self.cfg.config, arch=self.cfg.arch, steps=steps, threads=self.cfg.threads,
-                            teacher=self.cfg.warm_start, teacher_cases=self.teach_on,
+                            warm_start=self.cfg.warm_start, teacher_cases=self.teach_on,
                             seed=self.cfg.seed + rnd, gate_margin=self.cfg.gate_margin,
                             gate_min_cases=self.cfg.gate_min_cases, ignore_band=self.cfg.ignore_band)
         total = self.cfg.rounds + 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from ..ground.errors import HilaError
 from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord
 from ..models.modelcard import LabelInfo, ModelCard, read_card
 from ..workspace.records import SnapshotItem
-from . import architectures, budget, distill
+from . import architectures, budget, calibrate, distill
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
@@ -105,6 +105,11 @@ def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateabl
                 "source_architecture": cur_card.architecture}
         return Start(f"imported v{current.version} (onnx2torch, conversion max abs diff {diff:.2g})", cur_card,
                      arch, net, cur_card.activation == "sigmoid")
+    how, teacher = warm_start(current, settings, opts.init, getattr(opts, "warm_start", "auto"))
+    if how == "calibrate":
+        card = current.card
+        return Start(f"calibrate v{current.version} ({card.name}): its threshold fitted to the corrections", card,
+                     dict(card.architecture or {}), None, True, teacher=teacher)
     configuration, why = planner.choose_configuration(opts.device, getattr(opts, "config", None))
     base_arch = nw.default_architecture(settings.modality, len(names))
     if opts.channels:
@@ -120,30 +125,39 @@ def initial_network(ws, current, opts, snapshot: Sequence[SnapshotItem], gateabl
                        configuration=configuration, why=why)
     base = planned_base(settings, rec)
     fits(ws, snapshot, arch, base, opts, spacing=opts.spacing, batch=rec["batch_size"])  # before the network is built: 4096 channels allocate gigabytes at once
-    teacher = _teacher(current, settings, opts.init, getattr(opts, "teacher", "auto"))
     init = "scratch" if teacher is None else \
         f"distill v{teacher.version} ({teacher.record.card.name}), then the corrections"
     return Start(init, base, arch, nw.build_network(arch), False, plan=rec, teacher=teacher)
 
 
-def _teacher(current, settings, init: str, teacher: str = "auto") -> Optional[distill.Teacher]:
-    """The current model as a fresh network's teacher: always for ``--init distill`` (HilaError naming a card that
-    does not fit), for ``auto`` when it is a pretrained model of another family (an imported preset such as TAPS,
-    which cannot be fine-tuned in CPU minutes) whose card fits, unless ``teacher`` is ``none``; never for
-    ``scratch``."""
-    if init == "distill":
+def warm_start(current, settings, init: str, warm: str = "auto") -> Tuple[Optional[str], Optional[distill.Teacher]]:
+    """How a round starts from a pretrained model with no checkpoint of its own: ``("calibrate", teacher)`` (its
+    threshold fitted to the corrections, :mod:`.calibrate`), ``("distill", teacher)`` (a fresh own network learns its
+    predictions first, :mod:`.distill`) or ``(None, None)`` (the corrections alone).
+
+    ``--init calibrate|distill`` insist (HilaError naming a card that does not fit). ``auto`` warms up from a current
+    model of another family (an imported preset such as TAPS, which cannot be fine-tuned in CPU minutes) whose card
+    fits: by ``warm`` (``auto``: calibrate a sigmoid model with a threshold, else distil; ``none``: never)."""
+    if init in ("distill", "calibrate"):
         if current is None:
-            raise HilaError("--init distill needs a current model to learn from (hila init --model, e.g. taps)")
-        return distill.teacher_of(current, settings)
-    if init != "auto" or current is None or teacher == "none":
-        return None
+            raise HilaError(f"--init {init} needs a current model to start from (hila init --model, e.g. taps)")
+        teacher = distill.teacher_of(current, settings)
+        if init == "calibrate" and not calibrate.calibratable(current.card):
+            raise HilaError(f"model v{current.version} ({current.card.name}): not a sigmoid model with a threshold; "
+                            "--init calibrate has nothing to fit")
+        return init, teacher
+    if init != "auto" or current is None or warm == "none":
+        return None, None
     family = architectures.ARCHITECTURES.get((current.card.architecture or {}).get("name"))
     if family is not None and family.own:
-        return None
+        return None, None
     try:
-        return distill.teacher_of(current, settings)
+        teacher = distill.teacher_of(current, settings)
     except HilaError:
-        return None
+        return None, None
+    if warm == "distill" or not calibrate.calibratable(current.card):
+        return "distill", teacher
+    return "calibrate", teacher
 
 
 def planned_base(settings, rec: dict) -> ModelCard:

@@ -27,20 +27,19 @@ from ..models.cardsections import Evaluation, GateVerdict
 from ..models.modelcard import read_card
 from ..workspace import Workspace
 from ..workspace.registry import VersionTaken
+from . import calibrate, ddp, distill, gate
 from . import dataset as ds
-from . import ddp, distill, gate
 from . import network as nw
 from . import onnxexport as ex
 from . import suspectscan as suspects
 from .candidate import candidate_card, initial_network, recipe_batch, recipe_data_path
 from .gate import POLICIES, GateRule
+from .gatedefaults import INITS, WARM_STARTS
 from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
 from .plan import family as plan_family
 from .plan import finetune_lr
 
-#: --init choices (TrainOptions.init)
-INITS = ("auto", "scratch", "imported", "distill")
 #: --precision choices (TrainOptions.precision)
 PRECISIONS = ("auto", "float32")
 #: seconds kept back from --max-minutes for export, parity, validation and registration (plus per-case costs)
@@ -56,7 +55,8 @@ class TrainOptions:
     promote: str = "auto"
     init: str = "auto"                 # auto (current checkpoint, else distil a preset, else scratch) | scratch |
                                        # imported (onnx2torch) | distill (training.distill)
-    teacher: str = "auto"              # auto: ``init auto`` distils an imported preset; none: it never does
+    warm_start: str = "auto"           # how ``init auto`` starts from an imported preset (candidate.warm_start):
+                                       # auto | calibrate | distill | none
     teacher_cases: Optional[List[str]] = None  # the cases a teacher labels (None: every imported case)
     config: str = "auto"               # a fresh model's configuration (plan.CONFIGURATIONS); auto: by device
     arch: Optional[str] = None         # a fresh model's network (architectures registry); None: the configuration's
@@ -96,8 +96,8 @@ class TrainOptions:
             raise HilaError(f"--precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.init not in INITS:
             raise HilaError(f"--init {self.init!r}: use {', '.join(INITS)}")
-        if self.teacher not in ("auto", "none"):
-            raise HilaError(f"teacher {self.teacher!r}: use auto or none")
+        if self.warm_start not in WARM_STARTS:
+            raise HilaError(f"--warm-start {self.warm_start!r}: use {', '.join(WARM_STARTS)}")
         configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
         plan_family(configuration, self.arch)  # an --arch unknown or unfit for it, too
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
@@ -258,6 +258,8 @@ class _Round:
             raise CancelledError(f"training cancelled ({name[:-2]})")
 
     def execute(self, train_items, gate_items, split_why: str) -> dict:
+        if self.start.init.startswith("calibrate"):
+            return self._calibrate(train_items, gate_items, split_why)
 
         prep = ds.Preprocessing.from_card(self.start.base)
         patch = [int(p) for p in self.start.base.patch_size]
@@ -316,6 +318,32 @@ class _Round:
                 "init": self.start.init, "held_out": bool(gate_items), "parity": par, "steps": res.steps,
                 "epochs": res.epochs, "final_loss": res.final_loss, "stopped": res.stopped, "timings": self.timings,
                 "training_set": card.training_set, **verdict}
+
+    def _calibrate(self, train_items, gate_items, split_why: str) -> dict:
+        """The current preset with its threshold fitted to the training corrections (no weights change), gated and
+        registered like a trained candidate."""
+        cur = self.start.teacher.record
+        with tempfile.TemporaryDirectory(prefix="hila-calibrate-") as tmpdir:
+            t = time.monotonic()
+            fit = calibrate.fit_threshold(cur.path, cur.card, train_items, self.labels, threads=self.opts.threads,
+                                          should_stop=self.flag,
+                                          progress=lambda f, m: _emit(self.progress, 0.02 + 0.83 * f, m, phase="train",
+                                                                      epoch=0, step=0, loss=None, val_dice=None,
+                                                                      seconds_left=None))
+            self.log.append(f"threshold {fit['threshold']:g} (was {fit['was']:g}) on {fit['cases']} correction(s)")
+            self._tick("calibrate_s", t)
+            card = calibrate.calibrated_card(cur.card, self.ws.next_model_version(), cur.version, fit, train_items,
+                                             self.start.init, self.device, int(self.opts.threads or os.cpu_count() or 1))
+            promote, why, verdict = self._gate(cur.path, card, Path(tmpdir), train_items, gate_items, split_why)
+            self.timings["total_s"] = round(time.monotonic() - self.t_start, 2)
+            card.training.timings = dict(self.timings)
+            registered = self._register(cur.path, card, None, promote, dict(verdict, calibration=fit, steps=0),
+                                        Path(tmpdir))
+        return {"run_id": self.run_id, "model_version": registered.version, "promoted": promote, "reason": why,
+                "status": "current" if promote else "candidate", "path": str(registered.path),
+                "init": self.start.init, "held_out": bool(gate_items), "parity": None, "steps": 0, "epochs": 0.0,
+                "final_loss": None, "stopped": "calibrated", "timings": self.timings,
+                "training_set": card.training_set, "calibration": fit, **verdict}
 
     def _parent_seen(self) -> Optional[set]:
         """The corrections the round's starting weights were trained on (None for a fresh network)."""
