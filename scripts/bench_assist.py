@@ -8,8 +8,8 @@ and RECIST lines placed by the simulated radiologist (``simulate.radiologist.pla
 their documented jitter) over --seeds seeds. Builders: the ellipsoid (``weak.box_mask``), the assistant
 prompting each slice with the rectangle of the box's inscribed ellipsoid on it (``ellipse``) or with the box
 (``box``), and, from the tight box only, the assistant propagating
-from the middle slice (``propagate``, upstream's 3-D recipe), and as a ceiling every slice prompted with the reference's
-own rectangle on that slice (``per-slice tight boxes (oracle)``). Prints mean ± sd Dice per organ and mark, the speed (first box on a slice: encoder + decoder;
+from the middle slice (``propagate``, upstream's 3-D recipe), and every slice prompted with the reference's
+own rectangle on that slice (``own rectangle per slice``). Prints mean ± sd Dice per organ and mark, the speed (first box on a slice: encoder + decoder;
 a second box on the same slice: decoder only, the encoding cached), the ellipsoid's time, and the drawing time
 of the effort model for comparison. State the machine's load with the figures: ``uptime`` is printed.
 """
@@ -50,7 +50,7 @@ def tight_box(image: sitk.Image, mask: np.ndarray) -> list:
 
 def oracle_slices(a: "assist.Assistant", image: sitk.Image, ref: np.ndarray) -> np.ndarray:
     """The assistant's mask when every slice of the organ is prompted with the reference's own bounding rectangle on
-    that slice: what no box drawn in 3-D can beat, so the ceiling of prompting alone."""
+    that slice: the best-placed box a user could draw on each slice."""
     ks = [k for k in range(ref.shape[0]) if ref[k].any()]
     norm = assist.normalised(sitk.GetArrayViewFromImage(image), assist.guess_modality(image), ks[0], ks[-1])
     out = np.zeros(ref.shape, bool)
@@ -106,8 +106,8 @@ def main(argv=None) -> int:
                         speed["decode_s"].append(dt / n)
                     rows.append({"case": case, "organ": organ, "marks": kind, "builder": f"assistant ({prompt})",
                                  "dice": dice(m, ref)})
-            # the ceiling of any prompt: each slice prompted with the reference's own tight rectangle on that slice
-            rows.append({"case": case, "organ": organ, "marks": "per-slice tight boxes (oracle)",
+            # each slice prompted with the reference's own tight rectangle on that slice
+            rows.append({"case": case, "organ": organ, "marks": "own rectangle per slice",
                          "builder": "assistant (box)", "dice": dice(oracle_slices(a, image, ref), ref)})
             last = [r for r in rows if r["case"] == case and r["organ"] == organ and r["marks"] == "tight box"]
             print(f"{case} {organ} tight box: " + ", ".join(f"{r['builder']} {r['dice']:.3f}" for r in last), flush=True)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     print("| organ | marks | " + " | ".join(builders) + " |")
     print("|---" * (len(builders) + 2) + "|")
     for _, organ in ORGANS:
-        for kind in ("tight box", "jittered box", "lines", "per-slice tight boxes (oracle)"):
+        for kind in ("tight box", "jittered box", "lines", "own rectangle per slice"):
             cells = []
             for b in builders:
                 d = [r["dice"] for r in rows if r["organ"] == organ and r["marks"] == kind and r["builder"] == b]

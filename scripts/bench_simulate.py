@@ -9,8 +9,9 @@ its runs must live outside the repository (only the table and one small figure a
 
 Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below) and
 `ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts), and
-`conv_warm_rotations` / `conv_scratch_rotations` (the convention shift: ProstateX whose reference is TAPS's output
-grown by 3 mm, from the TAPS preset, rounds of one corrected case; the first own network distils TAPS first, or not).
+`conv_calibrate_rotations` / `conv_distill_rotations` / `conv_scratch_rotations` (the convention shift: ProstateX
+whose reference is TAPS's output grown by 3 mm, from the TAPS preset, rounds of one corrected case; TAPS's threshold
+fitted, TAPS distilled into the own network first, or the own network on the corrections alone).
 
 `run` starts every run of a campaign that has no summary.json yet, one after another by default (learning
 figures are measured alone on the machine: parallel runs make a time budget lie; `--jobs N` runs N at once under
@@ -66,9 +67,11 @@ CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
              "prostatex_rotations": ["--labels", "prostate=1", *TINY],
              # the convention shift: ProstateX with TAPS's output grown by 3 mm as the reference (constructed,
-             # scripts/make_convention_cohort.py), starting from the TAPS preset, rounds of one corrected case;
-             # warm: the first own network distils TAPS on the pool first; scratch: the corrections alone
-             "conv_warm_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "auto"],
+             # scripts/make_convention_cohort.py), starting from the TAPS preset, rounds of one corrected case:
+             # TAPS's threshold fitted to the corrections; the first own network distilling TAPS on the pool first;
+             # or the own network on the corrections alone
+             "conv_calibrate_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "calibrate"],
+             "conv_distill_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "distill"],
              "conv_scratch_rotations": ["--labels", "prostate=1", *CONV, "--warm-start", "none"]}
 
 
