@@ -36,7 +36,8 @@ __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "O
            "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers",
            "LabelExport",
            "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
-           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result",
+           "redraw_in_block"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -542,6 +543,81 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         if reference is not None:
             scene.RemoveNode(reference)
     return report
+
+
+def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any, block: Tuple[slice, ...],
+                    mask: np.ndarray, editorNode: Any = None, mask_mode: Optional[str] = None) -> Tuple[int, int, int]:
+    """*Fix with box*'s write: the segment ``segId`` (any segment, the user's own too) redrawn inside ``block`` (a
+    (k, j, i) box of the volume) as ``mask`` (the block's shape), by the engine's one rule
+    (``boxassist.redraw_in_box``) under the Segment Editor's masking as its "set" modification applies it: where the
+    mask mode or the intensity range forbids, the segment keeps its voxels. Outside the block the segment is unchanged;
+    no other segment is touched (the editor's overwrite-other-segments setting is not applied: the fix never takes
+    voxels from another segment, so segments may overlap after it). Returns (the segment's voxels in the block before,
+    after, the assistant's voxels the masking changed). Written through a volume node of the region only (the block
+    and the segment's own extent), as :func:`write_result` does."""
+    from HILASegmentLib.inference.boxassist import redraw_in_box  # SimpleITK: loaded when a fix is written
+
+    segmentation = segNode.GetSegmentation()
+    if segmentation.GetSegment(segId) is None:
+        raise HilaError(f"the segmentation {segNode.GetName()!r} has no segment {segId!r}")
+    shape = tuple(util.arrayFromVolume(volume).shape)
+    mask = np.asarray(mask) > 0
+    if mask.shape != tuple(sl.stop - sl.start for sl in block):
+        raise HilaError(f"the fix's mask has shape {mask.shape}, its box {tuple(sl.stop - sl.start for sl in block)}")
+    region = block
+    own = _segment_box(util, segNode, segId, volume, shape)
+    if own is not None:  # the segment outside the block is written back unchanged: the region holds all of it
+        region = _union(region, own)
+    existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing (as for AI results)
+    masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
+    intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
+    reference = _region_volume(util, scene, volume, region)
+    try:
+        old = _layer_union(util, segNode, [segId], volume, region)
+        if old is None:
+            old = _export(util, segNode, segId, reference, volume, region)
+        cropped = tuple(sl.stop - sl.start for sl in region)
+        allowed = None
+        if masking or intensity_on:
+            display = segNode.GetDisplayNode()
+            visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
+            mask_segment = editorNode.GetMaskSegmentID()
+            cut = {segId: old}  # inside modes read the edited segment too (GenerateEditMask)
+            rule_visible, rule_mask = visible, mask_segment
+            others = []
+            if masking:
+                others = [i for i in mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId)
+                          if i != segId]
+            if others:
+                union = _layer_union(util, segNode, others, volume, region)
+                cut[UNION_ID] = union if union is not None else np.any(
+                    [_export(util, segNode, i, reference, volume, region) for i in others], axis=0)
+                rule_visible = [i for i in visible if i not in others] + [UNION_ID]
+                rule_mask = UNION_ID if mask_segment in others else mask_segment
+            intensity = lohi = None
+            if intensity_on:
+                intensity = np.asarray(util.arrayFromVolume(volume))[region]
+                lohi = editorNode.GetSourceVolumeIntensityMaskRange()
+            allowed = mrmlgeometry.edit_allowed_mask(
+                mask_mode if masking else "EditAllowedEverywhere", cropped, cut, visible=rule_visible,
+                mask_segment=rule_mask, intensity=intensity, intensity_range=lohi, edited=segId)
+        lo = [block[a].start - region[a].start for a in (2, 1, 0)]  # (i, j, k) in the region
+        hi = [block[a].stop - 1 - region[a].start for a in (2, 1, 0)]
+        placed = _place(mask, block, region)
+        new = redraw_in_box(old, placed, lo, hi, allowed)
+        inner = tuple(slice(block[a].start - region[a].start, block[a].stop - region[a].start) for a in range(3))
+        counts = (int(np.count_nonzero(old[inner])), int(np.count_nonzero(new[inner])),
+                  int(np.count_nonzero(new[inner] != placed[inner])))
+        wasModified = segNode.StartModify()
+        try:
+            segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
+            util.updateSegmentBinaryLabelmapFromArray(new.astype(np.uint8), segNode, segId, reference)
+        finally:
+            segNode.EndModify(wasModified)
+    finally:
+        scene.RemoveNode(reference)
+    return counts
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):
