@@ -117,7 +117,7 @@ def test_the_fix_goes_in_with_one_undo_point_only_while_the_editor_shows_its_seg
     ui.segmentEditorWidget.saveStateForUndo = lambda: calls.append("undo point")
     calls.clear()
     sections.FixBoxSection(panel, ui, util=None, scene=None).finish(job, SimpleNamespace(result={}))
-    assert calls == ["undo point", ("apply", "editor-node"), "Fixed 'prostate'"]
+    assert calls == ["undo point", ("apply", "editor-node"), "Fixed 'prostate'; Undo in the Segment Editor takes it back"]
     calls.clear()
     sections.FixBoxSection(panel, ui, util=None, scene=None).finish(job, SimpleNamespace(result={"refuse": True}))
     assert calls[-1] == "Fix with box: the segment 'prostate' was deleted while the assistant ran; nothing was changed"

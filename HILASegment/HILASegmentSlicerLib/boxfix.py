@@ -55,7 +55,7 @@ class FixReport:
 
     def message(self) -> str:
         text = (f"Fixed {self.name!r} with the box over {self.slices} slice(s): {self.before} -> {self.after} voxels "
-                "inside it (outside the box and other segments unchanged; Undo takes it back)")
+                "inside it (outside the box and other segments unchanged)")
         if self.clipped:
             text += f"; the Segment Editor's masking ({self.mask_mode or 'intensity range'}) kept {self.clipped} voxels as they were"
         return text
@@ -102,6 +102,7 @@ def prepare(util: Any, volume: Any, segNode: Any, segmentId: Optional[str], roi:
     if view.shape[0] < 2:
         raise HilaError(f"the volume {volume.GetName()!r} has {view.shape[0]} slice(s) (a 2-D image); Fix with box "
                         "redraws a slice range of a 3-D volume")
+    segments.own_voxels(util, segNode, segmentId, volume)  # a segment the write would resample or cut: refused now
     box = marks.roi_box(util, roi, volume)
     lo, hi = boxassist.box_block(_Grid(view.shape, ijk_to_ras), box, f"the ROI {roi.GetName()!r}")
     check_installed()

@@ -414,7 +414,7 @@ class FixBoxSection:
         except HilaError as exc:
             self.panel.status("Fix with box: %s" % exc)
             return
-        self.panel.status(report.message())
+        self.panel.status(report.message() + "; Undo in the Segment Editor takes it back")
 
 
 class ModelsSection:

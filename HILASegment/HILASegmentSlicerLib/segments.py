@@ -37,7 +37,7 @@ __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "O
            "LabelExport",
            "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
            "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result",
-           "redraw_in_block"]
+           "own_voxels", "redraw_in_block"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -545,6 +545,31 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
     return report
 
 
+def own_voxels(util: Any, segNode: Any, segId: str, volume: Any, region: Optional[Tuple[slice, ...]] = None) -> np.ndarray:
+    """A segment's voxels in ``region`` (a (k, j, i) box of the volume; None: the box its own labelmap covers), read
+    from its layer where they lie (nothing exported) for an edit that writes them back: HilaError (one line) when its
+    labelmap is on another voxel grid (the write would resample all of it) or has voxels outside the volume (the write
+    would lose them)."""
+    segmentation = segNode.GetSegmentation()
+    shape = tuple(util.arrayFromVolume(volume).shape)
+    if region is None:
+        region = _segment_box(util, segNode, segId, volume, shape) or (slice(0, 1),) * 3
+    layer = segNode.GetBinaryLabelmapInternalRepresentation(segId)
+    if layer is None or _empty(layer.GetExtent()):
+        return np.zeros(tuple(sl.stop - sl.start for sl in region), bool)
+    name = segmentation.GetSegment(segId).GetName()
+    old = _layer_union(util, segNode, [segId], volume, region)
+    if old is None:
+        raise HilaError(f"the segment {name!r} is not on the volume's voxel grid (its labelmap has another geometry): "
+                        "fixing it would resample all of it; nothing was changed")
+    value = int(segmentation.GetSegment(segId).GetLabelValue())
+    if np.count_nonzero(np.asarray(util.arrayFromSegmentInternalBinaryLabelmap(segNode, segId)) == value) \
+            != np.count_nonzero(old):
+        raise HilaError(f"the segment {name!r} has voxels outside the volume {volume.GetName()!r}: fixing it would "
+                        "lose them; nothing was changed")
+    return old
+
+
 def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any, block: Tuple[slice, ...],
                     mask: np.ndarray, editorNode: Any = None, mask_mode: Optional[str] = None) -> Tuple[int, int, int]:
     """*Fix with box*'s write: the segment ``segId`` (any segment, the user's own too) redrawn inside ``block`` (a
@@ -572,12 +597,10 @@ def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any
     existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing (as for AI results)
     masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
     intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
+    cropped = tuple(sl.stop - sl.start for sl in region)
+    old = own_voxels(util, segNode, segId, volume, region)
     reference = _region_volume(util, scene, volume, region)
     try:
-        old = _layer_union(util, segNode, [segId], volume, region)
-        if old is None:
-            old = _export(util, segNode, segId, reference, volume, region)
-        cropped = tuple(sl.stop - sl.start for sl in region)
         allowed = None
         if masking or intensity_on:
             display = segNode.GetDisplayNode()

@@ -250,7 +250,17 @@ BAD = {
     "truncated ONNX": r"size or checksum differs from litemedsam_manifest\.json \(wrong or truncated file\); refused",
     "a segment the segmentation lacks": r"has no segment 'liver' \(segments: 'prostate', 'bladder', 'rectum'\)",
     "no segment selected": "select the segment to fix",
+    "a segment reaching outside the volume": r"the segment 'wide' has voxels outside the volume 'ct': fixing it would lose them",
+    "a segment on another voxel grid": r"the segment 'coarse' is not on the volume's voxel grid .* would resample all of it",
 }
+
+
+def _segment_on(segNode, name, array, ijk_to_ras):
+    """A segment imported through a volume of its own lattice (what a file of another geometry brings)."""
+    reference = slicer.util.addVolumeFromArray(array, ijkToRAS=ijk_to_ras, name=name + " reference")
+    segNode.GetSegmentation().AddEmptySegment(name, name)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array, segNode, name, reference)
+    slicer.mrmlScene.RemoveNode(reference)
 
 
 @pytest.mark.parametrize("bad", list(BAD))
@@ -284,6 +294,22 @@ def test_each_bad_input_is_refused_in_one_line_and_changes_nothing(rs, logic, tm
         segmentId = "liver"
     elif bad == "no segment selected":
         segmentId = ""
+    elif bad == "a segment reaching outside the volume":  # the volume's lattice, 5 voxels further left
+        matrix = slicer.util.vtkMatrixFromArray(np.eye(4))
+        volume.GetIJKToRASMatrix(matrix)
+        wider = slicer.util.arrayFromVTKMatrix(matrix)
+        wider[:3, 3] = (wider @ [-5.0, 0.0, 0.0, 1.0])[:3]
+        array = np.zeros((label.shape[0], label.shape[1], label.shape[2] + 10), np.uint8)
+        array[7:11, lo[1]:hi[1] + 1, 0:lo[0] + 8] = 1
+        _segment_on(segNode, "wide", array, wider)
+        segmentId = "wide"
+    elif bad == "a segment on another voxel grid":
+        matrix = slicer.util.vtkMatrixFromArray(np.eye(4))
+        volume.GetIJKToRASMatrix(matrix)
+        coarse = slicer.util.arrayFromVTKMatrix(matrix)
+        coarse[:3, :3] *= 2
+        _segment_on(segNode, "coarse", np.ones((5, 10, 10), np.uint8), coarse)
+        segmentId = "coarse"
     ct = slicer.mrmlScene.GetFirstNodeByName("ct")  # the scalar CT: what the segments are read on
     before, nodes = _arrays(segNode, ct), slicer.mrmlScene.GetNumberOfNodes()
     with pytest.raises(HilaError, match=BAD[bad]) as info:
