@@ -492,18 +492,8 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         cut[i] = own if own is not None else _export(util, segNode, i, reference, volume, region)
     rule_visible, rule_mask = visible, mask_segment
     if masking:
-        read = set()
-        for segId in news:  # the other segments the rule reads for any of the edited ones
-            read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
-        others = sorted(read - set(news))  # the user's segments: read whichever hila segment is edited
-        union = _layer_union(util, segNode, others, volume, region) if others and reference is not None else None
-        if union is not None:  # their union stands for them in the rule
-            cut[UNION_ID] = union
-            rule_visible = [i for i in visible if i not in others] + [UNION_ID]
-            rule_mask = UNION_ID if mask_segment in others else mask_segment
-        else:
-            for i in others:  # one export alive at a time, of the region only where it can be
-                cut[i] = _export(util, segNode, i, reference, volume, region)
+        rule_visible, rule_mask = _read_others(util, segNode, volume, region, reference, cut, list(news), mask_mode,
+                                               existing, visible, mask_segment)
     intensity = lohi = None
     if intensity_on:
         intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
@@ -608,16 +598,9 @@ def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any
             mask_segment = editorNode.GetMaskSegmentID()
             cut = {segId: old}  # inside modes read the edited segment too (GenerateEditMask)
             rule_visible, rule_mask = visible, mask_segment
-            others = []
             if masking:
-                others = [i for i in mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId)
-                          if i != segId]
-            if others:
-                union = _layer_union(util, segNode, others, volume, region)
-                cut[UNION_ID] = union if union is not None else np.any(
-                    [_export(util, segNode, i, reference, volume, region) for i in others], axis=0)
-                rule_visible = [i for i in visible if i not in others] + [UNION_ID]
-                rule_mask = UNION_ID if mask_segment in others else mask_segment
+                rule_visible, rule_mask = _read_others(util, segNode, volume, region, reference, cut, [segId], mask_mode,
+                                                       existing, visible, mask_segment)
             intensity = lohi = None
             if intensity_on:
                 intensity = np.asarray(util.arrayFromVolume(volume))[region]
@@ -641,6 +624,26 @@ def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any
     finally:
         scene.RemoveNode(reference)
     return counts
+
+
+def _read_others(util: Any, segNode: Any, volume: Any, region: Tuple[slice, ...], reference: Any, cut: Dict[str, Any],
+                 edited: Sequence[str], mask_mode: str, existing: Sequence[str], visible: Sequence[str],
+                 mask_segment: Optional[str]) -> Tuple[list, Optional[str]]:
+    """The segments the mask rule reads for an edit of any of ``edited`` (other than those), put into ``cut`` over
+    ``region``: their union read from their own layers (no export) where it can be, standing for them in the rule,
+    else one export each (one alive at a time, of the region only where there is a ``reference`` node). Returns the
+    (visible segments, mask segment) the rule (``mrmlgeometry.edit_allowed_mask``) must then be called with."""
+    read = set()
+    for segId in edited:
+        read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
+    others = sorted(read - set(edited))  # the user's segments: read whichever segment is edited
+    union = _layer_union(util, segNode, others, volume, region) if others and reference is not None else None
+    if union is None:
+        for i in others:
+            cut[i] = _export(util, segNode, i, reference, volume, region)
+        return list(visible), mask_segment
+    cut[UNION_ID] = union
+    return [i for i in visible if i not in others] + [UNION_ID], (UNION_ID if mask_segment in others else mask_segment)
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):
