@@ -134,7 +134,7 @@ class SlowAssistant:
         lo, hi = boxassist.box_block(image, box)
         out = np.zeros(image.GetSize()[::-1], bool)
         for n, k in enumerate(range(int(lo[2]), int(hi[2]) + 1)):
-            self.go.wait(10)
+            self.go.wait()
             out[k, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = True
             self.slices.append(k)
             progress((n + 1) / (hi[2] - lo[2] + 1), f"slice {k}")
@@ -159,7 +159,7 @@ def test_the_worker_reports_each_slice_and_a_cancel_stops_it_between_slices(monk
     runner = ThreadRunner(lambda cancelled, report: boxfix.run(request, cancelled, report), "fixbox", reports=True)
     runner.start()
     stand_in.go.set()
-    outcome = runner.wait(30)
+    outcome = runner.wait()
     assert outcome.ok and runner.fraction == 1.0 and runner.message == "slice 6"
     assert outcome.result["mask"].shape == (6, 6, 6) and outcome.result["mask"].all()
     # cancelled after the second slice: the worker stops at the next progress call, the result is dropped
@@ -174,7 +174,7 @@ def test_the_worker_reports_each_slice_and_a_cancel_stops_it_between_slices(monk
     runner.report = cancel_after_two  # what the worker is handed as its report
     runner.start()
     stand_in.go.set()
-    outcome = runner.wait(30)
+    outcome = runner.wait()
     assert outcome.cancelled and not outcome.ok and outcome.result is None
     assert stand_in.slices == [1, 2, 3] and runner.fraction == 1.0
 
