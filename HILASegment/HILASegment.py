@@ -91,6 +91,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the sections own their buttons, jobs and finish handlers (HILASegmentSlicerLib.sections, .pacs)
         self.cases = sections.CasesSection(self, self.ui, slicer.util, qt, slicer.mrmlScene)
         self.segment = sections.SegmentSection(self, self.ui, slicer.util, slicer.mrmlScene, vtk)
+        self.fixbox = sections.FixBoxSection(self, self.ui, slicer.util, slicer.mrmlScene)
         self.models = sections.ModelsSection(self, self.ui, slicer.util)
         self.installs = sections.InstallsSection(self, self.ui, slicer.util)
         self.pacs = pacs.PacsPanel(self.ui, slicer.util, lambda: self.ws, self.startJob, self.refreshTables,
@@ -171,8 +172,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(text, 5000)
 
     def updateButtons(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        volumeId = volume.GetID() if volume else None
+        volumeId = volume.GetID() if (volume := self.ui.inputVolumeSelector.currentNode()) else None
         segmentJob, acceptJob = self.jobs.get("segment"), self.jobs.get("accept")
         state = panelstate.PanelState(
             has_workspace=self.ws is not None, has_volume=volume is not None,
@@ -180,12 +180,13 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmenting_other=segmentJob is not None and segmentJob.volume_id != volumeId,
             training=self.jobs.busy("train"), learning=self.models.learning(), installing=self.jobs.busy("install"),
             has_candidate=self.models.candidate is not None, importing=self.jobs.busy("import"),
-            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1,
+            has_models=self.ws is not None and self.ui.modelTableWidget.rowCount > 1, fixing=self.jobs.busy("fixbox"),
             accepting_shown=acceptJob is not None and acceptJob.volume_id == volumeId,
             accepting_other=acceptJob is not None and acceptJob.volume_id != volumeId)
         for name, enabled in panelstate.button_states(state).items():
             getattr(self.ui, name).enabled = enabled
         self.models.show_learning()
+        self.fixbox.update_button(state)
         self.ui.acceptButton.text = panelstate.accept_button_text(state.accepting_shown)
         shortName = choice.label.split(" · ")[0] if (choice := self.currentModelChoice()) else None
         self.ui.segmentButton.text = panelstate.segment_button_text(state.segmenting_shown, shortName)
@@ -239,6 +240,7 @@ class HILASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.jobs.cancel("segment")  # its volume is going away; training and installs do not depend on the scene
+        self.jobs.cancel("fixbox")
         self.parameterNode = None
         self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.ui.segmentEditorWidget.removeViewObservations()

@@ -627,7 +627,7 @@ def test_a_finished_job_reads_the_tables_on_a_worker_and_one_table_defines_the_k
     assert {k.bar for k in jobs.KINDS.values()} <= names and job.describe() == "Importing 1 item(s)"
     sections = {name: SimpleNamespace(**{m: (lambda j, o, n=f"{name}.{m}": n) for m in ("finish", "finish_import",
                                                                                         "finish_accept")})
-                for name in ("segment", "models", "installs", "pacs", "cases")}
+                for name in ("segment", "models", "installs", "pacs", "cases", "fixbox")}
     bound = jobs.bind_kinds(SimpleNamespace(**sections), SimpleNamespace(**{n: n for n in names}))
     assert {kind: (bar, handler(None, None)) for kind, (bar, handler) in bound.items()} == {
         kind: (k.bar, k.finish) for kind, k in jobs.KINDS.items()}
@@ -662,7 +662,7 @@ def test_a_keep_learning_round_has_its_tables_read_on_a_worker_then_drawn(tmp_pa
     try:
         panel = SimpleNamespace(ws=ws, jobs=JobBoard(), refreshTables=drawn.append, **{
             n: SimpleNamespace(finish=None, finish_import=None, finish_accept=None)
-            for n in ("segment", "models", "installs", "pacs", "cases")})
+            for n in ("segment", "models", "installs", "pacs", "cases", "fixbox")})
         runs = sections.JobsSection(panel, _UI(), util=None, qt=SimpleNamespace(QTimer=Timer))
         runs.read_tables()
         assert runs.timer.active and drawn == []

@@ -1,8 +1,9 @@
 """Background jobs bound to their case: one slot per kind, so segmenting never waits for training.
 
 A radiologist segments, corrects, accepts and moves on while a training run takes its 20 minutes;
-so Segment, Train, Install, PACS (a DICOMweb import, export or sync), Import (files, folders, a volume node)
-and Accept (the submit and the workspace's compressed copy) are separate slots, each holding at most one job. A segment job
+so Segment, Train, Install, PACS (a DICOMweb import, export or sync), Import (files, folders, a volume node),
+Accept (the submit and the workspace's compressed copy) and Fix with box (the box assistant on a worker thread) are
+separate slots, each holding at most one job. A segment job
 carries the case and the volume it was started for: its result goes to *that* volume's
 segmentation, whatever the panel shows when it arrives (the A/B race: segment A, open B, A's
 result must not become B's correction).
@@ -36,6 +37,7 @@ KINDS: Dict[str, JobKind] = {
     "pacs": JobKind("PACS", "pacsProgressBar", "pacs.finish"),
     "import": JobKind("Importing", "importProgressBar", "cases.finish_import"),
     "accept": JobKind("Accepting", "acceptProgressBar", "segment.finish_accept"),
+    "fixbox": JobKind("Fixing with the box", "fixBoxProgressBar", "fixbox.finish", tables=False),
 }
 
 

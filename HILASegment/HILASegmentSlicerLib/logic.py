@@ -13,8 +13,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import cases, installs, mrmlgeometry, segments
-from .processrunner import ProcessRunner, SequenceRunner, engine_command
+from HILASegmentLib.ground.errors import HilaError
+
+from . import boxfix, cases, installs, mrmlgeometry, segments
+from .processrunner import ProcessRunner, SequenceRunner, ThreadRunner, engine_command
 
 __all__ = ["ModuleLogic"]
 
@@ -199,6 +201,32 @@ class ModuleLogic:
                 "--promote", "auto" if autoPromote else "never"] + (["--watch"] if watch else [])
         argv, env = engine_command("HILASegmentLib", args, env=self.util.startupEnvironment())
         return ProcessRunner(argv, env=env)
+
+    def startFixWithBox(self, volume: Any, segNode: Any, segmentId: Optional[str],
+                        roi: Any) -> Tuple[ThreadRunner, Dict[str, Any]]:
+        """*Fix with box* as a job: the checks and the copy of the volume here (``boxfix.prepare``; HilaError, one line,
+        nothing changed), the assistant on a worker thread (``boxfix.run``: progress per slice, Cancel between
+        slices); :meth:`applyFixWithBox` writes its result. The runner is returned unstarted (the job board starts it)."""
+        request = boxfix.prepare(self.util, volume, segNode, segmentId, roi, self.ijkToRas(volume) if volume else None)
+        runner = ThreadRunner(lambda cancelled, report: boxfix.run(request, cancelled, report), "fixbox", reports=True)
+        return runner, {"request": request, "label": request.label, "segmentation": request.segmentation_id}
+
+    def applyFixWithBox(self, context: Dict[str, Any], result: Dict[str, Any], editorNode: Any = None) -> Any:
+        """The worker's mask into its segment inside the box, under ``editorNode``'s masking (the Segment Editor's
+        parameter node; None: none); returns ``boxfix.FixReport``. The caller saves the undo point first."""
+        mode = self.slicer.vtkMRMLSegmentationNode.ConvertMaskModeToString(editorNode.GetMaskMode()) if editorNode else None
+        return boxfix.apply(self.util, self.slicer.mrmlScene, context["request"], result["mask"], editorNode, mode)
+
+    def fixWithBox(self, volume: Any, segNode: Any, segmentId: Optional[str], roi: Any, editorNode: Any = None,
+                   timeout: Optional[float] = None) -> Any:
+        """The panel's Fix with box, waited for (scripts, tests; ``timeout`` in seconds, None: as long as it takes):
+        returns ``boxfix.FixReport``; HilaError (one line, nothing changed) for every refusal, the assistant's own
+        included (not installed, a file's checksum)."""
+        runner, context = self.startFixWithBox(volume, segNode, segmentId, roi)
+        outcome = runner.start().wait(timeout=timeout)
+        if not outcome.ok:
+            raise HilaError(outcome.error or "Fix with box failed")
+        return self.applyFixWithBox(context, outcome.result, editorNode)
 
     def cleanupJob(self, context: Dict[str, Any]) -> None:
         folder = context.get("folder")

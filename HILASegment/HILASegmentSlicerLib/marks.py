@@ -21,7 +21,7 @@ import numpy as np
 
 from HILASegmentLib.ground.errors import HilaError
 
-__all__ = ["box_from_roi", "lines_from_ras_points", "marks_from_markups"]
+__all__ = ["box_from_roi", "roi_box", "lines_from_ras_points", "marks_from_markups"]
 
 #: How much (mm, any axis) the axis-aligned box around an ROI turned against the volume may exceed the drawn box.
 ROI_TURN_TOLERANCE_MM = 0.5
@@ -63,8 +63,9 @@ def box_from_roi(name: str, size: Sequence[float], object_to_node: np.ndarray,
     half = reach @ s / 2  # half extents of the axis-aligned box around the ROI
     grow = 2 * half - reach[np.arange(3), along] * s[along]
     if np.max(grow) > ROI_TURN_TOLERANCE_MM:
-        raise HilaError(f"the ROI {name!r} is turned against the volume's axes: the weak box (axis-aligned) would be "
-                        f"{np.max(grow):.1f} mm bigger than drawn; turn it back in line with the volume or redraw it")
+        raise HilaError(f"the ROI {name!r} is turned against the volume's axes: the box read from it (axis-aligned) "
+                        f"would be {np.max(grow):.1f} mm bigger than drawn; turn it back in line with the volume or "
+                        "redraw it")
     centre = m[:3, 3] * _RAS_TO_LPS
     return [float(v) for v in np.concatenate([centre - half, centre + half])]
 
@@ -95,6 +96,22 @@ def _node_to_volume(util: Any, roi: Any, volume_to_world: Optional[np.ndarray]) 
     return out if volume_to_world is None else np.linalg.inv(np.asarray(volume_to_world, float)) @ out
 
 
+def _volume_to_world(util: Any, volume: Any) -> Optional[np.ndarray]:
+    """The 4x4 of ``volume``'s parent transform to world (None without one); a non-linear one is refused."""
+    parent = volume.GetParentTransformNode() if volume is not None else None
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise HilaError(f"the volume is under the non-linear transform {parent.GetName()!r}: marks cannot be mapped back "
+                        "to its voxels exactly; harden the transform on the volume (Transforms module) or remove it")
+    return util.arrayFromTransformMatrix(parent, toWorld=True) if parent is not None else None
+
+
+def roi_box(util: Any, roi: Any, volume: Any = None) -> List[float]:
+    """THE box of an ROI node (two opposite LPS corners in ``volume``'s own space, :func:`box_from_roi`), for a weak
+    label and for *Fix with box* alike; an unplaced, inverted or turned ROI is refused (HilaError, one line)."""
+    return box_from_roi(roi.GetName(), roi.GetSize(), util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix()),
+                        _node_to_volume(util, roi, _volume_to_world(util, volume)))
+
+
 def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = None, short_line: Any = None,
                        volume: Any = None) -> dict:
     """The marks (``weak`` format, LPS, ``volume``'s own space) of an ROI node, or of a long and a short line
@@ -104,20 +121,14 @@ def marks_from_markups(util: Any, label: str, roi: Any = None, long_line: Any = 
     (``util.arrayFromTransformMatrix(parent, toWorld=True)``, which raises for a non-linear transform).
     Exactly one of an ROI or a pair of lines; anything else is refused (HilaError): nothing is submitted.
     """
-    parent = volume.GetParentTransformNode() if volume is not None else None
-    if parent is not None and not parent.IsTransformToWorldLinear():
-        raise HilaError(f"the volume is under the non-linear transform {parent.GetName()!r}: marks cannot be mapped back "
-                        "to its voxels exactly; harden the transform on the volume (Transforms module) or remove it")
-    to_world = util.arrayFromTransformMatrix(parent, toWorld=True) if parent is not None else None
+    to_world = _volume_to_world(util, volume)
     if not label:
         raise HilaError("pick the label the marks are for")
     lines = long_line is not None or short_line is not None
     if roi is not None and lines:
         raise HilaError("an ROI and lines are both picked; pick one of them")
     if roi is not None:
-        return {"space": "LPS", "items": [{"label": label, "box": box_from_roi(
-            roi.GetName(), roi.GetSize(), util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix()),
-            _node_to_volume(util, roi, to_world))}]}
+        return {"space": "LPS", "items": [{"label": label, "box": roi_box(util, roi, volume)}]}
     if long_line is None or short_line is None:
         raise HilaError("pick an ROI, or a long and a short diameter line")
     if long_line is short_line:

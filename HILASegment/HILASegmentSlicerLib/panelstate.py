@@ -5,14 +5,15 @@ training job runs); while a segment job runs for the *shown* case, the case tabl
 selector are locked and Segment turns into Cancel (MONAIAuto3DSeg's pattern), so the case cannot
 change under the result; Accept needs a volume and no segment job on it, and turns into Cancel while its
 own job runs; Promote/Discard need a candidate; Train, Import, Accept and the dependency installer each
-have one slot; Keep learning's trainer holds the Train slot while it runs.
+have one slot; Keep learning's trainer holds the Train slot while it runs; Fix with box needs a selected segment and
+a picked ROI and is Cancel while its job runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-__all__ = ["PanelState", "button_states", "segment_button_text", "accept_button_text"]
+__all__ = ["PanelState", "button_states", "segment_button_text", "accept_button_text", "fix_button_text"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class PanelState:
     accepting_shown: bool = False       # an Accept job runs for the shown volume
     accepting_other: bool = False       # an Accept job runs for another volume
     learning: bool = False              # the training slot holds Keep learning's watching trainer
+    has_segment: bool = False           # a segment is selected in the Segment Editor
+    has_roi: bool = False               # an ROI is picked for Fix with box
+    fixing: bool = False                # a Fix with box job runs
 
 
 def button_states(s: PanelState) -> Dict[str, bool]:
@@ -57,9 +61,15 @@ def button_states(s: PanelState) -> Dict[str, bool]:
         "plotButton": s.has_workspace,
         "installDependenciesButton": not s.installing and not s.training,
         "cancelInstallButton": s.installing,
+        # Fix with box: a segment and an ROI picked; Cancel while its job runs; never under the shown case's Segment
+        "fixBoxButton": s.fixing or (s.has_volume and s.has_segment and s.has_roi and not s.segmenting_shown),
         "openWorkspaceButton": not s.training,
         "createWorkspaceButton": not s.training,
     }
+
+
+def fix_button_text(fixing: bool) -> str:
+    return "Cancel fix" if fixing else "Fix with box"
 
 
 def accept_button_text(accepting_shown: bool) -> str:

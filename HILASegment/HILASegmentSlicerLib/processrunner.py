@@ -397,11 +397,16 @@ class ThreadRunner:
     What the GUI thread hands it is plain data it copied out of the scene (numpy arrays, names, a matrix), never an
     MRML node: ``fn(cancelled)`` merges and writes it (disk I/O, compression) off the GUI thread and returns a dict
     or None (its result). ``cancelled`` is a ``threading.Event`` the step may look at between writes; a cancelled
-    step's result is dropped. An exception is the step's error line (its message, whitespace folded)."""
+    step's result is dropped. An exception is the step's error line (its message, whitespace folded). With
+    ``reports`` the step is called ``fn(cancelled, report)`` and ``report(fraction, message)`` is its progress (the
+    panel's bar reads :attr:`fraction`)."""
 
-    def __init__(self, fn: Callable[[threading.Event], Optional[dict]], name: str = "worker") -> None:
+    def __init__(self, fn: Callable[..., Optional[dict]], name: str = "worker", reports: bool = False) -> None:
         self.fn = fn
         self.args = [name]
+        self.reports = reports
+        self._fraction: Optional[float] = None
+        self._message = ""
         self.cancelled = False
         self._event = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -422,7 +427,7 @@ class ThreadRunner:
     def _run(self) -> None:
         try:
             if not self._event.is_set():
-                self._result = self.fn(self._event)
+                self._result = self.fn(self._event, self.report) if self.reports else self.fn(self._event)
         except Exception as exc:  # the step's error, shown as one line
             self._error = " ".join(str(exc).split()) or type(exc).__name__
         finally:
@@ -436,13 +441,17 @@ class ThreadRunner:
     def finished(self) -> bool:
         return self._done.is_set()
 
+    def report(self, fraction: float, message: str = "") -> None:
+        """The step's progress (called on the worker thread; read by the GUI's poll)."""
+        self._fraction, self._message = float(fraction), str(message)
+
     @property
     def fraction(self) -> Optional[float]:
-        return 1.0 if self.finished else None
+        return 1.0 if self.finished else self._fraction
 
     @property
     def message(self) -> str:
-        return ""
+        return self._message
 
     @property
     def result(self) -> Optional[dict]:

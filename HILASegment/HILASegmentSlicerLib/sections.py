@@ -9,6 +9,7 @@ Nothing here imports slicer, qt or vtk: ``qt`` and ``vtk`` are passed in where a
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -16,11 +17,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import cases, installplan, marks, panels, segments
+from HILASegmentLib.ground.errors import HilaError
+
+from . import cases, installplan, marks, panels, panelstate, segments
 from .jobs import KINDS, Job, JobError, bind_kinds
 from .processrunner import ThreadRunner
 
-__all__ = ["TablesSection", "JobsSection", "CasesSection", "SegmentSection", "ModelsSection", "InstallsSection"]
+__all__ = ["TablesSection", "JobsSection", "CasesSection", "SegmentSection", "FixBoxSection", "ModelsSection",
+           "InstallsSection"]
 
 
 class TablesSection:
@@ -358,6 +362,59 @@ class SegmentSection:
         panel.refreshTables()
         panel.status("Accepted case %s as weak correction v%d (marks: %s)" % (correction.case_id, correction.version,
                      ", ".join(m["label"] for m in correction.effort["marks"]["items"])))
+
+
+class FixBoxSection:
+    """Fix with box: the segment selected in the Segment Editor redrawn inside the picked ROI by the box assistant (a
+    worker thread: progress, and the button is Cancel meanwhile), as one undo point, under the editor's masking; other
+    segments untouched. A refusal is one status line and changes nothing."""
+
+    def __init__(self, panel: Any, ui: Any, util: Any, scene: Any) -> None:
+        self.panel, self.ui, self.util, self.scene = panel, ui, util, scene
+        ui.fixBoxButton.connect("clicked()", self.fix)
+        ui.fixRoiSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: panel.updateButtons())
+        ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", lambda segmentId: panel.updateButtons())
+
+    def update_button(self, state: panelstate.PanelState) -> None:
+        """The button by the panel's one rule table, with what this section knows: a selected segment, a picked ROI."""
+        state = dataclasses.replace(state, has_segment=bool(self.ui.segmentEditorWidget.currentSegmentID()),
+                                    has_roi=self.ui.fixRoiSelector.currentNode() is not None)
+        self.ui.fixBoxButton.enabled = panelstate.button_states(state)["fixBoxButton"]
+        self.ui.fixBoxButton.text = panelstate.fix_button_text(state.fixing)
+
+    def fix(self) -> None:
+        panel = self.panel
+        if panel.jobs.busy("fixbox"):
+            panel.cancelJob("fixbox")  # the button is Cancel while the assistant runs
+            return
+        if not panel.installs.ensure("inference"):  # onnxruntime and SimpleITK in Slicer's Python
+            return
+        volume = self.ui.inputVolumeSelector.currentNode()
+        try:
+            runner, context = panel.logic.startFixWithBox(volume, self.ui.segmentEditorWidget.segmentationNode(),
+                                                          self.ui.segmentEditorWidget.currentSegmentID(),
+                                                          self.ui.fixRoiSelector.currentNode())
+        except Exception as exc:
+            panel.status("Fix with box refused; nothing changed: %s" % exc)
+            return
+        panel.startJob(Job("fixbox", runner, volume_id=volume.GetID(), label=context["label"], context=context))
+
+    def finish(self, job: Job, outcome: Any) -> None:
+        """The mask goes into the job's own segment, with one undo point, only while the Segment Editor still shows
+        that segmentation (its undo stack is the one that can take it back); otherwise nothing is changed."""
+        shown = self.ui.segmentEditorWidget.segmentationNode()
+        if shown is None or shown.GetID() != job.context["segmentation"]:
+            self.panel.status("Fix with box: the segmentation is no longer the one shown in the Segment Editor; "
+                              "nothing changed (show it and press Fix with box again)")
+            return
+        editorNode = self.ui.segmentEditorWidget.mrmlSegmentEditorNode()
+        try:
+            self.ui.segmentEditorWidget.saveStateForUndo()  # one undo point for the whole fix
+            report = self.panel.logic.applyFixWithBox(job.context, outcome.result, editorNode)
+        except HilaError as exc:
+            self.panel.status("Fix with box: %s" % exc)
+            return
+        self.panel.status(report.message() + "; Undo in the Segment Editor takes it back")
 
 
 class ModelsSection:

@@ -36,7 +36,8 @@ __all__ = ["CASE_ATTRIBUTE", "WORKSPACE_ATTRIBUTE", "SEGMENTATION_REFERENCE", "O
            "segmentation_for", "segment_list", "label_array_from_segmentation", "LayerPart", "export_layers",
            "LabelExport",
            "label_export", "SegmentsExport", "segments_export", "write_result", "load_label_array",
-           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result"]
+           "workspace_items", "result_items", "REVIEW_ID", "split_review", "write_review", "write_engine_result",
+           "own_voxels", "redraw_in_block"]
 
 CASE_ATTRIBUTE = "HILASegment.CaseID"
 WORKSPACE_ATTRIBUTE = "HILASegment.Workspace"  # the workspace folder the case ID belongs to
@@ -491,18 +492,8 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         cut[i] = own if own is not None else _export(util, segNode, i, reference, volume, region)
     rule_visible, rule_mask = visible, mask_segment
     if masking:
-        read = set()
-        for segId in news:  # the other segments the rule reads for any of the edited ones
-            read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
-        others = sorted(read - set(news))  # the user's segments: read whichever hila segment is edited
-        union = _layer_union(util, segNode, others, volume, region) if others and reference is not None else None
-        if union is not None:  # their union stands for them in the rule
-            cut[UNION_ID] = union
-            rule_visible = [i for i in visible if i not in others] + [UNION_ID]
-            rule_mask = UNION_ID if mask_segment in others else mask_segment
-        else:
-            for i in others:  # one export alive at a time, of the region only where it can be
-                cut[i] = _export(util, segNode, i, reference, volume, region)
+        rule_visible, rule_mask = _read_others(util, segNode, volume, region, reference, cut, list(news), mask_mode,
+                                               existing, visible, mask_segment)
     intensity = lohi = None
     if intensity_on:
         intensity, lohi = np.asarray(util.arrayFromVolume(volume))[region], editorNode.GetSourceVolumeIntensityMaskRange()
@@ -542,6 +533,117 @@ def write_result(util: Any, segments: Sequence[Tuple[int, str, tuple, np.ndarray
         if reference is not None:
             scene.RemoveNode(reference)
     return report
+
+
+def own_voxels(util: Any, segNode: Any, segId: str, volume: Any, region: Optional[Tuple[slice, ...]] = None) -> np.ndarray:
+    """A segment's voxels in ``region`` (a (k, j, i) box of the volume; None: the box its own labelmap covers), read
+    from its layer where they lie (nothing exported) for an edit that writes them back: HilaError (one line) when its
+    labelmap is on another voxel grid (the write would resample all of it) or has voxels outside the volume (the write
+    would lose them)."""
+    segmentation = segNode.GetSegmentation()
+    shape = tuple(util.arrayFromVolume(volume).shape)
+    if region is None:
+        region = _segment_box(util, segNode, segId, volume, shape) or (slice(0, 1),) * 3
+    layer = segNode.GetBinaryLabelmapInternalRepresentation(segId)
+    if layer is None or _empty(layer.GetExtent()):
+        return np.zeros(tuple(sl.stop - sl.start for sl in region), bool)
+    name = segmentation.GetSegment(segId).GetName()
+    old = _layer_union(util, segNode, [segId], volume, region)
+    if old is None:
+        raise HilaError(f"the segment {name!r} is not on the volume's voxel grid (its labelmap has another geometry): "
+                        "fixing it would resample all of it; nothing was changed")
+    value = int(segmentation.GetSegment(segId).GetLabelValue())
+    if np.count_nonzero(np.asarray(util.arrayFromSegmentInternalBinaryLabelmap(segNode, segId)) == value) \
+            != np.count_nonzero(old):
+        raise HilaError(f"the segment {name!r} has voxels outside the volume {volume.GetName()!r}: fixing it would "
+                        "lose them; nothing was changed")
+    return old
+
+
+def redraw_in_block(util: Any, scene: Any, segNode: Any, segId: str, volume: Any, block: Tuple[slice, ...],
+                    mask: np.ndarray, editorNode: Any = None, mask_mode: Optional[str] = None) -> Tuple[int, int, int]:
+    """*Fix with box*'s write: the segment ``segId`` (any segment, the user's own too) redrawn inside ``block`` (a
+    (k, j, i) box of the volume) as ``mask`` (the block's shape), by the engine's one rule
+    (``boxassist.redraw_in_box``) under the Segment Editor's masking as its "set" modification applies it: where the
+    mask mode or the intensity range forbids, the segment keeps its voxels. Outside the block the segment is unchanged;
+    no other segment is touched (the editor's overwrite-other-segments setting is not applied: the fix never takes
+    voxels from another segment, so segments may overlap after it). Returns (the segment's voxels in the block before,
+    after, the assistant's voxels the masking changed). Written through a volume node of the region only (the block
+    and the segment's own extent), as :func:`write_result` does."""
+    from HILASegmentLib.inference.boxassist import redraw_in_box  # SimpleITK: loaded when a fix is written
+
+    segmentation = segNode.GetSegmentation()
+    if segmentation.GetSegment(segId) is None:
+        raise HilaError(f"the segmentation {segNode.GetName()!r} has no segment {segId!r}")
+    shape = tuple(util.arrayFromVolume(volume).shape)
+    mask = np.asarray(mask) > 0
+    if mask.shape != tuple(sl.stop - sl.start for sl in block):
+        raise HilaError(f"the fix's mask has shape {mask.shape}, its box {tuple(sl.stop - sl.start for sl in block)}")
+    region = block
+    own = _segment_box(util, segNode, segId, volume, shape)
+    if own is not None:  # the segment outside the block is written back unchanged: the region holds all of it
+        region = _union(region, own)
+    existing = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    existing = [i for i in existing if i != REVIEW_ID]  # the review outline masks nothing (as for AI results)
+    masking = editorNode is not None and bool(mask_mode) and "everywhere" not in mask_mode.lower()
+    intensity_on = editorNode is not None and bool(editorNode.GetSourceVolumeIntensityMask())
+    cropped = tuple(sl.stop - sl.start for sl in region)
+    old = own_voxels(util, segNode, segId, volume, region)
+    reference = _region_volume(util, scene, volume, region)
+    try:
+        allowed = None
+        if masking or intensity_on:
+            display = segNode.GetDisplayNode()
+            visible = [i for i in existing if display is None or display.GetSegmentVisibility(i)]
+            mask_segment = editorNode.GetMaskSegmentID()
+            cut = {segId: old}  # inside modes read the edited segment too (GenerateEditMask)
+            rule_visible, rule_mask = visible, mask_segment
+            if masking:
+                rule_visible, rule_mask = _read_others(util, segNode, volume, region, reference, cut, [segId], mask_mode,
+                                                       existing, visible, mask_segment)
+            intensity = lohi = None
+            if intensity_on:
+                intensity = np.asarray(util.arrayFromVolume(volume))[region]
+                lohi = editorNode.GetSourceVolumeIntensityMaskRange()
+            allowed = mrmlgeometry.edit_allowed_mask(
+                mask_mode if masking else "EditAllowedEverywhere", cropped, cut, visible=rule_visible,
+                mask_segment=rule_mask, intensity=intensity, intensity_range=lohi, edited=segId)
+        lo = [block[a].start - region[a].start for a in (2, 1, 0)]  # (i, j, k) in the region
+        hi = [block[a].stop - 1 - region[a].start for a in (2, 1, 0)]
+        placed = _place(mask, block, region)
+        new = redraw_in_box(old, placed, lo, hi, allowed)
+        inner = tuple(slice(block[a].start - region[a].start, block[a].stop - region[a].start) for a in range(3))
+        counts = (int(np.count_nonzero(old[inner])), int(np.count_nonzero(new[inner])),
+                  int(np.count_nonzero(new[inner] != placed[inner])))
+        wasModified = segNode.StartModify()
+        try:
+            segmentation.SeparateSegmentLabelmap(segId)  # its own layer: writing it cannot touch other segments
+            util.updateSegmentBinaryLabelmapFromArray(new.astype(np.uint8), segNode, segId, reference)
+        finally:
+            segNode.EndModify(wasModified)
+    finally:
+        scene.RemoveNode(reference)
+    return counts
+
+
+def _read_others(util: Any, segNode: Any, volume: Any, region: Tuple[slice, ...], reference: Any, cut: Dict[str, Any],
+                 edited: Sequence[str], mask_mode: str, existing: Sequence[str], visible: Sequence[str],
+                 mask_segment: Optional[str]) -> Tuple[list, Optional[str]]:
+    """The segments the mask rule reads for an edit of any of ``edited`` (other than those), put into ``cut`` over
+    ``region``: their union read from their own layers (no export) where it can be, standing for them in the rule,
+    else one export each (one alive at a time, of the region only where there is a ``reference`` node). Returns the
+    (visible segments, mask segment) the rule (``mrmlgeometry.edit_allowed_mask``) must then be called with."""
+    read = set()
+    for segId in edited:
+        read.update(mrmlgeometry.mask_segment_ids(mask_mode, existing, visible, mask_segment, edited=segId))
+    others = sorted(read - set(edited))  # the user's segments: read whichever segment is edited
+    union = _layer_union(util, segNode, others, volume, region) if others and reference is not None else None
+    if union is None:
+        for i in others:
+            cut[i] = _export(util, segNode, i, reference, volume, region)
+        return list(visible), mask_segment
+    cut[UNION_ID] = union
+    return [i for i in visible if i not in others] + [UNION_ID], (UNION_ID if mask_segment in others else mask_segment)
 
 
 def split_review(items: Sequence[Tuple[int, str, tuple, np.ndarray, dict]]):

@@ -98,6 +98,21 @@ def save_segmentation(node: Any, path: str, compress: bool = True) -> str:
     return str(path)
 
 
+def real_allowed(segNode: Any, volume: Any, mode: str, edited: str, mask_segment: str = "",
+                 intensity_range: Any = None) -> Any:
+    """Where Slicer's own ``vtkMRMLSegmentationNode::GenerateEditMask`` lets an edit of ``edited`` write (a bool array
+    (k, j, i) of the volume; Slicer's mask is non-zero where it may not)."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volume)
+    mask = slicer.vtkOrientedImageData()
+    source = reference if intensity_range is not None else None
+    assert segNode.GenerateEditMask(mask, slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode), reference,
+                                    edited, mask_segment, source, intensity_range)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    return vtk_to_numpy(mask.GetPointData().GetScalars()).reshape(shape) == 0
+
+
 def tag(segment: Any, key: str) -> str:
     """A segment tag's value ('' when absent), read as the glue reads it (``vtk.mutable``)."""
     value = vtk.mutable("")

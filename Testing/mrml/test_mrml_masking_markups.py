@@ -13,7 +13,7 @@ from tier import FIXTURES, slicer_core
 
 slicer = slicer_core()
 import vtk  # noqa: E402
-from realscene import load_volume  # noqa: E402
+from realscene import load_volume, real_allowed  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from HILASegmentLib.formats import labelio  # noqa: E402
@@ -47,17 +47,6 @@ def _scene_with_segments():
     earlier = np.roll(prostate, 3, axis=2)
     segments.write_result(slicer.util, [(1, "prostate", (1, 0, 0), earlier, {})], segNode, volume)
     return volume, segNode, prostate, earlier
-
-
-def real_allowed(segNode, volume, mode, edited, mask_segment="", intensity_range=None):
-    """Where Slicer's own GenerateEditMask lets an edit of ``edited`` write (its mask is non-zero where it may not)."""
-    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volume)
-    mask = slicer.vtkOrientedImageData()
-    source = reference if intensity_range is not None else None
-    assert segNode.GenerateEditMask(mask, slicer.vtkMRMLSegmentationNode.ConvertMaskModeFromString(mode), reference,
-                                    edited, mask_segment, source, intensity_range)
-    shape = slicer.util.arrayFromVolume(volume).shape
-    return vtk_to_numpy(mask.GetPointData().GetScalars()).reshape(shape) == 0
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -113,7 +113,7 @@ def cmd_assist(args) -> int:
         lab.CopyInformation(image)
         out = Segmentation.from_label_image(lab, [(1, name, None)], tags=tags)
     else:
-        out = replace_in_box(seg, old.id, mask, lo, hi, tags)
+        out = assist.replace_in_box(seg, old.id, mask, lo, hi, tags)
         name = old.name
     write_segmentation(out, args.out)
     ml = float(mask.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
@@ -123,26 +123,3 @@ def cmd_assist(args) -> int:
                     f"({res['seconds']:.1f} s)")
     return 0
 
-
-def replace_in_box(seg, segment_id: str, mask, lo, hi, tags: dict):
-    """A copy of ``seg`` whose segment ``segment_id`` is ``mask`` inside the index block [lo, hi] and unchanged
-    outside it; other segments untouched (the segment moves to a free layer where the new voxels would overlap)."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    out = seg.copy()
-    s = out.segment(segment_id)
-    old = out.mask_array(segment_id).copy()
-    inside = np.zeros_like(old)
-    inside[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = True
-    new = np.where(inside, mask, old)
-    arr = sitk.GetArrayFromImage(out.layers[s.layer])
-    arr[arr == s.label_value] = 0
-    layer = sitk.GetImageFromArray(arr)
-    layer.CopyInformation(out.layers[s.layer])
-    out.layers[s.layer] = layer
-    out.segments = [x for x in out.segments if x.id != s.id]
-    added = out.add_segment(new, s.name, color=s.color, tags=dict(s.tags, **tags), segment_id=s.id)
-    out.segments.remove(added)
-    out.segments.insert(seg.segments.index(seg.segment(segment_id)), added)
-    return out

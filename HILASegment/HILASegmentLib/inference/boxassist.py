@@ -244,6 +244,51 @@ def block_mask(image: sitk.Image, box_lps: Sequence[float]) -> np.ndarray:
     return out
 
 
+def block_slices(lo: Sequence[int], hi: Sequence[int]) -> Tuple[slice, slice, slice]:
+    """The (z, y, x) slices of the index block [lo, hi] (ITK i, j, k, inclusive; :func:`box_block`)."""
+    return (slice(int(lo[2]), int(hi[2]) + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[0]), int(hi[0]) + 1))
+
+
+def redraw_in_box(old: np.ndarray, mask: np.ndarray, lo: Sequence[int], hi: Sequence[int],
+                  allowed: Optional[np.ndarray] = None) -> np.ndarray:
+    """THE rule of a box fix (``hila assist --replace`` and Slicer's *Fix with box* share it): the segment ``old``
+    ((z, y, x) bool) with its voxels inside the index block [lo, hi] set to ``mask`` (same shape) and unchanged
+    outside it. ``allowed`` (same shape; None: everywhere) is the Segment Editor's masking: where it forbids, the
+    segment keeps its own voxels, as the editor's "set" modification does (vtkSlicerSegmentEditorLogic::
+    ModifySegmentByLabelmap adds the segment outside the mask back to the modifier)."""
+    old = np.asarray(old, bool)
+    mask = np.asarray(mask, bool)
+    if mask.shape != old.shape or (allowed is not None and np.shape(allowed) != old.shape):
+        raise ValueError(f"redraw_in_box: shapes differ ({old.shape}, {mask.shape}, "
+                         f"{None if allowed is None else np.shape(allowed)})")
+    out = old.copy()
+    block = block_slices(lo, hi)
+    new = mask[block]
+    if allowed is not None:
+        new = np.where(np.asarray(allowed, bool)[block], new, old[block])
+    out[block] = new
+    return out
+
+
+def replace_in_box(seg, segment_id: str, mask: np.ndarray, lo: Sequence[int], hi: Sequence[int], tags: dict):
+    """A copy of ``seg`` (``formats.segmentation.Segmentation``) whose segment ``segment_id`` is redrawn inside the
+    index block [lo, hi] by :func:`redraw_in_box`; other segments untouched (the segment moves to a free layer where
+    the new voxels would overlap)."""
+    out = seg.copy()
+    s = out.segment(segment_id)
+    new = redraw_in_box(out.mask_array(segment_id), mask, lo, hi)
+    arr = sitk.GetArrayFromImage(out.layers[s.layer])
+    arr[arr == s.label_value] = 0
+    layer = sitk.GetImageFromArray(arr)
+    layer.CopyInformation(out.layers[s.layer])
+    out.layers[s.layer] = layer
+    out.segments = [x for x in out.segments if x.id != s.id]
+    added = out.add_segment(new, s.name, color=s.color, tags=dict(s.tags, **tags), segment_id=s.id)
+    out.segments.remove(added)
+    out.segments.insert(seg.segments.index(seg.segment(segment_id)), added)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the networks
 # ------------------------------------------------------------------------------------------------------------
