@@ -137,7 +137,8 @@ def run(request: FixRequest, cancelled: threading.Event, report: Callable[[float
 
     image = mrmlgeometry.array_to_image(request.array, request.ijk_to_ras)
     assistant = boxassist.shared_assistant()
-    mask = assistant.segment(image, request.box, progress=progress, where=f"the volume of {request.label}")
+    mask = assistant.segment(image, request.box, prompt=boxassist.FIX_PROMPT, progress=progress,
+                             where=f"the volume of {request.label}")
     return {"mask": np.ascontiguousarray(mask[request.block]), "assistant": assistant.name}
 
 

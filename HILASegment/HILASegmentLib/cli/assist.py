@@ -1,6 +1,6 @@
 """``hila assist``: a box becomes a mask (LiteMedSAM, box-prompted, slice by slice, on the exact input grid).
 
-    hila assist IMAGE --box X0,Y0,Z0,X1,Y1,Z1 --out OUT.seg.nrrd [--label NAME] [--prompt box|ellipse|propagate]
+    hila assist IMAGE --box X0,Y0,Z0,X1,Y1,Z1 --out OUT.seg.nrrd [--label NAME] [--prompt ensemble|box|ellipse|propagate]
     hila assist IMAGE --box ... --seg IN.seg.nrrd --replace NAME --out OUT.seg.nrrd   # redraw NAME inside the box
 
 The box is two opposite corners in mm, LPS (as ``hila submit --box``; RAS with ``--ras``). With ``--seg`` and
@@ -32,7 +32,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--replace", default=None, metavar="NAME", help="with --seg: redraw this segment inside the box")
     p.add_argument("--prompt", default=None, metavar="ensemble|box|ellipse|propagate",
                    help="ensemble (default: the mean of the box and ellipse prompts' logits on each slice), box (every "
-                   "slice prompted with the box's rectangle), ellipse (each slice with the rectangle of the box's "
+                   "slice prompted with the box's rectangle; the default with --replace), ellipse (each slice with the rectangle of the box's "
                    "inscribed ellipsoid on it) or propagate (upstream's 3-D recipe: the middle slice from the box, each "
                    "further slice from its neighbour's mask); measured by scripts/bench_assist.py")
     p.add_argument("--ras", action="store_true", help="--box points are RAS (Slicer) instead of LPS")
@@ -93,7 +93,7 @@ def cmd_assist(args) -> int:
     image = read_image(args.image)
     assist.check_image(image, str(args.image))
     lo, hi = assist.box_block(image, box, "--box")
-    prompt = args.prompt or assist.PROMPTS[0]
+    prompt = args.prompt or (assist.FIX_PROMPT if args.replace else assist.PROMPTS[0])
     if prompt not in assist.PROMPTS:
         raise HilaError(f"--prompt {prompt!r}: use {', '.join(assist.PROMPTS)}")
     seg = None

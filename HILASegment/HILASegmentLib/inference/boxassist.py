@@ -298,6 +298,10 @@ def replace_in_box(seg, segment_id: str, mask: np.ndarray, lo: Sequence[int], hi
 #: +0.00 to +0.04) and better than ``ellipse`` on five; it loses to ``box`` only on lines for prostate and rectum.
 #: Propagation drifts at the organ's ends.
 PROMPTS = ("ensemble", "box", "ellipse", "propagate")
+#: a box over the wrong PART of a segment (``--replace``, Slicer's *Fix with box*) crops the structure, so no ellipsoid
+#: is inscribed in it: every slice gets the box's rectangle (on the small real CT's bladder grown by 5 mm: inside the
+#: box 0.82 -> 0.90 with ``box``, 0.87 with ``ensemble``)
+FIX_PROMPT = "box"
 
 
 class Sessions:
