@@ -333,7 +333,10 @@ def cmd_rank(args) -> int:
         dice = f"predicted Dice {r['predicted_dice']:.3f}" if r.get("predicted_dice") is not None else None
         need = "unpredicted" if not r["predicted"] else (dice or (
             f"need {r['review_need']:.3f}" if r["review_need"] is not None else "no uncertainty summary"))
-        lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need})")
+        per = ", ".join(f"{lab['name']} {lab['predicted_dice']:.3f} ({lab['source']})" for lab in r.get("labels") or []
+                        if lab["predicted_dice"] is not None)
+        src = f" ({r['predicted_dice_source']})" if dice and r.get("predicted_dice_source") else ""
+        lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need}{src})" + (f": {per}" if per else ""))
     if args.review_budget is not None:
         b = res["review_budget"]
         lines.append(f"review budget {b['fraction']:g}: {len(b['cases'])} of {b['of_predicted']} predicted case(s); "

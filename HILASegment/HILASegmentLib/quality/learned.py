@@ -31,6 +31,7 @@ from ..ground.metrics import spearman
 from ..inference.errormap import review_region
 from ..inference.segmenter import InferenceResult
 from ..inference.summary import PredictionSummary
+from .plausibility import RAW_KEYS, extra_pieces, label_shape, surface_voxels
 
 #: The features of one prediction, in the order the regressor reads them (see :func:`prediction_features`).
 FEATURES = ("soft_dice_mean", "soft_dice_min", "err_mean_fg", "err_mean_review", "err_mass_ratio",
@@ -77,15 +78,8 @@ def prediction_features(err: np.ndarray, label: np.ndarray, image: np.ndarray, s
     surface, pieces = 0, []
     for v in present:
         m = lab == v
-        inner = m.copy()
-        for ax in range(3):
-            inner[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))] &= \
-                m[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))]
-            inner[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))] &= \
-                m[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))]
-        surface += int(np.count_nonzero(m & ~inner))
-        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(m.astype(np.uint8)))
-        pieces.append(int(sitk.GetArrayViewFromImage(cc).max()) - 1)
+        surface += surface_voxels(m)
+        pieces.append(extra_pieces(m))
     out["boundary_ratio"] = surface / n_fg
     out["components"] = float(np.mean(pieces)) if pieces else 0.0
     inside, around = img[lab > 0], img[lab == 0]
@@ -103,7 +97,8 @@ def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: 
     the inference layer never needs the quality layer. Every prediction that is stored or ranked goes through it.
     With the box ``assistant`` (``hila infer --second-opinion``) the features also hold ``assistant_agreement``
     (mean over the predicted labels, ``secondopinion``) and each label's ``assistant_agreement:<name>``; they are
-    recorded, not (yet) read by the regressor."""
+    read by the per-label quality model (``labelmodel``). Each label's raw shape figures are stored as
+    ``<figure>:<name>`` (``plausibility.RAW_KEYS``)."""
     if result.review_map is None or result.box is None:
         raise ValueError("quality features need the prediction's review map and box (a fresh Segmenter result)")
     low, high = result.box
@@ -114,6 +109,11 @@ def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: 
         sitk.GetArrayViewFromImage(result.review_map)[sl], sitk.GetArrayViewFromImage(result.label)[sl],
         sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(), [lab.value for lab in labels],
         [pdice.get(lab.name) for lab in labels])
+    feats = result.summary["quality_features"]
+    lab_arr, img_arr = sitk.GetArrayViewFromImage(result.label)[sl], sitk.GetArrayViewFromImage(image)[sl]
+    for lab in labels:  # each label's raw shape figures (``plausibility``), for the per-label quality model
+        raw = label_shape(lab_arr == lab.value, img_arr, image.GetSpacing())
+        feats.update({f"{k}:{lab.name}": raw[k] for k in RAW_KEYS})
     if assistant is not None:
         from .secondopinion import assistant_agreement
         per = assistant_agreement(sitk.GetArrayViewFromImage(result.label), image,
@@ -137,28 +137,32 @@ def feature_vector(features: Optional[Mapping[str, Any]]) -> Optional[np.ndarray
 
 # --------------------------------------------------------------------------- ridge regression
 
-def _ridge(X: np.ndarray, y: np.ndarray, lam: float):
-    """Weights on standardised features: (mean, scale, w, intercept)."""
-    mu, sc = X.mean(axis=0), X.std(axis=0)
+def _ridge(X: np.ndarray, y: np.ndarray, lam: float, w: Optional[np.ndarray] = None):
+    """Weights on standardised features: (mean, scale, w, intercept); ``w`` weighs the pairs (default: equally)."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    mu = np.average(X, axis=0, weights=w)
+    sc = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w))
     sc = np.where(sc > 1e-9, sc, 1.0)
     Z = (X - mu) / sc
-    w = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
-    return mu, sc, w, float(y.mean())
+    yb = float(np.average(y, weights=w))
+    coef = np.linalg.solve(Z.T @ (Z * w[:, None]) + lam * np.eye(Z.shape[1]), Z.T @ (w * (y - yb)))
+    return mu, sc, coef, yb
 
 
-def _loo_error(X: np.ndarray, y: np.ndarray, lam: float) -> float:
-    """Closed-form leave-one-out mean squared error of ridge (hat-matrix shortcut, intercept included)."""
-    mu, sc, w, b = _ridge(X, y, lam)
+def _loo_error(X: np.ndarray, y: np.ndarray, lam: float, w: Optional[np.ndarray] = None) -> float:
+    """Closed-form leave-one-out mean squared error of (weighted) ridge (hat-matrix shortcut, intercept included)."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    mu, sc, coef, b = _ridge(X, y, lam, w)
     Z = (X - mu) / sc
-    A = np.linalg.inv(Z.T @ Z + lam * np.eye(Z.shape[1]))
-    h = 1.0 / len(y) + np.einsum("ij,jk,ik->i", Z, A, Z)
-    resid = (y - (Z @ w + b)) / np.maximum(1.0 - h, 1e-6)
-    return float(np.mean(resid ** 2))
+    A = np.linalg.inv(Z.T @ (Z * w[:, None]) + lam * np.eye(Z.shape[1]))
+    h = w / w.sum() + w * np.einsum("ij,jk,ik->i", Z, A, Z)
+    resid = (y - (Z @ coef + b)) / np.maximum(1.0 - h, 1e-6)
+    return float(np.average(resid ** 2, weights=w))
 
 
-def _fit(X: np.ndarray, y: np.ndarray):
-    lam = min(LAMBDAS, key=lambda lm: _loo_error(X, y, lm))
-    return (lam,) + _ridge(X, y, lam)
+def _fit(X: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None):
+    lam = min(LAMBDAS, key=lambda lm: _loo_error(X, y, lm, w))
+    return (lam,) + _ridge(X, y, lam, w)
 
 
 def _predict(params, X: np.ndarray) -> np.ndarray:
@@ -197,6 +201,8 @@ class QualityModel:
     loo: Dict[str, Dict[str, Optional[float]]] = field(default_factory=dict)
     pairs: List[int] = field(default_factory=list)      # prediction ids it was fitted on
     fitted_on_versions: List[int] = field(default_factory=list)
+    #: the per-label source for this version (``labelmodel.LabelQualityModel.to_dict()``); None before it existed
+    per_label: Optional[Dict[str, Any]] = None
 
     @property
     def source(self) -> str:
