@@ -222,6 +222,8 @@ def test_fit_records_the_per_label_source_with_real_and_synthetic_pairs(ws4):
 
 def test_rank_json_lists_each_labels_predicted_dice_and_its_source(ws4, capsys, tmp_path):
     ws, ids, qm = ws4
+    rc, out, _ = run(capsys, "status", ws)
+    assert rc == 0 and "per-label predicted Dice: " in out and "leave-one-case-out over 9 real per-label pairs" in out
     rc, out, _ = run(capsys, "rank", ws, "--json")
     res = json.loads(out.strip().splitlines()[-1])
     assert rc == 0 and [r["case_id"] for r in res["cases"]] == [ids["crop"]]

@@ -104,7 +104,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first",
                        description="Unreviewed cases, most in need of review first, with each prediction's "
                        "predicted Dice (the learned quality model's where `hila status` says it is in use, else the "
-                       "expected soft Dice of the model's own probabilities).")
+                       "expected soft Dice of the model's own probabilities) and each label's predicted Dice with its "
+                       "source (expected_soft_dice, assistant_agreement or learned: the one `hila status` says won "
+                       "by leave-one-case-out).")
     p.add_argument("workspace", type=Path)
     p.add_argument("--by", default=strategies.DEFAULT, choices=list(strategies.STRATEGIES),
                    help="; ".join(f"{s.name}: {s.help}" for s in strategies.STRATEGIES.values()))
@@ -238,6 +240,9 @@ def cmd_status(args) -> int:
              f"effort: {eff.get('corrections', 0)} corrections, {eff.get('seconds_total', 0)} s, "
              f"mean {eff.get('voxels_changed_mean')} voxels changed",
              f"predicted Dice: {st['quality']['source']} ({st['quality']['reason']})"]
+    if st["quality"].get("per_label"):
+        pl = st["quality"]["per_label"]
+        lines.append(f"per-label predicted Dice: {pl['source']} ({pl['reason']})")
     for k, v in st["effort"].items():
         if k.startswith("v"):
             d = ", ".join(f"{n} {x}" for n, x in v["dice_vs_prediction_mean"].items() if x is not None)
