@@ -255,3 +255,22 @@ def test_rank_json_lists_each_labels_predicted_dice_and_its_source(ws4, capsys, 
     assert case["predicted_dice"] == pytest.approx(np.mean([lab["predicted_dice"] for lab in case["labels"]]), abs=1e-4)
     rc, out, _ = run(capsys, "rank", forced)
     assert rc == 0 and "prostate " in out and "(learned)" in out
+
+
+def test_volume_plausibility_feeds_the_whole_prediction_model_never_from_its_own_case(ws4):
+    """``volume_z_max`` (the learned model's plausibility feature): a pair's own correction is never among its
+    references (three cases, so each pair has two others: too few, the feature reads 0); the unreviewed case is
+    compared with all three, and a prediction with an implausible volume scores higher."""
+    ws, ids, qm = ws4
+    from HILASegmentLib.quality.learned import volume_z_max, with_plausibility
+    from HILASegmentLib.workspace import Workspace
+    with Workspace.open(ws) as w:
+        pairs = w.quality_pairs()
+        summary = PredictionSummary.from_dict(w.predictions(ids["crop"])[-1].uncertainty)
+    assert len(pairs) == 3 and all(p["features"]["volume_z_max"] == 0.0 for p in pairs)
+    assert sorted(qm.references) == sorted(ids[c] for c in CASES)
+    z = with_plausibility(summary, qm.references)["volume_z_max"]
+    big = PredictionSummary.from_dict(summary.to_dict())
+    big.labels[0].ml = 5 * big.labels[0].ml
+    assert volume_z_max(big, qm.references) > z >= 0.0
+    assert volume_z_max(summary, qm.references, exclude=[ids[CASES[0]]]) == 0.0  # two references left: none

@@ -18,7 +18,7 @@ from ..ground.errors import HilaError
 from ..inference.summary import PredictionSummary
 from ..quality.degrade import degraded_copies
 from ..quality.labelmodel import SOURCE_SOFT, SYNTHETIC_UNTIL, LabelQualityModel, fit_label_model
-from ..quality.learned import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model
+from ..quality.learned import SOURCE_UNSUPERVISED, QualityModel, fit_quality_model, with_plausibility
 from ..quality.plausibility import RAW_KEYS, label_shape
 from .base import Core
 from .casestore import Cases
@@ -36,9 +36,11 @@ class QualityModels:
     registry: Registry
     cases: Cases
 
-    def quality_pairs(self) -> List[dict]:
-        """Every prediction with an accepted (reviewed) correction: its features, its expected soft Dice
-        (source a) and the Dice the first such correction showed against it (the truth a quality model learns)."""
+    def quality_pairs(self, references: Optional[Dict[str, Dict[str, dict]]] = None) -> List[dict]:
+        """Every prediction with an accepted (reviewed) correction: its features (``volume_z_max`` against the other
+        cases' accepted corrections, ``references`` or read here), its expected soft Dice (source a) and the Dice the
+        first such correction showed against it (the truth a quality model learns)."""
+        refs = self.references()[0] if references is None else references
         with self.core.ledger.read() as con:
             rows = con.execute(
                 "SELECT p.prediction_id, p.model_version, p.case_id, p.uncertainty, c.effort FROM corrections c "
@@ -53,7 +55,7 @@ class QualityModels:
             dice = [v for v in (json.loads(r["effort"]).get("dice") or {}).values() if v is not None]
             out.append({"prediction_id": int(r["prediction_id"]), "model_version": r["model_version"],
                         "case_id": r["case_id"],
-                        "features": summary.quality_features if summary else None,
+                        "features": with_plausibility(summary, refs, [r["case_id"]]),
                         "unsupervised": summary.predicted_dice if summary else None,
                         "true": round(float(np.mean(dice)), 6) if dice else None})
         return out
@@ -65,9 +67,9 @@ class QualityModels:
             if cur is None:
                 raise HilaError(f"{self.core.root}: no current model to fit a quality model for")
             model_version = cur.version
-        qm = fit_quality_model(self.quality_pairs(), int(model_version))
         pairs = self.label_pairs()
         refs, synthetic = self.references(synthetic=len(pairs) < SYNTHETIC_UNTIL)
+        qm = fit_quality_model(self.quality_pairs(refs), int(model_version), refs)
         qm.per_label = fit_label_model(pairs, synthetic, refs, int(model_version)).to_dict()
         with self.core.ledger.write() as con:
             self.core.event(con, EVENT_KIND, f"model v{qm.model_version}", qm.to_dict())
