@@ -8,7 +8,8 @@ flagged 20 %, micro over the three CTs), against the boundary band (the same num
 boundary, mm) and random voxels, as ``bench_quality.recall`` counts them. Maps: the model's own ``1 - p(chosen)``
 (no TTA); with the left-right flip (the product's ``--tta``: the larger of that and the flips' disagreement); with
 the three array-axis flips (the old default). Each map's own prediction is scored (TTA changes the labels too), and
-the Dice is printed beside it. Deterministic (seeded band tie-breaks and random voxels); load-independent figures.
+the Dice is printed beside it. Then the model's own map combined with the disagreement of an independent second
+prediction (the image mirrored left-right, segmented, mirrored back), at weights 0, 0.25 and 1. Deterministic (seeded band tie-breaks and random voxels); load-independent figures.
 Writes OUT/results.json.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_quality import COUNTS, rates, recall  # noqa: E402
 
 from HILASegmentLib.ground.metrics import dice  # noqa: E402
-from HILASegmentLib.inference.segmenter import Segmenter  # noqa: E402
+from HILASegmentLib.inference.segmenter import Segmenter, patient_lr_axis  # noqa: E402
 from HILASegmentLib.models.modelcard import resolve  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pelvic_ct"
@@ -64,8 +65,40 @@ def main() -> int:
         results[arm] = {"recall_micro": rates(counts), "dice_per_case": dices,
                         "dice_mean": round(float(np.mean(dices)), 4), "flips": r.summary.get("tta_flips")}
         print(json.dumps({arm: results[arm]}), flush=True)
+    results.update(mirrored_disagreement(arms["no_tta"][0]))
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
+
+
+def mirrored_disagreement(seg: Segmenter) -> dict:
+    """The model's own map combined with the disagreement of a second, independent prediction: the same model on
+    the image mirrored across the patient's left-right axis (its labels mirrored back). Flagged first: voxels where
+    the two predictions disagree (``err + w`` there), ordered by the model's own error probability."""
+    out = {}
+    rows = []
+    for c in CASES:
+        img = sitk.ReadImage(str(DATA / c / "ct.nii.gz"))
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / c / "labels_manual.nii.gz")))
+        ref[ref > 3] = 0
+        ax = 2 - patient_lr_axis(np.asarray(img.GetDirection()).reshape(3, 3))  # the array axis (z, y, x order)
+        mir = sitk.GetImageFromArray(np.flip(sitk.GetArrayFromImage(img), axis=ax).copy())
+        mir.CopyInformation(img)
+        r, rm = seg.segment(img), seg.segment(mir)
+        pred = sitk.GetArrayFromImage(r.label)
+        second = np.flip(sitk.GetArrayFromImage(rm.label), axis=ax)
+        rows.append((img, ref, pred, sitk.GetArrayFromImage(r.review_map), second != pred))
+    for w in (0.0, 0.25, 1.0):
+        rng = np.random.default_rng(0)
+        counts = dict.fromkeys(COUNTS, 0)
+        for img, ref, pred, err, dis in rows:
+            rc = recall(np.clip(err + w * dis, 0, 2).astype(np.float32), pred, ref, rng, img.GetSpacing())
+            for k in counts:
+                counts[k] += rc[k]
+        out[f"own_map_plus_{w:g}_x_mirror_disagreement"] = {"recall_micro": rates(counts)}
+        print(json.dumps({f"own_map_plus_{w:g}_x_mirror_disagreement": rates(counts)}), flush=True)
+    out["mirror_disagreement_share_of_foreground"] = round(float(np.mean([d.sum() / max((p > 0).sum(), 1)
+                                                                          for _, _, p, _, d in rows])), 4)
+    return out
 
 
 if __name__ == "__main__":
