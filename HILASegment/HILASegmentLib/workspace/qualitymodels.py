@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,11 +36,9 @@ class QualityModels:
     registry: Registry
     cases: Cases
 
-    def quality_pairs(self, references: Optional[Dict[str, Dict[str, dict]]] = None) -> List[dict]:
-        """Every prediction with an accepted (reviewed) correction: its features (``volume_z_max`` against the other
-        cases' accepted corrections, ``references`` or read here), its expected soft Dice (source a) and the Dice the
-        first such correction showed against it (the truth a quality model learns)."""
-        refs = self.references()[0] if references is None else references
+    def _corrected_predictions(self) -> List[Tuple[Any, Optional[PredictionSummary], Dict[str, Any]]]:
+        """Each prediction with a reviewed correction, once: (its row, its summary or None, the Dice per label the
+        first such correction showed against it)."""
         with self.core.ledger.read() as con:
             rows = con.execute(
                 "SELECT p.prediction_id, p.model_version, p.case_id, p.uncertainty, c.effort FROM corrections c "
@@ -52,7 +50,17 @@ class QualityModels:
                 continue
             seen.add(r["prediction_id"])
             summary = PredictionSummary.from_dict(json.loads(r["uncertainty"])) if r["uncertainty"] else None
-            dice = [v for v in (json.loads(r["effort"]).get("dice") or {}).values() if v is not None]
+            out.append((r, summary, json.loads(r["effort"]).get("dice") or {}))
+        return out
+
+    def quality_pairs(self, references: Optional[Dict[str, Dict[str, dict]]] = None) -> List[dict]:
+        """Every prediction with an accepted (reviewed) correction: its features (``volume_z_max`` against the other
+        cases' accepted corrections, ``references`` or read here), its expected soft Dice (source a) and the Dice the
+        first such correction showed against it (the truth a quality model learns)."""
+        refs = self.references()[0] if references is None else references
+        out = []
+        for r, summary, truth in self._corrected_predictions():
+            dice = [v for v in truth.values() if v is not None]
             out.append({"prediction_id": int(r["prediction_id"]), "model_version": r["model_version"],
                         "case_id": r["case_id"],
                         "features": with_plausibility(summary, refs, [r["case_id"]]),
@@ -145,18 +153,10 @@ class QualityModels:
     def label_pairs(self) -> List[dict]:
         """Every (prediction, label) with an accepted correction: the label's raw shape figures (stored with the
         prediction), its expected soft Dice, the assistant's agreement where recorded, and the correction's Dice."""
-        with self.core.ledger.read() as con:
-            rows = con.execute(
-                "SELECT p.prediction_id, p.case_id, p.uncertainty, c.effort FROM corrections c "
-                "JOIN predictions p ON p.prediction_id = c.based_on WHERE c.quality = 'reviewed' "
-                "ORDER BY c.correction_id").fetchall()
-        seen, out = set(), []
-        for r in rows:
-            if r["prediction_id"] in seen or not r["uncertainty"]:
+        out = []
+        for r, summary, truth in self._corrected_predictions():
+            if summary is None:
                 continue
-            seen.add(r["prediction_id"])
-            summary = PredictionSummary.from_dict(json.loads(r["uncertainty"]))
-            truth = json.loads(r["effort"]).get("dice") or {}
             for name, (raw, soft, assistant) in label_evidence(summary).items():
                 if truth.get(name) is not None:
                     out.append({"case_id": r["case_id"], "prediction_id": int(r["prediction_id"]), "label": name,
