@@ -86,7 +86,9 @@ def test_tta(models):
     img, truth = phantom((48, 44, 16), (1.0, 1.0, 2.5), np.eye(3))
     plain = models["sigmoid"].segment(img)
     res = models["sigmoid"].segment(img, tta=True)
-    assert res.summary["windows"] == 4 * plain.summary["windows"]
+    # identity plus one flip, across the patient's left-right axis (the model grid is RAS: its axis 0)
+    assert res.summary["windows"] == 2 * plain.summary["windows"]
+    assert res.summary["tta_flips"] == [[0]] and res.summary["tta_flip_rule"] == "patient_lr"
     assert res.summary["uncertainty"] == "tta_disagreement"
     assert dice(sitk.GetArrayFromImage(res.label), truth) > 0.9
 

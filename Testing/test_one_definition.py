@@ -68,7 +68,8 @@ def test_simulate_ranks_as_the_workspace_does(tmp_path):
     unc = {"a": 0.3, "b": 0.1, "c": 0.5, "d": 0.2}
     summ = {n: PredictionSummary(model_version=1, predicted_dice=dice[n], mean_uncertainty=unc[n]).to_dict()
             for n in dice}
-    ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=1), quality_model=lambda v: None)
+    ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=1), quality_model=lambda v: None,
+                         parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)))
     ctx = SimpleNamespace(has_model=lambda: True, sim=SimpleNamespace(ws=ws),
                           predict=lambda n: SimpleNamespace(summary=summ[n]))
     for name in strategies.STRATEGIES:

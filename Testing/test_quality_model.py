@@ -16,7 +16,14 @@ from HILASegmentLib.cli import main
 from HILASegmentLib.ground.errors import HilaError
 from HILASegmentLib.ground.metrics import dice
 from HILASegmentLib.inference.summary import PredictionSummary
-from HILASegmentLib.quality.learned import FEATURES, MIN_PAIRS, QualityModel, fit_quality_model, prediction_features
+from HILASegmentLib.quality.learned import (
+    FEATURES,
+    MIN_PAIRS,
+    WORKSPACE_FEATURES,
+    QualityModel,
+    fit_quality_model,
+    prediction_features,
+)
 
 CASES = ("Pelvic-Ref002", "Pelvic-Ref003", "Pelvic-Ref005")
 
@@ -73,7 +80,7 @@ def test_features_see_the_error_map_and_shape():
     unsure = np.where(lab > 0, 0.45, 0.0).astype(np.float32)
     a = prediction_features(calm, lab, img, (1, 1, 2), [1], [0.95])
     b = prediction_features(unsure, lab, img, (1, 1, 2), [1], [0.6])
-    assert set(a) == set(FEATURES)
+    assert set(a) | set(WORKSPACE_FEATURES) == set(FEATURES)
     assert b["err_mean_fg"] > a["err_mean_fg"] and b["err_mass_ratio"] > a["err_mass_ratio"]
     assert a["components"] == 0 and a["intensity_contrast"] > 3  # one piece, a bright object on dark
     lab2 = lab.copy()
@@ -123,7 +130,8 @@ def test_pairs_are_the_predictions_and_the_dice_their_correction_shows(ct_ws):
         for c in CASES[:2]:
             pred = w.predictions(ids[c])[-1]
             p = pairs[pred.prediction_id]
-            assert p["model_version"] == 1 and set(p["features"]) == set(FEATURES)
+            assert p["model_version"] == 1 and set(FEATURES) <= set(p["features"])
+            assert {f"ml:{n}" for n in ("prostate", "bladder", "rectum")} <= set(p["features"])  # per-label figures
             a = sitk.GetArrayFromImage(sitk.ReadImage(str(pred.path)))
             m = sitk.GetArrayFromImage(sitk.ReadImage(str(shared("pelvic_ct", c, "labels_manual.nii.gz"))))
             want = np.mean([dice(a == v, m == v) for v in (1, 2, 3)])

@@ -320,7 +320,8 @@ def test_quality_strategy_lowest_predicted_dice_first_learned_only_for_its_versi
     assert qm.in_use
 
     def ctx(model):
-        ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=3), quality_model=lambda v: model)
+        ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=3), quality_model=lambda v: model,
+                             parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)))
         return SimpleNamespace(has_model=lambda: True, sim=SimpleNamespace(ws=ws), predict=lambda n: SimpleNamespace(
             summary=PredictionSummary(model_version=1, predicted_dice=soft[n],
                                       quality_features={k: (err[n] if k == "err_mass_ratio" else 0.5)
@@ -349,6 +350,11 @@ def test_simulate_quality_strategy_refits_each_round_and_rank_lists_predicted_di
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0 and res["quality_source"]["source"] == "expected_soft_dice"
     assert res["cases"] and all(0.0 <= c["predicted_dice"] <= 1.0 for c in res["cases"] if c["predicted"])
+    # each label's predicted Dice with its source (a few pairs: the per-label choice is the soft Dice, and says so)
+    assert res["quality_source"]["per_label"]["source"] == "expected_soft_dice"
+    for c in (c for c in res["cases"] if c["predicted"]):
+        assert c["labels"] and all(lab["source"] == "expected_soft_dice" and 0.0 <= lab["predicted_dice"] <= 1.0
+                                   for lab in c["labels"] if lab["predicted_dice"] is not None)
 
 
 def test_a_two_case_pool_cannot_gate_so_promote_always_keeps_each_rounds_model(tmp_path):

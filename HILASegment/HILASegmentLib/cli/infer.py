@@ -34,7 +34,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    "workspace form: also write the stored prediction (workspace labels) as a .seg.nrrd cut to its voxels")
     p.add_argument("--model", default=None, help="file form: preset name (taps), starter name or .onnx path; "
                    "workspace form: model version (default: current), or a catalog name or .onnx path")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x the compute; uncertainty = disagreement)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation across the patient's left-right "
+                   "axis (2x the compute; the card's tta_flips override it; uncertainty = disagreement)")
     p.add_argument("--threads", type=argtypes.threads, default=None, help="onnxruntime threads (default: all cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--uncertainty", type=Path, default=None, help="also write the per-voxel uncertainty map (0..1) here")

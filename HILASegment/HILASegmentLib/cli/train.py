@@ -117,6 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     q = res.get("quality_model") or {}
     summary += (f"\nquality model for v{q['model_version']}: {'in use' if q['in_use'] else 'not used'} ({q['reason']})"
                 if "in_use" in q else f"\nquality model not fitted: {q.get('error')}")
+    if q.get("per_label"):
+        summary += f"\nper-label predicted Dice: {q['per_label']['source']} ({q['per_label']['reason']})"
     emit(args, res, summary)
     return 0
 

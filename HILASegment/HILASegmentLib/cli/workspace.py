@@ -104,7 +104,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rank", parents=[parent], help="unreviewed cases, most in need of review first",
                        description="Unreviewed cases, most in need of review first, with each prediction's "
                        "predicted Dice (the learned quality model's where `hila status` says it is in use, else the "
-                       "expected soft Dice of the model's own probabilities).")
+                       "expected soft Dice of the model's own probabilities) and each label's predicted Dice with its "
+                       "source (expected_soft_dice, assistant_agreement or learned: the one `hila status` says won "
+                       "by leave-one-case-out).")
     p.add_argument("workspace", type=Path)
     p.add_argument("--by", default=strategies.DEFAULT, choices=list(strategies.STRATEGIES),
                    help="; ".join(f"{s.name}: {s.help}" for s in strategies.STRATEGIES.values()))
@@ -238,6 +240,9 @@ def cmd_status(args) -> int:
              f"effort: {eff.get('corrections', 0)} corrections, {eff.get('seconds_total', 0)} s, "
              f"mean {eff.get('voxels_changed_mean')} voxels changed",
              f"predicted Dice: {st['quality']['source']} ({st['quality']['reason']})"]
+    if st["quality"].get("per_label"):
+        pl = st["quality"]["per_label"]
+        lines.append(f"per-label predicted Dice: {pl['source']} ({pl['reason']})")
     for k, v in st["effort"].items():
         if k.startswith("v"):
             d = ", ".join(f"{n} {x}" for n, x in v["dice_vs_prediction_mean"].items() if x is not None)
@@ -333,7 +338,10 @@ def cmd_rank(args) -> int:
         dice = f"predicted Dice {r['predicted_dice']:.3f}" if r.get("predicted_dice") is not None else None
         need = "unpredicted" if not r["predicted"] else (dice or (
             f"need {r['review_need']:.3f}" if r["review_need"] is not None else "no uncertainty summary"))
-        lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need})")
+        per = ", ".join(f"{lab['name']} {lab['predicted_dice']:.3f} ({lab['source']})" for lab in r.get("labels") or []
+                        if lab["predicted_dice"] is not None)
+        src = f" ({r['predicted_dice_source']})" if dice and r.get("predicted_dice_source") else ""
+        lines.append(f"{r['rank']:3d}. {r['case_id']} {r['name']} ({r['state']}; {need}{src})" + (f": {per}" if per else ""))
     if args.review_budget is not None:
         b = res["review_budget"]
         lines.append(f"review budget {b['fraction']:g}: {len(b['cases'])} of {b['of_predicted']} predicted case(s); "

@@ -72,6 +72,11 @@ class InferenceResult:
         return seg
 
 
+def patient_lr_axis(direction: np.ndarray) -> int:
+    """The axis (column of a 3x3 LPS direction matrix) that points most nearly along the patient's left-right."""
+    return int(np.argmax(np.abs(np.asarray(direction, float).reshape(3, 3)[0, :])))
+
+
 def _providers(device: str) -> List[str]:
     import onnxruntime as ort  # heavy (native runtime, ~0.5 s): loaded when a model is, not with the engine
 
@@ -209,7 +214,7 @@ class Segmenter:
         if roi.get("kind") == "center":
             region, inner_faces = self._center_roi(grid, body, roi)
             used_roi = "center"
-        passes = self._passes(tta)
+        passes, flip_rule = self._passes(tta, grid)
         logits, spread = self._run_region(norm, region, passes, stats, progress, 0.05, 0.85 if used_roi == "body" else 0.5)
         probs, fgmask = self._postprocess(logits)
         if used_roi == "center" and roi.get("fallback", "body") == "body" and (
@@ -245,6 +250,7 @@ class Segmenter:
             windows=stats["windows"], roi=used_roi, roi_fallback=fell_back, tta=bool(tta), seconds=round(seconds, 3),
             seconds_onnx=round(stats["seconds_onnx"], 3), seconds_other=round(seconds - stats["seconds_onnx"], 3),
             uncertainty="tta_disagreement" if tta else "entropy",
+            tta_flips=[list(f) for f in passes[1:]] if tta else None, tta_flip_rule=flip_rule,
             mean_uncertainty=round(float(unc_arr[anyfg].mean()), 4) if anyfg.any() else 0.0,
             uncertain_voxels=int(np.count_nonzero(unc_arr > 0.5)),
             predicted_dice=cohort_dice(pdice), predicted_dice_source="expected_soft_dice", providers=self.providers,
@@ -253,12 +259,19 @@ class Segmenter:
         return InferenceResult(label, uncertainty, prob_imgs, summary, seconds, card, review_map, box)
 
     # ---- steps ---------------------------------------------------------------------------------
-    def _passes(self, tta: bool) -> List[Tuple[int, ...]]:
-        """The flips (array axes) run per window: none, or identity plus one flip per axis."""
+    def _passes(self, tta: bool, grid: Grid) -> Tuple[List[Tuple[int, ...]], Optional[str]]:
+        """The flips (model-grid axes) run per window, and the rule that chose them: none without TTA; else the
+        card's ``inference.tta_flips`` where it names them (an explicit override, rule ``card``), otherwise the
+        identity plus ONE flip, across the patient's left-right axis (rule ``patient_lr``: the model-grid axis whose
+        direction is closest to patient L-R, from the direction cosines, so an oblique or permuted image flips the
+        same anatomy). Why only left-right: pelvic anatomy is roughly mirror-symmetric about the mid-sagittal
+        plane and nowhere else; anterior-posterior and superior-inferior flips show the network anatomy it never
+        saw and lower the CT starter's Dice (measured in ``Testing/test_tta_flips.py`` on the three real CTs)."""
         if not tta:
-            return [()]
-        axes = self.card.inference.get("tta_flips", [[0], [1], [2]])
-        return [()] + [tuple(int(a) for a in f) for f in axes]
+            return [()], None
+        if "tta_flips" in self.card.inference:
+            return [()] + [tuple(int(a) for a in f) for f in self.card.inference["tta_flips"]], "card"
+        return [(), (patient_lr_axis(grid.direction),)], "patient_lr"
 
     def _center_roi(self, grid: Grid, body, roi: Dict[str, Any]):
         """A box of ``roi.size`` voxels centred on the field of view, inside the body crop where possible;

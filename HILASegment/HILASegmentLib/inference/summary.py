@@ -43,6 +43,10 @@ class PredictionSummary:
     #: How ``mean_uncertainty`` was measured: ``entropy`` or ``tta_disagreement``.
     uncertainty: Optional[str] = None
     mean_uncertainty: Optional[float] = None
+    #: With TTA: the flipped model-grid axes, one list per extra pass, and the rule that chose them
+    #: (``patient_lr``: the patient's left-right axis, from the direction cosines; ``card``: the card's override).
+    tta_flips: Optional[List[List[int]]] = None
+    tta_flip_rule: Optional[str] = None
     uncertain_voxels: Optional[int] = None
     #: Expected Dice of the whole prediction (mean over labels); higher means less need of review.
     predicted_dice: Optional[float] = None

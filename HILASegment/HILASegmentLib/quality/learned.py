@@ -31,11 +31,15 @@ from ..ground.metrics import spearman
 from ..inference.errormap import review_region
 from ..inference.segmenter import InferenceResult
 from ..inference.summary import PredictionSummary
+from .plausibility import RAW_KEYS, extra_pieces, label_shape, surface_voxels, zscore
 
 #: The features of one prediction, in the order the regressor reads them (see :func:`prediction_features`).
 FEATURES = ("soft_dice_mean", "soft_dice_min", "err_mean_fg", "err_mean_review", "err_mass_ratio",
             "uncertain_fraction", "log_volume_ml", "empty_label_fraction", "boundary_ratio", "components",
-            "intensity_contrast", "intensity_sd_fg")
+            "intensity_contrast", "intensity_sd_fg", "volume_z_max")
+#: Features not stored with the prediction but computed against the workspace's accepted corrections when a pair is
+#: fitted or a prediction scored (``with_plausibility``), and their value where there is nothing to compare with.
+WORKSPACE_FEATURES = {"volume_z_max": 0.0}
 #: Fewer accepted pairs than this: no learned model is fitted (leave-one-out on less says nothing).
 MIN_PAIRS = 8
 #: Ridge strengths tried (on standardised features).
@@ -77,15 +81,8 @@ def prediction_features(err: np.ndarray, label: np.ndarray, image: np.ndarray, s
     surface, pieces = 0, []
     for v in present:
         m = lab == v
-        inner = m.copy()
-        for ax in range(3):
-            inner[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))] &= \
-                m[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))]
-            inner[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))] &= \
-                m[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))]
-        surface += int(np.count_nonzero(m & ~inner))
-        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(m.astype(np.uint8)))
-        pieces.append(int(sitk.GetArrayViewFromImage(cc).max()) - 1)
+        surface += surface_voxels(m)
+        pieces.append(extra_pieces(m))
     out["boundary_ratio"] = surface / n_fg
     out["components"] = float(np.mean(pieces)) if pieces else 0.0
     inside, around = img[lab > 0], img[lab == 0]
@@ -103,7 +100,8 @@ def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: 
     the inference layer never needs the quality layer. Every prediction that is stored or ranked goes through it.
     With the box ``assistant`` (``hila infer --second-opinion``) the features also hold ``assistant_agreement``
     (mean over the predicted labels, ``secondopinion``) and each label's ``assistant_agreement:<name>``; they are
-    recorded, not (yet) read by the regressor."""
+    read by the per-label quality model (``labelmodel``). Each label's raw shape figures are stored as
+    ``<figure>:<name>`` (``plausibility.RAW_KEYS``)."""
     if result.review_map is None or result.box is None:
         raise ValueError("quality features need the prediction's review map and box (a fresh Segmenter result)")
     low, high = result.box
@@ -114,6 +112,11 @@ def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: 
         sitk.GetArrayViewFromImage(result.review_map)[sl], sitk.GetArrayViewFromImage(result.label)[sl],
         sitk.GetArrayViewFromImage(image)[sl], image.GetSpacing(), [lab.value for lab in labels],
         [pdice.get(lab.name) for lab in labels])
+    feats = result.summary["quality_features"]
+    lab_arr, img_arr = sitk.GetArrayViewFromImage(result.label)[sl], sitk.GetArrayViewFromImage(image)[sl]
+    for lab in labels:  # each label's raw shape figures (``plausibility``), for the per-label quality model
+        raw = label_shape(lab_arr == lab.value, img_arr, image.GetSpacing())
+        feats.update({f"{k}:{lab.name}": raw[k] for k in RAW_KEYS})
     if assistant is not None:
         from .secondopinion import assistant_agreement
         per = assistant_agreement(sitk.GetArrayViewFromImage(result.label), image,
@@ -124,12 +127,36 @@ def add_quality_features(result: InferenceResult, image: sitk.Image, assistant: 
     return result
 
 
+def volume_z_max(summary: PredictionSummary, references: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 exclude: Sequence[str] = ()) -> float:
+    """The largest |z-score| of a prediction's label volumes against the same labels in the accepted corrections of
+    the references' cases other than ``exclude`` (``plausibility.zscore``; 0 where no label has enough)."""
+    zs = []
+    for lab in summary.labels:
+        refs = [r[lab.name]["ml"] for c, r in references.items() if c not in exclude and lab.name in r]
+        z = zscore(float(lab.ml or 0.0), refs)
+        if z is not None:
+            zs.append(abs(z))
+    return max(zs) if zs else 0.0
+
+
+def with_plausibility(summary: Optional[PredictionSummary], references: Mapping[str, Mapping[str, Mapping[str, float]]],
+                      exclude: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+    """A prediction's stored features plus :data:`WORKSPACE_FEATURES` against ``references`` (its own case excluded
+    when it has a correction: its truth must not make its own feature)."""
+    if summary is None or not isinstance(summary.quality_features, Mapping):
+        return None
+    return {**summary.quality_features, "volume_z_max": round(volume_z_max(summary, references, exclude), 4)}
+
+
 def feature_vector(features: Optional[Mapping[str, Any]]) -> Optional[np.ndarray]:
-    """The features in :data:`FEATURES` order; None when any is missing or not finite."""
+    """The features in :data:`FEATURES` order (a missing workspace feature reads as having nothing to compare with);
+    None when any other is missing or not finite."""
     if not isinstance(features, Mapping):
         return None
     try:
-        x = np.array([float(features[k]) for k in FEATURES], float)
+        x = np.array([float(features.get(k, WORKSPACE_FEATURES.get(k)) if k in WORKSPACE_FEATURES else features[k])
+                      for k in FEATURES], float)
     except (KeyError, TypeError, ValueError):
         return None
     return x if np.all(np.isfinite(x)) else None
@@ -137,28 +164,32 @@ def feature_vector(features: Optional[Mapping[str, Any]]) -> Optional[np.ndarray
 
 # --------------------------------------------------------------------------- ridge regression
 
-def _ridge(X: np.ndarray, y: np.ndarray, lam: float):
-    """Weights on standardised features: (mean, scale, w, intercept)."""
-    mu, sc = X.mean(axis=0), X.std(axis=0)
+def _ridge(X: np.ndarray, y: np.ndarray, lam: float, w: Optional[np.ndarray] = None):
+    """Weights on standardised features: (mean, scale, w, intercept); ``w`` weighs the pairs (default: equally)."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    mu = np.average(X, axis=0, weights=w)
+    sc = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w))
     sc = np.where(sc > 1e-9, sc, 1.0)
     Z = (X - mu) / sc
-    w = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
-    return mu, sc, w, float(y.mean())
+    yb = float(np.average(y, weights=w))
+    coef = np.linalg.solve(Z.T @ (Z * w[:, None]) + lam * np.eye(Z.shape[1]), Z.T @ (w * (y - yb)))
+    return mu, sc, coef, yb
 
 
-def _loo_error(X: np.ndarray, y: np.ndarray, lam: float) -> float:
-    """Closed-form leave-one-out mean squared error of ridge (hat-matrix shortcut, intercept included)."""
-    mu, sc, w, b = _ridge(X, y, lam)
+def _loo_error(X: np.ndarray, y: np.ndarray, lam: float, w: Optional[np.ndarray] = None) -> float:
+    """Closed-form leave-one-out mean squared error of (weighted) ridge (hat-matrix shortcut, intercept included)."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    mu, sc, coef, b = _ridge(X, y, lam, w)
     Z = (X - mu) / sc
-    A = np.linalg.inv(Z.T @ Z + lam * np.eye(Z.shape[1]))
-    h = 1.0 / len(y) + np.einsum("ij,jk,ik->i", Z, A, Z)
-    resid = (y - (Z @ w + b)) / np.maximum(1.0 - h, 1e-6)
-    return float(np.mean(resid ** 2))
+    A = np.linalg.inv(Z.T @ (Z * w[:, None]) + lam * np.eye(Z.shape[1]))
+    h = w / w.sum() + w * np.einsum("ij,jk,ik->i", Z, A, Z)
+    resid = (y - (Z @ coef + b)) / np.maximum(1.0 - h, 1e-6)
+    return float(np.average(resid ** 2, weights=w))
 
 
-def _fit(X: np.ndarray, y: np.ndarray):
-    lam = min(LAMBDAS, key=lambda lm: _loo_error(X, y, lm))
-    return (lam,) + _ridge(X, y, lam)
+def _fit(X: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None):
+    lam = min(LAMBDAS, key=lambda lm: _loo_error(X, y, lm, w))
+    return (lam,) + _ridge(X, y, lam, w)
 
 
 def _predict(params, X: np.ndarray) -> np.ndarray:
@@ -197,6 +228,10 @@ class QualityModel:
     loo: Dict[str, Dict[str, Optional[float]]] = field(default_factory=dict)
     pairs: List[int] = field(default_factory=list)      # prediction ids it was fitted on
     fitted_on_versions: List[int] = field(default_factory=list)
+    #: the per-label source for this version (``labelmodel.LabelQualityModel.to_dict()``); None before it existed
+    per_label: Optional[Dict[str, Any]] = None
+    #: the accepted corrections' label figures at fitting time (``plausibility``), for ``volume_z_max`` when scoring
+    references: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -233,15 +268,18 @@ class QualityModel:
         if summary.model_version is None or int(summary.model_version) != self.model_version:
             raise HilaError(f"{where}: made by model v{summary.model_version}, but this quality model scores "
                             f"model v{self.model_version} predictions only")
-        return self.predict(summary.quality_features)
+        return self.predict(with_plausibility(summary, self.references))
 
 
-def fit_quality_model(pairs: Sequence[Mapping[str, Any]], model_version: int) -> QualityModel:
+def fit_quality_model(pairs: Sequence[Mapping[str, Any]], model_version: int,
+                      references: Optional[Mapping[str, Any]] = None) -> QualityModel:
     """Fit on ``pairs`` (``prediction_id``, ``model_version``, ``case_id``, ``features``, ``unsupervised`` Dice (source a),
-    ``true`` Dice of the accepted correction against the prediction) and decide whether it beats (a)."""
+    ``true`` Dice of the accepted correction against the prediction) and decide whether it beats (a). ``references``:
+    the accepted corrections' figures the pairs' ``volume_z_max`` was taken against, kept to score with."""
     usable = [p for p in pairs if feature_vector(p.get("features")) is not None
               and _finite(p.get("true")) and _finite(p.get("unsupervised"))]
     base = dict(model_version=int(model_version), n_pairs=len(usable), pairs=[int(p["prediction_id"]) for p in usable],
+                references={str(c): {str(n): dict(r) for n, r in v.items()} for c, v in (references or {}).items()},
                 fitted_on_versions=sorted({int(p["model_version"]) for p in usable if p.get("model_version") is not None}))
     if len(usable) < MIN_PAIRS:
         return QualityModel(in_use=False, reason=f"only {len(usable)} accepted correction(s) of predictions with "

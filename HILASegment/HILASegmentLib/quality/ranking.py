@@ -8,7 +8,7 @@ likely wrong; ``review_budget`` says what reviewing the first share of them shou
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,9 +40,12 @@ def learned_scorer(quality_model: Callable[[int], object]) -> Callable[[Predicti
     return score
 
 
+LabelScorer = Callable[[PredictionSummary, str], Mapping[str, Tuple[Optional[float], str]]]
+
+
 def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
                scorer: Optional[Callable[[PredictionSummary], Optional[float]]] = None,
-               rng: Optional[np.random.Generator] = None) -> List[dict]:
+               rng: Optional[np.random.Generator] = None, label_scorer: Optional[LabelScorer] = None) -> List[dict]:
     """Order unreviewed cases, most in need of review first, by the registered strategy ``by``.
 
     Each item has ``case_id``, ``predicted`` (bool) and ``uncertainty`` (the latest prediction's
@@ -51,6 +54,11 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
     the summary's own expected Dice stands); only strategies marked ``learned`` ask it. Predicted cases
     with a known need come first (highest need first; a ``shuffled`` strategy: in a random order), then
     predicted cases without a summary, then unpredicted cases; ties by case id.
+
+    ``label_scorer(summary, case_id)`` gives each label's predicted Dice and its source (``labelmodel``); each item
+    then lists them (``labels``), and where the case has no learned Dice and its labels' source is not the expected
+    soft Dice (the workspace chose the assistant's agreement or the per-label learned model), the case's predicted
+    Dice is the mean over its labels, with that source.
     """
     strategy = strategies.get(by)
     items = list(cases)
@@ -61,12 +69,21 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
         summary = PredictionSummary.from_dict(stored) if isinstance(stored, Mapping) else None
         learned = scorer(summary) if (strategy.learned and scorer is not None and summary is not None
                                       and c.get("predicted")) else None
+        source = "learned"
+        per = dict(label_scorer(summary, str(c.get("case_id")))) if (label_scorer is not None and summary is not None
+                                                                    and c.get("predicted")) else {}
+        chosen = {s for d, s in per.values() if d is not None} - {"expected_soft_dice"}
+        if learned is None and strategy.learned and chosen:
+            known = [d for d, _ in per.values() if d is not None]
+            learned, source = round(float(np.mean(known)), 4), sorted(chosen)[0]
         need = strategy.need(summary, learned) if c.get("predicted") else None
         tier = 0 if need is not None else (1 if c.get("predicted") else 2)
         item = dict(c)
         item["review_need"] = None if need is None else round(need, 6)
         item["predicted_dice"] = learned if learned is not None else (summary.predicted_dice if summary else None)
-        item["predicted_dice_source"] = ("learned" if learned is not None else
+        if per:
+            item["labels"] = [{"name": n, "predicted_dice": d, "source": s} for n, (d, s) in per.items()]
+        item["predicted_dice_source"] = (source if learned is not None else
                                          (summary.predicted_dice_source if summary and summary.predicted_dice is not None
                                           else None))
         order = float(shuffle[i]) if shuffle is not None else -(need or 0.0)

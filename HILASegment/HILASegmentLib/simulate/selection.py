@@ -43,17 +43,18 @@ def ranked(name: str, candidates: List[str], k: int, rng: np.random.Generator, c
     strategy = ranking_strategies.get(name)
     if ctx is None or not ctx.has_model():
         return draw(candidates, k, rng)
-    version, scorer = None, None
+    version, scorer, per_label = None, None, None
     if strategy.learned:  # the workspace's version (the card's own number may differ for a starter)
         ws = ctx.sim.ws
         version, scorer = ws.current_model().version, learned_scorer(ws.quality_model)
+        per_label = ws.parts.quality.label_scorer()  # the per-label source the workspace chose, as `hila rank`
     items = []
     for c in candidates:
         summary = dict(ctx.predict(c).summary) if strategy.reads_predictions else None
         if summary is not None and version is not None:
             summary["model_version"] = version
         items.append({"case_id": c, "predicted": summary is not None, "uncertainty": summary})
-    return [r["case_id"] for r in rank_cases(items, by=name, scorer=scorer, rng=rng)][:k]
+    return [r["case_id"] for r in rank_cases(items, by=name, scorer=scorer, rng=rng, label_scorer=per_label)][:k]
 
 
 def strategies() -> Dict[str, Callable]:

@@ -488,8 +488,11 @@ def _refit_quality(ws) -> dict:
         qm = ws.fit_quality_model()
     except HilaError as exc:
         return {"error": str(exc)}
-    return {"model_version": qm.model_version, "in_use": qm.in_use, "source": qm.source, "n_pairs": qm.n_pairs,
-            "reason": qm.reason}
+    out = {"model_version": qm.model_version, "in_use": qm.in_use, "source": qm.source, "n_pairs": qm.n_pairs,
+           "reason": qm.reason}
+    if qm.per_label:
+        out["per_label"] = {k: qm.per_label.get(k) for k in ("source", "reason", "n_real", "n_synthetic")}
+    return out
 
 
 def _slim(ev: dict, where: str) -> dict:

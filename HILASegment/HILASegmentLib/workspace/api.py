@@ -121,7 +121,7 @@ class Parts:
         predictions = Predictions(core, cases, labels)
         corrections = Corrections(core, cases, labels)
         registry = Registry(core)
-        quality = QualityModels(core, registry)
+        quality = QualityModels(core, registry, cases)
         suspects = Suspects(core)
         return cls(core, images, cases, labels, predictions, corrections, Runs(core), registry, quality, suspects,
                    Reports(core, registry, quality, suspects), Dicom(core, cases, predictions, corrections))

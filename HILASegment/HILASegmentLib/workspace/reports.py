@@ -89,13 +89,15 @@ class Reports:
         (``quality.strategies``; see ``quality.rank_cases``).
 
         By quality, a prediction is scored by the learned quality model of its own model version where one
-        is in use (``qualitymodels``), else by its expected soft Dice."""
+        is in use (``qualitymodels``), else by its expected soft Dice; each case lists its labels' predicted Dice
+        with their source (``QualityModels.label_scorer``)."""
         todo = [c for c in self.case_states() if not c["reviewed"]]
         for c in todo:  # the ledger's model version is the one a quality model is filed under
             if isinstance(c["uncertainty"], dict):
                 c["uncertainty"] = dict(c["uncertainty"], model_version=c["latest_model_version"])
         scorer = learned_scorer(self.quality.quality_model)
-        return rank_cases(todo, by=by, scorer=scorer, rng=np.random.default_rng(seed))
+        return rank_cases(todo, by=by, scorer=scorer, rng=np.random.default_rng(seed),
+                          label_scorer=self.quality.label_scorer())
 
 
 def effort_summary(rows: Sequence[sqlite3.Row], names: List[str]) -> dict:
