@@ -130,7 +130,8 @@ class SlowAssistant:
     def __init__(self):
         self.slices, self.go = [], threading.Event()
 
-    def segment(self, image, box, progress=None, where="image"):
+    def segment(self, image, box, prompt=boxassist.PROMPTS[0], progress=None, where="image"):
+        self.prompt = prompt
         lo, hi = boxassist.box_block(image, box)
         out = np.zeros(image.GetSize()[::-1], bool)
         for n, k in enumerate(range(int(lo[2]), int(hi[2]) + 1)):
@@ -162,6 +163,7 @@ def test_the_worker_reports_each_slice_and_a_cancel_stops_it_between_slices(monk
     outcome = runner.wait()
     assert outcome.ok and runner.fraction == 1.0 and runner.message == "slice 6"
     assert outcome.result["mask"].shape == (6, 6, 6) and outcome.result["mask"].all()
+    assert stand_in.prompt == boxassist.FIX_PROMPT == "box"  # a box over part of a segment: no inscribed ellipsoid
     # cancelled after the second slice: the worker stops at the next progress call, the result is dropped
     stand_in = SlowAssistant()
     monkeypatch.setattr(boxassist, "shared_assistant", lambda: stand_in)
