@@ -61,6 +61,10 @@ def test_learned_model_used_only_where_it_beats_the_unsupervised_estimate_by_lea
     assert not few.in_use and f"needs {MIN_PAIRS}" in few.reason and few.weights is None
     # round trip through the ledger's JSON
     assert QualityModel.from_dict(json.loads(json.dumps(qm.to_dict()))).predict(f) == qm.predict(f)
+    # a record an older version fitted on other features is set aside (ranking and status keep working), not used
+    old = dict(qm.to_dict(), features=list(qm.features)[:-1], weights=list(qm.weights)[:-1])
+    aside = QualityModel.from_dict(json.loads(json.dumps(old)))
+    assert not aside.in_use and "other features" in aside.reason and aside.predict(f) is None
 
 
 def test_a_quality_model_never_scores_a_prediction_of_another_model_version():

@@ -249,8 +249,11 @@ class QualityModel:
             raise HilaError(f"{where}: not a quality model record ({exc})") from None
         if qm.in_use and (qm.weights is None or list(qm.features) != list(FEATURES)
                           or len(qm.weights) != len(FEATURES)):
-            raise HilaError(f"{where}: its features ({', '.join(qm.features)}) are not this version's "
-                            f"({', '.join(FEATURES)}); fit it again (hila train refits after each run)")
+            # fitted by an older version on other features: set aside (the unsupervised estimate stands), not an
+            # error, so that ranking and status keep working until the next training run refits it
+            qm.in_use = False
+            qm.reason = (f"set aside: fitted on other features ({', '.join(qm.features)}) than this version's; "
+                         "hila train refits it after its next run")
         return qm
 
     def predict(self, features: Optional[Mapping[str, Any]]) -> Optional[float]:
