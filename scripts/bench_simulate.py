@@ -145,8 +145,10 @@ def _load(run: Path) -> Optional[dict]:
     return {"rounds": rounds, "summary": summary}
 
 
-def _ms(xs: List[float], digits: Optional[int] = None) -> str:
-    """Mean ± sd (sample); 3 decimals for Dice-like values, none for seconds, unless ``digits`` says."""
+def _ms(xs: List[Optional[float]], digits: Optional[int] = None) -> str:
+    """Mean ± sd (sample) of the values given (a round without cases has none); 3 decimals for Dice-like values,
+    none for seconds, unless ``digits`` says."""
+    xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -240,9 +242,11 @@ def figure(aggs: List[dict], path: Path) -> None:
         x = [r["round"] for r in agg["table"]]
         key2 = "vs_scratch" if all(r.get("vs_scratch") for r in agg["table"]) else "effort_per_case_s"
         for ax, key in ((ax1, "dice"), (ax2, key2)):
-            m = [statistics.mean(r[key]) for r in agg["table"]]
-            sd = [statistics.stdev(r[key]) if len(r[key]) > 1 else 0.0 for r in agg["table"]]
-            ax.errorbar(x, m, yerr=sd, capsize=3, marker="o", label=agg["name"])
+            rows = [(xr, [v for v in r[key] if v is not None]) for xr, r in zip(x, agg["table"])]
+            rows = [(xr, v) for xr, v in rows if v]  # a round without cases has no effort
+            ax.errorbar([xr for xr, _ in rows], [statistics.mean(v) for _, v in rows],
+                        yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in rows], capsize=3, marker="o",
+                        label=agg["name"])
         for s, d in sorted(agg["seeds"].items()):
             ax3.plot([r["effort_fraction"] for r in d["rounds"]], [r["mean_dice"] for r in d["rounds"]],
                      marker=".", alpha=0.7, label=f"{agg['name']} s{s}")
