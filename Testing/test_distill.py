@@ -58,12 +58,12 @@ def taught_ws(tmp_path, **kw):
     return ws2, new_ids
 
 
-def test_auto_distils_a_foreign_preset_on_the_given_cases_and_the_card_says_so(tmp_path):
+def test_distilling_a_foreign_preset_learns_its_output_on_the_given_cases_and_the_card_says_so(tmp_path):
     from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentLib.training.run import train_workspace
 
     ws, ids = taught_ws(tmp_path)
-    r = train_workspace(ws, opts(promote="always", teacher_cases=ids[:2]))
+    r = train_workspace(ws, opts(promote="always", teacher_cases=ids[:2], warm_start="distill"))
     assert r["init"].startswith("distill v1 (foreign-teacher)")
     card = read_card(ws.model(r["model_version"]).path)
     d = card.training.distill
@@ -101,26 +101,29 @@ def test_a_teacher_whose_card_does_not_fit_is_refused_naming_the_mismatch(tmp_pa
         teacher_of(rec, Other("MR", ["bladder", "rectum"]))
     with pytest.raises(HilaError, match=r"not the workspace's prostate"):
         teacher_of(rec, Other("CT", ["bladder", "prostate"]))
-    # auto falls back to scratch for a misfit; --init distill refuses it; a softmax preset is distilled, not calibrated
+    # auto falls back to scratch for a misfit; --init distill refuses it; a softmax preset is not calibrated, and
+    # distilled only when asked (--warm-start distill)
     assert warm_start(rec, Other("CT", ["prostate"]), "auto") == (None, None)
     with pytest.raises(HilaError, match="prostate"):
         warm_start(rec, Other("CT", ["prostate"]), "distill")
     with pytest.raises(HilaError, match="not a sigmoid model with a threshold"):
         warm_start(rec, ws.settings, "calibrate")
-    assert warm_start(rec, ws.settings, "auto")[0] == "distill"
+    assert warm_start(rec, ws.settings, "auto") == (None, None)
+    assert warm_start(rec, ws.settings, "auto", "distill")[0] == "distill"
     assert warm_start(rec, ws.settings, "auto", "none") == (None, None)
     assert warm_start(None, ws.settings, "auto") == (None, None)
 
 
-def test_hila_train_init_distill_without_a_model_is_one_line_and_changes_nothing(tmp_path):
+@pytest.mark.parametrize("init", ["distill", "calibrate"])
+def test_hila_train_init_distill_or_calibrate_without_a_model_is_one_line_and_changes_nothing(tmp_path, init):
     ws, ids, _ = synthetic_workspace(tmp_path, range(2), corrected=1)
     root = ws.root
     ws.close()
     before = sorted(p.name for p in (root / "models").glob("*")) if (root / "models").exists() else []
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "HILASegment"))
-    r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "train", str(root), "--init", "distill", "--steps", "2"],
+    r = subprocess.run([sys.executable, "-m", "HILASegmentLib", "train", str(root), "--init", init, "--steps", "2"],
                        capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0 and "--init distill needs a current model" in r.stderr
+    assert r.returncode != 0 and f"--init {init} needs a current model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     after = sorted(p.name for p in (root / "models").glob("*")) if (root / "models").exists() else []
     assert after == before
@@ -223,3 +226,8 @@ def test_calibrate_a_sigmoid_preset_picks_the_threshold_its_corrections_support(
     fit = read_card(ws2.model(r["model_version"]).path).training.calibration
     assert r["init"].startswith("calibrate v1") and fit["threshold"] < 0.5
     assert path.read_bytes() == before
+    # the same corrections again: the calibrated version's own threshold stands, and nothing new is registered
+    n = len(ws2.models())
+    again = train_workspace(ws2, opts(promote="always"))
+    assert again["status"] == "unchanged" and again["model_version"] == r["model_version"] and len(ws2.models()) == n
+    assert ws2.training_runs()[-1].status == "done" and ws2.training_runs()[-1].model_version is None

@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "case, then the corrections; "
                         "imported: convert the current (imported) ONNX model with onnx2torch and fine-tune it")
     p.add_argument("--warm-start", default="auto", choices=WARM_STARTS,
-                   help="how --init auto starts from an imported preset: auto (calibrate a sigmoid model with a "
-                        "threshold, else distill), calibrate, distill, or none (a fresh network on the corrections)")
+                   help="how --init auto starts from an imported preset: auto or calibrate (fit a sigmoid model's "
+                        "threshold to the corrections; any other model: a fresh network on the corrections), distill "
+                        "(a fresh network learns the preset's output first), none (a fresh network on the corrections)")
     p.add_argument("--config", default="auto", choices=["auto", "3d_fullres", "3d_lowres", "2d", "2.5d"],
                    help="a new model's configuration: auto (default) plans 3d_lowres on a CPU and 3d_fullres on a GPU, "
                         "as measured by scripts/bench_recipe.py; fine-tuning keeps the current model's")

@@ -137,7 +137,9 @@ def warm_start(current, settings, init: str, warm: str = "auto") -> Tuple[Option
 
     ``--init calibrate|distill`` insist (HilaError naming a card that does not fit). ``auto`` warms up from a current
     model of another family (an imported preset such as TAPS, which cannot be fine-tuned in CPU minutes) whose card
-    fits: by ``warm`` (``auto``: calibrate a sigmoid model with a threshold, else distil; ``none``: never)."""
+    fits, as ``warm`` says: ``auto`` or ``calibrate``: calibrate a sigmoid model with a threshold, else nothing;
+    ``distill``: distil it; ``none``: never. Distillation is never the default: on the convention-shift cohort it was
+    no better than the corrections alone (README)."""
     if init in ("distill", "calibrate"):
         if current is None:
             raise HilaError(f"--init {init} needs a current model to start from (hila init --model, e.g. taps)")
@@ -155,9 +157,9 @@ def warm_start(current, settings, init: str, warm: str = "auto") -> Tuple[Option
         teacher = distill.teacher_of(current, settings)
     except HilaError:
         return None, None
-    if warm == "distill" or not calibrate.calibratable(current.card):
+    if warm == "distill":
         return "distill", teacher
-    return "calibrate", teacher
+    return ("calibrate", teacher) if calibrate.calibratable(current.card) else (None, None)
 
 
 def planned_base(settings, rec: dict) -> ModelCard:

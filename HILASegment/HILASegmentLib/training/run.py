@@ -321,17 +321,34 @@ class _Round:
 
     def _calibrate(self, train_items, gate_items, split_why: str) -> dict:
         """The current preset with its threshold fitted to the training corrections (no weights change), gated and
-        registered like a trained candidate."""
+        registered like a trained candidate. Fitting stops at --max-minutes (on the corrections scored so far); an
+        unchanged threshold registers nothing (a preset's ONNX is copied per version: TAPS 80 MB)."""
         cur = self.start.teacher.record
+        budget_s = None if self.opts.max_minutes is None else float(self.opts.max_minutes) * 60.0 - RESERVE_BASE_S
+        over = (lambda: False) if budget_s is None else (lambda: time.monotonic() - self.t_start > budget_s)
         with tempfile.TemporaryDirectory(prefix="hila-calibrate-") as tmpdir:
             t = time.monotonic()
             fit = calibrate.fit_threshold(cur.path, cur.card, train_items, self.labels, threads=self.opts.threads,
-                                          should_stop=self.flag,
+                                          should_stop=lambda: self.flag() or over(),
                                           progress=lambda f, m: _emit(self.progress, 0.02 + 0.83 * f, m, phase="train",
                                                                       epoch=0, step=0, loss=None, val_dice=None,
                                                                       seconds_left=None))
             self.log.append(f"threshold {fit['threshold']:g} (was {fit['was']:g}) on {fit['cases']} correction(s)")
             self._tick("calibrate_s", t)
+            base = {"run_id": self.run_id, "init": self.start.init, "held_out": bool(gate_items), "parity": None,
+                    "steps": 0, "epochs": 0.0, "final_loss": None, "stopped": "calibrated", "timings": self.timings,
+                    "calibration": fit}
+            if fit["threshold"] == fit["was"]:
+                why = f"threshold unchanged ({fit['threshold']:g}) on {fit['cases']} correction(s): nothing registered"
+                self.timings["total_s"] = round(time.monotonic() - self.t_start, 2)
+                with signals_held():
+                    self.ws.finish_training_run(self.run_id, "done", {"calibration": fit, "timings": self.timings},
+                                                None, "\n".join(self.log + [why]))
+                dice = fit["mean_dice"][f"{fit['threshold']:g}"]
+                return dict(base, model_version=cur.version, promoted=False, reason=why, status="unchanged",
+                            path=str(cur.path), training_set=[],
+                            validation={"mean_dice": dice, "set": "training corrections (calibration)"},
+                            parent_validation=None, gate=None)
             card = calibrate.calibrated_card(cur.card, self.ws.next_model_version(), cur.version, fit, train_items,
                                              self.start.init, self.device, int(self.opts.threads or os.cpu_count() or 1))
             promote, why, verdict = self._gate(cur.path, card, Path(tmpdir), train_items, gate_items, split_why)
@@ -339,11 +356,9 @@ class _Round:
             card.training.timings = dict(self.timings)
             registered = self._register(cur.path, card, None, promote, dict(verdict, calibration=fit, steps=0),
                                         Path(tmpdir))
-        return {"run_id": self.run_id, "model_version": registered.version, "promoted": promote, "reason": why,
-                "status": "current" if promote else "candidate", "path": str(registered.path),
-                "init": self.start.init, "held_out": bool(gate_items), "parity": None, "steps": 0, "epochs": 0.0,
-                "final_loss": None, "stopped": "calibrated", "timings": self.timings,
-                "training_set": card.training_set, "calibration": fit, **verdict}
+        return dict(base, model_version=registered.version, promoted=promote, reason=why,
+                    status="current" if promote else "candidate", path=str(registered.path),
+                    training_set=card.training_set, **verdict)
 
     def _parent_seen(self) -> Optional[set]:
         """The corrections the round's starting weights were trained on (None for a fresh network)."""
