@@ -303,3 +303,23 @@ def test_a_box_starting_with_a_negative_number_is_a_value_not_an_option(tmp_path
     _refused(capsys, tmp_path, DATA / "pelvic_ct_small.nrrd", "--box", "-9000,0,0,-8000,10,10", expect="outside the image")
     rc, _, err = run(capsys, "submit", tmp_path / "nows", "c", "--label", "x", "--box", "-1.5,2,3,4,5e1,6")
     assert rc != 0 and "expected one argument" not in err and "workspace" in err, err
+
+
+def test_simulated_weak_marks_can_be_built_by_the_assistant(installed):
+    """``hila simulate --corrector weak --weak-builder assistant``: the simulated radiologist's jittered box on the
+    small real CT becomes the assistant's pseudo-mask (recorded as such), overlapping the manual prostate."""
+    from HILASegmentLib.simulate import radiologist
+
+    image = sitk.ReadImage(str(DATA / "pelvic_ct_small.nrrd"))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "pelvic_ct_small_labels.nii.gz")))
+    ref = np.where(ref == 1, 1, 0).astype(np.uint8)
+    sp = image.GetSpacing()[::-1]
+    out = {}
+    for builder in ("ellipsoid", "assistant"):
+        arr, eff = radiologist.weak_marks(None, ref, sp, image=image, labels=[(1, "prostate")],
+                                          rng=np.random.default_rng(3), builder=builder)
+        out[builder] = arr
+        assert eff["marks"]["builder"] == ("ellipsoid" if builder == "ellipsoid" else assist.CATALOG_NAME)
+        d = metrics.dice(arr == 1, ref == 1)
+        assert eff["pseudo_dice"]["prostate"] == pytest.approx(d, abs=1e-4) and d > 0.5, (builder, d)
+    assert not np.array_equal(out["ellipsoid"], out["assistant"])  # the same marks, two builders

@@ -138,3 +138,8 @@ def weights(keys: List[str]) -> Callable[[str], Dict[str, float]]:
         return out
     parse.__name__ = "weights"
     return parse
+
+
+#: the weak-label builders ``hila submit --builder`` and ``hila simulate --weak-builder`` accept (the engine's
+#: ``boxassist.box_builder`` checks the same names for callers that skip the command line)
+WEAK_BUILDERS = ("ellipsoid", "assistant", "auto")

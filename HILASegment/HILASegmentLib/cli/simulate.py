@@ -42,6 +42,9 @@ def register(sub, parent) -> None:
                    "each off slice first redrawn by the box assistant from a 2-D box; needs hila assist installed) | weak "
                    "(a box or RECIST lines per label from the reference, with jitter; submitted as weak pseudo-masks)")
     p.add_argument("--weak-marks", default="box", help="--corrector weak: box | lines | mixed (a coin per label)")
+    p.add_argument("--weak-builder", default="ellipsoid", choices=at.WEAK_BUILDERS,
+                   help="--corrector weak: the pseudo-mask builder, as hila submit --builder (auto: the box assistant "
+                        "when installed)")
     p.add_argument("--tolerance-mm", type=at.real(0.0), default=2.0)
     p.add_argument("--rough-rate", type=at.real(0.0, 1.0), default=0.0, help="fraction of submissions degraded and marked rough")
     p.add_argument("--rough-unmarked", action="store_true", help="submit the degraded labels as reviewed (unmarked): "
@@ -79,7 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     strategy=args.strategy, corrector=args.corrector, tolerance_mm=args.tolerance_mm,
                     rough_rate=args.rough_rate, rough_unmarked=args.rough_unmarked,
                     ignore_band=args.ignore_band,
-                    weak_marks=args.weak_marks, baseline=args.baseline or args.baseline_minutes is not None,
+                    weak_marks=args.weak_marks, weak_builder=args.weak_builder, baseline=args.baseline or args.baseline_minutes is not None,
                     baseline_minutes=args.baseline_minutes, model=args.model, seed=args.seed,
                     device=args.device, threads=args.threads,
                     gate_margin=args.gate_margin, gate_min_cases=args.gate_min_cases, promote=args.promote)

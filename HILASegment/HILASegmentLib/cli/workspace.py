@@ -53,7 +53,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    help="weak label, RECIST-style: long and short diameter, each X0,Y0,Z0,X1,Y1,Z1 in mm, "
                    "separated by ';' (e.g. '10,5,30,40,5,30;25,-8,30,25,18,30'); they must cross")
     p.add_argument("--ras", action="store_true", help="--box/--lines points are RAS (Slicer) instead of LPS")
-    p.add_argument("--builder", default="ellipsoid", choices=["ellipsoid", "assistant", "auto"],
+    p.add_argument("--builder", default="ellipsoid", choices=argtypes.WEAK_BUILDERS,
                    help="weak label: what turns the marks into a pseudo-mask: ellipsoid (default: as good or better on "
                    "the real CT from a tight box, scripts/bench_assist.py), assistant (the box assistant, `hila assist`), "
                    "auto (the assistant when installed); the ledger records which")

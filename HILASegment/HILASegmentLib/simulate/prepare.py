@@ -48,6 +48,7 @@ class SimConfig:
     rough_unmarked: bool = False     # degraded labels submitted as reviewed (to measure suspect detection)
     ignore_band: bool = False        # hila train --ignore-band (the quality-aware loss)
     weak_marks: str = "box"          # --corrector weak: box | lines | mixed (radiologist.WEAK_MARKS)
+    weak_builder: str = "ellipsoid"  # --corrector weak: the pseudo-mask builder, as hila submit --builder
     baseline: bool = False
     baseline_minutes: Optional[float] = None  # None: the loop's total training time (time-matched)
     model: Optional[str] = None
@@ -69,7 +70,7 @@ class SimConfig:
         for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
                            ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None),
-                           ("arch", None), ("warm_start", "auto")):
+                           ("arch", None), ("warm_start", "auto"), ("weak_builder", "ellipsoid")):
             if d[k] == default:
                 d.pop(k)
         for k in ("cohort", "synthetic", "model"):

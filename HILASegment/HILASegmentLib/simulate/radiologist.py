@@ -237,9 +237,11 @@ def exact(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 
 
 @register_corrector("weak")
 def weak_marks(pred, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0, *, image: sitk.Image,
-               labels: Sequence[Tuple[int, str]], rng: np.random.Generator, marks: str = "box", **_) -> Tuple[np.ndarray, dict]:
-    """Boxes and/or RECIST lines placed from ``ref`` with jitter; the pseudo-mask they give (``weak.pseudo_label``)
-    and the effort, which carries the marks (LPS) and each label's pseudo-mask Dice against the reference."""
+               labels: Sequence[Tuple[int, str]], rng: np.random.Generator, marks: str = "box",
+               builder: str = "ellipsoid", **_) -> Tuple[np.ndarray, dict]:
+    """Boxes and/or RECIST lines placed from ``ref`` with jitter; the pseudo-mask they give (``weak.pseudo_label``,
+    built by ``builder`` as ``hila submit --builder`` builds it) and the effort, which carries the marks (LPS) and each
+    label's pseudo-mask Dice against the reference."""
     if marks not in WEAK_MARKS:
         raise HilaError(f"--weak-marks {marks}: use one of {', '.join(WEAK_MARKS)}")
     items, boxes, lines = [], 0, 0
@@ -256,7 +258,11 @@ def weak_marks(pred, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 0.0, *,
             boxes += 1
     if not items:
         raise HilaError("the reference is empty: nothing to mark")
-    label, recorded = weak.pseudo_label(image, {"space": "LPS", "items": items}, labels)
+    from ..inference import boxassist  # the weak-label builders (the assistant's loads only when asked for)
+
+    _, build = boxassist.box_builder(builder)
+    label, recorded = weak.pseudo_label(image, {"space": "LPS", "items": items}, labels, builder=build,
+                                        builder_name=boxassist.CATALOG_NAME if build else "ellipsoid")
     arr = sitk.GetArrayFromImage(label)
     dice = {n: round(metrics.dice(arr == v, ref == v), 4) for v, n in labels if (ref == v).any()}
     return arr, {"slices": 0, "contour_mm": 0.0, "boxes": boxes, "lines": lines,

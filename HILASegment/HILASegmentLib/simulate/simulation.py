@@ -201,7 +201,8 @@ class Simulation:
         based_on = None
         marking = self.cfg.corrector == "weak"  # marks need no proposal: round 0 is marked too (a weak cold start)
         case = {"image": self.image(name), "labels": [(i, n) for i, (n, _) in enumerate(self.plan["spec"], start=1)],
-                "rng": np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name)), 1]), "marks": self.cfg.weak_marks}
+                "rng": np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name)), 1]), "marks": self.cfg.weak_marks,
+                "builder": self.cfg.weak_builder}
         if ctx is None and not marking:
             label, eff = ref.copy(), rad.draw_from_scratch(ref, sp)
             eff["scratch_s"] = eff["seconds"]
@@ -219,7 +220,7 @@ class Simulation:
         if "marks" in eff:  # a weak label: the workspace builds the same pseudo-mask from the marks
             if not already:
                 self.ws.submit_marks(case_id, eff["marks"], annotator="simulated radiologist", seconds=eff["seconds"],
-                                     based_on=based_on)
+                                     based_on=based_on, builder=self.cfg.weak_builder)
             return dict(eff, case=name, quality="weak")
         quality = "reviewed"
         rng = np.random.default_rng([self.cfg.seed, rnd, sum(map(ord, name))])
