@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -39,6 +37,7 @@ from .loop import LoopConfig, train_loop
 from .plan import choose_configuration as plan_config
 from .plan import family as plan_family
 from .plan import finetune_lr
+from .signals import StopFlag, signals_held, stop_on_signals
 
 #: --precision choices (TrainOptions.precision)
 PRECISIONS = ("auto", "float32")
@@ -101,51 +100,6 @@ class TrainOptions:
         configuration, _ = plan_config(self.device, self.config)  # an unknown --config: refused before anything is read
         plan_family(configuration, self.arch)  # an --arch unknown or unfit for it, too
         return GateRule(margin=self.gate_margin, min_cases=self.gate_min_cases).check()
-
-
-# --------------------------------------------------------------------------- signals
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; polled by the loop so a run stops between steps."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[int] = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def handler(self, signum, _frame) -> None:
-        self.signal = signum
-
-
-@contextmanager
-def stop_on_signals(flag: StopFlag):
-    installed = {}
-    for s in (signal.SIGTERM, signal.SIGINT):
-        try:
-            installed[s] = signal.signal(s, flag.handler)
-        except ValueError:  # not the main thread (e.g. called from a worker thread): no signal handling
-            pass
-    try:
-        yield flag
-    finally:
-        for s, old in installed.items():
-            signal.signal(s, old)
-
-
-@contextmanager
-def signals_held():
-    """Hold SIGTERM/SIGINT back while the model is registered, so no half-registered model can exist."""
-    sigs = {signal.SIGTERM, signal.SIGINT}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - Windows
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------- the run

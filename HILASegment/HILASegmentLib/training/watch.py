@@ -18,7 +18,8 @@ from typing import Callable, Optional, Set, Tuple
 from ..ground.errors import CancelledError, HilaError
 from ..workspace import Workspace
 from ..workspace.runs import pid_alive
-from .run import StopFlag, TrainOptions, stop_on_signals, train_workspace
+from .run import TrainOptions, train_workspace
+from .signals import StopFlag, stop_on_signals
 
 Key = Tuple[str, int]
 
