@@ -223,6 +223,8 @@ def _refused(capsys, tmp_path, *args, expect: str):
     ("9000,9000,9000,9100,9100,9100", "outside the image"),
     ("0,0,0,0,10,10", "zero size"),
     ("1,2,3", "need 6"),
+    ("0,0,0,nan,10,10", "not finite"),
+    ("0,0,0,inf,10,10", "not finite"),
 ])
 def test_bad_boxes_are_refused(box, expect, tmp_path, capsys):
     _refused(capsys, tmp_path, DATA / "pelvic_ct_small.nrrd", f"--box={box}", expect=expect)
@@ -285,7 +287,7 @@ def test_unknown_segment_and_unknown_workspace_label_are_refused(tmp_path, capsy
     work = tmp_path / "w"
     work.mkdir()
     _refused(capsys, work, DATA / "pelvic_ct_small.nrrd", box_arg(corner_box(lab, 2)), "--seg", seg_in,
-             "--replace", "liver", expect="no segment 'liver'")
+             "--replace", "liver", expect=f"{seg_in}: no segment 'liver'")
     ws = tmp_path / "ws"
     assert run(capsys, "init", ws, "--modality", "CT", "--labels", "prostate,bladder")[0] == 0
     rc, out, err = run(capsys, "import", ws, DATA / "pelvic_ct_small.nrrd", "--json")

@@ -102,7 +102,10 @@ def cmd_assist(args) -> int:
         diff = grid_difference(seg.grid, image)
         if diff:
             raise HilaError(f"{args.seg}: not on the grid of {args.image} ({diff}); nothing was written")
-        old = seg.segment(args.replace)  # HilaError naming the segments when there is no such one
+        try:
+            old = seg.segment(args.replace)
+        except HilaError as exc:  # no such segment: say which file lacks it
+            raise HilaError(f"{args.seg}: {exc}; nothing was written") from None
     a = get_assistant(args.threads)
     with progress_for(args, "assist") as prog:
         mask = a.segment(image, box, prompt=prompt, progress=prog, where=str(args.image))

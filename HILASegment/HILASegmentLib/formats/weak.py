@@ -42,8 +42,10 @@ def parse_numbers(value, n: int, what: str) -> np.ndarray:
             vals = np.asarray(value, float).ravel()
     except (TypeError, ValueError):
         raise HilaError(f"{what} {value!r}: not numbers") from None
-    if vals.size != n or not np.all(np.isfinite(vals)):
-        raise HilaError(f"{what} {value!r}: need {n} comma-separated numbers (mm)")
+    if vals.size != n:
+        raise HilaError(f"{what} {value!r}: need {n} comma-separated numbers (mm), got {vals.size}")
+    if not np.all(np.isfinite(vals)):
+        raise HilaError(f"{what} {value!r}: not finite (nan or inf); need {n} numbers in mm")
     return vals
 
 
