@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -133,7 +134,11 @@ def build(out_dir: Path, expected_sha256: str, parity_image: Optional[np.ndarray
     box = torch.tensor([[60.0, 70.0, 150.0, 170.0]])
     files = {"encoder": out_dir / assist.ENCODER_FILE, "decoder": out_dir / assist.DECODER_FILE}
     tmp = {k: v.with_name(v.name + ".tmp") for k, v in files.items()}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python-side shape arithmetic in upstream's model code (constant for a 256x256
+        # input, which is what the export fixes); the parity check below is what shows the export is right
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # an optimisation skipped, not an error
         emb = net.image_encoder(x)
         torch.onnx.export(net.image_encoder, (x,), str(tmp["encoder"]), dynamo=False, input_names=["image"],
                           output_names=["embedding"], opset_version=OPSET, do_constant_folding=True)
