@@ -58,6 +58,29 @@ def taught_ws(tmp_path, **kw):
     return ws2, new_ids
 
 
+def sigmoid_ws(tmp_path):
+    """(workspace, preset path): a foreign sigmoid threshold network (cuts at +40 HU) as the current model of a CT
+    workspace with two synthetic cases, corrected in a wider convention (everything above -30 HU in the body)."""
+    ws, _, _ = synthetic_workspace(tmp_path, range(2), corrected=0, labels=("bladder",))
+    ws.close()
+    path = threshold_onnx(tmp_path / "sig.onnx", activation="sigmoid", level=0.5, gain=12.0)
+    write_card(path, ModelCard(name="sigmoid-preset", version=1, modality="CT",
+                               labels=[LabelInfo(1, "bladder", (0.5, 0.5, 0.5))], spacing=(2.0, 2.0, 3.0),
+                               patch_size=(32, 32, 16), normalization={"kind": "ct_window", "level": 40, "width": 400},
+                               activation="sigmoid", postprocess={"threshold": 0.5}, licence="Apache-2.0",
+                               inference={"overlap": 0.25}, architecture={"name": "SomeoneElsesNet"},
+                               description="a foreign sigmoid preset"))
+    ws2 = Workspace.create(tmp_path / "ws2", "CT", ["bladder"], model=str(path))
+    for s_ in range(2):
+        img = sitk.ReadImage(str(tmp_path / f"ct{s_}.nii.gz"))
+        cid = ws2.import_volume(tmp_path / f"ct{s_}.nii.gz").case_id
+        arr = sitk.GetArrayFromImage(img)
+        lab = sitk.GetImageFromArray(((arr > -30) & (arr < 200)).astype(np.uint8))
+        lab.CopyInformation(img)
+        ws2.submit(cid, lab, quality="reviewed")
+    return ws2, path
+
+
 def test_distilling_a_foreign_preset_learns_its_output_on_the_given_cases_and_the_card_says_so(tmp_path):
     from HILASegmentLib.inference.segmenter import Segmenter
     from HILASegmentLib.training.run import train_workspace
@@ -77,10 +100,13 @@ def test_distilling_a_foreign_preset_learns_its_output_on_the_given_cases_and_th
     assert {sitk.GetArrayFromImage(sitk.ReadImage(str(p))).tobytes() for p in teach} == own
 
 
-def test_no_distillation_when_told_not_to_or_from_scratch(tmp_path):
+def test_no_warm_start_when_told_not_to(tmp_path):
+    """``--warm-start none`` on a preset ``auto`` would calibrate: a fresh network on the corrections, no teacher."""
+    from HILASegmentLib.training.candidate import warm_start
     from HILASegmentLib.training.run import train_workspace
 
-    ws, _ = taught_ws(tmp_path)
+    ws, _ = sigmoid_ws(tmp_path)
+    assert warm_start(ws.current_model(), ws.settings, "auto")[0] == "calibrate"  # what auto would do
     assert train_workspace(ws, opts(promote="always", warm_start="none"))["init"] == "scratch"
     assert not (ws.root / "cache" / "training" / "teacher_v1").exists()
 
@@ -203,24 +229,7 @@ def test_calibrate_a_sigmoid_preset_picks_the_threshold_its_corrections_support(
     intensity than the preset's own cut make calibration choose a lower threshold; the ONNX weights are untouched."""
     from HILASegmentLib.training.run import train_workspace
 
-    ws, _, _ = synthetic_workspace(tmp_path, range(2), corrected=0, labels=("bladder",))
-    ws.close()
-    path = threshold_onnx(tmp_path / "sig.onnx", activation="sigmoid", level=0.5, gain=12.0)
-    write_card(path, ModelCard(name="sigmoid-preset", version=1, modality="CT",
-                               labels=[LabelInfo(1, "bladder", (0.5, 0.5, 0.5))], spacing=(2.0, 2.0, 3.0),
-                               patch_size=(32, 32, 16), normalization={"kind": "ct_window", "level": 40, "width": 400},
-                               activation="sigmoid", postprocess={"threshold": 0.5}, licence="Apache-2.0",
-                               inference={"overlap": 0.25}, architecture={"name": "SomeoneElsesNet"},
-                               description="a foreign sigmoid preset"))
-    ws2 = Workspace.create(tmp_path / "ws2", "CT", ["bladder"], model=str(path))
-    for s_ in range(2):
-        img = sitk.ReadImage(str(tmp_path / f"ct{s_}.nii.gz"))
-        cid = ws2.import_volume(tmp_path / f"ct{s_}.nii.gz").case_id
-        # the site's convention: everything above -30 HU inside the body (the preset cuts at +40 HU)
-        arr = sitk.GetArrayFromImage(img)
-        lab = sitk.GetImageFromArray(((arr > -30) & (arr < 200)).astype(np.uint8))
-        lab.CopyInformation(img)
-        ws2.submit(cid, lab, quality="reviewed")
+    ws2, path = sigmoid_ws(tmp_path)
     before = path.read_bytes()
     r = train_workspace(ws2, opts(promote="always"))
     fit = read_card(ws2.model(r["model_version"]).path).training.calibration

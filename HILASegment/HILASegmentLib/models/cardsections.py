@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Optional, Set, Type, TypeVar
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Optional, Sequence, Set, Type, TypeVar
 
 from ..ground.errors import HilaError
 
@@ -259,3 +259,9 @@ class TrainingRecord(_Section):
 def case_ids(items: Optional[List[Any]]) -> Set[str]:
     """The ``case_id`` of each object in ``items`` (a training set or gate set), as strings."""
     return {str(t.get("case_id")) for t in items or [] if isinstance(t, dict)}
+
+
+def training_set_entries(items: Sequence[Any]) -> List[Dict[str, Any]]:
+    """A card's ``training_set``: one entry per correction (snapshot items: case id and name, version, quality)."""
+    return [{"case_id": s.case_id, "case_name": s.case_name, "correction_version": int(s.correction_version),
+             "quality": s.quality} for s in items]

@@ -75,8 +75,11 @@ class LabelQualityModel:
         except TypeError as exc:
             raise HilaError(f"{where}: not a per-label quality model record ({exc})") from None
         if m.source == SOURCE_LEARNED and (m.params is None or list(m.features) != list(LABEL_FEATURES)):
-            raise HilaError(f"{where}: its features are not this version's ({', '.join(LABEL_FEATURES)}); fit it "
-                            "again (hila train refits after each run)")
+            # fitted by an older version on other features: set aside as the whole-prediction record is
+            # (learned.QualityModel.from_dict), so ranking and status keep working until the next run refits it
+            m.source = SOURCE_SOFT
+            m.reason = (f"set aside: fitted on other features ({', '.join(m.features)}) than this version's; "
+                        "hila train refits it after its next run")
         return m
 
     def score(self, summary: Any, references: References, case_id: str,

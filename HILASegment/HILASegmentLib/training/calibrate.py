@@ -23,7 +23,7 @@ from ..formats.labelio import read_label
 from ..ground.errors import HilaError
 from ..ground.metrics import dice
 from ..inference.segmenter import Segmenter
-from ..models.cardsections import Metrics, TrainingRecord
+from ..models.cardsections import Metrics, TrainingRecord, training_set_entries
 from ..models.modelcard import ModelCard
 from ..models.modelgrid import largest_components
 
@@ -98,6 +98,5 @@ def calibrated_card(card: ModelCard, version: int, parent: int, fit: dict, snaps
         card, version=int(version), parent_version=int(parent), postprocess=pp, metrics=Metrics(), training=training,
         description=f"{(card.description or card.name).split(NOTE)[0].rstrip('.')}.{NOTE} threshold "
                     f"{fit['threshold']:g} (was {fit['was']:g}) fitted on {fit['cases']} correction(s).",
-        training_set=[{"case_id": s.case_id, "case_name": s.case_name, "correction_version": int(s.correction_version),
-                       "quality": s.quality} for s in snapshot],
+        training_set=training_set_entries(snapshot),
     ).validate(f"calibrated card v{version}")

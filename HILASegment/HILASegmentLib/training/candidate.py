@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..ground.errors import HilaError
-from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord
+from ..models.cardsections import CheckpointChoice, Metrics, TrainingRecord, training_set_entries
 from ..models.modelcard import LabelInfo, ModelCard, read_card
 from ..workspace.records import SnapshotItem
 from . import architectures, budget, calibrate, distill
@@ -35,7 +35,8 @@ class Start:
     plan: Optional[dict] = None    # the planned recipe (fresh models only)
     optimizer: Optional[dict] = None  # the parent round's optimiser state (fine-tuning its checkpoint)
     origin: Optional[object] = None   # the model whose weights it continues (a ModelRecord), None for a fresh one
-    teacher: Optional[object] = None  # a fresh network's teacher (distill.Teacher): its labels first, then corrections
+    teacher: Optional[object] = None  # the preset a warm start comes from (distill.Teacher: its record and label map):
+                                      # distilled into the fresh network, or its threshold calibrated
     own: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
@@ -249,8 +250,7 @@ def candidate_card(start: Start, settings, version: int, current, snapshot: Sequ
         inference=inference,
         roi={} if start.own else dict(base.roi or {}),
         architecture=dict(arch, parameters=nw.count_parameters(start.net)),
-        training_set=[{"case_id": s.case_id, "case_name": s.case_name,
-                       "correction_version": int(s.correction_version), "quality": s.quality} for s in snapshot],
+        training_set=training_set_entries(snapshot),
         metrics=Metrics(parity=par),
         licence="same as the workspace's data; weights trained by HILASegment (Apache-2.0 code)",
         training=training,
