@@ -225,6 +225,8 @@ def _refused(capsys, tmp_path, *args, expect: str):
     ("1,2,3", "need 6"),
     ("0,0,0,nan,10,10", "not finite"),
     ("0,0,0,inf,10,10", "not finite"),
+    ("-20,20,100,20,60,1e308", "outside the image"),  # red team A09: no int overflow, no numpy warning
+    ("-1e308,-1e308,-1e308,1e308,1e308,1e308", "far beyond the image"),  # A11: a box kilometres wide
 ])
 def test_bad_boxes_are_refused(box, expect, tmp_path, capsys):
     _refused(capsys, tmp_path, DATA / "pelvic_ct_small.nrrd", f"--box={box}", expect=expect)

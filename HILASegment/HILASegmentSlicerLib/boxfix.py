@@ -111,18 +111,22 @@ def prepare(util: Any, volume: Any, segNode: Any, segmentId: Optional[str], roi:
 
 
 class _Grid:
-    """The volume's grid as ``boxassist.box_block`` reads it (its size, an LPS point -> a continuous index), without
+    """The volume's grid as ``boxassist.box_block`` reads it (its size, LPS points <-> continuous indices), without
     allocating its voxels as an image would: the GUI thread only checks the box here."""
 
     def __init__(self, shape: Tuple[int, ...], ijk_to_ras: np.ndarray) -> None:
         self.size = (int(shape[2]), int(shape[1]), int(shape[0]))
-        self.to_index = np.linalg.inv(np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ijk_to_ras, float))  # LPS -> ijk
+        self.to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ijk_to_ras, float)  # ijk -> LPS
+        self.to_index = np.linalg.inv(self.to_lps)
 
     def GetSize(self) -> Tuple[int, int, int]:
         return self.size
 
     def TransformPhysicalPointToContinuousIndex(self, point: Tuple[float, float, float]) -> Tuple[float, float, float]:
         return tuple(float(v) for v in (self.to_index @ np.r_[np.asarray(point, float), 1.0])[:3])
+
+    def TransformContinuousIndexToPhysicalPoint(self, index: Tuple[float, float, float]) -> Tuple[float, float, float]:
+        return tuple(float(v) for v in (self.to_lps @ np.r_[np.asarray(index, float), 1.0])[:3])
 
 
 def run(request: FixRequest, cancelled: threading.Event, report: Callable[[float, str], None]) -> Dict[str, Any]:

@@ -94,17 +94,24 @@ def image_extent(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
 BOX_MARGIN_MM, BOX_MARGIN_FRACTION = 10.0, 0.05
 
 
+def check_reach(image: sitk.Image, lo_mm: np.ndarray, hi_mm: np.ndarray, what: str) -> None:
+    """HilaError when the box [lo_mm, hi_mm] (LPS) reaches further beyond the image's extent than
+    :data:`BOX_MARGIN_MM` + :data:`BOX_MARGIN_FRACTION` of it: the one rule for boxes (weak labels, the assistant,
+    Slicer's Fix with box)."""
+    ext_lo, ext_hi = image_extent(image)
+    margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
+    if np.any(lo_mm < ext_lo - margin) or np.any(hi_mm > ext_hi + margin):
+        raise HilaError(f"{what}: reaches far beyond the image (outside its extent), which spans {_mm(ext_lo)} to "
+                        f"{_mm(ext_hi)} mm; draw the box around the structure")
+
+
 def box_mask(image: sitk.Image, corners: Sequence[float], ras: bool = False, refine: bool = True) -> np.ndarray:
     """Pseudo-mask (z, y, x bool array on the image grid) from two opposite box corners in mm."""
     c = _to_lps(corners, ras)
     if c.shape != (2, 3):
         raise HilaError("box: need X0,Y0,Z0,X1,Y1,Z1")
     lo_mm, hi_mm = c.min(0), c.max(0)
-    ext_lo, ext_hi = image_extent(image)
-    margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
-    if np.any(lo_mm < ext_lo - margin) or np.any(hi_mm > ext_hi + margin):
-        raise HilaError(f"box {_mm(c)} (LPS mm): reaches far beyond the image (outside its extent), which spans {_mm(ext_lo)} to "
-                        f"{_mm(ext_hi)} mm; draw the box around the structure")
+    check_reach(image, lo_mm, hi_mm, f"box {_mm(c)} (LPS mm)")
     if np.any(hi_mm <= lo_mm):
         raise HilaError(f"box {_mm(c)}: zero size along an axis")
     lo, hi = _index_block(image, np.stack([lo_mm, hi_mm]), f"box {_mm(c)}")
@@ -168,12 +175,8 @@ def lines_box(image: sitk.Image, long_line: Sequence[float], short_line: Sequenc
     a, b = _to_lps(long_line, ras), _to_lps(short_line, ras)
     with np.errstate(over="ignore", invalid="ignore"):  # 1e308 mm: refused below, in words, not with a warning
         la, lb = np.linalg.norm(a[1] - a[0]), np.linalg.norm(b[1] - b[0])
-    ext_lo, ext_hi = image_extent(image)
-    margin = BOX_MARGIN_MM + BOX_MARGIN_FRACTION * (ext_hi - ext_lo)
     pts = np.concatenate([a, b])
-    if np.any(pts < ext_lo - margin) or np.any(pts > ext_hi + margin):
-        raise HilaError(f"lines {_mm(a)} {_mm(b)} (LPS mm): reach far beyond the image (outside its extent), which spans {_mm(ext_lo)} "
-                        f"to {_mm(ext_hi)} mm")
+    check_reach(image, pts.min(0), pts.max(0), f"lines {_mm(a)} {_mm(b)} (LPS mm)")
     if la <= 0 or lb <= 0:
         raise HilaError("lines: a line of zero length")
     u, v = a[1] - a[0], b[1] - b[0]

@@ -220,15 +220,19 @@ def box_block(image: sitk.Image, box_lps: Sequence[float], what: str = "box") ->
     c = np.asarray(box_lps, float).reshape(2, 3)
     lo_mm, hi_mm = c.min(0), c.max(0)
     shown = [round(float(x), 2) for x in c.ravel()]
-    if np.any(hi_mm - lo_mm <= 0):
+    if np.any(hi_mm <= lo_mm):  # compared, not subtracted: 1e308 - -1e308 overflows
         raise HilaError(f"{what} {shown}: zero size along an axis")
     corners = [(x, y, z) for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1]) for z in (lo_mm[2], hi_mm[2])]
     idx = np.asarray([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in corners])
     size = np.asarray(image.GetSize())
+    if not np.all(np.isfinite(idx)):
+        raise HilaError(f"{what} {shown}: its corners lie beyond any image index (overflow); give a box in mm")
+    idx = np.clip(idx, -1.0, size.astype(float))  # a corner far outside counts as just outside (no int overflow)
     lo, hi = np.ceil(idx.min(0) - 1e-6).astype(int), np.floor(idx.max(0) + 1e-6).astype(int)
     if np.any(hi < 0) or np.any(lo > size - 1):
         raise HilaError(f"{what} {shown}: outside the image (index {lo.tolist()}..{hi.tolist()}, image size "
                         f"{size.tolist()})")
+    weak.check_reach(image, lo_mm, hi_mm, f"{what} {shown}")  # inside, but kilometres wide: a typing error
     lo, hi = np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
     if np.any(hi < lo):
         axis = "slice" if hi[2] < lo[2] else "voxel in the slice"
