@@ -80,6 +80,27 @@ def test_a_useless_proposal_costs_no_more_than_clearing_it_and_drawing_from_scra
     assert "cleared" not in fine
 
 
+def test_test_effort_is_the_fixed_cost_for_a_perfect_proposal_and_rises_as_it_drifts():
+    """The paired effort of a test case, on a real prostate shape (MSD) resampled as simulate's cases are."""
+    p = sorted(shared("prostate_shapes", "msd").glob("*.nii.gz"))[0]
+    img = sitk.ReadImage(str(p))
+    ref = (sitk.GetArrayFromImage(img) > 0).astype(np.uint8)
+    sp = img.GetSpacing()[::-1]
+    scratch = rad.draw_from_scratch(ref, sp)["seconds"]
+    perfect = rad.test_effort(ref, ref, sp)
+    assert perfect == {"vs_scratch": pytest.approx(rad.FIXED_S / scratch), "touched": 0.0, "cleared": False}
+    ax = rad.slice_axis(sp)
+    step = int(np.ceil(1.5 / sp[(ax + 1) % 3]))  # about 1.5 mm in-plane: within the 2 mm tolerance
+    near, far = (np.roll(ref, n, axis=(ax + 1) % 3) for n in (step, 3 * step))
+    e_near, e_far = rad.test_effort(near, ref, sp), rad.test_effort(far, ref, sp)
+    assert e_near == perfect  # within the tolerance: accepted untouched, the fixed cost alone
+    assert perfect["vs_scratch"] < e_far["vs_scratch"] <= 1.0 + rad.SLICE_S / scratch
+    assert e_far["touched"] > 0.8
+    m = rad.mean_test_effort([perfect, e_far])
+    assert m["cases"] == 2 and m["vs_scratch"] == pytest.approx((perfect["vs_scratch"] + e_far["vs_scratch"]) / 2, abs=1e-3)
+    assert rad.mean_test_effort([]) is None
+
+
 def test_synthesis_deterministic_and_within_ranges():
     lab = sitk.ReadImage(str(shared("prostate_shapes", "msd", "prostate_00.nii.gz")))
     app = synthesis.load_appearance("t2w")

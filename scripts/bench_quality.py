@@ -15,6 +15,8 @@
 4. Real CT rotations: each of the three pelvic CTs segmented by a model trained (briefly, on the CPU) on the
    other two; rho per label (3 cases x 3 labels), source (a) only (too few pairs to fit source (b)); and the
    shipped CT starter on the same CTs (well trained, but in-sample: it was trained on all three).
+``--runs RUN...`` scores existing ``hila simulate`` runs instead (e.g. the README's campaign, whose models were
+trained alone on the machine): the models current from ``--from-round`` on, on each run's test cases.
 Active selection (quality vs uncertainty vs random, 3 seeds each) is `hila simulate --strategy ...` and is not
 run here (9 full runs do not fit a 15-minute budget on 2 shared cores).
 Writes OUT/results.json and prints a table.
@@ -108,10 +110,33 @@ def synthetic_seed(seed: int, out: Path, a) -> dict:
     names = sorted(p.name[:-len("_image.nii.gz")] for p in (run / "cases").glob("*_image.nii.gz"))
     with Workspace.open(run / "workspace", readonly=True) as ws:
         models = [(m.version, m.path) for m in ws.models()]
+    out = score_models(run, models, names, seed, a.threads)
+    out["seconds"] = {"simulate": round(sim_s, 1), "total": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def campaign_run(run: Path, from_round: int, threads: int) -> dict:
+    """An existing ``hila simulate`` run (e.g. the README's campaign, trained alone on the machine): the models that
+    were current in rounds >= ``from_round``, each scored on the run's test cases (never trained on)."""
+    t0 = time.perf_counter()
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    rounds = json.loads((run / "rounds.json").read_text(encoding="utf-8"))
+    versions = sorted({r["model_version"] for r in rounds if r["round"] >= from_round and r["model_version"]})
+    with Workspace.open(run / "workspace", readonly=True) as ws:
+        models = [(m.version, m.path) for m in ws.models() if m.version in versions]
+    seed = json.loads((run / "config.json").read_text(encoding="utf-8")).get("seed", 0)
+    out = score_models(run, models, list(summary["test_cases"]), seed, threads)
+    out.update(run=str(run), from_round=from_round, seconds={"total": round(time.perf_counter() - t0, 1)})
+    return out
+
+
+def score_models(run: Path, models, names, seed: int, threads: int) -> dict:
+    """Every (model version, case) prediction: true vs predicted Dice (sources a and b), error-map recall, and
+    triage with the last model."""
     rows, counts, rng = [], dict.fromkeys(COUNTS, 0), np.random.default_rng(seed)
     per_pred = []
     for version, path in models:
-        seg = Segmenter(path, threads=a.threads)
+        seg = Segmenter(path, threads=threads)
         for n in names:
             img = sitk.ReadImage(str(run / "cases" / f"{n}_image.nii.gz"))
             ref = sitk.GetArrayFromImage(sitk.ReadImage(str(run / "cases" / f"{n}_ref.nii.gz")))
@@ -130,6 +155,11 @@ def synthetic_seed(seed: int, out: Path, a) -> dict:
     X = np.stack([feature_vector(r["features"]) for r in rows])
     b_pred = nested_loo(X, true, [r["case"] for r in rows])
     last = [i for i, r in enumerate(rows) if r["model_version"] == models[-1][0]]
+    per_version = {}
+    for v, _ in models:
+        idx = [i for i, r in enumerate(rows) if r["model_version"] == v]
+        per_version[str(v)] = {"true_dice": round(float(true[idx].mean()), 4), "spearman_a": _r(spearman(a_pred[idx], true[idx])),
+                               "spearman_b": _r(spearman(b_pred[idx], true[idx]))}
     pp = np.array(per_pred)
     return {
         "seed": seed, "predictions": len(rows), "cases": len(names), "model_versions": [v for v, _ in models],
@@ -137,11 +167,11 @@ def synthetic_seed(seed: int, out: Path, a) -> dict:
                       "max": round(float(true.max()), 4)},
         "spearman": {"a": _r(spearman(a_pred, true)), "b": _r(spearman(b_pred, true))},
         "mae": {"a": round(float(np.abs(a_pred - true).mean()), 4), "b": round(float(np.abs(b_pred - true).mean()), 4)},
+        "per_version": per_version,
         "recall": {"micro": rates(counts),
                    "mean_per_prediction": dict(zip(("map", "random", "band"), np.round(pp.mean(axis=0), 4).tolist())),
                    "map_beats_band": int((pp[:, 0] > pp[:, 2]).sum()), "of": len(pp)},
         "triage_a": triage(a_pred[last], true[last]), "triage_b": triage(b_pred[last], true[last]),
-        "seconds": {"simulate": round(sim_s, 1), "total": round(time.perf_counter() - t0, 1)},
     }
 
 
@@ -222,14 +252,18 @@ def main() -> int:
     ap.add_argument("--ct-minutes", type=float, default=1.5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ct", action="store_true")
+    ap.add_argument("--runs", type=Path, nargs="*", default=[],
+                    help="score existing `hila simulate` runs (their models current from --from-round on, on their "
+                         "test cases) instead of running new short simulations")
+    ap.add_argument("--from-round", type=int, default=3)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "synthetic": []}
-    for seed in a.seeds:
-        r = synthetic_seed(seed, a.out, a)
+    results = {"config": json.loads(json.dumps(vars(a), default=str)), "synthetic": []}
+    for seed_or_run in (a.runs or a.seeds):
+        r = campaign_run(seed_or_run, a.from_round, a.threads) if a.runs else synthetic_seed(seed_or_run, a.out, a)
         results["synthetic"].append(r)
         print(json.dumps({k: r[k] for k in ("seed", "predictions", "true_dice", "spearman", "mae", "recall",
-                                            "triage_a", "triage_b", "seconds")}), flush=True)
+                                            "triage_a", "triage_b", "seconds", "per_version")}), flush=True)
         (a.out / "results.json").write_text(json.dumps(results, indent=1))
     if not a.skip_ct:
         results["real_ct"] = real_ct(a.out, a)

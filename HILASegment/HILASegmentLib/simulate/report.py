@@ -69,6 +69,10 @@ def summarise(run: Path, plan: dict, rounds: List[dict], base: Optional[dict], f
          **({"effort_vs_tolerant_per_round": [r.get("effort_vs_tolerant") for r in rounds]}
             if any("effort_vs_tolerant" in r for r in rounds) else {}),
          "effort_fraction_per_round": [r["effort_fraction"] for r in rounds],
+         # paired: the same unseen test cases every round; the ceiling's is the floor a converged model leaves
+         "test_effort_vs_scratch_per_round": [(r.get("test_effort") or {}).get("vs_scratch") for r in rounds],
+         "test_slices_touched_per_round": [(r.get("test_effort") or {}).get("touched") for r in rounds],
+         "baseline_test_effort_vs_scratch": ((base or {}).get("test_effort") or {}).get("vs_scratch"),
          "full_annotation_effort_s": round(full_s, 1), "rounds": len(rounds),
          "test_cases": [c.case for c in plan["test"]], "pool_size": len(plan["pool"]),
          "wall_seconds": round(wall, 1), "time_split": time_split(rounds, base, synth_s, wall),

@@ -170,13 +170,15 @@ class Simulation:
         if m is None:  # no model kept yet: nothing is segmented
             names = [n for n, _ in self.plan["spec"]]
             return {"model_version": None, "dice": {n: 0.0 for n in names}, "hd95": {n: None for n in names},
-                    "mean_dice": 0.0, "mean_hd95": None}
+                    "mean_dice": 0.0, "mean_hd95": None, "test_effort": None}
         if previous is not None and previous["model_version"] == m.version:
             return {"model_version": m.version, "dice": previous["test_dice"], "hd95": previous["test_hd95"],
-                    "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"]}
+                    "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"],
+                    "test_effort": previous.get("test_effort")}
         seg = m.segmenter(threads=self.cfg.threads, device=self.cfg.device)
         labels = [(i, n) for i, (n, _) in enumerate(self.plan["spec"], start=1)]
         per: Dict[str, Dict[str, list]] = {n: {"dice": [], "hd95": []} for _, n in labels}
+        efforts = []
         for c in self.plan["test"]:
             ref = self.reference(c.case)
             pred = sitk.GetArrayFromImage(seg.segment(self.image(c.case)).label)  # a copy: the result is a temporary
@@ -184,7 +186,8 @@ class Simulation:
                 per[n]["dice"].append(v["dice"])
                 if v.get("hd95") is not None:
                     per[n]["hd95"].append(v["hd95"])
-        out = {"model_version": m.version, "dice": {}, "hd95": {}}
+            efforts.append(rad.test_effort(pred, ref, self.spacing_zyx[c.case], self.cfg.tolerance_mm))
+        out = {"model_version": m.version, "dice": {}, "hd95": {}, "test_effort": rad.mean_test_effort(efforts)}
         for n, d in per.items():
             out["dice"][n] = round(float(np.mean(d["dice"])), 4)
             out["hd95"][n] = round(float(np.mean(d["hd95"])), 2) if d["hd95"] else None
@@ -311,7 +314,7 @@ class Simulation:
                 **({"effort_vs_tolerant": round(float(np.mean(vs_tol)), 3)} if vs_tol else {}),
                 "cumulative_effort_s": round(cum, 1), "effort_fraction": round(cum / full, 4) if full else None,
                 "test_dice": ev["dice"], "test_hd95": ev["hd95"], "mean_dice": ev["mean_dice"],
-                "mean_hd95": ev["mean_hd95"], "train": tr,
+                "mean_hd95": ev["mean_hd95"], "test_effort": ev["test_effort"], "train": tr,
                 "timing": {k: round(self.timing[k], 2) for k in TIMING_KEYS[1:]},
                 "wall_s": round(time.perf_counter() - t_round, 2)}
 
@@ -345,7 +348,8 @@ class Simulation:
         ev = self.evaluate(ws)
         ws.close()
         self.ws = loop_ws
-        out = {"mean_dice": ev["mean_dice"], "dice": ev["dice"], "hd95": ev["hd95"], "train": tr,
+        out = {"mean_dice": ev["mean_dice"], "dice": ev["dice"], "hd95": ev["hd95"], "test_effort": ev["test_effort"],
+               "train": tr,
                "train_minutes": round(minutes, 2),
                "eval_s": round(self.timing["evaluation_s"] - e0, 2), "wall_s": round(time.perf_counter() - t0, 1)}
         _write_json(bf, out)
