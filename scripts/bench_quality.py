@@ -16,7 +16,8 @@
    other two; rho per label (3 cases x 3 labels), source (a) only (too few pairs to fit source (b)); and the
    shipped CT starter on the same CTs (well trained, but in-sample: it was trained on all three).
 ``--runs RUN...`` scores existing ``hila simulate`` runs instead (e.g. the README's campaign, whose models were
-trained alone on the machine): the models current from ``--from-round`` on, on each run's test cases.
+trained alone on the machine): the models current from ``--from-round`` on, on each run's test cases, and the last
+model on the pool cases the loop never had corrected (triage of the cohort it finished).
 Active selection (quality vs uncertainty vs random, 3 seeds each) is `hila simulate --strategy ...` and is not
 run here (9 full runs do not fit a 15-minute budget on 2 shared cores).
 Writes OUT/results.json and prints a table.
@@ -126,6 +127,14 @@ def campaign_run(run: Path, from_round: int, threads: int) -> dict:
         models = [(m.version, m.path) for m in ws.models() if m.version in versions]
     seed = json.loads((run / "config.json").read_text(encoding="utf-8")).get("seed", 0)
     out = score_models(run, models, list(summary["test_cases"]), seed, threads)
+    # triage of the cohort the loop finished: the pool cases it never had corrected, as the last model segments them
+    corrected = {c for r in rounds for c in r["cases"]}
+    left = sorted(p.name[:-len("_image.nii.gz")] for p in (run / "cases").glob("*_image.nii.gz")
+                  if p.name[:-len("_image.nii.gz")] not in corrected | set(summary["test_cases"]))
+    if left:
+        rest = score_models(run, models[-1:], left, seed, threads)
+        out["uncorrected_pool"] = {k: rest[k] for k in ("predictions", "true_dice", "spearman", "mae", "triage_a",
+                                                        "triage_b", "recall")}
     out.update(run=str(run), from_round=from_round, seconds={"total": round(time.perf_counter() - t0, 1)})
     return out
 
@@ -262,8 +271,8 @@ def main() -> int:
     for seed_or_run in (a.runs or a.seeds):
         r = campaign_run(seed_or_run, a.from_round, a.threads) if a.runs else synthetic_seed(seed_or_run, a.out, a)
         results["synthetic"].append(r)
-        print(json.dumps({k: r[k] for k in ("seed", "predictions", "true_dice", "spearman", "mae", "recall",
-                                            "triage_a", "triage_b", "seconds", "per_version")}), flush=True)
+        print(json.dumps({k: r.get(k) for k in ("seed", "predictions", "true_dice", "spearman", "mae", "recall",
+                                            "triage_a", "triage_b", "seconds", "per_version", "uncorrected_pool")}), flush=True)
         (a.out / "results.json").write_text(json.dumps(results, indent=1))
     if not a.skip_ct:
         results["real_ct"] = real_ct(a.out, a)

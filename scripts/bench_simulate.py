@@ -7,7 +7,9 @@ its runs must live outside the repository (only the table and one small figure a
     python scripts/bench_simulate.py run    --runs /tmp/runs [--campaign synth_random] [--train-minutes 0.4]
     python scripts/bench_simulate.py report --runs /tmp/runs --figure docs/simulate_campaign.png
 
-Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below) and
+Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below),
+`sel_random` / `sel_quality` (5 seeds each, 5 rounds at 1 training minute: the strategies compared paired by seed, with
+95 % intervals) and
 `ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts), and
 `conv_calibrate_rotations` / `conv_distill_rotations` / `conv_scratch_rotations` (the convention shift: ProstateX
 whose reference is TAPS's output grown by 3 mm, from the TAPS preset, rounds of one corrected case; TAPS's threshold
@@ -47,6 +49,12 @@ SEEDS = (1, 2, 3)
 #: Synthetic cohort: both shape sets (MSD 32 + NCI-ISBI 60), whole gland, 12 test cases, 80-case pool.
 SYNTH = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--initial", "2", "--per-round", "3",
          "--rounds", "8"]
+#: Selection strategies over more seeds (5, paired: the same seed draws the same split, pool and round-0 cases for
+#: every strategy): the synthetic cohort, 5 rounds of 3 at 1 training minute, so 10 runs fit about 80 minutes alone.
+SEL = ["--appearance", "t2w", "--labels", "prostate=1+2", "--test", "12", "--initial", "2", "--per-round", "3",
+       "--rounds", "5"]
+SEL_SEEDS = (1, 2, 3, 4, 5)
+SEL_MINUTES = 1.0
 #: Tiny real cohorts, one run per rotation (each case the test case once): rounds over the 2-case pool.
 TINY = ["--test", "1", "--initial", "1", "--per-round", "1", "--rounds", "1", "--strategy", "random", "--baseline",
         "--promote", "always"]  # a 2-case pool leaves nothing to gate with
@@ -64,6 +72,8 @@ CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              # the tolerant radiologist with the box assistant; the models are synth_random's own (both submit the
              # reference's slices), and each case's effort carries what tolerant charges for the same proposal
              "synth_box": ["--strategy", "random", "--corrector", "box"],
+             "sel_random": ["--strategy", "random"],
+             "sel_quality": ["--strategy", "quality"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
              "prostatex_rotations": ["--labels", "prostate=1", *TINY],
              # the convention shift: ProstateX with TAPS's output grown by 3 mm as the reference (constructed,
@@ -82,6 +92,8 @@ def rotation_seeds(n: int) -> List[int]:
 
 
 def seeds_of(name: str) -> List[int]:
+    if name.startswith("sel_"):
+        return list(SEL_SEEDS)
     return rotation_seeds(len(REAL.get(name.split("_")[0], REAL["prostatex"]))) if name.endswith("_rotations") \
         else list(SEEDS)
 
@@ -111,6 +123,8 @@ def manifest(runs: Path, kind: str) -> Path:
 def cohort_args(runs: Path, name: str) -> List[str]:
     if name.startswith("synth_"):
         return ["--synthetic", str(shapes_folder(runs)), *SYNTH]
+    if name.startswith("sel_"):
+        return ["--synthetic", str(shapes_folder(runs)), *SEL]
     return ["--cohort", str(manifest(runs, name.split("_")[0]))]
 
 
@@ -126,7 +140,8 @@ def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ce
             parallel = jobs > 1
             cmd = [*(["nice", "-n", "10"] if parallel else []), sys.executable, "-m", "HILASegmentLib", "simulate",
                    "--out", str(out), *cohort_args(runs, name), *CAMPAIGNS[name], *ceiling,
-                   "--train-minutes", str(minutes), "--seed", str(seed), *(["--threads", "1"] if parallel else []),
+                   "--train-minutes", str(SEL_MINUTES if name.startswith("sel_") else minutes), "--seed", str(seed),
+                   *(["--threads", "1"] if parallel else []),
                    "--json"]
             log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
             while len([p for p in procs if p.poll() is None]) >= jobs:
@@ -270,6 +285,41 @@ def print_campaign(agg: dict) -> None:
             print(f"seed {s}: incomplete ({len(d['rounds'])} rounds, no summary.json)")
 
 
+def _t_interval(xs: List[float]) -> str:
+    """Mean and its 95 % t-interval over seeds (paired differences)."""
+    from scipy import stats
+
+    if len(xs) < 2:
+        return f"{xs[0]:+.3f} (one seed)" if xs else "-"
+    m, se = statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
+    h = float(stats.t.ppf(0.975, len(xs) - 1)) * se
+    return f"{m:+.3f} [95 % CI {m - h:+.3f}, {m + h:+.3f}]"
+
+
+def compare_strategies(aggs: List[dict]) -> None:
+    """Strategies against the first (random), paired by seed (a seed draws the same split, pool and round-0 cases):
+    the effort each needed to first reach the Dice every strategy's mean curve reached, and per-seed differences of
+    the last round's test Dice and cumulative effort, with 95 % t-intervals."""
+    target = min(max(statistics.mean(r["dice"]) for r in g["table"]) for g in aggs)
+    base = aggs[0]
+    print(f"\n## strategies against {base['name']}, paired by seed; common Dice {target:.3f}")
+    print("| strategy | effort to the common Dice per seed (never: -) | saving vs random per seed where both reached | "
+          "mean saving | final Dice − random's | cumulative effort − random's |")
+    print("|---|---|---|---|---|---|")
+    for g in aggs:
+        seeds = sorted(set(g["seeds"]) & set(base["seeds"]))
+        reach = dict(zip(sorted(g["seeds"]), effort_to_reach(g, target)))
+        breach = dict(zip(sorted(base["seeds"]), effort_to_reach(base, target)))
+        saving = [1.0 - reach[s] / breach[s] for s in seeds if reach.get(s) and breach.get(s)]
+        dd = [g["seeds"][s]["rounds"][-1]["mean_dice"] - base["seeds"][s]["rounds"][-1]["mean_dice"] for s in seeds]
+        de = [g["seeds"][s]["rounds"][-1]["effort_fraction"] - base["seeds"][s]["rounds"][-1]["effort_fraction"]
+              for s in seeds]
+        cells = " / ".join("-" if reach.get(s) is None else f"{reach[s]:.3f}" for s in seeds)
+        print(f"| {g['name']} | {cells} | {' / '.join(f'{v:+.2f}' for v in saving) or '-'} | "
+              f"{_t_interval(saving) if g is not base else '-'} | {_t_interval(dd) if g is not base else '-'} | "
+              f"{_t_interval(de) if g is not base else '-'} |")
+
+
 def effort_to_reach(agg: dict, target: float) -> List[Optional[float]]:
     """Per seed: the cumulative effort fraction at the first round whose test Dice reaches ``target``."""
     return [next((r["effort_fraction"] for r in d["rounds"] if r["mean_dice"] >= target), None)
@@ -343,10 +393,15 @@ def main(argv=None) -> int:
                             if (b := (base["seeds"].get(s) or {}).get("summary", {}).get("baseline_dice")) else None
                             for s, d in sorted(g["seeds"].items())]
                 print(f"  {g['name']}: {per_seed}")
+    sel = [g for g in aggs if g["table"] and g["name"].startswith("sel_")]
+    if len(sel) >= 2:
+        compare_strategies(sel)
     synth = [g for g in aggs if g["name"].startswith("synth_")]
-    real = [g for g in aggs if not g["name"].startswith("synth_")]
+    real = [g for g in aggs if not g["name"].startswith(("synth_", "sel_"))]
     if synth:
         figure(synth, a.figure)
+    if sel:
+        figure(sel, a.figure.with_name(a.figure.stem + "_selection" + a.figure.suffix))
     if real:  # tiny real cohorts on their own axes (another Dice scale; seeds there are rotations)
         figure(real, a.figure.with_name(a.figure.stem + "_real" + a.figure.suffix))
     return 0
