@@ -131,23 +131,25 @@ def cohort_args(runs: Path, name: str) -> List[str]:
 def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ceiling_minutes: float = 15.0) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     procs: List[subprocess.Popen] = []
-    for name in names:
-        for seed in seeds_of(name):
-            out = runs / f"{name}_s{seed}"
-            if (out / "summary.json").is_file():
-                continue
-            ceiling = ["--baseline-minutes", str(ceiling_minutes)] if name == "synth_random" and seed == SEEDS[0] else []
-            parallel = jobs > 1
-            cmd = [*(["nice", "-n", "10"] if parallel else []), sys.executable, "-m", "HILASegmentLib", "simulate",
-                   "--out", str(out), *cohort_args(runs, name), *CAMPAIGNS[name], *ceiling,
-                   "--train-minutes", str(SEL_MINUTES if name.startswith("sel_") else minutes), "--seed", str(seed),
-                   *(["--threads", "1"] if parallel else []),
-                   "--json"]
-            log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
-            while len([p for p in procs if p.poll() is None]) >= jobs:
-                procs[[p.poll() is None for p in procs].index(True)].wait()
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-            print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
+    # seed by seed across the campaigns (random s1, quality s1, random s2, ...): a campaign stopped early still
+    # leaves paired seeds to compare
+    order = sorted(((i, j, name, seed) for j, name in enumerate(names) for i, seed in enumerate(seeds_of(name))))
+    for _, _, name, seed in order:
+        out = runs / f"{name}_s{seed}"
+        if (out / "summary.json").is_file():
+            continue
+        ceiling = ["--baseline-minutes", str(ceiling_minutes)] if name == "synth_random" and seed == SEEDS[0] else []
+        parallel = jobs > 1
+        cmd = [*(["nice", "-n", "10"] if parallel else []), sys.executable, "-m", "HILASegmentLib", "simulate",
+               "--out", str(out), *cohort_args(runs, name), *CAMPAIGNS[name], *ceiling,
+               "--train-minutes", str(SEL_MINUTES if name.startswith("sel_") else minutes), "--seed", str(seed),
+               *(["--threads", "1"] if parallel else []),
+               "--json"]
+        log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
+        while len([p for p in procs if p.poll() is None]) >= jobs:
+            procs[[p.poll() is None for p in procs].index(True)].wait()
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
     for p in procs:
         p.wait()
 
