@@ -80,25 +80,25 @@ def test_a_useless_proposal_costs_no_more_than_clearing_it_and_drawing_from_scra
     assert "cleared" not in fine
 
 
-def test_test_effort_is_the_fixed_cost_for_a_perfect_proposal_and_rises_as_it_drifts():
+def test_proposal_effort_is_the_fixed_cost_for_a_perfect_proposal_and_rises_as_it_drifts():
     """The paired effort of a test case, on a real prostate shape (MSD) resampled as simulate's cases are."""
     p = sorted(shared("prostate_shapes", "msd").glob("*.nii.gz"))[0]
     img = sitk.ReadImage(str(p))
     ref = (sitk.GetArrayFromImage(img) > 0).astype(np.uint8)
     sp = img.GetSpacing()[::-1]
     scratch = rad.draw_from_scratch(ref, sp)["seconds"]
-    perfect = rad.test_effort(ref, ref, sp)
+    perfect = rad.proposal_effort(ref, ref, sp)
     assert perfect == {"vs_scratch": pytest.approx(rad.FIXED_S / scratch), "touched": 0.0, "cleared": False}
     ax = rad.slice_axis(sp)
     step = int(np.ceil(1.5 / sp[(ax + 1) % 3]))  # about 1.5 mm in-plane: within the 2 mm tolerance
     near, far = (np.roll(ref, n, axis=(ax + 1) % 3) for n in (step, 3 * step))
-    e_near, e_far = rad.test_effort(near, ref, sp), rad.test_effort(far, ref, sp)
+    e_near, e_far = rad.proposal_effort(near, ref, sp), rad.proposal_effort(far, ref, sp)
     assert e_near == perfect  # within the tolerance: accepted untouched, the fixed cost alone
     assert perfect["vs_scratch"] < e_far["vs_scratch"] <= 1.0 + rad.SLICE_S / scratch
     assert e_far["touched"] > 0.8
-    m = rad.mean_test_effort([perfect, e_far])
+    m = rad.mean_proposal_effort([perfect, e_far])
     assert m["cases"] == 2 and m["vs_scratch"] == pytest.approx((perfect["vs_scratch"] + e_far["vs_scratch"]) / 2, abs=1e-3)
-    assert rad.mean_test_effort([]) is None
+    assert rad.mean_proposal_effort([]) is None
 
 
 def test_synthesis_deterministic_and_within_ranges():
@@ -477,6 +477,16 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     # effort against the same cases drawn from scratch: 1 for round 0's drawn cases, recorded per round
     assert r0["effort_vs_scratch"] == 1.0 and summary["effort_vs_scratch_per_round"][0] == 1.0
     assert 0 < r1["effort_vs_scratch"] == summary["effort_vs_scratch_per_round"][1]
+    # the paired effort on the test split: none without a model; then the round's own model on the unseen test case
+    from HILASegmentLib.workspace import Workspace
+
+    assert r0["test_effort"] is None and summary["test_effort_vs_scratch_per_round"][0] is None
+    test = summary["test_cases"][0]
+    with Workspace.open(tmp_path / "run" / "workspace", readonly=True) as ws:
+        pred = sitk.GetArrayFromImage(ws.model(r1["model_version"]).segmenter().segment(sim.image(test)).label)
+    want = rad.proposal_effort(pred, sim.reference(test), sim.spacing_zyx[test], cfg.tolerance_mm)
+    assert r1["test_effort"]["cases"] == 1 and r1["test_effort"]["vs_scratch"] == pytest.approx(want["vs_scratch"], abs=1e-3)
+    assert summary["test_effort_vs_scratch_per_round"][1] == r1["test_effort"]["vs_scratch"]
 
 
 def test_train_budget_effort_gives_each_round_the_effort_it_measured(tmp_path):

@@ -125,6 +125,8 @@ def campaign_run(run: Path, from_round: int, threads: int) -> dict:
     versions = sorted({r["model_version"] for r in rounds if r["round"] >= from_round and r["model_version"]})
     with Workspace.open(run / "workspace", readonly=True) as ws:
         models = [(m.version, m.path) for m in ws.models() if m.version in versions]
+    if not models:
+        raise SystemExit(f"{run}: no model was current in round {from_round} or later (rounds.json); nothing to score")
     seed = json.loads((run / "config.json").read_text(encoding="utf-8")).get("seed", 0)
     out = score_models(run, models, list(summary["test_cases"]), seed, threads)
     # triage of the cohort the loop finished: the pool cases it never had corrected, as the last model segments them

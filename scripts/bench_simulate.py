@@ -145,10 +145,10 @@ def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ce
                "--train-minutes", str(SEL_MINUTES if name.startswith("sel_") else minutes), "--seed", str(seed),
                *(["--threads", "1"] if parallel else []),
                "--json"]
-        log = open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8")
         while len([p for p in procs if p.poll() is None]) >= jobs:
             procs[[p.poll() is None for p in procs].index(True)].wait()
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        with open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8") as log:  # the child keeps its own handle
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
     for p in procs:
         p.wait()
@@ -193,19 +193,25 @@ def _vs_scratch(run: Path, r: dict) -> Optional[float]:
     return round(float(np.mean(rel)), 3) if rel else None
 
 
+#: ``report --posthoc``: runs made before the test cases' effort was recorded get it from their own models
+POSTHOC = {"on": False}
+
+
 def _test_effort(run: Path, r: Optional[dict], folder: str = "workspace") -> Optional[float]:
     """A round's (or, with ``r`` None and folder ``baseline``, the ceiling's) tolerant effort on the test cases over
-    drawing them from scratch: rounds.json's ``test_effort``; for runs made before it was recorded, the round's model
-    segments the test split again (cached per model in RUN/test_effort_posthoc.json)."""
-    if r is not None and r.get("test_effort"):
-        return r["test_effort"]["vs_scratch"]
-    if r is not None and not r.get("model_version"):
-        return None
-    if r is None and not (run / folder).is_dir():
+    drawing them from scratch: rounds.json's / baseline.json's ``test_effort``; with ``--posthoc``, for runs made
+    before it was recorded, the round's model segments the test split again (cached per model version in
+    RUN/test_effort_posthoc.json; the ceiling's under the baseline's model version)."""
+    recorded = r if r is not None else (json.loads((run / "baseline.json").read_text(encoding="utf-8"))
+                                        if (run / "baseline.json").is_file() else None)
+    if recorded is not None and recorded.get("test_effort"):
+        return recorded["test_effort"]["vs_scratch"]
+    if not POSTHOC["on"] or (r is not None and not r.get("model_version")) or not (run / folder).is_dir():
         return None
     cache_f = run / "test_effort_posthoc.json"
     cache = json.loads(cache_f.read_text(encoding="utf-8")) if cache_f.is_file() else {}
-    key = f"{folder}:v{r['model_version'] if r else 'current'}"
+    version = r["model_version"] if r else ((recorded or {}).get("train") or {}).get("model_version", "current")
+    key = f"{folder}:v{version}"
     if key not in cache:
         import SimpleITK as sitk
 
@@ -216,14 +222,14 @@ def _test_effort(run: Path, r: Optional[dict], folder: str = "workspace") -> Opt
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         tol = json.loads((run / "config.json").read_text(encoding="utf-8")).get("tolerance_mm", 2.0)
         with Workspace.open(run / folder, readonly=True) as ws:
-            m = ws.model(r["model_version"]) if r else ws.current_model()
+            m = ws.model(version) if version != "current" else ws.current_model()
             seg = m.segmenter()
             efforts = []
             for n in summary["test_cases"]:
                 ref = sitk.ReadImage(str(run / "cases" / f"{n}_ref.nii.gz"))
                 pred = sitk.GetArrayFromImage(seg.segment(sitk.ReadImage(str(run / "cases" / f"{n}_image.nii.gz"))).label)
-                efforts.append(rad.test_effort(pred, sitk.GetArrayFromImage(ref), ref.GetSpacing()[::-1], tol))
-        cache[key] = rad.mean_test_effort(efforts)
+                efforts.append(rad.proposal_effort(pred, sitk.GetArrayFromImage(ref), ref.GetSpacing()[::-1], tol))
+        cache[key] = rad.mean_proposal_effort(efforts)
         cache_f.write_text(json.dumps(cache, indent=1), encoding="utf-8")
     return (cache[key] or {}).get("vs_scratch")
 
@@ -302,6 +308,8 @@ def compare_strategies(aggs: List[dict]) -> None:
     """Strategies against the first (random), paired by seed (a seed draws the same split, pool and round-0 cases):
     the effort each needed to first reach the Dice every strategy's mean curve reached, and per-seed differences of
     the last round's test Dice and cumulative effort, with 95 % t-intervals."""
+    done = {g["name"]: {s for s, d in g["seeds"].items() if d["summary"]} for g in aggs}  # finished runs only
+    aggs = [dict(g, seeds={s: d for s, d in g["seeds"].items() if s in done[g["name"]]}) for g in aggs]
     target = min(max(statistics.mean(r["dice"]) for r in g["table"]) for g in aggs)
     base = aggs[0]
     print(f"\n## strategies against {base['name']}, paired by seed; common Dice {target:.3f}")
@@ -312,12 +320,13 @@ def compare_strategies(aggs: List[dict]) -> None:
         seeds = sorted(set(g["seeds"]) & set(base["seeds"]))
         reach = dict(zip(sorted(g["seeds"]), effort_to_reach(g, target)))
         breach = dict(zip(sorted(base["seeds"]), effort_to_reach(base, target)))
-        saving = [1.0 - reach[s] / breach[s] for s in seeds if reach.get(s) and breach.get(s)]
+        saving = [1.0 - reach[s] / breach[s] for s in seeds if reach.get(s) and breach.get(s)]  # both reached it
         dd = [g["seeds"][s]["rounds"][-1]["mean_dice"] - base["seeds"][s]["rounds"][-1]["mean_dice"] for s in seeds]
         de = [g["seeds"][s]["rounds"][-1]["effort_fraction"] - base["seeds"][s]["rounds"][-1]["effort_fraction"]
               for s in seeds]
         cells = " / ".join("-" if reach.get(s) is None else f"{reach[s]:.3f}" for s in seeds)
-        print(f"| {g['name']} | {cells} | {' / '.join(f'{v:+.2f}' for v in saving) or '-'} | "
+        print(f"| {g['name']} | {cells} | {' / '.join(f'{v:+.2f}' for v in saving) or '-'} ({len(saving)} of "
+              f"{len(seeds)} seeds) | "
               f"{_t_interval(saving) if g is not base else '-'} | {_t_interval(dd) if g is not base else '-'} | "
               f"{_t_interval(de) if g is not base else '-'} |")
 
@@ -371,7 +380,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling-minutes", type=float, default=15.0,
                     help="training minutes of the full-supervision ceiling (synth_random, first seed)")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "simulate_campaign.png")
+    ap.add_argument("--posthoc", action="store_true",
+                    help="report: runs made before the test cases' effort was recorded get it from their own models "
+                         "(inference on the test split per model version, cached in the run folder)")
     a = ap.parse_args(argv)
+    POSTHOC["on"] = a.posthoc
     names = a.campaign or sorted(CAMPAIGNS, key=list(CAMPAIGNS).index)
     if a.action == "run":
         run_campaign(a.runs, names, a.train_minutes, a.jobs, a.ceiling_minutes)

@@ -143,26 +143,25 @@ def off_contour_mm(pred2d: np.ndarray, ref2d: np.ndarray, sp2d, tolerance_mm: fl
     return float((d[er] > tolerance_mm).sum()) * float(np.mean(sp2d))
 
 
-def test_effort(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0) -> dict:
-    """What the tolerant radiologist would spend correcting a TEST case's proposal, over drawing it from scratch, and
-    the share of its slices touched. Scored on the same unseen cases every round, it is the paired effort curve
-    (the corrected pool cases differ in size from round to round) and, for the full-supervision ceiling, the floor
-    the effort model leaves a converged model."""
+def proposal_effort(pred: np.ndarray, ref: np.ndarray, spacing_zyx, tolerance_mm: float = 2.0) -> dict:
+    """What the tolerant radiologist would spend correcting a proposal, over drawing the case from scratch, and the
+    share of its slices touched. Scored on the same unseen TEST cases every round, it is simulate's paired effort
+    curve (the corrected pool cases differ in size from round to round) and, for the full-supervision ceiling, the
+    floor the effort model leaves a converged model."""
     _, e = _tolerant(pred, ref, spacing_zyx, tolerance_mm, whole=False)
     ax = slice_axis(spacing_zyx)
     other = tuple(i for i in range(ref.ndim) if i != ax)
     shown = int(((ref > 0) | (pred > 0)).any(axis=other).sum())
-    return {"vs_scratch": e["seconds"] / e["scratch_s"] if e.get("scratch_s") else None,
-            "touched": e["slices"] / shown if shown else 0.0, "cleared": bool(e.get("cleared"))}
+    return {"vs_scratch": e["seconds"] / e["scratch_s"], "touched": e["slices"] / shown if shown else 0.0,
+            "cleared": bool(e.get("cleared"))}
 
 
-def mean_test_effort(efforts: Sequence[dict]) -> Optional[dict]:
-    """The test split's mean of :func:`test_effort` (None for no cases)."""
-    rel = [e["vs_scratch"] for e in efforts if e["vs_scratch"] is not None]
-    if not rel:
+def mean_proposal_effort(efforts: Sequence[dict]) -> Optional[dict]:
+    """The mean of :func:`proposal_effort` over cases (None for none)."""
+    if not efforts:
         return None
-    return {"vs_scratch": round(float(np.mean(rel)), 3), "touched": round(float(np.mean([e["touched"] for e in efforts])), 3),
-            "cleared": round(float(np.mean([e["cleared"] for e in efforts])), 3), "cases": len(rel)}
+    return {k: round(float(np.mean([e[k] for e in efforts])), 3) for k in ("vs_scratch", "touched", "cleared")} | \
+        {"cases": len(efforts)}
 
 
 @register_corrector("tolerant")

@@ -171,7 +171,8 @@ class Simulation:
             names = [n for n, _ in self.plan["spec"]]
             return {"model_version": None, "dice": {n: 0.0 for n in names}, "hd95": {n: None for n in names},
                     "mean_dice": 0.0, "mean_hd95": None, "test_effort": None}
-        if previous is not None and previous["model_version"] == m.version:
+        # (a round recorded before the test effort was: evaluated again rather than carrying None forward)
+        if previous is not None and previous["model_version"] == m.version and "test_effort" in previous:
             return {"model_version": m.version, "dice": previous["test_dice"], "hd95": previous["test_hd95"],
                     "mean_dice": previous["mean_dice"], "mean_hd95": previous["mean_hd95"],
                     "test_effort": previous.get("test_effort")}
@@ -186,8 +187,8 @@ class Simulation:
                 per[n]["dice"].append(v["dice"])
                 if v.get("hd95") is not None:
                     per[n]["hd95"].append(v["hd95"])
-            efforts.append(rad.test_effort(pred, ref, self.spacing_zyx[c.case], self.cfg.tolerance_mm))
-        out = {"model_version": m.version, "dice": {}, "hd95": {}, "test_effort": rad.mean_test_effort(efforts)}
+            efforts.append(rad.proposal_effort(pred, ref, self.spacing_zyx[c.case], self.cfg.tolerance_mm))
+        out = {"model_version": m.version, "dice": {}, "hd95": {}, "test_effort": rad.mean_proposal_effort(efforts)}
         for n, d in per.items():
             out["dice"][n] = round(float(np.mean(d["dice"])), 4)
             out["hd95"][n] = round(float(np.mean(d["hd95"])), 2) if d["hd95"] else None
