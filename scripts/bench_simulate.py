@@ -307,15 +307,23 @@ def _t_interval(xs: List[float]) -> str:
 def compare_strategies(aggs: List[dict]) -> None:
     """Strategies against the first (random), paired by seed (a seed draws the same split, pool and round-0 cases):
     the effort each needed to first reach the Dice every strategy's mean curve reached, and per-seed differences of
-    the last round's test Dice and cumulative effort, with 95 % t-intervals."""
+    the last round's test Dice, of cumulative effort, and of test Dice at the cumulative effort every strategy of that
+    seed spent (its curve interpolated between rounds), with 95 % t-intervals."""
     done = {g["name"]: {s for s, d in g["seeds"].items() if d["summary"]} for g in aggs}  # finished runs only
     aggs = [dict(g, seeds={s: d for s, d in g["seeds"].items() if s in done[g["name"]]}) for g in aggs]
     target = min(max(statistics.mean(r["dice"]) for r in g["table"]) for g in aggs)
     base = aggs[0]
     print(f"\n## strategies against {base['name']}, paired by seed; common Dice {target:.3f}")
     print("| strategy | effort to the common Dice per seed (never: -) | saving vs random per seed where both reached | "
-          "mean saving | final Dice − random's | cumulative effort − random's |")
-    print("|---|---|---|---|---|---|")
+          "mean saving | final Dice − random's | cumulative effort − random's | Dice at equal effort − random's |")
+    print("|---|---|---|---|---|---|---|")
+
+    def at_equal_effort(g: dict, s: int) -> float:
+        """Test Dice at the cumulative effort every strategy of this seed spent (linear between rounds)."""
+        e_star = min(h["seeds"][s]["rounds"][-1]["effort_fraction"] for h in aggs if s in h["seeds"])
+        rr = g["seeds"][s]["rounds"]
+        return float(np.interp(e_star, [r["effort_fraction"] for r in rr], [r["mean_dice"] for r in rr]))
+
     for g in aggs:
         seeds = sorted(set(g["seeds"]) & set(base["seeds"]))
         reach = dict(zip(sorted(g["seeds"]), effort_to_reach(g, target)))
@@ -324,11 +332,12 @@ def compare_strategies(aggs: List[dict]) -> None:
         dd = [g["seeds"][s]["rounds"][-1]["mean_dice"] - base["seeds"][s]["rounds"][-1]["mean_dice"] for s in seeds]
         de = [g["seeds"][s]["rounds"][-1]["effort_fraction"] - base["seeds"][s]["rounds"][-1]["effort_fraction"]
               for s in seeds]
+        dq = [at_equal_effort(g, s) - at_equal_effort(base, s) for s in seeds]
         cells = " / ".join("-" if reach.get(s) is None else f"{reach[s]:.3f}" for s in seeds)
         print(f"| {g['name']} | {cells} | {' / '.join(f'{v:+.2f}' for v in saving) or '-'} ({len(saving)} of "
               f"{len(seeds)} seeds) | "
               f"{_t_interval(saving) if g is not base else '-'} | {_t_interval(dd) if g is not base else '-'} | "
-              f"{_t_interval(de) if g is not base else '-'} |")
+              f"{_t_interval(de) if g is not base else '-'} | {_t_interval(dq) if g is not base else '-'} |")
 
 
 def effort_to_reach(agg: dict, target: float) -> List[Optional[float]]:
