@@ -487,6 +487,11 @@ def test_a_round_0_candidate_the_gate_refuses_gives_dice_0_and_the_next_round_dr
     want = rad.proposal_effort(pred, sim.reference(test), sim.spacing_zyx[test], cfg.tolerance_mm)
     assert r1["test_effort"]["cases"] == 1 and r1["test_effort"]["vs_scratch"] == pytest.approx(want["vs_scratch"], abs=1e-3)
     assert summary["test_effort_vs_scratch_per_round"][1] == r1["test_effort"]["vs_scratch"]
+    import csv
+
+    with open(tmp_path / "run" / "rounds.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [row["test_effort_vs_scratch"] for row in table] == ["", str(r1["test_effort"]["vs_scratch"])]
 
 
 def test_train_budget_effort_gives_each_round_the_effort_it_measured(tmp_path):

@@ -61,15 +61,18 @@ def show_round(rec: dict) -> None:
 
 
 def table(run: Path) -> None:
-    """The per-round table, read back from the run's rounds.csv (what a spreadsheet would open)."""
+    """The per-round table, read back from the run's rounds.csv (what a spreadsheet would open). The test-case effort
+    is what correcting the unseen test cases' proposals would cost over drawing them from scratch (the same cases
+    every round)."""
     with open(run / "rounds.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     print(f"  {'round':>5} {'model':>6} {'cases':>5} {'s/case':>7} {'effort vs full':>15} {'test Dice':>10} "
-          f"{'HD95 mm':>8} {'promoted':>9}")
+          f"{'HD95 mm':>8} {'test-case effort':>17} {'promoted':>9}")
     for r in rows:
         frac = f"{100 * float(r['effort_fraction']):.0f} %" if r["effort_fraction"] else "-"
         print(f"  {r['round']:>5} {'v' + r['model_version']:>6} {len(r['cases'].split()):>5} {r['effort_per_case_s']:>7} "
-              f"{frac:>15} {float(r['mean_dice']):>10.3f} {r['mean_hd95']:>8} {r['promoted']:>9}")
+              f"{frac:>15} {float(r['mean_dice']):>10.3f} {r['mean_hd95']:>8} "
+              f"{r.get('test_effort_vs_scratch') or '-':>17} {r['promoted']:>9}")
 
 
 def main(argv=None) -> int:

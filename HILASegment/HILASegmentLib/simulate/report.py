@@ -18,7 +18,7 @@ def write_rounds(run: Path, rounds: List[dict]) -> None:
     names = list(rounds[0]["test_dice"]) if rounds else []
     cols = (["round", "model_version", "cases", "effort_per_case_s", "effort_s", "cumulative_effort_s",
              "effort_fraction"] + [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names]
-            + ["mean_dice", "mean_hd95", "train_s", "promoted"])
+            + ["mean_dice", "mean_hd95", "test_effort_vs_scratch", "train_s", "promoted"])
     f = io.StringIO(newline="")
     w = csv.writer(f)
     w.writerow(cols)
@@ -27,7 +27,8 @@ def write_rounds(run: Path, rounds: List[dict]) -> None:
         w.writerow([r["round"], r["model_version"], " ".join(r["cases"]), r["effort_per_case_s"], r["effort_s"],
                     r["cumulative_effort_s"], r["effort_fraction"]]
                    + [r["test_dice"][n] for n in names] + [r["test_hd95"][n] for n in names]
-                   + [r["mean_dice"], r["mean_hd95"], round(tr.get("seconds", 0.0), 1), tr.get("promoted")])
+                   + [r["mean_dice"], r["mean_hd95"], (r.get("test_effort") or {}).get("vs_scratch"),
+                      round(tr.get("seconds", 0.0), 1), tr.get("promoted")])
     atomic_write_text(run / "rounds.csv", f.getvalue())
 
 
