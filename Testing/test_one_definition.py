@@ -109,7 +109,9 @@ def test_gate_defaults_have_one_definition(tmp_path):
                 (cfg.gate_margin, cfg.gate_min_cases), (rule.margin, rule.min_cases)):
         assert got == want
     names = re.compile(r"gate[_-]margin|gate[_-]min[_-]cases|\bmargin: float|\bmin_cases: int")
-    literal = re.compile(r"(default=|= |, )(0\.01|2)\b")
+    spelled = "|".join(re.escape(str(v)) for v in (gatedefaults.GATE_MARGIN, gatedefaults.GATE_MIN_CASES,
+                                                    gatedefaults.GATE_MARGIN_BEFORE_NONINFERIORITY))
+    literal = re.compile(rf"(default=|= |, )({spelled})\b")
     hits = [f"{rel}: {line.strip()}" for rel, src in _sources("training/gatedefaults.py")
             for line in src.splitlines() if names.search(line) and literal.search(line)]
     assert hits == []

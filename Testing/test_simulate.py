@@ -224,6 +224,28 @@ def test_a_run_made_under_the_older_effort_model_is_not_resumed_under_the_new_on
     assert r.returncode == 2 and "effort_model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_run_made_under_the_older_gate_rule_is_not_resumed_under_the_new_default(tmp_path):
+    """The default gate margin changed (better by 0.01 -> not worse by 0.05): a run whose config.json records no margin
+    was made under the old default and is refused under today's, one line, nothing touched; the old rule spelled out
+    (--gate-margin 0.01) is that run's config again."""
+    from HILASegmentLib.simulate.prepare import SimConfig
+    from HILASegmentLib.training.gatedefaults import GATE_MARGIN, GATE_MARGIN_BEFORE_NONINFERIORITY
+
+    cfg = SimConfig(out=str(tmp_path / "run"), synthetic=str(shared("prostate_shapes", "msd")), labels="prostate=1+2")
+    key = json.loads(json.dumps(cfg.key(), default=str))
+    assert key["gate_margin"] == GATE_MARGIN
+    old_rule = SimConfig(**dict(cfg.__dict__, gate_margin=GATE_MARGIN_BEFORE_NONINFERIORITY))
+    old = json.loads(json.dumps(old_rule.key(), default=str))
+    assert "gate_margin" not in old and {k: v for k, v in key.items() if k != "gate_margin"} == old
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(old))
+    before = (run / "config.json").read_bytes()
+    r = _hila("--out", str(run), "--synthetic", str(shared("prostate_shapes", "msd")), "--labels", "prostate=1+2")
+    assert r.returncode == 2 and "gate_margin" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (run / "config.json").read_bytes() == before and [p.name for p in run.iterdir()] == ["config.json"]
+
+
 def _rounds(run):
     return json.loads((run / "rounds.json").read_text())
 

@@ -21,7 +21,18 @@ when the promoted candidate's fresh mean Dice is below v1's.
 the engine on one selection correction and on 6 fresh cases: fresh Dice of the last weights vs the
 weights a selection case would choose (and vs the best possible, the oracle).
 
+``--part replay RUN...`` (finished ``hila simulate`` runs): every model version a run registered is scored by the
+gate's own evaluator (``gate.evaluate_models``) on the run's test cases and on every gate correction any of its rounds
+used (cached in RUN/gate_replay.json); then each round's decision is taken again by ``gate.decide`` under each
+``--margins`` value, the candidate against whichever model that history made current, on the gate corrections that
+round used. Reported per margin: the mean final test Dice of the model current at the end, its mean over rounds 2+,
+promotions, and the worst test-Dice change a promotion made. Counterfactual only in one respect: the corrections (and
+so the training data) are the run's own, made on the proposals of the run's current models; the candidates'
+line is the same whatever the gate decides (a round continues the newest candidate, ``gate.line_keeps_gate``).
+The replay of the margin a run was made with reproduces its recorded final Dice (the script checks).
+
 usage: nice -n 10 python scripts/bench_gate.py --part gate --trials 12 [--out FILE]
+       python scripts/bench_gate.py --part replay --runs RUN... [--margins 0.01,-0.05]
 """
 from __future__ import annotations
 
@@ -236,9 +247,105 @@ def part_checkpoint(trials: int, steps: int) -> dict:
         "oracle_minus_last_mean": round(float(np.mean(gap)), 4)}}
 
 
+def _replay_scores(run: Path) -> dict:
+    """Each model version's Dice on the run's test cases and on every gate correction its rounds used (cached)."""
+    from HILASegmentLib.training.gate import evaluate_models
+    from HILASegmentLib.workspace import Workspace
+
+    cache = run / "gate_replay.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    with Workspace.open(run / "workspace", readonly=True) as ws:
+        labels = [(lab.value, lab.name) for lab in ws.settings.labels]
+        rounds, gate_items = [], {}
+        for tr in ws.training_runs():
+            if tr.model_version is None:
+                continue
+            g = (tr.metrics or {}).get("gate") or {}
+            rows = g.get("comparison", {}).get("cases", [])
+            rounds.append({"candidate": tr.model_version, "gate": [r["case_id"] for r in rows],
+                           "promoted": bool(g.get("promote")), "margin": (g.get("rule") or {}).get("margin")})
+            for r in rows:
+                c = next(x for x in ws.corrections(r["case_id"]) if x.version == r["correction_version"])
+                gate_items[r["case_id"]] = SnapshotItem(r["case_id"], c.version, ws.case(r["case_id"]).path, c.path,
+                                                        c.quality)
+        test = [SnapshotItem(n, 0, run / "cases" / f"{n}_image.nii.gz", run / "cases" / f"{n}_ref.nii.gz", "reviewed")
+                for n in summary["test_cases"]]
+        versions = sorted({r["candidate"] for r in rounds})
+        models = [(ws.model(v).path, None) for v in versions]
+        scored = {}
+        for part, items in (("test", test), ("gate", list(gate_items.values()))):
+            for v, res in zip(versions, evaluate_models(models, items, labels, threads=2)):
+                if isinstance(res, Exception):
+                    raise res
+                scored.setdefault(str(v), {})[part] = {c["case_id"]: c["mean_dice"] for c in res["cases"]}
+    recorded = json.loads((run / "rounds.json").read_text(encoding="utf-8"))
+    recorded = recorded["rounds"] if isinstance(recorded, dict) else recorded
+    out = {"rounds": rounds, "models": scored, "recorded_final": recorded[-1]["mean_dice"]}
+    cache.write_text(json.dumps(out), encoding="utf-8")
+    return out
+
+
+def replay_run(scores: dict, margin: float, min_cases: int) -> dict:
+    """One run's rounds decided again by ``gate.decide`` under ``margin``: the current model's test Dice after each
+    round and the test-Dice change of each promotion."""
+    from HILASegmentLib.training.gate import GateRule, decide
+
+    rule = GateRule(margin=margin, min_cases=min_cases).check()
+    models = scores["models"]
+
+    def ev(v, gate):
+        rows = [{"case_id": g, "mean_dice": models[str(v)]["gate"][g]} for g in gate]
+        return {"mean_dice": float(np.mean([r["mean_dice"] for r in rows])) if rows else 0.0, "cases": rows}
+
+    def test(v):
+        return float(np.mean(list(models[str(v)]["test"].values())))
+
+    current, curve, changes = None, [], []
+    for r in scores["rounds"]:
+        cand = r["candidate"]
+        if current is None:
+            current = cand if r["promoted"] else None  # the first model: nothing to compare with (as recorded)
+        else:
+            ok = decide("auto", ev(cand, r["gate"]), ev(current, r["gate"]), rule, True, len(r["gate"]))[0]
+            if ok:
+                changes.append(test(cand) - test(current))
+                current = cand
+        curve.append(test(current) if current is not None else 0.0)
+    return {"final": curve[-1], "mean_from_round_2": float(np.mean(curve[2:])) if len(curve) > 2 else curve[-1],
+            "promotions": len(changes), "worst_change": min(changes) if changes else 0.0}
+
+
+def part_replay(runs: list, margins: list, min_cases: int) -> dict:
+    scores = {str(r): _replay_scores(Path(r)) for r in runs}
+    rows, summary = [], {}
+    for run, sc in scores.items():
+        made = {r["margin"] for r in sc["rounds"] if r["margin"] is not None}
+        if len(made) == 1:  # the run's own rule must reproduce what it recorded
+            mine = replay_run(sc, made.pop(), min_cases)["final"]
+            if abs(mine - sc["recorded_final"]) > 0.002:
+                raise RuntimeError(f"{run}: the replay of its own rule gives {mine:.3f}, it recorded "
+                                   f"{sc['recorded_final']:.3f}")
+        for m in margins:
+            rows.append({"run": run, "margin": m, **replay_run(sc, m, min_cases)})
+    for m in margins:
+        mine = [r for r in rows if r["margin"] == m]
+        fin = [r["final"] for r in mine]
+        summary[str(m)] = {"final_mean": round(float(np.mean(fin)), 3), "final_sd": round(float(np.std(fin, ddof=1)), 3)
+                           if len(fin) > 1 else 0.0, "final_min": round(min(fin), 3),
+                           "mean_from_round_2": round(float(np.mean([r["mean_from_round_2"] for r in mine])), 3),
+                           "promotions": sum(r["promotions"] for r in mine),
+                           "worst_promotion": round(min(r["worst_change"] for r in mine), 3), "runs": len(mine)}
+    return {"summary": summary, "rows": rows}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["gate", "checkpoint"], required=True)
+    ap.add_argument("--part", choices=["gate", "checkpoint", "replay"], required=True)
+    ap.add_argument("--runs", nargs="+", type=Path, default=[], help="finished hila simulate runs (--part replay)")
+    ap.add_argument("--margins", default="0.01,0,-0.02,-0.03,-0.05,-0.08,-0.1,-1",
+                    help="comma-separated --gate-margin values to replay (--part replay)")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--steps", type=int, default=30, help="optimisation steps per training run (candidates)")
     ap.add_argument("--v1-steps", type=int, default=80, help="steps of the current model v1 (--part gate)")
@@ -246,7 +353,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="append the summary (JSON) to this file")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
-    res = part_gate(a.trials, a.old_commit, a.steps, a.v1_steps) if a.part == "gate" else part_checkpoint(a.trials, a.steps)
+    if a.part == "replay":
+        from HILASegmentLib.training.gatedefaults import GATE_MIN_CASES
+
+        res = part_replay(a.runs, [float(x) for x in a.margins.split(",")], GATE_MIN_CASES)
+    elif a.part == "gate":
+        res = part_gate(a.trials, a.old_commit, a.steps, a.v1_steps)
+    else:
+        res = part_checkpoint(a.trials, a.steps)
+    if a.part == "replay":
+        print(f"{'--gate-margin':>13s} | final test Dice (mean ± sd, min) | mean, rounds 2+ | promotions | worst promotion")
+        for m, v in res["summary"].items():
+            print(f"{float(m):>+13.2f} | {v['final_mean']:.3f} ± {v['final_sd']:.3f}, {v['final_min']:.3f} | "
+                  f"{v['mean_from_round_2']:.3f} | {v['promotions']} | {v['worst_promotion']:+.3f}")
     res["summary"]["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(res["summary"], indent=1))
     if a.out:

@@ -59,7 +59,8 @@ def register(sub, parent) -> None:
     p.add_argument("--warm-start", default="auto", choices=WARM_STARTS,
                    help="as hila train --warm-start: how a round starts from a --model preset (e.g. taps)")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
-                   help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted (default %(default)s)")
+                   help="as hila train: the mean per-case Dice gain a candidate must exceed to be promoted; negative: "
+                        "the loss it may have (default %(default)s)")
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
                    help="as hila train: gate corrections (unseen by both models) needed to promote (default %(default)s)")
     p.add_argument("--promote", choices=["auto", "always"], default="auto",

@@ -19,7 +19,7 @@ from ..ground.paths import check_outputs
 from ..inference import boxassist
 from ..models.normalize import guess_modality
 from ..training import plan
-from ..training.gatedefaults import GATE_MARGIN, GATE_MIN_CASES
+from ..training.gatedefaults import GATE_MARGIN, GATE_MARGIN_BEFORE_NONINFERIORITY, GATE_MIN_CASES
 from . import cohort as co
 from . import radiologist as rad
 from . import selection, synthesis
@@ -66,8 +66,9 @@ class SimConfig:
         d = asdict(self)
         for k in ("out", "threads"):
             d.pop(k)
-        # options added later drop out at their default, so runs made before them still resume
-        for k, default in (("gate_margin", GATE_MARGIN), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
+        # options added later drop out at their default, so runs made before them still resume; the margin drops out
+        # at the default those runs were made under (a run that recorded none resumes only under that rule)
+        for k, default in (("gate_margin", GATE_MARGIN_BEFORE_NONINFERIORITY), ("gate_min_cases", GATE_MIN_CASES), ("rough_unmarked", False),
                            ("promote", "auto"), ("weak_marks", "box"), ("ignore_band", False),
                            ("train_budget", "fixed"), ("config", "auto"), ("baseline_minutes", None),
                            ("arch", None), ("warm_start", "auto"), ("weak_builder", "ellipsoid")):

@@ -4,8 +4,13 @@ values: ``gate.GateRule``). Light on purpose (no numpy, no torch): the command l
 parser.
 """
 
-#: The mean per-case Dice gain a candidate must exceed to be promoted (``--gate-margin``).
-GATE_MARGIN = 0.01
+#: The mean per-case Dice gain a candidate must exceed to be promoted (``--gate-margin``). Negative: a
+#: non-inferiority margin, a candidate is promoted unless it loses more than 0.05 Dice per gate case (why:
+#: ``gate.GateRule``; measured by ``scripts/bench_gate.py --part replay``).
+GATE_MARGIN = -0.05
+#: The default before the non-inferiority rule (superiority by 0.01): a simulate run made under it recorded no
+#: margin in its config, so it must not resume silently under today's (``simulate.prepare.SimConfig.key``).
+GATE_MARGIN_BEFORE_NONINFERIORITY = 0.01
 #: Gate corrections, unseen by both models, needed before ``auto`` promotes (``--gate-min-cases``).
 GATE_MIN_CASES = 2
 

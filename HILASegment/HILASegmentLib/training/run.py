@@ -77,7 +77,7 @@ class TrainOptions:
     # float32: never (the off switch, e.g. to compare or where a kernel misbehaves under autocast)
     precision: str = "auto"
     seed: int = 0
-    gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (auto)
+    gate_margin: float = GateRule.margin          # mean per-case Dice gain a candidate must exceed (negative: may lose)
     gate_min_cases: int = GateRule.min_cases      # gate corrections needed before auto promotes
     started: Optional[float] = None    # time.monotonic() when the process started (the budget counts from it)
 
