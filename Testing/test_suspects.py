@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,51 @@ def test_real_ct_bad_mbs_contours_flagged_by_an_unseen_model(tmp_path, capsys):
     assert main(["status", str(ws_dir), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in st["suspects"]] == ["Pelvic-Ref003"]
+
+
+def _inplane_change(mask: np.ndarray, kind: str, rng) -> np.ndarray:
+    """A mild error of one contour: 2 voxels too wide or too narrow in-plane, or half its edge voxels missing."""
+    from scipy import ndimage
+
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = True
+    if kind == "wide":
+        return ndimage.binary_dilation(mask, st, iterations=2)
+    if kind == "narrow":
+        return ndimage.binary_erosion(mask, st, iterations=2)
+    edge = mask & ~ndimage.binary_erosion(mask, st)
+    return mask & ~(edge & (rng.random(mask.shape) < 0.5))
+
+
+def test_boundary_figures_find_mild_errors_that_dice_misses_on_a_real_ct_label():
+    """Eight corrections of the real CT fixture's organs, scored by a 'model' whose own error is a random in-plane
+    shift of up to a voxel (its probabilities: its mask smoothed). Three corrections carry a mild error on the
+    prostate (2 voxels too wide, 2 too narrow, a ragged edge): Dice against the model stays far above the Dice rule's
+    floor, so Dice alone flags none; the boundary figures flag exactly those three, each for what it is."""
+    from scipy import ndimage
+
+    from HILASegmentLib.ground.metrics import dice
+    from HILASegmentLib.quality.suspectrule import boundary_evidence
+
+    lab = sitk.ReadImage(str(Path(__file__).parent / "Data" / "pelvic_ct_small_labels.nii.gz"))
+    arr = sitk.GetArrayFromImage(lab)
+    labels = [(1, "prostate"), (2, "bladder"), (3, "rectum")]
+    rng = np.random.default_rng(0)
+    rows, kinds = [], {5: "wide", 6: "narrow", 7: "ragged"}
+    for i in range(8):
+        model = np.roll(arr, tuple(int(x) for x in rng.integers(-1, 2, size=2)), axis=(1, 2))
+        probs = {n: ndimage.gaussian_filter((model == v).astype(np.float32), 1.0) for v, n in labels}
+        corr = arr.copy()
+        if i in kinds:
+            pro = _inplane_change(arr == 1, kinds[i], rng)
+            corr[(corr == 1) & ~pro] = 0
+            corr[pro & (corr == 0)] = 1
+        rows.append({"case_id": f"c{i}", "correction_version": 1,
+                     "dice": {n: dice(model == v, corr == v) for v, n in labels},
+                     "boundary": boundary_evidence(corr, probs, labels, lab.GetSpacing()[::-1])})
+    assert min(r["dice"]["prostate"] for r in rows) > 0.6
+    assert find_suspects([{k: v for k, v in r.items() if k != "boundary"} for r in rows]) == []
+    got = {f["case_id"]: f for f in find_suspects(rows)}
+    assert set(got) == {"c5", "c6", "c7"} and all(f["labels"] == ["prostate"] for f in got.values())
+    assert "beyond the model's organ" in got["c5"]["reason"] and "inside the model's organ" in got["c6"]["reason"]
+    assert "ragged contour" in got["c7"]["reason"]

@@ -126,7 +126,10 @@ def simulate_detection(run: Path) -> dict:
     return {"run": str(run), "scored": len(scored), "injected": len(injected), "flagged": len(flagged),
             "true_flags": len(hit), "precision": round(len(hit) / len(flagged), 3) if flagged else None,
             "recall": round(len(hit) / len(injected), 3) if injected else None,
-            "kinds_missed": sorted(e["rough"] for e in scored if "rough" in e and e["case"] not in flagged)}
+            "kinds_missed": sorted(e["rough"] for e in scored if "rough" in e and e["case"] not in flagged),
+            "kinds": {k: (sum(e.get("rough") == k for e in scored), sum(e.get("rough") == k and e["case"] in flagged
+                                                                       for e in scored))
+                      for k in sorted({e["rough"] for e in scored if "rough" in e})}}
 
 
 # ------------------------------------------------------------------ 4. rough-label rate (accuracy) and suspects
@@ -165,14 +168,39 @@ def rough_jobs(runs: Path, steps: int, data: Path, seeds=SEEDS, rates=RATES) -> 
     return jobs
 
 
-def suspect_jobs(runs: Path, steps: int) -> List[Tuple[Path, List[str]]]:
+def suspect_jobs(runs: Path, steps: int, seeds=SEEDS) -> List[Tuple[Path, List[str]]]:
     """16 corrections from scratch, then 12 more scored by the round-0 model (which never trained on them);
     a share of every round's submissions degraded and submitted unmarked (as reviewed)."""
     return [(runs / f"suspect_r{int(rate * 100)}_s{seed}" / "summary.json",
              _hila(runs / f"suspect_r{int(rate * 100)}_s{seed}",
                    [*_synth_args(runs), "--initial", "16", "--per-round", "12", "--rounds", "1", "--train-steps",
                     str(steps), "--seed", str(seed), "--rough-rate", str(rate), "--rough-unmarked", "--promote", "always"]))
-            for rate in SUSPECT_RATES for seed in SEEDS]
+            for rate in SUSPECT_RATES for seed in seeds]
+
+
+def suspect_report(runs: Path) -> dict:
+    """Precision and recall of the suspect flags per rough rate: pooled over the seeds, and per seed (mean ± sd of
+    the seeds' figures), with the share of each kind of degradation flagged."""
+    rep = {}
+    for rate in SUSPECT_RATES:
+        det = [simulate_detection(p.parent) for p in sorted(runs.glob(f"suspect_r{int(rate * 100)}_s*/summary.json"))]
+        if not det:
+            continue
+        inj, fl, hit = (sum(d[k] for d in det) for k in ("injected", "flagged", "true_flags"))
+        kinds: dict = {}
+        for d in det:
+            for k, (n, caught) in d["kinds"].items():
+                kinds[k] = [kinds.get(k, [0, 0])[0] + n, kinds.get(k, [0, 0])[1] + caught]
+        rep[str(rate)] = {"seeds": len(det), "injected": inj, "flagged": fl, "true_flags": hit,
+                          "precision": round(hit / fl, 3) if fl else None, "recall": round(hit / inj, 3) if inj else None,
+                          "precision_per_seed": [d["precision"] for d in det], "recall_per_seed": [d["recall"] for d in det],
+                          "kinds_caught": kinds, "runs": det}
+        r = rep[str(rate)]
+        print(f"  {rate:.0%} unmarked, {len(det)} seeds: injected {inj}, flagged {fl}, true {hit}: precision "
+              f"{r['precision']}, recall {r['recall']}; per seed precision {_ms([x for x in r['precision_per_seed'] if x is not None])}, "
+              f"recall {_ms([x for x in r['recall_per_seed'] if x is not None])}; caught per kind "
+              + ", ".join(f"{k} {c}/{n}" for k, (n, c) in sorted(kinds.items())))
+    return rep
 
 
 COLD = {"weak5": ["--corrector", "weak", "--initial", "5"], "weak5_band": ["--corrector", "weak", "--initial", "5",
@@ -374,8 +402,11 @@ def main() -> int:
     ap.add_argument("--rough", type=Path, default=None, help="run folder of the rough-label campaign (resumable)")
     ap.add_argument("--steps", type=int, default=400, help="optimisation steps per training (every arm the same)")
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--seeds", default="1,2,3", help="seeds of the synthetic rough-rate runs (suspects, cold start: 1-3)")
+    ap.add_argument("--seeds", default=None, help="seeds of the synthetic rough-rate runs (default 1,2,3; suspects and "
+                                                  "cold start in --rough: 1-3) or of --suspects (default 1-5)")
     ap.add_argument("--seed-rates", default="0,0.2,0.5", help="the rough rates --seeds applies to (others: seeds 1-3)")
+    ap.add_argument("--suspects", type=Path, default=None,
+                    help="run folder of the suspect campaign alone (--seeds, default 1-5; resumable), then its report")
     ap.add_argument("--figure", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--ct-one", default=None, help=argparse.SUPPRESS)  # TEST,SOURCE,ARM: one real-CT training
@@ -385,11 +416,20 @@ def main() -> int:
         print(json.dumps(res))
         _write(a.out, res)
         return 0
+    if a.suspects:
+        runs = a.suspects.resolve()
+        runs.mkdir(parents=True, exist_ok=True)
+        seeds = [int(x) for x in (a.seeds or "1,2,3,4,5").split(",")]
+        if not a.report_only:
+            run_jobs(suspect_jobs(runs, a.steps, seeds), runs, a.parallel)
+        rep = suspect_report(runs)
+        _write(a.out, rep)
+        return 0
     if a.rough:
         runs = a.rough.resolve()
         runs.mkdir(parents=True, exist_ok=True)
         if not a.report_only:
-            seeds = [int(x) for x in a.seeds.split(",")]
+            seeds = [int(x) for x in (a.seeds or "1,2,3").split(",")]
             rates = [float(x) for x in a.seed_rates.split(",")]
             run_jobs(rough_jobs(runs, a.steps, a.data, seeds, rates) + suspect_jobs(runs, a.steps) + cold_jobs(runs, a.steps),
                      runs, a.parallel)

@@ -27,7 +27,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -142,13 +142,15 @@ def line_keeps_gate(cases: Sequence[SnapshotItem], current_card: Optional[ModelC
 
 def evaluate_model(model_path: Path, cases: Sequence[SnapshotItem], labels: Sequence[Tuple[int, str]],
                    threads: Optional[int] = None, progress: Optional[Callable] = None,
-                   should_stop: Callable[[], bool] = lambda: False, card: Optional[ModelCard] = None) -> dict:
+                   should_stop: Callable[[], bool] = lambda: False, card: Optional[ModelCard] = None,
+                   evidence: Optional[Callable[[Any, sitk.Image, np.ndarray], dict]] = None) -> dict:
     """Dice per workspace label of ``model_path`` on ``cases`` (snapshot items: case_id, correction_version,
     image_path, label_path).
 
     ``card``: the registry's card for files that carry none inside (an imported model such as TAPS).
+    ``evidence``: as :func:`evaluate_models`.
     """
-    res = evaluate_models([(model_path, card)], cases, labels, threads, progress, should_stop)[0]
+    res = evaluate_models([(model_path, card)], cases, labels, threads, progress, should_stop, evidence)[0]
     if isinstance(res, HilaError):
         raise res
     return res
@@ -157,10 +159,14 @@ def evaluate_model(model_path: Path, cases: Sequence[SnapshotItem], labels: Sequ
 def evaluate_models(models: Sequence[Tuple[Path, Optional[ModelCard]]], cases: Sequence[SnapshotItem],
                     labels: Sequence[Tuple[int, str]], threads: Optional[int] = None,
                     progress: Optional[Callable] = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> List[Union[dict, HilaError]]:
+                    should_stop: Callable[[], bool] = lambda: False,
+                    evidence: Optional[Callable[[Any, sitk.Image, np.ndarray], dict]] = None
+                    ) -> List[Union[dict, HilaError]]:
     """:func:`evaluate_model` of several models on the same ``cases``, each case read once and scored by every one
     (the gate's candidate and current model). ``models``: (ONNX path, its card or None: the card inside the file).
-    A model that does not load or run gets its HilaError in its place; the others are still scored."""
+    A model that does not load or run gets its HilaError in its place; the others are still scored.
+    ``evidence(result, image, correction array)``: more figures per case from the same inference (run with the
+    probabilities), stored as the case row's ``evidence`` (the suspect scan's boundary figures)."""
     t0 = time.monotonic()
     segs: List[Union[Segmenter, HilaError]] = []
     spent = []
@@ -188,7 +194,8 @@ def evaluate_models(models: Sequence[Tuple[Path, Optional[ModelCard]]], cases: S
             seg = segs[k]
             t = time.monotonic()
             try:
-                res = seg.segment(img, where=str(c.image_path))  # type: ignore[union-attr]
+                res = seg.segment(img, where=str(c.image_path),  # type: ignore[union-attr]
+                                  probabilities=evidence is not None)
             except HilaError as exc:
                 segs[k] = exc
                 continue
@@ -200,7 +207,8 @@ def evaluate_models(models: Sequence[Tuple[Path, Optional[ModelCard]]], cases: S
                 d[name] = round(dice(pred == mv, ref == value), 4) if mv is not None else 0.0
             per_case[k].append({"case_id": c.case_id, "correction_version": c.correction_version,
                                 "dice": d, "mean_dice": round(float(np.mean(list(d.values()))), 4),
-                                "seconds": round(res.seconds, 2)})
+                                "seconds": round(res.seconds, 2),
+                                **({"evidence": evidence(res, img, ref)} if evidence is not None else {})})
             spent[k] += time.monotonic() - t
     names = [n for _, n in labels]
     out: List[Union[dict, HilaError]] = []

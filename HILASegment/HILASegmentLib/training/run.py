@@ -443,8 +443,7 @@ def _scan_suspects(ws, rnd: "_Round", snapshot, gate_items) -> dict:
     """After each run: flag training corrections the parent model disagrees with far more than their peers
     (``training.suspects``). A failure is reported in the result, never a failed run (the model is registered)."""
     try:
-        return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, parent_eval=rnd.parent_eval,
-                             threads=rnd.opts.threads)
+        return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, threads=rnd.opts.threads)
     except HilaError as exc:
         return {"scored": 0, "flagged": [], "why": f"not scanned: {exc}"}
 
