@@ -173,3 +173,4 @@ def test_boundary_figures_find_mild_errors_that_dice_misses_on_a_real_ct_label()
     assert set(got) == {"c5", "c6", "c7"} and all(f["labels"] == ["prostate"] for f in got.values())
     assert "beyond the model's organ" in got["c5"]["reason"] and "inside the model's organ" in got["c6"]["reason"]
     assert "ragged contour" in got["c7"]["reason"]
+    assert find_suspects(rows[3:]) == []  # five corrections: too few to judge a boundary by its peers

@@ -17,7 +17,8 @@ peers in the same robust way when the scan supplies them (``boundary_evidence``)
 on the voxels just outside the correction (``outside_p``; two-sided: high where the contour stops inside what the
 model calls organ, low where it runs beyond it), and how ragged the contour is (``ragged``: voxels an in-plane
 closing fills, per boundary voxel; a painted or traced contour is smooth). Cut-offs chosen by measurement on real
-models and the simulated radiologist's degradations (README, *Suspect labels*): ``K_EDGE`` 2, ``K_RAGGED`` 3.
+models and the simulated radiologist's degradations (README, *Suspect labels*), and judged only among at least
+``BOUNDARY_MIN_PEERS`` corrections.
 """
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ K_MAD = 3.0
 FLOOR = 0.5
 MIN_SPREAD = 0.05
 MIN_PEERS = 3
-K_EDGE = 2.0           # |robust z| of outside_p
-K_RAGGED = 3.0         # robust z of ragged (one-sided)
-MIN_SPREAD_BOUNDARY = 0.02
+K_EDGE = 2.0                # |robust z| of outside_p
+MIN_SPREAD_EDGE = 0.05      # outside_p's spread is at least this (a skewed figure near 0 for most models)
+K_RAGGED = 3.0              # robust z of ragged (one-sided) ...
+MIN_SPREAD_RAGGED = 0.02
+RAGGED_FLOOR = 0.08         # ... and at least this: 120 clean corrections reached 0.052, half an edge missing 0.16
+BOUNDARY_MIN_PEERS = 6      # a median and MAD of 3-5 boundary figures judge nothing (3 real CTs flagged a manual one)
 
 
 def _inplane(spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -73,20 +77,21 @@ def _cut(vals: np.ndarray, min_spread: float) -> Tuple[float, float]:
     return med, max(1.4826 * float(np.median(np.abs(vals - med))), min_spread)
 
 
-def _boundary_outliers(rows: Sequence[dict], min_peers: int) -> Dict[int, List[Tuple[str, str]]]:
-    """Row index -> [(label, reason)] for the boundary figures, where the rows carry them."""
+def _boundary_outliers(rows: Sequence[dict], min_peers: int = BOUNDARY_MIN_PEERS) -> Dict[int, List[Tuple[str, str]]]:
+    """Row index -> [(label, reason)] for the boundary figures, where at least ``min_peers`` rows carry them."""
     found: Dict[int, List[Tuple[str, str]]] = {}
     names = sorted({n for s in rows for n in (s.get("boundary") or {})})
     for n in names:
         have = [(i, s["boundary"][n]) for i, s in enumerate(rows) if n in (s.get("boundary") or {})]
         if len(have) < min_peers:
             continue
-        for key, k, two_sided in (("outside_p", K_EDGE, True), ("ragged", K_RAGGED, False)):
+        for key, k, two_sided, min_spread, floor in (("outside_p", K_EDGE, True, MIN_SPREAD_EDGE, None),
+                                                     ("ragged", K_RAGGED, False, MIN_SPREAD_RAGGED, RAGGED_FLOOR)):
             vals = np.array([b[key] for _, b in have], float)
-            med, spread = _cut(vals, MIN_SPREAD_BOUNDARY)
+            med, spread = _cut(vals, min_spread)
             for (i, b), v in zip(have, vals):
                 z = (v - med) / spread
-                if z > k or (two_sided and z < -k):
+                if (z > k and (floor is None or v >= floor)) or (two_sided and z < -k):
                     what = {"ragged": "ragged contour",
                             "outside_p": "contour inside the model's organ" if z > 0 else "contour beyond the model's organ"}[key]
                     found.setdefault(i, []).append((n, f"{n} {what}: {key} {v:.3f} vs peers' median {med:.3f} "
@@ -111,7 +116,7 @@ def find_suspects(scored: Sequence[dict], k: float = K_MAD, floor: float = FLOOR
             continue
         med, spread = _cut(vals, min_spread)
         cut[n] = (med, min(med - k * spread, floor))
-    boundary = _boundary_outliers(rows, min_peers)
+    boundary = _boundary_outliers(rows, max(min_peers, BOUNDARY_MIN_PEERS))
     out = []
     for i, s in enumerate(rows):
         bad = [(n, f"{n} Dice {s['dice'][n]:.3f} vs peers' median {cut[n][0]:.3f} (cut {cut[n][1]:.3f})")
