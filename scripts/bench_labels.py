@@ -91,6 +91,20 @@ def suspect_configs(data: Path, tmp: Path) -> list:
         rows.append({"intruder": f"{bad} {kind}" if bad else "none (all manual)", "flagged": flagged,
                      "reasons": [f["reason"] for f in res["flagged"]], "seconds": round(time.monotonic() - t, 1)})
         print(json.dumps(rows[-1]), flush=True)
+    # every set of every case among the peers at once (9 corrections: enough to judge boundaries too); the DL and MBS
+    # sets are the positives. Not independent (each CT three times) and the starter knows the manual contours.
+    items = [next(s for s in cache[(c, k)] if s.case_id == ids[c]) for c in CASES
+             for k in ("labels_manual", "labels_dl", "labels_mbs")]
+    kind = {(s.case_id, s.correction_version): k for s, k in zip(items, [k for _ in CASES
+                                                                          for k in ("manual", "dl", "mbs")])}
+    res = tsus.scan(_NoFlags(), None, model, items, LABELS)
+    flagged = [(next(c for c in CASES if ids[c] == f["case_id"]), kind[(f["case_id"], f["correction_version"])])
+               for f in res["flagged"]]
+    auto = sum(k != "manual" for _, k in flagged)
+    rows.append({"intruder": "all sets mixed (3 manual, 3 DL, 3 MBS)", "flagged": [f"{c} {k}" for c, k in flagged],
+                 "precision": round(auto / len(flagged), 3) if flagged else None, "recall": round(auto / 6, 3),
+                 "reasons": [f["reason"] for f in res["flagged"]]})
+    print(json.dumps(rows[-1]), flush=True)
     ws.close()
     return rows
 
