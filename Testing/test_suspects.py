@@ -174,3 +174,30 @@ def test_boundary_figures_find_mild_errors_that_dice_misses_on_a_real_ct_label()
     assert "beyond the model's organ" in got["c5"]["reason"] and "inside the model's organ" in got["c6"]["reason"]
     assert "ragged contour" in got["c7"]["reason"]
     assert find_suspects(rows[3:]) == []  # five corrections: too few to judge a boundary by its peers
+
+
+def test_the_scan_hook_reads_the_ct_starters_own_probabilities_on_a_real_ct():
+    """The scan's evidence hook on a real Segmenter result (the CT starter on the bundled CT): its boundary figures
+    equal those computed from copies of the probabilities put back on the image grid. (A view of a temporary image
+    once read freed memory here: outside_p came out 0 for every organ.)"""
+    import gc
+
+    from HILASegmentLib.inference.segmenter import Segmenter
+    from HILASegmentLib.models import catalog
+    from HILASegmentLib.quality.suspectrule import boundary_evidence
+    from HILASegmentLib.training.suspectscan import boundary_figures
+
+    data = Path(__file__).parent / "Data"
+    image = sitk.ReadImage(str(data / "pelvic_ct_small.nrrd"))
+    corr = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "pelvic_ct_small_labels.nii.gz")))
+    corr[corr > 3] = 0
+    labels = [(1, "prostate"), (2, "bladder"), (3, "rectum")]
+    res = Segmenter(catalog.find_model_file("pelvic_ct_unet")).segment(image, probabilities=True)
+    got = boundary_figures(labels)(res, image, corr)
+    gc.collect()
+    _ = [np.random.default_rng(i).random(corr.shape) for i in range(3)]  # reuse freed memory, if any was read
+    probs = {n: sitk.GetArrayFromImage(sitk.Resample(res.probabilities[n], image, sitk.Transform(),
+                                                     sitk.sitkLinear, 0.0)) for _, n in labels}
+    want = boundary_evidence(corr, probs, labels, image.GetSpacing()[::-1])
+    assert got == want and set(got) == {"prostate", "bladder", "rectum"}
+    assert all(0.0 < f["outside_p"] < 1.0 for f in got.values())  # the starter knows these organs: a real reading

@@ -91,8 +91,10 @@ def suspect_configs(data: Path, tmp: Path) -> list:
         rows.append({"intruder": f"{bad} {kind}" if bad else "none (all manual)", "flagged": flagged,
                      "reasons": [f["reason"] for f in res["flagged"]], "seconds": round(time.monotonic() - t, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    # every set of every case among the peers at once (9 corrections: enough to judge boundaries too); the DL and MBS
-    # sets are the positives. Not independent (each CT three times) and the starter knows the manual contours.
+    # every set of every case among the peers at once (9 corrections: enough for the boundary figures to be judged);
+    # the DL and MBS sets are the positives. Three images only, each three times (a workspace never has that: one
+    # latest correction per case), so the figures mostly track the starter's error per image; and the starter was
+    # trained on the manual contours.
     items = [next(s for s in cache[(c, k)] if s.case_id == ids[c]) for c in CASES
              for k in ("labels_manual", "labels_dl", "labels_mbs")]
     kind = {(s.case_id, s.correction_version): k for s, k in zip(items, [k for _ in CASES

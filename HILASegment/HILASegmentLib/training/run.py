@@ -202,7 +202,6 @@ class _Round:
         self.run_id: Optional[int] = None
         self.group = None  # a ddp.Group when this is one of several data-parallel processes
         self.registered = None
-        self.parent_eval: Optional[dict] = None  # the parent model's scores on the gate corrections
         self.log: List[str] = []
         self.timings: Dict[str, float] = {}
 
@@ -385,7 +384,6 @@ class _Round:
             self.log.append(f"current model v{self.current.version} could not be validated: {cur}")
             cur = None
         self._tick("validate_s", t)
-        self.parent_eval = cur
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
                                         len(gate_items))
         where = "gate" if gate_items else f"training corrections (no gate set: {split_why})"
@@ -444,8 +442,8 @@ def _scan_suspects(ws, rnd: "_Round", snapshot, gate_items) -> dict:
     (``training.suspects``). A failure is reported in the result, never a failed run (the model is registered)."""
     try:
         return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, threads=rnd.opts.threads)
-    except HilaError as exc:
-        return {"scored": 0, "flagged": [], "why": f"not scanned: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - the model is registered by now: the scan may fail, the run may not
+        return {"scored": 0, "flagged": [], "why": f"not scanned: {type(exc).__name__}: {exc}"}
 
 
 def _refit_quality(ws) -> dict:

@@ -33,7 +33,7 @@ def boundary_figures(labels: Sequence[Tuple[int, str]]) -> Callable:
         for model_name, img in (result.probabilities or {}).items():
             name = by_lower.get(model_name.lower())
             if name is not None:
-                probs[name] = sitk.GetArrayViewFromImage(
+                probs[name] = sitk.GetArrayFromImage(  # a copy: a view would outlive the resampled image
                     sitk.Resample(img, image, sitk.Transform(), sitk.sitkLinear, 0.0))
         return boundary_evidence(correction, probs, labels, image.GetSpacing()[::-1])
     return figures
