@@ -237,6 +237,10 @@ def test_a_run_made_under_the_older_gate_rule_is_not_resumed_under_the_new_defau
     old_rule = SimConfig(**dict(cfg.__dict__, gate_margin=GATE_MARGIN_BEFORE_NONINFERIORITY))
     old = json.loads(json.dumps(old_rule.key(), default=str))
     assert "gate_margin" not in old and {k: v for k, v in key.items() if k != "gate_margin"} == old
+    # with --promote always the gate decides nothing: a run made under either default resumes
+    always = [SimConfig(**dict(cfg.__dict__, promote="always", gate_margin=m)).key() for m in
+              (GATE_MARGIN, GATE_MARGIN_BEFORE_NONINFERIORITY)]
+    assert always[0] == always[1] and "gate_margin" not in always[0]
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(old))

@@ -26,10 +26,12 @@ gate's own evaluator (``gate.evaluate_models``) on the run's test cases and on e
 used (cached in RUN/gate_replay.json); then each round's decision is taken again by ``gate.decide`` under each
 ``--margins`` value, the candidate against whichever model that history made current, on the gate corrections that
 round used. Reported per margin: the mean final test Dice of the model current at the end, its mean over rounds 2+,
-promotions, and the worst test-Dice change a promotion made. Counterfactual only in one respect: the corrections (and
-so the training data) are the run's own, made on the proposals of the run's current models; the candidates'
-line is the same whatever the gate decides (a round continues the newest candidate, ``gate.line_keeps_gate``).
-The replay of the margin a run was made with reproduces its recorded final Dice (the script checks).
+promotions, and the worst test-Dice change a promotion made. What is NOT counterfactual: the corrections (made on
+the proposals of the run's own current models, so the training data), the gate sets (chosen relative to the run's
+own current models) and the candidates' line. The line is the same whatever the gate decides only where every round
+continued the previous round's candidate (``candidate.line_head``; not where ``gate.line_keeps_gate`` sent it back
+to the current model): the script counts the rounds where that did not hold (``line_breaks``, with a warning). The
+replay of the margin a run was made with reproduces its recorded final Dice (the script checks).
 
 usage: nice -n 10 python scripts/bench_gate.py --part gate --trials 12 [--out FILE]
        python scripts/bench_gate.py --part replay --runs RUN... [--margins 0.01,-0.05]
@@ -253,19 +255,23 @@ def _replay_scores(run: Path) -> dict:
     from HILASegmentLib.workspace import Workspace
 
     cache = run / "gate_replay.json"
-    if cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     with Workspace.open(run / "workspace", readonly=True) as ws:
+        runs = [tr for tr in ws.training_runs() if tr.model_version is not None]
+        if cache.is_file():
+            cached = json.loads(cache.read_text(encoding="utf-8"))
+            if [r["candidate"] for r in cached["rounds"]] == [tr.model_version for tr in runs]:
+                return cached  # the same rounds (a resumed run with more rounds is scored again)
         labels = [(lab.value, lab.name) for lab in ws.settings.labels]
         rounds, gate_items = [], {}
-        for tr in ws.training_runs():
-            if tr.model_version is None:
-                continue
+        for tr in runs:
             g = (tr.metrics or {}).get("gate") or {}
             rows = g.get("comparison", {}).get("cases", [])
+            init = next((ln.split(":", 1)[1].strip() for ln in tr.log.splitlines() if ln.startswith("init:")), "")
             rounds.append({"candidate": tr.model_version, "gate": [r["case_id"] for r in rows],
-                           "promoted": bool(g.get("promote")), "margin": (g.get("rule") or {}).get("margin")})
+                           "promoted": bool(g.get("promote")), "margin": (g.get("rule") or {}).get("margin"),
+                           "min_cases": (g.get("rule") or {}).get("min_cases"),
+                           "continues": int(init.split("finetune v")[1]) if "finetune v" in init else None})
             for r in rows:
                 c = next(x for x in ws.corrections(r["case_id"]) if x.version == r["correction_version"])
                 gate_items[r["case_id"]] = SnapshotItem(r["case_id"], c.version, ws.case(r["case_id"]).path, c.path,
@@ -287,12 +293,20 @@ def _replay_scores(run: Path) -> dict:
     return out
 
 
+def line_breaks(scores: dict) -> int:
+    """Rounds after the first that did not continue the previous round's candidate: there the candidates' line did
+    depend on the gate's decisions, and the replay would not be a counterfactual of that round."""
+    rounds = scores["rounds"]
+    return sum(r["continues"] != prev["candidate"] for prev, r in zip(rounds, rounds[1:]))
+
+
 def replay_run(scores: dict, margin: float, min_cases: int) -> dict:
     """One run's rounds decided again by ``gate.decide`` under ``margin``: the current model's test Dice after each
-    round and the test-Dice change of each promotion."""
+    round and the test-Dice change of each promotion. ``min_cases``: the run's own where it recorded one."""
     from HILASegmentLib.training.gate import GateRule, decide
 
-    rule = GateRule(margin=margin, min_cases=min_cases).check()
+    recorded = {r["min_cases"] for r in scores["rounds"] if r.get("min_cases")}
+    rule = GateRule(margin=margin, min_cases=recorded.pop() if len(recorded) == 1 else min_cases).check()
     models = scores["models"]
 
     def ev(v, gate):
@@ -320,6 +334,11 @@ def replay_run(scores: dict, margin: float, min_cases: int) -> dict:
 def part_replay(runs: list, margins: list, min_cases: int) -> dict:
     scores = {str(r): _replay_scores(Path(r)) for r in runs}
     rows, summary = [], {}
+    breaks = {run: line_breaks(sc) for run, sc in scores.items()}
+    for run, n in breaks.items():
+        if n:
+            print(f"warning: {run}: {n} round(s) did not continue the previous candidate; their replay is not a "
+                  f"counterfactual", file=sys.stderr)
     for run, sc in scores.items():
         made = {r["margin"] for r in sc["rounds"] if r["margin"] is not None}
         if len(made) == 1:  # the run's own rule must reproduce what it recorded
@@ -337,6 +356,7 @@ def part_replay(runs: list, margins: list, min_cases: int) -> dict:
                            "mean_from_round_2": round(float(np.mean([r["mean_from_round_2"] for r in mine])), 3),
                            "promotions": sum(r["promotions"] for r in mine),
                            "worst_promotion": round(min(r["worst_change"] for r in mine), 3), "runs": len(mine)}
+    summary["line_breaks"] = sum(breaks.values())
     return {"summary": summary, "rows": rows}
 
 

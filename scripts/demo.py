@@ -4,12 +4,13 @@
 get synthetic T2-like images; 4 cases are the fixed test set, the rest the pool. Round 0: two cases are
 drawn from scratch and a first model is trained. Each later round: the current model segments two new
 pool cases, the simulated radiologist redraws only the slices that are off by more than 2 mm and
-submits them, the trainer fine-tunes (gated: a worse candidate is not promoted), and the current model
+submits them, the trainer fine-tunes (gated: a clearly worse candidate is not promoted), and the current model
 is scored on the test set. All of it happens in a real workspace (`hila status`, `hila models` work on
 it). The table shows what the loop is for: test Dice up, radiologist seconds per case down.
 
 Everything lands in demo-out/ (rounds.csv, curves.png, the workspace, a .seg.nrrd to open in 3D Slicer).
-Interrupted? Run it again: the simulation continues after its last completed round.
+Interrupted? Run it again: the simulation continues after its last completed round (a run made by an older
+version with other settings is refused with a hint: remove demo-out/ first).
 `--ct`: the same on the three bundled real pelvic CTs (a manifest cohort; a tiny one, 2 rounds).
 """
 from __future__ import annotations
@@ -47,7 +48,10 @@ def hila(*args, on_event=None) -> dict:
             on_event(rec)
     err = proc.stderr.read()
     if proc.wait() != 0:
-        sys.exit(f"demo: `hila {' '.join(args)}` failed: {result.get('error') or err.strip()[-300:]}")
+        why = result.get('error') or err.strip()[-300:]
+        hint = ("\n      (a run made by an older version of hila: remove that folder, e.g. `rm -rf demo-out`, and run "
+                "`make demo` again)" if "another config" in why else "")
+        sys.exit(f"demo: `hila {' '.join(args)}` failed: {why}{hint}")
     return result
 
 

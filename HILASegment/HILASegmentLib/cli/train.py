@@ -23,11 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wall-clock budget of the whole run, export and validation included (default 10)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when torch sees a GPU), cpu or cuda (default cpu)")
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"],
-                   help="auto (default): make the new version current only when it is not worse than the current "
-                        "model on gate corrections neither was trained on (see --gate-margin, --gate-min-cases)")
+                   help="auto (default): make the new version current only when its mean per-case Dice gain over the "
+                        "current model, on gate corrections neither was trained on, is more than --gate-margin "
+                        f"(by default: it loses less than {-GATE_MARGIN:g}; see --gate-min-cases)")
     p.add_argument("--gate-margin", type=at.real(-1.0, 1.0), default=GATE_MARGIN,
                    help="auto promotes when the mean per-case Dice gain over the current model is more than this; "
-                        "negative: a candidate may lose up to that much and still be promoted (default %(default)s: "
+                        "negative: a candidate that loses less than that much is promoted (default %(default)s: "
                         "2-3 gate corrections can show a candidate worse, not better)")
     p.add_argument("--gate-min-cases", type=at.integer(1), default=GATE_MIN_CASES,
                    help="auto promotes only with at least this many gate corrections that neither model was "
@@ -77,9 +78,9 @@ def register(sub, parent) -> None:
     p = sub.add_parser("train", parents=[parent], help="train a new model version on the corrections (gated)",
                        description="Fine-tune (or train) a U-Net on the workspace's latest corrections, export it to "
                                    "ONNX, check parity, validate it and the current model on the same corrections, "
-                                   "register it and promote it when it is not worse than the current model on gate corrections "
-                                   "neither was trained on (its mean per-case gain more than --gate-margin, on at least "
-                                   "--gate-min-cases of them).")
+                                   "register it and promote it when its mean per-case Dice gain over the current model on gate "
+                                   f"corrections neither was trained on is more than --gate-margin (default: it loses "
+                                   f"less than {-GATE_MARGIN:g}), on at least --gate-min-cases of them.")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 

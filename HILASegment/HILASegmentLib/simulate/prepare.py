@@ -74,6 +74,8 @@ class SimConfig:
                            ("arch", None), ("warm_start", "auto"), ("weak_builder", "ellipsoid")):
             if d[k] == default:
                 d.pop(k)
+        if d.get("promote") == "always":  # the gate's rule decides nothing then: no reason to refuse a resume
+            d.pop("gate_margin", None)
         for k in ("cohort", "synthetic", "model"):
             if d[k] and Path(d[k]).exists():
                 d[k] = str(Path(d[k]).resolve())
