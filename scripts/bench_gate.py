@@ -384,6 +384,9 @@ def main(argv=None) -> int:
     if a.part == "replay":
         print(f"{'--gate-margin':>13s} | final test Dice (mean ± sd, min) | mean, rounds 2+ | promotions | worst promotion")
         for m, v in res["summary"].items():
+            if m == "line_breaks":
+                print(f"rounds that did not continue the previous candidate (not counterfactual): {v}")
+                continue
             print(f"{float(m):>+13.2f} | {v['final_mean']:.3f} ± {v['final_sd']:.3f}, {v['final_min']:.3f} | "
                   f"{v['mean_from_round_2']:.3f} | {v['promotions']} | {v['worst_promotion']:+.3f}")
     res["summary"]["seconds"] = round(time.monotonic() - t0, 1)
