@@ -201,3 +201,22 @@ def test_the_scan_hook_reads_the_ct_starters_own_probabilities_on_a_real_ct():
     want = boundary_evidence(corr, probs, labels, image.GetSpacing()[::-1])
     assert got == want and set(got) == {"prostate", "bladder", "rectum"}
     assert all(0.0 < f["outside_p"] < 1.0 for f in got.values())  # the starter knows these organs: a real reading
+
+
+def test_a_failing_scan_is_reported_and_never_fails_the_run(monkeypatch):
+    """The scan runs after the candidate is registered: whatever it raises (not only HilaError) becomes the result's
+    reason, and the boundary hook's own failure costs that case its boundary figures, not its Dice."""
+    from types import SimpleNamespace
+
+    from HILASegmentLib.training import run, suspectscan
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(suspectscan, "scan", broken)
+    rnd = SimpleNamespace(run_id=1, current=None, labels=[(1, "prostate")], opts=SimpleNamespace(threads=1),
+                          parent_eval=None)
+    res = run._scan_suspects(None, rnd, [], [])
+    assert res["flagged"] == [] and res["why"] == "not scanned: RuntimeError: out of memory"
+    hook = suspectscan.boundary_figures([(1, "prostate")])
+    assert hook(SimpleNamespace(probabilities=None), None, np.zeros((2, 2, 2), np.uint8)) == {}  # no image: {}

@@ -15,8 +15,8 @@ Mild errors (a contour drawn a voxel or two off, a ragged brush edge) move Dice 
 error does, so Dice alone never finds them (recall 0 on them, issue 26). Two boundary figures, judged against the
 peers in the same robust way when the scan supplies them (``boundary_evidence``): the model's median probability
 on the voxels just outside the correction (``outside_p``; two-sided: high where the contour stops inside what the
-model calls organ, low where it runs beyond it), and how ragged the contour is (``ragged``: voxels an in-plane
-closing fills, per boundary voxel; a painted or traced contour is smooth). Cut-offs chosen by measurement on real
+model calls organ, low where it runs beyond it), and how ragged the contour is (``ragged``: voxels a closing
+(in-plane where the slices are coarser) fills, per boundary voxel; a painted or traced contour is smooth). Cut-offs chosen by measurement on real
 models and the simulated radiologist's degradations (README, *Suspect labels*), and judged only among at least
 ``BOUNDARY_MIN_PEERS`` corrections.
 """

@@ -200,6 +200,7 @@ class _Round:
         self.labels = [(lab.value, lab.name) for lab in ws.settings.labels]
         self.t_start = opts.started if opts.started is not None else time.monotonic()
         self.run_id: Optional[int] = None
+        self.parent_eval: Optional[dict] = None  # the parent model's scores (and boundary figures) on the gate corrections
         self.group = None  # a ddp.Group when this is one of several data-parallel processes
         self.registered = None
         self.log: List[str] = []
@@ -376,7 +377,10 @@ class _Round:
         models = [(raw_onnx, card)]
         if self.current is not None and gate_items:
             models.append((self.current.path, self.current.card))
-        cand, *rest = gate.evaluate_models(models, scored, self.labels, threads=self.opts.threads, should_stop=self.flag)
+        # the same inference gives the current model's boundary figures for the suspect scan (each case read once)
+        evidence = suspects.boundary_figures(self.labels) if len(models) > 1 else None
+        cand, *rest = gate.evaluate_models(models, scored, self.labels, threads=self.opts.threads, should_stop=self.flag,
+                                           evidence=evidence)
         if isinstance(cand, HilaError):
             raise cand
         cur = rest[0] if rest and not self.flag() else None
@@ -384,6 +388,7 @@ class _Round:
             self.log.append(f"current model v{self.current.version} could not be validated: {cur}")
             cur = None
         self._tick("validate_s", t)
+        self.parent_eval = cur
         promote, why, cmp = gate.decide(self.opts.promote, cand, cur, self.rule, self.current is not None,
                                         len(gate_items))
         where = "gate" if gate_items else f"training corrections (no gate set: {split_why})"
@@ -441,7 +446,8 @@ def _scan_suspects(ws, rnd: "_Round", snapshot, gate_items) -> dict:
     """After each run: flag training corrections the parent model disagrees with far more than their peers
     (``training.suspects``). A failure is reported in the result, never a failed run (the model is registered)."""
     try:
-        return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, threads=rnd.opts.threads)
+        return suspects.scan(ws, rnd.run_id, rnd.current, snapshot, rnd.labels, parent_eval=rnd.parent_eval,
+                             threads=rnd.opts.threads)
     except Exception as exc:  # noqa: BLE001 - the model is registered by now: the scan may fail, the run may not
         return {"scored": 0, "flagged": [], "why": f"not scanned: {type(exc).__name__}: {exc}"}
 

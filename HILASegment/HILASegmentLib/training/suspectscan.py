@@ -5,8 +5,8 @@ The scorer is the parent model (the model current when the run started), through
 on (its card's training set; any version of a case seen counts as seen). An imported model (no training
 run in this workspace, e.g. the CT starter) names cases of another workspace in its card: it has seen
 none of this workspace's corrections. The same inference also gives each correction's boundary figures
-against the model's probabilities (``suspectrule.boundary_evidence``: mild errors that Dice cannot see), so
-the gate corrections are segmented again here, with the probabilities. Corrections every model has trained
+against the model's probabilities (``suspectrule.boundary_evidence``: mild errors that Dice cannot see); the gate
+corrections were already scored so by the gate and are reused. Corrections every model has trained
 on keep whatever flag an earlier round gave them; without a parent model (a first run from scratch) nothing
 is scored. The peer rule is :func:`HILASegmentLib.quality.suspectrule.find_suspects`. A failure here never
 fails the run.
@@ -29,6 +29,12 @@ def boundary_figures(labels: Sequence[Tuple[int, str]]) -> Callable:
     by_lower = {name.lower(): name for _, name in labels}
 
     def figures(result, image: sitk.Image, correction) -> dict:
+        try:
+            return _figures(result, image, correction)
+        except Exception:  # noqa: BLE001 - no boundary figures for this case; its Dice still counts (gross errors)
+            return {}
+
+    def _figures(result, image: sitk.Image, correction) -> dict:
         probs = {}
         for model_name, img in (result.probabilities or {}).items():
             name = by_lower.get(model_name.lower())
@@ -40,21 +46,35 @@ def boundary_figures(labels: Sequence[Tuple[int, str]]) -> Callable:
 
 
 def scan(ws, run_id: Optional[int], parent, items: Sequence[SnapshotItem], labels: Sequence[Tuple[int, str]],
-         threads: Optional[int] = None, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Score ``items`` (snapshot items) unseen by ``parent`` (a registry model or None); record flags."""
+         parent_eval: Optional[dict] = None, threads: Optional[int] = None,
+         should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Score ``items`` (snapshot items) unseen by ``parent`` (a registry model or None); record flags.
+
+    ``parent_eval``: the gate's scores of the parent on the gate corrections, with their boundary figures (the gate
+    ran the same inference with :func:`boundary_figures`): reused, so each gate case is read once per run."""
     if parent is None:
         return {"scored": 0, "flagged": [], "why": "no parent model: nothing that has not trained on them"}
     seen = parent.card.seen_cases() if parent.training_run is not None else set()
     todo = [s for s in items if str(s.case_id) not in seen]
+    known = {(c["case_id"], c.get("correction_version")): c for c in (parent_eval or {}).get("cases", [])
+             if "evidence" in c}
     scored: List[dict] = []
-    if todo:
+    rest: List[SnapshotItem] = []
+    for s in todo:
+        hit = known.get((s.case_id, int(s.correction_version)))
+        if hit is not None:
+            scored.append({"case_id": s.case_id, "correction_version": int(s.correction_version), "dice": hit["dice"],
+                           "boundary": hit["evidence"]})
+        else:
+            rest.append(s)
+    if rest:
         try:
-            ev = gate.evaluate_model(parent.path, todo, labels, threads=threads, should_stop=should_stop,
+            ev = gate.evaluate_model(parent.path, rest, labels, threads=threads, should_stop=should_stop,
                                      card=parent.card, evidence=boundary_figures(labels))
         except HilaError as exc:
-            return {"scored": 0, "flagged": [], "why": f"parent model v{parent.version}: {exc}"}
-        scored = [{"case_id": c["case_id"], "correction_version": c["correction_version"], "dice": c["dice"],
-                   "boundary": c.get("evidence") or {}} for c in ev["cases"]]
+            return {"scored": len(scored), "flagged": [], "why": f"parent model v{parent.version}: {exc}"}
+        scored += [{"case_id": c["case_id"], "correction_version": c["correction_version"], "dice": c["dice"],
+                    "boundary": c.get("evidence") or {}} for c in ev["cases"]]
     flagged = find_suspects(scored)
     ws.flag_suspects(flagged, run_id=run_id, model_version=parent.version)
     return {"scored": len(scored), "model_version": parent.version,
