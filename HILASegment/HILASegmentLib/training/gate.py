@@ -281,8 +281,9 @@ def decide(policy: str, candidate: Optional[dict], current: Optional[dict], rule
     if rule.margin < 0:  # non-inferiority: say it as a loss the candidate may not reach
         bound = f"{-rule.margin:.3f} (--gate-margin {rule.margin:+.3f})"
         if gain > rule.margin:
-            verb = f"gains {gain:+.3f}" if gain >= 0 else f"loses {-gain:.3f}"
-            return True, f"candidate {verb} mean Dice per case against the current model {stats}: it loses less " \
+            if gain >= 0:
+                return True, f"candidate gains {gain:+.3f} mean Dice per case over the current model {stats}", cmp
+            return True, f"candidate loses {-gain:.3f} mean Dice per case against the current model {stats}: less " \
                          f"than {bound}", cmp
         return False, f"candidate loses {-gain:.3f} mean Dice per case against the current model {stats}, at " \
                       f"least {bound}; kept as candidate", cmp
