@@ -115,7 +115,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                    "that should raise the cohort's mean Dice most")
     p.add_argument("--seed", type=argtypes.integer(0), default=0, help="with --by random: the order's seed")
     p.add_argument("--suspects", action="store_true", help="list the suspect corrections instead (flagged after "
-                   "training: far worse agreement with an unseen model than their peers; re-review them)")
+                   "training: far worse agreement with an unseen model than their peers, in Dice or at the contour: "
+                   "drawn beyond or inside the model's organ, ragged; re-review them)")
     p.set_defaults(func=cmd_rank)
 
 

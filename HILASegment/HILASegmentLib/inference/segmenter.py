@@ -52,6 +52,15 @@ class InferenceResult:
     #: The input-grid index box (low, high; x, y, z) the model's probabilities covered: the review map is 0 outside.
     box: Optional[Tuple[Sequence[int], Sequence[int]]] = field(default=None, repr=False)
 
+    def probabilities_on(self, image: sitk.Image, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Each of ``names`` the model segments (matched case-insensitively): its probability as an array on
+        ``image``'s grid, 0 beyond the region the model ran on. Copies: a view of the resampled image would outlive
+        it (the suspect scan once read freed memory so)."""
+        have = {n.lower(): n for n in (self.probabilities or {})}
+        return {name: sitk.GetArrayFromImage(sitk.Resample(self.probabilities[have[name.lower()]], image,
+                                                           sitk.Transform(), sitk.sitkLinear, 0.0))
+                for name in names if name.lower() in have}
+
     def provenance_tags(self) -> Dict[str, str]:
         s = self.summary
         return {TAG_MODEL: str(s["model"]), TAG_VERSION: str(s["model_version"]), TAG_CHECKSUM: str(s.get("model_checksum") or "")}

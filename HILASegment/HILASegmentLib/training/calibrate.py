@@ -50,8 +50,6 @@ def fit_threshold(model, card: ModelCard, items: Sequence, labels: Sequence[Tupl
         raise HilaError(f"model {card.name}: not a sigmoid model with a threshold; nothing to calibrate")
     own = float(card.postprocess["threshold"])
     grid = sorted(set(THRESHOLDS) | {own})
-    by_name = {lab.name.lower(): i for i, lab in enumerate(card.labels)}
-    names = [lab.name for lab in card.labels]
     largest = bool((card.postprocess or {}).get("largest_component"))  # as the deployed model post-processes
     seg = Segmenter(model, threads=threads, device="cpu", card=card)
     per_t: Dict[float, List[float]] = {t: [] for t in grid}
@@ -63,13 +61,8 @@ def fit_threshold(model, card: ModelCard, items: Sequence, labels: Sequence[Tupl
         image = read_image(it.image_path)
         ref = sitk.GetArrayFromImage(read_label(it.label_path))
         res = seg.segment(image, probabilities=True, where=str(it.image_path))
-        probs = {}
-        for value, name in labels:
-            k = by_name.get(name.lower())
-            if k is None or res.probabilities is None or names[k] not in res.probabilities:
-                continue
-            full = sitk.Resample(res.probabilities[names[k]], image, sitk.Transform(), sitk.sitkLinear, 0.0)
-            probs[value] = sitk.GetArrayFromImage(full)
+        on_grid = res.probabilities_on(image, [name for _, name in labels])
+        probs = {value: on_grid[name] for value, name in labels if name in on_grid}
         if not probs:
             raise HilaError(f"model {card.name}: segments none of the workspace's labels; nothing to calibrate")
         for t in grid:

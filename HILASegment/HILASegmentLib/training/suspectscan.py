@@ -24,24 +24,16 @@ from . import gate
 
 
 def boundary_figures(labels: Sequence[Tuple[int, str]]) -> Callable:
-    """``gate.evaluate_models``'s ``evidence`` hook: the model's probabilities put back on the image grid (they
-    cover the region it ran on; 0 elsewhere), matched to the workspace's labels by name, against the correction."""
-    by_lower = {name.lower(): name for _, name in labels}
+    """``gate.evaluate_models``'s ``evidence`` hook: the model's probabilities on the image grid, matched to the
+    workspace's labels by name (``InferenceResult.probabilities_on``), against the correction."""
+    names = [name for _, name in labels]
 
     def figures(result, image: sitk.Image, correction) -> dict:
         try:
-            return _figures(result, image, correction)
+            return boundary_evidence(correction, result.probabilities_on(image, names), labels,
+                                     image.GetSpacing()[::-1])
         except Exception:  # noqa: BLE001 - no boundary figures for this case; its Dice still counts (gross errors)
             return {}
-
-    def _figures(result, image: sitk.Image, correction) -> dict:
-        probs = {}
-        for model_name, img in (result.probabilities or {}).items():
-            name = by_lower.get(model_name.lower())
-            if name is not None:
-                probs[name] = sitk.GetArrayFromImage(  # a copy: a view would outlive the resampled image
-                    sitk.Resample(img, image, sitk.Transform(), sitk.sitkLinear, 0.0))
-        return boundary_evidence(correction, probs, labels, image.GetSpacing()[::-1])
     return figures
 
 
