@@ -7,6 +7,7 @@ per fold in ``scripts/make_starter_models.py``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -157,8 +158,9 @@ def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
     assert [c["case_id"] for c in card.metrics.parent_validation.cases] == gate_ids
 
     # recompute both models' Dice on the gate corrections with the engine users run, and the rule's verdict
-    def engine_dice(version, cid):
-        pred = sitk.GetArrayFromImage(Segmenter(ws.model(version).path).segment(ws.case_image(cid)).label)
+    def engine_dice(version, cid, card=None):
+        seg = Segmenter(ws.model(version).path, card=card) if card else Segmenter(ws.model(version).path)
+        pred = sitk.GetArrayFromImage(seg.segment(ws.case_image(cid)).label)
         ref = sitk.GetArrayFromImage(labels[cid])
         return float(np.mean([dice(pred == v, ref == v) for v in (1, 2)]))
 
@@ -166,6 +168,13 @@ def test_gate_scores_unseen_corrections_with_the_engine_and_says_why(tmp_path):
     cur = {c: engine_dice(1, c) for c in gate_ids}
     for row in card.metrics.validation.cases:
         assert row["mean_dice"] == pytest.approx(cand[row["case_id"]], abs=1e-3)
+    # the post-processing the gate chose (or not) segments the gate corrections at least as well as the other way
+    other = copy.deepcopy(card)
+    hulls = other.postprocess.pop("convex_slices", None)
+    if hulls is None:
+        other.postprocess["convex_slices"] = [lab.name for lab in card.labels]
+    toggled = float(np.mean([engine_dice(r2["model_version"], c, other) for c in gate_ids]))
+    assert float(np.mean(list(cand.values()))) >= toggled - 1e-3, (card.postprocess, toggled)
     gain, margin = float(np.mean([cand[c] - cur[c] for c in gate_ids])), opts().gate_margin
     if abs(gain - margin) > 1e-3:
         assert r2["promoted"] == (gain > margin), (gain, r2["reason"])

@@ -249,12 +249,13 @@ def part_checkpoint(trials: int, steps: int) -> dict:
         "oracle_minus_last_mean": round(float(np.mean(gap)), 4)}}
 
 
-def _replay_scores(run: Path) -> dict:
-    """Each model version's Dice on the run's test cases and on every gate correction its rounds used (cached)."""
+def _replay_scores(run: Path, choices: bool = False) -> dict:
+    """Each model version's Dice on the run's test cases and on every gate correction its rounds used (cached); with
+    ``choices``, per case also its per-label Dice and the gate's post-processing figures (``evaluate_models``)."""
     from HILASegmentLib.training.gate import evaluate_models
     from HILASegmentLib.workspace import Workspace
 
-    cache = run / "gate_replay.json"
+    cache = run / ("gate_replay_choices.json" if choices else "gate_replay.json")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     with Workspace.open(run / "workspace", readonly=True) as ws:
         runs = [tr for tr in ws.training_runs() if tr.model_version is not None]
@@ -282,10 +283,12 @@ def _replay_scores(run: Path) -> dict:
         models = [(ws.model(v).path, None) for v in versions]
         scored = {}
         for part, items in (("test", test), ("gate", list(gate_items.values()))):
-            for v, res in zip(versions, evaluate_models(models, items, labels, threads=2)):
+            for v, res in zip(versions, evaluate_models(models, items, labels, threads=2, choices=choices)):
                 if isinstance(res, Exception):
                     raise res
-                scored.setdefault(str(v), {})[part] = {c["case_id"]: c["mean_dice"] for c in res["cases"]}
+                scored.setdefault(str(v), {})[part] = {
+                    c["case_id"]: ({k: c[k] for k in ("mean_dice", "dice", "choices")} if choices else c["mean_dice"])
+                    for c in res["cases"]}
     recorded = json.loads((run / "rounds.json").read_text(encoding="utf-8"))
     recorded = recorded["rounds"] if isinstance(recorded, dict) else recorded
     out = {"rounds": rounds, "models": scored, "recorded_final": recorded[-1]["mean_dice"]}
@@ -300,25 +303,37 @@ def line_breaks(scores: dict) -> int:
     return sum(r["continues"] != prev["candidate"] for prev, r in zip(rounds, rounds[1:]))
 
 
-def replay_run(scores: dict, margin: float, min_cases: int) -> dict:
+def replay_run(scores: dict, margin: float, min_cases: int, postprocess: bool = False) -> dict:
     """One run's rounds decided again by ``gate.decide`` under ``margin``: the current model's test Dice after each
-    round and the test-Dice change of each promotion. ``min_cases``: the run's own where it recorded one."""
-    from HILASegmentLib.training.gate import GateRule, decide
+    round and the test-Dice change of each promotion. ``min_cases``: the run's own where it recorded one.
+    ``postprocess`` (scores made with ``choices``): each candidate's post-processing chosen on its round's gate
+    corrections by the gate's own ``choose_postprocess``, and the candidate judged and tested with it."""
+    from HILASegmentLib.training.gate import GateRule, choose_postprocess, decide, with_postprocess
 
     recorded = {r["min_cases"] for r in scores["rounds"] if r.get("min_cases")}
     rule = GateRule(margin=margin, min_cases=recorded.pop() if len(recorded) == 1 else min_cases).check()
     models = scores["models"]
+    chosen: dict = {}  # version -> its post-processing, chosen in the round it was the candidate
+
+    def result(v, part, ids):
+        rows = [dict(models[str(v)][part][g], case_id=g) if isinstance(models[str(v)][part][g], dict)
+                else {"case_id": g, "mean_dice": models[str(v)][part][g]} for g in ids]
+        res = {"mean_dice": float(np.mean([r["mean_dice"] for r in rows])) if rows else 0.0, "cases": rows}
+        if rows and "dice" in rows[0]:
+            res["dice"] = {n: float(np.mean([r["dice"][n] for r in rows])) for n in rows[0]["dice"]}
+        return with_postprocess(res, chosen[v]) if chosen.get(v) else res
 
     def ev(v, gate):
-        rows = [{"case_id": g, "mean_dice": models[str(v)]["gate"][g]} for g in gate]
-        return {"mean_dice": float(np.mean([r["mean_dice"] for r in rows])) if rows else 0.0, "cases": rows}
+        return result(v, "gate", gate)
 
     def test(v):
-        return float(np.mean(list(models[str(v)]["test"].values())))
+        return result(v, "test", list(models[str(v)]["test"]))["mean_dice"]
 
     current, curve, changes = None, [], []
     for r in scores["rounds"]:
         cand = r["candidate"]
+        if postprocess and r["gate"]:
+            chosen[cand] = choose_postprocess(result(cand, "gate", r["gate"]))
         if current is None:
             current = cand if r["promoted"] else None  # the first model: nothing to compare with (as recorded)
         else:
@@ -328,11 +343,12 @@ def replay_run(scores: dict, margin: float, min_cases: int) -> dict:
                 current = cand
         curve.append(test(current) if current is not None else 0.0)
     return {"final": curve[-1], "mean_from_round_2": float(np.mean(curve[2:])) if len(curve) > 2 else curve[-1],
-            "promotions": len(changes), "worst_change": min(changes) if changes else 0.0}
+            "promotions": len(changes), "worst_change": min(changes) if changes else 0.0, "curve": curve,
+            "chosen": {str(v): c for v, c in chosen.items() if c}}
 
 
-def part_replay(runs: list, margins: list, min_cases: int) -> dict:
-    scores = {str(r): _replay_scores(Path(r)) for r in runs}
+def part_replay(runs: list, margins: list, min_cases: int, postprocess: bool = False) -> dict:
+    scores = {str(r): _replay_scores(Path(r), choices=postprocess) for r in runs}
     rows, summary = [], {}
     breaks = {run: line_breaks(sc) for run, sc in scores.items()}
     for run, n in breaks.items():
@@ -348,16 +364,25 @@ def part_replay(runs: list, margins: list, min_cases: int) -> dict:
                                    f"{sc['recorded_final']:.3f}")
         for m in margins:
             rows.append({"run": run, "margin": m, **replay_run(sc, m, min_cases)})
+            if postprocess:
+                rows.append({"run": run, "margin": m, "postprocess": True, **replay_run(sc, m, min_cases, True)})
     for m in margins:
-        mine = [r for r in rows if r["margin"] == m]
-        fin = [r["final"] for r in mine]
-        summary[str(m)] = {"final_mean": round(float(np.mean(fin)), 3), "final_sd": round(float(np.std(fin, ddof=1)), 3)
-                           if len(fin) > 1 else 0.0, "final_min": round(min(fin), 3),
-                           "mean_from_round_2": round(float(np.mean([r["mean_from_round_2"] for r in mine])), 3),
-                           "promotions": sum(r["promotions"] for r in mine),
-                           "worst_promotion": round(min(r["worst_change"] for r in mine), 3), "runs": len(mine)}
+        for pp in ([False, True] if postprocess else [False]):
+            mine = [r for r in rows if r["margin"] == m and r.get("postprocess", False) == pp]
+            summary[f"{m}{' +postprocess' if pp else ''}"] = _summary(mine)
     summary["line_breaks"] = sum(breaks.values())
     return {"summary": summary, "rows": rows}
+
+
+def _summary(mine: list) -> dict:
+    fin = [r["final"] for r in mine]
+    curves = np.array([r["curve"] for r in mine]) if len({len(r["curve"]) for r in mine}) == 1 else None
+    return {"final_mean": round(float(np.mean(fin)), 3), "final_sd": round(float(np.std(fin, ddof=1)), 3)
+            if len(fin) > 1 else 0.0, "final_min": round(min(fin), 3),
+            "mean_from_round_2": round(float(np.mean([r["mean_from_round_2"] for r in mine])), 3),
+            "promotions": sum(r["promotions"] for r in mine),
+            "worst_promotion": round(min(r["worst_change"] for r in mine), 3), "runs": len(mine),
+            **({"per_round": [round(float(v), 3) for v in curves.mean(0)]} if curves is not None else {})}
 
 
 def main(argv=None) -> int:
@@ -366,6 +391,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="+", type=Path, default=[], help="finished hila simulate runs (--part replay)")
     ap.add_argument("--margins", default="0.01,0,-0.02,-0.03,-0.05,-0.08,-0.1,-1",
                     help="comma-separated --gate-margin values to replay (--part replay)")
+    ap.add_argument("--postprocess", action="store_true",
+                    help="--part replay: also replay with the gate choosing each candidate's post-processing")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--steps", type=int, default=30, help="optimisation steps per training run (candidates)")
     ap.add_argument("--v1-steps", type=int, default=80, help="steps of the current model v1 (--part gate)")
@@ -376,7 +403,7 @@ def main(argv=None) -> int:
     if a.part == "replay":
         from HILASegmentLib.training.gatedefaults import GATE_MIN_CASES
 
-        res = part_replay(a.runs, [float(x) for x in a.margins.split(",")], GATE_MIN_CASES)
+        res = part_replay(a.runs, [float(x) for x in a.margins.split(",")], GATE_MIN_CASES, a.postprocess)
     elif a.part == "gate":
         res = part_gate(a.trials, a.old_commit, a.steps, a.v1_steps)
     else:
@@ -387,7 +414,7 @@ def main(argv=None) -> int:
             if m == "line_breaks":
                 print(f"rounds that did not continue the previous candidate (not counterfactual): {v}")
                 continue
-            print(f"{float(m):>+13.2f} | {v['final_mean']:.3f} ± {v['final_sd']:.3f}, {v['final_min']:.3f} | "
+            print(f"{m:>13s} | {v['final_mean']:.3f} ± {v['final_sd']:.3f}, {v['final_min']:.3f} | "
                   f"{v['mean_from_round_2']:.3f} | {v['promotions']} | {v['worst_promotion']:+.3f}")
     res["summary"]["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(res["summary"], indent=1))

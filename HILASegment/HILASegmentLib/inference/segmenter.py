@@ -24,7 +24,7 @@ from ..formats.segfile import Segmentation
 from ..ground.errors import HilaError
 from ..ground.progress import ProgressFn, null_progress
 from ..models.modelcard import ModelCard, inspect_onnx, resolve, verify_checksum
-from ..models.modelgrid import Grid, extract, largest_components, model_input, touches
+from ..models.modelgrid import Grid, convex_slices, extract, largest_components, model_input, si_axis, touches
 from ..models.normalize import guess_modality, offset_ct_reason
 from .errormap import add_review_segment, cohort_dice, error_probability
 from .summary import LabelSummary, PredictionSummary
@@ -430,6 +430,9 @@ class Segmenter:
         box_label = values[lab_idx]
         if pp.get("largest_component"):
             box_label = largest_components(box_label, [lab.value for lab in card.labels])
+        if pp.get("convex_slices"):
+            box_label = convex_slices(box_label, [lab.value for lab in card.labels if lab.name in pp["convex_slices"]],
+                                      si_axis(image))
         unc_box = back(spread, 0.0) if spread is not None else ent.astype(np.float32)
         err_box, pdice = error_probability(box_probs, lab_idx, card.activation == "softmax",
                                            unc_box if spread is not None else None)

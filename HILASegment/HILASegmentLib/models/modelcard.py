@@ -83,7 +83,8 @@ class ModelCard:
     orientation: str = "RAS"
     version: Union[int, str] = 1
     parent_version: Optional[Union[int, str]] = None
-    #: e.g. {"smooth_sigma_vox": 2.5, "threshold": 0.55, "largest_component": true}
+    #: e.g. {"smooth_sigma_vox": 2.5, "threshold": 0.55, "largest_component": true, "convex_slices": ["prostate"]}
+    #: (convex_slices: labels made convex per axial slice, chosen by the gate where that raised their Dice)
     postprocess: Dict[str, Any] = field(default_factory=dict)
     #: window placement: {"overlap": 0.25, "mode": "gaussian", "size_divisor": 16 or [x, y, z],
     #: "max_window_voxels": N, "foreground": "above_mean"|"nonzero"|{"above": v}, "margin_vox": 5, "tta_flips": [[0], ...]}.
@@ -216,9 +217,14 @@ class ModelCard:
         pp = self.postprocess or {}
         if not isinstance(pp, dict):
             raise bad("postprocess must be an object")
-        unknown = set(pp) - {"smooth_sigma_vox", "threshold", "largest_component"}
+        unknown = set(pp) - {"smooth_sigma_vox", "threshold", "largest_component", "convex_slices"}
         if unknown:
-            raise bad(f"postprocess has unknown keys {sorted(unknown)} (known: smooth_sigma_vox, threshold, largest_component)")
+            raise bad(f"postprocess has unknown keys {sorted(unknown)} (known: smooth_sigma_vox, threshold, "
+                      f"largest_component, convex_slices)")
+        hulls = pp.get("convex_slices", [])
+        names = {lab.name for lab in self.labels}
+        if not isinstance(hulls, list) or not all(isinstance(n, str) and n in names for n in hulls):
+            raise bad(f"postprocess.convex_slices must list some of the card's labels {sorted(names)}, got {hulls!r}")
         if "threshold" in pp and not (finite_number(pp["threshold"]) and 0 < pp["threshold"] < 1):
             raise bad(f"postprocess.threshold must be in (0, 1), got {pp['threshold']!r}")
         if "threshold" in pp and self.activation != "sigmoid":

@@ -4,7 +4,8 @@
 definition, used by the Segmenter and by the trainer (``training.dataset``), so a model is trained on
 exactly the arrays it will be given (train/inference skew is the costliest silent bug in segmentation);
 ``extract`` cuts a region that may leave the array, ``touches`` tells whether a prediction reaches a
-region's border, ``largest_components`` is TAPS's clean-up.
+region's border, ``largest_components`` is TAPS's clean-up, ``convex_slices`` the per-slice convex hull a card may
+ask for where the gate measured that it helps (``training.gate.choose_postprocess``).
 """
 from __future__ import annotations
 
@@ -115,6 +116,65 @@ def largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
         out[m & (cc != 1)] = 0
     return out
 
+
+
+def si_axis(image: sitk.Image) -> int:
+    """The array axis (z, y, x order) that points most nearly along the patient's superior-inferior: the axis a
+    radiologist scrolls through axial slices along (also for an oblique or a sagittal acquisition)."""
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    return 2 - int(np.argmax(np.abs(direction[2, :])))  # column i = index axis i (x, y, z); numpy reverses them
+
+
+def _hull_2d(mask: np.ndarray) -> np.ndarray:
+    """The pixels whose centres lie in the convex hull of ``mask``'s pixel centres (Andrew's monotone chain): the
+    hull of the result is the same hull, so applying it twice changes nothing."""
+    rows, cols = np.nonzero(mask)
+    r0, c0 = rows.min(), cols.min()
+    first = np.r_[True, rows[1:] != rows[:-1]]  # nonzero() is row-major: each row's leftmost and rightmost pixel
+    last = np.r_[rows[1:] != rows[:-1], True]   # are the only ones that can be hull vertices
+    points = np.unique(np.concatenate([np.stack([rows[first], cols[first]], 1),
+                                       np.stack([rows[last], cols[last]], 1)]), axis=0)  # by row, then column
+    if len(points) < 3:
+        return mask
+
+    def chain(points):
+        out: list = []
+        for p in points:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = chain(points), chain(points[::-1])
+    hull = np.array(lower[:-1] + upper[:-1])  # counter-clockwise in (row, column)
+    rr, cc = np.mgrid[r0:rows.max() + 1, c0:cols.max() + 1]
+    inside = np.ones(rr.shape, bool)
+    for (ar, ac), (br, bc) in zip(hull, np.roll(hull, -1, axis=0)):
+        inside &= (br - ar) * (cc - ac) - (bc - ac) * (rr - ar) >= 0  # integer centres: exact
+    out = mask.copy()
+    out[r0:rows.max() + 1, c0:cols.max() + 1] |= inside
+    return out
+
+
+def convex_slices(label: np.ndarray, values: Sequence[int], axis: int) -> np.ndarray:
+    """Each of ``values`` replaced, slice by slice along ``axis``, by its convex hull where that covers background:
+    an under-trained model's gland with a bite out of it made whole, never another label's voxels taken. Labels
+    are filled in the order given."""
+    out = label.copy()
+    for v in values:
+        for k in range(out.shape[axis]):
+            sl = np.take(out, k, axis=axis)  # a copy
+            m = sl == v
+            if m.sum() < 3:
+                continue
+            grow = _hull_2d(m) & (sl == 0)
+            if grow.any():
+                sl[grow] = v
+                idx = [slice(None)] * out.ndim
+                idx[axis] = k
+                out[tuple(idx)] = sl
+    return out
 
 @dataclass
 class ModelInput:

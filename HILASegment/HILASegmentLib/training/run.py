@@ -271,7 +271,7 @@ class _Round:
                 "status": "current" if promote else "candidate", "path": str(registered.path),
                 "init": self.start.init, "held_out": bool(gate_items), "parity": par, "steps": res.steps,
                 "epochs": res.epochs, "final_loss": res.final_loss, "stopped": res.stopped, "timings": self.timings,
-                "training_set": card.training_set, **verdict}
+                "training_set": card.training_set, "postprocess": dict(card.postprocess or {}), **verdict}
 
     def _calibrate(self, train_items, gate_items, split_why: str) -> dict:
         """The current preset with its threshold fitted to the training corrections (no weights change), gated and
@@ -373,6 +373,9 @@ class _Round:
         _emit(self.progress, 0.9, "validating", phase="validate", epoch=None, step=None, loss=None, val_dice=None,
               seconds_left=None)
         scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
+        choose = bool(gate_items)  # post-processing is chosen on gate corrections only: training ones flatter it
+        if choose:
+            card.postprocess = gate.without_choices(card.postprocess)
         # one pass: each case read once, scored by the candidate (its card passed, no probe copy) and the current
         models = [(raw_onnx, card)]
         if self.current is not None and gate_items:
@@ -380,9 +383,11 @@ class _Round:
         # the same inference gives the current model's boundary figures for the suspect scan (each case read once)
         evidence = suspects.boundary_figures(self.labels) if len(models) > 1 else None
         cand, *rest = gate.evaluate_models(models, scored, self.labels, threads=self.opts.threads, should_stop=self.flag,
-                                           evidence=evidence)
+                                           evidence=evidence, choices=choose)
         if isinstance(cand, HilaError):
             raise cand
+        if choose:
+            cand = gate.deploy_choices(cand, card, self.log)
         cur = rest[0] if rest and not self.flag() else None
         if isinstance(cur, HilaError):
             self.log.append(f"current model v{self.current.version} could not be validated: {cur}")
