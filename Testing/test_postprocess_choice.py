@@ -108,3 +108,82 @@ def test_the_gate_chooses_a_step_for_the_labels_it_helps_and_scores_the_candidat
     worse = _result([_row("a", {"prostate": 0.9}, {"prostate": 0.89}, {"prostate": 0.89})])
     assert gate.choose_postprocess(worse) == {}
     assert gate.deploy_choices(worse, card, []) is worse
+
+
+def _two_label_onnx(path):
+    """A one-Conv sigmoid network with two channels: bright voxels (label 1) and dark ones (label 2)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([4.0, -4.0], np.float32).reshape(2, 1, 1, 1, 1)
+    b = np.array([-6.0, -2.0], np.float32)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, "x", "y", "z"])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2, "x", "y", "z"])
+    node = helper.make_node("Conv", ["input", "W", "B"], ["output"], kernel_shape=[1, 1, 1])
+    graph = helper.make_graph([node], "two", [inp], [out], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hila-tests")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_segmenter_hulls_only_the_listed_label_along_the_grids_own_superior_inferior_axis(fixtures, tmp_path):
+    mri = sitk.PermuteAxes(sitk.ReadImage(str(fixtures / "prostate_mri_oblique_small.nrrd")), [2, 0, 1])
+    ax = si_axis(mri)
+    assert ax == 2  # the real MRI laid out with the patient's S-I along index x: slices are not along numpy axis 0
+    labels = [LabelInfo(1, "bright", (1.0, 0.0, 0.0)), LabelInfo(2, "dark", (0.0, 0.0, 1.0))]
+    paths = {}
+    for name, pp in (("plain", {}), ("hulled", {"convex_slices": ["bright"]})):
+        paths[name] = _two_label_onnx(tmp_path / f"{name}.onnx")
+        write_card(paths[name], tiny_card(labels=labels, postprocess=pp))
+    plain = Segmenter(paths["plain"], threads=1).segment(mri)
+    hulled = Segmenter(paths["hulled"], threads=1).segment(mri)
+    a, b = sitk.GetArrayFromImage(plain.label), sitk.GetArrayFromImage(hulled.label)
+    assert (a == 1).sum() > 100 and (a == 2).sum() > 100
+    assert np.array_equal(b, convex_slices(a, [1], ax))  # label 1 only, along the S-I axis
+    assert not np.array_equal(b, convex_slices(a, [1], 0))
+    assert np.array_equal(b == 2, a == 2)  # the dark label is neither hulled nor eaten
+    # the review map judges the label users get: voxels the hull filled, with the model's low probability there, are
+    # marked as more likely wrong than before
+    filled = (b == 1) & (a != 1)
+    assert filled.sum() > 20
+    before = sitk.GetArrayFromImage(plain.review_map)[filled].mean()
+    after = sitk.GetArrayFromImage(hulled.review_map)[filled].mean()
+    assert after > before + 0.2, (before, after)
+
+
+def test_a_gate_choice_goes_on_the_card_and_the_candidate_is_judged_as_deployed(tmp_path, monkeypatch):
+    """The wiring in the trainer: whatever the gate chooses is what the registered card applies, its recorded gate
+    figures are the engine's with that card, and the verdict compared those figures."""
+    pytest.importorskip("torch")
+    from tiny_models import synthetic_workspace
+
+    from HILASegmentLib.training.run import TrainOptions, train_workspace
+
+    tiny = dict(patch_size=[32, 32, 16], spacing=[3.0, 3.0, 3.0], channels=[8, 16, 32, 64], max_minutes=5, threads=1)
+    ws, ids, labels = synthetic_workspace(tmp_path, range(10, 15), corrected=2)
+    train_workspace(ws, TrainOptions(steps=6, **tiny))
+    for cid in ids[2:]:
+        ws.submit(cid, labels[cid])
+    real = gate.choose_postprocess
+    seen = []
+
+    def forced(result):  # the real figures, but the step taken for the bladder whatever they say
+        seen.append(real(result))
+        plain = float(np.mean([c["mean_dice"] for c in result["cases"]]))
+        return {"convex_slices": (["bladder"], plain, plain)}
+
+    monkeypatch.setattr(gate, "choose_postprocess", forced)
+    r2 = train_workspace(ws, TrainOptions(steps=6, lr=1e-2, **tiny))
+    assert seen and r2["postprocess"]["convex_slices"] == ["bladder"]
+    card = ws.model(r2["model_version"]).card
+    assert card.postprocess["convex_slices"] == ["bladder"]
+    seg = Segmenter(ws.model(r2["model_version"]).path)
+    gate_ids = [g["case_id"] for g in card.training.gate_set]
+    for row in card.metrics.validation.cases:
+        pred = sitk.GetArrayFromImage(seg.segment(ws.case_image(row["case_id"])).label)
+        ref = sitk.GetArrayFromImage(labels[row["case_id"]])
+        assert row["mean_dice"] == pytest.approx(np.mean([dice(pred == v, ref == v) for v in (1, 2)]), abs=1e-3)
+    compared = {c["case_id"]: c["candidate"] for c in card.metrics.gate.comparison["cases"]}
+    assert set(compared) == set(gate_ids)
+    assert all(compared[r["case_id"]] == r["mean_dice"] for r in card.metrics.validation.cases)

@@ -39,6 +39,7 @@ usage: nice -n 10 python scripts/bench_gate.py --part gate --trials 12 [--out FI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -252,7 +253,7 @@ def part_checkpoint(trials: int, steps: int) -> dict:
 def _replay_scores(run: Path, choices: bool = False) -> dict:
     """Each model version's Dice on the run's test cases and on every gate correction its rounds used (cached); with
     ``choices``, per case also its per-label Dice and the gate's post-processing figures (``evaluate_models``)."""
-    from HILASegmentLib.training.gate import evaluate_models
+    from HILASegmentLib.training.gate import evaluate_models, without_choices
     from HILASegmentLib.workspace import Workspace
 
     cache = run / ("gate_replay_choices.json" if choices else "gate_replay.json")
@@ -280,7 +281,10 @@ def _replay_scores(run: Path, choices: bool = False) -> dict:
         test = [SnapshotItem(n, 0, run / "cases" / f"{n}_image.nii.gz", run / "cases" / f"{n}_ref.nii.gz", "reviewed")
                 for n in summary["test_cases"]]
         versions = sorted({r["candidate"] for r in rounds})
-        models = [(ws.model(v).path, None) for v in versions]
+        # with choices, each model is scored without the steps the gate chooses (a run made since the gate chose them
+        # has them in its cards; the replay chooses them again)
+        models = [(ws.model(v).path, dataclasses.replace(ws.model(v).card, postprocess=without_choices(
+            ws.model(v).card.postprocess)) if choices else None) for v in versions]
         scored = {}
         for part, items in (("test", test), ("gate", list(gate_items.values()))):
             for v, res in zip(versions, evaluate_models(models, items, labels, threads=2, choices=choices)):

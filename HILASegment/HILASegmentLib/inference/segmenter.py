@@ -433,6 +433,10 @@ class Segmenter:
         if pp.get("convex_slices"):
             box_label = convex_slices(box_label, [lab.value for lab in card.labels if lab.name in pp["convex_slices"]],
                                       si_axis(image))
+        if pp.get("convex_slices"):  # the review map judges the label users get: a filled bite may well be wrong
+            index_of = np.zeros(int(values.max()) + 1, lab_idx.dtype)
+            index_of[values] = np.arange(len(values))
+            lab_idx = index_of[box_label]
         unc_box = back(spread, 0.0) if spread is not None else ent.astype(np.float32)
         err_box, pdice = error_probability(box_probs, lab_idx, card.activation == "softmax",
                                            unc_box if spread is not None else None)

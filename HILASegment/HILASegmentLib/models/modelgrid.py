@@ -117,7 +117,6 @@ def largest_components(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return out
 
 
-
 def si_axis(image: sitk.Image) -> int:
     """The array axis (z, y, x order) that points most nearly along the patient's superior-inferior: the axis a
     radiologist scrolls through axial slices along (also for an oblique or a sagittal acquisition)."""
@@ -134,8 +133,6 @@ def _hull_2d(mask: np.ndarray) -> np.ndarray:
     last = np.r_[rows[1:] != rows[:-1], True]   # are the only ones that can be hull vertices
     points = np.unique(np.concatenate([np.stack([rows[first], cols[first]], 1),
                                        np.stack([rows[last], cols[last]], 1)]), axis=0)  # by row, then column
-    if len(points) < 3:
-        return mask
 
     def chain(points):
         out: list = []
@@ -175,6 +172,7 @@ def convex_slices(label: np.ndarray, values: Sequence[int], axis: int) -> np.nda
                 idx[axis] = k
                 out[tuple(idx)] = sl
     return out
+
 
 @dataclass
 class ModelInput:

@@ -20,6 +20,7 @@ from . import architectures, budget, calibrate, distill
 from . import network as nw
 from . import plan as planner
 from .dataset import IGNORE_BAND, QUALITY_WEIGHTS
+from .gate import without_choices
 
 
 @dataclass
@@ -246,7 +247,8 @@ def candidate_card(start: Start, settings, version: int, current, snapshot: Sequ
         in_channels=1,
         activation=base.activation,
         normalization=dict(base.normalization),
-        postprocess={"largest_component": True} if start.own else dict(base.postprocess or {}),
+        # a step the gate chose for the base's weights is chosen again for these (gate.without_choices)
+        postprocess={"largest_component": True} if start.own else without_choices(base.postprocess),
         inference=inference,
         roi={} if start.own else dict(base.roi or {}),
         architecture=dict(arch, parameters=nw.count_parameters(start.net)),

@@ -22,8 +22,11 @@ on, or on corrections the current model was trained on, is biased. So:
   candidate that scores Dice 0 on them is never promoted, however weak the current model. Each promotion
   may lose up to the margin against the model before it (the measurement: :class:`GateRule`).
 * **Post-processing chosen on the same corrections** (:data:`POSTPROCESS_CHOICES`, as nnU-Net chooses its
-  post-processing on cross-validation): a step is added to the candidate's card for each label whose mean Dice on
-  the gate corrections it raises; the candidate is then judged as it will be deployed.
+  post-processing on cross-validation): a step is added to the candidate's card for the label (or all labels)
+  whose mean Dice on the gate corrections it raises; the candidate is then judged as it will be deployed. The
+  choice is made on the corrections that judge it, so its gate figure is slightly optimistic (in-sample; the
+  current model's own step was chosen so in its round). Without gate corrections nothing is chosen and a step
+  inherited from the parent's card is dropped (it was chosen for other weights).
 """
 from __future__ import annotations
 
@@ -265,6 +268,10 @@ def _choice_dice(pred: np.ndarray, image: sitk.Image, ref: np.ndarray, labels: S
     return out
 
 
+#: the least mean-Dice gain on the gate corrections that adds a step: more than rounding (Dice is kept to 4 decimals)
+CHOICE_MIN_GAIN = 1e-3
+
+
 def _options(names: Sequence[str]) -> List[Tuple[str, ...]]:
     """The label sets a step may be chosen for, each scored exactly: one label, or all of them."""
     return [(n,) for n in names] + ([tuple(names)] if len(names) > 1 else [])
@@ -272,19 +279,20 @@ def _options(names: Sequence[str]) -> List[Tuple[str, ...]]:
 
 def choose_postprocess(result: dict) -> Dict[str, Tuple[List[str], float, float]]:
     """Per step of :data:`POSTPROCESS_CHOICES`: the label set (one label, or all) that raises ``result``'s mean Dice
-    over its cases the most, if any does: {step: (labels, mean Dice without, with)}. ``result``: an
-    :func:`evaluate_models` result scored with ``choices``."""
+    over its cases the most, by at least :data:`CHOICE_MIN_GAIN`: {step: (labels, mean Dice without, with)}.
+    ``result``: an :func:`evaluate_models` result scored with ``choices``. The sets are scored exactly as the
+    Segmenter would apply them (one label alone, or every label in the card's order), not every subset."""
     rows = result.get("cases") or []
     names = list(result.get("dice") or {})
     chosen: Dict[str, Tuple[List[str], float, float]] = {}
     if not rows or not all("choices" in c for c in rows):
         return chosen
+    plain = float(np.mean([np.mean(list(c["dice"].values())) for c in rows]))  # the same figures as the options'
     for step in POSTPROCESS_CHOICES:
-        plain = float(np.mean([c["mean_dice"] for c in rows]))
         best = None
         for option in _options([n for n in names if all(n in c["choices"][step]["alone"] for c in rows)]):
             score = float(np.mean([np.mean(list(_stepped(c, step, option).values())) for c in rows]))
-            if score > plain + 1e-9 and (best is None or score > best[1]):
+            if score >= plain + CHOICE_MIN_GAIN and (best is None or score > best[1]):
                 best = (list(option), score)
         if best is not None:
             chosen[step] = (best[0], round(plain, 4), round(best[1], 4))

@@ -312,7 +312,7 @@ class _Round:
                                         Path(tmpdir))
         return dict(base, model_version=registered.version, promoted=promote, reason=why,
                     status="current" if promote else "candidate", path=str(registered.path),
-                    training_set=card.training_set, **verdict)
+                    training_set=card.training_set, postprocess=dict(card.postprocess or {}), **verdict)
 
     def _parent_seen(self) -> Optional[set]:
         """The corrections the round's starting weights were trained on (None for a fresh network)."""
@@ -374,8 +374,7 @@ class _Round:
               seconds_left=None)
         scored = gate_items or train_items  # no gate set: the card's figure is on the training corrections
         choose = bool(gate_items)  # post-processing is chosen on gate corrections only: training ones flatter it
-        if choose:
-            card.postprocess = gate.without_choices(card.postprocess)
+        card.postprocess = gate.without_choices(card.postprocess)  # a parent's step was chosen for other weights
         # one pass: each case read once, scored by the candidate (its card passed, no probe copy) and the current
         models = [(raw_onnx, card)]
         if self.current is not None and gate_items:
