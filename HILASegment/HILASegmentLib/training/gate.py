@@ -54,8 +54,9 @@ POLICIES = ("auto", "never", "always")
 #: card ``postprocess`` key -> (label array on the image grid, the image, one label's value) -> label array. A user
 #: adding a step here also teaches the Segmenter the key (``Segmenter._to_input_grid``) and the card its schema.
 POSTPROCESS_CHOICES: Dict[str, Callable[[np.ndarray, sitk.Image, int], np.ndarray]] = {
-    # an under-trained model leaves bites out of a large gland (synthetic cohort: test Dice +0.02-0.03 per round);
-    # a well-trained one loses a little to it (the 15-minute ceiling 0.923 -> 0.918), so it is chosen, not always on
+    # an under-trained model leaves bites out of a large gland; a well-trained one loses a little to the hull (the
+    # 15-minute ceiling 0.923 -> 0.918), so it is chosen per candidate, not always on (README: *Post-processing
+    # chosen by the gate, replayed*)
     "convex_slices": lambda pred, image, value: convex_slices(pred, [value], si_axis(image)),
 }
 
@@ -313,7 +314,7 @@ def with_postprocess(result: dict, chosen: Dict[str, Tuple[List[str], float, flo
     for c in result.get("cases") or []:
         d = dict(c["dice"])
         for step, (names, _, _) in chosen.items():
-            d.update({n: v for n, v in _stepped(c, step, names).items() if n in names})
+            d = _stepped(dict(c, dice=d), step, names)
         rows.append(dict(c, dice=d, mean_dice=round(float(np.mean(list(d.values()))), 4)))
     mean = {n: round(float(np.mean([r["dice"][n] for r in rows])), 4) for n in (result.get("dice") or {})}
     return dict(result, cases=rows, dice=mean,
