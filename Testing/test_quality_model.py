@@ -276,3 +276,26 @@ def test_workspace_infer_writes_the_review_map_on_the_case_grid(ct_ws, capsys, t
     assert r.GetSize() == ct.GetSize() and np.allclose(r.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     a = sitk.GetArrayFromImage(r)
     assert a.min() >= 0 and 0 < a.max() <= 1
+
+
+def test_diverse_spreads_a_batch_over_unlike_cases_of_the_real_ct(fixtures):
+    """``--by diverse``: the most-needed case first, then the unlike case (the bladder, against two near-copies of
+    the prostate) ahead of the near-copy that plain quality ranks second; features from the real CT fixture."""
+    from HILASegmentLib.quality.ranking import rank_cases, spread_order
+    img = sitk.ReadImage(str(fixtures / "pelvic_ct_small.nrrd"))
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(fixtures / "pelvic_ct_small_labels.nii.gz")))
+    image, spacing = sitk.GetArrayFromImage(img).astype(np.float32), img.GetSpacing()
+    prostate = (lab == 1).astype(np.uint8)
+    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(prostate), [1, 1, 0]))
+    masks = {"p1": prostate, "p2": grown.astype(np.uint8), "bladder": (lab == 2).astype(np.uint8)}
+    dices = {"p1": 0.55, "p2": 0.6, "bladder": 0.7}
+    cases = [{"case_id": k, "predicted": True, "uncertainty": PredictionSummary(
+        predicted_dice=dices[k], quality_features=prediction_features(
+            np.zeros(m.shape, np.float32), m, image, spacing, [1], [dices[k]])).to_dict()} for k, m in masks.items()]
+    assert [r["case_id"] for r in rank_cases(cases, by="quality")] == ["p1", "p2", "bladder"]
+    diverse = rank_cases(cases, by="diverse")
+    assert [r["case_id"] for r in diverse] == ["p1", "bladder", "p2"]
+    assert diverse[1]["review_need"] == pytest.approx(0.3)  # the need itself stays 1 - predicted Dice
+    # without features to spread over (older summaries) the order is the need's alone
+    assert spread_order([0.9, 0.5, 0.7], [[None] * 4] * 3, 0.5) == [0, 2, 1]
+    assert spread_order([0.1], [[1.0]], 0.5) == [0] and spread_order([], [], 0.5) == []

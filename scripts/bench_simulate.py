@@ -8,7 +8,7 @@ its runs must live outside the repository (only the table and one small figure a
     python scripts/bench_simulate.py report --runs /tmp/runs --figure docs/simulate_campaign.png
 
 Campaigns: `synth_random` / `synth_uncertainty` / `synth_quality` (3 seeds each, the synthetic cohort below),
-`sel_random` / `sel_quality` / `sel_uncertainty` (5 seeds each, 5 rounds at 1 training minute: the strategies compared paired by seed, with
+`sel_random` / `sel_quality` / `sel_uncertainty` / `sel_diverse` (5 seeds each, 5 rounds at 1 training minute: the strategies compared paired by seed, with
 95 % intervals) and
 `ct_rotations` / `prostatex_rotations` (three real cases each, every case the test case once: tiny cohorts), and
 `conv_calibrate_rotations` / `conv_distill_rotations` / `conv_scratch_rotations` (the convention shift: ProstateX
@@ -75,6 +75,7 @@ CAMPAIGNS = {"synth_random": ["--strategy", "random"],
              "sel_random": ["--strategy", "random"],
              "sel_quality": ["--strategy", "quality"],
              "sel_uncertainty": ["--strategy", "uncertainty"],
+             "sel_diverse": ["--strategy", "diverse"],
              "ct_rotations": ["--labels", "prostate=1,bladder=2,rectum=3", *TINY],
              "prostatex_rotations": ["--labels", "prostate=1", *TINY],
              # the convention shift: ProstateX with TAPS's output grown by 3 mm as the reference (constructed,

@@ -89,11 +89,55 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
         order = float(shuffle[i]) if shuffle is not None else -(need or 0.0)
         item["_key"] = (tier, order, str(c.get("case_id")))
         ranked.append(item)
+    if strategy.spread > 0:  # tier 0 in the order that trades need against unlikeness to the cases before
+        known = sorted((it for it in ranked if it["_key"][0] == 0), key=lambda it: it["_key"])
+        feats = [((it.get("uncertainty") or {}).get("quality_features") or {}) for it in known]
+        order = spread_order([-it["_key"][1] for it in known],
+                             [[f.get(k) for k in strategies.SPREAD_FEATURES] for f in feats], strategy.spread)
+        for pos, i in enumerate(order):
+            known[i]["_key"] = (0, float(pos), known[i]["_key"][2])
     ranked.sort(key=lambda it: it["_key"])
     for i, it in enumerate(ranked, 1):
         del it["_key"]
         it["rank"] = i
     return ranked
+
+
+def spread_order(needs: Sequence[float], features: Sequence[Sequence[Optional[float]]], weight: float) -> List[int]:
+    """Indices in the order maximal marginal relevance picks them: first the highest need, then each time the case
+    with the best ``(1 - weight) * need rank + weight * distance`` to the nearest case picked before it (features
+    robustly standardised, distance over the largest left; a missing feature sits at the median).
+
+    Why: a batch of the cases most likely wrong is often one kind of case (the largest glands, say); corrections of
+    unlike cases teach the model more per minute of review (the core-set argument), so the batch is spread.
+    """
+    n = len(needs)
+    if n <= 1:
+        return list(range(n))
+    x = np.array([[float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in row]
+                  for row in features], dtype=np.float64).reshape(n, -1)
+    z = np.zeros_like(x)
+    for j in range(x.shape[1]):
+        ok = np.isfinite(x[:, j])
+        if ok.sum() < 2:
+            continue
+        q75, med, q25 = np.percentile(x[ok, j], [75, 50, 25])
+        scale = (q75 - q25) / 1.349 or float(x[ok, j].std())
+        if scale > 1e-9:
+            z[ok, j] = (x[ok, j] - med) / scale
+    rank = np.empty(n)  # the need's rank in [0, 1] (1: the highest), ties in the order given
+    rank[np.lexsort((-np.arange(n), np.asarray(needs, dtype=np.float64)))] = np.arange(n) / (n - 1)
+    left = list(range(n))
+    first = max(left, key=lambda i: (rank[i], -i))
+    order, nearest = [first], np.full(n, np.inf)
+    left.remove(first)
+    while left:
+        nearest = np.minimum(nearest, np.linalg.norm(z - z[order[-1]], axis=1))
+        far = max(float(nearest[left].max()), 1e-12)
+        best = max(left, key=lambda i: ((1.0 - weight) * rank[i] + weight * nearest[i] / far, -i))
+        order.append(best)
+        left.remove(best)
+    return order
 
 
 def review_budget(ranked: Sequence[Mapping], fraction: float) -> dict:

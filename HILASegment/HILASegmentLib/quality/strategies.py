@@ -33,9 +33,15 @@ class Strategy:
     learned: bool = False    # scored by the learned quality model of the prediction's own version, where in use
     shuffled: bool = False   # in a random order (seeded) within each tier instead of by need
     reads_predictions: bool = True  # False: needs no prediction at all (the simulator predicts nothing for it)
+    #: > 0: each next case trades its need against how unlike it is to the cases ranked before it in
+    #: ``SPREAD_FEATURES`` (maximal marginal relevance, ``ranking.spread_order``), with this weight on unlikeness
+    spread: float = 0.0
 
 
 STRATEGIES: NamedRegistry[Strategy] = NamedRegistry()
+#: The case features a ``spread`` strategy keeps a batch spread over (``quality.learned.prediction_features``): size,
+#: shape and appearance of the case as predicted, not the model's confidence (the need already weighs that).
+SPREAD_FEATURES = ("log_volume_ml", "boundary_ratio", "intensity_contrast", "intensity_sd_fg")
 #: What ``hila rank``, the workspace and Slicer's Next case use unless told otherwise.
 DEFAULT = "quality"
 
@@ -70,4 +76,6 @@ def quality_need(summary: Optional["PredictionSummary"], predicted_dice: Optiona
 
 register(Strategy("quality", "order by predicted Dice (lowest first; default)", quality_need, learned=True))
 register(Strategy("uncertainty", "mean uncertainty (highest first)", uncertainty_need))
+register(Strategy("diverse", "predicted Dice, spread over case size, shape and contrast (unlike cases first)",
+                  quality_need, learned=True, spread=0.5))
 register(Strategy("random", "at random (--seed)", quality_need, shuffled=True, reads_predictions=False))
