@@ -158,7 +158,7 @@ def test_status_names_the_unsupervised_source_and_why(ct_ws, capsys):
     assert q["source"] == "expected_soft_dice" and "only 2 accepted correction" in q["reason"]
 
 
-def test_rank_by_quality_uncertainty_random_and_review_budget(ct_ws, capsys):
+def test_rank_by_quality_uncertainty_diverse_random_and_review_budget(ct_ws, capsys):
     ws, ids = ct_ws
     only = ids[CASES[2]]  # the one case without a reviewed correction
     rc, out, _ = run(capsys, "rank", ws, "--json")
@@ -168,7 +168,7 @@ def test_rank_by_quality_uncertainty_random_and_review_budget(ct_ws, capsys):
     assert 0.0 < d < 1.0 and res["cases"][0]["predicted_dice_source"] == "expected_soft_dice"
     rc, out, _ = run(capsys, "rank", ws)
     assert rc == 0 and f"predicted Dice {d:.3f}" in out
-    for by in ("uncertainty", "random"):
+    for by in ("uncertainty", "diverse", "random"):
         rc, out, _ = run(capsys, "rank", ws, "--by", by, "--json")
         assert rc == 0 and json.loads(out.strip().splitlines()[-1])["cases"][0]["predicted_dice"] == d
     rc, out, _ = run(capsys, "rank", ws, "--review-budget", "1", "--json")
