@@ -69,7 +69,8 @@ def test_simulate_ranks_as_the_workspace_does(tmp_path):
     summ = {n: PredictionSummary(model_version=1, predicted_dice=dice[n], mean_uncertainty=unc[n]).to_dict()
             for n in dice}
     ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=1), quality_model=lambda v: None,
-                         parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)))
+                         parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)),
+                         case_states=lambda: [])
     ctx = SimpleNamespace(has_model=lambda: True, sim=SimpleNamespace(ws=ws),
                           predict=lambda n: SimpleNamespace(summary=summ[n]))
     for name in strategies.STRATEGIES:
@@ -299,3 +300,36 @@ def test_no_module_outside_models_probes_a_model_card_as_a_dict():
     # the check sees what it forbids
     assert probe.search('name = m.card.get("name")') and probe.search('p = cur_card["patch_size"]')
     assert guess.search('for key in ("dice", "val_dice", "mean_dice"):')
+
+
+def test_diverse_spreads_away_from_the_reviewed_cases_in_simulate_and_the_workspace(monkeypatch):
+    """The simulator's ``diverse`` and the workspace's ranking both hand the reviewed cases to the one ranking: the
+    case most like a reviewed one loses the first place it has by need."""
+    from HILASegmentLib.quality.ranking import rank_cases
+    from HILASegmentLib.simulate import selection
+    from HILASegmentLib.workspace import reports
+
+    feats = {"a": 0.0, "b": 10.0, "c": 5.0}
+    summ = {n: PredictionSummary(model_version=1, predicted_dice=d, quality_features={
+        "log_volume_ml": feats[n], "boundary_ratio": feats[n]}).to_dict() for n, d in (("a", 0.1), ("b", 0.2), ("c", 0.9))}
+    reviewed = [{"case_id": "r", "reviewed": True, "predicted": True, "uncertainty": dict(summ["a"])}]
+    ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=1), quality_model=lambda v: None,
+                         parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)),
+                         case_states=lambda: reviewed)
+    ctx = SimpleNamespace(has_model=lambda: True, sim=SimpleNamespace(ws=ws),
+                          predict=lambda n: SimpleNamespace(summary=summ[n]))
+    assert selection.strategies()["quality"](["a", "b", "c"], 1, np.random.default_rng(0), ctx) == ["a"]
+    assert selection.strategies()["diverse"](["a", "b", "c"], 1, np.random.default_rng(0), ctx) == ["b"]
+    seen = {}
+
+    def spy(todo, **kw):
+        seen["reviewed"] = [c["case_id"] for c in kw.get("reviewed", [])]
+        return rank_cases(todo, **kw)
+
+    monkeypatch.setattr(reports, "rank_cases", spy)
+    states = reviewed + [{"case_id": n, "reviewed": False, "predicted": True, "uncertainty": dict(summ[n]),
+                          "latest_model_version": 1} for n in summ]
+    fake = SimpleNamespace(case_states=lambda: states, quality=SimpleNamespace(
+        quality_model=lambda v: None, label_scorer=lambda: None))
+    got = reports.Reports.rank(fake, by="diverse")
+    assert seen["reviewed"] == ["r"] and [r["case_id"] for r in got][0] == "b"

@@ -278,24 +278,57 @@ def test_workspace_infer_writes_the_review_map_on_the_case_grid(ct_ws, capsys, t
     assert a.min() >= 0 and 0 < a.max() <= 1
 
 
-def test_diverse_spreads_a_batch_over_unlike_cases_of_the_real_ct(fixtures):
-    """``--by diverse``: the most-needed case first, then the unlike case (the bladder, against two near-copies of
-    the prostate) ahead of the near-copy that plain quality ranks second; features from the real CT fixture."""
-    from HILASegmentLib.quality.ranking import rank_cases, spread_order
+def test_diverse_spreads_over_unlike_cases_of_the_real_ct_and_away_from_the_reviewed(fixtures):
+    """``--by diverse``: the most-needed case first, then the unlike organs ahead of the prostate's near-copy that
+    plain quality ranks second; with a prostate already reviewed, the bladder comes first. Features computed by the
+    product on the real CT fixture."""
+    from HILASegmentLib.quality import strategies
+    from HILASegmentLib.quality.ranking import rank_cases
     img = sitk.ReadImage(str(fixtures / "pelvic_ct_small.nrrd"))
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(fixtures / "pelvic_ct_small_labels.nii.gz")))
     image, spacing = sitk.GetArrayFromImage(img).astype(np.float32), img.GetSpacing()
     prostate = (lab == 1).astype(np.uint8)
-    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(prostate), [1, 1, 0]))
-    masks = {"p1": prostate, "p2": grown.astype(np.uint8), "bladder": (lab == 2).astype(np.uint8)}
-    dices = {"p1": 0.55, "p2": 0.6, "bladder": 0.7}
-    cases = [{"case_id": k, "predicted": True, "uncertainty": PredictionSummary(
-        predicted_dice=dices[k], quality_features=prediction_features(
-            np.zeros(m.shape, np.float32), m, image, spacing, [1], [dices[k]])).to_dict()} for k, m in masks.items()]
-    assert [r["case_id"] for r in rank_cases(cases, by="quality")] == ["p1", "p2", "bladder"]
+    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(prostate), [1, 1, 0])).astype(np.uint8)
+    masks = {"p1": prostate, "p2": grown, "bladder": (lab == 2).astype(np.uint8), "rectum": (lab == 3).astype(np.uint8)}
+    dices = {"p1": 0.55, "p2": 0.6, "bladder": 0.7, "rectum": 0.8, "seen": 0.9}
+
+    def case(k, m):
+        f = prediction_features(np.zeros(m.shape, np.float32), m, image, spacing, [1], [dices[k]])
+        assert set(strategies.SPREAD_FEATURES) <= set(f)  # every feature spread over is one the product computes
+        return {"case_id": k, "predicted": True,
+                "uncertainty": PredictionSummary(predicted_dice=dices[k], quality_features=f).to_dict()}
+
+    cases = [case(k, m) for k, m in masks.items()]
+    assert [r["case_id"] for r in rank_cases(cases, by="quality")] == ["p1", "p2", "bladder", "rectum"]
     diverse = rank_cases(cases, by="diverse")
-    assert [r["case_id"] for r in diverse] == ["p1", "bladder", "p2"]
+    assert [r["case_id"] for r in diverse] == ["p1", "bladder", "rectum", "p2"]
     assert diverse[1]["review_need"] == pytest.approx(0.3)  # the need itself stays 1 - predicted Dice
+    seen = [case("seen", prostate)]  # a prostate reviewed already: the unlike case first
+    assert [r["case_id"] for r in rank_cases(cases, by="diverse", reviewed=seen)] == ["bladder", "p1", "rectum", "p2"]
+    assert [r["case_id"] for r in rank_cases(cases, by="quality", reviewed=seen)][0] == "p1"
+
+
+def test_spread_order_nearest_of_all_picked_scale_free_capped_and_missing_at_median():
+    from HILASegmentLib.quality.ranking import spread_order
+    needs = [0.9, 0.8, 0.7, 0.6]
+    x = [[0.0], [10.0], [0.2], [5.0]]
+    # after 0 and 10: 0.2 is near 0 (picked first), 5 is far from both; by distance to the last pick alone 0.2 wins
+    assert spread_order(needs, x, 0.5) == [0, 1, 3, 2]
+    # scale- and shift-free per feature: a second feature in other units changes nothing
+    two = [[a[0], 3.0 * i] for i, a in enumerate(x)]
+    assert spread_order(needs, two, 0.5) == spread_order(needs, [[a, 1000.0 * b + 7] for a, b in two], 0.5)
+    # a case with no features sits at the median: as far from the others as the median point is
+    assert spread_order(needs, [[0.0], [10.0], [None], [5.0]], 0.5) == spread_order(needs, [[0.0], [10.0], [5.0],
+                                                                                            [5.0]], 0.5)
+    # one odd case with the lowest need does not take the second place (standardised figures capped)
+    grid = [[float(i % 5), float(i // 5)] for i in range(20)]
+    odd = spread_order([1.0 - i / 40 for i in range(20)] + [0.0], grid + [[1e4, 1e4]], 0.5)
+    assert odd[0] == 0 and odd.index(20) > 2
+    # reviewed cases: spread away from them from the first pick on; one without features is left out
+    assert spread_order([0.9, 0.8, 0.1], [[0.0], [10.0], [5.0]], 0.5, reviewed=[[0.0]])[0] == 1
+    assert spread_order([0.9, 0.8, 0.1], [[5.0], [0.0], [10.0]], 0.5, reviewed=[[None]])[0] == 0
+    # equal needs share their rank: the unlike one wins, whatever the order given
+    assert spread_order([0.5, 0.5, 0.5], [[5.0], [0.1], [0.0]], 0.3, reviewed=[[0.0]])[0] == 0
     # without features to spread over (older summaries) the order is the need's alone
     assert spread_order([0.9, 0.5, 0.7], [[None] * 4] * 3, 0.5) == [0, 2, 1]
     assert spread_order([0.1], [[1.0]], 0.5) == [0] and spread_order([], [], 0.5) == []

@@ -307,14 +307,15 @@ def _t_interval(xs: List[float]) -> str:
 
 
 def compare_strategies(aggs: List[dict]) -> None:
-    """Strategies against the first (random), paired by seed (a seed draws the same split, pool and round-0 cases):
+    """Strategies against random (else the first given), paired by seed (a seed draws the same split, pool and round-0 cases):
     the effort each needed to first reach the Dice every strategy's mean curve reached, and per-seed differences of
     the last round's test Dice, of cumulative effort, and of test Dice at the cumulative effort every strategy of that
     seed spent (its curve interpolated between rounds), with 95 % t-intervals."""
     done = {g["name"]: {s for s, d in g["seeds"].items() if d["summary"]} for g in aggs}  # finished runs only
     aggs = [dict(g, seeds={s: d for s, d in g["seeds"].items() if s in done[g["name"]]}) for g in aggs]
     target = min(max(statistics.mean(r["dice"]) for r in g["table"]) for g in aggs)
-    base = aggs[0]
+    base = next((g for g in aggs if g["name"] == "sel_random"), aggs[0])
+    aggs = [base] + [g for g in aggs if g is not base]
     print(f"\n## strategies against {base['name']}, paired by seed; common Dice {target:.3f}")
     print("| strategy | effort to the common Dice per seed (never: -) | saving vs random per seed where both reached | "
           "mean saving | final Dice − random's | cumulative effort − random's | Dice at equal effort − random's |")

@@ -23,6 +23,14 @@ def review_need(summary: Optional[PredictionSummary], by: str = strategies.DEFAU
     return strategies.get(by).need(summary, predicted_dice)
 
 
+def spread_features(case: Mapping) -> List[Optional[float]]:
+    """A case item's :data:`strategies.SPREAD_FEATURES` from its latest prediction's summary (None where absent)."""
+    summary = case.get("uncertainty")
+    feats = summary.get("quality_features") if isinstance(summary, Mapping) else None
+    feats = feats if isinstance(feats, Mapping) else {}
+    return [feats.get(k) for k in strategies.SPREAD_FEATURES]
+
+
 def learned_scorer(quality_model: Callable[[int], object]) -> Callable[[PredictionSummary], Optional[float]]:
     """``scorer`` for :func:`rank_cases`: the learned quality model of a summary's own model version where one is
     in use (``quality_model(version)``, loaded once per version), else None (the summary's expected Dice stands)."""
@@ -45,7 +53,8 @@ LabelScorer = Callable[[PredictionSummary, str], Mapping[str, Tuple[Optional[flo
 
 def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
                scorer: Optional[Callable[[PredictionSummary], Optional[float]]] = None,
-               rng: Optional[np.random.Generator] = None, label_scorer: Optional[LabelScorer] = None) -> List[dict]:
+               rng: Optional[np.random.Generator] = None, label_scorer: Optional[LabelScorer] = None,
+               reviewed: Iterable[Mapping] = ()) -> List[dict]:
     """Order unreviewed cases, most in need of review first, by the registered strategy ``by``.
 
     Each item has ``case_id``, ``predicted`` (bool) and ``uncertainty`` (the latest prediction's
@@ -53,7 +62,9 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
     quality model's predicted Dice where one is in use for the prediction's model version (else None:
     the summary's own expected Dice stands); only strategies marked ``learned`` ask it. Predicted cases
     with a known need come first (highest need first; a ``shuffled`` strategy: in a random order), then
-    predicted cases without a summary, then unpredicted cases; ties by case id.
+    predicted cases without a summary, then unpredicted cases; ties by case id. A ``spread`` strategy orders the
+    predicted cases with a known need by :func:`spread_order` instead, away from the ``reviewed`` cases (items as
+    ``cases``: their latest prediction's summary describes them) and from each other.
 
     ``label_scorer(summary, case_id)`` gives each label's predicted Dice and its source (``labelmodel``); each item
     then lists them (``labels``), and where the case has no learned Dice and its labels' source is not the expected
@@ -90,12 +101,11 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
         item["_key"] = (tier, order, str(c.get("case_id")))
         ranked.append(item)
     if strategy.spread > 0:  # tier 0 in the order that trades need against unlikeness to the cases before
-        known = sorted((it for it in ranked if it["_key"][0] == 0), key=lambda it: it["_key"])
-        feats = [((it.get("uncertainty") or {}).get("quality_features") or {}) for it in known]
-        order = spread_order([-it["_key"][1] for it in known],
-                             [[f.get(k) for k in strategies.SPREAD_FEATURES] for f in feats], strategy.spread)
-        for pos, i in enumerate(order):
-            known[i]["_key"] = (0, float(pos), known[i]["_key"][2])
+        tier0 = sorted((it for it in ranked if it["_key"][0] == 0), key=lambda it: it["_key"])
+        picks = spread_order([it["review_need"] for it in tier0], [spread_features(it) for it in tier0],
+                             strategy.spread, [spread_features(c) for c in reviewed])
+        for pos, i in enumerate(picks):
+            tier0[i]["_key"] = (0, float(pos), tier0[i]["_key"][2])
     ranked.sort(key=lambda it: it["_key"])
     for i, it in enumerate(ranked, 1):
         del it["_key"]
@@ -103,40 +113,73 @@ def rank_cases(cases: Iterable[Mapping], by: str = strategies.DEFAULT,
     return ranked
 
 
-def spread_order(needs: Sequence[float], features: Sequence[Sequence[Optional[float]]], weight: float) -> List[int]:
-    """Indices in the order maximal marginal relevance picks them: first the highest need, then each time the case
-    with the best ``(1 - weight) * need rank + weight * distance`` to the nearest case picked before it (features
-    robustly standardised, distance over the largest left; a missing feature sits at the median).
+#: Standardised features are capped at this many robust standard deviations: one odd case must not take the first
+#: spread pick whatever its need.
+Z_CAP = 3.0
 
-    Why: a batch of the cases most likely wrong is often one kind of case (the largest glands, say); corrections of
-    unlike cases teach the model more per minute of review (the core-set argument), so the batch is spread.
+
+def _feature_rows(rows: Sequence[Sequence[Optional[float]]], width: int) -> np.ndarray:
+    """Rows of features as floats; what is not a finite number is NaN."""
+    return np.array([[float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                      else np.nan for v in row] for row in rows], dtype=np.float64).reshape(len(rows), width)
+
+
+def _need_ranks(needs: Sequence[float]) -> np.ndarray:
+    """Each need's rank in [0, 1] (1: the highest); equal needs share their average rank."""
+    v = np.asarray(needs, dtype=np.float64)
+    n = v.size
+    ranks = np.empty(n)
+    ranks[np.argsort(v, kind="stable")] = np.arange(n)
+    for u in np.unique(v):
+        ranks[v == u] = ranks[v == u].mean()
+    return ranks / max(n - 1, 1)
+
+
+def spread_order(needs: Sequence[float], features: Sequence[Sequence[Optional[float]]], weight: float,
+                 reviewed: Sequence[Sequence[Optional[float]]] = ()) -> List[int]:
+    """Indices in the order maximal marginal relevance picks them: each time the case with the best
+    ``(1 - weight) * need rank + weight * distance to the nearest case reviewed or picked before it`` (the distance
+    over the largest left); with nothing reviewed, the highest need first. Features are standardised robustly over
+    all the rows and capped at :data:`Z_CAP`; a missing feature sits at the median, a reviewed case without any is
+    left out.
+
+    Why: the cases most likely wrong are often one kind of case (the largest glands, say); a correction unlike those
+    already made teaches the model more per minute of review (the core-set argument), so the next case is spread
+    away from what has been reviewed, also one case at a time (Slicer's Next case after each Accept).
     """
     n = len(needs)
-    if n <= 1:
-        return list(range(n))
-    x = np.array([[float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in row]
-                  for row in features], dtype=np.float64).reshape(n, -1)
-    z = np.zeros_like(x)
-    for j in range(x.shape[1]):
-        ok = np.isfinite(x[:, j])
+    width = max((len(r) for r in list(features) + list(reviewed)), default=0)
+    x = _feature_rows(list(features), width)
+    seen = _feature_rows(list(reviewed), width)
+    seen = seen[np.isfinite(seen).any(axis=1)] if seen.size else seen.reshape(0, width)
+    both = np.vstack([x, seen])
+    z = np.zeros_like(both)
+    for j in range(width):
+        ok = np.isfinite(both[:, j])
         if ok.sum() < 2:
             continue
-        q75, med, q25 = np.percentile(x[ok, j], [75, 50, 25])
-        scale = (q75 - q25) / 1.349 or float(x[ok, j].std())
+        q75, med, q25 = np.percentile(both[ok, j], [75, 50, 25])
+        scale = (q75 - q25) / 1.349 or float(both[ok, j].std())
         if scale > 1e-9:
-            z[ok, j] = (x[ok, j] - med) / scale
-    rank = np.empty(n)  # the need's rank in [0, 1] (1: the highest), ties in the order given
-    rank[np.lexsort((-np.arange(n), np.asarray(needs, dtype=np.float64)))] = np.arange(n) / (n - 1)
-    left = list(range(n))
-    first = max(left, key=lambda i: (rank[i], -i))
-    order, nearest = [first], np.full(n, np.inf)
-    left.remove(first)
-    while left:
-        nearest = np.minimum(nearest, np.linalg.norm(z - z[order[-1]], axis=1))
-        far = max(float(nearest[left].max()), 1e-12)
-        best = max(left, key=lambda i: ((1.0 - weight) * rank[i] + weight * nearest[i] / far, -i))
-        order.append(best)
-        left.remove(best)
+            z[ok, j] = np.clip((both[ok, j] - med) / scale, -Z_CAP, Z_CAP)
+    zc = z[:n]
+    rank = _need_ranks(needs)
+    nearest = np.full(n, np.inf)
+    for row in z[n:]:
+        nearest = np.minimum(nearest, np.linalg.norm(zc - row, axis=1))
+    order: List[int] = []
+    picked = np.zeros(n, bool)
+    for _ in range(n):
+        if np.isfinite(nearest).any():
+            far = max(float(nearest[~picked].max()), 1e-12)
+            score = (1.0 - weight) * rank + weight * nearest / far
+        else:
+            score = rank.copy()
+        score[picked] = -np.inf
+        i = int(np.argmax(score))  # ties: the first (the order given)
+        order.append(i)
+        picked[i] = True
+        nearest = np.minimum(nearest, np.linalg.norm(zc - zc[i], axis=1))
     return order
 
 

@@ -76,6 +76,6 @@ def quality_need(summary: Optional["PredictionSummary"], predicted_dice: Optiona
 
 register(Strategy("quality", "order by predicted Dice (lowest first; default)", quality_need, learned=True))
 register(Strategy("uncertainty", "mean uncertainty (highest first)", uncertainty_need))
-register(Strategy("diverse", "predicted Dice, spread over case size, shape and contrast (unlike cases first)",
+register(Strategy("diverse", "predicted Dice traded against unlikeness (size, shape, contrast) to the cases reviewed",
                   quality_need, learned=True, spread=0.5))
 register(Strategy("random", "at random (--seed)", quality_need, shuffled=True, reads_predictions=False))

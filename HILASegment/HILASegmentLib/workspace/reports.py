@@ -90,14 +90,16 @@ class Reports:
 
         By quality, a prediction is scored by the learned quality model of its own model version where one
         is in use (``qualitymodels``), else by its expected soft Dice; each case lists its labels' predicted Dice
-        with their source (``QualityModels.label_scorer``)."""
-        todo = [c for c in self.case_states() if not c["reviewed"]]
+        with their source (``QualityModels.label_scorer``). A spread strategy (``diverse``) also reads the reviewed
+        cases' latest predictions, to spread away from them."""
+        states = self.case_states()
+        todo = [c for c in states if not c["reviewed"]]
         for c in todo:  # the ledger's model version is the one a quality model is filed under
             if isinstance(c["uncertainty"], dict):
                 c["uncertainty"] = dict(c["uncertainty"], model_version=c["latest_model_version"])
         scorer = learned_scorer(self.quality.quality_model)
         return rank_cases(todo, by=by, scorer=scorer, rng=np.random.default_rng(seed),
-                          label_scorer=self.quality.label_scorer())
+                          label_scorer=self.quality.label_scorer(), reviewed=[c for c in states if c["reviewed"]])
 
 
 def effort_summary(rows: Sequence[sqlite3.Row], names: List[str]) -> dict:
