@@ -149,11 +149,24 @@ def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ce
                "--json"]
         while len([p for p in procs if p.poll() is None]) >= jobs:
             procs[[p.poll() is None for p in procs].index(True)].wait()
+        (runs / f"{name}_s{seed}.commit").write_text(commit() + "\n", encoding="utf-8")  # report says what ran
         with open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8") as log:  # the child keeps its own handle
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
     for p in procs:
         p.wait()
+
+
+def commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _load(run: Path) -> Optional[dict]:
@@ -255,11 +268,16 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
                       "test_effort": [v for s, d in seeds.items() if len(d["rounds"]) > i
                                       for v in [_test_effort(runs / f"{name}_s{s}", d["rounds"][i])] if v is not None]})
     ceiling = {s: v for s in seeds for v in [_test_effort(runs / f"{name}_s{s}", None, "baseline")] if v is not None}
-    return {"name": name, "seeds": seeds, "table": table, "ceiling_test_effort": ceiling}
+    commits = {s: (f.read_text(encoding="utf-8").strip() if f.is_file() else "not recorded")
+               for s in seeds for f in [runs / f"{name}_s{s}.commit"]}
+    return {"name": name, "seeds": seeds, "table": table, "ceiling_test_effort": ceiling, "commits": commits}
 
 
 def print_campaign(agg: dict) -> None:
     print(f"\n## {agg['name']} (seeds {sorted(agg['seeds'])})")
+    made = sorted(set(agg["commits"].values()))
+    print("made at " + ", ".join(f"{c} (seeds {sorted(s for s, v in agg['commits'].items() if v == c)})" for c in made)
+          + (" -- more than one commit: say so where the figures are compared" if len(made) > 1 else ""))
     paired = any(row["vs_tolerant"] for row in agg["table"])
     print("| round | seeds | test Dice | s per case | effort / same cases from scratch | proposals cleared | "
           "cumulative effort / full | training steps | test cases' effort / from scratch |"
