@@ -312,7 +312,7 @@ def test_diverse_spreads_away_from_the_reviewed_cases_in_simulate_and_the_worksp
     feats = {"a": 0.0, "b": 10.0, "c": 5.0}
     summ = {n: PredictionSummary(model_version=1, predicted_dice=d, quality_features={
         "log_volume_ml": feats[n], "boundary_ratio": feats[n]}).to_dict() for n, d in (("a", 0.1), ("b", 0.2), ("c", 0.9))}
-    reviewed = [{"case_id": "r", "reviewed": True, "predicted": True, "uncertainty": dict(summ["a"])}]
+    reviewed = [{"case_id": "r", "reviewed": True, "corrections": 1, "predicted": True, "uncertainty": dict(summ["a"])}]
     ws = SimpleNamespace(current_model=lambda: SimpleNamespace(version=1), quality_model=lambda v: None,
                          parts=SimpleNamespace(quality=SimpleNamespace(label_scorer=lambda: None)),
                          case_states=lambda: reviewed)

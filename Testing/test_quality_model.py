@@ -306,6 +306,15 @@ def test_diverse_spreads_over_unlike_cases_of_the_real_ct_and_away_from_the_revi
     seen = [case("seen", prostate)]  # a prostate reviewed already: the unlike case first
     assert [r["case_id"] for r in rank_cases(cases, by="diverse", reviewed=seen)] == ["bladder", "p1", "rectum", "p2"]
     assert [r["case_id"] for r in rank_cases(cases, by="quality", reviewed=seen)][0] == "p1"
+    # an empty prediction of the reviewed case says nothing about it: left out, as one without features
+    empty = case("seen", prostate)
+    empty["uncertainty"]["quality_features"]["empty_label_fraction"] = 1.0
+    assert [r["case_id"] for r in rank_cases(cases, by="diverse", reviewed=[empty])] == ["p1", "bladder", "rectum", "p2"]
+    # stored summaries of any shape rank: features that are not an object, a reviewed case's summary that is not one
+    for bad in (["x"], "abc", 3):
+        odd = [dict(c, uncertainty=dict(c["uncertainty"], quality_features=bad)) if c["case_id"] == "p2" else c
+               for c in cases]
+        assert [r["case_id"] for r in rank_cases(odd, by="diverse", reviewed=[{"uncertainty": [1, 2]}])][0] == "p1"
 
 
 def test_spread_order_nearest_of_all_picked_scale_free_capped_and_missing_at_median():

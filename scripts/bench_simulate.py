@@ -149,7 +149,8 @@ def run_campaign(runs: Path, names: List[str], minutes: float, jobs: int = 1, ce
                "--json"]
         while len([p for p in procs if p.poll() is None]) >= jobs:
             procs[[p.poll() is None for p in procs].index(True)].wait()
-        (runs / f"{name}_s{seed}.commit").write_text(commit() + "\n", encoding="utf-8")  # report says what ran
+        with open(runs / f"{name}_s{seed}.commit", "a", encoding="utf-8") as f:  # every start (a resume too)
+            f.write(commit() + "\n")
         with open(runs / f"{name}_s{seed}.log", "a", encoding="utf-8") as log:  # the child keeps its own handle
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         print("started", " ".join(cmd[cmd.index("simulate"):]), flush=True)
@@ -268,7 +269,7 @@ def aggregate(runs: Path, name: str) -> Dict[str, object]:
                       "test_effort": [v for s, d in seeds.items() if len(d["rounds"]) > i
                                       for v in [_test_effort(runs / f"{name}_s{s}", d["rounds"][i])] if v is not None]})
     ceiling = {s: v for s in seeds for v in [_test_effort(runs / f"{name}_s{s}", None, "baseline")] if v is not None}
-    commits = {s: (f.read_text(encoding="utf-8").strip() if f.is_file() else "not recorded")
+    commits = {s: ("+".join(dict.fromkeys(f.read_text(encoding="utf-8").split())) if f.is_file() else "not recorded")
                for s in seeds for f in [runs / f"{name}_s{s}.commit"]}
     return {"name": name, "seeds": seeds, "table": table, "ceiling_test_effort": ceiling, "commits": commits}
 
@@ -335,6 +336,9 @@ def compare_strategies(aggs: List[dict]) -> None:
     base = next((g for g in aggs if g["name"] == "sel_random"), aggs[0])
     aggs = [base] + [g for g in aggs if g is not base]
     print(f"\n## strategies against {base['name']}, paired by seed; common Dice {target:.3f}")
+    made = sorted({c for g in aggs for c in g["commits"].values()})
+    if len(made) > 1:
+        print(f"made at {len(made)} commits ({', '.join(made)}): say so with the comparison")
     print("| strategy | effort to the common Dice per seed (never: -) | saving vs random per seed where both reached | "
           "mean saving | final Dice − random's | cumulative effort − random's | Dice at equal effort − random's |")
     print("|---|---|---|---|---|---|---|")

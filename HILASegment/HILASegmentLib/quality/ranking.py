@@ -24,10 +24,14 @@ def review_need(summary: Optional[PredictionSummary], by: str = strategies.DEFAU
 
 
 def spread_features(case: Mapping) -> List[Optional[float]]:
-    """A case item's :data:`strategies.SPREAD_FEATURES` from its latest prediction's summary (None where absent)."""
+    """A case item's :data:`strategies.SPREAD_FEATURES` from its latest prediction's summary (None where absent, and
+    all None for an empty prediction: an early model's empty outputs would all sit on one point and say nothing
+    about the case)."""
     summary = case.get("uncertainty")
     feats = summary.get("quality_features") if isinstance(summary, Mapping) else None
     feats = feats if isinstance(feats, Mapping) else {}
+    if feats.get("empty_label_fraction") == 1.0:
+        feats = {}
     return [feats.get(k) for k in strategies.SPREAD_FEATURES]
 
 
@@ -139,13 +143,14 @@ def spread_order(needs: Sequence[float], features: Sequence[Sequence[Optional[fl
                  reviewed: Sequence[Sequence[Optional[float]]] = ()) -> List[int]:
     """Indices in the order maximal marginal relevance picks them: each time the case with the best
     ``(1 - weight) * need rank + weight * distance to the nearest case reviewed or picked before it`` (the distance
-    over the largest left); with nothing reviewed, the highest need first. Features are standardised robustly over
-    all the rows and capped at :data:`Z_CAP`; a missing feature sits at the median, a reviewed case without any is
-    left out.
+    over the largest left, so the weight on unlikeness is the same however alike the cases are); with nothing
+    reviewed, the highest need first. Features are standardised robustly over the candidates and the reviewed cases
+    together and capped at :data:`Z_CAP` (so cases beyond the cap on the same side look alike); a missing feature sits
+    at the median, a reviewed case without any is left out.
 
     Why: the cases most likely wrong are often one kind of case (the largest glands, say); a correction unlike those
     already made teaches the model more per minute of review (the core-set argument), so the next case is spread
-    away from what has been reviewed, also one case at a time (Slicer's Next case after each Accept).
+    away from what has been reviewed, also when cases are ranked again after each review (``hila rank --by diverse``).
     """
     n = len(needs)
     width = max((len(r) for r in list(features) + list(reviewed)), default=0)

@@ -33,8 +33,9 @@ class Strategy:
     learned: bool = False    # scored by the learned quality model of the prediction's own version, where in use
     shuffled: bool = False   # in a random order (seeded) within each tier instead of by need
     reads_predictions: bool = True  # False: needs no prediction at all (the simulator predicts nothing for it)
-    #: > 0: each next case trades its need against how unlike it is to the cases ranked before it in
-    #: ``SPREAD_FEATURES`` (maximal marginal relevance, ``ranking.spread_order``), with this weight on unlikeness
+    #: > 0: each next case trades its need against how unlike it is, in ``SPREAD_FEATURES``, to the cases already
+    #: reviewed and those ranked before it (maximal marginal relevance, ``ranking.spread_order``), with this weight on
+    #: unlikeness; the first case need not be the most needed
     spread: float = 0.0
 
 
@@ -76,6 +77,6 @@ def quality_need(summary: Optional["PredictionSummary"], predicted_dice: Optiona
 
 register(Strategy("quality", "order by predicted Dice (lowest first; default)", quality_need, learned=True))
 register(Strategy("uncertainty", "mean uncertainty (highest first)", uncertainty_need))
-register(Strategy("diverse", "predicted Dice traded against unlikeness (size, shape, contrast) to the cases reviewed",
+register(Strategy("diverse", "predicted Dice traded against unlikeness (size, shape, contrast) to the cases reviewed and ranked before",
                   quality_need, learned=True, spread=0.5))
 register(Strategy("random", "at random (--seed)", quality_need, shuffled=True, reads_predictions=False))

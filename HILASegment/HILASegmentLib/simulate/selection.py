@@ -54,8 +54,9 @@ def ranked(name: str, candidates: List[str], k: int, rng: np.random.Generator, c
         if summary is not None and version is not None:
             summary["model_version"] = version
         items.append({"case_id": c, "predicted": summary is not None, "uncertainty": summary})
-    # a spread strategy spreads away from the cases corrected so far, as the workspace's ranking does
-    reviewed = [c for c in ctx.sim.ws.case_states() if c["reviewed"]] if strategy.spread > 0 else []
+    # a spread strategy spreads away from the cases corrected so far (none of them is a candidate any more; the
+    # workspace's ranking takes its reviewed cases, the ones it no longer ranks)
+    reviewed = [c for c in ctx.sim.ws.case_states() if c["corrections"]] if strategy.spread > 0 else []
     return [r["case_id"] for r in rank_cases(items, by=name, scorer=scorer, rng=rng, label_scorer=per_label,
                                              reviewed=reviewed)][:k]
 
