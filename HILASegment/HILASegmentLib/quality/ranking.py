@@ -124,8 +124,8 @@ Z_CAP = 3.0
 
 def _feature_rows(rows: Sequence[Sequence[Optional[float]]], width: int) -> np.ndarray:
     """Rows of features as floats; what is not a finite number is NaN."""
-    return np.array([[float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                      else np.nan for v in row] for row in rows], dtype=np.float64).reshape(len(rows), width)
+    return np.array([[float(v) if strategies.finite(v) else np.nan for v in row] for row in rows],
+                    dtype=np.float64).reshape(len(rows), width)
 
 
 def _need_ranks(needs: Sequence[float]) -> np.ndarray:

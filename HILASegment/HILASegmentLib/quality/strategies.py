@@ -55,13 +55,14 @@ def get(name: str) -> Strategy:
     return STRATEGIES.lookup(name, lambda known: f"--by {name!r}: use one of {', '.join(known)}")
 
 
-def _finite(value) -> bool:
+def finite(value) -> bool:
+    """A real, finite int or float (not a bool): a stored figure that can be used."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def uncertainty_need(summary: Optional["PredictionSummary"], predicted_dice: Optional[float] = None) -> Optional[float]:
     """The mean voxel uncertainty of the labelled region."""
-    if summary is None or not _finite(summary.mean_uncertainty):
+    if summary is None or not finite(summary.mean_uncertainty):
         return None
     return float(summary.mean_uncertainty)
 
@@ -72,7 +73,7 @@ def quality_need(summary: Optional["PredictionSummary"], predicted_dice: Optiona
     if summary is None:
         return None
     d = predicted_dice if predicted_dice is not None else summary.predicted_dice
-    return 1.0 - float(d) if _finite(d) else uncertainty_need(summary)
+    return 1.0 - float(d) if finite(d) else uncertainty_need(summary)
 
 
 register(Strategy("quality", "order by predicted Dice (lowest first; default)", quality_need, learned=True))
